@@ -1,0 +1,92 @@
+"""The admin HTTP API (DESIGN §7): health, metrics, sessions.
+
+Everything but /healthz and /metrics needs `Authorization: Bearer <admin_token>`;
+with no admin token configured those endpoints refuse (fail closed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from hoopy.gateway import Gateway
+from hoopy.recorder import read_events, verify_file
+
+log = logging.getLogger("hoopy.admin")
+
+
+class AdminServer:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.runner: web.AppRunner | None = None
+        self.app = web.Application(middlewares=[self._auth])
+        self.app.add_routes([
+            web.get("/healthz", self.healthz),
+            web.get("/metrics", self.metrics),
+            web.get("/api/sessions", self.sessions),
+            web.get("/api/sessions/{id}", self.session),
+        ])
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            if not self._authorized(request):
+                return web.json_response({"error": "admin token required"}, status=401)
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    def _authorized(self, request: web.Request) -> bool:
+        secret = self.gw.config.admin_token
+        if secret is None:
+            return False
+        try:
+            expected = secret.get()
+        except Exception:
+            return False
+        got = request.headers.get("Authorization", "")
+        return bool(expected) and hmac.compare_digest(got.encode(), f"Bearer {expected}".encode())
+
+    async def start(self, host: str, port: int) -> int:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.gw.metrics.render(), content_type="text/plain")
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        q = request.query
+        rows = self.gw.store.list_sessions(
+            subject=q.get("subject"), connector=q.get("connector"),
+            limit=min(int(q.get("limit", "100")), 1000),
+        )
+        return web.json_response([asdict(r) for r in rows])
+
+    async def session(self, request: web.Request) -> web.Response:
+        row = self.gw.store.get_session(request.match_info["id"])
+        if row is None:
+            return web.json_response({"error": "no such session"}, status=404)
+        body: dict[str, Any] = {"session": asdict(row)}
+        if row.path:
+            from pathlib import Path
+
+            body["events"] = read_events(Path(row.path))
+            res = verify_file(Path(row.path), row.head or None, row.events or None,
+                              row.ended is not None)
+            body["verified"] = res.ok
+        return web.json_response(body)

@@ -1,0 +1,170 @@
+"""`hoopy demo`: the whole gateway on embedded defaults, on one machine.
+
+It starts a throwaway PostgreSQL (initdb from the installed binaries, SCRAM,
+loopback), loads a small fake customer schema, writes a config into a temp
+folder (dev OIDC issuer on, example policies), runs the gateway in-process and
+prints ready-to-paste agent commands with a fresh token.  Ctrl-C stops and
+removes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from hoopy import pgcluster
+from hoopy.config import load_config
+from hoopy.serve import Running, start
+
+SCHEMA = """
+CREATE TABLE customers (
+    id serial PRIMARY KEY, name text NOT NULL, email text, ssn text, card text,
+    created_at timestamptz DEFAULT now());
+CREATE TABLE orders (
+    id serial PRIMARY KEY, customer_id int REFERENCES customers(id),
+    amount numeric(10,2), status text DEFAULT 'new');
+INSERT INTO customers (name, email, ssn, card) VALUES
+    ('Ada Lovelace', 'ada@example.com', '078-05-1120', '4111 1111 1111 1111'),
+    ('Alan Turing', 'alan@example.org', '219-09-9999', '5500-0000-0000-0004'),
+    ('Grace Hopper', 'grace@example.net', '457-55-5462', '3400 0000 0000 009'),
+    ('Edsger Dijkstra', 'edsger@example.com', '123-45-6789', '6011000000000004');
+INSERT INTO orders (customer_id, amount, status)
+    SELECT 1 + (i % 4), (i * 7.5)::numeric(10,2), CASE WHEN i % 3 = 0 THEN 'paid' ELSE 'new' END
+    FROM generate_series(1, 20) AS i;
+"""
+
+POLICY = """\
+mode: enforce
+rules:
+  - name: agents-use-app-db
+    effect: allow
+    match: {groups: [agents], connectors: [app-db]}
+  - name: no-schema-changes
+    effect: deny
+    reason: schema changes go through migrations
+    match: {sql: {statements: [drop, truncate, alter]}}
+  - name: writes-need-a-dba
+    effect: require_approval
+    approvers: [dba]
+    timeout: 10m
+    match: {sql: {statements: [delete, update]}}
+  - name: hide-pii
+    effect: mask
+    columns: ["*.email", "customers.ssn"]
+    detectors: [email, credit_card]
+    match: {connectors: [app-db]}
+"""
+
+
+def _config(folder: Path, pg_port: int, ports: dict[str, int]) -> Path:
+    (folder / "connectors").mkdir()
+    (folder / "policies").mkdir()
+    (folder / "connectors" / "app-db.yaml").write_text(
+        f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: app\nuser: app_rw\n"
+        "password: env:HOOPY_DEMO_DB_PASSWORD\nsslmode: disable\n")
+    (folder / "policies" / "agents.yaml").write_text(POLICY)
+    cfg = folder / "hoopy.yaml"
+    cfg.write_text(
+        "listen:\n"
+        f"  postgres: 127.0.0.1:{ports['postgres']}\n"
+        f"  admin: 127.0.0.1:{ports['admin']}\n"
+        "tls: {cert: tls/cert.pem, key: tls/key.pem}\n"
+        "state: sqlite:state/state.db\n"
+        "admin_token: env:HOOPY_ADMIN_TOKEN\n"
+        f"dev_issuer: {{listen: 127.0.0.1:{ports['dev_issuer']}}}\n"
+        "recordings: recordings/\n"
+        "connectors_dir: connectors/\npolicies_dir: policies/\n")
+    return cfg
+
+
+def _port(preferred: int) -> int:
+    """The documented port when it is free, else any free one."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return pgcluster.free_port()
+
+
+async def seed(cluster: pgcluster.PgCluster, app_password: str) -> None:
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        await conn.execute(f"CREATE ROLE app_rw LOGIN PASSWORD '{app_password}'")
+        await conn.execute("CREATE DATABASE app OWNER app_rw")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(user="app_rw", password=app_password, host="127.0.0.1",
+                                 port=cluster.port, database="app")
+    try:
+        await conn.execute(SCHEMA)
+    finally:
+        await conn.close()
+
+
+def banner(folder: Path, running: Running, token: str) -> str:
+    a = running.addresses
+    host, port = a["postgres"].rsplit(":", 1)
+    cfg = folder / "hoopy.yaml"
+    return f"""
+hoopy demo is running (Ctrl-C stops it and removes {folder}).
+
+An agent's token (group 'agents', valid 1h) is its PostgreSQL password:
+
+  PGPASSWORD={token} psql "host={host} port={port} dbname=app-db user=agent sslmode=require"
+
+Try, in that psql:
+  select name, email from customers;          -- allowed (recorded)
+  drop table orders;                           -- denied by rule no-schema-changes (42501)
+  delete from orders where id = 1;             -- needs approval by a dba
+
+Mint more tokens:     hoopy token mint --config {cfg} --sub agent-2 --group agents
+Recorded sessions:    hoopy sessions list --config {cfg}
+Verify recordings:    hoopy verify --config {cfg}
+Admin API:            curl -H "Authorization: Bearer $HOOPY_ADMIN_TOKEN" http://{a['admin']}/api/sessions
+                      (HOOPY_ADMIN_TOKEN={os.environ['HOOPY_ADMIN_TOKEN']})
+"""
+
+
+async def run_demo(ready: asyncio.Event | None = None) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="hoopy-demo-"))
+    cluster: pgcluster.PgCluster | None = None
+    running: Running | None = None
+    try:
+        print("starting a throwaway PostgreSQL ...", flush=True)
+        cluster = await asyncio.to_thread(pgcluster.create)
+        app_password = secrets.token_urlsafe(18)
+        await seed(cluster, app_password)
+        os.environ["HOOPY_DEMO_DB_PASSWORD"] = app_password
+        os.environ.setdefault("HOOPY_ADMIN_TOKEN", secrets.token_urlsafe(18))
+        ports = {"postgres": _port(15432), "admin": _port(18080), "dev_issuer": _port(18081)}
+        cfg = load_config(_config(folder, cluster.port, ports))
+        running = await start(cfg)
+        assert running.dev_issuer is not None
+        token = running.dev_issuer.mint("demo-agent", ["agents"], ttl=3600)
+        print(banner(folder, running, token), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        print("stopping ...", flush=True)
+    finally:
+        if running is not None:
+            await running.close()
+        if cluster is not None:
+            await asyncio.to_thread(cluster.destroy)
+        shutil.rmtree(folder, ignore_errors=True)

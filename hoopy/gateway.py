@@ -1,0 +1,140 @@
+"""The composition root: one identity verifier, one recorder, one state store,
+one approval service and the policies, shared by every protocol listener.
+
+Protocol proxies call `authenticate()`, `admit()` and `open_session()` in that
+order; afterwards they only talk to their `Session`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hoopy.config import Config, Connector
+from hoopy.errors import AuthFailed, NotAdmitted, RecordingFailed, UnknownConnector
+from hoopy.identity import AuthError, IdentityVerifier
+from hoopy.policy import Identity, admits
+from hoopy.recorder import Recorder, RecorderError, new_session_id
+from hoopy.session import ApprovalGate, Session
+from hoopy.state import StateStore
+
+log = logging.getLogger("hoopy.gateway")
+
+
+@dataclass
+class Metrics:
+    counters: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, float] = field(default_factory=dict)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def render(self) -> str:
+        lines = []
+        for name, value in sorted(self.counters.items()):
+            metric, _, labels = name.partition("|")
+            lab = "{" + labels + "}" if labels else ""
+            lines.append(f"hoopy_{metric}{lab} {value}")
+        for name, g in sorted(self.gauges.items()):
+            lines.append(f"hoopy_{name} {g}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class CancelTarget:
+    connector: Connector
+    pid: int
+    key: int
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        verifier: IdentityVerifier,
+        store: StateStore,
+        recorder: Recorder,
+        approvals: ApprovalGate | None = None,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.store = store
+        self.recorder = recorder
+        self.approvals = approvals
+        self.metrics = Metrics()
+        self.started = time.time()
+        # fake (pid, key) shown to agents → the real backend key; never the other way.
+        self.cancels: dict[tuple[int, int], CancelTarget] = {}
+
+    async def authenticate(self, token: str) -> Identity:
+        try:
+            identity = await self.verifier.verify(token)
+        except AuthError as e:
+            self.metrics.inc(f"auth_failures_total|reason=\"{e.reason}\"")
+            raise AuthFailed(f"token rejected: {e.message}") from None
+        return identity
+
+    def admit(self, identity: Identity, connector_name: str, protocol: str) -> Connector:
+        connector = self.config.connectors.get(connector_name)
+        if connector is None or connector.type != protocol:
+            raise UnknownConnector(f'connector "{connector_name}" does not exist')
+        if not admits(self.config.policies, identity, connector_name):
+            raise NotAdmitted(
+                f"identity '{identity.subject}' is not allowed to use connector "
+                f"'{connector_name}'"
+            )
+        return connector
+
+    def open_session(
+        self, identity: Identity, connector: str, protocol: str, client: str, tls: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> Session:
+        sid = new_session_id()
+        try:
+            slog = self.recorder.open_session(
+                sid, protocol=protocol, connector=connector, subject=identity.subject,
+                groups=sorted(identity.groups), client=client, tls=tls,
+                extra={"issuer": identity.issuer, "token": identity.token_fingerprint,
+                       **(extra or {})},
+            )
+        except RecorderError as e:
+            log.error("cannot record session: %s", e)
+            raise RecordingFailed("recording unavailable; session refused") from None
+        self.metrics.inc(f"sessions_total|protocol=\"{protocol}\"")
+        return Session(
+            id=sid, identity=identity, connector=connector, protocol=protocol, client=client,
+            log=slog, policies=self.config.policies, approvals=self.approvals, tls=tls,
+        )
+
+    def record_rejection(
+        self, protocol: str, client: str, connector: str, reason: str, tls: bool,
+        identity: Identity | None = None,
+    ) -> None:
+        """Refused connections are recorded too (a short session of their own)."""
+        sid = new_session_id()
+        try:
+            slog = self.recorder.open_session(
+                sid, protocol=protocol, connector=connector,
+                subject=identity.subject if identity else "",
+                groups=sorted(identity.groups) if identity else [], client=client, tls=tls,
+                extra={"token": identity.token_fingerprint} if identity else {},
+            )
+            slog.event("rejected", reason=reason)
+            slog.close("rejected")
+        except RecorderError as e:
+            log.error("cannot record rejected connection: %s", e)
+        self.metrics.inc(f"rejected_connections_total|protocol=\"{protocol}\"")
+
+    def register_cancel(self, target: CancelTarget) -> tuple[int, int]:
+        while True:
+            fake = (secrets.randbits(31), secrets.randbits(31))
+            if fake not in self.cancels:
+                self.cancels[fake] = target
+                return fake
+
+    async def close(self) -> None:
+        await self.verifier.close()

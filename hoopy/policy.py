@@ -1,0 +1,346 @@
+"""The rule engine: a protocol-neutral Command in, a Decision out.
+
+Theory of operation: every proxy turns what it reads on the wire into a
+`Command` and hands it to `session.check()`, which calls `decide()` here.
+`decide()` is pure (no I/O, no clock) so it can be tested as tables and its
+results cached by the proxies.
+
+Precedence (DESIGN §5): deny over require_approval over allow; no matching
+allow means deny; mask rules add up.  Policy sets in `mode: shadow` only record
+what they would have denied: their deny / approval outcomes never block.
+
+Statements whose effect cannot be seen statically (DO blocks, function bodies,
+dynamic EXECUTE) are "opaque": an allow covers them only when the allow rule
+names that exact kind in `sql.statements` — a rule with no `sql` matcher, or a
+glob like `*`, does not count.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+Effect = Literal["allow", "deny", "require_approval", "mask"]
+Outcome = Literal["allow", "deny", "require_approval"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking: the validated claims of an OIDC token."""
+
+    subject: str
+    groups: frozenset[str] = frozenset()
+    issuer: str = ""
+    token_fingerprint: str = ""  # sha256 prefix of the token: never the token itself
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One thing an agent asked a backend to do, independent of protocol."""
+
+    protocol: str  # "postgres" | "ssh" | "kubernetes"
+    connector: str
+    text: str  # the raw command as sent (SQL statement, command line, request line)
+    kinds: frozenset[str] = frozenset()  # lower-case verbs: select, delete, exec, get …
+    tables_read: frozenset[str] = frozenset()
+    tables_written: frozenset[str] = frozenset()
+    functions: frozenset[str] = frozenset()
+    # kinds whose effect cannot be seen statically (do, create_function, execute_dynamic …)
+    opaque: frozenset[str] = frozenset()
+    fingerprint: str = ""  # literal-free form, for caching and approvals
+    # ssh
+    command_line: str = ""
+    # kubernetes
+    verb: str = ""
+    resource: str = ""
+    namespace: str = ""
+    name: str = ""
+
+    @property
+    def tables(self) -> frozenset[str]:
+        return self.tables_read | self.tables_written
+
+
+@dataclass(frozen=True)
+class SqlMatch:
+    statements: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SshMatch:
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KubeMatch:
+    verbs: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Match:
+    subjects: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    connectors: tuple[str, ...] = ()
+    sql: SqlMatch | None = None
+    ssh: SshMatch | None = None
+    kubernetes: KubeMatch | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    effect: Effect
+    match: Match = field(default_factory=Match)
+    reason: str = ""
+    approvers: tuple[str, ...] = ()
+    timeout: float = 600.0  # seconds, for require_approval
+    reuse_for: float = 0.0  # seconds an approval may be reused (0: one-time grant)
+    columns: tuple[str, ...] = ()  # mask: table.column globs
+    detectors: tuple[str, ...] = ()  # mask: value detector names
+    style: str = "redact"  # mask: redact | partial | hash
+    source: str = ""  # "file:line" for operators
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    name: str
+    rules: tuple[Rule, ...]
+    mode: Literal["enforce", "shadow"] = "enforce"
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Masks:
+    columns: tuple[str, ...] = ()
+    detectors: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    style: str = "redact"
+
+    def __bool__(self) -> bool:
+        return bool(self.columns or self.detectors)
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    rule: str = ""  # the rule that decided ("" when nothing matched)
+    reason: str = ""
+    approvers: tuple[str, ...] = ()
+    timeout: float = 0.0
+    reuse_for: float = 0.0
+    masks: Masks = field(default_factory=Masks)
+    shadow: tuple[str, ...] = ()  # shadow-mode rules that would have blocked
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+    def message(self) -> str:
+        """What the agent is told; names the rule so operators can find it."""
+        if self.outcome == "allow":
+            return "allowed"
+        if not self.rule:
+            return f"denied: {self.reason or 'no policy rule allows this'}"
+        text = f"denied by rule '{self.rule}'"
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+NO_ALLOW = Decision("deny", "", "no policy rule allows this")
+
+
+@lru_cache(maxsize=4096)
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern), re.IGNORECASE | re.DOTALL)
+
+
+def glob_any(patterns: Sequence[str], values: Iterable[str]) -> bool:
+    """True when any value matches any glob (case-insensitive)."""
+    compiled = [_glob(p) for p in patterns]
+    return any(c.match(v) for v in values for c in compiled)
+
+
+def _table_names(table: str) -> tuple[str, ...]:
+    """A table is matched by its qualified and its bare name."""
+    return (table, table.rsplit(".", 1)[-1]) if "." in table else (table, f"public.{table}")
+
+
+def _identity_matches(m: Match, who: Identity, connector: str) -> bool:
+    if m.subjects and not glob_any(m.subjects, (who.subject,)):
+        return False
+    if m.groups and not glob_any(m.groups, who.groups):
+        return False
+    return not (m.connectors and not glob_any(m.connectors, (connector,)))
+
+
+def _kind_names(kind: str) -> tuple[str, ...]:
+    """A specific kind (drop_table) is also its generic verb (drop)."""
+    head = kind.split("_", 1)[0]
+    return (kind, head) if head != kind else (kind,)
+
+
+def _kind_items(kinds: frozenset[str]) -> list[tuple[str, ...]]:
+    """Kinds to cover: a generic verb present with its specific kind goes with it."""
+    heads = {k.split("_", 1)[0] for k in kinds if "_" in k}
+    return [_kind_names(k) for k in kinds if k not in heads]
+
+
+def _covered(patterns: Sequence[str], items: Iterable[tuple[str, ...]], every: bool) -> bool:
+    """Each item is a tuple of names it goes by; any/every item must match a glob."""
+    hits = (glob_any(patterns, names) for names in items)
+    return all(hits) if every else any(hits)
+
+
+def _sql_matches(s: SqlMatch, cmd: Command, every: bool) -> bool:
+    """`every`: an allow must cover all of a statement's kinds, tables and functions,
+    or `with d as (delete …) select …` would pass an allow on select."""
+    if cmd.protocol != "postgres":
+        return False
+    if s.statements and not _covered(s.statements, _kind_items(cmd.kinds), every):
+        return False
+    if s.tables and not _covered(s.tables, map(_table_names, cmd.tables), every):
+        return False
+    fn_names = ((f, f.rsplit(".", 1)[-1]) for f in cmd.functions)
+    return not (s.functions and not _covered(s.functions, fn_names, every))
+
+
+def _ssh_matches(s: SshMatch, cmd: Command) -> bool:
+    if cmd.protocol != "ssh":
+        return False
+    return not (s.commands and not glob_any(s.commands, (cmd.command_line,)))
+
+
+def _kube_matches(k: KubeMatch, cmd: Command) -> bool:
+    if cmd.protocol != "kubernetes":
+        return False
+    checks = (
+        (k.verbs, cmd.verb),
+        (k.resources, cmd.resource),
+        (k.namespaces, cmd.namespace),
+        (k.names, cmd.name),
+        (k.commands, cmd.command_line),
+    )
+    return all(not pats or glob_any(pats, (val,)) for pats, val in checks)
+
+
+def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
+    """Restrictive rules (deny, approval, mask) match when any part of a command
+    matches; permissive ones (allow) only when every part does."""
+    m = rule.match
+    if not _identity_matches(m, who, cmd.connector):
+        return False
+    if m.sql is not None and not _sql_matches(m.sql, cmd, every=rule.effect == "allow"):
+        return False
+    if m.ssh is not None and not _ssh_matches(m.ssh, cmd):
+        return False
+    return not (m.kubernetes is not None and not _kube_matches(m.kubernetes, cmd))
+
+
+def _covers_opaque(rule: Rule, cmd: Command) -> bool:
+    """An allow covers opaque code only if it names every opaque kind exactly."""
+    if not cmd.opaque:
+        return True
+    sql = rule.match.sql
+    if sql is None:
+        return False
+    named = {s.lower() for s in sql.statements}
+    return cmd.opaque <= named
+
+
+def admits(policies: Sequence[PolicySet], who: Identity, connector: str) -> bool:
+    """May this identity open a session on this connector at all?
+
+    True when some enforcing allow rule could apply to this identity and
+    connector (its command matchers are not considered yet), or a
+    require_approval rule that names who it is for (subjects or groups): an
+    approval rule about commands alone admits nobody.
+    """
+    for ps in policies:
+        if ps.mode != "enforce":
+            continue
+        for rule in ps.rules:
+            m = rule.match
+            scoped = bool(m.subjects or m.groups)
+            if (rule.effect == "allow" or (rule.effect == "require_approval" and scoped)) and (
+                _identity_matches(m, who, connector)
+            ):
+                return True
+    return False
+
+
+def decide(policies: Sequence[PolicySet], who: Identity, cmd: Command) -> Decision:
+    """The one decision function every protocol shares."""
+    deny: Rule | None = None
+    approve: Rule | None = None
+    allow: Rule | None = None
+    shadow: list[str] = []
+    mask_rules: list[Rule] = []
+    for ps in policies:
+        for rule in ps.rules:
+            if not rule_matches(rule, who, cmd):
+                continue
+            if rule.effect == "mask":
+                mask_rules.append(rule)
+            elif ps.mode == "shadow":
+                if rule.effect in ("deny", "require_approval"):
+                    shadow.append(rule.name)
+            elif rule.effect == "deny":
+                deny = deny or rule
+            elif rule.effect == "require_approval":
+                approve = approve or rule
+            elif rule.effect == "allow" and allow is None and _covers_opaque(rule, cmd):
+                allow = allow or rule
+    masks = _merge_masks(mask_rules)
+    sh = tuple(shadow)
+    if deny is not None:
+        return Decision("deny", deny.name, deny.reason, masks=masks, shadow=sh)
+    if approve is not None:
+        if cmd.opaque and not _covers_opaque(approve, cmd) and allow is None:
+            return Decision("deny", "", _opaque_reason(cmd), masks=masks, shadow=sh)
+        return Decision(
+            "require_approval",
+            approve.name,
+            approve.reason,
+            approvers=approve.approvers,
+            timeout=approve.timeout,
+            reuse_for=approve.reuse_for,
+            masks=masks,
+            shadow=sh,
+        )
+    if allow is not None:
+        return Decision("allow", allow.name, allow.reason, masks=masks, shadow=sh)
+    if cmd.opaque:
+        return Decision("deny", "", _opaque_reason(cmd), masks=masks, shadow=sh)
+    return Decision("deny", "", NO_ALLOW.reason, masks=masks, shadow=sh)
+
+
+def _opaque_reason(cmd: Command) -> str:
+    kinds = ", ".join(sorted(cmd.opaque))
+    return (
+        f"{kinds}: code whose effect cannot be checked statically needs an allow rule "
+        f"naming it in sql.statements"
+    )
+
+
+def _merge_masks(rules: Sequence[Rule]) -> Masks:
+    if not rules:
+        return Masks()
+    cols: list[str] = []
+    dets: list[str] = []
+    for r in rules:
+        cols.extend(c for c in r.columns if c not in cols)
+        dets.extend(d for d in r.detectors if d not in dets)
+    # The strictest style wins when rules disagree: redact > hash > partial.
+    order = {"redact": 0, "hash": 1, "partial": 2}
+    style = min((r.style for r in rules), key=lambda s: order.get(s, 0))
+    return Masks(tuple(cols), tuple(dets), tuple(r.name for r in rules), style)

@@ -1,0 +1,277 @@
+"""Connections from hoopy to the real PostgreSQL, with credentials only hoopy holds.
+
+Theory of operation: `connect()` opens TCP, optionally TLS (per the connector's
+sslmode), sends a StartupMessage with the connector's user and database plus
+a whitelist of harmless client parameters, and answers SCRAM-SHA-256 (scramp),
+md5 or cleartext authentication.  It returns once the server is ready for
+queries, holding the ParameterStatus values and the real BackendKeyData.
+
+`BackendPool` keeps a few authenticated idle connections per connector and
+startup parameters, reset with DISCARD ALL before reuse, so agents that open
+one connection per command do not pay TLS + SCRAM each time.  A pooled
+connection is never shared by two live sessions.
+
+Nothing in this module puts the backend user or password into an exception
+message: callers show errors to agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+from dataclasses import dataclass, field
+
+from scramp import ScramClient
+
+from hoopy.config import PostgresConnector
+from hoopy.errors import BackendUnavailable
+from hoopy.protocols.postgres import codec as pg
+
+log = logging.getLogger("hoopy.postgres.backend")
+
+# Startup parameters an agent may pass through.  Everything else is dropped:
+# `options` (-c role=…) or `replication` would bypass statement checks.
+PASSTHROUGH_PARAMS = frozenset(
+    {"application_name", "client_encoding", "datestyle", "timezone", "intervalstyle",
+     "extra_float_digits"}
+)
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class BackendConn:
+    connector: PostgresConnector
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    codec: pg.ClientConnection
+    params: dict[str, str] = field(default_factory=dict)
+    pid: int = 0
+    key: int = 0
+    pool_key: tuple[str, ...] = ()
+    status: str = "I"
+    tls: bool = False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(self.codec.terminate())
+        self.writer.close()
+
+    async def read_events(self) -> list[pg.BackendEvent]:
+        data = await self.reader.read(256 * 1024)
+        if not data:
+            raise BackendUnavailable("the database closed the connection")
+        self.codec.receive_data(data)
+        return self.codec.events()
+
+    async def simple_query(self, sql: str) -> None:
+        """Run a statement hoopy issues itself; waits for ReadyForQuery."""
+        self.writer.write(self.codec.query(sql))
+        error: pg.ErrorResponse | None = None
+        while True:
+            for ev in await self.read_events():
+                if isinstance(ev, pg.ErrorResponse):
+                    error = ev
+                elif isinstance(ev, pg.ParameterStatus):
+                    self.params[ev.name] = ev.value
+                elif isinstance(ev, pg.ReadyForQuery):
+                    self.status = ev.status
+                    if error is not None:
+                        raise BackendUnavailable(f"database refused reset ({error.code})")
+                    return
+
+
+def _client_params(params: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in params.items() if k.lower() in PASSTHROUGH_PARAMS}
+
+
+def _ssl_context(c: PostgresConnector) -> ssl.SSLContext:
+    if c.sslmode == "verify-full":
+        ctx = ssl.create_default_context(cafile=str(c.sslrootcert) if c.sslrootcert else None)
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _maybe_tls(
+    c: PostgresConnector, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    codec: pg.ClientConnection,
+) -> bool:
+    if c.sslmode == "disable":
+        return False
+    writer.write(codec.ssl_request())
+    answer = await reader.readexactly(1)
+    if answer == b"S":
+        await writer.start_tls(_ssl_context(c), server_hostname=c.host)
+        return True
+    if c.sslmode in ("require", "verify-full"):
+        raise BackendUnavailable(f"connector '{c.name}': the database does not offer TLS")
+    return False
+
+
+def _md5_password(user: str, password: str, salt: bytes) -> bytes:
+    inner = hashlib.md5((password + user).encode()).hexdigest()
+    return b"md5" + hashlib.md5(inner.encode() + salt).hexdigest().encode()
+
+
+class _Authenticator:
+    """Answers the server's authentication requests for one connection."""
+
+    def __init__(self, c: PostgresConnector, conn: BackendConn) -> None:
+        self.c = c
+        self.conn = conn
+        self.scram: ScramClient | None = None
+
+    def password(self) -> str:
+        if self.c.password is None:
+            raise BackendUnavailable(f"connector '{self.c.name}': no password configured")
+        return self.c.password.get()
+
+    def answer(self, ev: pg.BackendEvent) -> bytes | None:
+        codec = self.conn.codec
+        if isinstance(ev, pg.AuthenticationSASL):
+            if "SCRAM-SHA-256" not in ev.mechanisms:
+                raise BackendUnavailable("the database offers no supported SASL mechanism")
+            self.scram = ScramClient(["SCRAM-SHA-256"], self.c.user, self.password())
+            first = self.scram.get_client_first().encode()
+            return codec.sasl_initial_response("SCRAM-SHA-256", first)
+        if isinstance(ev, pg.AuthenticationSASLContinue) and self.scram is not None:
+            self.scram.set_server_first(ev.data.decode())
+            return codec.sasl_response(self.scram.get_client_final().encode())
+        if isinstance(ev, pg.AuthenticationSASLFinal) and self.scram is not None:
+            self.scram.set_server_final(ev.data.decode())  # authenticates the server too
+            return None
+        if isinstance(ev, pg.AuthenticationMD5Password):
+            return codec.password_message(_md5_password(self.c.user, self.password(), ev.salt))
+        if isinstance(ev, pg.AuthenticationCleartextPassword):
+            if not self.conn.tls:
+                log.warning("connector %s: database asks for a cleartext password", self.c.name)
+            return codec.password_message(self.password().encode())
+        if isinstance(ev, pg.AuthenticationOther):
+            raise BackendUnavailable(f"unsupported database authentication method {ev.code}")
+        return None
+
+
+async def connect(
+    c: PostgresConnector, client_params: dict[str, str], max_message_size: int
+) -> BackendConn:
+    """Open and authenticate one backend connection."""
+    try:
+        return await asyncio.wait_for(_connect(c, client_params, max_message_size),
+                                      CONNECT_TIMEOUT)
+    except BackendUnavailable:
+        raise
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+        log.warning("connector %s: cannot reach database: %s", c.name, type(e).__name__)
+        raise BackendUnavailable(f"connector '{c.name}': database unavailable") from None
+    except Exception as e:  # scramp errors, protocol violations: never echo details
+        log.warning("connector %s: authentication with database failed: %s",
+                    c.name, type(e).__name__)
+        raise BackendUnavailable(f"connector '{c.name}': database login failed") from None
+
+
+async def _connect(c: PostgresConnector, client_params: dict[str, str], cap: int) -> BackendConn:
+    reader, writer = await asyncio.open_connection(c.host, c.port, limit=1 << 20)
+    codec = pg.ClientConnection(max_message_size=cap)
+    try:
+        tls = await _maybe_tls(c, reader, writer, codec)
+        params = {**_client_params(client_params), "user": c.user, "database": c.database}
+        conn = BackendConn(c, reader, writer, codec, tls=tls,
+                           pool_key=pool_key(c, client_params))
+        writer.write(codec.startup_message(params))
+        auth = _Authenticator(c, conn)
+        while True:
+            for ev in await conn.read_events():
+                if isinstance(ev, pg.ErrorResponse):
+                    log.warning("connector %s: database refused login: %s", c.name, ev.code)
+                    raise BackendUnavailable(f"connector '{c.name}': database login failed")
+                if isinstance(ev, pg.ParameterStatus):
+                    conn.params[ev.name] = ev.value
+                elif isinstance(ev, pg.BackendKeyData):
+                    conn.pid, conn.key = ev.pid, ev.key
+                elif isinstance(ev, pg.ReadyForQuery):
+                    conn.status = ev.status
+                    return conn
+                else:
+                    reply = auth.answer(ev)
+                    if reply is not None:
+                        writer.write(reply)
+    except BaseException:
+        writer.close()
+        raise
+
+
+def pool_key(c: PostgresConnector, client_params: dict[str, str]) -> tuple[str, ...]:
+    kept = _client_params(client_params)
+    return (c.name, *(f"{k.lower()}={v}" for k, v in sorted(kept.items())))
+
+
+async def cancel(c: PostgresConnector, pid: int, key: int) -> None:
+    """Send a CancelRequest for a backend this connector owns."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(c.host, c.port), 5.0)
+    except (OSError, asyncio.TimeoutError):
+        log.warning("connector %s: cannot reach database to cancel", c.name)
+        return
+    codec = pg.ClientConnection()
+    writer.write(codec.cancel_request(pid, key))
+    with contextlib.suppress(Exception):
+        await writer.drain()
+        await asyncio.wait_for(reader.read(1), 5.0)
+    writer.close()
+
+
+class BackendPool:
+    """Idle authenticated connections, keyed by connector + startup parameters."""
+
+    def __init__(self, size: int, max_message_size: int) -> None:
+        self.size = size
+        self.cap = max_message_size
+        self.idle: dict[tuple[str, ...], list[BackendConn]] = {}
+        self._resets: set[asyncio.Task[None]] = set()
+        self.hits = 0
+        self.misses = 0
+
+    async def acquire(self, c: PostgresConnector, client_params: dict[str, str]) -> BackendConn:
+        conns = self.idle.get(pool_key(c, client_params))
+        while conns:
+            conn = conns.pop()
+            if conn.connector == c and not conn.reader.at_eof():
+                self.hits += 1
+                return conn
+            conn.close()
+        self.misses += 1
+        return await connect(c, client_params, self.cap)
+
+    def release(self, conn: BackendConn, reusable: bool) -> None:
+        """Give a connection back; it is reset in the background before reuse."""
+        if not reusable or self.size <= 0 or conn.status != "I":
+            conn.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._reset(conn))
+        self._resets.add(task)
+        task.add_done_callback(self._resets.discard)
+
+    async def _reset(self, conn: BackendConn) -> None:
+        try:
+            await asyncio.wait_for(conn.simple_query("DISCARD ALL"), 5.0)
+        except Exception:
+            conn.close()
+            return
+        bucket = self.idle.setdefault(conn.pool_key, [])
+        if len(bucket) >= self.size or conn.status != "I":
+            conn.close()
+        else:
+            bucket.append(conn)
+
+    def close(self) -> None:
+        for bucket in self.idle.values():
+            for conn in bucket:
+                conn.close()
+        self.idle.clear()
+        for t in self._resets:
+            t.cancel()

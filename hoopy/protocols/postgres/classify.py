@@ -1,0 +1,766 @@
+"""SQL text → protocol-neutral `Command` records, one per statement (pglast / libpg_query).
+
+Theory of operation
+-------------------
+libpg_query (PostgreSQL's own grammar) parses the text; we take its JSON parse tree
+(`parse_sql_json` + `json.loads` is ~5x faster than building pglast's Python AST) and
+walk it iteratively (no recursion limit to hit) collecting:
+
+* kinds — the statement's lower-case verb, plus a specific kind for DDL
+  ("create" + "create_table") and the verbs of any statement it runs: data-modifying
+  CTEs, EXPLAIN ANALYZE, PREPARE, DECLARE, COPY (query), EXECUTE of a known prepared
+  statement, MERGE actions, INSERT … ON CONFLICT DO UPDATE. Sub-selects add no kind: an
+  INSERT … SELECT is an insert, not also a select.
+* tables_read / tables_written — every RangeVar, written when it is the target of a
+  modification (DML targets, DDL objects, TRUNCATE, LOCK, …). A bare name that resolves to a
+  CTE in scope is not a table; CTE bodies are walked with PostgreSQL's scoping rules.
+* functions — every FuncCall, anywhere in the tree, plus CALL and trigger targets.
+* opaque — effects that cannot be seen statically (DO, function bodies, COPY PROGRAM / server
+  files, LOAD, EXECUTE of an unknown prepared statement, statements we do not know).
+
+The JSON tree: a tagged node is `{"TypeName": {fields}}`; fields typed as a specific struct
+(e.g. `InsertStmt.relation`, `SelectStmt.larg`) appear untagged, so an untagged dict with a
+"relname" is a RangeVar and one with a "withClause" opens a CTE scope.
+
+Classification never looks at literal constants, so results can be cached by
+`pglast.parser.normalize()` (constants → $n): `Classifier` does that. Results that depend on
+session state (EXECUTE of a prepared statement) are never cached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pglast import parser
+
+from hoopy.policy import Command
+
+Prepared = Mapping[str, tuple[Command, ...]]
+Json = Any  # a value of libpg_query's JSON parse tree
+Scope = frozenset[str]  # CTE names visible at a point of the tree
+Stack = list[tuple[Json, Scope]]
+
+_NO_SCOPE: Scope = frozenset()
+# Leaves that can hold neither relations nor function calls.
+_SKIP = frozenset(
+    {"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star"}
+    | {"ParamRef", "ColumnRef", "RoleSpec"}
+)
+# Object types whose DROP / COMMENT / GRANT names a relation.
+_RELATION_OBJECTS = frozenset(
+    {"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_INDEX"}
+    | {"OBJECT_SEQUENCE", "OBJECT_FOREIGN_TABLE"}
+)
+# Object types named as [schema.]table.object: the table is all but the last name.
+_TABLE_CHILD_OBJECTS = frozenset(
+    {"OBJECT_TRIGGER", "OBJECT_RULE", "OBJECT_POLICY", "OBJECT_COLUMN", "OBJECT_TABCONSTRAINT"}
+)
+
+
+def _pairs(spec: str) -> dict[str, str]:
+    """'Key=value Key2=value2 …' (any whitespace) → dict: keeps the big tables compact."""
+    return dict(item.split("=", 1) for item in spec.split())
+
+
+# ObjectType names whose lower-cased form is not the SQL spelling.
+_OBJECT_NAMES = _pairs("""
+    MATVIEW=materialized_view FDW=foreign_data_wrapper FOREIGN_SERVER=server
+    TSCONFIGURATION=text_search_configuration TSDICTIONARY=text_search_dictionary
+    TSPARSER=text_search_parser TSTEMPLATE=text_search_template OPCLASS=operator_class
+    OPFAMILY=operator_family AMOP=operator_family AMPROC=operator_family
+    TABCONSTRAINT=constraint DOMCONSTRAINT=constraint LARGEOBJECT=large_object
+    STATISTIC_EXT=statistics DEFACL=default_privileges PUBLICATION_NAMESPACE=publication
+    PUBLICATION_REL=publication PARAMETER_ACL=parameter
+""")
+_TRANSACTION_KINDS = _pairs("""
+    BEGIN=begin START=begin COMMIT=commit ROLLBACK=rollback SAVEPOINT=savepoint
+    RELEASE=release ROLLBACK_TO=rollback PREPARE=prepare_transaction
+    COMMIT_PREPARED=commit_prepared ROLLBACK_PREPARED=rollback_prepared
+""")
+_MERGE_KINDS = _pairs("CMD_UPDATE=update CMD_DELETE=delete CMD_INSERT=insert")
+_DML_KINDS = _pairs("InsertStmt=insert UpdateStmt=update DeleteStmt=delete MergeStmt=merge")
+# Utility statements fully described by one kind (plus its verb: "create_table" → "create");
+# their target relation, if any, sits in one of _TARGET_FIELDS and counts as written.
+_TARGET_FIELDS = ("relation", "view", "table", "sequence", "typevar")
+_UTILITY_KINDS = _pairs("""
+    VariableShowStmt=show DiscardStmt=discard ListenStmt=listen NotifyStmt=notify
+    UnlistenStmt=unlisten CheckPointStmt=checkpoint ClosePortalStmt=close
+    DeallocateStmt=deallocate ReassignOwnedStmt=reassign ClusterStmt=cluster
+    ReindexStmt=reindex ConstraintsSetStmt=set_constraints CreateStmt=create_table
+    IndexStmt=create_index RefreshMatViewStmt=refresh_materialized_view
+    ImportForeignSchemaStmt=import_foreign_schema CreatedbStmt=create_database
+    DropdbStmt=drop_database AlterDatabaseStmt=alter_database
+    AlterDatabaseSetStmt=alter_database AlterDatabaseRefreshCollStmt=alter_database
+    AlterSystemStmt=alter_system CreateExtensionStmt=create_extension
+    AlterExtensionStmt=alter_extension AlterExtensionContentsStmt=alter_extension
+    AlterRoleStmt=alter_role AlterRoleSetStmt=alter_role DropRoleStmt=drop_role
+    DropOwnedStmt=drop_owned CreateSeqStmt=create_sequence AlterSeqStmt=alter_sequence
+    CreateDomainStmt=create_domain AlterDomainStmt=alter_domain CreateEnumStmt=create_type
+    CreateRangeStmt=create_type CompositeTypeStmt=create_type AlterEnumStmt=alter_type
+    AlterTypeStmt=alter_type CreateCastStmt=create_cast CreateConversionStmt=create_conversion
+    CreateOpClassStmt=create_operator_class CreateOpFamilyStmt=create_operator_family
+    AlterOpFamilyStmt=alter_operator_family AlterOperatorStmt=alter_operator
+    CreateTransformStmt=create_transform CreateAmStmt=create_access_method
+    CreatePLangStmt=create_language CreateFdwStmt=create_foreign_data_wrapper
+    AlterFdwStmt=alter_foreign_data_wrapper CreateForeignServerStmt=create_server
+    AlterForeignServerStmt=alter_server CreateUserMappingStmt=create_user_mapping
+    AlterUserMappingStmt=alter_user_mapping DropUserMappingStmt=drop_user_mapping
+    AlterEventTrigStmt=alter_event_trigger CreatePolicyStmt=create_policy
+    AlterPolicyStmt=alter_policy CreatePublicationStmt=create_publication
+    AlterPublicationStmt=alter_publication CreateSubscriptionStmt=create_subscription
+    AlterSubscriptionStmt=alter_subscription DropSubscriptionStmt=drop_subscription
+    CreateTableSpaceStmt=create_tablespace DropTableSpaceStmt=drop_tablespace
+    AlterTableSpaceOptionsStmt=alter_tablespace CreateStatsStmt=create_statistics
+    AlterStatsStmt=alter_statistics AlterCollationStmt=alter_collation
+    AlterTSConfigurationStmt=alter_text_search_configuration
+    AlterTSDictionaryStmt=alter_text_search_dictionary
+""")
+_UTILITY = {tag: tuple(dict.fromkeys((k.split("_")[0], k))) for tag, k in _UTILITY_KINDS.items()}
+
+
+class SqlParseError(Exception):
+    """PostgreSQL's parser rejected the text (or it cannot be analysed safely).
+
+    `position` is the 0-based character index of the error in the text, when known.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.position = position
+
+
+@dataclass
+class _Acc:
+    """What one statement's walk has found so far."""
+
+    prepared: Prepared | None
+    kinds: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    written: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    opaque: set[str] = field(default_factory=set)
+    cacheable: bool = True
+
+    def child(self) -> _Acc:
+        return _Acc(self.prepared)
+
+    def merge(self, other: _Acc) -> None:
+        """Take everything: `other` describes something this statement runs."""
+        self.kinds |= other.kinds
+        self.opaque |= other.opaque
+        self.written |= other.written
+        self.absorb_refs(other)
+
+    def absorb_refs(self, other: _Acc) -> None:
+        """Take only what `other` touches, as reads: it is described, not run."""
+        self.read |= other.read | other.written
+        self.functions |= other.functions
+        self.cacheable = self.cacheable and other.cacheable
+
+
+# ---------------------------------------------------------------- names
+
+
+def _dotted(names: list[Json]) -> str:
+    """[catalog.][schema.]name from a list of String nodes; the catalog is dropped."""
+    parts = [n["String"]["sval"] for n in names if isinstance(n, dict) and "String" in n]
+    return ".".join(parts[-2:])
+
+
+def _rv_name(rv: Json) -> str:
+    schema = rv.get("schemaname")
+    return f"{schema}.{rv['relname']}" if schema else str(rv["relname"])
+
+
+def _obj(objtype: str | None) -> str:
+    name = (objtype or "OBJECT_UNKNOWN").removeprefix("OBJECT_")
+    return _OBJECT_NAMES.get(name, name.lower())
+
+
+def _untag(node: Json) -> Json:
+    """The fields of a node, tagged or not."""
+    if isinstance(node, dict) and len(node) == 1:
+        ((tag, body),) = node.items()
+        if tag[:1].isupper() and isinstance(body, dict):
+            return body
+    return node
+
+
+def _add_target(acc: _Acc, rv: Json) -> None:
+    """A relation being modified: never a CTE reference, whatever is in scope."""
+    rv = _untag(rv)
+    if isinstance(rv, dict) and "relname" in rv:
+        acc.written.add(_rv_name(rv))
+
+
+def _add_name_list(acc: _Acc, objtype: str | None, obj: Json) -> None:
+    """DROP / COMMENT / SECURITY LABEL name relations as lists of String nodes."""
+    obj = _untag(obj)
+    items = obj.get("items") if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        return
+    if objtype in _TABLE_CHILD_OBJECTS:
+        items = items[:-1]
+    elif objtype not in _RELATION_OBJECTS:
+        return
+    if items:
+        acc.written.add(_dotted(items))
+
+
+# ---------------------------------------------------------------- the tree walk
+
+
+def _walk(acc: _Acc, root: Json, scope: Scope = _NO_SCOPE) -> None:
+    """Collect relations, function calls and nested statements below `root`."""
+    stack: Stack = [(root, scope)]
+    while stack:
+        obj, scope = stack.pop()
+        if isinstance(obj, list):
+            stack.extend((x, scope) for x in obj if isinstance(x, dict | list))
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if len(obj) == 1:
+            ((tag, body),) = obj.items()
+            if tag[:1].isupper() and isinstance(body, dict):
+                if tag in _SKIP:
+                    continue
+                special = _NODE_HANDLERS.get(tag)
+                if special is not None:
+                    special(acc, body, scope, stack)
+                    continue
+                obj = body
+        if "relname" in obj:
+            _read_ref(acc, obj, scope)
+        else:
+            _push_fields(obj, scope, stack)
+
+
+def _push_fields(obj: Json, scope: Scope, stack: Stack, skip: tuple[str, ...] = ()) -> None:
+    """Queue a node's fields; a WITH clause scopes its CTE names over the rest."""
+    with_clause = obj.get("withClause")
+    if isinstance(with_clause, dict):
+        scope = _push_ctes(with_clause, scope, stack)
+    for key, value in obj.items():
+        if isinstance(value, dict | list) and key != "withClause" and key not in skip:
+            stack.append((value, scope))
+
+
+def _push_ctes(with_clause: Json, scope: Scope, stack: Stack) -> Scope:
+    """Queue CTE bodies with what each may see; return the scope of the statement body.
+
+    Without RECURSIVE a CTE sees only the CTEs before it (a later or its own name means a
+    real table); with RECURSIVE every CTE of the list is visible in every body.
+    """
+    ctes = [_untag(c) for c in with_clause.get("ctes", [])]
+    names = [str(c.get("ctename", "")) for c in ctes]
+    recursive = bool(with_clause.get("recursive"))
+    for i, cte in enumerate(ctes):
+        visible = names if recursive else names[:i]
+        stack.append((cte.get("ctequery"), scope | frozenset(visible)))
+    return scope | frozenset(names)
+
+
+def _read_ref(acc: _Acc, rv: Json, scope: Scope) -> None:
+    if rv.get("schemaname") or rv.get("catalogname") or rv["relname"] not in scope:
+        acc.read.add(_rv_name(rv))
+
+
+def _on_func_call(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
+    name = _dotted(body.get("funcname", []))
+    if name:
+        acc.functions.add(name)
+    _push_fields(body, scope, stack, skip=("funcname",))
+
+
+def _on_dml(tag: str) -> Callable[[_Acc, Json, Scope, Stack], None]:
+    def handler(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
+        acc.kinds.add(_DML_KINDS[tag])
+        _add_target(acc, body.get("relation"))
+        conflict = body.get("onConflictClause") or {}
+        if conflict.get("action") == "ONCONFLICT_UPDATE":
+            acc.kinds.add("update")
+        for clause in body.get("mergeWhenClauses", []):
+            kind = _MERGE_KINDS.get(_untag(clause).get("commandType", ""))
+            if kind:
+                acc.kinds.add(kind)
+        _push_fields(body, scope, stack, skip=("relation",))
+
+    return handler
+
+
+def _on_execute(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
+    """EXECUTE runs a prepared statement: it is whatever that statement is."""
+    acc.kinds.add("execute")
+    acc.cacheable = False
+    found = (acc.prepared or {}).get(str(body.get("name", "")))
+    if found is None:
+        acc.opaque.add("execute")
+    else:
+        for cmd in found:
+            acc.kinds |= cmd.kinds - {"prepare"}
+            acc.read |= cmd.tables_read
+            acc.written |= cmd.tables_written
+            acc.functions |= cmd.functions
+            acc.opaque |= cmd.opaque
+    _push_fields(body, scope, stack)
+
+
+_NODE_HANDLERS: dict[str, Callable[[_Acc, Json, Scope, Stack], None]] = {
+    "RangeVar": lambda acc, body, scope, stack: _read_ref(acc, body, scope),
+    "FuncCall": _on_func_call,
+    "ExecuteStmt": _on_execute,
+    **{tag: _on_dml(tag) for tag in _DML_KINDS},
+}
+
+
+def _walk_fields(acc: _Acc, body: Json, skip: tuple[str, ...] = ()) -> None:
+    _walk(acc, {k: v for k, v in body.items() if k not in skip})
+
+
+# ---------------------------------------------------------------- statements
+
+StmtHandler = Callable[[_Acc, Json], None]
+
+
+def _statement(acc: _Acc, node: Json) -> None:
+    """Classify one statement node into `acc`."""
+    ((tag, body),) = node.items()
+    handler = _STATEMENTS.get(tag)
+    if handler is not None:
+        handler(acc, body)
+    elif tag in _UTILITY:
+        _utility(acc, _UTILITY[tag], body)
+    else:  # a statement this module does not know: fail closed
+        acc.kinds.add("unknown")
+        acc.opaque.add("unknown")
+
+
+def _utility(acc: _Acc, kinds: tuple[str, ...], body: Json) -> None:
+    acc.kinds.update(kinds)
+    for name in _TARGET_FIELDS:
+        _add_target(acc, body.get(name))
+    _walk_fields(acc, body, skip=_TARGET_FIELDS)
+
+
+def _kinds_for(verb: str) -> Callable[[str], tuple[str, str]]:
+    return lambda objtype: (verb, f"{verb}_{_obj(objtype)}")
+
+
+_create = _kinds_for("create")
+_alter = _kinds_for("alter")
+_drop = _kinds_for("drop")
+
+
+def _select(acc: _Acc, body: Json) -> None:
+    into = body.get("intoClause")
+    if into:  # SELECT INTO creates a table
+        acc.kinds.update(("create", "create_table"))
+        _add_target(acc, into.get("rel"))
+    else:
+        acc.kinds.add("select")
+    _walk(acc, {"SelectStmt": {k: v for k, v in body.items() if k != "intoClause"}})
+
+
+def _walked(tag: str) -> StmtHandler:
+    """Statements the tree walk classifies by itself (DML, EXECUTE), also when nested."""
+    return lambda acc, body: _walk(acc, {tag: body})
+
+
+def _explain(acc: _Acc, body: Json) -> None:
+    """EXPLAIN runs its statement only with ANALYZE (whatever its value, to stay literal-free)."""
+    acc.kinds.add("explain")
+    inner = acc.child()
+    _statement(inner, body["query"])
+    options = (_untag(o) for o in body.get("options", []))
+    if any(o.get("defname") == "analyze" for o in options):
+        acc.merge(inner)
+    else:
+        acc.absorb_refs(inner)
+
+
+def _runs_query(verb: str) -> StmtHandler:
+    """PREPARE / DECLARE: classified as the statement they will run."""
+
+    def handler(acc: _Acc, body: Json) -> None:
+        acc.kinds.add(verb)
+        _statement(acc, body["query"])
+
+    return handler
+
+
+def _copy(acc: _Acc, body: Json) -> None:
+    acc.kinds.add("copy")
+    rel = body.get("relation")
+    if rel:
+        (acc.written if body.get("is_from") else acc.read).add(_rv_name(rel))
+    if body.get("query"):
+        _statement(acc, body["query"])
+    if body.get("is_program"):
+        acc.opaque.add("copy_program")
+    elif body.get("filename") is not None:  # a file on the database server
+        acc.opaque.add("copy_file")
+    _walk_fields(acc, body, skip=("relation", "query"))
+
+
+def _create_table_as(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(_create(body.get("objtype", "OBJECT_TABLE")))
+    _add_target(acc, (body.get("into") or {}).get("rel"))
+    _walk_fields(acc, body, skip=("into",))
+
+
+def _create_view(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(("create", "create_view"))
+    _add_target(acc, body.get("view"))
+    _described(acc, body.get("query"))
+
+
+def _described(acc: _Acc, tree: Json) -> None:
+    """Statements stored for later (view queries, rule actions): their tables, not kinds."""
+    inner = acc.child()
+    _walk(inner, tree)
+    acc.absorb_refs(inner)
+
+
+def _create_function(acc: _Acc, body: Json) -> None:
+    kind = "create_procedure" if body.get("is_procedure") else "create_function"
+    acc.kinds.update(("create", kind))
+    acc.opaque.add(kind)  # the body is code: never walked, never trusted
+
+
+def _call(acc: _Acc, body: Json) -> None:
+    acc.kinds.add("call")
+    _walk(acc, {"FuncCall": body.get("funccall") or {}})
+
+
+def _drop_stmt(acc: _Acc, body: Json) -> None:
+    objtype = body.get("removeType")
+    acc.kinds.update(_drop(objtype))
+    for obj in body.get("objects", []):
+        _add_name_list(acc, objtype, obj)
+
+
+def _relations(verb: str) -> StmtHandler:
+    """TRUNCATE / LOCK: every listed relation is a target."""
+
+    def handler(acc: _Acc, body: Json) -> None:
+        acc.kinds.add(verb)
+        for rv in body.get("relations", []):
+            _add_target(acc, rv)
+
+    return handler
+
+
+def _vacuum(acc: _Acc, body: Json) -> None:
+    vacuum = bool(body.get("is_vacuumcmd"))
+    acc.kinds.add("vacuum" if vacuum else "analyze")
+    for rel in body.get("rels", []):
+        rv = _untag(_untag(rel).get("relation"))
+        if isinstance(rv, dict) and "relname" in rv:
+            (acc.written if vacuum else acc.read).add(_rv_name(rv))
+
+
+def _alter_table(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(_alter(body.get("objtype")))
+    _add_target(acc, body.get("relation"))
+    _walk_fields(acc, body, skip=("relation",))
+
+
+def _alter_object(type_field: str) -> StmtHandler:
+    """ALTER … SET SCHEMA / OWNER TO / DEPENDS ON, ALTER FUNCTION, ALTER TABLE ALL IN …"""
+
+    def handler(acc: _Acc, body: Json) -> None:
+        acc.kinds.update(_alter(body.get(type_field)))
+        _add_target(acc, body.get("relation"))
+        _walk_fields(acc, body, skip=("relation",))
+
+    return handler
+
+
+def _rename(acc: _Acc, body: Json) -> None:
+    objtype = body.get("renameType")
+    if objtype in ("OBJECT_COLUMN", "OBJECT_ATTRIBUTE"):
+        objtype = body.get("relationType")
+    elif objtype == "OBJECT_TABCONSTRAINT":
+        objtype = "OBJECT_TABLE"
+    acc.kinds.update(_alter(objtype))
+    _add_target(acc, body.get("relation"))
+    _walk_fields(acc, body, skip=("relation",))
+
+
+def _define(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(_create(body.get("kind")))
+
+
+def _create_role(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(("create", "create_role"))
+    extra = {"ROLESTMT_USER": "create_user", "ROLESTMT_GROUP": "create_group"}
+    if body.get("stmt_type") in extra:
+        acc.kinds.add(extra[body["stmt_type"]])
+
+
+def _grant(acc: _Acc, body: Json) -> None:
+    acc.kinds.add("grant" if body.get("is_grant") else "revoke")
+    if body.get("targtype") == "ACL_TARGET_OBJECT" and body.get("objtype") in _RELATION_OBJECTS:
+        for rv in body.get("objects", []):
+            _add_target(acc, rv)
+
+
+def _default_privileges(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(("alter", "alter_default_privileges"))
+    acc.kinds.add("grant" if (body.get("action") or {}).get("is_grant") else "revoke")
+
+
+def _set(acc: _Acc, body: Json) -> None:
+    acc.kinds.add("set")
+    name = body.get("name")
+    if name in ("role", "session_authorization"):
+        acc.kinds.add(f"set_{name}")
+    _walk_fields(acc, body)
+
+
+def _transaction(acc: _Acc, body: Json) -> None:
+    kind = str(body.get("kind", "")).removeprefix("TRANS_STMT_")
+    acc.kinds.add(_TRANSACTION_KINDS.get(kind, "transaction"))
+
+
+def _fetch(acc: _Acc, body: Json) -> None:
+    acc.kinds.add("move" if body.get("ismove") else "fetch")
+
+
+def _labelled(verb: str) -> StmtHandler:
+    """COMMENT ON / SECURITY LABEL ON an object."""
+
+    def handler(acc: _Acc, body: Json) -> None:
+        acc.kinds.add(verb)
+        _add_name_list(acc, body.get("objtype"), body.get("object"))
+
+    return handler
+
+
+def _create_schema(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(("create", "create_schema"))
+    for element in body.get("schemaElts", []):
+        _statement(acc, element)
+
+
+def _create_foreign_table(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(("create", "create_foreign_table"))
+    base = body.get("base") or {}
+    _add_target(acc, base.get("relation"))
+    _walk_fields(acc, base, skip=("relation",))
+
+
+def _create_trigger(kind: str) -> StmtHandler:
+    """CREATE [EVENT] TRIGGER: runs an existing function later, named in `functions`."""
+
+    def handler(acc: _Acc, body: Json) -> None:
+        acc.kinds.update(("create", kind))
+        _add_target(acc, body.get("relation"))
+        acc.functions.add(_dotted(body.get("funcname", [])))
+        _walk_fields(acc, body, skip=("relation", "funcname"))
+
+    return handler
+
+
+def _create_rule(acc: _Acc, body: Json) -> None:
+    acc.kinds.update(("create", "create_rule"))
+    _add_target(acc, body.get("relation"))
+    _described(acc, [body.get("whereClause"), body.get("actions")])
+
+
+def _opaque(kind: str) -> StmtHandler:
+    """Code whose effect cannot be seen: DO blocks, LOAD (a library's initialiser runs)."""
+
+    def handler(acc: _Acc, body: Json) -> None:
+        acc.kinds.add(kind)
+        acc.opaque.add(kind)
+
+    return handler
+
+
+_STATEMENTS: dict[str, StmtHandler] = {
+    "SelectStmt": _select,
+    **{tag: _walked(tag) for tag in (*_DML_KINDS, "ExecuteStmt")},
+    "ExplainStmt": _explain,
+    "PrepareStmt": _runs_query("prepare"),
+    "DeclareCursorStmt": _runs_query("declare"),
+    "CopyStmt": _copy,
+    "CreateTableAsStmt": _create_table_as,
+    "ViewStmt": _create_view,
+    "CreateFunctionStmt": _create_function,
+    "DoStmt": _opaque("do"),
+    "CallStmt": _call,
+    "DropStmt": _drop_stmt,
+    "TruncateStmt": _relations("truncate"),
+    "LockStmt": _relations("lock"),
+    "VacuumStmt": _vacuum,
+    "AlterTableStmt": _alter_table,
+    "AlterObjectSchemaStmt": _alter_object("objectType"),
+    "AlterOwnerStmt": _alter_object("objectType"),
+    "AlterObjectDependsStmt": _alter_object("objectType"),
+    "AlterFunctionStmt": _alter_object("objtype"),
+    "AlterTableMoveAllStmt": _alter_object("objtype"),
+    "RenameStmt": _rename,
+    "DefineStmt": _define,
+    "CreateRoleStmt": _create_role,
+    "GrantStmt": _grant,
+    "GrantRoleStmt": _grant,
+    "AlterDefaultPrivilegesStmt": _default_privileges,
+    "VariableSetStmt": _set,
+    "TransactionStmt": _transaction,
+    "FetchStmt": _fetch,
+    "CommentStmt": _labelled("comment"),
+    "SecLabelStmt": _labelled("security_label"),
+    "CreateSchemaStmt": _create_schema,
+    "CreateForeignTableStmt": _create_foreign_table,
+    "CreateTrigStmt": _create_trigger("create_trigger"),
+    "CreateEventTrigStmt": _create_trigger("create_event_trigger"),
+    "RuleStmt": _create_rule,
+    "LoadStmt": _opaque("load"),
+}
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _libpg_error(e: Exception) -> SqlParseError:
+    if isinstance(e, parser.ParseError):
+        position = e.args[1] if len(e.args) > 1 else None
+        return SqlParseError(str(e.args[0]), position if isinstance(position, int) else None)
+    if isinstance(e, UnicodeError):
+        return SqlParseError("statement is not valid UTF-8 text")
+    if isinstance(e, RecursionError):
+        return SqlParseError("statement is nested too deeply to analyse")
+    return SqlParseError("statement could not be analysed")
+
+
+def _check_text(sql: str) -> None:
+    # libpg_query reads a C string: text after a NUL would go unseen by the classifier.
+    nul = sql.find("\x00")
+    if nul >= 0:
+        raise SqlParseError("statement contains a NUL character", nul)
+
+
+def _split(sql: str) -> tuple[str, ...]:
+    try:
+        return tuple(parser.split(sql))
+    except (parser.ParseError, UnicodeError) as e:
+        raise _libpg_error(e) from None
+
+
+def _normalize(sql: str) -> str:
+    try:
+        return str(parser.normalize(sql))
+    except (parser.ParseError, UnicodeError) as e:
+        raise _libpg_error(e) from None
+
+
+def _parse(sql: str) -> tuple[list[Json], tuple[str, ...]]:
+    """Statement nodes and their source texts; raises SqlParseError, never returns half."""
+    _check_text(sql)
+    try:
+        tree = json.loads(parser.parse_sql_json(sql))
+    except (parser.ParseError, UnicodeError, RecursionError, ValueError) as e:
+        raise _libpg_error(e) from None
+    stmts = [s["stmt"] for s in tree.get("stmts", [])]
+    texts = _split(sql)
+    if len(texts) != len(stmts):
+        raise SqlParseError("statement boundaries could not be determined")
+    return stmts, texts
+
+
+def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -> _Built:
+    acc = _Acc(prepared)
+    try:
+        _statement(acc, node)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        # A tree shape this module did not expect: refuse rather than guess.
+        raise SqlParseError(f"statement could not be analysed ({type(e).__name__})") from None
+    cmd = Command(
+        protocol="postgres",
+        connector=connector,
+        text=text,
+        kinds=frozenset(acc.kinds),
+        tables_read=frozenset(acc.read - acc.written),
+        tables_written=frozenset(acc.written),
+        functions=frozenset(acc.functions),
+        opaque=frozenset(acc.opaque),
+        fingerprint=_normalize(text),
+    )
+    return _Built(cmd, acc.cacheable)
+
+
+@dataclass(frozen=True)
+class _Built:
+    command: Command
+    cacheable: bool
+
+
+def _classify(
+    sql: str, connector: str, prepared: Prepared | None
+) -> tuple[tuple[Command, ...], bool]:
+    stmts, texts = _parse(sql)
+    built = [_command(n, t, connector, prepared) for n, t in zip(stmts, texts, strict=True)]
+    return tuple(b.command for b in built), all(b.cacheable for b in built)
+
+
+def classify(sql: str, connector: str, prepared: Prepared | None = None) -> tuple[Command, ...]:
+    """One Command per statement of `sql`; () for empty or comment-only text.
+
+    `prepared` maps prepared-statement names (SQL PREPARE and protocol-level Parse share
+    one namespace) to their classification, to resolve EXECUTE.
+    """
+    return _classify(sql, connector, prepared)[0]
+
+
+class Classifier:
+    """`classify()` with an LRU cache keyed by the literal-free text and the connector."""
+
+    def __init__(self, max_entries: int = 10000, max_key_chars: int = 65536) -> None:
+        self.max_entries = max_entries
+        self.max_key_chars = max_key_chars  # huge texts are classified, not cached
+        self._cache: OrderedDict[tuple[str, str], tuple[str, tuple[Command, ...]]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def classify(
+        self, sql: str, connector: str, prepared: Prepared | None = None
+    ) -> tuple[Command, ...]:
+        _check_text(sql)  # before normalize(): it would stop reading at a NUL
+        key = (_normalize(sql), connector)
+        entry = self._cache.get(key)
+        if entry is not None:
+            cmds = self._retext(sql, *entry)
+            if cmds is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return cmds
+        self.misses += 1
+        cmds, cacheable = _classify(sql, connector, prepared)
+        if cacheable and self.max_entries > 0 and len(key[0]) <= self.max_key_chars:
+            self._cache[key] = (sql, cmds)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return cmds
+
+    @staticmethod
+    def _retext(sql: str, cached_sql: str, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
+        """The cached result with each statement's text taken from `sql` itself."""
+        if sql == cached_sql:
+            return cmds
+        texts = _split(sql)
+        if len(texts) != len(cmds):
+            return None
+        return tuple(
+            c if c.text == t else replace(c, text=t) for c, t in zip(cmds, texts, strict=True)
+        )

@@ -1,0 +1,560 @@
+"""The PostgreSQL session pump: agent ⇄ hoopy ⇄ PostgreSQL, over asyncio streams.
+
+Theory of operation
+-------------------
+Startup: SSLRequest → TLS (GSSENCRequest → 'N'), StartupMessage (`database`
+names the connector), a cleartext password that is the agent's OIDC token
+(only over TLS unless explicitly allowed), admission by policy, then a backend
+connection authenticated with credentials only hoopy holds (pooled).
+
+Relay: two loops.  Agent → backend: every Query and Parse is classified
+(pglast) and checked through `Session.check`; anything else is forwarded
+byte-for-byte.  A refused message is *substituted*, not dropped: hoopy sends
+the server a statement that is a guaranteed syntax error carrying a per-session
+nonce (the "marker").  The server then answers exactly where the refused
+message stood — ErrorResponse, discard-until-Sync, aborted transaction,
+ReadyForQuery — so ordering and transaction state are PostgreSQL's own, and
+the backend → agent loop swaps the marker's error for hoopy's 42501/42601.
+
+Backend → agent: events are forwarded as raw bytes in large chunks; DataRow
+runs arrive coalesced and are only decoded for the first few rows a statement
+records.  ErrorResponse/NoticeResponse/ParameterStatus are scrubbed of the
+backend credentials.  A server whose settings would make hoopy's parse differ
+from the server's (standard_conforming_strings off, a client-only multibyte
+encoding) ends the session: fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import ssl
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hoopy.config import PostgresConnector
+from hoopy.errors import (
+    BackendUnavailable,
+    CommandDenied,
+    HoopyError,
+    ProtocolError,
+    RecordingFailed,
+    TLSRequired,
+    UnparseableCommand,
+)
+from hoopy.gateway import CancelTarget, Gateway
+from hoopy.policy import Command
+from hoopy.protocols.postgres import backend as be
+from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.classify import Classifier, SqlParseError
+from hoopy.session import Session
+
+log = logging.getLogger("hoopy.postgres")
+
+# Client-only encodings whose trailing bytes can be ASCII quote/backslash:
+# hoopy's parse of the text would differ from the server's.
+UNSAFE_ENCODINGS = frozenset({"BIG5", "GBK", "SJIS", "SHIFT_JIS_2004", "GB18030", "UHC",
+                              "JOHAB", "WIN950", "WIN936", "WIN949", "WIN1361"})
+READ_SIZE = 256 * 1024
+AUTH_TIMEOUT = 30.0
+
+
+def _norm_enc(name: str) -> str:
+    return name.upper().replace("-", "").replace("_", "") if name else ""
+
+
+_UNSAFE_NORM = frozenset(_norm_enc(e) for e in UNSAFE_ENCODINGS)
+
+
+def error_bytes(e: HoopyError) -> bytes:
+    """The one place a hoopy error becomes a PostgreSQL ErrorResponse."""
+    return pg.error_response(e.sqlstate, e.message, severity="FATAL" if e.fatal else "ERROR")
+
+
+def _parse_message(name: str, sql: str) -> bytes:
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + b"\0\0"
+    return b"P" + struct.pack("!I", len(body) + 4) + body
+
+
+@dataclass
+class ResultLog:
+    """What one statement's result looked like to the agent, capped."""
+
+    max_rows: int
+    max_bytes: int
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+
+    def add(self, chunk: pg.DataRows) -> None:
+        if self.truncated:
+            return
+        for values in pg.iter_data_rows(chunk.raw):
+            if len(self.rows) >= self.max_rows or self.size >= self.max_bytes:
+                self.truncated = True
+                return
+            row = [_show(v) for v in values]
+            self.size += sum(len(v) for v in values if v is not None)
+            self.rows.append(row)
+
+    def add_copy(self, data: bytes) -> None:
+        if self.size >= self.max_bytes:
+            self.truncated = True
+            return
+        self.rows.append([_show(data)])
+        self.size += len(data)
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rows": self.rows}
+        if self.columns:
+            out["columns"] = self.columns
+        if self.truncated:
+            out["truncated"] = True
+        return out
+
+    def reset(self) -> None:
+        self.columns, self.rows, self.size, self.truncated = [], [], 0, False
+
+
+def _show(v: bytes | None) -> Any:
+    if v is None:
+        return None
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(v).decode()}
+
+
+class PostgresListener:
+    """Accepts agent connections for every postgres connector."""
+
+    def __init__(self, gw: Gateway, tls: ssl.SSLContext | None) -> None:
+        self.gw = gw
+        self.tls = tls
+        s = gw.config.postgres
+        self.pool = be.BackendPool(s.pool_size, s.max_message_size)
+        self.classifier = Classifier()
+        self.active: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.active.add(task)
+        try:
+            await AgentConnection(self, reader, writer).run()
+        finally:
+            self.active.discard(task)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for t in list(self.active):
+            t.cancel()
+        if self.active:
+            await asyncio.gather(*self.active, return_exceptions=True)
+        self.pool.close()
+
+
+class AgentConnection:
+    def __init__(
+        self, listener: PostgresListener, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.listener = listener
+        self.gw = listener.gw
+        self.settings = self.gw.config.postgres
+        self.reader = reader
+        self.writer = writer
+        self.codec = pg.ServerConnection(max_message_size=self.settings.max_message_size)
+        peer = writer.get_extra_info("peername")
+        self.client = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        self.tls = False
+        self.session: Session | None = None
+        self.backend: be.BackendConn | None = None
+        self.connector: PostgresConnector | None = None
+        self.cancel_key: tuple[int, int] | None = None
+        self.prepared: dict[str, tuple[Command, ...]] = {}
+        self.marker = f"hoopy_refused_{secrets.token_hex(8)}"
+        self.refusals: deque[tuple[int, HoopyError]] = deque()
+        self.batches_sent = 0
+        self.batches_done = 0
+        self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)
+        self.scrub_words: tuple[str, ...] = ()
+        self.outcome = "closed"
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            if await self._startup():
+                await self._relay()
+        except HoopyError as e:
+            self.outcome = type(e).__name__
+            self._fail(e)
+        except pg.ProtocolViolation as e:
+            self.outcome = "protocol_violation"
+            self._fail(ProtocolError(f"protocol violation: {e.message}"))
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            self.outcome = "disconnected"
+        except asyncio.CancelledError:
+            self.outcome = "shutdown"
+            self._fail(ProtocolError("hoopy is shutting down"))
+        except Exception:
+            log.exception("postgres session %s crashed", self.session.id if self.session else "-")
+            self.outcome = "internal_error"
+            self._fail(ProtocolError("internal error in hoopy"))
+        finally:
+            await self._cleanup()
+
+    def _fail(self, e: HoopyError) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.log.event("error", code=e.sqlstate, message=e.message)
+        with contextlib.suppress(Exception):
+            self.writer.write(error_bytes(e))
+
+    async def _cleanup(self) -> None:
+        if self.cancel_key is not None:
+            self.gw.cancels.pop(self.cancel_key, None)
+        if self.backend is not None:
+            clean = self.batches_done == self.batches_sent and not self.refusals
+            self.listener.pool.release(self.backend, reusable=clean and self.outcome == "closed")
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.log.close(self.outcome)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.drain(), 2.0)
+        self.writer.close()
+
+    # ---- startup ---------------------------------------------------------------------
+    async def _next_event(self) -> pg.FrontendEvent:
+        while True:
+            ev = self.codec.next_event()
+            if ev is not pg.NEED_DATA:
+                return ev  # type: ignore[return-value]
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise ConnectionError("agent closed the connection")
+            self.codec.receive_data(data)
+
+    async def _startup(self) -> bool:
+        while True:
+            ev = await self._next_event()
+            if isinstance(ev, pg.SSLRequest):
+                await self._start_tls()
+            elif isinstance(ev, pg.GSSENCRequest):
+                self.writer.write(b"N")
+            elif isinstance(ev, pg.CancelRequest):
+                await self._cancel(ev)
+                return False
+            elif isinstance(ev, pg.StartupMessage):
+                await self._login(ev)
+                return True
+
+    async def _start_tls(self) -> None:
+        if self.codec.buffered():
+            # Bytes sent before the TLS handshake would be trusted as if encrypted.
+            raise ProtocolError("unexpected data after SSLRequest")
+        if self.listener.tls is None or self.tls:
+            self.writer.write(b"N")
+            return
+        self.writer.write(b"S")
+        await self.writer.drain()
+        await self.writer.start_tls(self.listener.tls)
+        self.tls = True
+
+    async def _cancel(self, ev: pg.CancelRequest) -> None:
+        target = self.gw.cancels.get((ev.pid, ev.key))
+        if target is not None and isinstance(target.connector, PostgresConnector):
+            await be.cancel(target.connector, target.pid, target.key)
+        self.outcome = "cancel_request"
+
+    async def _login(self, startup: pg.StartupMessage) -> None:
+        params = dict(startup.params)
+        dbname = startup.database or startup.user
+        if not self.tls and not self.settings.allow_cleartext_without_tls:
+            self._reject(dbname, "TLS required")
+            raise TLSRequired("hoopy requires TLS: connect with sslmode=require")
+        bad = self._bad_params(params)
+        if bad:
+            self._reject(dbname, bad)
+            raise ProtocolError(bad)
+        self.writer.write(pg.authentication_cleartext_password())
+        ev = await asyncio.wait_for(self._next_event(), AUTH_TIMEOUT)
+        if not isinstance(ev, pg.PasswordMessage):
+            raise ProtocolError("expected a password message")
+        token = ev.data.rstrip(b"\0").decode("utf-8", "replace").strip()
+        try:
+            identity = await self.gw.authenticate(token)
+            connector = self.gw.admit(identity, dbname, "postgres")
+        except HoopyError as e:
+            self._reject(dbname, e.message)
+            raise
+        assert isinstance(connector, PostgresConnector)
+        self.connector = connector
+        self.session = self.gw.open_session(
+            identity, dbname, "postgres", self.client, self.tls,
+            extra={"user": startup.user, "application_name": params.get("application_name", "")},
+        )
+        await self._attach_backend(params)
+
+    def _bad_params(self, params: dict[str, str]) -> str:
+        if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
+            return "replication connections are not allowed through hoopy"
+        if _norm_enc(params.get("client_encoding", "")) in _UNSAFE_NORM:
+            return f"client_encoding {params['client_encoding']} is not supported; use UTF8"
+        return ""
+
+    def _reject(self, connector: str, reason: str) -> None:
+        self.gw.record_rejection("postgres", self.client, connector, reason, self.tls)
+
+    async def _attach_backend(self, params: dict[str, str]) -> None:
+        assert self.connector is not None and self.session is not None
+        backend = await self.listener.pool.acquire(self.connector, params)
+        self.backend = backend
+        pw = ""
+        with contextlib.suppress(Exception):
+            pw = self.connector.password.get() if self.connector.password else ""
+        self.scrub_words = tuple(w for w in (pw, self.connector.user) if w)
+        self.cancel_key = self.gw.register_cancel(
+            CancelTarget(self.connector, backend.pid, backend.key))
+        out = [pg.authentication_ok()]
+        for name, value in backend.params.items():
+            self._check_param(name, value)
+            out.append(pg.parameter_status(name, self._scrub_param(name, value)))
+        out.append(pg.backend_key_data(*self.cancel_key))
+        out.append(pg.ready_for_query(backend.status))
+        self.writer.write(b"".join(out))
+        self.codec.start_session()
+        self.session.record("backend", pooled=self.listener.pool.hits > 0, tls=backend.tls)
+
+    # ---- relay -----------------------------------------------------------------------
+    async def _relay(self) -> None:
+        up = asyncio.ensure_future(self._from_agent())
+        down = asyncio.ensure_future(self._from_backend())
+        try:
+            done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (up, down):
+                t.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+        for t in done:
+            t.result()  # re-raise what ended the session
+
+    async def _from_agent(self) -> None:
+        assert self.backend is not None
+        bw = self.backend.writer
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                self.outcome = "disconnected"
+                return
+            self.codec.receive_data(data)
+            out: list[bytes] = []
+            for ev in self.codec.events():
+                t = type(ev)
+                if t is pg.Query:
+                    out.append(await self._on_query(ev, out))  # type: ignore[arg-type]
+                elif t is pg.Parse:
+                    out.append(await self._on_parse(ev, out))  # type: ignore[arg-type]
+                elif t is pg.Sync:
+                    self.batches_sent += 1
+                    out.append(ev.raw)
+                elif t is pg.Close:
+                    self._on_close(ev)  # type: ignore[arg-type]
+                    out.append(ev.raw)
+                elif t is pg.Terminate:
+                    bw.write(b"".join(out))
+                    self.outcome = "closed"
+                    return
+                elif t is pg.FunctionCall:
+                    out.append(self._refuse_query(
+                        CommandDenied("the fast-path function call protocol is not allowed")))
+                else:
+                    out.append(ev.raw)
+            bw.write(b"".join(out))
+            await bw.drain()
+
+    async def _flush_before_wait(self, out: list[bytes], cmds: tuple[Command, ...]) -> None:
+        """Send what precedes a command that may block on approval."""
+        assert self.session is not None and self.backend is not None
+        if out and any(self.session.decide(c).outcome == "require_approval" for c in cmds):
+            self.backend.writer.write(b"".join(out))
+            out.clear()
+
+    async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
+        assert self.session is not None and self.connector is not None
+        try:
+            cmds = self.listener.classifier.classify(sql, self.connector.name, self.prepared)
+        except SqlParseError as e:
+            self.session.record("command", text=sql, outcome="deny", reason="unparseable",
+                                error=e.message)
+            raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
+        # A denial anywhere refuses the whole message before any approval is asked for.
+        for c in cmds:
+            if self.session.decide(c).outcome == "deny":
+                await self.session.check(c)
+        await self._flush_before_wait(out, cmds)
+        for c in cmds:
+            await self.session.check(c)
+        return cmds
+
+    async def _on_query(self, ev: pg.Query, out: list[bytes]) -> bytes:
+        try:
+            cmds = await self._check_all(ev.sql, out)
+        except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+            return self._refuse_query(e)
+        self._track_sql_prepared(cmds)
+        self.batches_sent += 1
+        return ev.raw
+
+    async def _on_parse(self, ev: pg.Parse, out: list[bytes]) -> bytes:
+        try:
+            cmds = await self._check_all(ev.sql, out)
+        except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+            self.refusals.append((self.batches_sent + 1, e))
+            return _parse_message(ev.name, self.marker)
+        self.prepared[ev.name] = cmds
+        return ev.raw
+
+    def _refuse_query(self, e: HoopyError) -> bytes:
+        assert self.backend is not None
+        self.batches_sent += 1
+        self.refusals.append((self.batches_sent, e))
+        return self.backend.codec.query(self.marker)
+
+    def _on_close(self, ev: pg.Close) -> None:
+        if ev.kind == "S":
+            self.prepared.pop(ev.name, None)
+
+    def _track_sql_prepared(self, cmds: tuple[Command, ...]) -> None:
+        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements."""
+        for c in cmds:
+            if "prepare" in c.kinds and "execute" not in c.kinds:
+                name = _prepared_name(c.text)
+                if name:
+                    self.prepared[name] = (c,)
+            elif "deallocate" in c.kinds or ("discard" in c.kinds and "all" in c.text.lower()):
+                name = _prepared_name(c.text)
+                if name and name.lower() != "all":
+                    self.prepared.pop(name, None)
+                else:
+                    self.prepared.clear()
+
+    async def _from_backend(self) -> None:
+        assert self.backend is not None
+        backend = self.backend
+        while True:
+            events = await backend.read_events()
+            out: list[bytes] = []
+            for ev in events:
+                t = type(ev)
+                if t is pg.DataRows:
+                    self.result.add(ev)  # type: ignore[arg-type]
+                    out.append(ev.raw)
+                elif t is pg.CommandComplete:
+                    self._record_result(tag=ev.tag)  # type: ignore[attr-defined]
+                    out.append(ev.raw)
+                elif t is pg.ReadyForQuery:
+                    self._on_ready(ev)  # type: ignore[arg-type]
+                    out.append(ev.raw)
+                else:
+                    out.append(self._other_backend_event(ev))
+            self.writer.write(b"".join(out))
+            await self.writer.drain()
+
+    def _on_ready(self, ev: pg.ReadyForQuery) -> None:
+        assert self.backend is not None
+        self.backend.status = ev.status
+        self.batches_done += 1
+        while self.refusals and self.refusals[0][0] <= self.batches_done:
+            self.refusals.popleft()  # its marker was discarded after an earlier error
+
+    def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
+        if isinstance(ev, pg.RowDescription):
+            self.result.reset()
+            self.result.columns = [f.name for f in ev.fields]
+            return ev.raw
+        if isinstance(ev, pg.ErrorResponse):
+            return self._on_error(ev)
+        if isinstance(ev, pg.NoticeResponse):
+            return self._scrub_notice(ev)
+        if isinstance(ev, pg.ParameterStatus):
+            self._check_param(ev.name, ev.value)
+            value = self._scrub_param(ev.name, ev.value)
+            return ev.raw if value == ev.value else pg.parameter_status(ev.name, value)
+        if isinstance(ev, pg.CopyData):
+            self.result.add_copy(ev.data)
+            return ev.raw
+        if isinstance(ev, pg.EmptyQueryResponse):
+            self.result.reset()
+        return ev.raw
+
+    def _on_error(self, ev: pg.ErrorResponse) -> bytes:
+        if self.marker in ev.fields.get("M", "") + ev.fields.get("D", ""):
+            while self.refusals and self.refusals[0][0] < self.batches_done + 1:
+                self.refusals.popleft()
+            if self.refusals:
+                _, err = self.refusals.popleft()
+                self.result.reset()
+                return error_bytes(err)
+            return error_bytes(CommandDenied("statement refused by hoopy"))
+        assert self.session is not None
+        self.session.record("error", code=ev.code, message=self._scrub(ev.message))
+        self.result.reset()
+        return self._rewrite_fields(ev.fields, ev.raw, b"E")
+
+    def _scrub_notice(self, ev: pg.NoticeResponse) -> bytes:
+        return self._rewrite_fields(ev.fields, ev.raw, b"N")
+
+    def _rewrite_fields(self, fields: dict[str, str], raw: bytes, kind: bytes) -> bytes:
+        scrubbed = {k: self._scrub(v) for k, v in fields.items()}
+        if scrubbed == fields:
+            return raw
+        body = b"".join(k.encode() + v.encode() + b"\0" for k, v in scrubbed.items()) + b"\0"
+        return kind + struct.pack("!I", len(body) + 4) + body
+
+    def _scrub(self, text: str) -> str:
+        for word in self.scrub_words:
+            if word and word in text:
+                text = text.replace(word, "***")
+        return text
+
+    def _scrub_param(self, name: str, value: str) -> str:
+        if name == "session_authorization" and self.session is not None:
+            return self.session.identity.subject
+        return self._scrub(value)
+
+    def _check_param(self, name: str, value: str) -> None:
+        if name == "standard_conforming_strings" and value.lower() != "on":
+            raise ProtocolError(
+                "standard_conforming_strings must stay on through hoopy; session closed")
+        if name == "client_encoding" and _norm_enc(value) in _UNSAFE_NORM:
+            raise ProtocolError(f"client_encoding {value} is not supported; session closed")
+
+    def _record_result(self, tag: str) -> None:
+        assert self.session is not None
+        self.session.record("result", tag=tag, **self.result.fields())
+        self.result.reset()
+
+
+def _prepared_name(text: str) -> str:
+    """The statement name of PREPARE name … / DEALLOCATE [PREPARE] name."""
+    from pglast import parse_sql
+
+    try:
+        stmt = parse_sql(text)[0].stmt
+    except Exception:
+        return ""
+    name = getattr(stmt, "name", None)
+    return str(name) if name else ""

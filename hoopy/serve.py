@@ -1,0 +1,122 @@
+"""`hoopy serve`: build the gateway from a config and run its listeners.
+
+When every listener is up, one line `hoopy ready {json}` is printed on stdout
+with the bound addresses (ports given as 0 in the config are chosen by the OS),
+so scripts and tests can wait for it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hoopy.admin import AdminServer
+from hoopy.config import Config, IssuerConfig
+from hoopy.devissuer import DevIssuer
+from hoopy.gateway import Gateway
+from hoopy.identity import IdentityVerifier
+from hoopy.protocols.postgres.proxy import PostgresListener
+from hoopy.recorder import Recorder
+from hoopy.state import StateStore
+from hoopy.tlsutil import ensure_pair, server_context
+
+log = logging.getLogger("hoopy.serve")
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    addresses: dict[str, str] = field(default_factory=dict)
+    closers: list[Any] = field(default_factory=list)
+    dev_issuer: DevIssuer | None = None
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await close()
+
+
+async def start(config: Config) -> Running:
+    """Start everything the config asks for; returns once all listeners are bound."""
+    closers: list[Any] = []
+    issuers = list(config.issuers)
+    dev: DevIssuer | None = None
+    addresses: dict[str, str] = {}
+    if config.dev_issuer is not None:
+        d = config.dev_issuer
+        log.warning("DEVELOPMENT OIDC ISSUER IS ON (dev_issuer in config): anyone who can "
+                    "run `hoopy token mint` on this host can mint tokens. Never in production.")
+        dev = DevIssuer(config.state_dir, f"http://{d.listen.host}:{d.listen.port}",
+                        audience=d.audience, groups_claim=d.groups_claim)
+        port = await dev.start(d.listen.host, d.listen.port)
+        closers.append(dev.stop)
+        addresses["dev_issuer"] = dev.issuer_url
+        issuers.append(IssuerConfig(url=dev.issuer_url, audience=d.audience,
+                                    groups_claim=d.groups_claim))
+        del port
+    store = StateStore(config.state_path or config.state_dir / "state.db")
+    closers.append(_async(store.close))
+    recorder = Recorder(config.recordings, store)
+    verifier = IdentityVerifier(issuers)
+    gw = Gateway(replace(config, issuers=tuple(issuers)), verifier, store, recorder)
+    closers.append(gw.close)
+    running = Running(gw, addresses, closers, dev)
+    try:
+        await _listeners(running, config)
+    except BaseException:
+        await running.close()
+        raise
+    return running
+
+
+async def _listeners(running: Running, config: Config) -> None:
+    gw = running.gateway
+    if config.listen.postgres is not None:
+        ensure_pair(config.tls)
+        tls = server_context(config.tls)
+        pgl = PostgresListener(gw, tls)
+        a = config.listen.postgres
+        port = await pgl.start(a.host, a.port)
+        running.closers.append(pgl.close)
+        running.addresses["postgres"] = f"{a.host}:{port}"
+    if config.listen.admin is not None:
+        admin = AdminServer(gw)
+        a = config.listen.admin
+        port = await admin.start(a.host, a.port)
+        running.closers.append(admin.stop)
+        running.addresses["admin"] = f"{a.host}:{port}"
+
+
+def _async(fn: Any) -> Any:
+    async def call() -> None:
+        fn()
+
+    return call
+
+
+def install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve_forever(config: Config) -> None:
+    running = await start(config)
+    print("hoopy ready " + json.dumps(running.addresses), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("hoopy stopping", file=sys.stderr, flush=True)
+        await running.close()

@@ -1,0 +1,122 @@
+"""Session: one agent's connection through hoopy, and the ONE seam to policy.
+
+Every proxy turns what it reads into a `Command` and awaits `check(command)`.
+Nothing else calls the policy engine, the approval service or the recorder for
+commands: that keeps "deny by default, record everything, fail closed" in one
+place.  Decisions are cached per session by the command's literal-free
+fingerprint (identity, connector and policies are fixed for a session).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hoopy.errors import ApprovalRejected, AuthFailed, CommandDenied, RecordingFailed
+from hoopy.policy import Command, Decision, Identity, PolicySet, decide
+from hoopy.recorder import RecorderError, SessionLog
+
+# Kinds whose meaning depends on session state: never cache their decisions.
+_STATEFUL_KINDS = frozenset({"execute"})
+
+
+class ApprovalGate(Protocol):
+    """What session.check needs from the approval service (hoopy.approvals)."""
+
+    async def wait_for(self, session: Session, command: Command, decision: Decision) -> str:
+        """Block until approved (returns the approval id) or raise ApprovalRejected."""
+        ...
+
+
+@dataclass
+class Session:
+    id: str
+    identity: Identity
+    connector: str
+    protocol: str
+    client: str
+    log: SessionLog
+    policies: Sequence[PolicySet]
+    approvals: ApprovalGate | None = None
+    tls: bool = False
+    clock: Any = time.time
+    _cache: dict[str, Decision] = field(default_factory=dict)
+    commands: int = 0
+    denied: int = 0
+
+    def decide(self, command: Command) -> Decision:
+        key = command.fingerprint
+        if key and not (command.kinds & _STATEFUL_KINDS):
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+            decision = decide(self.policies, self.identity, command)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = decision
+            return decision
+        return decide(self.policies, self.identity, command)
+
+    def record(self, type_: str, **fields: Any) -> None:
+        """Write one event; a recorder failure refuses whatever is in flight."""
+        try:
+            self.log.event(type_, **fields)
+        except RecorderError as e:
+            raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
+
+    async def check(self, command: Command) -> Decision:
+        """Decide, record, and wait for approval when needed.
+
+        Returns the Decision when the command may run (its masks apply);
+        raises CommandDenied / ApprovalRejected / RecordingFailed otherwise.
+        """
+        self.commands += 1
+        if self.identity.expires_at and self.clock() > self.identity.expires_at:
+            self.record("command", **_fields(command), outcome="deny", reason="token expired")
+            raise AuthFailed("token expired during the session; reconnect with a fresh token")
+        decision = self.decide(command)
+        self.record(
+            "command",
+            **_fields(command),
+            outcome=decision.outcome,
+            rule=decision.rule,
+            reason=decision.reason,
+            **({"shadow": list(decision.shadow)} if decision.shadow else {}),
+            **({"masks": list(decision.masks.rules)} if decision.masks else {}),
+        )
+        if decision.outcome == "allow":
+            return decision
+        if decision.outcome == "deny":
+            self.denied += 1
+            raise CommandDenied(decision.message(), decision.rule)
+        return await self._approve(command, decision)
+
+    async def _approve(self, command: Command, decision: Decision) -> Decision:
+        if self.approvals is None:
+            self.denied += 1
+            raise CommandDenied(
+                f"rule '{decision.rule}' requires approval by "
+                f"{', '.join(decision.approvers) or 'an approver'}, "
+                "but no approval service is configured",
+                decision.rule,
+            )
+        try:
+            approval_id = await self.approvals.wait_for(self, command, decision)
+        except ApprovalRejected:
+            self.denied += 1
+            raise
+        self.record("approved", approval=approval_id, rule=decision.rule)
+        return decision
+
+
+def _fields(command: Command) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": command.text, "kinds": sorted(command.kinds)}
+    if command.tables_read:
+        out["reads"] = sorted(command.tables_read)
+    if command.tables_written:
+        out["writes"] = sorted(command.tables_written)
+    if command.functions:
+        out["functions"] = sorted(command.functions)
+    return out

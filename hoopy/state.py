@@ -1,0 +1,282 @@
+"""The state store: the session index (and, later, approvals) shared by the gateway and the CLI.
+
+Theory of operation
+-------------------
+One SQLite database file in WAL mode, so `hoopy sessions list` / `hoopy verify` can read
+while `hoopy serve` writes.  One connection per store, guarded by a `threading.Lock`
+(`check_same_thread=False`), in autocommit mode: every write is one short statement or an
+explicit transaction.  The operations are rare (a session opening or closing) and take
+microseconds, so they are called straight from asyncio code.
+
+Portability: every SQL statement goes through `_execute()` / `_query()` / `_transaction()`,
+uses `?` placeholders and portable types (TEXT, INTEGER, DOUBLE PRECISION), so a PostgreSQL
+backend for replicas (DESIGN §10) is a subclass that overrides `__init__`, `close` and those
+three methods (translating `?` into `$n`).  Driver errors surface as `StateError`.
+
+Schema changes are numbered migrations in `_MIGRATIONS`, applied once under a write lock and
+recorded as `schema_version` in the `meta` table.  Append new steps; never edit old ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Each entry is one schema version: the statements that take the previous version to it.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS sessions (
+            id TEXT PRIMARY KEY,
+            protocol TEXT NOT NULL,
+            connector TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            groups TEXT NOT NULL,
+            client TEXT NOT NULL,
+            tls INTEGER NOT NULL,
+            started DOUBLE PRECISION NOT NULL,
+            ended DOUBLE PRECISION,
+            outcome TEXT,
+            events INTEGER NOT NULL DEFAULT 0,
+            head TEXT NOT NULL DEFAULT '',
+            path TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS sessions_subject ON sessions (subject, started)",
+        "CREATE INDEX IF NOT EXISTS sessions_connector ON sessions (connector, started)",
+        "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_COLUMNS = (
+    "id, protocol, connector, subject, groups, client, tls, started, ended, outcome, events, "
+    "head, path"
+)
+
+
+class StateError(Exception):
+    """The state store cannot be read or written (driver error, newer schema, …)."""
+
+
+@dataclass
+class SessionRow:
+    """One session in the index.  `events`/`head` are filled in when the session ends."""
+
+    id: str
+    protocol: str
+    connector: str
+    subject: str
+    groups: list[str]
+    client: str
+    tls: bool
+    started: float
+    path: str
+    ended: float | None = None
+    outcome: str | None = None
+    events: int = 0
+    head: str = ""
+
+
+class StateStore:
+    """SQLite state store; see the module docstring for the PostgreSQL extension points."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise StateError(f"cannot open state store {self.path}: {e}") from None
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- the three driver seams --------------------------------------------------------
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).rowcount
+            except sqlite3.Error as e:
+                raise StateError(f"state store: {e}") from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise StateError(f"state store: {e}") from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (taken at once, so concurrent migrations serialise)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StateError(f"state store: {e}") from None
+
+    # ---- schema ------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise StateError(
+                    f"state store {self.path} has schema version {current}, newer than this "
+                    f"hoopy understands ({SCHEMA_VERSION}); upgrade hoopy"
+                )
+            for statements in _MIGRATIONS[current:]:
+                for sql in statements:
+                    db.execute(sql)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def schema_version(self) -> int:
+        value = self.get_meta("schema_version")
+        return int(value) if value is not None else 0
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # ---- sessions ----------------------------------------------------------------------
+    def session_started(self, row: SessionRow) -> None:
+        self._execute(
+            f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.protocol,
+                row.connector,
+                row.subject,
+                json.dumps(list(row.groups)),
+                row.client,
+                int(row.tls),
+                row.started,
+                row.ended,
+                row.outcome,
+                row.events,
+                row.head,
+                row.path,
+            ),
+        )
+
+    def session_ended(self, id: str, ended: float, outcome: str, events: int, head: str) -> bool:
+        """Record how a session ended; False when the index does not know the session."""
+        changed = self._execute(
+            "UPDATE sessions SET ended = ?, outcome = ?, events = ?, head = ? WHERE id = ?",
+            (ended, outcome, events, head, id),
+        )
+        return changed > 0
+
+    def get_session(self, id: str) -> SessionRow | None:
+        rows = self._query(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (id,))
+        return _row(rows[0]) if rows else None
+
+    def list_sessions(
+        self,
+        subject: str | None = None,
+        connector: str | None = None,
+        since: float | None = None,
+        limit: int | None = 100,
+        *,
+        outcome: str | None = None,
+        until: float | None = None,
+    ) -> list[SessionRow]:
+        """Newest first.  `outcome="open"` lists sessions that have not ended;
+        `limit=None` lists all of them."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, op, value in (
+            ("subject", "=", subject),
+            ("connector", "=", connector),
+            ("started", ">=", since),
+            ("started", "<", until),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        if outcome == "open":
+            where.append("ended IS NULL")
+        elif outcome is not None:
+            where.append("outcome = ?")
+            params.append(outcome)
+        sql = f"SELECT {_COLUMNS} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(int(limit), 0))
+        return [_row(r) for r in self._query(sql, params)]
+
+
+def _row(r: tuple[Any, ...]) -> SessionRow:
+    (
+        id_,
+        protocol,
+        connector,
+        subject,
+        groups,
+        client,
+        tls,
+        started,
+        ended,
+        outcome,
+        events,
+        head,
+        path,
+    ) = r
+    try:
+        group_list = [str(g) for g in json.loads(groups)]
+    except (TypeError, ValueError):
+        group_list = []
+    return SessionRow(
+        id=id_,
+        protocol=protocol,
+        connector=connector,
+        subject=subject,
+        groups=group_list,
+        client=client,
+        tls=bool(tls),
+        started=float(started),
+        path=path,
+        ended=None if ended is None else float(ended),
+        outcome=outcome,
+        events=int(events),
+        head=head or "",
+    )

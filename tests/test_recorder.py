@@ -1,0 +1,496 @@
+"""Session recordings: the hash chain, tamper detection, fail-closed writes, size caps,
+jsonable(), verify_all/verify_session, asciicast.  Real files in tmp_path throughout."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoopy.recorder import (
+    MAX_EVENT_BYTES,
+    ZERO_HASH,
+    AsciicastWriter,
+    Recorder,
+    RecorderError,
+    SessionLog,
+    jsonable,
+    new_session_id,
+    read_events,
+    verify_all,
+    verify_file,
+    verify_session,
+)
+from hoopy.state import StateStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    s = StateStore(tmp_path / "state" / "state.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def recorder(tmp_path: Path, store: StateStore) -> Recorder:
+    return Recorder(tmp_path / "recordings", store)
+
+
+def open_log(recorder: Recorder, sid: str | None = None) -> SessionLog:
+    return recorder.open_session(
+        new_session_id() if sid is None else sid,
+        protocol="postgres",
+        connector="app-db",
+        subject="alice",
+        groups=["agents"],
+        client="127.0.0.1:40000",
+        tls=True,
+        extra={"issuer": "http://idp", "token": "fp:1234"},
+    )
+
+
+def recorded(recorder: Recorder, n: int = 4, close: bool = True) -> SessionLog:
+    log = open_log(recorder)
+    for i in range(n):
+        log.event("command", text=f"select {i}", kinds=["select"], outcome="allow")
+    if close:
+        log.close("closed")
+    return log
+
+
+def check(store: StateStore, log: SessionLog) -> bool:
+    """verify_file with the index's values, as `hoopy verify` does."""
+    row = store.get_session(log.id)
+    assert row is not None
+    return verify_file(log.path, row.head or None, row.events or None, row.ended is not None).ok
+
+
+# ---- the happy path ----------------------------------------------------------------------
+def test_recording_layout_chain_and_index(recorder: Recorder, store: StateStore) -> None:
+    log = recorded(recorder, n=3)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", log.path.parent.name)
+    assert log.path.name == f"{log.id}.jsonl" and log.path.parent.parent == recorder.directory
+    assert stat.S_IMODE(log.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.path.parent.stat().st_mode) == 0o700
+
+    events = read_events(log.path)
+    assert [e["type"] for e in events] == ["session_start"] + ["command"] * 3 + ["session_end"]
+    assert [e["seq"] for e in events] == list(range(5))
+    start, end = events[0], events[-1]
+    assert start["session"] == log.id and start["subject"] == "alice"
+    assert start["groups"] == ["agents"] and start["tls"] is True
+    assert start["extra"] == {"issuer": "http://idp", "token": "fp:1234"}
+    assert start["prev"] == ZERO_HASH
+    assert end["outcome"] == "closed" and end["events"] == 5
+    assert end["counts"] == {"session_start": 1, "command": 3}
+
+    raw = log.path.read_bytes().split(b"\n")[:-1]
+    for prev_line, ev in zip(raw, events[1:], strict=False):
+        assert ev["prev"] == hashlib.sha256(prev_line).hexdigest()
+
+    row = store.get_session(log.id)
+    assert row is not None and row.path == str(log.path)
+    assert (row.outcome, row.events, row.head) == ("closed", 5, log.head)
+    assert row.head == hashlib.sha256(raw[-1]).hexdigest()
+    res = verify_file(log.path, row.head, row.events, True)
+    assert res.ok and res.events == 5 and res.head == row.head and not res.open
+
+
+def test_close_is_idempotent_and_later_events_refused(recorder: Recorder) -> None:
+    log = recorded(recorder, n=1)
+    size = log.path.stat().st_size
+    log.close("again")
+    assert log.path.stat().st_size == size
+    with pytest.raises(RecorderError):
+        log.event("command", text="select 1")
+    assert read_events(log.path)[-1]["outcome"] == "closed"
+
+
+def test_context_manager_closes_with_outcome(recorder: Recorder) -> None:
+    with pytest.raises(KeyError), open_log(recorder) as log:
+        raise KeyError("boom")
+    assert read_events(log.path)[-1]["outcome"] == "error"
+
+
+def test_reserved_field_names_are_refused(recorder: Recorder) -> None:
+    log = open_log(recorder)
+    for name in ("seq", "ts", "type", "prev"):
+        with pytest.raises(ValueError):
+            log.event("command", **{name: 1})
+    log.close("closed")
+    assert len(read_events(log.path)) == 2
+
+
+def test_events_from_several_threads_keep_one_chain(recorder: Recorder, store: StateStore) -> None:
+    log = open_log(recorder)
+
+    def work(t: int) -> None:
+        for i in range(200):
+            log.event("tick", thread=t, i=i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close("closed")
+    assert check(store, log)
+    assert len(read_events(log.path)) == 802
+
+
+# ---- tampering ---------------------------------------------------------------------------
+def test_any_changed_byte_is_detected(recorder: Recorder, store: StateStore) -> None:
+    log = recorded(recorder, n=4)
+    original = log.path.read_bytes()
+    assert check(store, log)
+    starts = [0, *(i + 1 for i, b in enumerate(original[:-1]) if b == ord("\n"))]
+    tried = 0
+    for start in starts:
+        length = original.index(b"\n", start) - start
+        for offset in sorted({0, 1, 7, length // 3, length // 2, length - 3, length - 1, length}):
+            pos = start + offset
+            tampered = bytearray(original)
+            tampered[pos] ^= 0x01  # the smallest change: one bit
+            log.path.write_bytes(bytes(tampered))
+            assert not check(store, log), f"undetected change at line start {start} + {offset}"
+            tried += 1
+    assert tried >= 6 * 6
+    log.path.write_bytes(original)
+    assert check(store, log)
+
+
+def test_changed_value_inside_json_is_detected(recorder: Recorder, store: StateStore) -> None:
+    log = recorded(recorder, n=2)
+    text = log.path.read_text()
+    for old, new in (('"subject":"alice"', '"subject":"mallory"'), ('"select 1"', '"select 2"')):
+        log.path.write_text(text.replace(old, new, 1))
+        assert not check(store, log)
+    log.path.write_text(text.replace('"outcome":"closed"', '"outcome":"rejected"'))
+    res = verify_file(log.path, store.get_session(log.id).head)  # type: ignore[union-attr]
+    assert not res.ok and "last line" in res.problems[-1]
+
+
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def test_truncated_tail_is_detected_when_the_index_has_the_end(
+    recorder: Recorder, store: StateStore
+) -> None:
+    log = recorded(recorder, n=3)
+    lines = log.path.read_bytes().split(b"\n")[:-1]
+    write_lines(log.path, lines[:-1])
+    res = verify_file(log.path, log.head, 5, ended=True)
+    assert not res.ok
+    assert any("no session_end" in p for p in res.problems)
+    assert any("index says 5 events" in p for p in res.problems)
+    # Even with only the expected head (no ended flag) truncation is visible.
+    assert not verify_file(log.path, log.head).ok
+
+
+def test_deleted_middle_line_is_detected_without_the_index(recorder: Recorder) -> None:
+    log = recorded(recorder, n=3)
+    lines = log.path.read_bytes().split(b"\n")[:-1]
+    write_lines(log.path, lines[:2] + lines[3:])
+    res = verify_file(log.path)
+    assert not res.ok
+    assert any(p.startswith("line 3: seq") for p in res.problems)
+    assert any("line 3: hash chain broken" in p for p in res.problems)
+
+
+def test_reordered_lines_are_detected(recorder: Recorder) -> None:
+    log = recorded(recorder, n=3)
+    lines = log.path.read_bytes().split(b"\n")[:-1]
+    lines[1], lines[2] = lines[2], lines[1]
+    write_lines(log.path, lines)
+    assert not verify_file(log.path).ok
+
+
+def test_deleted_first_line_is_detected(recorder: Recorder) -> None:
+    log = recorded(recorder, n=2)
+    write_lines(log.path, log.path.read_bytes().split(b"\n")[:-1][1:])
+    res = verify_file(log.path)
+    assert not res.ok and any("session_start" in p for p in res.problems)
+
+
+def rechain(events: list[dict[str, Any]]) -> bytes:
+    prev, out = ZERO_HASH, []
+    for ev in events:
+        ev["prev"] = prev
+        line = json.dumps(ev, separators=(",", ":")).encode()
+        out.append(line)
+        prev = hashlib.sha256(line).hexdigest()
+    return b"".join(line + b"\n" for line in out)
+
+
+def test_rewritten_file_with_a_fresh_chain_fails_against_the_index(
+    recorder: Recorder, store: StateStore
+) -> None:
+    log = recorded(recorder, n=3)
+    events = read_events(log.path)
+    events[2]["text"] = "select innocent"
+    log.path.write_bytes(rechain(events))
+    assert verify_file(log.path).ok  # the chain alone cannot tell…
+    assert not check(store, log)  # …the head in the index can
+    # Dropping the last command and re-chaining also changes the count.
+    events = read_events(log.path)
+    del events[3]
+    for i, ev in enumerate(events):
+        ev["seq"] = i
+    events[-1]["events"] = len(events)
+    log.path.write_bytes(rechain(events))
+    assert verify_file(log.path).ok
+    assert not check(store, log)
+
+
+def test_torn_final_line_is_a_problem(recorder: Recorder) -> None:
+    log = recorded(recorder, n=1)
+    log.path.write_bytes(log.path.read_bytes()[:-1])
+    res = verify_file(log.path)
+    assert not res.ok and "torn" in res.problems[0]
+    log.path.write_bytes(b"")
+    assert not verify_file(log.path).ok
+
+
+def test_file_of_another_session_is_detected(recorder: Recorder, store: StateStore) -> None:
+    a, b = recorded(recorder), recorded(recorder)
+    b.path.write_bytes(a.path.read_bytes())
+    res = verify_session(b.id, recorder.directory, store)
+    assert not res.ok and any("recording is of session" in p for p in res.problems)
+
+
+def test_open_session_verifies_and_is_flagged_open(recorder: Recorder, store: StateStore) -> None:
+    log = recorded(recorder, n=2, close=False)
+    res = verify_session(log.id, recorder.directory, store)
+    assert res.ok and res.open and res.events == 3
+    log.close("closed")
+    res = verify_session(log.id, recorder.directory, store)
+    assert res.ok and not res.open
+
+
+def test_end_in_file_but_open_in_index_is_a_problem(recorder: Recorder, store: StateStore) -> None:
+    log = recorded(recorder, n=1)
+    assert not verify_file(log.path, ended=False).ok
+
+
+# ---- verify_all / verify_session -----------------------------------------------------------
+def test_verify_all_finds_missing_and_unindexed_files(
+    recorder: Recorder, store: StateStore, tmp_path: Path
+) -> None:
+    good, gone, broken = recorded(recorder), recorded(recorder), recorded(recorder)
+    still_open = recorded(recorder, close=False)
+    gone.path.unlink()
+    broken.path.write_bytes(broken.path.read_bytes().replace(b"select 1", b"select 9"))
+    # A recording that some other store indexed is "on disk, not in the index" here.
+    other_store = StateStore(tmp_path / "other.db")
+    stray = recorded(Recorder(recorder.directory, other_store))
+    other_store.close()
+
+    results = verify_all(recorder.directory, store)
+    assert set(results) == {good.id, gone.id, broken.id, still_open.id, stray.id}
+    assert results[good.id].ok
+    assert results[still_open.id].ok and results[still_open.id].open
+    assert "missing" in results[gone.id].problems[0]
+    assert not results[broken.id].ok
+    assert "not in the session index" in results[stray.id].problems[0]
+    assert recorder.verify_all().keys() == results.keys()
+
+
+def test_verify_session_of_unknown_ids(recorder: Recorder, store: StateStore) -> None:
+    res = verify_session("20250101000000000-nothere00", recorder.directory, store)
+    assert not res.ok and "not in the session index" in res.problems[0]
+    assert not verify_session("../../etc/passwd", recorder.directory, store).ok
+    assert recorder.verify_session(recorded(recorder).id).ok
+
+
+# ---- failing writes fail closed ----------------------------------------------------------
+def fill_disk(log: SessionLog) -> None:
+    """Point the log's descriptor at /dev/full: every write fails with ENOSPC."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, log.fileno())
+    os.close(full)
+
+
+def test_write_failure_raises_and_sticks(recorder: Recorder, store: StateStore) -> None:
+    log = open_log(recorder)
+    log.event("command", text="select 1")
+    saved = os.dup(log.fileno())
+    fill_disk(log)
+    with pytest.raises(RecorderError) as e:
+        log.event("command", text="alter role x password 'hunter2'")
+    assert "hunter2" not in str(e.value)
+    assert log.failed
+    os.dup2(saved, log.fileno())  # the disk has room again: the recording stays failed
+    os.close(saved)
+    with pytest.raises(RecorderError):
+        log.event("command", text="select 2")
+    with pytest.raises(RecorderError):
+        log.close("closed")
+    log.close("closed")  # idempotent, even after a failure
+    row = store.get_session(log.id)
+    assert row is not None and row.outcome == "recording_failed" and row.events == 2
+    assert not check(store, log)  # an incomplete recording never verifies
+
+
+def test_open_session_failures_leave_nothing_behind(
+    recorder: Recorder, store: StateStore, tmp_path: Path
+) -> None:
+    log = recorded(recorder)
+    with pytest.raises(RecorderError):  # same id again: the file exists
+        open_log(recorder, log.id)
+    assert read_events(log.path)[-1]["type"] == "session_end"
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the recordings folder should be")
+    with pytest.raises(RecorderError):
+        open_log(Recorder(blocked, store))
+
+    store.close()  # the index is unavailable: refuse, and remove the half-made file
+    with pytest.raises(RecorderError):
+        open_log(recorder, "20250101000000000-orphan0000")
+    assert not list(recorder.directory.glob("*/20250101000000000-orphan0000*"))
+
+
+def test_session_ids_are_validated(recorder: Recorder) -> None:
+    for bad in ("", "../x", "a/b", "a.b", ".hidden", "x" * 200):
+        with pytest.raises(ValueError):
+            open_log(recorder, bad)
+
+
+def test_new_session_id_sorts_by_time_and_is_unique() -> None:
+    t = 1_700_000_000.0
+    ids = [new_session_id(t + i * 0.001) for i in range(50)] + [new_session_id(t + 86400)]
+    assert ids == sorted(ids)
+    assert len({new_session_id() for _ in range(2000)}) == 2000
+    assert all(re.fullmatch(r"\d{17}-[0-9a-z]{10}", i) for i in ids)
+    assert ids[0].startswith("20231114221320000-")
+
+
+# ---- values and sizes --------------------------------------------------------------------
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: bytes
+
+
+def test_jsonable_handles_awkward_values() -> None:
+    value = {
+        "bytes": b"\x00\xffhi",
+        "bytearray": bytearray(b"ab"),
+        "tuple": (1, "two", (3,)),
+        "set": {3, 1, 2},
+        "frozenset": frozenset({"b", "a"}),
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "when": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "money": Decimal("1.10"),
+        "path": Path("/tmp/x"),
+        "enum": Color.RED,
+        "dc": Point(1, b"z"),
+        7: "int key",
+        ("a", 1): "tuple key",
+        b"k": "bytes key",
+    }
+    out = jsonable(value)
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+    assert out["bytes"] == {"b64": "AP9oaQ=="} and out["bytearray"] == {"b64": "YWI="}
+    assert out["tuple"] == [1, "two", [3]]
+    assert out["set"] == [1, 2, 3] and out["frozenset"] == ["a", "b"]
+    assert out["nan"] == "nan" and out["inf"] == "-inf"
+    assert out["when"] == "2025-01-02T03:04:05+00:00" and out["money"] == "1.10"
+    assert out["path"] == "/tmp/x" and out["enum"] == "red"
+    assert out["dc"] == {"x": 1, "y": {"b64": "eg=="}}
+    assert out["7"] == "int key" and out["('a', 1)"] == "tuple key" and out["k"] == "bytes key"
+
+
+def test_awkward_values_are_recorded_not_refused(recorder: Recorder, store: StateStore) -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    log = open_log(recorder)
+    log.event("result", rows=[(1, b"\x01", None, 2.5)], cols={"b", "a"}, nan=float("nan"))
+    log.event("weird", keys={(1, 2): 3}, cycle=cycle, text="lone \udc80 surrogate, ünïcode")
+    log.close("closed")
+    assert check(store, log)
+    events = read_events(log.path)
+    assert events[1]["rows"] == [[1, {"b64": "AQ=="}, None, 2.5]]
+    assert events[1]["cols"] == ["a", "b"] and events[1]["nan"] == "nan"
+    assert events[2]["keys"] == {"(1, 2)": 3}
+    assert events[2]["text"] == "lone \udc80 surrogate, ünïcode"
+
+
+def test_huge_events_are_truncated_never_refused(recorder: Recorder, store: StateStore) -> None:
+    log = open_log(recorder)
+    log.event("result", text="x" * (3 * MAX_EVENT_BYTES), tag="SELECT 1")
+    log.event("result", rows=list(range(400_000)))
+    log.event("result", data=b"\x00" * MAX_EVENT_BYTES)
+    log.event("result", rows=[["é" * 1000] * 10] * 1000)
+    log.close("closed")
+    assert check(store, log)
+    lines = log.path.read_bytes().split(b"\n")[:-1]
+    assert all(len(line) <= MAX_EVENT_BYTES for line in lines)
+    events = read_events(log.path)
+    assert events[1]["tag"] == "SELECT 1" and events[1]["truncated"] > MAX_EVENT_BYTES
+    assert events[1]["text"].startswith("xxx") and "truncated" in events[1]["text"]
+    assert "more items" in events[2]["rows"][-1]
+    assert all(ev.get("truncated") for ev in events[1:5])
+
+
+# ---- asciicast ---------------------------------------------------------------------------
+def test_asciicast_writer(tmp_path: Path) -> None:
+    now = [1000.0]
+    cast = AsciicastWriter(tmp_path / "s.cast", 80, 24, clock=lambda: now[0], title="t")
+    snow = "☃".encode()
+    cast.output(b"$ echo " + snow[:1], ts=1000.5)  # a character split across two reads
+    cast.output(snow[1:] + b"\r\n", ts=1000.7)
+    cast.input("ls\r", ts=1000.6)  # clocks never run backwards in the file
+    cast.resize(100, 30)
+    digest = cast.close()
+    assert cast.close() == digest
+    with pytest.raises(RecorderError):
+        cast.output("late")
+    data = (tmp_path / "s.cast").read_bytes()
+    assert digest == hashlib.sha256(data).hexdigest()
+    header, *events = [json.loads(line) for line in data.decode().splitlines()]
+    assert header == {
+        "version": 2,
+        "width": 80,
+        "height": 24,
+        "timestamp": 1000,
+        "env": {"TERM": "xterm-256color"},
+        "title": "t",
+    }
+    assert events == [
+        [0.5, "o", "$ echo "],
+        [0.7, "o", "☃\r\n"],
+        [0.7, "i", "ls\r"],
+        [0.7, "r", "100x30"],
+    ]
+
+
+def test_asciicast_digest_is_chained(recorder: Recorder, store: StateStore) -> None:
+    log = open_log(recorder)
+    cast = log.open_asciicast(80, 24)
+    cast.output(b"hello\r\n")
+    log.close("closed")  # closes the cast and records its hash
+    assert cast.path == log.path.with_suffix(".cast")
+    end = read_events(log.path)[-1]
+    assert end["casts"] == {cast.path.name: hashlib.sha256(cast.path.read_bytes()).hexdigest()}
+    assert check(store, log)
+    cast.path.write_bytes(cast.path.read_bytes().replace(b"hello", b"HELLO"))
+    assert not check(store, log)

@@ -35,36 +35,47 @@ def ensure_pgbouncer() -> str:
     if found:
         return found
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "pgbouncer"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
-def start_hoopy(folder: Path, pg_port: int, password: str, tls_required: bool) -> tuple[
-        subprocess.Popen[str], dict[str, str]]:
+def start_hoopy(
+    folder: Path, pg_port: int, password: str, tls_required: bool
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
     folder.mkdir(parents=True)
     (folder / "connectors").mkdir()
     (folder / "policies").mkdir()
     (folder / "connectors" / "bench.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: bench\nuser: bench\n"
-        "password: env:BENCH_DB_PASSWORD\nsslmode: disable\n")
+        "password: env:BENCH_DB_PASSWORD\nsslmode: disable\n"
+    )
     (folder / "policies" / "bench.yaml").write_text(
         "rules:\n  - name: bench\n    effect: allow\n    match: {groups: [bench]}\n"
-        "  - name: no-ddl\n    effect: deny\n    match: {sql: {statements: [drop, alter]}}\n")
+        "  - name: no-ddl\n    effect: deny\n    match: {sql: {statements: [drop, alter]}}\n"
+    )
     issuer_port = pgcluster.free_port()
     (folder / "hoopy.yaml").write_text(
         "listen: {postgres: 127.0.0.1:0}\nstate: sqlite:state/state.db\n"
         f"dev_issuer: {{listen: 127.0.0.1:{issuer_port}}}\nrecordings: recordings/\n"
-        f"postgres: {{allow_cleartext_without_tls: {str(not tls_required).lower()}}}\n")
+        f"postgres: {{allow_cleartext_without_tls: {str(not tls_required).lower()}}}\n"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(folder / "hoopy.yaml")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-        env={**os.environ, "BENCH_DB_PASSWORD": password})
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "BENCH_DB_PASSWORD": password},
+    )
     assert proc.stdout is not None
     for line in iter(proc.stdout.readline, ""):
         if line.startswith("hoopy ready "):
             threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, json.loads(line[len("hoopy ready "):])
+            return proc, json.loads(line[len("hoopy ready ") :])
     raise SystemExit("hoopy did not start")
 
 
@@ -78,7 +89,8 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
         f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
         f"auth_type = scram-sha-256\nauth_file = {folder}/userlist.txt\n"
         "pool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\n"
-        f"unix_socket_dir =\nlogfile = {folder}/pgbouncer.log\n")
+        f"unix_socket_dir =\nlogfile = {folder}/pgbouncer.log\n"
+    )
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
         for f in folder.iterdir():
@@ -88,8 +100,12 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
         cmd = [exe, str(folder / "pgbouncer.ini")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     for _ in range(100):
-        if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            == 0
+        ):
             return proc, port
         proc.poll()
         if proc.returncode is not None:
@@ -100,8 +116,18 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
 
 def pgbench(target: dict[str, str], args: list[str]) -> float:
     env = {**os.environ, "PGPASSWORD": target["password"], "PGSSLMODE": target["sslmode"]}
-    cmd = ["pgbench", "-h", "127.0.0.1", "-p", target["port"], "-U", target["user"], "-n",
-           *args, target["db"]]
+    cmd = [
+        "pgbench",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        target["port"],
+        "-U",
+        target["user"],
+        "-n",
+        *args,
+        target["db"],
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", proc.stdout)
     if not m:
@@ -132,9 +158,25 @@ def main() -> None:
             await conn.close()
 
         asyncio.run(seed())
-        subprocess.run(["pgbench", "-i", "-q", "-s", str(a.scale), "-h", "127.0.0.1", "-p",
-                        str(cluster.port), "-U", "bench", "bench"], check=True,
-                       env={**os.environ, "PGPASSWORD": password}, capture_output=True)
+        subprocess.run(
+            [
+                "pgbench",
+                "-i",
+                "-q",
+                "-s",
+                str(a.scale),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(cluster.port),
+                "-U",
+                "bench",
+                "bench",
+            ],
+            check=True,
+            env={**os.environ, "PGPASSWORD": password},
+            capture_output=True,
+        )
         hp, haddr = start_hoopy(work / "hoopy", cluster.port, password, tls_required=True)
         procs.append(hp)
         hp2, haddr2 = start_hoopy(work / "hoopy-plain", cluster.port, password, tls_required=False)
@@ -142,18 +184,44 @@ def main() -> None:
         bp, bport = start_pgbouncer(work / "pgbouncer", cluster.port, password)
         procs.append(bp)
         token = DevIssuer(work / "hoopy" / "state", haddr["dev_issuer"]).mint(
-            "bench", ["bench"], ttl=7200)
+            "bench", ["bench"], ttl=7200
+        )
         token2 = DevIssuer(work / "hoopy-plain" / "state", haddr2["dev_issuer"]).mint(
-            "bench", ["bench"], ttl=7200)
+            "bench", ["bench"], ttl=7200
+        )
         targets = [
-            {"name": "direct", "port": str(cluster.port), "user": "bench", "db": "bench",
-             "password": password, "sslmode": "disable"},
-            {"name": "pgbouncer", "port": str(bport), "user": "bench", "db": "bench",
-             "password": password, "sslmode": "disable"},
-            {"name": "hoopy+tls", "port": haddr["postgres"].rsplit(":", 1)[1], "user": "agent",
-             "db": "bench", "password": token, "sslmode": "require"},
-            {"name": "hoopy-notls", "port": haddr2["postgres"].rsplit(":", 1)[1],
-             "user": "agent", "db": "bench", "password": token2, "sslmode": "disable"},
+            {
+                "name": "direct",
+                "port": str(cluster.port),
+                "user": "bench",
+                "db": "bench",
+                "password": password,
+                "sslmode": "disable",
+            },
+            {
+                "name": "pgbouncer",
+                "port": str(bport),
+                "user": "bench",
+                "db": "bench",
+                "password": password,
+                "sslmode": "disable",
+            },
+            {
+                "name": "hoopy+tls",
+                "port": haddr["postgres"].rsplit(":", 1)[1],
+                "user": "agent",
+                "db": "bench",
+                "password": token,
+                "sslmode": "require",
+            },
+            {
+                "name": "hoopy-notls",
+                "port": haddr2["postgres"].rsplit(":", 1)[1],
+                "user": "agent",
+                "db": "bench",
+                "password": token2,
+                "sslmode": "disable",
+            },
         ]
         c, j, t = str(a.clients), "2", str(a.seconds)
         modes = {
@@ -165,14 +233,19 @@ def main() -> None:
             "tpcb prepared": ["-M", "prepared", "-c", c, "-j", j, "-T", t],
             "connect (-C) select-only": ["-S", "-C", "-c", c, "-j", j, "-T", t],
         }
-        print(f"pgbench {a.clients} clients, {a.seconds}s per run, median of {a.rounds} "
-              f"rounds, scale {a.scale}", flush=True)
+        print(
+            f"pgbench {a.clients} clients, {a.seconds}s per run, median of {a.rounds} "
+            f"rounds, scale {a.scale}",
+            flush=True,
+        )
         header = f"{'mode':<26}" + "".join(f"{x['name']:>13}" for x in targets)
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
         print(header, flush=True)
         for mode, args in modes.items():
-            tps = {x["name"]: statistics.median(pgbench(x, args) for _ in range(a.rounds))
-                   for x in targets}
+            tps = {
+                x["name"]: statistics.median(pgbench(x, args) for _ in range(a.rounds))
+                for x in targets
+            }
             d, b, h, n = tps["direct"], tps["pgbouncer"], tps["hoopy+tls"], tps["hoopy-notls"]
             row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"

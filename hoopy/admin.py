@@ -24,18 +24,19 @@ class AdminServer:
         self.gw = gw
         self.runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._auth])
-        self.app.add_routes([
-            web.get("/healthz", self.healthz),
-            web.get("/metrics", self.metrics),
-            web.get("/api/sessions", self.sessions),
-            web.get("/api/sessions/{id}", self.session),
-        ])
+        self.app.add_routes(
+            [
+                web.get("/healthz", self.healthz),
+                web.get("/metrics", self.metrics),
+                web.get("/api/sessions", self.sessions),
+                web.get("/api/sessions/{id}", self.session),
+            ]
+        )
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/api/"):
-            if not self._authorized(request):
-                return web.json_response({"error": "admin token required"}, status=401)
+        if request.path.startswith("/api/") and not self._authorized(request):
+            return web.json_response({"error": "admin token required"}, status=401)
         resp: web.StreamResponse = await handler(request)
         return resp
 
@@ -55,9 +56,9 @@ class AdminServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
         await site.start()
-        server = site._server
+        server: Any = site._server
         assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -72,7 +73,8 @@ class AdminServer:
     async def sessions(self, request: web.Request) -> web.Response:
         q = request.query
         rows = self.gw.store.list_sessions(
-            subject=q.get("subject"), connector=q.get("connector"),
+            subject=q.get("subject"),
+            connector=q.get("connector"),
             limit=min(int(q.get("limit", "100")), 1000),
         )
         return web.json_response([asdict(r) for r in rows])
@@ -86,7 +88,8 @@ class AdminServer:
             from pathlib import Path
 
             body["events"] = read_events(Path(row.path))
-            res = verify_file(Path(row.path), row.head or None, row.events or None,
-                              row.ended is not None)
+            res = verify_file(
+                Path(row.path), row.head or None, row.events or None, row.ended is not None
+            )
             body["verified"] = res.ok
         return web.json_response(body)

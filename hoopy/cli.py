@@ -48,8 +48,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
     cfg = load_config(Path(args.config))
-    print(f"ok: {len(cfg.connectors)} connector(s), "
-          f"{sum(len(p.rules) for p in cfg.policies)} rule(s) in {len(cfg.policies)} policy set(s)")
+    print(
+        f"ok: {len(cfg.connectors)} connector(s), "
+        f"{sum(len(p.rules) for p in cfg.policies)} rule(s) in {len(cfg.policies)} policy set(s)"
+    )
     return 0
 
 
@@ -58,12 +60,18 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if cfg.dev_issuer is None:
-        print("error: no dev_issuer in the config; tokens come from your identity provider",
-              file=sys.stderr)
+        print(
+            "error: no dev_issuer in the config; tokens come from your identity provider",
+            file=sys.stderr,
+        )
         return 2
     d = cfg.dev_issuer
-    issuer = DevIssuer(cfg.state_dir, f"http://{d.listen.host}:{d.listen.port}",
-                       audience=d.audience, groups_claim=d.groups_claim)
+    issuer = DevIssuer(
+        cfg.state_dir,
+        f"http://{d.listen.host}:{d.listen.port}",
+        audience=d.audience,
+        groups_claim=d.groups_claim,
+    )
     print(issuer.mint(args.sub, args.group or [], ttl=parse_ttl(args.ttl)))
     return 0
 
@@ -80,11 +88,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = _store(cfg)
     if args.action == "list":
-        for r in store.list_sessions(subject=args.subject, connector=args.connector,
-                                     limit=args.limit):
+        for r in store.list_sessions(
+            subject=args.subject, connector=args.connector, limit=args.limit
+        ):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-            print(f"{r.id}  {started}  {r.protocol:<10} {r.connector:<16} {r.subject:<20} "
-                  f"{r.outcome or 'open':<14} {r.events} events")
+            print(
+                f"{r.id}  {started}  {r.protocol:<10} {r.connector:<16} {r.subject:<20} "
+                f"{r.outcome or 'open':<14} {r.events} events"
+            )
         return 0
     row = store.get_session(args.id)
     if row is None:
@@ -141,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("serve", help="run the gateway")).set_defaults(fn=cmd_serve)
     with_config(sub.add_parser("check", help="validate the config")).set_defaults(fn=cmd_check)
 
-    tok = sub.add_parser("token", help="development tokens").add_subparsers(dest="tcmd",
-                                                                            required=True)
+    tok = sub.add_parser("token", help="development tokens").add_subparsers(
+        dest="tcmd", required=True
+    )
     mint = with_config(tok.add_parser("mint", help="mint a dev-issuer token"))
     mint.add_argument("--sub", required=True)
     mint.add_argument("--group", action="append")

@@ -69,7 +69,8 @@ def _config(folder: Path, pg_port: int, ports: dict[str, int]) -> Path:
     (folder / "policies").mkdir()
     (folder / "connectors" / "app-db.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: app\nuser: app_rw\n"
-        "password: env:HOOPY_DEMO_DB_PASSWORD\nsslmode: disable\n")
+        "password: env:HOOPY_DEMO_DB_PASSWORD\nsslmode: disable\n"
+    )
     (folder / "policies" / "agents.yaml").write_text(POLICY)
     cfg = folder / "hoopy.yaml"
     cfg.write_text(
@@ -81,7 +82,8 @@ def _config(folder: Path, pg_port: int, ports: dict[str, int]) -> Path:
         "admin_token: env:HOOPY_ADMIN_TOKEN\n"
         f"dev_issuer: {{listen: 127.0.0.1:{ports['dev_issuer']}}}\n"
         "recordings: recordings/\n"
-        "connectors_dir: connectors/\npolicies_dir: policies/\n")
+        "connectors_dir: connectors/\npolicies_dir: policies/\n"
+    )
     return cfg
 
 
@@ -104,8 +106,9 @@ async def seed(cluster: pgcluster.PgCluster, app_password: str) -> None:
         await conn.execute("CREATE DATABASE app OWNER app_rw")
     finally:
         await conn.close()
-    conn = await asyncpg.connect(user="app_rw", password=app_password, host="127.0.0.1",
-                                 port=cluster.port, database="app")
+    conn = await asyncpg.connect(
+        user="app_rw", password=app_password, host="127.0.0.1", port=cluster.port, database="app"
+    )
     try:
         await conn.execute(SCHEMA)
     finally:
@@ -131,8 +134,8 @@ Try, in that psql:
 Mint more tokens:     hoopy token mint --config {cfg} --sub agent-2 --group agents
 Recorded sessions:    hoopy sessions list --config {cfg}
 Verify recordings:    hoopy verify --config {cfg}
-Admin API:            curl -H "Authorization: Bearer $HOOPY_ADMIN_TOKEN" http://{a['admin']}/api/sessions
-                      (HOOPY_ADMIN_TOKEN={os.environ['HOOPY_ADMIN_TOKEN']})
+Admin API:            curl -H "Authorization: Bearer $HOOPY_ADMIN_TOKEN" http://{a["admin"]}/api/sessions
+                      (HOOPY_ADMIN_TOKEN={os.environ["HOOPY_ADMIN_TOKEN"]})
 """
 
 

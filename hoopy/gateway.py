@@ -74,7 +74,7 @@ class Gateway:
         try:
             identity = await self.verifier.verify(token)
         except AuthError as e:
-            self.metrics.inc(f"auth_failures_total|reason=\"{e.reason}\"")
+            self.metrics.inc(f'auth_failures_total|reason="{e.reason}"')
             raise AuthFailed(f"token rejected: {e.message}") from None
         return identity
 
@@ -84,50 +84,78 @@ class Gateway:
             raise UnknownConnector(f'connector "{connector_name}" does not exist')
         if not admits(self.config.policies, identity, connector_name):
             raise NotAdmitted(
-                f"identity '{identity.subject}' is not allowed to use connector "
-                f"'{connector_name}'"
+                f"identity '{identity.subject}' is not allowed to use connector '{connector_name}'"
             )
         return connector
 
     def open_session(
-        self, identity: Identity, connector: str, protocol: str, client: str, tls: bool,
+        self,
+        identity: Identity,
+        connector: str,
+        protocol: str,
+        client: str,
+        tls: bool,
         extra: dict[str, Any] | None = None,
     ) -> Session:
         sid = new_session_id()
         try:
             slog = self.recorder.open_session(
-                sid, protocol=protocol, connector=connector, subject=identity.subject,
-                groups=sorted(identity.groups), client=client, tls=tls,
-                extra={"issuer": identity.issuer, "token": identity.token_fingerprint,
-                       **(extra or {})},
+                sid,
+                protocol=protocol,
+                connector=connector,
+                subject=identity.subject,
+                groups=sorted(identity.groups),
+                client=client,
+                tls=tls,
+                extra={
+                    "issuer": identity.issuer,
+                    "token": identity.token_fingerprint,
+                    **(extra or {}),
+                },
             )
         except RecorderError as e:
             log.error("cannot record session: %s", e)
             raise RecordingFailed("recording unavailable; session refused") from None
-        self.metrics.inc(f"sessions_total|protocol=\"{protocol}\"")
+        self.metrics.inc(f'sessions_total|protocol="{protocol}"')
         return Session(
-            id=sid, identity=identity, connector=connector, protocol=protocol, client=client,
-            log=slog, policies=self.config.policies, approvals=self.approvals, tls=tls,
+            id=sid,
+            identity=identity,
+            connector=connector,
+            protocol=protocol,
+            client=client,
+            log=slog,
+            policies=self.config.policies,
+            approvals=self.approvals,
+            tls=tls,
         )
 
     def record_rejection(
-        self, protocol: str, client: str, connector: str, reason: str, tls: bool,
+        self,
+        protocol: str,
+        client: str,
+        connector: str,
+        reason: str,
+        tls: bool,
         identity: Identity | None = None,
     ) -> None:
         """Refused connections are recorded too (a short session of their own)."""
         sid = new_session_id()
         try:
             slog = self.recorder.open_session(
-                sid, protocol=protocol, connector=connector,
+                sid,
+                protocol=protocol,
+                connector=connector,
                 subject=identity.subject if identity else "",
-                groups=sorted(identity.groups) if identity else [], client=client, tls=tls,
+                groups=sorted(identity.groups) if identity else [],
+                client=client,
+                tls=tls,
                 extra={"token": identity.token_fingerprint} if identity else {},
             )
             slog.event("rejected", reason=reason)
             slog.close("rejected")
         except RecorderError as e:
             log.error("cannot record rejected connection: %s", e)
-        self.metrics.inc(f"rejected_connections_total|protocol=\"{protocol}\"")
+        self.metrics.inc(f'rejected_connections_total|protocol="{protocol}"')
 
     def register_cancel(self, target: CancelTarget) -> tuple[int, int]:
         while True:

@@ -53,7 +53,9 @@ def _owner() -> str | None:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise ClusterError("running as root needs a 'postgres' OS user to own the cluster")
+        raise ClusterError(
+            "running as root needs a 'postgres' OS user to own the cluster"
+        ) from None
     return "postgres"
 
 
@@ -83,16 +85,42 @@ class PgCluster:
         return f"postgresql://{self.superuser}:{self.password}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                "-c unix_socket_directories='' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning")
-        _run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l",
-              str(self.base / "server.log"), "-o", opts, "-w", "-t", "60", "start"], self.user)
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            "-c unix_socket_directories='' -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning"
+        )
+        _run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.base / "server.log"),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            self.user,
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(ClusterError):
-            _run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
-                  "-w", "stop"], self.user)
+            _run(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                self.user,
+            )
 
     def destroy(self) -> None:
         self.stop()
@@ -113,9 +141,24 @@ def create(port: int = 0, base: Path | None = None) -> PgCluster:
         os.chown(base, pw.pw_uid, pw.pw_gid)
         os.chown(pwfile, pw.pw_uid, pw.pw_gid)
     os.chmod(pwfile, 0o600)
-    _run([str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres", "--pwfile",
-          str(pwfile), "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
-          "-E", "UTF8", "--locale=C", "--no-sync"], user)
+    _run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(base / "data"),
+            "-U",
+            "postgres",
+            "--pwfile",
+            str(pwfile),
+            "--auth-host=scram-sha-256",
+            "--auth-local=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        user,
+    )
     pwfile.unlink()
     cluster = PgCluster(base, bindir, port or free_port(), "postgres", password, user)
     cluster.start()

@@ -189,9 +189,17 @@ def _kind_names(kind: str) -> tuple[str, ...]:
     return (kind, head) if head != kind else (kind,)
 
 
+# Kinds that only wrap the statement they run: an allow covering what runs inside
+# covers them too (explain analyze select … is allowed where select is).
+WRAPPER_KINDS = frozenset({"explain", "prepare", "execute", "declare"})
+
+
 def _kind_items(kinds: frozenset[str]) -> list[tuple[str, ...]]:
     """Kinds to cover: a generic verb present with its specific kind goes with it."""
     heads = {k.split("_", 1)[0] for k in kinds if "_" in k}
+    inner = kinds - WRAPPER_KINDS
+    if inner:
+        heads |= WRAPPER_KINDS
     return [_kind_names(k) for k in kinds if k not in heads]
 
 

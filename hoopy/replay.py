@@ -15,8 +15,10 @@ MAX_GAP = 2.0  # seconds: long idle stretches are shortened
 def describe(ev: dict[str, Any]) -> str:
     t = ev.get("type")
     if t == "session_start":
-        return (f"# session {ev.get('session', '')} {ev.get('protocol')} → {ev.get('connector')}"
-                f" by {ev.get('subject')} {ev.get('groups', [])} from {ev.get('client')}")
+        return (
+            f"# session {ev.get('session', '')} {ev.get('protocol')} → {ev.get('connector')}"
+            f" by {ev.get('subject')} {ev.get('groups', [])} from {ev.get('client')}"
+        )
     if t == "command":
         rule = f" [{ev.get('rule')}]" if ev.get("rule") else ""
         return f"{ev.get('outcome', '?'):>16}{rule}  {ev.get('text', '')}"

@@ -50,15 +50,22 @@ async def start(config: Config) -> Running:
     addresses: dict[str, str] = {}
     if config.dev_issuer is not None:
         d = config.dev_issuer
-        log.warning("DEVELOPMENT OIDC ISSUER IS ON (dev_issuer in config): anyone who can "
-                    "run `hoopy token mint` on this host can mint tokens. Never in production.")
-        dev = DevIssuer(config.state_dir, f"http://{d.listen.host}:{d.listen.port}",
-                        audience=d.audience, groups_claim=d.groups_claim)
+        log.warning(
+            "DEVELOPMENT OIDC ISSUER IS ON (dev_issuer in config): anyone who can "
+            "run `hoopy token mint` on this host can mint tokens. Never in production."
+        )
+        dev = DevIssuer(
+            config.state_dir,
+            f"http://{d.listen.host}:{d.listen.port}",
+            audience=d.audience,
+            groups_claim=d.groups_claim,
+        )
         port = await dev.start(d.listen.host, d.listen.port)
         closers.append(dev.stop)
         addresses["dev_issuer"] = dev.issuer_url
-        issuers.append(IssuerConfig(url=dev.issuer_url, audience=d.audience,
-                                    groups_claim=d.groups_claim))
+        issuers.append(
+            IssuerConfig(url=dev.issuer_url, audience=d.audience, groups_claim=d.groups_claim)
+        )
         del port
     store = StateStore(config.state_path or config.state_dir / "state.db")
     closers.append(_async(store.close))

@@ -25,27 +25,54 @@ RULES = PolicySet(
     "main",
     (
         Rule("agents-app", "allow", Match(groups=("agents",), connectors=("app-db",))),
-        Rule("admins-do", "allow",
-             Match(groups=("admins",), sql=SqlMatch(statements=("do", "create_function")))),
-        Rule("no-ddl", "deny", Match(sql=SqlMatch(statements=("drop", "truncate", "alter"))),
-             reason="migrations only"),
+        Rule(
+            "admins-do",
+            "allow",
+            Match(groups=("admins",), sql=SqlMatch(statements=("do", "create_function"))),
+        ),
+        Rule(
+            "no-ddl",
+            "deny",
+            Match(sql=SqlMatch(statements=("drop", "truncate", "alter"))),
+            reason="migrations only",
+        ),
         Rule("no-vault", "deny", Match(sql=SqlMatch(tables=("vault",)))),
         Rule("no-sleep", "deny", Match(sql=SqlMatch(functions=("pg_sleep",)))),
-        Rule("writes", "require_approval", Match(sql=SqlMatch(statements=("delete", "update"))),
-             approvers=("dba",), timeout=60),
-        Rule("pii", "mask", Match(connectors=("app-db",)), columns=("*.email",),
-             detectors=("email",)),
-        Rule("pii2", "mask", Match(groups=("agents",)), columns=("customers.ssn",),
-             style="partial"),
+        Rule(
+            "writes",
+            "require_approval",
+            Match(sql=SqlMatch(statements=("delete", "update"))),
+            approvers=("dba",),
+            timeout=60,
+        ),
+        Rule(
+            "pii", "mask", Match(connectors=("app-db",)), columns=("*.email",), detectors=("email",)
+        ),
+        Rule(
+            "pii2", "mask", Match(groups=("agents",)), columns=("customers.ssn",), style="partial"
+        ),
     ),
 )
 
 
-def sql(*kinds: str, reads: tuple[str, ...] = (), writes: tuple[str, ...] = (),
-        functions: tuple[str, ...] = (), opaque: tuple[str, ...] = (),
-        connector: str = "app-db") -> Command:
-    return Command("postgres", connector, "…", frozenset(kinds), frozenset(reads),
-                   frozenset(writes), frozenset(functions), frozenset(opaque))
+def sql(
+    *kinds: str,
+    reads: tuple[str, ...] = (),
+    writes: tuple[str, ...] = (),
+    functions: tuple[str, ...] = (),
+    opaque: tuple[str, ...] = (),
+    connector: str = "app-db",
+) -> Command:
+    return Command(
+        "postgres",
+        connector,
+        "…",
+        frozenset(kinds),
+        frozenset(reads),
+        frozenset(writes),
+        frozenset(functions),
+        frozenset(opaque),
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,11 +92,19 @@ def sql(*kinds: str, reads: tuple[str, ...] = (), writes: tuple[str, ...] = (),
         # opaque code needs an allow naming it
         (AGENT, sql("do", opaque=("do",)), "deny", ""),
         (ADMIN, sql("do", opaque=("do",)), "allow", "admins-do"),
-        (ADMIN, sql("create", "create_function", opaque=("create_function",)), "allow",
-         "admins-do"),
+        (
+            ADMIN,
+            sql("create", "create_function", opaque=("create_function",)),
+            "allow",
+            "admins-do",
+        ),
         # a non-sql command never matches an sql matcher
-        (AGENT, Command("ssh", "app-db", "rm -rf /", command_line="rm -rf /"), "allow",
-         "agents-app"),
+        (
+            AGENT,
+            Command("ssh", "app-db", "rm -rf /", command_line="rm -rf /"),
+            "allow",
+            "agents-app",
+        ),
     ],
 )
 def test_decision_table(who: Identity, cmd: Command, outcome: str, rule: str) -> None:
@@ -96,8 +131,9 @@ def test_masks_add_up_and_strictest_style_wins() -> None:
 
 
 def test_shadow_mode_records_but_does_not_block() -> None:
-    shadow = PolicySet("trial", (Rule("no-select", "deny", Match(sql=SqlMatch(("select",)))),),
-                       mode="shadow")
+    shadow = PolicySet(
+        "trial", (Rule("no-select", "deny", Match(sql=SqlMatch(("select",)))),), mode="shadow"
+    )
     d = decide([RULES, shadow], AGENT, sql("select"))
     assert d.outcome == "allow" and d.shadow == ("no-select",)
 
@@ -122,12 +158,18 @@ def test_glob_star_does_not_cover_opaque() -> None:
 
 
 def test_ssh_and_kube_matchers() -> None:
-    ps = PolicySet("p", (
-        Rule("ok", "allow", Match()),
-        Rule("no-rm", "deny", Match(ssh=SshMatch(("rm *", "*sudo*")))),
-        Rule("no-secrets", "deny", Match(kubernetes=KubeMatch(verbs=("get", "list"),
-                                                              resources=("secrets",)))),
-    ))
+    ps = PolicySet(
+        "p",
+        (
+            Rule("ok", "allow", Match()),
+            Rule("no-rm", "deny", Match(ssh=SshMatch(("rm *", "*sudo*")))),
+            Rule(
+                "no-secrets",
+                "deny",
+                Match(kubernetes=KubeMatch(verbs=("get", "list"), resources=("secrets",))),
+            ),
+        ),
+    )
     rm = Command("ssh", "h", "rm -rf /", command_line="rm -rf /")
     ls = Command("ssh", "h", "ls", command_line="ls")
     sec = Command("kubernetes", "k", "GET", verb="get", resource="secrets", namespace="x")
@@ -143,12 +185,24 @@ def test_matching_is_case_insensitive() -> None:
 
 
 def test_allow_must_cover_every_kind_table_and_function() -> None:
-    ps = PolicySet("p", (
-        Rule("selects", "allow", Match(groups=("agents",), sql=SqlMatch(statements=("select",)))),
-        Rule("public-tables", "allow",
-             Match(groups=("admins",), sql=SqlMatch(tables=("public_*",)))),
-        Rule("creates", "allow", Match(groups=("creators",), sql=SqlMatch(statements=("create",)))),
-    ))
+    ps = PolicySet(
+        "p",
+        (
+            Rule(
+                "selects", "allow", Match(groups=("agents",), sql=SqlMatch(statements=("select",)))
+            ),
+            Rule(
+                "public-tables",
+                "allow",
+                Match(groups=("admins",), sql=SqlMatch(tables=("public_*",))),
+            ),
+            Rule(
+                "creates",
+                "allow",
+                Match(groups=("creators",), sql=SqlMatch(statements=("create",))),
+            ),
+        ),
+    )
     # a data-modifying CTE is not covered by an allow on select
     assert decide([ps], AGENT, sql("select", "delete", writes=("t",))).outcome == "deny"
     assert decide([ps], AGENT, sql("select", reads=("t",))).outcome == "allow"

@@ -73,25 +73,44 @@ class Hoopy:
     def pg_port(self) -> int:
         return int(self.addresses["postgres"].rsplit(":", 1)[1])
 
-    def token(self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",),
-              ttl: float = 900) -> str:
+    def token(
+        self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",), ttl: float = 900
+    ) -> str:
         return self.issuer.mint(sub, list(groups), ttl=ttl)
 
     def conninfo(self, dbname: str = "app-db", sslmode: str = "require") -> str:
         return f"host=127.0.0.1 port={self.pg_port} dbname={dbname} user=agent sslmode={sslmode}"
 
-    def psql(self, *args: str, token: str | None = None, dbname: str = "app-db",
-             sslmode: str = "require", input: str | None = None,
-             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PGPASSWORD": token if token is not None else self.token(),
-               "PGCONNECT_TIMEOUT": "10"}
+    def psql(
+        self,
+        *args: str,
+        token: str | None = None,
+        dbname: str = "app-db",
+        sslmode: str = "require",
+        input: str | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "PGPASSWORD": token if token is not None else self.token(),
+            "PGCONNECT_TIMEOUT": "10",
+        }
         return subprocess.run(
             ["psql", self.conninfo(dbname, sslmode), "-X", "-v", "ON_ERROR_STOP=1", *args],
-            capture_output=True, text=True, env=env, input=input, timeout=timeout)
+            capture_output=True,
+            text=True,
+            env=env,
+            input=input,
+            timeout=timeout,
+        )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "hoopy.cli", *args, "--config",
-                               str(self.config)], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "hoopy.cli", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def log_text(self) -> str:
         return "".join(self.stderr_lines)
@@ -107,10 +126,16 @@ def backend() -> Iterator[Backend]:
         await conn.execute(f"CREATE ROLE app_rw LOGIN PASSWORD '{app_password}'")
         await conn.execute("CREATE DATABASE app OWNER app_rw")
         await conn.close()
-        conn = await asyncpg.connect(user="app_rw", password=app_password, host="127.0.0.1",
-                                     port=cluster.port, database="app")
+        conn = await asyncpg.connect(
+            user="app_rw",
+            password=app_password,
+            host="127.0.0.1",
+            port=cluster.port,
+            database="app",
+        )
         await conn.execute(SCHEMA)
-        await conn.execute("CREATE TABLE vault (k text, v text); INSERT INTO vault VALUES ('a','b')")
+        await conn.execute("CREATE TABLE vault (k text, v text)")
+        await conn.execute("INSERT INTO vault VALUES ('a', 'b')")
         await conn.close()
 
     asyncio.run(seed())
@@ -126,10 +151,12 @@ def write_config(folder: Path, backend: Backend, issuer_port: int, **pg: object)
     port = backend.cluster.port
     (folder / "connectors" / "app-db.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{port}\ndatabase: app\nuser: app_rw\n"
-        "password: env:TEST_APP_DB_PASSWORD\nsslmode: disable\n")
+        "password: env:TEST_APP_DB_PASSWORD\nsslmode: disable\n"
+    )
     (folder / "connectors" / "app-db-tls.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{port}\ndatabase: app\nuser: app_rw\n"
-        "password: env:TEST_APP_DB_PASSWORD\nsslmode: prefer\n")
+        "password: env:TEST_APP_DB_PASSWORD\nsslmode: prefer\n"
+    )
     (folder / "policies" / "agents.yaml").write_text(POLICY)
     extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in pg.items())
     cfg = folder / "hoopy.yaml"
@@ -137,24 +164,35 @@ def write_config(folder: Path, backend: Backend, issuer_port: int, **pg: object)
         "listen:\n  postgres: 127.0.0.1:0\n  admin: 127.0.0.1:0\n"
         "state: sqlite:state/state.db\nadmin_token: env:TEST_ADMIN_TOKEN\n"
         f"dev_issuer: {{listen: 127.0.0.1:{issuer_port}}}\n"
-        "recordings: recordings/\n" + (f"postgres:\n{extra}" if extra else ""))
+        "recordings: recordings/\n" + (f"postgres:\n{extra}" if extra else "")
+    )
     return cfg
 
 
 def start_hoopy(folder: Path, backend: Backend, **pg: object) -> Hoopy:
     issuer_port = pgcluster.free_port()
     cfg = write_config(folder, backend, issuer_port, **pg)
-    env = {**os.environ, "TEST_APP_DB_PASSWORD": backend.app_password,
-           "TEST_ADMIN_TOKEN": "admin-secret-token", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "TEST_APP_DB_PASSWORD": backend.app_password,
+        "TEST_ADMIN_TOKEN": "admin-secret-token",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     stderr_lines: list[str] = []
-    threading.Thread(target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")),
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    ).start()
     for line in iter(proc.stdout.readline, ""):
         if line.startswith("hoopy ready "):
-            addresses = json.loads(line[len("hoopy ready "):])
+            addresses = json.loads(line[len("hoopy ready ") :])
             break
     else:
         proc.wait(10)

@@ -35,8 +35,14 @@ log = logging.getLogger("hoopy.postgres.backend")
 # Startup parameters an agent may pass through.  Everything else is dropped:
 # `options` (-c role=…) or `replication` would bypass statement checks.
 PASSTHROUGH_PARAMS = frozenset(
-    {"application_name", "client_encoding", "datestyle", "timezone", "intervalstyle",
-     "extra_float_digits"}
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "extra_float_digits",
+    }
 )
 CONNECT_TIMEOUT = 10.0
 
@@ -98,7 +104,9 @@ def _ssl_context(c: PostgresConnector) -> ssl.SSLContext:
 
 
 async def _maybe_tls(
-    c: PostgresConnector, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    c: PostgresConnector,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
     codec: pg.ClientConnection,
 ) -> bool:
     if c.sslmode == "disable":
@@ -161,16 +169,16 @@ async def connect(
 ) -> BackendConn:
     """Open and authenticate one backend connection."""
     try:
-        return await asyncio.wait_for(_connect(c, client_params, max_message_size),
-                                      CONNECT_TIMEOUT)
+        return await asyncio.wait_for(_connect(c, client_params, max_message_size), CONNECT_TIMEOUT)
     except BackendUnavailable:
         raise
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ssl.SSLError) as e:
         log.warning("connector %s: cannot reach database: %s", c.name, type(e).__name__)
         raise BackendUnavailable(f"connector '{c.name}': database unavailable") from None
     except Exception as e:  # scramp errors, protocol violations: never echo details
-        log.warning("connector %s: authentication with database failed: %s",
-                    c.name, type(e).__name__)
+        log.warning(
+            "connector %s: authentication with database failed: %s", c.name, type(e).__name__
+        )
         raise BackendUnavailable(f"connector '{c.name}': database login failed") from None
 
 
@@ -180,8 +188,7 @@ async def _connect(c: PostgresConnector, client_params: dict[str, str], cap: int
     try:
         tls = await _maybe_tls(c, reader, writer, codec)
         params = {**_client_params(client_params), "user": c.user, "database": c.database}
-        conn = BackendConn(c, reader, writer, codec, tls=tls,
-                           pool_key=pool_key(c, client_params))
+        conn = BackendConn(c, reader, writer, codec, tls=tls, pool_key=pool_key(c, client_params))
         writer.write(codec.startup_message(params))
         auth = _Authenticator(c, conn)
         while True:
@@ -214,7 +221,7 @@ async def cancel(c: PostgresConnector, pid: int, key: int) -> None:
     """Send a CancelRequest for a backend this connector owns."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(c.host, c.port), 5.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         log.warning("connector %s: cannot reach database to cancel", c.name)
         return
     codec = pg.ClientConnection()

@@ -35,11 +35,10 @@ import ssl
 import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hoopy.config import PostgresConnector
 from hoopy.errors import (
-    BackendUnavailable,
     CommandDenied,
     HoopyError,
     ProtocolError,
@@ -58,8 +57,21 @@ log = logging.getLogger("hoopy.postgres")
 
 # Client-only encodings whose trailing bytes can be ASCII quote/backslash:
 # hoopy's parse of the text would differ from the server's.
-UNSAFE_ENCODINGS = frozenset({"BIG5", "GBK", "SJIS", "SHIFT_JIS_2004", "GB18030", "UHC",
-                              "JOHAB", "WIN950", "WIN936", "WIN949", "WIN1361"})
+UNSAFE_ENCODINGS = frozenset(
+    {
+        "BIG5",
+        "GBK",
+        "SJIS",
+        "SHIFT_JIS_2004",
+        "GB18030",
+        "UHC",
+        "JOHAB",
+        "WIN950",
+        "WIN936",
+        "WIN949",
+        "WIN1361",
+    }
+)
 READ_SIZE = 256 * 1024
 AUTH_TIMEOUT = 30.0
 
@@ -168,7 +180,9 @@ class PostgresListener:
 
 class AgentConnection:
     def __init__(
-        self, listener: PostgresListener, reader: asyncio.StreamReader,
+        self,
+        listener: PostgresListener,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         self.listener = listener
@@ -241,7 +255,7 @@ class AgentConnection:
         while True:
             ev = self.codec.next_event()
             if ev is not pg.NEED_DATA:
-                return ev  # type: ignore[return-value]
+                return ev
             data = await self.reader.read(READ_SIZE)
             if not data:
                 raise ConnectionError("agent closed the connection")
@@ -303,7 +317,11 @@ class AgentConnection:
         assert isinstance(connector, PostgresConnector)
         self.connector = connector
         self.session = self.gw.open_session(
-            identity, dbname, "postgres", self.client, self.tls,
+            identity,
+            dbname,
+            "postgres",
+            self.client,
+            self.tls,
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         await self._attach_backend(params)
@@ -327,7 +345,8 @@ class AgentConnection:
             pw = self.connector.password.get() if self.connector.password else ""
         self.scrub_words = tuple(w for w in (pw, self.connector.user) if w)
         self.cancel_key = self.gw.register_cancel(
-            CancelTarget(self.connector, backend.pid, backend.key))
+            CancelTarget(self.connector, backend.pid, backend.key)
+        )
         out = [pg.authentication_ok()]
         for name, value in backend.params.items():
             self._check_param(name, value)
@@ -378,8 +397,11 @@ class AgentConnection:
                     self.outcome = "closed"
                     return
                 elif t is pg.FunctionCall:
-                    out.append(self._refuse_query(
-                        CommandDenied("the fast-path function call protocol is not allowed")))
+                    out.append(
+                        self._refuse_query(
+                            CommandDenied("the fast-path function call protocol is not allowed")
+                        )
+                    )
                 else:
                     out.append(ev.raw)
             bw.write(b"".join(out))
@@ -397,8 +419,9 @@ class AgentConnection:
         try:
             cmds = self.listener.classifier.classify(sql, self.connector.name, self.prepared)
         except SqlParseError as e:
-            self.session.record("command", text=sql, outcome="deny", reason="unparseable",
-                                error=e.message)
+            self.session.record(
+                "command", text=sql, outcome="deny", reason="unparseable", error=e.message
+            )
             raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
         # A denial anywhere refuses the whole message before any approval is asked for.
         for c in cmds:
@@ -460,13 +483,13 @@ class AgentConnection:
             for ev in events:
                 t = type(ev)
                 if t is pg.DataRows:
-                    self.result.add(ev)  # type: ignore[arg-type]
+                    self.result.add(cast(pg.DataRows, ev))
                     out.append(ev.raw)
                 elif t is pg.CommandComplete:
-                    self._record_result(tag=ev.tag)  # type: ignore[attr-defined]
+                    self._record_result(tag=cast(pg.CommandComplete, ev).tag)
                     out.append(ev.raw)
                 elif t is pg.ReadyForQuery:
-                    self._on_ready(ev)  # type: ignore[arg-type]
+                    self._on_ready(cast(pg.ReadyForQuery, ev))
                     out.append(ev.raw)
                 else:
                     out.append(self._other_backend_event(ev))
@@ -538,7 +561,8 @@ class AgentConnection:
     def _check_param(self, name: str, value: str) -> None:
         if name == "standard_conforming_strings" and value.lower() != "on":
             raise ProtocolError(
-                "standard_conforming_strings must stay on through hoopy; session closed")
+                "standard_conforming_strings must stay on through hoopy; session closed"
+            )
         if name == "client_encoding" and _norm_enc(value) in _UNSAFE_NORM:
             raise ProtocolError(f"client_encoding {value} is not supported; session closed")
 

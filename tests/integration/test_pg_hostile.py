@@ -1,0 +1,179 @@
+"""Malformed input, leaks, recordings: the session that misbehaves gets a
+protocol-correct error, others are unaffected, and every recording verifies."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+from pathlib import Path
+
+from hoopy.protocols.postgres import codec as pg
+from tests.integration.conftest import Backend, Hoopy
+
+
+def raw_connect(hoopy: Hoopy, tls: bool = True) -> socket.socket | ssl.SSLSocket:
+    s = socket.create_connection(("127.0.0.1", hoopy.pg_port), timeout=10)
+    if not tls:
+        return s
+    s.sendall(pg.ssl_request())
+    assert s.recv(1) == b"S"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx.wrap_socket(s)
+
+
+def read_all(s: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def login(hoopy: Hoopy, s: socket.socket) -> None:
+    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
+    assert s.recv(9)[:1] == b"R"  # AuthenticationCleartextPassword
+    s.sendall(pg.password_message(hoopy.token().encode() + b"\0"))
+    got = b""
+    while not got.endswith(pg.ready_for_query("I")):
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+
+
+def test_garbage_before_startup(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy, tls=False)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = read_all(s)
+    assert reply[:1] == b"E" and b"08P01" in reply
+
+
+def test_oversized_message_after_login(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(b"Q" + struct.pack("!I", 0x7FFFFFF0))
+    reply = read_all(s)
+    assert reply[:1] == b"E" and (b"08P01" in reply or b"54000" in reply)
+
+
+def test_truncated_message_then_close(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(b"Q" + struct.pack("!I", 100) + b"select")
+    s.close()
+    # other sessions are unaffected
+    r = hoopy.psql("-At", "-c", "select 7")
+    assert r.stdout.strip() == "7"
+
+
+def test_wrong_message_type_for_state(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    s.sendall(pg.query("select 1"))  # a query before any startup message
+    reply = read_all(s)
+    assert reply[:1] == b"E" and b"08P01" in reply
+
+
+def test_data_after_sslrequest_is_refused(hoopy: Hoopy) -> None:
+    s = socket.create_connection(("127.0.0.1", hoopy.pg_port), timeout=10)
+    s.sendall(pg.ssl_request() + pg.startup_message({"user": "x", "database": "app-db"}))
+    reply = read_all(s)
+    assert b"S" not in reply[:1]
+
+
+def test_fastpath_function_call_refused(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    body = struct.pack("!IhhIhh", 1247, 0, 0, 0, 0, 0)  # fn oid, no args
+    s.sendall(b"F" + struct.pack("!I", len(body) + 4) + body)
+    got = b""
+    while not got.endswith(pg.ready_for_query("I")):
+        chunk = s.recv(65536)
+        assert chunk
+        got += chunk
+    assert b"42501" in got and b"fast-path" in got
+
+
+def test_no_secret_in_logs_recordings_or_replies(hoopy: Hoopy, backend: Backend) -> None:
+    token = hoopy.token("leak-check")
+    r = hoopy.psql(
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=0",
+        token=token,
+        input=("select current_setting('application_name');\nselect 1/0;\ndrop table orders;\n"),
+    )
+    assert backend.app_password not in r.stdout + r.stderr
+    rec = hoopy.folder / "recordings"
+    blob = "".join(p.read_text() for p in rec.rglob("*.jsonl"))
+    assert blob, "no recordings written"
+    assert backend.app_password not in blob
+    assert token not in blob
+    assert backend.app_password not in hoopy.log_text() and token not in hoopy.log_text()
+
+
+def _session_files(hoopy: Hoopy) -> list[Path]:
+    return sorted((hoopy.folder / "recordings").rglob("*.jsonl"))
+
+
+def test_recording_holds_statements_decisions_and_results(hoopy: Hoopy) -> None:
+    r = hoopy.psql(
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=0",
+        token=hoopy.token("recorded-agent"),
+        input="select name from customers where id = 3;\ntruncate orders;\n",
+    )
+    assert "Grace Hopper" in r.stdout
+    listing = hoopy.cli("sessions", "list", "--subject", "recorded-agent")
+    sid = listing.stdout.split()[0]
+    show = hoopy.cli("sessions", "show", sid)
+    events = [json.loads(line) for line in show.stdout.splitlines()]
+    types = [e["type"] for e in events]
+    assert types[0] == "session_start" and types[-1] == "session_end"
+    cmds = [e for e in events if e["type"] == "command"]
+    assert cmds[0]["outcome"] == "allow" and "customers" in cmds[0]["text"]
+    assert cmds[1]["outcome"] == "deny" and cmds[1]["rule"] == "no-schema-changes"
+    results = [e for e in events if e["type"] == "result"]
+    assert results[0]["rows"] == [["Grace Hopper"]] and results[0]["tag"] == "SELECT 1"
+
+
+def test_verify_passes_then_fails_after_one_byte_changes(hoopy: Hoopy) -> None:
+    hoopy.psql("-c", "select 1")
+    ok = hoopy.cli("verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    victim = _session_files(hoopy)[0]
+    data = bytearray(victim.read_bytes())
+    i = data.index(b'"type"') + 2
+    data[i] ^= 0x01
+    victim.write_bytes(bytes(data))
+    try:
+        bad = hoopy.cli("verify")
+        assert bad.returncode == 1
+        assert "BROKEN" in bad.stdout
+    finally:
+        data[i] ^= 0x01
+        victim.write_bytes(bytes(data))
+    assert hoopy.cli("verify").returncode == 0
+
+
+def test_broken_session_recording_is_complete(hoopy: Hoopy) -> None:
+    before = set(_session_files(hoopy))
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(b"Z" + struct.pack("!I", 4))  # a backend-only message type from the agent
+    reply = read_all(s)
+    assert reply[:1] == b"E"
+    new = set(_session_files(hoopy)) - before
+    assert new
+    v = hoopy.cli("verify")
+    assert v.returncode == 0, v.stdout
+    events = [json.loads(x) for p in new for x in p.read_text().splitlines()]
+    assert events[-1]["type"] == "session_end"

@@ -98,7 +98,8 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
         cmd = ["runuser", "-u", "postgres", "--", exe, str(folder / "pgbouncer.ini")]
     else:
         cmd = [exe, str(folder / "pgbouncer.ini")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    errf = open(folder / "stderr.txt", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, text=True)
     for _ in range(100):
         if (
             subprocess.run(
@@ -109,7 +110,7 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
             return proc, port
         proc.poll()
         if proc.returncode is not None:
-            raise SystemExit("pgbouncer exited: " + (folder / "pgbouncer.log").read_text())
+            raise SystemExit("pgbouncer exited: " + (folder / "stderr.txt").read_text())
         subprocess.run(["sleep", "0.1"])
     raise SystemExit("pgbouncer did not start")
 
@@ -146,6 +147,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs per cell; the median is shown")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-"))
+    os.chmod(work, 0o755)  # pgbouncer runs as the postgres user when we are root
     cluster = pgcluster.create()
     procs: list[subprocess.Popen[str]] = []
     try:

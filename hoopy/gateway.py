@@ -7,9 +7,12 @@ order; afterwards they only talk to their `Session`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +21,7 @@ from hoopy.config import Config, Connector
 from hoopy.errors import AuthFailed, NotAdmitted, RecordingFailed, UnknownConnector
 from hoopy.identity import AuthError, IdentityVerifier
 from hoopy.policy import Identity, admits
-from hoopy.recorder import Recorder, RecorderError, new_session_id
+from hoopy.recorder import Recorder, RecorderError, SessionLog, new_session_id
 from hoopy.session import ApprovalGate, Session
 from hoopy.state import StateStore
 
@@ -69,6 +72,21 @@ class Gateway:
         self.started = time.time()
         # fake (pid, key) shown to agents → the real backend key; never the other way.
         self.cancels: dict[tuple[int, int], CancelTarget] = {}
+        self.open_logs: weakref.WeakSet[SessionLog] = weakref.WeakSet()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start_flusher(self, interval: float = 1.0) -> None:
+        """Buffered result events reach disk within `interval` even in idle sessions."""
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(interval))
+
+    async def _flush_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for slog in list(self.open_logs):
+                try:
+                    slog.flush()
+                except RecorderError as e:
+                    log.error("recording %s failed: %s", slog.id, e)
 
     async def authenticate(self, token: str) -> Identity:
         try:
@@ -165,4 +183,8 @@ class Gateway:
                 return fake
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         await self.verifier.close()

@@ -55,6 +55,7 @@ from uuid import UUID
 from hoopy.state import SessionRow, StateError, StateStore
 
 ZERO_HASH = "0" * 64
+FLUSH_BYTES = 64 * 1024  # buffered events are written once this much is pending
 MAX_EVENT_BYTES = 1 << 20
 _RESERVED = frozenset({"seq", "ts", "type", "prev"})
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
@@ -219,6 +220,11 @@ class SessionLog:
         self._casts: list[AsciicastWriter] = []
         self._failed: str | None = None
         self._closed = False
+        # Events chained but not yet written (see `buffer`); written before the next
+        # `event`, at FLUSH_BYTES, by `flush()` and at close.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._written = (0, ZERO_HASH)  # (seq, head) of what is on disk
 
     @property
     def events(self) -> int:
@@ -251,19 +257,50 @@ class SessionLog:
                 raise RecorderError(f"recording {self.id} is closed")
             self._append(kind, fields)
 
-    def _append(self, kind: str, fields: dict[str, Any]) -> None:
+    def buffer(self, kind: str, /, **fields: Any) -> None:
+        """Chain one event now but write it with the next `event()` or `flush()`.
+
+        For what happened *after* a command was allowed (its results): the command
+        itself goes through `event()`, which writes before the command runs, so
+        fail-closed holds while result-heavy sessions save a write per statement.
+        """
+        bad = _RESERVED.intersection(fields)
+        if bad:
+            raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
+        with self._lock:
+            if self._closed:
+                raise RecorderError(f"recording {self.id} is closed")
+            self._append(kind, fields, write=self._pending_size >= FLUSH_BYTES)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending and not self._closed:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        try:
+            _write_all(self._fd, data)
+        except OSError as e:
+            self._failed = e.strerror or type(e).__name__
+            self._seq, self._prev = self._written  # the index must match the disk
+            raise RecorderError(f"cannot write recording {self.path}: {self._failed}") from None
+        self._written = (self._seq, self._prev)
+
+    def _append(self, kind: str, fields: dict[str, Any], write: bool = True) -> None:
         if self._failed is not None:
             raise RecorderError(f"recording {self.id} failed earlier: {self._failed}")
         head = {"seq": self._seq, "ts": self._clock(), "type": kind}
         line = _encode_event(head, fields, self._prev)
-        try:
-            _write_all(self._fd, line + b"\n")
-        except OSError as e:
-            self._failed = e.strerror or type(e).__name__
-            raise RecorderError(f"cannot write recording {self.path}: {self._failed}") from None
+        self._pending.append(line + b"\n")
+        self._pending_size += len(line) + 1
         self._prev = hashlib.sha256(line).hexdigest()
         self._seq += 1
         self._counts[kind] = self._counts.get(kind, 0) + 1
+        if write:
+            self._write_pending()
 
     def open_asciicast(self, width: int, height: int, name: str = "") -> AsciicastWriter:
         """A terminal-stream file next to this log (`<id>[-name].cast`); its SHA-256 goes

@@ -72,6 +72,7 @@ async def start(config: Config) -> Running:
     recorder = Recorder(config.recordings, store)
     verifier = IdentityVerifier(issuers)
     gw = Gateway(replace(config, issuers=tuple(issuers)), verifier, store, recorder)
+    gw.start_flusher()
     closers.append(gw.close)
     running = Running(gw, addresses, closers, dev)
     try:

@@ -66,6 +66,13 @@ class Session:
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
 
+    def record_later(self, type_: str, **fields: Any) -> None:
+        """An event about what already ran (results): written with the next command."""
+        try:
+            self.log.buffer(type_, **fields)
+        except RecorderError as e:
+            raise RecordingFailed(f"recording unavailable: {e}") from None
+
     async def check(self, command: Command) -> Decision:
         """Decide, record, and wait for approval when needed.
 

@@ -60,8 +60,8 @@ def test_denial_inside_transaction_aborts_it_like_postgres(hoopy: Hoopy, backend
         "-v",
         "ON_ERROR_STOP=0",
         input=(
-            "begin;\ninsert into orders (amount) values (2);\nalter table orders add column x int;\n"
-            "commit;\nselect 'after';\n"
+            "begin;\ninsert into orders (amount) values (2);\n"
+            "alter table orders add column x int;\ncommit;\nselect 'after';\n"
         ),
     )
     assert "no-schema-changes" in r.stderr

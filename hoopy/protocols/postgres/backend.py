@@ -114,6 +114,10 @@ async def _maybe_tls(
     writer.write(codec.ssl_request())
     answer = await reader.readexactly(1)
     if answer == b"S":
+        # Bytes after 'S' but before the handshake would be trusted as encrypted
+        # (CVE-2021-23222): a man in the middle could inject them.
+        if len(getattr(reader, "_buffer", b"")):
+            raise BackendUnavailable(f"connector '{c.name}': unexpected data before TLS")
         await writer.start_tls(_ssl_context(c), server_hostname=c.host)
         return True
     if c.sslmode in ("require", "verify-full"):

@@ -245,7 +245,8 @@ class AgentConnection:
             self.listener.pool.release(self.backend, reusable=clean and self.outcome == "closed")
         if self.session is not None:
             with contextlib.suppress(Exception):
-                self.session.log.close(self.outcome)
+                # close() fsyncs: keep the event loop free meanwhile
+                await asyncio.to_thread(self.session.log.close, self.outcome)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.drain(), 2.0)
         self.writer.close()
@@ -568,7 +569,7 @@ class AgentConnection:
 
     def _record_result(self, tag: str) -> None:
         assert self.session is not None
-        self.session.record("result", tag=tag, **self.result.fields())
+        self.session.record_later("result", tag=tag, **self.result.fields())
         self.result.reset()
 
 

@@ -30,6 +30,9 @@ class AdminServer:
                 web.get("/metrics", self.metrics),
                 web.get("/api/sessions", self.sessions),
                 web.get("/api/sessions/{id}", self.session),
+                web.get("/api/approvals", self.approvals),
+                web.get("/api/approvals/{id}", self.approval),
+                web.post("/api/approvals/{id}/{action:approve|deny}", self.decide),
             ]
         )
 
@@ -78,6 +81,42 @@ class AdminServer:
             limit=min(int(q.get("limit", "100")), 1000),
         )
         return web.json_response([asdict(r) for r in rows])
+
+    async def approvals(self, request: web.Request) -> web.Response:
+        svc = self.gw.approvals
+        if svc is None:
+            return web.json_response([])
+        state = request.query.get("state")
+        return web.json_response([a.to_json() for a in svc.store.list(state)])
+
+    async def approval(self, request: web.Request) -> web.Response:
+        svc = self.gw.approvals
+        a = svc.store.get(request.match_info["id"]) if svc else None
+        if a is None:
+            return web.json_response({"error": "no such approval"}, status=404)
+        return web.json_response(a.to_json())
+
+    async def decide(self, request: web.Request) -> web.Response:
+        svc = self.gw.approvals
+        aid = request.match_info["id"]
+        if svc is None or svc.store.get(aid) is None:
+            return web.json_response({"error": "no such approval"}, status=404)
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                return web.json_response({"error": "body must be JSON"}, status=400)
+        by = str(body.get("by") or "admin-api")
+        done = svc.decide(
+            aid,
+            request.match_info["action"] == "approve",
+            f"admin:{by}",
+            str(body.get("reason") or ""),
+        )
+        if done is None:
+            return web.json_response({"error": "approval is no longer pending"}, status=409)
+        return web.json_response(done.to_json())
 
     async def session(self, request: web.Request) -> web.Response:
         row = self.gw.store.get_session(request.match_info["id"])

@@ -139,6 +139,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from hoopy.approvals import APPROVED, DENIED, ApprovalStore
+
+    cfg = _config(args)
+    store = ApprovalStore(_store(cfg))
+    if args.action == "list":
+        for a in store.list(None if args.all else "pending", limit=args.limit):
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.created))
+            print(
+                f"{a.id}  {created}  {a.state:<9} {a.connector:<14} {a.subject:<18} "
+                f"rule={a.rule}  {a.command[:80]!r}"
+            )
+        return 0
+    if not args.id:
+        print(f"error: approvals {args.action} needs an approval id", file=sys.stderr)
+        return 2
+    import getpass
+
+    by = f"cli:{getpass.getuser()}"
+    to = APPROVED if args.action == "approve" else DENIED
+    done = store.transition(args.id, to, by, args.reason or "", time.time())
+    if done is None:
+        cur = store.get(args.id)
+        msg = "no such approval" if cur is None else f"approval is already {cur.state}"
+        print(f"error: {args.id}: {msg}", file=sys.stderr)
+        return 1
+    print(f"{done.id} {done.state} by {by}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hoopy", description="identity-aware gateway for agents")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -173,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("id")
     rep.add_argument("--speed", type=float, default=1.0)
     rep.set_defaults(fn=cmd_replay)
+
+    apr = with_config(sub.add_parser("approvals", help="pending approvals"))
+    apr.add_argument("action", choices=["list", "approve", "deny"])
+    apr.add_argument("id", nargs="?")
+    apr.add_argument("--reason", default="")
+    apr.add_argument("--all", action="store_true", help="list decided ones too")
+    apr.add_argument("--limit", type=int, default=100)
+    apr.set_defaults(fn=cmd_approvals)
 
     ver = with_config(sub.add_parser("verify", help="check recordings' hash chains"))
     ver.add_argument("id", nargs="?")

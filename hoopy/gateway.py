@@ -17,24 +17,43 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from hoopy.approvals import ApprovalService
 from hoopy.config import Config, Connector
 from hoopy.errors import AuthFailed, NotAdmitted, RecordingFailed, UnknownConnector
 from hoopy.identity import AuthError, IdentityVerifier
 from hoopy.policy import Identity, admits
 from hoopy.recorder import Recorder, RecorderError, SessionLog, new_session_id
-from hoopy.session import ApprovalGate, Session
+from hoopy.session import Session
 from hoopy.state import StateStore
 
 log = logging.getLogger("hoopy.gateway")
+
+
+BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 @dataclass
 class Metrics:
     counters: Counter[str] = field(default_factory=Counter)
     gauges: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, list[float]] = field(default_factory=dict)
 
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
+
+    def observe(self, name: str, value: float) -> None:
+        self.histograms.setdefault(name, []).append(value)
+
+    def _render_histograms(self) -> list[str]:
+        lines = []
+        for name, values in sorted(self.histograms.items()):
+            lines.append(f"# TYPE hoopy_{name} histogram")
+            for b in BUCKETS:
+                lines.append(f'hoopy_{name}_bucket{{le="{b}"}} {sum(v <= b for v in values)}')
+            lines.append(f'hoopy_{name}_bucket{{le="+Inf"}} {len(values)}')
+            lines.append(f"hoopy_{name}_sum {sum(values)}")
+            lines.append(f"hoopy_{name}_count {len(values)}")
+        return lines
 
     def render(self) -> str:
         lines = []
@@ -44,6 +63,7 @@ class Metrics:
             lines.append(f"hoopy_{metric}{lab} {value}")
         for name, g in sorted(self.gauges.items()):
             lines.append(f"hoopy_{name} {g}")
+        lines.extend(self._render_histograms())
         return "\n".join(lines) + "\n"
 
 
@@ -61,7 +81,7 @@ class Gateway:
         verifier: IdentityVerifier,
         store: StateStore,
         recorder: Recorder,
-        approvals: ApprovalGate | None = None,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self.config = config
         self.verifier = verifier

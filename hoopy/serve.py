@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hoopy.admin import AdminServer
+from hoopy.approvals import ApprovalService, ApprovalStore
 from hoopy.config import Config, IssuerConfig
 from hoopy.devissuer import DevIssuer
 from hoopy.gateway import Gateway
@@ -71,8 +72,11 @@ async def start(config: Config) -> Running:
     closers.append(_async(store.close))
     recorder = Recorder(config.recordings, store)
     verifier = IdentityVerifier(issuers)
-    gw = Gateway(replace(config, issuers=tuple(issuers)), verifier, store, recorder)
+    approvals = ApprovalService(ApprovalStore(store))
+    gw = Gateway(replace(config, issuers=tuple(issuers)), verifier, store, recorder, approvals)
+    approvals.metrics = gw.metrics
     gw.start_flusher()
+    closers.append(approvals.close)
     closers.append(gw.close)
     running = Running(gw, addresses, closers, dev)
     try:

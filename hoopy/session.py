@@ -10,7 +10,7 @@ fingerprint (identity, connector and policies are fixed for a session).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +42,8 @@ class Session:
     approvals: ApprovalGate | None = None
     tls: bool = False
     clock: Any = time.time
+    # Tells the agent something while a command waits (PostgreSQL NoticeResponse, SSH stderr).
+    notify: Callable[[str], None] = lambda message: None
     _cache: dict[str, Decision] = field(default_factory=dict)
     commands: int = 0
     denied: int = 0

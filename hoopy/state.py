@@ -50,6 +50,28 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS sessions_connector ON sessions (connector, started)",
         "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started)",
     ),
+    (
+        """CREATE TABLE IF NOT EXISTS approvals (
+            id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            protocol TEXT NOT NULL,
+            connector TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            groups TEXT NOT NULL,
+            command TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            approvers TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION NOT NULL,
+            decided_by TEXT NOT NULL DEFAULT '',
+            decided_at DOUBLE PRECISION,
+            reason TEXT NOT NULL DEFAULT '',
+            notice TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state, created)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

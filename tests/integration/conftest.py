@@ -48,6 +48,12 @@ rules:
     approvers: [dba]
     timeout: 10m
     match: {sql: {statements: [delete, update]}, groups: [agents]}
+  - name: refunds-reusable
+    effect: require_approval
+    approvers: [dba]
+    timeout: 10m
+    grant: {reuse_for: 15m}
+    match: {sql: {tables: [refunds]}, groups: [agents]}
   - name: admins-may-do
     effect: allow
     match: {groups: [admins], connectors: [app-db], sql: {statements: [do, create_function]}}
@@ -134,6 +140,7 @@ def backend() -> Iterator[Backend]:
             database="app",
         )
         await conn.execute(SCHEMA)
+        await conn.execute("CREATE TABLE refunds (id int, amount int)")
         await conn.execute("CREATE TABLE vault (k text, v text)")
         await conn.execute("INSERT INTO vault VALUES ('a', 'b')")
         await conn.close()

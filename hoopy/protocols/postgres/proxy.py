@@ -34,6 +34,7 @@ import secrets
 import ssl
 import struct
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -325,7 +326,13 @@ class AgentConnection:
             self.tls,
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
+        self.session.notify = self._notice
         await self._attach_backend(params)
+
+    def _notice(self, message: str) -> None:
+        """An asynchronous NoticeResponse: allowed between any two messages."""
+        with contextlib.suppress(Exception):
+            self.writer.write(pg.notice_response(message, severity="NOTICE"))
 
     def _bad_params(self, params: dict[str, str]) -> str:
         if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
@@ -408,12 +415,15 @@ class AgentConnection:
             bw.write(b"".join(out))
             await bw.drain()
 
-    async def _flush_before_wait(self, out: list[bytes], cmds: tuple[Command, ...]) -> None:
-        """Send what precedes a command that may block on approval."""
+    async def _flush_before_wait(self, out: list[bytes], cmds: tuple[Command, ...]) -> bool:
+        """Send what precedes a command that may block on approval; True if one may."""
         assert self.session is not None and self.backend is not None
-        if out and any(self.session.decide(c).outcome == "require_approval" for c in cmds):
+        if not any(self.session.decide(c).outcome == "require_approval" for c in cmds):
+            return False
+        if out:
             self.backend.writer.write(b"".join(out))
             out.clear()
+        return True
 
     async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
         assert self.session is not None and self.connector is not None
@@ -428,10 +438,40 @@ class AgentConnection:
         for c in cmds:
             if self.session.decide(c).outcome == "deny":
                 await self.session.check(c)
-        await self._flush_before_wait(out, cmds)
+        if await self._flush_before_wait(out, cmds):
+            await self._watching_agent(self._check_each(cmds))
+        else:
+            await self._check_each(cmds)
+        return cmds
+
+    async def _check_each(self, cmds: tuple[Command, ...]) -> None:
+        assert self.session is not None
         for c in cmds:
             await self.session.check(c)
-        return cmds
+
+    async def _watching_agent(self, waiting: Coroutine[Any, Any, None]) -> None:
+        """Await a long wait (approval) but notice when the agent goes away."""
+        check = asyncio.ensure_future(waiting)
+        watch = asyncio.ensure_future(self._until_agent_eof())
+        try:
+            await asyncio.wait({check, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (check, watch):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(check, watch, return_exceptions=True)
+        if not check.cancelled() and check.done() and check.exception() is None:
+            return
+        if watch.done() and not watch.cancelled():
+            raise ConnectionError("agent disconnected while its command waited")
+        check.result()  # re-raise denial / rejection
+
+    async def _until_agent_eof(self) -> None:
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return
+            self.codec.receive_data(data)  # parsed after the current batch
 
     async def _on_query(self, ev: pg.Query, out: list[bytes]) -> bytes:
         try:

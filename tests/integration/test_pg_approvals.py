@@ -1,0 +1,146 @@
+"""Just-in-time approvals with the real psql: the statement waits, a human decides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import Backend, Hoopy
+from tests.integration.test_pg_psql import app_count
+
+
+def start_psql(hoopy: Hoopy, sql: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PGPASSWORD": hoopy.token("approval-agent")}
+    return subprocess.Popen(
+        ["psql", hoopy.conninfo(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def admin(hoopy: Hoopy, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+    req = urllib.request.Request(
+        f"http://{hoopy.addresses['admin']}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": "Bearer admin-secret-token", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_pending(hoopy: Hoopy, needle: str, timeout: float = 20) -> dict:
+    """Poll the admin API until the approval for `needle` shows up (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, items = admin(hoopy, "GET", "/api/approvals?state=pending")
+        for a in items:  # type: ignore[union-attr]
+            if needle in a["command"]:
+                return a
+        time.sleep(0.05)
+    raise AssertionError(f"no pending approval for {needle!r}")
+
+
+def test_statement_waits_then_runs_once_approved(hoopy: Hoopy, backend: Backend) -> None:
+    p = start_psql(hoopy, "update orders set status = 'approved-1' where id = 1")
+    a = wait_pending(hoopy, "approved-1")
+    assert p.poll() is None  # still waiting
+    assert a["rule"] == "writes-need-a-dba" and a["approvers"] == ["dba"]
+    assert a["subject"] == "approval-agent"
+    status, done = admin(hoopy, "POST", f"/api/approvals/{a['id']}/approve", {"by": "alice"})
+    assert status == 200 and done["state"] == "approved"  # type: ignore[index]
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert f"waiting for approval {a['id']}" in err
+    assert app_count(backend, "select count(*) from orders where status = 'approved-1'") == 1
+    # a second decision on the same approval is refused
+    status, _ = admin(hoopy, "POST", f"/api/approvals/{a['id']}/deny")
+    assert status == 409
+
+
+def test_denied_approval_is_42501_naming_it(hoopy: Hoopy, backend: Backend) -> None:
+    p = start_psql(hoopy, "delete from orders where status = 'never-deleted'")
+    a = wait_pending(hoopy, "never-deleted")
+    admin(hoopy, "POST", f"/api/approvals/{a['id']}/deny", {"reason": "not today"})
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode != 0
+    assert f"approval {a['id']} was denied" in err and "not today" in err
+
+
+def test_cli_approval_from_another_process(hoopy: Hoopy, backend: Backend) -> None:
+    p = start_psql(hoopy, "update orders set status = 'cli-approved' where id = 2")
+    a = wait_pending(hoopy, "cli-approved")
+    listed = hoopy.cli("approvals", "list")
+    assert a["id"] in listed.stdout
+    r = hoopy.cli("approvals", "approve", a["id"])
+    assert r.returncode == 0, r.stderr
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert app_count(backend, "select count(*) from orders where status = 'cli-approved'") == 1
+
+
+def test_one_time_grant_asks_again(hoopy: Hoopy) -> None:
+    sql = "update orders set status = 'twice' where id = 3"
+    p = start_psql(hoopy, sql)
+    a1 = wait_pending(hoopy, "twice")
+    admin(hoopy, "POST", f"/api/approvals/{a1['id']}/approve")
+    assert p.wait(30) == 0
+    p2 = start_psql(hoopy, sql)
+    a2 = wait_pending(hoopy, "twice")
+    assert a2["id"] != a1["id"]
+    admin(hoopy, "POST", f"/api/approvals/{a2['id']}/deny")
+    assert p2.wait(30) != 0
+
+
+def test_agent_disconnect_cancels(hoopy: Hoopy) -> None:
+    p = start_psql(hoopy, "delete from orders where status = 'abandoned'")
+    a = wait_pending(hoopy, "abandoned")
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 20
+    state = "pending"
+    while time.monotonic() < deadline and state == "pending":
+        _, cur = admin(hoopy, "GET", f"/api/approvals/{a['id']}")
+        state = cur["state"]  # type: ignore[index]
+        time.sleep(0.05)
+    assert state == "cancelled"
+
+
+def test_admin_api_needs_token(hoopy: Hoopy) -> None:
+    req = urllib.request.Request(f"http://{hoopy.addresses['admin']}/api/approvals")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 401
+
+
+def test_reuse_for_grant_lets_the_same_statement_run_again(hoopy: Hoopy, backend: Backend) -> None:
+    p = start_psql(hoopy, "insert into refunds values (1, 10)")
+    a = wait_pending(hoopy, "into refunds")
+    admin(hoopy, "POST", f"/api/approvals/{a['id']}/approve")
+    assert p.wait(30) == 0
+    # same statement fingerprint (other literals), same identity: runs without asking
+    r = hoopy.psql("-c", "insert into refunds values (2, 20)", token=hoopy.token("approval-agent"))
+    assert r.returncode == 0, r.stderr
+    assert "waiting for approval" not in r.stderr
+    assert app_count(backend, "select count(*) from refunds") == 2
+    # another identity is asked again
+    p2 = subprocess.Popen(
+        ["psql", hoopy.conninfo(), "-X", "-c", "insert into refunds values (3, 30)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PGPASSWORD": hoopy.token("someone-else")},
+    )
+    a2 = wait_pending(hoopy, "(3, 30)")
+    admin(hoopy, "POST", f"/api/approvals/{a2['id']}/deny")
+    assert p2.wait(30) != 0

@@ -45,6 +45,7 @@ class Session:
     # Tells the agent something while a command waits (PostgreSQL NoticeResponse, SSH stderr).
     notify: Callable[[str], None] = lambda message: None
     _cache: dict[str, Decision] = field(default_factory=dict)
+    _fields_cache: dict[str, tuple[Decision, dict[str, Any]]] = field(default_factory=dict)
     commands: int = 0
     denied: int = 0
 
@@ -60,6 +61,26 @@ class Session:
             self._cache[key] = decision
             return decision
         return decide(self.policies, self.identity, command)
+
+    def _event_fields(self, command: Command, decision: Decision) -> dict[str, Any]:
+        """The command event's fields but its text; the same for a whole fingerprint."""
+        key = command.fingerprint
+        hit = self._fields_cache.get(key) if key else None
+        if hit is not None and hit[0] is decision:
+            return hit[1]
+        fields = {
+            **_fields(command),
+            "outcome": decision.outcome,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            **({"shadow": list(decision.shadow)} if decision.shadow else {}),
+            **({"masks": list(decision.masks.rules)} if decision.masks else {}),
+        }
+        if key:
+            if len(self._fields_cache) > 4096:
+                self._fields_cache.clear()
+            self._fields_cache[key] = (decision, fields)
+        return fields
 
     def record(self, type_: str, **fields: Any) -> None:
         """Write one event; a recorder failure refuses whatever is in flight."""
@@ -83,18 +104,16 @@ class Session:
         """
         self.commands += 1
         if self.identity.expires_at and self.clock() > self.identity.expires_at:
-            self.record("command", **_fields(command), outcome="deny", reason="token expired")
+            self.record(
+                "command",
+                text=command.text,
+                **_fields(command),
+                outcome="deny",
+                reason="token expired",
+            )
             raise AuthFailed("token expired during the session; reconnect with a fresh token")
         decision = self.decide(command)
-        self.record(
-            "command",
-            **_fields(command),
-            outcome=decision.outcome,
-            rule=decision.rule,
-            reason=decision.reason,
-            **({"shadow": list(decision.shadow)} if decision.shadow else {}),
-            **({"masks": list(decision.masks.rules)} if decision.masks else {}),
-        )
+        self.record("command", text=command.text, **self._event_fields(command, decision))
         if decision.outcome == "allow":
             return decision
         if decision.outcome == "deny":
@@ -121,7 +140,7 @@ class Session:
 
 
 def _fields(command: Command) -> dict[str, Any]:
-    out: dict[str, Any] = {"text": command.text, "kinds": sorted(command.kinds)}
+    out: dict[str, Any] = {"kinds": sorted(command.kinds)}
     if command.tables_read:
         out["reads"] = sorted(command.tables_read)
     if command.tables_written:

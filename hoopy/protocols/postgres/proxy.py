@@ -74,6 +74,7 @@ UNSAFE_ENCODINGS = frozenset(
     }
 )
 READ_SIZE = 256 * 1024
+DRAIN_ABOVE = 64 * 1024  # awaiting drain() costs a coroutine: only when data piles up
 AUTH_TIMEOUT = 30.0
 
 
@@ -413,7 +414,8 @@ class AgentConnection:
                 else:
                     out.append(ev.raw)
             bw.write(b"".join(out))
-            await bw.drain()
+            if bw.transport.get_write_buffer_size() > DRAIN_ABOVE:
+                await bw.drain()
 
     async def _flush_before_wait(self, out: list[bytes], cmds: tuple[Command, ...]) -> bool:
         """Send what precedes a command that may block on approval; True if one may."""
@@ -534,8 +536,9 @@ class AgentConnection:
                     out.append(ev.raw)
                 else:
                     out.append(self._other_backend_event(ev))
-            self.writer.write(b"".join(out))
-            await self.writer.drain()
+            self.writer.write(b"".join(out) if len(out) > 1 else out[0])
+            if self.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
+                await self.writer.drain()  # backpressure: a slow agent slows the backend read
 
     def _on_ready(self, ev: pg.ReadyForQuery) -> None:
         assert self.backend is not None

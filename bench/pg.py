@@ -139,6 +139,28 @@ def pgbench(target: dict[str, str], args: list[str]) -> float:
     return float(m.group(1))
 
 
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def big_select(target: dict[str, str], pid: int, rows: int = 1_000_000) -> None:
+    """Stream a large result through hoopy; report hoopy's peak resident memory."""
+    env = {**os.environ, "PGPASSWORD": target["password"], "PGSSLMODE": target["sslmode"]}
+    before = rss_mb(pid, "VmRSS")
+    sql = f"select i, repeat('x', 40) from generate_series(1, {rows}) as i"
+    conninfo = f"host=127.0.0.1 port={target['port']} user={target['user']} dbname={target['db']}"
+    proc = subprocess.run(["psql", conninfo, "-At", "-c", sql], env=env, capture_output=True)
+    lines = proc.stdout.count(b"\n")
+    print(
+        f"{rows}-row SELECT through {target['name']}: {lines} rows received, hoopy RSS "
+        f"{before:.0f} MB before, peak {rss_mb(pid):.0f} MB (VmHWM)",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -252,6 +274,7 @@ def main() -> None:
             row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"
             print(row, flush=True)
+        big_select(targets[2], hp.pid)
     finally:
         for p in procs:
             p.terminate()

@@ -494,3 +494,29 @@ def test_asciicast_digest_is_chained(recorder: Recorder, store: StateStore) -> N
     assert check(store, log)
     cast.path.write_bytes(cast.path.read_bytes().replace(b"hello", b"HELLO"))
     assert not check(store, log)
+
+
+def test_buffered_events_are_chained_and_written_with_the_next_event(
+    recorder: Recorder, store: StateStore
+) -> None:
+    log = open_log(recorder)
+    log.event("command", text="select 1")
+    size = log.path.stat().st_size
+    log.buffer("result", tag="SELECT 1", rows=[["1"]])
+    assert log.path.stat().st_size == size  # not yet on disk
+    log.event("command", text="select 2")  # writes the buffered result first
+    log.buffer("result", tag="SELECT 1", rows=[["2"]])
+    log.flush()
+    log.close("closed")
+    types = [e["type"] for e in read_events(log.path)]
+    assert types == ["session_start", "command", "result", "command", "result", "session_end"]
+    row = store.get_session(log.id)
+    assert row is not None
+    assert verify_file(log.path, row.head, row.events, ended=True).ok
+
+
+def test_buffered_events_reach_disk_at_close(recorder: Recorder, store: StateStore) -> None:
+    log = open_log(recorder)
+    log.buffer("result", tag="SELECT 1", rows=[])
+    log.close("closed")
+    assert [e["type"] for e in read_events(log.path)][-2:] == ["result", "session_end"]

@@ -20,7 +20,7 @@ log = logging.getLogger("hoopy.admin")
 
 
 class AdminServer:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, slack: Any = None) -> None:
         self.gw = gw
         self.runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._auth])
@@ -35,6 +35,8 @@ class AdminServer:
                 web.post("/api/approvals/{id}/{action:approve|deny}", self.decide),
             ]
         )
+        if slack is not None:  # Slack signs these itself: no admin token
+            self.app.router.add_post("/slack/interactions", slack.handle)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -93,6 +93,7 @@ class Gateway:
         # fake (pid, key) shown to agents → the real backend key; never the other way.
         self.cancels: dict[tuple[int, int], CancelTarget] = {}
         self.open_logs: weakref.WeakSet[SessionLog] = weakref.WeakSet()
+        self.live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self._flusher: asyncio.Task[None] | None = None
 
     def start_flusher(self, interval: float = 1.0) -> None:
@@ -155,7 +156,7 @@ class Gateway:
             log.error("cannot record session: %s", e)
             raise RecordingFailed("recording unavailable; session refused") from None
         self.metrics.inc(f'sessions_total|protocol="{protocol}"')
-        return Session(
+        session = Session(
             id=sid,
             identity=identity,
             connector=connector,
@@ -166,6 +167,8 @@ class Gateway:
             approvals=self.approvals,
             tls=tls,
         )
+        self.live[sid] = session
+        return session
 
     def record_rejection(
         self,
@@ -194,6 +197,16 @@ class Gateway:
         except RecorderError as e:
             log.error("cannot record rejected connection: %s", e)
         self.metrics.inc(f'rejected_connections_total|protocol="{protocol}"')
+
+    def record_click(self, approval_id: str, info: dict[str, Any]) -> None:
+        """A Slack click (valid or not) goes into the waiting session's recording."""
+        a = self.approvals.store.get(approval_id) if self.approvals else None
+        session = self.live.get(a.session_id) if a else None
+        if session is not None:
+            try:
+                session.log.event("approval_click", approval=approval_id, **info)
+            except (RecorderError, ValueError) as e:
+                log.error("cannot record click on %s: %s", approval_id, e)
 
     def register_cancel(self, target: CancelTarget) -> tuple[int, int]:
         while True:

@@ -24,6 +24,7 @@ from hoopy.gateway import Gateway
 from hoopy.identity import IdentityVerifier
 from hoopy.protocols.postgres.proxy import PostgresListener
 from hoopy.recorder import Recorder
+from hoopy.slack import SlackInteractions, SlackNotifier, SlackSocketMode, make_client
 from hoopy.state import StateStore
 from hoopy.tlsutil import ensure_pair, server_context
 
@@ -97,12 +98,33 @@ async def _listeners(running: Running, config: Config) -> None:
         port = await pgl.start(a.host, a.port)
         running.closers.append(pgl.close)
         running.addresses["postgres"] = f"{a.host}:{port}"
+    interactions = await _slack(running, config)
     if config.listen.admin is not None:
-        admin = AdminServer(gw)
+        admin = AdminServer(gw, interactions)
         a = config.listen.admin
         port = await admin.start(a.host, a.port)
         running.closers.append(admin.stop)
         running.addresses["admin"] = f"{a.host}:{port}"
+
+
+async def _slack(running: Running, config: Config) -> SlackInteractions | None:
+    """Slack notifier + interactivity (HTTP on the admin listener, Socket Mode if an
+    app token is configured).  Approvals never depend on Slack: CLI and API work too."""
+    gw = running.gateway
+    if config.slack is None or gw.approvals is None:
+        return None
+    client = make_client(config.slack)
+    gw.approvals.notifiers = [SlackNotifier(config.slack, client)]
+    interactions = SlackInteractions(gw.approvals, config.slack, client, gw.record_click)
+    running.closers.append(interactions.close)
+    if config.slack.app_token is not None:
+        socket = SlackSocketMode(interactions)
+        try:
+            await socket.start()
+            running.closers.append(socket.close)
+        except Exception as e:  # Slack unreachable: approvals still work via CLI/API
+            log.error("slack socket mode unavailable: %s", type(e).__name__)
+    return interactions
 
 
 def _async(fn: Any) -> Any:

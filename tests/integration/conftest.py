@@ -54,6 +54,11 @@ rules:
     timeout: 10m
     grant: {reuse_for: 15m}
     match: {sql: {tables: [refunds]}, groups: [agents]}
+  - name: expiring-fast
+    effect: require_approval
+    approvers: [dba]
+    timeout: 2s
+    match: {sql: {tables: [expiring]}, groups: [agents]}
   - name: admins-may-do
     effect: allow
     match: {groups: [admins], connectors: [app-db], sql: {statements: [do, create_function]}}
@@ -141,6 +146,7 @@ def backend() -> Iterator[Backend]:
         )
         await conn.execute(SCHEMA)
         await conn.execute("CREATE TABLE refunds (id int, amount int)")
+        await conn.execute("CREATE TABLE expiring (id int)")
         await conn.execute("CREATE TABLE vault (k text, v text)")
         await conn.execute("INSERT INTO vault VALUES ('a', 'b')")
         await conn.close()
@@ -152,7 +158,9 @@ def backend() -> Iterator[Backend]:
         cluster.destroy()
 
 
-def write_config(folder: Path, backend: Backend, issuer_port: int, **pg: object) -> Path:
+def write_config(
+    folder: Path, backend: Backend, issuer_port: int, extra_yaml: str = "", **pg: object
+) -> Path:
     (folder / "connectors").mkdir(parents=True)
     (folder / "policies").mkdir()
     port = backend.cluster.port
@@ -171,19 +179,26 @@ def write_config(folder: Path, backend: Backend, issuer_port: int, **pg: object)
         "listen:\n  postgres: 127.0.0.1:0\n  admin: 127.0.0.1:0\n"
         "state: sqlite:state/state.db\nadmin_token: env:TEST_ADMIN_TOKEN\n"
         f"dev_issuer: {{listen: 127.0.0.1:{issuer_port}}}\n"
-        "recordings: recordings/\n" + (f"postgres:\n{extra}" if extra else "")
+        "recordings: recordings/\n" + (f"postgres:\n{extra}" if extra else "") + extra_yaml
     )
     return cfg
 
 
-def start_hoopy(folder: Path, backend: Backend, **pg: object) -> Hoopy:
+def start_hoopy(
+    folder: Path,
+    backend: Backend,
+    extra_yaml: str = "",
+    env: dict[str, str] | None = None,
+    **pg: object,
+) -> Hoopy:
     issuer_port = pgcluster.free_port()
-    cfg = write_config(folder, backend, issuer_port, **pg)
+    cfg = write_config(folder, backend, issuer_port, extra_yaml, **pg)
     env = {
         **os.environ,
         "TEST_APP_DB_PASSWORD": backend.app_password,
         "TEST_ADMIN_TOKEN": "admin-secret-token",
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],

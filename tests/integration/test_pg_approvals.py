@@ -144,3 +144,18 @@ def test_reuse_for_grant_lets_the_same_statement_run_again(hoopy: Hoopy, backend
     a2 = wait_pending(hoopy, "(3, 30)")
     admin(hoopy, "POST", f"/api/approvals/{a2['id']}/deny")
     assert p2.wait(30) != 0
+
+
+def test_approval_metrics(hoopy: Hoopy) -> None:
+    p = start_psql(hoopy, "update orders set status = 'metrics' where id = 7")
+    a = wait_pending(hoopy, "'metrics'")
+    with urllib.request.urlopen(f"http://{hoopy.addresses['admin']}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert "hoopy_approvals_pending 1" in text
+    admin(hoopy, "POST", f"/api/approvals/{a['id']}/approve")
+    assert p.wait(30) == 0
+    with urllib.request.urlopen(f"http://{hoopy.addresses['admin']}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'hoopy_approval_decisions_total{outcome="approved"}' in text
+    assert "hoopy_approval_decision_seconds_count" in text
+    assert "hoopy_approvals_pending 0" in text

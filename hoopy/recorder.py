@@ -249,13 +249,7 @@ class SessionLog:
 
     def event(self, kind: str, /, **fields: Any) -> None:
         """Append one event; raises RecorderError if it cannot be written."""
-        bad = _RESERVED.intersection(fields)
-        if bad:
-            raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
-        with self._lock:
-            if self._closed:
-                raise RecorderError(f"recording {self.id} is closed")
-            self._append(kind, fields)
+        self._add(kind, fields, write=True)
 
     def buffer(self, kind: str, /, **fields: Any) -> None:
         """Chain one event now but write it with the next `event()` or `flush()`.
@@ -264,13 +258,16 @@ class SessionLog:
         itself goes through `event()`, which writes before the command runs, so
         fail-closed holds while result-heavy sessions save a write per statement.
         """
+        self._add(kind, fields, write=False)
+
+    def _add(self, kind: str, fields: dict[str, Any], write: bool) -> None:
         bad = _RESERVED.intersection(fields)
         if bad:
             raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
         with self._lock:
             if self._closed:
                 raise RecorderError(f"recording {self.id} is closed")
-            self._append(kind, fields, write=self._pending_size >= FLUSH_BYTES)
+            self._append(kind, fields, write=write or self._pending_size >= FLUSH_BYTES)
 
     def flush(self) -> None:
         with self._lock:

@@ -62,13 +62,12 @@ async def start(config: Config) -> Running:
             audience=d.audience,
             groups_claim=d.groups_claim,
         )
-        port = await dev.start(d.listen.host, d.listen.port)
+        await dev.start(d.listen.host, d.listen.port)
         closers.append(dev.stop)
         addresses["dev_issuer"] = dev.issuer_url
         issuers.append(
             IssuerConfig(url=dev.issuer_url, audience=d.audience, groups_claim=d.groups_claim)
         )
-        del port
     masks = [r.name for ps in config.policies for r in ps.rules if r.effect == "mask"]
     if masks:  # say so rather than let operators believe data is hidden
         log.warning(

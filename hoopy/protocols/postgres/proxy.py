@@ -417,15 +417,12 @@ class AgentConnection:
             if bw.transport.get_write_buffer_size() > DRAIN_ABOVE:
                 await bw.drain()
 
-    async def _flush_before_wait(self, out: list[bytes], cmds: tuple[Command, ...]) -> bool:
-        """Send what precedes a command that may block on approval; True if one may."""
-        assert self.session is not None and self.backend is not None
-        if not any(self.session.decide(c).outcome == "require_approval" for c in cmds):
-            return False
+    def _flush(self, out: list[bytes]) -> None:
+        """Send what precedes a command that may block on approval."""
+        assert self.backend is not None
         if out:
             self.backend.writer.write(b"".join(out))
             out.clear()
-        return True
 
     async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
         assert self.session is not None and self.connector is not None
@@ -436,11 +433,13 @@ class AgentConnection:
                 "command", text=sql, outcome="deny", reason="unparseable", error=e.message
             )
             raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
+        outcomes = [self.session.decide(c).outcome for c in cmds]  # cached per fingerprint
         # A denial anywhere refuses the whole message before any approval is asked for.
-        for c in cmds:
-            if self.session.decide(c).outcome == "deny":
+        for c, outcome in zip(cmds, outcomes, strict=True):
+            if outcome == "deny":
                 await self.session.check(c)
-        if await self._flush_before_wait(out, cmds):
+        if "require_approval" in outcomes:
+            self._flush(out)
             await self._watching_agent(self._check_each(cmds))
         else:
             await self._check_each(cmds)
@@ -569,8 +568,7 @@ class AgentConnection:
 
     def _on_error(self, ev: pg.ErrorResponse) -> bytes:
         if self.marker in ev.fields.get("M", "") + ev.fields.get("D", ""):
-            while self.refusals and self.refusals[0][0] < self.batches_done + 1:
-                self.refusals.popleft()
+            # _on_ready drops refusals of finished batches, so the front is this batch's.
             if self.refusals:
                 _, err = self.refusals.popleft()
                 self.result.reset()

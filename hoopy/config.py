@@ -132,7 +132,16 @@ class PostgresSettings:
     record_rows: int = 100  # result rows recorded per statement
     record_bytes: int = 64 * 1024  # result bytes recorded per statement
     pool_size: int = 4  # idle authenticated backend connections kept per connector
-    unknown_lineage: str = "mask"  # issue 3: mask | refuse
+    unknown_lineage: str = "mask"  # an output column hoopy cannot trace: mask | refuse
+
+
+@dataclass(frozen=True)
+class MaskingSettings:
+    """Key `masking:` in hoopy.yaml."""
+
+    # Key of the `hash` style; generated in the state folder when absent.
+    hash_key: Secret | None = None
+    redact_numeric: str = "null"  # a redacted number becomes NULL, or "zero"
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,7 @@ class Config:
     dev_issuer: DevIssuerConfig | None = None
     slack: SlackConfig | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    masking: MaskingSettings = field(default_factory=MaskingSettings)
     # The SQLite file when `state` is sqlite: (`sqlite:///abs/path` or `sqlite:rel/path`,
     # relative to the config folder); None for postgresql://.
     state_path: Path | None = None
@@ -218,7 +228,7 @@ class Config:
 
 _TOP_KEYS = (
     "listen", "tls", "identity", "state", "admin_token", "dev_issuer", "recordings",
-    "connectors_dir", "policies_dir", "slack", "postgres",
+    "connectors_dir", "policies_dir", "slack", "postgres", "masking",
 )  # fmt: skip
 _LISTEN_KEYS = ("postgres", "ssh", "kubernetes", "admin")
 _ISSUER_KEYS = ("url", "audience", "groups_claim", "algorithms", "leeway")
@@ -423,6 +433,15 @@ def _slack(ld: _Loader, top: Section) -> SlackConfig | None:
         return None
     api_url = api_url if api_url.endswith("/") else api_url + "/"  # slack_sdk joins on '/'
     return SlackConfig(token, signing_secret, channel, approvers, api_url, app_token)
+
+
+def _masking_settings(ld: _Loader, top: Section) -> MaskingSettings:
+    sec = top.section("masking", ("hash_key", "redact_numeric"))
+    d = MaskingSettings()
+    if sec is None:
+        return d
+    numeric = sec.choice("redact_numeric", ("null", "zero"), d.redact_numeric)
+    return MaskingSettings(_secret(ld, sec, "hash_key", ld.base), numeric or d.redact_numeric)
 
 
 def _postgres_settings(top: Section) -> PostgresSettings:
@@ -672,6 +691,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
     state, state_path = _state(ld, top)
     admin_token = _secret(ld, top, "admin_token", ld.base)
     dev_issuer, slack, pg = _dev_issuer(top), _slack(ld, top), _postgres_settings(top)
+    masking = _masking_settings(ld, top)
     recordings = resolve_path(ld.base, top.text("recordings") or "recordings/")
     connectors_dir, read_connectors = _folder(ld, top, "connectors_dir", "connectors/")
     policies_dir, read_policies = _folder(ld, top, "policies_dir", "policies/")
@@ -685,7 +705,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
         return None, ld
     config = Config(
         ld.path, listen, tls, issuers, state, recordings, connectors_dir, policies_dir,
-        connectors, policies, admin_token, dev_issuer, slack, pg, state_path,
+        connectors, policies, admin_token, dev_issuer, slack, pg, masking, state_path,
     )  # fmt: skip
     return config, ld
 

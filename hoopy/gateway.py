@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import secrets
 import time
 import weakref
@@ -207,6 +209,21 @@ class Gateway:
                 session.log.event("approval_click", approval=approval_id, **info)
             except (RecorderError, ValueError) as e:
                 log.error("cannot record click on %s: %s", approval_id, e)
+
+    @functools.cached_property
+    def mask_key(self) -> bytes:
+        """Key of the `hash` mask style: configured, or generated once in the state folder
+        (stable, so hashed values still join across sessions and restarts)."""
+        secret = self.config.masking.hash_key
+        if secret is not None:
+            return secret.get().encode()
+        path = self.config.state_dir / "masking-key"
+        with contextlib.suppress(FileExistsError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
 
     def register_cancel(self, target: CancelTarget) -> tuple[int, int]:
         while True:

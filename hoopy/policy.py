@@ -120,15 +120,60 @@ class PolicySet:
     source: str = ""
 
 
+# Strictest first: when rules disagree about one value, the strictest style wins.
+STYLE_ORDER = {"redact": 0, "hash": 1, "partial": 2}
+
+
 @dataclass(frozen=True)
-class Masks:
+class MaskRule:
+    """One mask rule as it applies to a command: its name, what it covers, its style."""
+
+    name: str
     columns: tuple[str, ...] = ()
     detectors: tuple[str, ...] = ()
-    rules: tuple[str, ...] = ()
     style: str = "redact"
 
+
+@dataclass(frozen=True)
+class Masks:
+    """Every mask rule that matched a command; they add up."""
+
+    entries: tuple[MaskRule, ...] = ()
+
     def __bool__(self) -> bool:
-        return bool(self.columns or self.detectors)
+        return bool(self.entries)
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entries)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return _unique(c for e in self.entries for c in e.columns)
+
+    @property
+    def detectors(self) -> tuple[str, ...]:
+        return _unique(d for e in self.entries for d in e.detectors)
+
+    @property
+    def style(self) -> str:
+        return strictest(e.style for e in self.entries)
+
+    @property
+    def column_rules(self) -> tuple[MaskRule, ...]:
+        return tuple(e for e in self.entries if e.columns)
+
+    @property
+    def detector_style(self) -> str:
+        return strictest(e.style for e in self.entries if e.detectors)
+
+
+def strictest(styles: Iterable[str]) -> str:
+    return min(styles, key=lambda s: STYLE_ORDER.get(s, 0), default="redact")
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
 
 
 @dataclass(frozen=True)
@@ -286,6 +331,16 @@ def admits(policies: Sequence[PolicySet], who: Identity, connector: str) -> bool
     return False
 
 
+def may_mask(policies: Sequence[PolicySet], who: Identity, connector: str) -> bool:
+    """Could any mask rule apply to this identity's commands on this connector?  Sessions
+    where none can skip the per-message bookkeeping masking needs."""
+    return any(
+        rule.effect == "mask" and _identity_matches(rule.match, who, connector)
+        for ps in policies
+        for rule in ps.rules
+    )
+
+
 def decide(policies: Sequence[PolicySet], who: Identity, cmd: Command) -> Decision:
     """The one decision function every protocol shares."""
     deny: Rule | None = None
@@ -343,12 +398,4 @@ def _opaque_reason(cmd: Command) -> str:
 def _merge_masks(rules: Sequence[Rule]) -> Masks:
     if not rules:
         return Masks()
-    cols: list[str] = []
-    dets: list[str] = []
-    for r in rules:
-        cols.extend(c for c in r.columns if c not in cols)
-        dets.extend(d for d in r.detectors if d not in dets)
-    # The strictest style wins when rules disagree: redact > hash > partial.
-    order = {"redact": 0, "hash": 1, "partial": 2}
-    style = min((r.style for r in rules), key=lambda s: order.get(s, 0))
-    return Masks(tuple(cols), tuple(dets), tuple(r.name for r in rules), style)
+    return Masks(tuple(MaskRule(r.name, r.columns, r.detectors, r.style) for r in rules))

@@ -68,13 +68,6 @@ async def start(config: Config) -> Running:
         issuers.append(
             IssuerConfig(url=dev.issuer_url, audience=d.audience, groups_claim=d.groups_claim)
         )
-    masks = [r.name for ps in config.policies for r in ps.rules if r.effect == "mask"]
-    if masks:  # say so rather than let operators believe data is hidden
-        log.warning(
-            "mask rules %s are accepted but NOT yet applied to results in this "
-            "version (masking is being built)",
-            ", ".join(masks),
-        )
     store = StateStore(config.state_path or config.state_dir / "state.db")
     closers.append(_async(store.close))
     recorder = Recorder(config.recordings, store)

@@ -159,7 +159,12 @@ def backend() -> Iterator[Backend]:
 
 
 def write_config(
-    folder: Path, backend: Backend, issuer_port: int, extra_yaml: str = "", **pg: object
+    folder: Path,
+    backend: Backend,
+    issuer_port: int,
+    extra_yaml: str = "",
+    policies: dict[str, str] | None = None,
+    **pg: object,
 ) -> Path:
     (folder / "connectors").mkdir(parents=True)
     (folder / "policies").mkdir()
@@ -173,6 +178,8 @@ def write_config(
         "password: env:TEST_APP_DB_PASSWORD\nsslmode: prefer\n"
     )
     (folder / "policies" / "agents.yaml").write_text(POLICY)
+    for name, text in (policies or {}).items():
+        (folder / "policies" / f"{name}.yaml").write_text(text)
     extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in pg.items())
     cfg = folder / "hoopy.yaml"
     cfg.write_text(
@@ -189,10 +196,11 @@ def start_hoopy(
     backend: Backend,
     extra_yaml: str = "",
     env: dict[str, str] | None = None,
+    policies: dict[str, str] | None = None,
     **pg: object,
 ) -> Hoopy:
     issuer_port = pgcluster.free_port()
-    cfg = write_config(folder, backend, issuer_port, extra_yaml, **pg)
+    cfg = write_config(folder, backend, issuer_port, extra_yaml, policies, **pg)
     env = {
         **os.environ,
         "TEST_APP_DB_PASSWORD": backend.app_password,

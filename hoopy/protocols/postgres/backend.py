@@ -93,7 +93,7 @@ def _client_params(params: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in params.items() if k.lower() in PASSTHROUGH_PARAMS}
 
 
-def _ssl_context(c: PostgresConnector) -> ssl.SSLContext:
+def ssl_context(c: PostgresConnector) -> ssl.SSLContext:
     if c.sslmode == "verify-full":
         ctx = ssl.create_default_context(cafile=str(c.sslrootcert) if c.sslrootcert else None)
         return ctx
@@ -118,7 +118,7 @@ async def _maybe_tls(
         # (CVE-2021-23222): a man in the middle could inject them.
         if len(getattr(reader, "_buffer", b"")):
             raise BackendUnavailable(f"connector '{c.name}': unexpected data before TLS")
-        await writer.start_tls(_ssl_context(c), server_hostname=c.host)
+        await writer.start_tls(ssl_context(c), server_hostname=c.host)
         return True
     if c.sslmode in ("require", "verify-full"):
         raise BackendUnavailable(f"connector '{c.name}': the database does not offer TLS")

@@ -203,9 +203,9 @@ def _f_bind(raw: bytes) -> m.Bind:
         size = r.i32()
         if size != -1:
             r.take(size)
-    r.array("H", r.u16())  # result formats
+    formats = r.array("H", r.u16())  # result formats
     r.end()
-    return m.Bind(portal, statement, raw)
+    return m.Bind(portal, statement, raw, formats)
 
 
 def _f_describe(raw: bytes) -> m.Describe:

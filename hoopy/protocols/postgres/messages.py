@@ -121,6 +121,7 @@ class Bind:
     portal: str
     statement: str
     raw: bytes = field(repr=False)
+    result_formats: tuple[int, ...] = ()  # empty: all text; one: all that; else per column
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import secrets
 import ssl
 import struct
@@ -48,10 +49,14 @@ from hoopy.errors import (
     UnparseableCommand,
 )
 from hoopy.gateway import CancelTarget, Gateway
-from hoopy.policy import Command
+from hoopy.policy import Command, Decision, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable
 from hoopy.protocols.postgres.classify import Classifier, SqlParseError
+from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
+from hoopy.protocols.postgres.results import Result, ResultTracker
+from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
 from hoopy.session import Session
 
 log = logging.getLogger("hoopy.postgres")
@@ -156,6 +161,13 @@ class PostgresListener:
         self.classifier = Classifier()
         self.active: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
+        self.catalogs: dict[str, Catalog] = {}  # per connector, shared by its sessions
+
+    def catalog(self, connector: PostgresConnector) -> Catalog:
+        cat = self.catalogs.get(connector.name)
+        if cat is None or cat.connector != connector:
+            cat = self.catalogs[connector.name] = Catalog(connector)
+        return cat
 
     async def start(self, host: str, port: int) -> int:
         self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
@@ -178,6 +190,8 @@ class PostgresListener:
         if self.active:
             await asyncio.gather(*self.active, return_exceptions=True)
         self.pool.close()
+        for cat in self.catalogs.values():
+            await cat.close()
 
 
 class AgentConnection:
@@ -208,6 +222,10 @@ class AgentConnection:
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)
         self.scrub_words: tuple[str, ...] = ()
         self.outcome = "closed"
+        # Masking sessions only (a mask rule may apply to this identity and connector):
+        self.tracker: ResultTracker | None = None
+        self.planner: Planner | None = None
+        self._masks: list[StatementMasks | None] = []  # of the message being checked
 
     # ---- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -245,6 +263,9 @@ class AgentConnection:
         if self.backend is not None:
             clean = self.batches_done == self.batches_sent and not self.refusals
             self.listener.pool.release(self.backend, reusable=clean and self.outcome == "closed")
+        if self.session is not None and self.planner is not None and self.planner.counts:
+            with contextlib.suppress(Exception):
+                self.session.record("masking", masked=_count_tree(self.planner.counts))
         if self.session is not None:
             with contextlib.suppress(Exception):
                 # close() fsyncs: keep the event loop free meanwhile
@@ -328,6 +349,10 @@ class AgentConnection:
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         self.session.notify = self._notice
+        if may_mask(self.session.policies, identity, connector.name):
+            self.tracker = ResultTracker()
+            settings = MaskSettings(self.gw.mask_key, self.gw.config.masking.redact_numeric)
+            self.planner = Planner(self.listener.catalog(connector), settings)
         await self._attach_backend(params)
 
     def _notice(self, message: str) -> None:
@@ -382,6 +407,7 @@ class AgentConnection:
     async def _from_agent(self) -> None:
         assert self.backend is not None
         bw = self.backend.writer
+        tracker = self.tracker
         while True:
             data = await self.reader.read(READ_SIZE)
             if not data:
@@ -397,6 +423,8 @@ class AgentConnection:
                     out.append(await self._on_parse(ev, out))  # type: ignore[arg-type]
                 elif t is pg.Sync:
                     self.batches_sent += 1
+                    if tracker is not None:
+                        tracker.sync()
                     out.append(ev.raw)
                 elif t is pg.Close:
                     self._on_close(ev)  # type: ignore[arg-type]
@@ -412,6 +440,8 @@ class AgentConnection:
                         )
                     )
                 else:
+                    if tracker is not None:
+                        _track(tracker, ev)
                     out.append(ev.raw)
             bw.write(b"".join(out))
             if bw.transport.get_write_buffer_size() > DRAIN_ABOVE:
@@ -425,6 +455,9 @@ class AgentConnection:
             out.clear()
 
     async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
+        """Classify and check every statement of `sql`; raise to refuse the whole text.
+
+        In masking sessions, also prepares each statement's masking (`self._masks`)."""
         assert self.session is not None and self.connector is not None
         try:
             cmds = self.listener.classifier.classify(sql, self.connector.name, self.prepared)
@@ -440,17 +473,60 @@ class AgentConnection:
                 await self.session.check(c)
         if "require_approval" in outcomes:
             self._flush(out)
-            await self._watching_agent(self._check_each(cmds))
+            decisions = await self._watching_agent(self._check_each(cmds))
         else:
-            await self._check_each(cmds)
+            decisions = await self._check_each(cmds)
+        if self.planner is not None:
+            self._masks = [
+                await self._statement_masks(c, d) for c, d in zip(cmds, decisions, strict=True)
+            ]
         return cmds
 
-    async def _check_each(self, cmds: tuple[Command, ...]) -> None:
+    async def _check_each(self, cmds: tuple[Command, ...]) -> list[Decision]:
         assert self.session is not None
-        for c in cmds:
-            await self.session.check(c)
+        return [await self.session.check(c) for c in cmds]
 
-    async def _watching_agent(self, waiting: Coroutine[Any, Any, None]) -> None:
+    async def _statement_masks(self, cmd: Command, decision: Decision) -> StatementMasks | None:
+        """How this allowed statement's results are masked; refuses what cannot be."""
+        assert self.planner is not None and self.session is not None
+        sm = await self._masks_for(cmd, decision) if decision.masks else None
+        if not self.planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
+            self.planner.catalog_dirty = True  # schema changes: trust no catalog until commit
+        return sm
+
+    async def _masks_for(self, cmd: Command, decision: Decision) -> StatementMasks:
+        assert self.planner is not None
+        sm = await self.planner.statement(cmd, decision.masks)
+        rules = ", ".join(decision.masks.rules)
+        if sm.copy is not None and sm.copy.binary:
+            self._refused_for_masking(cmd, rules, "binary COPY cannot be masked")
+            raise CommandDenied(
+                f"mask rule(s) {rules} apply to this COPY: use FORMAT text or csv, "
+                "binary COPY cannot be masked"
+            )
+        try:
+            why = await self.planner.stores_masked(cmd, decision.masks)
+        except CatalogUnavailable:
+            why = "hoopy cannot read the catalog to check what it writes"
+        if why:
+            self._refused_for_masking(cmd, rules, why)
+            raise CommandDenied(f"mask rule(s) {rules} apply and {why}")
+        if self.settings.unknown_lineage == "refuse" and decision.masks.column_rules:
+            lineage = sm.lineage if sm.trusted else None
+            if lineage is None or any(col is None for col in lineage):
+                self._refused_for_masking(cmd, rules, "unknown lineage")
+                raise CommandDenied(
+                    f"mask rule(s) {rules} apply and hoopy cannot trace every output column "
+                    "of this statement to its source columns (postgres.unknown_lineage: "
+                    "refuse); select the columns directly"
+                )
+        return sm
+
+    def _refused_for_masking(self, cmd: Command, rules: str, why: str) -> None:
+        assert self.session is not None
+        self.session.record("refused", text=cmd.text, reason=why, masks=rules)
+
+    async def _watching_agent(self, waiting: Coroutine[Any, Any, list[Decision]]) -> list[Decision]:
         """Await a long wait (approval) but notice when the agent goes away."""
         check = asyncio.ensure_future(waiting)
         watch = asyncio.ensure_future(self._until_agent_eof())
@@ -462,10 +538,10 @@ class AgentConnection:
                     t.cancel()
             await asyncio.gather(check, watch, return_exceptions=True)
         if not check.cancelled() and check.done() and check.exception() is None:
-            return
+            return check.result()
         if watch.done() and not watch.cancelled():
             raise ConnectionError("agent disconnected while its command waited")
-        check.result()  # re-raise denial / rejection
+        return check.result()  # re-raise denial / rejection
 
     async def _until_agent_eof(self) -> None:
         while True:
@@ -481,6 +557,8 @@ class AgentConnection:
             return self._refuse_query(e)
         self._track_sql_prepared(cmds)
         self.batches_sent += 1
+        if self.tracker is not None:
+            self.tracker.query(list(self._masks))
         return ev.raw
 
     async def _on_parse(self, ev: pg.Parse, out: list[bytes]) -> bytes:
@@ -488,19 +566,27 @@ class AgentConnection:
             cmds = await self._check_all(ev.sql, out)
         except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
             self.refusals.append((self.batches_sent + 1, e))
+            if self.tracker is not None:
+                self.tracker.parse(ev.name, None)
             return _parse_message(ev.name, self.marker)
         self.prepared[ev.name] = cmds
+        if self.tracker is not None:
+            self.tracker.parse(ev.name, self._masks[0] if len(self._masks) == 1 else None)
         return ev.raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:
         assert self.backend is not None
         self.batches_sent += 1
         self.refusals.append((self.batches_sent, e))
+        if self.tracker is not None:
+            self.tracker.query([])
         return self.backend.codec.query(self.marker)
 
     def _on_close(self, ev: pg.Close) -> None:
         if ev.kind == "S":
             self.prepared.pop(ev.name, None)
+        if self.tracker is not None:
+            self.tracker.close(ev.kind, ev.name)
 
     def _track_sql_prepared(self, cmds: tuple[Command, ...]) -> None:
         """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements."""
@@ -521,6 +607,9 @@ class AgentConnection:
         backend = self.backend
         while True:
             events = await backend.read_events()
+            if self.tracker is not None:
+                await self._masked_batch(events)
+                continue
             out: list[bytes] = []
             for ev in events:
                 t = type(ev)
@@ -538,6 +627,95 @@ class AgentConnection:
             self.writer.write(b"".join(out) if len(out) > 1 else out[0])
             if self.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
                 await self.writer.drain()  # backpressure: a slow agent slows the backend read
+
+    async def _masked_batch(self, events: list[pg.BackendEvent]) -> None:
+        """The backend → agent path of a masking session: every result is tracked to its
+        statement, and rows are rewritten where mask rules apply."""
+        tracker, planner = self.tracker, self.planner
+        assert tracker is not None and planner is not None
+        out: list[bytes] = []
+        for ev in events:
+            t = type(ev)
+            if t is pg.DataRows:
+                rows = cast(pg.DataRows, ev)
+                result = tracker.rows()
+                raw = rows.raw
+                if result is not None:
+                    plan = result.plan or await self._plan(result)
+                    raw = plan.rewrite(raw)
+                    if raw is not rows.raw:
+                        rows = pg.DataRows(raw, rows.count)
+                self.result.add(rows)  # recorded as the agent sees it: masked
+                out.append(raw)
+                continue
+            if t is pg.RowDescription:
+                result = tracker.row_description(cast(pg.RowDescription, ev).fields)
+                if result is not None:
+                    await self._plan(result)
+            elif t is pg.NoData:
+                tracker.no_data()
+            elif t in (pg.ParseComplete, pg.BindComplete, pg.CloseComplete):
+                tracker.simple_ack()
+            elif t in (pg.EmptyQueryResponse, pg.PortalSuspended):
+                tracker.complete()
+            elif t is pg.CommandComplete:
+                tracker.complete()
+                self._record_result(tag=cast(pg.CommandComplete, ev).tag)
+                out.append(ev.raw)
+                continue
+            elif t is pg.ErrorResponse:
+                current = tracker.current_mask()
+                current = current if isinstance(current, StatementMasks) else None
+                tracker.error()
+                out.append(self._on_error(cast(pg.ErrorResponse, ev), current))
+                continue
+            elif t is pg.ReadyForQuery:
+                tracker.ready()
+                ready = cast(pg.ReadyForQuery, ev)
+                if planner.catalog_dirty and ready.status == "I":
+                    planner.catalog_dirty = False  # the schema change is committed or gone
+                    planner.catalog.invalidate()
+                self._on_ready(ready)
+                out.append(ev.raw)
+                continue
+            elif t is pg.CopyOutResponse:
+                copy = cast(pg.CopyOutResponse, ev)
+                result = tracker.copy_out(copy.column_formats)
+                if result is not None:
+                    result.plan = await planner.copy_plan(
+                        result.statement.mask, len(copy.column_formats)
+                    )
+                    if copy.format != 0 and result.plan.active:
+                        raise ProtocolError("a binary COPY result cannot be masked; session closed")
+            elif t is pg.CopyData and tracker.result is not None:
+                result = tracker.result
+                if result.plan is not None and result.plan.active:
+                    data = cast(pg.CopyData, ev).data
+                    fmt = _copy_format(result)
+                    new = result.plan.rewrite_copy(data, fmt)
+                    self.result.add_copy(new)
+                    out.append(b"d" + struct.pack("!I", len(new) + 4) + new)
+                    continue
+            out.append(self._other_backend_event(ev))
+        if out:
+            self.writer.write(b"".join(out))
+        if self.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
+            await self.writer.drain()
+
+    async def _plan(self, result: Result) -> RowMasker:
+        assert self.planner is not None
+        st = result.statement
+        if st.mask is None:
+            result.plan = RowMasker([], self.planner.counts)
+            return result.plan
+        key = result.formats
+        plan = st.plans.get(key) if result.fields is st.fields else None
+        if plan is None:
+            plan = await self.planner.plan(st.mask, result.fields, result.formats)
+            if result.fields is st.fields and result.fields is not None:
+                st.plans[key] = plan
+        result.plan = plan
+        return plan
 
     def _on_ready(self, ev: pg.ReadyForQuery) -> None:
         assert self.backend is not None
@@ -566,7 +744,7 @@ class AgentConnection:
             self.result.reset()
         return ev.raw
 
-    def _on_error(self, ev: pg.ErrorResponse) -> bytes:
+    def _on_error(self, ev: pg.ErrorResponse, masking: Any = None) -> bytes:
         if self.marker in ev.fields.get("M", "") + ev.fields.get("D", ""):
             # _on_ready drops refusals of finished batches, so the front is this batch's.
             if self.refusals:
@@ -575,16 +753,19 @@ class AgentConnection:
                 return error_bytes(err)
             return error_bytes(CommandDenied("statement refused by hoopy"))
         assert self.session is not None
-        self.session.record("error", code=ev.code, message=self._scrub(ev.message))
+        fields = ev.fields
+        if masking is not None:
+            fields = _mask_error_fields(fields, masking)
+        self.session.record("error", code=ev.code, message=self._scrub(fields.get("M", "")))
         self.result.reset()
-        return self._rewrite_fields(ev.fields, ev.raw, b"E")
+        return self._rewrite_fields(fields, ev.raw if fields is ev.fields else b"", b"E")
 
     def _scrub_notice(self, ev: pg.NoticeResponse) -> bytes:
         return self._rewrite_fields(ev.fields, ev.raw, b"N")
 
     def _rewrite_fields(self, fields: dict[str, str], raw: bytes, kind: bytes) -> bytes:
         scrubbed = {k: self._scrub(v) for k, v in fields.items()}
-        if scrubbed == fields:
+        if scrubbed == fields and raw:
             return raw
         body = b"".join(k.encode() + v.encode() + b"\0" for k, v in scrubbed.items()) + b"\0"
         return kind + struct.pack("!I", len(body) + 4) + body
@@ -612,6 +793,75 @@ class AgentConnection:
         assert self.session is not None
         self.session.record_later("result", tag=tag, **self.result.fields())
         self.result.reset()
+
+
+# Statements that cannot change what a relation's columns mean.  Anything else (DDL,
+# DO, CALL …) makes the catalog untrustworthy for masking until the transaction ends.
+CATALOG_SAFE_KINDS = frozenset(
+    {"select", "insert", "update", "delete", "merge", "copy", "explain", "show", "set"}
+    | {"reset", "begin", "commit", "rollback", "savepoint", "release", "prepare", "execute"}
+    | {"deallocate", "declare", "fetch", "move", "close", "listen", "notify", "unlisten"}
+    | {"discard", "lock", "values", "table", "checkpoint", "analyze", "vacuum"}
+)
+
+# Error classes whose messages quote the data they choke on: 22 data exception
+# (`invalid input syntax for type integer: "alice@example.com"`), 23 integrity
+# constraint (`Key (email)=(alice@example.com) already exists`).
+_DATA_ERRORS = ("22", "23")
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+_KEY_VALUES = re.compile(r"=\(.*\)", re.DOTALL)
+_FAILING_ROW = re.compile(r"(Failing row contains )\(.*\)", re.DOTALL)
+
+
+def _mask_error_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str, str]:
+    """Errors must not carry what results may not: mask the values data errors quote."""
+    code = fields.get("C", "")
+    out = dict(fields)
+    if sm.masks.column_rules and code[:2] in _DATA_ERRORS:
+        for k in ("M", "D", "W"):
+            if k in out:
+                v = _QUOTED.sub('"****"', out[k])
+                v = _FAILING_ROW.sub(r"\1(****)", v)
+                out[k] = _KEY_VALUES.sub("=(****)", v)
+    if sm.masks.detectors:
+        from hoopy.masking import ValueMasker
+
+        masker = ValueMasker(sm.masks.detectors)
+        for k in ("M", "D", "H", "W"):
+            if k in out:
+                out[k] = masker.mask_text(out[k])[0]
+    return out if out != fields else fields
+
+
+def _copy_format(result: Result) -> CopyFormat:
+    sm = result.statement.mask
+    fmt = sm.copy if isinstance(sm, StatementMasks) else None
+    if fmt is None:
+        fmt = CopyFormat()
+        if isinstance(sm, StatementMasks):
+            sm.copy = fmt
+    return fmt
+
+
+def _count_tree(counts: Any) -> dict[str, dict[str, int]]:
+    """{rule: {detector or "column": n}}: how many values each rule masked."""
+    tree: dict[str, dict[str, int]] = {}
+    for (rule, what), n in sorted(counts.items()):
+        tree.setdefault(rule or "unknown", {})[what] = n
+    return tree
+
+
+def _track(tracker: ResultTracker, ev: pg.FrontendEvent) -> None:
+    """Forwarded messages whose answers masking must attribute."""
+    t = type(ev)
+    if t is pg.Bind:
+        b = cast(pg.Bind, ev)
+        tracker.bind(b.portal, b.statement, b.result_formats)
+    elif t is pg.Describe:
+        d = cast(pg.Describe, ev)
+        tracker.describe(d.kind, d.name)
+    elif t is pg.Execute:
+        tracker.execute(cast(pg.Execute, ev).portal)
 
 
 def _prepared_name(text: str) -> str:

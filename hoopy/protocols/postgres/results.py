@@ -1,0 +1,253 @@
+"""Which statement is each result row from?  A sans-I/O tracker for masking sessions.
+
+PostgreSQL answers the messages of a connection strictly in order, so hoopy queues
+one expectation per forwarded message that gets an answer (Query, Parse, Bind,
+Describe, Execute, Close, Sync) and pops them as the answers come back.  That tells
+the backend side, for every RowDescription / DataRow / CopyData, which statement
+produced it and in which formats its columns are:
+
+* simple Query: each statement of the text answers RowDescription, rows, then
+  CommandComplete (or EmptyQueryResponse / an error that ends the query);
+* extended: rows of an Execute belong to its portal's statement, whose columns the
+  client learnt from an earlier Describe (of the statement or the portal) — possibly
+  in an earlier round trip; the portal's Bind gives the result formats;
+* an ErrorResponse in extended mode discards everything up to the next Sync.
+
+Everything is resolved when the agent's message is forwarded (a later Parse reusing a
+name cannot change what an earlier Execute meant).  A result whose columns hoopy never
+saw described gets `fields=None`: the planner masks every value of it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hoopy.protocols.postgres.messages import FieldDescription
+
+Fields = tuple[FieldDescription, ...]
+
+
+@dataclass
+class Statement:
+    """A statement as masking sees it: what it is (opaque to this module) and its columns."""
+
+    mask: Any  # the planner's per-statement record, or None: nothing to mask
+    fields: Fields | None = None
+    described: bool = False
+    plans: dict[tuple[int, ...], Any] = field(default_factory=dict)  # per result formats
+
+
+@dataclass
+class Portal:
+    statement: Statement
+    formats: tuple[int, ...]
+    fields: Fields | None = None  # from Describe of the portal (formats already applied)
+
+
+@dataclass
+class Result:
+    """The answer being received: rows of `statement`, with `formats` per column."""
+
+    statement: Statement
+    formats: tuple[int, ...]
+    fields: Fields | None
+    plan: Any = None  # the planner's RowMasker, once made
+
+
+@dataclass
+class _Expect:
+    kind: str  # query | parse | bind | describe_s | describe_p | execute | close | sync
+    statements: list[Statement] = field(default_factory=list)  # query: one per statement
+    target: Statement | Portal | None = None
+
+
+NOTHING = Statement(None, described=True)
+
+
+def result_formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
+    if not codes:
+        return (0,) * n
+    if len(codes) == 1:
+        return codes * n
+    return codes
+
+
+class ResultTracker:
+    def __init__(self) -> None:
+        self.statements: dict[str, Statement] = {}
+        self.portals: dict[str, Portal] = {}
+        self.queue: deque[_Expect] = deque()
+        self.result: Result | None = None  # rows currently arriving
+        self._query_index = 0
+
+    # ---- agent → backend (call when the message is forwarded) ------------------------
+    def query(self, masks: list[Any]) -> None:
+        """A simple Query; `masks` has one entry per statement ([] when refused)."""
+        self.portals.pop("", None)  # a simple query destroys the unnamed portal
+        self.queue.append(_Expect("query", [Statement(m) for m in masks]))
+
+    def parse(self, name: str, mask: Any) -> None:
+        self.statements[name] = Statement(mask)
+        self.queue.append(_Expect("parse"))
+
+    def bind(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
+        st = self.statements.get(statement) or Statement(_UNKNOWN_STATEMENT)
+        self.portals[portal] = Portal(st, formats)
+        self.queue.append(_Expect("bind"))
+
+    def describe(self, kind: str, name: str) -> None:
+        if kind == "S":
+            target: Statement | Portal | None = self.statements.get(name)
+            self.queue.append(_Expect("describe_s", target=target))
+        else:
+            self.queue.append(_Expect("describe_p", target=self.portals.get(name)))
+
+    def execute(self, portal: str) -> None:
+        self.queue.append(_Expect("execute", target=self.portals.get(portal)))
+
+    def close(self, kind: str, name: str) -> None:
+        (self.statements if kind == "S" else self.portals).pop(name, None)
+        self.queue.append(_Expect("close"))
+
+    def sync(self) -> None:
+        self.portals = {k: v for k, v in self.portals.items() if k}  # unnamed portal ends
+        self.queue.append(_Expect("sync"))
+
+    # ---- backend → agent ---------------------------------------------------------------
+    def _head(self) -> _Expect | None:
+        return self.queue[0] if self.queue else None
+
+    def row_description(self, fields: Fields) -> Result | None:
+        """A RowDescription; returns the Result whose rows follow (simple query)."""
+        head = self._head()
+        if head is None:
+            return None
+        if head.kind == "describe_s":
+            self.queue.popleft()
+            if isinstance(head.target, Statement):
+                head.target.fields, head.target.described = fields, True
+            return None
+        if head.kind == "describe_p":
+            self.queue.popleft()
+            if isinstance(head.target, Portal):
+                head.target.fields = fields
+                head.target.statement.fields = head.target.statement.fields or fields
+                head.target.statement.described = True
+            return None
+        if head.kind == "query":
+            st = self._query_statement(head)
+            self.result = Result(st, tuple(f.format_code for f in fields), fields)
+            return self.result
+        return None
+
+    def no_data(self) -> None:
+        head = self._head()
+        if head is not None and head.kind in ("describe_s", "describe_p"):
+            self.queue.popleft()
+            if isinstance(head.target, Statement):
+                head.target.described = True
+
+    def rows(self) -> Result | None:
+        """The Result that DataRows / CopyData now arriving belong to."""
+        if self.result is not None:
+            return self.result
+        head = self._head()
+        if head is None:
+            return None
+        if head.kind == "execute":
+            self.result = self._execute_result(head.target)
+        elif head.kind == "query":
+            # rows without a RowDescription: nothing tells what they are
+            self.result = Result(self._query_statement(head), (), None)
+        return self.result
+
+    def copy_out(self, formats: tuple[int, ...]) -> Result | None:
+        head = self._head()
+        if head is None:
+            return None
+        if head.kind == "query":
+            st = self._query_statement(head)
+        elif head.kind == "execute" and isinstance(head.target, Portal):
+            st = head.target.statement
+        else:
+            st = Statement(_UNKNOWN_STATEMENT)
+        self.result = Result(st, formats, None)
+        return self.result
+
+    def complete(self) -> None:
+        """CommandComplete / EmptyQueryResponse / PortalSuspended."""
+        self.result = None
+        head = self._head()
+        if head is None:
+            return
+        if head.kind == "query":
+            self._query_index += 1
+        elif head.kind == "execute":
+            self.queue.popleft()
+
+    def simple_ack(self) -> None:
+        """ParseComplete / BindComplete / CloseComplete."""
+        head = self._head()
+        if head is not None and head.kind in ("parse", "bind", "close"):
+            self.queue.popleft()
+
+    def error(self) -> None:
+        self.result = None
+        head = self._head()
+        if head is None or head.kind == "query":
+            return  # the query ends with ReadyForQuery
+        # extended protocol: the server skips everything up to Sync
+        while self.queue and self.queue[0].kind not in ("sync", "query"):
+            self.queue.popleft()
+
+    def ready(self) -> None:
+        self.result = None
+        self._query_index = 0
+        while self.queue:
+            e = self.queue.popleft()
+            if e.kind in ("sync", "query"):
+                return
+
+    def current_mask(self) -> Any:
+        """The mask record of the statement whose answer is arriving (None: unknown)."""
+        if self.result is not None:
+            return self.result.statement.mask
+        head = self._head()
+        if head is None:
+            return None
+        if head.kind == "query":
+            return self._query_statement(head).mask
+        if head.kind == "execute" and isinstance(head.target, Portal):
+            return head.target.statement.mask
+        return None
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _query_statement(self, head: _Expect) -> Statement:
+        if self._query_index < len(head.statements):
+            return head.statements[self._query_index]
+        return Statement(_UNKNOWN_STATEMENT)
+
+    @staticmethod
+    def _execute_result(target: Statement | Portal | None) -> Result:
+        if not isinstance(target, Portal):
+            return Result(Statement(_UNKNOWN_STATEMENT), (), None)
+        st = target.statement
+        if target.fields is not None:
+            fields = target.fields
+            return Result(st, tuple(f.format_code for f in fields), fields)
+        fields = st.fields
+        n = len(fields) if fields is not None else 0
+        return Result(st, result_formats(target.formats, n), fields)
+
+
+class _Unknown:
+    """Rows of a statement hoopy did not see parsed: mask everything."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN_STATEMENT"
+
+
+_UNKNOWN_STATEMENT = _Unknown()
+UNKNOWN_STATEMENT: Any = _UNKNOWN_STATEMENT

@@ -144,9 +144,8 @@ async def main() -> None:
             return run
 
         def psql_fetch(kw: dict, sql: str) -> Callable[[], Awaitable[int]]:
-            info = (
-                f"host=127.0.0.1 port={kw['port']} user={kw['user']} dbname={kw['database']}"
-                + (" sslmode=require" if "ssl" in kw else " sslmode=disable")
+            info = f"host=127.0.0.1 port={kw['port']} user={kw['user']} dbname={kw['database']}" + (
+                " sslmode=require" if "ssl" in kw else " sslmode=disable"
             )
             env = {**os.environ, "PGPASSWORD": kw["password"]}
 
@@ -190,9 +189,10 @@ async def main() -> None:
                 f"  {client.strip():8s} masked/plain time {m / p:.2f}x   "
                 f"masked/direct time {m / d:.2f}x   plain/direct time {p / d:.2f}x"
             )
-        a, b = med["asyncpg  hoopy masked, id+n (no masked columns)"], med[
-            "asyncpg  hoopy plain, id+n"
-        ]
+        a, b = (
+            med["asyncpg  hoopy masked, id+n (no masked columns)"],
+            med["asyncpg  hoopy plain, id+n"],
+        )
         print(f"  no masked columns selected: masked identity / plain identity time {a / b:.2f}x")
         for c in conns.values():
             await c.close()

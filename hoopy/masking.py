@@ -601,8 +601,11 @@ class ValueMasker:
 
     def mask_text(self, text: str) -> tuple[str, Counter[str]]:
         """Replace every detected value; counts per detector, never the values."""
+        return self.mask_spans(text, self.spans(text))
+
+    def mask_spans(self, text: str, spans: list[Span]) -> tuple[str, Counter[str]]:
+        """mask_text, given the spans `self.spans(text)` found (e.g. in a batch scan)."""
         counts: Counter[str] = _new_counter()
-        spans = self.spans(text)
         for _ in range(_MAX_PASSES):
             if not spans:
                 return text, counts

@@ -70,20 +70,20 @@ def test_whole_masks_are_valid_per_type(
     family: str, oid: int, binary: bool, expected: bytes | None
 ) -> None:
     act = whole_action(ColumnType(oid, family), binary, "redact", b"", "null", "r", counts())
-    assert act(b"anything") == expected
+    assert act([b"anything", None]) == [expected, None]
 
 
 def test_redact_numeric_zero_in_both_formats() -> None:
     text = whole_action(ColumnType(23, NUMBER), False, "redact", b"", "zero", "r", counts())
     binary = whole_action(ColumnType(20, INT8), True, "redact", b"", "zero", "r", counts())
-    assert text(b"42") == b"0" and binary(b"\0" * 7 + b"\x2a") == b"\0" * 8
+    assert text([b"42"]) == [b"0"] and binary([b"\0" * 7 + b"\x2a"]) == [b"\0" * 8]
 
 
 def test_hash_style_is_stable_and_keyed() -> None:
     a = whole_action(ColumnType(25, STRING), False, "hash", b"k1", "null", "r", counts())
     b = whole_action(ColumnType(25, STRING), False, "hash", b"k2", "null", "r", counts())
-    assert a(b"x@y.com") == a(b"x@y.com") != b(b"x@y.com")
-    assert a(b"x@y.com").startswith(b"h:")  # type: ignore[union-attr]
+    assert a([b"x@y.com"]) == a([b"x@y.com"]) != b([b"x@y.com"])
+    assert a([b"x@y.com"])[0].startswith(b"h:")  # type: ignore[union-attr]
 
 
 def test_detectors_edit_text_and_null_what_they_cannot_edit() -> None:
@@ -92,17 +92,33 @@ def test_detectors_edit_text_and_null_what_they_cannot_edit() -> None:
     rules = {"email": "pii", "credit_card": "pii"}
     text = detector_action(ColumnType(25, STRING), False, masker, rules, c)
     assert text is not None
-    assert text(b"mail bob@example.org now") == b"mail **** now"
-    assert text(b"order 1234567812345678") == b"order 1234567812345678"
+    column = [b"mail bob@example.org now", None, b"order 1234567812345678", b"x"]
+    assert text(column) == [b"mail **** now", None, b"order 1234567812345678", b"x"]
     js = detector_action(ColumnType(3802, JSONB), True, masker, rules, c)
     assert js is not None
-    out = js(b'\x01{"e": "bob@example.org", "n": 1}')
-    assert out is not None and out.startswith(b"\x01") and b"bob" not in out
+    out = js([b'\x01{"e": "bob@example.org", "n": 1}', b'\x01{"e": "b\\u006fb@example.org"}'])
+    assert all(o is not None and o.startswith(b"\x01") and b"bob" not in o for o in out)
+    assert b"example.org" not in out[1]  # type: ignore[operator]
     big = detector_action(ColumnType(20, INT8), True, masker, rules, c)
     assert big is not None
-    assert big(struct.pack("!q", 4111111111111111)) is None
-    assert big(struct.pack("!q", 42)) == struct.pack("!q", 42)
-    assert c[("pii", "email")] == 2 and c[("pii", "credit_card")] == 1
+    assert big([struct.pack("!q", 4111111111111111), struct.pack("!q", 42)]) == [
+        None,
+        struct.pack("!q", 42),
+    ]
+    assert c[("pii", "email")] == 3 and c[("pii", "credit_card")] == 1
+
+
+def test_batch_scan_finds_exactly_what_value_by_value_scanning_finds() -> None:
+    masker = ValueMasker(["email", "credit_card", "ssn", "phone", "ipv4", "private_key"])
+    act = detector_action(ColumnType(25, STRING), False, masker, {}, counts())
+    assert act is not None
+    values: list[bytes | None] = [
+        b"a@b.co", b"x", None, b"4111 1111 1111 1111", b"call +1 415 555 0134",
+        b"-----BEGIN PRIVATE KEY-----\nabc", b"tail after key", b"10.1.2.3", b"caf\xc3\xa9 a@b.co",
+        b"078-05-1120", b"", b"plain",
+    ]  # fmt: skip
+    expected = [None if v is None else masker.mask_text(v.decode())[0].encode() for v in values]
+    assert act(values) == expected
 
 
 def test_a_row_that_does_not_fit_the_plan_is_sent_as_nulls() -> None:
@@ -127,7 +143,7 @@ def test_copy_csv_rows_with_quotes_and_header() -> None:
     m = RowMasker([None, act], counts())
     fmt = CopyFormat.of({"format": "csv", "header": "true"})
     assert m.rewrite_copy(b"id,email\n", fmt) == b"id,email\n"
-    assert m.rewrite_copy(b'1,"a,""b""@x.com"\n', fmt) == b'1,****\n'
+    assert m.rewrite_copy(b'1,"a,""b""@x.com"\n', fmt) == b"1,****\n"
     assert m.rewrite_copy(b"2,\n", fmt) == b"2,\n"  # NULL stays NULL
 
 

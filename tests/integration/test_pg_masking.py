@@ -329,18 +329,26 @@ async def test_asyncpg_copy_is_masked(masked: Hoopy, tmp_path: Path) -> None:
 def test_recordings_hold_only_masked_values(masked: Hoopy) -> None:
     psql_rows(masked, "SELECT email, upper(email), ssn, note FROM m_people")
     psql_rows(masked, "COPY (SELECT email FROM m_people) TO STDOUT")
-    texts = [p.read_text() for p in (masked.folder / "recordings").rglob("*") if p.is_file()]
-    assert texts
-    for text in texts:
-        for f in forbidden():
-            if f in ("alice.secret", "bob.hidden"):
-                continue  # statement texts may name values the agent itself typed
-            assert f not in text.replace("alice%", ""), f
-    events = [json.loads(line) for t in texts for line in t.splitlines() if line.startswith("{")]
-    masking = [e for e in events if e.get("type") == "masking"]
-    assert masking, "per-session masked counts are recorded"
-    assert any(e["masked"].get("hide-pii", {}).get("column", 0) >= 2 for e in masking)
-    assert masked.log_text() and all(f not in masked.log_text() for f in forbidden())
+    files = [p for p in (masked.folder / "recordings").rglob("*.jsonl") if p.is_file()]
+    masked_sessions = 0
+    counted = []
+    for path in files:
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        start = next((e for e in events if e.get("type") == "session_start"), {})
+        if "auditors" in json.dumps(start):
+            continue  # auditors are not masked: their recordings hold what they saw
+        masked_sessions += 1
+        for e in events:
+            if e.get("type") == "command":
+                continue  # the agent's own statement text, not data it received
+            text = json.dumps(e)
+            for f in forbidden():
+                assert f not in text, (f, e)
+        counted += [e for e in events if e.get("type") == "masking"]
+    assert masked_sessions > 5
+    assert any(e["masked"].get("hide-pii", {}).get("column", 0) >= 2 for e in counted)
+    for f in forbidden():
+        assert f not in masked.log_text()
 
 
 # ---- configured refusal ------------------------------------------------------------------
@@ -378,7 +386,7 @@ COPYING_WRITES = [
     "INSERT INTO m_orders VALUES (200, 1, (SELECT upper(email) FROM m_people LIMIT 1))",
     "CREATE TABLE m_leak AS SELECT email FROM m_people",
     "SELECT email INTO m_leak2 FROM m_people",
-    "WITH x AS (INSERT INTO m_orders SELECT 300, id, ssn FROM m_people RETURNING 1) "
+    "WITH x AS (INSERT INTO m_orders SELECT 300, id, email FROM m_people RETURNING 1) "
     "SELECT count(*) FROM x",
     "SELECT set_config('my.leak', email, false) FROM m_people",
     "UPDATE m_orders SET item = p.email FROM m_people p WHERE p.id = m_orders.person_id",

@@ -28,10 +28,7 @@ import asyncpg
 
 from hoopy.config import PostgresConnector
 from hoopy.protocols.postgres.backend import ssl_context
-try:
-    from hoopy.protocols.postgres.lineage import QualName, Relation
-except ImportError:  # pragma: no cover
-    from hoopy.protocols.postgres._lineage_stub import QualName, Relation  # type: ignore
+from hoopy.protocols.postgres.lineage import QualName, Relation
 
 log = logging.getLogger("hoopy.postgres.catalog")
 

@@ -28,10 +28,7 @@ from typing import Any
 
 from hoopy.masking import ValueMasker, column_matches
 from hoopy.policy import Command, MaskRule, Masks, strictest
-try:
-    from hoopy.protocols.postgres import lineage as lin
-except ImportError:  # pragma: no cover
-    from hoopy.protocols.postgres import _lineage_stub as lin  # type: ignore[no-redef]
+from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
 from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable, RelInfo, TypeInfo
 from hoopy.protocols.postgres.messages import FieldDescription

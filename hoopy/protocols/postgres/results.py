@@ -235,11 +235,9 @@ class ResultTracker:
             return Result(Statement(_UNKNOWN_STATEMENT), (), None)
         st = target.statement
         if target.fields is not None:
-            fields = target.fields
-            return Result(st, tuple(f.format_code for f in fields), fields)
-        fields = st.fields
-        n = len(fields) if fields is not None else 0
-        return Result(st, result_formats(target.formats, n), fields)
+            return Result(st, tuple(f.format_code for f in target.fields), target.fields)
+        n = len(st.fields) if st.fields is not None else 0
+        return Result(st, result_formats(target.formats, n), st.fields)
 
 
 class _Unknown:

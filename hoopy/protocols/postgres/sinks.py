@@ -43,7 +43,7 @@ def _rel(rv: Any) -> str:
     return ".".join(p for p in (rv.schemaname, rv.relname) if p)
 
 
-class _Writes(Visitor):  # type: ignore[misc]
+class _Writes(Visitor):
     def __init__(self) -> None:
         super().__init__()
         self.stores: list[Store] = []
@@ -97,7 +97,7 @@ class _Writes(Visitor):  # type: ignore[misc]
             self._emit(plain, _rel(node.intoClause.rel), None)
 
 
-class _Excluded(Visitor):  # type: ignore[misc]
+class _Excluded(Visitor):
     """Replaces `excluded.column` references by NULL."""
 
     def visit_ColumnRef(self, _ancestors: Any, node: ast.ColumnRef) -> Any:

@@ -1,0 +1,582 @@
+"""Column lineage: which base-table columns feed each output column of a statement — pure.
+
+Theory of operation
+-------------------
+Masking must follow data, not names: `upper(email)`, `row_to_json(c)`, a CTE, a view or
+a UNION branch carry `customers.email` as surely as `SELECT email` does.  We walk
+pglast's AST the way PostgreSQL's analyser resolves names:
+
+* a *scope* holds the FROM items visible at a point (tables, views, subqueries, CTEs,
+  function calls, joins), each with its output columns and their lineage, and links to
+  the enclosing scope (correlated subqueries, LATERAL);
+* an expression's lineage is the union of the lineage of everything it references —
+  operators, casts, CASE, aggregates, window functions and builtin function calls alike;
+  WHERE / GROUP BY / ORDER BY / JOIN ON only filter and contribute nothing;
+* a whole-row reference (`c`, `c.*`, `row_to_json(c)`) carries every column of `c`;
+* views and materialized views are expanded through their definitions (depth-limited).
+
+Lineage is a frozenset of `(schema.table, column)` sources, or None when it cannot be
+known: a user-defined function (its body may read any table), a builtin that runs a
+query (`query_to_xml`), an unresolvable name, a relation the catalog does not know.
+Callers mask what is None.  Any unexpected tree shape (or one too deep to walk) makes
+the whole answer None: this module never claims a column clean by mistake.
+"""
+
+# pglast types every AST field as Optional; the walk handles None where it can occur.
+# mypy: disable-error-code="arg-type,index,union-attr,attr-defined,assignment,return-value"
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pglast
+from pglast import ast
+from pglast.enums import SetOperation, SubLinkType
+
+Source = tuple[str, str]
+ColumnLineage = frozenset[Source] | None
+QualName = tuple[str | None, str]
+
+EMPTY: frozenset[Source] = frozenset()
+
+# Builtins whose output is not a function of their arguments: they run a query or read a
+# relation named by a string.  Their results are always of unknown lineage.
+QUERYING_FUNCTIONS = frozenset(
+    {"query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "table_to_xml"}
+    | {"table_to_xml_and_xmlschema", "table_to_xmlschema", "cursor_to_xml", "cursor_to_xmlschema"}
+    | {"schema_to_xml", "schema_to_xml_and_xmlschema", "schema_to_xmlschema", "database_to_xml"}
+    | {"database_to_xml_and_xmlschema", "database_to_xmlschema", "ts_stat", "ts_rewrite"}
+    | {"dblink", "dblink_exec", "dblink_get_result", "dblink_fetch"}
+    | {"pg_read_file", "pg_read_binary_file", "lo_get", "pg_stat_get_activity", "current_query"}
+)
+# Set-returning builtins whose output column count is known without a column list.
+_SRF_COLUMNS = {
+    "unnest": 1, "generate_series": 1, "jsonb_array_elements": 1, "json_array_elements": 1,
+    "jsonb_array_elements_text": 1, "json_array_elements_text": 1, "regexp_matches": 1,
+    "regexp_split_to_table": 1, "string_to_table": 1, "jsonb_object_keys": 1,
+    "json_object_keys": 1, "jsonb_each": 2, "json_each": 2, "jsonb_each_text": 2,
+    "json_each_text": 2, "generate_subscripts": 1,
+}  # fmt: skip
+_SRF_NAMES = {"jsonb_each": ("key", "value"), "json_each": ("key", "value")}
+_SRF_NAMES |= {"jsonb_each_text": ("key", "value"), "json_each_text": ("key", "value")}
+
+# Statements that never return rows.
+_NO_ROWS = frozenset(
+    {"TransactionStmt", "VariableSetStmt", "DeclareCursorStmt", "PrepareStmt", "DeallocateStmt"}
+    | {"ClosePortalStmt", "ListenStmt", "UnlistenStmt", "NotifyStmt", "DiscardStmt", "LockStmt"}
+    | {"CheckPointStmt", "VacuumStmt", "CreateStmt", "CreateTableAsStmt", "ViewStmt", "IndexStmt"}
+    | {"DropStmt", "AlterTableStmt", "TruncateStmt", "CommentStmt", "GrantStmt", "RenameStmt"}
+    | {"CreateSchemaStmt", "CreateSeqStmt", "AlterSeqStmt", "CreateFunctionStmt", "DoStmt"}
+    | {"CreateRoleStmt", "AlterRoleStmt", "DropRoleStmt", "GrantRoleStmt", "CreateExtensionStmt"}
+    | {"RefreshMatViewStmt", "CreateTrigStmt", "RuleStmt", "AlterOwnerStmt", "ReindexStmt"}
+    | {"ClusterStmt", "CreatedbStmt", "DropdbStmt", "LoadStmt", "ConstraintsSetStmt"}
+    | {"CompositeTypeStmt", "CreateEnumStmt", "DefineStmt", "CreateDomainStmt"}
+)
+
+
+@dataclass(frozen=True)
+class Relation:
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind
+    columns: tuple[str, ...]
+    view_sql: str | None = None
+
+
+class Catalog(Protocol):
+    def relation(self, name: QualName) -> Relation | None: ...
+
+    def function_is_builtin(self, name: QualName) -> bool: ...
+
+
+class _Unknown(Exception):
+    """The output shape itself cannot be determined."""
+
+
+Col = tuple[str, ColumnLineage]  # output column: name, lineage
+
+
+@dataclass
+class _Item:
+    """One FROM item as seen by name resolution."""
+
+    name: str | None  # alias or relation name; None for an unaliased join
+    columns: list[Col] | None  # None: unknown shape
+    fallback: ColumnLineage = None  # lineage of any column when the shape is unknown
+    children: list[_Item] = field(
+        default_factory=list
+    )  # a join's sides (their aliases stay visible)
+    hidden: set[str] = field(default_factory=set)  # USING columns merged away
+
+
+@dataclass
+class _Scope:
+    items: list[_Item]
+    ctes: dict[str, list[Col] | None]
+    parent: _Scope | None = None
+
+    def visible(self) -> Iterator[_Item]:
+        """Items whose names can qualify a column: joins expose their sides' names."""
+        stack = list(reversed(self.items))
+        while stack:
+            it = stack.pop()
+            yield it
+            stack.extend(reversed(it.children))
+
+    def cte(self, name: str) -> tuple[bool, list[Col] | None]:
+        s: _Scope | None = self
+        while s is not None:
+            if name in s.ctes:
+                return True, s.ctes[name]
+            s = s.parent
+        return False, None
+
+
+def _union(parts: Iterator[ColumnLineage] | list[ColumnLineage]) -> ColumnLineage:
+    out: set[Source] = set()
+    for p in parts:
+        if p is None:
+            return None
+        out |= p
+    return frozenset(out)
+
+
+def _name(n: Any) -> str:
+    return n.sval if isinstance(n, ast.String) else str(n)
+
+
+class _Analyzer:
+    def __init__(self, catalog: Catalog, depth: int) -> None:
+        self.catalog = catalog
+        self.depth = depth
+
+    # ---- statements --------------------------------------------------------------------
+    def statement(self, node: Any, scope: _Scope | None) -> list[Col] | None:
+        """Output columns of a statement; None: it returns no rows (or [] when none)."""
+        tag = type(node).__name__
+        if isinstance(node, ast.SelectStmt):
+            return self.select(node, scope)
+        if isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
+            return self.dml(node, scope)
+        if isinstance(node, ast.CopyStmt):
+            return self.copy(node, scope)
+        if isinstance(node, ast.ExplainStmt | ast.VariableShowStmt):
+            return [("", EMPTY)]
+        if tag in _NO_ROWS:
+            return []
+        raise _Unknown(tag)
+
+    def select(self, node: ast.SelectStmt, outer: _Scope | None) -> list[Col]:
+        scope = _Scope([], {}, outer)
+        if node.withClause is not None:
+            self.with_clause(node.withClause, scope)
+        if node.op is not None and node.op != SetOperation.SETOP_NONE:
+            left = self.select(node.larg, scope)
+            right = self.select(node.rarg, scope)
+            if len(left) != len(right):
+                raise _Unknown("set operation arity")
+            return [(ln, _union([ll, rl])) for (ln, ll), (_, rl) in zip(left, right, strict=True)]
+        if node.intoClause is not None:
+            return []
+        if node.valuesLists:
+            rows = [[self.expr(e, scope) for e in row] for row in node.valuesLists]
+            width = len(rows[0])
+            if any(len(r) != width for r in rows):
+                raise _Unknown("values arity")
+            return [(f"column{i + 1}", _union([r[i] for r in rows])) for i in range(width)]
+        for item in node.fromClause or ():
+            scope.items.append(self.from_item(item, scope))
+        out: list[Col] = []
+        for t in node.targetList or ():
+            val = t.val
+            if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+                out.extend(self.star(val, scope))
+            else:
+                out.append((t.name or _default_name(val), self.expr(val, scope)))
+        return out
+
+    def with_clause(self, w: ast.WithClause, scope: _Scope) -> None:
+        for cte in w.ctes or ():
+            name = cte.ctename
+            query = cte.ctequery
+            aliases = [_name(c) for c in cte.aliascolnames or ()]
+            if (
+                w.recursive
+                and isinstance(query, ast.SelectStmt)
+                and query.op
+                not in (
+                    None,
+                    SetOperation.SETOP_NONE,
+                )
+            ):
+                scope.ctes[name] = self._recursive_cte(query, scope, name, aliases)
+                continue
+            cols = self.statement(query, scope) or []
+            scope.ctes[name] = _rename(cols, aliases)
+
+    def _recursive_cte(
+        self, query: ast.SelectStmt, scope: _Scope, name: str, aliases: list[str]
+    ) -> list[Col] | None:
+        base = _rename(self.select(query.larg, scope), aliases)
+        scope.ctes[name] = base
+        for _ in range(8):  # lineage only grows: a fixpoint comes quickly
+            step = self.select(query.rarg, scope)
+            if len(step) != len(base):
+                raise _Unknown("recursive cte arity")
+            grown = [(n, _union([lin, s])) for (n, lin), (_, s) in zip(base, step, strict=True)]
+            if grown == base:
+                return base
+            base = grown
+            scope.ctes[name] = base
+        return [(n, None) for n, _ in base]
+
+    def dml(self, node: Any, outer: _Scope | None) -> list[Col]:
+        returning = _returning(node)
+        if not returning:
+            return []
+        scope = _Scope([], {}, outer)
+        if node.withClause is not None:
+            self.with_clause(node.withClause, scope)
+        target = self.relation_item(node.relation, scope)
+        scope.items.append(target)
+        extra: list[ColumnLineage] = []
+        if isinstance(node, ast.InsertStmt) and node.selectStmt is not None:
+            src = self.statement(node.selectStmt, scope) or []
+            extra.extend(lin for _, lin in src)
+        if isinstance(node, ast.UpdateStmt):
+            for item in node.fromClause or ():
+                scope.items.append(self.from_item(item, scope))
+            extra.extend(self.expr(t.val, scope) for t in node.targetList or ())
+        if isinstance(node, ast.DeleteStmt):
+            for item in node.usingClause or ():
+                scope.items.append(self.from_item(item, scope))
+        if isinstance(node, ast.MergeStmt):
+            raise _Unknown("merge returning")
+        more = _union(extra)
+        out: list[Col] = []
+        for t in returning:
+            val = t.val
+            if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+                cols = self.star(val, scope)
+            else:
+                cols = [(t.name or _default_name(val), self.expr(val, scope))]
+            out.extend((n, _union([lin, more])) for n, lin in cols)
+        return out
+
+    def copy(self, node: ast.CopyStmt, scope: _Scope | None) -> list[Col]:
+        if node.is_from:
+            return []
+        if node.query is not None:
+            return self.statement(node.query, scope) or []
+        item = self.relation_item(node.relation, _Scope([], {}, scope))
+        if item.columns is None:
+            raise _Unknown("copy of an unknown relation")
+        if node.attlist:
+            wanted = [_name(a) for a in node.attlist]
+            by_name = dict(item.columns)
+            return [(w, by_name.get(w)) for w in wanted]
+        return item.columns
+
+    # ---- FROM items --------------------------------------------------------------------
+    def from_item(self, node: Any, scope: _Scope) -> _Item:
+        if isinstance(node, ast.RangeVar):
+            return self.relation_item(node, scope)
+        if isinstance(node, ast.RangeSubselect):
+            cols = self.statement(node.subquery, scope) or []
+            return self._aliased(node.alias, None, cols)
+        if isinstance(node, ast.JoinExpr):
+            return self.join(node, scope)
+        if isinstance(node, ast.RangeFunction):
+            return self.function_item(node, scope)
+        if isinstance(node, ast.RangeTableSample):
+            return self.from_item(node.relation, scope)
+        return _Item(None, None, None)
+
+    def relation_item(self, rv: ast.RangeVar, scope: _Scope) -> _Item:
+        name = rv.relname
+        if rv.schemaname is None:
+            found, cte = scope.cte(name)
+            if found:
+                return self._aliased(rv.alias, name, cte or [])
+        rel = self.catalog.relation((rv.schemaname, name))
+        if rel is None:
+            return self._aliased(rv.alias, name, None)
+        return self._aliased(rv.alias, name, self.relation_columns(rel))
+
+    def relation_columns(self, rel: Relation) -> list[Col]:
+        if rel.kind in ("v", "m"):
+            lineage = None
+            if rel.view_sql and self.depth > 0:
+                lineage = output_lineage(rel.view_sql, self.catalog, self.depth - 1)
+            if lineage is None or len(lineage) != len(rel.columns):
+                return [(c, None) for c in rel.columns]
+            return list(zip(rel.columns, lineage, strict=True))
+        table = f"{rel.schema}.{rel.name}"
+        return [(c, frozenset({(table, c)})) for c in rel.columns]
+
+    def _aliased(self, alias: Any, name: str | None, cols: list[Col] | None) -> _Item:
+        if alias is not None:
+            names = [_name(c) for c in alias.colnames or ()]
+            return _Item(alias.aliasname, _rename(cols, names) if cols is not None else None)
+        return _Item(name, cols)
+
+    def join(self, node: ast.JoinExpr, scope: _Scope) -> _Item:
+        left = self.from_item(node.larg, scope)
+        right = self.from_item(node.rarg, scope)
+        if left.columns is None or right.columns is None:
+            cols = None
+        else:
+            using = [_name(u) for u in node.usingClause or ()]
+            if node.isNatural:
+                rnames = {n for n, _ in right.columns}
+                using = [n for n, _ in left.columns if n in rnames]
+            lmap, rmap = dict(left.columns), dict(right.columns)
+            merged = [(u, _union([lmap.get(u), rmap.get(u)])) for u in using]
+            cols = (
+                merged
+                + [c for c in left.columns if c[0] not in using]
+                + [c for c in right.columns if c[0] not in using]
+            )
+        name = node.alias.aliasname if node.alias is not None else None
+        item = _Item(name, cols, children=[] if name else [left, right])
+        if node.alias is not None and cols is not None:
+            item.columns = _rename(cols, [_name(c) for c in node.alias.colnames or ()])
+        return item
+
+    def function_item(self, node: ast.RangeFunction, scope: _Scope) -> _Item:
+        lineages: list[ColumnLineage] = []
+        count = 0
+        names: list[str] = []
+        known = True
+        for pair in node.functions or ():
+            fn = pair[0]
+            coldefs = pair[1] if len(pair) > 1 else None
+            lineages.append(self.expr(fn, scope))
+            fname = _func_name(fn)[1] if isinstance(fn, ast.FuncCall) else ""
+            if coldefs:
+                count += len(coldefs)
+                names += [c.colname for c in coldefs]
+            elif fname == "unnest" and isinstance(fn, ast.FuncCall):
+                count += len(fn.args or ())
+                names += [fname] * len(fn.args or ())
+            elif fname in _SRF_COLUMNS:
+                count += _SRF_COLUMNS[fname]
+                names += list(_SRF_NAMES.get(fname, (fname,)))
+            else:
+                known = False
+        if node.coldeflist:
+            count, names, known = len(node.coldeflist), [c.colname for c in node.coldeflist], True
+        lin = _union(lineages)
+        if node.ordinality:
+            count += 1
+            names.append("ordinality")
+        alias = node.alias
+        if alias is not None and alias.colnames:
+            names = [_name(c) for c in alias.colnames] + names[len(alias.colnames) :]
+            count = max(count, len(alias.colnames))
+            known = known or len(alias.colnames) > 0
+        item_name = alias.aliasname if alias is not None else (names[0] if names else None)
+        if not known:
+            return _Item(item_name, None, lin)
+        cols = [(n, lin) for n in names[:count]]
+        return _Item(item_name, cols, lin)
+
+    # ---- names -------------------------------------------------------------------------
+    def star(self, ref: ast.ColumnRef, scope: _Scope) -> list[Col]:
+        fields = ref.fields
+        if len(fields) == 1:
+            out: list[Col] = []
+            for item in scope.items:
+                if item.columns is None:
+                    raise _Unknown("* over an unknown relation")
+                out.extend(item.columns)
+            return out
+        item = self.find_item(_name(fields[-2]), scope)
+        if item is None or item.columns is None:
+            raise _Unknown("qualified * over an unknown item")
+        return item.columns
+
+    def find_item(self, name: str, scope: _Scope | None) -> _Item | None:
+        s = scope
+        while s is not None:
+            for item in s.visible():
+                if item.name == name:
+                    return item
+            s = s.parent
+        return None
+
+    def column(self, ref: ast.ColumnRef, scope: _Scope) -> ColumnLineage:
+        fields = ref.fields
+        if isinstance(fields[-1], ast.A_Star):
+            if len(fields) == 1:
+                return _union([_whole(i) for i in scope.items])
+            return _whole(self.find_item(_name(fields[-2]), scope))
+        names = [_name(f) for f in fields]
+        if len(names) == 1:
+            col = names[0]
+            s: _Scope | None = scope
+            while s is not None:
+                hits = [_lookup(i, col) for i in s.items if _has(i, col)]
+                if hits:
+                    return _union(hits)
+                item = next((i for i in s.visible() if i.name == col), None)
+                if item is not None:
+                    return _whole(item)  # a whole-row reference
+                s = s.parent
+            return None
+        item = self.find_item(names[-2], scope)
+        if item is None:
+            # `col.field` of a composite column: the column's lineage
+            first = self.column(ast.ColumnRef(fields=(fields[0],)), scope)
+            return first
+        return _lookup(item, names[-1])
+
+    # ---- expressions -------------------------------------------------------------------
+    def expr(self, node: Any, scope: _Scope) -> ColumnLineage:
+        if node is None or isinstance(node, str | int | float | bool):
+            return EMPTY
+        if isinstance(node, tuple | list):
+            return _union([self.expr(n, scope) for n in node])
+        if isinstance(node, ast.ColumnRef):
+            return self.column(node, scope)
+        if isinstance(node, ast.A_Const | ast.ParamRef | ast.SQLValueFunction):
+            return EMPTY
+        if isinstance(node, ast.FuncCall):
+            return self.func_call(node, scope)
+        if isinstance(node, ast.SubLink):
+            return self.sublink(node, scope)
+        if isinstance(node, ast.SelectStmt):
+            return _union([lin for _, lin in self.select(node, scope)])
+        if isinstance(node, ast.ResTarget):
+            return self.expr(node.val, scope)
+        if isinstance(node, ast.WindowDef | ast.SortBy):
+            return EMPTY  # partitioning and ordering only arrange rows
+        if not isinstance(node, ast.Node):
+            return None
+        parts = []
+        for attr in type(node).__slots__:
+            if attr == "location":
+                continue
+            value = getattr(node, attr, None)
+            if isinstance(value, ast.Node | tuple | list):
+                parts.append(self.expr(value, scope))
+        return _union(parts)
+
+    def func_call(self, node: ast.FuncCall, scope: _Scope) -> ColumnLineage:
+        schema, name = _func_name(node)
+        if name in QUERYING_FUNCTIONS:
+            return None
+        if not self.catalog.function_is_builtin((schema, name)):
+            return None
+        if node.agg_star:
+            return EMPTY
+        return _union([self.expr(a, scope) for a in node.args or ()])
+
+    def sublink(self, node: ast.SubLink, scope: _Scope) -> ColumnLineage:
+        inner = self.select(node.subselect, scope)
+        lin = _union([lin for _, lin in inner])
+        if node.subLinkType in (SubLinkType.EXPR_SUBLINK, SubLinkType.ARRAY_SUBLINK):
+            return lin
+        return _union([lin, self.expr(node.testexpr, scope)])
+
+
+def _returning(node: Any) -> tuple[Any, ...]:
+    """RETURNING targets (pglast ≥ 8 wraps them in a ReturningClause, PostgreSQL 18)."""
+    clause = getattr(node, "returningClause", None)
+    if clause is not None:
+        return tuple(clause.exprs or ())
+    return tuple(getattr(node, "returningList", None) or ())
+
+
+def _rename(cols: list[Col] | None, names: list[str]) -> list[Col] | None:
+    if cols is None:
+        return None
+    return [(names[i] if i < len(names) else n, lin) for i, (n, lin) in enumerate(cols)]
+
+
+def _has(item: _Item, col: str) -> bool:
+    if item.columns is None:
+        return True  # unknown shape: it may have that column
+    return any(n == col for n, _ in item.columns)
+
+
+def _lookup(item: _Item, col: str) -> ColumnLineage:
+    if item.columns is None:
+        return item.fallback
+    found = [lin for n, lin in item.columns if n == col]
+    return _union(found) if found else None
+
+
+def _whole(item: _Item | None) -> ColumnLineage:
+    if item is None or item.columns is None:
+        return None
+    return _union([lin for _, lin in item.columns])
+
+
+def _func_name(node: ast.FuncCall) -> QualName:
+    parts = [_name(p) for p in node.funcname]
+    if len(parts) == 1:
+        return (None, parts[0])
+    return (parts[-2], parts[-1])
+
+
+def _default_name(val: Any) -> str:
+    if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.String):
+        return str(val.fields[-1].sval)
+    if isinstance(val, ast.FuncCall):
+        return _func_name(val)[1]
+    if isinstance(val, ast.TypeCast):
+        return _default_name(val.arg) if isinstance(val.arg, ast.ColumnRef) else "?column?"
+    return "?column?"
+
+
+def _parse_one(sql: str) -> Any:
+    stmts = pglast.parse_sql(sql)
+    if len(stmts) != 1:
+        raise _Unknown("not one statement")
+    return stmts[0].stmt
+
+
+def output_lineage(
+    sql: str, catalog: Catalog, max_view_depth: int = 16
+) -> list[ColumnLineage] | None:
+    """Per output column of the single statement `sql`, in output order; None when even
+    the output's shape cannot be determined.  [] for statements that return no rows."""
+    try:
+        node = _parse_one(sql)
+        cols = _Analyzer(catalog, max_view_depth).statement(node, None)
+    except (_Unknown, RecursionError, pglast.parser.ParseError):
+        return None
+    except Exception:  # an unexpected tree shape: unknown, never clean
+        return None
+    return [lin for _, lin in cols or ()]
+
+
+def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:
+    """(relations, functions) named anywhere in the statement, to prefetch."""
+    rels: set[QualName] = set()
+    funcs: set[QualName] = set()
+    try:
+        stack: list[Any] = [_parse_one(sql)]
+        ctes: set[str] = set()
+        while stack:
+            node = stack.pop()
+            if isinstance(node, tuple | list):
+                stack.extend(node)
+                continue
+            if not isinstance(node, ast.Node):
+                continue
+            if isinstance(node, ast.RangeVar):
+                rels.add((node.schemaname, node.relname))
+            elif isinstance(node, ast.FuncCall):
+                funcs.add(_func_name(node))
+            elif isinstance(node, ast.CommonTableExpr):
+                ctes.add(node.ctename)
+            for attr in type(node).__slots__:
+                value = getattr(node, attr, None)
+                if isinstance(value, ast.Node | tuple | list):
+                    stack.append(value)
+    except Exception:
+        return set(), set()
+    return {r for r in rels if not (r[0] is None and r[1] in ctes)}, funcs

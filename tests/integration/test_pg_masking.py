@@ -37,6 +37,9 @@ CREATE VIEW m_contacts AS SELECT id, email AS contact, upper(name) AS who FROM m
 CREATE VIEW m_contacts2 AS SELECT contact AS c2, who FROM m_contacts;
 CREATE FUNCTION m_email_of(int) RETURNS text LANGUAGE sql
   AS 'SELECT email FROM m_people WHERE id = $1';
+CREATE FUNCTION m_noisy(int) RETURNS int LANGUAGE plpgsql AS $$
+  BEGIN RAISE NOTICE 'found %', (SELECT email FROM m_people WHERE id = $1); RETURN $1; END $$;
+CREATE UNIQUE INDEX m_people_email ON m_people (email);
 """
 
 MASK_POLICY = """\
@@ -241,10 +244,25 @@ def test_binary_copy_is_refused_while_masks_apply(masked: Hoopy) -> None:
     assert "binary COPY cannot be masked" in r.stderr
 
 
-def test_data_errors_do_not_echo_masked_values(masked: Hoopy) -> None:
-    r = masked.psql("-c", "SELECT email::int FROM m_people", token=masked.token())
-    assert r.returncode != 0 and "invalid input syntax" in r.stderr
-    assert_clean(r.stderr)
+@pytest.mark.parametrize(
+    ("sql", "expect"),
+    [
+        ("SELECT email::int FROM m_people", "invalid input syntax"),
+        ("SELECT email::regclass FROM m_people", '"****"'),
+        ("SELECT ssn::date FROM m_people", "date"),
+        ("INSERT INTO m_people (id, email) SELECT 99, email FROM m_people WHERE id = 1", "Key"),
+        ("SELECT m_noisy(id) FROM m_people WHERE id = 1", "withheld"),
+    ],
+)
+def test_errors_and_notices_do_not_echo_masked_values(masked: Hoopy, sql: str, expect: str) -> None:
+    r = masked.psql("-c", sql, token=masked.token(groups=("analysts",)))
+    assert expect in r.stderr, r.stderr
+    assert_clean(r.stderr + r.stdout)
+
+
+def test_errors_keep_what_the_agent_wrote(masked: Hoopy) -> None:
+    r = masked.psql("-c", "SELECT emial FROM m_people", token=masked.token())
+    assert 'column "emial" does not exist' in r.stderr
 
 
 # ---- asyncpg: binary result format -------------------------------------------------------

@@ -755,13 +755,18 @@ class AgentConnection:
         assert self.session is not None
         fields = ev.fields
         if masking is not None:
-            fields = _mask_error_fields(fields, masking)
+            fields = _mask_message_fields(fields, masking)
         self.session.record("error", code=ev.code, message=self._scrub(fields.get("M", "")))
         self.result.reset()
         return self._rewrite_fields(fields, ev.raw if fields is ev.fields else b"", b"E")
 
     def _scrub_notice(self, ev: pg.NoticeResponse) -> bytes:
-        return self._rewrite_fields(ev.fields, ev.raw, b"N")
+        fields = ev.fields
+        if self.tracker is not None:
+            current = self.tracker.current_mask()
+            if isinstance(current, StatementMasks):
+                fields = _mask_message_fields(fields, current)
+        return self._rewrite_fields(fields, ev.raw if fields is ev.fields else b"", b"N")
 
     def _rewrite_fields(self, fields: dict[str, str], raw: bytes, kind: bytes) -> bytes:
         scrubbed = {k: self._scrub(v) for k, v in fields.items()}
@@ -804,33 +809,53 @@ CATALOG_SAFE_KINDS = frozenset(
     | {"discard", "lock", "values", "table", "checkpoint", "analyze", "vacuum"}
 )
 
-# Error classes whose messages quote the data they choke on: 22 data exception
-# (`invalid input syntax for type integer: "alice@example.com"`), 23 integrity
-# constraint (`Key (email)=(alice@example.com) already exists`).
-_DATA_ERRORS = ("22", "23")
-_QUOTED = re.compile(r'"(?:[^"]|"")*"')
-_KEY_VALUES = re.compile(r"=\(.*\)", re.DOTALL)
-_FAILING_ROW = re.compile(r"(Failing row contains )\(.*\)", re.DOTALL)
+# Server messages quote the values they choke on: `invalid input syntax for type
+# integer: "alice@example.com"`, `relation "alice@example.com" does not exist` (a cast to
+# regclass), `Key (email)=(alice@example.com) already exists`, `Failing row contains (…)`.
+# While column masks apply, a quoted or parenthesised value the agent did not write
+# itself is masked; what it wrote (identifiers, literals) stays readable.
+_QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+_KEY_VALUES = re.compile(r"\)=\((.*)\)", re.DOTALL)
+_FAILING_ROW = re.compile(r"(Failing row contains )\((.*)\)", re.DOTALL)
+_MESSAGE_FIELDS = ("M", "D", "H", "W", "p", "q")
 
 
-def _mask_error_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str, str]:
-    """Errors must not carry what results may not: mask the values data errors quote."""
-    code = fields.get("C", "")
+def _mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str, str]:
+    """Errors and notices must not carry what results may not."""
     out = dict(fields)
-    if sm.masks.column_rules and code[:2] in _DATA_ERRORS:
-        for k in ("M", "D", "W"):
+    text = sm.command.text
+    if sm.masks.column_rules:
+
+        def unseen(m: re.Match[str]) -> str:
+            inner = m.group(1) if m.lastindex else m.group(0)
+            if inner and inner in text:
+                return m.group(0)
+            return m.group(0).replace(inner, "****") if inner else m.group(0)
+
+        for k in _MESSAGE_FIELDS:
             if k in out:
-                v = _QUOTED.sub('"****"', out[k])
-                v = _FAILING_ROW.sub(r"\1(****)", v)
-                out[k] = _KEY_VALUES.sub("=(****)", v)
+                v = _FAILING_ROW.sub(r"\1(****)", out[k])
+                v = _KEY_VALUES.sub(unseen, v)
+                out[k] = _QUOTED.sub(unseen, v)
+        if _user_code(sm) and fields.get("C", "") in ("00000", "P0001", "01000"):
+            # RAISE from a function whose output hoopy cannot trace
+            out["M"] = "message from database code withheld by hoopy: mask rules apply"
+            out.pop("D", None)
+            out.pop("H", None)
     if sm.masks.detectors:
         from hoopy.masking import ValueMasker
 
         masker = ValueMasker(sm.masks.detectors)
-        for k in ("M", "D", "H", "W"):
+        for k in _MESSAGE_FIELDS:
             if k in out:
                 out[k] = masker.mask_text(out[k])[0]
     return out if out != fields else fields
+
+
+def _user_code(sm: StatementMasks) -> bool:
+    """Does the statement run code whose output hoopy cannot trace?"""
+    lineage = sm.lineage if sm.trusted else None
+    return lineage is None or any(col is None for col in lineage)
 
 
 def _copy_format(result: Result) -> CopyFormat:

@@ -1,0 +1,235 @@
+"""Column lineage (hoopy.protocols.postgres.lineage) over an in-memory catalog."""
+
+from __future__ import annotations
+
+import pytest
+
+from hoopy.protocols.postgres.lineage import (
+    ColumnLineage,
+    QualName,
+    Relation,
+    output_lineage,
+    required_names,
+)
+
+C = "public.customers"
+O = "public.orders"
+EMAIL = frozenset({(C, "email")})
+ALL_C = frozenset({(C, c) for c in ("id", "name", "email", "ssn")})
+
+BUILTINS = {
+    "upper", "lower", "substr", "encode", "convert_to", "md5", "string_agg", "array_agg",
+    "json_agg", "jsonb_agg", "row_to_json", "to_json", "to_jsonb", "reverse", "concat",
+    "format", "count", "max", "min", "unnest", "jsonb_each_text", "generate_series", "now",
+    "query_to_xml", "table_to_xml", "left", "jsonb_build_object", "coalesce", "set_config",
+}  # fmt: skip
+
+
+class Catalog:
+    rels = {
+        "customers": Relation("public", "customers", "r", ("id", "name", "email", "ssn")),
+        "orders": Relation("public", "orders", "r", ("id", "customer_id", "note")),
+        "contacts": Relation(
+            "public",
+            "contacts",
+            "v",
+            ("id", "contact", "who"),
+            "SELECT id, email AS contact, upper(name) AS who FROM customers",
+        ),
+        "contacts2": Relation(
+            "public", "contacts2", "v", ("c2", "who"), "SELECT contact AS c2, who FROM contacts"
+        ),
+        "mv": Relation("public", "mv", "m", ("e",), "SELECT lower(email) AS e FROM customers"),
+    }
+
+    def relation(self, name: QualName) -> Relation | None:
+        schema, rel = name
+        if schema not in (None, "public"):
+            return None
+        return self.rels.get(rel)
+
+    def function_is_builtin(self, name: QualName) -> bool:
+        return name[0] in (None, "pg_catalog") and name[1] in BUILTINS
+
+
+CAT = Catalog()
+
+
+def lineage(sql: str) -> list[ColumnLineage] | None:
+    return output_lineage(sql, CAT)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "email",
+        "c.email",
+        "email::varchar(10)",
+        "CAST(email AS text)",
+        "upper(email)",
+        "substr(email, 1, 3)",
+        "encode(convert_to(email, 'UTF8'), 'base64')",
+        "email || ''",
+        "reverse(lower(email))",
+        "CASE WHEN id > 1 THEN email ELSE 'x' END",
+        "coalesce(email, name) ",
+        "email = 'x'",
+        "array[email]",
+        "(SELECT e.email FROM customers e LIMIT 1)",
+        "jsonb_build_object('k', email)",
+    ],
+)
+def test_expressions_carry_their_inputs(expr: str) -> None:
+    out = lineage(f"SELECT {expr} AS x FROM customers c")
+    assert out is not None and len(out) == 1
+    assert out[0] is not None and (C, "email") in out[0]
+
+
+def test_plain_columns_and_constants() -> None:
+    assert lineage("SELECT id, email, 1, 'x' FROM customers") == [
+        frozenset({(C, "id")}),
+        EMAIL,
+        frozenset(),
+        frozenset(),
+    ]
+
+
+def test_filtering_does_not_leak_into_lineage() -> None:
+    sql = "SELECT id FROM customers WHERE email LIKE 'a%' GROUP BY id HAVING max(ssn) > '' "
+    assert lineage(sql + "ORDER BY email") == [frozenset({(C, "id")})]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT c FROM customers c",
+        "SELECT customers FROM customers",
+        "SELECT row_to_json(c) FROM customers c",
+        "SELECT to_jsonb(c) FROM customers c",
+        "SELECT json_agg(c) FROM customers c",
+        "SELECT (c).email FROM customers c",
+        "SELECT c::text FROM customers c",
+    ],
+)
+def test_whole_row_references_carry_every_column(sql: str) -> None:
+    assert lineage(sql) == [ALL_C]
+
+
+def test_aggregates_and_count_star() -> None:
+    assert lineage("SELECT string_agg(email, ','), count(*), count(id) FROM customers") == [
+        EMAIL,
+        frozenset(),
+        frozenset({(C, "id")}),
+    ]
+
+
+def test_subqueries_ctes_and_recursive_ctes() -> None:
+    assert lineage("SELECT e FROM (SELECT email AS e FROM customers) s") == [EMAIL]
+    assert lineage("WITH x AS (SELECT email e FROM customers) SELECT upper(e) FROM x") == [EMAIL]
+    rec = (
+        "WITH RECURSIVE r(e, n) AS (SELECT name, 1 FROM customers UNION ALL "
+        "SELECT e || c.email, n + 1 FROM r, customers c WHERE n < 3) SELECT e, n FROM r"
+    )
+    out = lineage(rec)
+    assert out is not None and (C, "email") in out[0]  # type: ignore[operator]
+    assert out[1] == frozenset()
+
+
+def test_set_operations_union_per_position() -> None:
+    assert lineage("SELECT name, id FROM customers UNION SELECT email, 1 FROM customers") == [
+        frozenset({(C, "name"), (C, "email")}),
+        frozenset({(C, "id")}),
+    ]
+
+
+def test_star_expansion_with_using_and_natural_joins() -> None:
+    out = lineage("SELECT * FROM customers JOIN orders USING (id)")
+    assert out is not None and len(out) == 6  # id merged first, then the rest
+    assert out[0] == frozenset({(C, "id"), (O, "id")})
+    assert out[2] == EMAIL
+    nat = lineage("SELECT * FROM customers NATURAL JOIN orders")
+    assert nat is not None and len(nat) == 6
+    assert lineage("SELECT o.*, c.email FROM orders o, customers c") == [
+        frozenset({(O, "id")}),
+        frozenset({(O, "customer_id")}),
+        frozenset({(O, "note")}),
+        EMAIL,
+    ]
+
+
+def test_lateral_and_correlated_subqueries() -> None:
+    sql = (
+        "SELECT x.e FROM orders o, LATERAL (SELECT email AS e FROM customers "
+        "WHERE id = o.customer_id) x"
+    )
+    assert lineage(sql) == [EMAIL]
+    assert lineage("SELECT (SELECT s.e FROM (SELECT c.email AS e) s) FROM customers c") == [EMAIL]
+
+
+def test_views_and_nested_views_resolve_to_base_columns() -> None:
+    assert lineage("SELECT contact, who, id FROM contacts") == [
+        EMAIL,
+        frozenset({(C, "name")}),
+        frozenset({(C, "id")}),
+    ]
+    assert lineage("SELECT upper(c2) FROM contacts2") == [EMAIL]
+    assert lineage("SELECT e FROM mv") == [EMAIL]
+
+
+def test_set_returning_functions() -> None:
+    assert lineage("SELECT u FROM unnest(ARRAY(SELECT email FROM customers)) AS u") == [EMAIL]
+    assert lineage("SELECT v FROM customers p, jsonb_each_text(to_jsonb(p)) AS j(k, v)") == [ALL_C]
+    assert lineage("SELECT g FROM generate_series(1, 3) g") == [frozenset()]
+
+
+def test_values_and_returning() -> None:
+    assert lineage("VALUES ((SELECT email FROM customers LIMIT 1), 1)") == [EMAIL, frozenset()]
+    out = lineage("DELETE FROM customers RETURNING email")
+    assert out == [EMAIL]
+    ins = lineage("INSERT INTO orders SELECT 1, id, email FROM customers RETURNING note")
+    assert ins is not None and (C, "email") in ins[0] and (O, "note") in ins[0]  # type: ignore[operator]
+    assert lineage("UPDATE orders SET note = 'x'") == []
+
+
+def test_copy_forms() -> None:
+    assert lineage("COPY customers TO STDOUT") == [
+        frozenset({(C, c)}) for c in ("id", "name", "email", "ssn")
+    ]
+    assert lineage("COPY customers (email) TO STDOUT") == [EMAIL]
+    assert lineage("COPY (SELECT upper(email) FROM customers) TO STDOUT") == [EMAIL]
+    assert lineage("COPY customers FROM STDIN") == []
+
+
+def test_unknown_where_code_or_state_hides_the_source() -> None:
+    assert lineage("SELECT my_fn(id), id FROM customers") == [None, frozenset({(C, "id")})]
+    assert lineage("SELECT query_to_xml('select email from customers', true, true, '')") == [None]
+    assert lineage("SELECT table_to_xml('customers', true, true, '')") == [None]
+    assert lineage("SELECT * FROM nowhere") is None
+    assert lineage("SELECT nope FROM customers") == [None]
+    assert lineage("FETCH ALL FROM c") is None
+    assert lineage("EXECUTE p") is None
+    assert lineage("not sql at all") is None
+
+
+def test_statements_without_rows_and_explain() -> None:
+    assert lineage("BEGIN") == []
+    assert lineage("SET search_path = public") == []
+    assert lineage("EXPLAIN ANALYZE SELECT email FROM customers") == [frozenset()]
+    assert lineage("SHOW search_path") == [frozenset()]
+
+
+def test_hostile_depth_returns_without_raising() -> None:
+    deep = "SELECT " + "(" * 3000 + "email" + ")" * 3000 + " FROM customers"
+    assert lineage(deep) in (None, [EMAIL])
+    chain = "SELECT " + " || ".join(["email"] * 3000) + " FROM customers"
+    out = lineage(chain)
+    assert out is None or out == [EMAIL]
+
+
+def test_required_names_skip_cte_names() -> None:
+    rels, funcs = required_names(
+        "WITH x AS (SELECT 1) SELECT upper(a) FROM x, public.customers, contacts"
+    )
+    assert rels == {("public", "customers"), (None, "contacts")}
+    assert funcs == {(None, "upper")}
+    assert required_names("garbage (") == (set(), set())

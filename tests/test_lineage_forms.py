@@ -13,7 +13,7 @@ from hoopy.protocols.postgres.lineage import (
 )
 
 C = "public.customers"
-O = "public.orders"
+ORD = "public.orders"
 EMAIL = frozenset({(C, "email")})
 ALL_C = frozenset({(C, c) for c in ("id", "name", "email", "ssn")})
 
@@ -145,14 +145,14 @@ def test_set_operations_union_per_position() -> None:
 def test_star_expansion_with_using_and_natural_joins() -> None:
     out = lineage("SELECT * FROM customers JOIN orders USING (id)")
     assert out is not None and len(out) == 6  # id merged first, then the rest
-    assert out[0] == frozenset({(C, "id"), (O, "id")})
+    assert out[0] == frozenset({(C, "id"), (ORD, "id")})
     assert out[2] == EMAIL
     nat = lineage("SELECT * FROM customers NATURAL JOIN orders")
     assert nat is not None and len(nat) == 6
     assert lineage("SELECT o.*, c.email FROM orders o, customers c") == [
-        frozenset({(O, "id")}),
-        frozenset({(O, "customer_id")}),
-        frozenset({(O, "note")}),
+        frozenset({(ORD, "id")}),
+        frozenset({(ORD, "customer_id")}),
+        frozenset({(ORD, "note")}),
         EMAIL,
     ]
 
@@ -187,7 +187,7 @@ def test_values_and_returning() -> None:
     out = lineage("DELETE FROM customers RETURNING email")
     assert out == [EMAIL]
     ins = lineage("INSERT INTO orders SELECT 1, id, email FROM customers RETURNING note")
-    assert ins is not None and (C, "email") in ins[0] and (O, "note") in ins[0]  # type: ignore[operator]
+    assert ins is not None and (C, "email") in ins[0] and (ORD, "note") in ins[0]  # type: ignore[operator]
     assert lineage("UPDATE orders SET note = 'x'") == []
 
 

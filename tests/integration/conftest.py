@@ -70,6 +70,16 @@ class Backend:
     cluster: pgcluster.PgCluster
     app_password: str
 
+    async def app_conn(self) -> asyncpg.Connection:
+        """A direct connection as the connector's own user (what only hoopy holds)."""
+        return await asyncpg.connect(
+            user="app_rw",
+            password=self.app_password,
+            host="127.0.0.1",
+            port=self.cluster.port,
+            database="app",
+        )
+
 
 @dataclass
 class Hoopy:

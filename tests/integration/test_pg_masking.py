@@ -78,13 +78,7 @@ def assert_clean(text: str) -> None:
 @pytest.fixture(scope="module")
 def masked(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hoopy]:
     async def seed() -> None:
-        conn = await asyncpg.connect(
-            user="app_rw",
-            password=backend.app_password,
-            host="127.0.0.1",
-            port=backend.cluster.port,
-            database="app",
-        )
+        conn = await backend.app_conn()
         await conn.execute(SETUP)
         await conn.close()
 

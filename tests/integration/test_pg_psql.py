@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
-
 from tests.integration.conftest import Backend, Hoopy
 
 
 def app_count(backend: Backend, sql: str) -> int:
     async def run() -> int:
-        conn = await asyncpg.connect(
-            user="app_rw",
-            password=backend.app_password,
-            host="127.0.0.1",
-            port=backend.cluster.port,
-            database="app",
-        )
+        conn = await backend.app_conn()
         try:
             return int(await conn.fetchval(sql))
         finally:

@@ -23,6 +23,7 @@ Counts of masked values per (rule, detector-or-"column") are kept; values never 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import re
@@ -30,6 +31,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hoopy.masking import REDACTED, Span, ValueMasker, mask_whole
 
@@ -299,6 +301,7 @@ class RowMasker:
         self.counts = counts
         self.masked = [i for i, a in enumerate(actions) if a is not None]
         self.active = bool(self.masked)
+        self._compiled: tuple[Any, Any] | None = None
 
     def rewrite(self, raw: bytes) -> bytes:
         """`raw` holds whole DataRow messages; masked columns are replaced in place."""
@@ -306,47 +309,19 @@ class RowMasker:
             return raw
         actions, masked = self.actions, self.masked
         ncols = len(actions)
-        # per column: 0 pass through, 1 constant replacement, 2 an action over the values
-        kind = [0 if a is None else (1 if hasattr(a, "wire") else 2) for a in actions]
-        last = max(masked)
-        unpack_i32, unpack_u32, unpack_u16 = _I32.unpack_from, _U32.unpack_from, _U16.unpack_from
-        rows: list[tuple[int, int, list[int] | None]] = []
+        if self._compiled is None:
+            self._compiled = _compile([_kind(a) for a in actions])
+        locate, assemble = self._compiled
+        rows: list[tuple[int, int, tuple[int, ...] | None]] = []
         columns: list[list[Value]] = [[] for _ in range(ncols)]
-        nonnull = [0] * ncols
-        pos, end = 0, len(raw)
-        while pos < end:  # pass 1: locate masked values; only values of action columns are cut
-            stop = pos + 1 + unpack_u32(raw, pos + 1)[0]
-            if unpack_u16(raw, pos + 5)[0] != ncols:
-                rows.append((pos, stop, None))
-                pos = stop
-                continue
-            p = pos + 7
-            marks: list[int] = []
-            for i in range(last + 1):
-                n = unpack_i32(raw, p)[0]
-                nxt = p + 4 + (n if n > 0 else 0)
-                k = kind[i]
-                if k:
-                    marks.append(p)
-                    marks.append(nxt)
-                    if k == 2:
-                        columns[i].append(raw[p + 4 : nxt] if n >= 0 else None)
-                    elif n >= 0:
-                        nonnull[i] += 1
-                p = nxt
-            if p > stop:
-                raise ValueError("DataRow length does not match its values")
-            rows.append((pos, stop, marks))
-            pos = stop
-        slot = {i: 2 * j for j, i in enumerate(masked)}  # column → its index in marks
-        wires: list[bytes | None] = [None] * ncols
-        constants = [i for i in masked if kind[i] == 1]
+        locate(raw, len(raw), rows, columns)  # pass 1: positions; values of action columns
+        wires: list[bytes] = [_NULL] * ncols
+        constants = [i for i in masked if _kind(actions[i]) == 1]
         changes: dict[int, list[int]] = {}  # row → action columns whose value changed
         for i in masked:
             a = actions[i]
-            if kind[i] == 1:
+            if i in constants:
                 wires[i] = a.wire  # type: ignore[union-attr]
-                self.counts[a.tag] += nonnull[i]  # type: ignore[union-attr]
                 continue
             old = columns[i]
             new = a(old)  # type: ignore[misc]
@@ -355,35 +330,43 @@ class RowMasker:
                     changes.setdefault(r, []).append(i)
                 columns[i] = new
         out: list[bytes] = []
-        r = 0
-        for pos, stop, at in rows:  # pass 2: reassemble, splitting only at replaced values
+        masked_const = assemble(raw, rows, wires, out, changes, self._slow_row(columns, wires))
+        for i, n in zip(constants, masked_const, strict=True):
+            self.counts[actions[i].tag] += n  # type: ignore[union-attr]
+        if not rows or rows[-1][1] != len(raw):
+            raise ValueError("DataRow lengths do not match the message")
+        return b"".join(out)
+
+    def _slow_row(
+        self, columns: list[list[Value]], wires: list[bytes]
+    ) -> Callable[[bytes, int, int, tuple[int, ...] | None, int, list[int]], bytes]:
+        """A row in which a detector changed something, or that does not fit the plan."""
+        masked = self.masked
+        slot = {i: 2 * j for j, i in enumerate(masked)}
+        constants = [i for i in masked if _kind(self.actions[i]) == 1]
+
+        def row(
+            raw: bytes, pos: int, stop: int, at: tuple[int, ...] | None, r: int, changed: list[int]
+        ) -> bytes:
             if at is None:
                 # the plan does not fit the row: hoopy lost track; send NULLs, never data
-                count = unpack_u16(raw, pos + 5)[0]
+                count = _U16.unpack_from(raw, pos + 5)[0]
                 body = _U16.pack(count) + _NULL * count
-                out.append(b"D" + _U32.pack(len(body) + 4) + body)
-                continue
-            cols = constants if r not in changes else sorted(constants + changes[r])
-            if not cols:
-                out.append(raw[pos:stop])
-                r += 1
-                continue
-            parts = [b"", raw[pos + 5 : at[slot[cols[0]]]]]
+                return b"D" + _U32.pack(len(body) + 4) + body
+            cols = sorted(constants + changed)
+            parts = [raw[pos + 5 : at[slot[cols[0]]]]]
             for n, i in enumerate(cols):
                 j = slot[i]
-                wire = wires[i]
-                if wire is not None:
-                    parts.append(wire if raw[at[j]] != 0xFF else _NULL)
+                if i in constants:
+                    parts.append(wires[i] if raw[at[j]] != 0xFF else _NULL)
                 else:
                     v = columns[i][r]
                     parts.append(_NULL if v is None else _I32.pack(len(v)) + v)
                 parts.append(raw[at[j + 1] : at[slot[cols[n + 1]]] if n + 1 < len(cols) else stop])
-            r += 1
-            parts[0] = b"D" + _U32.pack(sum(map(len, parts)) + 4)
-            out.extend(parts)
-        if not rows or rows[-1][1] != end:
-            raise ValueError("DataRow lengths do not match the message")
-        return b"".join(out)
+            body = b"".join(parts)
+            return b"D" + _U32.pack(len(body) + 4) + body
+
+        return row
 
     def apply_row(self, values: list[Value]) -> list[Value]:
         """Mask one row given as values (COPY)."""
@@ -430,6 +413,95 @@ class RowMasker:
             new = action([None if is_null else value])[0]
             out.append(fmt.null if new is None else _csv_quote(new, fmt))
         return fmt.delimiter.join(out) + (b"\n" if nl else b"")
+
+
+def _kind(action: Action | None) -> int:
+    """0 pass through, 1 constant replacement, 2 an action over the column's values."""
+    return 0 if action is None else (1 if hasattr(action, "wire") else 2)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_cached(kinds: tuple[int, ...]) -> tuple[Any, Any]:
+    """Row loops unrolled for one column layout.
+
+    Rewriting is a Python loop over every row; unrolling it per layout (generated from
+    the column kinds only — integers, never data) removes the per-column loop and
+    lookups, which is most of its cost.  `locate` records where each masked value
+    starts and ends and cuts the values detectors scan; `assemble` rebuilds each row
+    from slices of the original and the replacements."""
+    ncols = len(kinds)
+    masked = [i for i, k in enumerate(kinds) if k]
+    last = max(masked)
+    consts = [i for i in masked if kinds[i] == 1]
+    lo = [
+        "def locate(raw, end, rows, columns):",
+        "    pos = 0",
+        "    add_row = rows.append",
+        *(f"    add{i} = columns[{i}].append" for i in masked if kinds[i] == 2),
+        "    while pos < end:",
+        "        stop = pos + 1 + U32(raw, pos + 1)[0]",
+        f"        if U16(raw, pos + 5)[0] != {ncols}:",
+        "            add_row((pos, stop, None))",
+        "            pos = stop",
+        "            continue",
+        "        p = pos + 7",
+    ]
+    for i in range(last + 1):
+        lo.append("        n = I32(raw, p)[0]")
+        if kinds[i] == 0:
+            lo.append("        p += 4 + (n if n > 0 else 0)")
+            continue
+        lo.append(f"        s{i} = p")
+        lo.append("        p += 4 + (n if n > 0 else 0)")
+        lo.append(f"        e{i} = p")
+        if kinds[i] == 2:
+            lo.append(f"        add{i}(raw[s{i} + 4 : p] if n >= 0 else None)")
+    marks = ", ".join(f"s{i}, e{i}" for i in masked)
+    lo += [
+        "        if p > stop:",
+        "            raise ValueError('DataRow length does not match its values')",
+        f"        add_row((pos, stop, ({marks},)))",
+        "        pos = stop",
+    ]
+    slot = {i: 2 * j for j, i in enumerate(masked)}
+    asm = [
+        "def assemble(raw, rows, wires, out, changes, slow):",
+        *(f"    w{i} = wires[{i}]" for i in consts),
+        *(f"    n{i} = 0" for i in consts),
+        "    add = out.append",
+        "    r = 0",
+        "    for pos, stop, at in rows:",
+        "        if at is None or r in changes:",
+        "            add(slow(raw, pos, stop, at, r, changes.get(r, [])))",
+        "            if at is not None:",
+        *(f"                n{i} += raw[at[{slot[i]}]] != 255" for i in consts),
+        "                r += 1",
+        "            continue",
+        "        r += 1",
+    ]
+    if not consts:
+        asm.append("        add(raw[pos:stop])")
+    else:
+        pieces = [f"raw[pos + 5 : at[{slot[consts[0]]}]]"]
+        for k, i in enumerate(consts):
+            asm.append(f"        m{i} = raw[at[{slot[i]}]] != 255")
+            asm.append(f"        n{i} += m{i}")
+            pieces.append(f"(w{i} if m{i} else NULL)")
+            nxt = f"at[{slot[consts[k + 1]]}]" if k + 1 < len(consts) else "stop"
+            pieces.append(f"raw[at[{slot[i] + 1}] : {nxt}]")
+        asm.append(f"        body = b''.join(({', '.join(pieces)}))")
+        asm.append("        add(b'D' + P32(len(body) + 4) + body)")
+    asm.append(f"    return ({', '.join(f'n{i}' for i in consts)}{',' if consts else ''})")
+    env: dict[str, Any] = {
+        "U32": _U32.unpack_from, "U16": _U16.unpack_from, "I32": _I32.unpack_from,
+        "P32": _U32.pack, "NULL": _NULL,
+    }  # fmt: skip
+    exec(compile("\n".join(lo) + "\n\n" + "\n".join(asm) + "\n", "<rowmask>", "exec"), env)
+    return env["locate"], env["assemble"]
+
+
+def _compile(kinds: list[int]) -> tuple[Any, Any]:
+    return _compile_cached(tuple(kinds))
 
 
 @dataclass

@@ -649,3 +649,14 @@ def test_repository_examples_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     mask = rules["hide-pii"]
     assert mask.columns == ("*.email", "customers.ssn")
     assert mask.detectors == ("email", "credit_card")
+
+
+def test_masking_settings(tmp_path: Path) -> None:
+    cfg = load_config(minimal(tmp_path, "masking:\n  hash_key: env:HK\n  redact_numeric: zero\n"))
+    assert cfg.masking.hash_key is not None and cfg.masking.hash_key.ref == "env:HK"
+    assert cfg.masking.redact_numeric == "zero"
+    assert load_config(minimal(tmp_path, "")).masking.redact_numeric == "null"
+    bad = minimal(tmp_path, "masking:\n  hash_key: s3cret-inline\n  redact_numeric: one\n")
+    problems = problems_of(bad)
+    assert len(problems) == 2 and all(p.startswith(f"{bad}:") for p in problems)
+    assert not any("s3cret-inline" in p for p in problems)

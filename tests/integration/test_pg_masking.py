@@ -47,12 +47,17 @@ mode: enforce
 rules:
   - name: people-read
     effect: allow
-    match: {groups: [analysts, auditors], connectors: [app-db]}
+    match: {groups: [analysts, auditors, hashers], connectors: [app-db]}
   - name: hide-pii
     effect: mask
     columns: ["m_people.email", "*.ssn"]
     detectors: [email, credit_card]
     match: {groups: [agents], connectors: [app-db]}
+  - name: hashers-join-on-pseudonyms
+    effect: mask
+    columns: ["m_people.email"]
+    style: hash
+    match: {groups: [hashers]}
   - name: analysts-see-domains
     effect: mask
     columns: ["m_people.email"]
@@ -215,6 +220,21 @@ def test_mask_rules_are_scoped_by_group(masked: Hoopy) -> None:
     assert analysts.split() == ["****@example.com", "****@example.org"]
     auditors = psql_rows(masked, "SELECT email FROM m_people ORDER BY id", groups=("auditors",))
     assert auditors.split() == list(SECRET_EMAILS)
+
+
+def test_hash_style_is_stable_across_sessions_and_hides_values(masked: Hoopy) -> None:
+    sql = "SELECT email FROM m_people ORDER BY id"
+    first = psql_rows(masked, sql, groups=("hashers",)).split()
+    second = psql_rows(masked, sql, groups=("hashers",)).split()
+    assert first == second and len(set(first)) == 2
+    assert all(v.startswith("h:") for v in first)
+    assert_clean(" ".join(first))
+    joined = psql_rows(
+        masked,
+        "SELECT a.email = b.email FROM m_people a JOIN m_people b ON a.id = b.id",
+        groups=("hashers",),
+    )
+    assert joined.split() == []  # a boolean computed from a masked column: NULL
 
 
 def test_copy_to_stdout_is_masked(masked: Hoopy) -> None:

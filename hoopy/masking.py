@@ -160,7 +160,9 @@ class Scanner:
             h = hit.start()
             if h < resume:
                 continue
-            for st in starts(nview, max(resume, h - self.back), h + 1):
+            lo = max(resume, h - self.back)
+            nul = nview.rfind(b"\0", lo, h)  # no match holds a NUL (batch separators)
+            for st in starts(nview, nul + 1 if nul >= 0 else lo, h + 1):
                 s = st.start()
                 m = match(target, s)
                 if m is not None and m.end() > h and ok(text[s : m.end()]):

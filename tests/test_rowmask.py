@@ -41,6 +41,14 @@ def counts() -> Counter[tuple[str, str]]:
     return Counter()
 
 
+def run(action: object, values: list[bytes | None]) -> list[bytes | None]:
+    """A column action's result as a full list (actions may return only the changes)."""
+    out = action(values)  # type: ignore[operator]
+    if isinstance(out, dict):
+        return [out.get(i, v) for i, v in enumerate(values)]
+    return list(out)
+
+
 def test_whole_column_redact_keeps_lengths_valid_and_other_columns_identical() -> None:
     c = counts()
     act = whole_action(ColumnType(25, STRING), False, "redact", b"", "null", "r", c)
@@ -93,15 +101,15 @@ def test_detectors_edit_text_and_null_what_they_cannot_edit() -> None:
     text = detector_action(ColumnType(25, STRING), False, masker, rules, c)
     assert text is not None
     column = [b"mail bob@example.org now", None, b"order 1234567812345678", b"x"]
-    assert text(column) == [b"mail **** now", None, b"order 1234567812345678", b"x"]
+    assert run(text, column) == [b"mail **** now", None, b"order 1234567812345678", b"x"]
     js = detector_action(ColumnType(3802, JSONB), True, masker, rules, c)
     assert js is not None
-    out = js([b'\x01{"e": "bob@example.org", "n": 1}', b'\x01{"e": "b\\u006fb@example.org"}'])
+    out = run(js, [b'\x01{"e": "bob@example.org", "n": 1}', b'\x01{"e": "b\\u006fb@example.org"}'])
     assert all(o is not None and o.startswith(b"\x01") and b"bob" not in o for o in out)
     assert b"example.org" not in out[1]  # type: ignore[operator]
     big = detector_action(ColumnType(20, INT8), True, masker, rules, c)
     assert big is not None
-    assert big([struct.pack("!q", 4111111111111111), struct.pack("!q", 42)]) == [
+    assert run(big, [struct.pack("!q", 4111111111111111), struct.pack("!q", 42)]) == [
         None,
         struct.pack("!q", 42),
     ]
@@ -118,7 +126,7 @@ def test_batch_scan_finds_exactly_what_value_by_value_scanning_finds() -> None:
         b"078-05-1120", b"", b"plain",
     ]  # fmt: skip
     expected = [None if v is None else masker.mask_text(v.decode())[0].encode() for v in values]
-    assert act(values) == expected
+    assert run(act, values) == expected
 
 
 def test_a_row_that_does_not_fit_the_plan_is_sent_as_nulls() -> None:

@@ -36,7 +36,10 @@ from typing import Any
 from hoopy.masking import REDACTED, Span, ValueMasker, mask_whole
 
 Value = bytes | None
-Action = Callable[[list[Value]], list[Value]]
+# An action maps a column's values to their replacements: the whole list, or only the
+# changed ones by row (a detector changes few values of a column)
+Result = list[Value] | dict[int, Value]
+Action = Callable[[list[Value]], Result]
 Counts = Counter[tuple[str, str]]
 
 _I32 = struct.Struct("!i")
@@ -205,12 +208,17 @@ def _scanned(
     joined text too (a match running across values only adds candidates).  A match
     inside one value is that value's own: it is masked without scanning again."""
 
-    def scan(values: list[Value]) -> list[Value]:
-        idx = [i for i, v in enumerate(values) if v is not None]
-        parts = [values[i][skip:] for i in idx] if skip else [values[i] for i in idx]  # type: ignore[index]
-        if not parts:
-            return values
-        joined = _SEP.join(parts)  # type: ignore[arg-type]
+    def scan(values: list[Value]) -> Result:
+        if None in values:
+            idx = [i for i, v in enumerate(values) if v is not None]
+            present: list[bytes] = [values[i] for i in idx]  # type: ignore[misc]
+        else:
+            idx = None
+            present = values  # type: ignore[assignment]
+        if not present:
+            return {}
+        parts = [v[skip:] for v in present] if skip else present
+        joined = _SEP.join(parts)
         if joined.count(_SEP) != len(parts) - 1:  # a NUL inside a value: scan one by one
             return [None if v is None else edit(v, None) for v in values]
         text = joined.decode("utf-8", "surrogateescape")
@@ -218,7 +226,7 @@ def _scanned(
         if escapes and "\\u" in text:  # JSON escapes can hide a match from the raw text
             hits = hits + [(m.start(), m.end(), "") for m in _ESCAPE.finditer(text)]
         if not hits:
-            return values
+            return {}
         bounds = list(itertools.accumulate((len(s) + 1 for s in text.split("\x00")), initial=0))
         own: dict[int, list[Span] | None] = {}
         for start, end, name in hits:
@@ -230,15 +238,16 @@ def _scanned(
             else:
                 for k in range(first, last + 1):
                     own[k] = None  # spans across values: scan this one again
-        out = list(values)
+        changes: dict[int, Value] = {}
         for k, spans in own.items():
-            if k < len(idx):
-                i = idx[k]
-                if spans is not None and skip == 0 and not escapes:
-                    out[i] = edit(values[i], spans)  # type: ignore[arg-type]
-                else:
-                    out[i] = edit(values[i], None)  # type: ignore[arg-type]
-        return out
+            if k < len(present):
+                i = idx[k] if idx is not None else k
+                v = present[k]
+                exact = spans if (spans is not None and skip == 0 and not escapes) else None
+                new = edit(v, exact)
+                if new is not v:
+                    changes[i] = new
+        return changes
 
     return scan
 
@@ -325,7 +334,11 @@ class RowMasker:
                 continue
             old = columns[i]
             new = a(old)  # type: ignore[misc]
-            if new is not old:
+            if isinstance(new, dict):
+                for r, v in new.items():
+                    changes.setdefault(r, []).append(i)
+                    old[r] = v
+            elif new is not old:
                 for r in [r for r, (x, y) in enumerate(zip(old, new, strict=True)) if x is not y]:
                     changes.setdefault(r, []).append(i)
                 columns[i] = new
@@ -372,7 +385,7 @@ class RowMasker:
         """Mask one row given as values (COPY)."""
         out = list(values)
         for i in self.masked:
-            out[i] = self.actions[i]([values[i]])[0]  # type: ignore[misc]
+            out[i] = apply_one(self.actions[i], values[i])  # type: ignore[arg-type]
         return out
 
     def rewrite_copy(self, data: bytes, fmt: CopyFormat) -> bytes:
@@ -393,7 +406,7 @@ class RowMasker:
             return fmt.delimiter.join([fmt.null] * len(fields)) + (b"\n" if nl else b"")
         for i in self.masked:
             old = None if fields[i] == fmt.null else _copy_unescape(fields[i])
-            new = self.actions[i]([old])[0]  # type: ignore[misc]
+            new = apply_one(self.actions[i], old)  # type: ignore[arg-type]
             if new is not old:
                 fields[i] = fmt.null if new is None else _copy_escape(new, fmt.delimiter)
         return fmt.delimiter.join(fields) + (b"\n" if nl else b"")
@@ -410,9 +423,17 @@ class RowMasker:
             if action is None:
                 out.append(_csv_quote(value, fmt) if quoted else value)
                 continue
-            new = action([None if is_null else value])[0]
+            new = apply_one(action, None if is_null else value)
             out.append(fmt.null if new is None else _csv_quote(new, fmt))
         return fmt.delimiter.join(out) + (b"\n" if nl else b"")
+
+
+def apply_one(action: Action, value: Value) -> Value:
+    """One value through a column action."""
+    out = action([value])
+    if isinstance(out, dict):
+        return out.get(0, value)
+    return out[0]
 
 
 def _kind(action: Action | None) -> int:
@@ -439,8 +460,9 @@ def _compile_cached(kinds: tuple[int, ...]) -> tuple[Any, Any]:
         "    add_row = rows.append",
         *(f"    add{i} = columns[{i}].append" for i in masked if kinds[i] == 2),
         "    while pos < end:",
-        "        stop = pos + 1 + U32(raw, pos + 1)[0]",
-        f"        if U16(raw, pos + 5)[0] != {ncols}:",
+        "        length, count = U32U16(raw, pos + 1)",
+        "        stop = pos + 1 + length",
+        f"        if count != {ncols}:",
         "            add_row((pos, stop, None))",
         "            pos = stop",
         "            continue",
@@ -493,7 +515,7 @@ def _compile_cached(kinds: tuple[int, ...]) -> tuple[Any, Any]:
         asm.append("        add(b'D' + P32(len(body) + 4) + body)")
     asm.append(f"    return ({', '.join(f'n{i}' for i in consts)}{',' if consts else ''})")
     env: dict[str, Any] = {
-        "U32": _U32.unpack_from, "U16": _U16.unpack_from, "I32": _I32.unpack_from,
+        "U32U16": struct.Struct("!IH").unpack_from, "I32": _I32.unpack_from,
         "P32": _U32.pack, "NULL": _NULL,
     }  # fmt: skip
     exec(compile("\n".join(lo) + "\n\n" + "\n".join(asm) + "\n", "<rowmask>", "exec"), env)

@@ -515,22 +515,6 @@ def _new_counter() -> Counter[str]:
     return Counter.__new__(Counter)  # an empty Counter without __init__'s cost
 
 
-# Characters no match can begin or end with and no lookaround looks through.  A
-# span with such neighbours on both sides, replaced by the inert "****", cannot
-# expose a new match, so redaction skips the re-scan (step 4) for it.
-_INERT = frozenset(" \t\r\n\f\v\"',;|<>[]{}!?#$&*^`\\=@")
-
-
-def _isolated(text: str, spans: list[Span]) -> bool:
-    n = len(text)
-    for s, e, _ in spans:
-        if s > 0 and not (text[s - 1] in _INERT or not text[s - 1].isascii()):
-            return False
-        if e < n and not (text[e] in _INERT or not text[e].isascii()):
-            return False
-    return True
-
-
 class ValueMasker:
     """Masks detected values in text and JSON; build once, reuse for every value."""
 
@@ -611,8 +595,10 @@ class ValueMasker:
         for _ in range(_MAX_PASSES):
             if not spans:
                 return text, counts
-            rescan = self.style != "redact" or not _isolated(text, spans)
             text = self._apply(text, spans, counts)
+            # Removing a value changes its neighbours' context (a phone number that ran
+            # into digits may now stand alone): scan again unless nothing can match.
+            rescan = self._could_match(text)
             spans = self.spans(text) if rescan else []
         # still finding after several passes: fail closed
         return (REDACTED if spans else text), counts

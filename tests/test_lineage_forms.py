@@ -233,3 +233,33 @@ def test_required_names_skip_cte_names() -> None:
     assert rels == {("public", "customers"), (None, "contacts")}
     assert funcs == {(None, "upper")}
     assert required_names("garbage (") == (set(), set())
+
+
+@pytest.mark.parametrize(
+    ("sql", "changes"),
+    [
+        ("CREATE TEMP VIEW v AS SELECT 1", True),
+        ("CREATE TEMPORARY TABLE t (a int)", True),
+        ("CREATE VIEW pg_temp.v AS SELECT 1", True),
+        ("SELECT 1 INTO TEMP t", True),
+        ("SET search_path = s2, public", True),
+        ("SET LOCAL search_path TO x", True),
+        ("RESET search_path", True),
+        ("SELECT set_config('search_path', 'x', false)", True),
+        ("SELECT 1", False),
+        ("CREATE VIEW v AS SELECT 1", False),
+        ("SET work_mem = '4MB'", False),
+        ("SELECT 'temporary' AS note", False),
+    ],
+)
+def test_statements_that_change_name_resolution(sql: str, changes: bool) -> None:
+    from hoopy.protocols.postgres.lineage import changes_name_resolution
+
+    assert changes_name_resolution(sql) is changes
+
+
+def test_set_config_of_other_settings_does_not_change_names() -> None:
+    from hoopy.protocols.postgres.lineage import changes_name_resolution
+
+    assert not changes_name_resolution("SELECT set_config('jit', 'off', false)")
+    assert changes_name_resolution("SELECT set_config($1, 'x', false)")

@@ -40,6 +40,8 @@ CREATE FUNCTION m_email_of(int) RETURNS text LANGUAGE sql
 CREATE FUNCTION m_noisy(int) RETURNS int LANGUAGE plpgsql AS $$
   BEGIN RAISE NOTICE 'found %', (SELECT email FROM m_people WHERE id = $1); RETURN $1; END $$;
 CREATE UNIQUE INDEX m_people_email ON m_people (email);
+CREATE SCHEMA m_evil;
+CREATE VIEW m_evil.m_people AS SELECT id, ssn AS name FROM public.m_people;
 """
 
 MASK_POLICY = """\
@@ -277,6 +279,35 @@ def test_errors_and_notices_do_not_echo_masked_values(masked: Hoopy, sql: str, e
 def test_errors_keep_what_the_agent_wrote(masked: Hoopy) -> None:
     r = masked.psql("-c", "SELECT emial FROM m_people", token=masked.token())
     assert 'column "emial" does not exist' in r.stderr
+
+
+# ---- names that resolve differently for the agent than for hoopy's catalog ------------
+
+SHADOWING = [  # each command is sent as its own Query message
+    ["SET search_path = m_evil, public", "SELECT upper(name) FROM m_people"],
+    [
+        "CREATE TEMP VIEW m_people AS SELECT id, ssn AS name FROM public.m_people",
+        "SELECT upper(name) FROM m_people",
+    ],
+    [
+        "BEGIN",
+        "CREATE OR REPLACE VIEW m_contacts AS SELECT id, email AS contact, upper(ssn) AS who "
+        "FROM m_people",
+        "SELECT lower(who), who FROM m_contacts",
+        "ROLLBACK",
+    ],
+]
+
+
+@pytest.mark.parametrize("commands", SHADOWING)
+def test_shadowed_names_and_uncommitted_views_stay_masked(
+    masked: Hoopy, commands: list[str]
+) -> None:
+    args = [a for c in commands for a in ("-c", c)]
+    r = masked.psql("-A", "-t", *args, token=masked.token())
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    assert "****" in r.stdout
 
 
 # ---- asyncpg: binary result format -------------------------------------------------------

@@ -553,6 +553,44 @@ def output_lineage(
     return [lin for _, lin in cols or ()]
 
 
+def changes_name_resolution(sql: str) -> bool:
+    """Could this statement make a name resolve differently in the agent's session than
+    in hoopy's catalog connection?  Temporary relations (searched first), search_path
+    changes, set_config calls.  Unparseable text: True."""
+    low = sql.lower()
+    if "temp" not in low and "search_path" not in low and "set_config" not in low:
+        return False  # none of these can be spelt without one of those words
+    try:
+        stack: list[Any] = [_parse_one(sql)]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, tuple | list):
+                stack.extend(node)
+                continue
+            if not isinstance(node, ast.Node):
+                continue
+            if isinstance(node, ast.RangeVar) and (
+                node.relpersistence == "t" or (node.schemaname or "").startswith("pg_temp")
+            ):
+                return True
+            if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "search_path":
+                return True
+            if isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
+                first = node.args[0] if node.args else None
+                value = getattr(getattr(first, "val", None), "sval", None)
+                if not isinstance(first, ast.A_Const) or str(value).lower() == "search_path":
+                    return True
+            for attr in type(node).__slots__:
+                value = getattr(node, attr, None)
+                if isinstance(value, ast.Node | tuple | list):
+                    stack.append(value)
+    except _Unknown:
+        return False  # not a single statement: classify refused or split it already
+    except Exception:
+        return True
+    return False
+
+
 def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:
     """(relations, functions) named anywhere in the statement, to prefetch."""
     rels: set[QualName] = set()

@@ -81,6 +81,9 @@ class Planner:
     settings: MaskSettings
     counts: Counts = field(default_factory=Counter)
     catalog_dirty: bool = False  # inside a transaction that ran DDL
+    # Set for good once the session made names resolve differently than on the catalog
+    # connection (temporary relations, search_path): lineage by name is then untrusted.
+    names_untrusted: bool = False
     _maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
     _lineage: dict[tuple[str, int], Lineage] = field(default_factory=dict)
     _views: dict[tuple[int, int], Lineage] = field(default_factory=dict)
@@ -90,7 +93,7 @@ class Planner:
         sm = StatementMasks(cmd, masks, copy=copy_format(cmd))
         if not masks.column_rules:
             return sm
-        if self.catalog_dirty:
+        if self.catalog_dirty or self.names_untrusted:
             sm.trusted = False
             return sm
         key = (cmd.fingerprint or cmd.text, self.catalog.generation)
@@ -135,7 +138,7 @@ class Planner:
 
         Raises CatalogUnavailable (callers refuse: they cannot tell)."""
         rules = masks.column_rules
-        if not rules or self.catalog_dirty:
+        if not rules or self.catalog_dirty or self.names_untrusted:
             return "" if not rules else await self._dirty_write(cmd, rules)
         if sinks.calls_sink(cmd.functions) and await self._reads_masked(cmd.tables_read, rules):
             return "it passes data from masked columns to a function that keeps it"
@@ -154,9 +157,15 @@ class Planner:
         return ""
 
     async def _dirty_write(self, cmd: Command, rules: tuple[MaskRule, ...]) -> str:
-        if cmd.tables_written or sinks.calls_sink(cmd.functions):
-            return "the schema changed in this transaction; commit it first"
-        return ""
+        """Writes hoopy cannot trace right now: refused when they read anything."""
+        if not (cmd.tables_written or sinks.calls_sink(cmd.functions)) or not cmd.tables_read:
+            return ""  # nothing read: nothing masked can be stored
+        if self.names_untrusted:
+            return (
+                "this session made names resolve differently (temporary objects or "
+                "search_path), so hoopy cannot trace what it writes"
+            )
+        return "the schema changed in this transaction; commit it first"
 
     async def _store_masked(self, store: sinks.Store, rules: tuple[MaskRule, ...]) -> str:
         lineage = await self._trace(store.query)

@@ -54,6 +54,7 @@ from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable
 from hoopy.protocols.postgres.classify import Classifier, SqlParseError
+from hoopy.protocols.postgres.lineage import changes_name_resolution
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.results import Result, ResultTracker
 from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
@@ -492,6 +493,9 @@ class AgentConnection:
         sm = await self._masks_for(cmd, decision) if decision.masks else None
         if not self.planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
             self.planner.catalog_dirty = True  # schema changes: trust no catalog until commit
+        if not self.planner.names_untrusted and changes_name_resolution(cmd.text):
+            self.planner.names_untrusted = True
+            self.session.record("masking_conservative", reason="names may resolve differently")
         return sm
 
     async def _masks_for(self, cmd: Command, decision: Decision) -> StatementMasks:

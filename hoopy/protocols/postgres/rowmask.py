@@ -227,7 +227,9 @@ def _scanned(
             hits = hits + [(m.start(), m.end(), "") for m in _ESCAPE.finditer(text)]
         if not hits:
             return {}
-        bounds = list(itertools.accumulate((len(s) + 1 for s in text.split("\x00")), initial=0))
+        # start offsets of the values in `text`, computed in C: accumulate(len + 1)
+        lengths = map((1).__add__, map(len, text.split("\x00")))
+        bounds = list(itertools.accumulate(lengths, initial=0))
         own: dict[int, list[Span] | None] = {}
         for start, end, name in hits:
             first = bisect.bisect_right(bounds, start) - 1

@@ -474,3 +474,37 @@ def test_writes_of_unmasked_data_still_work(masked: Hoopy) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "INSERT 0 1" in r.stdout
+
+
+# ---- a raw client that never describes what it executes -----------------------------------
+
+
+def test_rows_of_undescribed_statements_are_masked_whole(masked: Hoopy) -> None:
+    from hoopy.protocols.postgres import codec as pg
+    from tests.integration.test_pg_hostile import raw_connect
+
+    s = raw_connect(masked)
+    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
+    assert s.recv(9)[:1] == b"R"
+    s.sendall(pg.password_message(masked.token().encode() + b"\0"))
+    got = b""
+    while not got.endswith(pg.ready_for_query("I")):
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    # Parse / Bind / Execute / Sync with no Describe: hoopy never sees the columns
+    s.sendall(
+        pg.parse("", "SELECT email, upper(email), id FROM m_people ORDER BY id")
+        + pg.bind("", "", [], [], [])
+        + pg.execute("")
+        + pg.sync()
+    )
+    reply = b""
+    while not reply.endswith(pg.ready_for_query("I")):
+        chunk = s.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    s.close()
+    assert b"C\x00\x00\x00\x0dSELECT 2\x00" in reply  # the rows arrived, counted as usual
+    assert_clean(reply.decode("latin-1"))
+    assert b"\xff\xff\xff\xff" in reply  # as NULLs

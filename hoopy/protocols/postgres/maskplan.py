@@ -265,6 +265,8 @@ class Planner:
 
     def _mask_all(self, n: int) -> RowMasker:
         """Fail closed: NULL for every value (valid for any type and format)."""
+        if n <= 0:
+            return RowMasker.nulls(self.counts)  # shape unknown: NULL whatever arrives
         act = whole_action(ColumnType(0, OPAQUE), True, "redact", b"", "null", "", self.counts)
         return RowMasker([act] * n, self.counts)
 

@@ -643,19 +643,17 @@ class AgentConnection:
             if t is pg.DataRows:
                 rows = cast(pg.DataRows, ev)
                 result = tracker.rows()
-                raw = rows.raw
-                if result is not None:
-                    plan = result.plan or await self._plan(result)
-                    raw = plan.rewrite(raw)
-                    if raw is not rows.raw:
-                        rows = pg.DataRows(raw, rows.count)
+                plan = result.plan or await self._plan(result)
+                raw = plan.rewrite(rows.raw)
+                if raw is not rows.raw:
+                    rows = pg.DataRows(raw, rows.count)
                 self.result.add(rows)  # recorded as the agent sees it: masked
                 out.append(raw)
                 continue
             if t is pg.RowDescription:
-                result = tracker.row_description(cast(pg.RowDescription, ev).fields)
-                if result is not None:
-                    await self._plan(result)
+                described = tracker.row_description(cast(pg.RowDescription, ev).fields)
+                if described is not None:
+                    await self._plan(described)
             elif t is pg.NoData:
                 tracker.no_data()
             elif t in (pg.ParseComplete, pg.BindComplete, pg.CloseComplete):
@@ -685,18 +683,19 @@ class AgentConnection:
             elif t is pg.CopyOutResponse:
                 copy = cast(pg.CopyOutResponse, ev)
                 result = tracker.copy_out(copy.column_formats)
-                if result is not None:
-                    result.plan = await planner.copy_plan(
-                        result.statement.mask, len(copy.column_formats)
-                    )
-                    if copy.format != 0 and result.plan.active:
-                        raise ProtocolError("a binary COPY result cannot be masked; session closed")
-            elif t is pg.CopyData and tracker.result is not None:
-                result = tracker.result
-                if result.plan is not None and result.plan.active:
+                result.plan = await planner.copy_plan(
+                    result.statement.mask, len(copy.column_formats)
+                )
+                if copy.format != 0 and result.plan.active:
+                    raise ProtocolError("a binary COPY result cannot be masked; session closed")
+            elif t is pg.CopyData:
+                copying = tracker.result
+                if copying is None:
+                    raise ProtocolError("COPY data outside a COPY; session closed")
+                if copying.plan is not None and copying.plan.active:
                     data = cast(pg.CopyData, ev).data
-                    fmt = _copy_format(result)
-                    new = result.plan.rewrite_copy(data, fmt)
+                    fmt = _copy_format(copying)
+                    new = copying.plan.rewrite_copy(data, fmt)
                     self.result.add_copy(new)
                     out.append(b"d" + struct.pack("!I", len(new) + 4) + new)
                     continue

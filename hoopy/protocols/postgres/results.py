@@ -149,25 +149,26 @@ class ResultTracker:
             if isinstance(head.target, Statement):
                 head.target.described = True
 
-    def rows(self) -> Result | None:
-        """The Result that DataRows / CopyData now arriving belong to."""
+    def rows(self) -> Result:
+        """The Result that DataRows now arriving belong to.  Rows hoopy cannot place
+        belong to an unknown statement: the planner masks every value of them."""
         if self.result is not None:
             return self.result
         head = self._head()
-        if head is None:
-            return None
-        if head.kind == "execute":
+        if head is not None and head.kind == "execute":
             self.result = self._execute_result(head.target)
-        elif head.kind == "query":
+        elif head is not None and head.kind == "query":
             # rows without a RowDescription: nothing tells what they are
             self.result = Result(self._query_statement(head), (), None)
+        else:
+            self.result = Result(Statement(_UNKNOWN_STATEMENT), (), None)
         return self.result
 
-    def copy_out(self, formats: tuple[int, ...]) -> Result | None:
+    def copy_out(self, formats: tuple[int, ...]) -> Result:
         head = self._head()
         if head is None:
-            return None
-        if head.kind == "query":
+            st = Statement(_UNKNOWN_STATEMENT)
+        elif head.kind == "query":
             st = self._query_statement(head)
         elif head.kind == "execute" and isinstance(head.target, Portal):
             st = head.target.statement

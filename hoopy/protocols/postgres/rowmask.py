@@ -45,6 +45,7 @@ Counts = Counter[tuple[str, str]]
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
+_U32U16 = struct.Struct("!IH")
 _NULL = b"\xff\xff\xff\xff"
 
 # ---- type families ---------------------------------------------------------------------
@@ -312,12 +313,35 @@ class RowMasker:
         self.counts = counts
         self.masked = [i for i, a in enumerate(actions) if a is not None]
         self.active = bool(self.masked)
+        self.null_everything = False
+        self._tag: tuple[str, str] = ("", "unknown")
         self._compiled: tuple[Any, Any] | None = None
+
+    @classmethod
+    def nulls(cls, counts: Counts, tag: tuple[str, str] = ("", "unknown")) -> RowMasker:
+        """Fail closed: every value of every row becomes NULL, whatever the shape."""
+        m = cls([], counts)
+        m.active = m.null_everything = True
+        m._tag = tag
+        return m
+
+    def _all_nulls(self, raw: bytes) -> bytes:
+        out: list[bytes] = []
+        pos, end = 0, len(raw)
+        while pos < end:
+            length, count = _U32U16.unpack_from(raw, pos + 1)
+            body = _U16.pack(count) + _NULL * count
+            out.append(b"D" + _U32.pack(len(body) + 4) + body)
+            self.counts[self._tag] += count
+            pos += 1 + length
+        return b"".join(out)
 
     def rewrite(self, raw: bytes) -> bytes:
         """`raw` holds whole DataRow messages; masked columns are replaced in place."""
         if not self.active:
             return raw
+        if self.null_everything:
+            return self._all_nulls(raw)
         actions, masked = self.actions, self.masked
         ncols = len(actions)
         if self._compiled is None:
@@ -394,6 +418,8 @@ class RowMasker:
         """One COPY TO row (the server sends one row per CopyData message)."""
         if not self.active:
             return data
+        if self.null_everything:
+            raise ValueError("COPY rows of an unknown statement cannot be masked")
         if fmt.header_pending:
             fmt.header_pending = False  # column names, not data
             return data

@@ -341,6 +341,19 @@ def may_mask(policies: Sequence[PolicySet], who: Identity, connector: str) -> bo
     )
 
 
+def identity_masks(policies: Sequence[PolicySet], who: Identity, connector: str) -> Masks:
+    """Every mask rule that could apply to this identity on this connector, whatever the
+    command: for results whose statement hoopy cannot see (a cursor's FETCH)."""
+    return _merge_masks(
+        [
+            rule
+            for ps in policies
+            for rule in ps.rules
+            if rule.effect == "mask" and _identity_matches(rule.match, who, connector)
+        ]
+    )
+
+
 def decide(policies: Sequence[PolicySet], who: Identity, cmd: Command) -> Decision:
     """The one decision function every protocol shares."""
     deny: Rule | None = None

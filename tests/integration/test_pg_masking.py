@@ -49,7 +49,7 @@ mode: enforce
 rules:
   - name: people-read
     effect: allow
-    match: {groups: [analysts, auditors, hashers], connectors: [app-db]}
+    match: {groups: [analysts, auditors, hashers, scoped], connectors: [app-db]}
   - name: hide-pii
     effect: mask
     columns: ["m_people.email", "*.ssn"]
@@ -60,6 +60,10 @@ rules:
     columns: ["m_people.email"]
     style: hash
     match: {groups: [hashers]}
+  - name: scoped-to-the-table
+    effect: mask
+    columns: ["m_people.email"]
+    match: {groups: [scoped], sql: {tables: [m_people]}}
   - name: analysts-see-domains
     effect: mask
     columns: ["m_people.email"]
@@ -308,6 +312,20 @@ def test_shadowed_names_and_uncommitted_views_stay_masked(
     assert r.returncode == 0, r.stderr
     assert_clean(r.stdout)
     assert "****" in r.stdout
+
+
+def test_cursor_rows_are_masked_even_by_rules_scoped_to_tables(masked: Hoopy) -> None:
+    commands = [
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT upper(email), email, id FROM m_people ORDER BY id",
+        "FETCH ALL FROM c",
+        "COMMIT",
+    ]
+    args = [a for c in commands for a in ("-c", c)]
+    r = masked.psql("-A", "-t", *args, token=masked.token(groups=("scoped",)))
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    assert "****|****|1" in r.stdout
 
 
 # ---- asyncpg: binary result format -------------------------------------------------------

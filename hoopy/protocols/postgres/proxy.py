@@ -36,7 +36,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from hoopy.config import PostgresConnector
@@ -49,7 +49,7 @@ from hoopy.errors import (
     UnparseableCommand,
 )
 from hoopy.gateway import CancelTarget, Gateway
-from hoopy.policy import Command, Decision, may_mask
+from hoopy.policy import Command, Decision, identity_masks, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable
@@ -490,6 +490,12 @@ class AgentConnection:
     async def _statement_masks(self, cmd: Command, decision: Decision) -> StatementMasks | None:
         """How this allowed statement's results are masked; refuses what cannot be."""
         assert self.planner is not None and self.session is not None
+        if cmd.kinds & {"fetch", "move"}:
+            # a cursor's rows come from a statement declared earlier, perhaps under
+            # other mask rules: every rule that can apply to this identity applies
+            s = self.session
+            masks = identity_masks(s.policies, s.identity, s.connector)
+            decision = replace(decision, masks=masks)
         sm = await self._masks_for(cmd, decision) if decision.masks else None
         if not self.planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
             self.planner.catalog_dirty = True  # schema changes: trust no catalog until commit

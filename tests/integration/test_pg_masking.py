@@ -526,3 +526,21 @@ def test_rows_of_undescribed_statements_are_masked_whole(masked: Hoopy) -> None:
     assert b"C\x00\x00\x00\x0dSELECT 2\x00" in reply  # the rows arrived, counted as usual
     assert_clean(reply.decode("latin-1"))
     assert b"\xff\xff\xff\xff" in reply  # as NULLs
+
+
+def test_masked_counts_are_exported_as_metrics(masked: Hoopy) -> None:
+    import time
+    import urllib.request
+
+    psql_rows(masked, "SELECT email FROM m_people")
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:  # the session's end is recorded just after psql exits
+        url = f"http://{masked.addresses['admin']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        if 'masked_values_total{rule="hide-pii",kind="column"}' in text:
+            break
+        time.sleep(0.05)
+    assert 'masked_values_total{rule="hide-pii",kind="column"}' in text
+    assert_clean(text)

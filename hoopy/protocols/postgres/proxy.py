@@ -267,6 +267,8 @@ class AgentConnection:
         if self.session is not None and self.planner is not None and self.planner.counts:
             with contextlib.suppress(Exception):
                 self.session.record("masking", masked=_count_tree(self.planner.counts))
+            for (rule, what), n in self.planner.counts.items():
+                self.gw.metrics.inc(f'masked_values_total|rule="{rule}",kind="{what}"', n)
         if self.session is not None:
             with contextlib.suppress(Exception):
                 # close() fsyncs: keep the event loop free meanwhile

@@ -65,6 +65,14 @@ class Command:
     def tables(self) -> frozenset[str]:
         return self.tables_read | self.tables_written
 
+    def with_text(self, text: str) -> Command:
+        """This command with another raw text (same fingerprint): a cheap copy, as
+        dataclasses.replace costs more than classifying a cached statement."""
+        new = object.__new__(Command)
+        new.__dict__.update(self.__dict__)
+        object.__setattr__(new, "text", text)
+        return new
+
 
 @dataclass(frozen=True)
 class SqlMatch:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import parser
@@ -758,9 +758,13 @@ class Classifier:
         """The cached result with each statement's text taken from `sql` itself."""
         if sql == cached_sql:
             return cmds
+        if len(cmds) == 1 and ";" not in sql:
+            # one statement, no separator: the statement's text is the message's text
+            text = sql.strip()
+            return cmds if cmds[0].text == text else (cmds[0].with_text(text),)
         texts = _split(sql)
         if len(texts) != len(cmds):
             return None
         return tuple(
-            c if c.text == t else replace(c, text=t) for c, t in zip(cmds, texts, strict=True)
+            c if c.text == t else c.with_text(t) for c, t in zip(cmds, texts, strict=True)
         )

@@ -317,8 +317,25 @@ def _b_ready(raw: bytes) -> m.ReadyForQuery:
     return m.ReadyForQuery(chr(raw[5]), raw)
 
 
+_ROW_DESCRIPTIONS: dict[bytes, m.RowDescription] = {}
+
+
 def _b_row_description(raw: bytes) -> m.RowDescription:
-    # Every query has one: unrolled rather than walked with a _Reader.
+    # Every query has one, and a session's queries repeat: parsed ones are remembered
+    # (events are immutable, so sharing them is safe).
+    hit = _ROW_DESCRIPTIONS.get(raw)
+    if hit is not None:
+        return hit
+    ev = _parse_row_description(raw)
+    if len(raw) <= 4096:
+        if len(_ROW_DESCRIPTIONS) >= 4096:
+            _ROW_DESCRIPTIONS.clear()
+        _ROW_DESCRIPTIONS[raw] = ev
+    return ev
+
+
+def _parse_row_description(raw: bytes) -> m.RowDescription:
+    # Unrolled rather than walked with a _Reader.
     make, unpack, size = m.FieldDescription._make, _FIELD.unpack_from, _FIELD.size
     fields = []
     try:

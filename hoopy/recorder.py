@@ -168,6 +168,11 @@ def _shrink(value: Any, limit: int) -> Any:
     return value
 
 
+def encode_members(fields: dict[str, Any]) -> bytes:
+    """Fields as JSON object members (no braces), for SessionLog.event_static."""
+    return _dumps(fields)[1:-1]
+
+
 def _encode_event(head: dict[str, Any], fields: dict[str, Any], prev: str) -> bytes:
     """One event line (no newline), at most MAX_EVENT_BYTES."""
     record = {**head, **fields, "prev": prev}
@@ -251,6 +256,14 @@ class SessionLog:
         """Append one event; raises RecorderError if it cannot be written."""
         self._add(kind, fields, write=True)
 
+    def event_static(
+        self, kind: str, static: tuple[bytes, dict[str, Any]], /, **fields: Any
+    ) -> None:
+        """`event()` for events whose fields are mostly the same every time (a command of
+        an already-seen statement): `static` holds those fields JSON-encoded once (object
+        members, no braces) and as a dict; only `fields` are encoded per event."""
+        self._add(kind, fields, write=True, static=static)
+
     def buffer(self, kind: str, /, **fields: Any) -> None:
         """Chain one event now but write it with the next `event()` or `flush()`.
 
@@ -260,14 +273,23 @@ class SessionLog:
         """
         self._add(kind, fields, write=False)
 
-    def _add(self, kind: str, fields: dict[str, Any], write: bool) -> None:
+    def _add(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        write: bool,
+        static: tuple[bytes, dict[str, Any]] | None = None,
+    ) -> None:
         bad = _RESERVED.intersection(fields)
+        if static is not None:
+            bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
         if bad:
             raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
         with self._lock:
             if self._closed:
                 raise RecorderError(f"recording {self.id} is closed")
-            self._append(kind, fields, write=write or self._pending_size >= FLUSH_BYTES)
+            write = write or self._pending_size >= FLUSH_BYTES
+            self._append(kind, fields, write=write, static=static)
 
     def flush(self) -> None:
         with self._lock:
@@ -286,11 +308,35 @@ class SessionLog:
             raise RecorderError(f"cannot write recording {self.path}: {self._failed}") from None
         self._written = (self._seq, self._prev)
 
-    def _append(self, kind: str, fields: dict[str, Any], write: bool = True) -> None:
+    def _append(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        write: bool = True,
+        static: tuple[bytes, dict[str, Any]] | None = None,
+    ) -> None:
         if self._failed is not None:
             raise RecorderError(f"recording {self.id} failed earlier: {self._failed}")
         head = {"seq": self._seq, "ts": self._clock(), "type": kind}
-        line = _encode_event(head, fields, self._prev)
+        line = b""
+        if static is not None and static[0]:
+            # the same bytes _encode_event would make, with the static part pre-encoded
+            line = b"".join(
+                (
+                    _dumps(head)[:-1],
+                    b"," + _dumps(fields)[1:-1] if fields else b"",
+                    b",",
+                    static[0],
+                    b',"prev":"',
+                    self._prev.encode(),
+                    b'"}',
+                )
+            )
+            if len(line) > MAX_EVENT_BYTES:
+                line = b""
+        if not line:
+            merged = {**fields, **static[1]} if static is not None else fields
+            line = _encode_event(head, merged, self._prev)
         self._pending.append(line + b"\n")
         self._pending_size += len(line) + 1
         self._prev = hashlib.sha256(line).hexdigest()

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from hoopy.errors import ApprovalRejected, AuthFailed, CommandDenied, RecordingFailed
 from hoopy.policy import Command, Decision, Identity, PolicySet, decide
-from hoopy.recorder import RecorderError, SessionLog
+from hoopy.recorder import RecorderError, SessionLog, encode_members
 
 # Kinds whose meaning depends on session state: never cache their decisions.
 _STATEFUL_KINDS = frozenset({"execute"})
@@ -45,7 +45,9 @@ class Session:
     # Tells the agent something while a command waits (PostgreSQL NoticeResponse, SSH stderr).
     notify: Callable[[str], None] = lambda message: None
     _cache: dict[str, Decision] = field(default_factory=dict)
-    _fields_cache: dict[str, tuple[Decision, dict[str, Any]]] = field(default_factory=dict)
+    _fields_cache: dict[str, tuple[Decision, tuple[bytes, dict[str, Any]]]] = field(
+        default_factory=dict
+    )
     commands: int = 0
     denied: int = 0
 
@@ -62,8 +64,8 @@ class Session:
             return decision
         return decide(self.policies, self.identity, command)
 
-    def _event_fields(self, command: Command, decision: Decision) -> dict[str, Any]:
-        """The command event's fields but its text; the same for a whole fingerprint."""
+    def _event_fields(self, command: Command, decision: Decision) -> tuple[bytes, dict[str, Any]]:
+        """The command event's fields but its text, encoded once per fingerprint."""
         key = command.fingerprint
         hit = self._fields_cache.get(key) if key else None
         if hit is not None and hit[0] is decision:
@@ -76,11 +78,12 @@ class Session:
             **({"shadow": list(decision.shadow)} if decision.shadow else {}),
             **({"masks": list(decision.masks.rules)} if decision.masks else {}),
         }
+        static = (encode_members(fields), fields)
         if key:
             if len(self._fields_cache) > 4096:
                 self._fields_cache.clear()
-            self._fields_cache[key] = (decision, fields)
-        return fields
+            self._fields_cache[key] = (decision, static)
+        return static
 
     def record(self, type_: str, **fields: Any) -> None:
         """Write one event; a recorder failure refuses whatever is in flight."""
@@ -113,7 +116,12 @@ class Session:
             )
             raise AuthFailed("token expired during the session; reconnect with a fresh token")
         decision = self.decide(command)
-        self.record("command", text=command.text, **self._event_fields(command, decision))
+        try:
+            self.log.event_static(
+                "command", self._event_fields(command, decision), text=command.text
+            )
+        except RecorderError as e:
+            raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
         if decision.outcome == "allow":
             return decision
         if decision.outcome == "deny":

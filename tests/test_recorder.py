@@ -520,3 +520,29 @@ def test_buffered_events_reach_disk_at_close(recorder: Recorder, store: StateSto
     log.buffer("result", tag="SELECT 1", rows=[])
     log.close("closed")
     assert [e["type"] for e in read_events(log.path)][-2:] == ["result", "session_end"]
+
+
+def test_static_events_are_byte_identical_to_plain_ones(
+    recorder: Recorder, store: StateStore
+) -> None:
+    from hoopy.recorder import encode_members
+
+    static_fields = {"kinds": ["select"], "reads": ["t"], "outcome": "allow", "rule": "r"}
+    static = (encode_members(static_fields), static_fields)
+    plain = open_log(recorder)
+    fast = open_log(recorder)
+    plain._clock = fast._clock = lambda: 1.5  # same timestamps in both logs
+    for text in ("select 1", "sélect 'ü'", "x" * 10):
+        plain.event("command", text=text, **static_fields)
+        fast.event_static("command", static, text=text)
+    with pytest.raises(ValueError):
+        fast.event_static("command", static, outcome="deny")  # a key in both parts
+    plain.close("closed")
+    fast.close("closed")
+    lines = [p.path.read_bytes().splitlines() for p in (plain, fast)]
+    assert [json.loads(x) | {"prev": ""} for x in lines[0][1:4]] == [
+        json.loads(x) | {"prev": ""} for x in lines[1][1:4]
+    ]
+    for a, b in zip(lines[0][1:4], lines[1][1:4], strict=True):
+        assert a.split(b',"prev"')[0] == b.split(b',"prev"')[0]
+    assert check(store, fast)

@@ -758,13 +758,14 @@ class Classifier:
         """The cached result with each statement's text taken from `sql` itself."""
         if sql == cached_sql:
             return cmds
-        if len(cmds) == 1 and ";" not in sql:
-            # one statement, no separator: the statement's text is the message's text
+        if len(cmds) == 1:
+            # one statement and at most a final terminator: the text is the message's
             text = sql.strip()
-            return cmds if cmds[0].text == text else (cmds[0].with_text(text),)
+            semi = text.find(";")
+            if semi < 0 or semi == len(text) - 1:
+                text = text.rstrip(";").rstrip()
+                return cmds if cmds[0].text == text else (cmds[0].with_text(text),)
         texts = _split(sql)
         if len(texts) != len(cmds):
             return None
-        return tuple(
-            c if c.text == t else c.with_text(t) for c, t in zip(cmds, texts, strict=True)
-        )
+        return tuple(c if c.text == t else c.with_text(t) for c, t in zip(cmds, texts, strict=True))

@@ -270,9 +270,10 @@ class AgentConnection:
             for (rule, what), n in self.planner.counts.items():
                 self.gw.metrics.inc(f'masked_values_total|rule="{rule}",kind="{what}"', n)
         if self.session is not None:
-            with contextlib.suppress(Exception):
-                # close() fsyncs: keep the event loop free meanwhile
-                await asyncio.to_thread(self.session.log.close, self.outcome)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                # close() fsyncs: keep the event loop free meanwhile; a shutdown that
+                # cancels us must not cut the recording's end off
+                await asyncio.shield(asyncio.to_thread(self.session.log.close, self.outcome))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.drain(), 2.0)
         self.writer.close()

@@ -43,7 +43,14 @@ _REL_COLUMNS = """
            coalesce(array(SELECT a.attnum::int FROM pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                  ORDER BY a.attnum), '{}') AS nums,
-           CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS def
+           CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS def,
+           coalesce(array(
+               WITH RECURSIVE up(oid) AS (
+                   SELECT inhparent FROM pg_inherits WHERE inhrelid = c.oid
+                   UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid)
+               SELECT pn.nspname || '.' || pc.relname
+                 FROM up JOIN pg_class pc ON pc.oid = up.oid
+                 JOIN pg_namespace pn ON pn.oid = pc.relnamespace), '{}') AS ancestors
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 """
 _BY_NAME = (
@@ -227,5 +234,7 @@ def _key(name: QualName) -> QualName:
 
 def _rel_info(row: Any) -> RelInfo:
     names = tuple(row["names"])
-    rel = Relation(row["nspname"], row["relname"], row["relkind"], names, row["def"])
+    rel = Relation(
+        row["nspname"], row["relname"], row["relkind"], names, row["def"], tuple(row["ancestors"])
+    )
     return RelInfo(int(row["oid"]), rel, dict(zip(row["nums"], names, strict=True)))

@@ -82,6 +82,12 @@ class Relation:
     kind: str  # pg_class.relkind
     columns: tuple[str, ...]
     view_sql: str | None = None
+    # Parents by inheritance or partitioning ("schema.table"): a partition's rows are its
+    # parent's, so a rule naming the parent covers them.
+    ancestors: tuple[str, ...] = ()
+
+    def sources(self, column: str) -> frozenset[Source]:
+        return frozenset((t, column) for t in (f"{self.schema}.{self.name}", *self.ancestors))
 
 
 class Catalog(Protocol):
@@ -312,8 +318,7 @@ class _Analyzer:
             if lineage is None or len(lineage) != len(rel.columns):
                 return [(c, None) for c in rel.columns]
             return list(zip(rel.columns, lineage, strict=True))
-        table = f"{rel.schema}.{rel.name}"
-        return [(c, frozenset({(table, c)})) for c in rel.columns]
+        return [(c, rel.sources(c)) for c in rel.columns]
 
     def _aliased(self, alias: Any, name: str | None, cols: list[Col] | None) -> _Item:
         if alias is not None:

@@ -299,7 +299,7 @@ class Planner:
             rel = info.relation
             if rel.kind in ("v", "m"):
                 return await self._view_column(info, f.column_attnum)
-            return frozenset({(f"{rel.schema}.{rel.name}", info.attnames[f.column_attnum])})
+            return rel.sources(info.attnames[f.column_attnum])
         lineage = sm.lineage
         if lineage is None or i >= len(lineage):
             return None

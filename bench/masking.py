@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pg import start_hoopy  # noqa: E402
 from hoopy import pgcluster  # noqa: E402
 from hoopy.devissuer import DevIssuer  # noqa: E402
 
@@ -60,35 +59,6 @@ FROM generate_series(1, {rows}) AS i;
 """
 ALL = "SELECT * FROM people"
 UNMASKED = "SELECT id, n FROM people"
-
-
-def start_hoopy(folder: Path, pg_port: int, password: str) -> tuple[subprocess.Popen[str], dict]:
-    (folder / "connectors").mkdir(parents=True)
-    (folder / "policies").mkdir()
-    (folder / "connectors" / "bench.yaml").write_text(
-        f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: bench\nuser: bench\n"
-        "password: env:BENCH_DB_PASSWORD\nsslmode: disable\n"
-    )
-    (folder / "policies" / "bench.yaml").write_text(POLICY)
-    issuer_port = pgcluster.free_port()
-    (folder / "hoopy.yaml").write_text(
-        "listen: {postgres: 127.0.0.1:0}\nstate: sqlite:state/state.db\n"
-        f"dev_issuer: {{listen: 127.0.0.1:{issuer_port}}}\nrecordings: recordings/\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(folder / "hoopy.yaml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "BENCH_DB_PASSWORD": password},
-    )
-    assert proc.stdout is not None
-    for line in iter(proc.stdout.readline, ""):
-        if line.startswith("hoopy ready "):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, json.loads(line[len("hoopy ready ") :])
-    raise SystemExit("hoopy did not start")
 
 
 def _ssl() -> ssl.SSLContext:
@@ -119,7 +89,9 @@ async def main() -> None:
         await conn.execute(SEED.format(rows=args.rows))
         await conn.execute("ANALYZE people")
         await conn.close()
-        proc, addresses = start_hoopy(tmp / "hoopy", cluster.port, password)
+        proc, addresses = start_hoopy(
+            tmp / "hoopy", cluster.port, password, tls_required=True, policy=POLICY
+        )
         port = int(addresses["postgres"].rsplit(":", 1)[1])
         issuer = DevIssuer(tmp / "hoopy" / "state", addresses["dev_issuer"])
         tokens = {g: issuer.mint("bench", [g], ttl=3600) for g in ("plain", "masked")}

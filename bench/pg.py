@@ -43,8 +43,14 @@ def ensure_pgbouncer() -> str:
     return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
+BENCH_POLICY = (
+    "rules:\n  - name: bench\n    effect: allow\n    match: {groups: [bench]}\n"
+    "  - name: no-ddl\n    effect: deny\n    match: {sql: {statements: [drop, alter]}}\n"
+)
+
+
 def start_hoopy(
-    folder: Path, pg_port: int, password: str, tls_required: bool
+    folder: Path, pg_port: int, password: str, tls_required: bool, policy: str = BENCH_POLICY
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     folder.mkdir(parents=True)
     (folder / "connectors").mkdir()
@@ -53,10 +59,7 @@ def start_hoopy(
         f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: bench\nuser: bench\n"
         "password: env:BENCH_DB_PASSWORD\nsslmode: disable\n"
     )
-    (folder / "policies" / "bench.yaml").write_text(
-        "rules:\n  - name: bench\n    effect: allow\n    match: {groups: [bench]}\n"
-        "  - name: no-ddl\n    effect: deny\n    match: {sql: {statements: [drop, alter]}}\n"
-    )
+    (folder / "policies" / "bench.yaml").write_text(policy)
     issuer_port = pgcluster.free_port()
     (folder / "hoopy.yaml").write_text(
         "listen: {postgres: 127.0.0.1:0}\nstate: sqlite:state/state.db\n"

@@ -525,17 +525,10 @@ def test_writes_of_unmasked_data_still_work(masked: Hoopy) -> None:
 
 def test_rows_of_undescribed_statements_are_masked_whole(masked: Hoopy) -> None:
     from hoopy.protocols.postgres import codec as pg
-    from tests.integration.test_pg_hostile import raw_connect
+    from tests.integration.test_pg_hostile import login, raw_connect
 
     s = raw_connect(masked)
-    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
-    assert s.recv(9)[:1] == b"R"
-    s.sendall(pg.password_message(masked.token().encode() + b"\0"))
-    got = b""
-    while not got.endswith(pg.ready_for_query("I")):
-        chunk = s.recv(65536)
-        assert chunk, got
-        got += chunk
+    login(masked, s)
     # Parse / Bind / Execute / Sync with no Describe: hoopy never sees the columns
     s.sendall(
         pg.parse("", "SELECT email, upper(email), id FROM m_people ORDER BY id")

@@ -558,22 +558,32 @@ def output_lineage(
     return [lin for _, lin in cols or ()]
 
 
+def _nodes(root: Any) -> Iterator[Any]:
+    """Every AST node under `root`, iteratively (no recursion limit to hit)."""
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple | list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, ast.Node):
+            continue
+        yield node
+        for attr in type(node).__slots__:
+            value = getattr(node, attr, None)
+            if isinstance(value, ast.Node | tuple | list):
+                stack.append(value)
+
+
 def changes_name_resolution(sql: str) -> bool:
     """Could this statement make a name resolve differently in the agent's session than
     in hoopy's catalog connection?  Temporary relations (searched first), search_path
-    changes, set_config calls.  Unparseable text: True."""
+    changes, set_config calls.  Text that cannot be analysed: True."""
     low = sql.lower()
     if "temp" not in low and "search_path" not in low and "set_config" not in low:
         return False  # none of these can be spelt without one of those words
     try:
-        stack: list[Any] = [_parse_one(sql)]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, tuple | list):
-                stack.extend(node)
-                continue
-            if not isinstance(node, ast.Node):
-                continue
+        for node in _nodes(_parse_one(sql)):
             if isinstance(node, ast.RangeVar) and (
                 node.relpersistence == "t" or (node.schemaname or "").startswith("pg_temp")
             ):
@@ -585,12 +595,6 @@ def changes_name_resolution(sql: str) -> bool:
                 value = getattr(getattr(first, "val", None), "sval", None)
                 if not isinstance(first, ast.A_Const) or str(value).lower() == "search_path":
                     return True
-            for attr in type(node).__slots__:
-                value = getattr(node, attr, None)
-                if isinstance(value, ast.Node | tuple | list):
-                    stack.append(value)
-    except _Unknown:
-        return False  # not a single statement: classify refused or split it already
     except Exception:
         return True
     return False
@@ -600,26 +604,15 @@ def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:
     """(relations, functions) named anywhere in the statement, to prefetch."""
     rels: set[QualName] = set()
     funcs: set[QualName] = set()
+    ctes: set[str] = set()
     try:
-        stack: list[Any] = [_parse_one(sql)]
-        ctes: set[str] = set()
-        while stack:
-            node = stack.pop()
-            if isinstance(node, tuple | list):
-                stack.extend(node)
-                continue
-            if not isinstance(node, ast.Node):
-                continue
+        for node in _nodes(_parse_one(sql)):
             if isinstance(node, ast.RangeVar):
                 rels.add((node.schemaname, node.relname))
             elif isinstance(node, ast.FuncCall):
                 funcs.add(_func_name(node))
             elif isinstance(node, ast.CommonTableExpr):
                 ctes.add(node.ctename)
-            for attr in type(node).__slots__:
-                value = getattr(node, attr, None)
-                if isinstance(value, ast.Node | tuple | list):
-                    stack.append(value)
     except Exception:
         return set(), set()
     return {r for r in rels if not (r[0] is None and r[1] in ctes)}, funcs

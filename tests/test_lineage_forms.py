@@ -51,6 +51,12 @@ class Catalog:
     def function_is_builtin(self, name: QualName) -> bool:
         return name[0] in (None, "pg_catalog") and name[1] in BUILTINS
 
+    def type_is_builtin(self, name: QualName) -> bool:
+        return name[0] == "pg_catalog" or (name[0] is None and name[1] in {"text", "int4"})
+
+    def operator_is_builtin(self, name: QualName) -> bool:
+        return name[0] in (None, "pg_catalog") and name[1] in {"||", "=", ">", "<", "+", "~~"}
+
 
 CAT = Catalog()
 
@@ -209,6 +215,16 @@ def test_unknown_where_code_or_state_hides_the_source() -> None:
     assert lineage("FETCH ALL FROM c") is None
     assert lineage("EXECUTE p") is None
     assert lineage("not sql at all") is None
+
+
+def test_user_types_and_operators_are_unknown() -> None:
+    assert lineage("SELECT id::mytype, id::int, email::text, id + 1 FROM customers") == [
+        None,
+        frozenset({(C, "id")}),
+        EMAIL,
+        frozenset({(C, "id")}),
+    ]
+    assert lineage("SELECT id ### 1, OPERATOR(public.+)(id, 1) FROM customers") == [None, None]
 
 
 def test_statements_without_rows_and_explain() -> None:

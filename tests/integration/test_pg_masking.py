@@ -46,6 +46,9 @@ INSERT INTO m_part VALUES (1, '{SECRET_EMAILS[0]}');
 CREATE TABLE m_base (id int, name text, email text);
 CREATE TABLE m_child (extra int) INHERITS (m_base);
 INSERT INTO m_child (id, name, email) VALUES (9, 'Kid', '{SECRET_EMAILS[1]}');
+CREATE FUNCTION m_op_email(int, int) RETURNS text LANGUAGE sql
+  AS 'SELECT email FROM m_people WHERE id = $1';
+CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = m_op_email);
 CREATE SCHEMA m_evil;
 CREATE VIEW m_evil.m_people AS SELECT id, ssn AS name FROM public.m_people;
 """
@@ -186,6 +189,12 @@ WHOLE_QUERIES = [
 @pytest.mark.parametrize("sql", WHOLE_QUERIES)
 def test_psql_query_forms_never_show_masked_values(masked: Hoopy, sql: str) -> None:
     assert_clean(psql_rows(masked, sql))
+
+
+def test_user_defined_operators_are_masked(masked: Hoopy) -> None:
+    out = psql_rows(masked, "SELECT id ### 0, id FROM m_people ORDER BY id", ("analysts",))
+    assert "alice.secret" not in out and "bob.hidden" not in out
+    assert out.split() == ["****@example.com|1", "****@example.org|2"]
 
 
 @pytest.mark.parametrize(

@@ -63,8 +63,14 @@ _BY_OID = _REL_COLUMNS + " WHERE c.oid = ANY($1::oid[])"
 # A name is builtin when pg_catalog has it and no other schema defines (or overloads) it:
 # a user-defined overload could read any table.
 _FUNCTIONS = """
-    SELECT p.proname::text, bool_and(p.pronamespace = 'pg_catalog'::regnamespace)
+    SELECT 'f', p.proname::text, bool_and(p.pronamespace = 'pg_catalog'::regnamespace)
       FROM pg_proc p GROUP BY p.proname
+    UNION ALL
+    SELECT 't', t.typname::text, bool_and(t.typnamespace = 'pg_catalog'::regnamespace)
+      FROM pg_type t GROUP BY t.typname
+    UNION ALL
+    SELECT 'o', o.oprname::text, bool_and(o.oprnamespace = 'pg_catalog'::regnamespace)
+      FROM pg_operator o GROUP BY o.oprname
 """
 _TYPES = """
     SELECT t.oid, t.typcategory::text, t.typtype::text, t.typbasetype, t.typelem, t.typlen
@@ -105,7 +111,8 @@ class Catalog:
         self._by_name: dict[QualName, tuple[float, RelInfo | None]] = {}
         self._by_oid: dict[int, tuple[float, RelInfo | None]] = {}
         self._types: dict[int, TypeInfo | None] = {}
-        self._functions: tuple[float, dict[str, bool]] | None = None
+        # (stamp, {("f" | "t" | "o", name): builtin}) for functions, types, operators
+        self._functions: tuple[float, dict[tuple[str, str], bool]] | None = None
         self.generation = 0  # bumped on invalidate: plans cached against it go stale
         self.queries = 0
 
@@ -118,7 +125,21 @@ class Catalog:
         schema, fn = name
         if schema not in (None, "pg_catalog") or self._functions is None:
             return False
-        return self._functions[1].get(fn, False)
+        return self._functions[1].get(("f", fn), False)
+
+    def type_is_builtin(self, name: QualName) -> bool:
+        schema, typ = name
+        if schema == "pg_catalog":
+            return True  # the parser's own spelling of SQL types (int, varchar …)
+        if schema is not None or self._functions is None:
+            return False
+        return self._functions[1].get(("t", typ), False)
+
+    def operator_is_builtin(self, name: QualName) -> bool:
+        schema, op = name
+        if schema not in (None, "pg_catalog") or self._functions is None:
+            return False
+        return self._functions[1].get(("o", op), False)
 
     # ---- loading -----------------------------------------------------------------------
     def invalidate(self) -> None:
@@ -137,9 +158,7 @@ class Catalog:
             for n in relations
             if not self._fresh(self._by_name.get(_key(n), (-TTL, None))[0])
         ]
-        need_functions = bool(functions) and (
-            self._functions is None or not self._fresh(self._functions[0])
-        )
+        need_functions = self._functions is None or not self._fresh(self._functions[0])
         if not missing and not need_functions:
             return
         now = self.clock()
@@ -155,7 +174,7 @@ class Catalog:
                     self._by_oid[info.oid] = (now, info)
         if need_functions:
             rows = await self._fetch(_FUNCTIONS)
-            self._functions = (now, {r[0]: bool(r[1]) for r in rows})
+            self._functions = (now, {(r[0], r[1]): bool(r[2]) for r in rows})
 
     async def by_oids(self, oids: set[int]) -> dict[int, RelInfo | None]:
         missing = [o for o in oids if not self._fresh(self._by_oid.get(o, (-TTL, None))[0])]

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import pglast
 from pglast import ast
-from pglast.enums import SetOperation, SubLinkType
+from pglast.enums import A_Expr_Kind, SetOperation, SubLinkType
 
 Source = tuple[str, str]
 ColumnLineage = frozenset[Source] | None
@@ -94,6 +94,10 @@ class Catalog(Protocol):
     def relation(self, name: QualName) -> Relation | None: ...
 
     def function_is_builtin(self, name: QualName) -> bool: ...
+
+    def type_is_builtin(self, name: QualName) -> bool: ...
+
+    def operator_is_builtin(self, name: QualName) -> bool: ...
 
 
 class _Unknown(Exception):
@@ -457,6 +461,14 @@ class _Analyzer:
             return self.expr(node.val, scope)
         if isinstance(node, ast.WindowDef | ast.SortBy):
             return EMPTY  # partitioning and ordering only arrange rows
+        if isinstance(node, ast.TypeCast) and not self._builtin_type(node.typeName):
+            return None  # a cast to a user type may run a user function
+        if (
+            isinstance(node, ast.A_Expr)
+            and node.kind == A_Expr_Kind.AEXPR_OP
+            and not self._builtin_operator(node.name)
+        ):
+            return None  # a user-defined operator runs a user function
         if not isinstance(node, ast.Node):
             return None
         parts = []
@@ -467,6 +479,19 @@ class _Analyzer:
             if isinstance(value, ast.Node | tuple | list):
                 parts.append(self.expr(value, scope))
         return _union(parts)
+
+    def _builtin_type(self, type_name: Any) -> bool:
+        if type_name is None or not type_name.names:
+            return False
+        parts = [_name(p) for p in type_name.names]
+        name: QualName = (parts[-2] if len(parts) > 1 else None, parts[-1])
+        return self.catalog.type_is_builtin(name)
+
+    def _builtin_operator(self, names: Any) -> bool:
+        parts = [_name(p) for p in names or ()]
+        if not parts:
+            return False
+        return self.catalog.operator_is_builtin((parts[-2] if len(parts) > 1 else None, parts[-1]))
 
     def func_call(self, node: ast.FuncCall, scope: _Scope) -> ColumnLineage:
         schema, name = _func_name(node)

@@ -56,6 +56,7 @@ from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable
 from hoopy.protocols.postgres.classify import Classifier, SqlParseError
 from hoopy.protocols.postgres.lineage import changes_name_resolution
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
+from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.results import Result, ResultTracker
 from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
 from hoopy.session import Session
@@ -227,6 +228,7 @@ class AgentConnection:
         self.tracker: ResultTracker | None = None
         self.planner: Planner | None = None
         self._masks: list[StatementMasks | None] = []  # of the message being checked
+        self._agent_events: list[pg.FrontendEvent] = []  # parsed, not yet handled
 
     # ---- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -397,59 +399,166 @@ class AgentConnection:
 
     # ---- relay -----------------------------------------------------------------------
     async def _relay(self) -> None:
-        up = asyncio.ensure_future(self._from_agent())
-        down = asyncio.ensure_future(self._from_backend())
+        """Both sockets switch to Pipe protocols (see pump.py) until the session ends."""
+        assert self.backend is not None
+        loop = asyncio.get_running_loop()
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._agent_closed: asyncio.Future[None] = loop.create_future()
+        at = cast(asyncio.Transport, self.writer.transport)
+        bt = cast(asyncio.Transport, self.backend.writer.transport)
+        agent_left = _take_buffer(self.reader)
+        backend_left = _take_buffer(self.backend.reader)
+        original = bt.get_protocol()
+        self._agent_pump = Eager(at, self._agent_batch, self._agent_again, self._end)
+        self._agent_pump.pause_when_busy = False  # an approval wait must see the agent leave
+        self._backend_pump = Eager(bt, self._backend_batch, self._backend_again, self._end)
+        at.set_protocol(Pipe(self._agent_data, self._agent_gone, self._agent_pressure))
+        bt.set_protocol(Pipe(self._backend_data, self._backend_gone, self._backend_pressure))
         try:
-            done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            if agent_left:
+                self._agent_data(agent_left)
+            if backend_left:
+                self._backend_data(backend_left)
+            await self._ended
         finally:
-            for t in (up, down):
-                t.cancel()
-            await asyncio.gather(up, down, return_exceptions=True)
-        for t in done:
-            t.result()  # re-raise what ended the session
+            for pump in (self._agent_pump, self._backend_pump):
+                if pump.task is not None:
+                    pump.task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pump.task
+            if not bt.is_closing():
+                bt.set_protocol(original)  # the pool reads it with its StreamReader again
+                bt.resume_reading()
 
-    async def _from_agent(self) -> None:
+    def _end(self, error: BaseException | None = None) -> None:
+        if not self._ended.done():
+            if error is None:
+                self._ended.set_result(None)
+            else:
+                self._ended.set_exception(error)
+
+    # agent side
+    def _agent_data(self, data: bytes) -> None:
+        pump = self._agent_pump
+        try:
+            self.codec.receive_data(data)
+            if pump.busy:
+                if self.codec.buffered() > READ_SIZE * 4:
+                    cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
+                return
+            self._agent_events = self.codec.events()
+            eager = self._agent_may_run_eagerly(self._agent_events)
+        except BaseException as e:
+            self._end(e)
+            return
+        pump.run(eager=eager)
+
+    def _agent_may_run_eagerly(self, events: list[pg.FrontendEvent]) -> bool:
+        """Can these messages be handled without a task?  Not in masking sessions
+        (catalog queries), nor when a statement needs an approval (timeouts, Slack)."""
+        if self.planner is not None or self.session is None or self.connector is None:
+            return False
+        for ev in events:
+            if type(ev) in (pg.Query, pg.Parse):
+                try:
+                    cmds = self.listener.classifier.classify(
+                        ev.sql,  # type: ignore[union-attr]
+                        self.connector.name,
+                        self.prepared,
+                    )
+                except SqlParseError:
+                    continue  # refused without waiting
+                if any(self.session.decide(c).outcome == "require_approval" for c in cmds):
+                    return False
+        return True
+
+    def _agent_again(self) -> None:
+        if self.codec.buffered():
+            self._agent_data(b"")
+
+    def _agent_gone(self, exc: BaseException | None) -> None:
+        if not self._agent_closed.done():
+            self._agent_closed.set_result(None)
+        if self.outcome == "closed" and not self._ended.done():
+            self.outcome = "disconnected"
+        self._end()
+
+    def _agent_pressure(self, full: bool) -> None:
+        """The agent reads slowly: stop reading the backend until it catches up."""
+        assert self.backend is not None
+        bt = cast(asyncio.Transport, self.backend.writer.transport)
+        if bt.is_closing():
+            return
+        if full:
+            bt.pause_reading()
+        elif not self._backend_pump.busy:
+            bt.resume_reading()
+
+    # backend side
+    def _backend_data(self, data: bytes) -> None:
+        assert self.backend is not None
+        try:
+            self.backend.codec.receive_data(data)
+        except BaseException as e:
+            self._end(e)
+            return
+        self._backend_pump.run(eager=self.tracker is None)
+
+    def _backend_again(self) -> None:
+        assert self.backend is not None
+        if self.backend.codec.buffered():
+            self._backend_data(b"")
+
+    def _backend_gone(self, exc: BaseException | None) -> None:
+        self._end(be.BackendUnavailable("the database closed the connection"))
+
+    def _backend_pressure(self, full: bool) -> None:
+        at = cast(asyncio.Transport, self.writer.transport)
+        if at.is_closing():
+            return
+        if full:
+            at.pause_reading()
+        elif not self._agent_pump.busy:
+            at.resume_reading()
+
+    async def _agent_batch(self) -> None:
+        """Every complete message the agent sent so far: check, record, forward."""
         assert self.backend is not None
         bw = self.backend.writer
         tracker = self.tracker
-        while True:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                self.outcome = "disconnected"
+        out: list[bytes] = []
+        events, self._agent_events = self._agent_events, []
+        for ev in events:
+            t = type(ev)
+            if t is pg.Query:
+                out.append(await self._on_query(ev, out))  # type: ignore[arg-type]
+            elif t is pg.Parse:
+                out.append(await self._on_parse(ev, out))  # type: ignore[arg-type]
+            elif t is pg.Sync:
+                self.batches_sent += 1
+                if tracker is not None:
+                    tracker.sync()
+                out.append(ev.raw)
+            elif t is pg.Close:
+                self._on_close(ev)  # type: ignore[arg-type]
+                out.append(ev.raw)
+            elif t is pg.Terminate:
+                bw.write(b"".join(out))
+                self.outcome = "closed"
+                self._end()
                 return
-            self.codec.receive_data(data)
-            out: list[bytes] = []
-            for ev in self.codec.events():
-                t = type(ev)
-                if t is pg.Query:
-                    out.append(await self._on_query(ev, out))  # type: ignore[arg-type]
-                elif t is pg.Parse:
-                    out.append(await self._on_parse(ev, out))  # type: ignore[arg-type]
-                elif t is pg.Sync:
-                    self.batches_sent += 1
-                    if tracker is not None:
-                        tracker.sync()
-                    out.append(ev.raw)
-                elif t is pg.Close:
-                    self._on_close(ev)  # type: ignore[arg-type]
-                    out.append(ev.raw)
-                elif t is pg.Terminate:
-                    bw.write(b"".join(out))
-                    self.outcome = "closed"
-                    return
-                elif t is pg.FunctionCall:
-                    out.append(
-                        self._refuse_query(
-                            CommandDenied("the fast-path function call protocol is not allowed")
-                        )
+            elif t is pg.FunctionCall:
+                out.append(
+                    self._refuse_query(
+                        CommandDenied("the fast-path function call protocol is not allowed")
                     )
-                else:
-                    if tracker is not None:
-                        _track(tracker, ev)
-                    out.append(ev.raw)
+                )
+            else:
+                if tracker is not None:
+                    _track(tracker, ev)
+                out.append(ev.raw)
+        if out:
             bw.write(b"".join(out))
-            if bw.transport.get_write_buffer_size() > DRAIN_ABOVE:
-                await bw.drain()
 
     def _flush(self, out: list[bytes]) -> None:
         """Send what precedes a command that may block on approval."""
@@ -557,11 +666,7 @@ class AgentConnection:
         return check.result()  # re-raise denial / rejection
 
     async def _until_agent_eof(self) -> None:
-        while True:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                return
-            self.codec.receive_data(data)  # parsed after the current batch
+        await asyncio.shield(self._agent_closed)  # bytes meanwhile wait in the codec
 
     async def _on_query(self, ev: pg.Query, out: list[bytes]) -> bytes:
         try:
@@ -615,31 +720,30 @@ class AgentConnection:
                 else:
                     self.prepared.clear()
 
-    async def _from_backend(self) -> None:
+    async def _backend_batch(self) -> None:
+        """Every complete message from the database so far: scrub, mask, record, relay."""
         assert self.backend is not None
-        backend = self.backend
-        while True:
-            events = await backend.read_events()
-            if self.tracker is not None:
-                await self._masked_batch(events)
-                continue
-            out: list[bytes] = []
-            for ev in events:
-                t = type(ev)
-                if t is pg.DataRows:
-                    self.result.add(cast(pg.DataRows, ev))
-                    out.append(ev.raw)
-                elif t is pg.CommandComplete:
-                    self._record_result(tag=cast(pg.CommandComplete, ev).tag)
-                    out.append(ev.raw)
-                elif t is pg.ReadyForQuery:
-                    self._on_ready(cast(pg.ReadyForQuery, ev))
-                    out.append(ev.raw)
-                else:
-                    out.append(self._other_backend_event(ev))
-            self.writer.write(b"".join(out) if len(out) > 1 else out[0])
-            if self.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
-                await self.writer.drain()  # backpressure: a slow agent slows the backend read
+        events = self.backend.codec.events()
+        if not events:
+            return
+        if self.tracker is not None:
+            await self._masked_batch(events)
+            return
+        out: list[bytes] = []
+        for ev in events:
+            t = type(ev)
+            if t is pg.DataRows:
+                self.result.add(cast(pg.DataRows, ev))
+                out.append(ev.raw)
+            elif t is pg.CommandComplete:
+                self._record_result(tag=cast(pg.CommandComplete, ev).tag)
+                out.append(ev.raw)
+            elif t is pg.ReadyForQuery:
+                self._on_ready(cast(pg.ReadyForQuery, ev))
+                out.append(ev.raw)
+            else:
+                out.append(self._other_backend_event(ev))
+        self.writer.write(b"".join(out) if len(out) > 1 else out[0])
 
     async def _masked_batch(self, events: list[pg.BackendEvent]) -> None:
         """The backend → agent path of a masking session: every result is tracked to its
@@ -711,8 +815,6 @@ class AgentConnection:
             out.append(self._other_backend_event(ev))
         if out:
             self.writer.write(b"".join(out))
-        if self.writer.transport.get_write_buffer_size() > DRAIN_ABOVE:
-            await self.writer.drain()
 
     async def _plan(self, result: Result) -> RowMasker:
         assert self.planner is not None
@@ -899,6 +1001,16 @@ def _track(tracker: ResultTracker, ev: pg.FrontendEvent) -> None:
         tracker.describe(d.kind, d.name)
     elif t is pg.Execute:
         tracker.execute(cast(pg.Execute, ev).portal)
+
+
+def _take_buffer(reader: asyncio.StreamReader) -> bytes:
+    """Bytes a StreamReader holds that nobody has read yet (handed to the pump)."""
+    buf = getattr(reader, "_buffer", None)
+    if not buf:
+        return b""
+    data = bytes(buf)
+    buf.clear()
+    return data
 
 
 def _prepared_name(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The PostgreSQL session pump: agent ⇄ hoopy ⇄ PostgreSQL, over asyncio streams.
+"""The PostgreSQL session: agent ⇄ hoopy ⇄ PostgreSQL (streams for login, then pump.py).
 
 Theory of operation
 -------------------
@@ -7,7 +7,9 @@ names the connector), a cleartext password that is the agent's OIDC token
 (only over TLS unless explicitly allowed), admission by policy, then a backend
 connection authenticated with credentials only hoopy holds (pooled).
 
-Relay: two loops.  Agent → backend: every Query and Parse is classified
+Relay (pump.py): after login both sockets get Protocol callbacks; a batch of messages
+is handled in the callback that delivered it, or in a task when it may wait (approval,
+masking catalog lookups).  Agent → backend: every Query and Parse is classified
 (pglast) and checked through `Session.check`; anything else is forwarded
 byte-for-byte.  A refused message is *substituted*, not dropped: hoopy sends
 the server a statement that is a guaranteed syntax error carrying a per-session
@@ -81,7 +83,6 @@ UNSAFE_ENCODINGS = frozenset(
     }
 )
 READ_SIZE = 256 * 1024
-DRAIN_ABOVE = 64 * 1024  # awaiting drain() costs a coroutine: only when data piles up
 AUTH_TIMEOUT = 30.0
 
 

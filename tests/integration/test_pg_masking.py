@@ -572,3 +572,20 @@ def test_masked_counts_are_exported_as_metrics(masked: Hoopy) -> None:
         time.sleep(0.05)
     assert 'masked_values_total{rule="hide-pii",kind="column"}' in text
     assert_clean(text)
+
+
+def test_approval_waits_work_in_masking_sessions(masked: Hoopy) -> None:
+    from tests.integration.test_pg_approvals import admin, start_psql, wait_pending
+
+    p = start_psql(
+        masked, "UPDATE m_orders SET item = 'approved-mask' WHERE id = 10 RETURNING item, id"
+    )
+    a = wait_pending(masked, "approved-mask")
+    assert p.poll() is None  # still waiting, in a masking session
+    status, _ = admin(masked, "POST", f"/api/approvals/{a['id']}/approve", {"by": "alice"})
+    assert status == 200
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "approved-mask|10" in out
+    # and the session's masking still holds afterwards
+    assert_clean(psql_rows(masked, "SELECT email FROM m_people"))

@@ -173,13 +173,14 @@ def test_lateral_and_correlated_subqueries() -> None:
 
 
 def test_views_and_nested_views_resolve_to_base_columns() -> None:
+    v, v2 = "public.contacts", "public.contacts2"
     assert lineage("SELECT contact, who, id FROM contacts") == [
-        EMAIL,
-        frozenset({(C, "name")}),
-        frozenset({(C, "id")}),
+        EMAIL | {(v, "contact")},
+        frozenset({(C, "name"), (v, "who")}),
+        frozenset({(C, "id"), (v, "id")}),
     ]
-    assert lineage("SELECT upper(c2) FROM contacts2") == [EMAIL]
-    assert lineage("SELECT e FROM mv") == [EMAIL]
+    assert lineage("SELECT upper(c2) FROM contacts2") == [EMAIL | {(v, "contact"), (v2, "c2")}]
+    assert lineage("SELECT e FROM mv") == [EMAIL | {("public.mv", "e")}]
 
 
 def test_set_returning_functions() -> None:

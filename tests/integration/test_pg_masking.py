@@ -58,7 +58,7 @@ mode: enforce
 rules:
   - name: people-read
     effect: allow
-    match: {groups: [analysts, auditors, hashers, scoped], connectors: [app-db]}
+    match: {groups: [analysts, auditors, hashers, scoped, viewers], connectors: [app-db]}
   - name: hide-pii
     effect: mask
     columns: ["m_people.email", "*.ssn", "m_part.email"]
@@ -73,6 +73,10 @@ rules:
     effect: mask
     columns: ["m_people.email"]
     match: {groups: [scoped], sql: {tables: [m_people]}}
+  - name: viewers-no-names-via-the-view
+    effect: mask
+    columns: ["m_contacts.who"]
+    match: {groups: [viewers]}
   - name: analysts-see-domains
     effect: mask
     columns: ["m_people.email", "m_part.email", "m_base.email"]
@@ -189,6 +193,17 @@ WHOLE_QUERIES = [
 @pytest.mark.parametrize("sql", WHOLE_QUERIES)
 def test_psql_query_forms_never_show_masked_values(masked: Hoopy, sql: str) -> None:
     assert_clean(psql_rows(masked, sql))
+
+
+def test_a_rule_may_name_a_view_column(masked: Hoopy) -> None:
+    through_view = psql_rows(masked, "SELECT who, id FROM m_contacts ORDER BY id", ("viewers",))
+    assert through_view.split() == ["****|1", "****|2"]
+    assert psql_rows(masked, "SELECT lower(who) FROM m_contacts", ("viewers",)).split() == [
+        "****",
+        "****",
+    ]
+    table = psql_rows(masked, "SELECT upper(name) FROM m_people ORDER BY id", ("viewers",))
+    assert table.split() == ["ALICE", "BOB"]  # the rule names the view, not the table
 
 
 def test_user_defined_operators_are_masked(masked: Hoopy) -> None:

@@ -321,7 +321,11 @@ class _Analyzer:
                 lineage = output_lineage(rel.view_sql, self.catalog, self.depth - 1)
             if lineage is None or len(lineage) != len(rel.columns):
                 return [(c, None) for c in rel.columns]
-            return list(zip(rel.columns, lineage, strict=True))
+            # the view's own column counts too: a rule may name it
+            return [
+                (c, lin | rel.sources(c) if lin is not None else None)
+                for c, lin in zip(rel.columns, lineage, strict=True)
+            ]
         return [(c, rel.sources(c)) for c in rel.columns]
 
     def _aliased(self, alias: Any, name: str | None, cols: list[Col] | None) -> _Item:

@@ -318,7 +318,8 @@ class Planner:
         name = info.attnames.get(attnum)
         if lineage is None or name not in names or len(lineage) != len(names):
             return None
-        return lineage[names.index(name)]
+        base = lineage[names.index(name)]
+        return None if base is None else base | info.relation.sources(name)
 
 
 def _qual(name: str) -> lin.QualName:

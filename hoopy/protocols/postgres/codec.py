@@ -582,6 +582,10 @@ class ServerConnection(_Connection[m.FrontendEvent]):
     ) -> None:
         super().__init__(max_message_size, max_buffer_size)
         self._seen: set[int] = set()  # SSLRequest / GSSENCRequest, each allowed once
+        # Message types (framed and length-checked, still allowed only where the protocol
+        # allows them) returned as Passthrough without parsing their bodies: for sessions
+        # that forward them verbatim and never look inside.
+        self.opaque: frozenset[int] = frozenset()
 
     def start_session(self) -> None:
         """The agent is authenticated: ordinary messages are valid from now on."""
@@ -596,6 +600,8 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         if header is None:
             return NEED_DATA
         t, length = header
+        if t in self.opaque:
+            return m.Passthrough(t, self._take(1 + length))
         event = _FRONTEND[t](self._take(1 + length))
         if t == ord("X"):
             self._set_phase(Phase.CLOSED)

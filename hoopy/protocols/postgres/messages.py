@@ -42,7 +42,7 @@ __all__ = [
     "EmptyQueryResponse", "ErrorResponse", "Execute", "FieldDescription", "Flush", "FrontendEvent",
     "FunctionCall", "FunctionCallResponse", "GSSENCRequest", "NegotiateProtocolVersion", "NoData",
     "NoticeResponse", "NotificationResponse", "ParameterDescription", "ParameterStatus", "Parse",
-    "ParseComplete", "PasswordMessage", "PortalSuspended", "Query", "ReadyForQuery",
+    "ParseComplete", "Passthrough", "PasswordMessage", "PortalSuspended", "Query", "ReadyForQuery",
     "RowDescription", "SSLAnswer", "SSLRequest", "StartupMessage", "Sync", "Terminate",
     "authentication_cleartext_password", "authentication_ok", "backend_key_data", "bind",
     "bind_complete", "cancel_request", "close", "close_complete", "command_complete", "copy_data",
@@ -165,6 +165,14 @@ class CopyData:
     """Both directions."""
 
     data: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """A message the connection was told to forward unparsed (ServerConnection.opaque)."""
+
+    type: int
     raw: bytes = field(repr=False)
 
 
@@ -398,7 +406,7 @@ class FunctionCallResponse:
 FrontendEvent: TypeAlias = (
     SSLRequest | GSSENCRequest | CancelRequest | StartupMessage | PasswordMessage | Query
     | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate | CopyData
-    | CopyDone | CopyFail | FunctionCall
+    | CopyDone | CopyFail | FunctionCall | Passthrough
 )
 BackendEvent: TypeAlias = (
     SSLAnswer | AuthenticationOk | AuthenticationCleartextPassword | AuthenticationMD5Password

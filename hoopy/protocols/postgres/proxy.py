@@ -230,6 +230,9 @@ class AgentConnection:
         self.planner: Planner | None = None
         self._masks: list[StatementMasks | None] = []  # of the message being checked
         self._agent_events: list[pg.FrontendEvent] = []  # parsed, not yet handled
+        # classified while deciding how to run a batch; never for statements whose
+        # meaning depends on session state (EXECUTE of a prepared statement)
+        self._classified: dict[str, tuple[Command, ...]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -396,6 +399,10 @@ class AgentConnection:
         out.append(pg.ready_for_query(backend.status))
         self.writer.write(b"".join(out))
         self.codec.start_session()
+        if self.tracker is None:
+            # forwarded verbatim and never looked into: Bind, Describe, Execute, Flush,
+            # CopyData, CopyDone (masking sessions track them)
+            self.codec.opaque = frozenset(b"BDEHdc")
         self.session.record("backend", pooled=self.listener.pool.hits > 0, tls=backend.tls)
 
     # ---- relay -----------------------------------------------------------------------
@@ -459,18 +466,20 @@ class AgentConnection:
         (catalog queries), nor when a statement needs an approval (timeouts, Slack)."""
         if self.planner is not None or self.session is None or self.connector is None:
             return False
+        self._classified.clear()
         for ev in events:
             if type(ev) in (pg.Query, pg.Parse):
+                sql = ev.sql  # type: ignore[union-attr]
                 try:
                     cmds = self.listener.classifier.classify(
-                        ev.sql,  # type: ignore[union-attr]
-                        self.connector.name,
-                        self.prepared,
+                        sql, self.connector.name, self.prepared
                     )
                 except SqlParseError:
                     continue  # refused without waiting
                 if any(self.session.decide(c).outcome == "require_approval" for c in cmds):
                     return False
+                if not any(c.kinds & _SESSION_STATE_KINDS for c in cmds):
+                    self._classified[sql] = cmds  # reused by _check_all
         return True
 
     def _agent_again(self) -> None:
@@ -574,7 +583,9 @@ class AgentConnection:
         In masking sessions, also prepares each statement's masking (`self._masks`)."""
         assert self.session is not None and self.connector is not None
         try:
-            cmds = self.listener.classifier.classify(sql, self.connector.name, self.prepared)
+            cmds = self._classified.pop(sql, None) or self.listener.classifier.classify(
+                sql, self.connector.name, self.prepared
+            )
         except SqlParseError as e:
             self.session.record(
                 "command", text=sql, outcome="deny", reason="unparseable", error=e.message
@@ -1002,6 +1013,10 @@ def _track(tracker: ResultTracker, ev: pg.FrontendEvent) -> None:
         tracker.describe(d.kind, d.name)
     elif t is pg.Execute:
         tracker.execute(cast(pg.Execute, ev).portal)
+
+
+# A statement of these kinds means something that depends on what ran before it
+_SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
 
 
 def _take_buffer(reader: asyncio.StreamReader) -> bytes:

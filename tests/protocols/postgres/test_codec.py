@@ -8,6 +8,7 @@ recording relay): `<name>.frontend.bin` is what the client sent,
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -641,3 +642,43 @@ def test_reprs_leave_out_secrets_and_payloads() -> None:
     assert isinstance(ev, pg.PasswordMessage) and ev.data == b"eyJhbGciOi.secret-token\0"
     assert "secret" not in repr(ev)
     assert repr(pg.DataRows(b"D" * 10, 3)) == "DataRows(count=3)"
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_opaque_types_pass_through_unparsed_but_framed(step: int | None) -> None:
+    conn = normal_server()
+    conn.opaque = frozenset(b"BDEH")
+    data = [
+        pg.parse("s1", "SELECT $1", (23,)),
+        pg.bind("p1", "s1", [b"1"], [0], [1]),
+        pg.describe("P", "p1"),
+        pg.execute("p1", 0),
+        pg.flush(),
+        pg.sync(),
+    ]
+    stream = b"".join(data)
+    events: list[Any] = []
+    chunks = (
+        [stream] if step is None else [stream[i : i + step] for i in range(0, len(stream), step)]
+    )
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        events.extend(conn.events())
+    assert [type(e).__name__ for e in events] == [
+        "Parse", "Passthrough", "Passthrough", "Passthrough", "Passthrough", "Sync",
+    ]  # fmt: skip
+    assert [e.raw for e in events] == data
+    assert [e.type for e in events[1:5]] == list(b"BDEH")
+
+
+def test_opaque_types_keep_length_limits_and_phase_checks() -> None:
+    conn = normal_server(max_message_size=64)
+    conn.opaque = frozenset(b"B")
+    conn.receive_data(b"B" + struct.pack("!I", 10_000))
+    with pytest.raises(pg.ProtocolViolation):
+        conn.events()
+    fresh = pg.ServerConnection()
+    fresh.opaque = frozenset(b"B")
+    fresh.receive_data(pg.bind("", "", [], [], []))  # before any startup message
+    with pytest.raises(pg.ProtocolViolation):
+        fresh.events()

@@ -170,6 +170,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="runs per cell; the median is shown")
+    ap.add_argument("--modes", default="", help="comma-separated substrings of mode names")
+    ap.add_argument("--targets", default="", help="comma-separated target names (default all)")
+    ap.add_argument("--no-big-select", action="store_true")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-"))
     os.chmod(work, 0o755)  # pgbouncer runs as the postgres user when we are root
@@ -260,6 +263,12 @@ def main() -> None:
             "tpcb prepared": ["-M", "prepared", "-c", c, "-j", j, "-T", t],
             "connect (-C) select-only": ["-S", "-C", "-c", c, "-j", j, "-T", t],
         }
+        if a.modes:
+            wanted = a.modes.split(",")
+            modes = {k: v for k, v in modes.items() if any(w in k for w in wanted)}
+        if a.targets:
+            keep = {"direct", *a.targets.split(",")}
+            targets = [x for x in targets if x["name"] in keep]
         print(
             f"pgbench {a.clients} clients, {a.seconds}s per run, median of {a.rounds} "
             f"rounds, scale {a.scale}",
@@ -273,11 +282,13 @@ def main() -> None:
                 x["name"]: statistics.median(pgbench(x, args) for _ in range(a.rounds))
                 for x in targets
             }
-            d, b, h, n = tps["direct"], tps["pgbouncer"], tps["hoopy+tls"], tps["hoopy-notls"]
+            d, b = tps["direct"], tps.get("pgbouncer", 0.0)
+            h, n = tps.get("hoopy+tls", 0.0), tps.get("hoopy-notls", 0.0)
             row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"
             print(row, flush=True)
-        big_select(targets[2], hp.pid)
+        if not a.no_big_select:
+            big_select(next(x for x in targets if x["name"] == "hoopy+tls"), hp.pid)
     finally:
         for p in procs:
             p.terminate()

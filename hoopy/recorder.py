@@ -137,11 +137,32 @@ def _default(o: Any) -> Any:
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_default
 )
+_json_str = json.encoder.encode_basestring  # the C one where available, as _ENCODER's
+# The C encoder _ENCODER.encode() builds anew on every call, made once: events are many.
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_iterencode: Callable[[Any, int], Any] | None = (
+    _c_encoder(
+        None,  # no cycle markers: a cycle overflows the stack, caught below like the rest
+        _default,
+        _json_str,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,  # allow_nan
+    )
+    if _c_encoder is not None
+    else None
+)
 
 
 def _dumps(obj: Any) -> bytes:
     try:
-        text = _ENCODER.encode(obj)
+        if _iterencode is not None and type(obj) is dict:
+            text = "".join(_iterencode(obj, 0))
+        else:
+            text = _ENCODER.encode(obj)
     except (TypeError, ValueError, RecursionError):  # odd keys, NaN, cycles
         text = json.dumps(jsonable(obj), ensure_ascii=False, separators=(",", ":"))
     # Lone surrogates become \udXXX escapes, which JSON decodes back to the same string.
@@ -187,6 +208,13 @@ def _encode_event(head: dict[str, Any], fields: dict[str, Any], prev: str) -> by
             return line
         limit //= 4
     return _dumps({**head, "truncated": len(line), "prev": prev})
+
+
+def _json_float(ts: float) -> bytes:
+    """A timestamp as JSON writes it (float.__repr__); clocks are finite floats."""
+    if type(ts) is float and math.isfinite(ts):
+        return float.__repr__(ts).encode()
+    return _dumps(ts)
 
 
 # ---- writing -----------------------------------------------------------------------------
@@ -317,24 +345,19 @@ class SessionLog:
     ) -> None:
         if self._failed is not None:
             raise RecorderError(f"recording {self.id} failed earlier: {self._failed}")
-        head = {"seq": self._seq, "ts": self._clock(), "type": kind}
-        line = b""
+        ts = self._clock()
+        # The bytes _encode_event makes, put together without a dict per event: the head
+        # (kind is one of hoopy's own names, needing no escapes), the fields, a pre-encoded
+        # static part.
+        parts = [b'{"seq":%d,"ts":%s,"type":"%s"' % (self._seq, _json_float(ts), kind.encode())]
+        if fields:
+            parts.append(b"," + _dumps(fields)[1:-1])
         if static is not None and static[0]:
-            # the same bytes _encode_event would make, with the static part pre-encoded
-            line = b"".join(
-                (
-                    _dumps(head)[:-1],
-                    b"," + _dumps(fields)[1:-1] if fields else b"",
-                    b",",
-                    static[0],
-                    b',"prev":"',
-                    self._prev.encode(),
-                    b'"}',
-                )
-            )
-            if len(line) > MAX_EVENT_BYTES:
-                line = b""
-        if not line:
+            parts.append(b"," + static[0])
+        parts.append(b',"prev":"%s"}' % self._prev.encode())
+        line = b"".join(parts)
+        if len(line) > MAX_EVENT_BYTES or not (kind.isascii() and kind.isidentifier()):
+            head = {"seq": self._seq, "ts": ts, "type": kind}
             merged = {**fields, **static[1]} if static is not None else fields
             line = _encode_event(head, merged, self._prev)
         self._pending.append(line + b"\n")

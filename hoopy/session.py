@@ -105,6 +105,17 @@ class Session:
         Returns the Decision when the command may run (its masks apply);
         raises CommandDenied / ApprovalRejected / RecordingFailed otherwise.
         """
+        decision = self.check_now(command)
+        if decision.outcome == "require_approval":
+            return await self._approve(command, decision)
+        return decision
+
+    def check_now(self, command: Command, decision: Decision | None = None) -> Decision:
+        """`check()` up to the approval wait: decide and record.  Returns the Decision
+        (an allow, or a require_approval the caller must wait on through `check()`'s
+        path); raises like `check()`.  Proxies call it directly for commands they know
+        need no approval, so the common case runs without a coroutine.  `decision` is
+        what `decide(command)` returned, when the caller asked already."""
         self.commands += 1
         if self.identity.expires_at and self.clock() > self.identity.expires_at:
             self.record(
@@ -115,19 +126,18 @@ class Session:
                 reason="token expired",
             )
             raise AuthFailed("token expired during the session; reconnect with a fresh token")
-        decision = self.decide(command)
+        if decision is None:
+            decision = self.decide(command)
         try:
             self.log.event_static(
                 "command", self._event_fields(command, decision), text=command.text
             )
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
-        if decision.outcome == "allow":
-            return decision
         if decision.outcome == "deny":
             self.denied += 1
             raise CommandDenied(decision.message(), decision.rule)
-        return await self._approve(command, decision)
+        return decision
 
     async def _approve(self, command: Command, decision: Decision) -> Decision:
         if self.approvals is None:

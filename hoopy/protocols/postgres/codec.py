@@ -428,14 +428,30 @@ _BACKEND: dict[int, Callable[[bytes], m.BackendEvent]] = {
     ord("v"): m.NegotiateProtocolVersion,
     ord("V"): m.FunctionCallResponse,
 }
+# What ClientConnection.relay_run passes through in one piece (see messages.Relayed).
+_COMPLETE = ord("C")
+_EMPTY_QUERY = ord("I")
+_PARAMETERS = ord("t")
+_BODILESS = frozenset(b"I123ns")
+_RELAYED = frozenset(b"DTCZt") | _BODILESS
+
+
+def decode_row_description(raw: bytes) -> m.RowDescription:
+    """Parse one RowDescription message (remembered: a session's queries repeat)."""
+    return _b_row_description(raw)
+
+
 # Until the first ReadyForQuery the server may only authenticate and report settings.
 _BACKEND_STARTUP_TYPES = frozenset(b"RENSKZv")
 _BACKEND_NORMAL_TYPES = frozenset(_BACKEND) - frozenset(b"RKv") | {_DATA_ROW}
 
 
-def iter_data_rows(raw: bytes) -> Iterator[list[bytes | None]]:
-    """Decode the DataRow messages concatenated in `raw` (a `DataRows.raw`)."""
-    pos, end = 0, len(raw)
+def iter_data_rows(
+    raw: bytes, pos: int = 0, end: int | None = None
+) -> Iterator[list[bytes | None]]:
+    """Decode the DataRow messages concatenated in `raw[pos:end]` (a `DataRows.raw`, or
+    a DataRow run of a `Relayed`)."""
+    end = len(raw) if end is None else end
     while pos < end:
         if end - pos < 7 or raw[pos] != _DATA_ROW:
             raise ProtocolViolation("malformed DataRow message")
@@ -601,11 +617,28 @@ class ServerConnection(_Connection[m.FrontendEvent]):
             return NEED_DATA
         t, length = header
         if t in self.opaque:
-            return m.Passthrough(t, self._take(1 + length))
+            return self._passthrough(t, length)
         event = _FRONTEND[t](self._take(1 + length))
         if t == ord("X"):
             self._set_phase(Phase.CLOSED)
         return event
+
+    def _passthrough(self, t: int, length: int) -> m.Passthrough:
+        """The opaque message at the front and every complete opaque one after it."""
+        buf, opaque, cap, unpack = self._buf, self.opaque, self._max, _I.unpack_from
+        start = self._pos
+        pos, end = start + 1 + length, len(buf)
+        types = [t]
+        while end - pos >= 5 and (t := buf[pos]) in opaque:
+            length = unpack(buf, pos + 1)[0]
+            if length < 4 or length > cap:
+                self._check_length(length)
+            if pos + 1 + length > end:
+                break
+            types.append(t)
+            pos += 1 + length
+        self._pos = pos
+        return m.Passthrough(bytes(types), bytes(buf[start:pos]))
 
     def _startup_packet(self) -> m.FrontendEvent | Literal[NeedData.NEED_DATA]:
         buf, pos = self._buf, self._pos
@@ -664,6 +697,59 @@ class ClientConnection(_Connection[m.BackendEvent]):
         if t == _READY and self.phase is Phase.STARTUP:
             self._set_phase(Phase.NORMAL)
         return event
+
+    def relay_run(self) -> m.Relayed | None:
+        """The run of complete messages at the buffer's front that a session without
+        masking forwards as they are (`_RELAYED` types), as one `Relayed` event; None when
+        the next message is another type or incomplete (use `next_event()` then).
+
+        One pass, no object per message: this is the hot path of every result."""
+        self._check_alive()
+        if self.phase is not Phase.NORMAL or self._expect_ssl:
+            return None
+        buf, start, end, cap = self._buf, self._pos, len(self._buf), self._max
+        unpack, relayed = _I.unpack_from, _RELAYED
+        pos, rows_from = start, -1
+        marks: list[tuple[int, int, int]] = []
+        try:
+            while end - pos >= 5 and (t := buf[pos]) in relayed:
+                length = unpack(buf, pos + 1)[0]
+                if length < 4 or length > cap:
+                    self._check_length(length)
+                stop = pos + 1 + length
+                if stop > end:
+                    break
+                if t == _DATA_ROW:
+                    if rows_from < 0:
+                        rows_from = pos
+                else:
+                    if rows_from >= 0:
+                        marks.append((_DATA_ROW, rows_from - start, pos - start))
+                        rows_from = -1
+                    if t in _BODILESS:
+                        if length != 4:
+                            raise ProtocolViolation(f"malformed {chr(t)!r} message")
+                        if t == _EMPTY_QUERY:
+                            marks.append((t, pos - start, stop - start))
+                    elif t == _READY:
+                        if length != 5 or buf[pos + 5] not in b"ITE":
+                            raise ProtocolViolation("malformed ReadyForQuery message")
+                        marks.append((t, pos - start, stop - start))
+                    elif t == _COMPLETE:
+                        if buf.find(0, pos + 5, stop) != stop - 1:
+                            raise ProtocolViolation("malformed CommandComplete message")
+                        marks.append((t, pos - start, stop - start))
+                    elif t != _PARAMETERS:  # RowDescription: parsed (cached) when used
+                        marks.append((t, pos - start, stop - start))
+                pos = stop
+        except ProtocolViolation as e:
+            self._fail(e)
+        if rows_from >= 0:
+            marks.append((_DATA_ROW, rows_from - start, pos - start))
+        if pos == start:
+            return None
+        self._pos = pos
+        return m.Relayed(bytes(buf[start:pos]), tuple(marks))
 
     def _ssl_answer(self) -> m.SSLAnswer | Literal[NeedData.NEED_DATA]:
         if not self.buffered():

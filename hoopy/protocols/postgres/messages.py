@@ -43,6 +43,7 @@ __all__ = [
     "FunctionCall", "FunctionCallResponse", "GSSENCRequest", "NegotiateProtocolVersion", "NoData",
     "NoticeResponse", "NotificationResponse", "ParameterDescription", "ParameterStatus", "Parse",
     "ParseComplete", "Passthrough", "PasswordMessage", "PortalSuspended", "Query", "ReadyForQuery",
+    "Relayed",
     "RowDescription", "SSLAnswer", "SSLRequest", "StartupMessage", "Sync", "Terminate",
     "authentication_cleartext_password", "authentication_ok", "backend_key_data", "bind",
     "bind_complete", "cancel_request", "close", "close_complete", "command_complete", "copy_data",
@@ -170,9 +171,10 @@ class CopyData:
 
 @dataclass(frozen=True, slots=True)
 class Passthrough:
-    """A message the connection was told to forward unparsed (ServerConnection.opaque)."""
+    """A run of consecutive messages the connection was told to forward unparsed
+    (ServerConnection.opaque): `types` holds each message's type byte, in order."""
 
-    type: int
+    types: bytes
     raw: bytes = field(repr=False)
 
 
@@ -287,6 +289,18 @@ class DataRows:
 
     raw: bytes = field(repr=False)
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A run of complete messages that a session without masking forwards unchanged
+    (ClientConnection.relay_run): DataRow, RowDescription, CommandComplete,
+    ReadyForQuery and the bodiless acknowledgements.  `marks` locates, in `raw`, what
+    the proxy looks at: `(type, start, stop)` per RowDescription, CommandComplete,
+    ReadyForQuery and EmptyQueryResponse, and one per run of DataRows."""
+
+    raw: bytes = field(repr=False)
+    marks: tuple[tuple[int, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +430,7 @@ BackendEvent: TypeAlias = (
     | NotificationResponse | ParseComplete | BindComplete | CloseComplete | NoData
     | PortalSuspended | ParameterDescription | CopyInResponse | CopyOutResponse
     | CopyBothResponse | CopyData | CopyDone | NegotiateProtocolVersion | FunctionCallResponse
+    | Relayed
 )
 # fmt: on
 

@@ -115,9 +115,13 @@ class ResultLog:
     truncated: bool = False
 
     def add(self, chunk: pg.DataRows) -> None:
+        self.add_rows(chunk.raw)
+
+    def add_rows(self, raw: bytes, start: int = 0, stop: int | None = None) -> None:
+        """The DataRow messages in raw[start:stop]."""
         if self.truncated:
             return
-        for values in pg.iter_data_rows(chunk.raw):
+        for values in pg.iter_data_rows(raw, start, stop):
             if len(self.rows) >= self.max_rows or self.size >= self.max_bytes:
                 self.truncated = True
                 return
@@ -230,9 +234,6 @@ class AgentConnection:
         self.planner: Planner | None = None
         self._masks: list[StatementMasks | None] = []  # of the message being checked
         self._agent_events: list[pg.FrontendEvent] = []  # parsed, not yet handled
-        # classified while deciding how to run a batch; never for statements whose
-        # meaning depends on session state (EXECUTE of a prepared statement)
-        self._classified: dict[str, tuple[Command, ...]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -417,6 +418,8 @@ class AgentConnection:
         agent_left = _take_buffer(self.reader)
         backend_left = _take_buffer(self.backend.reader)
         original = bt.get_protocol()
+        self._agent_write = at.write  # the transports' own: no StreamWriter layer per write
+        self._backend_write = bt.write
         self._agent_pump = Eager(at, self._agent_batch, self._agent_again, self._end)
         self._agent_pump.pause_when_busy = False  # an approval wait must see the agent leave
         self._backend_pump = Eager(bt, self._backend_batch, self._backend_again, self._end)
@@ -454,33 +457,17 @@ class AgentConnection:
                 if self.codec.buffered() > READ_SIZE * 4:
                     cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
                 return
-            self._agent_events = self.codec.events()
-            eager = self._agent_may_run_eagerly(self._agent_events)
+            events = self.codec.events()
+            if not events:
+                return
+            if self.planner is None:
+                self._agent_batch_now(events)
+                return
+            self._agent_events = events  # masking: catalog queries need a task
         except BaseException as e:
             self._end(e)
             return
-        pump.run(eager=eager)
-
-    def _agent_may_run_eagerly(self, events: list[pg.FrontendEvent]) -> bool:
-        """Can these messages be handled without a task?  Not in masking sessions
-        (catalog queries), nor when a statement needs an approval (timeouts, Slack)."""
-        if self.planner is not None or self.session is None or self.connector is None:
-            return False
-        self._classified.clear()
-        for ev in events:
-            if type(ev) in (pg.Query, pg.Parse):
-                sql = ev.sql  # type: ignore[union-attr]
-                try:
-                    cmds = self.listener.classifier.classify(
-                        sql, self.connector.name, self.prepared
-                    )
-                except SqlParseError:
-                    continue  # refused without waiting
-                if any(self.session.decide(c).outcome == "require_approval" for c in cmds):
-                    return False
-                if not any(c.kinds & _SESSION_STATE_KINDS for c in cmds):
-                    self._classified[sql] = cmds  # reused by _check_all
-        return True
+        pump.run(eager=False)
 
     def _agent_again(self) -> None:
         if self.codec.buffered():
@@ -509,10 +496,13 @@ class AgentConnection:
         assert self.backend is not None
         try:
             self.backend.codec.receive_data(data)
+            if self.tracker is None:
+                self._relay_backend()  # nothing in it waits: no coroutine, no task
+                return
         except BaseException as e:
             self._end(e)
             return
-        self._backend_pump.run(eager=self.tracker is None)
+        self._backend_pump.run(eager=False)
 
     def _backend_again(self) -> None:
         assert self.backend is not None
@@ -531,44 +521,76 @@ class AgentConnection:
         elif not self._agent_pump.busy:
             at.resume_reading()
 
+    def _agent_batch_now(self, events: list[pg.FrontendEvent]) -> None:
+        """`_agent_batch` without a coroutine, for sessions without masking, until a
+        statement needs an approval: from there on the messages wait in a task."""
+        out: list[bytes] = []
+        for i, ev in enumerate(events):
+            t = type(ev)
+            if t is pg.Query or t is pg.Parse:
+                st = cast(pg.Query | pg.Parse, ev)
+                try:
+                    cmds = self._commands(st.sql)
+                    if self._check_now(cmds) is None:
+                        if out:
+                            self._backend_write(b"".join(out))
+                        self._agent_events = events[i:]
+                        self._agent_pump.run(eager=False)
+                        return
+                except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+                    out.append(self._refused(st, e))
+                    continue
+                out.append(self._allowed(st, cmds))
+            elif not self._other_agent_event(ev, out):
+                return
+        if out:
+            self._backend_write(b"".join(out))
+
     async def _agent_batch(self) -> None:
         """Every complete message the agent sent so far: check, record, forward."""
         assert self.backend is not None
-        bw = self.backend.writer
-        tracker = self.tracker
         out: list[bytes] = []
         events, self._agent_events = self._agent_events, []
         for ev in events:
             t = type(ev)
-            if t is pg.Query:
-                out.append(await self._on_query(ev, out))  # type: ignore[arg-type]
-            elif t is pg.Parse:
-                out.append(await self._on_parse(ev, out))  # type: ignore[arg-type]
-            elif t is pg.Sync:
-                self.batches_sent += 1
-                if tracker is not None:
-                    tracker.sync()
-                out.append(ev.raw)
-            elif t is pg.Close:
-                self._on_close(ev)  # type: ignore[arg-type]
-                out.append(ev.raw)
-            elif t is pg.Terminate:
-                bw.write(b"".join(out))
-                self.outcome = "closed"
-                self._end()
+            if t is pg.Query or t is pg.Parse:
+                st = cast(pg.Query | pg.Parse, ev)
+                try:
+                    cmds = await self._check_all(st.sql, out)
+                except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+                    out.append(self._refused(st, e))
+                    continue
+                out.append(self._allowed(st, cmds))
+            elif not self._other_agent_event(ev, out):
                 return
-            elif t is pg.FunctionCall:
-                out.append(
-                    self._refuse_query(
-                        CommandDenied("the fast-path function call protocol is not allowed")
-                    )
-                )
-            else:
-                if tracker is not None:
-                    _track(tracker, ev)
-                out.append(ev.raw)
         if out:
-            bw.write(b"".join(out))
+            self.backend.writer.write(b"".join(out))
+
+    def _other_agent_event(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
+        """Every message but Query and Parse; False once the agent said Terminate."""
+        t = type(ev)
+        if t is pg.Sync:
+            self.batches_sent += 1
+            if self.tracker is not None:
+                self.tracker.sync()
+            out.append(ev.raw)
+        elif t is pg.Close:
+            self._on_close(ev)  # type: ignore[arg-type]
+            out.append(ev.raw)
+        elif t is pg.Terminate:
+            assert self.backend is not None
+            self.backend.writer.write(b"".join(out))
+            self.outcome = "closed"
+            self._end()
+            return False
+        elif t is pg.FunctionCall:
+            refusal = CommandDenied("the fast-path function call protocol is not allowed")
+            out.append(self._refuse_query(refusal))
+        else:
+            if self.tracker is not None:
+                _track(self.tracker, ev)
+            out.append(ev.raw)
+        return True
 
     def _flush(self, out: list[bytes]) -> None:
         """Send what precedes a command that may block on approval."""
@@ -577,30 +599,43 @@ class AgentConnection:
             self.backend.writer.write(b"".join(out))
             out.clear()
 
-    async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
-        """Classify and check every statement of `sql`; raise to refuse the whole text.
-
-        In masking sessions, also prepares each statement's masking (`self._masks`)."""
+    def _commands(self, sql: str) -> tuple[Command, ...]:
+        """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
         assert self.session is not None and self.connector is not None
         try:
-            cmds = self._classified.pop(sql, None) or self.listener.classifier.classify(
-                sql, self.connector.name, self.prepared
-            )
+            return self.listener.classifier.classify(sql, self.connector.name, self.prepared)
         except SqlParseError as e:
             self.session.record(
                 "command", text=sql, outcome="deny", reason="unparseable", error=e.message
             )
             raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
-        outcomes = [self.session.decide(c).outcome for c in cmds]  # cached per fingerprint
+
+    def _check_now(self, cmds: tuple[Command, ...]) -> list[Decision] | None:
+        """Check (and record) every statement, or raise to refuse the whole text; None
+        when one needs an approval, before any of them is recorded."""
+        session = self.session
+        assert session is not None
+        decisions = [session.decide(c) for c in cmds]  # cached per fingerprint
+        waits = False
         # A denial anywhere refuses the whole message before any approval is asked for.
-        for c, outcome in zip(cmds, outcomes, strict=True):
-            if outcome == "deny":
-                await self.session.check(c)
-        if "require_approval" in outcomes:
+        for c, d in zip(cmds, decisions, strict=True):
+            if d.outcome == "deny":
+                session.check_now(c, d)  # records the denial and raises
+            elif d.outcome == "require_approval":
+                waits = True
+        if waits:
+            return None
+        return [session.check_now(c, d) for c, d in zip(cmds, decisions, strict=True)]
+
+    async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
+        """Classify and check every statement of `sql`; raise to refuse the whole text.
+
+        In masking sessions, also prepares each statement's masking (`self._masks`)."""
+        cmds = self._commands(sql)
+        decisions = self._check_now(cmds)
+        if decisions is None:
             self._flush(out)
             decisions = await self._watching_agent(self._check_each(cmds))
-        else:
-            decisions = await self._check_each(cmds)
         if self.planner is not None:
             self._masks = [
                 await self._statement_masks(c, d) for c, d in zip(cmds, decisions, strict=True)
@@ -680,28 +715,32 @@ class AgentConnection:
     async def _until_agent_eof(self) -> None:
         await asyncio.shield(self._agent_closed)  # bytes meanwhile wait in the codec
 
-    async def _on_query(self, ev: pg.Query, out: list[bytes]) -> bytes:
-        try:
-            cmds = await self._check_all(ev.sql, out)
-        except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+    def _refused(self, ev: pg.Query | pg.Parse, e: HoopyError) -> bytes:
+        """What goes to the server in place of a refused Query or Parse: the marker."""
+        if type(ev) is pg.Query:
             return self._refuse_query(e)
-        self._track_sql_prepared(cmds)
-        self.batches_sent += 1
+        name = cast(pg.Parse, ev).name
+        self.refusals.append((self.batches_sent + 1, e))
         if self.tracker is not None:
-            self.tracker.query(list(self._masks))
-        return ev.raw
+            self.tracker.parse(name, None)
+        return _parse_message(name, self.marker)
 
-    async def _on_parse(self, ev: pg.Parse, out: list[bytes]) -> bytes:
-        try:
-            cmds = await self._check_all(ev.sql, out)
-        except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
-            self.refusals.append((self.batches_sent + 1, e))
-            if self.tracker is not None:
-                self.tracker.parse(ev.name, None)
-            return _parse_message(ev.name, self.marker)
-        self.prepared[ev.name] = cmds
-        if self.tracker is not None:
-            self.tracker.parse(ev.name, self._masks[0] if len(self._masks) == 1 else None)
+    def _allowed(self, ev: pg.Query | pg.Parse, cmds: tuple[Command, ...]) -> bytes:
+        """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
+        tracker = self.tracker
+        if type(ev) is pg.Query:
+            for c in cmds:
+                if c.kinds & _SESSION_STATE_KINDS:
+                    self._track_sql_prepared(cmds)
+                    break
+            self.batches_sent += 1
+            if tracker is not None:
+                tracker.query(list(self._masks))
+            return ev.raw
+        name = cast(pg.Parse, ev).name
+        self.prepared[name] = cmds
+        if tracker is not None:
+            tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)
         return ev.raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:
@@ -735,27 +774,53 @@ class AgentConnection:
     async def _backend_batch(self) -> None:
         """Every complete message from the database so far: scrub, mask, record, relay."""
         assert self.backend is not None
+        if self.tracker is None:
+            self._relay_backend()
+            return
         events = self.backend.codec.events()
-        if not events:
-            return
-        if self.tracker is not None:
+        if events:
             await self._masked_batch(events)
-            return
+
+    def _relay_backend(self) -> None:
+        """The backend → agent path of a session without masking: runs of ordinary
+        messages (rows, descriptions, completions) go through as the bytes they came in,
+        looked at only to record them; anything else is handled event by event."""
+        assert self.backend is not None
+        codec = self.backend.codec
         out: list[bytes] = []
-        for ev in events:
-            t = type(ev)
-            if t is pg.DataRows:
-                self.result.add(cast(pg.DataRows, ev))
-                out.append(ev.raw)
-            elif t is pg.CommandComplete:
-                self._record_result(tag=cast(pg.CommandComplete, ev).tag)
-                out.append(ev.raw)
-            elif t is pg.ReadyForQuery:
-                self._on_ready(cast(pg.ReadyForQuery, ev))
+        while codec.buffered():
+            run = codec.relay_run()
+            if run is not None:
+                self._on_relayed(run)
+                out.append(run.raw)
+                continue
+            ev = codec.next_event()
+            if ev is pg.NEED_DATA:
+                break
+            if type(ev) is pg.ReadyForQuery:
+                self._on_ready(ev.status)
                 out.append(ev.raw)
             else:
                 out.append(self._other_backend_event(ev))
-        self.writer.write(b"".join(out) if len(out) > 1 else out[0])
+        if out:
+            self._agent_write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _on_relayed(self, run: pg.Relayed) -> None:
+        raw, result = run.raw, self.result
+        for t, start, stop in run.marks:
+            if t == 0x44:  # DataRow run
+                if not result.truncated:
+                    result.add_rows(raw, start, stop)
+            elif t == 0x43:  # CommandComplete
+                self._record_result(raw[start + 5 : stop - 1].decode("utf-8", "replace"))
+            elif t == 0x5A:  # ReadyForQuery
+                self._on_ready(chr(raw[start + 5]))
+            elif t == 0x54:  # RowDescription
+                fields = pg.decode_row_description(raw[start:stop]).fields
+                result.reset()
+                result.columns = [f.name for f in fields]
+            else:  # EmptyQueryResponse
+                result.reset()
 
     async def _masked_batch(self, events: list[pg.BackendEvent]) -> None:
         """The backend → agent path of a masking session: every result is tracked to its
@@ -802,7 +867,7 @@ class AgentConnection:
                 if planner.catalog_dirty and ready.status == "I":
                     planner.catalog_dirty = False  # the schema change is committed or gone
                     planner.catalog.invalidate()
-                self._on_ready(ready)
+                self._on_ready(ready.status)
                 out.append(ev.raw)
                 continue
             elif t is pg.CopyOutResponse:
@@ -843,9 +908,9 @@ class AgentConnection:
         result.plan = plan
         return plan
 
-    def _on_ready(self, ev: pg.ReadyForQuery) -> None:
+    def _on_ready(self, status: str) -> None:
         assert self.backend is not None
-        self.backend.status = ev.status
+        self.backend.status = status
         self.batches_done += 1
         while self.refusals and self.refusals[0][0] <= self.batches_done:
             self.refusals.popleft()  # its marker was discarded after an earlier error

@@ -68,9 +68,10 @@ class Command:
     def with_text(self, text: str) -> Command:
         """This command with another raw text (same fingerprint): a cheap copy, as
         dataclasses.replace costs more than classifying a cached statement."""
+        fields = self.__dict__.copy()
+        fields["text"] = text
         new = object.__new__(Command)
-        new.__dict__.update(self.__dict__)
-        object.__setattr__(new, "text", text)
+        object.__setattr__(new, "__dict__", fields)
         return new
 
 

@@ -191,6 +191,9 @@ def _shrink(value: Any, limit: int) -> Any:
 
 def encode_members(fields: dict[str, Any]) -> bytes:
     """Fields as JSON object members (no braces), for SessionLog.event_static."""
+    bad = _RESERVED.intersection(fields)
+    if bad:
+        raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
     return _dumps(fields)[1:-1]
 
 
@@ -210,18 +213,39 @@ def _encode_event(head: dict[str, Any], fields: dict[str, Any], prev: str) -> by
     return _dumps({**head, "truncated": len(line), "prev": prev})
 
 
-def _json_float(ts: float) -> bytes:
-    """A timestamp as JSON writes it (float.__repr__); clocks are finite floats."""
-    if type(ts) is float and math.isfinite(ts):
-        return float.__repr__(ts).encode()
-    return _dumps(ts)
+_KINDS: dict[str, bytes] = {}  # event kinds seen, as they are written
+
+
+def _plain_kind(kind: str) -> bytes:
+    """`kind` encoded when it needs no JSON escape (b"" otherwise: the slow path)."""
+    if not (kind.isascii() and kind.isidentifier()):
+        return b""
+    if len(_KINDS) < 256:
+        _KINDS[kind] = kind.encode()
+    return kind.encode()
+
+
+def _members(fields: dict[str, Any]) -> bytes:
+    """`,"k":v…`: the fields as JSON object members after a comma."""
+    if len(fields) == 1:
+        for key, value in fields.items():  # one text field (a command's): no encoder
+            if type(value) is str and type(key) is str:
+                return b',"%s":%s' % (
+                    _json_str(key).encode("utf-8", "backslashreplace")[1:-1],
+                    _json_str(value).encode("utf-8", "backslashreplace"),
+                )
+    return b"," + _dumps(fields)[1:-1]
 
 
 # ---- writing -----------------------------------------------------------------------------
 def _write_all(fd: int, data: bytes) -> None:
     n = os.write(fd, data)
-    if n == len(data):  # the usual case: one call
-        return
+    if n != len(data):  # the usual case: one call
+        _write_rest(fd, data, n)
+
+
+def _write_rest(fd: int, data: bytes, n: int) -> None:
+    """Finish a write of which the first `n` bytes went out."""
     view = memoryview(data)[max(n, 0) :]
     while view:
         n = os.write(fd, view)
@@ -289,8 +313,20 @@ class SessionLog:
     ) -> None:
         """`event()` for events whose fields are mostly the same every time (a command of
         an already-seen statement): `static` holds those fields JSON-encoded once (object
-        members, no braces) and as a dict; only `fields` are encoded per event."""
+        members, no braces; see `encode_members`) and as a dict; only `fields` are
+        encoded per event."""
         self._add(kind, fields, write=True, static=static)
+
+    def event_text(self, kind: str, static: tuple[bytes, dict[str, Any]], text: str, /) -> None:
+        """`event_static(kind, static, text=text)`, the call every command makes: without
+        a keyword dict or an encoder run."""
+        if "text" in static[1]:
+            raise ValueError("reserved event field(s): text")
+        members = b',"text":' + _json_str(text).encode("utf-8", "backslashreplace")
+        with self._lock:
+            if self._closed:
+                raise RecorderError(f"recording {self.id} is closed")
+            self._append(kind, {"text": text}, True, static, members)
 
     def buffer(self, kind: str, /, **fields: Any) -> None:
         """Chain one event now but write it with the next `event()` or `flush()`.
@@ -301,6 +337,10 @@ class SessionLog:
         """
         self._add(kind, fields, write=False)
 
+    def buffer_fields(self, kind: str, fields: dict[str, Any], /) -> None:
+        """`buffer()` with the fields as a dict (its keys must be strings)."""
+        self._add(kind, fields, write=False)
+
     def _add(
         self,
         kind: str,
@@ -308,28 +348,33 @@ class SessionLog:
         write: bool,
         static: tuple[bytes, dict[str, Any]] | None = None,
     ) -> None:
-        bad = _RESERVED.intersection(fields)
-        if static is not None:
-            bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
-        if bad:
+        if not _RESERVED.isdisjoint(fields) or (
+            static is not None
+            and not (_RESERVED.isdisjoint(static[1]) and static[1].keys().isdisjoint(fields))
+        ):
+            bad = _RESERVED.intersection(fields)
+            if static is not None:
+                bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
             raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
         with self._lock:
             if self._closed:
                 raise RecorderError(f"recording {self.id} is closed")
-            write = write or self._pending_size >= FLUSH_BYTES
-            self._append(kind, fields, write=write, static=static)
+            self._append(kind, fields, write or self._pending_size >= FLUSH_BYTES, static)
 
     def flush(self) -> None:
         with self._lock:
             if self._pending and not self._closed:
                 self._write_pending()
 
-    def _write_pending(self) -> None:
-        data = b"".join(self._pending)
+    def _write_pending(self, data: bytes | None = None) -> None:
+        if data is None:
+            data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
         try:
-            _write_all(self._fd, data)
+            n = os.write(self._fd, data)
+            if n != len(data):
+                _write_rest(self._fd, data, n)
         except OSError as e:
             self._failed = e.strerror or type(e).__name__
             self._seq, self._prev = self._written  # the index must match the disk
@@ -342,29 +387,47 @@ class SessionLog:
         fields: dict[str, Any],
         write: bool = True,
         static: tuple[bytes, dict[str, Any]] | None = None,
+        members: bytes | None = None,
     ) -> None:
+        """Chain one event (`members`: `fields` already encoded, see `_members`)."""
         if self._failed is not None:
             raise RecorderError(f"recording {self.id} failed earlier: {self._failed}")
-        ts = self._clock()
-        # The bytes _encode_event makes, put together without a dict per event: the head
+        # The line _encode_event makes, put together without a dict per event: the head
         # (kind is one of hoopy's own names, needing no escapes), the fields, a pre-encoded
-        # static part.
-        parts = [b'{"seq":%d,"ts":%s,"type":"%s"' % (self._seq, _json_float(ts), kind.encode())]
-        if fields:
-            parts.append(b"," + _dumps(fields)[1:-1])
-        if static is not None and static[0]:
-            parts.append(b"," + static[0])
-        parts.append(b',"prev":"%s"}' % self._prev.encode())
-        line = b"".join(parts)
-        if len(line) > MAX_EVENT_BYTES or not (kind.isascii() and kind.isidentifier()):
-            head = {"seq": self._seq, "ts": ts, "type": kind}
+        # static part, the chain.  ts to the microsecond, from integers: formatting a
+        # float costs more than the rest of the head.
+        if self._clock is time.time:
+            ns = time.time_ns()
+            ts_bytes = b"%d.%06d" % (ns // 1_000_000_000, ns // 1000 % 1_000_000)
+        else:
+            ts = self._clock()
+            ts_bytes = b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
+        kind_bytes = _KINDS.get(kind) or _plain_kind(kind)
+        if members is None:
+            members = _members(fields) if fields else b""
+        line = b'{"seq":%d,"ts":%s,"type":"%s"%s%s,"prev":"%s"}' % (
+            self._seq,
+            ts_bytes,
+            kind_bytes,
+            members,
+            b"," + static[0] if static is not None and static[0] else b"",
+            self._prev.encode(),
+        )
+        if len(line) > MAX_EVENT_BYTES or not kind_bytes:
+            head = {"seq": self._seq, "ts": json.loads(ts_bytes), "type": kind}
             merged = {**fields, **static[1]} if static is not None else fields
             line = _encode_event(head, merged, self._prev)
-        self._pending.append(line + b"\n")
-        self._pending_size += len(line) + 1
         self._prev = hashlib.sha256(line).hexdigest()
         self._seq += 1
-        self._counts[kind] = self._counts.get(kind, 0) + 1
+        counts = self._counts
+        counts[kind] = counts.get(kind, 0) + 1
+        if write and not self._pending:  # the usual command event: one write, no join
+            self._pending.append(line)
+            self._pending_size = len(line)
+            self._write_pending(line + b"\n")
+            return
+        self._pending.append(line + b"\n")
+        self._pending_size += len(line) + 1
         if write:
             self._write_pending()
 

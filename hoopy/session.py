@@ -92,10 +92,10 @@ class Session:
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
 
-    def record_later(self, type_: str, **fields: Any) -> None:
+    def record_later(self, type_: str, fields: dict[str, Any]) -> None:
         """An event about what already ran (results): written with the next command."""
         try:
-            self.log.buffer(type_, **fields)
+            self.log.buffer_fields(type_, fields)
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable: {e}") from None
 
@@ -129,9 +129,7 @@ class Session:
         if decision is None:
             decision = self.decide(command)
         try:
-            self.log.event_static(
-                "command", self._event_fields(command, decision), text=command.text
-            )
+            self.log.event_text("command", self._event_fields(command, decision), command.text)
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
         if decision.outcome == "deny":

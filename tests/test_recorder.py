@@ -546,3 +546,61 @@ def test_static_events_are_byte_identical_to_plain_ones(
     for a, b in zip(lines[0][1:4], lines[1][1:4], strict=True):
         assert a.split(b',"prev"')[0] == b.split(b',"prev"')[0]
     assert check(store, fast)
+
+
+def test_text_events_are_byte_identical_to_plain_ones(
+    recorder: Recorder, store: StateStore
+) -> None:
+    from hoopy.recorder import encode_members
+
+    static_fields = {"kinds": ["select"], "outcome": "allow", "rule": "r"}
+    static = (encode_members(static_fields), static_fields)
+    plain, fast = open_log(recorder), open_log(recorder)
+    plain._clock = fast._clock = lambda: 1.25
+    texts = ("select 1", 'sélect "ü" \\ \n\t', "\ud800 lone surrogate", "x" * 10)
+    for text in texts:
+        plain.event("command", text=text, **static_fields)
+        fast.event_text("command", static, text)
+    with pytest.raises(ValueError):
+        fast.event_text("command", (b'"text":"x"', {"text": "x"}), "y")
+    with pytest.raises(ValueError):
+        encode_members({"seq": 1})  # reserved keys never reach a static part
+    plain.close("closed")
+    fast.close("closed")
+    a, b = (p.path.read_bytes().splitlines()[1:5] for p in (plain, fast))
+    assert [x.split(b',"prev"')[0] for x in a] == [x.split(b',"prev"')[0] for x in b]
+    assert [json.loads(x)["text"] for x in b][:2] == list(texts[:2])
+    assert check(store, fast)
+
+
+def test_short_writes_are_completed_not_repeated(
+    recorder: Recorder, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hoopy.recorder as rec
+
+    real_write = os.write
+
+    def dribble(fd: int, data: Any) -> int:
+        return real_write(fd, bytes(data[:7]))  # the kernel may take less than asked
+
+    log = open_log(recorder)
+    monkeypatch.setattr(rec.os, "write", dribble)
+    log.event("command", text="select 1")
+    log.buffer("result", tag="SELECT 1", rows=[["1"]])
+    log.event("command", text="select 2")
+    monkeypatch.undo()
+    log.close("closed")
+    assert [e["type"] for e in read_events(log.path)] == [
+        "session_start", "command", "result", "command", "session_end",
+    ]  # fmt: skip
+    assert check(store, log)
+
+
+@pytest.mark.parametrize("clock_value", [1.5, 2, float("nan"), 1e300])
+def test_any_clock_value_gives_valid_json(recorder: Recorder, clock_value: float) -> None:
+    log = open_log(recorder)
+    log._clock = lambda: clock_value
+    log.event("command", text="select 1")
+    log.close("closed")
+    (event,) = [e for e in read_events(log.path) if e["type"] == "command"]
+    assert "ts" in event

@@ -720,12 +720,15 @@ def classify(sql: str, connector: str, prepared: Prepared | None = None) -> tupl
 
 
 class Classifier:
-    """`classify()` with an LRU cache keyed by the literal-free text and the connector."""
+    """`classify()` with an LRU cache keyed by the literal-free text and the connector, and
+    in front of it a cache of exact texts seen more than once (drivers re-send the same
+    Parse text every time: that skips normalizing)."""
 
     def __init__(self, max_entries: int = 10000, max_key_chars: int = 65536) -> None:
         self.max_entries = max_entries
         self.max_key_chars = max_key_chars  # huge texts are classified, not cached
         self._cache: OrderedDict[tuple[str, str], tuple[str, tuple[Command, ...]]] = OrderedDict()
+        self._exact: dict[tuple[str, str], tuple[Command, ...]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -735,14 +738,26 @@ class Classifier:
     def classify(
         self, sql: str, connector: str, prepared: Prepared | None = None
     ) -> tuple[Command, ...]:
-        _check_text(sql)  # before normalize(): it would stop reading at a NUL
-        key = (_normalize(sql), connector)
+        exact = self._exact.get((sql, connector))
+        if exact is not None:
+            self.hits += 1
+            return exact
+        if "\0" in sql:
+            _check_text(sql)  # before normalize(): it would stop reading at a NUL
+        try:
+            key = (str(parser.normalize(sql)), connector)
+        except (parser.ParseError, UnicodeError) as e:
+            raise _libpg_error(e) from None
         entry = self._cache.get(key)
         if entry is not None:
             cmds = self._retext(sql, *entry)
             if cmds is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
+                if cmds is entry[1]:  # the same text again: next time, skip normalizing
+                    if len(self._exact) >= self.max_entries:
+                        self._exact.clear()
+                    self._exact[(sql, connector)] = cmds
                 return cmds
         self.misses += 1
         cmds, cacheable = _classify(sql, connector, prepared)

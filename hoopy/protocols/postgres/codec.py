@@ -184,7 +184,12 @@ def _f_password(raw: bytes) -> m.PasswordMessage:
 
 
 def _f_query(raw: bytes) -> m.Query:
-    return m.Query(_only_cstr(raw, "Query", strict=True), raw)
+    if raw.find(b"\0", 5) != len(raw) - 1:
+        raise ProtocolViolation("malformed Query message")
+    try:
+        return m.Query(raw[5:-1].decode(), raw)
+    except UnicodeDecodeError:
+        raise ProtocolViolation("Query message is not valid UTF-8", "22021") from None
 
 
 def _f_parse(raw: bytes) -> m.Parse:
@@ -428,7 +433,7 @@ _BACKEND: dict[int, Callable[[bytes], m.BackendEvent]] = {
     ord("v"): m.NegotiateProtocolVersion,
     ord("V"): m.FunctionCallResponse,
 }
-# What ClientConnection.relay_run passes through in one piece (see messages.Relayed).
+# What ClientConnection.relay_run passes through in one piece.
 _COMPLETE = ord("C")
 _EMPTY_QUERY = ord("I")
 _PARAMETERS = ord("t")
@@ -450,7 +455,7 @@ def iter_data_rows(
     raw: bytes, pos: int = 0, end: int | None = None
 ) -> Iterator[list[bytes | None]]:
     """Decode the DataRow messages concatenated in `raw[pos:end]` (a `DataRows.raw`, or
-    a DataRow run of a `Relayed`)."""
+    a DataRow run of `ClientConnection.relay_run`)."""
     end = len(raw) if end is None else end
     while pos < end:
         if end - pos < 7 or raw[pos] != _DATA_ROW:
@@ -460,6 +465,23 @@ def iter_data_rows(
             raise ProtocolViolation("malformed DataRow message")
         yield _data_row_values(raw, pos + 5, stop)
         pos = stop
+
+
+def decode_data_rows(
+    raw: bytes, pos: int, end: int, limit: int
+) -> tuple[list[list[bytes | None]], int]:
+    """The values of at most `limit` DataRow messages of raw[pos:end], and the offset
+    after the last one decoded (== end when all were)."""
+    rows: list[list[bytes | None]] = []
+    while pos < end and len(rows) < limit:
+        if end - pos < 7 or raw[pos] != _DATA_ROW:
+            raise ProtocolViolation("malformed DataRow message")
+        stop = pos + 1 + _I.unpack_from(raw, pos + 1)[0]
+        if stop > end:
+            raise ProtocolViolation("malformed DataRow message")
+        rows.append(_data_row_values(raw, pos + 5, stop))
+        pos = stop
+    return rows, pos
 
 
 def _data_row_values(raw: bytes, pos: int, stop: int) -> list[bytes | None]:
@@ -502,7 +524,8 @@ class _Connection(Generic[E]):
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes read from the peer (b"" is ignored: end of stream is the caller's)."""
-        self._check_alive()
+        if self._failed is not None:
+            self._check_alive()
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0
@@ -523,7 +546,8 @@ class _Connection(Generic[E]):
 
     def events(self) -> list[E]:
         """Every event that is complete in the buffer now."""
-        self._check_alive()
+        if self._failed is not None:
+            self._check_alive()
         out: list[E] = []
         try:
             while (ev := self._next()) is not NEED_DATA:
@@ -612,13 +636,17 @@ class ServerConnection(_Connection[m.FrontendEvent]):
     def _next(self) -> m.FrontendEvent | Literal[NeedData.NEED_DATA]:
         if self.phase is Phase.STARTUP:
             return self._startup_packet()
+        if self._pos >= len(self._buf):
+            return NEED_DATA
         header = self._typed()
         if header is None:
             return NEED_DATA
         t, length = header
         if t in self.opaque:
             return self._passthrough(t, length)
-        event = _FRONTEND[t](self._take(1 + length))
+        pos = self._pos
+        self._pos = pos + 1 + length
+        event = _FRONTEND[t](bytes(self._buf[pos : self._pos]))
         if t == ord("X"):
             self._set_phase(Phase.CLOSED)
         return event
@@ -698,13 +726,18 @@ class ClientConnection(_Connection[m.BackendEvent]):
             self._set_phase(Phase.NORMAL)
         return event
 
-    def relay_run(self) -> m.Relayed | None:
+    def relay_run(self) -> tuple[bytes, list[tuple[int, int, int]]] | None:
         """The run of complete messages at the buffer's front that a session without
-        masking forwards as they are (`_RELAYED` types), as one `Relayed` event; None when
-        the next message is another type or incomplete (use `next_event()` then).
+        masking forwards as they are (`_RELAYED` types: DataRow, RowDescription,
+        CommandComplete, ReadyForQuery, ParameterDescription and the bodiless
+        acknowledgements), as `(raw, marks)`; None when the next message is another type
+        or incomplete (use `next_event()` then).  `marks` locates in `raw` what a proxy
+        looks at: `(type, start, stop)` per RowDescription, CommandComplete,
+        ReadyForQuery and EmptyQueryResponse, and one per run of DataRows.
 
         One pass, no object per message: this is the hot path of every result."""
-        self._check_alive()
+        if self._failed is not None:
+            self._check_alive()
         if self.phase is not Phase.NORMAL or self._expect_ssl:
             return None
         buf, start, end, cap = self._buf, self._pos, len(self._buf), self._max
@@ -749,7 +782,7 @@ class ClientConnection(_Connection[m.BackendEvent]):
         if pos == start:
             return None
         self._pos = pos
-        return m.Relayed(bytes(buf[start:pos]), tuple(marks))
+        return bytes(buf[start:pos]), marks
 
     def _ssl_answer(self) -> m.SSLAnswer | Literal[NeedData.NEED_DATA]:
         if not self.buffered():

@@ -43,7 +43,6 @@ __all__ = [
     "FunctionCall", "FunctionCallResponse", "GSSENCRequest", "NegotiateProtocolVersion", "NoData",
     "NoticeResponse", "NotificationResponse", "ParameterDescription", "ParameterStatus", "Parse",
     "ParseComplete", "Passthrough", "PasswordMessage", "PortalSuspended", "Query", "ReadyForQuery",
-    "Relayed",
     "RowDescription", "SSLAnswer", "SSLRequest", "StartupMessage", "Sync", "Terminate",
     "authentication_cleartext_password", "authentication_ok", "backend_key_data", "bind",
     "bind_complete", "cancel_request", "close", "close_complete", "command_complete", "copy_data",
@@ -292,18 +291,6 @@ class DataRows:
 
 
 @dataclass(frozen=True, slots=True)
-class Relayed:
-    """A run of complete messages that a session without masking forwards unchanged
-    (ClientConnection.relay_run): DataRow, RowDescription, CommandComplete,
-    ReadyForQuery and the bodiless acknowledgements.  `marks` locates, in `raw`, what
-    the proxy looks at: `(type, start, stop)` per RowDescription, CommandComplete,
-    ReadyForQuery and EmptyQueryResponse, and one per run of DataRows."""
-
-    raw: bytes = field(repr=False)
-    marks: tuple[tuple[int, int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
 class CommandComplete:
     tag: str
     raw: bytes = field(repr=False)
@@ -430,7 +417,6 @@ BackendEvent: TypeAlias = (
     | NotificationResponse | ParseComplete | BindComplete | CloseComplete | NoData
     | PortalSuspended | ParameterDescription | CopyInResponse | CopyOutResponse
     | CopyBothResponse | CopyData | CopyDone | NegotiateProtocolVersion | FunctionCallResponse
-    | Relayed
 )
 # fmt: on
 

@@ -121,13 +121,28 @@ class ResultLog:
         """The DataRow messages in raw[start:stop]."""
         if self.truncated:
             return
-        for values in pg.iter_data_rows(raw, start, stop):
-            if len(self.rows) >= self.max_rows or self.size >= self.max_bytes:
+        rows, size = self.rows, self.size
+        stop = len(raw) if stop is None else stop
+        decoded, upto = pg.decode_data_rows(raw, start, stop, self.max_rows - len(rows))
+        for values in decoded:
+            if size >= self.max_bytes:
                 self.truncated = True
-                return
-            row = [_show(v) for v in values]
-            self.size += sum(len(v) for v in values if v is not None)
-            self.rows.append(row)
+                break
+            row: list[Any] = []
+            for v in values:
+                if v is None:
+                    row.append(None)
+                    continue
+                size += len(v)
+                try:
+                    row.append(v.decode())
+                except UnicodeDecodeError:
+                    row.append(_show(v))
+            rows.append(row)
+        else:
+            if upto < stop:
+                self.truncated = True  # more rows than max_rows
+        self.size = size
 
     def add_copy(self, data: bytes) -> None:
         if self.size >= self.max_bytes:
@@ -136,8 +151,8 @@ class ResultLog:
         self.rows.append([_show(data)])
         self.size += len(data)
 
-    def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rows": self.rows}
+    def fields(self, tag: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"tag": tag, "rows": self.rows}
         if self.columns:
             out["columns"] = self.columns
         if self.truncated:
@@ -229,6 +244,7 @@ class AgentConnection:
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)
         self.scrub_words: tuple[str, ...] = ()
         self.outcome = "closed"
+        self._columns: dict[bytes, list[str]] = {}  # RowDescription → column names
         # Masking sessions only (a mask rule may apply to this identity and connector):
         self.tracker: ResultTracker | None = None
         self.planner: Planner | None = None
@@ -453,7 +469,7 @@ class AgentConnection:
         pump = self._agent_pump
         try:
             self.codec.receive_data(data)
-            if pump.busy:
+            if pump.task is not None:  # busy
                 if self.codec.buffered() > READ_SIZE * 4:
                     cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
                 return
@@ -528,7 +544,7 @@ class AgentConnection:
         for i, ev in enumerate(events):
             t = type(ev)
             if t is pg.Query or t is pg.Parse:
-                st = cast(pg.Query | pg.Parse, ev)
+                st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
                 try:
                     cmds = self._commands(st.sql)
                     if self._check_now(cmds) is None:
@@ -615,6 +631,11 @@ class AgentConnection:
         when one needs an approval, before any of them is recorded."""
         session = self.session
         assert session is not None
+        if len(cmds) == 1:  # the usual case, without lists
+            d = session.decide(cmds[0])
+            if d.outcome == "require_approval":
+                return None
+            return [session.check_now(cmds[0], d)]
         decisions = [session.decide(c) for c in cmds]  # cached per fingerprint
         waits = False
         # A denial anywhere refuses the whole message before any approval is asked for.
@@ -788,11 +809,13 @@ class AgentConnection:
         assert self.backend is not None
         codec = self.backend.codec
         out: list[bytes] = []
-        while codec.buffered():
+        while True:
             run = codec.relay_run()
             if run is not None:
-                self._on_relayed(run)
-                out.append(run.raw)
+                self._on_relayed(*run)
+                out.append(run[0])
+                if not codec.buffered():
+                    break
                 continue
             ev = codec.next_event()
             if ev is pg.NEED_DATA:
@@ -805,9 +828,9 @@ class AgentConnection:
         if out:
             self._agent_write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _on_relayed(self, run: pg.Relayed) -> None:
-        raw, result = run.raw, self.result
-        for t, start, stop in run.marks:
+    def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> None:
+        result = self.result
+        for t, start, stop in marks:
             if t == 0x44:  # DataRow run
                 if not result.truncated:
                     result.add_rows(raw, start, stop)
@@ -816,9 +839,15 @@ class AgentConnection:
             elif t == 0x5A:  # ReadyForQuery
                 self._on_ready(chr(raw[start + 5]))
             elif t == 0x54:  # RowDescription
-                fields = pg.decode_row_description(raw[start:stop]).fields
+                desc = raw[start:stop]
+                names = self._columns.get(desc)
+                if names is None:
+                    names = [f.name for f in pg.decode_row_description(desc).fields]
+                    if len(self._columns) >= 256:
+                        self._columns.clear()
+                    self._columns[desc] = names
                 result.reset()
-                result.columns = [f.name for f in fields]
+                result.columns = names
             else:  # EmptyQueryResponse
                 result.reset()
 
@@ -987,7 +1016,7 @@ class AgentConnection:
 
     def _record_result(self, tag: str) -> None:
         assert self.session is not None
-        self.session.record_later("result", tag=tag, **self.result.fields())
+        self.session.record_later("result", self.result.fields(tag))
         self.result.reset()
 
 

@@ -29,6 +29,8 @@ class Pipe(asyncio.Protocol):
         self.on_data = on_data
         self.on_closed = on_closed
         self.on_pressure = on_pressure
+        # Called for every read: the callback itself, not a method calling it.
+        self.data_received = on_data  # type: ignore[method-assign,assignment]
 
     def data_received(self, data: bytes) -> None:
         self.on_data(data)

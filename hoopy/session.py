@@ -53,7 +53,7 @@ class Session:
 
     def decide(self, command: Command) -> Decision:
         key = command.fingerprint
-        if key and not (command.kinds & _STATEFUL_KINDS):
+        if key and command.kinds.isdisjoint(_STATEFUL_KINDS):
             hit = self._cache.get(key)
             if hit is not None:
                 return hit

@@ -751,7 +751,7 @@ class AgentConnection:
         tracker = self.tracker
         if type(ev) is pg.Query:
             for c in cmds:
-                if c.kinds & _SESSION_STATE_KINDS:
+                if not c.kinds.isdisjoint(_SESSION_STATE_KINDS):
                     self._track_sql_prepared(cmds)
                     break
             self.batches_sent += 1

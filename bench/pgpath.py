@@ -134,21 +134,27 @@ def workloads() -> dict[str, tuple[Any, Any]]:
             lambda i: answer(i) + ready,
         ),
         "select-only extended": (
-            lambda i: pg.parse("", SELECT.format("$1"), (23,))
-            + pg.bind("", "", [str(i % 100000 + 1).encode()], [0], [1])
-            + pg.describe("P", "")
-            + pg.execute("", 0)
-            + pg.sync(),
+            lambda i: (
+                pg.parse("", SELECT.format("$1"), (23,))
+                + pg.bind("", "", [str(i % 100000 + 1).encode()], [0], [1])
+                + pg.describe("P", "")
+                + pg.execute("", 0)
+                + pg.sync()
+            ),
             lambda i: ext_ack + answer(i) + ready,
         ),
         "select-only prepared": (
-            lambda i: pg.bind("", "P_0", [str(i % 100000 + 1).encode()], [0], [1])
-            + pg.execute("", 0)
-            + pg.sync(),
-            lambda i: pg.bind_complete()
-            + pg.data_row([str(i).encode()])
-            + pg.command_complete("SELECT 1")
-            + ready,
+            lambda i: (
+                pg.bind("", "P_0", [str(i % 100000 + 1).encode()], [0], [1])
+                + pg.execute("", 0)
+                + pg.sync()
+            ),
+            lambda i: (
+                pg.bind_complete()
+                + pg.data_row([str(i).encode()])
+                + pg.command_complete("SELECT 1")
+                + ready
+            ),
         ),
     }
 

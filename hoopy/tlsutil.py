@@ -11,6 +11,7 @@ import ipaddress
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,11 +59,39 @@ def ensure_pair(files: TLSFiles, hostnames: tuple[str, ...] = ("localhost",)) ->
     return True
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose read, write and pending are the C object's own methods.
+
+    Event loops drive TLS through an SSLObject (memory BIOs) and call those three for
+    every chunk of every connection; ssl.SSLObject's are Python methods that only
+    forward to `_sslobj`, and a read that finds no complete record raises through
+    that extra frame.  Binding the C methods on the instance (uvloop takes them from
+    the instance when it wraps) removes a Python call per TLS read and write; every
+    other method, and the semantics of these three, stay ssl's own."""
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        obj = super()._create(*args, **kwargs)  # type: ignore[misc]
+        c = getattr(obj, "_sslobj", None)
+        if c is not None:
+            obj.read = c.read
+            obj.write = c.write
+            obj.pending = c.pending
+        return obj
+
+
+def fast_objects(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """`ctx` with DirectSSLObject for the connections it wraps (see there)."""
+    if hasattr(ssl.SSLObject, "_create"):
+        ctx.sslobject_class = DirectSSLObject
+    return ctx
+
+
 def server_context(files: TLSFiles) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(files.cert), str(files.key))
-    return ctx
+    return fast_objects(ctx)
 
 
 def cert_path(files: TLSFiles) -> Path:

@@ -29,6 +29,7 @@ from scramp import ScramClient
 from hoopy.config import PostgresConnector
 from hoopy.errors import BackendUnavailable
 from hoopy.protocols.postgres import codec as pg
+from hoopy.tlsutil import fast_objects
 
 log = logging.getLogger("hoopy.postgres.backend")
 
@@ -96,11 +97,11 @@ def _client_params(params: dict[str, str]) -> dict[str, str]:
 def ssl_context(c: PostgresConnector) -> ssl.SSLContext:
     if c.sslmode == "verify-full":
         ctx = ssl.create_default_context(cafile=str(c.sslrootcert) if c.sslrootcert else None)
-        return ctx
+        return fast_objects(ctx)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return fast_objects(ctx)
 
 
 async def _maybe_tls(

@@ -1,0 +1,762 @@
+"""The data phase of a PostgreSQL session: agent ⇄ hoopy ⇄ PostgreSQL after login.
+
+Theory of operation
+-------------------
+After login both sockets get Protocol callbacks (pump.py); a batch of messages is
+handled in the callback that delivered it, or in a task when it may wait (approval,
+masking catalog lookups).  Sessions without masking never need a task until a
+statement needs an approval: their bytes are checked, recorded and forwarded
+synchronously, and result runs from the server go through as the bytes they came in
+(`ClientConnection.relay_run`), looked at only to record them.
+
+Agent → backend: every Query and Parse is classified (pglast) and checked through
+`Session.check`; anything else is forwarded byte-for-byte.  A refused message is
+*substituted*, not dropped: hoopy sends the server a statement that is a guaranteed
+syntax error carrying a per-session nonce (the "marker").  The server then answers
+exactly where the refused message stood — ErrorResponse, discard-until-Sync, aborted
+transaction, ReadyForQuery — so ordering and transaction state are PostgreSQL's own,
+and the backend → agent side swaps the marker's error for hoopy's 42501/42601.
+
+Backend → agent: DataRow runs are only decoded for the first rows a statement records.
+ErrorResponse/NoticeResponse/ParameterStatus are scrubbed of the backend credentials.
+A server whose settings would make hoopy's parse differ from the server's
+(standard_conforming_strings off, a client-only multibyte encoding) ends the session:
+fail closed.  Masking sessions track every result to its statement and rewrite rows
+(results.py, rowmask.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from hoopy.config import PostgresConnector, PostgresSettings
+from hoopy.errors import (
+    CommandDenied,
+    HoopyError,
+    ProtocolError,
+    RecordingFailed,
+    UnparseableCommand,
+)
+from hoopy.gateway import Gateway
+from hoopy.policy import Command, Decision, identity_masks
+from hoopy.protocols.postgres import backend as be
+from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.catalog import CatalogUnavailable
+from hoopy.protocols.postgres.classify import SqlParseError
+from hoopy.protocols.postgres.lineage import changes_name_resolution
+from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
+from hoopy.protocols.postgres.maskwire import (
+    CATALOG_SAFE_KINDS,
+    copy_format,
+    mask_message_fields,
+    track,
+)
+from hoopy.protocols.postgres.pump import Eager, Pipe
+from hoopy.protocols.postgres.resultlog import ResultLog
+from hoopy.protocols.postgres.results import Result, ResultTracker
+from hoopy.protocols.postgres.rowmask import RowMasker
+from hoopy.session import Session
+
+if TYPE_CHECKING:
+    from hoopy.protocols.postgres.proxy import PostgresListener
+
+log = logging.getLogger("hoopy.postgres")
+
+# Client-only encodings whose trailing bytes can be ASCII quote/backslash:
+# hoopy's parse of the text would differ from the server's.
+UNSAFE_ENCODINGS = frozenset(
+    {
+        "BIG5",
+        "GBK",
+        "SJIS",
+        "SHIFT_JIS_2004",
+        "GB18030",
+        "UHC",
+        "JOHAB",
+        "WIN950",
+        "WIN936",
+        "WIN949",
+        "WIN1361",
+    }
+)
+READ_SIZE = 256 * 1024
+
+
+def _norm_enc(name: str) -> str:
+    return name.upper().replace("-", "").replace("_", "") if name else ""
+
+
+_UNSAFE_NORM = frozenset(_norm_enc(e) for e in UNSAFE_ENCODINGS)
+
+
+def unsafe_encoding(name: str) -> bool:
+    """Is `name` (any spelling) one of UNSAFE_ENCODINGS?"""
+    return _norm_enc(name) in _UNSAFE_NORM
+
+
+def error_bytes(e: HoopyError) -> bytes:
+    """The one place a hoopy error becomes a PostgreSQL ErrorResponse."""
+    return pg.error_response(e.sqlstate, e.message, severity="FATAL" if e.fatal else "ERROR")
+
+
+def _parse_message(name: str, sql: str) -> bytes:
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + b"\0\0"
+    return b"P" + struct.pack("!I", len(body) + 4) + body
+
+
+class Relay:
+    """The relay half of `proxy.AgentConnection` (its base class): what runs once the
+    agent is logged in and a backend connection is attached."""
+
+    # Set by AgentConnection before the relay starts.
+    listener: PostgresListener
+    gw: Gateway
+    settings: PostgresSettings
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    codec: pg.ServerConnection
+    session: Session | None
+    backend: be.BackendConn | None
+    connector: PostgresConnector | None
+    prepared: dict[str, tuple[Command, ...]]
+    marker: str
+    refusals: deque[tuple[int, HoopyError]]
+    batches_sent: int
+    batches_done: int
+    result: ResultLog
+    scrub_words: tuple[str, ...]
+    outcome: str
+    _columns: dict[bytes, list[str]]
+    tracker: ResultTracker | None
+    planner: Planner | None
+    _masks: list[StatementMasks | None]
+    _agent_events: list[pg.FrontendEvent]
+
+    async def _relay(self) -> None:
+        """Both sockets switch to Pipe protocols (see pump.py) until the session ends."""
+        assert self.backend is not None
+        loop = asyncio.get_running_loop()
+        self._ended: asyncio.Future[None] = loop.create_future()
+        self._agent_closed: asyncio.Future[None] = loop.create_future()
+        at = cast(asyncio.Transport, self.writer.transport)
+        bt = cast(asyncio.Transport, self.backend.writer.transport)
+        agent_left = _take_buffer(self.reader)
+        backend_left = _take_buffer(self.backend.reader)
+        original = bt.get_protocol()
+        self._agent_write = at.write  # the transports' own: no StreamWriter layer per write
+        self._backend_write = bt.write
+        self._agent_pump = Eager(at, self._agent_batch, self._agent_again, self._end)
+        self._agent_pump.pause_when_busy = False  # an approval wait must see the agent leave
+        self._backend_pump = Eager(bt, self._backend_batch, self._backend_again, self._end)
+        at.set_protocol(Pipe(self._agent_data, self._agent_gone, self._agent_pressure))
+        bt.set_protocol(Pipe(self._backend_data, self._backend_gone, self._backend_pressure))
+        try:
+            if agent_left:
+                self._agent_data(agent_left)
+            if backend_left:
+                self._backend_data(backend_left)
+            await self._ended
+        finally:
+            for pump in (self._agent_pump, self._backend_pump):
+                if pump.task is not None:
+                    pump.task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pump.task
+            if not bt.is_closing():
+                bt.set_protocol(original)  # the pool reads it with its StreamReader again
+                bt.resume_reading()
+
+    def _end(self, error: BaseException | None = None) -> None:
+        if not self._ended.done():
+            if error is None:
+                self._ended.set_result(None)
+            else:
+                self._ended.set_exception(error)
+
+    # agent side
+    def _agent_data(self, data: bytes) -> None:
+        pump = self._agent_pump
+        try:
+            self.codec.receive_data(data)
+            if pump.task is not None:  # busy
+                if self.codec.buffered() > READ_SIZE * 4:
+                    cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
+                return
+            events = self.codec.events()
+            if not events:
+                return
+            if self.planner is None:
+                self._agent_batch_now(events)
+                return
+            self._agent_events = events  # masking: catalog queries need a task
+        except BaseException as e:
+            self._end(e)
+            return
+        pump.run(eager=False)
+
+    def _agent_again(self) -> None:
+        if self.codec.buffered():
+            self._agent_data(b"")
+
+    def _agent_gone(self, exc: BaseException | None) -> None:
+        if not self._agent_closed.done():
+            self._agent_closed.set_result(None)
+        if self.outcome == "closed" and not self._ended.done():
+            self.outcome = "disconnected"
+        self._end()
+
+    def _agent_pressure(self, full: bool) -> None:
+        """The agent reads slowly: stop reading the backend until it catches up."""
+        assert self.backend is not None
+        bt = cast(asyncio.Transport, self.backend.writer.transport)
+        if bt.is_closing():
+            return
+        if full:
+            bt.pause_reading()
+        elif not self._backend_pump.busy:
+            bt.resume_reading()
+
+    # backend side
+    def _backend_data(self, data: bytes) -> None:
+        assert self.backend is not None
+        try:
+            self.backend.codec.receive_data(data)
+            if self.tracker is None:
+                self._relay_backend()  # nothing in it waits: no coroutine, no task
+                return
+        except BaseException as e:
+            self._end(e)
+            return
+        self._backend_pump.run(eager=False)
+
+    def _backend_again(self) -> None:
+        assert self.backend is not None
+        if self.backend.codec.buffered():
+            self._backend_data(b"")
+
+    def _backend_gone(self, exc: BaseException | None) -> None:
+        self._end(be.BackendUnavailable("the database closed the connection"))
+
+    def _backend_pressure(self, full: bool) -> None:
+        at = cast(asyncio.Transport, self.writer.transport)
+        if at.is_closing():
+            return
+        if full:
+            at.pause_reading()
+        elif not self._agent_pump.busy:
+            at.resume_reading()
+
+    def _agent_batch_now(self, events: list[pg.FrontendEvent]) -> None:
+        """`_agent_batch` without a coroutine, for sessions without masking, until a
+        statement needs an approval: from there on the messages wait in a task."""
+        out: list[bytes] = []
+        for i, ev in enumerate(events):
+            t = type(ev)
+            if t is pg.Query or t is pg.Parse:
+                st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
+                try:
+                    cmds = self._commands(st.sql)
+                    if self._check_now(cmds) is None:
+                        if out:
+                            self._backend_write(b"".join(out))
+                        self._agent_events = events[i:]
+                        self._agent_pump.run(eager=False)
+                        return
+                except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+                    out.append(self._refused(st, e))
+                    continue
+                out.append(self._allowed(st, cmds))
+            elif not self._other_agent_event(ev, out):
+                return
+        if out:
+            self._backend_write(b"".join(out))
+
+    async def _agent_batch(self) -> None:
+        """Every complete message the agent sent so far: check, record, forward."""
+        assert self.backend is not None
+        out: list[bytes] = []
+        events, self._agent_events = self._agent_events, []
+        for ev in events:
+            t = type(ev)
+            if t is pg.Query or t is pg.Parse:
+                st = cast(pg.Query | pg.Parse, ev)
+                try:
+                    cmds = await self._check_all(st.sql, out)
+                except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
+                    out.append(self._refused(st, e))
+                    continue
+                out.append(self._allowed(st, cmds))
+            elif not self._other_agent_event(ev, out):
+                return
+        if out:
+            self.backend.writer.write(b"".join(out))
+
+    def _other_agent_event(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
+        """Every message but Query and Parse; False once the agent said Terminate."""
+        t = type(ev)
+        if t is pg.Sync:
+            self.batches_sent += 1
+            if self.tracker is not None:
+                self.tracker.sync()
+            out.append(ev.raw)
+        elif t is pg.Close:
+            self._on_close(ev)  # type: ignore[arg-type]
+            out.append(ev.raw)
+        elif t is pg.Terminate:
+            assert self.backend is not None
+            self.backend.writer.write(b"".join(out))
+            self.outcome = "closed"
+            self._end()
+            return False
+        elif t is pg.FunctionCall:
+            refusal = CommandDenied("the fast-path function call protocol is not allowed")
+            out.append(self._refuse_query(refusal))
+        else:
+            if self.tracker is not None:
+                track(self.tracker, ev)
+            out.append(ev.raw)
+        return True
+
+    def _flush(self, out: list[bytes]) -> None:
+        """Send what precedes a command that may block on approval."""
+        assert self.backend is not None
+        if out:
+            self.backend.writer.write(b"".join(out))
+            out.clear()
+
+    def _commands(self, sql: str) -> tuple[Command, ...]:
+        """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
+        assert self.session is not None and self.connector is not None
+        try:
+            return self.listener.classifier.classify(sql, self.connector.name, self.prepared)
+        except SqlParseError as e:
+            self.session.record(
+                "command", text=sql, outcome="deny", reason="unparseable", error=e.message
+            )
+            raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
+
+    def _check_now(self, cmds: tuple[Command, ...]) -> list[Decision] | None:
+        """Check (and record) every statement, or raise to refuse the whole text; None
+        when one needs an approval, before any of them is recorded."""
+        session = self.session
+        assert session is not None
+        if len(cmds) == 1:  # the usual case, without lists
+            d = session.decide(cmds[0])
+            if d.outcome == "require_approval":
+                return None
+            return [session.check_now(cmds[0], d)]
+        decisions = [session.decide(c) for c in cmds]  # cached per fingerprint
+        waits = False
+        # A denial anywhere refuses the whole message before any approval is asked for.
+        for c, d in zip(cmds, decisions, strict=True):
+            if d.outcome == "deny":
+                session.check_now(c, d)  # records the denial and raises
+            elif d.outcome == "require_approval":
+                waits = True
+        if waits:
+            return None
+        return [session.check_now(c, d) for c, d in zip(cmds, decisions, strict=True)]
+
+    async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
+        """Classify and check every statement of `sql`; raise to refuse the whole text.
+
+        In masking sessions, also prepares each statement's masking (`self._masks`)."""
+        cmds = self._commands(sql)
+        decisions = self._check_now(cmds)
+        if decisions is None:
+            self._flush(out)
+            decisions = await self._watching_agent(self._check_each(cmds))
+        if self.planner is not None:
+            self._masks = [
+                await self._statement_masks(c, d) for c, d in zip(cmds, decisions, strict=True)
+            ]
+        return cmds
+
+    async def _check_each(self, cmds: tuple[Command, ...]) -> list[Decision]:
+        assert self.session is not None
+        return [await self.session.check(c) for c in cmds]
+
+    async def _statement_masks(self, cmd: Command, decision: Decision) -> StatementMasks | None:
+        """How this allowed statement's results are masked; refuses what cannot be."""
+        assert self.planner is not None and self.session is not None
+        if cmd.kinds & {"fetch", "move"}:
+            # a cursor's rows come from a statement declared earlier, perhaps under
+            # other mask rules: every rule that can apply to this identity applies
+            s = self.session
+            masks = identity_masks(s.policies, s.identity, s.connector)
+            decision = replace(decision, masks=masks)
+        sm = await self._masks_for(cmd, decision) if decision.masks else None
+        if not self.planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
+            self.planner.catalog_dirty = True  # schema changes: trust no catalog until commit
+        if not self.planner.names_untrusted and changes_name_resolution(cmd.text):
+            self.planner.names_untrusted = True
+            self.session.record("masking_conservative", reason="names may resolve differently")
+        return sm
+
+    async def _masks_for(self, cmd: Command, decision: Decision) -> StatementMasks:
+        assert self.planner is not None
+        sm = await self.planner.statement(cmd, decision.masks)
+        rules = ", ".join(decision.masks.rules)
+        if sm.copy is not None and sm.copy.binary:
+            self._refused_for_masking(cmd, rules, "binary COPY cannot be masked")
+            raise CommandDenied(
+                f"mask rule(s) {rules} apply to this COPY: use FORMAT text or csv, "
+                "binary COPY cannot be masked"
+            )
+        try:
+            why = await self.planner.stores_masked(cmd, decision.masks)
+        except CatalogUnavailable:
+            why = "hoopy cannot read the catalog to check what it writes"
+        if why:
+            self._refused_for_masking(cmd, rules, why)
+            raise CommandDenied(f"mask rule(s) {rules} apply and {why}")
+        if self.settings.unknown_lineage == "refuse" and decision.masks.column_rules:
+            lineage = sm.lineage if sm.trusted else None
+            if lineage is None or any(col is None for col in lineage):
+                self._refused_for_masking(cmd, rules, "unknown lineage")
+                raise CommandDenied(
+                    f"mask rule(s) {rules} apply and hoopy cannot trace every output column "
+                    "of this statement to its source columns (postgres.unknown_lineage: "
+                    "refuse); select the columns directly"
+                )
+        return sm
+
+    def _refused_for_masking(self, cmd: Command, rules: str, why: str) -> None:
+        assert self.session is not None
+        self.session.record("refused", text=cmd.text, reason=why, masks=rules)
+
+    async def _watching_agent(self, waiting: Coroutine[Any, Any, list[Decision]]) -> list[Decision]:
+        """Await a long wait (approval) but notice when the agent goes away."""
+        check = asyncio.ensure_future(waiting)
+        watch = asyncio.ensure_future(self._until_agent_eof())
+        try:
+            await asyncio.wait({check, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (check, watch):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(check, watch, return_exceptions=True)
+        if not check.cancelled() and check.done() and check.exception() is None:
+            return check.result()
+        if watch.done() and not watch.cancelled():
+            raise ConnectionError("agent disconnected while its command waited")
+        return check.result()  # re-raise denial / rejection
+
+    async def _until_agent_eof(self) -> None:
+        await asyncio.shield(self._agent_closed)  # bytes meanwhile wait in the codec
+
+    def _refused(self, ev: pg.Query | pg.Parse, e: HoopyError) -> bytes:
+        """What goes to the server in place of a refused Query or Parse: the marker."""
+        if type(ev) is pg.Query:
+            return self._refuse_query(e)
+        name = cast(pg.Parse, ev).name
+        self.refusals.append((self.batches_sent + 1, e))
+        if self.tracker is not None:
+            self.tracker.parse(name, None)
+        return _parse_message(name, self.marker)
+
+    def _allowed(self, ev: pg.Query | pg.Parse, cmds: tuple[Command, ...]) -> bytes:
+        """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
+        tracker = self.tracker
+        if type(ev) is pg.Query:
+            for c in cmds:
+                if not c.kinds.isdisjoint(_SESSION_STATE_KINDS):
+                    self._track_sql_prepared(cmds)
+                    break
+            self.batches_sent += 1
+            if tracker is not None:
+                tracker.query(list(self._masks))
+            return ev.raw
+        name = cast(pg.Parse, ev).name
+        self.prepared[name] = cmds
+        if tracker is not None:
+            tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)
+        return ev.raw
+
+    def _refuse_query(self, e: HoopyError) -> bytes:
+        assert self.backend is not None
+        self.batches_sent += 1
+        self.refusals.append((self.batches_sent, e))
+        if self.tracker is not None:
+            self.tracker.query([])
+        return self.backend.codec.query(self.marker)
+
+    def _on_close(self, ev: pg.Close) -> None:
+        if ev.kind == "S":
+            self.prepared.pop(ev.name, None)
+        if self.tracker is not None:
+            self.tracker.close(ev.kind, ev.name)
+
+    def _track_sql_prepared(self, cmds: tuple[Command, ...]) -> None:
+        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements."""
+        for c in cmds:
+            if "prepare" in c.kinds and "execute" not in c.kinds:
+                name = _prepared_name(c.text)
+                if name:
+                    self.prepared[name] = (c,)
+            elif "deallocate" in c.kinds or ("discard" in c.kinds and "all" in c.text.lower()):
+                name = _prepared_name(c.text)
+                if name and name.lower() != "all":
+                    self.prepared.pop(name, None)
+                else:
+                    self.prepared.clear()
+
+    async def _backend_batch(self) -> None:
+        """Every complete message from the database so far: scrub, mask, record, relay."""
+        assert self.backend is not None
+        if self.tracker is None:
+            self._relay_backend()
+            return
+        events = self.backend.codec.events()
+        if events:
+            await self._masked_batch(events)
+
+    def _relay_backend(self) -> None:
+        """The backend → agent path of a session without masking: runs of ordinary
+        messages (rows, descriptions, completions) go through as the bytes they came in,
+        looked at only to record them; anything else is handled event by event."""
+        assert self.backend is not None
+        codec = self.backend.codec
+        out: list[bytes] = []
+        while True:
+            run = codec.relay_run()
+            if run is not None:
+                self._on_relayed(*run)
+                out.append(run[0])
+                if not codec.buffered():
+                    break
+                continue
+            ev = codec.next_event()
+            if ev is pg.NEED_DATA:
+                break
+            if type(ev) is pg.ReadyForQuery:
+                self._on_ready(ev.status)
+                out.append(ev.raw)
+            else:
+                out.append(self._other_backend_event(ev))
+        if out:
+            self._agent_write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> None:
+        result = self.result
+        for t, start, stop in marks:
+            if t == 0x44:  # DataRow run
+                if not result.truncated:
+                    result.add_rows(raw, start, stop)
+            elif t == 0x43:  # CommandComplete
+                self._record_result(raw[start + 5 : stop - 1].decode("utf-8", "replace"))
+            elif t == 0x5A:  # ReadyForQuery
+                self._on_ready(chr(raw[start + 5]))
+            elif t == 0x54:  # RowDescription
+                desc = raw[start:stop]
+                names = self._columns.get(desc)
+                if names is None:
+                    names = [f.name for f in pg.decode_row_description(desc).fields]
+                    if len(self._columns) >= 256:
+                        self._columns.clear()
+                    self._columns[desc] = names
+                result.reset()
+                result.columns = names
+            else:  # EmptyQueryResponse
+                result.reset()
+
+    async def _masked_batch(self, events: list[pg.BackendEvent]) -> None:
+        """The backend → agent path of a masking session: every result is tracked to its
+        statement, and rows are rewritten where mask rules apply."""
+        tracker, planner = self.tracker, self.planner
+        assert tracker is not None and planner is not None
+        out: list[bytes] = []
+        for ev in events:
+            t = type(ev)
+            if t is pg.DataRows:
+                rows = cast(pg.DataRows, ev)
+                result = tracker.rows()
+                plan = result.plan or await self._plan(result)
+                raw = plan.rewrite(rows.raw)
+                if raw is not rows.raw:
+                    rows = pg.DataRows(raw, rows.count)
+                self.result.add(rows)  # recorded as the agent sees it: masked
+                out.append(raw)
+                continue
+            if t is pg.RowDescription:
+                described = tracker.row_description(cast(pg.RowDescription, ev).fields)
+                if described is not None:
+                    await self._plan(described)
+            elif t is pg.NoData:
+                tracker.no_data()
+            elif t in (pg.ParseComplete, pg.BindComplete, pg.CloseComplete):
+                tracker.simple_ack()
+            elif t in (pg.EmptyQueryResponse, pg.PortalSuspended):
+                tracker.complete()
+            elif t is pg.CommandComplete:
+                tracker.complete()
+                self._record_result(tag=cast(pg.CommandComplete, ev).tag)
+                out.append(ev.raw)
+                continue
+            elif t is pg.ErrorResponse:
+                current = tracker.current_mask()
+                current = current if isinstance(current, StatementMasks) else None
+                tracker.error()
+                out.append(self._on_error(cast(pg.ErrorResponse, ev), current))
+                continue
+            elif t is pg.ReadyForQuery:
+                tracker.ready()
+                ready = cast(pg.ReadyForQuery, ev)
+                if planner.catalog_dirty and ready.status == "I":
+                    planner.catalog_dirty = False  # the schema change is committed or gone
+                    planner.catalog.invalidate()
+                self._on_ready(ready.status)
+                out.append(ev.raw)
+                continue
+            elif t is pg.CopyOutResponse:
+                copy = cast(pg.CopyOutResponse, ev)
+                result = tracker.copy_out(copy.column_formats)
+                result.plan = await planner.copy_plan(
+                    result.statement.mask, len(copy.column_formats)
+                )
+                if copy.format != 0 and result.plan.active:
+                    raise ProtocolError("a binary COPY result cannot be masked; session closed")
+            elif t is pg.CopyData:
+                copying = tracker.result
+                if copying is None:
+                    raise ProtocolError("COPY data outside a COPY; session closed")
+                if copying.plan is not None and copying.plan.active:
+                    data = cast(pg.CopyData, ev).data
+                    fmt = copy_format(copying)
+                    new = copying.plan.rewrite_copy(data, fmt)
+                    self.result.add_copy(new)
+                    out.append(b"d" + struct.pack("!I", len(new) + 4) + new)
+                    continue
+            out.append(self._other_backend_event(ev))
+        if out:
+            self.writer.write(b"".join(out))
+
+    async def _plan(self, result: Result) -> RowMasker:
+        assert self.planner is not None
+        st = result.statement
+        if st.mask is None:
+            result.plan = RowMasker([], self.planner.counts)
+            return result.plan
+        key = result.formats
+        plan = st.plans.get(key) if result.fields is st.fields else None
+        if plan is None:
+            plan = await self.planner.plan(st.mask, result.fields, result.formats)
+            if result.fields is st.fields and result.fields is not None:
+                st.plans[key] = plan
+        result.plan = plan
+        return plan
+
+    def _on_ready(self, status: str) -> None:
+        assert self.backend is not None
+        self.backend.status = status
+        self.batches_done += 1
+        while self.refusals and self.refusals[0][0] <= self.batches_done:
+            self.refusals.popleft()  # its marker was discarded after an earlier error
+
+    def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
+        if isinstance(ev, pg.RowDescription):
+            self.result.reset()
+            self.result.columns = [f.name for f in ev.fields]
+            return ev.raw
+        if isinstance(ev, pg.ErrorResponse):
+            return self._on_error(ev)
+        if isinstance(ev, pg.NoticeResponse):
+            return self._scrub_notice(ev)
+        if isinstance(ev, pg.ParameterStatus):
+            self._check_param(ev.name, ev.value)
+            value = self._scrub_param(ev.name, ev.value)
+            return ev.raw if value == ev.value else pg.parameter_status(ev.name, value)
+        if isinstance(ev, pg.CopyData):
+            self.result.add_copy(ev.data)
+            return ev.raw
+        if isinstance(ev, pg.EmptyQueryResponse):
+            self.result.reset()
+        return ev.raw
+
+    def _on_error(self, ev: pg.ErrorResponse, masking: Any = None) -> bytes:
+        if self.marker in ev.fields.get("M", "") + ev.fields.get("D", ""):
+            # _on_ready drops refusals of finished batches, so the front is this batch's.
+            if self.refusals:
+                _, err = self.refusals.popleft()
+                self.result.reset()
+                return error_bytes(err)
+            return error_bytes(CommandDenied("statement refused by hoopy"))
+        assert self.session is not None
+        fields = ev.fields
+        if masking is not None:
+            fields = mask_message_fields(fields, masking)
+        self.session.record("error", code=ev.code, message=self._scrub(fields.get("M", "")))
+        self.result.reset()
+        return self._rewrite_fields(fields, ev.raw if fields is ev.fields else b"", b"E")
+
+    def _scrub_notice(self, ev: pg.NoticeResponse) -> bytes:
+        fields = ev.fields
+        if self.tracker is not None:
+            current = self.tracker.current_mask()
+            if isinstance(current, StatementMasks):
+                fields = mask_message_fields(fields, current)
+        return self._rewrite_fields(fields, ev.raw if fields is ev.fields else b"", b"N")
+
+    def _rewrite_fields(self, fields: dict[str, str], raw: bytes, kind: bytes) -> bytes:
+        scrubbed = {k: self._scrub(v) for k, v in fields.items()}
+        if scrubbed == fields and raw:
+            return raw
+        body = b"".join(k.encode() + v.encode() + b"\0" for k, v in scrubbed.items()) + b"\0"
+        return kind + struct.pack("!I", len(body) + 4) + body
+
+    def _scrub(self, text: str) -> str:
+        for word in self.scrub_words:
+            if word and word in text:
+                text = text.replace(word, "***")
+        return text
+
+    def _scrub_param(self, name: str, value: str) -> str:
+        if name == "session_authorization" and self.session is not None:
+            return self.session.identity.subject
+        return self._scrub(value)
+
+    def _check_param(self, name: str, value: str) -> None:
+        if name == "standard_conforming_strings" and value.lower() != "on":
+            raise ProtocolError(
+                "standard_conforming_strings must stay on through hoopy; session closed"
+            )
+        if name == "client_encoding" and unsafe_encoding(value):
+            raise ProtocolError(f"client_encoding {value} is not supported; session closed")
+
+    def _record_result(self, tag: str) -> None:
+        assert self.session is not None
+        self.session.record_later("result", self.result.fields(tag))
+        self.result.reset()
+
+
+# A statement of these kinds means something that depends on what ran before it
+_SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
+
+
+def _take_buffer(reader: asyncio.StreamReader) -> bytes:
+    """Bytes a StreamReader holds that nobody has read yet (handed to the pump)."""
+    buf = getattr(reader, "_buffer", None)
+    if not buf:
+        return b""
+    data = bytes(buf)
+    buf.clear()
+    return data
+
+
+def _prepared_name(text: str) -> str:
+    """The statement name of PREPARE name … / DEALLOCATE [PREPARE] name."""
+    from pglast import parse_sql
+
+    try:
+        stmt = parse_sql(text)[0].stmt
+    except Exception:
+        return ""
+    name = getattr(stmt, "name", None)
+    return str(name) if name else ""

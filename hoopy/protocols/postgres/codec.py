@@ -193,11 +193,19 @@ def _f_query(raw: bytes) -> m.Query:
 
 
 def _f_parse(raw: bytes) -> m.Parse:
-    r = _Reader(raw, "Parse", strict=True)
-    name, sql = r.cstr(), r.cstr()
-    types = r.array("I", r.u16())
-    r.end()
-    return m.Parse(name, sql, types, raw)
+    # Unrolled rather than walked with a _Reader: drivers send one per statement.
+    name_end = raw.find(b"\0", 5)
+    sql_end = raw.find(b"\0", name_end + 1) if name_end >= 0 else -1
+    if sql_end < 0 or sql_end + 3 > len(raw):
+        raise ProtocolViolation("malformed Parse message")
+    (count,) = _H.unpack_from(raw, sql_end + 1)
+    if sql_end + 3 + 4 * count != len(raw):
+        raise ProtocolViolation("malformed Parse message")
+    types = struct.unpack_from(f"!{count}I", raw, sql_end + 3) if count else ()
+    try:
+        return m.Parse(raw[5:name_end].decode(), raw[name_end + 1 : sql_end].decode(), types, raw)
+    except UnicodeDecodeError:
+        raise ProtocolViolation("Parse message is not valid UTF-8", "22021") from None
 
 
 def _f_bind(raw: bytes) -> m.Bind:

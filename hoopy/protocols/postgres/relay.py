@@ -286,7 +286,7 @@ class Relay:
         for ev in events:
             t = type(ev)
             if t is pg.Query or t is pg.Parse:
-                st = cast(pg.Query | pg.Parse, ev)
+                st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
                 try:
                     cmds = await self._check_all(st.sql, out)
                 except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
@@ -456,7 +456,7 @@ class Relay:
         """What goes to the server in place of a refused Query or Parse: the marker."""
         if type(ev) is pg.Query:
             return self._refuse_query(e)
-        name = cast(pg.Parse, ev).name
+        name = ev.name  # type: ignore[union-attr]
         self.refusals.append((self.batches_sent + 1, e))
         if self.tracker is not None:
             self.tracker.parse(name, None)
@@ -474,7 +474,7 @@ class Relay:
             if tracker is not None:
                 tracker.query(list(self._masks))
             return ev.raw
-        name = cast(pg.Parse, ev).name
+        name = ev.name  # type: ignore[union-attr]
         self.prepared[name] = cmds
         if tracker is not None:
             tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)
@@ -732,8 +732,7 @@ class Relay:
 
     def _record_result(self, tag: str) -> None:
         assert self.session is not None
-        self.session.record_later("result", self.result.fields(tag))
-        self.result.reset()
+        self.session.record_later("result", self.result.take(tag))
 
 
 # A statement of these kinds means something that depends on what ran before it

@@ -65,6 +65,12 @@ class ResultLog:
             out["truncated"] = True
         return out
 
+    def take(self, tag: str) -> dict[str, Any]:
+        """`fields(tag)`, and the log starts afresh for the next result."""
+        out = self.fields(tag)
+        self.columns, self.rows, self.size, self.truncated = [], [], 0, False
+        return out
+
     def reset(self) -> None:
         self.columns, self.rows, self.size, self.truncated = [], [], 0, False
 

@@ -177,3 +177,26 @@ def test_broken_session_recording_is_complete(hoopy: Hoopy) -> None:
     assert v.returncode == 0, v.stdout
     events = [json.loads(x) for p in new for x in p.read_text().splitlines()]
     assert events[-1]["type"] == "session_end"
+
+
+def test_recorded_results_keep_columns_rows_caps_and_order(hoopy: Hoopy) -> None:
+    """What the pass-through records of each result: columns, rows as the agent got them
+    (capped at record_rows, default 100), and the tag, in statement order."""
+    r = hoopy.psql(
+        "-At",
+        "-c",
+        "select i as n, 'x' || i as label from generate_series(1, 250) i; "
+        "select null::text as nothing, 'é' as accent; select 1 where false",
+        token=hoopy.token("results-agent"),
+    )
+    assert r.returncode == 0 and r.stdout.count("\n") >= 251
+    sid = hoopy.cli("sessions", "list", "--subject", "results-agent").stdout.split()[0]
+    events = [json.loads(x) for x in hoopy.cli("sessions", "show", sid).stdout.splitlines()]
+    results = [e for e in events if e["type"] == "result"]
+    assert [e["tag"] for e in results] == ["SELECT 250", "SELECT 1", "SELECT 0"]
+    big, small, empty = results
+    assert big["columns"] == ["n", "label"] and big["truncated"] is True
+    assert len(big["rows"]) == 100 and big["rows"][:2] == [["1", "x1"], ["2", "x2"]]
+    assert small["columns"] == ["nothing", "accent"] and small["rows"] == [[None, "é"]]
+    assert "truncated" not in small
+    assert empty["rows"] == [] and empty["columns"] == ["?column?"]

@@ -698,3 +698,102 @@ def test_opaque_types_keep_length_limits_and_phase_checks() -> None:
     fresh.receive_data(pg.bind("", "", [], [], []))  # before any startup message
     with pytest.raises(pg.ProtocolViolation):
         fresh.events()
+
+
+# ---- ClientConnection.relay_run: the pass-through of sessions without masking -------------
+RESULT = (
+    pg.parse_complete()
+    + pg.bind_complete()
+    + pg.row_description([pg.FieldDescription("a", 0, 0, 23, 4, -1, 0)])
+    + pg.data_row([b"1"])
+    + pg.data_row([None])
+    + pg.data_row([b"3"])
+    + pg.command_complete("SELECT 3")
+    + pg.empty_query_response()
+    + pg.ready_for_query("T")
+)
+
+
+def relay_all(conn: pg.ClientConnection, chunks: list[bytes]) -> tuple[bytes, list[Any]]:
+    """Feed chunks; collect what relay_run passes and the marks, re-based on the stream."""
+    passed, marks, offset = b"", [], 0
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        while (run := conn.relay_run()) is not None:
+            raw, run_marks = run
+            marks += [(t, offset + a, offset + b) for t, a, b in run_marks]
+            passed += raw
+            offset += len(raw)
+    return passed, marks
+
+
+def merged(marks: list[Any]) -> list[Any]:
+    """Adjacent DataRow marks (split only by chunking) as one."""
+    out: list[Any] = []
+    for t, a, b in marks:
+        if out and t == ord("D") and out[-1][0] == t and out[-1][2] == a:
+            out[-1] = (t, out[-1][1], b)
+        else:
+            out.append((t, a, b))
+    return out
+
+
+@pytest.mark.parametrize("step", [None, 1, 3, 7])
+def test_relay_run_passes_results_through_with_marks(step: int | None) -> None:
+    chunks = (
+        [RESULT] if step is None else [RESULT[i : i + step] for i in range(0, len(RESULT), step)]
+    )
+    conn = normal_client()
+    passed, marks = relay_all(conn, chunks)
+    assert passed == RESULT and conn.buffered() == 0
+    kinds = [chr(t) for t, _, _ in merged(marks)]
+    assert kinds == ["T", "D", "C", "I", "Z"]  # acknowledgements pass unmarked
+    (rows,) = [(a, b) for t, a, b in merged(marks) if t == ord("D")]
+    assert list(pg.iter_data_rows(RESULT, *rows)) == [[b"1"], [None], [b"3"]]
+    (c,) = [(a, b) for t, a, b in marks if t == ord("C")]
+    assert RESULT[c[0] + 5 : c[1] - 1] == b"SELECT 3"
+    (z,) = [a for t, a, _ in marks if t == ord("Z")]
+    assert RESULT[z + 5 : z + 6] == b"T"
+
+
+def test_relay_run_stops_at_other_messages_and_leaves_them_to_next_event() -> None:
+    conn = normal_client()
+    notice = pg.notice_response("hello")
+    conn.receive_data(pg.data_row([b"1"]) + notice + pg.ready_for_query("I"))
+    raw, marks = conn.relay_run() or (b"", [])
+    assert raw == pg.data_row([b"1"]) and [chr(t) for t, _, _ in marks] == ["D"]
+    assert conn.relay_run() is None  # a NoticeResponse is not passed through blindly
+    assert isinstance(conn.next_event(), pg.NoticeResponse)
+    raw, _ = conn.relay_run() or (b"", [])
+    assert raw == pg.ready_for_query("I") and conn.relay_run() is None
+
+
+def test_relay_run_is_off_before_the_session_and_on_incomplete_messages() -> None:
+    fresh = pg.ClientConnection()
+    fresh.receive_data(pg.ready_for_query("I"))
+    assert fresh.relay_run() is None  # startup phase: events only
+    conn = normal_client()
+    conn.receive_data(pg.ready_for_query("I")[:-1])
+    assert conn.relay_run() is None and conn.next_event() is pg.NEED_DATA
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"Z" + struct.pack("!I", 5) + b"X",  # ReadyForQuery with an unknown status
+        b"Z" + struct.pack("!I", 6) + b"II",
+        b"1" + struct.pack("!I", 5) + b"x",  # a bodiless message with a body
+        b"C" + struct.pack("!I", 8) + b"a\0b\0",  # a NUL inside CommandComplete
+        b"C" + struct.pack("!I", 6) + b"ab",  # no terminator
+        b"D" + struct.pack("!I", 2),  # length below 4
+        b"D" + struct.pack("!I", 1 << 30),  # over the message size cap
+    ],
+)
+def test_relay_run_refuses_malformed_messages(bad: bytes) -> None:
+    conn = normal_client(max_message_size=1 << 20)
+    conn.receive_data(pg.data_row([b"1"]) + bad + b"\0" * 8)
+    with pytest.raises(pg.ProtocolViolation):
+        while conn.relay_run() is not None:
+            pass
+    with pytest.raises(pg.ProtocolViolation):
+        conn.relay_run()  # the connection stays failed

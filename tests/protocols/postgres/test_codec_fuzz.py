@@ -207,3 +207,47 @@ def test_random_backend_streams_round_trip(expected: list[Any], size: int) -> No
     got = feed(client_in("normal"), data, size)
     assert rows_expanded(got) == rows_expanded(expected)
     assert b"".join(e.raw for e in got) == data
+
+
+def relay_feed(data: bytes, size: int) -> tuple[bytes, list[Any]]:
+    """Feed in pieces, taking relay runs first and events where a run stops."""
+    conn = client_in("normal")
+    passed, events = b"", []
+    for i in range(0, len(data), size):
+        conn.receive_data(data[i : i + size])
+        while True:
+            run = conn.relay_run()
+            if run is not None:
+                raw, marks = run
+                assert all(0 <= a < b <= len(raw) for _, a, b in marks)
+                passed += raw
+                continue
+            ev = conn.next_event()
+            if ev is pg.NEED_DATA:
+                break
+            events.append(ev)
+            passed += ev.raw
+    assert conn.buffered() == len(data) - len(passed)
+    return passed, events
+
+
+@SETTINGS
+@given(st.lists(backend_message, max_size=25), st.integers(1, 40))
+def test_relay_runs_and_events_together_carry_every_byte(expected: list[Any], size: int) -> None:
+    data = b"".join(e.raw for e in expected)
+    passed, events = relay_feed(data, size)
+    assert passed == data
+    relayed = (pg.DataRows, pg.RowDescription, pg.CommandComplete, pg.ReadyForQuery)
+    relayed += (pg.EmptyQueryResponse, pg.ParseComplete, pg.BindComplete, pg.CloseComplete)
+    relayed += (pg.NoData,)
+    # what a run does not take comes as the events it is, nothing else
+    assert [e for e in expected if not isinstance(e, relayed)] == events
+
+
+@SETTINGS
+@given(st.binary(max_size=600), st.integers(1, 64))
+def test_relay_run_survives_arbitrary_bytes(data: bytes, size: int) -> None:
+    try:
+        relay_feed(pg.ready_for_query("I") + data, size)
+    except pg.ProtocolViolation as e:
+        assert e.sqlstate in ("08P01", "54000")

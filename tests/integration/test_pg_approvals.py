@@ -159,3 +159,48 @@ def test_approval_metrics(hoopy: Hoopy) -> None:
     assert 'hoopy_approval_decisions_total{outcome="approved"}' in text
     assert "hoopy_approval_decision_seconds_count" in text
     assert "hoopy_approvals_pending 0" in text
+
+
+def test_pipelined_messages_keep_their_order_around_an_approval(
+    hoopy: Hoopy, backend: Backend
+) -> None:
+    """Three Query messages in one write: the first runs at once, the update waits for
+    its approval, and the third runs only after it — in order, on one session."""
+    from hoopy.protocols.postgres import codec as pg
+    from tests.integration.test_pg_hostile import login, raw_connect
+
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(
+        pg.query("select 41")
+        + pg.query("update orders set status = 'pipelined' where id = 2")
+        + pg.query("select 43")
+    )
+    client = pg.ClientConnection()
+    client.receive_data(pg.authentication_ok() + pg.ready_for_query("I"))
+    client.events()
+
+    got: list[object] = []
+
+    def rows() -> list[object]:
+        return [r for e in got if isinstance(e, pg.DataRows) for r in pg.iter_data_rows(e.raw)]
+
+    def until(done: object) -> None:
+        while not done():  # type: ignore[operator]
+            chunk = s.recv(65536)
+            assert chunk, got
+            client.receive_data(chunk)
+            got.extend(client.events())
+
+    # the first query is answered while the update waits (the notice may come first)
+    until(lambda: rows() == [[b"41"]] and any(isinstance(e, pg.NoticeResponse) for e in got))
+    a = wait_pending(hoopy, "pipelined")
+    assert app_count(backend, "select count(*) from orders where status = 'pipelined'") == 0
+    status, _ = admin(hoopy, "POST", f"/api/approvals/{a['id']}/approve", {"by": "alice"})
+    assert status == 200
+    until(lambda: rows() == [[b"41"], [b"43"]])
+    rest = got
+    tags = [e.tag for e in rest if isinstance(e, pg.CommandComplete)]
+    assert tags == ["SELECT 1", "UPDATE 1", "SELECT 1"]  # in the order they were sent
+    assert app_count(backend, "select count(*) from orders where status = 'pipelined'") == 1
+    s.close()

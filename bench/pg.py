@@ -3,7 +3,8 @@
 
 Prints TPS per mode and the ratios hoopy/direct and hoopy/PgBouncer.  Also
 measures connections per second (pgbench -C) and hoopy without agent-side TLS.
-Usage: python3 bench/pg.py [--seconds 10] [--clients 8] [--scale 10]
+Rounds interleave the targets in a rotating order (a shared VM drifts over a minute).
+Usage: python3 bench/pg.py [--seconds 10] [--clients 8] [--scale 10] [--modes M,..] [--targets T,..]
 """
 
 from __future__ import annotations
@@ -278,10 +279,13 @@ def main() -> None:
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
         print(header, flush=True)
         for mode, args in modes.items():
-            tps = {
-                x["name"]: statistics.median(pgbench(x, args) for _ in range(a.rounds))
-                for x in targets
-            }
+            # Rounds interleave the targets (in a rotating order), so that the drift of a
+            # shared VM over the minute a mode takes lands on every target alike.
+            runs: dict[str, list[float]] = {x["name"]: [] for x in targets}
+            for r in range(a.rounds):
+                for x in targets[r % len(targets) :] + targets[: r % len(targets)]:
+                    runs[x["name"]].append(pgbench(x, args))
+            tps = {name: statistics.median(v) for name, v in runs.items()}
             d, b = tps["direct"], tps.get("pgbouncer", 0.0)
             h, n = tps.get("hoopy+tls", 0.0), tps.get("hoopy-notls", 0.0)
             row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)

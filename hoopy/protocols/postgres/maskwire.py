@@ -1,16 +1,25 @@
-"""Masking sessions on the wire: what their errors and notices may show, how COPY rows
-are formatted, which forwarded messages the result tracker must see.  Pure functions
-of the masking state (maskplan.StatementMasks, results.ResultTracker)."""
+"""Masking sessions on the wire: how each allowed statement's results are masked (or
+why it is refused), the row masker of each result, what errors and notices may show,
+how COPY rows are formatted, which forwarded messages the result tracker must see.
+Functions of the masking state (maskplan.Planner and StatementMasks,
+results.ResultTracker) that relay.Relay calls for masking sessions only."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, cast
 
+from hoopy.config import PostgresSettings
+from hoopy.errors import CommandDenied
+from hoopy.policy import Command, Decision, identity_masks
 from hoopy.protocols.postgres import codec as pg
-from hoopy.protocols.postgres.maskplan import StatementMasks
+from hoopy.protocols.postgres.catalog import CatalogUnavailable
+from hoopy.protocols.postgres.lineage import changes_name_resolution
+from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.results import Result, ResultTracker
-from hoopy.protocols.postgres.rowmask import CopyFormat
+from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
+from hoopy.session import Session
 
 # Statements that cannot change what a relation's columns mean.  Anything else (DDL,
 # DO, CALL …) makes the catalog untrustworthy for masking until the transaction ends.
@@ -99,3 +108,72 @@ def track(tracker: ResultTracker, ev: pg.FrontendEvent) -> None:
         tracker.describe(d.kind, d.name)
     elif t is pg.Execute:
         tracker.execute(cast(pg.Execute, ev).portal)
+
+
+async def statement_masks(
+    planner: Planner, session: Session, settings: PostgresSettings, cmd: Command, decision: Decision
+) -> StatementMasks | None:
+    """How this allowed statement's results are masked; raises CommandDenied to refuse
+    what cannot be masked (recorded as `refused`)."""
+    if not cmd.kinds.isdisjoint(("fetch", "move")):
+        # a cursor's rows come from a statement declared earlier, perhaps under
+        # other mask rules: every rule that can apply to this identity applies
+        masks = identity_masks(session.policies, session.identity, session.connector)
+        decision = replace(decision, masks=masks)
+    sm = await _masks_for(planner, session, settings, cmd, decision) if decision.masks else None
+    if not planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
+        planner.catalog_dirty = True  # schema changes: trust no catalog until commit
+    if not planner.names_untrusted and changes_name_resolution(cmd.text):
+        planner.names_untrusted = True
+        session.record("masking_conservative", reason="names may resolve differently")
+    return sm
+
+
+async def _masks_for(
+    planner: Planner, session: Session, settings: PostgresSettings, cmd: Command, decision: Decision
+) -> StatementMasks:
+    sm = await planner.statement(cmd, decision.masks)
+    rules = ", ".join(decision.masks.rules)
+
+    def refuse(why: str, message: str) -> CommandDenied:
+        session.record("refused", text=cmd.text, reason=why, masks=rules)
+        return CommandDenied(message)
+
+    if sm.copy is not None and sm.copy.binary:
+        raise refuse(
+            "binary COPY cannot be masked",
+            f"mask rule(s) {rules} apply to this COPY: use FORMAT text or csv, "
+            "binary COPY cannot be masked",
+        )
+    try:
+        why = await planner.stores_masked(cmd, decision.masks)
+    except CatalogUnavailable:
+        why = "hoopy cannot read the catalog to check what it writes"
+    if why:
+        raise refuse(why, f"mask rule(s) {rules} apply and {why}")
+    if settings.unknown_lineage == "refuse" and decision.masks.column_rules:
+        lineage = sm.lineage if sm.trusted else None
+        if lineage is None or any(col is None for col in lineage):
+            raise refuse(
+                "unknown lineage",
+                f"mask rule(s) {rules} apply and hoopy cannot trace every output column "
+                "of this statement to its source columns (postgres.unknown_lineage: "
+                "refuse); select the columns directly",
+            )
+    return sm
+
+
+async def result_plan(planner: Planner, result: Result) -> RowMasker:
+    """The row masker of one result (remembered per statement, fields and formats)."""
+    st = result.statement
+    if st.mask is None:
+        result.plan = RowMasker([], planner.counts)
+        return result.plan
+    key = result.formats
+    plan = st.plans.get(key) if result.fields is st.fields else None
+    if plan is None:
+        plan = await planner.plan(st.mask, result.fields, result.formats)
+        if result.fields is st.fields and result.fields is not None:
+            st.plans[key] = plan
+    result.plan = plan
+    return plan

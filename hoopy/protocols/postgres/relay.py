@@ -33,7 +33,6 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from hoopy.config import PostgresConnector, PostgresSettings
@@ -45,23 +44,21 @@ from hoopy.errors import (
     UnparseableCommand,
 )
 from hoopy.gateway import Gateway
-from hoopy.policy import Command, Decision, identity_masks
+from hoopy.policy import Command, Decision
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
-from hoopy.protocols.postgres.catalog import CatalogUnavailable
 from hoopy.protocols.postgres.classify import SqlParseError
-from hoopy.protocols.postgres.lineage import changes_name_resolution
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import (
-    CATALOG_SAFE_KINDS,
     copy_format,
     mask_message_fields,
+    result_plan,
+    statement_masks,
     track,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
-from hoopy.protocols.postgres.results import Result, ResultTracker
-from hoopy.protocols.postgres.rowmask import RowMasker
+from hoopy.protocols.postgres.results import ResultTracker
 from hoopy.session import Session
 
 if TYPE_CHECKING:
@@ -373,64 +370,17 @@ class Relay:
         if decisions is None:
             self._flush(out)
             decisions = await self._watching_agent(self._check_each(cmds))
-        if self.planner is not None:
+        planner, session = self.planner, self.session
+        if planner is not None and session is not None:
             self._masks = [
-                await self._statement_masks(c, d) for c, d in zip(cmds, decisions, strict=True)
+                await statement_masks(planner, session, self.settings, c, d)
+                for c, d in zip(cmds, decisions, strict=True)
             ]
         return cmds
 
     async def _check_each(self, cmds: tuple[Command, ...]) -> list[Decision]:
         assert self.session is not None
         return [await self.session.check(c) for c in cmds]
-
-    async def _statement_masks(self, cmd: Command, decision: Decision) -> StatementMasks | None:
-        """How this allowed statement's results are masked; refuses what cannot be."""
-        assert self.planner is not None and self.session is not None
-        if cmd.kinds & {"fetch", "move"}:
-            # a cursor's rows come from a statement declared earlier, perhaps under
-            # other mask rules: every rule that can apply to this identity applies
-            s = self.session
-            masks = identity_masks(s.policies, s.identity, s.connector)
-            decision = replace(decision, masks=masks)
-        sm = await self._masks_for(cmd, decision) if decision.masks else None
-        if not self.planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
-            self.planner.catalog_dirty = True  # schema changes: trust no catalog until commit
-        if not self.planner.names_untrusted and changes_name_resolution(cmd.text):
-            self.planner.names_untrusted = True
-            self.session.record("masking_conservative", reason="names may resolve differently")
-        return sm
-
-    async def _masks_for(self, cmd: Command, decision: Decision) -> StatementMasks:
-        assert self.planner is not None
-        sm = await self.planner.statement(cmd, decision.masks)
-        rules = ", ".join(decision.masks.rules)
-        if sm.copy is not None and sm.copy.binary:
-            self._refused_for_masking(cmd, rules, "binary COPY cannot be masked")
-            raise CommandDenied(
-                f"mask rule(s) {rules} apply to this COPY: use FORMAT text or csv, "
-                "binary COPY cannot be masked"
-            )
-        try:
-            why = await self.planner.stores_masked(cmd, decision.masks)
-        except CatalogUnavailable:
-            why = "hoopy cannot read the catalog to check what it writes"
-        if why:
-            self._refused_for_masking(cmd, rules, why)
-            raise CommandDenied(f"mask rule(s) {rules} apply and {why}")
-        if self.settings.unknown_lineage == "refuse" and decision.masks.column_rules:
-            lineage = sm.lineage if sm.trusted else None
-            if lineage is None or any(col is None for col in lineage):
-                self._refused_for_masking(cmd, rules, "unknown lineage")
-                raise CommandDenied(
-                    f"mask rule(s) {rules} apply and hoopy cannot trace every output column "
-                    "of this statement to its source columns (postgres.unknown_lineage: "
-                    "refuse); select the columns directly"
-                )
-        return sm
-
-    def _refused_for_masking(self, cmd: Command, rules: str, why: str) -> None:
-        assert self.session is not None
-        self.session.record("refused", text=cmd.text, reason=why, masks=rules)
 
     async def _watching_agent(self, waiting: Coroutine[Any, Any, list[Decision]]) -> list[Decision]:
         """Await a long wait (approval) but notice when the agent goes away."""
@@ -578,7 +528,7 @@ class Relay:
             if t is pg.DataRows:
                 rows = cast(pg.DataRows, ev)
                 result = tracker.rows()
-                plan = result.plan or await self._plan(result)
+                plan = result.plan or await result_plan(planner, result)
                 raw = plan.rewrite(rows.raw)
                 if raw is not rows.raw:
                     rows = pg.DataRows(raw, rows.count)
@@ -588,7 +538,7 @@ class Relay:
             if t is pg.RowDescription:
                 described = tracker.row_description(cast(pg.RowDescription, ev).fields)
                 if described is not None:
-                    await self._plan(described)
+                    await result_plan(planner, described)
             elif t is pg.NoData:
                 tracker.no_data()
             elif t in (pg.ParseComplete, pg.BindComplete, pg.CloseComplete):
@@ -637,21 +587,6 @@ class Relay:
             out.append(self._other_backend_event(ev))
         if out:
             self.writer.write(b"".join(out))
-
-    async def _plan(self, result: Result) -> RowMasker:
-        assert self.planner is not None
-        st = result.statement
-        if st.mask is None:
-            result.plan = RowMasker([], self.planner.counts)
-            return result.plan
-        key = result.formats
-        plan = st.plans.get(key) if result.fields is st.fields else None
-        if plan is None:
-            plan = await self.planner.plan(st.mask, result.fields, result.formats)
-            if result.fields is st.fields and result.fields is not None:
-                st.plans[key] = plan
-        result.plan = plan
-        return plan
 
     def _on_ready(self, status: str) -> None:
         assert self.backend is not None

@@ -442,6 +442,23 @@ async def test_asyncpg_query_forms_are_masked(masked: Hoopy, sql: str) -> None:
         await conn.close()
 
 
+async def test_large_masked_results_arrive_in_many_reads(masked: Hoopy) -> None:
+    """A result far larger than one socket read: every partial message left in the
+    buffer must wait for its rest, not spin (regression: the masking pump livelocked
+    with reading paused)."""
+    conn = await _agent(masked)
+    try:
+        sql = (
+            "SELECT i, 'user' || i || '@example.com' AS contact, repeat('x', 200) AS pad "
+            "FROM generate_series(1, 20000) i"
+        )
+        rows = await asyncio.wait_for(conn.fetch(sql), 60)
+        assert len(rows) == 20000 and rows[-1]["i"] == 20000
+        assert {r["contact"] for r in rows[:100]} == {"****"}  # the email detector
+    finally:
+        await conn.close()
+
+
 async def test_asyncpg_copy_is_masked(masked: Hoopy, tmp_path: Path) -> None:
     conn = await _agent(masked)
     try:

@@ -123,6 +123,7 @@ class AgentConnection(Relay):
         self.planner: Planner | None = None
         self._masks: list[StatementMasks | None] = []  # of the message being checked
         self._agent_events: list[pg.FrontendEvent] = []  # parsed, not yet handled
+        self._backend_events: list[pg.BackendEvent] = []  # (masking sessions)
 
     # ---- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:

@@ -135,6 +135,7 @@ class Relay:
     planner: Planner | None
     _masks: list[StatementMasks | None]
     _agent_events: list[pg.FrontendEvent]
+    _backend_events: list[pg.BackendEvent]
 
     async def _relay(self) -> None:
         """Both sockets switch to Pipe protocols (see pump.py) until the session ends."""
@@ -223,11 +224,20 @@ class Relay:
     # backend side
     def _backend_data(self, data: bytes) -> None:
         assert self.backend is not None
+        codec = self.backend.codec
         try:
-            self.backend.codec.receive_data(data)
+            codec.receive_data(data)
             if self.tracker is None:
                 self._relay_backend()  # nothing in it waits: no coroutine, no task
                 return
+            if self._backend_pump.task is not None:
+                return  # the running batch takes these bytes up when it ends
+            # Only complete messages start a batch: a task per partial message would
+            # pause reading before the rest of it could arrive (a livelock).
+            events = codec.events()
+            if not events:
+                return
+            self._backend_events = events
         except BaseException as e:
             self._end(e)
             return
@@ -464,7 +474,7 @@ class Relay:
         if self.tracker is None:
             self._relay_backend()
             return
-        events = self.backend.codec.events()
+        events, self._backend_events = self._backend_events, []
         if events:
             await self._masked_batch(events)
 

@@ -213,39 +213,11 @@ def _encode_event(head: dict[str, Any], fields: dict[str, Any], prev: str) -> by
     return _dumps({**head, "truncated": len(line), "prev": prev})
 
 
-_KINDS: dict[str, bytes] = {}  # event kinds seen, as they are written
-
-
-def _plain_kind(kind: str) -> bytes:
-    """`kind` encoded when it needs no JSON escape (b"" otherwise: the slow path)."""
-    if not (kind.isascii() and kind.isidentifier()):
-        return b""
-    if len(_KINDS) < 256:
-        _KINDS[kind] = kind.encode()
-    return kind.encode()
-
-
-def _members(fields: dict[str, Any]) -> bytes:
-    """`,"k":v…`: the fields as JSON object members after a comma."""
-    if len(fields) == 1:
-        for key, value in fields.items():  # one text field (a command's): no encoder
-            if type(value) is str and type(key) is str:
-                return b',"%s":%s' % (
-                    _json_str(key).encode("utf-8", "backslashreplace")[1:-1],
-                    _json_str(value).encode("utf-8", "backslashreplace"),
-                )
-    return b"," + _dumps(fields)[1:-1]
-
-
 # ---- writing -----------------------------------------------------------------------------
 def _write_all(fd: int, data: bytes) -> None:
     n = os.write(fd, data)
-    if n != len(data):  # the usual case: one call
-        _write_rest(fd, data, n)
-
-
-def _write_rest(fd: int, data: bytes, n: int) -> None:
-    """Finish a write of which the first `n` bytes went out."""
+    if n == len(data):  # the usual case: one call
+        return
     view = memoryview(data)[max(n, 0) :]
     while view:
         n = os.write(fd, view)
@@ -366,15 +338,13 @@ class SessionLog:
             if self._pending and not self._closed:
                 self._write_pending()
 
-    def _write_pending(self, data: bytes | None = None) -> None:
-        if data is None:
-            data = b"".join(self._pending)
-        self._pending.clear()
+    def _write_pending(self) -> None:
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         self._pending_size = 0
         try:
-            n = os.write(self._fd, data)
-            if n != len(data):
-                _write_rest(self._fd, data, n)
+            _write_all(self._fd, data)
         except OSError as e:
             self._failed = e.strerror or type(e).__name__
             self._seq, self._prev = self._written  # the index must match the disk
@@ -389,7 +359,7 @@ class SessionLog:
         static: tuple[bytes, dict[str, Any]] | None = None,
         members: bytes | None = None,
     ) -> None:
-        """Chain one event (`members`: `fields` already encoded, see `_members`)."""
+        """Chain one event (`members`: `fields` already encoded as `,"k":v…`)."""
         if self._failed is not None:
             raise RecorderError(f"recording {self.id} failed earlier: {self._failed}")
         # The line _encode_event makes, put together without a dict per event: the head
@@ -402,9 +372,9 @@ class SessionLog:
         else:
             ts = self._clock()
             ts_bytes = b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
-        kind_bytes = _KINDS.get(kind) or _plain_kind(kind)
+        kind_bytes = kind.encode() if kind.isascii() and kind.isidentifier() else b""
         if members is None:
-            members = _members(fields) if fields else b""
+            members = b"," + _dumps(fields)[1:-1] if fields else b""
         line = b'{"seq":%d,"ts":%s,"type":"%s"%s%s,"prev":"%s"}' % (
             self._seq,
             ts_bytes,
@@ -421,11 +391,6 @@ class SessionLog:
         self._seq += 1
         counts = self._counts
         counts[kind] = counts.get(kind, 0) + 1
-        if write and not self._pending:  # the usual command event: one write, no join
-            self._pending.append(line)
-            self._pending_size = len(line)
-            self._write_pending(line + b"\n")
-            return
         self._pending.append(line + b"\n")
         self._pending_size += len(line) + 1
         if write:

@@ -744,10 +744,7 @@ class Classifier:
             return exact
         if "\0" in sql:
             _check_text(sql)  # before normalize(): it would stop reading at a NUL
-        try:
-            key = (str(parser.normalize(sql)), connector)
-        except (parser.ParseError, UnicodeError) as e:
-            raise _libpg_error(e) from None
+        key = (_normalize(sql), connector)
         entry = self._cache.get(key)
         if entry is not None:
             cmds = self._retext(sql, *entry)

@@ -117,7 +117,6 @@ class AgentConnection(Relay):
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)
         self.scrub_words: tuple[str, ...] = ()
         self.outcome = "closed"
-        self._columns: dict[bytes, list[str]] = {}  # RowDescription → column names
         # Masking sessions only (a mask rule may apply to this identity and connector):
         self.tracker: ResultTracker | None = None
         self.planner: Planner | None = None

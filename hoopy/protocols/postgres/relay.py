@@ -130,7 +130,6 @@ class Relay:
     result: ResultLog
     scrub_words: tuple[str, ...]
     outcome: str
-    _columns: dict[bytes, list[str]]
     tracker: ResultTracker | None
     planner: Planner | None
     _masks: list[StatementMasks | None]
@@ -515,15 +514,7 @@ class Relay:
             elif t == 0x5A:  # ReadyForQuery
                 self._on_ready(chr(raw[start + 5]))
             elif t == 0x54:  # RowDescription
-                desc = raw[start:stop]
-                names = self._columns.get(desc)
-                if names is None:
-                    names = [f.name for f in pg.decode_row_description(desc).fields]
-                    if len(self._columns) >= 256:
-                        self._columns.clear()
-                    self._columns[desc] = names
-                result.reset()
-                result.columns = names
+                result.describe(pg.decode_row_description(raw[start:stop]))  # parsed once per text
             else:  # EmptyQueryResponse
                 result.reset()
 
@@ -607,8 +598,7 @@ class Relay:
 
     def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
         if isinstance(ev, pg.RowDescription):
-            self.result.reset()
-            self.result.columns = [f.name for f in ev.fields]
+            self.result.describe(ev)
             return ev.raw
         if isinstance(ev, pg.ErrorResponse):
             return self._on_error(ev)

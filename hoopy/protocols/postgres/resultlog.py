@@ -65,10 +65,15 @@ class ResultLog:
             out["truncated"] = True
         return out
 
+    def describe(self, desc: pg.RowDescription) -> None:
+        """A new result starts, with these columns."""
+        self.reset()
+        self.columns = [f.name for f in desc.fields]
+
     def take(self, tag: str) -> dict[str, Any]:
         """`fields(tag)`, and the log starts afresh for the next result."""
         out = self.fields(tag)
-        self.columns, self.rows, self.size, self.truncated = [], [], 0, False
+        self.reset()
         return out
 
     def reset(self) -> None:

@@ -2,7 +2,9 @@
 """pgbench through hoopy vs a direct connection vs PgBouncer, side by side in one run.
 
 Prints TPS per mode and the ratios hoopy/direct and hoopy/PgBouncer.  Also
-measures connections per second (pgbench -C) and hoopy without agent-side TLS.
+measures connections per second (pgbench -C), hoopy without agent-side TLS, and
+bench/barerelay.py (a bare uvloop byte relay, with and without TLS): hoopy/bare is what
+hoopy's own work costs, bare/direct what any Python process in the path costs here.
 Rounds interleave the targets in a rotating order (a shared VM drifts over a minute).
 Usage: python3 bench/pg.py [--seconds 10] [--clients 8] [--scale 10] [--modes M,..] [--targets T,..]
 """
@@ -119,6 +121,20 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
     raise SystemExit("pgbouncer did not start")
 
 
+def start_bare(pg_port: int, tls_dir: Path | None) -> tuple[subprocess.Popen[str], str]:
+    """bench/barerelay.py in front of PostgreSQL, with hoopy's certificate when TLS."""
+    relay = str(ROOT / "bench" / "barerelay.py")
+    cmd = [sys.executable, relay, "--backend", f"127.0.0.1:{pg_port}"]
+    if tls_dir is not None:
+        cmd += ["--cert", str(tls_dir / "cert.pem"), "--key", str(tls_dir / "key.pem")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("ready "):
+        raise SystemExit("bench/barerelay.py did not start")
+    return proc, line.split()[1]
+
+
 def pgbench(target: dict[str, str], args: list[str]) -> float:
     env = {**os.environ, "PGPASSWORD": target["password"], "PGSSLMODE": target["sslmode"]}
     cmd = [
@@ -214,6 +230,10 @@ def main() -> None:
         procs.append(hp2)
         bp, bport = start_pgbouncer(work / "pgbouncer", cluster.port, password)
         procs.append(bp)
+        rp, rport = start_bare(cluster.port, work / "hoopy" / "tls")
+        procs.append(rp)
+        rp2, rport2 = start_bare(cluster.port, None)
+        procs.append(rp2)
         token = DevIssuer(work / "hoopy" / "state", haddr["dev_issuer"]).mint(
             "bench", ["bench"], ttl=7200
         )
@@ -253,6 +273,22 @@ def main() -> None:
                 "password": token2,
                 "sslmode": "disable",
             },
+            {
+                "name": "bare+tls",
+                "port": rport,
+                "user": "bench",
+                "db": "bench",
+                "password": password,
+                "sslmode": "require",
+            },
+            {
+                "name": "bare-notls",
+                "port": rport2,
+                "user": "bench",
+                "db": "bench",
+                "password": password,
+                "sslmode": "disable",
+            },
         ]
         c, j, t = str(a.clients), "2", str(a.seconds)
         modes = {
@@ -277,6 +313,7 @@ def main() -> None:
         )
         header = f"{'mode':<26}" + "".join(f"{x['name']:>13}" for x in targets)
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
+        header += f"{'hoopy/bare':>12}{'bare/direct':>13}"
         print(header, flush=True)
         for mode, args in modes.items():
             # Rounds interleave the targets (in a rotating order), so that the drift of a
@@ -290,6 +327,8 @@ def main() -> None:
             h, n = tps.get("hoopy+tls", 0.0), tps.get("hoopy-notls", 0.0)
             row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"
+            r = tps.get("bare+tls", 0.0)
+            row += f"{h / r if r else 0:>12.2f}{r / d if d else 0:>13.2f}"
             print(row, flush=True)
         if not a.no_big_select:
             big_select(next(x for x in targets if x["name"] == "hoopy+tls"), hp.pid)

@@ -27,6 +27,10 @@ def describe(ev: dict[str, Any]) -> str:
         shown = "\n".join("                  | " + " | ".join(map(str, r)) for r in rows[:20])
         head = f"                  → {ev.get('tag', '')}"
         return head + ("\n" + shown if shown else "")
+    if t == "bind":
+        params = ", ".join("NULL" if v is None else repr(v) for v in ev.get("params") or [])
+        name = ev.get("statement") or "(unnamed)"
+        return f"{'bind':>16}  {name}({params}{', …' if ev.get('truncated') else ''})"
     if t == "error":
         return f"                  ! {ev.get('code', '')} {ev.get('message', '')}"
     if t == "session_end":

@@ -99,6 +99,13 @@ class Session:
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable: {e}") from None
 
+    def flush(self) -> None:
+        """Write what `record_later` chained; a recorder failure refuses what is in flight."""
+        try:
+            self.log.flush()
+        except RecorderError as e:
+            raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
+
     async def check(self, command: Command) -> Decision:
         """Decide, record, and wait for approval when needed.
 

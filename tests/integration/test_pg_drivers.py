@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import subprocess
@@ -80,6 +81,77 @@ async def test_sql_prepare_execute_is_attributed(hoopy: Hoopy) -> None:
             await conn.execute("execute v")  # never prepared on the server
     finally:
         await conn.close()
+
+
+def _events(hoopy: Hoopy, subject: str) -> list[dict[str, object]]:
+    sid = hoopy.cli("sessions", "list", "--subject", subject).stdout.split()[0]
+    return [json.loads(x) for x in hoopy.cli("sessions", "show", sid).stdout.splitlines()]
+
+
+async def test_bind_values_are_recorded_between_statement_and_result(hoopy: Hoopy) -> None:
+    """Extended protocol: the values each execution runs with are in the recording,
+    after the statement's command event and before its result.  asyncpg fetches
+    with a row limit, so its results end in PortalSuspended: recorded all the same."""
+    conn = await agent(hoopy, hoopy.token("bind-agent"))
+    try:
+        stmt = await conn.prepare("select name from customers where id = $1")
+        assert await stmt.fetchval(2) == "Alan Turing"
+        assert await stmt.fetchval(3) == "Grace Hopper"
+        assert await conn.fetchval("select $1::text is null", None) is True
+        assert await conn.fetchval("select 1") == 1
+    finally:
+        await conn.close()
+    events = _events(hoopy, "bind-agent")
+    flow = [e for e in events if e["type"] in ("command", "bind", "result")]
+    lookup_text = "select name from customers where id = $1"
+    assert [(e["type"], e.get("text")) for e in flow if e["type"] != "result"] == [
+        ("command", lookup_text),
+        ("bind", lookup_text),
+        ("bind", lookup_text),
+        ("command", "select $1::text is null"),
+        ("bind", "select $1::text is null"),
+        ("command", "select 1"),
+        ("bind", "select 1"),
+    ]
+    binds = [e for e in flow if e["type"] == "bind"]
+    # asyncpg sends int4 in binary: base64 of the four big-endian bytes
+    two, three = [{"b64": "AAAAAg=="}], [{"b64": "AAAAAw=="}]
+    assert [e["params"] for e in binds] == [two, three, [None], []]
+    assert all(e["statement"].startswith("__asyncpg_stmt_") for e in binds)
+    # each execution's result follows its bind; binary results are base64 too
+    after = [flow[flow.index(b) + 1] for b in binds]
+    assert [e["type"] for e in after] == ["result"] * 4
+    assert [e["rows"] for e in after] == [
+        [["Alan Turing"]],
+        [["Grace Hopper"]],
+        [[{"b64": "AQ=="}]],  # bool true, binary
+        [[{"b64": "AAAAAQ=="}]],  # int4 1, binary
+    ]
+    assert all(e.get("suspended") is True and e["tag"] == "" for e in after)
+    assert hoopy.cli("verify").returncode == 0
+
+
+def test_pgbench_prepared_records_every_execution(hoopy: Hoopy) -> None:
+    """pgbench -M prepared parses once and binds per transaction, in text format."""
+    env = {**os.environ, "PGPASSWORD": hoopy.token("bench-binds"), "PGSSLMODE": "require"}
+    r = subprocess.run(
+        [
+            *("pgbench", "-h", "127.0.0.1", "-p", str(hoopy.pg_port), "-U", "agent", "-n"),
+            *("-M", "prepared", "-t", "25", "-D", "v=41", "-f", "/dev/stdin", "app-db"),
+        ],
+        input="\\set x :v\nselect :x::int + 1 as n;\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    events = _events(hoopy, "bench-binds")
+    binds = [e for e in events if e["type"] == "bind"]
+    assert len(binds) == 25 and all(e["params"] == ["41"] for e in binds)
+    assert all(e["text"] == "select $1::int + 1 as n" for e in binds)
+    results = [e for e in events if e["type"] == "result"]
+    assert len(results) == 25 and all(e["rows"] == [["42"]] for e in results)
 
 
 async def test_cancel_reaches_the_backend(hoopy: Hoopy, backend: Backend) -> None:

@@ -474,6 +474,33 @@ async def test_asyncpg_copy_is_masked(masked: Hoopy, tmp_path: Path) -> None:
 # ---- recordings ---------------------------------------------------------------------------
 
 
+async def test_masking_sessions_record_binds_and_limited_fetches_masked(masked: Hoopy) -> None:
+    """A masking session records each execution's values, and the rows of an Execute
+    with a row limit (asyncpg's fetchrow ends in PortalSuspended) as the agent got them."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=masked.pg_port,
+        user="agent",
+        database="app-db",
+        password=masked.token("masked-binds"),
+        ssl=_ssl(),
+    )
+    try:
+        stmt = await conn.prepare("SELECT email, id FROM m_people WHERE id = $1")
+        assert [(await stmt.fetchrow(i))["email"] for i in (1, 2)] == ["****", "****"]
+    finally:
+        await conn.close()
+    sid = masked.cli("sessions", "list", "--subject", "masked-binds").stdout.split()[0]
+    events = [json.loads(x) for x in masked.cli("sessions", "show", sid).stdout.splitlines()]
+    flow = [e for e in events if e["type"] in ("bind", "result")]
+    assert [e["type"] for e in flow] == ["bind", "result", "bind", "result"]
+    assert [e["params"] for e in flow[::2]] == [[{"b64": "AAAAAQ=="}], [{"b64": "AAAAAg=="}]]
+    assert [e["rows"][0][0] for e in flow[1::2]] == ["****", "****"]
+    assert all(e.get("suspended") is True for e in flow[1::2])
+    for f in forbidden():
+        assert f not in json.dumps(events)
+
+
 def test_recordings_hold_only_masked_values(masked: Hoopy) -> None:
     psql_rows(masked, "SELECT email, upper(email), ssn, note FROM m_people")
     psql_rows(masked, "COPY (SELECT email FROM m_people) TO STDOUT")

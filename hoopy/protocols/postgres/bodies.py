@@ -162,14 +162,28 @@ def _f_parse(raw: bytes) -> m.Parse:
 def _f_bind(raw: bytes) -> m.Bind:
     r = _Reader(raw, "Bind", strict=True)
     portal, statement = r.cstr(), r.cstr()
-    r.array("H", r.u16())  # parameter formats
+    param_formats = r.array("H", r.u16())
+    params: list[bytes | None] = []
     for _ in range(r.u16()):
         size = r.i32()
-        if size != -1:
-            r.take(size)
+        if size < -1:
+            raise r.bad()
+        params.append(None if size == -1 else r.take(size))
     formats = r.array("H", r.u16())  # result formats
     r.end()
-    return m.Bind(portal, statement, raw, formats)
+    return m.Bind(portal, statement, raw, formats, param_formats, tuple(params))
+
+
+def decode_binds(raw: bytes, types: bytes) -> list[m.Bind]:
+    """The Bind messages of a Passthrough run (`raw`, with its `types`), parsed."""
+    out: list[m.Bind] = []
+    pos = 0
+    for t in types:
+        stop = pos + 1 + _I.unpack_from(raw, pos + 1)[0]
+        if t == 0x42:
+            out.append(_f_bind(raw[pos:stop]))
+        pos = stop
+    return out
 
 
 def _f_describe(raw: bytes) -> m.Describe:
@@ -395,6 +409,7 @@ _BACKEND: dict[int, Callable[[bytes], m.BackendEvent]] = {
 # What ClientConnection.relay_run passes through in one piece.
 _COMPLETE = ord("C")
 _EMPTY_QUERY = ord("I")
+_SUSPENDED = ord("s")  # PortalSuspended: an Execute's row limit was reached
 _PARAMETERS = ord("t")
 _BODILESS = frozenset(b"I123ns")
 _RELAYED = frozenset(b"DTCZt") | _BODILESS

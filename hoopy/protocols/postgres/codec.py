@@ -60,8 +60,10 @@ from hoopy.protocols.postgres.bodies import (
     _NORMAL_TYPES,
     _PARAMETERS,
     _RELAYED,
+    _SUSPENDED,
     ProtocolViolation,
     _startup_params,
+    decode_binds,
     decode_data_rows,
     decode_row_description,
     iter_data_rows,
@@ -70,8 +72,8 @@ from hoopy.protocols.postgres.messages import *  # noqa: F403  (the codec's publ
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE", "MAX_STARTUP_PACKET", "NEED_DATA", "ClientConnection",
-    "NeedData", "Phase", "ProtocolViolation", "ServerConnection", "decode_data_rows",
-    "decode_row_description", "iter_data_rows", *m.__all__,
+    "NeedData", "Phase", "ProtocolViolation", "ServerConnection", "decode_binds",
+    "decode_data_rows", "decode_row_description", "iter_data_rows", *m.__all__,
 ]  # fmt: skip
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
@@ -327,7 +329,8 @@ class ClientConnection(_Connection[m.BackendEvent]):
         acknowledgements), as `(raw, marks)`; None when the next message is another type
         or incomplete (use `next_event()` then).  `marks` locates in `raw` what a proxy
         looks at: `(type, start, stop)` per RowDescription, CommandComplete,
-        ReadyForQuery and EmptyQueryResponse, and one per run of DataRows.
+        ReadyForQuery, EmptyQueryResponse and PortalSuspended, and one per run of
+        DataRows.
 
         One pass, no object per message: this is the hot path of every result."""
         if self._failed is not None:
@@ -356,7 +359,7 @@ class ClientConnection(_Connection[m.BackendEvent]):
                     if t in _BODILESS:
                         if length != 4:
                             raise ProtocolViolation(f"malformed {chr(t)!r} message")
-                        if t == _EMPTY_QUERY:
+                        if t in (_EMPTY_QUERY, _SUSPENDED):
                             marks.append((t, pos - start, stop - start))
                     elif t == _READY:
                         if length != 5 or buf[pos + 5] not in b"ITE":

@@ -116,12 +116,14 @@ class Parse:
 
 @dataclass(frozen=True, slots=True)
 class Bind:
-    """Parameter values stay in `raw`: they are data, not statements."""
+    """Parameter values are data, not statements: never classified, but recorded."""
 
     portal: str
     statement: str
     raw: bytes = field(repr=False)
     result_formats: tuple[int, ...] = ()  # empty: all text; one: all that; else per column
+    param_formats: tuple[int, ...] = ()  # the same convention, for `params`
+    params: tuple[bytes | None, ...] = field(default=(), repr=False)  # None: SQL NULL
 
 
 @dataclass(frozen=True, slots=True)

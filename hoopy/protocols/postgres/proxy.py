@@ -113,6 +113,7 @@ class AgentConnection(Relay):
         self.marker = f"hoopy_refused_{secrets.token_hex(8)}"
         self.refusals: deque[tuple[int, HoopyError]] = deque()
         self.batches_sent = 0
+        self.binds_unwritten = False  # Bind events chained but not yet written
         self.batches_done = 0
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)
         self.scrub_words: tuple[str, ...] = ()

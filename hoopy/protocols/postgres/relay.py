@@ -57,7 +57,7 @@ from hoopy.protocols.postgres.maskwire import (
     track,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
-from hoopy.protocols.postgres.resultlog import ResultLog
+from hoopy.protocols.postgres.resultlog import ResultLog, bind_fields
 from hoopy.protocols.postgres.results import ResultTracker
 from hoopy.session import Session
 
@@ -126,6 +126,7 @@ class Relay:
     marker: str
     refusals: deque[tuple[int, HoopyError]]
     batches_sent: int
+    binds_unwritten: bool
     batches_done: int
     result: ResultLog
     scrub_words: tuple[str, ...]
@@ -270,8 +271,7 @@ class Relay:
                 try:
                     cmds = self._commands(st.sql)
                     if self._check_now(cmds) is None:
-                        if out:
-                            self._backend_write(b"".join(out))
+                        self._flush(out)
                         self._agent_events = events[i:]
                         self._agent_pump.run(eager=False)
                         return
@@ -281,8 +281,7 @@ class Relay:
                 out.append(self._allowed(st, cmds))
             elif not self._other_agent_event(ev, out):
                 return
-        if out:
-            self._backend_write(b"".join(out))
+        self._flush(out)
 
     async def _agent_batch(self) -> None:
         """Every complete message the agent sent so far: check, record, forward."""
@@ -301,8 +300,7 @@ class Relay:
                 out.append(self._allowed(st, cmds))
             elif not self._other_agent_event(ev, out):
                 return
-        if out:
-            self.backend.writer.write(b"".join(out))
+        self._flush(out)
 
     def _other_agent_event(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
         """Every message but Query and Parse; False once the agent said Terminate."""
@@ -316,8 +314,7 @@ class Relay:
             self._on_close(ev)  # type: ignore[arg-type]
             out.append(ev.raw)
         elif t is pg.Terminate:
-            assert self.backend is not None
-            self.backend.writer.write(b"".join(out))
+            self._flush(out)
             self.outcome = "closed"
             self._end()
             return False
@@ -327,14 +324,32 @@ class Relay:
         else:
             if self.tracker is not None:
                 track(self.tracker, ev)
+            if t is pg.Passthrough:
+                if 0x42 in ev.types:  # type: ignore[union-attr]
+                    for bind in pg.decode_binds(ev.raw, ev.types):  # type: ignore[union-attr]
+                        self._record_bind(bind)
+            elif t is pg.Bind:
+                self._record_bind(ev)  # type: ignore[arg-type]
             out.append(ev.raw)
         return True
 
+    def _record_bind(self, bind: pg.Bind) -> None:
+        """Which values a statement runs with: chained now, written before it runs."""
+        assert self.session is not None
+        cmds = self.prepared.get(bind.statement)  # absent: refused, or never prepared
+        text = None if not cmds else "; ".join(c.text for c in cmds)
+        self.session.record_later("bind", bind_fields(bind, self.result.max_bytes, text))
+        self.binds_unwritten = True
+
     def _flush(self, out: list[bytes]) -> None:
-        """Send what precedes a command that may block on approval."""
-        assert self.backend is not None
+        """Send what the batch forwards so far (all of it, or what precedes a command
+        that may block on approval), its Bind events written first."""
+        if self.binds_unwritten:
+            assert self.session is not None
+            self.binds_unwritten = False
+            self.session.flush()  # raises RecordingFailed: then nothing is forwarded
         if out:
-            self.backend.writer.write(b"".join(out))
+            self._backend_write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def _commands(self, sql: str) -> tuple[Command, ...]:
@@ -515,6 +530,8 @@ class Relay:
                 self._on_ready(chr(raw[start + 5]))
             elif t == 0x54:  # RowDescription
                 result.describe(pg.decode_row_description(raw[start:stop]))  # parsed once per text
+            elif t == 0x73:  # PortalSuspended: rows up to an Execute's limit
+                self._record_result("", suspended=True)
             else:  # EmptyQueryResponse
                 result.reset()
 
@@ -544,8 +561,11 @@ class Relay:
                 tracker.no_data()
             elif t in (pg.ParseComplete, pg.BindComplete, pg.CloseComplete):
                 tracker.simple_ack()
-            elif t in (pg.EmptyQueryResponse, pg.PortalSuspended):
+            elif t is pg.EmptyQueryResponse:
                 tracker.complete()
+            elif t is pg.PortalSuspended:
+                tracker.complete()
+                self._record_result("", suspended=True)
             elif t is pg.CommandComplete:
                 tracker.complete()
                 self._record_result(tag=cast(pg.CommandComplete, ev).tag)
@@ -665,9 +685,12 @@ class Relay:
         if name == "client_encoding" and unsafe_encoding(value):
             raise ProtocolError(f"client_encoding {value} is not supported; session closed")
 
-    def _record_result(self, tag: str) -> None:
+    def _record_result(self, tag: str, suspended: bool = False) -> None:
         assert self.session is not None
-        self.session.record_later("result", self.result.take(tag))
+        fields = self.result.take(tag)
+        if suspended:
+            fields["suspended"] = True  # the portal may run on: no tag yet
+        self.session.record_later("result", fields)
 
 
 # A statement of these kinds means something that depends on what ran before it

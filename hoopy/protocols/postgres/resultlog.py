@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ class ResultLog:
         """The DataRow messages in raw[start:stop]."""
         if self.truncated:
             return
-        rows, size = self.rows, self.size
+        rows, size, control = self.rows, self.size, _CONTROL.search
         stop = len(raw) if stop is None else stop
         decoded, upto = pg.decode_data_rows(raw, start, stop, self.max_rows - len(rows))
         for values in decoded:
@@ -40,10 +41,13 @@ class ResultLog:
                     row.append(None)
                     continue
                 size += len(v)
-                try:
-                    row.append(v.decode())
-                except UnicodeDecodeError:
-                    row.append(_show(v))
+                if control(v) is None:  # _show(v), inline: this runs per value
+                    try:
+                        row.append(v.decode())
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+                row.append({"b64": base64.b64encode(v).decode()})
             rows.append(row)
         else:
             if upto < stop:
@@ -80,10 +84,49 @@ class ResultLog:
         self.columns, self.rows, self.size, self.truncated = [], [], 0, False
 
 
+def bind_fields(bind: pg.Bind, max_bytes: int, text: str | None = None) -> dict[str, Any]:
+    """A Bind's recording: which statement runs (name, and `text` when known), into
+    which portal, with which values (text-format values as text, binary ones and
+    invalid UTF-8 as base64), at most `max_bytes` of them (then `"truncated": true`)."""
+    formats, values = bind.param_formats, bind.params
+    shown: list[Any] = []
+    size = 0
+    truncated = False
+    for i, v in enumerate(values):
+        if v is not None:
+            if size + len(v) > max_bytes:
+                v = v[: max(max_bytes - size, 0)]
+                truncated = True
+            size += len(v)
+        fmt = formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0
+        shown.append({"b64": base64.b64encode(v).decode()} if fmt and v is not None else _show(v))
+        if truncated:
+            break
+    out: dict[str, Any] = {"statement": bind.statement}
+    if text is not None:
+        out["text"] = text
+    out["portal"] = bind.portal
+    out["params"] = shown
+    if truncated:
+        out["truncated"] = True
+        out["param_count"] = len(values)
+    return out
+
+
+# Control characters no text value of the usual types holds, and binary-format values
+# (an int4 1 is 00 00 00 01) do: such values are recorded as base64, not as text that
+# would look like something else.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
 def _show(v: bytes | None) -> Any:
+    """A value as the recording keeps it: text when it is plain UTF-8 text, else its
+    exact bytes as {"b64": …}."""
     if v is None:
         return None
-    try:
-        return v.decode()
-    except UnicodeDecodeError:
-        return {"b64": base64.b64encode(v).decode()}
+    if _CONTROL.search(v) is None:
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(v).decode()}

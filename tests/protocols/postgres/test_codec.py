@@ -605,7 +605,7 @@ def test_frontend_encoders_round_trip() -> None:
     conn.receive_data(b"".join(data))
     expected = [
         pg.Parse("s1", "SELECT $1", (23,), data[0]),
-        pg.Bind("p1", "s1", data[1], (0, 1)),
+        pg.Bind("p1", "s1", data[1], (0, 1), (1,), (b"42", None)),
         pg.Describe("P", "p1", data[2]),
         pg.Execute("p1", 10, data[3]),
         pg.Close("S", "s1", data[4]),

@@ -119,7 +119,7 @@ kind = st.sampled_from("SP")
 
 
 def _bind(p: str, s: str, v: list[bytes | None], pf: list[int], rf: list[int]) -> pg.Bind:
-    return pg.Bind(p, s, pg.bind(p, s, v, pf, rf), tuple(rf))
+    return pg.Bind(p, s, pg.bind(p, s, v, pf, rf), tuple(rf), tuple(pf), tuple(v))
 
 
 frontend_message = st.one_of(

@@ -293,6 +293,23 @@ def test_hash_style_is_stable_across_sessions_and_hides_values(masked: Hoopy) ->
     assert joined.split() == []  # a boolean computed from a masked column: NULL
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT contact FROM m_contacts ORDER BY id",
+        "SELECT c2 FROM m_contacts2",
+        "SELECT upper(contact) FROM m_contacts",
+        "SELECT v FROM (SELECT contact AS v FROM m_contacts) s",
+    ],
+)
+def test_views_are_traced_to_their_base_columns(masked: Hoopy, sql: str) -> None:
+    """hashers mask m_people.email with no detector: only lineage through the view's
+    definition (pg_class.relkind 'v') can find the email behind m_contacts.contact."""
+    out = psql_rows(masked, sql, groups=("hashers",)).split()
+    assert len(out) == 2 and all(v.startswith("h:") for v in out), out
+    assert_clean(" ".join(out))
+
+
 def test_copy_to_stdout_is_masked(masked: Hoopy) -> None:
     for sql in (
         "COPY m_people TO STDOUT",

@@ -36,7 +36,7 @@ TTL = 30.0
 QUERY_TIMEOUT = 10.0
 
 _REL_COLUMNS = """
-    SELECT c.oid, n.nspname, c.relname, c.relkind,
+    SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind,
            coalesce(array(SELECT a.attname::text FROM pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                  ORDER BY a.attnum), '{}') AS names,

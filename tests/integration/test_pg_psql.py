@@ -80,6 +80,18 @@ def test_do_block_refused_without_named_allow(hoopy: Hoopy) -> None:
     assert "cannot be checked statically" in r.stderr
 
 
+def test_sql_run_from_text_by_builtins_is_refused(hoopy: Hoopy) -> None:
+    """query_to_xml and kin run SQL that classification never sees (a deny on the
+    vault table would not apply): refused like DO unless an allow rule names it."""
+    for sql in (
+        "select query_to_xml('select * from vault', true, false, '')",
+        "select table_to_xml('vault', true, false, '')",
+    ):
+        r = hoopy.psql("-c", sql)
+        assert r.returncode != 0 and "cannot be checked statically" in r.stderr, r.stderr
+        assert "vault" not in r.stdout
+
+
 def test_unparseable_statement_is_42601_and_not_forwarded(hoopy: Hoopy) -> None:
     r = hoopy.psql("-v", "VERBOSITY=verbose", "-c", "selec 1 frm nowhere")
     assert r.returncode != 0

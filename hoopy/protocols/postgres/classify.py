@@ -16,7 +16,8 @@ walk it iteratively (no recursion limit to hit) collecting:
   CTE in scope is not a table; CTE bodies are walked with PostgreSQL's scoping rules.
 * functions — every FuncCall, anywhere in the tree, plus CALL and trigger targets.
 * opaque — effects that cannot be seen statically (DO, function bodies, COPY PROGRAM / server
-  files, LOAD, EXECUTE of an unknown prepared statement, statements we do not know).
+  files, LOAD, EXECUTE of an unknown prepared statement, built-ins that run SQL given as
+  text such as query_to_xml (`dynamic_sql`), statements we do not know).
 
 The JSON tree: a tagged node is `{"TypeName": {fields}}`; fields typed as a specific struct
 (e.g. `InsertStmt.relation`, `SelectStmt.larg`) appear untagged, so an untagged dict with a
@@ -271,10 +272,23 @@ def _read_ref(acc: _Acc, rv: Json, scope: Scope) -> None:
         acc.read.add(_rv_name(rv))
 
 
+# Built-ins that run SQL handed to them as text, or read whole tables or schemas named
+# by a value: what they run is a literal, invisible to classification, so a call is
+# `dynamic_sql` (refused unless an allow rule names that kind), schema-qualified or not.
+_DYNAMIC_SQL_FUNCTIONS = frozenset(
+    {f"{what}_to_{form}" for what in ("query", "table", "schema", "database")
+     for form in ("xml", "xmlschema", "xml_and_xmlschema")}
+    | {"ts_stat", "ts_rewrite", "dblink", "dblink_exec", "dblink_open", "dblink_send_query"}
+)  # fmt: skip
+
+
 def _on_func_call(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
     name = _dotted(body.get("funcname", []))
     if name:
         acc.functions.add(name)
+        if name.rpartition(".")[2] in _DYNAMIC_SQL_FUNCTIONS:
+            acc.kinds.add("dynamic_sql")
+            acc.opaque.add("dynamic_sql")
     _push_fields(body, scope, stack, skip=("funcname",))
 
 

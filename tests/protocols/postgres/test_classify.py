@@ -348,6 +348,15 @@ OPAQUE = [
     ("copy t from '/etc/passwd'", {"copy_file"}),
     ("load 'plugin'", {"load"}),
     ("execute unknown_statement", {"execute"}),
+    # built-ins that run SQL (or read whole relations) named only by a value
+    ("select query_to_xml('select * from secrets', true, false, '')", {"dynamic_sql"}),
+    ("select pg_catalog.table_to_xml('secrets', true, false, '')", {"dynamic_sql"}),
+    ("select x from t where y = schema_to_xmlschema('public', true, false, '')", {"dynamic_sql"}),
+    ("select * from ts_stat('select v from secrets')", {"dynamic_sql"}),
+    ("select ts_rewrite('a'::tsquery, 'select * from secrets')", {"dynamic_sql"}),
+    ("select * from dblink('host=x', 'delete from t') as r(a int)", {"dynamic_sql"}),
+    ("select \"QUERY_TO_XML\"('x', true, false, '')", set()),  # not the built-in
+    ("select xmlelement(name a, 'query_to_xml')", set()),
     ("copy t to stdout", set()),
     ("call p()", set()),
     ("create trigger tr after insert on t for each row execute function f()", set()),

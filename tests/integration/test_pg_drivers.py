@@ -11,6 +11,7 @@ import subprocess
 import asyncpg
 import pytest
 
+from hoopy.protocols.postgres import codec as pg
 from tests.integration.conftest import Backend, Hoopy
 
 
@@ -224,3 +225,34 @@ def test_pgbench_select_only_and_tpcb(hoopy: Hoopy, backend: Backend) -> None:
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_a_refused_reparse_leaves_the_statement_the_server_kept(hoopy: Hoopy) -> None:
+    """PostgreSQL refuses a Parse or PREPARE of a name in use (42P05) and keeps the first
+    statement: EXECUTE and Bind of that name are attributed to the first, whose policy
+    and recording they get, not to the refused text."""
+    from tests.integration.test_pg_hostile import _messages, login, raw_connect
+
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    first = "select name from customers where id = 1"
+    s.sendall(pg.parse("s1", first) + pg.sync())
+    _messages(s, pg.ready_for_query("I"))
+    s.sendall(pg.parse("s1", "select 'nothing'") + pg.sync())
+    assert b"42P05" in _messages(s, pg.ready_for_query("I"))
+    s.sendall(pg.bind("", "s1", [], [], []) + pg.execute("", 0) + pg.sync())
+    assert b"Ada Lovelace" in _messages(s, pg.ready_for_query("I"))
+    s.sendall(pg.query(f"prepare q as {first}"))
+    _messages(s, pg.ready_for_query("I"))
+    s.sendall(pg.query("prepare q as select 'nothing'"))
+    assert b"42P05" in _messages(s, pg.ready_for_query("I"))
+    s.sendall(pg.query("execute q"))
+    assert b"Ada Lovelace" in _messages(s, pg.ready_for_query("I"))
+    s.sendall(pg.terminate())
+    assert s.recv(1) == b""  # the session ends, its recording closed
+    files = sorted((hoopy.folder / "recordings").rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    events = [json.loads(x) for x in files[-1].read_text().splitlines()]
+    (bind,) = [e for e in events if e["type"] == "bind"]
+    assert bind["text"] == first
+    (execute,) = [e for e in events if e["type"] == "command" and e["text"] == "execute q"]
+    assert execute["reads"] == ["customers"]

@@ -200,3 +200,78 @@ def test_recorded_results_keep_columns_rows_caps_and_order(hoopy: Hoopy) -> None
     assert small["columns"] == ["nothing", "accent"] and small["rows"] == [[None, "é"]]
     assert "truncated" not in small
     assert empty["rows"] == [] and empty["columns"] == ["?column?"]
+
+
+def _messages(s: socket.socket, until: bytes, count: int = 1) -> bytes:
+    got = b""
+    while got.count(until) < count:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+async def test_settings_switch_in_a_pipeline_cannot_smuggle_a_statement(
+    hoopy: Hoopy, backend: Backend
+) -> None:
+    """With standard_conforming_strings off the server reads 'x\\' , ' as one string and
+    runs the TRUNCATE after it; hoopy (which parses with it on) saw a harmless SELECT.
+    Sent in one write behind the SET, the text must wait for the SET's answer, which
+    ends the session: the TRUNCATE never runs."""
+    conn = await backend.app_conn()
+    try:
+        await conn.execute("drop table if exists scs_probe; create table scs_probe (x int)")
+        await conn.execute("insert into scs_probe values (1)")
+        s = raw_connect(hoopy)
+        login(hoopy, s)
+        s.sendall(
+            pg.query("SET standard_conforming_strings = off")
+            + pg.query("SELECT 'x\\' , ' ; TRUNCATE scs_probe; --'")
+        )
+        reply = read_all(s)
+        assert b"08P01" in reply and b"standard_conforming_strings" in reply
+        assert await conn.fetchval("select count(*) from scs_probe") == 1
+        # the same through a function the policy cannot see into
+        await conn.execute(
+            "create or replace function scs_flip() returns int language plpgsql as $$ "
+            "begin perform set_config('standard_conforming_strings', 'off', false); "
+            "return 1; end $$"
+        )
+        s = raw_connect(hoopy)
+        login(hoopy, s)
+        s.sendall(
+            pg.query("SELECT scs_flip()") + pg.query("SELECT 'x\\' , ' ; TRUNCATE scs_probe; --'")
+        )
+        reply = read_all(s)
+        assert b"08P01" in reply
+        assert await conn.fetchval("select count(*) from scs_probe") == 1
+    finally:
+        await conn.execute("drop table if exists scs_probe; drop function if exists scs_flip()")
+        await conn.close()
+
+
+def test_pipelined_backslash_texts_wait_and_run(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(pg.query("select 'one'") + pg.query("select 'a\\b' as v") + pg.query("select 3"))
+    got = _messages(s, pg.ready_for_query("I"), 3)
+    assert b"one" in got and b"a\\b" in got
+
+
+def test_backslash_parse_after_an_unsynced_execute_is_refused(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(
+        pg.parse("", "select 1", [])
+        + pg.bind("", "", [], [], [])
+        + pg.execute("", 0)
+        + pg.parse("", "select E'a\\\\b'", [])
+        + pg.bind("", "", [], [], [])
+        + pg.execute("", 0)
+        + pg.sync()
+    )
+    got = _messages(s, pg.ready_for_query("I"))
+    assert b"42501" in got and b"backslash" in got
+    s.sendall(pg.query("select 'still usable'"))
+    assert b"still usable" in _messages(s, pg.ready_for_query("I"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hoopy.protocols.postgres import codec as pg
 from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 
 SECRET_EMAILS = ("alice.secret@example.com", "bob.hidden@example.org")
@@ -665,3 +667,35 @@ def test_approval_waits_work_in_masking_sessions(masked: Hoopy) -> None:
     assert "approved-mask|10" in out
     # and the session's masking still holds afterwards
     assert_clean(psql_rows(masked, "SELECT email FROM m_people"))
+
+
+def _read_until_ready(s: socket.socket) -> bytes:
+    got = b""
+    while pg.ready_for_query("I") not in got and pg.ready_for_query("T") not in got:
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    return got
+
+
+def test_a_refused_reparse_of_a_statement_name_keeps_its_masks(masked: Hoopy) -> None:
+    """PostgreSQL refuses a Parse of a name in use (42P05) and keeps the first
+    statement: hoopy must keep masking what the name really runs."""
+    s = socket.create_connection(("127.0.0.1", masked.pg_port), timeout=10)
+    s.sendall(pg.ssl_request())
+    assert s.recv(1) == b"S"
+    s = _ssl().wrap_socket(s)
+    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
+    assert s.recv(9)[:1] == b"R"
+    s.sendall(pg.password_message(masked.token().encode() + b"\0"))
+    _read_until_ready(s)
+    s.sendall(pg.parse("s1", "select upper(ssn) as e from m_people where id = 1") + pg.sync())
+    assert b"E" not in _read_until_ready(s)[:1]
+    s.sendall(pg.parse("s1", "select 'nothing'::text as e") + pg.sync())
+    assert b"42P05" in _read_until_ready(s)
+    for raw in (pg.describe("S", "s1"), b""):  # described or not: masked
+        s.sendall(pg.bind("", "s1", [], [], []) + raw + pg.execute("", 0) + pg.sync())
+        got = _read_until_ready(s)
+        assert b"****" in got or b"D\x00\x00\x00\x0a\x00\x01\xff\xff\xff\xff" in got, got
+        assert_clean(got.decode("latin-1"))
+    s.close()

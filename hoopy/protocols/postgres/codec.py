@@ -80,6 +80,7 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 MAX_STARTUP_PACKET: Final = 10000  # PostgreSQL's own limit
 
 _I = struct.Struct("!I")
+_MARKED_BODILESS = frozenset({_EMPTY_QUERY, _SUSPENDED, ord("1")})  # and ParseComplete
 _DATA_ROW = 0x44  # 'D'
 _READY = 0x5A  # 'Z'
 
@@ -329,8 +330,8 @@ class ClientConnection(_Connection[m.BackendEvent]):
         acknowledgements), as `(raw, marks)`; None when the next message is another type
         or incomplete (use `next_event()` then).  `marks` locates in `raw` what a proxy
         looks at: `(type, start, stop)` per RowDescription, CommandComplete,
-        ReadyForQuery, EmptyQueryResponse and PortalSuspended, and one per run of
-        DataRows.
+        ReadyForQuery, EmptyQueryResponse, PortalSuspended and ParseComplete, and one
+        per run of DataRows.
 
         One pass, no object per message: this is the hot path of every result."""
         if self._failed is not None:
@@ -359,7 +360,7 @@ class ClientConnection(_Connection[m.BackendEvent]):
                     if t in _BODILESS:
                         if length != 4:
                             raise ProtocolViolation(f"malformed {chr(t)!r} message")
-                        if t in (_EMPTY_QUERY, _SUSPENDED):
+                        if t in _MARKED_BODILESS:
                             marks.append((t, pos - start, stop - start))
                     elif t == _READY:
                         if length != 5 or buf[pos + 5] not in b"ITE":

@@ -114,6 +114,10 @@ class AgentConnection(Relay):
         self.refusals: deque[tuple[int, HoopyError]] = deque()
         self.batches_sent = 0
         self.binds_unwritten = False  # Bind events chained but not yet written
+        self.unsynced_execute = False
+        self.unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]] = deque()
+        self.batch_failed = False
+        self._settled: asyncio.Future[None] | None = None
         self.batches_done = 0
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)
         self.scrub_words: tuple[str, ...] = ()

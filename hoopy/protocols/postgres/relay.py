@@ -127,6 +127,11 @@ class Relay:
     refusals: deque[tuple[int, HoopyError]]
     batches_sent: int
     binds_unwritten: bool
+    unsynced_execute: bool  # an Execute went to the server since the last Sync
+    # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
+    unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
+    batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
+    _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     batches_done: int
     result: ResultLog
     scrub_words: tuple[str, ...]
@@ -269,6 +274,11 @@ class Relay:
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
                 try:
+                    if b"\\" in st.raw and self._answers_pending():
+                        self._flush(out)  # then wait in the task (see _settled_parse)
+                        self._agent_events = events[i:]
+                        self._agent_pump.run(eager=False)
+                        return
                     cmds = self._commands(st.sql)
                     if self._check_now(cmds) is None:
                         self._flush(out)
@@ -293,6 +303,8 @@ class Relay:
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
                 try:
+                    if b"\\" in st.raw and self._answers_pending():
+                        await self._settled_parse(out, st.sql)
                     cmds = await self._check_all(st.sql, out)
                 except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
                     out.append(self._refused(st, e))
@@ -302,11 +314,38 @@ class Relay:
                 return
         self._flush(out)
 
+    # A text with a backslash parses differently once standard_conforming_strings is
+    # off (or under a client-only multibyte encoding): a statement ahead of it in the
+    # pipeline could switch that, and the server would then run what hoopy did not check.
+    # Such a text waits until the server has answered everything before it — a switch
+    # shows as ParameterStatus before ReadyForQuery and ends the session (_check_param)
+    # — and is refused after an Execute not yet followed by a Sync, whose effect the
+    # server reports only at the Sync.
+
+    def _answers_pending(self) -> bool:
+        return self.batches_done < self.batches_sent or self.unsynced_execute
+
+    async def _settled_parse(self, out: list[bytes], sql: str) -> None:
+        """Forward what came before, then wait for its answers (see above)."""
+        if self.unsynced_execute:
+            reason = (
+                "a statement containing a backslash cannot follow an Execute before a Sync "
+                "through hoopy (its parse could depend on settings that Execute changes)"
+            )
+            assert self.session is not None
+            self.session.record("command", text=sql, outcome="deny", reason=reason)
+            raise CommandDenied(reason)
+        self._flush(out)
+        while self.batches_done < self.batches_sent:
+            self._settled = asyncio.get_running_loop().create_future()
+            await self._settled
+
     def _other_agent_event(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
         """Every message but Query and Parse; False once the agent said Terminate."""
         t = type(ev)
         if t is pg.Sync:
             self.batches_sent += 1
+            self.unsynced_execute = False
             if self.tracker is not None:
                 self.tracker.sync()
             out.append(ev.raw)
@@ -325,18 +364,23 @@ class Relay:
             if self.tracker is not None:
                 track(self.tracker, ev)
             if t is pg.Passthrough:
-                if 0x42 in ev.types:  # type: ignore[union-attr]
-                    for bind in pg.decode_binds(ev.raw, ev.types):  # type: ignore[union-attr]
+                types = ev.types  # type: ignore[union-attr]
+                if 0x42 in types:
+                    for bind in pg.decode_binds(ev.raw, types):
                         self._record_bind(bind)
+                if 0x45 in types:
+                    self.unsynced_execute = True
             elif t is pg.Bind:
                 self._record_bind(ev)  # type: ignore[arg-type]
+            elif t is pg.Execute:
+                self.unsynced_execute = True
             out.append(ev.raw)
         return True
 
     def _record_bind(self, bind: pg.Bind) -> None:
         """Which values a statement runs with: chained now, written before it runs."""
         assert self.session is not None
-        cmds = self.prepared.get(bind.statement)  # absent: refused, or never prepared
+        cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
         text = None if not cmds else "; ".join(c.text for c in cmds)
         self.session.record_later("bind", bind_fields(bind, self.result.max_bytes, text))
         self.binds_unwritten = True
@@ -449,7 +493,7 @@ class Relay:
                 tracker.query(list(self._masks))
             return ev.raw
         name = ev.name  # type: ignore[union-attr]
-        self.prepared[name] = cmds
+        self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
         if tracker is not None:
             tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)
         return ev.raw
@@ -473,8 +517,8 @@ class Relay:
         for c in cmds:
             if "prepare" in c.kinds and "execute" not in c.kinds:
                 name = _prepared_name(c.text)
-                if name:
-                    self.prepared[name] = (c,)
+                if name:  # known once the text ran without error (_on_ready)
+                    self.unconfirmed.append((self.batches_sent + 1, name, (c,), False))
             elif "deallocate" in c.kinds or ("discard" in c.kinds and "all" in c.text.lower()):
                 name = _prepared_name(c.text)
                 if name and name.lower() != "all":
@@ -530,6 +574,8 @@ class Relay:
                 self._on_ready(chr(raw[start + 5]))
             elif t == 0x54:  # RowDescription
                 result.describe(pg.decode_row_description(raw[start:stop]))  # parsed once per text
+            elif t == 0x31:  # ParseComplete
+                self._parse_complete()
             elif t == 0x73:  # PortalSuspended: rows up to an Execute's limit
                 self._record_result("", suspended=True)
             else:  # EmptyQueryResponse
@@ -561,6 +607,8 @@ class Relay:
                 tracker.no_data()
             elif t in (pg.ParseComplete, pg.BindComplete, pg.CloseComplete):
                 tracker.simple_ack()
+                if t is pg.ParseComplete:
+                    self._parse_complete()
             elif t is pg.EmptyQueryResponse:
                 tracker.complete()
             elif t is pg.PortalSuspended:
@@ -609,12 +657,40 @@ class Relay:
         if out:
             self.writer.write(b"".join(out))
 
+    # Prepared statements count once the server has them (`self.prepared`, what EXECUTE
+    # and Bind resolve to): a Parse at its ParseComplete, an SQL PREPARE when its text
+    # ran without error.  The server refuses a name in use (42P05) and keeps the first
+    # statement; believing the second would let EXECUTE run what policy never saw.
+
+    def _statement_now(self, name: str) -> tuple[Command, ...] | None:
+        """What `name` will run for a message forwarded now (pipelined after a Parse)."""
+        for _, n, cmds, _ in reversed(self.unconfirmed):
+            if n == name:
+                return cmds
+        return self.prepared.get(name)
+
+    def _parse_complete(self) -> None:
+        for i, (_, name, cmds, protocol) in enumerate(self.unconfirmed):
+            if protocol:
+                del self.unconfirmed[i]
+                self.prepared[name] = cmds
+                return
+
     def _on_ready(self, status: str) -> None:
         assert self.backend is not None
         self.backend.status = status
         self.batches_done += 1
+        failed, self.batch_failed = self.batch_failed, False
+        pending = self.unconfirmed
+        while pending and pending[0][0] <= self.batches_done:
+            _, name, cmds, protocol = pending.popleft()
+            if not protocol and not failed:  # a Parse not acknowledged by now was skipped
+                self.prepared[name] = cmds
         while self.refusals and self.refusals[0][0] <= self.batches_done:
             self.refusals.popleft()  # its marker was discarded after an earlier error
+        settled = self._settled
+        if settled is not None and not settled.done():
+            settled.set_result(None)
 
     def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
         if isinstance(ev, pg.RowDescription):
@@ -636,6 +712,7 @@ class Relay:
         return ev.raw
 
     def _on_error(self, ev: pg.ErrorResponse, masking: Any = None) -> bytes:
+        self.batch_failed = True
         if self.marker in ev.fields.get("M", "") + ev.fields.get("D", ""):
             # _on_ready drops refusals of finished batches, so the front is this batch's.
             if self.refusals:

@@ -14,7 +14,9 @@ produced it and in which formats its columns are:
 * an ErrorResponse in extended mode discards everything up to the next Sync.
 
 Everything is resolved when the agent's message is forwarded (a later Parse reusing a
-name cannot change what an earlier Execute meant).  A result whose columns hoopy never
+name cannot change what an earlier Execute meant), and a Parse counts only once the
+server acknowledges it: one it refuses (a name in use, a missing table) leaves the
+statement the server kept.  A result whose columns hoopy never
 saw described gets `fields=None`: the planner masks every value of it.
 """
 
@@ -61,6 +63,7 @@ class _Expect:
     kind: str  # query | parse | bind | describe_s | describe_p | execute | close | sync
     statements: list[Statement] = field(default_factory=list)  # query: one per statement
     target: Statement | Portal | None = None
+    name: str | None = None  # parse, close of a statement: the statement name
 
 
 NOTHING = Statement(None, described=True)
@@ -76,7 +79,10 @@ def result_formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
 
 class ResultTracker:
     def __init__(self) -> None:
-        self.statements: dict[str, Statement] = {}
+        self.statements: dict[str, Statement] = {}  # as the server holds them
+        # Parsed but not yet acknowledged: the server may refuse the Parse (a named
+        # statement that exists, a table that does not), and then keeps what it had.
+        self.pending: dict[str, Statement] = {}
         self.portals: dict[str, Portal] = {}
         self.queue: deque[_Expect] = deque()
         self.result: Result | None = None  # rows currently arriving
@@ -89,17 +95,21 @@ class ResultTracker:
         self.queue.append(_Expect("query", [Statement(m) for m in masks]))
 
     def parse(self, name: str, mask: Any) -> None:
-        self.statements[name] = Statement(mask)
-        self.queue.append(_Expect("parse"))
+        st = Statement(mask)
+        self.pending[name] = st  # what later messages of this pipeline refer to
+        self.queue.append(_Expect("parse", target=st, name=name))
+
+    def _statement(self, name: str) -> Statement | None:
+        return self.pending.get(name) or self.statements.get(name)
 
     def bind(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
-        st = self.statements.get(statement) or Statement(_UNKNOWN_STATEMENT)
+        st = self._statement(statement) or Statement(_UNKNOWN_STATEMENT)
         self.portals[portal] = Portal(st, formats)
         self.queue.append(_Expect("bind"))
 
     def describe(self, kind: str, name: str) -> None:
         if kind == "S":
-            target: Statement | Portal | None = self.statements.get(name)
+            target: Statement | Portal | None = self._statement(name)
             self.queue.append(_Expect("describe_s", target=target))
         else:
             self.queue.append(_Expect("describe_p", target=self.portals.get(name)))
@@ -108,8 +118,10 @@ class ResultTracker:
         self.queue.append(_Expect("execute", target=self.portals.get(portal)))
 
     def close(self, kind: str, name: str) -> None:
+        if kind == "S":
+            self.pending.pop(name, None)
         (self.statements if kind == "S" else self.portals).pop(name, None)
-        self.queue.append(_Expect("close"))
+        self.queue.append(_Expect("close", name=name if kind == "S" else None))
 
     def sync(self) -> None:
         self.portals = {k: v for k, v in self.portals.items() if k}  # unnamed portal ends
@@ -193,6 +205,18 @@ class ResultTracker:
         head = self._head()
         if head is not None and head.kind in ("parse", "bind", "close"):
             self.queue.popleft()
+            if head.kind == "parse" and isinstance(head.target, Statement):
+                assert head.name is not None
+                self.statements[head.name] = head.target  # the server holds it now
+                if self.pending.get(head.name) is head.target:
+                    del self.pending[head.name]
+            elif head.kind == "close" and head.name is not None:
+                self.statements.pop(head.name, None)  # also if parsed after the forward
+
+    def _skipped(self, e: _Expect) -> None:
+        """The server never ran this message (an error came before the Sync)."""
+        if e.kind == "parse" and e.name is not None and self.pending.get(e.name) is e.target:
+            del self.pending[e.name]
 
     def error(self) -> None:
         self.result = None
@@ -201,7 +225,7 @@ class ResultTracker:
             return  # the query ends with ReadyForQuery
         # extended protocol: the server skips everything up to Sync
         while self.queue and self.queue[0].kind not in ("sync", "query"):
-            self.queue.popleft()
+            self._skipped(self.queue.popleft())
 
     def ready(self) -> None:
         self.result = None
@@ -210,6 +234,7 @@ class ResultTracker:
             e = self.queue.popleft()
             if e.kind in ("sync", "query"):
                 return
+            self._skipped(e)
 
     def current_mask(self) -> Any:
         """The mask record of the statement whose answer is arriving (None: unknown)."""

@@ -747,7 +747,8 @@ def test_relay_run_passes_results_through_with_marks(step: int | None) -> None:
     passed, marks = relay_all(conn, chunks)
     assert passed == RESULT and conn.buffered() == 0
     kinds = [chr(t) for t, _, _ in merged(marks)]
-    assert kinds == ["T", "D", "C", "I", "Z"]  # acknowledgements pass unmarked
+    # ParseComplete marked (prepared statements count from it), BindComplete not
+    assert kinds == ["1", "T", "D", "C", "I", "Z"]
     (rows,) = [(a, b) for t, a, b in merged(marks) if t == ord("D")]
     assert list(pg.iter_data_rows(RESULT, *rows)) == [[b"1"], [None], [b"3"]]
     (c,) = [(a, b) for t, a, b in marks if t == ord("C")]

@@ -309,9 +309,16 @@ class SessionLog:
         """
         self._add(kind, fields, write=False)
 
-    def buffer_fields(self, kind: str, fields: dict[str, Any], /) -> None:
-        """`buffer()` with the fields as a dict (its keys must be strings)."""
-        self._add(kind, fields, write=False)
+    def buffer_fields(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        static: tuple[bytes, dict[str, Any]] | None = None,
+        /,
+    ) -> None:
+        """`buffer()` with the fields as a dict (its keys must be strings), and optionally
+        a pre-encoded static part as in `event_static`."""
+        self._add(kind, fields, write=False, static=static)
 
     def _add(
         self,

@@ -92,10 +92,16 @@ class Session:
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
 
-    def record_later(self, type_: str, fields: dict[str, Any]) -> None:
-        """An event about what already ran (results): written with the next command."""
+    def record_later(
+        self,
+        type_: str,
+        fields: dict[str, Any],
+        static: tuple[bytes, dict[str, Any]] | None = None,
+    ) -> None:
+        """An event about what already ran (results), or is about to (binds, see
+        `flush`): written with the next command.  `static`: as in `event_static`."""
         try:
-            self.log.buffer_fields(type_, fields)
+            self.log.buffer_fields(type_, fields, static)
         except RecorderError as e:
             raise RecordingFailed(f"recording unavailable: {e}") from None
 

@@ -160,17 +160,37 @@ def _f_parse(raw: bytes) -> m.Parse:
 
 
 def _f_bind(raw: bytes) -> m.Bind:
-    r = _Reader(raw, "Bind", strict=True)
-    portal, statement = r.cstr(), r.cstr()
-    param_formats = r.array("H", r.u16())
-    params: list[bytes | None] = []
-    for _ in range(r.u16()):
-        size = r.i32()
-        if size < -1:
-            raise r.bad()
-        params.append(None if size == -1 else r.take(size))
-    formats = r.array("H", r.u16())  # result formats
-    r.end()
+    """Every Bind is parsed (its values are recorded): without the generic reader."""
+    end = len(raw)
+    p0 = raw.find(b"\0", 5)
+    p1 = raw.find(b"\0", p0 + 1) if p0 >= 0 else -1
+    if p1 < 0:
+        raise ProtocolViolation("malformed Bind message")
+    portal, statement = _decode(raw[5:p0], "Bind", True), _decode(raw[p0 + 1 : p1], "Bind", True)
+    try:
+        pos = p1 + 3
+        nf = _H.unpack_from(raw, p1 + 1)[0]
+        param_formats = struct.unpack_from(f"!{nf}H", raw, pos) if nf else ()
+        pos += 2 * nf
+        count = _H.unpack_from(raw, pos)[0]
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(count):
+            size = _i.unpack_from(raw, pos)[0]
+            pos += 4
+            if size == -1:
+                params.append(None)
+                continue
+            if size < -1 or pos + size > end:
+                raise ProtocolViolation("malformed Bind message")
+            params.append(raw[pos : pos + size])
+            pos += size
+        nr = _H.unpack_from(raw, pos)[0]
+        formats = struct.unpack_from(f"!{nr}H", raw, pos + 2) if nr else ()
+    except struct.error:
+        raise ProtocolViolation("malformed Bind message") from None
+    if pos + 2 + 2 * nr != end:
+        raise ProtocolViolation("malformed Bind message")
     return m.Bind(portal, statement, raw, formats, param_formats, tuple(params))
 
 

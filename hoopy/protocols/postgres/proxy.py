@@ -117,6 +117,7 @@ class AgentConnection(Relay):
         self.unsynced_execute = False
         self.unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]] = deque()
         self.batch_failed = False
+        self._bind_statics = {}
         self._settled: asyncio.Future[None] | None = None
         self.batches_done = 0
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)

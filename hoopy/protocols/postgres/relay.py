@@ -57,8 +57,9 @@ from hoopy.protocols.postgres.maskwire import (
     track,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
-from hoopy.protocols.postgres.resultlog import ResultLog, bind_fields
+from hoopy.protocols.postgres.resultlog import ResultLog, bind_values
 from hoopy.protocols.postgres.results import ResultTracker
+from hoopy.recorder import encode_members
 from hoopy.session import Session
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class Relay:
     # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
     unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
+    _bind_statics: dict[tuple[str, tuple[Command, ...] | None], tuple[bytes, dict[str, Any]]]
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     batches_done: int
     result: ResultLog
@@ -381,8 +383,18 @@ class Relay:
         """Which values a statement runs with: chained now, written before it runs."""
         assert self.session is not None
         cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
-        text = None if not cmds else "; ".join(c.text for c in cmds)
-        self.session.record_later("bind", bind_fields(bind, self.result.max_bytes, text))
+        key = (bind.statement, cmds)
+        static = self._bind_statics.get(key)
+        if static is None:  # encoded once per statement, not per execution
+            fields: dict[str, Any] = {"statement": bind.statement}
+            if cmds:
+                fields["text"] = "; ".join(c.text for c in cmds)
+            static = (encode_members(fields), fields)
+            if len(self._bind_statics) >= 256:
+                self._bind_statics.clear()
+            self._bind_statics[key] = static
+        values = bind_values(bind, self.result.max_bytes)
+        self.session.record_later("bind", values, static)
         self.binds_unwritten = True
 
     def _flush(self, out: list[bytes]) -> None:

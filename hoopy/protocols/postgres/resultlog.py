@@ -85,9 +85,19 @@ class ResultLog:
 
 
 def bind_fields(bind: pg.Bind, max_bytes: int, text: str | None = None) -> dict[str, Any]:
-    """A Bind's recording: which statement runs (name, and `text` when known), into
-    which portal, with which values (text-format values as text, binary ones and
-    invalid UTF-8 as base64), at most `max_bytes` of them (then `"truncated": true`)."""
+    """A Bind's recording: which statement runs (name, and `text` when known), then
+    `bind_values`."""
+    out: dict[str, Any] = {"statement": bind.statement}
+    if text is not None:
+        out["text"] = text
+    out.update(bind_values(bind, max_bytes))
+    return out
+
+
+def bind_values(bind: pg.Bind, max_bytes: int) -> dict[str, Any]:
+    """What one execution binds: the portal and the values (text-format values as text,
+    binary ones and invalid UTF-8 as base64), at most `max_bytes` of them (then
+    `"truncated": true`)."""
     formats, values = bind.param_formats, bind.params
     shown: list[Any] = []
     size = 0
@@ -102,11 +112,7 @@ def bind_fields(bind: pg.Bind, max_bytes: int, text: str | None = None) -> dict[
         shown.append({"b64": base64.b64encode(v).decode()} if fmt and v is not None else _show(v))
         if truncated:
             break
-    out: dict[str, Any] = {"statement": bind.statement}
-    if text is not None:
-        out["text"] = text
-    out["portal"] = bind.portal
-    out["params"] = shown
+    out: dict[str, Any] = {"portal": bind.portal, "params": shown}
     if truncated:
         out["truncated"] = True
         out["param_count"] = len(values)

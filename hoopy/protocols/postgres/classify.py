@@ -292,6 +292,15 @@ def _on_func_call(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
     _push_fields(body, scope, stack, skip=("funcname",))
 
 
+def _on_indirection(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
+    """`(expr).name` is a call of name(expr) when expr has no such field (PostgreSQL's
+    functional notation): the name counts as a function called."""
+    for item in body.get("indirection") or []:
+        if isinstance(item, dict) and "String" in item:
+            acc.functions.add(str(item["String"].get("sval", "")))
+    _push_fields(body, scope, stack)
+
+
 def _on_dml(tag: str) -> Callable[[_Acc, Json, Scope, Stack], None]:
     def handler(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
         acc.kinds.add(_DML_KINDS[tag])
@@ -328,6 +337,7 @@ def _on_execute(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
 _NODE_HANDLERS: dict[str, Callable[[_Acc, Json, Scope, Stack], None]] = {
     "RangeVar": lambda acc, body, scope, stack: _read_ref(acc, body, scope),
     "FuncCall": _on_func_call,
+    "A_Indirection": _on_indirection,
     "ExecuteStmt": _on_execute,
     **{tag: _on_dml(tag) for tag in _DML_KINDS},
 }
@@ -350,6 +360,7 @@ def _statement(acc: _Acc, node: Json) -> None:
         handler(acc, body)
     elif tag in _UTILITY:
         _utility(acc, _UTILITY[tag], body)
+        _implicit_functions(acc, tag, body)
     else:  # a statement this module does not know: fail closed
         acc.kinds.add("unknown")
         acc.opaque.add("unknown")
@@ -431,7 +442,12 @@ def _create_table_as(acc: _Acc, body: Json) -> None:
 def _create_view(acc: _Acc, body: Json) -> None:
     acc.kinds.update(("create", "create_view"))
     _add_target(acc, body.get("view"))
-    _described(acc, body.get("query"))
+    inner = acc.child()
+    _walk(inner, body.get("query"))
+    acc.absorb_refs(inner)
+    # A simple view is auto-updatable: writes through it land in its tables, which
+    # policy would see only as writes to the view.  Creating one counts as writing them.
+    acc.written |= inner.read | inner.written
 
 
 def _described(acc: _Acc, tree: Json) -> None:
@@ -507,8 +523,56 @@ def _rename(acc: _Acc, body: Json) -> None:
     _walk_fields(acc, body, skip=("relation",))
 
 
+# Options of CREATE OPERATOR / AGGREGATE / TYPE … that name a function the server will
+# call later, implicitly (`SELECT ### 'x'` runs it): recorded as called, so a deny on
+# that function applies to the definition.
+_FUNCTION_OPTIONS = frozenset(
+    {"function", "procedure", "sfunc", "finalfunc", "combinefunc", "serialfunc"}
+    | {"deserialfunc", "msfunc", "minvfunc", "mfinalfunc", "restrict", "join", "input"}
+    | {"output", "receive", "send", "typmod_in", "typmod_out", "analyze", "subscript"}
+    | {"canonical", "subtype_diff"}
+)
+
+
+def _function_name(arg: Json) -> str:
+    """A function named by a DefElem argument or an ObjectWithArgs."""
+    arg = _untag(arg)
+    if isinstance(arg, dict):
+        names = arg.get("names") or arg.get("objname")
+        if isinstance(names, list):
+            return _dotted(names)
+        if "sval" in arg:
+            return str(arg["sval"])
+    if isinstance(arg, list):
+        return _dotted(arg)
+    return ""
+
+
 def _define(acc: _Acc, body: Json) -> None:
     acc.kinds.update(_create(body.get("kind")))
+    for item in body.get("definition") or []:
+        opt = _untag(item)
+        if isinstance(opt, dict) and opt.get("defname") in _FUNCTION_OPTIONS:
+            name = _function_name(opt.get("arg"))
+            if name:
+                acc.functions.add(name)
+
+
+def _implicit_functions(acc: _Acc, tag: str, body: Json) -> None:
+    """Functions a CREATE CAST / OPERATOR CLASS / CONVERSION makes the server call."""
+    named: list[Json] = []
+    if tag == "CreateCastStmt":
+        named.append(body.get("func"))
+    elif tag == "CreateOpClassStmt":
+        named += [
+            _untag(i).get("name") for i in body.get("items") or [] if _untag(i).get("itemtype") == 2
+        ]
+    elif tag == "CreateConversionStmt":
+        named.append(body.get("func_name"))
+    for n in named:
+        name = _function_name(n) if n else ""
+        if name:
+            acc.functions.add(name)
 
 
 def _create_role(acc: _Acc, body: Json) -> None:
@@ -583,9 +647,13 @@ def _create_trigger(kind: str) -> StmtHandler:
 
 
 def _create_rule(acc: _Acc, body: Json) -> None:
+    """A rule's actions run, unseen, whenever its event happens on the table: the rule
+    counts as those actions (their kinds and writes), like PREPARE."""
     acc.kinds.update(("create", "create_rule"))
     _add_target(acc, body.get("relation"))
-    _described(acc, [body.get("whereClause"), body.get("actions")])
+    _described(acc, body.get("whereClause"))
+    for action in body.get("actions") or []:
+        _statement(acc, action)
 
 
 def _opaque(kind: str) -> StmtHandler:

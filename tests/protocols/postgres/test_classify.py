@@ -102,7 +102,9 @@ KINDS = [
         "create event trigger e on ddl_command_start execute function f()",
         {"create", "create_event_trigger"},
     ),
-    ("create rule r as on insert to t do also delete from u", {"create", "create_rule"}),
+    # a rule is the statements it will run unseen
+    ("create rule r as on insert to t do also delete from u", {"create", "create_rule", "delete"}),
+    ("create rule r as on update to t do instead nothing", {"create", "create_rule"}),
     ("create type ty as (a int)", {"create", "create_type"}),
     ("create type e as enum ('a')", {"create", "create_type"}),
     ("create domain d as int", {"create", "create_domain"}),
@@ -248,7 +250,8 @@ TABLES = [
     ("copy t to stdout", {"t"}, set()),
     ("copy t (a, b) from stdin", set(), {"t"}),
     ("copy (select * from a join b using (id)) to stdout", {"a", "b"}, set()),
-    ("create view v as select * from a join b using (id)", {"a", "b"}, {"v"}),
+    # writes through an auto-updatable view land in its tables
+    ("create view v as select * from a join b using (id)", set(), {"a", "b", "v"}),
     ("create materialized view m as select * from a", {"a"}, {"m"}),
     ("create table n as select * from a", {"a"}, {"n"}),
     ("select * into n from a", {"a"}, {"n"}),
@@ -277,7 +280,12 @@ TABLES = [
     ("comment on column t.c is 'x'", set(), {"t"}),
     ("create index on s.t (a)", set(), {"s.t"}),
     ("create trigger tr after insert on t for each row execute function f()", set(), {"t"}),
-    ("create rule r as on insert to t do also insert into log values (1)", {"log"}, {"t"}),
+    ("create rule r as on insert to t do also insert into log values (1)", set(), {"t", "log"}),
+    (
+        "create rule r as on insert to t where new.a > (select max(b) from u) do nothing",
+        {"u"},
+        {"t"},
+    ),
     ("create policy p on t using (a in (select b from u))", {"u"}, {"t"}),
     ("refresh materialized view m", set(), {"m"}),
     ("explain select * from t", {"t"}, set()),
@@ -323,6 +331,18 @@ FUNCTIONS = [
     ("copy t from stdin where a > f(1)", {"f"}),
     ("explain select pg_sleep(1)", {"pg_sleep"}),
     ("execute p(f(1))", {"f"}),
+    # functions the server will call implicitly, and PostgreSQL's functional notation
+    ("create operator ### (function = pg_read_file, rightarg = text)", {"pg_read_file"}),
+    ("create operator !!! (procedure = s.f, leftarg = int, rightarg = int)", {"s.f"}),
+    (
+        "create aggregate a(text, boolean) (sfunc = set_config, stype = text, finalfunc = f)",
+        {"set_config", "f"},
+    ),
+    ("create type t (input = tin, output = tout)", {"tin", "tout"}),
+    ("create cast (int as text) with function pg_read_file(int)", {"pg_read_file"}),
+    ("create operator class c for type int using btree as function 1 f(int)", {"f"}),
+    ("select ('/etc/hostname'::text).pg_read_file", {"pg_read_file"}),
+    ("select (t.c).pg_ls_dir from t", {"pg_ls_dir"}),
 ]
 
 

@@ -290,6 +290,14 @@ class Planner:
     async def _sources(
         self, sm: StatementMasks, i: int, f: FieldDescription, rels: dict[int, RelInfo | None]
     ) -> frozenset[lin.Source] | None:
+        found = await self._traced(sm, i, f, rels)
+        if found is not None and any(t in VALUE_CATALOGS for t, _ in found):
+            return None  # values of other columns, kept by the server: unknown lineage
+        return found
+
+    async def _traced(
+        self, sm: StatementMasks, i: int, f: FieldDescription, rels: dict[int, RelInfo | None]
+    ) -> frozenset[lin.Source] | None:
         if not sm.trusted or self.catalog_dirty:
             return None
         if f.table_oid:
@@ -320,6 +328,12 @@ class Planner:
             return None
         base = lineage[names.index(name)]
         return None if base is None else base | info.relation.sources(name)
+
+
+# Catalogs whose columns hold copies of other tables' values (planner statistics:
+# most common values, histogram bounds): their output is masked like an untraced column.
+_STATISTICS = ("pg_statistic", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs")
+VALUE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (*_STATISTICS, "pg_statistic_ext_data"))
 
 
 def _qual(name: str) -> lin.QualName:

@@ -58,6 +58,10 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
                 v = _FAILING_ROW.sub(r"\1(****)", out[k])
                 v = _KEY_VALUES.sub(unseen, v)
                 out[k] = _QUOTED.sub(unseen, v)
+        if fields.get("C", "").startswith("22") and "D" in out:
+            # Data exceptions describe the offending value, not always quoted (an XML
+            # parser's DETAIL quotes the document's line): withheld, not scrubbed.
+            out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
         if user_code(sm) and fields.get("C", "") in ("00000", "P0001", "01000"):
             # RAISE from a function whose output hoopy cannot trace
             out["M"] = "message from database code withheld by hoopy: mask rules apply"

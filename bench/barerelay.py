@@ -26,6 +26,7 @@ class Pipe(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: Pipe | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -53,6 +54,7 @@ async def serve(backend: tuple[str, int], ctx: ssl.SSLContext | None) -> None:
         bt, bp = await loop.create_connection(Pipe, *backend)
         agent = Pipe()
         agent.transport = writer.transport  # type: ignore[assignment]
+        agent.writer = writer  # a StreamWriter closes its transport when collected
         agent.peer, bp.peer = bp, agent
         left = bytes(reader._buffer)  # what the StreamReader already read
         reader._buffer.clear()

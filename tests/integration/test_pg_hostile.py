@@ -275,3 +275,32 @@ def test_backslash_parse_after_an_unsynced_execute_is_refused(hoopy: Hoopy) -> N
     assert b"42501" in got and b"backslash" in got
     s.sendall(pg.query("select 'still usable'"))
     assert b"still usable" in _messages(s, pg.ready_for_query("I"))
+
+
+def test_a_query_sent_along_with_the_password_is_answered(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
+    assert s.recv(9)[:1] == b"R"
+    s.sendall(pg.password_message(hoopy.token().encode() + b"\0") + pg.query("select 'eager'"))
+    got = _messages(s, pg.ready_for_query("I"), 2)
+    assert b"eager" in got
+
+
+def test_codec_sqlstates_reach_the_agent(hoopy: Hoopy) -> None:
+    """A protocol version hoopy does not speak is 0A000 (feature_not_supported), as
+    PostgreSQL answers it, not a generic 08P01."""
+    s = raw_connect(hoopy)
+    body = struct.pack("!I", (3 << 16) | 9) + b"user\0agent\0database\0app-db\0\0"
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    reply = read_all(s)
+    assert reply[:1] == b"E" and b"0A000" in reply
+
+
+def test_a_query_inside_an_unsynced_extended_batch_ends_the_session(hoopy: Hoopy) -> None:
+    """After an error PostgreSQL discards messages up to Sync, a Query among them, so the
+    Query may never be answered: hoopy cannot track that and closes the session."""
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    s.sendall(pg.parse("", "select nosuchcolumn") + pg.query("select 2") + pg.sync())
+    reply = read_all(s)
+    assert b"08P01" in reply and b"extended-protocol batch" in reply

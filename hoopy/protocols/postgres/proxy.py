@@ -43,6 +43,9 @@ from hoopy.session import Session
 log = logging.getLogger("hoopy.postgres")
 
 AUTH_TIMEOUT = 30.0
+# The whole of startup (TLS, StartupMessage, password, backend): PostgreSQL's own
+# authentication_timeout.  Without it a silent client holds a socket for ever.
+STARTUP_TIMEOUT = 60.0
 
 
 class PostgresListener:
@@ -115,6 +118,7 @@ class AgentConnection(Relay):
         self.batches_sent = 0
         self.binds_unwritten = False  # Bind events chained but not yet written
         self.unsynced_execute = False
+        self.extended_open = False
         self.unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]] = deque()
         self.batch_failed = False
         self._bind_statics = {}
@@ -133,14 +137,21 @@ class AgentConnection(Relay):
     # ---- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
         try:
-            if await self._startup():
+            try:
+                async with asyncio.timeout(STARTUP_TIMEOUT):
+                    started = await self._startup()
+            except TimeoutError:
+                raise ProtocolError("the agent did not complete its login in time") from None
+            if started:
                 await self._relay()
         except HoopyError as e:
             self.outcome = type(e).__name__
             self._fail(e)
         except pg.ProtocolViolation as e:
             self.outcome = "protocol_violation"
-            self._fail(ProtocolError(f"protocol violation: {e.message}"))
+            err = ProtocolError(f"protocol violation: {e.message}")
+            err.sqlstate = e.sqlstate  # 54000 too large, 22021 bad UTF-8, 0A000 version
+            self._fail(err)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             self.outcome = "disconnected"
         except asyncio.CancelledError:

@@ -129,6 +129,7 @@ class Relay:
     batches_sent: int
     binds_unwritten: bool
     unsynced_execute: bool  # an Execute went to the server since the last Sync
+    extended_open: bool  # an extended-protocol message since the last Sync
     # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
     unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
@@ -163,7 +164,7 @@ class Relay:
         at.set_protocol(Pipe(self._agent_data, self._agent_gone, self._agent_pressure))
         bt.set_protocol(Pipe(self._backend_data, self._backend_gone, self._backend_pressure))
         try:
-            if agent_left:
+            if agent_left or self.codec.buffered():  # sent along with the password
                 self._agent_data(agent_left)
             if backend_left:
                 self._backend_data(backend_left)
@@ -275,6 +276,7 @@ class Relay:
             t = type(ev)
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
+                self._enter(t)
                 try:
                     if b"\\" in st.raw and self._answers_pending():
                         self._flush(out)  # then wait in the task (see _settled_parse)
@@ -304,6 +306,7 @@ class Relay:
             t = type(ev)
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
+                self._enter(t)
                 try:
                     if b"\\" in st.raw and self._answers_pending():
                         await self._settled_parse(out, st.sql)
@@ -323,6 +326,19 @@ class Relay:
     # shows as ParameterStatus before ReadyForQuery and ends the session (_check_param)
     # — and is refused after an Execute not yet followed by a Sync, whose effect the
     # server reports only at the Sync.
+
+    def _enter(self, t: type) -> None:
+        """PostgreSQL discards everything up to Sync after an error in an extended batch,
+        a Query too, which then never gets an answer: hoopy cannot know, when it forwards
+        the Query, whether it will run.  Such a Query ends the session (libpq and the
+        drivers never send one)."""
+        if t is pg.Parse:
+            self.extended_open = True
+        elif self.extended_open:
+            raise ProtocolError(
+                "a simple Query inside an extended-protocol batch (before its Sync) is not "
+                "supported through hoopy; session closed"
+            )
 
     def _answers_pending(self) -> bool:
         return self.batches_done < self.batches_sent or self.unsynced_execute
@@ -347,11 +363,12 @@ class Relay:
         t = type(ev)
         if t is pg.Sync:
             self.batches_sent += 1
-            self.unsynced_execute = False
+            self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
                 self.tracker.sync()
             out.append(ev.raw)
         elif t is pg.Close:
+            self.extended_open = True
             self._on_close(ev)  # type: ignore[arg-type]
             out.append(ev.raw)
         elif t is pg.Terminate:
@@ -372,10 +389,15 @@ class Relay:
                         self._record_bind(bind)
                 if 0x45 in types:
                     self.unsynced_execute = True
+                if 0x42 in types or 0x44 in types or 0x45 in types:
+                    self.extended_open = True
             elif t is pg.Bind:
                 self._record_bind(ev)  # type: ignore[arg-type]
+                self.extended_open = True
             elif t is pg.Execute:
-                self.unsynced_execute = True
+                self.unsynced_execute = self.extended_open = True
+            elif t is pg.Describe:
+                self.extended_open = True
             out.append(ev.raw)
         return True
 

@@ -726,3 +726,22 @@ async def test_planner_statistics_do_not_show_masked_values(
     )
     assert out.strip()
     assert_clean(out)
+
+
+def test_a_sync_inside_copy_from_stdin_ends_a_masked_session(masked: Hoopy) -> None:
+    """PostgreSQL ignores a Sync during COPY FROM STDIN (or answers it when the COPY
+    failed to start): results would be attributed to the wrong statements, so a
+    masking session refuses to guess."""
+    s = socket.create_connection(("127.0.0.1", masked.pg_port), timeout=10)
+    s.sendall(pg.ssl_request())
+    assert s.recv(1) == b"S"
+    s = _ssl().wrap_socket(s)
+    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
+    assert s.recv(9)[:1] == b"R"
+    s.sendall(pg.password_message(masked.token().encode() + b"\0"))
+    _read_until_ready(s)
+    s.sendall(pg.query("COPY m_orders FROM STDIN") + pg.sync())
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    assert b"08P01" in got and b"COPY FROM STDIN" in got

@@ -119,6 +119,8 @@ class AgentConnection(Relay):
         self.binds_unwritten = False  # Bind events chained but not yet written
         self.unsynced_execute = False
         self.extended_open = False
+        self.copy_in_flight = False
+        self._portal_copies: dict[str, bool] = {}
         self.unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]] = deque()
         self.batch_failed = False
         self._bind_statics = {}

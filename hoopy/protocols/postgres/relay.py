@@ -130,6 +130,8 @@ class Relay:
     binds_unwritten: bool
     unsynced_execute: bool  # an Execute went to the server since the last Sync
     extended_open: bool  # an extended-protocol message since the last Sync
+    copy_in_flight: bool  # masking sessions: a COPY FROM STDIN sent, its end not yet
+    _portal_copies: dict[str, bool]  # masking sessions: portal → runs COPY FROM STDIN
     # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
     unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
@@ -362,6 +364,14 @@ class Relay:
         """Every message but Query and Parse; False once the agent said Terminate."""
         t = type(ev)
         if t is pg.Sync:
+            if self.tracker is not None and self.copy_in_flight:
+                # PostgreSQL ignores a Sync during COPY FROM STDIN, or answers it when
+                # the COPY failed to start: which, hoopy learns only later, and masking
+                # must not guess which result belongs to which statement.
+                raise ProtocolError(
+                    "Sync before the end of a COPY FROM STDIN is not supported in masked "
+                    "sessions; session closed"
+                )
             self.batches_sent += 1
             self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
@@ -392,10 +402,16 @@ class Relay:
                 if 0x42 in types or 0x44 in types or 0x45 in types:
                     self.extended_open = True
             elif t is pg.Bind:
-                self._record_bind(ev)  # type: ignore[arg-type]
+                b = cast(pg.Bind, ev)
+                self._record_bind(b)
                 self.extended_open = True
+                self._portal_copies[b.portal] = _copies_in(self._statement_now(b.statement))
             elif t is pg.Execute:
                 self.unsynced_execute = self.extended_open = True
+                if self._portal_copies.get(ev.portal):  # type: ignore[union-attr]
+                    self.copy_in_flight = True
+            elif t is pg.CopyDone or t is pg.CopyFail:
+                self.copy_in_flight = False
             elif t is pg.Describe:
                 self.extended_open = True
             out.append(ev.raw)
@@ -518,6 +534,8 @@ class Relay:
         """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
         tracker = self.tracker
         if type(ev) is pg.Query:
+            if tracker is not None and _copies_in(cmds):
+                self.copy_in_flight = True
             for c in cmds:
                 if not c.kinds.isdisjoint(_SESSION_STATE_KINDS):
                     self._track_sql_prepared(cmds)
@@ -806,6 +824,13 @@ class Relay:
 
 # A statement of these kinds means something that depends on what ran before it
 _SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
+
+
+def _copies_in(cmds: tuple[Command, ...] | None) -> bool:
+    """Is one of these a COPY … FROM STDIN (the server then reads copy data)?"""
+    return bool(cmds) and any(
+        "copy" in c.kinds and c.tables_written and not c.opaque for c in cmds or ()
+    )
 
 
 def _take_buffer(reader: asyncio.StreamReader) -> bytes:

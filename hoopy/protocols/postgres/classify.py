@@ -757,6 +757,9 @@ def _parse(sql: str) -> tuple[list[Json], tuple[str, ...]]:
     return stmts, texts
 
 
+_SETTINGS_VIEWS = frozenset({"pg_settings", "pg_catalog.pg_settings"})
+
+
 def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -> _Built:
     acc = _Acc(prepared)
     try:
@@ -764,6 +767,8 @@ def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         # A tree shape this module did not expect: refuse rather than guess.
         raise SqlParseError(f"statement could not be analysed ({type(e).__name__})") from None
+    if not acc.written.isdisjoint(_SETTINGS_VIEWS):
+        acc.functions.add("set_config")  # what an UPDATE of pg_settings runs
     cmd = Command(
         protocol="postgres",
         connector=connector,

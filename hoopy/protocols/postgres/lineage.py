@@ -607,12 +607,17 @@ def _nodes(root: Any) -> Iterator[Any]:
 def changes_name_resolution(sql: str) -> bool:
     """Could this statement make a name resolve differently in the agent's session than
     in hoopy's catalog connection?  Temporary relations (searched first), search_path
-    changes, set_config calls.  Text that cannot be analysed: True."""
+    changes, set_config calls, writes to pg_settings.  Text that cannot be analysed:
+    True."""
     low = sql.lower()
-    if "temp" not in low and "search_path" not in low and "set_config" not in low:
+    if not any(w in low for w in ("temp", "search_path", "set_config", "pg_settings")):
         return False  # none of these can be spelt without one of those words
     try:
         for node in _nodes(_parse_one(sql)):
+            if isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
+                getattr(node.relation, "relname", None) == "pg_settings"
+            ):
+                return True  # UPDATE pg_settings is set_config by another name
             if isinstance(node, ast.RangeVar) and (
                 node.relpersistence == "t" or (node.schemaname or "").startswith("pg_temp")
             ):

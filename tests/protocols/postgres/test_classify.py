@@ -343,6 +343,9 @@ FUNCTIONS = [
     ("create operator class c for type int using btree as function 1 f(int)", {"f"}),
     ("select ('/etc/hostname'::text).pg_read_file", {"pg_read_file"}),
     ("select (t.c).pg_ls_dir from t", {"pg_ls_dir"}),
+    ("update pg_settings set setting = 'off' where name = 'x'", {"set_config"}),
+    ("update pg_catalog.pg_settings set setting = $1 where name = $2", {"set_config"}),
+    ("select setting from pg_settings", set()),
 ]
 
 

@@ -290,7 +290,7 @@ def test_codec_sqlstates_reach_the_agent(hoopy: Hoopy) -> None:
     """A protocol version hoopy does not speak is 0A000 (feature_not_supported), as
     PostgreSQL answers it, not a generic 08P01."""
     s = raw_connect(hoopy)
-    body = struct.pack("!I", (3 << 16) | 9) + b"user\0agent\0database\0app-db\0\0"
+    body = struct.pack("!I", 4 << 16) + b"user\0agent\0database\0app-db\0\0"
     s.sendall(struct.pack("!I", len(body) + 4) + body)
     reply = read_all(s)
     assert reply[:1] == b"E" and b"0A000" in reply
@@ -304,3 +304,18 @@ def test_a_query_inside_an_unsynced_extended_batch_ends_the_session(hoopy: Hoopy
     s.sendall(pg.parse("", "select nosuchcolumn") + pg.query("select 2") + pg.sync())
     reply = read_all(s)
     assert b"08P01" in reply and b"extended-protocol batch" in reply
+
+
+def test_a_newer_minor_version_is_negotiated_down_to_3_0(hoopy: Hoopy) -> None:
+    """As PostgreSQL does: NegotiateProtocolVersion (newest minor 0, the _pq_ options
+    not recognised), then the login carries on at 3.0."""
+    s = raw_connect(hoopy)
+    body = struct.pack("!I", (3 << 16) | 2) + b"user\0agent\0database\0app-db\0_pq_.x\0y\0\0"
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    expect = pg.negotiate_protocol_version(0, ["_pq_.x"]) + pg.authentication_cleartext_password()
+    got = b""
+    while len(got) < len(expect):
+        got += s.recv(65536)
+    assert got == expect
+    s.sendall(pg.password_message(hoopy.token().encode() + b"\0") + pg.query("select 'negotiated'"))
+    assert b"negotiated" in _messages(s, pg.ready_for_query("I"), 2)

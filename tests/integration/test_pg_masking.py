@@ -681,17 +681,23 @@ def _read_until_ready(s: socket.socket) -> bytes:
     return got
 
 
-def test_a_refused_reparse_of_a_statement_name_keeps_its_masks(masked: Hoopy) -> None:
-    """PostgreSQL refuses a Parse of a name in use (42P05) and keeps the first
-    statement: hoopy must keep masking what the name really runs."""
-    s = socket.create_connection(("127.0.0.1", masked.pg_port), timeout=10)
+def _raw_agent(h: Hoopy) -> socket.socket:
+    """A logged-in TLS socket, for messages no driver sends."""
+    s = socket.create_connection(("127.0.0.1", h.pg_port), timeout=10)
     s.sendall(pg.ssl_request())
     assert s.recv(1) == b"S"
     s = _ssl().wrap_socket(s)
     s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
     assert s.recv(9)[:1] == b"R"
-    s.sendall(pg.password_message(masked.token().encode() + b"\0"))
+    s.sendall(pg.password_message(h.token().encode() + b"\0"))
     _read_until_ready(s)
+    return s
+
+
+def test_a_refused_reparse_of_a_statement_name_keeps_its_masks(masked: Hoopy) -> None:
+    """PostgreSQL refuses a Parse of a name in use (42P05) and keeps the first
+    statement: hoopy must keep masking what the name really runs."""
+    s = _raw_agent(masked)
     s.sendall(pg.parse("s1", "select upper(ssn) as e from m_people where id = 1") + pg.sync())
     assert b"E" not in _read_until_ready(s)[:1]
     s.sendall(pg.parse("s1", "select 'nothing'::text as e") + pg.sync())
@@ -732,14 +738,7 @@ def test_a_sync_inside_copy_from_stdin_ends_a_masked_session(masked: Hoopy) -> N
     """PostgreSQL ignores a Sync during COPY FROM STDIN (or answers it when the COPY
     failed to start): results would be attributed to the wrong statements, so a
     masking session refuses to guess."""
-    s = socket.create_connection(("127.0.0.1", masked.pg_port), timeout=10)
-    s.sendall(pg.ssl_request())
-    assert s.recv(1) == b"S"
-    s = _ssl().wrap_socket(s)
-    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
-    assert s.recv(9)[:1] == b"R"
-    s.sendall(pg.password_message(masked.token().encode() + b"\0"))
-    _read_until_ready(s)
+    s = _raw_agent(masked)
     s.sendall(pg.query("COPY m_orders FROM STDIN") + pg.sync())
     got = b""
     while chunk := s.recv(65536):

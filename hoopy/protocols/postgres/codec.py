@@ -276,7 +276,7 @@ class ServerConnection(_Connection[m.FrontendEvent]):
             return NEED_DATA
         raw = self._take(length)
         code = _I.unpack_from(raw, 4)[0]
-        if code == m.PROTOCOL_3_0:
+        if code >> 16 == 3:  # 3.x: a newer minor is answered with NegotiateProtocolVersion
             params = _startup_params(raw)
             self._set_phase(Phase.AUTH)
             return m.StartupMessage(code, params, raw)

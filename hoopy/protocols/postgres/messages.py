@@ -47,7 +47,8 @@ __all__ = [
     "authentication_cleartext_password", "authentication_ok", "backend_key_data", "bind",
     "bind_complete", "cancel_request", "close", "close_complete", "command_complete", "copy_data",
     "copy_done", "copy_fail", "cstr", "data_row", "describe", "empty_query_response",
-    "error_response", "execute", "flush", "frame", "gssenc_request", "no_data", "notice_response",
+    "error_response", "execute", "flush", "frame", "gssenc_request", "negotiate_protocol_version",
+    "no_data", "notice_response",
     "parameter_status", "parse", "parse_complete", "password_message", "query", "ready_for_query",
     "row_description", "sasl_initial_response", "sasl_response", "ssl_answer", "ssl_request",
     "startup_message", "sync", "terminate",
@@ -456,6 +457,12 @@ def authentication_ok() -> bytes:
 
 def authentication_cleartext_password() -> bytes:
     return frame(b"R", _I.pack(3))
+
+
+def negotiate_protocol_version(minor: int, unrecognized: Sequence[str]) -> bytes:
+    """The newest minor version of protocol 3 spoken, and the `_pq_.` options not known."""
+    body = _I.pack(minor) + _I.pack(len(unrecognized)) + b"".join(map(cstr, unrecognized))
+    return frame(b"v", body)
 
 
 def parameter_status(name: str, value: str) -> bytes:

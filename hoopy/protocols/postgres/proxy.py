@@ -246,6 +246,12 @@ class AgentConnection(Relay):
         if bad:
             self._reject(dbname, bad)
             raise ProtocolError(bad)
+        # PostgreSQL's answer to a newer 3.x minor or to protocol options: carry on at 3.0
+        options = sorted(k for k in params if k.startswith("_pq_."))
+        if startup.protocol != pg.PROTOCOL_3_0 or options:
+            self.writer.write(pg.negotiate_protocol_version(0, options))
+        for k in options:
+            del params[k]
         self.writer.write(pg.authentication_cleartext_password())
         ev = await asyncio.wait_for(self._next_event(), AUTH_TIMEOUT)
         if not isinstance(ev, pg.PasswordMessage):

@@ -267,8 +267,22 @@ def test_garbage_before_startup(data: bytes) -> None:
 def test_unsupported_protocol_version() -> None:
     v2 = pg.startup_message({"user": "u"}, protocol=0x20000)
     assert violation(pg.ServerConnection(), v2).sqlstate == "0A000"
-    v32 = pg.startup_message({"user": "u"}, protocol=0x30002)
-    assert violation(pg.ServerConnection(), v32).sqlstate == "0A000"
+    v4 = pg.startup_message({"user": "u"}, protocol=0x40000)
+    assert violation(pg.ServerConnection(), v4).sqlstate == "0A000"
+
+
+def test_newer_minor_versions_start_up_for_negotiation() -> None:
+    conn = pg.ServerConnection()
+    raw = pg.startup_message({"user": "u", "_pq_.x": "1"}, protocol=0x30002)
+    conn.receive_data(raw)
+    assert conn.events() == [pg.StartupMessage(0x30002, {"user": "u", "_pq_.x": "1"}, raw)]
+    assert conn.phase is pg.Phase.AUTH
+
+
+def test_negotiate_protocol_version_bytes() -> None:
+    assert pg.negotiate_protocol_version(0, ["_pq_.a", "_pq_.b"]) == (
+        b"v" + struct.pack("!III", 26, 0, 2) + b"_pq_.a\0_pq_.b\0"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,181 @@
+"""A session's pipeline as the server will see it: which prepared statements exist, what
+is still unanswered, and which messages hoopy must not forward yet.
+
+PostgreSQL answers a connection's messages strictly in order, and acts on some of them
+in ways hoopy learns only from the answers: a Parse it refuses (a name in use) leaves
+the old statement; an error discards everything up to Sync; a COPY FROM STDIN makes it
+ignore a Sync; a SET can change how the next text is read.  `Pipeline` (a base class of
+`relay.Relay`) keeps that bookkeeping, so that EXECUTE, Bind and the policy are about
+what the server will really run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from hoopy.errors import CommandDenied, ProtocolError
+from hoopy.policy import Command
+from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.resultlog import ResultLog, bind_values
+from hoopy.recorder import encode_members
+
+if TYPE_CHECKING:
+    from hoopy.protocols.postgres.results import ResultTracker
+    from hoopy.session import Session
+
+
+class Pipeline:
+    """Bookkeeping of the messages in flight; see the module docstring."""
+
+    session: Session | None
+    prepared: dict[str, tuple[Command, ...]]  # what the server holds, by name
+    batches_sent: int
+    batches_done: int
+    result: ResultLog
+    binds_unwritten: bool  # Bind events chained but not yet written
+    unsynced_execute: bool  # an Execute went to the server since the last Sync
+    extended_open: bool  # an extended-protocol message since the last Sync
+    copy_in_flight: bool  # masking sessions: a COPY FROM STDIN sent, its end not yet
+    _portal_copies: dict[str, bool]  # masking sessions: portal → runs COPY FROM STDIN
+    # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
+    unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
+    batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
+    _bind_statics: dict[tuple[str, tuple[Command, ...] | None], tuple[bytes, dict[str, Any]]]
+    _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
+    tracker: ResultTracker | None  # masking sessions
+
+    def _flush(self, out: list[bytes]) -> None:
+        raise NotImplementedError  # relay.Relay: forward what the batch holds
+
+    # A text with a backslash parses differently once standard_conforming_strings is
+    # off (or under a client-only multibyte encoding): a statement ahead of it in the
+    # pipeline could switch that, and the server would then run what hoopy did not check.
+    # Such a text waits until the server has answered everything before it — a switch
+    # shows as ParameterStatus before ReadyForQuery and ends the session (_check_param)
+    # — and is refused after an Execute not yet followed by a Sync, whose effect the
+    # server reports only at the Sync.
+
+    def _enter(self, t: type) -> None:
+        """PostgreSQL discards everything up to Sync after an error in an extended batch,
+        a Query too, which then never gets an answer: hoopy cannot know, when it forwards
+        the Query, whether it will run.  Such a Query ends the session (libpq and the
+        drivers never send one)."""
+        if t is pg.Parse:
+            self.extended_open = True
+        elif self.extended_open:
+            raise ProtocolError(
+                "a simple Query inside an extended-protocol batch (before its Sync) is not "
+                "supported through hoopy; session closed"
+            )
+
+    def _answers_pending(self) -> bool:
+        return self.batches_done < self.batches_sent or self.unsynced_execute
+
+    async def _settled_parse(self, out: list[bytes], sql: str) -> None:
+        """Forward what came before, then wait for its answers (see above)."""
+        if self.unsynced_execute:
+            reason = (
+                "a statement containing a backslash cannot follow an Execute before a Sync "
+                "through hoopy (its parse could depend on settings that Execute changes)"
+            )
+            assert self.session is not None
+            self.session.record("command", text=sql, outcome="deny", reason=reason)
+            raise CommandDenied(reason)
+        self._flush(out)
+        while self.batches_done < self.batches_sent:
+            self._settled = asyncio.get_running_loop().create_future()
+            await self._settled
+
+    # Prepared statements count once the server has them (`self.prepared`, what EXECUTE
+    # and Bind resolve to): a Parse at its ParseComplete, an SQL PREPARE when its text
+    # ran without error.  The server refuses a name in use (42P05) and keeps the first
+    # statement; believing the second would let EXECUTE run what policy never saw.
+
+    def _statement_now(self, name: str) -> tuple[Command, ...] | None:
+        """What `name` will run for a message forwarded now (pipelined after a Parse)."""
+        for _, n, cmds, _ in reversed(self.unconfirmed):
+            if n == name:
+                return cmds
+        return self.prepared.get(name)
+
+    def _parse_complete(self) -> None:
+        for i, (_, name, cmds, protocol) in enumerate(self.unconfirmed):
+            if protocol:
+                del self.unconfirmed[i]
+                self.prepared[name] = cmds
+                return
+
+    def _batch_answered(self) -> None:
+        """A ReadyForQuery: what its batch prepared now exists (or never will)."""
+        failed, self.batch_failed = self.batch_failed, False
+        pending = self.unconfirmed
+        while pending and pending[0][0] <= self.batches_done:
+            _, name, cmds, protocol = pending.popleft()
+            if not protocol and not failed:  # a Parse not acknowledged by now was skipped
+                self.prepared[name] = cmds
+        settled = self._settled
+        if settled is not None and not settled.done():
+            settled.set_result(None)
+
+    def _record_bind(self, bind: pg.Bind) -> None:
+        """Which values a statement runs with: chained now, written before it runs."""
+        assert self.session is not None
+        cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
+        key = (bind.statement, cmds)
+        static = self._bind_statics.get(key)
+        if static is None:  # encoded once per statement, not per execution
+            fields: dict[str, Any] = {"statement": bind.statement}
+            if cmds:
+                fields["text"] = "; ".join(c.text for c in cmds)
+            static = (encode_members(fields), fields)
+            if len(self._bind_statics) >= 256:
+                self._bind_statics.clear()
+            self._bind_statics[key] = static
+        values = bind_values(bind, self.result.max_bytes)
+        self.session.record_later("bind", values, static)
+        self.binds_unwritten = True
+
+    def _on_close(self, ev: pg.Close) -> None:
+        if ev.kind == "S":
+            self.prepared.pop(ev.name, None)
+        if self.tracker is not None:
+            self.tracker.close(ev.kind, ev.name)
+
+    def _track_sql_prepared(self, cmds: tuple[Command, ...]) -> None:
+        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements."""
+        for c in cmds:
+            if "prepare" in c.kinds and "execute" not in c.kinds:
+                name = _prepared_name(c.text)
+                if name:  # known once the text ran without error (_batch_answered)
+                    self.unconfirmed.append((self.batches_sent + 1, name, (c,), False))
+            elif "deallocate" in c.kinds or ("discard" in c.kinds and "all" in c.text.lower()):
+                name = _prepared_name(c.text)
+                if name and name.lower() != "all":
+                    self.prepared.pop(name, None)
+                else:
+                    self.prepared.clear()
+
+
+# A statement of these kinds means something that depends on what ran before it
+SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
+
+
+def copies_in(cmds: tuple[Command, ...] | None) -> bool:
+    """Is one of these a COPY … FROM STDIN (the server then reads copy data)?"""
+    return bool(cmds) and any(
+        "copy" in c.kinds and c.tables_written and not c.opaque for c in cmds or ()
+    )
+
+
+def _prepared_name(text: str) -> str:
+    """The statement name of PREPARE name … / DEALLOCATE [PREPARE] name."""
+    from pglast import parse_sql
+
+    try:
+        stmt = parse_sql(text)[0].stmt
+    except Exception:
+        return ""
+    name = getattr(stmt, "name", None)
+    return str(name) if name else ""

@@ -254,6 +254,7 @@ class SessionLog:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._written = (0, ZERO_HASH)  # (seq, head) of what is on disk
+        self._size = 0  # bytes of whole lines on disk
 
     @property
     def events(self) -> int:
@@ -354,9 +355,12 @@ class SessionLog:
             _write_all(self._fd, data)
         except OSError as e:
             self._failed = e.strerror or type(e).__name__
+            with contextlib.suppress(OSError):  # a short write leaves part of a line
+                os.ftruncate(self._fd, self._size)
             self._seq, self._prev = self._written  # the index must match the disk
             raise RecorderError(f"cannot write recording {self.path}: {self._failed}") from None
         self._written = (self._seq, self._prev)
+        self._size += len(data)
 
     def _append(
         self,
@@ -719,7 +723,18 @@ def _verify_row(row: SessionRow) -> VerifyResult:
         res = VerifyResult()
         res.problem(f"recording file missing: {path}")
         return res
-    return verify_file(path, row.head or None, row.events or None, row.ended is not None)
+    res = verify_file(path, row.head or None, row.events or None, row.ended is not None)
+    if row.outcome == "recording_failed":
+        # hoopy refused every command from the failure on: what ran is all in the file,
+        # but the session's end is not; say so rather than "truncated?"
+        res.problems = [
+            p if "no session_end" not in p else
+            "the recording failed during the session (disk full or I/O error): the chain "
+            "verifies up to there and every later command was refused, but session_end "
+            "is missing"
+            for p in res.problems
+        ]  # fmt: skip
+    return res
 
 
 def verify_session(session_id: str, recordings_dir: Path | None, store: StateStore) -> VerifyResult:

@@ -604,3 +604,37 @@ def test_any_clock_value_gives_valid_json(recorder: Recorder, clock_value: float
     log.close("closed")
     (event,) = [e for e in read_events(log.path) if e["type"] == "command"]
     assert "ts" in event
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_whole_lines(
+    recorder: Recorder, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills in the middle of a line: the partial line is cut off again, so
+    the file holds whole events matching the index, and verify names the failure."""
+    import errno
+
+    import hoopy.recorder as rec
+
+    real_write = os.write
+    log = open_log(recorder)
+    log.event("command", text="select 1")
+    good = log.path.read_bytes()
+
+    def fills_up(fd: int, data: Any) -> int:
+        if len(data) > 10:
+            return real_write(fd, bytes(data[:10]))  # part of the line fits
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rec.os, "write", fills_up)
+    with pytest.raises(RecorderError):
+        log.event("command", text="select 2")
+    monkeypatch.undo()
+    assert log.path.read_bytes() == good
+    with pytest.raises(RecorderError):
+        log.close("closed")
+    res = recorder.verify_session(log.id)
+    assert not res.ok
+    assert res.problems == [
+        "the recording failed during the session (disk full or I/O error): the chain "
+        "verifies up to there and every later command was refused, but session_end is missing"
+    ]

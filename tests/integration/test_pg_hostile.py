@@ -4,13 +4,19 @@ protocol-correct error, others are unaffected, and every recording verifies."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import struct
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from hoopy.protocols.postgres import codec as pg
-from tests.integration.conftest import Backend, Hoopy
+from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 
 
 def raw_connect(hoopy: Hoopy, tls: bool = True) -> socket.socket | ssl.SSLSocket:
@@ -319,3 +325,73 @@ def test_a_newer_minor_version_is_negotiated_down_to_3_0(hoopy: Hoopy) -> None:
     assert got == expect
     s.sendall(pg.password_message(hoopy.token().encode() + b"\0") + pg.query("select 'negotiated'"))
     assert b"negotiated" in _messages(s, pg.ready_for_query("I"), 2)
+
+
+@pytest.fixture
+def tiny_recordings(tmp_path: Path, backend: Backend) -> Iterator[Hoopy]:
+    """hoopy whose recordings folder is a 256 KiB tmpfs, to be filled up (needs root)."""
+    rec = tmp_path / "recordings"
+    rec.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(rec)],
+        capture_output=True,
+    )
+    assert mounted.returncode == 0, mounted.stderr  # CI runs as root
+    h = start_hoopy(tmp_path, backend)
+    try:
+        yield h
+    finally:
+        stop_hoopy(h)
+        subprocess.run(["umount", "-l", str(rec)], check=False)
+
+
+async def test_a_full_recordings_disk_refuses_commands(
+    tiny_recordings: Hoopy, backend: Backend
+) -> None:
+    """The recorder cannot write: the statement is refused (58030) and never runs, and
+    so is every one after it; nothing runs unrecorded."""
+    import asyncpg
+
+    h = tiny_recordings
+    direct = await backend.app_conn()
+    await direct.execute("drop table if exists rec_probe; create table rec_probe (i int)")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=h.pg_port, user="agent", database="app-db",
+        password=h.token(), ssl=ctx,
+    )  # fmt: skip
+    try:
+        await conn.execute("insert into rec_probe values (0)")
+        rec = h.folder / "recordings"
+        free = os.statvfs(rec).f_bavail * os.statvfs(rec).f_frsize
+        (rec / "filler").write_bytes(b"x" * max(free - 2048, 0))  # room for a few events
+        ran, refused = 1, None
+        for i in range(1, 200):
+            try:
+                await conn.execute(f"insert into rec_probe values ({i})")
+                ran += 1
+            except asyncpg.PostgresError as e:
+                refused = e
+                break
+        assert refused is not None and refused.sqlstate == "58030", refused
+        with pytest.raises(asyncpg.PostgresError, match="recording"):
+            await conn.execute("insert into rec_probe values (-1)")
+        # what ran is exactly what was recorded before the disk filled
+        assert await direct.fetchval("select count(*) from rec_probe") == ran
+        assert await direct.fetchval("select count(*) from rec_probe where i = -1") == 0
+    finally:
+        await conn.close()
+        (h.folder / "recordings" / "filler").unlink()
+        await direct.execute("drop table if exists rec_probe")
+        await direct.close()
+    # the recording holds whole events only, matching the index; verify names the failure
+    deadline = time.monotonic() + 20  # the session ends once hoopy sees the agent leave
+    while "recording_failed" not in h.cli("sessions", "list").stdout:
+        assert time.monotonic() < deadline, h.cli("sessions", "list").stdout
+        time.sleep(0.05)
+    v = h.cli("verify")
+    assert v.returncode == 1
+    assert "torn" not in v.stdout and "index says" not in v.stdout, v.stdout
+    assert "the recording failed during the session" in v.stdout, v.stdout

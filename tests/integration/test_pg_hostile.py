@@ -395,3 +395,38 @@ async def test_a_full_recordings_disk_refuses_commands(
     assert v.returncode == 1
     assert "torn" not in v.stdout and "index says" not in v.stdout, v.stdout
     assert "the recording failed during the session" in v.stdout, v.stdout
+
+
+async def test_extended_copy_with_a_sync_inside_keeps_the_session_safe(
+    hoopy: Hoopy, backend: Backend
+) -> None:
+    """libpq's PQexecParams("COPY … FROM STDIN") sends Sync right after Execute; the
+    server ignores it.  The COPY works; afterwards a pipelined text with a backslash is
+    refused (hoopy cannot tell which answers are due) rather than left waiting, and
+    the session stays usable."""
+    direct = await backend.app_conn()
+    await direct.execute("drop table if exists copy_probe; create table copy_probe (v text)")
+    try:
+        s = raw_connect(hoopy)
+        login(hoopy, s)
+        s.sendall(
+            pg.parse("", "COPY copy_probe FROM STDIN", [])
+            + pg.bind("", "", [], [], [])
+            + pg.execute("", 0)
+            + pg.sync()  # ignored: the server is in COPY mode
+            + pg.copy_data(b"one\n")
+            + pg.copy_data(b"two\n")
+            + pg.copy_done()
+            + pg.sync()
+        )
+        got = _messages(s, pg.ready_for_query("I"))
+        assert b"COPY 2" in got
+        assert await direct.fetchval("select count(*) from copy_probe") == 2
+        s.sendall(pg.query("select 'plain'") + pg.query("select 'a\\b'"))
+        got = _messages(s, pg.ready_for_query("I"), 2)
+        assert b"plain" in got and b"42501" in got and b"COPY FROM STDIN" in got
+        s.sendall(pg.query("select 'still here'"))
+        assert b"still here" in _messages(s, pg.ready_for_query("I"))
+    finally:
+        await direct.execute("drop table if exists copy_probe")
+        await direct.close()

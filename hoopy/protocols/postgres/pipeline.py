@@ -37,8 +37,14 @@ class Pipeline:
     binds_unwritten: bool  # Bind events chained but not yet written
     unsynced_execute: bool  # an Execute went to the server since the last Sync
     extended_open: bool  # an extended-protocol message since the last Sync
-    copy_in_flight: bool  # masking sessions: a COPY FROM STDIN sent, its end not yet
-    _portal_copies: dict[str, bool]  # masking sessions: portal → runs COPY FROM STDIN
+    copy_in_flight: bool  # a COPY FROM STDIN sent, its CopyDone/CopyFail not yet
+    _portal_copies: dict[str, bool]  # portal → runs COPY FROM STDIN (as bound)
+    # A Sync went out during a COPY FROM STDIN: PostgreSQL ignores it, unless the COPY
+    # failed first, which hoopy cannot place.  It is counted as a batch, so hoopy may
+    # wait for an answer that never comes, never the other way round; texts that would
+    # wait are refused instead (see _settled_parse).
+    sync_in_copy: bool
+    copy_batch: int  # the batch of the COPY FROM STDIN in flight
     # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
     unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
@@ -75,11 +81,19 @@ class Pipeline:
 
     async def _settled_parse(self, out: list[bytes], sql: str) -> None:
         """Forward what came before, then wait for its answers (see above)."""
+        reason = ""
         if self.unsynced_execute:
             reason = (
                 "a statement containing a backslash cannot follow an Execute before a Sync "
                 "through hoopy (its parse could depend on settings that Execute changes)"
             )
+        elif self.sync_in_copy:
+            reason = (
+                "after a Sync sent during COPY FROM STDIN hoopy cannot tell which answers "
+                "are still due, so a statement containing a backslash cannot wait for them "
+                "in this session; send it when nothing is pending, or reconnect"
+            )
+        if reason:
             assert self.session is not None
             self.session.record("command", text=sql, outcome="deny", reason=reason)
             raise CommandDenied(reason)
@@ -107,8 +121,14 @@ class Pipeline:
                 self.prepared[name] = cmds
                 return
 
+    def _copy_starts(self) -> None:
+        self.copy_in_flight = True
+        self.copy_batch = self.batches_sent + 1
+
     def _batch_answered(self) -> None:
         """A ReadyForQuery: what its batch prepared now exists (or never will)."""
+        if self.copy_in_flight and self.batches_done >= self.copy_batch:
+            self.copy_in_flight = False  # its batch is over: the COPY ended
         failed, self.batch_failed = self.batch_failed, False
         pending = self.unconfirmed
         while pending and pending[0][0] <= self.batches_done:
@@ -123,6 +143,7 @@ class Pipeline:
         """Which values a statement runs with: chained now, written before it runs."""
         assert self.session is not None
         cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
+        self._portal_copies[bind.portal] = copies_in(cmds)
         key = (bind.statement, cmds)
         static = self._bind_statics.get(key)
         if static is None:  # encoded once per statement, not per execution

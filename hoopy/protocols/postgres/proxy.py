@@ -120,6 +120,8 @@ class AgentConnection(Relay):
         self.unsynced_execute = False
         self.extended_open = False
         self.copy_in_flight = False
+        self.sync_in_copy = False
+        self.copy_batch = 0
         self._portal_copies: dict[str, bool] = {}
         self.unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]] = deque()
         self.batch_failed = False

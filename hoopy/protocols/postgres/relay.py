@@ -315,14 +315,16 @@ class Relay(Pipeline):
         """Every message but Query and Parse; False once the agent said Terminate."""
         t = type(ev)
         if t is pg.Sync:
-            if self.tracker is not None and self.copy_in_flight:
+            if self.copy_in_flight:
                 # PostgreSQL ignores a Sync during COPY FROM STDIN, or answers it when
                 # the COPY failed to start: which, hoopy learns only later, and masking
                 # must not guess which result belongs to which statement.
-                raise ProtocolError(
-                    "Sync before the end of a COPY FROM STDIN is not supported in masked "
-                    "sessions; session closed"
-                )
+                if self.tracker is not None:
+                    raise ProtocolError(
+                        "Sync before the end of a COPY FROM STDIN is not supported in "
+                        "masked sessions; session closed"
+                    )
+                self.sync_in_copy = True
             self.batches_sent += 1
             self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
@@ -350,17 +352,19 @@ class Relay(Pipeline):
                         self._record_bind(bind)
                 if 0x45 in types:
                     self.unsynced_execute = True
+                    if any(self._portal_copies.values()):
+                        self._copy_starts()  # an Execute of a bound COPY FROM STDIN
+                if 0x63 in types and types.rfind(b"c") > types.rfind(b"E"):
+                    self.copy_in_flight = False  # its CopyDone
                 if 0x42 in types or 0x44 in types or 0x45 in types:
                     self.extended_open = True
             elif t is pg.Bind:
-                b = cast(pg.Bind, ev)
-                self._record_bind(b)
+                self._record_bind(cast(pg.Bind, ev))
                 self.extended_open = True
-                self._portal_copies[b.portal] = copies_in(self._statement_now(b.statement))
             elif t is pg.Execute:
                 self.unsynced_execute = self.extended_open = True
                 if self._portal_copies.get(ev.portal):  # type: ignore[union-attr]
-                    self.copy_in_flight = True
+                    self._copy_starts()
             elif t is pg.CopyDone or t is pg.CopyFail:
                 self.copy_in_flight = False
             elif t is pg.Describe:
@@ -467,8 +471,8 @@ class Relay(Pipeline):
         """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
         tracker = self.tracker
         if type(ev) is pg.Query:
-            if tracker is not None and copies_in(cmds):
-                self.copy_in_flight = True
+            if copies_in(cmds):
+                self._copy_starts()
             for c in cmds:
                 if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
                     self._track_sql_prepared(cmds)
@@ -651,6 +655,8 @@ class Relay(Pipeline):
 
     def _on_error(self, ev: pg.ErrorResponse, masking: Any = None) -> bytes:
         self.batch_failed = True
+        if self.copy_in_flight and self.batches_done + 1 >= self.copy_batch:
+            self.copy_in_flight = False  # the COPY failed or aborted: no copy mode now
         if self.marker in ev.fields.get("M", "") + ev.fields.get("D", ""):
             # _on_ready drops refusals of finished batches, so the front is this batch's.
             if self.refusals:

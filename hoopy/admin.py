@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from hoopy.gateway import Gateway
-from hoopy.recorder import read_events, verify_file
+from hoopy.recorder import read_events, verify_row
 
 log = logging.getLogger("hoopy.admin")
 
@@ -129,8 +129,5 @@ class AdminServer:
             from pathlib import Path
 
             body["events"] = read_events(Path(row.path))
-            res = verify_file(
-                Path(row.path), row.head or None, row.events or None, row.ended is not None
-            )
-            body["verified"] = res.ok
+            body["verified"] = verify_row(row).ok
         return web.json_response(body)

@@ -611,10 +611,12 @@ def verify_file(
     expected_head: str | None = None,
     expected_events: int | None = None,
     ended: bool | None = None,
+    failed: bool = False,
 ) -> VerifyResult:
     """Check one recording's chain, and against the index when its values are given.
 
-    `ended`: True/False as the index says (None: unknown).  Index values are only compared
+    `ended`: True/False as the index says (None: unknown); `failed`: the index says the
+    recording failed during the session.  Index values are only compared
     for ended sessions (or when `ended` is None): an open session's row has no head yet."""
     res = VerifyResult()
     try:
@@ -631,7 +633,7 @@ def verify_file(
         res.problem("empty recording (no session_start)")
         return res
     end_line = _check_chain(lines, Path(path).stem, res)
-    _check_index(res, end_line, expected_head, expected_events, ended)
+    _check_index(res, end_line, expected_head, expected_events, ended, failed)
     _check_casts(Path(path), lines[-1] if end_line else b"", res)
     return res
 
@@ -680,13 +682,21 @@ def _check_index(
     expected_head: str | None,
     expected_events: int | None,
     ended: bool | None,
+    failed: bool,
 ) -> None:
     if ended is False:
         if end_line is not None:
             res.problem("recording has session_end but the index says the session is open")
         res.open = end_line is None
         return
-    if ended and end_line is None:
+    if ended and end_line is None and failed:
+        # hoopy refused every command from the failure on: what ran is all in the file
+        res.problem(
+            "the recording failed during the session (disk full or I/O error): the chain "
+            "verifies up to there and every later command was refused, but session_end "
+            "is missing"
+        )
+    elif ended and end_line is None:
         res.problem(
             "index says the session ended but the recording has no session_end (truncated?)"
         )
@@ -717,31 +727,22 @@ def _check_casts(path: Path, end_raw: bytes, res: VerifyResult) -> None:
             res.problem(f"asciicast {name}: contents do not match the hash in session_end")
 
 
-def _verify_row(row: SessionRow) -> VerifyResult:
+def verify_row(row: SessionRow) -> VerifyResult:
+    """One indexed session's recording, checked against its index row."""
     path = Path(row.path)
     if not path.exists():
         res = VerifyResult()
         res.problem(f"recording file missing: {path}")
         return res
-    res = verify_file(path, row.head or None, row.events or None, row.ended is not None)
-    if row.outcome == "recording_failed":
-        # hoopy refused every command from the failure on: what ran is all in the file,
-        # but the session's end is not; say so rather than "truncated?"
-        res.problems = [
-            p if "no session_end" not in p else
-            "the recording failed during the session (disk full or I/O error): the chain "
-            "verifies up to there and every later command was refused, but session_end "
-            "is missing"
-            for p in res.problems
-        ]  # fmt: skip
-    return res
+    failed = row.outcome == "recording_failed"
+    return verify_file(path, row.head or None, row.events or None, row.ended is not None, failed)
 
 
 def verify_session(session_id: str, recordings_dir: Path | None, store: StateStore) -> VerifyResult:
     """Verify one session as `hoopy verify ID` does (also finds unindexed files)."""
     row = store.get_session(session_id)
     if row is not None:
-        return _verify_row(row)
+        return verify_row(row)
     found = []
     if recordings_dir is not None and valid_session_id(session_id):
         found = sorted(Path(recordings_dir).glob(f"*/{session_id}.jsonl"))
@@ -755,7 +756,7 @@ def verify_all(recordings_dir: Path, store: StateStore) -> dict[str, VerifyResul
     results: dict[str, VerifyResult] = {}
     indexed: set[Path] = set()
     for row in store.list_sessions(limit=None):
-        results[row.id] = _verify_row(row)
+        results[row.id] = verify_row(row)
         indexed.add(Path(row.path).resolve())
     for path in sorted(Path(recordings_dir).glob("*/*.jsonl")):
         if path.resolve() in indexed:

@@ -442,19 +442,19 @@ def _create_table_as(acc: _Acc, body: Json) -> None:
 def _create_view(acc: _Acc, body: Json) -> None:
     acc.kinds.update(("create", "create_view"))
     _add_target(acc, body.get("view"))
-    inner = acc.child()
-    _walk(inner, body.get("query"))
-    acc.absorb_refs(inner)
+    inner = _described(acc, body.get("query"))
     # A simple view is auto-updatable: writes through it land in its tables, which
     # policy would see only as writes to the view.  Creating one counts as writing them.
     acc.written |= inner.read | inner.written
 
 
-def _described(acc: _Acc, tree: Json) -> None:
-    """Statements stored for later (view queries, rule actions): their tables, not kinds."""
+def _described(acc: _Acc, tree: Json) -> _Acc:
+    """Statements stored for later (view queries, rule conditions): their tables, not
+    kinds; returns what they touch."""
     inner = acc.child()
     _walk(inner, tree)
     acc.absorb_refs(inner)
+    return inner
 
 
 def _create_function(acc: _Acc, body: Json) -> None:

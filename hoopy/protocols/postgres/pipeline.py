@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hoopy.errors import CommandDenied, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
-from hoopy.protocols.postgres.resultlog import ResultLog, bind_values
+from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
 from hoopy.recorder import encode_members
 
 if TYPE_CHECKING:
@@ -48,7 +48,11 @@ class Pipeline:
     # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
     unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
-    _bind_statics: dict[tuple[str, tuple[Command, ...] | None], tuple[bytes, dict[str, Any]]]
+    # per (statement name, commands): the encoded statement part of its Bind events, and
+    # whether it is a COPY FROM STDIN
+    _bind_statics: dict[
+        tuple[str, tuple[Command, ...] | None], tuple[tuple[bytes, dict[str, Any]], bool]
+    ]
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     tracker: ResultTracker | None  # masking sessions
 
@@ -143,19 +147,16 @@ class Pipeline:
         """Which values a statement runs with: chained now, written before it runs."""
         assert self.session is not None
         cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
-        self._portal_copies[bind.portal] = copies_in(cmds)
         key = (bind.statement, cmds)
-        static = self._bind_statics.get(key)
-        if static is None:  # encoded once per statement, not per execution
-            fields: dict[str, Any] = {"statement": bind.statement}
-            if cmds:
-                fields["text"] = "; ".join(c.text for c in cmds)
-            static = (encode_members(fields), fields)
-            if len(self._bind_statics) >= 256:
+        known = self._bind_statics.get(key)
+        if known is None:  # worked out once per statement, not per execution
+            text = "; ".join(c.text for c in cmds) if cmds else None
+            fields = bind_statement(bind.statement, text)
+            known = self._bind_statics[key] = ((encode_members(fields), fields), copies_in(cmds))
+            if len(self._bind_statics) > 256:
                 self._bind_statics.clear()
-            self._bind_statics[key] = static
-        values = bind_values(bind, self.result.max_bytes)
-        self.session.record_later("bind", values, static)
+        static, self._portal_copies[bind.portal] = known
+        self.session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
 
     def _on_close(self, ev: pg.Close) -> None:
@@ -185,9 +186,7 @@ SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
 
 def copies_in(cmds: tuple[Command, ...] | None) -> bool:
     """Is one of these a COPY … FROM STDIN (the server then reads copy data)?"""
-    return bool(cmds) and any(
-        "copy" in c.kinds and c.tables_written and not c.opaque for c in cmds or ()
-    )
+    return any("copy" in c.kinds and c.tables_written and not c.opaque for c in cmds or ())
 
 
 def _prepared_name(text: str) -> str:

@@ -270,13 +270,13 @@ class Relay(Pipeline):
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
                 self._enter(t)
                 try:
-                    if b"\\" in st.raw and self._answers_pending():
-                        self._flush(out)  # then wait in the task (see _settled_parse)
-                        self._agent_events = events[i:]
-                        self._agent_pump.run(eager=False)
-                        return
-                    cmds = self._commands(st.sql)
-                    if self._check_now(cmds) is None:
+                    # A text that must wait (see _settled_parse) or needs an approval:
+                    # what came before is forwarded, the rest waits in the task.
+                    waits = b"\\" in st.raw and self._answers_pending()
+                    if not waits:
+                        cmds = self._commands(st.sql)
+                        waits = self._check_now(cmds) is None
+                    if waits:
                         self._flush(out)
                         self._agent_events = events[i:]
                         self._agent_pump.run(eager=False)

@@ -85,13 +85,14 @@ class ResultLog:
 
 
 def bind_fields(bind: pg.Bind, max_bytes: int, text: str | None = None) -> dict[str, Any]:
-    """A Bind's recording: which statement runs (name, and `text` when known), then
-    `bind_values`."""
-    out: dict[str, Any] = {"statement": bind.statement}
-    if text is not None:
-        out["text"] = text
-    out.update(bind_values(bind, max_bytes))
-    return out
+    """A Bind's recording: `bind_statement` then `bind_values` (the proxy encodes the
+    first once per statement)."""
+    return {**bind_statement(bind.statement, text), **bind_values(bind, max_bytes)}
+
+
+def bind_statement(name: str, text: str | None) -> dict[str, Any]:
+    """Which statement a Bind runs: its name, and its text when hoopy knows it."""
+    return {"statement": name} if text is None else {"statement": name, "text": text}
 
 
 def bind_values(bind: pg.Bind, max_bytes: int) -> dict[str, Any]:

@@ -352,16 +352,12 @@ async def test_a_full_recordings_disk_refuses_commands(
     so is every one after it; nothing runs unrecorded."""
     import asyncpg
 
+    from tests.integration.test_pg_drivers import agent
+
     h = tiny_recordings
     direct = await backend.app_conn()
     await direct.execute("drop table if exists rec_probe; create table rec_probe (i int)")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    conn = await asyncpg.connect(
-        host="127.0.0.1", port=h.pg_port, user="agent", database="app-db",
-        password=h.token(), ssl=ctx,
-    )  # fmt: skip
+    conn = await agent(h)
     try:
         await conn.execute("insert into rec_probe values (0)")
         rec = h.folder / "recordings"

@@ -683,14 +683,10 @@ def _read_until_ready(s: socket.socket) -> bytes:
 
 def _raw_agent(h: Hoopy) -> socket.socket:
     """A logged-in TLS socket, for messages no driver sends."""
-    s = socket.create_connection(("127.0.0.1", h.pg_port), timeout=10)
-    s.sendall(pg.ssl_request())
-    assert s.recv(1) == b"S"
-    s = _ssl().wrap_socket(s)
-    s.sendall(pg.startup_message({"user": "agent", "database": "app-db"}))
-    assert s.recv(9)[:1] == b"R"
-    s.sendall(pg.password_message(h.token().encode() + b"\0"))
-    _read_until_ready(s)
+    from tests.integration.test_pg_hostile import login, raw_connect
+
+    s = raw_connect(h)
+    login(h, s)
     return s
 
 

@@ -284,3 +284,20 @@ def test_set_config_of_other_settings_does_not_change_names() -> None:
 
     assert not changes_name_resolution("SELECT set_config('jit', 'off', false)")
     assert changes_name_resolution("SELECT set_config($1, 'x', false)")
+
+
+@pytest.mark.parametrize(
+    ("sql", "level"),
+    [
+        ("CREATE TEMP TABLE t (a int)", "relations"),
+        ("CREATE TABLE pg_temp.t (a int)", "relations"),
+        ("SET search_path = evil, public", "all"),
+        ("CREATE TEMP TABLE t (a int); SET search_path = evil", "all"),
+        ("SELECT set_config('search_path', 'x', false) FROM pg_temp.t", "all"),
+        ("SELECT 'temporary'", ""),
+    ],
+)
+def test_temporary_relations_shadow_relation_names_only(sql: str, level: str) -> None:
+    from hoopy.protocols.postgres.lineage import name_resolution_change
+
+    assert name_resolution_change(sql) == level

@@ -386,6 +386,44 @@ def test_shadowed_names_and_uncommitted_views_stay_masked(
     assert "****" in r.stdout
 
 
+SHADOWED_COLUMNS = [  # after each of these, plain columns are shadowed by a temp view
+    "CREATE TEMP VIEW m_people AS SELECT id, ssn AS name, 1 AS n FROM public.m_people",
+    "SET search_path = m_evil, public",
+]
+
+
+@pytest.mark.parametrize("shadow", SHADOWED_COLUMNS)
+def test_shadowing_views_are_traced_by_oid(masked: Hoopy, shadow: str) -> None:
+    r = masked.psql("-A", "-t", "-c", shadow, "-c", "SELECT name FROM m_people ORDER BY id",
+                    "-c", "SELECT m_people FROM m_people", token=masked.token())  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    assert "Alice" not in r.stdout and "****" in r.stdout
+
+
+def test_a_temporary_table_leaves_other_results_readable(masked: Hoopy) -> None:
+    """Temporary relations shadow relation names only: columns the server names by table
+    OID are still traced, and what reads no column (count(*), constants) stays clear."""
+    commands = [
+        "CREATE TEMP TABLE m_scratch (id int, email text, note text)",
+        "INSERT INTO m_scratch VALUES (1, 'x@example.com', 'plain')",
+        "SELECT name, email FROM m_people WHERE id = 1",
+        "SELECT count(*), 42 AS answer FROM m_people",
+        "SELECT note, email FROM m_scratch",
+        "SELECT upper(name) FROM m_people WHERE id = 1",
+        "INSERT INTO m_scratch (id, note) SELECT id, name FROM m_people",
+    ]
+    args = [a for c in commands for a in ("-c", c)]
+    r = masked.psql("-A", "-t", *args, token=masked.token())
+    assert_clean(r.stdout + r.stderr)
+    out = r.stdout.splitlines()
+    assert "Alice|****" in out  # by OID: name is clear, email masked
+    assert "2|42" in out
+    assert "plain|****" in out  # the temp table's own email column matches no rule
+    assert "ALICE" not in out  # an expression over a name that may be shadowed: masked
+    assert "cannot trace what it writes" in r.stderr
+
+
 def test_cursor_rows_are_masked_even_by_rules_scoped_to_tables(masked: Hoopy) -> None:
     commands = [
         "BEGIN",

@@ -604,34 +604,46 @@ def _nodes(root: Any) -> Iterator[Any]:
                 stack.append(value)
 
 
-def changes_name_resolution(sql: str) -> bool:
+# What a statement may make resolve differently in the agent's session than on hoopy's
+# catalog connection (see `name_resolution_change`).
+RELATIONS = "relations"  # temporary relations, searched first: relation names only
+ALL_NAMES = "all"  # search_path: functions, operators and types as well
+
+
+def name_resolution_change(sql: str) -> str:
     """Could this statement make a name resolve differently in the agent's session than
-    in hoopy's catalog connection?  Temporary relations (searched first), search_path
-    changes, set_config calls, writes to pg_settings.  Text that cannot be analysed:
-    True."""
+    in hoopy's catalog connection?  "" if not; RELATIONS for temporary relations (they
+    shadow relations only: functions and operators are never looked up in pg_temp
+    unqualified); ALL_NAMES for search_path changes, set_config calls, writes to
+    pg_settings, and text that cannot be analysed."""
     low = sql.lower()
     if not any(w in low for w in ("temp", "search_path", "set_config", "pg_settings")):
-        return False  # none of these can be spelt without one of those words
+        return ""  # none of these can be spelt without one of those words
+    found = ""
     try:
         for node in _nodes(_parse_one(sql)):
             if isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
                 getattr(node.relation, "relname", None) == "pg_settings"
             ):
-                return True  # UPDATE pg_settings is set_config by another name
+                return ALL_NAMES  # UPDATE pg_settings is set_config by another name
             if isinstance(node, ast.RangeVar) and (
                 node.relpersistence == "t" or (node.schemaname or "").startswith("pg_temp")
             ):
-                return True
+                found = RELATIONS
             if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "search_path":
-                return True
+                return ALL_NAMES
             if isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
                 first = node.args[0] if node.args else None
                 value = getattr(getattr(first, "val", None), "sval", None)
                 if not isinstance(first, ast.A_Const) or str(value).lower() == "search_path":
-                    return True
+                    return ALL_NAMES
     except Exception:
-        return True
-    return False
+        return ALL_NAMES
+    return found
+
+
+def changes_name_resolution(sql: str) -> bool:
+    return bool(name_resolution_change(sql))
 
 
 def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:

@@ -65,6 +65,9 @@ class StatementMasks:
     lineage: Lineage = None  # per output column; None: not traced
     copy: CopyFormat | None = None  # COPY … TO STDOUT options
     trusted: bool = True  # False: the catalog could not be trusted for this statement
+    # Columns the server names by table OID (RowDescription) may still be traced by that
+    # OID when only names were untrusted: an OID resolves the same in every session.
+    by_oid: bool = False
 
 
 @dataclass
@@ -82,10 +85,14 @@ class Planner:
     counts: Counts = field(default_factory=Counter)
     catalog_dirty: bool = False  # inside a transaction that ran DDL
     # Set for good once the session made names resolve differently than on the catalog
-    # connection (temporary relations, search_path): lineage by name is then untrusted.
+    # connection: lineage by name is then untrusted.  relations_untrusted (temporary
+    # relations, which shadow relation names only): expressions are still traced, with
+    # every relation named in them unknown.  names_untrusted (search_path): nothing is
+    # traced by name.  Either way, columns the server names by OID are traced by OID.
+    relations_untrusted: bool = False
     names_untrusted: bool = False
     _maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
-    _lineage: dict[tuple[str, int], Lineage] = field(default_factory=dict)
+    _lineage: dict[tuple[str, int, bool], Lineage] = field(default_factory=dict)
     _views: dict[tuple[int, int], Lineage] = field(default_factory=dict)
 
     # ---- before forwarding -------------------------------------------------------------
@@ -95,13 +102,16 @@ class Planner:
             return sm
         if self.catalog_dirty or self.names_untrusted:
             sm.trusted = False
+            sm.by_oid = not self.catalog_dirty
             return sm
-        key = (cmd.fingerprint or cmd.text, self.catalog.generation)
+        blind = self.relations_untrusted
+        sm.by_oid = blind
+        key = (cmd.fingerprint or cmd.text, self.catalog.generation, blind)
         if key in self._lineage:
             sm.lineage = self._lineage[key]
             return sm
         try:
-            sm.lineage = await self._trace(cmd.text)
+            sm.lineage = await self._trace(cmd.text, blind)
         except CatalogUnavailable:
             sm.trusted = False
             return sm
@@ -110,8 +120,12 @@ class Planner:
         self._lineage[key] = sm.lineage
         return sm
 
-    async def _trace(self, sql: str) -> Lineage:
+    async def _trace(self, sql: str, blind: bool = False) -> Lineage:
+        """Lineage of `sql`'s output; `blind`: as if no relation were known by name."""
         rels, funcs = lin.required_names(sql)
+        if blind:
+            await self._prefetch(set(), funcs)
+            return lin.output_lineage(sql, _NoRelations(self.catalog), MAX_VIEW_DEPTH)
         await self._prefetch(rels, funcs)
         return lin.output_lineage(sql, self.catalog, MAX_VIEW_DEPTH)
 
@@ -138,7 +152,7 @@ class Planner:
 
         Raises CatalogUnavailable (callers refuse: they cannot tell)."""
         rules = masks.column_rules
-        if not rules or self.catalog_dirty or self.names_untrusted:
+        if not rules or self.catalog_dirty or self.names_untrusted or self.relations_untrusted:
             return "" if not rules else await self._dirty_write(cmd, rules)
         if sinks.calls_sink(cmd.functions) and await self._reads_masked(cmd.tables_read, rules):
             return "it passes data from masked columns to a function that keeps it"
@@ -160,7 +174,7 @@ class Planner:
         """Writes hoopy cannot trace right now: refused when they read anything."""
         if not (cmd.tables_written or sinks.calls_sink(cmd.functions)) or not cmd.tables_read:
             return ""  # nothing read: nothing masked can be stored
-        if self.names_untrusted:
+        if self.names_untrusted or self.relations_untrusted:
             return (
                 "this session made names resolve differently (temporary objects or "
                 "search_path), so hoopy cannot trace what it writes"
@@ -298,7 +312,7 @@ class Planner:
     async def _traced(
         self, sm: StatementMasks, i: int, f: FieldDescription, rels: dict[int, RelInfo | None]
     ) -> frozenset[lin.Source] | None:
-        if not sm.trusted or self.catalog_dirty:
+        if self.catalog_dirty or not (sm.trusted or sm.by_oid):
             return None
         if f.table_oid:
             info = rels.get(f.table_oid)
@@ -308,7 +322,7 @@ class Planner:
             if rel.kind in ("v", "m"):
                 return await self._view_column(info, f.column_attnum)
             return rel.sources(info.attnames[f.column_attnum])
-        lineage = sm.lineage
+        lineage = sm.lineage if sm.trusted else None
         if lineage is None or i >= len(lineage):
             return None
         return lineage[i]
@@ -328,6 +342,26 @@ class Planner:
             return None
         base = lineage[names.index(name)]
         return None if base is None else base | info.relation.sources(name)
+
+
+class _NoRelations:
+    """A catalog that knows no relation by name (the session's temporary relations may
+    shadow any of them); functions, types and operators as the real one."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def relation(self, name: lin.QualName) -> None:
+        return None
+
+    def function_is_builtin(self, name: lin.QualName) -> bool:
+        return self._catalog.function_is_builtin(name)
+
+    def type_is_builtin(self, name: lin.QualName) -> bool:
+        return self._catalog.type_is_builtin(name)
+
+    def operator_is_builtin(self, name: lin.QualName) -> bool:
+        return self._catalog.operator_is_builtin(name)
 
 
 # Catalogs whose columns hold copies of other tables' values (planner statistics:

@@ -15,7 +15,7 @@ from hoopy.errors import CommandDenied
 from hoopy.policy import Command, Decision, identity_masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import CatalogUnavailable
-from hoopy.protocols.postgres.lineage import changes_name_resolution
+from hoopy.protocols.postgres.lineage import ALL_NAMES, name_resolution_change
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.results import Result, ResultTracker
 from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
@@ -127,9 +127,14 @@ async def statement_masks(
     sm = await _masks_for(planner, session, settings, cmd, decision) if decision.masks else None
     if not planner.catalog_dirty and cmd.kinds - CATALOG_SAFE_KINDS:
         planner.catalog_dirty = True  # schema changes: trust no catalog until commit
-    if not planner.names_untrusted and changes_name_resolution(cmd.text):
-        planner.names_untrusted = True
-        session.record("masking_conservative", reason="names may resolve differently")
+    if not planner.names_untrusted:
+        change = name_resolution_change(cmd.text)
+        if change == ALL_NAMES:
+            planner.names_untrusted = True
+            session.record("masking_conservative", reason="names may resolve differently")
+        elif change and not planner.relations_untrusted:
+            planner.relations_untrusted = True
+            session.record("masking_conservative", reason="relation names may resolve differently")
     return sm
 
 

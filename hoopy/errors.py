@@ -22,7 +22,7 @@ class HoopyError(Exception):
 class AuthFailed(HoopyError):
     """Bad, expired or unverifiable token."""
 
-    sqlstate = "28P01"
+    sqlstate = "28000"  # DESIGN §6: bad / expired token
     http_status = 401
     ssh_exit = 255
     fatal = True

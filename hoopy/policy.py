@@ -60,6 +60,13 @@ class Command:
     resource: str = ""
     namespace: str = ""
     name: str = ""
+    # postgres: names that may be functions the server calls, or may be columns: `t.f`
+    # is f(t) when t has no column f (functional notation).  Deny and approval rules
+    # count them; allow rules, which must cover everything called, do not.
+    maybe_functions: frozenset[str] = frozenset()
+    # postgres: the schemas an unqualified table name may be in: ("public",) unless the
+    # session changed its search_path; None when hoopy cannot know where it points.
+    schemas: tuple[str, ...] | None = ("public",)
 
     @property
     def tables(self) -> frozenset[str]:
@@ -224,9 +231,36 @@ def glob_any(patterns: Sequence[str], values: Iterable[str]) -> bool:
     return any(c.match(v) for v in values for c in compiled)
 
 
-def _table_names(table: str) -> tuple[str, ...]:
-    """A table is matched by its qualified and its bare name."""
-    return (table, table.rsplit(".", 1)[-1]) if "." in table else (table, f"public.{table}")
+def _table_covered(patterns: Sequence[str], table: str, every: bool, cmd: Command) -> bool:
+    """Does a glob name this table?  A table goes by its bare name and its qualified
+    name.  Restrictive rules (`every` False) match when any place the name may resolve
+    to matches; an allow (`every`) must match wherever it resolves."""
+    schema, _, bare = table.rpartition(".")
+    if bare == "*":  # every table of a schema (GRANT … ON ALL TABLES IN SCHEMA s)
+        return _schema_covered(patterns, schema, every)
+    if glob_any(patterns, (bare,) if schema else (table,)):
+        return True
+    if schema:
+        return glob_any(patterns, (table,))
+    schemas = cmd.schemas
+    if schemas is None:  # search_path unknown: the table may be in any schema
+        if every:
+            return glob_any(patterns, ("\0." + bare,))  # only `*.name` covers it
+        return glob_any([p.rpartition(".")[2] for p in patterns], (bare,))
+    qualified = [glob_any(patterns, (f"{s}.{bare}",)) for s in schemas]
+    return all(qualified) if every else any(qualified)
+
+
+def _schema_covered(patterns: Sequence[str], schema: str, every: bool) -> bool:
+    """Every table of `schema`: an allow must name them all (`schema.*`, `*`); a
+    restrictive rule matches when it names any table that may be there."""
+    if every:
+        return glob_any(patterns, (f"{schema}.\0",))  # `schema.*`, `*.*`, `*`
+    for p in patterns:
+        p_schema, dot, _ = p.rpartition(".")
+        if not dot or _glob(p_schema).match(schema):
+            return True
+    return False
 
 
 def _identity_matches(m: Match, who: Identity, connector: str) -> bool:
@@ -270,9 +304,12 @@ def _sql_matches(s: SqlMatch, cmd: Command, every: bool) -> bool:
         return False
     if s.statements and not _covered(s.statements, _kind_items(cmd.kinds), every):
         return False
-    if s.tables and not _covered(s.tables, map(_table_names, cmd.tables), every):
-        return False
-    fn_names = ((f, f.rsplit(".", 1)[-1]) for f in cmd.functions)
+    if s.tables:
+        hits = (_table_covered(s.tables, t, every, cmd) for t in cmd.tables)
+        if not (all(hits) if every else any(hits)):
+            return False
+    called = cmd.functions if every else cmd.functions | cmd.maybe_functions
+    fn_names = ((f, f.rsplit(".", 1)[-1]) for f in called)
     return not (s.functions and not _covered(s.functions, fn_names, every))
 
 
@@ -324,15 +361,16 @@ def admits(policies: Sequence[PolicySet], who: Identity, connector: str) -> bool
 
     True when some enforcing allow rule could apply to this identity and
     connector (its command matchers are not considered yet), or a
-    require_approval rule that names who it is for (subjects or groups): an
-    approval rule about commands alone admits nobody.
+    require_approval rule that names who it is for (subjects or groups) and the
+    connectors it is about: an approval rule about commands alone admits nobody, and
+    one about a group's commands anywhere does not open every connector to it.
     """
     for ps in policies:
         if ps.mode != "enforce":
             continue
         for rule in ps.rules:
             m = rule.match
-            scoped = bool(m.subjects or m.groups)
+            scoped = bool(m.subjects or m.groups) and bool(m.connectors)
             if (rule.effect == "allow" or (rule.effect == "require_approval" and scoped)) and (
                 _identity_matches(m, who, connector)
             ):

@@ -9,24 +9,43 @@ fingerprint (identity, connector and policies are fixed for a session).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from hoopy.errors import ApprovalRejected, AuthFailed, CommandDenied, RecordingFailed
 from hoopy.policy import Command, Decision, Identity, PolicySet, decide
 from hoopy.recorder import RecorderError, SessionLog, encode_members
 
+log = logging.getLogger(__name__)
+
 # Kinds whose meaning depends on session state: never cache their decisions.
 _STATEFUL_KINDS = frozenset({"execute"})
+DEFAULT_SCHEMAS: tuple[str, ...] = ("public",)
+
+
+def _unavailable(e: RecorderError, what: str = "command refused") -> RecordingFailed:
+    """The agent learns that recording failed, not where recordings live (the log does)."""
+    log.error("%s", e)
+    return RecordingFailed(f"recording unavailable, {what} (see the gateway log)")
 
 
 class ApprovalGate(Protocol):
     """What session.check needs from the approval service (hoopy.approvals)."""
 
-    async def wait_for(self, session: Session, command: Command, decision: Decision) -> str:
-        """Block until approved (returns the approval id) or raise ApprovalRejected."""
+    async def wait_for(
+        self,
+        session: Session,
+        command: Command,
+        decision: Decision,
+        *,
+        fresh: set[str] | None = None,
+    ) -> str:
+        """Block until approved (returns the approval id) or raise ApprovalRejected.
+        `fresh`: approvals given for other statements of the same message, whose grants
+        must not cover this one; the id used is added to it."""
         ...
 
 
@@ -50,8 +69,21 @@ class Session:
     )
     commands: int = 0
     denied: int = 0
+    # Where unqualified table names may point (Command.schemas): grows, never shrinks,
+    # as the session changes its search_path (a rollback or SET LOCAL may undo a change,
+    # and hoopy need not know which); None once it is set to what hoopy cannot read.
+    schemas: tuple[str, ...] | None = DEFAULT_SCHEMAS
+    # The schemas a command sets search_path to (None: cannot tell); the protocol's
+    # own reading of its text.  Unset: any change makes the schemas unknown.
+    search_path_of: Callable[[Command], tuple[str, ...] | None] | None = None
 
     def decide(self, command: Command) -> Decision:
+        """The policy's decision on `command`, with this session's search_path; a
+        command that changes the search_path changes it for the statements after it."""
+        if "set_search_path" in command.kinds or "set_config" in command.functions:
+            self._search_path_changes(command)
+        if self.schemas is not DEFAULT_SCHEMAS:
+            command = replace(command, schemas=self.schemas)
         key = command.fingerprint
         if key and command.kinds.isdisjoint(_STATEFUL_KINDS):
             hit = self._cache.get(key)
@@ -63,6 +95,18 @@ class Session:
             self._cache[key] = decision
             return decision
         return decide(self.policies, self.identity, command)
+
+    def _search_path_changes(self, command: Command) -> None:
+        new = self.search_path_of(command) if self.search_path_of is not None else None
+        if self.schemas is None:
+            return
+        if new is None:
+            self.schemas = None
+        elif not set(new) <= set(self.schemas):
+            self.schemas = tuple(dict.fromkeys((*self.schemas, *new)))
+        else:
+            return
+        self._cache.clear()  # decisions cached with the old schemas
 
     def _event_fields(self, command: Command, decision: Decision) -> tuple[bytes, dict[str, Any]]:
         """The command event's fields but its text, encoded once per fingerprint."""
@@ -90,7 +134,7 @@ class Session:
         try:
             self.log.event(type_, **fields)
         except RecorderError as e:
-            raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
+            raise _unavailable(e) from None
 
     def record_later(
         self,
@@ -103,25 +147,36 @@ class Session:
         try:
             self.log.buffer_fields(type_, fields, static)
         except RecorderError as e:
-            raise RecordingFailed(f"recording unavailable: {e}") from None
+            raise _unavailable(e, "session ended") from None
 
     def flush(self) -> None:
         """Write what `record_later` chained; a recorder failure refuses what is in flight."""
         try:
             self.log.flush()
         except RecorderError as e:
-            raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
+            raise _unavailable(e) from None
 
-    async def check(self, command: Command) -> Decision:
+    async def check(self, command: Command, *, fresh: set[str] | None = None) -> Decision:
         """Decide, record, and wait for approval when needed.
 
         Returns the Decision when the command may run (its masks apply);
         raises CommandDenied / ApprovalRejected / RecordingFailed otherwise.
+        `fresh`: one set per agent message with several statements (see ApprovalGate).
         """
         decision = self.check_now(command)
         if decision.outcome == "require_approval":
-            return await self._approve(command, decision)
+            return await self._approve(command, decision, fresh)
         return decision
+
+    def expired(self) -> bool:
+        return bool(self.identity.expires_at) and self.clock() > self.identity.expires_at
+
+    def check_alive(self, what: str, text: str) -> None:
+        """Refuse (recorded) anything that would run once the agent's token expired:
+        a Bind of a statement prepared earlier runs with no new check_now."""
+        if self.expired():
+            self.record("command", text=text, kinds=[what], outcome="deny", reason="token expired")
+            raise AuthFailed("token expired during the session; reconnect with a fresh token")
 
     def check_now(self, command: Command, decision: Decision | None = None) -> Decision:
         """`check()` up to the approval wait: decide and record.  Returns the Decision
@@ -130,7 +185,7 @@ class Session:
         need no approval, so the common case runs without a coroutine.  `decision` is
         what `decide(command)` returned, when the caller asked already."""
         self.commands += 1
-        if self.identity.expires_at and self.clock() > self.identity.expires_at:
+        if self.expired():
             self.record(
                 "command",
                 text=command.text,
@@ -144,13 +199,15 @@ class Session:
         try:
             self.log.event_text("command", self._event_fields(command, decision), command.text)
         except RecorderError as e:
-            raise RecordingFailed(f"recording unavailable, command refused: {e}") from None
+            raise _unavailable(e) from None
         if decision.outcome == "deny":
             self.denied += 1
             raise CommandDenied(decision.message(), decision.rule)
         return decision
 
-    async def _approve(self, command: Command, decision: Decision) -> Decision:
+    async def _approve(
+        self, command: Command, decision: Decision, fresh: set[str] | None = None
+    ) -> Decision:
         if self.approvals is None:
             self.denied += 1
             raise CommandDenied(
@@ -160,10 +217,16 @@ class Session:
                 decision.rule,
             )
         try:
-            approval_id = await self.approvals.wait_for(self, command, decision)
+            if fresh is None:
+                approval_id = await self.approvals.wait_for(self, command, decision)
+            else:
+                approval_id = await self.approvals.wait_for(self, command, decision, fresh=fresh)
         except ApprovalRejected:
             self.denied += 1
             raise
+        if self.expired():  # the token ran out while the command waited
+            self.record("approval_void", approval=approval_id, reason="token expired")
+            raise AuthFailed("token expired while the command waited for approval; reconnect")
         self.record("approved", approval=approval_id, rule=decision.rule)
         return decision
 

@@ -151,6 +151,21 @@ def test_admission() -> None:
     assert not admits([RULES], NOBODY, "app-db")
 
 
+def test_an_approval_rule_opens_only_the_connectors_it_names() -> None:
+    approval = Rule(
+        "dba-approves", "require_approval", Match(groups=("agents",)), approvers=("dba",)
+    )
+    scoped = Rule(
+        "dba-approves-app",
+        "require_approval",
+        Match(groups=("agents",), connectors=("app-db",)),
+        approvers=("dba",),
+    )
+    assert not admits([PolicySet("p", (approval,))], AGENT, "other-db")
+    assert admits([PolicySet("p", (scoped,))], AGENT, "app-db")
+    assert not admits([PolicySet("p", (scoped,))], AGENT, "other-db")
+
+
 def test_glob_star_does_not_cover_opaque() -> None:
     star = PolicySet("p", (Rule("everything", "allow", Match(sql=SqlMatch(("*",)))),))
     assert decide([star], AGENT, sql("do", opaque=("do",))).outcome == "deny"

@@ -181,6 +181,7 @@ async def test_bad_tokens_refused_before_backend(hoopy: Hoopy) -> None:
         with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError) as e:
             await agent(hoopy, token=token)
         assert "token rejected" in str(e.value)
+        assert e.value.sqlstate == "28000"  # DESIGN §6, not a password failure (28P01)
 
 
 def test_pgbench_select_only_and_tpcb(hoopy: Hoopy, backend: Backend) -> None:

@@ -46,10 +46,11 @@ Scope = frozenset[str]  # CTE names visible at a point of the tree
 Stack = list[tuple[Json, Scope]]
 
 _NO_SCOPE: Scope = frozenset()
-# Leaves that can hold neither relations nor function calls.
+# Leaves that can hold neither relations nor function calls (a ColumnRef can: see
+# _on_column_ref).
 _SKIP = frozenset(
     {"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star"}
-    | {"ParamRef", "ColumnRef", "RoleSpec"}
+    | {"ParamRef", "RoleSpec"}
 )
 # Object types whose DROP / COMMENT / GRANT names a relation.
 _RELATION_OBJECTS = frozenset(
@@ -144,6 +145,7 @@ class _Acc:
     read: set[str] = field(default_factory=set)
     written: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
+    maybe_functions: set[str] = field(default_factory=set)  # see Command.maybe_functions
     opaque: set[str] = field(default_factory=set)
     cacheable: bool = True
 
@@ -161,6 +163,7 @@ class _Acc:
         """Take only what `other` touches, as reads: it is described, not run."""
         self.read |= other.read | other.written
         self.functions |= other.functions
+        self.maybe_functions |= other.maybe_functions
         self.cacheable = self.cacheable and other.cacheable
 
 
@@ -279,14 +282,36 @@ _DYNAMIC_SQL_FUNCTIONS = frozenset(
     {f"{what}_to_{form}" for what in ("query", "table", "schema", "database")
      for form in ("xml", "xmlschema", "xml_and_xmlschema")}
     | {"ts_stat", "ts_rewrite", "dblink", "dblink_exec", "dblink_open", "dblink_send_query"}
+    # tablefunc, a trusted extension a database owner may create
+    | {"crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby"}
 )  # fmt: skip
+
+# Built-ins that act on, or read, other sessions of the database role every agent
+# shares (another agent's backend, hoopy's own connections, their live SQL text):
+# refused unless an allow rule names the kind.
+_OTHER_SESSIONS_FUNCTIONS = {
+    "pg_terminate_backend": "signal_backend",
+    "pg_cancel_backend": "signal_backend",
+    "pg_stat_get_activity": "read_activity",
+}
+_ACTIVITY_VIEWS = frozenset({"pg_stat_activity", "pg_catalog.pg_stat_activity"})
+
+# Built-in SQL functions that call another built-in: calling one calls both, so a deny
+# on pg_sleep covers pg_sleep_for('5 min').
+_CALLS_TOO = {"pg_sleep_for": "pg_sleep", "pg_sleep_until": "pg_sleep"}
 
 
 def _on_func_call(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
     name = _dotted(body.get("funcname", []))
     if name:
         acc.functions.add(name)
-        if name.rpartition(".")[2] in _DYNAMIC_SQL_FUNCTIONS:
+        bare = name.rpartition(".")[2]
+        if bare in _CALLS_TOO:
+            acc.functions.add(_CALLS_TOO[bare])
+        if bare in _OTHER_SESSIONS_FUNCTIONS:
+            acc.kinds.add(_OTHER_SESSIONS_FUNCTIONS[bare])
+            acc.opaque.add(_OTHER_SESSIONS_FUNCTIONS[bare])
+        if bare in _DYNAMIC_SQL_FUNCTIONS:
             acc.kinds.add("dynamic_sql")
             acc.opaque.add("dynamic_sql")
     _push_fields(body, scope, stack, skip=("funcname",))
@@ -299,6 +324,18 @@ def _on_indirection(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
         if isinstance(item, dict) and "String" in item:
             acc.functions.add(str(item["String"].get("sval", "")))
     _push_fields(body, scope, stack)
+
+
+def _on_column_ref(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
+    """`t.f` (or `s.t.f`) is a call of f(t) when t has no column f: PostgreSQL's
+    functional notation.  Without the catalog, f may be either."""
+    fields = body.get("fields") or []
+    last = fields[-1] if len(fields) > 1 else None
+    if isinstance(last, dict) and "String" in last:
+        name = str(last["String"].get("sval", ""))
+        acc.maybe_functions.add(name)
+        if name in _CALLS_TOO:
+            acc.maybe_functions.add(_CALLS_TOO[name])
 
 
 def _on_dml(tag: str) -> Callable[[_Acc, Json, Scope, Stack], None]:
@@ -338,6 +375,7 @@ _NODE_HANDLERS: dict[str, Callable[[_Acc, Json, Scope, Stack], None]] = {
     "RangeVar": lambda acc, body, scope, stack: _read_ref(acc, body, scope),
     "FuncCall": _on_func_call,
     "A_Indirection": _on_indirection,
+    "ColumnRef": _on_column_ref,
     "ExecuteStmt": _on_execute,
     **{tag: _on_dml(tag) for tag in _DML_KINDS},
 }
@@ -355,6 +393,7 @@ StmtHandler = Callable[[_Acc, Json], None]
 def _statement(acc: _Acc, node: Json) -> None:
     """Classify one statement node into `acc`."""
     ((tag, body),) = node.items()
+    before = set(acc.kinds)
     handler = _STATEMENTS.get(tag)
     if handler is not None:
         handler(acc, body)
@@ -364,6 +403,17 @@ def _statement(acc: _Acc, node: Json) -> None:
     else:  # a statement this module does not know: fail closed
         acc.kinds.add("unknown")
         acc.opaque.add("unknown")
+    if tag in _SCRIPT_STATEMENTS:
+        acc.opaque.add(_UTILITY[tag][-1])
+    if isinstance(body, dict) and body.get("replace") is True:
+        # CREATE OR REPLACE changes what exists, as ALTER (or DROP and CREATE) would:
+        # a deny on alter (alter_view, alter_trigger …) covers it.
+        made = [k for k in acc.kinds - before if k.startswith("create_")]
+        acc.kinds.update(("alter", "replace", *(f"alter_{k[7:]}" for k in made)))
+
+
+# An extension's install or update script runs SQL hoopy never sees.
+_SCRIPT_STATEMENTS = frozenset({"CreateExtensionStmt", "AlterExtensionStmt"})
 
 
 def _utility(acc: _Acc, kinds: tuple[str, ...], body: Json) -> None:
@@ -530,7 +580,7 @@ _FUNCTION_OPTIONS = frozenset(
     {"function", "procedure", "sfunc", "finalfunc", "combinefunc", "serialfunc"}
     | {"deserialfunc", "msfunc", "minvfunc", "mfinalfunc", "restrict", "join", "input"}
     | {"output", "receive", "send", "typmod_in", "typmod_out", "analyze", "subscript"}
-    | {"canonical", "subtype_diff"}
+    | {"canonical", "subtype_diff", "sfunc1"}  # sfunc1: the old CREATE AGGREGATE spelling
 )
 
 
@@ -584,9 +634,15 @@ def _create_role(acc: _Acc, body: Json) -> None:
 
 def _grant(acc: _Acc, body: Json) -> None:
     acc.kinds.add("grant" if body.get("is_grant") else "revoke")
-    if body.get("targtype") == "ACL_TARGET_OBJECT" and body.get("objtype") in _RELATION_OBJECTS:
+    if body.get("objtype") not in _RELATION_OBJECTS:
+        return
+    if body.get("targtype") == "ACL_TARGET_OBJECT":
         for rv in body.get("objects", []):
             _add_target(acc, rv)
+    elif body.get("targtype") == "ACL_TARGET_ALL_IN_SCHEMA":  # every table of each schema
+        for schema in body.get("objects", []):
+            if isinstance(schema, dict) and "String" in schema:
+                acc.written.add(f"{schema['String']['sval']}.*")
 
 
 def _default_privileges(acc: _Acc, body: Json) -> None:
@@ -597,7 +653,7 @@ def _default_privileges(acc: _Acc, body: Json) -> None:
 def _set(acc: _Acc, body: Json) -> None:
     acc.kinds.add("set")
     name = body.get("name")
-    if name in ("role", "session_authorization"):
+    if name in ("role", "session_authorization", "search_path"):
         acc.kinds.add(f"set_{name}")
     _walk_fields(acc, body)
 
@@ -758,6 +814,14 @@ def _parse(sql: str) -> tuple[list[Json], tuple[str, ...]]:
 
 
 _SETTINGS_VIEWS = frozenset({"pg_settings", "pg_catalog.pg_settings"})
+_STATISTICS_VIEWS = frozenset(
+    name
+    for bare in (
+        *("pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs"),
+        "pg_statistic_ext_data",
+    )
+    for name in (bare, f"pg_catalog.{bare}")
+)
 
 
 def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -> _Built:
@@ -769,6 +833,14 @@ def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -
         raise SqlParseError(f"statement could not be analysed ({type(e).__name__})") from None
     if not acc.written.isdisjoint(_SETTINGS_VIEWS):
         acc.functions.add("set_config")  # what an UPDATE of pg_settings runs
+    if not acc.read.isdisjoint(_STATISTICS_VIEWS):
+        # Planner statistics hold other tables' values (most common values, histogram
+        # bounds), for whichever table a WHERE picks: a read no table rule can see.
+        acc.kinds.add("read_statistics")
+        acc.opaque.add("read_statistics")
+    if not acc.read.isdisjoint(_ACTIVITY_VIEWS):
+        acc.kinds.add("read_activity")
+        acc.opaque.add("read_activity")
     cmd = Command(
         protocol="postgres",
         connector=connector,
@@ -777,6 +849,7 @@ def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -
         tables_read=frozenset(acc.read - acc.written),
         tables_written=frozenset(acc.written),
         functions=frozenset(acc.functions),
+        maybe_functions=frozenset(acc.maybe_functions - acc.functions),
         opaque=frozenset(acc.opaque),
         fingerprint=_normalize(text),
     )

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import pglast
 from pglast import ast
-from pglast.enums import A_Expr_Kind, SetOperation, SubLinkType
+from pglast.enums import A_Expr_Kind, SetOperation, SubLinkType, VariableSetKind
 
 Source = tuple[str, str]
 ColumnLineage = frozenset[Source] | None
@@ -644,6 +644,46 @@ def name_resolution_change(sql: str) -> str:
 
 def changes_name_resolution(sql: str) -> bool:
     return bool(name_resolution_change(sql))
+
+
+def search_path_schemas(sql: str) -> tuple[str, ...] | None:
+    """The schemas this statement may set search_path to: () if it sets none, None if
+    it may set what cannot be read from its text (a value computed at run time)."""
+    found: list[str] = []
+    try:
+        for node in _nodes(_parse_one(sql)):
+            if isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
+                getattr(node.relation, "relname", None) == "pg_settings"
+            ):
+                return None
+            if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "search_path":
+                if node.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
+                    found.append("public")
+                    continue
+                if node.kind != VariableSetKind.VAR_SET_VALUE:
+                    return None
+                for arg in node.args or ():
+                    value = getattr(getattr(arg, "val", None), "sval", None)
+                    if not isinstance(value, str):
+                        return None
+                    found.append(value)
+            elif isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
+                args = node.args or ()
+                name = getattr(getattr(args[0], "val", None), "sval", None) if args else None
+                if not isinstance(name, str):
+                    return None
+                if name.strip().lower() != "search_path":
+                    continue
+                value = (
+                    getattr(getattr(args[1], "val", None), "sval", None) if len(args) > 1 else None
+                )
+                if not isinstance(value, str):
+                    return None
+                found += [v.strip().strip('"') for v in value.split(",")]
+    except Exception:
+        return None
+    # "$user" is the connector's own schema, if it has one: a name hoopy does not track
+    return tuple(dict.fromkeys(v for v in found if v and v != "$user"))
 
 
 def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:

@@ -45,8 +45,9 @@ class Pipeline:
     # wait are refused instead (see _settled_parse).
     sync_in_copy: bool
     copy_batch: int  # the batch of the COPY FROM STDIN in flight
-    # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet confirmed
-    unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]]
+    # (batch, name, commands, protocol-level?) of Parses and SQL PREPAREs not yet
+    # confirmed; commands None: a DEALLOCATE or DISCARD since made it unknown
+    unconfirmed: deque[tuple[int, str, tuple[Command, ...] | None, bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
     # per (statement name, commands): the encoded statement part of its Bind events, and
     # whether it is a COPY FROM STDIN
@@ -122,8 +123,22 @@ class Pipeline:
         for i, (_, name, cmds, protocol) in enumerate(self.unconfirmed):
             if protocol:
                 del self.unconfirmed[i]
-                self.prepared[name] = cmds
+                if cmds is None:
+                    self.prepared.pop(name, None)
+                else:
+                    self.prepared[name] = cmds
                 return
+
+    def _forget(self, name: str | None) -> None:
+        """`name` (None: every name) no longer holds what hoopy knew, and what it holds
+        now cannot be told: EXECUTE and Bind of it are refused (never run unchecked)."""
+        if name is None:
+            self.prepared.clear()
+        else:
+            self.prepared.pop(name, None)
+        self.unconfirmed = deque(
+            (b, n, None if name is None or n == name else c, p) for b, n, c, p in self.unconfirmed
+        )
 
     def _copy_starts(self) -> None:
         self.copy_in_flight = True
@@ -137,7 +152,11 @@ class Pipeline:
         pending = self.unconfirmed
         while pending and pending[0][0] <= self.batches_done:
             _, name, cmds, protocol = pending.popleft()
-            if not protocol and not failed:  # a Parse not acknowledged by now was skipped
+            if protocol:
+                continue  # a Parse not acknowledged by now was skipped
+            if cmds is None:
+                self.prepared.pop(name, None)
+            elif not failed:  # failed alone, it left what the server had
                 self.prepared[name] = cmds
         settled = self._settled
         if settled is not None and not settled.done():
@@ -145,7 +164,9 @@ class Pipeline:
 
     def _record_bind(self, bind: pg.Bind) -> None:
         """Which values a statement runs with: chained now, written before it runs."""
-        assert self.session is not None
+        session = self.session
+        assert session is not None
+        session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
         cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
         key = (bind.statement, cmds)
         known = self._bind_statics.get(key)
@@ -156,7 +177,7 @@ class Pipeline:
             if len(self._bind_statics) > 256:
                 self._bind_statics.clear()
         static, self._portal_copies[bind.portal] = known
-        self.session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
+        session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
 
     def _on_close(self, ev: pg.Close) -> None:
@@ -165,19 +186,25 @@ class Pipeline:
         if self.tracker is not None:
             self.tracker.close(ev.kind, ev.name)
 
-    def _track_sql_prepared(self, cmds: tuple[Command, ...]) -> None:
-        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements."""
+    def _track_sql_prepared(self, cmds: tuple[Command, ...], protocol: bool = False) -> None:
+        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements.
+        `protocol`: they came in a Parse, so run at an Execute hoopy does not follow to
+        its end: the names they touch become unknown at once."""
         for c in cmds:
             if "prepare" in c.kinds and "execute" not in c.kinds:
                 name = _prepared_name(c.text)
-                if name:  # known once the text ran without error (_batch_answered)
+                if protocol:
+                    self._forget(name or None)
+                elif name:  # known once the text ran without error (_batch_answered)
+                    if len(cmds) > 1:
+                        # Beside other statements, an error of one of them may follow
+                        # the PREPARE (which then stands: prepared statements are not
+                        # transactional) or precede it: until the answer, unknown.
+                        self._forget(name)
                     self.unconfirmed.append((self.batches_sent + 1, name, (c,), False))
             elif "deallocate" in c.kinds or ("discard" in c.kinds and "all" in c.text.lower()):
                 name = _prepared_name(c.text)
-                if name and name.lower() != "all":
-                    self.prepared.pop(name, None)
-                else:
-                    self.prepared.clear()
+                self._forget(name if name and name.lower() != "all" else None)
 
 
 # A statement of these kinds means something that depends on what ran before it

@@ -28,6 +28,7 @@ from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classify import Classifier
+from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import count_tree
 from hoopy.protocols.postgres.relay import (
@@ -123,7 +124,7 @@ class AgentConnection(Relay):
         self.sync_in_copy = False
         self.copy_batch = 0
         self._portal_copies: dict[str, bool] = {}
-        self.unconfirmed: deque[tuple[int, str, tuple[Command, ...], bool]] = deque()
+        self.unconfirmed: deque[tuple[int, str, tuple[Command, ...] | None, bool]] = deque()
         self.batch_failed = False
         self._bind_statics = {}
         self._settled: asyncio.Future[None] | None = None
@@ -276,6 +277,7 @@ class AgentConnection(Relay):
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         self.session.notify = self._notice
+        self.session.search_path_of = _search_path_of
         if may_mask(self.session.policies, identity, connector.name):
             self.tracker = ResultTracker()
             settings = MaskSettings(self.gw.mask_key, self.gw.config.masking.redact_numeric)
@@ -321,3 +323,8 @@ class AgentConnection(Relay):
             # CopyData, CopyDone (masking sessions track them)
             self.codec.opaque = frozenset(b"BDEHdc")
         self.session.record("backend", pooled=self.listener.pool.hits > 0, tls=backend.tls)
+
+
+def _search_path_of(command: Command) -> tuple[str, ...] | None:
+    """Session.search_path_of for SQL: the schemas a statement sets search_path to."""
+    return search_path_schemas(command.text)

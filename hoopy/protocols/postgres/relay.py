@@ -47,6 +47,7 @@ from hoopy.gateway import Gateway
 from hoopy.policy import Command, Decision
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.bindgate import bound_command, single, split_run
 from hoopy.protocols.postgres.classify import SqlParseError
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import (
@@ -275,7 +276,7 @@ class Relay(Pipeline):
                     waits = b"\\" in st.raw and self._answers_pending()
                     if not waits:
                         cmds = self._commands(st.sql)
-                        waits = self._check_now(cmds) is None
+                        waits = self._check_now(cmds, t is pg.Parse) is None
                     if waits:
                         self._flush(out)
                         self._agent_events = events[i:]
@@ -285,6 +286,14 @@ class Relay(Pipeline):
                     out.append(self._refused(st, e))
                     continue
                 out.append(self._allowed(st, cmds))
+            elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
+                binds = self._binds_free(ev)  # type: ignore[arg-type]
+                if binds is None:  # one waits for an approval, or is refused: in the task
+                    self._flush(out)
+                    self._agent_events = events[i:]
+                    self._agent_pump.run(eager=False)
+                    return
+                self._other_agent_event(ev, out, binds)
             elif not self._other_agent_event(ev, out):
                 return
         self._flush(out)
@@ -302,17 +311,102 @@ class Relay(Pipeline):
                 try:
                     if b"\\" in st.raw and self._answers_pending():
                         await self._settled_parse(out, st.sql)
-                    cmds = await self._check_all(st.sql, out)
+                    cmds = await self._check_all(st.sql, out, t is pg.Parse)
                 except (CommandDenied, UnparseableCommand, RecordingFailed) as e:
                     out.append(self._refused(st, e))
                     continue
                 out.append(self._allowed(st, cmds))
+            elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
+                binds = self._binds_free(ev)  # type: ignore[arg-type]
+                if binds is not None:
+                    self._other_agent_event(ev, out, binds)
+                else:
+                    await self._gated_binds(ev, out)  # type: ignore[arg-type]
             elif not self._other_agent_event(ev, out):
                 return
         self._flush(out)
 
-    def _other_agent_event(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
-        """Every message but Query and Parse; False once the agent said Terminate."""
+    # Binds (see bindgate.py): each one of a statement that needs an approval waits for
+    # its own, with its values shown; one of a statement hoopy does not know is refused.
+
+    def _bind_gate(self, bind: pg.Bind) -> str:
+        """ "" when this Bind may go; else "unknown" or "approval"."""
+        if self.refusals and self.refusals[-1][0] > self.batches_sent:
+            return ""  # the server discards it: a message of this batch was refused
+        cmds = self._statement_now(bind.statement)
+        if cmds is None:
+            return "unknown"
+        session = self.session
+        assert session is not None
+        for c in cmds:
+            if session.decide(c).outcome == "require_approval":
+                return "approval"
+        return ""
+
+    def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
+        """The Binds of `ev` when none of them must wait or be refused, else None."""
+        binds = [ev] if isinstance(ev, pg.Bind) else pg.decode_binds(ev.raw, ev.types)
+        for b in binds:
+            if self._bind_gate(b):
+                return None
+        return binds
+
+    async def _gated_binds(self, ev: pg.Bind | pg.Passthrough, out: list[bytes]) -> None:
+        """`ev` message by message: each Bind through its gate."""
+        # A Bind event (masking sessions: the tracker follows it) goes on as itself; a
+        # Passthrough run (no tracker) as its messages, one by one.
+        parts = [(0x42, ev.raw)] if isinstance(ev, pg.Bind) else split_run(ev.raw, ev.types)
+        for t, raw in parts:
+            bind = ev if isinstance(ev, pg.Bind) else None
+            if bind is None and t == 0x42:
+                bind = pg.decode_binds(raw, b"B")[0]
+            message = ev if isinstance(ev, pg.Bind) else single(t, raw)
+            gate = self._bind_gate(bind) if bind is not None else ""
+            if not gate:
+                self._other_agent_event(message, out)
+                continue
+            assert bind is not None and self.session is not None
+            try:
+                if gate == "unknown":
+                    self.session.record(
+                        "command",
+                        text=f"Bind of prepared statement {bind.statement!r}",
+                        kinds=["bind"],
+                        outcome="deny",
+                        reason="unknown statement",
+                    )
+                    raise CommandDenied(
+                        f"prepared statement {bind.statement!r} is not known to hoopy (a "
+                        "DEALLOCATE, DISCARD or failed PREPARE made it unknown): prepare "
+                        "it again"
+                    )
+                self._flush(out)
+                await self._watching_agent(self._approve_bind(bind))
+            except (CommandDenied, RecordingFailed) as e:
+                out.append(self._refused_bind(e))
+                continue
+            self._other_agent_event(message, out)
+
+    async def _approve_bind(self, bind: pg.Bind) -> list[Decision]:
+        session = self.session
+        assert session is not None
+        cmds = self._statement_now(bind.statement) or ()
+        waiting = [c for c in cmds if session.decide(c).outcome == "require_approval"]
+        return [await session.check(bound_command(c, bind)) for c in waiting]
+
+    def _refused_bind(self, e: HoopyError) -> bytes:
+        """What goes to the server in place of a refused Bind: a Parse of the marker (its
+        error, rewritten, answers for the Bind; the server skips the rest to Sync)."""
+        self.refusals.append((self.batches_sent + 1, e))
+        if self.tracker is not None:
+            self.tracker.parse(self.marker, None)
+        return _parse_message(self.marker, self.marker)
+
+    def _other_agent_event(
+        self, ev: pg.FrontendEvent, out: list[bytes], binds: list[pg.Bind] | None = None
+    ) -> bool:
+        """Every message but Query and Parse; False once the agent said Terminate.
+        `binds`: the Binds of `ev`, when decoded already."""
         t = type(ev)
         if t is pg.Sync:
             if self.copy_in_flight:
@@ -348,7 +442,7 @@ class Relay(Pipeline):
             if t is pg.Passthrough:
                 types = ev.types  # type: ignore[union-attr]
                 if 0x42 in types:
-                    for bind in pg.decode_binds(ev.raw, types):
+                    for bind in binds or pg.decode_binds(ev.raw, types):
                         self._record_bind(bind)
                 if 0x45 in types:
                     self.unsynced_execute = True
@@ -394,14 +488,15 @@ class Relay(Pipeline):
             )
             raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
 
-    def _check_now(self, cmds: tuple[Command, ...]) -> list[Decision] | None:
+    def _check_now(self, cmds: tuple[Command, ...], parse: bool = False) -> list[Decision] | None:
         """Check (and record) every statement, or raise to refuse the whole text; None
-        when one needs an approval, before any of them is recorded."""
+        when one needs an approval, before any of them is recorded.  `parse`: a Parse,
+        which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
         if len(cmds) == 1:  # the usual case, without lists
             d = session.decide(cmds[0])
-            if d.outcome == "require_approval":
+            if d.outcome == "require_approval" and not parse:
                 return None
             return [session.check_now(cmds[0], d)]
         decisions = [session.decide(c) for c in cmds]  # cached per fingerprint
@@ -411,17 +506,19 @@ class Relay(Pipeline):
             if d.outcome == "deny":
                 session.check_now(c, d)  # records the denial and raises
             elif d.outcome == "require_approval":
-                waits = True
+                waits = not parse
         if waits:
             return None
         return [session.check_now(c, d) for c, d in zip(cmds, decisions, strict=True)]
 
-    async def _check_all(self, sql: str, out: list[bytes]) -> tuple[Command, ...]:
+    async def _check_all(
+        self, sql: str, out: list[bytes], parse: bool = False
+    ) -> tuple[Command, ...]:
         """Classify and check every statement of `sql`; raise to refuse the whole text.
 
         In masking sessions, also prepares each statement's masking (`self._masks`)."""
         cmds = self._commands(sql)
-        decisions = self._check_now(cmds)
+        decisions = self._check_now(cmds, parse)
         if decisions is None:
             self._flush(out)
             decisions = await self._watching_agent(self._check_each(cmds))
@@ -435,7 +532,12 @@ class Relay(Pipeline):
 
     async def _check_each(self, cmds: tuple[Command, ...]) -> list[Decision]:
         assert self.session is not None
-        return [await self.session.check(c) for c in cmds]
+        if len(cmds) == 1:
+            return [await self.session.check(cmds[0])]
+        # An approval covers the statement the approver saw, not one beside it in the
+        # same text that a reusable grant of it would otherwise cover.
+        fresh: set[str] = set()
+        return [await self.session.check(c, fresh=fresh) for c in cmds]
 
     async def _watching_agent(self, waiting: Coroutine[Any, Any, list[Decision]]) -> list[Decision]:
         """Await a long wait (approval) but notice when the agent goes away."""
@@ -482,6 +584,10 @@ class Relay(Pipeline):
                 tracker.query(list(self._masks))
             return ev.raw
         name = ev.name  # type: ignore[union-attr]
+        for c in cmds:
+            if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
+                self._track_sql_prepared(cmds, protocol=True)
+                break
         self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
         if tracker is not None:
             tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)

@@ -92,7 +92,7 @@ KINDS = [
     ("create function f() returns int as 'select 1' language sql", {"create", "create_function"}),
     (
         "create or replace procedure p() as $$ select 1 $$ language sql",
-        {"create", "create_procedure"},
+        {"create", "create_procedure", "alter", "alter_procedure", "replace"},
     ),
     (
         "create trigger tr after insert on t for each row execute function f()",
@@ -116,7 +116,7 @@ KINDS = [
     ("grant r to bob", {"grant"}),
     ("revoke select on t from bob", {"revoke"}),
     ("revoke r from bob", {"revoke"}),
-    ("set search_path = x", {"set"}),
+    ("set search_path = x", {"set", "set_search_path"}),
     ("set local statement_timeout = 5", {"set"}),
     ("reset all", {"set"}),
     ("reset work_mem", {"set"}),
@@ -275,7 +275,7 @@ TABLES = [
     ("vacuum full t, u", set(), {"t", "u"}),
     ("analyze t", {"t"}, set()),
     ("grant select on t, s.u to bob", set(), {"t", "s.u"}),
-    ("grant select on all tables in schema s to bob", set(), set()),
+    ("grant select on all tables in schema s to bob", set(), {"s.*"}),
     ("comment on table s.t is 'x'", set(), {"s.t"}),
     ("comment on column t.c is 'x'", set(), {"t"}),
     ("create index on s.t (a)", set(), {"s.t"}),
@@ -848,3 +848,109 @@ def test_drop_denial_names_rule() -> None:
     decision = decide([POLICY], WHO, cmd)
     assert decision.outcome == "deny"
     assert decision.rule == "no-drop"
+
+
+# ---- ways past deny lists found by probing: each names what really runs -------------
+
+DENY_SLEEP_VAULT_ALTER = PolicySet(
+    "p",
+    (
+        Rule("allow-all", "allow", Match()),
+        Rule("no-sleep", "deny", Match(sql=SqlMatch(functions=("pg_sleep",)))),
+        Rule("no-vault", "deny", Match(sql=SqlMatch(tables=("vault",)))),
+        Rule("no-secret-schema", "deny", Match(sql=SqlMatch(tables=("secret.*",)))),
+        Rule("no-alter", "deny", Match(sql=SqlMatch(statements=("alter",)))),
+    ),
+)
+WHO = Identity("a", frozenset({"agents"}))
+
+
+def outcome(sql: str, schemas: tuple[str, ...] | None = ("public",)) -> tuple[str, str]:
+    from dataclasses import replace
+
+    cmds = classify(sql, "db")
+    decisions = [decide([DENY_SLEEP_VAULT_ALTER], WHO, replace(c, schemas=schemas)) for c in cmds]
+    worst = next((d for d in decisions if d.outcome != "allow"), decisions[0])
+    return worst.outcome, worst.rule
+
+
+@pytest.mark.parametrize(
+    ("sql", "rule"),
+    [
+        ("SELECT t.pg_sleep FROM float8(2) t", "no-sleep"),
+        ("SELECT x.t.pg_sleep FROM float8(2) t", "no-sleep"),
+        ("SELECT t.pg_sleep_for FROM make_interval(secs => 2) t", "no-sleep"),
+        ("SELECT pg_sleep_for('2 s')", "no-sleep"),
+        ("SELECT pg_catalog.pg_sleep_until(now())", "no-sleep"),
+        ("CREATE AGGREGATE a (basetype = float8, sfunc1 = pg_sleep, stype1 = void)", "no-sleep"),
+        ("GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC", "no-vault"),
+        ("REVOKE SELECT ON ALL TABLES IN SCHEMA secret FROM bob", "no-vault"),
+        ("CREATE OR REPLACE VIEW v AS SELECT 1", "no-alter"),
+        ("CREATE OR REPLACE TRIGGER t AFTER INSERT ON o EXECUTE FUNCTION f()", "no-alter"),
+        ("CREATE OR REPLACE RULE r AS ON INSERT TO o DO NOTHING", "no-alter"),
+    ],
+)
+def test_what_runs_is_what_is_checked(sql: str, rule: str) -> None:
+    assert outcome(sql) == ("deny", rule)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT most_common_vals FROM pg_stats WHERE tablename = 'vault'",
+        "SELECT * FROM pg_catalog.pg_statistic",
+        "SELECT * FROM crosstab('select a, b, c from vault')",
+        "SELECT * FROM connectby('vault', 'id', 'parent', '1', 0)",
+        "CREATE EXTENSION tablefunc",
+        "ALTER EXTENSION tablefunc UPDATE",
+        # every agent shares one database role: other agents' sessions are off limits
+        "SELECT pg_terminate_backend(1234)",
+        "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_stat_activity",
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM pg_stat_get_activity(NULL)",
+    ],
+)
+def test_reads_and_scripts_nothing_can_see_are_opaque(sql: str) -> None:
+    cmd = one(sql)
+    assert cmd.opaque, cmd
+    assert outcome(sql)[0] == "deny"
+
+
+def test_qualified_columns_are_not_functions_for_allow_rules() -> None:
+    cmd = one("SELECT c.name, now() FROM customers c")
+    assert cmd.functions == {"now"} and cmd.maybe_functions == {"name"}
+    allow_now = PolicySet("p", (Rule("now", "allow", Match(sql=SqlMatch(functions=("now",)))),))
+    assert decide([allow_now], WHO, cmd).outcome == "allow"
+
+
+@pytest.mark.parametrize(
+    ("schemas", "expect"),
+    [
+        (("public",), ("allow", "allow-all")),
+        (("secret", "public"), ("deny", "no-secret-schema")),
+        (None, ("deny", "no-secret-schema")),  # set to something hoopy cannot read
+    ],
+)
+def test_unqualified_names_follow_the_search_path(
+    schemas: tuple[str, ...] | None, expect: tuple[str, str]
+) -> None:
+    assert outcome("SELECT * FROM creds", schemas) == expect
+    assert outcome("SELECT * FROM public.creds", schemas) == ("allow", "allow-all")
+
+
+def test_an_allow_must_hold_in_every_schema_a_name_may_be_in() -> None:
+    from dataclasses import replace
+
+    public_only = PolicySet(
+        "p", (Rule("public", "allow", Match(sql=SqlMatch(tables=("public.*",)))),)
+    )
+    cmd = one("SELECT * FROM creds")
+    assert decide([public_only], WHO, cmd).outcome == "allow"
+    for schemas in (("secret", "public"), None):
+        assert decide([public_only], WHO, replace(cmd, schemas=schemas)).outcome == "deny"
+    grant_all = one("GRANT SELECT ON ALL TABLES IN SCHEMA public TO bob")
+    assert decide([public_only], WHO, grant_all).outcome == "allow"
+    assert (
+        decide([public_only], WHO, one("GRANT SELECT ON ALL TABLES IN SCHEMA s TO b")).outcome
+        == "deny"
+    )

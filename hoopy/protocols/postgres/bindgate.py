@@ -1,0 +1,63 @@
+"""Binds that may not simply go: what hoopy must check before a Bind reaches the server.
+
+A statement prepared by Parse runs at each Bind/Execute, with new values every time.
+A statement that needs an approval therefore waits at each Bind, and the approver sees
+the values it will run with (one approval releases one execution, as for EXECUTE of an
+SQL PREPARE); a Bind of a statement hoopy does not know (a name whose meaning it lost
+track of) is refused.  Pure helpers; the waiting happens in relay.Relay.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hoopy.policy import Command
+from hoopy.protocols.postgres import codec as pg
+
+VALUE_CHARS = 200  # of each value shown to an approver
+VALUES_SHOWN = 32
+
+_I = struct.Struct("!I")
+
+
+def split_run(raw: bytes, types: bytes) -> list[tuple[int, bytes]]:
+    """A Passthrough run as its messages: (type byte, message)."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    for t in types:
+        stop = pos + 1 + _I.unpack_from(raw, pos + 1)[0]
+        out.append((t, raw[pos:stop]))
+        pos = stop
+    return out
+
+
+def single(t: int, raw: bytes) -> pg.Passthrough:
+    return pg.Passthrough(bytes((t,)), raw)
+
+
+def bound_command(cmd: Command, bind: pg.Bind) -> Command:
+    """`cmd` as it runs with this Bind's values: what an approver is shown."""
+    values = [_shown(bind, i, v) for i, v in enumerate(bind.params[:VALUES_SHOWN])]
+    if len(bind.params) > VALUES_SHOWN:
+        values.append(f"… {len(bind.params) - VALUES_SHOWN} more")
+    bound = ", ".join(f"${i + 1} = {v}" for i, v in enumerate(values)) or "no values"
+    return cmd.with_text(f"{cmd.text}\n-- bound: {bound}")
+
+
+def _shown(bind: pg.Bind, i: int, value: bytes | None) -> str:
+    """A value as an approver reads it: text quoted as an SQL literal; binary-format
+    values (drivers send most values so) as text when they are printable UTF-8, else
+    as hex."""
+    if value is None:
+        return "NULL"
+    formats = bind.param_formats
+    binary = (formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0) == 1
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and (not binary or text.isprintable()):
+        cut = text[:VALUE_CHARS] + ("…" if len(text) > VALUE_CHARS else "")
+        return "'" + cut.replace("'", "''") + "'"
+    hexed = value[: VALUE_CHARS // 2].hex()
+    return f"x'{hexed}'" + ("…" if len(value) > VALUE_CHARS // 2 else "")

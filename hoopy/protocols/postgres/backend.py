@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 
 from scramp import ScramClient
@@ -217,6 +218,16 @@ async def _connect(c: PostgresConnector, client_params: dict[str, str], cap: int
         raise
 
 
+IDLE_LIFETIME = 300.0  # seconds an idle backend connection is kept
+
+
+def _quiet(conn: BackendConn) -> bool:
+    """Nothing arrived while idle, and the connection is open."""
+    reader = conn.reader
+    buffered = getattr(reader, "_buffer", b"")  # StreamReader keeps what it has read there
+    return not (reader.at_eof() or buffered or conn.writer.transport.is_closing())
+
+
 def pool_key(c: PostgresConnector, client_params: dict[str, str]) -> tuple[str, ...]:
     kept = _client_params(client_params)
     return (c.name, *(f"{k.lower()}={v}" for k, v in sorted(kept.items())))
@@ -238,21 +249,28 @@ async def cancel(c: PostgresConnector, pid: int, key: int) -> None:
 
 
 class BackendPool:
-    """Idle authenticated connections, keyed by connector + startup parameters."""
+    """Idle authenticated connections, keyed by connector + startup parameters.
+
+    At most `size` idle connections per connector whatever their startup parameters
+    (an agent varying application_name must not pile up backends until the database
+    refuses everyone), none kept longer than IDLE_LIFETIME, and none handed out that
+    heard from the server while idle (a backend that died says so, then closes)."""
 
     def __init__(self, size: int, max_message_size: int) -> None:
         self.size = size
         self.cap = max_message_size
-        self.idle: dict[tuple[str, ...], list[BackendConn]] = {}
+        # pool key -> [(connection, when it became idle)], oldest first
+        self.idle: dict[tuple[str, ...], list[tuple[BackendConn, float]]] = {}
         self._resets: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
 
     async def acquire(self, c: PostgresConnector, client_params: dict[str, str]) -> BackendConn:
         conns = self.idle.get(pool_key(c, client_params))
+        now = time.monotonic()
         while conns:
-            conn = conns.pop()
-            if conn.connector == c and not conn.reader.at_eof():
+            conn, since = conns.pop()
+            if conn.connector == c and now - since < IDLE_LIFETIME and _quiet(conn):
                 self.hits += 1
                 return conn
             conn.close()
@@ -274,15 +292,35 @@ class BackendPool:
         except Exception:
             conn.close()
             return
-        bucket = self.idle.setdefault(conn.pool_key, [])
-        if len(bucket) >= self.size or conn.status != "I":
+        if conn.status != "I" or not _quiet(conn):
             conn.close()
-        else:
-            bucket.append(conn)
+            return
+        self._make_room(conn.connector.name)
+        self.idle.setdefault(conn.pool_key, []).append((conn, time.monotonic()))
+
+    def _make_room(self, connector: str) -> None:
+        """Close the stale and the oldest idle connections of `connector` until one more
+        fits within `size`."""
+        now = time.monotonic()
+        mine = [(since, key) for key, bucket in self.idle.items() if key[0] == connector
+                for _, since in bucket]  # fmt: skip
+        excess = len(mine) - self.size + 1
+        cutoff = sorted(mine)[excess - 1][0] if excess > 0 else -1.0
+        for key in [k for k in self.idle if k[0] == connector]:
+            keep = []
+            for conn, since in self.idle[key]:
+                if since <= cutoff or now - since >= IDLE_LIFETIME:
+                    conn.close()
+                else:
+                    keep.append((conn, since))
+            if keep:
+                self.idle[key] = keep
+            else:
+                del self.idle[key]
 
     def close(self) -> None:
         for bucket in self.idle.values():
-            for conn in bucket:
+            for conn, _ in bucket:
                 conn.close()
         self.idle.clear()
         for t in self._resets:

@@ -78,6 +78,9 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 MAX_STARTUP_PACKET: Final = 10000  # PostgreSQL's own limit
+# A message before login (the password: a token) is capped as PostgreSQL caps it
+# (PG_MAX_AUTH_TOKEN_LENGTH): no one unauthenticated may make hoopy buffer 64 MiB.
+MAX_AUTH_MESSAGE: Final = 65535 + 4
 
 _I = struct.Struct("!I")
 _MARKED_BODILESS = frozenset({_EMPTY_QUERY, _SUSPENDED, ord("1")})  # and ParseComplete
@@ -218,6 +221,9 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_buffer_size: int | None = None
     ) -> None:
         super().__init__(max_message_size, max_buffer_size)
+        self._session_limits = (self._max, self._max_buffer)  # from start_session() on
+        self._max = min(self._max, MAX_AUTH_MESSAGE)
+        self._max_buffer = min(self._max_buffer, 2 * MAX_AUTH_MESSAGE)
         self._seen: set[int] = set()  # SSLRequest / GSSENCRequest, each allowed once
         # Message types (framed and length-checked, still allowed only where the protocol
         # allows them) returned as Passthrough without parsing their bodies: for sessions
@@ -228,6 +234,7 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         """The agent is authenticated: ordinary messages are valid from now on."""
         if self.phase is not Phase.AUTH:
             raise RuntimeError(f"start_session() during {self.phase.value}")
+        self._max, self._max_buffer = self._session_limits
         self._set_phase(Phase.NORMAL)
 
     def _next(self) -> m.FrontendEvent | Literal[NeedData.NEED_DATA]:

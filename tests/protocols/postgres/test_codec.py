@@ -319,6 +319,28 @@ def test_only_password_messages_during_auth() -> None:
     assert "'Q'" in err.message and "authentication" in err.message
 
 
+def test_a_huge_password_is_refused_from_its_header() -> None:
+    """Before login nobody may make hoopy buffer more than PostgreSQL itself would."""
+    conn = pg.ServerConnection()
+    conn.receive_data(pg.startup_message({"user": "u"}))
+    conn.next_event()
+    err = violation(conn, b"p" + struct.pack("!I", 60_000_000) + b"x" * 10)
+    assert err.sqlstate == "54000"
+    conn = pg.ServerConnection()
+    conn.receive_data(pg.startup_message({"user": "u"}))
+    conn.next_event()
+    token = b"t" * 60_000 + b"\0"  # a long token still fits
+    conn.receive_data(pg.password_message(token))
+    assert isinstance(conn.next_event(), pg.PasswordMessage)
+
+
+def test_after_login_the_session_limit_applies() -> None:
+    conn = normal_server()
+    big = "SELECT '" + "x" * 200_000 + "'"
+    conn.receive_data(pg.query(big))
+    assert conn.next_event().sql == big  # type: ignore[union-attr]
+
+
 def test_password_after_start_session_is_a_violation() -> None:
     conn = normal_server()
     err = violation(conn, pg.password_message(b"hunter2-secret"))

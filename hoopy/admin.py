@@ -77,10 +77,11 @@ class AdminServer:
 
     async def sessions(self, request: web.Request) -> web.Response:
         q = request.query
+        limit = _limit(q.get("limit", "100"))
+        if limit is None:
+            return web.json_response({"error": "limit must be a positive integer"}, status=400)
         rows = self.gw.store.list_sessions(
-            subject=q.get("subject"),
-            connector=q.get("connector"),
-            limit=min(int(q.get("limit", "100")), 1000),
+            subject=q.get("subject"), connector=q.get("connector"), limit=limit
         )
         return web.json_response([asdict(r) for r in rows])
 
@@ -103,12 +104,14 @@ class AdminServer:
         aid = request.match_info["id"]
         if svc is None or svc.store.get(aid) is None:
             return web.json_response({"error": "no such approval"}, status=404)
-        body: dict[str, Any] = {}
+        body: Any = {}
         if request.can_read_body:
             try:
                 body = await request.json()
             except ValueError:
                 return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
         by = str(body.get("by") or "admin-api")
         done = svc.decide(
             aid,
@@ -116,8 +119,8 @@ class AdminServer:
             f"admin:{by}",
             str(body.get("reason") or ""),
         )
-        if done is None:
-            return web.json_response({"error": "approval is no longer pending"}, status=409)
+        if done is None:  # no longer pending, or expired
+            return web.json_response({"error": svc.store.refusal(aid, svc.clock())}, status=409)
         return web.json_response(done.to_json())
 
     async def session(self, request: web.Request) -> web.Response:
@@ -131,3 +134,13 @@ class AdminServer:
             body["events"] = read_events(Path(row.path))
             body["verified"] = verify_row(row).ok
         return web.json_response(body)
+
+
+def _limit(text: str) -> int | None:
+    """A `limit` query parameter (at most 1000), or None when it is not a positive integer
+    (a negative LIMIT would mean "no limit" to SQLite)."""
+    try:
+        n = int(text)
+    except ValueError:
+        return None
+    return min(n, 1000) if n >= 1 else None

@@ -7,8 +7,10 @@ waits.  A decision arrives in-process (admin API, Slack click →
 `decide()`, which wakes the waiter at once) or from another process (`hoopy
 approvals approve ID` writes the store; waiters poll it).  Transitions are a
 single `UPDATE … WHERE state = 'pending'`, so two approvers clicking at once
-produce exactly one decision.  An approval releases one command once, unless
-its rule grants reuse of the same statement fingerprint for a while.
+produce exactly one decision; approving also needs `expires` to be in the future,
+whichever path it comes by.  An approval releases one command once, unless its rule
+grants reuse of the same statement fingerprint for a while — and never for another
+statement of the same agent message (`fresh`): the approver saw only one of them.
 """
 
 from __future__ import annotations
@@ -81,9 +83,14 @@ class Approval:
     decided_at: float | None = None
     reason: str = ""
     notice: str = ""  # where it was announced (JSON from the notifier, e.g. Slack ts)
+    # Seconds of reuse approving grants (the rule's grant.reuse_for).  Not stored (the
+    # table has no column for it): known to the process that asked, for its notifiers.
+    reuse_for: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["reuse_for"]  # 0.0 for any approval read back from the store
+        return out
 
 
 def new_approval_id() -> str:
@@ -130,13 +137,24 @@ class ApprovalStore:
     def transition(
         self, approval_id: str, to: str, by: str, reason: str, now: float
     ) -> Approval | None:
-        """pending → `to`, atomically; None if it was no longer pending."""
+        """pending → `to`, atomically; None if it was no longer pending, or — to approve —
+        past its expiry (every path checks it here: Slack, admin API, CLI)."""
+        unexpired = " AND expires > ?" if to == APPROVED else ""
         changed = self.store._execute(
             "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ?, reason = ? "
-            "WHERE id = ? AND state = 'pending'",
-            (to, by, now, reason, approval_id),
+            f"WHERE id = ? AND state = 'pending'{unexpired}",
+            (to, by, now, reason, approval_id, *((now,) if unexpired else ())),
         )
         return self.get(approval_id) if changed == 1 else None
+
+    def refusal(self, approval_id: str, now: float) -> str:
+        """Why a decision on `approval_id` did not happen (after `transition` said None)."""
+        a = self.get(approval_id)
+        if a is None:
+            return "no such approval"
+        if a.state == PENDING and a.expires <= now:
+            return "approval has expired"
+        return f"approval is already {a.state}"
 
     def set_notice(self, approval_id: str, notice: str) -> None:
         self.store._execute("UPDATE approvals SET notice = ? WHERE id = ?", (notice, approval_id))
@@ -165,6 +183,11 @@ class _Grant:
     approval_id: str
 
 
+def _remember(fresh: set[str] | None, approval_id: str) -> None:
+    if fresh is not None:
+        fresh.add(approval_id)
+
+
 @dataclass
 class ApprovalService:
     store: ApprovalStore
@@ -176,16 +199,34 @@ class ApprovalService:
     _grants: dict[tuple[str, str, str], _Grant] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _done: set[str] = field(default_factory=set)  # decisions this process has announced
+    _reuse: dict[str, float] = field(default_factory=dict)  # waiting approval id → reuse_for
 
     # ---- the agent side ----------------------------------------------------------------
-    async def wait_for(self, session: Session, command: Command, decision: Decision) -> str:
+    async def wait_for(
+        self,
+        session: Session,
+        command: Command,
+        decision: Decision,
+        *,
+        fresh: set[str] | None = None,
+    ) -> str:
+        """Block until approved (returns the approval id) or raise ApprovalRejected.
+
+        `fresh`: ids of approvals already used by this agent message (one set per
+        message); their grants are not reused, since an approver who granted reuse for
+        one statement never saw the others of the same text.  Every id this call creates
+        or reuses is added to it."""
         key = (session.identity.subject, session.connector, command.fingerprint or command.text)
-        grant = self._grants.get(key)
-        if grant is not None and grant.until > self.clock():
+        grant = self._reusable(key, fresh)
+        if grant is not None:
             session.record("approval_reused", approval=grant.approval_id, rule=decision.rule)
+            _remember(fresh, grant.approval_id)
             return grant.approval_id
         a = self._new(session, command, decision)
+        _remember(fresh, a.id)
         self.store.create(a)
+        if a.reuse_for > 0:
+            self._reuse[a.id] = a.reuse_for
         self._gauge()
         session.record(
             "approval_requested",
@@ -195,10 +236,24 @@ class ApprovalService:
             expires=a.expires,
         )
         where = await self._announce(session, a)
+        # The agent learns what it waits for and where, never how to approve it itself.
         session.notify(
-            f"waiting for approval {a.id} by {', '.join(a.approvers) or 'an approver'}{where}; "
-            f"an admin can also run: hoopy approvals approve {a.id}"
+            f"waiting for approval {a.id} by {', '.join(a.approvers) or 'an approver'}{where}"
         )
+        final = await self._await_decision(session, a)
+        if decision.reuse_for > 0:
+            self._grants[key] = _Grant(self.clock() + decision.reuse_for, a.id)
+        return final.id
+
+    def _reusable(self, key: tuple[str, str, str], fresh: set[str] | None) -> _Grant | None:
+        grant = self._grants.get(key)
+        if grant is None or grant.until <= self.clock():
+            return None
+        return None if fresh is not None and grant.approval_id in fresh else grant
+
+    async def _await_decision(self, session: Session, a: Approval) -> Approval:
+        """The approved approval; raises ApprovalRejected for any other outcome, and
+        cancels the approval when the agent goes away."""
         try:
             final = await self._wait(a)
         except asyncio.CancelledError:
@@ -224,9 +279,7 @@ class ApprovalService:
             }.get(final.state, final.state)
             why = f": {final.reason}" if final.reason and final.state == DENIED else ""
             raise ApprovalRejected(f"approval {a.id} {how}{why}", a.id, a.rule)
-        if decision.reuse_for > 0:
-            self._grants[key] = _Grant(self.clock() + decision.reuse_for, a.id)
-        return a.id
+        return final
 
     def _new(self, session: Session, command: Command, decision: Decision) -> Approval:
         now = self.clock()
@@ -244,6 +297,7 @@ class ApprovalService:
             state=PENDING,
             created=now,
             expires=now + (decision.timeout or 600.0),
+            reuse_for=decision.reuse_for,
         )
 
     async def _announce(self, session: Session, a: Approval) -> str:
@@ -282,10 +336,12 @@ class ApprovalService:
         finally:
             self._wake.pop(a.id, None)
             self._done.discard(a.id)
+            self._reuse.pop(a.id, None)
 
     # ---- the approver side -------------------------------------------------------------
     def decide(self, approval_id: str, approve: bool, by: str, reason: str = "") -> Approval | None:
-        """Approve or deny; None when it does not exist or is no longer pending."""
+        """Approve or deny; None when it does not exist, is no longer pending or (to
+        approve) has expired — `store.refusal()` says which."""
         done = self.store.transition(
             approval_id, APPROVED if approve else DENIED, by, reason, self.clock()
         )
@@ -296,6 +352,7 @@ class ApprovalService:
 
     def _finished(self, a: Approval) -> None:
         self._done.add(a.id)
+        a.reuse_for = a.reuse_for or self._reuse.get(a.id, 0.0)  # for the notifiers
         event = self._wake.get(a.id)
         if event is not None:
             event.set()

@@ -7,6 +7,8 @@ first) so `hoopy check` can list them.  Secrets are references (`env:NAME`,
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,7 @@ from hoopy.yamlsrc import (
     Section,
     Tree,
     compose,
+    is_null,
     line_of,
     parse_host_port,
     resolve_path,
@@ -659,22 +662,95 @@ def _match(rule: Section, refs: _Refs) -> Match:
     m = rule.section("match", _MATCH_KEYS)
     if m is None:
         return Match()
-    connectors = m.string_items("connectors")
+    connectors = _match_items(m, "connectors")
     for value, node in connectors:
         if not (_GLOB_CHARS & set(value)) and value not in refs.connectors:
             hint = suggest(value, refs.connectors)
             m.doc.error(node, f"match.connectors: no connector named '{value}'{hint}")
-    sql = m.section("sql", _SQL_KEYS)
+    sql = _sql_match(m)
     ssh = m.section("ssh", ("commands",))
     kube = m.section("kubernetes", _KUBE_KEYS)
     return Match(
-        subjects=m.strings("subjects"),
-        groups=m.strings("groups"),
+        subjects=_match_strings(m, "subjects"),
+        groups=_match_strings(m, "groups"),
         connectors=tuple(v for v, _ in connectors),
-        sql=SqlMatch(*(sql.strings(k) for k in _SQL_KEYS)) if sql else None,
-        ssh=SshMatch(ssh.strings("commands")) if ssh else None,
-        kubernetes=KubeMatch(*(kube.strings(k) for k in _KUBE_KEYS)) if kube else None,
+        sql=sql,
+        ssh=SshMatch(_match_strings(ssh, "commands")) if ssh else None,
+        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS)) if kube else None,
     )
+
+
+def _sql_match(m: Section) -> SqlMatch | None:
+    sql = m.section("sql", _SQL_KEYS)
+    if sql is None:
+        return None
+    statements = _match_items(sql, "statements")
+    for value, node in statements:
+        problem = _statement_kind_problem(value)
+        if problem:
+            sql.doc.error(node, problem)
+    return SqlMatch(
+        tuple(v for v, _ in statements),
+        _match_strings(sql, "tables"),
+        _match_strings(sql, "functions"),
+    )
+
+
+def _match_items(sec: Section, key: str) -> list[tuple[str, Node]]:
+    """A match field's strings.  An absent matcher means "any", so an empty list (or a
+    key with no value) is a mistake: `tables: []` would silently match every table."""
+    node = sec.values.get(key)
+    if node is not None and (is_null(node) or (isinstance(node, SequenceNode) and not node.value)):
+        sec.error(key, "empty, so it would match anything: name at least one, or remove the key")
+    return sec.string_items(key)
+
+
+def _match_strings(sec: Section, key: str) -> tuple[str, ...]:
+    return tuple(v for v, _ in _match_items(sec, key))
+
+
+# Kinds the PostgreSQL classifier's statement handlers emit literally (the rest come from
+# its tables, read in `_statement_kinds`).  A name in `sql.statements` matching none of
+# them is a typo that would silently turn its rule off.
+_HANDLER_KINDS = frozenset({
+    "select", "explain", "prepare", "declare", "execute", "copy", "copy_program", "copy_file",
+    "create", "alter", "drop", "replace", "create_table", "create_view", "create_function",
+    "create_procedure", "do", "call", "truncate", "lock", "vacuum", "analyze", "create_role",
+    "create_user", "create_group", "grant", "revoke", "alter_default_privileges", "set",
+    "set_role", "set_session_authorization", "transaction", "move", "fetch", "comment",
+    "security_label", "create_schema", "create_foreign_table", "create_trigger",
+    "create_event_trigger", "create_rule", "load", "dynamic_sql", "read_statistics", "unknown",
+})  # fmt: skip
+
+
+@functools.cache
+def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
+    """Every name a statement kind goes by (kinds and their verbs: `drop` covers
+    `drop_table`), and the verbs a `verb_object` kind may start with."""
+    from pglast.enums.parsenodes import ObjectType
+
+    from hoopy.protocols.postgres import classify as c
+
+    tables = (c._DML_KINDS, c._MERGE_KINDS, c._TRANSACTION_KINDS, c._UTILITY_KINDS)
+    kinds = {k for t in tables for k in t.values()} | _HANDLER_KINDS
+    kinds |= set(getattr(c, "STATEMENT_KINDS", ()))  # should the classifier list them
+    kinds |= {f"{v}_{c._obj(o.name)}" for v in ("create", "alter", "drop") for o in ObjectType}
+    verbs = {k for k in kinds if "_" not in k}
+    return frozenset(kinds | {k.split("_", 1)[0] for k in kinds}), frozenset(verbs)
+
+
+def _statement_kind_problem(value: str) -> str | None:
+    """What is wrong with a name (or glob) in `sql.statements`, or None."""
+    names, verbs = _statement_kinds()
+    kind = value.lower()  # policy matches kinds case-insensitively
+    verb, _, obj = kind.partition("_")
+    if kind in names or (obj and verb in verbs):  # verb_object: objects come from the tree
+        return None
+    if _GLOB_CHARS & set(kind):
+        if any(fnmatch.fnmatchcase(n, kind) for n in names):
+            return None
+        return f"statement pattern '{value}' matches no statement kind"
+    return f"unknown statement kind '{value}'{suggest(kind, names)}"
 
 
 # -- entry points ----------------------------------------------------------------------

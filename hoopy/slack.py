@@ -15,13 +15,16 @@ public ingress).  Both feed the same core, `SlackInteractions.handle_action(payl
 which authorises the click and calls `ApprovalService.decide()` — no Slack I/O there.
 Authorisation fails closed: the clicking Slack user must be listed under one of the
 approval's approver groups in `slack.approvers`, must not be the requester, and the
-approval must still be pending and unexpired.  Whatever happens, HTTP answers 200 once
-the signature is valid (Slack expects it); refusals reach the clicker as an ephemeral
-message, posted in the background so the answer stays fast.
+approval must still be pending and unexpired (and, to approve, shown in full).  Whatever
+happens, HTTP answers 200 once the signature is valid (Slack expects it); refusals reach
+the clicker as an ephemeral message, posted in the background so the answer stays fast.
 
 Everything shown in Slack that came from the agent (the command) is escaped for Slack's
 mrkdwn (`&`, `<`, `>`), so a statement cannot mention `@channel` or forge links, and is
-fenced so it cannot break out of its code block.
+fenced so it cannot break out of its code block.  SQL is shown without its comments (a
+long comment would push the rest of the statement out of view), and a command that must
+still be cut is marked so, with where to read it whole, and gets no Approve button.  A
+rule that grants reuse says so: approving then also releases statements of the same shape.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ TIMEOUT = 5  # seconds per Slack Web API call (slack-sdk retries a refused conne
 _DEADLINE = 3 * TIMEOUT  # hard bound on one notifier call, retries included
 MAX_COMMAND = 2500  # characters of the command shown (Slack allows 3000 per section)
 MAX_LINES = 40
+MAX_SHAPE = 1000  # characters of the statement shape a reuse grant covers
+# Longer SQL is not scanned for comments (≈ 0.2 s at most, on the event loop): it is shown
+# cut, as sent, and gets no Approve button.
+_MAX_SCAN = 32 * 1024
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _MAX_FIELD = 300
 _MAX_ID = 100  # an approval id longer than this is not ours
 
@@ -63,6 +71,7 @@ NOT_APPROVER = "not_approver"
 OWN_REQUEST = "own_request"
 ALREADY_DECIDED = "already_decided"
 EXPIRED_CLICK = "expired"
+TRUNCATED = "truncated"  # Approve on a command Slack shows cut short (no such button)
 UNKNOWN = "unknown"
 IGNORED = "ignored"  # not a hoopy button click: nothing to do, nothing to report
 
@@ -87,21 +96,53 @@ def _clip(text: str, limit: int = _MAX_FIELD) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def pretty_command(a: Approval) -> str:
-    """The command as an approver should read it: SQL re-indented when it parses."""
-    text = a.command.strip()
-    if a.protocol == "postgres" and len(text) <= 2 * MAX_COMMAND:
+def strip_comments(sql: str) -> str:
+    """`sql` without comments, each run of whitespace between tokens made one space or
+    newline: what the server executes.  Raises when pglast cannot scan it."""
+    from pglast import parser
+
+    out: list[str] = []
+    pos, gap = 0, ""
+    for tok in parser.scan(sql):
+        gap += sql[pos : tok.start]
+        pos = tok.end + 1
+        if tok.name in _COMMENTS:
+            gap += " "  # a comment separates tokens like whitespace does
+            continue
+        if gap.strip():  # text the scanner skipped that is not whitespace: do not guess
+            raise ValueError("unexpected text between tokens")
+        if out and gap:
+            out.append("\n" if "\n" in gap else " ")
+        out.append(sql[tok.start : pos])
+        gap = ""
+    return "".join(out)
+
+
+def pretty_sql(text: str) -> str:
+    """SQL as an approver should read it: comments left out, re-indented when it parses."""
+    if len(text) <= _MAX_SCAN:
+        with contextlib.suppress(Exception):  # not scannable: pglast's printer may still do
+            text = strip_comments(text)
+    if len(text) <= 2 * MAX_COMMAND:
         try:
             from pglast import prettify
 
-            return prettify(text, preserve_comments=True)
-        except Exception:  # not parseable by pglast's printer: show it as sent
+            return prettify(text)  # without preserve_comments: comments are dropped
+        except Exception:  # not parseable by pglast's printer: show it as it is
             return text
     return text
 
 
-def code_block(command: str, limit: int = MAX_COMMAND, max_lines: int = MAX_LINES) -> str:
-    """A mrkdwn code block of at most `limit` escaped characters, marked when cut."""
+def pretty_command(a: Approval) -> str:
+    """The command as an approver should read it."""
+    text = a.command.strip()
+    return pretty_sql(text) if a.protocol == "postgres" else text
+
+
+def clip_code(
+    command: str, limit: int = MAX_COMMAND, max_lines: int = MAX_LINES
+) -> tuple[str, bool]:
+    """A mrkdwn code block of at most `limit` escaped characters, and whether it was cut."""
     lines = command.splitlines()
     cut = len(lines) > max_lines
     out: list[str] = []
@@ -115,8 +156,7 @@ def code_block(command: str, limit: int = MAX_COMMAND, max_lines: int = MAX_LINE
         size += len(safe)
     # Runs of backticks would close the fence: break them with zero-width spaces.
     body = re.sub(r"`(?=`)", "`\u200b", "".join(out))
-    note = f"\n_(truncated: {len(command):,} characters in full)_" if cut else ""
-    return f"```\n{body}\n```{note}"
+    return f"```\n{body}\n```", cut
 
 
 def _expiry(a: Approval) -> str:
@@ -130,7 +170,47 @@ def _who(decided_by: str) -> str:
     return f"<@{m.group(1)}>" if m else escape(decided_by or "an approver")
 
 
-def _details(a: Approval) -> list[dict[str, Any]]:
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _command_section(a: Approval) -> tuple[dict[str, Any], bool]:
+    shown = pretty_command(a)
+    block, cut = clip_code(shown)
+    if cut:
+        block += (
+            f"\n:warning: *This command is truncated* ({len(a.command):,} characters as "
+            f"sent). Read the whole command with `hoopy approvals show {a.id}` or "
+            f"`GET /api/approvals/{a.id}`" + (" before deciding." if a.state == PENDING else ".")
+        )
+    return _section(block), cut
+
+
+def _reuse_sections(a: Approval) -> tuple[list[dict[str, Any]], bool]:
+    """What a reuse grant also releases: said before anyone approves, and after."""
+    if a.reuse_for <= 0 or a.state not in (PENDING, APPROVED):
+        return [], False
+    shape = a.fingerprint or a.command
+    block, cut = clip_code(pretty_sql(shape) if a.protocol == "postgres" else shape, MAX_SHAPE)
+    lead = "Approving also allows" if a.state == PENDING else "This approval also allows"
+    text = (
+        f":repeat: *{lead}* every statement of this shape (literals may differ) by "
+        f"{escape(_clip(a.subject, 100))} on {escape(_clip(a.connector, 100))} "
+        f"for {_duration(a.reuse_for)}, without asking again:\n{block}"
+    )
+    return [_section(text + ("\n_(truncated)_" if cut else ""))], cut
+
+
+def _details(a: Approval) -> tuple[list[dict[str, Any]], bool]:
+    """The request's details, and whether any text in them had to be cut."""
     groups = ", ".join(a.groups) or "no groups"
     fields = [
         ("Requested by", f"{a.subject} ({groups})"),
@@ -138,53 +218,53 @@ def _details(a: Approval) -> list[dict[str, Any]]:
         ("Rule", a.rule or "(unnamed)"),
         ("Approvers", ", ".join(a.approvers) or "(none)"),
     ]
-    return [
-        {
-            "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{escape(_clip(v))}"} for k, v in fields]
-            + [{"type": "mrkdwn", "text": f"*Expires*\n{_expiry(a)}"}],
-        },
-        {"type": "section", "text": {"type": "mrkdwn", "text": code_block(pretty_command(a))}},
-    ]
+    command, cut = _command_section(a)
+    reuse, reuse_cut = _reuse_sections(a)
+    summary = {
+        "type": "section",
+        "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{escape(_clip(v))}"} for k, v in fields]
+        + [{"type": "mrkdwn", "text": f"*Expires*\n{_expiry(a)}"}],
+    }
+    return [summary, command, *reuse], cut or reuse_cut
 
 
 def request_text(a: Approval) -> str:
+    reuse = f"; approving allows its shape for {_duration(a.reuse_for)}" if a.reuse_for > 0 else ""
     return escape(
         f"Approval {a.id} requested: {_clip(a.subject, 100)} wants to run a {a.protocol} "
-        f"command on {a.connector} (rule {a.rule})"
+        f"command on {a.connector} (rule {a.rule}{reuse})"
     )
 
 
+def _button(a: Approval, action_id: str, label: str, style: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "value": a.id,
+        "action_id": action_id,
+        "style": style,
+        "text": {"type": "plain_text", "text": label},
+    }
+
+
 def request_blocks(a: Approval) -> list[dict[str, Any]]:
-    """The pending message: details, command, and the two buttons."""
-    button = {"type": "button", "value": a.id}
+    """The pending message: details, command, and the buttons — no Approve for a command
+    the approver cannot read whole here."""
+    details, cut = _details(a)
+    deny = _button(a, DENY_ACTION, "Deny", "danger")
+    if cut:
+        elements = [deny]
+        hint = (
+            "Approve is offered only for a command shown in full: read it, then an admin "
+            f"runs `hoopy approvals approve {a.id}` (with the admin token) or uses the admin API"
+        )
+    else:
+        elements = [_button(a, APPROVE_ACTION, "Approve", "primary"), deny]
+        hint = f"or an admin runs `hoopy approvals approve {a.id}` (with the admin token)"
     return [
         {"type": "header", "text": {"type": "plain_text", "text": f"Approval {a.id} requested"}},
-        *_details(a),
-        {
-            "type": "actions",
-            "block_id": ACTIONS_BLOCK,
-            "elements": [
-                {
-                    **button,
-                    "action_id": APPROVE_ACTION,
-                    "style": "primary",
-                    "text": {"type": "plain_text", "text": "Approve"},
-                },
-                {
-                    **button,
-                    "action_id": DENY_ACTION,
-                    "style": "danger",
-                    "text": {"type": "plain_text", "text": "Deny"},
-                },
-            ],
-        },
-        {
-            "type": "context",
-            "elements": [
-                {"type": "mrkdwn", "text": f"or an admin runs `hoopy approvals approve {a.id}`"}
-            ],
-        },
+        *details,
+        {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": hint}]},
     ]
 
 
@@ -214,8 +294,8 @@ def decided_blocks(a: Approval) -> list[dict[str, Any]]:
     """The final message: the same details, the outcome instead of the buttons."""
     return [
         {"type": "header", "text": {"type": "plain_text", "text": f"Approval {a.id}"}},
-        *_details(a),
-        {"type": "section", "text": {"type": "mrkdwn", "text": outcome_line(a)}},
+        *_details(a)[0],
+        _section(outcome_line(a)),
     ]
 
 
@@ -374,6 +454,11 @@ class SlackInteractions:
             return ALREADY_DECIDED, f"Approval {aid} was already {a.state}."
         if a.expires <= self.service.clock():
             return EXPIRED_CLICK, f"Approval {aid} has expired."
+        if click.approve and _command_section(a)[1]:  # e.g. a button from an older message
+            return TRUNCATED, (
+                f"Approval {aid} shows its command truncated: read it whole with "
+                f"`hoopy approvals show {aid}` and approve it there."
+            )
         return None
 
     # ---- what every transport does after the core ----

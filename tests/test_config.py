@@ -472,6 +472,92 @@ def test_policy_mistakes(tmp_path: Path) -> None:
     ]
 
 
+def test_unknown_statement_kinds_are_reported(tmp_path: Path) -> None:
+    policy = textwrap.dedent("""\
+        rules:
+          - name: no-deletes
+            effect: deny
+            match: {sql: {statements: [delet]}}
+          - name: fine
+            effect: deny
+            match:
+              sql:
+                statements: [DROP, drop_*, drop_table, create_function, do, dynamic_sql,
+                             copy_program, refresh, "sel*", "*", alter_some_new_object]
+          - name: typos
+            effect: deny
+            match:
+              sql:
+                statements:
+                  - updat
+                  - "xyz_*"
+                  - frobnicate_table
+    """)
+    cfg = minimal(tmp_path, **{"policies/p.yaml": policy})
+    p = tmp_path / "policies/p.yaml"
+    assert problems_of(cfg) == [
+        f"{p}:4: unknown statement kind 'delet' (did you mean 'delete'?)",
+        f"{p}:16: unknown statement kind 'updat' (did you mean 'update'?)",
+        f"{p}:17: statement pattern 'xyz_*' matches no statement kind",
+        f"{p}:18: unknown statement kind 'frobnicate_table' (did you mean 'create_table'?)",
+    ]
+
+
+def test_hoopy_check_reports_unknown_statement_kind(tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    policy = "rules:\n  - name: r\n    effect: deny\n    match: {sql: {statements: [delet]}}\n"
+    minimal(tmp_path, **{"policies/p.yaml": policy})
+    r = run("check", "--config", "hoopy.yaml", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "policies/p.yaml:4: unknown statement kind 'delet' (did you mean 'delete'?)" in r.stdout
+
+
+def test_every_kind_the_classifier_emits_is_accepted() -> None:
+    """The check's list of kinds keeps up with the classifier (its own test tables)."""
+    from hoopy.config import _statement_kind_problem
+    from hoopy.protocols.postgres.classify import classify
+    from tests.protocols.postgres.test_classify import KINDS, OPAQUE
+
+    emitted: set[str] = set()
+    for sql, _ in [*KINDS, *OPAQUE]:
+        for cmd in classify(sql, "db"):
+            emitted |= cmd.kinds | cmd.opaque
+    assert {k: _statement_kind_problem(k) for k in sorted(emitted)} == dict.fromkeys(
+        sorted(emitted)
+    )
+
+
+def test_empty_match_lists_are_reported(tmp_path: Path) -> None:
+    policy = textwrap.dedent("""\
+        rules:
+          - name: r1
+            effect: deny
+            match: {sql: {tables: []}}
+          - name: r2
+            effect: deny
+            match:
+              groups: []
+              sql: {statements: [], functions: [pg_sleep]}
+              ssh: {commands: []}
+              kubernetes: {verbs: [delete], namespaces: []}
+          - name: r3
+            effect: deny
+            match: {subjects: ~, sql: {tables: [orders]}}
+    """)
+    cfg = minimal(tmp_path, **{"policies/p.yaml": policy})
+    p = tmp_path / "policies/p.yaml"
+    empty = "empty, so it would match anything: name at least one, or remove the key"
+    assert problems_of(cfg) == [
+        f"{p}:4: match.sql.tables: {empty}",
+        f"{p}:8: match.groups: {empty}",
+        f"{p}:9: match.sql.statements: {empty}",
+        f"{p}:10: match.ssh.commands: {empty}",
+        f"{p}:11: match.kubernetes.namespaces: {empty}",
+        f"{p}:14: match.subjects: {empty}",
+    ]
+
+
 def test_rule_names_unique_across_files(tmp_path: Path) -> None:
     rule = "rules:\n  - name: same\n    effect: allow\n"
     cfg = minimal(tmp_path, **{"policies/a.yaml": rule, "policies/b.yaml": "\n" + rule})

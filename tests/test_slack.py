@@ -42,7 +42,8 @@ from hoopy.slack import (
     SlackInteractions,
     SlackNotifier,
     SlackSocketMode,
-    code_block,
+    clip_code,
+    strip_comments,
 )
 from hoopy.state import StateStore
 from tests.slackstub import SlackStub, sign
@@ -260,11 +261,69 @@ async def test_hostile_command_is_escaped_fenced_and_truncated(
 
 
 def test_code_block_limits() -> None:
-    long_line = code_block("x" * 10_000)
-    assert long_line.startswith("```\n" + "x" * MAX_COMMAND + "\n```") and "10,000" in long_line
-    many = code_block("\n".join(f"line {i}" for i in range(100)), max_lines=5)
-    assert "line 4" in many and "line 5" not in many and "truncated" in many
-    assert code_block("select 1") == "```\nselect 1\n```"
+    assert clip_code("x" * 10_000) == ("```\n" + "x" * MAX_COMMAND + "\n```", True)
+    many, cut = clip_code("\n".join(f"line {i}" for i in range(100)), max_lines=5)
+    assert "line 4" in many and "line 5" not in many and cut
+    assert clip_code("select 1") == ("```\nselect 1\n```", False)
+
+
+def code_of(blocks: list[dict[str, Any]]) -> str:
+    """The text of the section holding the command's code block."""
+    (code,) = [b["text"]["text"] for b in blocks if b.get("text", {}).get("text", "")[:3] == "```"]
+    return str(code)
+
+
+async def test_a_long_comment_cannot_hide_the_where_clause(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    sneaky = "update orders set status='x' where id = 7 /*" + "-" * 2600 + "*/ or true"
+    await announce(service, notifier, approval(sneaky))
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    code = code_of(blocks)
+    assert "WHERE id = 7\n   OR TRUE" in code and "--" not in code and "truncated" not in code
+    assert [b["action_id"] for b in buttons(blocks)] == [APPROVE_ACTION, DENY_ACTION]
+
+
+def test_strip_comments_keeps_what_runs() -> None:
+    sql = "select 5 -/**/- 1, '--kept', $$/*kept*/$$ /* a /* nested */ b */ from t -- end\nwhere x"
+    assert strip_comments(sql) == "select 5 - - 1, '--kept', $$/*kept*/$$ from t\nwhere x"
+
+
+async def test_truncated_command_offers_no_approve_button(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier, clicks: Clicks
+) -> None:
+    long = "update orders set status = '" + "x" * 3000 + "' where id = 7 or true"
+    a = await announce(service, notifier, approval(long))
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    code = code_of(blocks)
+    assert "OR TRUE" not in code and "truncated" in code
+    assert f"hoopy approvals show {a.id}" in code and f"GET /api/approvals/{a.id}" in code
+    assert [b["action_id"] for b in buttons(blocks)] == [DENY_ACTION]
+    # a crafted (or stale) Approve click is refused all the same
+    assert await clicks.click(a.id, DBA1) == 200
+    (eph,) = await stub.wait_for("chat.postEphemeral")
+    assert "truncated" in eph.args["text"] and state_of(service, a) == PENDING
+    assert clicks.seen[0][1]["outcome"] == "truncated"
+
+
+async def test_reuse_grant_is_spelled_out(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    shape = "insert into refunds values ($1, $2) /* note */"
+    a = approval("insert into refunds values (300, 10)", fingerprint=shape, reuse_for=600)
+    await announce(service, notifier, a)
+    call = stub.called("chat.postMessage")[0]
+    body = texts(call.args["blocks"])
+    assert "Approving also allows* every statement of this shape" in body
+    assert f"by {REQUESTER} on app-db for 10 min" in body
+    assert "```\nINSERT INTO refunds\nVALUES ($1\n      , $2)\n```" in body
+    assert "10 min" in call.args["text"]
+    a.state, a.decided_by = APPROVED, "alice"
+    await notifier.decided(a)
+    assert "This approval also allows*" in texts(stub.called("chat.update")[0].args["blocks"])
+    # a one-time approval says nothing of the kind
+    await announce(service, notifier, approval())
+    assert "also allows" not in texts(stub.called("chat.postMessage")[1].args["blocks"])
 
 
 async def test_decided_shows_outcome_for_every_final_state(

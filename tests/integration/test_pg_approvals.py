@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -12,6 +13,27 @@ import pytest
 
 from tests.integration.conftest import Backend, Hoopy
 from tests.integration.test_pg_psql import app_count
+
+ADMIN_TOKEN = "admin-secret-token"  # what start_hoopy puts in TEST_ADMIN_TOKEN
+
+
+def cli_decide(
+    h: Hoopy, action: str, approval_id: str, token: str | None = ADMIN_TOKEN
+) -> subprocess.CompletedProcess[str]:
+    """`hoopy approvals approve|deny ID` as an admin runs it: presenting `token` in
+    HOOPY_ADMIN_TOKEN, with the config's admin_token (env:TEST_ADMIN_TOKEN) resolvable."""
+    env = {k: v for k, v in os.environ.items() if k != "HOOPY_ADMIN_TOKEN"}
+    env["TEST_ADMIN_TOKEN"] = ADMIN_TOKEN
+    if token is not None:
+        env["HOOPY_ADMIN_TOKEN"] = token
+    cmd = [sys.executable, "-m", "hoopy.cli", "approvals", action, approval_id]
+    return subprocess.run(
+        [*cmd, "--config", str(h.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def start_psql(hoopy: Hoopy, sql: str) -> subprocess.Popen[str]:
@@ -30,7 +52,7 @@ def admin(hoopy: Hoopy, method: str, path: str, body: dict | None = None) -> tup
         f"http://{hoopy.addresses['admin']}{path}",
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": "Bearer admin-secret-token", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -62,6 +84,7 @@ def test_statement_waits_then_runs_once_approved(hoopy: Hoopy, backend: Backend)
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert f"waiting for approval {a['id']}" in err
+    assert "hoopy approvals" not in err  # the agent is not told how to approve itself
     assert app_count(backend, "select count(*) from orders where status = 'approved-1'") == 1
     # a second decision on the same approval is refused
     status, _ = admin(hoopy, "POST", f"/api/approvals/{a['id']}/deny")
@@ -82,7 +105,13 @@ def test_cli_approval_from_another_process(hoopy: Hoopy, backend: Backend) -> No
     a = wait_pending(hoopy, "cli-approved")
     listed = hoopy.cli("approvals", "list")
     assert a["id"] in listed.stdout
-    r = hoopy.cli("approvals", "approve", a["id"])
+    # without the admin token, or with a wrong one, nothing is decided
+    r = cli_decide(hoopy, "approve", a["id"], token=None)
+    assert r.returncode == 1 and "HOOPY_ADMIN_TOKEN" in r.stderr
+    r = cli_decide(hoopy, "approve", a["id"], token="guessed")
+    assert r.returncode == 1 and "does not match" in r.stderr
+    assert p.poll() is None
+    r = cli_decide(hoopy, "approve", a["id"])
     assert r.returncode == 0, r.stderr
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
@@ -121,6 +150,18 @@ def test_admin_api_needs_token(hoopy: Hoopy) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 401
+
+
+def test_admin_api_bad_input_is_400(hoopy: Hoopy) -> None:
+    status, body = admin(hoopy, "GET", "/api/sessions?limit=abc")
+    assert status == 400 and "limit" in body["error"]  # type: ignore[index]
+    p = start_psql(hoopy, "delete from orders where status = 'bad-body'")
+    a = wait_pending(hoopy, "bad-body")
+    for bad in ([1], "x"):
+        status, body = admin(hoopy, "POST", f"/api/approvals/{a['id']}/deny", bad)  # type: ignore[arg-type]
+        assert (status, body) == (400, {"error": "body must be a JSON object"})
+    admin(hoopy, "POST", f"/api/approvals/{a['id']}/deny")
+    assert p.wait(30) != 0
 
 
 def test_reuse_for_grant_lets_the_same_statement_run_again(hoopy: Hoopy, backend: Backend) -> None:

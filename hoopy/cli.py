@@ -8,9 +8,15 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hoopy.config import Config, ConfigError, check_config, load_config
+
+if TYPE_CHECKING:
+    from hoopy.recorder import VerifyResult
+    from hoopy.state import SessionRow
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -82,8 +88,11 @@ def _store(cfg: Config):  # type: ignore[no-untyped-def]
     return StateStore(cfg.state_path or cfg.state_dir / "state.db")
 
 
+# Everything recorded came from agents (or whoever can write the files): it is printed
+# through hoopy.replay's clean_* so no control character reaches the terminal.
 def cmd_sessions(args: argparse.Namespace) -> int:
     from hoopy.recorder import read_events
+    from hoopy.replay import clean_json, clean_line
 
     cfg = _config(args)
     store = _store(cfg)
@@ -93,21 +102,57 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         ):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
             print(
-                f"{r.id}  {started}  {r.protocol:<10} {r.connector:<16} {r.subject:<20} "
-                f"{r.outcome or 'open':<14} {r.events} events"
+                f"{clean_line(r.id)}  {started}  {clean_line(r.protocol):<10} "
+                f"{clean_line(r.connector):<16} {clean_line(r.subject):<20} "
+                f"{clean_line(r.outcome or 'open'):<14} {r.events} events"
             )
         return 0
     row = store.get_session(args.id)
     if row is None:
-        print(f"error: no session {args.id}", file=sys.stderr)
+        print(f"error: no session {clean_line(args.id)}", file=sys.stderr)
         return 1
-    for ev in read_events(Path(row.path)):
-        print(json.dumps(ev, ensure_ascii=False))
+    path = Path(row.path)
+
+    def show() -> None:
+        for ev in read_events(path):
+            print(clean_json(ev))
+
+    return _show_verified(row, show)
+
+
+def _show_verified(row: SessionRow, show: Callable[[], None]) -> int:
+    """Verify a recording before `sessions show` / `replay` print it.  One that fails is
+    still shown (the security team needs to see it) between two warnings on stderr, and
+    the exit status is then 1."""
+    from hoopy.recorder import RecorderError, verify_row
+    from hoopy.replay import clean_line
+
+    res = verify_row(row)
+    warning = ""
+    if res.problems:
+        more = len(res.problems) - 1
+        warning = "WARNING: this recording fails verification: " + clean_line(res.problems[0])
+        warning += f" (and {more} more: hoopy verify {clean_line(row.id)})" if more else ""
+        print(warning, file=sys.stderr, flush=True)
+    elif res.open or res.crashed:
+        state = "still open" if res.open else "cut short: its gateway died"
+        print(f"note: this session is {state}; shown up to its last line", file=sys.stderr)
+    try:
+        show()
+    except RecorderError as e:
+        print(f"error: {clean_line(e)}", file=sys.stderr)
+        return 1
+    if warning:
+        sys.stdout.flush()
+        print(warning, file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from hoopy.recorder import verify_all, verify_session
+    from hoopy.replay import clean_line
+    from hoopy.state import owners_dir
 
     cfg = _config(args)
     store = _store(cfg)
@@ -115,28 +160,98 @@ def cmd_verify(args: argparse.Namespace) -> int:
         results = {args.id: verify_session(args.id, cfg.recordings, store)}
     else:
         results = verify_all(cfg.recordings, store)
-    bad = 0
+    owners = owners_dir(cfg.state_dir)
+    counts = dict.fromkeys(("BROKEN", "unfinished", "open", "crashed", "ok"), 0)
     for sid, res in sorted(results.items()):
-        if res.ok:
-            print(f"ok      {sid}  {res.events} events")
-        else:
-            bad += 1
+        label, detail = _verdict(res, owners)
+        counts[label] += 1
+        if label == "BROKEN":
             for p in res.problems:
-                print(f"BROKEN  {sid}  {p}")
-    print(f"{len(results)} recording(s), {bad} broken", file=sys.stderr)
-    return 1 if bad else 0
+                print(f"BROKEN  {clean_line(sid)}  {clean_line(p)}")
+        else:
+            print(f"{label:<7} {clean_line(sid)}  {res.events} events{detail}")
+    print(
+        f"{len(results)} recording(s), {counts['BROKEN']} broken, {counts['unfinished']} "
+        f"unfinished, {counts['open']} open, {counts['crashed']} crashed",
+        file=sys.stderr,
+    )
+    return 1 if counts["BROKEN"] or counts["unfinished"] else 0
+
+
+def _verdict(res: VerifyResult, owners: Path) -> tuple[str, str]:
+    """How `hoopy verify` reports a recording whose chain holds (README, Operating it):
+    ok (ended), crashed (ended by a later gateway after its own died), open (its gateway
+    runs, or this host cannot tell), unfinished (open, but its gateway is provably gone:
+    exit status 1 until the next `hoopy serve` ends it as crashed)."""
+    from hoopy.replay import clean_line
+    from hoopy.state import ALIVE, DEAD, owner_state
+
+    if not res.ok:
+        return "BROKEN", ""
+    if res.crashed:
+        return "crashed", " (its gateway died: verified up to the last line it wrote)"
+    if not res.open:
+        return "ok", ""
+    upto = "not finished: verified up to the last line on disk"
+    state = owner_state(owners, res.owner)
+    if state == DEAD:
+        return "unfinished", f" ({upto}; its gateway {clean_line(res.owner)} is gone)"
+    runs = "its gateway is running" if state == ALIVE else "cannot tell if its gateway runs"
+    return "open", f" ({upto}; {runs})"
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from hoopy.replay import replay
+    from hoopy.replay import clean_line, replay
 
     cfg = _config(args)
     row = _store(cfg).get_session(args.id)
     if row is None:
-        print(f"error: no session {args.id}", file=sys.stderr)
+        print(f"error: no session {clean_line(args.id)}", file=sys.stderr)
         return 1
-    replay(Path(row.path), speed=args.speed)
-    return 0
+    path = Path(row.path)
+    return _show_verified(row, lambda: replay(path, speed=args.speed))
+
+
+ADMIN_TOKEN_ENV = "HOOPY_ADMIN_TOKEN"
+
+
+def _presented_token(token_file: str | None) -> str:
+    """The admin token the caller presents: --token-file, else $HOOPY_ADMIN_TOKEN."""
+    import os
+
+    if token_file:
+        try:
+            return Path(token_file).read_text().rstrip("\r\n")  # as a file: secret reads
+        except OSError as e:
+            raise ValueError(f"cannot read --token-file {token_file} ({e.strerror})") from None
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token:
+        raise ValueError(
+            f"deciding an approval needs the admin token: set {ADMIN_TOKEN_ENV} "
+            "or pass --token-file FILE"
+        )
+    return token
+
+
+def _admin_refusal(cfg: Config, token_file: str | None) -> str | None:
+    """Why this caller may not decide approvals (None: it may).  The token it presents
+    must equal the configured admin_token (DESIGN §5), compared in constant time."""
+    import hmac
+
+    if cfg.admin_token is None:
+        return "no admin_token is configured, so approvals cannot be decided from the CLI"
+    try:
+        expected = cfg.admin_token.get()
+        presented = _presented_token(token_file)
+    except ConfigError as e:  # names the secret's reference, never its value
+        return f"cannot read the configured admin_token: {e.problems[0]}"
+    except ValueError as e:
+        return str(e)
+    if not expected:
+        return "the configured admin_token is empty"
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        return "the admin token presented does not match the configured admin_token"
+    return None
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
@@ -155,15 +270,25 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     if not args.id:
         print(f"error: approvals {args.action} needs an approval id", file=sys.stderr)
         return 2
+    if args.action == "show":  # the whole command, for an approver to read before deciding
+        shown = store.get(args.id)
+        if shown is None:
+            print(f"error: {args.id}: no such approval", file=sys.stderr)
+            return 1
+        print(json.dumps(shown.to_json(), indent=2, ensure_ascii=False))
+        return 0
+    refused = _admin_refusal(cfg, args.token_file)
+    if refused is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     import getpass
 
     by = f"cli:{getpass.getuser()}"
     to = APPROVED if args.action == "approve" else DENIED
-    done = store.transition(args.id, to, by, args.reason or "", time.time())
+    now = time.time()
+    done = store.transition(args.id, to, by, args.reason or "", now)
     if done is None:
-        cur = store.get(args.id)
-        msg = "no such approval" if cur is None else f"approval is already {cur.state}"
-        print(f"error: {args.id}: {msg}", file=sys.stderr)
+        print(f"error: {args.id}: {store.refusal(args.id, now)}", file=sys.stderr)
         return 1
     print(f"{done.id} {done.state} by {by}")
     return 0
@@ -205,9 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_replay)
 
     apr = with_config(sub.add_parser("approvals", help="pending approvals"))
-    apr.add_argument("action", choices=["list", "approve", "deny"])
+    apr.add_argument("action", choices=["list", "show", "approve", "deny"])
     apr.add_argument("id", nargs="?")
     apr.add_argument("--reason", default="")
+    apr.add_argument(
+        "--token-file", help=f"file holding the admin token (default: ${ADMIN_TOKEN_ENV})"
+    )
     apr.add_argument("--all", action="store_true", help="list decided ones too")
     apr.add_argument("--limit", type=int, default=100)
     apr.set_defaults(fn=cmd_approvals)

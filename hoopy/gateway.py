@@ -24,9 +24,18 @@ from hoopy.config import Config, Connector
 from hoopy.errors import AuthFailed, NotAdmitted, RecordingFailed, UnknownConnector
 from hoopy.identity import AuthError, IdentityVerifier
 from hoopy.policy import Identity, admits
-from hoopy.recorder import Recorder, RecorderError, SessionLog, new_session_id
+from hoopy.recorder import Recorder, RecorderError, SessionLog, new_session_id, recover_session
 from hoopy.session import Session
-from hoopy.state import StateStore
+from hoopy.state import (
+    DEAD,
+    OwnerLock,
+    SessionRow,
+    StateError,
+    StateStore,
+    lock_owner,
+    owner_token,
+    owners_dir,
+)
 
 log = logging.getLogger("hoopy.gateway")
 
@@ -97,19 +106,80 @@ class Gateway:
         self.open_logs: weakref.WeakSet[SessionLog] = weakref.WeakSet()
         self.live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self._flusher: asyncio.Task[None] | None = None
+        self._owner: OwnerLock | None = None
 
     def start_flusher(self, interval: float = 1.0) -> None:
-        """Buffered result events reach disk within `interval` even in idle sessions."""
+        """The gateway's background duties, started once before the listeners: take this
+        process's ownership lock, end the sessions dead gateways left open, then every
+        `interval` write buffered events to disk and what is on disk to the index."""
+        self._take_ownership()
+        self.recover_crashed()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(interval))
+
+    def _take_ownership(self) -> None:
+        try:
+            self._owner = OwnerLock(owners_dir(self.config.state_dir))
+        except StateError as e:  # sessions still run; they just cannot be recovered later
+            log.error("no ownership lock, a crash will leave sessions open: %s", e)
+            return
+        self.recorder.owner = self._owner.id
+
+    def recover_crashed(self) -> None:
+        """End, as "crashed", the open sessions of gateways proven dead: their lock file in
+        the shared state folder is no longer held.  Sessions of a live gateway (another
+        replica) or of one this host cannot judge are left open."""
+        folder = owners_dir(self.config.state_dir)
+        if not folder.is_dir():
+            return
+        by_owner: dict[str, list[SessionRow]] = {}
+        for row in self.store.list_sessions(outcome="open", limit=None):
+            by_owner.setdefault(owner_token(row.owner) or "", []).append(row)
+        for lock in sorted(folder.glob("*.lock")):
+            with lock_owner(folder, lock.stem) as state:
+                if state == DEAD and self._recover(by_owner.get(lock.stem, [])):
+                    lock.unlink(missing_ok=True)  # still held here: no one else acts on it
+
+    def _recover(self, rows: list[SessionRow]) -> bool:
+        """True if every row was ended (the dead owner's lock file can go)."""
+        done = True
+        for row in rows:
+            try:
+                res = recover_session(self.store, row, time.time())
+            except StateError as e:
+                log.error("cannot end crashed session %s: %s", row.id, e)
+                done = False
+                continue
+            problems = f"; recording does not verify: {res.problems[0]}" if res.problems else ""
+            log.warning(
+                "session %s of dead gateway %s ended as crashed at %d events%s",
+                row.id,
+                row.owner,
+                res.events,
+                problems,
+            )
+        return done
 
     async def _flush_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            for slog in list(self.open_logs):
-                try:
-                    slog.flush()
-                except RecorderError as e:
-                    log.error("recording %s failed: %s", slog.id, e)
+            self.flush_logs()
+
+    def flush_logs(self) -> None:
+        """Buffered events to disk, then the open sessions' on-disk count and head to the
+        index (one transaction, only for sessions that moved)."""
+        progress: list[tuple[str, int, str]] = []
+        for slog in list(self.open_logs):
+            try:
+                slog.flush()
+            except RecorderError as e:
+                log.error("recording %s failed: %s", slog.id, e)
+            moved = slog.progress()
+            if moved is not None:
+                progress.append((slog.id, *moved))
+        try:  # lets verify catch a tail cut from an open session (or a crashed one)
+            self.store.sessions_progress(progress)
+        except StateError as e:
+            log.error("cannot index recording progress: %s", e)
 
     async def authenticate(self, token: str) -> Identity:
         try:
@@ -157,6 +227,7 @@ class Gateway:
         except RecorderError as e:
             log.error("cannot record session: %s", e)
             raise RecordingFailed("recording unavailable; session refused") from None
+        self.open_logs.add(slog)
         self.metrics.inc(f'sessions_total|protocol="{protocol}"')
         session = Session(
             id=sid,
@@ -237,4 +308,18 @@ class Gateway:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        self.flush_logs()
+        self._release_ownership()
         await self.verifier.close()
+
+    def _release_ownership(self) -> None:
+        """Sessions still open in the index at shutdown were not finished: keeping the lock
+        file lets the next gateway to start end them as crashed."""
+        if self._owner is None:
+            return
+        try:
+            rows = self.store.list_sessions(outcome="open", limit=None)
+            unfinished = any(r.owner == self._owner.id for r in rows)
+        except StateError:
+            unfinished = True
+        self._owner.release(keep=unfinished)

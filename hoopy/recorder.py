@@ -12,8 +12,11 @@ on the first line, so changing, removing or reordering any line breaks the chain
 line after it.  The hash of the *last* line (the head) and the event count are stored in the
 session index (`hoopy.state`) when the session ends, which covers what the chain alone
 cannot: a changed last line, a truncated tail, or a file rewritten with a fresh, internally
-consistent chain.  A session the index still shows as open can only be checked up to its
-last line.
+consistent chain.  While a session is open its gateway writes the head and count of what is
+on disk to the index every second (`SessionLog.progress`), so a tail removed from an open
+session is caught too, bar the last second.  A gateway that dies leaves its sessions open;
+the next one to start ends them as "crashed" with what their files then hold
+(`recover_session`, called only for owners proven dead: see `hoopy.state.OwnerLock`).
 
 Writing is one `os.write` per event on an O_APPEND descriptor: no Python buffering, so what
 `event()` returned from is in the kernel.  Any OSError marks the log failed; that call and
@@ -62,6 +65,8 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's alphabet, lower case
 _MAX_DEPTH = 32
 _MAX_PROBLEMS = 50
+_MAX_NOTE = 1000
+CRASHED = "crashed"  # outcome of a session whose gateway died (see recover_session)
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 
 Clock = Callable[[], float]
@@ -254,6 +259,7 @@ class SessionLog:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._written = (0, ZERO_HASH)  # (seq, head) of what is on disk
+        self._reported = 0  # the seq `progress()` last returned
         self._size = 0  # bytes of whole lines on disk
 
     @property
@@ -345,6 +351,15 @@ class SessionLog:
         with self._lock:
             if self._pending and not self._closed:
                 self._write_pending()
+
+    def progress(self) -> tuple[int, str] | None:
+        """(events, head) on disk if they moved since the last call, for the index of an
+        open session; None when nothing new was written or the log is closed."""
+        with self._lock:
+            if self._closed or self._written[0] == self._reported:
+                return None
+            self._reported = self._written[0]
+            return self._written
 
     def _write_pending(self) -> None:
         pending = self._pending
@@ -487,6 +502,7 @@ class Recorder:
         self.directory = Path(directory).absolute()
         self.store = store
         self.clock = clock
+        self.owner = ""  # OwnerLock.id of the gateway process, set by the gateway
 
     def path_for(self, session_id: str, started: float) -> Path:
         day = time.strftime("%Y-%m-%d", time.gmtime(started))
@@ -527,6 +543,7 @@ class Recorder:
             tls=bool(tls),
             started=started,
             path=str(path),
+            owner=self.owner,
         )
         try:
             slog.event(
@@ -540,6 +557,7 @@ class Recorder:
                 tls=bool(tls),
                 extra=extra or {},
             )
+            row.events, row.head = slog.events, slog.head  # session_start is on disk
             self.store.session_started(row)
         except (RecorderError, StateError) as e:
             _discard(fd, path)
@@ -567,6 +585,8 @@ class VerifyResult:
     head: str = ZERO_HASH
     problems: list[str] = field(default_factory=list)
     open: bool = False  # no session_end, and the index (if asked) agrees it is still open
+    crashed: bool = False  # the index says its gateway died and a later one ended it
+    owner: str = ""  # of an open session: the gateway running it, as the index says
 
     @property
     def ok(self) -> bool:
@@ -612,12 +632,18 @@ def verify_file(
     expected_events: int | None = None,
     ended: bool | None = None,
     failed: bool = False,
+    *,
+    crashed: bool = False,
+    start: Mapping[str, Any] | None = None,
 ) -> VerifyResult:
     """Check one recording's chain, and against the index when its values are given.
 
     `ended`: True/False as the index says (None: unknown); `failed`: the index says the
-    recording failed during the session.  Index values are only compared
-    for ended sessions (or when `ended` is None): an open session's row has no head yet."""
+    recording failed during the session; `crashed`: its gateway died and a later one ended
+    it, so no session_end is expected.  For an open session (`ended` False) the index values
+    are what its gateway last flushed: the file must hold at least `expected_events` events,
+    the last of those hashing to `expected_head`.  `start`: the fields session_start must
+    have (default: `session` is the file's name)."""
     res = VerifyResult()
     try:
         data = Path(path).read_bytes()
@@ -632,13 +658,16 @@ def verify_file(
     if not lines:
         res.problem("empty recording (no session_start)")
         return res
-    end_line = _check_chain(lines, Path(path).stem, res)
-    _check_index(res, end_line, expected_head, expected_events, ended, failed)
+    end_line = _check_chain(lines, start or {"session": Path(path).stem}, res)
+    if ended is False:
+        _check_open(res, lines, end_line, expected_head, expected_events)
+    else:
+        _check_index(res, end_line, expected_head, expected_events, ended, failed, crashed)
     _check_casts(Path(path), lines[-1] if end_line else b"", res)
     return res
 
 
-def _check_chain(lines: list[bytes], session_id: str, res: VerifyResult) -> int | None:
+def _check_chain(lines: list[bytes], start: Mapping[str, Any], res: VerifyResult) -> int | None:
     """Line-by-line checks; returns the line number of session_end, if any."""
     prev = ZERO_HASH
     end_line: int | None = None
@@ -649,7 +678,9 @@ def _check_chain(lines: list[bytes], session_id: str, res: VerifyResult) -> int 
         else:
             if end_line is not None:
                 res.problem(f"line {n}: event after session_end (line {end_line})")
-            _check_event(n, ev, prev, session_id, res)
+            _check_event(n, ev, prev, res)
+            if n == 1:
+                _check_start(ev, start, res)
             if ev.get("type") == "session_end":
                 end_line = n
         prev = hashlib.sha256(raw).hexdigest()
@@ -658,7 +689,7 @@ def _check_chain(lines: list[bytes], session_id: str, res: VerifyResult) -> int 
     return end_line
 
 
-def _check_event(n: int, ev: dict[str, Any], prev: str, sid: str, res: VerifyResult) -> None:
+def _check_event(n: int, ev: dict[str, Any], prev: str, res: VerifyResult) -> None:
     seq = ev.get("seq")
     if type(seq) is not int or seq != n - 1:
         res.problem(f"line {n}: seq is {seq!r}, expected {n - 1} (line removed or reordered?)")
@@ -667,13 +698,47 @@ def _check_event(n: int, ev: dict[str, Any], prev: str, sid: str, res: VerifyRes
         res.problem(f"line {n}: hash chain broken: prev {what}")
     if type(ev.get("ts")) not in (int, float) or not isinstance(ev.get("type"), str):
         res.problem(f"line {n}: missing ts or type")
-    if n == 1:
-        if ev.get("type") != "session_start":
-            res.problem("line 1: first event is not session_start")
-        elif ev.get("session") != sid:
-            res.problem(f"line 1: recording is of session {ev.get('session')!r}, not {sid!r}")
     if ev.get("type") == "session_end" and ev.get("events") != n:
         res.problem(f"line {n}: session_end counts {ev.get('events')!r} events, file has {n}")
+
+
+def _check_start(ev: dict[str, Any], start: Mapping[str, Any], res: VerifyResult) -> None:
+    """The first line is this session's start: a file of another session, or one whose
+    identity differs from the index, is not this session's recording."""
+    if ev.get("type") != "session_start":
+        res.problem("line 1: first event is not session_start")
+        return
+    for key, want in start.items():
+        got = ev.get(key)
+        if got == want:
+            continue
+        if key == "session":
+            res.problem(f"line 1: recording is of session {got!r}, not {want!r}")
+        else:
+            res.problem(f"line 1: session_start has {key} {got!r}, the index says {want!r}")
+
+
+def _check_open(
+    res: VerifyResult,
+    lines: list[bytes],
+    end_line: int | None,
+    flushed_head: str | None,
+    flushed_events: int | None,
+) -> None:
+    """An open session's row holds what its gateway last flushed to disk: the file may have
+    grown since, never shrunk or changed below that."""
+    if end_line is not None:
+        res.problem("recording has session_end but the index says the session is open")
+    res.open = end_line is None
+    if not flushed_events:
+        return
+    if len(lines) < flushed_events:
+        res.problem(
+            f"index says {flushed_events} events were on disk, recording has {len(lines)} "
+            "(tail removed?)"
+        )
+    elif flushed_head and hashlib.sha256(lines[flushed_events - 1]).hexdigest() != flushed_head:
+        res.problem(f"line {flushed_events}: hash does not match the index (line changed?)")
 
 
 def _check_index(
@@ -683,12 +748,8 @@ def _check_index(
     expected_events: int | None,
     ended: bool | None,
     failed: bool,
+    crashed: bool,
 ) -> None:
-    if ended is False:
-        if end_line is not None:
-            res.problem("recording has session_end but the index says the session is open")
-        res.open = end_line is None
-        return
     if ended and end_line is None and failed:
         # hoopy refused every command from the failure on: what ran is all in the file
         res.problem(
@@ -696,7 +757,7 @@ def _check_index(
             "verifies up to there and every later command was refused, but session_end "
             "is missing"
         )
-    elif ended and end_line is None:
+    elif ended and end_line is None and not crashed:
         res.problem(
             "index says the session ended but the recording has no session_end (truncated?)"
         )
@@ -728,14 +789,53 @@ def _check_casts(path: Path, end_raw: bytes, res: VerifyResult) -> None:
 
 
 def verify_row(row: SessionRow) -> VerifyResult:
-    """One indexed session's recording, checked against its index row."""
+    """One indexed session's recording, checked against its index row: the chain, the head
+    and count, and that the file is this session's (its session_start names the row's id,
+    identity and connector)."""
     path = Path(row.path)
     if not path.exists():
         res = VerifyResult()
         res.problem(f"recording file missing: {path}")
         return res
-    failed = row.outcome == "recording_failed"
-    return verify_file(path, row.head or None, row.events or None, row.ended is not None, failed)
+    res = verify_file(
+        path,
+        row.head or None,
+        row.events or None,
+        row.ended is not None,
+        row.outcome == "recording_failed",
+        crashed=row.outcome == CRASHED,
+        start=_start_fields(row),
+    )
+    if path.stem != row.id:
+        res.problems.insert(0, f"the index points at another session's file: {path.name}")
+    if row.note:
+        res.problem(f"already failed verification when its gateway's crash was found: {row.note}")
+    res.crashed = row.outcome == CRASHED
+    res.owner = row.owner if res.open else ""
+    return res
+
+
+def _start_fields(row: SessionRow) -> dict[str, Any]:
+    return {
+        "session": row.id,
+        "protocol": row.protocol,
+        "connector": row.connector,
+        "subject": row.subject,
+        "groups": row.groups,
+        "client": row.client,
+        "tls": row.tls,
+    }
+
+
+def recover_session(store: StateStore, row: SessionRow, now: float) -> VerifyResult:
+    """End an open session whose gateway is proven dead: outcome "crashed", with the count
+    and head its file holds now (so later changes are caught) and, if it does not verify
+    against what the gateway last flushed, a note saying why.  The file is not touched."""
+    res = verify_row(row)
+    events, head = (res.events, res.head) if res.events else (row.events, row.head)
+    note = "; ".join(res.problems[:3])[:_MAX_NOTE]
+    store.session_crashed(row.id, now, events, head, note)
+    return res
 
 
 def verify_session(session_id: str, recordings_dir: Path | None, store: StateStore) -> VerifyResult:

@@ -15,13 +15,24 @@ three methods (translating `?` into `$n`).  Driver errors surface as `StateError
 
 Schema changes are numbered migrations in `_MIGRATIONS`, applied once under a write lock and
 recorded as `schema_version` in the `meta` table.  Append new steps; never edit old ones.
+
+Which gateway runs a session (`SessionRow.owner`) is proved with a file lock, not a
+heartbeat: see `OwnerLock`.  Several replicas may share one store, so a session is only
+ever ended on its owner's behalf when that owner is provably dead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import re
+import secrets
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,13 +83,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state, created)",
     ),
+    (
+        # The gateway running the session (see OwnerLock), and what was found when a
+        # later gateway ended it after its owner died (outcome "crashed").
+        "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE sessions ADD COLUMN note TEXT NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = (
     "id, protocol, connector, subject, groups, client, tls, started, ended, outcome, events, "
-    "head, path"
+    "head, path, owner, note"
 )
+_PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
 
 class StateError(Exception):
@@ -87,7 +105,10 @@ class StateError(Exception):
 
 @dataclass
 class SessionRow:
-    """One session in the index.  `events`/`head` are filled in when the session ends."""
+    """One session in the index.  `events`/`head`: of the whole recording once the session
+    has ended; while it is open, of what its gateway last flushed to disk (a lower bound).
+    `owner`: the `OwnerLock.id` of the gateway running it ("" if unknown).  `note`: set
+    when the session was ended as "crashed" and its recording did not verify then."""
 
     id: str
     protocol: str
@@ -102,6 +123,8 @@ class SessionRow:
     outcome: str | None = None
     events: int = 0
     head: str = ""
+    owner: str = ""
+    note: str = ""
 
 
 class StateStore:
@@ -199,7 +222,7 @@ class StateStore:
     # ---- sessions ----------------------------------------------------------------------
     def session_started(self, row: SessionRow) -> None:
         self._execute(
-            f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
             (
                 row.id,
                 row.protocol,
@@ -214,6 +237,8 @@ class StateStore:
                 row.events,
                 row.head,
                 row.path,
+                row.owner,
+                row.note,
             ),
         )
 
@@ -222,6 +247,28 @@ class StateStore:
         changed = self._execute(
             "UPDATE sessions SET ended = ?, outcome = ?, events = ?, head = ? WHERE id = ?",
             (ended, outcome, events, head, id),
+        )
+        return changed > 0
+
+    def sessions_progress(self, progress: Sequence[tuple[str, int, str]]) -> None:
+        """(id, events, head) on disk of open sessions, in one transaction; a session that
+        has ended meanwhile keeps the values of its end."""
+        if not progress:
+            return
+        with self._transaction() as db:
+            for id_, events, head in progress:
+                db.execute(
+                    "UPDATE sessions SET events = ?, head = ? WHERE id = ? AND ended IS NULL",
+                    (events, head, id_),
+                )
+
+    def session_crashed(self, id: str, ended: float, events: int, head: str, note: str) -> bool:
+        """End a session whose gateway died (outcome "crashed") with what its recording
+        held then; False if it had ended meanwhile."""
+        changed = self._execute(
+            "UPDATE sessions SET ended = ?, outcome = 'crashed', events = ?, head = ?, note = ? "
+            "WHERE id = ? AND ended IS NULL",
+            (ended, events, head, note, id),
         )
         return changed > 0
 
@@ -282,6 +329,8 @@ def _row(r: tuple[Any, ...]) -> SessionRow:
         events,
         head,
         path,
+        owner,
+        note,
     ) = r
     try:
         group_list = [str(g) for g in json.loads(groups)]
@@ -301,4 +350,110 @@ def _row(r: tuple[Any, ...]) -> SessionRow:
         outcome=outcome,
         events=int(events),
         head=head or "",
+        owner=owner or "",
+        note=note or "",
     )
+
+
+# ---- which gateway runs a session --------------------------------------------------------
+# A gateway holds an exclusive flock on `<owners dir>/<token>.lock` from before its first
+# session until it exits; the kernel drops the lock when the process dies, kill -9 included,
+# so whoever *can* take that lock has proof the owner is gone.  A lock file that is not
+# there proves nothing (a replica on another host with its own state folder, an older
+# hoopy): such sessions are left as they are.  The folder sits beside the SQLite state
+# file, which every replica sharing that file sees too.
+ALIVE = "alive"
+DEAD = "dead"
+UNKNOWN = "unknown"
+_TOKEN_RE = re.compile(r"[0-9a-f]{32}\Z")
+_LOCK_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def owners_dir(state_dir: Path) -> Path:
+    """Where gateways sharing the state folder keep their ownership locks."""
+    return Path(state_dir) / "gateways"
+
+
+class OwnerLock:
+    """This gateway process's ownership lock; `id` (host/pid/token) goes into the index
+    rows of the sessions it runs."""
+
+    def __init__(self, directory: Path) -> None:
+        token = secrets.token_hex(16)
+        self.id = f"{socket.gethostname()}/{os.getpid()}/{token}"
+        self.path = Path(directory) / f"{token}.lock"
+        tmp = self.path.with_name(f".{token}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise StateError(f"cannot create gateway lock {tmp}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, json.dumps({"owner": self.id, "started": time.time()}).encode())
+            # In place only once locked: nobody may find it free and take it for a dead one.
+            os.rename(tmp, self.path)
+        except OSError as e:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StateError(f"cannot take gateway lock {self.path}: {e.strerror}") from None
+        self._fd: int | None = fd
+
+    def release(self, keep: bool = False) -> None:
+        """Drop the lock (idempotent).  `keep` leaves the file behind, so the next gateway
+        to start ends the sessions this one could not finish as crashed."""
+        if self._fd is None:
+            return
+        if not keep:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def owner_token(owner: str) -> str | None:
+    """The lock-file token of an `OwnerLock.id` (or of a bare token); None if malformed."""
+    token = owner.rpartition("/")[2]
+    return token if _TOKEN_RE.match(token) else None
+
+
+@contextmanager
+def lock_owner(directory: Path, owner: str) -> Iterator[str]:
+    """ALIVE, DEAD or UNKNOWN for the gateway `owner`.  While DEAD is yielded its lock is
+    held here, so no other process acts on that dead owner at the same moment."""
+    token = owner_token(owner)
+    fd = _open_lock(Path(directory) / f"{token}.lock") if token else None
+    if fd is None:
+        yield UNKNOWN
+        return
+    try:
+        yield _try_lock(fd)
+    finally:
+        os.close(fd)
+
+
+def owner_state(directory: Path, owner: str) -> str:
+    with lock_owner(directory, owner) as state:
+        return state
+
+
+def _open_lock(path: Path) -> int | None:
+    for flags in (_LOCK_FLAGS, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW):
+        try:
+            return os.open(path, flags)
+        except PermissionError:  # another user's gateway: try read-only (flock allows it)
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def _try_lock(fd: int) -> str:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return ALIVE
+    except OSError:  # e.g. a file system without flock: cannot tell
+        return UNKNOWN
+    return DEAD

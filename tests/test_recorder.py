@@ -638,3 +638,130 @@ def test_a_write_cut_short_by_a_full_disk_leaves_whole_lines(
         "the recording failed during the session (disk full or I/O error): the chain "
         "verifies up to there and every later command was refused, but session_end is missing"
     ]
+
+
+# ---- open sessions: progress in the index, crash recovery ---------------------------------
+def flush_progress(store: StateStore, log: SessionLog) -> None:
+    """What the gateway's flusher does every second."""
+    log.flush()
+    moved = log.progress()
+    if moved is not None:
+        store.sessions_progress([(log.id, *moved)])
+
+
+def test_progress_reports_what_is_on_disk_once(recorder: Recorder, store: StateStore) -> None:
+    log = open_log(recorder)
+    row = store.get_session(log.id)
+    assert row is not None and (row.events, row.head) == (1, log.head)  # session_start
+    assert log.progress() == (1, log.head)
+    assert log.progress() is None  # nothing new
+    log.event("command", text="select 1")
+    log.buffer("result", tag="SELECT 1")
+    assert log.progress() == (2, read_head(log.path))  # the buffered one is not on disk yet
+    log.flush()
+    assert log.progress() == (3, log.head)
+    log.close("closed")
+    assert log.progress() is None
+
+
+def read_head(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes().splitlines()[-1]).hexdigest()
+
+
+def test_cut_tail_of_an_open_session_is_detected(recorder: Recorder, store: StateStore) -> None:
+    log = recorded(recorder, n=4, close=False)
+    flush_progress(store, log)
+    assert verify_session(log.id, recorder.directory, store).ok
+    log.event("command", text="select 9")  # grown since the last flush: fine
+    res = verify_session(log.id, recorder.directory, store)
+    assert res.ok and res.open and res.events == 6
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"".join(lines[:3]))  # the tail removed, chain still intact
+    res = verify_session(log.id, recorder.directory, store)
+    assert not res.ok and any("index says 5 events were on disk" in p for p in res.problems)
+
+
+def test_changed_line_below_the_flushed_head_is_detected(
+    recorder: Recorder, store: StateStore
+) -> None:
+    log = recorded(recorder, n=2, close=False)
+    flush_progress(store, log)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b"select 1", b"select 7")  # the last line: no chain after it
+    log.path.write_bytes(b"".join(lines))
+    res = verify_session(log.id, recorder.directory, store)
+    assert not res.ok and any("hash does not match the index" in p for p in res.problems)
+
+
+def test_recover_session_ends_it_as_crashed(recorder: Recorder, store: StateStore) -> None:
+    from hoopy.recorder import recover_session
+
+    log = recorded(recorder, n=2, close=False)
+    flush_progress(store, log)
+    log.event("command", text="select 3")  # written after the last flush, before the crash
+    row = store.get_session(log.id)
+    assert row is not None
+    res = recover_session(store, row, 1234.0)
+    assert res.ok
+    row = store.get_session(log.id)
+    assert row is not None
+    assert (row.ended, row.outcome, row.events, row.head, row.note) == (
+        1234.0,
+        "crashed",
+        4,
+        log.head,
+        "",
+    )
+    res = verify_session(log.id, recorder.directory, store)
+    assert res.ok and res.crashed and not res.open
+    with log.path.open("ab") as f:  # the file of a crashed session cannot grow unnoticed
+        f.write(log.path.read_bytes().splitlines(keepends=True)[-1])
+    assert not verify_session(log.id, recorder.directory, store).ok
+
+
+def test_recovering_a_broken_recording_notes_it_for_good(
+    recorder: Recorder, store: StateStore
+) -> None:
+    from hoopy.recorder import recover_session
+
+    log = recorded(recorder, n=4, close=False)
+    flush_progress(store, log)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"".join(lines[:2]))  # tail cut between the crash and the recovery
+    row = store.get_session(log.id)
+    assert row is not None
+    recover_session(store, row, 99.0)
+    row = store.get_session(log.id)
+    assert row is not None and row.outcome == "crashed" and row.events == 2
+    assert "index says 5 events were on disk" in row.note
+    res = verify_session(log.id, recorder.directory, store)  # file and index agree now, but…
+    assert not res.ok and any("crash was found" in p for p in res.problems)
+
+
+def test_index_row_pointing_at_another_sessions_file(recorder: Recorder, store: StateStore) -> None:
+    """`hoopy verify B` where B's row names A's (intact) recording."""
+    from hoopy.recorder import verify_row
+
+    a, b = recorded(recorder), recorded(recorder)
+    row_a, row_b = store.get_session(a.id), store.get_session(b.id)
+    assert row_a is not None and row_b is not None
+    forged = dataclasses.replace(row_b, path=row_a.path, events=row_a.events, head=row_a.head)
+    res = verify_row(forged)
+    assert not res.ok
+    assert any("recording is of session" in p for p in res.problems)
+    assert any("another session's file" in p for p in res.problems)
+
+
+@pytest.mark.parametrize(
+    "field_, value", [("subject", "mallory"), ("connector", "other-db"), ("protocol", "ssh")]
+)
+def test_index_identity_must_match_session_start(
+    recorder: Recorder, store: StateStore, field_: str, value: str
+) -> None:
+    from hoopy.recorder import verify_row
+
+    log = recorded(recorder)
+    row = store.get_session(log.id)
+    assert row is not None and verify_row(row).ok
+    res = verify_row(dataclasses.replace(row, **{field_: value}))
+    assert not res.ok and any(f"session_start has {field_}" in p for p in res.problems)

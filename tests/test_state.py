@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -150,3 +151,101 @@ def test_closed_store_raises_state_error(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StateError):
         s.get_session("x")
+
+
+# ---- progress of open sessions, crashed sessions, migration ------------------------------
+def test_progress_updates_open_sessions_only(store: StateStore) -> None:
+    store.session_started(row("open1", 1.0))
+    store.session_started(row("done1", 2.0))
+    store.session_ended("done1", 3.0, "closed", 9, "end")
+    store.sessions_progress([("open1", 4, "h4"), ("done1", 5, "h5"), ("nope", 1, "x")])
+    got, done = store.get_session("open1"), store.get_session("done1")
+    assert got is not None and (got.ended, got.events, got.head) == (None, 4, "h4")
+    assert done is not None and (done.events, done.head) == (9, "end")  # its end stands
+    store.sessions_progress([])
+
+
+def test_session_crashed_ends_only_open_sessions(store: StateStore) -> None:
+    store.session_started(row("c1", 1.0))
+    store.session_started(row("c2", 1.0))
+    store.session_ended("c2", 2.0, "closed", 3, "h")
+    assert store.session_crashed("c1", 5.0, 7, "h7", "") is True
+    assert store.session_crashed("c2", 5.0, 1, "x", "note") is False
+    got = store.get_session("c1")
+    assert got is not None and (got.ended, got.outcome, got.events, got.head) == (
+        5.0,
+        "crashed",
+        7,
+        "h7",
+    )
+    done = store.get_session("c2")
+    assert done is not None and done.outcome == "closed" and done.note == ""
+    assert [r.id for r in store.list_sessions(outcome="crashed")] == ["c1"]
+
+
+def test_owner_and_note_round_trip(store: StateStore) -> None:
+    r = row("o1", 1.0)
+    r.owner = "host/123/" + "a" * 32
+    store.session_started(r)
+    store.session_crashed("o1", 2.0, 1, "h", "line 3: hash chain broken")
+    got = store.get_session("o1")
+    assert got is not None and got.owner == r.owner and got.note == "line 3: hash chain broken"
+
+
+def test_older_schema_gains_owner_and_note(tmp_path: Path) -> None:
+    from hoopy.state import _MIGRATIONS
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        for step in _MIGRATIONS[:2]:
+            for sql in step:
+                db.execute(sql)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        db.execute(
+            "INSERT INTO sessions (id, protocol, connector, subject, groups, client, tls, "
+            "started, path) VALUES ('old', 'postgres', 'db', 'a', '[]', 'c', 1, 1.0, '/p')"
+        )
+    s = StateStore(path)
+    got = s.get_session("old")
+    assert got is not None and (got.owner, got.note) == ("", "")
+    assert s.schema_version() == SCHEMA_VERSION
+    s.close()
+
+
+# ---- gateway ownership locks ------------------------------------------------------------
+def test_owner_lock_alive_then_dead_then_gone(tmp_path: Path) -> None:
+    from hoopy.state import ALIVE, DEAD, UNKNOWN, OwnerLock, lock_owner, owner_state
+
+    folder = tmp_path / "gateways"
+    lock = OwnerLock(folder)
+    assert lock.path.exists() and list(folder.iterdir()) == [lock.path]  # no temp file left
+    assert lock.id.endswith("/" + lock.path.stem) and str(os.getpid()) in lock.id
+    assert owner_state(folder, lock.id) == ALIVE  # even from the same process
+    lock.release(keep=True)  # what a kill -9 leaves: the file, no lock
+    assert owner_state(folder, lock.id) == DEAD
+    with lock_owner(folder, lock.id) as state:
+        assert state == DEAD
+        assert owner_state(folder, lock.id) == ALIVE  # held by the one acting on it
+    lock.path.unlink()
+    assert owner_state(folder, lock.id) == UNKNOWN  # no file here: proves nothing
+    lock.release()  # idempotent
+
+
+def test_clean_release_removes_the_lock(tmp_path: Path) -> None:
+    from hoopy.state import UNKNOWN, OwnerLock, owner_state
+
+    lock = OwnerLock(tmp_path)
+    lock.release()
+    assert not lock.path.exists() and owner_state(tmp_path, lock.id) == UNKNOWN
+
+
+def test_malformed_owners_are_unknown(tmp_path: Path) -> None:
+    from hoopy.state import UNKNOWN, owner_state, owner_token
+
+    (tmp_path / "x.lock").write_text("")
+    (tmp_path / "sub").mkdir()
+    for owner in ("", "x", "host/1/../x", "../../etc/passwd", "h/1/" + "A" * 32):
+        assert owner_token(owner) is None
+        assert owner_state(tmp_path / "sub", owner) == UNKNOWN
+    assert owner_token("h/1/" + "a" * 32) == "a" * 32

@@ -1,0 +1,113 @@
+"""What `hoopy replay` / `sessions show` print: no recorded character reaches the terminal
+as a control (escape sequences, C1, bidi overrides), yet the text stays readable."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hoopy.recorder import Recorder
+from hoopy.replay import clean_block, clean_json, clean_line, describe, replay
+from hoopy.state import StateStore
+
+FORGED = "SELECT 1 /* \x1b[1A\x1b[2K\x1b[32m allow select 1\x1b[0m */"
+OSC52 = "\x1b]52;c;cm0gLXJmIH4=\x07"
+# Anything a terminal acts on: C0 but \t \n, DEL, C1, bidi controls, lone surrogates.
+RAW = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+HOSTILE = [
+    FORGED,
+    OSC52,
+    "a\x9b2Jb",
+    "evil\u202etxt.exe",
+    "\u2066x\u2069",
+    "x\x7fy",
+    "\x00",
+    "\ud800",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_clean_line_leaves_no_control(text: str) -> None:
+    out = clean_line(text)
+    assert not RAW.search(out) and "\n" not in out and "\t" not in out
+
+
+def test_escapes_are_visible_and_exact() -> None:
+    assert clean_line("a\x1b[2Kb") == "a\\x1b[2Kb"
+    assert clean_line("x\x9by") == "x\\x9by"
+    assert clean_line("x\u202ey") == "x\\u202ey"
+    assert clean_line("one\ntwo\tthree") == "one\\x0atwo\\x09three"
+    assert clean_line("café → ok") == "café → ok"  # printable Unicode is kept
+    assert clean_line(42) == "42"
+
+
+def test_multi_line_statements_keep_lines_behind_a_gutter() -> None:
+    text = "select 1\n     allow  drop table x\r\n\tfrom t"
+    out = clean_block(text)
+    lines = out.split("\n")
+    assert lines[0] == "select 1"
+    # no continuation line can pass for an event line of its own
+    assert all(line.startswith(" " * 18 + "┆ ") for line in lines[1:])
+    assert "\\x0d" in out and "\tfrom t" in out and not RAW.search(out)
+
+
+def test_describe_escapes_every_field() -> None:
+    events = [
+        {"type": "session_start", "session": "s", "subject": "ev\x1b[2Jil", "groups": ["\x9b"]},
+        {"type": "command", "outcome": "allow\x1b[1A", "rule": "r\u202e", "text": FORGED},
+        {"type": "result", "tag": "SELECT\x1b", "rows": [["a\nb", "\x1b]0;t\x07"], "x\x9b"]},
+        {"type": "bind", "statement": "\x1bs", "params": ["\x1b", None]},
+        {"type": "error", "code": "42\x1b", "message": "line one\n        allow  forged"},
+        {"type": "session_end", "outcome": "closed\x1b[0m"},
+        {"type": "\x1b[31mother"},
+    ]
+    for ev in events:
+        out = describe(ev)
+        assert not RAW.search(out), (ev, out)
+        if ev["type"] != "command":  # only statement text may span lines
+            rows = len(ev.get("rows", [])) if ev["type"] == "result" else 0
+            assert out.count("\n") == rows, out
+    assert "\\x1b[1A" in describe(events[1])
+
+
+def test_describe_survives_odd_shapes() -> None:
+    assert "→" in describe({"type": "result", "rows": "not a list"})
+    assert "bind" in describe({"type": "bind", "params": {"a": 1}})
+    assert describe({"type": "result", "rows": [5]}).endswith("| 5")
+
+
+def test_clean_json_is_valid_json_of_the_same_value() -> None:
+    value = {"text": "".join(HOSTILE), "n": 1, "nested": ["\x85", "\u2028"]}
+    out = clean_json(value)
+    assert not RAW.search(out) and "\n" not in out
+    assert json.loads(out) == value
+
+
+def test_replay_of_a_hostile_recording(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    rec = Recorder(tmp_path / "rec", store)
+    log = rec.open_session(
+        "s1",
+        protocol="postgres",
+        connector="app-db",
+        subject="agent\x1b]52;c;AAAA\x07",
+        groups=["agents"],
+        client="127.0.0.1:1",
+        tls=True,
+    )
+    for text in HOSTILE:
+        log.event("command", text=text, outcome="allow")
+    log.event("error", code="XX000", message=OSC52)
+    log.close("closed")
+    out = io.StringIO()
+    replay(log.path, speed=0, out=out)
+    shown = out.getvalue()
+    assert not RAW.search(shown)
+    assert "\\x1b]52;c;AAAA\\x07" in shown and "allow select 1" in shown
+    store.close()

@@ -85,6 +85,10 @@ class CancelTarget:
     key: int
 
 
+REJECTIONS_RECORDED = 30  # refused connections recorded one by one, per client host …
+REJECTION_WINDOW = 10.0  # … per this many seconds
+
+
 class Gateway:
     def __init__(
         self,
@@ -107,6 +111,8 @@ class Gateway:
         self.live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self._flusher: asyncio.Task[None] | None = None
         self._owner: OwnerLock | None = None
+        # client host -> [window start, recorded, suppressed]: see record_rejection
+        self._rejections: dict[str, list[float]] = {}
 
     def start_flusher(self, interval: float = 1.0) -> None:
         """The gateway's background duties, started once before the listeners: take this
@@ -163,6 +169,7 @@ class Gateway:
         while True:
             await asyncio.sleep(interval)
             self.flush_logs()
+            self.flush_rejections()
 
     def flush_logs(self) -> None:
         """Buffered events to disk, then the open sessions' on-disk count and head to the
@@ -252,7 +259,53 @@ class Gateway:
         tls: bool,
         identity: Identity | None = None,
     ) -> None:
-        """Refused connections are recorded too (a short session of their own)."""
+        """Refused connections are recorded too (a short session of their own), up to
+        REJECTIONS_RECORDED per client host per REJECTION_WINDOW: past that, a client
+        without a token could fill the recordings disk (and so stop every session,
+        since nothing runs unrecorded).  The rest are counted and recorded as one."""
+        self.metrics.inc(f'rejected_connections_total|protocol="{protocol}"')
+        host = client.rsplit(":", 1)[0]
+        now = time.monotonic()
+        window = self._rejections.get(host)
+        if window is None or now - window[0] >= REJECTION_WINDOW:
+            self._summarise(protocol, host)
+            if len(self._rejections) > 10000:
+                self.flush_rejections(everything=True)
+            window = self._rejections[host] = [now, 0.0, 0.0]
+        if window[1] >= REJECTIONS_RECORDED:
+            window[2] += 1
+            return
+        window[1] += 1
+        self._record_rejected(protocol, client, connector, tls, identity, reason)
+
+    def flush_rejections(self, everything: bool = False) -> None:
+        """Record the counts of refusals not recorded one by one, for windows that are
+        over (`everything`: all of them, at shutdown), so none goes unrecorded."""
+        now = time.monotonic()
+        for host, window in list(self._rejections.items()):
+            if everything or now - window[0] >= REJECTION_WINDOW:
+                self._summarise("", host)
+                del self._rejections[host]
+
+    def _summarise(self, protocol: str, host: str) -> None:
+        window = self._rejections.get(host)
+        if window is not None and window[2]:
+            self._record_rejected(
+                protocol, host, "", False, None,
+                f"{int(window[2])} more connection(s) from {host} refused within "
+                f"{REJECTION_WINDOW:.0f} s (not recorded one by one)",
+            )  # fmt: skip
+            window[2] = 0
+
+    def _record_rejected(
+        self,
+        protocol: str,
+        client: str,
+        connector: str,
+        tls: bool,
+        identity: Identity | None,
+        reason: str,
+    ) -> None:
         sid = new_session_id()
         try:
             slog = self.recorder.open_session(
@@ -269,7 +322,6 @@ class Gateway:
             slog.close("rejected")
         except RecorderError as e:
             log.error("cannot record rejected connection: %s", e)
-        self.metrics.inc(f'rejected_connections_total|protocol="{protocol}"')
 
     def record_click(self, approval_id: str, info: dict[str, Any]) -> None:
         """A Slack click (valid or not) goes into the waiting session's recording."""
@@ -309,6 +361,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         self.flush_logs()
+        self.flush_rejections(everything=True)
         self._release_ownership()
         await self.verifier.close()
 

@@ -54,6 +54,9 @@ class Pipeline:
     _bind_statics: dict[
         tuple[str, tuple[Command, ...] | None], tuple[tuple[bytes, dict[str, Any]], bool]
     ]
+    # id(statement) -> (statement, the session's schemas then, what its Bind needs): see
+    # relay._bind_gate
+    _gates: dict[int, tuple[tuple[Command, ...], tuple[str, ...] | None, str]]
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     tracker: ResultTracker | None  # masking sessions
 

@@ -127,6 +127,7 @@ class AgentConnection(Relay):
         self.unconfirmed: deque[tuple[int, str, tuple[Command, ...] | None, bool]] = deque()
         self.batch_failed = False
         self._bind_statics = {}
+        self._gates = {}
         self._settled: asyncio.Future[None] | None = None
         self.batches_done = 0
         self.result = ResultLog(self.settings.record_rows, self.settings.record_bytes)

@@ -338,10 +338,19 @@ class Relay(Pipeline):
             return "unknown"
         session = self.session
         assert session is not None
+        # per statement, as long as the session's search_path (the only thing that can
+        # change a decision within a session) stays as it was
+        hit = self._gates.get(id(cmds))  # the entry holds cmds: its id stays its own
+        if hit is not None and hit[0] is cmds and hit[1] is session.schemas:
+            return hit[2]
+        gate = ""
         for c in cmds:
             if session.decide(c).outcome == "require_approval":
-                return "approval"
-        return ""
+                gate = "approval"
+        if len(self._gates) > 256:
+            self._gates.clear()
+        self._gates[id(cmds)] = (cmds, session.schemas, gate)
+        return gate
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
         """The Binds of `ev` when none of them must wait or be refused, else None."""

@@ -67,6 +67,10 @@ class Command:
     # postgres: the schemas an unqualified table name may be in: ("public",) unless the
     # session changed its search_path; None when hoopy cannot know where it points.
     schemas: tuple[str, ...] | None = ("public",)
+    # postgres: schemas an unqualified table may also be in, which hoopy cannot confirm
+    # exist, so only restrictive rules consider them: the "$user" schema of the search
+    # path (the backend role's own), and pg_catalog for pg_* names (searched first).
+    also_schemas: tuple[str, ...] = ()
 
     @property
     def tables(self) -> frozenset[str]:
@@ -247,8 +251,12 @@ def _table_covered(patterns: Sequence[str], table: str, every: bool, cmd: Comman
         if every:
             return glob_any(patterns, ("\0." + bare,))  # only `*.name` covers it
         return glob_any([p.rpartition(".")[2] for p in patterns], (bare,))
+    if bare.startswith("pg_"):  # pg_catalog is searched first: pg_class is its own
+        schemas = ("pg_catalog", *schemas)
     qualified = [glob_any(patterns, (f"{s}.{bare}",)) for s in schemas]
-    return all(qualified) if every else any(qualified)
+    if every:
+        return all(qualified)
+    return any(qualified) or glob_any(patterns, [f"{s}.{bare}" for s in cmd.also_schemas])
 
 
 def _schema_covered(patterns: Sequence[str], schema: str, every: bool) -> bool:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # Kinds whose meaning depends on session state: never cache their decisions.
 _STATEFUL_KINDS = frozenset({"execute"})
 DEFAULT_SCHEMAS: tuple[str, ...] = ("public",)
+# What may change where unqualified names point: search_path, and the role "$user" is
+_PATH_KINDS = frozenset({"set_search_path", "set_role", "set_session_authorization"})
+_PATH_FUNCTIONS = frozenset({"set_config", "pg_catalog.set_config"})
 
 
 def _unavailable(e: RecorderError, what: str = "command refused") -> RecordingFailed:
@@ -73,6 +76,8 @@ class Session:
     # as the session changes its search_path (a rollback or SET LOCAL may undo a change,
     # and hoopy need not know which); None once it is set to what hoopy cannot read.
     schemas: tuple[str, ...] | None = DEFAULT_SCHEMAS
+    # Command.also_schemas: where else unqualified names may point (the protocol says)
+    also_schemas: tuple[str, ...] = ()
     # The schemas a command sets search_path to (None: cannot tell); the protocol's
     # own reading of its text.  Unset: any change makes the schemas unknown.
     search_path_of: Callable[[Command], tuple[str, ...] | None] | None = None
@@ -80,21 +85,24 @@ class Session:
     def decide(self, command: Command) -> Decision:
         """The policy's decision on `command`, with this session's search_path; a
         command that changes the search_path changes it for the statements after it."""
-        if "set_search_path" in command.kinds or "set_config" in command.functions:
+        if not _PATH_KINDS.isdisjoint(command.kinds) or (
+            command.functions and not _PATH_FUNCTIONS.isdisjoint(command.functions)
+        ):
             self._search_path_changes(command)
-        if self.schemas is not DEFAULT_SCHEMAS:
-            command = replace(command, schemas=self.schemas)
         key = command.fingerprint
-        if key and command.kinds.isdisjoint(_STATEFUL_KINDS):
+        cached = bool(key) and command.kinds.isdisjoint(_STATEFUL_KINDS)
+        if cached:
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
-            decision = decide(self.policies, self.identity, command)
+        if self.schemas is not DEFAULT_SCHEMAS or self.also_schemas:
+            command = replace(command, schemas=self.schemas, also_schemas=self.also_schemas)
+        decision = decide(self.policies, self.identity, command)
+        if cached:
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = decision
-            return decision
-        return decide(self.policies, self.identity, command)
+        return decision
 
     def _search_path_changes(self, command: Command) -> None:
         new = self.search_path_of(command) if self.search_path_of is not None else None

@@ -134,9 +134,16 @@ def pretty_sql(text: str) -> str:
 
 
 def pretty_command(a: Approval) -> str:
-    """The command as an approver should read it."""
+    """The command as an approver should read it: for a Bind, the statement and then
+    the values it binds (not a comment to strip: they are what runs)."""
     text = a.command.strip()
-    return pretty_sql(text) if a.protocol == "postgres" else text
+    if a.protocol != "postgres":
+        return text
+    from hoopy.protocols.postgres.bindgate import BOUND
+
+    statement, sep, values = text.partition(BOUND)
+    shown = pretty_sql(statement)
+    return f"{shown}\n\nwith values: {values}" if sep else shown
 
 
 def clip_code(

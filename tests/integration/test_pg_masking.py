@@ -783,3 +783,217 @@ def test_a_sync_inside_copy_from_stdin_ends_a_masked_session(masked: Hoopy) -> N
     while chunk := s.recv(65536):
         got += chunk
     assert b"08P01" in got and b"COPY FROM STDIN" in got
+
+
+# ---- untraceable writes, name resolution spellings, stale plans, NOTIFY, data errors ------
+
+
+def _events(h: Hoopy, subject: str) -> list[dict[str, object]]:
+    sid = h.cli("sessions", "list", "--subject", subject).stdout.split()[0]
+    return [json.loads(x) for x in h.cli("sessions", "show", sid).stdout.splitlines()]
+
+
+def _exists(h: Hoopy, relation: str) -> bool:
+    out = psql_rows(h, f"SELECT to_regclass('{relation}') IS NOT NULL", ("auditors",))
+    return out.strip() == "t"
+
+
+def test_a_table_created_from_a_prepared_statement_is_refused(masked: Hoopy) -> None:
+    """CREATE TABLE … AS EXECUTE: hoopy cannot trace what EXECUTE returns, so it cannot
+    show the new table holds no masked column."""
+    for create in ("CREATE TABLE m_from_prepared", "CREATE TEMP TABLE m_from_prepared"):
+        r = masked.psql("-A", "-t",
+                        "-c", "PREPARE p AS SELECT id, email, ssn FROM m_people",
+                        "-c", f"{create} (a, b, c) AS EXECUTE p",
+                        "-c", "SELECT a, replace(b, '@', ' AT '), c FROM m_from_prepared",
+                        token=masked.token())  # fmt: skip
+        assert r.returncode != 0
+        assert "cannot trace what it writes" in r.stderr, r.stderr
+        assert_clean(r.stdout + r.stderr)
+    assert not _exists(masked, "m_from_prepared")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO m_orders VALUES (800, 1, m_email_of(1))",
+        "INSERT INTO m_orders VALUES (801, 2, 2 ### 0)",
+        "INSERT INTO m_orders SELECT 802, id, m_email_of(id) FROM m_orders",
+        "UPDATE m_orders SET item = m_email_of(person_id) WHERE id >= 10",
+        "SELECT set_config('my.fn', m_email_of(1), false)",
+        "SELECT pg_notify('pii', m_email_of(1))",
+        "SELECT lo_from_bytea(0, convert_to(m_email_of(2), 'UTF8'))",
+    ],
+)
+def test_writes_and_sinks_of_untraceable_values_are_refused(masked: Hoopy, sql: str) -> None:
+    r = masked.psql("-c", sql, token=masked.token())
+    assert r.returncode != 0, r.stdout
+    assert "mask rule" in r.stderr and "cannot trace" in r.stderr, r.stderr
+    assert_clean(r.stdout + r.stderr)
+    check = psql_rows(
+        masked, "SELECT count(*) FROM m_orders WHERE id >= 800 OR item LIKE '%@%'", ("auditors",)
+    )
+    assert check.strip() == "0"
+
+
+def test_writes_of_literals_and_builtins_still_work_while_masks_apply(masked: Hoopy) -> None:
+    r = masked.psql(
+        "-c", "INSERT INTO m_orders VALUES (850, 1, upper('lamp')), (851, 2, 'x'::text)",
+        "-c", "UPDATE m_orders SET item = DEFAULT WHERE id = 851",
+        "-c", "SELECT set_config('my.ok', 'plain', false)",
+        "-c", "DELETE FROM m_orders WHERE id IN (850, 851)",
+        token=masked.token(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "INSERT 0 2" in r.stdout and "UPDATE 1" in r.stdout and "DELETE 2" in r.stdout
+
+
+async def test_planner_statistics_are_not_copied_into_settings(
+    masked: Hoopy, backend: Backend
+) -> None:
+    conn = await backend.app_conn()
+    try:
+        await conn.execute("analyze m_people")
+    finally:
+        await conn.close()
+    r = masked.psql(
+        "-A", "-t",
+        "-c", "SELECT set_config('my.y', histogram_bounds::text, false) FROM pg_stats "
+              "WHERE tablename = 'm_people' AND attname = 'ssn'",
+        "-c", "SELECT current_setting('my.y', true)",
+        token=masked.token(),
+    )  # fmt: skip
+    assert "function that keeps it" in r.stderr, r.stderr
+    assert_clean(r.stdout + r.stderr)
+
+
+async def test_large_objects_read_with_loread_are_masked(masked: Hoopy, backend: Backend) -> None:
+    conn = await backend.app_conn()
+    try:
+        oid = await conn.fetchval(
+            "SELECT lo_from_bytea(0, convert_to($1, 'UTF8'))", SECRET_EMAILS[1]
+        )
+    finally:
+        await conn.close()
+    out = psql_rows(masked, f"SELECT loread(lo_open({oid}, 262144), 1000), 1")
+    assert SECRET_EMAILS[1].encode().hex() not in out
+    assert out.strip() == "|1"  # bytea masked whole: NULL
+
+
+NAME_SPELLINGS = [  # each command is its own Query message
+    ["SET SCHEMA 'm_evil'", "SELECT upper(name) FROM m_people", "SELECT name || '' FROM m_people"],
+    ['SET U&"s\\0065arch_path" = m_evil, public', "SELECT upper(name) FROM m_people"],
+    [
+        'CREATE VIEW U&"pg_t\\0065mp".m_orders AS '
+        "SELECT id, id AS person_id, ssn::text AS item FROM public.m_people",
+        "SELECT upper(item) FROM m_orders",
+        "SELECT item || '' FROM m_orders",
+    ],
+]
+
+
+@pytest.mark.parametrize("commands", NAME_SPELLINGS)
+def test_other_spellings_of_search_path_and_pg_temp_stay_masked(
+    masked: Hoopy, commands: list[str]
+) -> None:
+    args = [a for c in commands for a in ("-c", c)]
+    r = masked.psql("-A", "-t", *args, token=masked.token())
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    assert r.stdout.split() == ["****", "****"] * (len(commands) - 1)
+
+
+@pytest.mark.parametrize(
+    "shadow",
+    [
+        "SET search_path = m_evil, public",
+        "CREATE TEMP VIEW m_people AS SELECT id, ssn::text AS name FROM public.m_people",
+    ],
+)
+async def test_statements_prepared_before_names_change_are_planned_again(
+    masked: Hoopy, shadow: str
+) -> None:
+    """PostgreSQL re-analyses a prepared statement when search_path changes (or a
+    temporary relation first shadows a name): its old mask plan no longer fits."""
+    conn = await _agent(masked)
+    try:
+        st = await conn.prepare("SELECT upper(name) AS u, id FROM m_people ORDER BY id")
+        assert [r["u"] for r in await st.fetch()] == ["ALICE", "BOB"]
+        await conn.execute(shadow)
+        rows = await st.fetch()
+        assert_clean(repr(rows))
+        assert [r["id"] for r in rows] == [1, 2]
+    finally:
+        await conn.close()
+
+
+async def test_notifications_are_masked_and_recorded(masked: Hoopy, backend: Backend) -> None:
+    got: list[str] = []
+    seen: list[str] = []
+    listener = await asyncpg.connect(
+        host="127.0.0.1", port=masked.pg_port, user="agent", database="app-db",
+        password=masked.token("notify-listener"), ssl=_ssl(),
+    )  # fmt: skip
+    auditor = await asyncpg.connect(
+        host="127.0.0.1", port=masked.pg_port, user="agent", database="app-db",
+        password=masked.token("notify-auditor", groups=("auditors",)), ssl=_ssl(),
+    )  # fmt: skip
+    direct = await backend.app_conn()
+    try:
+        await listener.add_listener("pii", lambda *a: got.append(a[3]))
+        await auditor.add_listener("pii", lambda *a: seen.append(a[3]))
+        # another (unmasked) session, and an application connection
+        await auditor.fetch("SELECT pg_notify('pii', email || ' ' || ssn) FROM m_people")
+        await direct.execute(f"NOTIFY pii, 'direct {SECRET_SSNS[0]} {SECRET_EMAILS[0]}'")
+        await direct.execute("NOTIFY pii")
+        for _ in range(100):
+            if len(got) >= 4 and len(seen) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        await listener.fetchval("SELECT 1")  # still a working session
+    finally:
+        for c in (listener, auditor, direct):
+            await c.close()
+    assert got == ["****", "****", "****", ""]
+    assert SECRET_EMAILS[0] in seen[0]  # auditors are not masked
+    events = _events(masked, "notify-listener")
+    notes = [e for e in events if e["type"] == "notification"]
+    assert [(e["channel"], e["payload"]) for e in notes] == [("pii", p) for p in got]
+    assert_clean(json.dumps(events))
+    audited = [e for e in _events(masked, "notify-auditor") if e["type"] == "notification"]
+    assert [e["payload"] for e in audited] == seen
+
+
+@pytest.mark.parametrize(
+    ("sql", "leak"),
+    [
+        ("SELECT get_byte('\\x00'::bytea, 1000000000 + replace(ssn, '-', '')::int) "
+         "FROM m_people WHERE id = 1", "1078051120"),
+        ("SELECT set_bit('\\x00'::bytea, replace(ssn, '-', '')::bigint, 1) "
+         "FROM m_people WHERE id = 2", "219099999"),
+        ("SELECT make_date(substr(ssn, 1, 3)::int, substr(ssn, 5, 2)::int, 40) "
+         "FROM m_people WHERE id = 1", "78-05"),
+        ("SELECT chr(2000000 + substr(replace(ssn, '-', ''), 4)::int) "
+         "FROM m_people WHERE id = 1", "2001120"),
+        ("SELECT 1 FROM m_people WHERE id = 2 "
+         "AND get_byte('\\x00'::bytea, replace(ssn, '-', '')::int) = 0", "219099999"),
+    ],
+)  # fmt: skip
+def test_data_errors_of_statements_reading_masked_columns_are_withheld(
+    masked: Hoopy, sql: str, leak: str
+) -> None:
+    subject = f"data-error-{abs(hash(sql))}"
+    r = masked.psql("-v", "VERBOSITY=verbose", "-c", sql, token=masked.token(subject))
+    assert r.returncode != 0
+    assert leak not in r.stderr, r.stderr
+    assert "withheld by hoopy" in r.stderr
+    assert any(f"SQLSTATE {c}" in r.stderr for c in ("2202E", "22008", "54000")), r.stderr
+    errors = [e for e in _events(masked, subject) if e["type"] == "error"]
+    assert len(errors) == 1 and "withheld by hoopy" in str(errors[0]["message"])
+    assert leak not in json.dumps(errors)
+
+
+def test_data_errors_that_read_no_masked_column_keep_their_message(masked: Hoopy) -> None:
+    r = masked.psql("-c", "SELECT get_byte('\\x00'::bytea, 1000000000 + id) FROM m_orders",
+                    token=masked.token())  # fmt: skip
+    assert "index 1000000010 out of valid range" in r.stderr, r.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -55,10 +56,14 @@ def test_each_execution_of_a_prepared_statement_needs_its_own_approval(
     async def go() -> None:
         conn = await _agent(hoopy)
         st = await conn.prepare("update orders set status = $1 where id = $2")  # no wait
-        t = _decide_in_thread(hoopy, "$1 = 'per-exec-1', $2 = x'00000003'", "approve")
+        t = _decide_in_thread(
+            hoopy, "as text 'per-exec-1'), $2 = x'00000003' (binary; as integer 3)", "approve"
+        )
         await st.fetch("per-exec-1", 3)
         t.join()
-        t = _decide_in_thread(hoopy, "$1 = 'per-exec-2', $2 = x'00000004'", "deny")
+        t = _decide_in_thread(
+            hoopy, "as text 'per-exec-2'), $2 = x'00000004' (binary; as integer 4)", "deny"
+        )
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="was denied"):
             await st.fetch("per-exec-2", 4)
         t.join()
@@ -218,6 +223,10 @@ def schema_hoopy(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> 
         "SELECT set_config('search_path', 'secret', false)",
         "SELECT set_config('search_' || 'path', 'secret', false)",
         "UPDATE pg_settings SET setting = 'secret' WHERE name = 'search_path'",
+        "SELECT pg_catalog.set_config('search_path', 'secret', false)",
+        "SET SCHEMA 'secret'",
+        'SET U&"s\\0065arch_path" = secret',
+        "SET ROLE app_rw",  # "$user" then names another role's schema
     ],
 )
 def test_search_path_cannot_hide_a_schema(schema_hoopy: Hoopy, switch: str) -> None:
@@ -232,3 +241,105 @@ def test_search_path_elsewhere_leaves_other_tables_readable(schema_hoopy: Hoopy)
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "t"
+
+
+def test_a_copy_started_before_the_token_expired_does_not_commit_after(
+    hoopy: Hoopy, backend: Backend
+) -> None:
+    async def go() -> None:
+        conn = await _agent(hoopy, hoopy.token("short-copier", ttl=3))  # exp: now + 3
+        await conn.execute(f"create table {table} (n int)")
+
+        token_exp = time.time() + 3
+
+        async def rows():  # type: ignore[no-untyped-def]
+            yield b"1\n"
+            while time.time() <= token_exp + 1:  # wall-clock time must pass: the expiry
+                await asyncio.sleep(0.2)
+            yield b"2\n"
+
+        with pytest.raises(Exception, match=r"token expired|connection"):
+            await conn.copy_to_table(table, source=rows())
+        await conn.close()
+
+    table = f"copy_expiry_{time.monotonic_ns()}"
+    asyncio.run(go())
+    assert app_count(backend, f"select count(*) from {table}") == 0
+
+
+def _pending_or_none(h: Hoopy, needle: str) -> dict | None:
+    try:
+        return wait_pending(h, needle, timeout=3)
+    except AssertionError:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("setup", "attack"),
+    [
+        # a re-Parse of a name in use fails (42P05): the Bind runs the first statement
+        (
+            [],
+            pg.parse("rp1", "DELETE FROM refunds WHERE id = 901")
+            + pg.sync()
+            + pg.parse("rp1", "SELECT 1")
+            + pg.sync()
+            + pg.bind("", "rp1")
+            + pg.execute("")
+            + pg.sync(),
+        ),
+        # the same through SQL PREPARE of a name the extended protocol holds
+        (
+            [pg.parse("rp2", "DELETE FROM refunds WHERE id = 902") + pg.sync()],
+            pg.query("PREPARE rp2 AS SELECT 1") + pg.bind("", "rp2") + pg.execute("") + pg.sync(),
+        ),
+        # EXECUTE in a Parse runs what the name holds at the Bind
+        (
+            [
+                pg.query("PREPARE rp3 AS SELECT 1"),
+                pg.parse("rp3e", "EXECUTE rp3") + pg.sync(),
+                pg.query("DEALLOCATE rp3"),
+                pg.parse("rp3", "DELETE FROM refunds WHERE id = 903") + pg.sync(),
+            ],
+            pg.bind("", "rp3e") + pg.execute("") + pg.sync(),
+        ),
+    ],
+)
+def test_a_bind_is_checked_against_every_statement_its_name_may_hold(
+    hoopy: Hoopy, backend: Backend, setup: list[bytes], attack: bytes
+) -> None:
+    s = raw_connect(hoopy)
+    login(s, hoopy.token("rebind-agent"))
+    for m in setup:
+        _round(s, m)
+    before = app_count(backend, "select count(*) from refunds")
+    s.sendall(attack)
+    pending = _pending_or_none(hoopy, "DELETE FROM refunds WHERE id = 90")
+    if pending is not None:  # asked a human: say no
+        admin(hoopy, "POST", f"/api/approvals/{pending['id']}/deny", {"by": "alice"})
+    answers = attack.count(pg.sync()) + attack.startswith(b"Q")  # one ReadyForQuery each
+    got = b""
+    while got.count(pg.ready_for_query("I")) + got.count(pg.ready_for_query("E")) < answers:
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    assert b"42501" in got  # refused or denied, never run
+    assert app_count(backend, "select count(*) from refunds") == before
+    s.close()
+
+
+def test_a_function_call_inside_an_extended_batch_ends_the_session(hoopy: Hoopy) -> None:
+    s = raw_connect(hoopy)
+    login(s, hoopy.token("fastpath-agent"))
+    function_call = b"F" + (4 + 4 + 2 + 2 + 2).to_bytes(4, "big") + (1).to_bytes(4, "big")
+    function_call += b"\0\0" + b"\0\0" + b"\0\0"
+    s.sendall(pg.parse("", "SELECT 1/0") + pg.bind("", "") + pg.execute("") + function_call)
+    s.sendall(pg.sync())
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    assert b"08P01" in got and b"fast-path function call" in got
+    s.close()

@@ -35,29 +35,51 @@ def single(t: int, raw: bytes) -> pg.Passthrough:
     return pg.Passthrough(bytes((t,)), raw)
 
 
+BOUND = "\n-- bound: "  # between a statement and its values, in what an approver sees
+
+
 def bound_command(cmd: Command, bind: pg.Bind) -> Command:
     """`cmd` as it runs with this Bind's values: what an approver is shown."""
     values = [_shown(bind, i, v) for i, v in enumerate(bind.params[:VALUES_SHOWN])]
     if len(bind.params) > VALUES_SHOWN:
         values.append(f"… {len(bind.params) - VALUES_SHOWN} more")
     bound = ", ".join(f"${i + 1} = {v}" for i, v in enumerate(values)) or "no values"
-    return cmd.with_text(f"{cmd.text}\n-- bound: {bound}")
+    return cmd.with_text(f"{cmd.text}{BOUND}{bound}")
+
+
+# Every value shows on one line, and nothing in it reads as SQL or as the next value.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x5C: "\\\\",
+}
 
 
 def _shown(bind: pg.Bind, i: int, value: bytes | None) -> str:
-    """A value as an approver reads it: text quoted as an SQL literal; binary-format
-    values (drivers send most values so) as text when they are printable UTF-8, else
-    as hex."""
+    """A value as an approver reads it.  Text format: the text, quoted and escaped.
+    Binary format (drivers send most values so): its bytes in hex, which is what runs,
+    then what they read as when that is plausible (hoopy does not know the type)."""
     if value is None:
         return "NULL"
     formats = bind.param_formats
     binary = (formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0) == 1
+    if not binary:
+        return _text(value.decode("utf-8", "replace"))
+    more = "…" if len(value) > VALUE_CHARS // 2 else ""
+    hexed = f"x'{value[: VALUE_CHARS // 2].hex()}{more}'"
+    readings = []
+    if len(value) in (2, 4, 8):
+        readings.append(f"as integer {int.from_bytes(value, 'big', signed=True)}")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
-        text = None
-    if text is not None and (not binary or text.isprintable()):
-        cut = text[:VALUE_CHARS] + ("…" if len(text) > VALUE_CHARS else "")
-        return "'" + cut.replace("'", "''") + "'"
-    hexed = value[: VALUE_CHARS // 2].hex()
-    return f"x'{hexed}'" + ("…" if len(value) > VALUE_CHARS // 2 else "")
+        text = ""
+    if text and text.isprintable():
+        readings.append(f"as text {_text(text)}")
+    return f"{hexed} (binary{'; ' + ', '.join(readings) if readings else ''})"
+
+
+def _text(text: str) -> str:
+    cut = text[:VALUE_CHARS] + ("…" if len(text) > VALUE_CHARS else "")
+    return "'" + cut.translate(_ESCAPES).replace("'", "''") + "'"

@@ -292,28 +292,41 @@ _DYNAMIC_SQL_FUNCTIONS = frozenset(
 _OTHER_SESSIONS_FUNCTIONS = {
     "pg_terminate_backend": "signal_backend",
     "pg_cancel_backend": "signal_backend",
+    "pg_signal_backend": "signal_backend",
     "pg_stat_get_activity": "read_activity",
+    "pg_stat_get_backend_activity": "read_activity",
+    "pg_stat_statements": "read_activity",
 }
-_ACTIVITY_VIEWS = frozenset({"pg_stat_activity", "pg_catalog.pg_stat_activity"})
+_ACTIVITY_VIEWS = frozenset(
+    name
+    for bare in ("pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info")
+    for name in (bare, f"pg_catalog.{bare}", f"public.{bare}")
+)
 
 # Built-in SQL functions that call another built-in: calling one calls both, so a deny
 # on pg_sleep covers pg_sleep_for('5 min').
 _CALLS_TOO = {"pg_sleep_for": "pg_sleep", "pg_sleep_until": "pg_sleep"}
 
 
+def _calls(acc: _Acc, name: str, maybe: bool = False) -> None:
+    """`name` is called (or, `maybe`, may be: functional notation), however it is
+    reached — a call, `(x).f`, an operator's or aggregate's or cast's or trigger's
+    function: what it runs and what kind of call it is count the same every way."""
+    if not name:
+        return
+    into = acc.maybe_functions if maybe else acc.functions
+    into.add(name)
+    bare = name.rpartition(".")[2]
+    if bare in _CALLS_TOO:
+        into.add(_CALLS_TOO[bare])
+    kind = "dynamic_sql" if bare in _DYNAMIC_SQL_FUNCTIONS else _OTHER_SESSIONS_FUNCTIONS.get(bare)
+    if kind:
+        acc.kinds.add(kind)
+        acc.opaque.add(kind)
+
+
 def _on_func_call(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
-    name = _dotted(body.get("funcname", []))
-    if name:
-        acc.functions.add(name)
-        bare = name.rpartition(".")[2]
-        if bare in _CALLS_TOO:
-            acc.functions.add(_CALLS_TOO[bare])
-        if bare in _OTHER_SESSIONS_FUNCTIONS:
-            acc.kinds.add(_OTHER_SESSIONS_FUNCTIONS[bare])
-            acc.opaque.add(_OTHER_SESSIONS_FUNCTIONS[bare])
-        if bare in _DYNAMIC_SQL_FUNCTIONS:
-            acc.kinds.add("dynamic_sql")
-            acc.opaque.add("dynamic_sql")
+    _calls(acc, _dotted(body.get("funcname", [])))
     _push_fields(body, scope, stack, skip=("funcname",))
 
 
@@ -322,7 +335,7 @@ def _on_indirection(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
     functional notation): the name counts as a function called."""
     for item in body.get("indirection") or []:
         if isinstance(item, dict) and "String" in item:
-            acc.functions.add(str(item["String"].get("sval", "")))
+            _calls(acc, str(item["String"].get("sval", "")))
     _push_fields(body, scope, stack)
 
 
@@ -332,10 +345,7 @@ def _on_column_ref(acc: _Acc, body: Json, scope: Scope, stack: Stack) -> None:
     fields = body.get("fields") or []
     last = fields[-1] if len(fields) > 1 else None
     if isinstance(last, dict) and "String" in last:
-        name = str(last["String"].get("sval", ""))
-        acc.maybe_functions.add(name)
-        if name in _CALLS_TOO:
-            acc.maybe_functions.add(_CALLS_TOO[name])
+        _calls(acc, str(last["String"].get("sval", "")), maybe=True)
 
 
 def _on_dml(tag: str) -> Callable[[_Acc, Json, Scope, Stack], None]:
@@ -603,9 +613,7 @@ def _define(acc: _Acc, body: Json) -> None:
     for item in body.get("definition") or []:
         opt = _untag(item)
         if isinstance(opt, dict) and opt.get("defname") in _FUNCTION_OPTIONS:
-            name = _function_name(opt.get("arg"))
-            if name:
-                acc.functions.add(name)
+            _calls(acc, _function_name(opt.get("arg")))
 
 
 def _implicit_functions(acc: _Acc, tag: str, body: Json) -> None:
@@ -620,9 +628,7 @@ def _implicit_functions(acc: _Acc, tag: str, body: Json) -> None:
     elif tag == "CreateConversionStmt":
         named.append(body.get("func_name"))
     for n in named:
-        name = _function_name(n) if n else ""
-        if name:
-            acc.functions.add(name)
+        _calls(acc, _function_name(n) if n else "")
 
 
 def _create_role(acc: _Acc, body: Json) -> None:
@@ -696,7 +702,7 @@ def _create_trigger(kind: str) -> StmtHandler:
     def handler(acc: _Acc, body: Json) -> None:
         acc.kinds.update(("create", kind))
         _add_target(acc, body.get("relation"))
-        acc.functions.add(_dotted(body.get("funcname", [])))
+        _calls(acc, _dotted(body.get("funcname", [])))
         _walk_fields(acc, body, skip=("relation", "funcname"))
 
     return handler

@@ -48,7 +48,12 @@ QUERYING_FUNCTIONS = frozenset(
     | {"schema_to_xml", "schema_to_xml_and_xmlschema", "schema_to_xmlschema", "database_to_xml"}
     | {"database_to_xml_and_xmlschema", "database_to_xmlschema", "ts_stat", "ts_rewrite"}
     | {"dblink", "dblink_exec", "dblink_get_result", "dblink_fetch"}
-    | {"pg_read_file", "pg_read_binary_file", "lo_get", "pg_stat_get_activity", "current_query"}
+    | {"pg_read_file", "pg_read_binary_file", "pg_stat_get_activity", "current_query"}
+    # large objects: their bytes were stored by an earlier statement, from anywhere
+    | {"lo_get", "loread", "lo_export"}
+    # logical decoding: rows of any table, as text
+    | {"pg_logical_slot_get_changes", "pg_logical_slot_peek_changes"}
+    | {"pg_logical_slot_get_binary_changes", "pg_logical_slot_peek_binary_changes"}
 )
 # Set-returning builtins whose output column count is known without a column list.
 _SRF_COLUMNS = {
@@ -465,7 +470,11 @@ class _Analyzer:
             return self.expr(node.val, scope)
         if isinstance(node, ast.WindowDef | ast.SortBy):
             return EMPTY  # partitioning and ordering only arrange rows
-        if isinstance(node, ast.TypeCast) and not self._builtin_type(node.typeName):
+        if (
+            isinstance(node, ast.TypeCast)
+            and not _untyped_literal(node.arg)
+            and not self._builtin_type(node.typeName)
+        ):
             return None  # a cast to a user type may run a user function
         if (
             isinstance(node, ast.A_Expr)
@@ -513,6 +522,12 @@ class _Analyzer:
         if node.subLinkType in (SubLinkType.EXPR_SUBLINK, SubLinkType.ARRAY_SUBLINK):
             return lin
         return _union([lin, self.expr(node.testexpr, scope)])
+
+
+def _untyped_literal(node: Any) -> bool:
+    """A string literal or NULL: its cast to any type runs only that type's input
+    function (C, never SQL), not a cast function a user may define."""
+    return isinstance(node, ast.A_Const) and (node.isnull or isinstance(node.val, ast.String))
 
 
 def _returning(node: Any) -> tuple[Any, ...]:
@@ -610,36 +625,65 @@ RELATIONS = "relations"  # temporary relations, searched first: relation names o
 ALL_NAMES = "all"  # search_path: functions, operators and types as well
 
 
+# Every spelling of what `name_resolution_change` looks for contains one of these
+# (lower-cased): TEMP / TEMPORARY / pg_temp, search_path, SET SCHEMA (search_path by
+# its SQL-standard name), set_config, pg_settings, SET ROLE / SESSION AUTHORIZATION
+# ($user), and U& for identifiers spelt with Unicode escapes.  A quoted identifier
+# holds its characters as written, and PostgreSQL folds only ASCII letters.
+_RESOLUTION_WORDS = (
+    "temp", "search_path", "schema", "set_config", "pg_settings", "role", "authorization", "u&",
+)  # fmt: skip
+# Settings that change how unqualified names resolve: search_path, and the role whose
+# name "$user" stands for.
+_NAME_SETTINGS = frozenset({"search_path", "role", "session_authorization"})
+
+
 def name_resolution_change(sql: str) -> str:
     """Could this statement make a name resolve differently in the agent's session than
-    in hoopy's catalog connection?  "" if not; RELATIONS for temporary relations (they
-    shadow relations only: functions and operators are never looked up in pg_temp
-    unqualified); ALL_NAMES for search_path changes, set_config calls, writes to
-    pg_settings, and text that cannot be analysed."""
+    in hoopy's catalog connection?  "" if not; RELATIONS for temporary relations and
+    types (they shadow those only: functions and operators are never looked up in
+    pg_temp unqualified); ALL_NAMES for search_path or role changes, set_config calls,
+    writes to pg_settings, and text that cannot be analysed.
+
+    Decided on the parsed tree, where `U&"…"` names are unescaped and `SET SCHEMA`
+    is a `SET search_path`; the word test in front only skips texts that cannot
+    spell any of it."""
     low = sql.lower()
-    if not any(w in low for w in ("temp", "search_path", "set_config", "pg_settings")):
-        return ""  # none of these can be spelt without one of those words
+    if not any(w in low for w in _RESOLUTION_WORDS):
+        return ""
     found = ""
+    literals: set[int] = set()  # String nodes that are values, not names
     try:
         for node in _nodes(_parse_one(sql)):
-            if isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
+            if isinstance(node, ast.A_Const):
+                literals.add(id(node.val))
+            elif isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
                 getattr(node.relation, "relname", None) == "pg_settings"
             ):
                 return ALL_NAMES  # UPDATE pg_settings is set_config by another name
-            if isinstance(node, ast.RangeVar) and (
-                node.relpersistence == "t" or (node.schemaname or "").startswith("pg_temp")
+            elif isinstance(node, ast.RangeVar) and (
+                node.relpersistence == "t" or _temp_schema(node.schemaname)
             ):
                 found = RELATIONS
-            if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "search_path":
-                return ALL_NAMES
-            if isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
+            elif isinstance(node, ast.String) and id(node) not in literals:
+                if _temp_schema(node.sval):  # pg_temp.name of a type, a domain …
+                    found = RELATIONS
+            elif isinstance(node, ast.VariableSetStmt):
+                if (node.name or "").lower() in _NAME_SETTINGS:
+                    return ALL_NAMES
+            elif isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
                 first = node.args[0] if node.args else None
                 value = getattr(getattr(first, "val", None), "sval", None)
-                if not isinstance(first, ast.A_Const) or str(value).lower() == "search_path":
+                name = str(value).strip().lower()
+                if not isinstance(first, ast.A_Const) or name in _NAME_SETTINGS:
                     return ALL_NAMES
     except Exception:
         return ALL_NAMES
     return found
+
+
+def _temp_schema(name: str | None) -> bool:
+    return bool(name) and str(name).lower().startswith("pg_temp")
 
 
 def changes_name_resolution(sql: str) -> bool:
@@ -656,6 +700,11 @@ def search_path_schemas(sql: str) -> tuple[str, ...] | None:
                 getattr(node.relation, "relname", None) == "pg_settings"
             ):
                 return None
+            if (
+                isinstance(node, ast.VariableSetStmt)
+                and (node.name or "").lower() in _ROLE_SETTINGS
+            ):
+                return None  # "$user" in the path now names another role's schema
             if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "search_path":
                 if node.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
                     found.append("public")
@@ -672,6 +721,8 @@ def search_path_schemas(sql: str) -> tuple[str, ...] | None:
                 name = getattr(getattr(args[0], "val", None), "sval", None) if args else None
                 if not isinstance(name, str):
                     return None
+                if name.strip().lower() in _ROLE_SETTINGS:
+                    return None
                 if name.strip().lower() != "search_path":
                     continue
                 value = (
@@ -682,8 +733,62 @@ def search_path_schemas(sql: str) -> tuple[str, ...] | None:
                 found += [v.strip().strip('"') for v in value.split(",")]
     except Exception:
         return None
-    # "$user" is the connector's own schema, if it has one: a name hoopy does not track
-    return tuple(dict.fromkeys(v for v in found if v and v != "$user"))
+    return tuple(dict.fromkeys(v for v in found if v))  # "$user": the caller knows who
+
+
+_ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+
+
+# Operator-like expressions whose `name` is not an operator (BETWEEN's, resolved to
+# comparison operators, which return booleans).
+_NOT_OPERATORS = frozenset(
+    {A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN}
+    | {A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM}
+)
+
+
+def untraceable(sql: str, catalog: Catalog | None) -> bool:
+    """Does the statement run code whose data hoopy cannot see: a function, operator or
+    cast that is not builtin, a builtin that runs a query or reads stored bytes
+    (QUERYING_FUNCTIONS), a prepared statement (EXECUTE), a procedure, a DO block, a
+    COPY from a file or a program?  Anywhere in it, not only in its output.  With
+    `catalog` None, every function, operator and cast counts.  True also for a text
+    that cannot be analysed."""
+    try:
+        root = pglast.parse_sql(sql)
+        for node in _nodes(root):
+            if isinstance(node, ast.ExecuteStmt | ast.CallStmt | ast.DoStmt):
+                return True
+            if isinstance(node, ast.FuncCall):
+                name = _func_name(node)
+                if name[1] in QUERYING_FUNCTIONS or catalog is None:
+                    return True
+                if not catalog.function_is_builtin(name):
+                    return True
+            elif isinstance(node, ast.A_Expr) and node.kind not in _NOT_OPERATORS:
+                parts = [_name(p) for p in node.name or ()]
+                if not parts:
+                    continue
+                if catalog is None or not catalog.operator_is_builtin(
+                    (parts[-2] if len(parts) > 1 else None, parts[-1])
+                ):
+                    return True
+            elif isinstance(node, ast.TypeCast) and not _untyped_literal(node.arg):
+                type_name = node.typeName
+                parts = [_name(p) for p in (type_name.names if type_name else None) or ()]
+                if not parts or catalog is None:
+                    return True
+                if not catalog.type_is_builtin((parts[-2] if len(parts) > 1 else None, parts[-1])):
+                    return True
+            elif (
+                isinstance(node, ast.CopyStmt)
+                and node.is_from
+                and (node.filename is not None or node.is_program)
+            ):
+                return True
+    except Exception:
+        return True
+    return False
 
 
 def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:

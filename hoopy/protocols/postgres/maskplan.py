@@ -17,6 +17,17 @@ one action per column:
 
 A catalog that cannot be read, a session inside a transaction that changed the schema,
 rows whose columns were never described: every value of the result is masked.
+
+A statement planned before the session changed how names resolve (search_path,
+temporary relations) or before the catalog changed (committed DDL) is planned again
+when its next result arrives: a prepared statement's text may read other relations now
+(`Planner.epoch`, `Planner.refresh`).
+
+Writes and sinks (`stores_masked`) fail closed the same way: a write is refused unless
+hoopy can show that it stores no masked column — every value written traced to clean
+columns, or written into a column the same masks cover.  A value from a user-defined
+function, operator or cast, a prepared statement (EXECUTE) or planner statistics
+(VALUE_CATALOGS) cannot be shown clean.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from hoopy.masking import ValueMasker, column_matches
+from hoopy.masking import ValueMasker, column_matches, mask_whole
 from hoopy.policy import Command, MaskRule, Masks, strictest
 from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
@@ -68,6 +79,17 @@ class StatementMasks:
     # Columns the server names by table OID (RowDescription) may still be traced by that
     # OID when only names were untrusted: an OID resolves the same in every session.
     by_oid: bool = False
+    # Could the statement read a masked column anywhere (output, WHERE, a function it
+    # calls)?  Its data errors are then withheld (maskwire.mask_message_fields).
+    reads_masked: bool = True
+    # Planner.epoch when this was planned, and the planner (to tell when it is stale).
+    epoch: tuple[int, bool, bool, bool] = (-1, False, False, False)
+    planner: Planner | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def stale(self) -> bool:
+        """Planned before names, relations or the catalog changed (see Planner.refresh)."""
+        return self.planner is not None and self.epoch != self.planner.epoch
 
 
 @dataclass
@@ -92,33 +114,85 @@ class Planner:
     relations_untrusted: bool = False
     names_untrusted: bool = False
     _maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
-    _lineage: dict[tuple[str, int, bool], Lineage] = field(default_factory=dict)
+    # (lineage, whether the text runs code hoopy cannot see into: None until asked)
+    _lineage: dict[tuple[str, int, bool], tuple[Lineage, bool | None]] = field(default_factory=dict)
     _views: dict[tuple[int, int], Lineage] = field(default_factory=dict)
+    _exposes: dict[tuple[str, int, tuple[str, ...]], bool] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> tuple[int, bool, bool, bool]:
+        """What every plan depends on: a statement planned under another is stale."""
+        return (
+            self.catalog.generation,
+            self.catalog_dirty,
+            self.names_untrusted,
+            self.relations_untrusted,
+        )
 
     # ---- before forwarding -------------------------------------------------------------
     async def statement(self, cmd: Command, masks: Masks) -> StatementMasks:
-        sm = StatementMasks(cmd, masks, copy=copy_format(cmd))
-        if not masks.column_rules:
-            return sm
+        sm = StatementMasks(cmd, masks, copy=copy_format(cmd), planner=self)
+        await self._fill(sm)
+        return sm
+
+    async def refresh(self, sm: Any) -> bool:
+        """Plan again a statement planned before the session changed how names resolve
+        or the catalog changed (PostgreSQL re-analyses a prepared statement then, and
+        the same text may read other relations); True when it was stale."""
+        if not isinstance(sm, StatementMasks) or sm.epoch == self.epoch:
+            return False
+        sm.lineage, sm.trusted, sm.by_oid, sm.reads_masked = None, True, False, True
+        await self._fill(sm)
+        return True
+
+    async def _fill(self, sm: StatementMasks) -> None:
+        sm.epoch = self.epoch  # before any wait: a change meanwhile makes it stale
+        cmd, masks = sm.command, sm.masks
+        rules = masks.column_rules
+        if not rules:
+            sm.reads_masked = False
+            return
         if self.catalog_dirty or self.names_untrusted:
             sm.trusted = False
             sm.by_oid = not self.catalog_dirty
-            return sm
+            return
         blind = self.relations_untrusted
         sm.by_oid = blind
         key = (cmd.fingerprint or cmd.text, self.catalog.generation, blind)
-        if key in self._lineage:
-            sm.lineage = self._lineage[key]
-            return sm
         try:
-            sm.lineage = await self._trace(cmd.text, blind)
+            if key in self._lineage:
+                sm.lineage = self._lineage[key][0]
+            else:
+                sm.lineage = await self._trace(cmd.text, blind)
+                if len(self._lineage) > 2048:
+                    self._lineage.clear()
+                self._lineage[key] = (sm.lineage, None)
+            sm.reads_masked = await self._statement_reads_masked(sm, key, blind)
         except CatalogUnavailable:
             sm.trusted = False
-            return sm
-        if len(self._lineage) > 2048:
-            self._lineage.clear()
-        self._lineage[key] = sm.lineage
-        return sm
+            sm.reads_masked = True
+
+    async def _statement_reads_masked(
+        self, sm: StatementMasks, key: tuple[str, int, bool], blind: bool
+    ) -> bool:
+        """Could the statement read a masked column anywhere, not only in its output?"""
+        rules = sm.masks.column_rules
+        lineage = sm.lineage
+        if lineage is None or any(col is None for col in lineage):
+            return True
+        if any(_masked_source(rules, t, c) for col in lineage for t, c in col or ()):
+            return True
+        if sm.command.tables_read and (
+            blind or await self._reads_masked(sm.command.tables_read, rules)
+        ):
+            return True  # blind: a relation named may be a temporary one hoopy cannot see
+        cached = self._lineage.get(key)
+        untraced = cached[1] if cached is not None else None
+        if untraced is None:
+            untraced = await self._untraceable(sm.command.text)
+            if cached is not None:
+                self._lineage[key] = (cached[0], untraced)
+        return untraced
 
     async def _trace(self, sql: str, blind: bool = False) -> Lineage:
         """Lineage of `sql`'s output; `blind`: as if no relation were known by name."""
@@ -148,21 +222,33 @@ class Planner:
 
     # ---- writes ------------------------------------------------------------------------
     async def stores_masked(self, cmd: Command, masks: Masks) -> str:
-        """Why this statement would store masked data where masks do not reach ("" if not).
+        """Why this statement would store masked data where masks do not reach ("" if not):
+        while column rules apply, also any write or sink of data hoopy cannot trace.
 
         Raises CatalogUnavailable (callers refuse: they cannot tell)."""
         rules = masks.column_rules
-        if not rules or self.catalog_dirty or self.names_untrusted or self.relations_untrusted:
-            return "" if not rules else await self._dirty_write(cmd, rules)
-        if sinks.calls_sink(cmd.functions) and await self._reads_masked(cmd.tables_read, rules):
-            return "it passes data from masked columns to a function that keeps it"
+        if not rules:
+            return ""
+        sink = sinks.calls_sink(cmd.functions)
+        if not (sink or cmd.tables_written):
+            return ""
+        if self.catalog_dirty or self.names_untrusted or self.relations_untrusted:
+            return await self._dirty_write(cmd)
+        if sink:
+            if await self._reads_masked(cmd.tables_read, rules):
+                return "it passes data from masked columns to a function that keeps it"
+            if await self._untraceable(cmd.text):
+                return (
+                    "it passes data hoopy cannot trace (from a function, operator, cast or "
+                    "prepared statement it cannot see into) to a function that keeps it"
+                )
         if not cmd.tables_written:
             return ""
         stores = sinks.stored_queries(cmd.text)
         if stores is None:
             names = cmd.tables_read | cmd.tables_written
-            if await self._reads_masked(names, rules):
-                return "hoopy cannot trace what it writes, and it reads masked columns"
+            if await self._reads_masked(names, rules) or await self._untraceable(cmd.text):
+                return _untraced_write("it reads masked columns or runs code it cannot see into")
             return ""
         for store in stores:
             why = await self._store_masked(store, rules)
@@ -170,10 +256,19 @@ class Planner:
                 return why
         return ""
 
-    async def _dirty_write(self, cmd: Command, rules: tuple[MaskRule, ...]) -> str:
-        """Writes hoopy cannot trace right now: refused when they read anything."""
-        if not (cmd.tables_written or sinks.calls_sink(cmd.functions)) or not cmd.tables_read:
-            return ""  # nothing read: nothing masked can be stored
+    async def _untraceable(self, sql: str) -> bool:
+        """Does `sql` run code whose data hoopy cannot see (lineage.untraceable)?  Inside
+        a transaction that changed the schema, every function and operator counts."""
+        if self.catalog_dirty:
+            return lin.untraceable(sql, None)
+        await self.catalog.prefetch(set(), set())  # function, type and operator names
+        return lin.untraceable(sql, self.catalog)
+
+    async def _dirty_write(self, cmd: Command) -> str:
+        """Writes hoopy cannot trace right now: refused when they read anything, or run
+        code hoopy cannot see into."""
+        if not cmd.tables_read and not await self._untraceable(cmd.text):
+            return ""  # nothing read, only constants and builtins: nothing masked stored
         if self.names_untrusted or self.relations_untrusted:
             return (
                 "this session made names resolve differently (temporary objects or "
@@ -189,11 +284,8 @@ class Planner:
             rel = self.catalog.relation(_qual(store.table))
             targets = rel.columns if rel is not None else None
         if lineage is None:
-            rels, _ = lin.required_names(store.query)
-            names = {f"{s}.{n}" if s else n for s, n in rels}
-            if await self._reads_masked(frozenset(names), rules):
-                return "hoopy cannot trace what it writes, and it reads masked columns"
-            return ""
+            # not even its shape (EXECUTE of a prepared statement …): fail closed
+            return _untraced_write("a prepared statement or a query it cannot analyse")
         for i, sources in enumerate(lineage):
             target = targets[i] if targets is not None and i < len(targets) else None
             if target is not None and any(
@@ -201,28 +293,56 @@ class Planner:
             ):
                 continue  # stored into a column the same masks cover
             if sources is None:
-                rels, _ = lin.required_names(store.query)
-                names = {f"{s}.{n}" if s else n for s, n in rels}
-                if await self._reads_masked(frozenset(names), rules):
-                    return "hoopy cannot trace what it writes, and it reads masked columns"
-                continue
+                return _untraced_write("a function, operator or cast it cannot see into")
+            where = f"{store.table or 'a table'}" + (f".{target}" if target else "")
             for table, column in sorted(sources):
+                if table in VALUE_CATALOGS:
+                    return f"it would copy planner statistics ({table}.{column}) into {where}"
                 if any(column_matches(r.columns, table, column) for r in rules):
-                    where = f"{store.table or 'a table'}" + (f".{target}" if target else "")
                     return f"it would copy masked column {table}.{column} into {where}"
         return ""
 
     async def _reads_masked(self, names: frozenset[str], rules: tuple[MaskRule, ...]) -> bool:
-        """Does any of these relations (tables or views) expose a masked column?"""
+        """Does any of these relations (tables or views) expose a masked column, or
+        values of other columns (VALUE_CATALOGS)?"""
+        patterns = tuple(c for r in rules for c in r.columns)
         for name in sorted(names):
-            lineage = await self._trace(f"SELECT * FROM {_quoted(name)}")
-            if lineage is None or any(s is None for s in lineage):
+            key = (name, self.catalog.generation, patterns)
+            hit = self._exposes.get(key)
+            if hit is None:
+                hit = await self._exposes_masked(name, rules)
+                if len(self._exposes) > 2048:
+                    self._exposes.clear()
+                self._exposes[key] = hit
+            if hit:
                 return True
-            for sources in lineage:
-                for table, column in sources or ():
-                    if any(column_matches(r.columns, table, column) for r in rules):
-                        return True
         return False
+
+    async def _exposes_masked(self, name: str, rules: tuple[MaskRule, ...]) -> bool:
+        lineage = await self._trace(f"SELECT * FROM {_quoted(name)}")
+        if lineage is None or any(s is None for s in lineage):
+            return True
+        return any(_masked_source(rules, t, c) for col in lineage for t, c in col or ())
+
+    def mask_untraced_text(self, masks: Masks, text: str) -> str:
+        """A value hoopy cannot trace to any column (a NOTIFY payload): masked whole by
+        the strictest column rule, as an untraced column is; else scanned by the
+        detectors."""
+        if not text:
+            return text
+        if masks.column_rules:
+            rule = _column_rule(masks.column_rules, None)
+            assert rule is not None
+            self.counts[(rule.name, "column")] += 1
+            return mask_whole(text, rule.style, self.settings.hash_key)
+        if masks.detectors:
+            masker = self._masker(masks.detectors, masks.detector_style)
+            masked, found = masker.mask_text(text)
+            rules_of = {d: e.name for e in reversed(masks.entries) for d in e.detectors}
+            for det, n in found.items():
+                self.counts[(rules_of.get(det, ""), det)] += n
+            return masked
+        return text
 
     # ---- when columns are described ----------------------------------------------------
     async def plan(
@@ -232,6 +352,7 @@ class Planner:
             return RowMasker([], self.counts)
         if not isinstance(sm, StatementMasks) or fields is None:
             return self._mask_all(len(formats))
+        await self.refresh(sm)
         masks = sm.masks
         col_rules = masks.column_rules
         try:
@@ -255,6 +376,7 @@ class Planner:
             return RowMasker([], self.counts)
         if not isinstance(sm, StatementMasks):
             return self._mask_all(ncols)
+        await self.refresh(sm)
         masks = sm.masks
         lineage = sm.lineage if sm.trusted else None
         if masks.column_rules and (lineage is None or len(lineage) != ncols):
@@ -365,9 +487,22 @@ class _NoRelations:
 
 
 # Catalogs whose columns hold copies of other tables' values (planner statistics:
-# most common values, histogram bounds): their output is masked like an untraced column.
+# most common values, histogram bounds; large objects' bytes): their output is masked
+# like an untraced column, and writes and sinks of it are refused.
 _STATISTICS = ("pg_statistic", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs")
-VALUE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (*_STATISTICS, "pg_statistic_ext_data"))
+VALUE_CATALOGS = frozenset(
+    f"pg_catalog.{n}" for n in (*_STATISTICS, "pg_statistic_ext_data", "pg_largeobject")
+)
+
+
+def _untraced_write(why: str) -> str:
+    return (
+        f"hoopy cannot trace what it writes ({why}), so it cannot show it stores no masked column"
+    )
+
+
+def _masked_source(rules: tuple[MaskRule, ...], table: str, column: str) -> bool:
+    return table in VALUE_CATALOGS or any(column_matches(r.columns, table, column) for r in rules)
 
 
 def _qual(name: str) -> lin.QualName:

@@ -2,17 +2,29 @@
 why it is refused), the row masker of each result, what errors and notices may show,
 how COPY rows are formatted, which forwarded messages the result tracker must see.
 Functions of the masking state (maskplan.Planner and StatementMasks,
-results.ResultTracker) that relay.Relay calls for masking sessions only."""
+results.ResultTracker) that relay.Relay calls for masking sessions only — and
+`notification`, which every session calls for NotificationResponse messages.
+
+Errors: quoted values the agent did not write are masked; for statements that may
+read masked columns, data errors (SQLSTATE classes 22 and 54: `index 1078051120 out
+of valid range`) describe the offending value unquoted, so their message and detail
+are withheld, and other unquoted numbers the agent did not write are masked.
+
+Notifications (LISTEN / NOTIFY): a payload may come from any session — a trigger's
+`pg_notify(ch, row_to_json(NEW)::text)` — so hoopy cannot know what it derives from:
+while column rules can apply to the identity, it is masked whole; else the detectors
+scan it.  Every session records each notification as the agent receives it."""
 
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import replace
 from typing import Any, cast
 
 from hoopy.config import PostgresSettings
 from hoopy.errors import CommandDenied
-from hoopy.policy import Command, Decision, identity_masks
+from hoopy.policy import Command, Decision, Masks, identity_masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import CatalogUnavailable
 from hoopy.protocols.postgres.lineage import ALL_NAMES, name_resolution_change
@@ -39,6 +51,51 @@ _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 _KEY_VALUES = re.compile(r"\)=\((.*)\)", re.DOTALL)
 _FAILING_ROW = re.compile(r"(Failing row contains )\((.*)\)", re.DOTALL)
 _MESSAGE_FIELDS = ("M", "D", "H", "W", "p", "q")
+# Numbers outside quotes: a data error's offending value (`index 1078051120 out of
+# valid range`, `large object 219099999 does not exist`).
+_NUMBER = re.compile(r"(?<![\w.])[0-9][0-9.]*(?![\w])")
+
+# Errors raised while evaluating data: their messages show the offending value, not
+# always quoted.  What the agent sees instead of the message, per SQLSTATE (class 22
+# data_exception, class 54 program_limit_exceeded: `chr(2001120)`).
+_DATA_ERRORS = {
+    "22000": "data exception",
+    "22001": "value too long for its type",
+    "22003": "numeric value out of range",
+    "22004": "null value not allowed",
+    "22007": "invalid date/time format",
+    "22008": "date/time field value out of range",
+    "22012": "division by zero",
+    "22015": "interval field overflow",
+    "22018": "invalid character value for cast",
+    "22021": "invalid byte sequence (character not in repertoire)",
+    "22023": "invalid parameter value",
+    "22025": "invalid escape sequence",
+    "2201B": "invalid regular expression",
+    "2201E": "invalid argument for logarithm",
+    "2201F": "invalid argument for power function",
+    "2201G": "invalid argument for width_bucket",
+    "2202E": "array subscript out of range",
+    "22P01": "floating point exception",
+    "22P02": "invalid input syntax",
+    "22P03": "invalid binary representation",
+    "22P05": "untranslatable character",
+    "22032": "invalid JSON text",
+    "2200M": "invalid XML document",
+    "2200N": "invalid XML content",
+    "54000": "program limit exceeded",
+}
+_DATA_ERROR_CLASSES = ("22", "54")
+
+
+def _withheld(code: str) -> str:
+    what = _DATA_ERRORS.get(code) or (
+        "program limit exceeded" if code.startswith("54") else "data exception"
+    )
+    return (
+        f"{what} (SQLSTATE {code}): the message is withheld by hoopy because this "
+        "statement reads masked columns"
+    )
 
 
 def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str, str]:
@@ -46,6 +103,8 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
     out = dict(fields)
     text = sm.command.text
     if sm.masks.column_rules:
+        code = fields.get("C", "")
+        reads = sm.reads_masked or sm.stale
 
         def unseen(m: re.Match[str]) -> str:
             inner = m.group(1) if m.lastindex else m.group(0)
@@ -57,10 +116,18 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
             if k in out:
                 v = _FAILING_ROW.sub(r"\1(****)", out[k])
                 v = _KEY_VALUES.sub(unseen, v)
-                out[k] = _QUOTED.sub(unseen, v)
-        if fields.get("C", "").startswith("22") and "D" in out:
-            # Data exceptions describe the offending value, not always quoted (an XML
-            # parser's DETAIL quotes the document's line): withheld, not scrubbed.
+                v = _QUOTED.sub(unseen, v)
+                if reads and k in "MDHW":
+                    v = _unquoted_numbers(v, text)
+                out[k] = v
+        if reads and code.startswith(_DATA_ERROR_CLASSES):
+            # Data errors describe the offending value, not always quoted (`index
+            # 1078051120 out of valid range`, an XML parser's DETAIL quoting the
+            # document's line): withheld, not scrubbed.  The SQLSTATE stays.
+            out["M"] = _withheld(code)
+            if "D" in out:
+                out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
+        elif code.startswith("22") and "D" in out:
             out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
         if user_code(sm) and fields.get("C", "") in ("00000", "P0001", "01000"):
             # RAISE from a function whose output hoopy cannot trace
@@ -75,6 +142,16 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
             if k in out:
                 out[k] = masker.mask_text(out[k])[0]
     return out if out != fields else fields
+
+
+def _unquoted_numbers(v: str, text: str) -> str:
+    """Mask the numbers outside double quotes that the statement's text does not hold
+    (as numbers: a digit inside a longer literal does not count)."""
+    written = set(_NUMBER.findall(text))
+    parts = re.split(r'("(?:[^"]|"")*")', v)  # odd parts: quoted, handled by _QUOTED
+    for i in range(0, len(parts), 2):
+        parts[i] = _NUMBER.sub(lambda m: m.group(0) if m.group(0) in written else "****", parts[i])
+    return "".join(parts)
 
 
 def user_code(sm: StatementMasks) -> bool:
@@ -178,6 +255,8 @@ async def result_plan(planner: Planner, result: Result) -> RowMasker:
     if st.mask is None:
         result.plan = RowMasker([], planner.counts)
         return result.plan
+    if await planner.refresh(st.mask):
+        st.plans.clear()  # planned before names, relations or the catalog changed
     key = result.formats
     plan = st.plans.get(key) if result.fields is st.fields else None
     if plan is None:
@@ -186,3 +265,22 @@ async def result_plan(planner: Planner, result: Result) -> RowMasker:
             st.plans[key] = plan
     result.plan = plan
     return plan
+
+
+def notification(planner: Planner | None, session: Session, ev: pg.NotificationResponse) -> bytes:
+    """A NotificationResponse as the agent may see it, recorded (every session).  In
+    masking sessions the payload is masked: it may come from any session, from any
+    data, so no lineage can clear it."""
+    payload = ev.payload
+    if planner is not None:
+        masks: Masks = identity_masks(session.policies, session.identity, session.connector)
+        payload = planner.mask_untraced_text(masks, payload)
+    session.record("notification", channel=ev.channel, payload=payload)
+    if payload == ev.payload:
+        return ev.raw
+    return notification_response(ev.pid, ev.channel, payload)
+
+
+def notification_response(pid: int, channel: str, payload: str) -> bytes:
+    body = struct.pack("!I", pid & 0xFFFFFFFF) + channel.encode() + b"\0" + payload.encode()
+    return b"A" + struct.pack("!I", len(body) + 5) + body + b"\0"

@@ -122,6 +122,19 @@ class Pipeline:
                 return cmds
         return self.prepared.get(name)
 
+    def _candidates(self, name: str) -> list[tuple[Command, ...] | None]:
+        """Everything `name` may hold for a message forwarded now: what the server has,
+        and every Parse or PREPARE of the name it has not answered yet (one of them may
+        fail — a name in use, 42P05 — and leave the other; which, only the answers
+        tell).  Empty: it holds nothing hoopy knows of."""
+        found: list[tuple[Command, ...] | None] = []
+        if name in self.prepared:
+            found.append(self.prepared[name])
+        for _, n, cmds, _ in self.unconfirmed:
+            if n == name:
+                found.append(cmds)
+        return found
+
     def _parse_complete(self) -> None:
         for i, (_, name, cmds, protocol) in enumerate(self.unconfirmed):
             if protocol:
@@ -170,7 +183,10 @@ class Pipeline:
         session = self.session
         assert session is not None
         session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
-        cmds = self._statement_now(bind.statement)  # absent: refused, never prepared
+        found = self._candidates(bind.statement)  # none: refused, never prepared
+        cmds = found[0] if len(found) == 1 else None
+        if len(found) > 1:  # the server holds one of these: record them all
+            cmds = tuple(c for cs in found for c in cs or ())
         key = (bind.statement, cmds)
         known = self._bind_statics.get(key)
         if known is None:  # worked out once per statement, not per execution
@@ -195,7 +211,7 @@ class Pipeline:
         its end: the names they touch become unknown at once."""
         for c in cmds:
             if "prepare" in c.kinds and "execute" not in c.kinds:
-                name = _prepared_name(c.text)
+                name = prepared_name(c.text)
                 if protocol:
                     self._forget(name or None)
                 elif name:  # known once the text ran without error (_batch_answered)
@@ -206,7 +222,7 @@ class Pipeline:
                         self._forget(name)
                     self.unconfirmed.append((self.batches_sent + 1, name, (c,), False))
             elif "deallocate" in c.kinds or ("discard" in c.kinds and "all" in c.text.lower()):
-                name = _prepared_name(c.text)
+                name = prepared_name(c.text)
                 self._forget(name if name and name.lower() != "all" else None)
 
 
@@ -219,7 +235,7 @@ def copies_in(cmds: tuple[Command, ...] | None) -> bool:
     return any("copy" in c.kinds and c.tables_written and not c.opaque for c in cmds or ())
 
 
-def _prepared_name(text: str) -> str:
+def prepared_name(text: str) -> str:
     """The statement name of PREPARE name … / DEALLOCATE [PREPARE] name."""
     from pglast import parse_sql
 

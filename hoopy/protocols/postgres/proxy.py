@@ -278,7 +278,15 @@ class AgentConnection(Relay):
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         self.session.notify = self._notice
-        self.session.search_path_of = _search_path_of
+        user = connector.user
+
+        def search_path_of(command: Command) -> tuple[str, ...] | None:
+            """Session.search_path_of for SQL; "$user" is the connector's role."""
+            found = search_path_schemas(command.text)
+            return None if found is None else tuple(user if s == "$user" else s for s in found)
+
+        self.session.search_path_of = search_path_of
+        self.session.also_schemas = (user,)  # "$user" of the default search_path
         if may_mask(self.session.policies, identity, connector.name):
             self.tracker = ResultTracker()
             settings = MaskSettings(self.gw.mask_key, self.gw.config.masking.redact_numeric)
@@ -324,8 +332,3 @@ class AgentConnection(Relay):
             # CopyData, CopyDone (masking sessions track them)
             self.codec.opaque = frozenset(b"BDEHdc")
         self.session.record("backend", pooled=self.listener.pool.hits > 0, tls=backend.tls)
-
-
-def _search_path_of(command: Command) -> tuple[str, ...] | None:
-    """Session.search_path_of for SQL: the schemas a statement sets search_path to."""
-    return search_path_schemas(command.text)

@@ -53,11 +53,17 @@ from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import (
     copy_format,
     mask_message_fields,
+    notification,
     result_plan,
     statement_masks,
     track,
 )
-from hoopy.protocols.postgres.pipeline import SESSION_STATE_KINDS, Pipeline, copies_in
+from hoopy.protocols.postgres.pipeline import (
+    SESSION_STATE_KINDS,
+    Pipeline,
+    copies_in,
+    prepared_name,
+)
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
 from hoopy.protocols.postgres.results import ResultTracker
@@ -333,9 +339,16 @@ class Relay(Pipeline):
         """ "" when this Bind may go; else "unknown" or "approval"."""
         if self.refusals and self.refusals[-1][0] > self.batches_sent:
             return ""  # the server discards it: a message of this batch was refused
-        cmds = self._statement_now(bind.statement)
-        if cmds is None:
+        found = self._candidates(bind.statement)
+        if len(found) == 1 and found[0] is not None:
+            return self._statement_gate(found[0])
+        if not found or any(cmds is None for cmds in found):
             return "unknown"
+        gates = {self._statement_gate(cmds) for cmds in found if cmds is not None}
+        return "unknown" if "unknown" in gates else "approval" if "approval" in gates else ""
+
+    def _statement_gate(self, cmds: tuple[Command, ...]) -> str:
+        """What a Bind of this statement needs (see _bind_gate)."""
         session = self.session
         assert session is not None
         # per statement, as long as the session's search_path (the only thing that can
@@ -343,14 +356,37 @@ class Relay(Pipeline):
         hit = self._gates.get(id(cmds))  # the entry holds cmds: its id stays its own
         if hit is not None and hit[0] is cmds and hit[1] is session.schemas:
             return hit[2]
-        gate = ""
+        gate, cacheable = "", True
         for c in cmds:
+            if "execute" in c.kinds:
+                # EXECUTE name runs what name holds at this Bind, not at the Parse
+                cacheable = False
+                targets = self._candidates(prepared_name(c.text))
+                if not targets or any(t is None for t in targets):
+                    return "unknown"
+                if any(session.decide(t).outcome == "require_approval" for ts in targets
+                       for t in ts or ()):  # fmt: skip
+                    gate = "approval"
             if session.decide(c).outcome == "require_approval":
                 gate = "approval"
-        if len(self._gates) > 256:
-            self._gates.clear()
-        self._gates[id(cmds)] = (cmds, session.schemas, gate)
+        if cacheable:
+            if len(self._gates) > 256:
+                self._gates.clear()
+            self._gates[id(cmds)] = (cmds, session.schemas, gate)
         return gate
+
+    def _needing_approval(self, bind: pg.Bind) -> list[Command]:
+        """The statements a Bind may run that need an approval (see _bind_gate)."""
+        session = self.session
+        assert session is not None
+        out: list[Command] = []
+        for cmds in self._candidates(bind.statement):
+            for c in cmds or ():
+                runs = [c]
+                if "execute" in c.kinds:
+                    runs += [t for ts in self._candidates(prepared_name(c.text)) for t in ts or ()]
+                out += [r for r in runs if session.decide(r).outcome == "require_approval"]
+        return list(dict.fromkeys(out))
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
         """The Binds of `ev` when none of them must wait or be refused, else None."""
@@ -399,9 +435,7 @@ class Relay(Pipeline):
     async def _approve_bind(self, bind: pg.Bind) -> list[Decision]:
         session = self.session
         assert session is not None
-        cmds = self._statement_now(bind.statement) or ()
-        waiting = [c for c in cmds if session.decide(c).outcome == "require_approval"]
-        return [await session.check(bound_command(c, bind)) for c in waiting]
+        return [await session.check(bound_command(c, bind)) for c in self._needing_approval(bind)]
 
     def _refused_bind(self, e: HoopyError) -> bytes:
         """What goes to the server in place of a refused Bind: a Parse of the marker (its
@@ -443,6 +477,11 @@ class Relay(Pipeline):
             self._end()
             return False
         elif t is pg.FunctionCall:
+            if self.extended_open:  # its marker Query would go unanswered: see _enter
+                raise ProtocolError(
+                    "a fast-path function call inside an extended-protocol batch (before "
+                    "its Sync) is not supported through hoopy; session closed"
+                )
             refusal = CommandDenied("the fast-path function call protocol is not allowed")
             out.append(self._refuse_query(refusal))
         else:
@@ -457,6 +496,8 @@ class Relay(Pipeline):
                     self.unsynced_execute = True
                     if any(self._portal_copies.values()):
                         self._copy_starts()  # an Execute of a bound COPY FROM STDIN
+                if 0x63 in types:
+                    self._copy_may_commit()
                 if 0x63 in types and types.rfind(b"c") > types.rfind(b"E"):
                     self.copy_in_flight = False  # its CopyDone
                 if 0x42 in types or 0x44 in types or 0x45 in types:
@@ -469,11 +510,19 @@ class Relay(Pipeline):
                 if self._portal_copies.get(ev.portal):  # type: ignore[union-attr]
                     self._copy_starts()
             elif t is pg.CopyDone or t is pg.CopyFail:
+                if t is pg.CopyDone:
+                    self._copy_may_commit()
                 self.copy_in_flight = False
             elif t is pg.Describe:
                 self.extended_open = True
             out.append(ev.raw)
         return True
+
+    def _copy_may_commit(self) -> None:
+        """A CopyDone commits what a COPY FROM STDIN sent: not once the token expired
+        (the session ends before it goes, and the server drops the COPY)."""
+        assert self.session is not None
+        self.session.check_alive("copy", "CopyDone of COPY FROM STDIN")
 
     def _flush(self, out: list[bytes]) -> None:
         """Send what the batch forwards so far (all of it, or what precedes a command
@@ -764,6 +813,9 @@ class Relay(Pipeline):
         if isinstance(ev, pg.CopyData):
             self.result.add_copy(ev.data)
             return ev.raw
+        if isinstance(ev, pg.NotificationResponse):
+            assert self.session is not None
+            return notification(self.planner, self.session, ev)  # masked, recorded
         if isinstance(ev, pg.EmptyQueryResponse):
             self.result.reset()
         return ev.raw

@@ -122,7 +122,14 @@ def _names(targets: Any) -> tuple[str, ...] | None:
 
 
 def _select_of(targets: Any, from_: tuple[Any, ...], where: Any, with_clause: Any) -> Any:
-    vals = tuple(ast.ResTarget(val=t.val) for t in targets or () if t.val is not None)
+    vals = tuple(
+        # SET col = DEFAULT stores the column's default: no value of the statement
+        ast.ResTarget(
+            val=ast.A_Const(isnull=True) if isinstance(t.val, ast.SetToDefault) else t.val
+        )
+        for t in targets or ()
+        if t.val is not None
+    )
     return ast.SelectStmt(
         targetList=vals, fromClause=from_, whereClause=where, withClause=with_clause
     )

@@ -888,6 +888,8 @@ def outcome(sql: str, schemas: tuple[str, ...] | None = ("public",)) -> tuple[st
         ("CREATE OR REPLACE VIEW v AS SELECT 1", "no-alter"),
         ("CREATE OR REPLACE TRIGGER t AFTER INSERT ON o EXECUTE FUNCTION f()", "no-alter"),
         ("CREATE OR REPLACE RULE r AS ON INSERT TO o DO NOTHING", "no-alter"),
+        ("SELECT ('2 s'::interval).pg_sleep_for", "no-sleep"),
+        ("CREATE OPERATOR ##! (RIGHTARG = interval, FUNCTION = pg_sleep_for)", "no-sleep"),
     ],
 )
 def test_what_runs_is_what_is_checked(sql: str, rule: str) -> None:
@@ -908,6 +910,14 @@ def test_what_runs_is_what_is_checked(sql: str, rule: str) -> None:
         "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_stat_activity",
         "SELECT query FROM pg_stat_activity",
         "SELECT * FROM pg_stat_get_activity(NULL)",
+        # however the function is reached: functional notation, an operator, a column
+        "SELECT ('select v from vault').ts_stat",
+        "SELECT (5318).pg_terminate_backend",
+        "SELECT t.pg_cancel_backend FROM int4(5318) t",
+        "CREATE OPERATOR #%# (RIGHTARG = text, FUNCTION = ts_stat)",
+        "CREATE OPERATOR ##! (RIGHTARG = int, FUNCTION = pg_cancel_backend)",
+        "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+        "SELECT query FROM pg_stat_statements",
     ],
 )
 def test_reads_and_scripts_nothing_can_see_are_opaque(sql: str) -> None:
@@ -954,3 +964,21 @@ def test_an_allow_must_hold_in_every_schema_a_name_may_be_in() -> None:
         decide([public_only], WHO, one("GRANT SELECT ON ALL TABLES IN SCHEMA s TO b")).outcome
         == "deny"
     )
+
+
+def test_unqualified_catalog_names_are_pg_catalog_first() -> None:
+    from dataclasses import replace
+
+    rules = PolicySet(
+        "p",
+        (
+            Rule("public", "allow", Match(sql=SqlMatch(tables=("public.*",)))),
+            Rule("no-proc", "deny", Match(sql=SqlMatch(tables=("pg_catalog.pg_proc",)))),
+            Rule("no-own", "deny", Match(sql=SqlMatch(tables=("app_rw.*",)))),
+        ),
+    )
+    assert decide([rules], WHO, one("SELECT * FROM pg_proc")).rule == "no-proc"
+    assert decide([rules], WHO, one("SELECT * FROM pg_class")).outcome == "deny"  # not public
+    own = replace(one("SELECT * FROM customers"), also_schemas=("app_rw",))  # "$user"
+    assert decide([rules], WHO, own).rule == "no-own"
+    assert decide([rules], WHO, one("SELECT * FROM customers")).rule == "public"

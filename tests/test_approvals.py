@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,29 +22,14 @@ from hoopy.approvals import (
     ApprovalStore,
     new_approval_id,
 )
-from hoopy.policy import Command, Decision, Identity
+from hoopy.policy import Command, Decision
 from hoopy.state import StateStore
+from tests.test_slack import StandInSession  # the attributes wait_for uses
 
 FINGERPRINT = "insert into refunds values ($1, $2)"
 REUSE = Decision(
     "require_approval", "refunds-need-a-dba", approvers=("dba",), timeout=60, reuse_for=600
 )
-
-
-@dataclass
-class StandInSession:
-    identity: Identity = field(default_factory=lambda: Identity("agent-7", frozenset({"agents"})))
-    id: str = "s-1"
-    protocol: str = "postgres"
-    connector: str = "app-db"
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-
-    def record(self, type_: str, **fields: Any) -> None:
-        self.events.append((type_, fields))
-
-    def notify(self, text: str) -> None:
-        self.notices.append(text)
 
 
 @dataclass

@@ -301,3 +301,83 @@ def test_temporary_relations_shadow_relation_names_only(sql: str, level: str) ->
     from hoopy.protocols.postgres.lineage import name_resolution_change
 
     assert name_resolution_change(sql) == level
+
+
+@pytest.mark.parametrize(
+    ("sql", "level"),
+    [
+        # SQL-standard spelling of SET search_path, unicode-escaped names (pglast unescapes)
+        ("SET SCHEMA 'evil'", "all"),
+        ("SET LOCAL SCHEMA 'evil'", "all"),
+        ('SET U&"s\\0065arch_path" = evil, public', "all"),
+        ("SET U&\"s!0065arch_path\" UESCAPE '!' = evil", "all"),
+        ('SET "SEARCH_PATH" = evil', "all"),
+        ("SELECT set_config(U&'s\\0065arch_path', 'evil', false)", "all"),
+        ("SELECT set_config(E'search\\x5fpath', 'evil', false)", "all"),
+        ("UPDATE U&\"pg_s\\0065ttings\" SET setting = 'evil' WHERE name = 'search_path'", "all"),
+        # "$user" follows the role
+        ("SET ROLE other", "all"),
+        ("SET SESSION AUTHORIZATION other", "all"),
+        ("SELECT set_config('role', 'other', false)", "all"),
+        # temporary relations and types, however pg_temp is spelt
+        ('CREATE VIEW U&"pg_t\\0065mp".m_orders AS SELECT 1 AS id', "relations"),
+        ('CREATE TABLE "pg_temp".t (a int)', "relations"),
+        ("CREATE DOMAIN pg_temp.d AS int", "relations"),
+        ("SELECT 'pg_temp.x' AS just_text", ""),
+        ("SELECT schema_name FROM information_schema.schemata", ""),
+        ("SET work_mem = '4MB'", ""),
+    ],
+)
+def test_name_resolution_changes_are_decided_on_the_parsed_tree(sql: str, level: str) -> None:
+    from hoopy.protocols.postgres.lineage import name_resolution_change
+
+    assert name_resolution_change(sql) == level
+
+
+def test_the_word_filter_cannot_miss_what_the_tree_finds() -> None:
+    """Every statement the tree check flags contains one of the filter's words."""
+    from hoopy.protocols.postgres import lineage as lin
+
+    for sql in ("SET SCHEMA 'x'", 'SET U&"\\0073\\0065\\0061\\0072\\0063\\0068_path" = x'):
+        assert any(w in sql.lower() for w in lin._RESOLUTION_WORDS)
+        assert lin.name_resolution_change(sql) == lin.ALL_NAMES
+
+
+@pytest.mark.parametrize(
+    ("sql", "untraced"),
+    [
+        ("INSERT INTO orders VALUES (1, 2, upper('x'))", False),
+        ("INSERT INTO orders VALUES (1, 2, 'x' || 'y'), (DEFAULT, 3, NULL)", False),
+        ("INSERT INTO orders VALUES (1, 2, m_email_of(1))", True),
+        ("INSERT INTO orders VALUES (1, 2, 2 ### 0)", True),
+        ("INSERT INTO orders SELECT 1, 2, 'x' FROM customers WHERE leak(id) > 0", True),
+        ("INSERT INTO orders VALUES (1, 2, note::mytype)", True),
+        ("INSERT INTO orders VALUES (1, 2, 'literal'::mytype)", False),
+        ("INSERT INTO orders VALUES (1, 2, 7::mytype)", True),  # a cast from int4 may be user code
+        ("CREATE TABLE t (a, b) AS EXECUTE p", True),
+        ("SELECT set_config('x', loread(lo_open(1, 262144), 10)::text, false)", True),
+        ("CALL proc()", True),
+        ("COPY orders FROM '/tmp/x'", True),
+        ("COPY orders FROM STDIN", False),
+        ("SELECT 1 BETWEEN 0 AND 2", False),
+        ("garbage (", True),
+    ],
+)
+def test_untraceable_code_anywhere_in_a_statement(sql: str, untraced: bool) -> None:
+    from hoopy.protocols.postgres.lineage import untraceable
+
+    assert untraceable(sql, CAT) is untraced
+    assert untraceable("SELECT upper('x')", None)  # no catalog: every function counts
+
+
+def test_large_object_reads_have_unknown_lineage() -> None:
+    for fn in ("loread(lo_open(id, 262144), 100)", "lo_get(id)"):
+        assert lineage(f"SELECT {fn} FROM orders") == [None]
+
+
+def test_casts_of_literals_to_user_types_stay_traceable() -> None:
+    assert lineage("SELECT 'gold'::tier, email::tier, 3::tier FROM customers") == [
+        frozenset(),
+        None,
+        None,
+    ]

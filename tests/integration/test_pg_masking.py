@@ -826,7 +826,7 @@ def test_a_table_created_from_a_prepared_statement_is_refused(masked: Hoopy) -> 
     ],
 )
 def test_writes_and_sinks_of_untraceable_values_are_refused(masked: Hoopy, sql: str) -> None:
-    r = masked.psql("-c", sql, token=masked.token())
+    r = masked.psql("-c", sql, token=masked.token(groups=("analysts",)))  # no approvals
     assert r.returncode != 0, r.stdout
     assert "mask rule" in r.stderr and "cannot trace" in r.stderr, r.stderr
     assert_clean(r.stdout + r.stderr)
@@ -842,7 +842,7 @@ def test_writes_of_literals_and_builtins_still_work_while_masks_apply(masked: Ho
         "-c", "UPDATE m_orders SET item = DEFAULT WHERE id = 851",
         "-c", "SELECT set_config('my.ok', 'plain', false)",
         "-c", "DELETE FROM m_orders WHERE id IN (850, 851)",
-        token=masked.token(),
+        token=masked.token(groups=("analysts",)),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "INSERT 0 2" in r.stdout and "UPDATE 1" in r.stdout and "DELETE 2" in r.stdout
@@ -900,7 +900,7 @@ def test_other_spellings_of_search_path_and_pg_temp_stay_masked(
     r = masked.psql("-A", "-t", *args, token=masked.token())
     assert r.returncode == 0, r.stderr
     assert_clean(r.stdout)
-    assert r.stdout.split() == ["****", "****"] * (len(commands) - 1)
+    assert r.stdout.split().count("****") == 2 * (len(commands) - 1), r.stdout
 
 
 @pytest.mark.parametrize(
@@ -974,7 +974,7 @@ async def test_notifications_are_masked_and_recorded(masked: Hoopy, backend: Bac
         ("SELECT make_date(substr(ssn, 1, 3)::int, substr(ssn, 5, 2)::int, 40) "
          "FROM m_people WHERE id = 1", "78-05"),
         ("SELECT chr(2000000 + substr(replace(ssn, '-', ''), 4)::int) "
-         "FROM m_people WHERE id = 1", "2001120"),
+         "FROM m_people WHERE id = 1", "2051120"),
         ("SELECT 1 FROM m_people WHERE id = 2 "
          "AND get_byte('\\x00'::bytea, replace(ssn, '-', '')::int) = 0", "219099999"),
     ],
@@ -994,6 +994,6 @@ def test_data_errors_of_statements_reading_masked_columns_are_withheld(
 
 
 def test_data_errors_that_read_no_masked_column_keep_their_message(masked: Hoopy) -> None:
-    r = masked.psql("-c", "SELECT get_byte('\\x00'::bytea, 1000000000 + id) FROM m_orders",
-                    token=masked.token())  # fmt: skip
+    sql = "SELECT get_byte('\\x00'::bytea, 1000000000 + id) FROM m_orders WHERE id = 10"
+    r = masked.psql("-c", sql, token=masked.token())
     assert "index 1000000010 out of valid range" in r.stderr, r.stderr

@@ -20,6 +20,12 @@ known: a user-defined function (its body may read any table), a builtin that run
 query (`query_to_xml`), an unresolvable name, a relation the catalog does not know.
 Callers mask what is None.  Any unexpected tree shape (or one too deep to walk) makes
 the whole answer None: this module never claims a column clean by mistake.
+
+Two more questions are answered on the tree: `untraceable` — does a statement run code
+whose data hoopy cannot see anywhere in it (writes and sinks of such data are
+refused) — and `name_resolution_change` — may it make names resolve differently in the
+agent's session than on the catalog connection (search_path however spelt, `SET
+SCHEMA`, `U&"…"` names, temporary relations)?
 """
 
 # pglast types every AST field as Optional; the walk handles None where it can occur.
@@ -50,7 +56,7 @@ QUERYING_FUNCTIONS = frozenset(
     | {"dblink", "dblink_exec", "dblink_get_result", "dblink_fetch"}
     | {"pg_read_file", "pg_read_binary_file", "pg_stat_get_activity", "current_query"}
     # large objects: their bytes were stored by an earlier statement, from anywhere
-    | {"lo_get", "loread", "lo_export"}
+    | {"lo_get", "loread"}
     # logical decoding: rows of any table, as text
     | {"pg_logical_slot_get_changes", "pg_logical_slot_peek_changes"}
     | {"pg_logical_slot_get_binary_changes", "pg_logical_slot_peek_binary_changes"}

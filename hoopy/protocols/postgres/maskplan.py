@@ -33,6 +33,7 @@ function, operator or cast, a prepared statement (EXECUTE) or planner statistics
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ from hoopy.masking import ValueMasker, column_matches, mask_whole
 from hoopy.policy import Command, MaskRule, Masks, strictest
 from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
-from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable, RelInfo, TypeInfo
+from hoopy.protocols.postgres.catalog import TTL, Catalog, CatalogUnavailable, RelInfo, TypeInfo
 from hoopy.protocols.postgres.messages import FieldDescription
 from hoopy.protocols.postgres.rowmask import (
     BUILTIN_FAMILIES,
@@ -117,7 +118,8 @@ class Planner:
     # (lineage, whether the text runs code hoopy cannot see into: None until asked)
     _lineage: dict[tuple[str, int, bool], tuple[Lineage, bool | None]] = field(default_factory=dict)
     _views: dict[tuple[int, int], Lineage] = field(default_factory=dict)
-    _exposes: dict[tuple[str, int, tuple[str, ...]], bool] = field(default_factory=dict)
+    # (relation, catalog generation, rules' columns, TTL period): does it expose masked data
+    _exposes: dict[tuple[str, int, tuple[str, ...], int], bool] = field(default_factory=dict)
 
     @property
     def epoch(self) -> tuple[int, bool, bool, bool]:
@@ -306,8 +308,9 @@ class Planner:
         """Does any of these relations (tables or views) expose a masked column, or
         values of other columns (VALUE_CATALOGS)?"""
         patterns = tuple(c for r in rules for c in r.columns)
+        period = int(time.monotonic() // TTL)  # as long as the catalog's own answers
         for name in sorted(names):
-            key = (name, self.catalog.generation, patterns)
+            key = (name, self.catalog.generation, patterns, period)
             hit = self._exposes.get(key)
             if hit is None:
                 hit = await self._exposes_masked(name, rules)

@@ -127,6 +127,11 @@ class Pipeline:
         and every Parse or PREPARE of the name it has not answered yet (one of them may
         fail — a name in use, 42P05 — and leave the other; which, only the answers
         tell).  Empty: it holds nothing hoopy knows of."""
+        if not name:  # each Parse of the unnamed statement replaces it (or, failing, drops it)
+            for _, n, cmds, _ in reversed(self.unconfirmed):
+                if not n:
+                    return [cmds]
+            return [self.prepared[""]] if "" in self.prepared else []
         found: list[tuple[Command, ...] | None] = []
         if name in self.prepared:
             found.append(self.prepared[name])

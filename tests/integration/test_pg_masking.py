@@ -362,6 +362,16 @@ def test_errors_keep_what_the_agent_wrote(masked: Hoopy) -> None:
 
 # ---- names that resolve differently for the agent than for hoopy's catalog ------------
 
+
+def clean_run(h: Hoopy, commands: list[str]) -> str:
+    """psql with each command its own Query message; it succeeds and shows no secret."""
+    args = [a for c in commands for a in ("-c", c)]
+    r = h.psql("-A", "-t", *args, token=h.token())
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    return r.stdout
+
+
 SHADOWING = [  # each command is sent as its own Query message
     ["SET search_path = m_evil, public", "SELECT upper(name) FROM m_people"],
     [
@@ -384,11 +394,7 @@ SHADOWING = [  # each command is sent as its own Query message
 def test_shadowed_names_and_uncommitted_views_stay_masked(
     masked: Hoopy, commands: list[str]
 ) -> None:
-    args = [a for c in commands for a in ("-c", c)]
-    r = masked.psql("-A", "-t", *args, token=masked.token())
-    assert r.returncode == 0, r.stderr
-    assert_clean(r.stdout)
-    assert "****" in r.stdout
+    assert "****" in clean_run(masked, commands)
 
 
 SHADOWED_COLUMNS = [  # after each of these, plain columns are shadowed by a temp view
@@ -896,11 +902,8 @@ NAME_SPELLINGS = [  # each command is its own Query message
 def test_other_spellings_of_search_path_and_pg_temp_stay_masked(
     masked: Hoopy, commands: list[str]
 ) -> None:
-    args = [a for c in commands for a in ("-c", c)]
-    r = masked.psql("-A", "-t", *args, token=masked.token())
-    assert r.returncode == 0, r.stderr
-    assert_clean(r.stdout)
-    assert r.stdout.split().count("****") == 2 * (len(commands) - 1), r.stdout
+    out = clean_run(masked, commands)
+    assert out.split().count("****") == 2 * (len(commands) - 1), out
 
 
 @pytest.mark.parametrize(

@@ -1000,3 +1000,33 @@ def test_data_errors_that_read_no_masked_column_keep_their_message(masked: Hoopy
     sql = "SELECT get_byte('\\x00'::bytea, 1000000000 + id) FROM m_orders WHERE id = 10"
     r = masked.psql("-c", sql, token=masked.token())
     assert "index 1000000010 out of valid range" in r.stderr, r.stderr
+
+
+def test_a_skipped_reparse_cannot_lend_its_mask_plan(masked: Hoopy) -> None:
+    """The unnamed statement reads SSNs; a re-Parse of it after an error is skipped by the
+    server, so a Bind pipelined behind it still runs the SSN query: masked."""
+    from tests.integration.test_pg_hostile import raw_connect
+    from tests.integration.test_pg_statements import _round, login
+
+    s = raw_connect(masked)
+    login(s, masked.token())
+    _round(s, pg.parse("", "SELECT ssn || '' FROM m_people ORDER BY id") + pg.sync())
+    reply = _round(
+        s,
+        pg.parse("skip_e", "SELECT 1/0")
+        + pg.bind("skip_p", "skip_e")
+        + pg.execute("skip_p")
+        + pg.parse("", "SELECT 'harmless'::text")
+        + pg.sync()
+        + pg.bind("", "")
+        + pg.describe("P", "")
+        + pg.execute("")
+        + pg.sync(),
+    )
+    while reply.count(pg.ready_for_query("I")) + reply.count(pg.ready_for_query("E")) < 2:
+        chunk = s.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    assert b"22012" in reply  # the division by zero that skipped the re-Parse
+    assert_clean(reply.decode("latin-1"))
+    s.close()

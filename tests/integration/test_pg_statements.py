@@ -293,6 +293,18 @@ def _pending_or_none(h: Hoopy, needle: str) -> dict | None:
             [pg.parse("rp2", "DELETE FROM refunds WHERE id = 902") + pg.sync()],
             pg.query("PREPARE rp2 AS SELECT 1") + pg.bind("", "rp2") + pg.execute("") + pg.sync(),
         ),
+        # a Parse skipped after an error leaves the unnamed statement as it was
+        (
+            [pg.parse("", "DELETE FROM refunds WHERE id = 905") + pg.sync()],
+            pg.parse("rp4e", "SELECT 1/0")
+            + pg.bind("rp4p", "rp4e")
+            + pg.execute("rp4p")
+            + pg.parse("", "SELECT 1")
+            + pg.sync()
+            + pg.bind("", "")
+            + pg.execute("")
+            + pg.sync(),
+        ),
         # EXECUTE in a Parse runs what the name holds at the Bind
         (
             [

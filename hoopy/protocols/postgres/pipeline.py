@@ -123,15 +123,18 @@ class Pipeline:
         return self.prepared.get(name)
 
     def _candidates(self, name: str) -> list[tuple[Command, ...] | None]:
-        """Everything `name` may hold for a message forwarded now: what the server has,
-        and every Parse or PREPARE of the name it has not answered yet (one of them may
-        fail — a name in use, 42P05 — and leave the other; which, only the answers
-        tell).  Empty: it holds nothing hoopy knows of."""
-        if not name:  # each Parse of the unnamed statement replaces it (or, failing, drops it)
-            for _, n, cmds, _ in reversed(self.unconfirmed):
-                if not n:
-                    return [cmds]
-            return [self.prepared[""]] if "" in self.prepared else []
+        """Everything `name` may hold for a message forwarded now.
+
+        A Parse of it earlier in this batch decides: if it (or anything before it)
+        fails, the server skips the rest of the batch, this message too.  Otherwise:
+        what the server has, and every Parse or PREPARE of the name in earlier batches
+        it has not answered yet — one may fail (a name in use, 42P05; or be skipped
+        after another error) and leave what was there; which, only the answers tell.
+        Empty: it holds nothing hoopy knows of."""
+        current = self.batches_sent + 1
+        for batch, n, cmds, _ in reversed(self.unconfirmed):
+            if n == name and batch == current:
+                return [cmds]
         found: list[tuple[Command, ...] | None] = []
         if name in self.prepared:
             found.append(self.prepared[name])

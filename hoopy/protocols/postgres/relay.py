@@ -340,6 +340,8 @@ class Relay(Pipeline):
         if self.refusals and self.refusals[-1][0] > self.batches_sent:
             return ""  # the server discards it: a message of this batch was refused
         found = self._candidates(bind.statement)
+        if len(found) > 1 and all(cmds is found[0] for cmds in found):
+            found = found[:1]  # the same statement text, re-parsed: one classification
         if len(found) == 1 and found[0] is not None:
             return self._statement_gate(found[0])
         if not found or any(cmds is None for cmds in found):

@@ -83,6 +83,8 @@ class ResultTracker:
         # Parsed but not yet acknowledged: the server may refuse the Parse (a named
         # statement that exists, a table that does not), and then keeps what it had.
         self.pending: dict[str, Statement] = {}
+        self._pending_batch: dict[str, int] = {}  # the batch (Sync count) of each
+        self._batch = 0  # Syncs forwarded so far
         self.portals: dict[str, Portal] = {}
         self.queue: deque[_Expect] = deque()
         self.result: Result | None = None  # rows currently arriving
@@ -97,10 +99,20 @@ class ResultTracker:
     def parse(self, name: str, mask: Any) -> None:
         st = Statement(mask)
         self.pending[name] = st  # what later messages of this pipeline refer to
+        self._pending_batch[name] = self._batch
         self.queue.append(_Expect("parse", target=st, name=name))
 
     def _statement(self, name: str) -> Statement | None:
-        return self.pending.get(name) or self.statements.get(name)
+        """What `name` runs for a message forwarded now.  A Parse earlier in this batch
+        decides (if it fails, the server skips this message too); one in an earlier
+        batch not yet answered may fail or be skipped and leave what the server had:
+        when there was something, which one is unknown, and everything is masked."""
+        pending = self.pending.get(name)
+        if pending is None:
+            return self.statements.get(name)
+        if self._pending_batch.get(name) == self._batch or name not in self.statements:
+            return pending
+        return Statement(_UNKNOWN_STATEMENT)
 
     def bind(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
         st = self._statement(statement) or Statement(_UNKNOWN_STATEMENT)
@@ -124,6 +136,7 @@ class ResultTracker:
         self.queue.append(_Expect("close", name=name if kind == "S" else None))
 
     def sync(self) -> None:
+        self._batch += 1
         self.portals = {k: v for k, v in self.portals.items() if k}  # unnamed portal ends
         self.queue.append(_Expect("sync"))
 

@@ -381,3 +381,27 @@ def test_casts_of_literals_to_user_types_stay_traceable() -> None:
         None,
         None,
     ]
+
+
+def test_a_write_inside_a_cte_is_not_traced_apart_from_its_with() -> None:
+    """A decoy table named like the CTE would make its source look clean."""
+    from hoopy.protocols.postgres.sinks import stored_queries
+
+    sql = (
+        "WITH c AS (SELECT ssn FROM m_people), "
+        "w AS (INSERT INTO notes (body) SELECT ssn FROM c RETURNING 1) SELECT 1"
+    )
+    assert stored_queries(sql) is None  # the caller assumes the worst
+    assert stored_queries("INSERT INTO notes (body) SELECT name FROM m_people") is not None
+
+
+def test_an_upsert_storing_excluded_values_is_not_traced() -> None:
+    from hoopy.protocols.postgres.sinks import stored_queries
+
+    upsert = (
+        "INSERT INTO m_people (id, ssn) SELECT id, ssn FROM m_people "
+        "ON CONFLICT (id) DO UPDATE SET note = excluded.ssn"
+    )
+    assert stored_queries(upsert) is None
+    plain = "INSERT INTO t (id, n) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET n = t.n + 1"
+    assert stored_queries(plain) is not None

@@ -355,3 +355,16 @@ def test_a_function_call_inside_an_extended_batch_ends_the_session(hoopy: Hoopy)
         got += chunk
     assert b"08P01" in got and b"fast-path function call" in got
     s.close()
+
+
+async def test_asyncpg_bulk_copy_of_records(hoopy: Hoopy, backend: Backend) -> None:
+    """asyncpg closes its introspection statement, then sends COPY as a simple Query
+    before any Sync: a Close cannot fail, so that is no open batch."""
+    table = f"bulk_{time.monotonic_ns()}"
+    conn = await _agent(hoopy)
+    try:
+        await conn.execute(f"CREATE TABLE {table} (n int, s text)")
+        await conn.copy_records_to_table(table, records=[(1, "a"), (2, "b")])
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 2
+    finally:
+        await conn.close()

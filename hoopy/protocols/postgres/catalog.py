@@ -60,16 +60,20 @@ _BY_NAME = (
     ") r ON true"
 )
 _BY_OID = _REL_COLUMNS + " WHERE c.oid = ANY($1::oid[])"
-# A name is builtin when pg_catalog has it and no other schema defines (or overloads) it:
-# a user-defined overload could read any table.
-_FUNCTIONS = """
-    SELECT 'f', p.proname::text, bool_and(p.pronamespace = 'pg_catalog'::regnamespace)
+# A name is builtin when the system schemas have it (pg_catalog, and information_schema,
+# whose views cast to its domains and call its helpers; only a superuser can add to
+# either) and no other schema defines (or overloads) it: a user-defined overload could
+# read any table.
+_SYSTEM = "IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)"
+_SYSTEM_SCHEMAS = (None, "pg_catalog", "information_schema")  # None: unqualified
+_FUNCTIONS = f"""
+    SELECT 'f', p.proname::text, bool_and(p.pronamespace {_SYSTEM})
       FROM pg_proc p GROUP BY p.proname
     UNION ALL
-    SELECT 't', t.typname::text, bool_and(t.typnamespace = 'pg_catalog'::regnamespace)
+    SELECT 't', t.typname::text, bool_and(t.typnamespace {_SYSTEM})
       FROM pg_type t GROUP BY t.typname
     UNION ALL
-    SELECT 'o', o.oprname::text, bool_and(o.oprnamespace = 'pg_catalog'::regnamespace)
+    SELECT 'o', o.oprname::text, bool_and(o.oprnamespace {_SYSTEM})
       FROM pg_operator o GROUP BY o.oprname
 """
 _TYPES = """
@@ -123,7 +127,7 @@ class Catalog:
 
     def function_is_builtin(self, name: QualName) -> bool:
         schema, fn = name
-        if schema not in (None, "pg_catalog") or self._functions is None:
+        if schema not in _SYSTEM_SCHEMAS or self._functions is None:
             return False
         return self._functions[1].get(("f", fn), False)
 
@@ -131,7 +135,7 @@ class Catalog:
         schema, typ = name
         if schema == "pg_catalog":
             return True  # the parser's own spelling of SQL types (int, varchar …)
-        if schema is not None or self._functions is None:
+        if schema not in _SYSTEM_SCHEMAS or self._functions is None:
             return False
         return self._functions[1].get(("t", typ), False)
 

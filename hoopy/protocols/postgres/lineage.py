@@ -531,8 +531,11 @@ class _Analyzer:
 
 
 def _untyped_literal(node: Any) -> bool:
-    """A string literal or NULL: its cast to any type runs only that type's input
-    function (C, never SQL), not a cast function a user may define."""
+    """A string literal, NULL or a bound parameter (`$1::mood`, what drivers send for
+    enum columns): its cast to any type runs only that type's input function (C, never
+    SQL), not a cast function a user may define."""
+    if isinstance(node, ast.ParamRef):
+        return True
     return isinstance(node, ast.A_Const) and (node.isnull or isinstance(node.val, ast.String))
 
 

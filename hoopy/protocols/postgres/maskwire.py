@@ -27,7 +27,11 @@ from hoopy.errors import CommandDenied
 from hoopy.policy import Command, Decision, Masks, identity_masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import CatalogUnavailable
-from hoopy.protocols.postgres.lineage import ALL_NAMES, name_resolution_change
+from hoopy.protocols.postgres.lineage import (
+    ALL_NAMES,
+    name_resolution_change,
+    search_path_schemas,
+)
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.results import Result, ResultTracker
 from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
@@ -86,11 +90,32 @@ _DATA_ERRORS = {
     "54000": "program limit exceeded",
 }
 _DATA_ERROR_CLASSES = ("22", "54")
+_DATA_ERRORS |= {
+    "42P01": "undefined table",
+    "42704": "undefined object",
+    "42883": "undefined function",
+    "42804": "datatype mismatch",
+    "42846": "cannot coerce",
+    "0A000": "feature not supported",
+    "XX000": "internal error",
+}
+# Errors whose text holds only what the agent wrote or the server's own names: kept.
+# Every other error of a statement that reads masked columns is withheld — a value
+# can be made to show in almost any message (`current_setting('x"' || email)`,
+# `email::regoper`, `email::regclass`), quoted so as to defeat scrubbing or not at all.
+# Integrity errors (23) name constraints; their DETAIL is scrubbed of key values.
+_KEPT_ERRORS = frozenset(
+    {"42601", "42501", "42703", "57014", "25P02", "25001", "25006", "40001", "40P01"}
+)
 
 
 def _withheld(code: str) -> str:
     what = _DATA_ERRORS.get(code) or (
-        "program limit exceeded" if code.startswith("54") else "data exception"
+        "program limit exceeded"
+        if code.startswith("54")
+        else "data exception"
+        if code.startswith("22")
+        else "error"
     )
     return (
         f"{what} (SQLSTATE {code}): the message is withheld by hoopy because this "
@@ -113,6 +138,8 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
             return m.group(0).replace(inner, "****") if inner else m.group(0)
 
         for k in _MESSAGE_FIELDS:
+            if k == "M" and code.startswith("23"):
+                continue  # integrity errors name only relations, columns and constraints
             if k in out:
                 v = _FAILING_ROW.sub(r"\1(****)", out[k])
                 v = _KEY_VALUES.sub(unseen, v)
@@ -120,7 +147,10 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
                 if reads and k in "MDHW":
                     v = _unquoted_numbers(v, text)
                 out[k] = v
-        if reads and code.startswith(_DATA_ERROR_CLASSES):
+        withhold = code.startswith(_DATA_ERROR_CLASSES) or not (
+            code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02"))
+        )
+        if reads and withhold and fields.get("S", fields.get("V", "")) != "NOTICE":
             # Data errors describe the offending value, not always quoted (`index
             # 1078051120 out of valid range`, an XML parser's DETAIL quoting the
             # document's line): withheld, not scrubbed.  The SQLSTATE stays.
@@ -206,6 +236,8 @@ async def statement_masks(
         planner.catalog_dirty = True  # schema changes: trust no catalog until commit
     if not planner.names_untrusted:
         change = name_resolution_change(cmd.text)
+        if change == ALL_NAMES and _default_path(cmd.text):
+            change = ""  # search_path set to what the catalog connection has
         if change == ALL_NAMES:
             planner.names_untrusted = True
             session.record("masking_conservative", reason="names may resolve differently")
@@ -284,3 +316,15 @@ def notification(planner: Planner | None, session: Session, ev: pg.NotificationR
 def notification_response(pid: int, channel: str, payload: str) -> bytes:
     body = struct.pack("!I", pid & 0xFFFFFFFF) + channel.encode() + b"\0" + payload.encode()
     return b"A" + struct.pack("!I", len(body) + 5) + body + b"\0"
+
+
+# The catalog connection resolves names with PostgreSQL's default path.
+_DEFAULT_PATH = frozenset({"$user", "public", "pg_catalog"})
+
+
+def _default_path(sql: str) -> bool:
+    """Does this statement only set search_path back to (a part of) the default one,
+    which JDBC's setSchema("public"), ORMs and RESET send?  Then names resolve in the
+    agent's session as on the catalog connection."""
+    schemas = search_path_schemas(sql)
+    return schemas is not None and bool(schemas) and set(schemas) <= _DEFAULT_PATH

@@ -49,6 +49,7 @@ class Pipeline:
     # confirmed; commands None: a DEALLOCATE or DISCARD since made it unknown
     unconfirmed: deque[tuple[int, str, tuple[Command, ...] | None, bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
+    silent_ready: set[int]  # batches ended by hoopy's own Sync: their ReadyForQuery is not sent
     # per (statement name, commands): the encoded statement part of its Bind events, and
     # whether it is a COPY FROM STDIN
     _bind_statics: dict[
@@ -71,18 +72,27 @@ class Pipeline:
     # — and is refused after an Execute not yet followed by a Sync, whose effect the
     # server reports only at the Sync.
 
-    def _enter(self, t: type) -> None:
+    def _enter(self, t: type, out: list[bytes]) -> None:
         """PostgreSQL discards everything up to Sync after an error in an extended batch,
-        a Query too, which then never gets an answer: hoopy cannot know, when it forwards
-        the Query, whether it will run.  Such a Query ends the session (libpq and the
-        drivers never send one)."""
+        a Query too, which then never gets an answer, and hoopy could not tell.  So a
+        Query inside an unsynced extended batch (asyncpg: Parse, Describe, Flush, then
+        COPY as a Query) goes behind a Sync of hoopy's own, whose ReadyForQuery the
+        agent never sees: the Query is answered, as PostgreSQL answers it without an
+        error before it."""
         if t is pg.Parse:
             self.extended_open = True
         elif self.extended_open:
-            raise ProtocolError(
-                "a simple Query inside an extended-protocol batch (before its Sync) is not "
-                "supported through hoopy; session closed"
-            )
+            if self.copy_in_flight:
+                raise ProtocolError(
+                    "a simple Query inside an unfinished COPY FROM STDIN is not supported "
+                    "through hoopy; session closed"
+                )
+            out.append(pg.sync())
+            self.batches_sent += 1
+            self.silent_ready.add(self.batches_sent)
+            self.unsynced_execute = self.extended_open = False
+            if self.tracker is not None:
+                self.tracker.sync()
 
     def _answers_pending(self) -> bool:
         return self.batches_done < self.batches_sent or self.unsynced_execute

@@ -126,6 +126,7 @@ class AgentConnection(Relay):
         self._portal_copies: dict[str, bool] = {}
         self.unconfirmed: deque[tuple[int, str, tuple[Command, ...] | None, bool]] = deque()
         self.batch_failed = False
+        self.silent_ready: set[int] = set()
         self._bind_statics = {}
         self._gates = {}
         self._settled: asyncio.Future[None] | None = None

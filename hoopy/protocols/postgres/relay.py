@@ -111,6 +111,16 @@ def error_bytes(e: HoopyError) -> bytes:
     return pg.error_response(e.sqlstate, e.message, severity="FATAL" if e.fatal else "ERROR")
 
 
+def _cut(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """`raw` without these (start, stop) spans, in order."""
+    parts, pos = [], 0
+    for start, stop in spans:
+        parts.append(raw[pos:start])
+        pos = stop
+    parts.append(raw[pos:])
+    return b"".join(parts)
+
+
 def _parse_message(name: str, sql: str) -> bytes:
     body = name.encode() + b"\0" + sql.encode() + b"\0" + b"\0\0"
     return b"P" + struct.pack("!I", len(body) + 4) + body
@@ -275,7 +285,7 @@ class Relay(Pipeline):
             t = type(ev)
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
-                self._enter(t)
+                self._enter(t, out)
                 try:
                     # A text that must wait (see _settled_parse) or needs an approval:
                     # what came before is forwarded, the rest waits in the task.
@@ -313,7 +323,7 @@ class Relay(Pipeline):
             t = type(ev)
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
-                self._enter(t)
+                self._enter(t, out)
                 try:
                     if b"\\" in st.raw and self._answers_pending():
                         await self._settled_parse(out, st.sql)
@@ -470,7 +480,9 @@ class Relay(Pipeline):
                 self.tracker.sync()
             out.append(ev.raw)
         elif t is pg.Close:
-            self.extended_open = True
+            # A Close never fails ("not an error" for a name that does not exist), so
+            # it opens no batch a later simple Query could be discarded in (asyncpg
+            # closes a statement, then sends COPY as a Query, before any Sync).
             self._on_close(ev)  # type: ignore[arg-type]
             out.append(ev.raw)
         elif t is pg.Terminate:
@@ -681,8 +693,8 @@ class Relay(Pipeline):
         while True:
             run = codec.relay_run()
             if run is not None:
-                self._on_relayed(*run)
-                out.append(run[0])
+                silent = self._on_relayed(*run)
+                out.append(run[0] if not silent else _cut(run[0], silent))
                 if not codec.buffered():
                     break
                 continue
@@ -690,15 +702,17 @@ class Relay(Pipeline):
             if ev is pg.NEED_DATA:
                 break
             if type(ev) is pg.ReadyForQuery:
-                self._on_ready(ev.status)
-                out.append(ev.raw)
+                if not self._on_ready(ev.status):
+                    out.append(ev.raw)
             else:
                 out.append(self._other_backend_event(ev))
         if out:
             self._agent_write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> None:
+    def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+        """Record a relayed run; returns the spans of ReadyForQuery not to send."""
         result = self.result
+        silent: list[tuple[int, int]] = []
         for t, start, stop in marks:
             if t == 0x44:  # DataRow run
                 if not result.truncated:
@@ -706,7 +720,8 @@ class Relay(Pipeline):
             elif t == 0x43:  # CommandComplete
                 self._record_result(raw[start + 5 : stop - 1].decode("utf-8", "replace"))
             elif t == 0x5A:  # ReadyForQuery
-                self._on_ready(chr(raw[start + 5]))
+                if self._on_ready(chr(raw[start + 5])):
+                    silent.append((start, stop))
             elif t == 0x54:  # RowDescription
                 result.describe(pg.decode_row_description(raw[start:stop]))  # parsed once per text
             elif t == 0x31:  # ParseComplete
@@ -715,6 +730,7 @@ class Relay(Pipeline):
                 self._record_result("", suspended=True)
             else:  # EmptyQueryResponse
                 result.reset()
+        return silent
 
     async def _masked_batch(self, events: list[pg.BackendEvent]) -> None:
         """The backend → agent path of a masking session: every result is tracked to its
@@ -766,8 +782,8 @@ class Relay(Pipeline):
                 if planner.catalog_dirty and ready.status == "I":
                     planner.catalog_dirty = False  # the schema change is committed or gone
                     planner.catalog.invalidate()
-                self._on_ready(ready.status)
-                out.append(ev.raw)
+                if not self._on_ready(ready.status):
+                    out.append(ev.raw)
                 continue
             elif t is pg.CopyOutResponse:
                 copy = cast(pg.CopyOutResponse, ev)
@@ -792,13 +808,18 @@ class Relay(Pipeline):
         if out:
             self.writer.write(b"".join(out))
 
-    def _on_ready(self, status: str) -> None:
+    def _on_ready(self, status: str) -> bool:
+        """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""
         assert self.backend is not None
         self.backend.status = status
         self.batches_done += 1
         self._batch_answered()
         while self.refusals and self.refusals[0][0] <= self.batches_done:
             self.refusals.popleft()  # its marker was discarded after an earlier error
+        if self.silent_ready and self.batches_done in self.silent_ready:
+            self.silent_ready.discard(self.batches_done)
+            return True
+        return False
 
     def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
         if isinstance(ev, pg.RowDescription):

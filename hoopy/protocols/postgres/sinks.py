@@ -24,8 +24,13 @@ from pglast.visitors import Visitor
 SINK_FUNCTIONS = frozenset(
     {"set_config", "pg_notify", "setval", "lo_from_bytea", "lo_put", "lowrite", "lo_import"}
     | {"lo_export", "pg_file_write", "dblink", "dblink_exec", "dblink_send_query"}
-    | {"pg_logical_emit_message", "txid_current_if_assigned", "pg_advisory_lock"}
-)
+    | {"pg_logical_emit_message", "txid_current_if_assigned"}
+    # advisory locks: their keys show in pg_locks, to this session and every other
+    | {f"pg_{t}advisory_{x}lock{s}" for t in ("", "try_") for x in ("", "xact_")
+       for s in ("", "_shared")}
+    # large objects created with a chosen OID: pg_largeobject_metadata shows it
+    | {"lo_create", "lo_creat", "lo_truncate", "lo_truncate64"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,10 @@ class _Writes(Visitor):
         except Exception:
             self.unknown = True
 
-    def visit_InsertStmt(self, _ancestors: Any, node: ast.InsertStmt) -> None:
+    def visit_InsertStmt(self, ancestors: Any, node: ast.InsertStmt) -> None:
+        if _in_cte(ancestors):
+            self.unknown = True  # its source may name the enclosing WITH's CTEs
+            return
         src = node.selectStmt
         if src is None:
             return  # DEFAULT VALUES
@@ -66,7 +74,11 @@ class _Writes(Visitor):
         self._emit(src, table, cols)
         conflict = node.onConflictClause
         if conflict is not None and conflict.targetList:
-            # `excluded.x` is a value of the INSERT source, checked above: trace the rest
+            if _reads_excluded(conflict.targetList):
+                # `SET note = excluded.ssn` stores a source column into another column
+                # than the INSERT itself would: not traced, the caller assumes the worst
+                self.unknown = True
+                return
             targets = _Excluded()(conflict.targetList)
             self._emit(
                 _select_of(targets, (node.relation,), None, None),
@@ -74,7 +86,10 @@ class _Writes(Visitor):
                 _names(conflict.targetList),
             )
 
-    def visit_UpdateStmt(self, _ancestors: Any, node: ast.UpdateStmt) -> None:
+    def visit_UpdateStmt(self, ancestors: Any, node: ast.UpdateStmt) -> None:
+        if _in_cte(ancestors):
+            self.unknown = True
+            return
         from_ = (node.relation, *(node.fromClause or ()))
         query = _select_of(node.targetList, from_, node.whereClause, node.withClause)
         self._emit(query, _rel(node.relation), _names(node.targetList))
@@ -95,6 +110,30 @@ class _Writes(Visitor):
             plain = copy.copy(node)
             plain.intoClause = None
             self._emit(plain, _rel(node.intoClause.rel), None)
+
+
+def _reads_excluded(targets: Any) -> bool:
+    found: list[bool] = []
+
+    class _Find(Visitor):
+        def visit_ColumnRef(self, _ancestors: Any, node: ast.ColumnRef) -> None:
+            first = node.fields[0] if node.fields else None
+            if isinstance(first, ast.String) and first.sval == "excluded":
+                found.append(True)
+
+    _Find()(targets)
+    return bool(found)
+
+
+def _in_cte(ancestors: Any) -> bool:
+    """Is this write a data-modifying CTE?  Its source is traced apart from the
+    statement, where a CTE name it reads would mean a table of that name instead."""
+    a = ancestors
+    while a is not None:
+        if isinstance(getattr(a, "node", None), ast.CommonTableExpr):
+            return True
+        a = getattr(a, "parent", None)
+    return False
 
 
 class _Excluded(Visitor):

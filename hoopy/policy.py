@@ -455,12 +455,24 @@ def decide(policies: Sequence[PolicySet], who: Identity, cmd: Command) -> Decisi
     return Decision("deny", "", NO_ALLOW.reason, masks=masks, shadow=sh)
 
 
+# What each opaque kind does that no table or function rule can see (the default: code
+# whose effect cannot be checked statically, as DO and function bodies).
+_OPAQUE_WHAT = {
+    "read_statistics": "reads planner statistics, which hold other tables' values",
+    "read_activity": "reads other sessions' activity (their live SQL)",
+    "signal_backend": "signals other sessions' backends (all agents share one role)",
+    "create_extension": "runs an extension's install or update script",
+}
+
+
 def _opaque_reason(cmd: Command) -> str:
-    kinds = ", ".join(sorted(cmd.opaque))
-    return (
-        f"{kinds}: code whose effect cannot be checked statically needs an allow rule "
-        f"naming it in sql.statements"
+    kinds = sorted(cmd.opaque)
+    what = "; ".join(
+        dict.fromkeys(
+            _OPAQUE_WHAT.get(k, "code whose effect cannot be checked statically") for k in kinds
+        )
     )
+    return f"{', '.join(kinds)}: {what}: it needs an allow rule naming it in sql.statements"
 
 
 def _merge_masks(rules: Sequence[Rule]) -> Masks:

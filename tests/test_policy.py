@@ -226,3 +226,11 @@ def test_allow_must_cover_every_kind_table_and_function() -> None:
     creator = Identity("c", frozenset({"creators"}))
     # a specific kind is covered by its generic verb
     assert decide([ps], creator, sql("create", "create_table")).outcome == "allow"
+
+
+def test_an_opaque_refusal_says_what_the_statement_does() -> None:
+    d = decide([RULES], AGENT, sql("select", "read_activity", opaque=("read_activity",)))
+    assert d.outcome == "deny" and "other sessions' activity" in d.reason
+    assert "sql.statements" in d.reason  # and how to allow it
+    d = decide([RULES], AGENT, sql("do", opaque=("do",)))
+    assert "cannot be checked statically" in d.reason

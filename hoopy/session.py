@@ -225,10 +225,7 @@ class Session:
                 decision.rule,
             )
         try:
-            if fresh is None:
-                approval_id = await self.approvals.wait_for(self, command, decision)
-            else:
-                approval_id = await self.approvals.wait_for(self, command, decision, fresh=fresh)
+            approval_id = await self.approvals.wait_for(self, command, decision, fresh=fresh)
         except ApprovalRejected:
             self.denied += 1
             raise

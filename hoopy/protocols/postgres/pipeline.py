@@ -50,10 +50,11 @@ class Pipeline:
     unconfirmed: deque[tuple[int, str, tuple[Command, ...] | None, bool]]
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
     silent_ready: set[int]  # batches ended by hoopy's own Sync: their ReadyForQuery is not sent
-    # per (statement name, commands): the encoded statement part of its Bind events, and
-    # whether it is a COPY FROM STDIN
+    # per (statement name, id(commands)): the commands, the encoded statement part of
+    # their Bind events, and whether they are a COPY FROM STDIN
     _bind_statics: dict[
-        tuple[str, tuple[Command, ...] | None], tuple[tuple[bytes, dict[str, Any]], bool]
+        tuple[str, int],
+        tuple[tuple[Command, ...] | None, tuple[bytes, dict[str, Any]], bool],
     ]
     # id(statement) -> (statement, the session's schemas then, what its Bind needs): see
     # relay._bind_gate
@@ -125,13 +126,6 @@ class Pipeline:
     # ran without error.  The server refuses a name in use (42P05) and keeps the first
     # statement; believing the second would let EXECUTE run what policy never saw.
 
-    def _statement_now(self, name: str) -> tuple[Command, ...] | None:
-        """What `name` will run for a message forwarded now (pipelined after a Parse)."""
-        for _, n, cmds, _ in reversed(self.unconfirmed):
-            if n == name:
-                return cmds
-        return self.prepared.get(name)
-
     def _candidates(self, name: str) -> list[tuple[Command, ...] | None]:
         """Everything `name` may hold for a message forwarded now.
 
@@ -149,8 +143,8 @@ class Pipeline:
         if name in self.prepared:
             found.append(self.prepared[name])
         for _, n, cmds, _ in self.unconfirmed:
-            if n == name:
-                found.append(cmds)
+            if n == name and not any(cmds is f for f in found):
+                found.append(cmds)  # a re-parse of the same text counts once
         return found
 
     def _parse_complete(self) -> None:
@@ -205,15 +199,21 @@ class Pipeline:
         cmds = found[0] if len(found) == 1 else None
         if len(found) > 1:  # the server holds one of these: record them all
             cmds = tuple(c for cs in found for c in cs or ())
-        key = (bind.statement, cmds)
+        # by identity (the entry holds cmds, so its id stays its own): hashing every
+        # Command of a statement per Bind would cost more than the rest of this
+        key = (bind.statement, id(cmds))
         known = self._bind_statics.get(key)
-        if known is None:  # worked out once per statement, not per execution
+        if known is None or known[0] is not cmds:  # worked out once per statement
             text = "; ".join(c.text for c in cmds) if cmds else None
             fields = bind_statement(bind.statement, text)
-            known = self._bind_statics[key] = ((encode_members(fields), fields), copies_in(cmds))
             if len(self._bind_statics) > 256:
                 self._bind_statics.clear()
-        static, self._portal_copies[bind.portal] = known
+            known = self._bind_statics[key] = (
+                cmds,
+                (encode_members(fields), fields),
+                copies_in(cmds),
+            )
+        _, static, self._portal_copies[bind.portal] = known
         session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
 

@@ -350,8 +350,6 @@ class Relay(Pipeline):
         if self.refusals and self.refusals[-1][0] > self.batches_sent:
             return ""  # the server discards it: a message of this batch was refused
         found = self._candidates(bind.statement)
-        if len(found) > 1 and all(cmds is found[0] for cmds in found):
-            found = found[:1]  # the same statement text, re-parsed: one classification
         if len(found) == 1 and found[0] is not None:
             return self._statement_gate(found[0])
         if not found or any(cmds is None for cmds in found):
@@ -368,37 +366,40 @@ class Relay(Pipeline):
         hit = self._gates.get(id(cmds))  # the entry holds cmds: its id stays its own
         if hit is not None and hit[0] is cmds and hit[1] is session.schemas:
             return hit[2]
-        gate, cacheable = "", True
-        for c in cmds:
-            if "execute" in c.kinds:
-                # EXECUTE name runs what name holds at this Bind, not at the Parse
-                cacheable = False
-                targets = self._candidates(prepared_name(c.text))
-                if not targets or any(t is None for t in targets):
-                    return "unknown"
-                if any(session.decide(t).outcome == "require_approval" for ts in targets
-                       for t in ts or ()):  # fmt: skip
-                    gate = "approval"
-            if session.decide(c).outcome == "require_approval":
-                gate = "approval"
-        if cacheable:
+        runs = self._runs(cmds)
+        if runs is None:
+            return "unknown"
+        gate = (
+            "approval" if any(session.decide(c).outcome == "require_approval" for c in runs) else ""
+        )
+        if runs is cmds:  # nothing resolved at this Bind (no EXECUTE): cacheable
             if len(self._gates) > 256:
                 self._gates.clear()
             self._gates[id(cmds)] = (cmds, session.schemas, gate)
         return gate
 
+    def _runs(self, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
+        """What a Bind of this statement runs: itself, and for `EXECUTE name` what name
+        holds at this Bind (not at the Parse); None when hoopy does not know that."""
+        if not any("execute" in c.kinds for c in cmds):
+            return cmds
+        runs = list(cmds)
+        for c in cmds:
+            if "execute" in c.kinds:
+                targets = self._candidates(prepared_name(c.text))
+                if not targets or any(t is None for t in targets):
+                    return None
+                runs += [t for ts in targets for t in ts or ()]
+        return tuple(runs)
+
     def _needing_approval(self, bind: pg.Bind) -> list[Command]:
         """The statements a Bind may run that need an approval (see _bind_gate)."""
         session = self.session
         assert session is not None
-        out: list[Command] = []
-        for cmds in self._candidates(bind.statement):
-            for c in cmds or ():
-                runs = [c]
-                if "execute" in c.kinds:
-                    runs += [t for ts in self._candidates(prepared_name(c.text)) for t in ts or ()]
-                out += [r for r in runs if session.decide(r).outcome == "require_approval"]
-        return list(dict.fromkeys(out))
+        runs = [
+            c for cmds in self._candidates(bind.statement) for c in self._runs(cmds or ()) or ()
+        ]
+        return [c for c in dict.fromkeys(runs) if session.decide(c).outcome == "require_approval"]
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
         """The Binds of `ev` when none of them must wait or be refused, else None."""
@@ -512,8 +513,8 @@ class Relay(Pipeline):
                         self._copy_starts()  # an Execute of a bound COPY FROM STDIN
                 if 0x63 in types:
                     self._copy_may_commit()
-                if 0x63 in types and types.rfind(b"c") > types.rfind(b"E"):
-                    self.copy_in_flight = False  # its CopyDone
+                    if types.rfind(b"c") > types.rfind(b"E"):
+                        self.copy_in_flight = False  # its CopyDone
                 if 0x42 in types or 0x44 in types or 0x45 in types:
                     self.extended_open = True
             elif t is pg.Bind:
@@ -604,8 +605,6 @@ class Relay(Pipeline):
 
     async def _check_each(self, cmds: tuple[Command, ...]) -> list[Decision]:
         assert self.session is not None
-        if len(cmds) == 1:
-            return [await self.session.check(cmds[0])]
         # An approval covers the statement the approver saw, not one beside it in the
         # same text that a reusable grant of it would otherwise cover.
         fresh: set[str] = set()

@@ -183,11 +183,6 @@ class _Grant:
     approval_id: str
 
 
-def _remember(fresh: set[str] | None, approval_id: str) -> None:
-    if fresh is not None:
-        fresh.add(approval_id)
-
-
 @dataclass
 class ApprovalService:
     store: ApprovalStore
@@ -216,14 +211,15 @@ class ApprovalService:
         message); their grants are not reused, since an approver who granted reuse for
         one statement never saw the others of the same text.  Every id this call creates
         or reuses is added to it."""
+        fresh = set() if fresh is None else fresh
         key = (session.identity.subject, session.connector, command.fingerprint or command.text)
         grant = self._reusable(key, fresh)
         if grant is not None:
             session.record("approval_reused", approval=grant.approval_id, rule=decision.rule)
-            _remember(fresh, grant.approval_id)
+            fresh.add(grant.approval_id)
             return grant.approval_id
         a = self._new(session, command, decision)
-        _remember(fresh, a.id)
+        fresh.add(a.id)
         self.store.create(a)
         if a.reuse_for > 0:
             self._reuse[a.id] = a.reuse_for
@@ -245,11 +241,11 @@ class ApprovalService:
             self._grants[key] = _Grant(self.clock() + decision.reuse_for, a.id)
         return final.id
 
-    def _reusable(self, key: tuple[str, str, str], fresh: set[str] | None) -> _Grant | None:
+    def _reusable(self, key: tuple[str, str, str], fresh: set[str]) -> _Grant | None:
         grant = self._grants.get(key)
-        if grant is None or grant.until <= self.clock():
+        if grant is None or grant.until <= self.clock() or grant.approval_id in fresh:
             return None
-        return None if fresh is not None and grant.approval_id in fresh else grant
+        return grant
 
     async def _await_decision(self, session: Session, a: Approval) -> Approval:
         """The approved approval; raises ApprovalRejected for any other outcome, and

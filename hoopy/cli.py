@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -256,6 +255,7 @@ def _admin_refusal(cfg: Config, token_file: str | None) -> str | None:
 
 def cmd_approvals(args: argparse.Namespace) -> int:
     from hoopy.approvals import APPROVED, DENIED, ApprovalStore
+    from hoopy.replay import clean_json, clean_line
 
     cfg = _config(args)
     store = ApprovalStore(_store(cfg))
@@ -263,8 +263,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         for a in store.list(None if args.all else "pending", limit=args.limit):
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.created))
             print(
-                f"{a.id}  {created}  {a.state:<9} {a.connector:<14} {a.subject:<18} "
-                f"rule={a.rule}  {a.command[:80]!r}"
+                f"{a.id}  {created}  {a.state:<9} {clean_line(a.connector):<14} "
+                f"{clean_line(a.subject):<18} rule={clean_line(a.rule)}  {a.command[:80]!r}"
             )
         return 0
     if not args.id:
@@ -275,7 +275,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         if shown is None:
             print(f"error: {args.id}: no such approval", file=sys.stderr)
             return 1
-        print(json.dumps(shown.to_json(), indent=2, ensure_ascii=False))
+        print(clean_json(shown.to_json(), indent=2))  # agent text: no raw control characters
         return 0
     refused = _admin_refusal(cfg, args.token_file)
     if refused is not None:

@@ -56,10 +56,10 @@ def clean_block(text: object) -> str:
     return s.replace("\n", CONTINUATION)
 
 
-def clean_json(value: Any) -> str:
-    """JSON (one line) of `value` with every character a terminal could act on escaped as
+def clean_json(value: Any, indent: int | None = None) -> str:
+    """JSON of `value` with every character a terminal could act on escaped as
     `\\uXXXX`: still valid JSON that decodes to the same value."""
-    return _UNSAFE_JSON.sub(_json_escape, json.dumps(value, ensure_ascii=False))
+    return _UNSAFE_JSON.sub(_json_escape, json.dumps(value, ensure_ascii=False, indent=indent))
 
 
 def describe(ev: dict[str, Any]) -> str:

@@ -274,16 +274,16 @@ def test_required_names_skip_cte_names() -> None:
     ],
 )
 def test_statements_that_change_name_resolution(sql: str, changes: bool) -> None:
-    from hoopy.protocols.postgres.lineage import changes_name_resolution
+    from hoopy.protocols.postgres.lineage import name_resolution_change
 
-    assert changes_name_resolution(sql) is changes
+    assert bool(name_resolution_change(sql)) is changes
 
 
 def test_set_config_of_other_settings_does_not_change_names() -> None:
-    from hoopy.protocols.postgres.lineage import changes_name_resolution
+    from hoopy.protocols.postgres.lineage import name_resolution_change
 
-    assert not changes_name_resolution("SELECT set_config('jit', 'off', false)")
-    assert changes_name_resolution("SELECT set_config($1, 'x', false)")
+    assert not name_resolution_change("SELECT set_config('jit', 'off', false)")
+    assert name_resolution_change("SELECT set_config($1, 'x', false)")
 
 
 @pytest.mark.parametrize(

@@ -695,10 +695,6 @@ def _temp_schema(name: str | None) -> bool:
     return bool(name) and str(name).lower().startswith("pg_temp")
 
 
-def changes_name_resolution(sql: str) -> bool:
-    return bool(name_resolution_change(sql))
-
-
 def search_path_schemas(sql: str) -> tuple[str, ...] | None:
     """The schemas this statement may set search_path to: () if it sets none, None if
     it may set what cannot be read from its text (a value computed at run time)."""

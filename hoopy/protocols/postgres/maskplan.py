@@ -355,8 +355,7 @@ class Planner:
             return RowMasker([], self.counts)
         if not isinstance(sm, StatementMasks) or fields is None:
             return self._mask_all(len(formats))
-        await self.refresh(sm)
-        masks = sm.masks
+        masks = sm.masks  # (result_plan refreshed a stale statement already)
         col_rules = masks.column_rules
         try:
             types = await self._types(fields)

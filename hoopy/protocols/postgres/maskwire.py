@@ -89,7 +89,6 @@ _DATA_ERRORS = {
     "2200N": "invalid XML content",
     "54000": "program limit exceeded",
 }
-_DATA_ERROR_CLASSES = ("22", "54")
 _DATA_ERRORS |= {
     "42P01": "undefined table",
     "42704": "undefined object",
@@ -147,9 +146,8 @@ def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str,
                 if reads and k in "MDHW":
                     v = _unquoted_numbers(v, text)
                 out[k] = v
-        withhold = code.startswith(_DATA_ERROR_CLASSES) or not (
-            code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02"))
-        )
+        # classes 00-02: notices and warnings; 23: integrity errors (see _KEPT_ERRORS)
+        withhold = not (code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02")))
         if reads and withhold and fields.get("S", fields.get("V", "")) != "NOTICE":
             # Data errors describe the offending value, not always quoted (`index
             # 1078051120 out of valid range`, an XML parser's DETAIL quoting the

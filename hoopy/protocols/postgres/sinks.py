@@ -19,6 +19,8 @@ from pglast import ast
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
+from hoopy.protocols.postgres.lineage import _nodes
+
 # Builtins that keep an argument where a later statement can read it back, or send it
 # somewhere masking does not reach.
 SINK_FUNCTIONS = frozenset(
@@ -79,9 +81,8 @@ class _Writes(Visitor):
                 # than the INSERT itself would: not traced, the caller assumes the worst
                 self.unknown = True
                 return
-            targets = _Excluded()(conflict.targetList)
             self._emit(
-                _select_of(targets, (node.relation,), None, None),
+                _select_of(conflict.targetList, (node.relation,), None, None),
                 table,
                 _names(conflict.targetList),
             )
@@ -113,16 +114,11 @@ class _Writes(Visitor):
 
 
 def _reads_excluded(targets: Any) -> bool:
-    found: list[bool] = []
-
-    class _Find(Visitor):
-        def visit_ColumnRef(self, _ancestors: Any, node: ast.ColumnRef) -> None:
-            first = node.fields[0] if node.fields else None
-            if isinstance(first, ast.String) and first.sval == "excluded":
-                found.append(True)
-
-    _Find()(targets)
-    return bool(found)
+    return any(
+        isinstance(n, ast.ColumnRef)
+        and getattr((n.fields or (None,))[0], "sval", None) == "excluded"
+        for n in _nodes(targets)
+    )
 
 
 def _in_cte(ancestors: Any) -> bool:
@@ -134,16 +130,6 @@ def _in_cte(ancestors: Any) -> bool:
             return True
         a = getattr(a, "parent", None)
     return False
-
-
-class _Excluded(Visitor):
-    """Replaces `excluded.column` references by NULL."""
-
-    def visit_ColumnRef(self, _ancestors: Any, node: ast.ColumnRef) -> Any:
-        first = node.fields[0] if node.fields else None
-        if isinstance(first, ast.String) and first.sval == "excluded":
-            return ast.A_Const(isnull=True)
-        return None
 
 
 def _with(select: ast.SelectStmt, with_clause: Any) -> ast.SelectStmt:

@@ -85,6 +85,15 @@ class CancelTarget:
     key: int
 
 
+@dataclass
+class _Window:
+    """Refused connections of one client host since `start`."""
+
+    start: float
+    recorded: int = 0
+    suppressed: int = 0  # refused, counted but not recorded one by one
+
+
 REJECTIONS_RECORDED = 30  # refused connections recorded one by one, per client host …
 REJECTION_WINDOW = 10.0  # … per this many seconds
 
@@ -112,7 +121,7 @@ class Gateway:
         self._flusher: asyncio.Task[None] | None = None
         self._owner: OwnerLock | None = None
         # client host -> [window start, recorded, suppressed]: see record_rejection
-        self._rejections: dict[str, list[float]] = {}
+        self._rejections: dict[str, _Window] = {}
 
     def start_flusher(self, interval: float = 1.0) -> None:
         """The gateway's background duties, started once before the listeners: take this
@@ -267,15 +276,15 @@ class Gateway:
         host = client.rsplit(":", 1)[0]
         now = time.monotonic()
         window = self._rejections.get(host)
-        if window is None or now - window[0] >= REJECTION_WINDOW:
+        if window is None or now - window.start >= REJECTION_WINDOW:
             self._summarise(protocol, host)
             if len(self._rejections) > 10000:
                 self.flush_rejections(everything=True)
-            window = self._rejections[host] = [now, 0.0, 0.0]
-        if window[1] >= REJECTIONS_RECORDED:
-            window[2] += 1
+            window = self._rejections[host] = _Window(now)
+        if window.recorded >= REJECTIONS_RECORDED:
+            window.suppressed += 1
             return
-        window[1] += 1
+        window.recorded += 1
         self._record_rejected(protocol, client, connector, tls, identity, reason)
 
     def flush_rejections(self, everything: bool = False) -> None:
@@ -283,19 +292,19 @@ class Gateway:
         over (`everything`: all of them, at shutdown), so none goes unrecorded."""
         now = time.monotonic()
         for host, window in list(self._rejections.items()):
-            if everything or now - window[0] >= REJECTION_WINDOW:
+            if everything or now - window.start >= REJECTION_WINDOW:
                 self._summarise("", host)
                 del self._rejections[host]
 
     def _summarise(self, protocol: str, host: str) -> None:
         window = self._rejections.get(host)
-        if window is not None and window[2]:
+        if window is not None and window.suppressed:
             self._record_rejected(
                 protocol, host, "", False, None,
-                f"{int(window[2])} more connection(s) from {host} refused within "
+                f"{window.suppressed} more connection(s) from {host} refused within "
                 f"{REJECTION_WINDOW:.0f} s (not recorded one by one)",
             )  # fmt: skip
-            window[2] = 0
+            window.suppressed = 0
 
     def _record_rejected(
         self,

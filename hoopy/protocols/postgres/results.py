@@ -82,8 +82,7 @@ class ResultTracker:
         self.statements: dict[str, Statement] = {}  # as the server holds them
         # Parsed but not yet acknowledged: the server may refuse the Parse (a named
         # statement that exists, a table that does not), and then keeps what it had.
-        self.pending: dict[str, Statement] = {}
-        self._pending_batch: dict[str, int] = {}  # the batch (Sync count) of each
+        self.pending: dict[str, tuple[Statement, int]] = {}  # and its batch (Sync count)
         self._batch = 0  # Syncs forwarded so far
         self.portals: dict[str, Portal] = {}
         self.queue: deque[_Expect] = deque()
@@ -98,8 +97,7 @@ class ResultTracker:
 
     def parse(self, name: str, mask: Any) -> None:
         st = Statement(mask)
-        self.pending[name] = st  # what later messages of this pipeline refer to
-        self._pending_batch[name] = self._batch
+        self.pending[name] = (st, self._batch)  # what later messages here refer to
         self.queue.append(_Expect("parse", target=st, name=name))
 
     def _statement(self, name: str) -> Statement | None:
@@ -110,8 +108,8 @@ class ResultTracker:
         pending = self.pending.get(name)
         if pending is None:
             return self.statements.get(name)
-        if self._pending_batch.get(name) == self._batch or name not in self.statements:
-            return pending
+        if pending[1] == self._batch or name not in self.statements:
+            return pending[0]
         return Statement(_UNKNOWN_STATEMENT)
 
     def bind(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
@@ -221,15 +219,20 @@ class ResultTracker:
             if head.kind == "parse" and isinstance(head.target, Statement):
                 assert head.name is not None
                 self.statements[head.name] = head.target  # the server holds it now
-                if self.pending.get(head.name) is head.target:
+                if self.pending.get(head.name, (None,))[0] is head.target:
                     del self.pending[head.name]
             elif head.kind == "close" and head.name is not None:
                 self.statements.pop(head.name, None)  # also if parsed after the forward
 
     def _skipped(self, e: _Expect) -> None:
         """The server never ran this message (an error came before the Sync)."""
-        if e.kind == "parse" and e.name is not None and self.pending.get(e.name) is e.target:
-            del self.pending[e.name]
+        name = e.name
+        if (
+            e.kind == "parse"
+            and name is not None
+            and self.pending.get(name, (None,))[0] is e.target
+        ):
+            del self.pending[name]
 
     def error(self) -> None:
         self.result = None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hoopy.config import Config, ConfigError, check_config, load_config
+from hoopy.config import Config, ConfigError, Secret, check_config, load_config
 
 if TYPE_CHECKING:
     from hoopy.recorder import VerifyResult
@@ -219,10 +219,7 @@ def _presented_token(token_file: str | None) -> str:
     import os
 
     if token_file:
-        try:
-            return Path(token_file).read_text().rstrip("\r\n")  # as a file: secret reads
-        except OSError as e:
-            raise ValueError(f"cannot read --token-file {token_file} ({e.strerror})") from None
+        return Secret(f"file:{token_file}").get()  # read as any file: secret is
     token = os.environ.get(ADMIN_TOKEN_ENV, "")
     if not token:
         raise ValueError(
@@ -235,22 +232,20 @@ def _presented_token(token_file: str | None) -> str:
 def _admin_refusal(cfg: Config, token_file: str | None) -> str | None:
     """Why this caller may not decide approvals (None: it may).  The token it presents
     must equal the configured admin_token (DESIGN §5), compared in constant time."""
-    import hmac
-
     if cfg.admin_token is None:
         return "no admin_token is configured, so approvals cannot be decided from the CLI"
     try:
-        expected = cfg.admin_token.get()
         presented = _presented_token(token_file)
-    except ConfigError as e:  # names the secret's reference, never its value
-        return f"cannot read the configured admin_token: {e.problems[0]}"
+    except ConfigError as e:
+        return f"cannot read --token-file {token_file}: {e.problems[0]}"
     except ValueError as e:
         return str(e)
-    if not expected:
-        return "the configured admin_token is empty"
-    if not hmac.compare_digest(presented.encode(), expected.encode()):
-        return "the admin token presented does not match the configured admin_token"
-    return None
+    try:
+        if cfg.admin_token.matches(presented):
+            return None
+    except ConfigError as e:  # names the secret's reference, never its value
+        return f"cannot read the configured admin_token: {e.problems[0]}"
+    return "the admin token presented does not match the configured admin_token"
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:

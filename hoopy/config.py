@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hmac
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,12 @@ class Secret:
             except OSError as e:
                 raise ConfigError([f"secret {self.ref}: cannot read ({e.strerror})"]) from None
         raise ConfigError([f"secret reference {self.ref!r} must start with env: or file:"])
+
+    def matches(self, presented: str) -> bool:
+        """Is `presented` this secret's value (compared in constant time)?  Never for an
+        empty value.  Raises ConfigError when the secret cannot be read."""
+        expected = self.get()
+        return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
     def __repr__(self) -> str:  # never the value
         return f"Secret({self.ref!r})"

@@ -159,10 +159,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         results = {args.id: verify_session(args.id, cfg.recordings, store)}
     else:
         results = verify_all(cfg.recordings, store)
+    from hoopy.state import owner_state
+
     owners = owners_dir(cfg.state_dir)
+    states: dict[str, str] = {}  # one lock probe per gateway, not per open session
+
+    def state_of(owner: str) -> str:
+        if owner not in states:
+            states[owner] = owner_state(owners, owner)
+        return states[owner]
+
     counts = dict.fromkeys(("BROKEN", "unfinished", "open", "crashed", "ok"), 0)
     for sid, res in sorted(results.items()):
-        label, detail = _verdict(res, owners)
+        label, detail = _verdict(res, state_of)
         counts[label] += 1
         if label == "BROKEN":
             for p in res.problems:
@@ -177,13 +186,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if counts["BROKEN"] or counts["unfinished"] else 0
 
 
-def _verdict(res: VerifyResult, owners: Path) -> tuple[str, str]:
+def _verdict(res: VerifyResult, state_of: Callable[[str], str]) -> tuple[str, str]:
     """How `hoopy verify` reports a recording whose chain holds (README, Operating it):
     ok (ended), crashed (ended by a later gateway after its own died), open (its gateway
     runs, or this host cannot tell), unfinished (open, but its gateway is provably gone:
     exit status 1 until the next `hoopy serve` ends it as crashed)."""
     from hoopy.replay import clean_line
-    from hoopy.state import ALIVE, DEAD, owner_state
+    from hoopy.state import ALIVE, DEAD
 
     if not res.ok:
         return "BROKEN", ""
@@ -192,7 +201,7 @@ def _verdict(res: VerifyResult, owners: Path) -> tuple[str, str]:
     if not res.open:
         return "ok", ""
     upto = "not finished: verified up to the last line on disk"
-    state = owner_state(owners, res.owner)
+    state = state_of(res.owner)
     if state == DEAD:
         return "unfinished", f" ({upto}; its gateway {clean_line(res.owner)} is gone)"
     runs = "its gateway is running" if state == ALIVE else "cannot tell if its gateway runs"

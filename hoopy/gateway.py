@@ -380,8 +380,8 @@ class Gateway:
         if self._owner is None:
             return
         try:
-            rows = self.store.list_sessions(outcome="open", limit=None)
-            unfinished = any(r.owner == self._owner.id for r in rows)
+            mine = self.store.list_sessions(outcome="open", owner=self._owner.id, limit=1)
+            unfinished = bool(mine)
         except StateError:
             unfinished = True
         self._owner.release(keep=unfinished)

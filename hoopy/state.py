@@ -285,9 +285,10 @@ class StateStore:
         *,
         outcome: str | None = None,
         until: float | None = None,
+        owner: str | None = None,
     ) -> list[SessionRow]:
         """Newest first.  `outcome="open"` lists sessions that have not ended;
-        `limit=None` lists all of them."""
+        `limit=None` lists all of them; `owner`: those of one gateway process."""
         where: list[str] = []
         params: list[Any] = []
         for column, op, value in (
@@ -295,6 +296,7 @@ class StateStore:
             ("connector", "=", connector),
             ("started", ">=", since),
             ("started", "<", until),
+            ("owner", "=", owner),
         ):
             if value is not None:
                 where.append(f"{column} {op} ?")

@@ -86,6 +86,17 @@ def login(s: object, token: str) -> None:
         got += chunk
 
 
+def _answers(s: object, count: int, got: bytes = b"") -> bytes:
+    """Read on until `count` ReadyForQuery messages have arrived (bounded by the socket's
+    timeout): one per Sync or Query sent."""
+    ready = (pg.ready_for_query("I"), pg.ready_for_query("E"))
+    while sum(got.count(r) for r in ready) < count:
+        chunk = s.recv(65536)  # type: ignore[attr-defined]
+        assert chunk, got
+        got += chunk
+    return got
+
+
 def _round(s: object, *messages: bytes) -> bytes:
     sock = s  # an ssl socket
     sock.sendall(b"".join(messages))  # type: ignore[attr-defined]
@@ -329,12 +340,7 @@ def test_a_bind_is_checked_against_every_statement_its_name_may_hold(
     pending = _pending_or_none(hoopy, "DELETE FROM refunds WHERE id = 90")
     if pending is not None:  # asked a human: say no
         admin(hoopy, "POST", f"/api/approvals/{pending['id']}/deny", {"by": "alice"})
-    answers = attack.count(pg.sync()) + attack.startswith(b"Q")  # one ReadyForQuery each
-    got = b""
-    while got.count(pg.ready_for_query("I")) + got.count(pg.ready_for_query("E")) < answers:
-        chunk = s.recv(65536)
-        assert chunk, got
-        got += chunk
+    got = _answers(s, attack.count(pg.sync()) + attack.startswith(b"Q"))
     assert b"42501" in got  # refused or denied, never run
     assert app_count(backend, "select count(*) from refunds") == before
     s.close()

@@ -820,13 +820,13 @@ def _parse(sql: str) -> tuple[list[Json], tuple[str, ...]]:
 
 
 _SETTINGS_VIEWS = frozenset({"pg_settings", "pg_catalog.pg_settings"})
+# Catalogs holding copies of other tables' values (planner statistics).
+STATISTICS_CATALOGS = (
+    *("pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs"),
+    "pg_statistic_ext_data",
+)
 _STATISTICS_VIEWS = frozenset(
-    name
-    for bare in (
-        *("pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs"),
-        "pg_statistic_ext_data",
-    )
-    for name in (bare, f"pg_catalog.{bare}")
+    name for bare in STATISTICS_CATALOGS for name in (bare, f"pg_catalog.{bare}")
 )
 
 

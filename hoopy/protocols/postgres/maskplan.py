@@ -43,6 +43,7 @@ from hoopy.policy import Command, MaskRule, Masks, strictest
 from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
 from hoopy.protocols.postgres.catalog import TTL, Catalog, CatalogUnavailable, RelInfo, TypeInfo
+from hoopy.protocols.postgres.classify import STATISTICS_CATALOGS
 from hoopy.protocols.postgres.messages import FieldDescription
 from hoopy.protocols.postgres.rowmask import (
     BUILTIN_FAMILIES,
@@ -491,10 +492,7 @@ class _NoRelations:
 # Catalogs whose columns hold copies of other tables' values (planner statistics:
 # most common values, histogram bounds; large objects' bytes): their output is masked
 # like an untraced column, and writes and sinks of it are refused.
-_STATISTICS = ("pg_statistic", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs")
-VALUE_CATALOGS = frozenset(
-    f"pg_catalog.{n}" for n in (*_STATISTICS, "pg_statistic_ext_data", "pg_largeobject")
-)
+VALUE_CATALOGS = frozenset(f"pg_catalog.{n}" for n in (*STATISTICS_CATALOGS, "pg_largeobject"))
 
 
 def _untraced_write(why: str) -> str:

@@ -75,6 +75,7 @@ class PgCluster:
     superuser: str
     password: str
     user: str | None  # OS user owning it
+    extra_options: str = ""  # more `-c name=value` server settings
 
     @property
     def datadir(self) -> Path:
@@ -88,7 +89,8 @@ class PgCluster:
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             "-c unix_socket_directories='' -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning"
+            "-c full_page_writes=off -c max_connections=200 -c log_min_messages=warning "
+            + self.extra_options
         )
         _run(
             [
@@ -127,7 +129,7 @@ class PgCluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def create(port: int = 0, base: Path | None = None) -> PgCluster:
+def create(port: int = 0, base: Path | None = None, extra_options: str = "") -> PgCluster:
     """initdb a SCRAM-only cluster into a fresh temp folder and start it."""
     bindir = find_bindir()
     user = _owner()
@@ -160,6 +162,8 @@ def create(port: int = 0, base: Path | None = None) -> PgCluster:
         user,
     )
     pwfile.unlink()
-    cluster = PgCluster(base, bindir, port or free_port(), "postgres", password, user)
+    cluster = PgCluster(
+        base, bindir, port or free_port(), "postgres", password, user, extra_options
+    )
     cluster.start()
     return cluster

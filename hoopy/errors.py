@@ -43,6 +43,13 @@ class TLSRequired(HoopyError):
     fatal = True
 
 
+class StartupRefused(HoopyError):
+    """A startup parameter hoopy will not pass on (a setting off the safe list)."""
+
+    sqlstate = "42501"
+    fatal = True
+
+
 class UnknownConnector(HoopyError):
     sqlstate = "3D000"
     http_status = 404
@@ -71,9 +78,18 @@ class ApprovalRejected(CommandDenied):
 
 
 class UnparseableCommand(HoopyError):
+    """A statement hoopy cannot read: refused, never forwarded.  Shaped like the server's
+    own syntax error (its message, `position`: 1-based character index into the text) so
+    clients print it as they would the server's; hoopy's words go in `detail`."""
+
     sqlstate = "42601"
     http_status = 400
     ssh_exit = 126
+
+    def __init__(self, message: str, position: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.position = position
+        self.detail = detail
 
 
 class RecordingFailed(HoopyError):

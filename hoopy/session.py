@@ -104,6 +104,11 @@ class Session:
             self._cache[key] = decision
         return decision
 
+    def path_changed(self, command: Command) -> None:
+        """`command` (a SET search_path, or a startup search_path as one) moved where
+        unqualified names point."""
+        self._search_path_changes(command)
+
     def _search_path_changes(self, command: Command) -> None:
         new = self.search_path_of(command) if self.search_path_of is not None else None
         if self.schemas is None:

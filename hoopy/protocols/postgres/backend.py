@@ -35,7 +35,8 @@ from hoopy.tlsutil import fast_objects
 log = logging.getLogger("hoopy.postgres.backend")
 
 # Startup parameters an agent may pass through.  Everything else is dropped:
-# `options` (-c role=…) or `replication` would bypass statement checks.
+# `replication` would bypass statement checks; `options` is read by the proxy
+# (startupopts.py), which turns its safe settings into parameters of this list.
 PASSTHROUGH_PARAMS = frozenset(
     {
         "application_name",
@@ -44,6 +45,10 @@ PASSTHROUGH_PARAMS = frozenset(
         "timezone",
         "intervalstyle",
         "extra_float_digits",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "search_path",
     }
 )
 CONNECT_TIMEOUT = 10.0

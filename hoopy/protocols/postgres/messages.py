@@ -480,13 +480,20 @@ def ready_for_query(status: str = "I") -> bytes:
 
 
 def _fields_body(
-    severity: str, code: str, text: str, detail: str | None, hint: str | None
+    severity: str,
+    code: str,
+    text: str,
+    detail: str | None,
+    hint: str | None,
+    position: int | None = None,
 ) -> bytes:
     parts = [b"S", _text(severity), b"V", _text(severity), b"C", _text(code), b"M", _text(text)]
     if detail is not None:
         parts += [b"D", _text(detail)]
     if hint is not None:
         parts += [b"H", _text(hint)]
+    if position is not None:
+        parts += [b"P", _text(str(position))]
     return b"".join(parts) + b"\0"
 
 
@@ -496,8 +503,9 @@ def error_response(
     severity: str = "ERROR",
     detail: str | None = None,
     hint: str | None = None,
+    position: int | None = None,
 ) -> bytes:
-    return frame(b"E", _fields_body(severity, code, message, detail, hint))
+    return frame(b"E", _fields_body(severity, code, message, detail, hint, position))
 
 
 def notice_response(message: str, code: str = "00000", severity: str = "NOTICE") -> bytes:

@@ -21,7 +21,7 @@ import ssl
 from collections import deque
 
 from hoopy.config import PostgresConnector
-from hoopy.errors import HoopyError, ProtocolError, TLSRequired
+from hoopy.errors import HoopyError, ProtocolError, StartupRefused, TLSRequired
 from hoopy.gateway import CancelTarget, Gateway
 from hoopy.policy import Command, may_mask
 from hoopy.protocols.postgres import backend as be
@@ -30,7 +30,7 @@ from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classify import Classifier
 from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
-from hoopy.protocols.postgres.maskwire import count_tree
+from hoopy.protocols.postgres.maskwire import _default_path, count_tree
 from hoopy.protocols.postgres.relay import (
     READ_SIZE,
     Relay,
@@ -39,6 +39,7 @@ from hoopy.protocols.postgres.relay import (
 )
 from hoopy.protocols.postgres.resultlog import ResultLog
 from hoopy.protocols.postgres.results import ResultTracker
+from hoopy.protocols.postgres.startupopts import OptionsError, parse_options
 from hoopy.session import Session
 
 log = logging.getLogger("hoopy.postgres")
@@ -251,6 +252,11 @@ class AgentConnection(Relay):
         if bad:
             self._reject(dbname, bad)
             raise ProtocolError(bad)
+        try:  # its safe settings become parameters; anything else refuses the login
+            params.update(parse_options(params.pop("options", "")))
+        except OptionsError as e:
+            self._reject(dbname, str(e))
+            raise StartupRefused(str(e)) from None
         # PostgreSQL's answer to a newer 3.x minor or to protocol options: carry on at 3.0
         options = sorted(k for k in params if k.startswith("_pq_."))
         if startup.protocol != pg.PROTOCOL_3_0 or options:
@@ -292,7 +298,23 @@ class AgentConnection(Relay):
             self.tracker = ResultTracker()
             settings = MaskSettings(self.gw.mask_key, self.gw.config.masking.redact_numeric)
             self.planner = Planner(self.listener.catalog(connector), settings)
+        self._startup_search_path(params, dbname)
         await self._attach_backend(params)
+
+    def _startup_search_path(self, params: dict[str, str], dbname: str) -> None:
+        """A search_path given at startup moves unqualified names as a SET would."""
+        assert self.session is not None
+        for name, value in params.items():
+            if name.lower() == "search_path":
+                text = f"SET search_path TO {value}"
+                kinds = frozenset({"set", "set_search_path"})
+                self.session.path_changed(Command("postgres", dbname, text, kinds=kinds))
+                if self.planner is not None and not _default_path(text):
+                    self.planner.names_untrusted = True  # the catalog connection's differs
+                    self.session.record(
+                        "masking_conservative",
+                        reason="startup search_path: names may resolve differently",
+                    )
 
     def _notice(self, message: str) -> None:
         """An asynchronous NoticeResponse: allowed between any two messages."""

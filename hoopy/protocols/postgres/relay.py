@@ -108,7 +108,12 @@ def unsafe_encoding(name: str) -> bool:
 
 def error_bytes(e: HoopyError) -> bytes:
     """The one place a hoopy error becomes a PostgreSQL ErrorResponse."""
-    return pg.error_response(e.sqlstate, e.message, severity="FATAL" if e.fatal else "ERROR")
+    severity = "FATAL" if e.fatal else "ERROR"
+    if isinstance(e, UnparseableCommand):  # shaped like the server's syntax error
+        return pg.error_response(
+            e.sqlstate, e.message, severity, e.detail or None, position=e.position
+        )
+    return pg.error_response(e.sqlstate, e.message, severity=severity)
 
 
 def _cut(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
@@ -124,6 +129,20 @@ def _cut(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
 def _parse_message(name: str, sql: str) -> bytes:
     body = name.encode() + b"\0" + sql.encode() + b"\0" + b"\0\0"
     return b"P" + struct.pack("!I", len(body) + 4) + body
+
+
+# What hoopy adds to the parser's own error: a statement it cannot read is never sent on.
+UNPARSEABLE_DETAIL = "hoopy cannot parse this statement, so it was not sent to the server"
+
+
+def unparseable(sql: str, e: SqlParseError) -> UnparseableCommand:
+    """The parser's message and cursor position (1-based, as PostgreSQL's `P` field; at
+    the end of the text for an unexpected end), hoopy's words in DETAIL."""
+    pos = e.position
+    if pos is None and e.message.endswith("at end of input"):
+        pos = len(sql)
+    position = pos + 1 if pos is not None and 0 <= pos <= len(sql) else None
+    return UnparseableCommand(e.message, position, UNPARSEABLE_DETAIL)
 
 
 class Relay(Pipeline):
@@ -559,7 +578,7 @@ class Relay(Pipeline):
             self.session.record(
                 "command", text=sql, outcome="deny", reason="unparseable", error=e.message
             )
-            raise UnparseableCommand(f"hoopy cannot parse this statement: {e.message}") from None
+            raise unparseable(sql, e) from None
 
     def _check_now(self, cmds: tuple[Command, ...], parse: bool = False) -> list[Decision] | None:
         """Check (and record) every statement, or raise to refuse the whole text; None

@@ -4,7 +4,7 @@ Agent-written text (statements, bound values, subjects) shown to a human can car
 characters that change how the rest reads without being seen: bidi overrides and
 isolates reorder it (Trojan Source, CVE-2021-42574), zero-width and other format
 characters hide inside names and strings, tag characters smuggle invisible text.  Those
-are shown as visible escapes (`\\u202e`) by `reveal`.  Look-alike letters (Cyrillic `о`
+are shown as visible escapes (`\\u202e`) by `reveal`.  Look-alike letters (Cyrillic `\\u043e`
 in `orders`) are printable and legitimate elsewhere, so they are not rewritten but
 *flagged*: `notes` names every non-ASCII character with its Unicode name, so the
 approver is told the statement is not the ASCII it looks like.

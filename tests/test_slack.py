@@ -733,7 +733,7 @@ async def test_hidden_characters_are_shown_escaped_and_flagged(
 async def test_look_alike_letters_are_named(
     stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
 ) -> None:
-    """Cyrillic о in a table name reads as `orders`: the approver is told."""
+    """A Cyrillic o (U+043E) in a table name reads as `orders`: the approver is told."""
     await announce(service, notifier, approval("delete from \u043erders where id = 1"))
     body = texts(stub.called("chat.postMessage")[0].args["blocks"])
     assert "U+043E CYRILLIC SMALL LETTER O" in body and "may look like others" in body

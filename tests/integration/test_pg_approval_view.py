@@ -53,13 +53,17 @@ class World:
         return self.issuer_b.mint(sub, list(groups), ttl=900)
 
     def posted(self, approval_id: str) -> dict[str, Any]:
-        """The Slack message announcing `approval_id` (its text and blocks)."""
-        for call in self.run(self.stub.wait_for("chat.postMessage")):
-            if approval_id in json.dumps(call.args):
-                blocks = call.args.get("blocks")
-                blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
-                return {"text": call.args.get("text", ""), "blocks": blocks}
-        raise AssertionError(f"{approval_id} was not posted to Slack")
+        """The Slack message announcing `approval_id` (its text and blocks), waiting for
+        it (the approval is stored before it is posted); TimeoutError if it never is."""
+        count = 1
+        while True:
+            calls = self.run(self.stub.wait_for("chat.postMessage", count))
+            for call in calls:
+                if approval_id in json.dumps(call.args):
+                    blocks = call.args.get("blocks")
+                    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+                    return {"text": call.args.get("text", ""), "blocks": blocks}
+            count = len(calls) + 1
 
 
 def _policy_b(url_b: str) -> str:

@@ -70,9 +70,12 @@ def clean_json(value: Any, indent: int | None = None) -> str:
 def describe(ev: dict[str, Any]) -> str:
     t = ev.get("type")
     if t == "session_start":
+        extra = ev.get("extra")
+        issuer = extra.get("issuer") if isinstance(extra, dict) else None
+        of = f" (of {issuer})" if issuer else ""  # an agent is (issuer, subject)
         return clean_line(
             f"# session {ev.get('session', '')} {ev.get('protocol')} → {ev.get('connector')}"
-            f" by {ev.get('subject')} {ev.get('groups', [])} from {ev.get('client')}"
+            f" by {ev.get('subject')}{of} {ev.get('groups', [])} from {ev.get('client')}"
         )
     if t == "command":
         rule = f" [{clean_line(ev.get('rule'))}]" if ev.get("rule") else ""

@@ -167,3 +167,9 @@ def test_zero_width_and_tag_characters_are_escaped() -> None:
         assert hidden not in out and "\\" in out
         assert json.loads(clean_json(f"a{hidden}b")) == f"a{hidden}b"
         assert hidden not in clean_json(f"a{hidden}b")
+
+
+def test_session_start_names_the_issuer() -> None:
+    ev = {"type": "session_start", "subject": "agent-1", "extra": {"issuer": "https://b\x1b"}}
+    assert "by agent-1 (of https://b\\x1b)" in describe(ev)
+    assert "(of" not in describe({"type": "session_start", "subject": "a", "extra": "odd"})

@@ -70,6 +70,7 @@ _COLUMNS = (
     "issuer",
     "command_values",
 )
+_BIG = 1 << 20  # characters of command and values past which storing goes to a thread
 _ATTRS = tuple({"command_values": "values"}.get(c, c) for c in _COLUMNS)
 
 
@@ -139,6 +140,10 @@ class ApprovalStore:
             f"SELECT {', '.join(_COLUMNS)} FROM approvals WHERE id = ?", (approval_id,)
         )
         return self._row(rows[0]) if rows else None
+
+    def state(self, approval_id: str) -> str | None:
+        rows = self.store._query("SELECT state FROM approvals WHERE id = ?", (approval_id,))
+        return str(rows[0][0]) if rows else None
 
     def list(self, state: str | None = None, limit: int = 100) -> list[Approval]:
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
@@ -248,7 +253,10 @@ class ApprovalService:
             return grant.approval_id
         a = self._new(session, command, decision)
         fresh.add(a.id)
-        self.store.create(a)
+        if sum(map(len, a.values)) + len(a.command) > _BIG:  # stored whole: off the loop
+            await asyncio.to_thread(self.store.create, a)
+        else:
+            self.store.create(a)
         if a.reuse_for > 0:
             self._reuse[a.id] = a.reuse_for
         self._pending.add(a.id)
@@ -345,7 +353,9 @@ class ApprovalService:
         event = self._wake.setdefault(a.id, asyncio.Event())
         try:
             while True:
-                current = self.store.get(a.id)
+                # The state alone while waiting: the row may hold megabytes of values.
+                state = self.store.state(a.id)
+                current = self.store.get(a.id) if state in FINAL else None
                 if current is not None and current.state in FINAL:
                     if current.id not in self._done:  # decided by another process (CLI)
                         self._finished(current)

@@ -32,6 +32,7 @@ HIDDEN = (
 _HIDDEN = re.compile(f"[\x00-\x08\x0b-\x1f{HIDDEN}]")  # keeps \t and \n
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 MAX_NAMED = 8
+SCANNED = 256 * 1024  # characters of each text `notes` looks at
 
 
 def escape_char(c: str) -> str:
@@ -51,6 +52,7 @@ def notes(texts: Iterable[str]) -> list[str]:
     hidden = 0
     seen: dict[str, None] = {}
     for text in texts:
+        text = text[:SCANNED]  # bounded work; views cut long texts, `show` escapes them
         hidden += len(_HIDDEN.findall(text))
         for m in _NON_ASCII.finditer(text):
             c = m.group()

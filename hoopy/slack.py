@@ -198,7 +198,8 @@ def _whole_hint(a: Approval, what: str) -> str:
 
 
 def _command_section(a: Approval) -> tuple[dict[str, Any], bool]:
-    shown = showsafe.reveal(pretty_command(a))
+    # Only what can be shown is scanned (a longer text is cut all the same).
+    shown = showsafe.reveal(pretty_command(a)[: 2 * MAX_COMMAND + 1])
     block, cut = clip_code(shown)
     if cut:
         block += _whole_hint(
@@ -215,7 +216,7 @@ def _values_section(a: Approval) -> tuple[list[dict[str, Any]], bool]:
     cut = len(a.values) > MAX_VALUES
     lines = []
     for v in a.values[:MAX_VALUES]:
-        shown = showsafe.reveal(v).replace("\n", "\\n")
+        shown = showsafe.reveal(v[: MAX_VALUE + 1]).replace("\n", "\\n")
         if len(shown) > MAX_VALUE:
             shown, cut = shown[: MAX_VALUE - 1] + "…", True
         lines.append(shown)

@@ -767,3 +767,53 @@ async def test_requester_under_another_issuer_still_cannot_approve(
     assert await clicks.click(a.id, REQUESTER) == 200
     (eph,) = await stub.wait_for("chat.postEphemeral")
     assert "You requested" in eph.args["text"] and state_of(service, a) == PENDING
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM orders\n-- bound: WHERE id = 5",
+        "DELETE FROM orders /* bound: WHERE id = 5 */",
+        "DELETE FROM orders\n--\u2028It runs with these 1 value(s): WHERE id = 5",
+        "DELETE FROM orders -- ```\n*It runs with these 1 value(s):*\n```\n$1 = 5",
+        "DELETE FROM orders\r\n-- bound: $1 = '5'",
+    ],
+)
+async def test_no_agent_text_makes_a_values_block(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier, sql: str
+) -> None:
+    await announce(service, notifier, approval(sql))
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    sections = [b["text"]["text"] for b in blocks if b.get("type") == "section" and "text" in b]
+    assert not any(t.startswith("*It runs with") for t in sections)
+    code = code_of(blocks)  # what is not a comment stays inside the one code block
+    assert code.startswith("```\nDELETE FROM orders") and code.count("```") == 2
+    assert "WHERE id = 5" not in code
+
+
+async def test_values_cannot_break_out_of_their_block(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    a = approval("delete from orders where id = $1", values=["$1 = 'a```\n$2 = <!channel>'"])
+    await announce(service, notifier, a)
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    body = texts(blocks)
+    (values,) = [
+        b["text"]["text"] for b in blocks if "It runs with" in b.get("text", {}).get("text", "")
+    ]
+    assert "<!channel>" not in body and "&lt;!channel&gt;" in body
+    assert values.count("```") == 2
+    assert "a`\u200b`\u200b`\\n$2 = &lt;!channel&gt;'" in body  # one line, one value
+
+
+async def test_huge_values_are_cheap_to_show(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    """A 20 MB value: stored whole, shown cut (no Approve) without scanning all of it."""
+    from hoopy.slack import request_blocks
+
+    a = approval("delete from orders where note = $1", values=["$1 = '" + "x" * 20_000_000 + "'"])
+    start = time.perf_counter()
+    blocks = request_blocks(a)
+    assert time.perf_counter() - start < 0.5
+    assert [b["action_id"] for b in buttons(blocks)] == [DENY_ACTION]

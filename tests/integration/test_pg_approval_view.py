@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 from hoopy import pgcluster
 from hoopy.devissuer import DevIssuer
 from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
-from tests.integration.test_pg_approvals import admin, cli_decide
+from tests.integration.test_pg_approvals import ADMIN_TOKEN, admin, cli_decide
 from tests.integration.test_pg_psql import app_count
 from tests.integration.test_pg_slack import SECRET, click
 from tests.slackstub import SlackStub
@@ -367,6 +368,13 @@ def test_hidden_characters_are_revealed_to_approvers(world: World, backend: Back
     show = h.cli("approvals", "show", a["id"])
     assert "\u202e" not in show.stdout and "\\u202e" in show.stdout
     assert "invisible" in show.stderr
+    req = urllib.request.Request(
+        f"http://{h.addresses['admin']}/api/approvals/{a['id']}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        raw = r.read().decode()
+    assert "\u202e" not in raw and "\\u202e" in raw and "invisible" in raw
     assert admin(h, "POST", f"/api/approvals/{a['id']}/deny")[0] == 200
     assert p.wait(30) != 0
     assert rows(backend) == 100

@@ -179,15 +179,15 @@ class ApprovalStore:
         self.store._execute("UPDATE approvals SET notice = ? WHERE id = ?", (notice, approval_id))
 
 
-def _grant_key(session: Session, command: Command) -> tuple[Any, ...]:
-    """What a reuse grant is keyed on: who asked — (issuer, subject), as two issuers may
-    hand out one subject —, where, the statement's shape, and what its decision was
-    keyed on besides (where unqualified names point: after SET search_path one text may
-    reach another schema's tables)."""
+def _grant_key(session: Session, command: Command, decision: Decision) -> tuple[Any, ...]:
+    """What a reuse grant is keyed on: everything its decision was keyed on — who asked
+    ((issuer, subject): two issuers may hand out one subject; and the groups), where,
+    the statement's shape and where its unqualified names point (after SET search_path
+    one text may reach another schema's tables) — and the rule that asked."""
     who = session.identity
     shape = command.fingerprint or (command.text, command.values)
-    return (who.issuer, who.subject, session.connector, shape, session.schemas,
-            session.also_schemas)  # fmt: skip
+    return (who.issuer, who.subject, tuple(sorted(who.groups)), session.connector, shape,
+            session.schemas, session.also_schemas, decision.rule)  # fmt: skip
 
 
 class Notifier(Protocol):
@@ -245,7 +245,7 @@ class ApprovalService:
         one statement never saw the others of the same text.  Every id this call creates
         or reuses is added to it."""
         fresh = set() if fresh is None else fresh
-        key = _grant_key(session, command)
+        key = _grant_key(session, command, decision)
         grant = self._reusable(key, fresh)
         if grant is not None:
             session.record("approval_reused", approval=grant.approval_id, rule=decision.rule)

@@ -22,6 +22,7 @@ from hoopy.approvals import (
     ApprovalStore,
     new_approval_id,
 )
+from hoopy.errors import ApprovalRejected
 from hoopy.policy import Command, Decision, Identity
 from hoopy.state import StateStore
 from tests.test_slack import StandInSession  # the attributes wait_for uses
@@ -249,3 +250,25 @@ async def test_pending_gauge_is_a_counter_not_a_scan(service: ApprovalService) -
     with pytest.raises(Exception, match="denied"):
         await asyncio.wait_for(task, 5)
     assert service.metrics.gauges["approvals_pending"] == 0 and calls == []
+
+
+async def test_grant_is_keyed_with_the_rule_and_groups(service: ApprovalService) -> None:
+    """A grant covers what its decision was made on: another rule asking for the same
+    statement (another approver group), or the agent with other groups, asks again."""
+    first, _ = await run_approving(service, agent(ISSUER_A), refund("(1, 10)"), None)
+    other_rule = Decision(
+        "require_approval", "security-review", approvers=("sec",), timeout=60, reuse_for=600
+    )
+    before = {a.id for a in service.store.list(None)}
+    task = asyncio.create_task(
+        service.wait_for(agent(ISSUER_A), refund("(2, 20)"), other_rule)  # type: ignore[arg-type]
+    )
+    a = await pending(service, before)
+    assert a.rule == "security-review" and a.id != first
+    assert service.decide(a.id, False, by="test") is not None
+    with pytest.raises(ApprovalRejected):
+        await asyncio.wait_for(task, 5)
+    regrouped = StandInSession(
+        identity=Identity("agent-1", frozenset({"agents", "admins"}), ISSUER_A)
+    )
+    assert (await run_approving(service, regrouped, refund("(3, 30)"), None))[1]

@@ -259,8 +259,10 @@ def _admin_refusal(cfg: Config, token_file: str | None) -> str | None:
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
+    import json
+
     from hoopy.approvals import APPROVED, DENIED, ApprovalStore
-    from hoopy.replay import clean_json, clean_line
+    from hoopy.replay import clean_line
 
     cfg = _config(args)
     store = ApprovalStore(_store(cfg))
@@ -283,9 +285,10 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         if shown is None:
             print(f"error: {args.id}: no such approval", file=sys.stderr)
             return 1
-        # Agent text: no raw control, bidi or zero-width character; `notes` names the
-        # non-ASCII ones.  `values`: every value the command runs with, whole.
-        print(clean_json(shown.to_json(), indent=2))
+        # Agent text, printed unambiguously: every non-ASCII character (bidi, zero-width,
+        # look-alike letters) as a JSON \uXXXX escape, and named in `notes`.  `values`:
+        # every value the command runs with, whole.
+        print(json.dumps(shown.to_json(), indent=2, ensure_ascii=True))
         for note in shown.to_json()["notes"]:
             print(f"warning: {args.id}: contains {note}", file=sys.stderr)
         return 0

@@ -126,9 +126,22 @@ def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield World(h, stub, issuer_b, loop)
     finally:
         stop_hoopy(h)
+        asyncio.run(_cleanup(backend))
         run(issuer_b.stop())
         run(stub.stop())
         loop.call_soon_threadsafe(loop.stop)
+
+
+async def _cleanup(backend: Backend) -> None:
+    """Leave the shared tables as other modules expect them (refunds counts)."""
+    conn = await backend.app_conn()
+    try:
+        await conn.execute(
+            f"DROP TABLE {TABLE}; DROP TABLE view_secret; DROP SCHEMA other CASCADE;"
+            "DELETE FROM refunds WHERE id IN (777, 888)"
+        )
+    finally:
+        await conn.close()
 
 
 def psql_bg(h: Hoopy, sql: str, token: str, *more: str) -> subprocess.Popen[str]:

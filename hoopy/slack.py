@@ -65,7 +65,7 @@ MAX_COMMAND = 2500  # characters of the command shown (Slack allows 3000 per sec
 MAX_LINES = 40
 MAX_SHAPE = 1000  # characters of the statement shape a reuse grant covers
 MAX_VALUES = 32  # values shown (a Bind's parameters); more: shown cut, no Approve
-MAX_VALUE = 300  # characters of each value shown; longer: cut, no Approve
+MAX_VALUE = 2000  # characters of one value shown; longer (or all past MAX_COMMAND): cut
 # Longer SQL is not scanned for comments (≈ 0.2 s at most, on the event loop): it is shown
 # cut, as sent, and gets no Approve button.
 _MAX_SCAN = 32 * 1024

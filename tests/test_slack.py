@@ -663,6 +663,17 @@ async def test_a_comment_cannot_pose_as_values(
     assert "```\nDELETE FROM orders\n```" in body
 
 
+async def test_a_value_that_fits_is_shown_whole_tail_included(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    tail = ",".join(map(str, range(1, 101)))
+    value = "$1 = '" + "5," * 100 + tail + "'"
+    await announce(service, notifier, approval("delete from t where x = $1", values=[value]))
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    assert tail + "'" in texts(blocks) and "truncated" not in texts(blocks)
+    assert [b["action_id"] for b in buttons(blocks)] == [APPROVE_ACTION, DENY_ACTION]
+
+
 async def test_values_are_shown_apart_and_whole(
     stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
 ) -> None:
@@ -678,7 +689,7 @@ async def test_values_are_shown_apart_and_whole(
 @pytest.mark.parametrize(
     "values",
     [
-        ["$1 = '" + "5," * 100 + ",".join(map(str, range(1, 101))) + "'"],  # one long value
+        ["$1 = '" + "5," * 1500 + ",".join(map(str, range(1, 101))) + "'"],  # one long value
         [f"${i} = '{i}'" for i in range(1, 41)],  # more values than are shown
     ],
     ids=["long-value", "many-values"],

@@ -288,7 +288,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         # Agent text, printed unambiguously: every non-ASCII character (bidi, zero-width,
         # look-alike letters) as a JSON \uXXXX escape, and named in `notes`.  `values`:
         # every value the command runs with, whole.
-        print(json.dumps(shown.to_json(), indent=2, ensure_ascii=True))
+        text = json.dumps(shown.to_json(), indent=2, ensure_ascii=True)
+        print(text.replace("\x7f", "\\u007f"))  # DEL: the one control JSON leaves raw
         for note in shown.to_json()["notes"]:
             print(f"warning: {args.id}: contains {note}", file=sys.stderr)
         return 0

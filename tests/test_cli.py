@@ -174,14 +174,14 @@ def test_cli_show_prints_every_value_whole_and_flags_hidden_text(
 
     cfg = approvals_config(tmp_path)
     values = ["$1 = '" + "5," * 100 + ",".join(map(str, range(1, 101))) + "'"]
-    values += [f"${i} = '{i}'" for i in range(2, 41)] + ["$41 = 'x\u202ey'"]
+    values += [f"${i} = '{i}'" for i in range(2, 41)] + ["$41 = 'x\u202ey\x7f\x1b'"]
     aid = add_approval(cfg, command="delete from t where id = \u0430ny($1)", values=values,
                        issuer="https://idp-b.example")  # fmt: skip
     assert approvals(cfg, "show", aid) == 0
     captured = capsys.readouterr()
     shown = json.loads(captured.out)
     assert shown["values"] == values and shown["issuer"] == "https://idp-b.example"
-    assert "\u202e" not in captured.out and "\u0430" not in captured.out
+    assert not RAW.search(captured.out) and "\u0430" not in captured.out
     assert "invisible or direction-changing" in captured.err
     assert "U+0430 CYRILLIC SMALL LETTER A" in captured.err
     assert approvals(cfg, "list") == 0

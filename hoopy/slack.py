@@ -274,8 +274,7 @@ def _details(a: Approval) -> tuple[list[dict[str, Any]], bool]:
     summary = {
         "type": "section",
         "fields": [
-            {"type": "mrkdwn", "text": f"*{k}*\n{escape(showsafe.reveal(_clip(v)))}"}
-            for k, v in fields
+            {"type": "mrkdwn", "text": f"*{k}*\n{escape(_one_line(_clip(v)))}"} for k, v in fields
         ]
         + [{"type": "mrkdwn", "text": f"*Expires*\n{_expiry(a)}"}],
     }
@@ -285,8 +284,13 @@ def _details(a: Approval) -> tuple[list[dict[str, Any]], bool]:
 
 def _agent(a: Approval) -> str:
     """Who asked, as approvers read it: the subject and the issuer vouching for it."""
-    who = showsafe.reveal(_clip(a.subject, 100))
-    return f"{who} (of {showsafe.reveal(_clip(a.issuer, 100))})" if a.issuer else who
+    who = _one_line(_clip(a.subject, 100))
+    return f"{who} (of {_one_line(_clip(a.issuer, 100))})" if a.issuer else who
+
+
+def _one_line(text: str) -> str:
+    """A field on one line: a subject with a newline could forge the next field."""
+    return showsafe.reveal(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def request_text(a: Approval) -> str:

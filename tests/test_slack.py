@@ -828,3 +828,19 @@ async def test_huge_values_are_cheap_to_show(
     blocks = request_blocks(a)
     assert time.perf_counter() - start < 0.5
     assert [b["action_id"] for b in buttons(blocks)] == [DENY_ACTION]
+
+
+async def test_a_subject_cannot_forge_another_line(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    """A subject (or group) with newlines could draw a fake "Token issuer" line."""
+    forged = "agent-1\n*Token issuer*\nhttps://idp-a.example"
+    a = approval(subject=forged, issuer="https://idp-b.example", groups=["x\ny"], reuse_for=60)
+    await announce(service, notifier, a)
+    call = stub.called("chat.postMessage")[0]
+    body = texts(call.args["blocks"])
+    assert "\n*Token issuer*\nhttps://idp-a.example" not in body
+    lines = body.split("\n")
+    assert [ln for ln in lines if ln.startswith("*Token issuer*")] == ["*Token issuer*"]
+    assert lines[lines.index("*Token issuer*") + 1] == "https://idp-b.example"
+    assert "\n" not in call.args["text"]

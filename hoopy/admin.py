@@ -79,7 +79,10 @@ class AdminServer:
         if limit is None:
             return web.json_response({"error": "limit must be a positive integer"}, status=400)
         rows = self.gw.store.list_sessions(
-            subject=q.get("subject"), connector=q.get("connector"), limit=limit
+            subject=q.get("subject"),
+            connector=q.get("connector"),
+            limit=limit,
+            issuer=q.get("issuer"),  # an agent is (issuer, subject)
         )
         return web.json_response([asdict(r) for r in rows])
 

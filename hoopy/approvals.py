@@ -9,8 +9,13 @@ approvals approve ID` writes the store; waiters poll it).  Transitions are a
 single `UPDATE … WHERE state = 'pending'`, so two approvers clicking at once
 produce exactly one decision; approving also needs `expires` to be in the future,
 whichever path it comes by.  An approval releases one command once, unless its rule
-grants reuse of the same statement fingerprint for a while — and never for another
+grants reuse of the same statement fingerprint for a while — to the same agent (issuer
+and subject), on the same connector, with the same search_path, and never for another
 statement of the same agent message (`fresh`): the approver saw only one of them.
+
+What an approver sees travels in fields of its own: the command text as the agent sent
+it, the values it runs with (`values`, whole), and who asked (`issuer`, `subject`).
+Nothing is ever spliced into the agent's text, where the agent could forge it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from hoopy import showsafe
 from hoopy.errors import ApprovalRejected
 from hoopy.policy import Command, Decision
 from hoopy.state import StateStore
@@ -61,7 +67,11 @@ _COLUMNS = (
     "decided_at",
     "reason",
     "notice",
+    "issuer",
+    "command_values",
 )
+_BIG = 1 << 20  # characters of command and values past which storing goes to a thread
+_ATTRS = tuple({"command_values": "values"}.get(c, c) for c in _COLUMNS)
 
 
 @dataclass
@@ -86,10 +96,15 @@ class Approval:
     # Seconds of reuse approving grants (the rule's grant.reuse_for).  Not stored (the
     # table has no column for it): known to the process that asked, for its notifiers.
     reuse_for: float = 0.0
+    issuer: str = ""  # the token's issuer: the requester is (issuer, subject)
+    # What runs beside `command` (a Bind's values, "$1 = '5'"), whole, one per entry:
+    # shown apart from the text the agent wrote, never inside it.
+    values: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         del out["reuse_for"]  # 0.0 for any approval read back from the store
+        out["notes"] = showsafe.notes([self.command, *self.values, self.subject])
         return out
 
 
@@ -105,19 +120,19 @@ class ApprovalStore:
 
     def create(self, a: Approval) -> None:
         row = asdict(a)
-        row["groups"] = json.dumps(a.groups)
-        row["approvers"] = json.dumps(a.approvers)
+        for name in ("groups", "approvers", "values"):
+            row[name] = json.dumps(row[name])
         self.store._execute(
             f"INSERT INTO approvals ({', '.join(_COLUMNS)}) VALUES "
             f"({', '.join('?' for _ in _COLUMNS)})",
-            [row[c] for c in _COLUMNS],
+            [row[c] for c in _ATTRS],
         )
 
     @staticmethod
     def _row(r: tuple[Any, ...]) -> Approval:
-        d = dict(zip(_COLUMNS, r, strict=True))
-        d["groups"] = json.loads(d["groups"])
-        d["approvers"] = json.loads(d["approvers"])
+        d = dict(zip(_ATTRS, r, strict=True))
+        for name in ("groups", "approvers", "values"):
+            d[name] = json.loads(d[name])
         return Approval(**d)
 
     def get(self, approval_id: str) -> Approval | None:
@@ -125,6 +140,10 @@ class ApprovalStore:
             f"SELECT {', '.join(_COLUMNS)} FROM approvals WHERE id = ?", (approval_id,)
         )
         return self._row(rows[0]) if rows else None
+
+    def state(self, approval_id: str) -> str | None:
+        rows = self.store._query("SELECT state FROM approvals WHERE id = ?", (approval_id,))
+        return str(rows[0][0]) if rows else None
 
     def list(self, state: str | None = None, limit: int = 100) -> list[Approval]:
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
@@ -160,6 +179,17 @@ class ApprovalStore:
         self.store._execute("UPDATE approvals SET notice = ? WHERE id = ?", (notice, approval_id))
 
 
+def _grant_key(session: Session, command: Command, decision: Decision) -> tuple[Any, ...]:
+    """What a reuse grant is keyed on: everything its decision was keyed on — who asked
+    ((issuer, subject): two issuers may hand out one subject; and the groups), where,
+    the statement's shape and where its unqualified names point (after SET search_path
+    one text may reach another schema's tables) — and the rule that asked."""
+    who = session.identity
+    shape = command.fingerprint or (command.text, command.values)
+    return (who.issuer, who.subject, tuple(sorted(who.groups)), session.connector, shape,
+            session.schemas, session.also_schemas, decision.rule)  # fmt: skip
+
+
 class Notifier(Protocol):
     """Where humans learn about approvals (Slack)."""
 
@@ -191,10 +221,13 @@ class ApprovalService:
     poll_interval: float = 0.5
     clock: Callable[[], float] = time.time
     _wake: dict[str, asyncio.Event] = field(default_factory=dict)
-    _grants: dict[tuple[str, str, str], _Grant] = field(default_factory=dict)
+    _grants: dict[tuple[Any, ...], _Grant] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _done: set[str] = field(default_factory=set)  # decisions this process has announced
     _reuse: dict[str, float] = field(default_factory=dict)  # waiting approval id → reuse_for
+    # Approvals this process created that are still pending: the gauge, kept as a count
+    # (reading the store for it would scan it on the event loop at every request).
+    _pending: set[str] = field(default_factory=set)
 
     # ---- the agent side ----------------------------------------------------------------
     async def wait_for(
@@ -212,7 +245,7 @@ class ApprovalService:
         one statement never saw the others of the same text.  Every id this call creates
         or reuses is added to it."""
         fresh = set() if fresh is None else fresh
-        key = (session.identity.subject, session.connector, command.fingerprint or command.text)
+        key = _grant_key(session, command, decision)
         grant = self._reusable(key, fresh)
         if grant is not None:
             session.record("approval_reused", approval=grant.approval_id, rule=decision.rule)
@@ -220,9 +253,13 @@ class ApprovalService:
             return grant.approval_id
         a = self._new(session, command, decision)
         fresh.add(a.id)
-        self.store.create(a)
+        if sum(map(len, a.values)) + len(a.command) > _BIG:  # stored whole: off the loop
+            await asyncio.to_thread(self.store.create, a)
+        else:
+            self.store.create(a)
         if a.reuse_for > 0:
             self._reuse[a.id] = a.reuse_for
+        self._pending.add(a.id)
         self._gauge()
         session.record(
             "approval_requested",
@@ -241,7 +278,7 @@ class ApprovalService:
             self._grants[key] = _Grant(self.clock() + decision.reuse_for, a.id)
         return final.id
 
-    def _reusable(self, key: tuple[str, str, str], fresh: set[str]) -> _Grant | None:
+    def _reusable(self, key: tuple[Any, ...], fresh: set[str]) -> _Grant | None:
         grant = self._grants.get(key)
         if grant is None or grant.until <= self.clock() or grant.approval_id in fresh:
             return None
@@ -285,6 +322,8 @@ class ApprovalService:
             protocol=session.protocol,
             connector=session.connector,
             subject=session.identity.subject,
+            issuer=session.identity.issuer,
+            values=list(command.values),
             groups=sorted(session.identity.groups),
             command=command.text,
             fingerprint=command.fingerprint,
@@ -314,7 +353,9 @@ class ApprovalService:
         event = self._wake.setdefault(a.id, asyncio.Event())
         try:
             while True:
-                current = self.store.get(a.id)
+                # The state alone while waiting: the row may hold megabytes of values.
+                state = self.store.state(a.id)
+                current = self.store.get(a.id) if state in FINAL else None
                 if current is not None and current.state in FINAL:
                     if current.id not in self._done:  # decided by another process (CLI)
                         self._finished(current)
@@ -333,6 +374,9 @@ class ApprovalService:
             self._wake.pop(a.id, None)
             self._done.discard(a.id)
             self._reuse.pop(a.id, None)
+            if a.id in self._pending:  # e.g. the store failed while it waited
+                self._pending.discard(a.id)
+                self._gauge()
 
     # ---- the approver side -------------------------------------------------------------
     def decide(self, approval_id: str, approve: bool, by: str, reason: str = "") -> Approval | None:
@@ -348,6 +392,7 @@ class ApprovalService:
 
     def _finished(self, a: Approval) -> None:
         self._done.add(a.id)
+        self._pending.discard(a.id)
         a.reuse_for = a.reuse_for or self._reuse.get(a.id, 0.0)  # for the notifiers
         event = self._wake.get(a.id)
         if event is not None:
@@ -370,7 +415,7 @@ class ApprovalService:
 
     def _gauge(self) -> None:
         if self.metrics is not None:
-            self.metrics.gauges["approvals_pending"] = len(self.store.list(PENDING, 10_000))
+            self.metrics.gauges["approvals_pending"] = len(self._pending)
 
     async def close(self) -> None:
         for t in list(self._tasks):

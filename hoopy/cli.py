@@ -97,13 +97,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     store = _store(cfg)
     if args.action == "list":
         for r in store.list_sessions(
-            subject=args.subject, connector=args.connector, limit=args.limit
+            subject=args.subject, connector=args.connector, limit=args.limit, issuer=args.issuer
         ):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
             print(
                 f"{clean_line(r.id)}  {started}  {clean_line(r.protocol):<10} "
                 f"{clean_line(r.connector):<16} {clean_line(r.subject):<20} "
-                f"{clean_line(r.outcome or 'open'):<14} {r.events} events"
+                f"{clean_line(r.outcome or 'open'):<14} {r.events} events  "
+                f"issuer={clean_line(r.issuer or '?')}"
             )
         return 0
     row = store.get_session(args.id)
@@ -258,8 +259,10 @@ def _admin_refusal(cfg: Config, token_file: str | None) -> str | None:
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
+    import json
+
     from hoopy.approvals import APPROVED, DENIED, ApprovalStore
-    from hoopy.replay import clean_json, clean_line
+    from hoopy.replay import clean_line
 
     cfg = _config(args)
     store = ApprovalStore(_store(cfg))
@@ -268,18 +271,27 @@ def cmd_approvals(args: argparse.Namespace) -> int:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.created))
             print(
                 f"{a.id}  {created}  {a.state:<9} {clean_line(a.connector):<14} "
-                f"{clean_line(a.subject):<18} rule={clean_line(a.rule)}  {a.command[:80]!r}"
+                f"{clean_line(a.subject):<18} rule={clean_line(a.rule)}  "
+                f"{clean_line(repr(a.command[:80]))}"
+                + (f" +{len(a.values)} value(s)" if a.values else "")
+                + f"  issuer={clean_line(a.issuer or '?')}"
             )
         return 0
     if not args.id:
         print(f"error: approvals {args.action} needs an approval id", file=sys.stderr)
         return 2
-    if args.action == "show":  # the whole command, for an approver to read before deciding
+    if args.action == "show":  # everything that runs, whole, for an approver to read
         shown = store.get(args.id)
         if shown is None:
             print(f"error: {args.id}: no such approval", file=sys.stderr)
             return 1
-        print(clean_json(shown.to_json(), indent=2))  # agent text: no raw control characters
+        # Agent text, printed unambiguously: every non-ASCII character (bidi, zero-width,
+        # look-alike letters) as a JSON \uXXXX escape, and named in `notes`.  `values`:
+        # every value the command runs with, whole.
+        text = json.dumps(shown.to_json(), indent=2, ensure_ascii=True)
+        print(text.replace("\x7f", "\\u007f"))  # DEL: the one control JSON leaves raw
+        for note in shown.to_json()["notes"]:
+            print(f"warning: {args.id}: contains {note}", file=sys.stderr)
         return 0
     refused = _admin_refusal(cfg, args.token_file)
     if refused is not None:
@@ -325,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     ses.add_argument("id", nargs="?")
     ses.add_argument("--subject")
     ses.add_argument("--connector")
+    ses.add_argument("--issuer", help="only sessions whose token came from this issuer URL")
     ses.add_argument("--limit", type=int, default=100)
     ses.set_defaults(fn=cmd_sessions)
 

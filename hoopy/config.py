@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hmac
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -124,6 +125,9 @@ class IssuerConfig:
         "EdDSA",
     )
     leeway: float = 30.0
+    # Plain http:// (issuer or its discovery's jwks_uri) to a host other than loopback:
+    # anyone on the path could swap the signing keys.  Refused unless set.
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,9 @@ _TOP_KEYS = (
     "connectors_dir", "policies_dir", "slack", "postgres", "masking",
 )  # fmt: skip
 _LISTEN_KEYS = ("postgres", "ssh", "kubernetes", "admin")
-_ISSUER_KEYS = ("url", "audience", "groups_claim", "algorithms", "leeway")
+_ISSUER_KEYS = (
+    "url", "audience", "groups_claim", "algorithms", "leeway", "allow_insecure_http",
+)  # fmt: skip
 _SLACK_KEYS = ("token", "signing_secret", "channel", "approvers", "api_url", "app_token")
 _SLACK_API = "https://slack.com/api/"
 _PG_KEYS = (
@@ -274,7 +280,7 @@ _EFFECT_ONLY = {  # keys that only make sense for one effect
     "approvers": "require_approval", "timeout": "require_approval", "grant": "require_approval",
     "columns": "mask", "detectors": "mask", "style": "mask",
 }  # fmt: skip
-_MATCH_KEYS = ("subjects", "groups", "connectors", "sql", "ssh", "kubernetes")
+_MATCH_KEYS = ("subjects", "issuers", "groups", "connectors", "sql", "ssh", "kubernetes")
 _SQL_KEYS = ("statements", "tables", "functions")
 _KUBE_KEYS = ("verbs", "resources", "namespaces", "names", "commands")
 _GLOB_CHARS = frozenset("*?[")
@@ -375,9 +381,32 @@ def _issuer(s: Section) -> IssuerConfig | None:
         s.error("algorithms", f"{', '.join(bad)} cannot be verified against a public JWKS")
     groups_claim = s.text("groups_claim", defaults.groups_claim) or defaults.groups_claim
     leeway = s.number("leeway", defaults.leeway)
+    insecure = s.boolean("allow_insecure_http", False)
+    if url is not None and not insecure and insecure_http(url):
+        s.error(
+            "url",
+            "plain http:// to a host other than loopback: whoever is on the path could "
+            "serve their own signing keys and mint any identity; use https:// (or set "
+            "allow_insecure_http: true to accept that risk)",
+        )
+        return None
     if url is None or audience is None or bad:
         return None
-    return IssuerConfig(url, audience, groups_claim, algorithms, leeway)  # iss is exact
+    return IssuerConfig(url, audience, groups_claim, algorithms, leeway, insecure)  # iss is exact
+
+
+def insecure_http(url: str) -> bool:
+    """Is `url` plain http:// to a host that is not loopback?"""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def _state(ld: _Loader, top: Section) -> tuple[str, Path | None]:
@@ -575,6 +604,7 @@ class _Refs:
     connectors: set[str]
     approver_groups: set[str] | None  # None: no Slack, approvals come from the CLI/API
     rule_sources: dict[str, str] = field(default_factory=dict)  # rule name -> file:line
+    issuers: int = 0  # token issuers configured (the dev issuer counts)
 
 
 def _load_policies(ld: _Loader, folder: Path, refs: _Refs) -> tuple[PolicySet, ...]:
@@ -677,8 +707,16 @@ def _match(rule: Section, refs: _Refs) -> Match:
     sql = _sql_match(m)
     ssh = m.section("ssh", ("commands",))
     kube = m.section("kubernetes", _KUBE_KEYS)
+    subjects, issuers = _match_strings(m, "subjects"), _match_strings(m, "issuers")
+    if subjects and not issuers and refs.issuers > 1:
+        m.error(
+            "subjects",
+            f"{refs.issuers} token issuers are configured and a subject is only unique "
+            "within its issuer: add match.issuers to say whose subjects these are",
+        )
     return Match(
-        subjects=_match_strings(m, "subjects"),
+        subjects=subjects,
+        issuers=issuers,
         groups=_match_strings(m, "groups"),
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
@@ -782,7 +820,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
     groups = set(slack.approvers) if slack else None
     if top.has("slack") and slack is None:
         groups = None  # slack is broken: its own problems are reported, skip the cross-check
-    refs = _Refs(names, groups)
+    refs = _Refs(names, groups, issuers=len(issuers) + (dev_issuer is not None))
     policies = _load_policies(ld, policies_dir, refs) if read_policies else ()
     if ld.problems:
         return None, ld

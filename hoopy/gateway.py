@@ -325,7 +325,11 @@ class Gateway:
                 groups=sorted(identity.groups) if identity else [],
                 client=client,
                 tls=tls,
-                extra={"token": identity.token_fingerprint} if identity else {},
+                extra=(
+                    {"issuer": identity.issuer, "token": identity.token_fingerprint}
+                    if identity
+                    else {}
+                ),
             )
             slog.event("rejected", reason=reason)
             slog.close("rejected")

@@ -42,7 +42,7 @@ from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import JWKRegistry, Key
 
-from hoopy.config import IssuerConfig
+from hoopy.config import IssuerConfig, insecure_http
 from hoopy.policy import Identity
 
 log = logging.getLogger("hoopy.identity")
@@ -159,12 +159,20 @@ class _IssuerKeys:
                 )
 
     async def _discover(self) -> str:
+        if insecure_http(self.base) and not self.cfg.allow_insecure_http:  # config refuses it
+            raise ValueError("issuer URL is plain http:// to a host other than loopback")
         doc = await self.v._get_json(self.base + "/.well-known/openid-configuration")
         if doc.get("issuer") != self.cfg.url:
             raise ValueError(f"discovery names issuer {str(doc.get('issuer'))[:200]!r}")
         uri = doc.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
             raise ValueError("discovery document has no usable jwks_uri")
+        if insecure_http(uri) and not self.cfg.allow_insecure_http:
+            raise ValueError(
+                f"discovery's jwks_uri {uri[:200]!r} is plain http:// to a host other than "
+                "loopback (anyone on the path could swap the keys); refused: serve it over "
+                "https:// or set allow_insecure_http: true for this issuer"
+            )
         return uri
 
 

@@ -71,6 +71,9 @@ class Command:
     # exist, so only restrictive rules consider them: the "$user" schema of the search
     # path (the backend role's own), and pg_catalog for pg_* names (searched first).
     also_schemas: tuple[str, ...] = ()
+    # What runs beside the text and is not part of it (a Bind's parameter values, one
+    # string each, as an approver reads them): shown apart, never spliced into `text`.
+    values: tuple[str, ...] = ()
 
     @property
     def tables(self) -> frozenset[str]:
@@ -83,6 +86,12 @@ class Command:
         fields["text"] = text
         new = object.__new__(Command)
         object.__setattr__(new, "__dict__", fields)
+        return new
+
+    def with_values(self, values: Sequence[str]) -> Command:
+        """This command with the values it runs with (same text and fingerprint)."""
+        new = self.with_text(self.text)
+        new.__dict__["values"] = tuple(values)
         return new
 
 
@@ -110,6 +119,9 @@ class KubeMatch:
 @dataclass(frozen=True)
 class Match:
     subjects: tuple[str, ...] = ()
+    # Globs over the token issuer's URL: an agent is (issuer, subject), and two issuers
+    # may hand out the same subject or group names.
+    issuers: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     connectors: tuple[str, ...] = ()
     sql: SqlMatch | None = None
@@ -272,6 +284,8 @@ def _schema_covered(patterns: Sequence[str], schema: str, every: bool) -> bool:
 
 
 def _identity_matches(m: Match, who: Identity, connector: str) -> bool:
+    if m.issuers and not glob_any(m.issuers, (who.issuer,)):
+        return False
     if m.subjects and not glob_any(m.subjects, (who.subject,)):
         return False
     if m.groups and not glob_any(m.groups, who.groups):

@@ -544,6 +544,7 @@ class Recorder:
             started=started,
             path=str(path),
             owner=self.owner,
+            issuer=str((extra or {}).get("issuer", "")),  # the agent is (issuer, subject)
         )
         try:
             slog.event(

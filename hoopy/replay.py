@@ -7,40 +7,45 @@ DEL, C1 controls (U+009B is a CSI on its own), bidi overrides and lone surrogate
 as visible escapes (`\\x1b`, `\\u202e`) by `clean_line` / `clean_block`, and by
 `clean_json` for `hoopy sessions show`.  Multi-line statement text keeps its newlines (and
 tabs), but every continuation line is indented behind a `┆` gutter, so no line of it can
-pass for an event line.
+pass for an event line; on a terminal (or with $COLUMNS) lines too long for it are broken
+the same way, since the terminal would wrap them to column 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, TextIO
 
 from hoopy.recorder import read_events
+from hoopy.showsafe import HIDDEN, escape_char
 
 MAX_GAP = 2.0  # seconds: long idle stretches are shortened
 INDENT = " " * 18
 CONTINUATION = "\n" + INDENT + "┆ "
 
-# DEL, C1, the Arabic letter mark, LRM/RLM, line/paragraph separators, the bidi embeddings,
-# overrides and isolates, lone surrogates (printing one would raise, not just mislead).
-_UNSAFE_BEYOND_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+# DEL, C1, bidi marks, embeddings, overrides and isolates, zero-width and other format
+# characters, line/paragraph separators, lone surrogates (printing one would raise, not
+# just mislead): see hoopy.showsafe.
+_UNSAFE_BEYOND_C0 = HIDDEN
 _UNSAFE_LINE = re.compile(f"[\x00-\x1f{_UNSAFE_BEYOND_C0}]")
 _UNSAFE_BLOCK = re.compile(f"[\x00-\x08\x0b-\x1f{_UNSAFE_BEYOND_C0}]")  # keeps \t and \n
 _UNSAFE_JSON = re.compile(f"[{_UNSAFE_BEYOND_C0}]")  # json.dumps escapes C0 itself
 
 
 def _escape(m: re.Match[str]) -> str:
-    c = ord(m.group())
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return escape_char(m.group())
 
 
 def _json_escape(m: re.Match[str]) -> str:
-    return f"\\u{ord(m.group()):04x}"
+    return json.dumps(m.group())[1:-1]  # \uXXXX, a surrogate pair beyond the BMP
 
 
 def clean_line(value: object) -> str:
@@ -65,9 +70,12 @@ def clean_json(value: Any, indent: int | None = None) -> str:
 def describe(ev: dict[str, Any]) -> str:
     t = ev.get("type")
     if t == "session_start":
+        extra = ev.get("extra")
+        issuer = extra.get("issuer") if isinstance(extra, dict) else None
+        of = f" (of {issuer})" if issuer else ""  # an agent is (issuer, subject)
         return clean_line(
             f"# session {ev.get('session', '')} {ev.get('protocol')} → {ev.get('connector')}"
-            f" by {ev.get('subject')} {ev.get('groups', [])} from {ev.get('client')}"
+            f" by {ev.get('subject')}{of} {ev.get('groups', [])} from {ev.get('client')}"
         )
     if t == "command":
         rule = f" [{clean_line(ev.get('rule'))}]" if ev.get("rule") else ""
@@ -106,11 +114,59 @@ def _ts(ev: dict[str, Any]) -> float | None:
     return float(ts)
 
 
-def replay(path: Path, speed: float = 1.0, out: TextIO = sys.stdout) -> None:
+def _cells(c: str) -> int:
+    """Terminal columns one character takes (wide East Asian: 2; combining: 0; a tab:
+    at most 8)."""
+    if c == "\t":
+        return 8
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+GUTTER = INDENT + "┆ "
+_MIN_WRAP = len(GUTTER) + 20
+
+
+def wrap(text: str, width: int) -> str:
+    """`text` with every line longer than `width` columns broken, each piece after the
+    first behind the gutter: a terminal would otherwise wrap it to column 0, where
+    padded text could pass for an event line."""
+    width = max(width, _MIN_WRAP)
+    lines: list[str] = []
+    for line in text.split("\n"):
+        piece: list[str] = []
+        room = width
+        for c in line:
+            n = _cells(c)
+            if room - n < 0:
+                lines.append("".join(piece))
+                piece, room = [GUTTER], width - len(GUTTER)
+            piece.append(c)
+            room -= n
+        lines.append("".join(piece))
+    return "\n".join(lines)
+
+
+def terminal_width(out: TextIO) -> int | None:
+    """Columns to wrap at: the terminal's when `out` is one, else $COLUMNS, else none."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if out.isatty():
+            return os.get_terminal_size(out.fileno()).columns
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
+
+
+def replay(
+    path: Path, speed: float = 1.0, out: TextIO = sys.stdout, width: int | None = None
+) -> None:
+    """`width`: columns to wrap at (None: the terminal's, see `terminal_width`)."""
+    width = width if width is not None else terminal_width(out)
     last: float | None = None
     for ev in read_events(path):
         ts = _ts(ev)
         if last is not None and ts is not None and speed > 0:
             time.sleep(min(max(ts - last, 0.0), MAX_GAP) / speed)
         last = ts if ts is not None else last
-        print(describe(ev), file=out, flush=True)
+        text = describe(ev)
+        print(wrap(text, width) if width else text, file=out, flush=True)

@@ -66,7 +66,12 @@ async def start(config: Config) -> Running:
         closers.append(dev.stop)
         addresses["dev_issuer"] = dev.issuer_url
         issuers.append(
-            IssuerConfig(url=dev.issuer_url, audience=d.audience, groups_claim=d.groups_claim)
+            IssuerConfig(
+                url=dev.issuer_url,
+                audience=d.audience,
+                groups_claim=d.groups_claim,
+                allow_insecure_http=True,  # hoopy fetches its own keys from itself
+            )
         )
     store = StateStore(config.state_path or config.state_dir / "state.db")
     closers.append(_async(store.close))

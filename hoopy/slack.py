@@ -19,11 +19,15 @@ approval must still be pending and unexpired (and, to approve, shown in full).  
 happens, HTTP answers 200 once the signature is valid (Slack expects it); refusals reach
 the clicker as an ephemeral message, posted in the background so the answer stays fast.
 
-Everything shown in Slack that came from the agent (the command) is escaped for Slack's
-mrkdwn (`&`, `<`, `>`), so a statement cannot mention `@channel` or forge links, and is
-fenced so it cannot break out of its code block.  SQL is shown without its comments (a
-long comment would push the rest of the statement out of view), and a command that must
-still be cut is marked so, with where to read it whole, and gets no Approve button.  A
+Everything shown in Slack that came from the agent (the command, its values, its
+subject) is escaped for Slack's mrkdwn (`&`, `<`, `>`), so a statement cannot mention
+`@channel` or forge links, and is fenced so it cannot break out of its code block;
+invisible and direction-changing characters are shown as escapes and non-ASCII letters
+are named in a warning (`hoopy.showsafe`).  SQL is shown without its comments (a long
+comment would push the rest of the statement out of view).  The values a statement runs
+with (a Bind's) come from their own field, in a block of their own, never from the
+agent's text.  A command or value that must be cut is marked so, with where to read it
+whole, and gets no Approve button.  Who asked is the subject *and* its token issuer.  A
 rule that grants reuse says so: approving then also releases statements of the same shape.
 """
 
@@ -46,6 +50,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from hoopy import showsafe
 from hoopy.approvals import APPROVED, CANCELLED, DENIED, EXPIRED, PENDING, Approval, ApprovalService
 from hoopy.config import SlackConfig
 
@@ -59,6 +64,8 @@ _DEADLINE = 3 * TIMEOUT  # hard bound on one notifier call, retries included
 MAX_COMMAND = 2500  # characters of the command shown (Slack allows 3000 per section)
 MAX_LINES = 40
 MAX_SHAPE = 1000  # characters of the statement shape a reuse grant covers
+MAX_VALUES = 32  # values shown (a Bind's parameters); more: shown cut, no Approve
+MAX_VALUE = 2000  # characters of one value shown; longer (or all past MAX_COMMAND): cut
 # Longer SQL is not scanned for comments (≈ 0.2 s at most, on the event loop): it is shown
 # cut, as sent, and gets no Approve button.
 _MAX_SCAN = 32 * 1024
@@ -134,16 +141,10 @@ def pretty_sql(text: str) -> str:
 
 
 def pretty_command(a: Approval) -> str:
-    """The command as an approver should read it: for a Bind, the statement and then
-    the values it binds (not a comment to strip: they are what runs)."""
+    """The command as an approver should read it (SQL without comments, re-indented).
+    The values it runs with are not part of it: see `_values_section`."""
     text = a.command.strip()
-    if a.protocol != "postgres":
-        return text
-    from hoopy.protocols.postgres.bindgate import BOUND
-
-    statement, sep, values = text.partition(BOUND)
-    shown = pretty_sql(statement)
-    return f"{shown}\n\nwith values: {values}" if sep else shown
+    return pretty_sql(text) if a.protocol == "postgres" else text
 
 
 def clip_code(
@@ -189,16 +190,56 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
+def _whole_hint(a: Approval, what: str) -> str:
+    return (
+        f"\n:warning: *{what}* Read it whole with `hoopy approvals show {a.id}` or "
+        f"`GET /api/approvals/{a.id}`" + (" before deciding." if a.state == PENDING else ".")
+    )
+
+
 def _command_section(a: Approval) -> tuple[dict[str, Any], bool]:
-    shown = pretty_command(a)
+    # Only what can be shown is scanned (a longer text is cut all the same).
+    shown = showsafe.reveal(pretty_command(a)[: 2 * MAX_COMMAND + 1])
     block, cut = clip_code(shown)
     if cut:
-        block += (
-            f"\n:warning: *This command is truncated* ({len(a.command):,} characters as "
-            f"sent). Read the whole command with `hoopy approvals show {a.id}` or "
-            f"`GET /api/approvals/{a.id}`" + (" before deciding." if a.state == PENDING else ".")
+        block += _whole_hint(
+            a, f"This command is truncated ({len(a.command):,} characters as sent)."
         )
     return _section(block), cut
+
+
+def _values_section(a: Approval) -> tuple[list[dict[str, Any]], bool]:
+    """The values the command runs with, in a block of their own (the agent's text
+    cannot produce this heading), each whole or marked cut."""
+    if not a.values:
+        return [], False
+    cut = len(a.values) > MAX_VALUES
+    lines = []
+    for v in a.values[:MAX_VALUES]:
+        shown = showsafe.reveal(v[: MAX_VALUE + 1]).replace("\n", "\\n")
+        if len(shown) > MAX_VALUE:
+            shown, cut = shown[: MAX_VALUE - 1] + "…", True
+        lines.append(shown)
+    block, clipped = clip_code("\n".join(lines), max_lines=MAX_VALUES)
+    cut = cut or clipped
+    head = f"*It runs with these {len(a.values)} value(s):*\n"
+    if cut:
+        block += _whole_hint(a, "These values are truncated.")
+    return [_section(head + block)], cut
+
+
+def _notes_section(a: Approval) -> list[dict[str, Any]]:
+    found = showsafe.notes([a.command, *a.values, a.subject, a.issuer, *a.groups])
+    if not found:
+        return []
+    text = ":warning: *Read closely:* it contains " + "; ".join(found)
+    return [_section(escape(_clip(text, MAX_COMMAND)))]
+
+
+def shown_whole(a: Approval) -> bool:
+    """Does Slack show everything that runs (the command and its values) uncut?  Only
+    then is Approve offered there."""
+    return not (_command_section(a)[1] or _values_section(a)[1])
 
 
 def _reuse_sections(a: Approval) -> tuple[list[dict[str, Any]], bool]:
@@ -206,11 +247,12 @@ def _reuse_sections(a: Approval) -> tuple[list[dict[str, Any]], bool]:
     if a.reuse_for <= 0 or a.state not in (PENDING, APPROVED):
         return [], False
     shape = a.fingerprint or a.command
-    block, cut = clip_code(pretty_sql(shape) if a.protocol == "postgres" else shape, MAX_SHAPE)
+    shown = pretty_sql(shape) if a.protocol == "postgres" else shape
+    block, cut = clip_code(showsafe.reveal(shown), MAX_SHAPE)
     lead = "Approving also allows" if a.state == PENDING else "This approval also allows"
     text = (
         f":repeat: *{lead}* every statement of this shape (literals may differ) by "
-        f"{escape(_clip(a.subject, 100))} on {escape(_clip(a.connector, 100))} "
+        f"{escape(_agent(a))} on {escape(_clip(a.connector, 100))} "
         f"for {_duration(a.reuse_for)}, without asking again:\n{block}"
     )
     return [_section(text + ("\n_(truncated)_" if cut else ""))], cut
@@ -221,24 +263,40 @@ def _details(a: Approval) -> tuple[list[dict[str, Any]], bool]:
     groups = ", ".join(a.groups) or "no groups"
     fields = [
         ("Requested by", f"{a.subject} ({groups})"),
+        ("Token issuer", a.issuer or "(unknown)"),
         ("Where", f"{a.connector} ({a.protocol})"),
         ("Rule", a.rule or "(unnamed)"),
         ("Approvers", ", ".join(a.approvers) or "(none)"),
     ]
     command, cut = _command_section(a)
+    values, values_cut = _values_section(a)
     reuse, reuse_cut = _reuse_sections(a)
     summary = {
         "type": "section",
-        "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{escape(_clip(v))}"} for k, v in fields]
+        "fields": [
+            {"type": "mrkdwn", "text": f"*{k}*\n{escape(_one_line(_clip(v)))}"} for k, v in fields
+        ]
         + [{"type": "mrkdwn", "text": f"*Expires*\n{_expiry(a)}"}],
     }
-    return [summary, command, *reuse], cut or reuse_cut
+    notes = _notes_section(a)
+    return [summary, command, *values, *notes, *reuse], cut or values_cut or reuse_cut
+
+
+def _agent(a: Approval) -> str:
+    """Who asked, as approvers read it: the subject and the issuer vouching for it."""
+    who = _one_line(_clip(a.subject, 100))
+    return f"{who} (of {_one_line(_clip(a.issuer, 100))})" if a.issuer else who
+
+
+def _one_line(text: str) -> str:
+    """A field on one line: a subject with a newline could forge the next field."""
+    return showsafe.reveal(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def request_text(a: Approval) -> str:
     reuse = f"; approving allows its shape for {_duration(a.reuse_for)}" if a.reuse_for > 0 else ""
     return escape(
-        f"Approval {a.id} requested: {_clip(a.subject, 100)} wants to run a {a.protocol} "
+        f"Approval {a.id} requested: {_agent(a)} wants to run a {a.protocol} "
         f"command on {a.connector} (rule {a.rule}{reuse})"
     )
 
@@ -451,6 +509,8 @@ class SlackInteractions:
         if a is None:
             return UNKNOWN, f"Approval {escape(aid)} is unknown to this gateway."
         me = {click.user_id.casefold(), click.username.casefold()} - {""}
+        # Slack users are not OIDC identities: a clicker whose id or name is the
+        # requester's subject *under any issuer* is refused (stricter, never looser).
         if a.subject.casefold() in me:
             return OWN_REQUEST, f"You requested {aid}; someone else has to approve or deny it."
         mine = approver_groups(self.config.approvers, click.user_id) & set(a.approvers)
@@ -461,9 +521,9 @@ class SlackInteractions:
             return ALREADY_DECIDED, f"Approval {aid} was already {a.state}."
         if a.expires <= self.service.clock():
             return EXPIRED_CLICK, f"Approval {aid} has expired."
-        if click.approve and _command_section(a)[1]:  # e.g. a button from an older message
+        if click.approve and not shown_whole(a):  # e.g. a button from an older message
             return TRUNCATED, (
-                f"Approval {aid} shows its command truncated: read it whole with "
+                f"Approval {aid} shows its command or values truncated: read them whole with "
                 f"`hoopy approvals show {aid}` and approve it there."
             )
         return None

@@ -89,12 +89,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE sessions ADD COLUMN note TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # An agent is (issuer, subject): two issuers may hand out the same subject.
+        "ALTER TABLE sessions ADD COLUMN issuer TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE approvals ADD COLUMN issuer TEXT NOT NULL DEFAULT ''",
+        # What runs beside the command (a Bind's values), whole, as a JSON list of
+        # strings: its own field, never spliced into the agent's text.
+        "ALTER TABLE approvals ADD COLUMN command_values TEXT NOT NULL DEFAULT '[]'",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = (
     "id, protocol, connector, subject, groups, client, tls, started, ended, outcome, events, "
-    "head, path, owner, note"
+    "head, path, owner, note, issuer"
 )
 _PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
@@ -125,6 +133,7 @@ class SessionRow:
     head: str = ""
     owner: str = ""
     note: str = ""
+    issuer: str = ""  # the token's issuer: the agent is (issuer, subject)
 
 
 class StateStore:
@@ -134,7 +143,7 @@ class StateStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
             self._db = sqlite3.connect(
                 str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False
             )
@@ -239,6 +248,7 @@ class StateStore:
                 row.path,
                 row.owner,
                 row.note,
+                row.issuer,
             ),
         )
 
@@ -286,6 +296,7 @@ class StateStore:
         outcome: str | None = None,
         until: float | None = None,
         owner: str | None = None,
+        issuer: str | None = None,
     ) -> list[SessionRow]:
         """Newest first.  `outcome="open"` lists sessions that have not ended;
         `limit=None` lists all of them; `owner`: those of one gateway process."""
@@ -297,6 +308,7 @@ class StateStore:
             ("started", ">=", since),
             ("started", "<", until),
             ("owner", "=", owner),
+            ("issuer", "=", issuer),
         ):
             if value is not None:
                 where.append(f"{column} {op} ?")
@@ -316,6 +328,25 @@ class StateStore:
         return [_row(r) for r in self._query(sql, params)]
 
 
+def _private_file(path: Path) -> None:
+    """The state file readable by its owner alone (0600; SQLite gives its -wal and -shm
+    files the same mode), in a folder made 0700 when hoopy creates it: it holds
+    approvals' commands and values and who ran what.  An existing folder is left as it
+    is (it may be shared, as /var/lib is); an existing file is narrowed to 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for extra in ("-wal", "-shm"):  # made by an older hoopy with the umask's mode
+        side = path.with_name(path.name + extra)
+        with contextlib.suppress(FileNotFoundError):
+            if side.stat().st_mode & 0o077:
+                side.chmod(0o600)
+
+
 def _row(r: tuple[Any, ...]) -> SessionRow:
     (
         id_,
@@ -333,6 +364,7 @@ def _row(r: tuple[Any, ...]) -> SessionRow:
         path,
         owner,
         note,
+        issuer,
     ) = r
     try:
         group_list = [str(g) for g in json.loads(groups)]
@@ -354,6 +386,7 @@ def _row(r: tuple[Any, ...]) -> SessionRow:
         head=head or "",
         owner=owner or "",
         note=note or "",
+        issuer=issuer or "",
     )
 
 

@@ -22,7 +22,8 @@ from hoopy.approvals import (
     ApprovalStore,
     new_approval_id,
 )
-from hoopy.policy import Command, Decision
+from hoopy.errors import ApprovalRejected
+from hoopy.policy import Command, Decision, Identity
 from hoopy.state import StateStore
 from tests.test_slack import StandInSession  # the attributes wait_for uses
 
@@ -180,3 +181,94 @@ async def test_unexpired_approval_can_be_approved(service: ApprovalService) -> N
     a = stored(service, time.time() + 60)
     done = service.decide(a.id, True, by="admin:alice")
     assert done is not None and done.state == APPROVED
+
+
+# ---- issue 16: who asked is (issuer, subject); grants keyed with the search_path -----------
+
+ISSUER_A, ISSUER_B = "https://idp-a.example", "https://idp-b.example"
+
+
+def agent(issuer: str, subject: str = "agent-1", **kw: object) -> StandInSession:
+    return StandInSession(identity=Identity(subject, frozenset({"agents"}), issuer), **kw)  # type: ignore[arg-type]
+
+
+async def test_grant_is_not_reused_by_the_same_subject_of_another_issuer(
+    service: ApprovalService,
+) -> None:
+    first, _ = await run_approving(service, agent(ISSUER_A), refund("(1, 10)"), None)
+    # issuer A's agent-1 again: reused
+    assert await run_approving(service, agent(ISSUER_A), refund("(2, 20)"), None) == (first, False)
+    # issuer B's agent-1 is another agent: asks anew, and the approval says whose
+    other, asked = await run_approving(service, agent(ISSUER_B), refund("(3, 30)"), None)
+    assert asked and other != first
+    stored_ = service.store.get(other)
+    assert stored_ is not None and (stored_.issuer, stored_.subject) == (ISSUER_B, "agent-1")
+
+
+async def test_grant_is_not_reused_after_search_path_changes(service: ApprovalService) -> None:
+    first, _ = await run_approving(service, agent(ISSUER_A), refund("(1, 10)"), None)
+    moved = agent(ISSUER_A, schemas=("public", "other"))
+    again, asked = await run_approving(service, moved, refund("(2, 20)"), None)
+    assert asked and again != first
+    unknown = agent(ISSUER_A, schemas=None)
+    assert (await run_approving(service, unknown, refund("(3, 30)"), None))[1]
+
+
+async def test_values_travel_beside_the_command(service: ApprovalService) -> None:
+    """A Bind's values are their own field, stored and read back whole: never spliced
+    into the agent's text."""
+    long_value = "$1 = '" + "5," * 100 + ",".join(map(str, range(1, 101))) + "'"
+    values = [long_value, *(f"${i} = '{i}'" for i in range(2, 41))]
+    cmd = refund("($1, $2)").with_values(values)
+    aid, _ = await run_approving(service, agent(ISSUER_A), cmd, None)
+    got = service.store.get(aid)
+    assert got is not None
+    assert got.command == "insert into refunds values ($1, $2)"
+    assert got.values == values  # all 40, the first one whole
+    assert got.to_json()["values"] == values and got.to_json()["issuer"] == ISSUER_A
+
+
+async def test_pending_gauge_is_a_counter_not_a_scan(service: ApprovalService) -> None:
+    """Issue 15: the gauge no longer reads the store (up to 10,000 rows on the event
+    loop) at every request and decision."""
+    from hoopy.gateway import Metrics
+
+    service.metrics = Metrics()
+    calls: list[object] = []
+    real_list = service.store.list
+    service.store.list = lambda *a, **k: calls.append(a) or real_list(*a, **k)  # type: ignore[method-assign]
+    session = agent(ISSUER_A)
+    task = asyncio.create_task(service.wait_for(session, refund("(1, 1)"), REUSE))  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        while service.metrics.gauges.get("approvals_pending") != 1:
+            await asyncio.sleep(0.01)
+    service.store.list = real_list  # type: ignore[method-assign]
+    assert calls == []
+    (a,) = service.store.list(PENDING)
+    service.store.list = lambda *a, **k: calls.append(a) or real_list(*a, **k)  # type: ignore[method-assign]
+    assert service.decide(a.id, False, by="test") is not None
+    with pytest.raises(Exception, match="denied"):
+        await asyncio.wait_for(task, 5)
+    assert service.metrics.gauges["approvals_pending"] == 0 and calls == []
+
+
+async def test_grant_is_keyed_with_the_rule_and_groups(service: ApprovalService) -> None:
+    """A grant covers what its decision was made on: another rule asking for the same
+    statement (another approver group), or the agent with other groups, asks again."""
+    first, _ = await run_approving(service, agent(ISSUER_A), refund("(1, 10)"), None)
+    other_rule = Decision(
+        "require_approval", "security-review", approvers=("sec",), timeout=60, reuse_for=600
+    )
+    before = {a.id for a in service.store.list(None)}
+    task = asyncio.create_task(
+        service.wait_for(agent(ISSUER_A), refund("(2, 20)"), other_rule)  # type: ignore[arg-type]
+    )
+    a = await pending(service, before)
+    assert a.rule == "security-review" and a.id != first
+    assert service.decide(a.id, False, by="test") is not None
+    with pytest.raises(ApprovalRejected):
+        await asyncio.wait_for(task, 5)
+    regrouped = StandInSession(
+        identity=Identity("agent-1", frozenset({"agents", "admins"}), ISSUER_A)
+    )
+    assert (await run_approving(service, regrouped, refund("(3, 30)"), None))[1]

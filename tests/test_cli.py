@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,9 @@ def approvals_config(tmp_path: Path, admin_token: bool = True) -> Path:
     return cfg
 
 
-def add_approval(cfg: Path, expires_in: float = 600, command: str = "delete from t") -> str:
+def add_approval(
+    cfg: Path, expires_in: float = 600, command: str = "delete from t", **kw: Any
+) -> str:
     import time
 
     from hoopy.approvals import PENDING, Approval, ApprovalStore, new_approval_id
@@ -78,7 +81,7 @@ def add_approval(cfg: Path, expires_in: float = 600, command: str = "delete from
     now = time.time()
     a = Approval(
         new_approval_id(), "s-1", "postgres", "app-db", "agent-7", ["agents"], command,
-        command, "r", ["dba"], PENDING, now - 1, now + expires_in,
+        command, "r", ["dba"], PENDING, now - 1, now + expires_in, **kw,
     )  # fmt: skip
     store = StateStore(cfg.parent / "state" / "state.db")
     try:
@@ -161,6 +164,29 @@ def test_cli_show_prints_the_whole_command(
     assert approvals(cfg, "show", aid) == 0
     assert json.loads(capsys.readouterr().out)["command"] == long
     assert approvals(cfg, "show", "apr-nope") == 1
+
+
+def test_cli_show_prints_every_value_whole_and_flags_hidden_text(
+    tmp_path: Path, admin_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16: values cut at 200 characters and 32 parameters were shown cut here too."""
+    import json
+
+    cfg = approvals_config(tmp_path)
+    values = ["$1 = '" + "5," * 100 + ",".join(map(str, range(1, 101))) + "'"]
+    values += [f"${i} = '{i}'" for i in range(2, 41)] + ["$41 = 'x\u202ey\x7f\x1b'"]
+    aid = add_approval(cfg, command="delete from t where id = \u0430ny($1)", values=values,
+                       issuer="https://idp-b.example")  # fmt: skip
+    assert approvals(cfg, "show", aid) == 0
+    captured = capsys.readouterr()
+    shown = json.loads(captured.out)
+    assert shown["values"] == values and shown["issuer"] == "https://idp-b.example"
+    assert not RAW.search(captured.out) and "\u0430" not in captured.out
+    assert "invisible or direction-changing" in captured.err
+    assert "U+0430 CYRILLIC SMALL LETTER A" in captured.err
+    assert approvals(cfg, "list") == 0
+    listed = capsys.readouterr().out
+    assert "+41 value(s)" in listed and "issuer=https://idp-b.example" in listed
 
 
 # ---- sessions / replay / verify --------------------------------------------------------

@@ -746,3 +746,71 @@ def test_masking_settings(tmp_path: Path) -> None:
     problems = problems_of(bad)
     assert len(problems) == 2 and all(p.startswith(f"{bad}:") for p in problems)
     assert not any("s3cret-inline" in p for p in problems)
+
+
+# -- issue 16: issuers ---------------------------------------------------------------------
+
+
+def _issuer_yaml(url: str, extra: str = "") -> str:
+    return f"identity:\n  issuers:\n    - url: {url}\n      audience: hoopy\n{extra}"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://idp.example.com", "http://10.0.0.5:8080/realms/x", "HTTP://idp.example.com"]
+)
+def test_plain_http_issuer_off_loopback_is_refused(tmp_path: Path, url: str) -> None:
+    cfg = minimal(tmp_path, _issuer_yaml(url))
+    (problem,) = problems_of(cfg)
+    assert problem.startswith(f"{cfg}:3: identity.issuers[0].url: plain http://")
+    assert "allow_insecure_http: true" in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://idp.example.com", "http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:9"],
+)
+def test_https_and_loopback_issuers_are_accepted(tmp_path: Path, url: str) -> None:
+    (issuer,) = load_config(minimal(tmp_path, _issuer_yaml(url))).issuers
+    assert issuer.url == url and not issuer.allow_insecure_http
+
+
+def test_plain_http_issuer_accepted_when_said_explicitly(tmp_path: Path) -> None:
+    cfg = minimal(
+        tmp_path, _issuer_yaml("http://idp.internal", "      allow_insecure_http: true\n")
+    )
+    (issuer,) = load_config(cfg).issuers
+    assert issuer.allow_insecure_http
+
+
+def test_hoopy_check_says_why_an_http_issuer_is_refused(tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    minimal(tmp_path, _issuer_yaml("http://idp.example.com"))
+    r = run("check", "--config", "hoopy.yaml", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "hoopy.yaml:3: identity.issuers[0].url: plain http:// to a host other than" in r.stdout
+    assert "could serve their own signing keys" in r.stdout
+
+
+def test_match_issuers_and_subjects_tied_to_them(tmp_path: Path) -> None:
+    two = _issuer_yaml("https://idp-a.example") + "dev_issuer: {listen: 127.0.0.1:0}\n"
+    policy = textwrap.dedent("""\
+        rules:
+          - name: tied
+            effect: deny
+            match: {issuers: ["https://idp-a.*"], subjects: [agent-1]}
+          - name: untied
+            effect: deny
+            match: {subjects: [agent-1]}
+          - name: groups-only
+            effect: allow
+            match: {groups: [agents]}
+    """)
+    cfg = minimal(tmp_path, two, **{"policies/p.yaml": policy})
+    (problem,) = problems_of(cfg)
+    assert problem.startswith(f"{tmp_path / 'policies/p.yaml'}:7: match.subjects: 2 token")
+    assert "add match.issuers" in problem
+    # with one issuer, a subject names one agent: no problem
+    cfg = minimal(tmp_path, _issuer_yaml("https://idp-a.example"))
+    (tied, _untied, _) = load_config(cfg).policies[0].rules
+    assert tied.match == Match(subjects=("agent-1",), issuers=("https://idp-a.*",))

@@ -433,3 +433,50 @@ async def test_discovery_must_name_the_configured_issuer(dev: DevIssuer, clock: 
         assert dev.hits[DISCOVERY] == 1 and dev.hits[JWKS] == 0
     finally:
         await v.close()
+
+
+class _PlainJwksIssuer(DevIssuer):
+    """An issuer whose discovery sends the key fetch over plain http:// to another host."""
+
+    def discovery(self) -> dict[str, Any]:
+        return {**super().discovery(), "jwks_uri": "http://jwks.example.invalid/jwks.json"}
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_plain_http_jwks_uri_off_loopback_is_refused(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture, allow: bool
+) -> None:
+    """Issue 16: whoever sits on that path could serve their own keys.  Refused (and
+    the log says why) unless the issuer's config says allow_insecure_http."""
+    issuer = _PlainJwksIssuer(tmp_path / "plain", "http://127.0.0.1:0")
+    await issuer.start("127.0.0.1", 0)
+    v = IdentityVerifier([issuer_config(issuer, allow_insecure_http=allow)], clock=clock)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hoopy.identity"):
+            await rejected(v, issuer.mint("s"), "idp_unreachable")
+        refused = "is plain http:// to a host other than loopback" in caplog.text
+        assert refused == (not allow), caplog.text
+        assert "allow_insecure_http" in caplog.text or allow
+    finally:
+        await v.close()
+        await issuer.stop()
+
+
+async def test_plain_http_issuer_off_loopback_is_not_fetched(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even built without hoopy.config (which refuses it), the verifier will not fetch
+    discovery over plain http:// from another host."""
+    url = "http://idp.example.invalid"
+    v = IdentityVerifier([IssuerConfig(url=url, audience="hoopy")], clock=clock)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hoopy.identity"):
+            token = jwt.encode(
+                {"alg": "ES256", "kid": "k"},
+                {"iss": url, "aud": "hoopy", "sub": "s", "exp": int(time.time()) + 60},
+                ECKey.generate_key("P-256", private=True),
+            )
+            await rejected(v, token, "idp_unreachable")
+        assert "issuer URL is plain http://" in caplog.text
+    finally:
+        await v.close()

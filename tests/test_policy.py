@@ -234,3 +234,26 @@ def test_an_opaque_refusal_says_what_the_statement_does() -> None:
     assert "sql.statements" in d.reason  # and how to allow it
     d = decide([RULES], AGENT, sql("do", opaque=("do",)))
     assert "cannot be checked statically" in d.reason
+
+
+def test_issuers_tie_subjects_to_their_issuer() -> None:
+    """Issue 16: two issuers may both say sub=agent-1; `issuers` tells them apart."""
+    ps = PolicySet(
+        "p",
+        (
+            Rule(
+                "a-agent-1-only",
+                "allow",
+                Match(subjects=("agent-1",), issuers=("https://idp-a.example",)),
+            ),
+            Rule("corp-deny", "deny", Match(issuers=("https://*.corp.example",))),
+        ),
+    )
+    cmd = Command("postgres", "app-db", "select 1", kinds=frozenset({"select"}))
+    a = Identity("agent-1", frozenset(), "https://idp-a.example")
+    b = Identity("agent-1", frozenset(), "https://idp-b.example")
+    corp = Identity("agent-1", frozenset(), "https://login.corp.example")
+    assert decide([ps], a, cmd).outcome == "allow"
+    assert decide([ps], b, cmd).outcome == "deny"
+    assert decide([ps], corp, cmd).rule == "corp-deny"
+    assert admits([ps], a, "app-db") and not admits([ps], b, "app-db")

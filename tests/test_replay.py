@@ -111,3 +111,65 @@ def test_replay_of_a_hostile_recording(tmp_path: Path) -> None:
     assert not RAW.search(shown)
     assert "\\x1b]52;c;AAAA\\x07" in shown and "allow select 1" in shown
     store.close()
+
+
+def _narrow_recording(tmp_path: Path, text: str) -> Path:
+    store = StateStore(tmp_path / "state.db")
+    rec = Recorder(tmp_path / "rec", store)
+    log = rec.open_session(
+        "s2", protocol="postgres", connector="app-db", subject="a", groups=[], client="c", tls=True
+    )
+    log.event("command", text=text, outcome="allow")
+    log.event("result", tag="SELECT 1", rows=[["x" * 200]])
+    log.close("closed")
+    store.close()
+    return log.path
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_long_lines_wrap_under_the_gutter_on_a_narrow_terminal(tmp_path: Path, width: int) -> None:
+    """Issue 16: a terminal wraps a long line to column 0, where padding could make the
+    rest pass for an event line (`   deny [rule]  …`).  Replay wraps it itself, behind
+    the gutter."""
+    forged = " " * 200 + "            deny [no-ddl]  drop table orders"
+    path = _narrow_recording(tmp_path, "select 1 /*" + forged + " */ 中文" * 20)
+    out = io.StringIO()
+    replay(path, speed=0, out=out, width=width)
+    lines = out.getvalue().splitlines()
+    gutter = " " * 18 + "┆ "
+    events = [ln for ln in lines if not ln.startswith(gutter)]
+    assert len(lines) > len(events)  # it did wrap
+    assert all(not ln.lstrip().startswith("deny") for ln in events)
+    assert all(_cells(ln) <= max(width, len(gutter) + 20) for ln in lines), lines
+
+
+def test_wrapping_follows_columns_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = _narrow_recording(tmp_path, "select " + "1" * 300)
+    monkeypatch.setenv("COLUMNS", "50")
+    out = io.StringIO()
+    replay(path, speed=0, out=out)  # not a terminal: $COLUMNS says
+    assert max(len(ln) for ln in out.getvalue().splitlines()) <= 50
+    monkeypatch.delenv("COLUMNS")
+    out = io.StringIO()
+    replay(path, speed=0, out=out)  # neither: a pipe gets whole lines
+    assert any(len(ln) > 300 for ln in out.getvalue().splitlines())
+
+
+def _cells(line: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in line)
+
+
+def test_zero_width_and_tag_characters_are_escaped() -> None:
+    for hidden in ("\u200b", "\u200d", "\u2060", "\ufeff", "\U000e0041", "\u00ad"):
+        out = clean_line(f"a{hidden}b")
+        assert hidden not in out and "\\" in out
+        assert json.loads(clean_json(f"a{hidden}b")) == f"a{hidden}b"
+        assert hidden not in clean_json(f"a{hidden}b")
+
+
+def test_session_start_names_the_issuer() -> None:
+    ev = {"type": "session_start", "subject": "agent-1", "extra": {"issuer": "https://b\x1b"}}
+    assert "by agent-1 (of https://b\\x1b)" in describe(ev)
+    assert "(of" not in describe({"type": "session_start", "subject": "a", "extra": "odd"})

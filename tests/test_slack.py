@@ -542,6 +542,8 @@ class StandInSession:
     connector: str = "app-db"
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    schemas: tuple[str, ...] | None = ("public",)
+    also_schemas: tuple[str, ...] = ()
 
     def record(self, type_: str, **fields: Any) -> None:
         self.events.append((type_, fields))
@@ -645,3 +647,200 @@ def test_socket_mode_needs_an_app_token(service: ApprovalService, config: SlackC
     )
     with pytest.raises(ValueError, match="app_token"):
         SlackSocketMode(SlackInteractions(service, config))
+
+
+# ---- issue 16: what the approver sees is what runs -------------------------------------
+
+
+async def test_a_comment_cannot_pose_as_values(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    """The old marker between a statement and its values, written by the agent itself:
+    a comment, shown as nothing, and no values block appears."""
+    await announce(service, notifier, approval("DELETE FROM orders\n-- bound: WHERE id = 5"))
+    body = texts(stub.called("chat.postMessage")[0].args["blocks"])
+    assert "WHERE id = 5" not in body and "runs with these" not in body
+    assert "```\nDELETE FROM orders\n```" in body
+
+
+async def test_a_value_that_fits_is_shown_whole_tail_included(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    tail = ",".join(map(str, range(1, 101)))
+    value = "$1 = '" + "5," * 100 + tail + "'"
+    await announce(service, notifier, approval("delete from t where x = $1", values=[value]))
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    assert tail + "'" in texts(blocks) and "truncated" not in texts(blocks)
+    assert [b["action_id"] for b in buttons(blocks)] == [APPROVE_ACTION, DENY_ACTION]
+
+
+async def test_values_are_shown_apart_and_whole(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    a = approval("delete from orders where id = $1", values=["$1 = '42'"])
+    await announce(service, notifier, a)
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    body = texts(blocks)
+    assert "*It runs with these 1 value(s):*\n```\n$1 = '42'\n```" in body
+    assert code_of(blocks).startswith("```\nDELETE FROM orders\nWHERE id = $1")
+    assert [b["action_id"] for b in buttons(blocks)] == [APPROVE_ACTION, DENY_ACTION]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["$1 = '" + "5," * 1500 + ",".join(map(str, range(1, 101))) + "'"],  # one long value
+        [f"${i} = '{i}'" for i in range(1, 41)],  # more values than are shown
+    ],
+    ids=["long-value", "many-values"],
+)
+async def test_cut_values_offer_no_approve_button(
+    stub: SlackStub,
+    service: ApprovalService,
+    notifier: SlackNotifier,
+    clicks: Clicks,
+    values: list[str],
+) -> None:
+    a = approval("delete from orders where id::text = any(string_to_array($1, ','))")
+    a.values = values
+    await announce(service, notifier, a)
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    body = texts(blocks)
+    assert "These values are truncated" in body and f"hoopy approvals show {a.id}" in body
+    assert [b["action_id"] for b in buttons(blocks)] == [DENY_ACTION]
+    assert await clicks.click(a.id, DBA1) == 200
+    (eph,) = await stub.wait_for("chat.postEphemeral")
+    assert "truncated" in eph.args["text"] and state_of(service, a) == PENDING
+    stored_ = service.store.get(a.id)
+    assert stored_ is not None and stored_.values == values  # stored whole
+
+
+@pytest.mark.parametrize(
+    ("hidden", "escaped"),
+    [
+        ("\u202e", "\\u202e"),  # right-to-left override (Trojan Source)
+        ("\u2066", "\\u2066"),  # left-to-right isolate
+        ("\u2069", "\\u2069"),  # pop directional isolate
+        ("\u200b", "\\u200b"),  # zero-width space
+        ("\ufeff", "\\ufeff"),  # zero-width no-break space
+        ("\U000e0041", "\\U000e0041"),  # tag character (invisible text)
+    ],
+)
+async def test_hidden_characters_are_shown_escaped_and_flagged(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier, hidden: str, escaped: str
+) -> None:
+    sql = f"delete from orders where note = 'a{hidden}b' or id = 1"
+    a = approval(sql, values=[f"$1 = 'v{hidden}'"], subject=f"agent{hidden}7")
+    await announce(service, notifier, a)
+    call = stub.called("chat.postMessage")[0]
+    everything = json.dumps(call.args, ensure_ascii=False)
+    assert hidden not in everything
+    body = texts(call.args["blocks"])
+    assert f"'a{escaped}b'" in body and f"'v{escaped}'" in body
+    assert "invisible or direction-changing" in body
+    assert any("invisible" in n for n in a.to_json()["notes"])
+
+
+async def test_look_alike_letters_are_named(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    """A Cyrillic o (U+043E) in a table name reads as `orders`: the approver is told."""
+    await announce(service, notifier, approval("delete from \u043erders where id = 1"))
+    body = texts(stub.called("chat.postMessage")[0].args["blocks"])
+    assert "U+043E CYRILLIC SMALL LETTER O" in body and "may look like others" in body
+    await announce(service, notifier, approval("delete from orders where id = 1"))
+    assert "Read closely" not in texts(stub.called("chat.postMessage")[1].args["blocks"])
+
+
+async def test_requested_by_names_the_issuer(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    a = approval(issuer="https://idp-b.example", reuse_for=600)
+    await announce(service, notifier, a)
+    call = stub.called("chat.postMessage")[0]
+    body = texts(call.args["blocks"])
+    assert "*Token issuer*\nhttps://idp-b.example" in body
+    assert f"by {REQUESTER} (of https://idp-b.example) on app-db" in body
+    assert "(of https://idp-b.example)" in call.args["text"]
+
+
+async def test_requester_under_another_issuer_still_cannot_approve(
+    stub: SlackStub,
+    service: ApprovalService,
+    notifier: SlackNotifier,
+    clicks: Clicks,
+    config: SlackConfig,
+) -> None:
+    """Slack users are not OIDC identities: the self-approval check matches the subject
+    under any issuer, refusing more, never less."""
+    config.approvers["dba"] = (*config.approvers["dba"], REQUESTER)
+    a = await announce(service, notifier, approval(issuer="https://idp-b.example"))
+    assert await clicks.click(a.id, REQUESTER) == 200
+    (eph,) = await stub.wait_for("chat.postEphemeral")
+    assert "You requested" in eph.args["text"] and state_of(service, a) == PENDING
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM orders\n-- bound: WHERE id = 5",
+        "DELETE FROM orders /* bound: WHERE id = 5 */",
+        "DELETE FROM orders\n--\u2028It runs with these 1 value(s): WHERE id = 5",
+        "DELETE FROM orders -- ```\n*It runs with these 1 value(s):*\n```\n$1 = 5",
+        "DELETE FROM orders\r\n-- bound: $1 = '5'",
+    ],
+)
+async def test_no_agent_text_makes_a_values_block(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier, sql: str
+) -> None:
+    await announce(service, notifier, approval(sql))
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    sections = [b["text"]["text"] for b in blocks if b.get("type") == "section" and "text" in b]
+    assert not any(t.startswith("*It runs with") for t in sections)
+    code = code_of(blocks)  # what is not a comment stays inside the one code block
+    assert code.startswith("```\nDELETE FROM orders") and code.count("```") == 2
+    assert "WHERE id = 5" not in code
+
+
+async def test_values_cannot_break_out_of_their_block(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    a = approval("delete from orders where id = $1", values=["$1 = 'a```\n$2 = <!channel>'"])
+    await announce(service, notifier, a)
+    blocks = stub.called("chat.postMessage")[0].args["blocks"]
+    body = texts(blocks)
+    (values,) = [
+        b["text"]["text"] for b in blocks if "It runs with" in b.get("text", {}).get("text", "")
+    ]
+    assert "<!channel>" not in body and "&lt;!channel&gt;" in body
+    assert values.count("```") == 2
+    assert "a`\u200b`\u200b`\\n$2 = &lt;!channel&gt;'" in body  # one line, one value
+
+
+async def test_huge_values_are_cheap_to_show(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    """A 20 MB value: stored whole, shown cut (no Approve) without scanning all of it."""
+    from hoopy.slack import request_blocks
+
+    a = approval("delete from orders where note = $1", values=["$1 = '" + "x" * 20_000_000 + "'"])
+    start = time.perf_counter()
+    blocks = request_blocks(a)
+    assert time.perf_counter() - start < 0.5
+    assert [b["action_id"] for b in buttons(blocks)] == [DENY_ACTION]
+
+
+async def test_a_subject_cannot_forge_another_line(
+    stub: SlackStub, service: ApprovalService, notifier: SlackNotifier
+) -> None:
+    """A subject (or group) with newlines could draw a fake "Token issuer" line."""
+    forged = "agent-1\n*Token issuer*\nhttps://idp-a.example"
+    a = approval(subject=forged, issuer="https://idp-b.example", groups=["x\ny"], reuse_for=60)
+    await announce(service, notifier, a)
+    call = stub.called("chat.postMessage")[0]
+    body = texts(call.args["blocks"])
+    assert "\n*Token issuer*\nhttps://idp-a.example" not in body
+    lines = body.split("\n")
+    assert [ln for ln in lines if ln.startswith("*Token issuer*")] == ["*Token issuer*"]
+    assert lines[lines.index("*Token issuer*") + 1] == "https://idp-b.example"
+    assert "\n" not in call.args["text"]

@@ -213,6 +213,63 @@ def test_older_schema_gains_owner_and_note(tmp_path: Path) -> None:
     s.close()
 
 
+def test_older_schema_gains_issuer_and_values(tmp_path: Path) -> None:
+    """Approvals and sessions stored before issue 16 read back with no issuer and no
+    values; new ones keep both."""
+    from hoopy.approvals import ApprovalStore
+    from hoopy.state import _MIGRATIONS
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        for step in _MIGRATIONS[:3]:
+            for sql in step:
+                db.execute(sql)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+        db.execute(
+            "INSERT INTO approvals (id, session_id, protocol, connector, subject, groups, "
+            "command, fingerprint, rule, approvers, state, created, expires) VALUES "
+            "('apr-old', 's', 'postgres', 'db', 'a', '[]', 'delete from t', '', 'r', '[]', "
+            "'pending', 1.0, 2.0)"
+        )
+    s = StateStore(path)
+    old = ApprovalStore(s).get("apr-old")
+    assert old is not None and (old.issuer, old.values) == ("", [])
+    r = row("new", 1.0)
+    r.issuer = "https://idp-b.example"
+    s.session_started(r)
+    assert s.list_sessions(issuer="https://idp-b.example")[0].id == "new"
+    assert s.list_sessions(issuer="https://idp-a.example") == []
+    s.close()
+
+
+def test_state_file_and_folder_are_private(tmp_path: Path) -> None:
+    """Issue 16: approvals' commands and values and the session index are the gateway's
+    alone, whatever the umask (recordings are 0600 in 0700 folders too)."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "made" / "state.db"
+        s = StateStore(path)
+        s.set_meta("x", "y")  # the -wal and -shm files exist now
+        modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+        s.close()
+    finally:
+        os.umask(old)
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert modes["state.db"] == 0o600
+    assert all(m == 0o600 for m in modes.values()), modes
+
+
+def test_an_existing_readable_state_file_is_narrowed(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)  # a folder hoopy did not make (it may be shared): left as it is
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    path.chmod(0o644)
+    StateStore(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert tmp_path.stat().st_mode & 0o777 == 0o755
+
+
 # ---- gateway ownership locks ------------------------------------------------------------
 def test_owner_lock_alive_then_dead_then_gone(tmp_path: Path) -> None:
     from hoopy.state import ALIVE, DEAD, UNKNOWN, OwnerLock, lock_owner, owner_state

@@ -62,12 +62,13 @@ def admin(hoopy: Hoopy, method: str, path: str, body: dict | None = None) -> tup
 
 
 def wait_pending(hoopy: Hoopy, needle: str, timeout: float = 20) -> dict:
-    """Poll the admin API until the approval for `needle` shows up (bounded)."""
+    """Poll the admin API until the approval for `needle` shows up (bounded).  `needle`
+    may span the command and its values (", "-joined), which are fields of their own."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, items = admin(hoopy, "GET", "/api/approvals?state=pending")
         for a in items:  # type: ignore[union-attr]
-            if needle in a["command"]:
+            if needle in a["command"] or needle in ", ".join(a.get("values", [])):
                 return a
         time.sleep(0.05)
     raise AssertionError(f"no pending approval for {needle!r}")

@@ -14,9 +14,6 @@ import struct
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
 
-VALUE_CHARS = 200  # of each value shown to an approver
-VALUES_SHOWN = 32
-
 _I = struct.Struct("!I")
 
 
@@ -35,16 +32,10 @@ def single(t: int, raw: bytes) -> pg.Passthrough:
     return pg.Passthrough(bytes((t,)), raw)
 
 
-BOUND = "\n-- bound: "  # between a statement and its values, in what an approver sees
-
-
 def bound_command(cmd: Command, bind: pg.Bind) -> Command:
-    """`cmd` as it runs with this Bind's values: what an approver is shown."""
-    values = [_shown(bind, i, v) for i, v in enumerate(bind.params[:VALUES_SHOWN])]
-    if len(bind.params) > VALUES_SHOWN:
-        values.append(f"… {len(bind.params) - VALUES_SHOWN} more")
-    bound = ", ".join(f"${i + 1} = {v}" for i, v in enumerate(values)) or "no values"
-    return cmd.with_text(f"{cmd.text}{BOUND}{bound}")
+    """`cmd` with this Bind's values beside its text, whole, one string each ("$1 = …"):
+    what an approver is shown.  Never spliced into the text, which the agent wrote."""
+    return cmd.with_values([f"${i + 1} = {_shown(bind, i, v)}" for i, v in enumerate(bind.params)])
 
 
 # Every value shows on one line, and nothing in it reads as SQL or as the next value.
@@ -66,8 +57,7 @@ def _shown(bind: pg.Bind, i: int, value: bytes | None) -> str:
     binary = (formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0) == 1
     if not binary:
         return _text(value.decode("utf-8", "replace"))
-    more = "…" if len(value) > VALUE_CHARS // 2 else ""
-    hexed = f"x'{value[: VALUE_CHARS // 2].hex()}{more}'"
+    hexed = f"x'{value.hex()}'"
     readings = []
     if len(value) in (2, 4, 8):
         readings.append(f"as integer {int.from_bytes(value, 'big', signed=True)}")
@@ -81,5 +71,4 @@ def _shown(bind: pg.Bind, i: int, value: bytes | None) -> str:
 
 
 def _text(text: str) -> str:
-    cut = text[:VALUE_CHARS] + ("…" if len(text) > VALUE_CHARS else "")
-    return "'" + cut.translate(_ESCAPES).replace("'", "''") + "'"
+    return "'" + text.translate(_ESCAPES).replace("'", "''") + "'"

@@ -291,7 +291,7 @@ class ApprovalService:
             final = await self._wait(a)
         except asyncio.CancelledError:
             gone = self.store.transition(
-                a.id, CANCELLED, "", "the agent disconnected", self.clock()
+                a.id, CANCELLED, "", "the agent cancelled or disconnected", self.clock()
             )
             if gone is not None:
                 self._finished(gone)

@@ -77,6 +77,18 @@ class ApprovalRejected(CommandDenied):
         self.approval_id = approval_id
 
 
+class QueryCanceled(CommandDenied):
+    """The agent cancelled a command while hoopy held it (waiting for approval): answered
+    as the server answers a cancelled statement; the session stays usable."""
+
+    sqlstate = "57014"
+    http_status = 499
+    ssh_exit = 130
+
+    def __init__(self, message: str = "canceling statement due to user request") -> None:
+        super().__init__(message)
+
+
 class UnparseableCommand(HoopyError):
     """A statement hoopy cannot read: refused, never forwarded.  Shaped like the server's
     own syntax error (its message, `position`: 1-based character index into the text) so

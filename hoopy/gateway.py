@@ -16,6 +16,7 @@ import secrets
 import time
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,8 @@ class CancelTarget:
     connector: Connector
     pid: int
     key: int
+    # stops what hoopy itself holds for the session (an approval wait); True if it did
+    interrupt: Callable[[], bool] | None = None
 
 
 @dataclass

@@ -9,13 +9,20 @@ fingerprint (identity, connector and policies are fixed for a session).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from hoopy.errors import ApprovalRejected, AuthFailed, CommandDenied, RecordingFailed
+from hoopy.errors import (
+    ApprovalRejected,
+    AuthFailed,
+    CommandDenied,
+    QueryCanceled,
+    RecordingFailed,
+)
 from hoopy.policy import Command, Decision, Identity, PolicySet, decide
 from hoopy.recorder import RecorderError, SessionLog, encode_members
 
@@ -72,6 +79,8 @@ class Session:
     )
     commands: int = 0
     denied: int = 0
+    _waiting: asyncio.Future[str] | None = None  # an approval wait in progress
+    _interrupted: bool = False  # interrupt() cancelled it
     # Where unqualified table names may point (Command.schemas): grows, never shrinks,
     # as the session changes its search_path (a rollback or SET LOCAL may undo a change,
     # and hoopy need not know which); None once it is set to what hoopy cannot read.
@@ -181,6 +190,17 @@ class Session:
             return await self._approve(command, decision, fresh)
         return decision
 
+    def interrupt(self) -> bool:
+        """The agent's cancel request (PostgreSQL CancelRequest, Ctrl-C): stop waiting for
+        an approval, if a command waits for one; True if one did.  A command already sent
+        to the backend is the backend's to cancel."""
+        wait = self._waiting
+        if wait is None or wait.done():
+            return False
+        self._interrupted = True
+        wait.cancel()
+        return True
+
     def expired(self) -> bool:
         return bool(self.identity.expires_at) and self.clock() > self.identity.expires_at
 
@@ -229,11 +249,22 @@ class Session:
                 "but no approval service is configured",
                 decision.rule,
             )
+        wait = asyncio.ensure_future(self.approvals.wait_for(self, command, decision, fresh=fresh))
+        self._waiting = wait
         try:
-            approval_id = await self.approvals.wait_for(self, command, decision, fresh=fresh)
+            approval_id = await wait
         except ApprovalRejected:
             self.denied += 1
             raise
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise  # the agent went away: the approval service cancelled its request
+            self._interrupted = False
+            self.denied += 1
+            self.record("cancelled", reason="cancel request while waiting for approval")
+            raise QueryCanceled() from None
+        finally:
+            self._waiting = None
         if self.expired():  # the token ran out while the command waited
             self.record("approval_void", approval=approval_id, reason="token expired")
             raise AuthFailed("token expired while the command waited for approval; reconnect")

@@ -238,6 +238,8 @@ class AgentConnection(Relay):
 
     async def _cancel(self, ev: pg.CancelRequest) -> None:
         target = self.gw.cancels.get((ev.pid, ev.key))
+        if target is not None and target.interrupt is not None:
+            target.interrupt()  # a statement waiting for approval is cancelled by hoopy
         if target is not None and isinstance(target.connector, PostgresConnector):
             await be.cancel(target.connector, target.pid, target.key)
         self.outcome = "cancel_request"
@@ -340,7 +342,7 @@ class AgentConnection(Relay):
             pw = self.connector.password.get() if self.connector.password else ""
         self.scrub_words = tuple(w for w in (pw, self.connector.user) if w)
         self.cancel_key = self.gw.register_cancel(
-            CancelTarget(self.connector, backend.pid, backend.key)
+            CancelTarget(self.connector, backend.pid, backend.key, self.session.interrupt)
         )
         out = [pg.authentication_ok()]
         for name, value in backend.params.items():

@@ -157,22 +157,24 @@ def test_pgbench_prepared_records_every_execution(hoopy: Hoopy) -> None:
 
 async def test_cancel_reaches_the_backend(hoopy: Hoopy, backend: Backend) -> None:
     conn = await agent(hoopy)
+    su = await asyncpg.connect(backend.cluster.dsn)
     marker = "hoopy_cancel_probe"
     sql = f"select count(*) /* {marker} */ from generate_series(1, 2000000000)"
+    running = "select count(*) from pg_stat_activity where state = 'active' and query like $1"
     try:
-        with pytest.raises(asyncio.TimeoutError):
-            await conn.fetchval(sql, timeout=1.0)
+        query = asyncio.ensure_future(conn.fetchval(sql))
+        # cancel once the backend runs it (a cancel PostgreSQL gets before is ignored)
+        for _ in range(600):
+            if await su.fetchval(running, f"%{marker}%"):
+                break
+            await asyncio.sleep(0.05)
+        query.cancel()  # asyncpg sends a CancelRequest through hoopy's key
+        with pytest.raises(asyncio.CancelledError):
+            await query
         assert await conn.fetchval("select 1") == 1  # the session survived the cancel
+        assert await su.fetchval(running, f"%{marker}%") == 0
     finally:
         await conn.close()
-    su = await asyncpg.connect(backend.cluster.dsn)
-    try:
-        active = await su.fetchval(
-            "select count(*) from pg_stat_activity where state = 'active' and query like $1",
-            f"%{marker}%",
-        )
-        assert active == 0
-    finally:
         await su.close()
 
 

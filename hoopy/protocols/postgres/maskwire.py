@@ -27,6 +27,7 @@ from hoopy.errors import CommandDenied
 from hoopy.policy import Command, Decision, Masks, identity_masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import CatalogUnavailable
+from hoopy.protocols.postgres.copyopts import CopyFormat
 from hoopy.protocols.postgres.lineage import (
     ALL_NAMES,
     name_resolution_change,
@@ -34,7 +35,7 @@ from hoopy.protocols.postgres.lineage import (
 )
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.results import Result, ResultTracker
-from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
+from hoopy.protocols.postgres.rowmask import RowMasker
 from hoopy.session import Session
 
 # Statements that cannot change what a relation's columns mean.  Anything else (DDL,
@@ -189,13 +190,12 @@ def user_code(sm: StatementMasks) -> bool:
 
 
 def copy_format(result: Result) -> CopyFormat:
+    """How this COPY's rows are written.  Unknown (not a COPY TO hoopy read): text
+    without a header, so every line is taken for data (and masked) — none passes as
+    column names."""
     sm = result.statement.mask
     fmt = sm.copy if isinstance(sm, StatementMasks) else None
-    if fmt is None:
-        fmt = CopyFormat()
-        if isinstance(sm, StatementMasks):
-            sm.copy = fmt
-    return fmt
+    return CopyFormat() if fmt is None else fmt
 
 
 def count_tree(counts: Any) -> dict[str, dict[str, int]]:
@@ -255,6 +255,12 @@ async def _masks_for(
         session.record("refused", text=cmd.text, reason=why, masks=rules)
         return CommandDenied(message)
 
+    if sm.copy_unreadable:
+        raise refuse(
+            f"unreadable COPY options: {sm.copy_unreadable}",
+            f"mask rule(s) {rules} apply to this COPY and {sm.copy_unreadable}: hoopy "
+            "masks COPY only with options it reads as the server does",
+        )
     if sm.copy is not None and sm.copy.binary:
         raise refuse(
             "binary COPY cannot be masked",

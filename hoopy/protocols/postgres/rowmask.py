@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hoopy.masking import REDACTED, Span, ValueMasker, mask_whole
+from hoopy.protocols.postgres.copyopts import CopyFormat
 
 Value = bytes | None
 # An action maps a column's values to their replacements: the whole list, or only the
@@ -316,6 +317,7 @@ class RowMasker:
         self.null_everything = False
         self._tag: tuple[str, str] = ("", "unknown")
         self._compiled: tuple[Any, Any] | None = None
+        self._copy_started = False  # a COPY row went through (one masker per COPY)
 
     @classmethod
     def nulls(cls, counts: Counts, tag: tuple[str, str] = ("", "unknown")) -> RowMasker:
@@ -420,9 +422,10 @@ class RowMasker:
             return data
         if self.null_everything:
             raise ValueError("COPY rows of an unknown statement cannot be masked")
-        if fmt.header_pending:
-            fmt.header_pending = False  # column names, not data
+        if fmt.header and not self._copy_started:
+            self._copy_started = True  # the first line is column names, not data
             return data
+        self._copy_started = True
         if fmt.csv:
             return self._copy_csv(data, fmt)
         return self._copy_text(data, fmt)
@@ -552,30 +555,6 @@ def _compile_cached(kinds: tuple[int, ...]) -> tuple[Any, Any]:
 
 def _compile(kinds: list[int]) -> tuple[Any, Any]:
     return _compile_cached(tuple(kinds))
-
-
-@dataclass
-class CopyFormat:
-    """COPY TO options that shape its rows (from the statement, defaults as PostgreSQL's)."""
-
-    csv: bool = False
-    delimiter: bytes = b"\t"
-    null: bytes = b"\\N"
-    quote: bytes = b'"'
-    escape: bytes = b'"'
-    header_pending: bool = False
-    binary: bool = False
-
-    @classmethod
-    def of(cls, options: dict[str, str]) -> CopyFormat:
-        csv = options.get("format", "text").lower() == "csv"
-        delimiter = options.get("delimiter", "," if csv else "\t").encode()
-        null = options.get("null", "" if csv else "\\N").encode()
-        quote = options.get("quote", '"').encode()
-        escape = options.get("escape", quote.decode()).encode()
-        header = options.get("header", "false").lower() in ("true", "on", "1", "match", "")
-        binary = options.get("format", "text").lower() == "binary"
-        return cls(csv, delimiter, null, quote, escape, header, binary)
 
 
 _UNESCAPES = {

@@ -34,6 +34,7 @@ from hoopy.protocols.postgres.lineage import (
     search_path_schemas,
 )
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
+from hoopy.protocols.postgres.pgsources import from_server_code
 from hoopy.protocols.postgres.results import Result, ResultTracker
 from hoopy.protocols.postgres.rowmask import RowMasker
 from hoopy.session import Session
@@ -123,54 +124,119 @@ def _withheld(code: str) -> str:
     )
 
 
-def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str, str]:
-    """Errors and notices must not carry what results may not."""
+# Fields a message's text may be in.  s/t/c/d/n (schema, table, column, data type,
+# constraint) hold names when the server composes them, anything when code sets them
+# (RAISE … USING COLUMN = …).
+_TEXT_FIELDS = (*_MESSAGE_FIELDS, "s", "t", "c", "d", "n")
+# What stays of a message from code hoopy cannot see: severity, SQLSTATE, the server
+# source position (F, L, R: fixed by the server) and the position in the agent's text.
+_OPAQUE_KEPT = ("S", "V", "C", "P", "F", "L", "R")
+
+
+class Unattributed:
+    """A message hoopy cannot place in a statement (one raised while a Bind plans a
+    query, at a Sync's commit, of a statement hoopy lost track of): the masks that can
+    apply to the identity, for messages of code hoopy cannot see."""
+
+    def __init__(self, masks: Masks) -> None:
+        self.masks = masks
+
+
+def message_masks(session: Session, current: Any) -> StatementMasks | Unattributed | None:
+    """What masks the next ErrorResponse or NoticeResponse: its statement's, or every
+    rule that can apply to the identity when hoopy cannot tell its statement."""
+    if isinstance(current, StatementMasks):
+        return current
+    masks = identity_masks(session.policies, session.identity, session.connector)
+    return Unattributed(masks) if masks else None
+
+
+def mask_message_fields(
+    fields: dict[str, str], sm: StatementMasks | Unattributed
+) -> dict[str, str]:
+    """Errors and notices must not carry what results may not.
+
+    A message from code hoopy cannot see (pgsources.from_server_code: RAISE, ASSERT,
+    any PL or extension) is withheld whole, whatever its SQLSTATE and severity, while
+    column rules apply.  The server's own messages are scrubbed of what the agent did
+    not write, and withheld when they describe a value of a statement reading masked
+    columns."""
+    masks = sm.masks
     out = dict(fields)
-    text = sm.command.text
-    if sm.masks.column_rules:
-        code = fields.get("C", "")
-        reads = sm.reads_masked or sm.stale
-
-        def unseen(m: re.Match[str]) -> str:
-            inner = m.group(1) if m.lastindex else m.group(0)
-            if inner and inner in text:
-                return m.group(0)
-            return m.group(0).replace(inner, "****") if inner else m.group(0)
-
-        for k in _MESSAGE_FIELDS:
-            if k == "M" and code.startswith("23"):
-                continue  # integrity errors name only relations, columns and constraints
-            if k in out:
-                v = _FAILING_ROW.sub(r"\1(****)", out[k])
-                v = _KEY_VALUES.sub(unseen, v)
-                v = _QUOTED.sub(unseen, v)
-                if reads and k in "MDHW":
-                    v = _unquoted_numbers(v, text)
-                out[k] = v
-        # classes 00-02: notices and warnings; 23: integrity errors (see _KEPT_ERRORS)
-        withhold = not (code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02")))
-        if reads and withhold and fields.get("S", fields.get("V", "")) != "NOTICE":
-            # Data errors describe the offending value, not always quoted (`index
-            # 1078051120 out of valid range`, an XML parser's DETAIL quoting the
-            # document's line): withheld, not scrubbed.  The SQLSTATE stays.
-            out["M"] = _withheld(code)
-            if "D" in out:
-                out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
-        elif code.startswith("22") and "D" in out:
-            out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
-        if user_code(sm) and fields.get("C", "") in ("00000", "P0001", "01000"):
-            # RAISE from a function whose output hoopy cannot trace
-            out["M"] = "message from database code withheld by hoopy: mask rules apply"
-            out.pop("D", None)
-            out.pop("H", None)
-    if sm.masks.detectors:
+    if masks.column_rules and not from_server_code(fields):
+        out = {k: v for k, v in fields.items() if k in _OPAQUE_KEPT}
+        out["M"] = (
+            f"message from database code (SQLSTATE {fields.get('C', '')}) withheld by "
+            "hoopy: mask rules apply and hoopy cannot see what it holds"
+        )
+    elif masks.column_rules and isinstance(sm, StatementMasks):
+        out = _mask_server_message(out, sm)
+    elif masks.column_rules:
+        out = _mask_unattributed(out)
+    written = sm.command.text if isinstance(sm, StatementMasks) else ""
+    if masks.column_rules and "q" in out and out["q"] not in written:
+        # an internal query (dynamic SQL of a function) is code's text, data and all
+        out.pop("q", None)
+        out.pop("p", None)
+    if masks.detectors:
         from hoopy.masking import ValueMasker
 
-        masker = ValueMasker(sm.masks.detectors)
-        for k in _MESSAGE_FIELDS:
+        masker = ValueMasker(masks.detectors)
+        for k in _TEXT_FIELDS:
             if k in out:
                 out[k] = masker.mask_text(out[k])[0]
     return out if out != fields else fields
+
+
+def _mask_unattributed(out: dict[str, str]) -> dict[str, str]:
+    """A message the server composed, outside any statement hoopy can name: key values
+    and failing rows (a deferred constraint checked at a Sync's commit) are masked, and
+    a data error's quoted values; other quoted text is a Parse's names, kept."""
+    data = out.get("C", "")[:2] in ("22", "54")
+    for k in _MESSAGE_FIELDS:
+        if k in out:
+            v = _FAILING_ROW.sub(r"\1(****)", out[k])
+            v = _KEY_VALUES.sub(lambda m: m.group(0).replace(m.group(1), "****"), v)
+            out[k] = _QUOTED.sub(lambda m: '"****"', v) if data else v
+    return out
+
+
+def _mask_server_message(out: dict[str, str], sm: StatementMasks) -> dict[str, str]:
+    """A message the server composed, for a statement column rules apply to."""
+    text = sm.command.text
+    code = out.get("C", "")
+    reads = sm.reads_masked or sm.stale
+
+    def unseen(m: re.Match[str]) -> str:
+        inner = m.group(1) if m.lastindex else m.group(0)
+        if inner and inner in text:
+            return m.group(0)
+        return m.group(0).replace(inner, "****") if inner else m.group(0)
+
+    for k in _MESSAGE_FIELDS:
+        if k == "M" and code.startswith("23"):
+            continue  # the server's integrity errors name only relations and constraints
+        if k in out:
+            v = _FAILING_ROW.sub(r"\1(****)", out[k])
+            v = _KEY_VALUES.sub(unseen, v)
+            v = _QUOTED.sub(unseen, v)
+            if reads and k in "MDHW":
+                v = _unquoted_numbers(v, text)
+            out[k] = v
+    # classes 00-02: notices and warnings; 23: integrity errors (see _KEPT_ERRORS)
+    withhold = not (code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02")))
+    if reads and withhold and out.get("S", out.get("V", "")) != "NOTICE":
+        # Data errors describe the offending value, not always quoted (`index
+        # 1078051120 out of valid range`, an XML parser's DETAIL quoting the
+        # document's line, JSON's CONTEXT `JSON data, line 1: …`): withheld, not
+        # scrubbed.  The SQLSTATE stays.
+        out["M"] = _withheld(code)
+        for k in ("D", "W"):
+            if k in out:
+                out[k] = "withheld by hoopy: mask rules apply to this statement"
+    elif code.startswith("22") and "D" in out:
+        out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
+    return out
 
 
 def _unquoted_numbers(v: str, text: str) -> str:
@@ -181,12 +247,6 @@ def _unquoted_numbers(v: str, text: str) -> str:
     for i in range(0, len(parts), 2):
         parts[i] = _NUMBER.sub(lambda m: m.group(0) if m.group(0) in written else "****", parts[i])
     return "".join(parts)
-
-
-def user_code(sm: StatementMasks) -> bool:
-    """Does the statement run code whose output hoopy cannot trace?"""
-    lineage = sm.lineage if sm.trusted else None
-    return lineage is None or any(col is None for col in lineage)
 
 
 def copy_format(result: Result) -> CopyFormat:

@@ -300,6 +300,18 @@ BEGIN
 END $$;
 CREATE TRIGGER ml_trig_t BEFORE INSERT ON ml_trig FOR EACH ROW EXECUTE FUNCTION ml_trig_f();
 GRANT ALL ON ml_trig TO app_rw;
+CREATE FUNCTION ml_imm(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RAISE NOTICE USING MESSAGE = (SELECT email FROM ml_customers WHERE id = i), ERRCODE = '01001';
+  RETURN i;
+END $$;
+CREATE TABLE ml_defer (k text UNIQUE DEFERRABLE INITIALLY DEFERRED);
+GRANT ALL ON ml_defer TO app_rw;
+CREATE FUNCTION ml_defer_twice(i int) RETURNS int LANGUAGE sql AS $$
+  INSERT INTO ml_defer SELECT email FROM ml_customers WHERE id = i;
+  INSERT INTO ml_defer SELECT email FROM ml_customers WHERE id = i;
+  SELECT i;
+$$;
 """
 
 RAISES = [
@@ -379,3 +391,22 @@ def test_withheld_messages_are_recorded_withheld(leaky: Hoopy) -> None:
     events = [json.loads(x) for x in text.splitlines()]
     assert any(e["type"] == "error" for e in events)
     assert_clean(text)
+
+
+def test_messages_outside_any_statement_are_masked(leaky: Hoopy) -> None:
+    """Messages hoopy cannot place in a statement: a RAISE of an immutable function the
+    planner folds while a Bind plans (between ParseComplete and BindComplete), and a
+    deferred unique violation checked when a Sync commits."""
+    s = _raw(leaky)
+    try:
+        s.sendall(pg.parse("", "SELECT ml_imm(2)") + pg.bind("", "") + pg.execute("") + pg.sync())
+        got = _until_ready(s)
+        assert b"withheld by hoopy" in got, got
+        assert_clean(got.decode("latin-1"))
+        sql = "SELECT ml_defer_twice(3)"
+        s.sendall(pg.parse("", sql) + pg.bind("", "") + pg.execute("") + pg.sync())
+        got = _until_ready(s)
+        assert b"23505" in got and b"ml_defer_k_key" in got, got
+        assert_clean(got.decode("latin-1"))
+    finally:
+        s.close()

@@ -222,3 +222,11 @@ def test_result_formats_expand() -> None:
     assert result_formats((1,), 2) == (1, 1)
     assert result_formats((0, 1), 2) == (0, 1)
     assert NOTHING.mask is None
+
+
+def test_copy_text_rows_with_escaped_delimiters_keep_their_columns() -> None:
+    act = whole_action(ColumnType(25, STRING), False, "redact", b"", "null", "r", counts())
+    m = RowMasker([None, act, None], counts())
+    fmt = CopyFormat(delimiter=b",")
+    row = b"a\\,b,secret\\,x,c\\\\\n"
+    assert m.rewrite_copy(row, fmt) == b"a\\,b,****,c\\\\\n"

@@ -243,6 +243,15 @@ async def test_asyncpg_copy_without_header_is_masked(leaky: Hoopy, tmp_path: Pat
         await conn.close()
 
 
+def test_text_copy_values_holding_the_delimiter_keep_their_columns(leaky: Hoopy) -> None:
+    rc, out, err = psql(
+        leaky,
+        "COPY (SELECT 'a,b' AS x, email FROM ml_customers WHERE id = 1) TO STDOUT (DELIMITER ',')",
+    )
+    assert rc == 0, err
+    assert out == "a\\,b,****\n"
+
+
 def test_copy_null_string_equal_to_a_value_is_an_equality_oracle(leaky: Hoopy) -> None:
     """Documented, not closed: in text COPY a value equal to the NULL string is written
     bare, so a masked value equal to it reads as NULL — what `WHERE email = '…'` tells

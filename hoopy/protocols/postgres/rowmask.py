@@ -432,7 +432,7 @@ class RowMasker:
 
     def _copy_text(self, data: bytes, fmt: CopyFormat) -> bytes:
         nl = data.endswith(b"\n")
-        fields = (data[:-1] if nl else data).split(fmt.delimiter)
+        fields = _text_split(data[:-1] if nl else data, fmt.delimiter)
         if len(fields) != len(self.actions):
             return fmt.delimiter.join([fmt.null] * len(fields)) + (b"\n" if nl else b"")
         for i in self.masked:
@@ -577,6 +577,26 @@ def _copy_unescape(v: bytes) -> bytes:
             out.append(c)
             i += 1
     return bytes(out)
+
+
+def _text_split(line: bytes, delimiter: bytes) -> list[bytes]:
+    """Text COPY fields: the server writes a delimiter inside a value as `\\` + it."""
+    if b"\\" not in line:
+        return line.split(delimiter)
+    fields: list[bytes] = []
+    start = i = 0
+    d, n = delimiter[0], len(line)
+    while i < n:
+        c = line[i]
+        if c == 0x5C:
+            i += 2  # an escape and the byte it escapes
+        elif c == d:
+            fields.append(line[start:i])
+            start = i = i + 1
+        else:
+            i += 1
+    fields.append(line[start:])
+    return fields
 
 
 def _copy_escape(v: bytes, delimiter: bytes = b"\t") -> bytes:

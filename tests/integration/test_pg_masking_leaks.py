@@ -104,6 +104,9 @@ MASKED_COPIES = [
     ("COPY ml_customers TO STDOUT WITH CSV HEADER QUOTE AS '''' ESCAPE AS '\\' FORCE QUOTE *", 4),
     ("COPY ml_customers TO STDOUT WITH CSV FORCE QUOTE email, ssn", 3),
     ("COPY ml_customers TO STDOUT (FORMAT csv, ENCODING 'LATIN1', FREEZE false)", 3),
+    ("COPY ml_customers TO STDOUT (HEADER 1); COPY ml_customers TO STDOUT (HEADER 0)", 7),
+    ("COPY/**/ml_customers/**/TO/**/STDOUT/**/(HEADER/**/0,/**/FORMAT/**/csv)", 3),
+    ('COPY ml_customers TO STDOUT ("header" 0, FORMAT csv, FORCE_QUOTE *)', 3),
     ("\\copy ml_customers to stdout (header 0)", 3),
     ("\\copy ml_customers to stdout (format csv, header 0)", 3),
 ]
@@ -123,6 +126,7 @@ REFUSED_COPIES = [
     "COPY ml_customers TO STDOUT (HEADER 2)",
     "COPY ml_customers TO STDOUT (HEADER yes)",  # defGetBoolean takes no yes/no
     "COPY ml_customers TO STDOUT (HEADER 1.0)",
+    "COPY ml_customers TO STDOUT (HEADER '0')",  # the server takes no quoted digits
     'COPY ml_customers TO STDOUT ("HEADER" 0)',  # option names are case-sensitive
     "COPY ml_customers TO STDOUT (HEADER 1, HEADER 0)",
     "COPY ml_customers TO STDOUT WITH BINARY CSV",

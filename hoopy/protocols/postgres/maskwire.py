@@ -5,10 +5,15 @@ Functions of the masking state (maskplan.Planner and StatementMasks,
 results.ResultTracker) that relay.Relay calls for masking sessions only — and
 `notification`, which every session calls for NotificationResponse messages.
 
-Errors: quoted values the agent did not write are masked; for statements that may
-read masked columns, data errors (SQLSTATE classes 22 and 54: `index 1078051120 out
-of valid range`) describe the offending value unquoted, so their message and detail
-are withheld, and other unquoted numbers the agent did not write are masked.
+Errors and notices: one raised by code hoopy cannot see (RAISE, ASSERT, a PL or an
+extension: not from the server's own source files, pgsources) may hold anything in any
+field under any SQLSTATE, so while column rules apply it is withheld whole.  In the
+server's own, quoted values the agent did not write are masked; for statements that
+may read masked columns, data errors (SQLSTATE classes 22 and 54: `index 1078051120
+out of valid range`) describe the offending value unquoted, so their message, detail
+and context are withheld, and other unquoted numbers the agent did not write are
+masked.  A message hoopy cannot place in a statement (a Bind planning, a Sync's
+commit) is masked by every rule that can apply to the identity.
 
 Notifications (LISTEN / NOTIFY): a payload may come from any session — a trigger's
 `pg_notify(ch, row_to_json(NEW)::text)` — so hoopy cannot know what it derives from:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import ssl
 import struct
@@ -306,9 +307,10 @@ CREATE FUNCTION ml_dyn(i int) RETURNS int LANGUAGE plpgsql AS $$
 BEGIN EXECUTE 'SELECT ' || (SELECT email FROM ml_customers WHERE id = i); RETURN i; END $$;
 CREATE TABLE ml_trig (id int);
 CREATE FUNCTION ml_trig_f() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE v text := (SELECT email FROM ml_customers WHERE id = NEW.id);
 BEGIN
-  RAISE NOTICE USING MESSAGE = (SELECT email FROM ml_customers WHERE id = NEW.id),
-    ERRCODE = '01001';
+  EXECUTE 'SELECT 1 FROM ml_kv WHERE k = ' || quote_literal(v);  -- v, a constant
+  RAISE NOTICE USING MESSAGE = v, ERRCODE = '01001';
   RETURN NEW;
 END $$;
 CREATE TRIGGER ml_trig_t BEFORE INSERT ON ml_trig FOR EACH ROW EXECUTE FUNCTION ml_trig_f();
@@ -360,6 +362,20 @@ def test_raise_output_is_withheld_whatever_its_sqlstate(leaky: Hoopy, lvl: str, 
 def test_database_code_cannot_carry_data_in_other_fields(leaky: Hoopy, sql: str) -> None:
     r = leaky.psql("-v", "VERBOSITY=verbose", "-c", sql, token=leaky.token())
     assert_clean(r.stdout + r.stderr)
+
+
+def test_log_and_debug_messages_are_withheld(leaky: Hoopy) -> None:
+    """debug_print_parse sends each parse tree to a client asking for LOG messages: a
+    trigger's dynamic query holding a value it read shows it as a constant's bytes."""
+    r = leaky.psql(
+        "-c", "SET client_min_messages = debug5", "-c", "SET debug_print_parse = on",
+        "-c", "INSERT INTO ml_trig VALUES (3)", token=leaky.token(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    consts = re.findall(r":constvalue \d+ \[([-\d\s]+)\]", r.stderr)
+    shown = b" ".join(bytes(int(x) & 0xFF for x in c.split()) for c in consts)
+    assert_clean(r.stdout + r.stderr + shown.decode("latin-1"))
+    assert "withheld by hoopy" in r.stderr
 
 
 def test_raw_client_sees_no_field_of_a_raise(leaky: Hoopy) -> None:

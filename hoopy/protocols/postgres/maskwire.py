@@ -168,7 +168,11 @@ def mask_message_fields(
     columns."""
     masks = sm.masks
     out = dict(fields)
-    if masks.column_rules and not from_server_code(fields):
+    debug = fields.get("V", fields.get("S", "")) in ("LOG", "DEBUG")
+    if masks.column_rules and (debug or not from_server_code(fields)):
+        # LOG and DEBUG reach a client that asks (client_min_messages): the server's
+        # own then dump plans and parse trees, with the constants a function's query
+        # was run with (debug_print_plan) — withheld whole as well
         out = {k: v for k, v in fields.items() if k in _OPAQUE_KEPT}
         out["M"] = (
             f"message from database code (SQLSTATE {fields.get('C', '')}) withheld by "

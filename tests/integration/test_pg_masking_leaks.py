@@ -315,6 +315,15 @@ BEGIN
 END $$;
 CREATE TRIGGER ml_trig_t BEFORE INSERT ON ml_trig FOR EACH ROW EXECUTE FUNCTION ml_trig_f();
 GRANT ALL ON ml_trig TO app_rw;
+CREATE TABLE ml_trig2 (id int);
+CREATE FUNCTION ml_trig2_f() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM get_byte('\\x00'::bytea,
+    replace((SELECT ssn FROM ml_customers WHERE id = NEW.id), '-', '')::int);
+  RETURN NEW;
+END $$;
+CREATE TRIGGER ml_trig2_t BEFORE INSERT ON ml_trig2 FOR EACH ROW EXECUTE FUNCTION ml_trig2_f();
+GRANT ALL ON ml_trig2 TO app_rw;
 CREATE FUNCTION ml_imm(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
   RAISE NOTICE USING MESSAGE = (SELECT email FROM ml_customers WHERE id = i), ERRCODE = '01001';
@@ -362,6 +371,15 @@ def test_raise_output_is_withheld_whatever_its_sqlstate(leaky: Hoopy, lvl: str, 
 def test_database_code_cannot_carry_data_in_other_fields(leaky: Hoopy, sql: str) -> None:
     r = leaky.psql("-v", "VERBOSITY=verbose", "-c", sql, token=leaky.token())
     assert_clean(r.stdout + r.stderr)
+
+
+def test_data_errors_raised_in_triggers_are_withheld(leaky: Hoopy) -> None:
+    """The INSERT's text reads no masked column; its trigger does, and the server's own
+    data error shows the SSN's digits unquoted (`index 78051120 out of valid range`)."""
+    r = leaky.psql("-c", "INSERT INTO ml_trig2 VALUES (1)", token=leaky.token())
+    assert r.returncode != 0
+    assert "78051120" not in r.stderr and "withheld by hoopy" in r.stderr, r.stderr
+    assert "2202E" in r.stderr
 
 
 def test_log_and_debug_messages_are_withheld(leaky: Hoopy) -> None:

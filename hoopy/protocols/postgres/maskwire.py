@@ -214,7 +214,9 @@ def _mask_server_message(out: dict[str, str], sm: StatementMasks) -> dict[str, s
     """A message the server composed, for a statement column rules apply to."""
     text = sm.command.text
     code = out.get("C", "")
-    reads = sm.reads_masked or sm.stale
+    # A context (W) tells the error arose in code the statement ran — a trigger, a
+    # function, a rule's query — which may read masked columns whatever the text shows.
+    reads = sm.reads_masked or sm.stale or bool(out.get("W"))
 
     def unseen(m: re.Match[str]) -> str:
         inner = m.group(1) if m.lastindex else m.group(0)

@@ -187,38 +187,54 @@ def _copy_rows(raw: bytes) -> list[bytes]:
 
 
 @pytest.mark.parametrize(
-    "sql",
+    ("sql", "header"),
     [
-        "copy ml_customers to stdout (header 0)",
-        "copy ml_customers to stdout (format csv, header 0)",
-        "copy ml_customers to stdout with delimiter as ',' null as ''",
+        ("copy ml_customers to stdout (header 0)", False),
+        ("copy ml_customers to stdout (format csv, header 0)", False),
+        ("copy ml_customers to stdout with delimiter as ',' null as ''", False),
+        ("copy ml_customers to stdout with csv header", True),
+        ("copy ml_customers to stdout (header 'oFF', format csv)", False),
     ],
 )
-def test_extended_protocol_copy_with_header_0_is_masked(leaky: Hoopy, sql: str) -> None:
+def test_extended_protocol_copy_with_header_0_is_masked(
+    leaky: Hoopy, sql: str, header: bool
+) -> None:
     s = _raw(leaky)
     try:
         s.sendall(pg.parse("", sql) + pg.bind("", "") + pg.execute("") + pg.sync())
         got = _until_ready(s)
         rows = _copy_rows(got)
-        assert len(rows) == 3, got
+        assert len(rows) == 3 + header, got
         assert_clean(got.decode("latin-1"))
-        assert all(b"****" in r for r in rows), rows
+        assert all(b"****" in r for r in rows[header:]), rows
         # the same prepared COPY twice: each run's rows are read on their own
         s.sendall(pg.parse("c2", sql) + pg.sync())
         _until_ready(s)
         for _ in range(2):
             s.sendall(pg.bind("", "c2") + pg.execute("") + pg.sync())
             got = _until_ready(s)
-            assert len(_copy_rows(got)) == 3
+            rows = _copy_rows(got)
+            assert len(rows) == 3 + header
             assert_clean(got.decode("latin-1"))
+            assert all(b"****" in r for r in rows[header:]), rows
     finally:
         s.close()
 
 
-def test_extended_protocol_copy_with_options_it_cannot_read_is_refused(leaky: Hoopy) -> None:
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "copy ml_customers to stdout (header 2)",
+        "copy binary ml_customers to stdout",
+        "copy ml_customers to stdout with binary",
+        "copy ml_customers to stdout (encoding 'big5')",
+    ],
+)
+def test_extended_protocol_copy_with_options_it_cannot_read_is_refused(
+    leaky: Hoopy, sql: str
+) -> None:
     s = _raw(leaky)
     try:
-        sql = "copy ml_customers to stdout (header 2)"
         s.sendall(pg.parse("", sql) + pg.bind("", "") + pg.execute("") + pg.sync())
         got = _until_ready(s)
         assert b"apply to this COPY" in got, got

@@ -473,3 +473,30 @@ def test_messages_outside_any_statement_are_masked(leaky: Hoopy) -> None:
         assert_clean(got.decode("latin-1"))
     finally:
         s.close()
+
+
+async def test_asyncpg_sees_raises_withheld(leaky: Hoopy) -> None:
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=leaky.pg_port,
+        user="agent",
+        database="app-db",
+        password=leaky.token(),
+        ssl=_ssl(),
+    )
+    notices: list[str] = []
+    conn.add_log_listener(lambda _c, msg: notices.append(repr(msg.as_dict())))
+    try:
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await conn.fetchval("SELECT ml_raise('exception', $1, 1)", "42501")
+        assert err.value.sqlstate == "42501"
+        assert "withheld by hoopy" in str(err.value)
+        assert_clean(repr(err.value.as_dict()))
+        # (the function's result is masked too: hoopy cannot trace it)
+        assert await conn.fetchval("SELECT ml_raise('warning', $1, 2)", "23505") is None
+        assert await conn.fetchval("SELECT ml_raise('notice', $1, 3)", "01001") is None
+        # the listeners were called back before the results that followed the notices
+        assert len(notices) == 2 and all("withheld by hoopy" in n for n in notices)
+        assert_clean(" ".join(notices))
+    finally:
+        await conn.close()

@@ -8,9 +8,10 @@ PL/Perl, a C extension — may hold any text, field and SQLSTATE its code chose,
 masking sessions withhold it whole (maskwire.mask_message_fields).
 
 CORE_SOURCES: the source files of the PostgreSQL 15 server binary that raise messages
-(from the __FILE__ strings of /usr/lib/postgresql/15/bin/postgres, plus its generated
-parsers and scanners).  A file another server version adds is not in it: its messages
-are withheld, never shown unscrubbed.
+(the __FILE__ strings of /usr/lib/postgresql/15/bin/postgres: sources, headers with
+inline code, generated parsers and scanners).  A file another server version adds is
+not in it: its messages are withheld, never shown unscrubbed.  Known overlap: the
+contrib module sepgsql also has a proc.c and a relation.c.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ vacuum.c vacuumlazy.c vacuumparallel.c var.c varbit.c varchar.c variable.c varle
 varsup.c view.c visibilitymap.c walreceiver.c walreceiverfuncs.c walsender.c windowfuncs.c
 worker.c wparser.c wparser_def.c xact.c xid8funcs.c xlog.c xlogarchive.c xlogfuncs.c
 xloginsert.c xlogprefetcher.c xlogreader.c xlogrecovery.c xlogutils.c xml.c
+simplehash.h tableam.h tupmacs.h
 """
 CORE_SOURCES = frozenset(_NAMES.split())
 

@@ -340,6 +340,11 @@ BEGIN
 END $$;
 CREATE TRIGGER ml_trig2_t BEFORE INSERT ON ml_trig2 FOR EACH ROW EXECUTE FUNCTION ml_trig2_f();
 GRANT ALL ON ml_trig2 TO app_rw;
+CREATE FUNCTION ml_name(i int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM set_config('application_name', (SELECT email FROM ml_customers WHERE id = i), false);
+  RETURN i;
+END $$;
 CREATE FUNCTION ml_imm(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
   RAISE NOTICE USING MESSAGE = (SELECT email FROM ml_customers WHERE id = i), ERRCODE = '01001';
@@ -498,5 +503,26 @@ async def test_asyncpg_sees_raises_withheld(leaky: Hoopy) -> None:
         # the listeners were called back before the results that followed the notices
         assert len(notices) == 2 and all("withheld by hoopy" in n for n in notices)
         assert_clean(" ".join(notices))
+    finally:
+        await conn.close()
+
+
+async def test_reported_parameters_set_by_database_code_are_masked(leaky: Hoopy) -> None:
+    """A function sets application_name to an email; the server reports it to the
+    client in a ParameterStatus."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=leaky.pg_port,
+        user="agent",
+        database="app-db",
+        password=leaky.token(),
+        ssl=_ssl(),
+    )
+    try:
+        await conn.fetchval("SELECT ml_name(1)")
+        assert conn.get_settings().application_name == "****"
+        await conn.execute("SET application_name = 'nightly-report'")  # its own: kept
+        assert conn.get_settings().application_name == "nightly-report"
+        assert await conn.fetchval("SELECT 1 + 1") == 2
     finally:
         await conn.close()

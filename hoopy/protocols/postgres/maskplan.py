@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,9 @@ class Planner:
     # traced by name.  Either way, columns the server names by OID are traced by OID.
     relations_untrusted: bool = False
     names_untrusted: bool = False
+    # Texts of the latest statements the agent sent: a reported parameter (SET
+    # application_name = …) arrives at the end of its batch (maskwire.parameter_value).
+    recent_texts: deque[str] = field(default_factory=lambda: deque(maxlen=64))
     _maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
     # (lineage, whether the text runs code hoopy cannot see into: None until asked)
     _lineage: dict[tuple[str, int, bool], tuple[Lineage, bool | None]] = field(default_factory=dict)

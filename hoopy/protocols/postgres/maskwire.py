@@ -295,6 +295,7 @@ async def statement_masks(
 ) -> StatementMasks | None:
     """How this allowed statement's results are masked; raises CommandDenied to refuse
     what cannot be masked (recorded as `refused`)."""
+    planner.recent_texts.append(cmd.text)
     if not cmd.kinds.isdisjoint(("fetch", "move")):
         # a cursor's rows come from a statement declared earlier, perhaps under
         # other mask rules: every rule that can apply to this identity applies
@@ -372,6 +373,30 @@ async def result_plan(planner: Planner, result: Result) -> RowMasker:
             st.plans[key] = plan
     result.plan = plan
     return plan
+
+
+# Parameters the server reports (GUC_REPORT) whose values come from a fixed set, or
+# are numbers (session_authorization: replaced by the identity's subject).
+_FIXED_PARAMETERS = frozenset(
+    {"client_encoding", "DateStyle", "IntervalStyle", "default_transaction_read_only"}
+    | {"in_hot_standby", "integer_datetimes", "is_superuser", "server_encoding"}
+    | {"server_version", "session_authorization", "standard_conforming_strings"}
+    | {"scram_iterations"}
+)
+
+
+def parameter_value(planner: Planner, session: Session, name: str, value: str) -> str:
+    """A reported parameter (ParameterStatus) as a masking session may see it.  Code
+    hoopy cannot see may set a free-text one to anything — a function's
+    `set_config('application_name', email, false)` — so unless one of the agent's
+    latest statements holds the value (`SET application_name = 'etl'`), it is masked
+    like a value hoopy cannot trace."""
+    if name in _FIXED_PARAMETERS or not value:
+        return value
+    if any(value in text for text in planner.recent_texts):
+        return value  # the agent wrote it (a parameter is reported at the batch's end)
+    masks = identity_masks(session.policies, session.identity, session.connector)
+    return planner.mask_untraced_text(masks, value)
 
 
 def notification(planner: Planner | None, session: Session, ev: pg.NotificationResponse) -> bytes:

@@ -55,6 +55,7 @@ from hoopy.protocols.postgres.maskwire import (
     mask_message_fields,
     message_masks,
     notification,
+    parameter_value,
     result_plan,
     statement_masks,
     track,
@@ -832,6 +833,8 @@ class Relay(Pipeline):
         if isinstance(ev, pg.ParameterStatus):
             self._check_param(ev.name, ev.value)
             value = self._scrub_param(ev.name, ev.value)
+            if self.planner is not None and self.session is not None:
+                value = parameter_value(self.planner, self.session, ev.name, value)
             return ev.raw if value == ev.value else pg.parameter_status(ev.name, value)
         if isinstance(ev, pg.CopyData):
             self.result.add_copy(ev.data)

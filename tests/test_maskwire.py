@@ -13,7 +13,11 @@ from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.classify import classify
 from hoopy.protocols.postgres.lineage import QualName, Relation
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
-from hoopy.protocols.postgres.maskwire import mask_message_fields, notification_response
+from hoopy.protocols.postgres.maskwire import (
+    Unattributed,
+    mask_message_fields,
+    notification_response,
+)
 
 PII = Masks((MaskRule("pii", columns=("customers.email",), detectors=("email",)),))
 DETECT = Masks((MaskRule("scan", detectors=("email",)),))
@@ -128,18 +132,21 @@ def _sm(sql: str, reads: bool, masks: Masks = PII) -> StatementMasks:
 def test_data_errors_of_statements_reading_masked_columns_are_withheld() -> None:
     sql = "SELECT get_byte('\\x00'::bytea, 1000000000 + id) FROM customers"
     fields = {"S": "ERROR", "C": "2202E", "M": "index 1078051120 out of valid range, 0..0"}
+    fields["F"] = "varlena.c"  # the server's own code composed it
     out = mask_message_fields(fields, _sm(sql, True))
     assert out["C"] == "2202E" and "1078051120" not in out["M"]
     assert "withheld by hoopy" in out["M"] and "SQLSTATE 2202E" in out["M"]
     assert mask_message_fields(fields, _sm(sql, False)) is fields  # nothing masked read
     chr_error = {"C": "54000", "M": "requested character too large for encoding: 2001120"}
+    chr_error["F"] = "oracle_compat.c"
     assert "2001120" not in mask_message_fields(chr_error, _sm(sql, True))["M"]
-    lo = {"C": "42704", "M": "large object 219099999 does not exist"}
+    lo = {"C": "42704", "M": "large object 219099999 does not exist", "F": "inv_api.c"}
     masked_lo = mask_message_fields(lo, _sm(sql, True))["M"]  # withheld: not class 22, still
     assert "219099999" not in masked_lo and "SQLSTATE 42704" in masked_lo
     quote_trick = {"C": "42704", "M": 'unrecognized configuration parameter "x"alice.secret"'}
+    quote_trick["F"] = "guc.c"
     assert "alice" not in mask_message_fields(quote_trick, _sm(sql, True))["M"]
-    typo = {"C": "42703", "M": 'column "emial" does not exist'}  # only what the agent wrote
+    typo = {"C": "42703", "M": 'column "emial" does not exist', "F": "parse_relation.c"}
     assert mask_message_fields(typo, _sm("SELECT emial FROM customers", True)) is typo
 
 
@@ -160,3 +167,64 @@ def test_a_masked_notification_is_a_valid_message() -> None:
     ev = events[-1]
     assert isinstance(ev, pg.NotificationResponse)
     assert (ev.pid, ev.channel, ev.payload, ev.raw) == (4242, "pii", "****", raw)
+
+
+RAISED = {  # RAISE EXCEPTION USING MESSAGE = email, ERRCODE = '23505', COLUMN = email …
+    "S": "ERROR", "V": "ERROR", "C": "23505", "M": "alice@example.com", "D": "alice@example.com",
+    "H": "alice@example.com", "W": "PL/pgSQL function f(integer) line 3 at RAISE",
+    "c": "alice@example.com", "n": "alice@example.com", "t": "alice@example.com",
+    "s": "alice@example.com", "d": "alice@example.com", "q": "alice@example.com", "p": "1",
+    "F": "pl_exec.c", "L": "3907", "R": "exec_stmt_raise",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("code", ["23505", "42501", "01001", "22000", "00000", "P0001", "42601"])
+@pytest.mark.parametrize("severity", ["NOTICE", "WARNING", "ERROR", "INFO"])
+def test_messages_of_code_hoopy_cannot_see_are_withheld_whole(code: str, severity: str) -> None:
+    fields = {**RAISED, "C": code, "S": severity, "V": severity}
+    for sm in (_sm("SELECT f(1)", True), _sm("SELECT 1", False), Unattributed(PII)):
+        out = mask_message_fields(fields, sm)
+        assert "alice" not in str(out)
+        assert out["C"] == code and out["S"] == severity and "withheld by hoopy" in out["M"]
+        assert set(out) <= {"S", "V", "C", "M", "F", "L", "R", "P"}
+    # without column rules the detectors scan every field, the names ones too
+    out = mask_message_fields(fields, _sm("SELECT f(1)", True, DETECT))
+    assert "alice" not in str(out)
+
+
+def test_the_servers_own_messages_keep_their_names() -> None:
+    unique = {
+        "S": "ERROR", "C": "23505", "F": "nbtinsert.c", "R": "_bt_check_unique",
+        "M": 'duplicate key value violates unique constraint "kv_pkey"',
+        "D": "Key (k)=(alice@example.com) already exists.", "s": "public", "t": "kv",
+        "n": "kv_pkey",
+    }  # fmt: skip
+    out = mask_message_fields(unique, _sm("INSERT INTO kv SELECT f(1)", True))
+    assert out["M"] == unique["M"] and out["n"] == "kv_pkey" and out["t"] == "kv"
+    assert out["D"] == "Key (k)=(****) already exists."
+    own = {**unique, "D": "Key (k)=(mine) already exists."}
+    mine = mask_message_fields(own, _sm("INSERT INTO kv VALUES ('mine')", True))
+    assert mine["D"] == own["D"]  # the value the agent wrote itself
+    # a message hoopy cannot place (a deferred constraint at a Sync): key values masked
+    plain = {**unique, "D": "Key (k)=(secret) already exists."}
+    later = mask_message_fields(plain, Unattributed(PII))
+    assert later["D"] == "Key (k)=(****) already exists." and later["M"] == unique["M"]
+    parse_error = {"S": "ERROR", "C": "42703", "F": "parse_relation.c", "M": 'column "x" …'}
+    assert mask_message_fields(parse_error, Unattributed(PII)) is parse_error
+
+
+def test_internal_queries_and_json_contexts_do_not_carry_values() -> None:
+    dyn = {
+        "S": "ERROR", "C": "42601", "F": "scan.l", "M": 'syntax error at or near "@"',
+        "q": "SELECT alice@example.com", "p": "13",
+        "W": "PL/pgSQL function f(integer) line 1 at EXECUTE",
+    }  # fmt: skip
+    out = mask_message_fields(dyn, _sm("SELECT f(1)", True))
+    assert "q" not in out and "p" not in out and "alice" not in str(out)
+    json_err = {
+        "S": "ERROR", "C": "22P02", "F": "jsonfuncs.c",
+        "M": "invalid input syntax for type json", 'D': 'Token "alice" is invalid.',
+        "W": "JSON data, line 1: {alice...",
+    }  # fmt: skip
+    out = mask_message_fields(json_err, _sm("SELECT email::json FROM customers", True))
+    assert "alice" not in str(out)

@@ -149,7 +149,7 @@ def test_copy_text_rows_are_unescaped_masked_and_escaped() -> None:
 def test_copy_csv_rows_with_quotes_and_header() -> None:
     act = whole_action(ColumnType(25, STRING), False, "redact", b"", "null", "r", counts())
     m = RowMasker([None, act], counts())
-    fmt = CopyFormat.of({"format": "csv", "header": "true"})
+    fmt = CopyFormat(csv=True, delimiter=b",", null=b"", header=True)
     assert m.rewrite_copy(b"id,email\n", fmt) == b"id,email\n"
     assert m.rewrite_copy(b'1,"a,""b""@x.com"\n', fmt) == b"1,****\n"
     assert m.rewrite_copy(b"2,\n", fmt) == b"2,\n"  # NULL stays NULL
@@ -222,3 +222,11 @@ def test_result_formats_expand() -> None:
     assert result_formats((1,), 2) == (1, 1)
     assert result_formats((0, 1), 2) == (0, 1)
     assert NOTHING.mask is None
+
+
+def test_copy_text_rows_with_escaped_delimiters_keep_their_columns() -> None:
+    act = whole_action(ColumnType(25, STRING), False, "redact", b"", "null", "r", counts())
+    m = RowMasker([None, act, None], counts())
+    fmt = CopyFormat(delimiter=b",")
+    row = b"a\\,b,secret\\,x,c\\\\\n"
+    assert m.rewrite_copy(row, fmt) == b"a\\,b,****,c\\\\\n"

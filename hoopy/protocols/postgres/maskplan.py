@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
 from hoopy.protocols.postgres.catalog import TTL, Catalog, CatalogUnavailable, RelInfo, TypeInfo
 from hoopy.protocols.postgres.classify import STATISTICS_CATALOGS
+from hoopy.protocols.postgres.copyopts import CopyFormat, UnreadableCopy, copy_format
 from hoopy.protocols.postgres.messages import FieldDescription
 from hoopy.protocols.postgres.rowmask import (
     BUILTIN_FAMILIES,
@@ -56,7 +57,6 @@ from hoopy.protocols.postgres.rowmask import (
     TEXTUAL,
     Action,
     ColumnType,
-    CopyFormat,
     Counts,
     RowMasker,
     detector_action,
@@ -77,6 +77,7 @@ class StatementMasks:
     masks: Masks
     lineage: Lineage = None  # per output column; None: not traced
     copy: CopyFormat | None = None  # COPY … TO STDOUT options
+    copy_unreadable: str = ""  # why hoopy cannot read this COPY's options ("" if it can)
     trusted: bool = True  # False: the catalog could not be trusted for this statement
     # Columns the server names by table OID (RowDescription) may still be traced by that
     # OID when only names were untrusted: an OID resolves the same in every session.
@@ -115,6 +116,9 @@ class Planner:
     # traced by name.  Either way, columns the server names by OID are traced by OID.
     relations_untrusted: bool = False
     names_untrusted: bool = False
+    # Texts of the latest statements the agent sent: a reported parameter (SET
+    # application_name = …) arrives at the end of its batch (maskwire.parameter_value).
+    recent_texts: deque[str] = field(default_factory=lambda: deque(maxlen=64))
     _maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
     # (lineage, whether the text runs code hoopy cannot see into: None until asked)
     _lineage: dict[tuple[str, int, bool], tuple[Lineage, bool | None]] = field(default_factory=dict)
@@ -134,7 +138,12 @@ class Planner:
 
     # ---- before forwarding -------------------------------------------------------------
     async def statement(self, cmd: Command, masks: Masks) -> StatementMasks:
-        sm = StatementMasks(cmd, masks, copy=copy_format(cmd), planner=self)
+        sm = StatementMasks(cmd, masks, planner=self)
+        if "copy" in cmd.kinds:
+            try:
+                sm.copy = copy_format(cmd.text)
+            except UnreadableCopy as e:
+                sm.copy_unreadable = str(e)
         await self._fill(sm)
         return sm
 
@@ -553,38 +562,3 @@ def _column_rule(
         return None
     style = strictest(r.style for r in hits)
     return next(r for r in hits if r.style == style)
-
-
-def copy_format(cmd: Command) -> CopyFormat | None:
-    """Options of a COPY … TO STDOUT statement (None for anything else)."""
-    if "copy" not in cmd.kinds:
-        return None
-    import json as _json
-
-    from pglast import parser
-
-    try:
-        tree = _json.loads(parser.parse_sql_json(cmd.text))
-        stmt = tree["stmts"][0]["stmt"].get("CopyStmt")
-    except Exception:
-        return CopyFormat()
-    if not stmt or stmt.get("is_from"):
-        return None
-    opts: dict[str, str] = {}
-    for o in stmt.get("options", []) or []:
-        d = o.get("DefElem", {})
-        name = str(d.get("defname", "")).lower()
-        arg = d.get("arg")
-        opts[name] = _defelem_value(arg)
-    return CopyFormat.of(opts)
-
-
-def _defelem_value(arg: Any) -> str:
-    if arg is None:
-        return ""
-    if isinstance(arg, dict):
-        for k in ("String", "Integer", "Boolean", "Float"):
-            if k in arg:
-                v = arg[k]
-                return str(next(iter(v.values()), "")) if v else ""
-    return str(arg)

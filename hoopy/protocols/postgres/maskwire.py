@@ -5,10 +5,15 @@ Functions of the masking state (maskplan.Planner and StatementMasks,
 results.ResultTracker) that relay.Relay calls for masking sessions only — and
 `notification`, which every session calls for NotificationResponse messages.
 
-Errors: quoted values the agent did not write are masked; for statements that may
-read masked columns, data errors (SQLSTATE classes 22 and 54: `index 1078051120 out
-of valid range`) describe the offending value unquoted, so their message and detail
-are withheld, and other unquoted numbers the agent did not write are masked.
+Errors and notices: one raised by code hoopy cannot see (RAISE, ASSERT, a PL or an
+extension: not from the server's own source files, pgsources) may hold anything in any
+field under any SQLSTATE, so while column rules apply it is withheld whole.  In the
+server's own, quoted values the agent did not write are masked; for statements that
+may read masked columns, data errors (SQLSTATE classes 22 and 54: `index 1078051120
+out of valid range`) describe the offending value unquoted, so their message, detail
+and context are withheld, and other unquoted numbers the agent did not write are
+masked.  A message hoopy cannot place in a statement (a Bind planning, a Sync's
+commit) is masked by every rule that can apply to the identity.
 
 Notifications (LISTEN / NOTIFY): a payload may come from any session — a trigger's
 `pg_notify(ch, row_to_json(NEW)::text)` — so hoopy cannot know what it derives from:
@@ -27,14 +32,16 @@ from hoopy.errors import CommandDenied
 from hoopy.policy import Command, Decision, Masks, identity_masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import CatalogUnavailable
+from hoopy.protocols.postgres.copyopts import CopyFormat
 from hoopy.protocols.postgres.lineage import (
     ALL_NAMES,
     name_resolution_change,
     search_path_schemas,
 )
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
+from hoopy.protocols.postgres.pgsources import from_server_code
 from hoopy.protocols.postgres.results import Result, ResultTracker
-from hoopy.protocols.postgres.rowmask import CopyFormat, RowMasker
+from hoopy.protocols.postgres.rowmask import RowMasker
 from hoopy.session import Session
 
 # Statements that cannot change what a relation's columns mean.  Anything else (DDL,
@@ -122,54 +129,125 @@ def _withheld(code: str) -> str:
     )
 
 
-def mask_message_fields(fields: dict[str, str], sm: StatementMasks) -> dict[str, str]:
-    """Errors and notices must not carry what results may not."""
+# Fields a message's text may be in.  s/t/c/d/n (schema, table, column, data type,
+# constraint) hold names when the server composes them, anything when code sets them
+# (RAISE … USING COLUMN = …).
+_TEXT_FIELDS = (*_MESSAGE_FIELDS, "s", "t", "c", "d", "n")
+# What stays of a message from code hoopy cannot see: severity, SQLSTATE, the server
+# source position (F, L, R: fixed by the server) and the position in the agent's text.
+_OPAQUE_KEPT = ("S", "V", "C", "P", "F", "L", "R")
+
+
+class Unattributed:
+    """A message hoopy cannot place in a statement (one raised while a Bind plans a
+    query, at a Sync's commit, of a statement hoopy lost track of): the masks that can
+    apply to the identity, for messages of code hoopy cannot see."""
+
+    def __init__(self, masks: Masks) -> None:
+        self.masks = masks
+
+
+def message_masks(session: Session, current: Any) -> StatementMasks | Unattributed | None:
+    """What masks the next ErrorResponse or NoticeResponse: its statement's, or every
+    rule that can apply to the identity when hoopy cannot tell its statement."""
+    if isinstance(current, StatementMasks):
+        return current
+    masks = identity_masks(session.policies, session.identity, session.connector)
+    return Unattributed(masks) if masks else None
+
+
+def mask_message_fields(
+    fields: dict[str, str], sm: StatementMasks | Unattributed
+) -> dict[str, str]:
+    """Errors and notices must not carry what results may not.
+
+    A message from code hoopy cannot see (pgsources.from_server_code: RAISE, ASSERT,
+    any PL or extension) is withheld whole, whatever its SQLSTATE and severity, while
+    column rules apply.  The server's own messages are scrubbed of what the agent did
+    not write, and withheld when they describe a value of a statement reading masked
+    columns."""
+    masks = sm.masks
     out = dict(fields)
-    text = sm.command.text
-    if sm.masks.column_rules:
-        code = fields.get("C", "")
-        reads = sm.reads_masked or sm.stale
-
-        def unseen(m: re.Match[str]) -> str:
-            inner = m.group(1) if m.lastindex else m.group(0)
-            if inner and inner in text:
-                return m.group(0)
-            return m.group(0).replace(inner, "****") if inner else m.group(0)
-
-        for k in _MESSAGE_FIELDS:
-            if k == "M" and code.startswith("23"):
-                continue  # integrity errors name only relations, columns and constraints
-            if k in out:
-                v = _FAILING_ROW.sub(r"\1(****)", out[k])
-                v = _KEY_VALUES.sub(unseen, v)
-                v = _QUOTED.sub(unseen, v)
-                if reads and k in "MDHW":
-                    v = _unquoted_numbers(v, text)
-                out[k] = v
-        # classes 00-02: notices and warnings; 23: integrity errors (see _KEPT_ERRORS)
-        withhold = not (code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02")))
-        if reads and withhold and fields.get("S", fields.get("V", "")) != "NOTICE":
-            # Data errors describe the offending value, not always quoted (`index
-            # 1078051120 out of valid range`, an XML parser's DETAIL quoting the
-            # document's line): withheld, not scrubbed.  The SQLSTATE stays.
-            out["M"] = _withheld(code)
-            if "D" in out:
-                out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
-        elif code.startswith("22") and "D" in out:
-            out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
-        if user_code(sm) and fields.get("C", "") in ("00000", "P0001", "01000"):
-            # RAISE from a function whose output hoopy cannot trace
-            out["M"] = "message from database code withheld by hoopy: mask rules apply"
-            out.pop("D", None)
-            out.pop("H", None)
-    if sm.masks.detectors:
+    debug = fields.get("V", fields.get("S", "")) in ("LOG", "DEBUG")
+    if masks.column_rules and (debug or not from_server_code(fields)):
+        # LOG and DEBUG reach a client that asks (client_min_messages): the server's
+        # own then dump plans and parse trees, with the constants a function's query
+        # was run with (debug_print_plan) — withheld whole as well
+        out = {k: v for k, v in fields.items() if k in _OPAQUE_KEPT}
+        out["M"] = (
+            f"message from database code (SQLSTATE {fields.get('C', '')}) withheld by "
+            "hoopy: mask rules apply and hoopy cannot see what it holds"
+        )
+    elif masks.column_rules and isinstance(sm, StatementMasks):
+        out = _mask_server_message(out, sm)
+    elif masks.column_rules:
+        out = _mask_unattributed(out)
+    written = sm.command.text if isinstance(sm, StatementMasks) else ""
+    if masks.column_rules and "q" in out and out["q"] not in written:
+        # an internal query (dynamic SQL of a function) is code's text, data and all
+        out.pop("q", None)
+        out.pop("p", None)
+    if masks.detectors:
         from hoopy.masking import ValueMasker
 
-        masker = ValueMasker(sm.masks.detectors)
-        for k in _MESSAGE_FIELDS:
+        masker = ValueMasker(masks.detectors)
+        for k in _TEXT_FIELDS:
             if k in out:
                 out[k] = masker.mask_text(out[k])[0]
     return out if out != fields else fields
+
+
+def _mask_unattributed(out: dict[str, str]) -> dict[str, str]:
+    """A message the server composed, outside any statement hoopy can name: key values
+    and failing rows (a deferred constraint checked at a Sync's commit) are masked, and
+    a data error's quoted values; other quoted text is a Parse's names, kept."""
+    data = out.get("C", "")[:2] in ("22", "54")
+    for k in _MESSAGE_FIELDS:
+        if k in out:
+            v = _FAILING_ROW.sub(r"\1(****)", out[k])
+            v = _KEY_VALUES.sub(lambda m: m.group(0).replace(m.group(1), "****"), v)
+            out[k] = _QUOTED.sub(lambda m: '"****"', v) if data else v
+    return out
+
+
+def _mask_server_message(out: dict[str, str], sm: StatementMasks) -> dict[str, str]:
+    """A message the server composed, for a statement column rules apply to."""
+    text = sm.command.text
+    code = out.get("C", "")
+    # A context (W) tells the error arose in code the statement ran — a trigger, a
+    # function, a rule's query — which may read masked columns whatever the text shows.
+    reads = sm.reads_masked or sm.stale or bool(out.get("W"))
+
+    def unseen(m: re.Match[str]) -> str:
+        inner = m.group(1) if m.lastindex else m.group(0)
+        if inner and inner in text:
+            return m.group(0)
+        return m.group(0).replace(inner, "****") if inner else m.group(0)
+
+    for k in _MESSAGE_FIELDS:
+        if k == "M" and code.startswith("23"):
+            continue  # the server's integrity errors name only relations and constraints
+        if k in out:
+            v = _FAILING_ROW.sub(r"\1(****)", out[k])
+            v = _KEY_VALUES.sub(unseen, v)
+            v = _QUOTED.sub(unseen, v)
+            if reads and k in "MDHW":
+                v = _unquoted_numbers(v, text)
+            out[k] = v
+    # classes 00-02: notices and warnings; 23: integrity errors (see _KEPT_ERRORS)
+    withhold = not (code in _KEPT_ERRORS or code.startswith(("23", "00", "01", "02")))
+    if reads and withhold and out.get("S", out.get("V", "")) != "NOTICE":
+        # Data errors describe the offending value, not always quoted (`index
+        # 1078051120 out of valid range`, an XML parser's DETAIL quoting the
+        # document's line, JSON's CONTEXT `JSON data, line 1: …`): withheld, not
+        # scrubbed.  The SQLSTATE stays.
+        out["M"] = _withheld(code)
+        for k in ("D", "W"):
+            if k in out:
+                out[k] = "withheld by hoopy: mask rules apply to this statement"
+    elif code.startswith("22") and "D" in out:
+        out["D"] = "detail withheld by hoopy: mask rules apply to this statement"
+    return out
 
 
 def _unquoted_numbers(v: str, text: str) -> str:
@@ -182,20 +260,13 @@ def _unquoted_numbers(v: str, text: str) -> str:
     return "".join(parts)
 
 
-def user_code(sm: StatementMasks) -> bool:
-    """Does the statement run code whose output hoopy cannot trace?"""
-    lineage = sm.lineage if sm.trusted else None
-    return lineage is None or any(col is None for col in lineage)
-
-
 def copy_format(result: Result) -> CopyFormat:
+    """How this COPY's rows are written.  Unknown (not a COPY TO hoopy read): text
+    without a header, so every line is taken for data (and masked) — none passes as
+    column names."""
     sm = result.statement.mask
     fmt = sm.copy if isinstance(sm, StatementMasks) else None
-    if fmt is None:
-        fmt = CopyFormat()
-        if isinstance(sm, StatementMasks):
-            sm.copy = fmt
-    return fmt
+    return CopyFormat() if fmt is None else fmt
 
 
 def count_tree(counts: Any) -> dict[str, dict[str, int]]:
@@ -224,6 +295,7 @@ async def statement_masks(
 ) -> StatementMasks | None:
     """How this allowed statement's results are masked; raises CommandDenied to refuse
     what cannot be masked (recorded as `refused`)."""
+    planner.recent_texts.append(cmd.text)
     if not cmd.kinds.isdisjoint(("fetch", "move")):
         # a cursor's rows come from a statement declared earlier, perhaps under
         # other mask rules: every rule that can apply to this identity applies
@@ -255,6 +327,12 @@ async def _masks_for(
         session.record("refused", text=cmd.text, reason=why, masks=rules)
         return CommandDenied(message)
 
+    if sm.copy_unreadable:
+        raise refuse(
+            f"unreadable COPY options: {sm.copy_unreadable}",
+            f"mask rule(s) {rules} apply to this COPY and {sm.copy_unreadable}: hoopy "
+            "masks COPY only with options it reads as the server does",
+        )
     if sm.copy is not None and sm.copy.binary:
         raise refuse(
             "binary COPY cannot be masked",
@@ -295,6 +373,30 @@ async def result_plan(planner: Planner, result: Result) -> RowMasker:
             st.plans[key] = plan
     result.plan = plan
     return plan
+
+
+# Parameters the server reports (GUC_REPORT) whose values come from a fixed set, or
+# are numbers (session_authorization: replaced by the identity's subject).
+_FIXED_PARAMETERS = frozenset(
+    {"client_encoding", "DateStyle", "IntervalStyle", "default_transaction_read_only"}
+    | {"in_hot_standby", "integer_datetimes", "is_superuser", "server_encoding"}
+    | {"server_version", "session_authorization", "standard_conforming_strings"}
+    | {"scram_iterations"}
+)
+
+
+def parameter_value(planner: Planner, session: Session, name: str, value: str) -> str:
+    """A reported parameter (ParameterStatus) as a masking session may see it.  Code
+    hoopy cannot see may set a free-text one to anything — a function's
+    `set_config('application_name', email, false)` — so unless one of the agent's
+    latest statements holds the value (`SET application_name = 'etl'`), it is masked
+    like a value hoopy cannot trace."""
+    if name in _FIXED_PARAMETERS or not value:
+        return value
+    if any(value in text for text in planner.recent_texts):
+        return value  # the agent wrote it (a parameter is reported at the batch's end)
+    masks = identity_masks(session.policies, session.identity, session.connector)
+    return planner.mask_untraced_text(masks, value)
 
 
 def notification(planner: Planner | None, session: Session, ev: pg.NotificationResponse) -> bytes:

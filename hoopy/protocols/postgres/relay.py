@@ -53,7 +53,9 @@ from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import (
     copy_format,
     mask_message_fields,
+    message_masks,
     notification,
+    parameter_value,
     result_plan,
     statement_masks,
     track,
@@ -789,8 +791,8 @@ class Relay(Pipeline):
                 out.append(ev.raw)
                 continue
             elif t is pg.ErrorResponse:
-                current = tracker.current_mask()
-                current = current if isinstance(current, StatementMasks) else None
+                assert self.session is not None
+                current = message_masks(self.session, tracker.current_mask())
                 tracker.error()
                 out.append(self._on_error(cast(pg.ErrorResponse, ev), current))
                 continue
@@ -850,6 +852,8 @@ class Relay(Pipeline):
         if isinstance(ev, pg.ParameterStatus):
             self._check_param(ev.name, ev.value)
             value = self._scrub_param(ev.name, ev.value)
+            if self.planner is not None and self.session is not None:
+                value = parameter_value(self.planner, self.session, ev.name, value)
             return ev.raw if value == ev.value else pg.parameter_status(ev.name, value)
         if isinstance(ev, pg.CopyData):
             self.result.add_copy(ev.data)
@@ -882,9 +886,9 @@ class Relay(Pipeline):
 
     def _scrub_notice(self, ev: pg.NoticeResponse) -> bytes:
         fields = ev.fields
-        if self.tracker is not None:
-            current = self.tracker.current_mask()
-            if isinstance(current, StatementMasks):
+        if self.tracker is not None and self.session is not None:
+            current = message_masks(self.session, self.tracker.current_mask())
+            if current is not None:
                 fields = mask_message_fields(fields, current)
         return self._rewrite_fields(fields, ev.raw if fields is ev.fields else b"", b"N")
 

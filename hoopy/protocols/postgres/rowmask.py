@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hoopy.masking import REDACTED, Span, ValueMasker, mask_whole
+from hoopy.protocols.postgres.copyopts import CopyFormat
 
 Value = bytes | None
 # An action maps a column's values to their replacements: the whole list, or only the
@@ -316,6 +317,7 @@ class RowMasker:
         self.null_everything = False
         self._tag: tuple[str, str] = ("", "unknown")
         self._compiled: tuple[Any, Any] | None = None
+        self._copy_started = False  # a COPY row went through (one masker per COPY)
 
     @classmethod
     def nulls(cls, counts: Counts, tag: tuple[str, str] = ("", "unknown")) -> RowMasker:
@@ -420,16 +422,17 @@ class RowMasker:
             return data
         if self.null_everything:
             raise ValueError("COPY rows of an unknown statement cannot be masked")
-        if fmt.header_pending:
-            fmt.header_pending = False  # column names, not data
+        if fmt.header and not self._copy_started:
+            self._copy_started = True  # the first line is column names, not data
             return data
+        self._copy_started = True
         if fmt.csv:
             return self._copy_csv(data, fmt)
         return self._copy_text(data, fmt)
 
     def _copy_text(self, data: bytes, fmt: CopyFormat) -> bytes:
         nl = data.endswith(b"\n")
-        fields = (data[:-1] if nl else data).split(fmt.delimiter)
+        fields = _text_split(data[:-1] if nl else data, fmt.delimiter)
         if len(fields) != len(self.actions):
             return fmt.delimiter.join([fmt.null] * len(fields)) + (b"\n" if nl else b"")
         for i in self.masked:
@@ -554,30 +557,6 @@ def _compile(kinds: list[int]) -> tuple[Any, Any]:
     return _compile_cached(tuple(kinds))
 
 
-@dataclass
-class CopyFormat:
-    """COPY TO options that shape its rows (from the statement, defaults as PostgreSQL's)."""
-
-    csv: bool = False
-    delimiter: bytes = b"\t"
-    null: bytes = b"\\N"
-    quote: bytes = b'"'
-    escape: bytes = b'"'
-    header_pending: bool = False
-    binary: bool = False
-
-    @classmethod
-    def of(cls, options: dict[str, str]) -> CopyFormat:
-        csv = options.get("format", "text").lower() == "csv"
-        delimiter = options.get("delimiter", "," if csv else "\t").encode()
-        null = options.get("null", "" if csv else "\\N").encode()
-        quote = options.get("quote", '"').encode()
-        escape = options.get("escape", quote.decode()).encode()
-        header = options.get("header", "false").lower() in ("true", "on", "1", "match", "")
-        binary = options.get("format", "text").lower() == "binary"
-        return cls(csv, delimiter, null, quote, escape, header, binary)
-
-
 _UNESCAPES = {
     ord("b"): b"\b", ord("f"): b"\f", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t",
     ord("v"): b"\v", ord("\\"): b"\\",
@@ -598,6 +577,26 @@ def _copy_unescape(v: bytes) -> bytes:
             out.append(c)
             i += 1
     return bytes(out)
+
+
+def _text_split(line: bytes, delimiter: bytes) -> list[bytes]:
+    """Text COPY fields: the server writes a delimiter inside a value as `\\` + it."""
+    if b"\\" not in line:
+        return line.split(delimiter)
+    fields: list[bytes] = []
+    start = i = 0
+    d, n = delimiter[0], len(line)
+    while i < n:
+        c = line[i]
+        if c == 0x5C:
+            i += 2  # an escape and the byte it escapes
+        elif c == d:
+            fields.append(line[start:i])
+            start = i = i + 1
+        else:
+            i += 1
+    fields.append(line[start:])
+    return fields
 
 
 def _copy_escape(v: bytes, delimiter: bytes = b"\t") -> bytes:

@@ -6,7 +6,8 @@ in ways hoopy learns only from the answers: a Parse it refuses (a name in use) l
 the old statement; an error discards everything up to Sync; a COPY FROM STDIN makes it
 ignore a Sync; a SET can change how the next text is read.  `Pipeline` (a base class of
 `relay.Relay`) keeps that bookkeeping, so that EXECUTE, Bind and the policy are about
-what the server will really run.
+what the server will really run.  The session's portals (and the batch counts) are
+its `names` (namespaces.py), which masking reads too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hoopy.errors import CommandDenied, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.namespaces import ALL, Binding, Changes, Namespaces, changes_of
 from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
 from hoopy.recorder import encode_members
 
@@ -31,8 +33,7 @@ class Pipeline:
 
     session: Session | None
     prepared: dict[str, tuple[Command, ...]]  # what the server holds, by name
-    batches_sent: int
-    batches_done: int
+    names: Namespaces  # portals, and the batch counts below
     result: ResultLog
     binds_unwritten: bool  # Bind events chained but not yet written
     unsynced_execute: bool  # an Execute went to the server since the last Sync
@@ -51,16 +52,33 @@ class Pipeline:
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
     silent_ready: set[int]  # batches ended by hoopy's own Sync: their ReadyForQuery is not sent
     # per (statement name, id(commands)): the commands, the encoded statement part of
-    # their Bind events, and whether they are a COPY FROM STDIN
+    # their Bind events, whether they are a COPY FROM STDIN, what they change in the
+    # namespaces when a portal of them runs
     _bind_statics: dict[
         tuple[str, int],
-        tuple[tuple[Command, ...] | None, tuple[bytes, dict[str, Any]], bool],
+        tuple[tuple[Command, ...] | None, tuple[bytes, dict[str, Any]], bool, Changes | None],
     ]
     # id(statement) -> (statement, the session's schemas then, what its Bind needs): see
     # relay._bind_gate
     _gates: dict[int, tuple[tuple[Command, ...], tuple[str, ...] | None, str]]
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     tracker: ResultTracker | None  # masking sessions
+
+    @property
+    def batches_sent(self) -> int:
+        return self.names.sent
+
+    @batches_sent.setter
+    def batches_sent(self, value: int) -> None:
+        self.names.sent = value
+
+    @property
+    def batches_done(self) -> int:
+        return self.names.done
+
+    @batches_done.setter
+    def batches_done(self, value: int) -> None:
+        self.names.done = value
 
     def _flush(self, out: list[bytes]) -> None:
         raise NotImplementedError  # relay.Relay: forward what the batch holds
@@ -167,6 +185,8 @@ class Pipeline:
         self.unconfirmed = deque(
             (b, n, None if name is None or n == name else c, p) for b, n, c, p in self.unconfirmed
         )
+        if self.tracker is not None:  # masking follows the same decision
+            self.tracker.forget(name)
 
     def _copy_starts(self) -> None:
         self.copy_in_flight = True
@@ -190,8 +210,9 @@ class Pipeline:
         if settled is not None and not settled.done():
             settled.set_result(None)
 
-    def _record_bind(self, bind: pg.Bind) -> None:
-        """Which values a statement runs with: chained now, written before it runs."""
+    def _record_bind(self, bind: pg.Bind) -> Binding:
+        """Which values a statement runs with: chained now, written before it runs.
+        Returns the portal's new entry in `names`."""
         session = self.session
         assert session is not None
         session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
@@ -212,21 +233,39 @@ class Pipeline:
                 cmds,
                 (encode_members(fields), fields),
                 copies_in(cmds),
+                changes_of(cmds or ()),
             )
-        _, static, self._portal_copies[bind.portal] = known
+        _, static, self._portal_copies[bind.portal], changes = known
         session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
+        return self.names.bind(bind.portal, changes)
+
+    def _executes(self, portal: str) -> None:
+        """An Execute of `portal` forwarded: SQL in its statement that changes names
+        (a Parse of DEALLOCATE, PREPARE, CLOSE, DECLARE …) runs now, at every Execute."""
+        for b in list(self.names.portal(portal)):
+            if b.changes is not None:
+                for name in b.changes.statements:
+                    self._forget(None if name == ALL else name)
+                self.names.apply(b.changes)
 
     def _on_close(self, ev: pg.Close) -> None:
         if ev.kind == "S":
             self.prepared.pop(ev.name, None)
+        else:
+            self.names.close(ev.name)
         if self.tracker is not None:
             self.tracker.close(ev.kind, ev.name)
 
     def _track_sql_prepared(self, cmds: tuple[Command, ...], protocol: bool = False) -> None:
-        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements.
-        `protocol`: they came in a Parse, so run at an Execute hoopy does not follow to
-        its end: the names they touch become unknown at once."""
+        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements,
+        CLOSE/DECLARE that of portals (`names`).  `protocol`: they came in a Parse and
+        run at each Execute of a portal of it (`_executes`); the statement names they
+        touch become unknown at once too."""
+        if not protocol:
+            changes = changes_of(cmds)
+            if changes is not None:
+                self.names.apply(changes)
         for c in cmds:
             if "prepare" in c.kinds and "execute" not in c.kinds:
                 name = prepared_name(c.text)
@@ -245,7 +284,7 @@ class Pipeline:
 
 
 # A statement of these kinds means something that depends on what ran before it
-SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
+SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard", "close", "declare"})
 
 
 def copies_in(cmds: tuple[Command, ...] | None) -> bool:
@@ -263,3 +302,16 @@ def prepared_name(text: str) -> str:
         return ""
     name = getattr(stmt, "name", None)
     return str(name) if name else ""
+
+
+def executed_portals(raw: bytes, types: bytes) -> list[str]:
+    """The portal names of the Execute messages in a Passthrough run."""
+    out: list[str] = []
+    pos = 0
+    for t in types:
+        stop = pos + 1 + int.from_bytes(raw[pos + 1 : pos + 5], "big")
+        if t == 0x45:
+            end = raw.find(b"\0", pos + 5, stop)
+            out.append(raw[pos + 5 : end].decode("utf-8", "replace"))
+        pos = stop
+    return out

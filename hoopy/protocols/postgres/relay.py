@@ -58,11 +58,12 @@ from hoopy.protocols.postgres.maskwire import (
     statement_masks,
     track,
 )
+from hoopy.protocols.postgres.namespaces import stale_execute
 from hoopy.protocols.postgres.pipeline import (
     SESSION_STATE_KINDS,
     Pipeline,
     copies_in,
-    prepared_name,
+    executed_portals,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
@@ -143,8 +144,6 @@ class Relay(Pipeline):
     prepared: dict[str, tuple[Command, ...]]
     marker: str
     refusals: deque[tuple[int, HoopyError]]
-    batches_sent: int
-    batches_done: int
     result: ResultLog
     scrub_words: tuple[str, ...]
     outcome: str
@@ -366,39 +365,21 @@ class Relay(Pipeline):
         hit = self._gates.get(id(cmds))  # the entry holds cmds: its id stays its own
         if hit is not None and hit[0] is cmds and hit[1] is session.schemas:
             return hit[2]
-        runs = self._runs(cmds)
-        if runs is None:
-            return "unknown"
+        # A statement runs what it says: an EXECUTE inside a Parse, which would run what
+        # a name holds when its portal executes, is refused at the Parse (_no_execute).
         gate = (
-            "approval" if any(session.decide(c).outcome == "require_approval" for c in runs) else ""
+            "approval" if any(session.decide(c).outcome == "require_approval" for c in cmds) else ""
         )
-        if runs is cmds:  # nothing resolved at this Bind (no EXECUTE): cacheable
-            if len(self._gates) > 256:
-                self._gates.clear()
-            self._gates[id(cmds)] = (cmds, session.schemas, gate)
+        if len(self._gates) > 256:
+            self._gates.clear()
+        self._gates[id(cmds)] = (cmds, session.schemas, gate)
         return gate
-
-    def _runs(self, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
-        """What a Bind of this statement runs: itself, and for `EXECUTE name` what name
-        holds at this Bind (not at the Parse); None when hoopy does not know that."""
-        if not any("execute" in c.kinds for c in cmds):
-            return cmds
-        runs = list(cmds)
-        for c in cmds:
-            if "execute" in c.kinds:
-                targets = self._candidates(prepared_name(c.text))
-                if not targets or any(t is None for t in targets):
-                    return None
-                runs += [t for ts in targets for t in ts or ()]
-        return tuple(runs)
 
     def _needing_approval(self, bind: pg.Bind) -> list[Command]:
         """The statements a Bind may run that need an approval (see _bind_gate)."""
         session = self.session
         assert session is not None
-        runs = [
-            c for cmds in self._candidates(bind.statement) for c in self._runs(cmds or ()) or ()
-        ]
+        runs = [c for cmds in self._candidates(bind.statement) for c in cmds or ()]
         return [c for c in dict.fromkeys(runs) if session.decide(c).outcome == "require_approval"]
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
@@ -500,7 +481,7 @@ class Relay(Pipeline):
             refusal = CommandDenied("the fast-path function call protocol is not allowed")
             out.append(self._refuse_query(refusal))
         else:
-            if self.tracker is not None:
+            if self.tracker is not None and t is not pg.Bind:
                 track(self.tracker, ev)
             if t is pg.Passthrough:
                 types = ev.types  # type: ignore[union-attr]
@@ -511,6 +492,9 @@ class Relay(Pipeline):
                     self.unsynced_execute = True
                     if any(self._portal_copies.values()):
                         self._copy_starts()  # an Execute of a bound COPY FROM STDIN
+                    if self.names.changing:  # a portal of DEALLOCATE, CLOSE … may run
+                        for portal in executed_portals(ev.raw, types):
+                            self._executes(portal)
                 if 0x63 in types:
                     self._copy_may_commit()
                     if types.rfind(b"c") > types.rfind(b"E"):
@@ -518,12 +502,17 @@ class Relay(Pipeline):
                 if 0x42 in types or 0x44 in types or 0x45 in types:
                     self.extended_open = True
             elif t is pg.Bind:
-                self._record_bind(cast(pg.Bind, ev))
+                bind = cast(pg.Bind, ev)
+                binding = self._record_bind(bind)
+                if self.tracker is not None:
+                    track(self.tracker, bind, binding)
                 self.extended_open = True
             elif t is pg.Execute:
                 self.unsynced_execute = self.extended_open = True
                 if self._portal_copies.get(ev.portal):  # type: ignore[union-attr]
                     self._copy_starts()
+                if self.names.changing:
+                    self._executes(ev.portal)  # type: ignore[union-attr]
             elif t is pg.CopyDone or t is pg.CopyFail:
                 if t is pg.CopyDone:
                     self._copy_may_commit()
@@ -567,6 +556,8 @@ class Relay(Pipeline):
         which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
+        if parse or len(cmds) > 1:
+            self._names_checked(cmds, parse)
         if len(cmds) == 1:  # the usual case, without lists
             d = session.decide(cmds[0])
             if d.outcome == "require_approval" and not parse:
@@ -583,6 +574,32 @@ class Relay(Pipeline):
         if waits:
             return None
         return [session.check_now(c, d) for c, d in zip(cmds, decisions, strict=True)]
+
+    def _names_checked(self, cmds: tuple[Command, ...], parse: bool) -> None:
+        """Refuse what would run a prepared statement other than the one checked: an
+        EXECUTE inside a Parse (the server resolves its name when the portal executes,
+        after the Bind gate, and a Close, re-Parse, DEALLOCATE or PREPARE in between
+        would swap it), and in one text an EXECUTE of a name a statement before it
+        redefined (classified against what the name held before the text)."""
+        reason = ""
+        if parse and any("execute" in c.kinds for c in cmds):
+            reason = (
+                "EXECUTE inside an extended-protocol Parse is not supported through hoopy "
+                "(its statement name is resolved only when the portal runs, after hoopy's "
+                "checks): send EXECUTE as a simple query, or Bind the prepared statement"
+            )
+        elif not parse and any(not c.kinds.isdisjoint(SESSION_STATE_KINDS) for c in cmds):
+            name = stale_execute(cmds)
+            if name is not None:
+                reason = (
+                    f"EXECUTE {name} follows a statement that redefines {name} in the same "
+                    "text: send it in a separate query"
+                )
+        if reason:
+            assert self.session is not None
+            text = "; ".join(c.text for c in cmds)
+            self.session.record("command", text=text, outcome="deny", reason=reason)
+            raise CommandDenied(reason)
 
     async def _check_all(
         self, sql: str, out: list[bytes], parse: bool = False
@@ -650,6 +667,7 @@ class Relay(Pipeline):
                 if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
                     self._track_sql_prepared(cmds)
                     break
+            self.names.close("")  # a simple Query drops the unnamed portal
             self.batches_sent += 1
             if tracker is not None:
                 tracker.query(list(self._masks))
@@ -661,11 +679,13 @@ class Relay(Pipeline):
                 break
         self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
         if tracker is not None:
-            tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)
+            mask = self._masks[0] if len(self._masks) == 1 else None
+            tracker.parse(name, mask, dependent=any("fetch" in c.kinds for c in cmds))
         return ev.raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:
         assert self.backend is not None
+        self.names.close("")
         self.batches_sent += 1
         self.refusals.append((self.batches_sent, e))
         if self.tracker is not None:
@@ -812,6 +832,8 @@ class Relay(Pipeline):
         assert self.backend is not None
         self.backend.status = status
         self.batches_done += 1
+        if status == "I":
+            self.names.idle()  # the transaction is over: so are its portals
         self._batch_answered()
         while self.refusals and self.refusals[0][0] <= self.batches_done:
             self.refusals.popleft()  # its marker was discarded after an earlier error

@@ -42,7 +42,8 @@ def probe(backend: Backend) -> Iterator[None]:
         "insert into nm_probe select generate_series(1, 10)",
     )
     yield
-    _run(backend, "drop table if exists nm_probe")
+    # a failed test may leave a session holding a lock on it: never wait for that
+    _run(backend, "set lock_timeout = '2s'; drop table if exists nm_probe")
 
 
 def _session(h: Hoopy, token: str) -> object:
@@ -76,6 +77,8 @@ def _play(s: object, rounds: list[list[bytes]]) -> bytes:
 P = pg.parse
 SYNC = pg.sync()
 
+CHANGED = b"changed after portal"
+
 EXECUTE_SWAPS = {
     # the issue's reproduction: Close and re-Parse the name under a bound portal
     "close-and-reparse": [
@@ -93,12 +96,16 @@ EXECUTE_SWAPS = {
         [pg.execute("P"), SYNC],
         [pg.query("COMMIT")],
     ],
-    # a statement of EXECUTE run by EXECUTE in a Query: two levels of names
-    "nested-execute": [
-        [P("s0", "SELECT 1"), SYNC],
-        [P("s1", "EXECUTE s0"), SYNC],
-        [pg.close("S", "s0"), P("s0", DELETE), SYNC],
-        [pg.query("EXECUTE s1")],
+    # the same with DEALLOCATE ALL, and the Execute inside a run of
+    # messages (Bind, Execute, Execute) that a session without masking relays whole
+    "deallocate-all-execute-in-a-run": [
+        [pg.query("BEGIN")],
+        [P("s1", "SELECT 1"), SYNC],
+        [P("s2", "EXECUTE s1"), pg.bind("P", "s2"), SYNC],
+        [pg.query("DEALLOCATE ALL")],
+        [P("s1", DELETE), P("o", "SELECT 2"), SYNC],
+        [pg.execute("P"), pg.bind("X", "o"), pg.execute("X"), SYNC],
+        [pg.query("COMMIT")],
     ],
     # EXECUTE inside another statement of a Parse
     "explain-analyze-execute": [
@@ -109,12 +116,19 @@ EXECUTE_SWAPS = {
     # the swap through a Parse of DEALLOCATE, run between the Bind and the Execute
     "deallocate-in-a-parse": [
         [pg.query("BEGIN")],
-        [P("s1", "SELECT 1"), P("d", "DEALLOCATE s1"), SYNC],
+        [P("s1", "SELECT 1"), SYNC],
         [P("s2", "EXECUTE s1"), pg.bind("P", "s2"), SYNC],
+        [P("d", "DEALLOCATE s1"), SYNC],
         [pg.bind("D", "d"), pg.execute("D"), P("s1", DELETE), pg.execute("P"), SYNC],
         [pg.query("COMMIT")],
     ],
 }
+
+NESTED = [  # EXECUTE of a statement that is an EXECUTE: two names resolved at run time
+    [P("s0", "SELECT 1"), SYNC],
+    [P("s1", "EXECUTE s0"), SYNC],
+    [pg.close("S", "s0"), P("s0", DELETE), SYNC],
+]
 
 
 @pytest.mark.parametrize("route", sorted(EXECUTE_SWAPS))
@@ -124,11 +138,82 @@ def test_a_swapped_execute_target_never_runs_unapproved(
     s = _session(hoopy, hoopy.token("names-agent"))
     reply = _play(s, EXECUTE_SWAPS[route])
     assert app_count(backend, COUNT) == 10, "the DELETE ran without an approval"
-    assert b"42501" in reply and b"EXECUTE inside an extended-protocol Parse" in reply
+    assert b"42501" in reply and CHANGED in reply
     assert b"DELETE 5" not in reply
     s.sendall(pg.query("SELECT 'usable'"))  # type: ignore[attr-defined]
     assert b"usable" in _answers(s, 1)
     s.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("run", "asks"),
+    [
+        ([pg.query("EXECUTE s1")], False),
+        # a Bind of s1 runs what s0 holds: the DELETE, which needs an approval
+        ([pg.bind("", "s1"), pg.execute(""), SYNC], True),
+        ([P("s2", "EXECUTE s1"), pg.bind("", "s2"), pg.execute(""), SYNC], False),
+    ],
+)
+def test_an_execute_of_an_execute_is_refused(
+    hoopy: Hoopy, backend: Backend, probe: None, run: list[bytes], asks: bool
+) -> None:
+    s = _session(hoopy, hoopy.token("names-agent"))
+    t = _decide_in_thread(hoopy, DELETE, "deny") if asks else None
+    reply = _play(s, [*NESTED, run])
+    if t is not None:
+        t.join()
+    assert app_count(backend, COUNT) == 10, "the DELETE ran without an approval"
+    assert b"42501" in reply
+    s.close()  # type: ignore[attr-defined]
+
+
+def test_an_approved_prepare_does_not_approve_a_bound_execute(
+    hoopy: Hoopy, backend: Backend, probe: None
+) -> None:
+    """Inside a transaction: a portal of EXECUTE t9 bound over SELECT 1; t9 is then
+    deallocated and PREPAREd as a DELETE (approved as a PREPARE, which runs nothing).
+    The portal's Execute would run the DELETE: refused."""
+    s = _session(hoopy, hoopy.token("names-agent"))
+    _play(
+        s,
+        [
+            [pg.query("BEGIN")],
+            [pg.query("PREPARE t9 AS SELECT 1")],
+            [P("e", "EXECUTE t9"), pg.bind("P", "e"), SYNC],
+            [pg.query("DEALLOCATE t9")],
+        ],
+    )
+    t = _decide_in_thread(hoopy, f"PREPARE t9 AS {DELETE}", "approve")
+    _play(s, [[pg.query(f"PREPARE t9 AS {DELETE}")]])
+    t.join()
+    reply = _play(s, [[pg.execute("P"), SYNC], [pg.query("COMMIT")]])
+    assert b"42501" in reply and CHANGED in reply
+    assert app_count(backend, COUNT) == 10
+    s.close()  # type: ignore[attr-defined]
+
+
+def test_an_execute_in_a_parse_still_runs_what_was_checked(
+    hoopy: Hoopy, backend: Backend, probe: None
+) -> None:
+    """Drivers send EXECUTE through the extended protocol (asyncpg's fetch): with the
+    name unchanged, its portal runs, and its recording says what EXECUTE ran."""
+    s = _session(hoopy, hoopy.token("names-run-agent"))
+    reply = _play(
+        s,
+        [
+            [pg.query("PREPARE r1 AS SELECT count(*) FROM nm_probe")],
+            [P("", "EXECUTE r1"), pg.bind("", ""), pg.execute(""), SYNC],
+            [pg.query("BEGIN")],
+            [P("e", "EXECUTE r1"), pg.bind("P", "e"), SYNC],
+            [pg.execute("P"), SYNC],
+            [pg.query("COMMIT")],
+        ],
+    )
+    assert reply.count(b"\x00\x0210") == 2 and b"42501" not in reply
+    s.close()  # type: ignore[attr-defined]
+    sid = hoopy.cli("sessions", "list", "--subject", "names-run-agent").stdout.split()[0]
+    events = hoopy.cli("sessions", "show", sid).stdout
+    assert '"executes": {"r1": ["PREPARE r1 AS SELECT count(*) FROM nm_probe"]}' in events
 
 
 def test_execute_after_a_redefinition_in_the_same_text_is_refused(

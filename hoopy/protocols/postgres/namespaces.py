@@ -30,6 +30,7 @@ which hoopy cannot see (README, PostgreSQL).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -82,12 +83,27 @@ def changes_of(cmds: Iterable[Command]) -> Changes | None:
     return Changes(frozenset(statements), frozenset(portals), frozenset(declared))
 
 
-def executed_name(text: str) -> str | None:
-    """The statement name an `EXECUTE name …` text runs (None: not an EXECUTE)."""
-    stmt = _statement(text)
-    if type(stmt).__name__ != "ExecuteStmt":
+def executed_names(text: str) -> tuple[str, ...] | None:
+    """The prepared-statement names EXECUTE runs anywhere in this statement (EXPLAIN
+    ANALYZE EXECUTE, CREATE TABLE AS EXECUTE); None: the text cannot be read."""
+    from pglast.parser import parse_sql_json
+
+    try:
+        tree = json.loads(parse_sql_json(text))
+    except Exception:
         return None
-    return str(stmt.name)
+    found: list[str] = []
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ex = node.get("ExecuteStmt")
+            if isinstance(ex, dict):
+                found.append(str(ex.get("name", "")))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return tuple(found)
 
 
 def stale_execute(cmds: tuple[Command, ...]) -> str | None:
@@ -96,9 +112,9 @@ def stale_execute(cmds: tuple[Command, ...]) -> str | None:
     touched: set[str] = set()
     for c in cmds:
         if "execute" in c.kinds and touched:
-            name = executed_name(c.text)
-            if name is None or ALL in touched or name in touched:
-                return name or "?"
+            names = executed_names(c.text)
+            if names is None or ALL in touched or not touched.isdisjoint(names):
+                return ", ".join(names or ("?",))
         if not c.kinds.isdisjoint(CHANGING_KINDS):
             found = changes_of((c,))
             if found is not None:
@@ -123,6 +139,13 @@ class Binding:
     changes: Changes | None = None  # what running its statement changes
     masking: Any = None  # the masking tracker's record of it (results.Portal)
     declared: bool = False  # an SQL cursor: survives transaction end (WITH HOLD)
+    # EXECUTE in its statement: per name, what the name could hold at the Bind (the
+    # server resolves it at Execute: an Execute must find the same, see relay)
+    depends: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @property
+    def special(self) -> bool:
+        return self.changes is not None or bool(self.depends)
 
 
 MAX_CANDIDATES = 8
@@ -135,25 +158,36 @@ class Namespaces:
         self.sent = 0  # batches forwarded (Sync, Query, hoopy's own Sync)
         self.done = 0  # batches answered (ReadyForQuery)
         self.portals: dict[str, list[Binding]] = {}
-        self.changing = 0  # live bindings whose statement changes names (fast-path test)
+        # live bindings that change names or depend on one: Executes are looked at
+        # only while there are some (the fast path)
+        self.special = 0
 
     # ---- portals ---------------------------------------------------------------------
-    def bind(self, name: str, changes: Changes | None) -> Binding:
+    def bind(
+        self,
+        name: str,
+        changes: Changes | None,
+        depends: tuple[tuple[str, tuple[Any, ...]], ...] = (),
+    ) -> Binding:
         """A Bind forwarded now: until answered, the name may hold it or what it held."""
-        b = Binding(self.sent + 1, changes)
+        b = Binding(self.sent + 1, changes, depends=depends)
         found = self.portals.setdefault(name, [])
         found.append(b)
-        if changes is not None:
-            self.changing += 1
+        if b.special:
+            self.special += 1
         if len(found) > MAX_CANDIDATES:
             # a long transaction re-binding a name without its answers read: what it
             # held before stays one unknown candidate that keeps every change
             older = found[:-1]
             self._drop(older)
-            merged = _merged([x.changes for x in older])
-            if merged is not None:
-                self.changing += 1
-            keep = Binding(older[-1].batch, merged, None, any(x.declared for x in older))
+            keep = Binding(
+                older[-1].batch,
+                _merged([x.changes for x in older]),
+                None,
+                any(x.declared for x in older),
+                tuple(d for x in older for d in x.depends),
+            )
+            self.special += keep.special
             self.portals[name] = [keep, b]
         return b
 
@@ -222,7 +256,7 @@ class Namespaces:
                     del self.portals[name]
 
     def _drop(self, bindings: list[Binding]) -> None:
-        self.changing -= sum(1 for b in bindings if b.changes is not None)
+        self.special -= sum(1 for b in bindings if b.special)
 
 
 def _merged(changes: list[Changes | None]) -> Changes | None:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from hoopy.errors import CommandDenied, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
-from hoopy.protocols.postgres.namespaces import ALL, Binding, Changes, Namespaces, changes_of
+from hoopy.protocols.postgres.namespaces import (
+    ALL,
+    Binding,
+    Changes,
+    Namespaces,
+    changes_of,
+    executed_names,
+)
 from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
 from hoopy.recorder import encode_members
 
@@ -56,7 +63,13 @@ class Pipeline:
     # namespaces when a portal of them runs
     _bind_statics: dict[
         tuple[str, int],
-        tuple[tuple[Command, ...] | None, tuple[bytes, dict[str, Any]], bool, Changes | None],
+        tuple[
+            tuple[Command, ...] | None,
+            tuple[bytes, dict[str, Any]],
+            bool,
+            Changes | None,
+            tuple[str, ...],
+        ],
     ]
     # id(statement) -> (statement, the session's schemas then, what its Bind needs): see
     # relay._bind_gate
@@ -234,20 +247,41 @@ class Pipeline:
                 (encode_members(fields), fields),
                 copies_in(cmds),
                 changes_of(cmds or ()),
+                executes_in(cmds),
             )
-        _, static, self._portal_copies[bind.portal], changes = known
+        _, static, self._portal_copies[bind.portal], changes, execs = known
+        depends: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+        if execs:  # what each name may hold now: the Execute must find the same
+            depends = tuple((n, tuple(self._candidates(n))) for n in execs)
+            fields = dict(static[1])
+            fields["executes"] = {n: _texts(found) for n, found in depends}
+            static = (encode_members(fields), fields)
         session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
-        return self.names.bind(bind.portal, changes)
+        return self.names.bind(bind.portal, changes, depends)
 
-    def _executes(self, portal: str) -> None:
-        """An Execute of `portal` forwarded: SQL in its statement that changes names
-        (a Parse of DEALLOCATE, PREPARE, CLOSE, DECLARE …) runs now, at every Execute."""
-        for b in list(self.names.portal(portal)):
+    def _executes(self, portal: str) -> str:
+        """An Execute of `portal` about to be forwarded.  EXECUTE in its statement runs
+        what the name holds now, not at the Bind: if that may differ from what the Bind
+        was checked (and approved) against, the reason to refuse it.  Otherwise SQL in
+        its statement that changes names (a Parse of DEALLOCATE, PREPARE, CLOSE,
+        DECLARE …) runs now, at every Execute."""
+        found = list(self.names.portal(portal))
+        for b in found:
+            for name, then in b.depends:
+                now = self._candidates(name)
+                if len(now) != len(then) or any(x is not y for x, y in zip(now, then, strict=True)):
+                    return (
+                        f"prepared statement {name!r} changed after portal {portal!r} was "
+                        f"bound, and its EXECUTE {name} would run the new one unchecked: "
+                        "bind the portal again"
+                    )
+        for b in found:
             if b.changes is not None:
                 for name in b.changes.statements:
                     self._forget(None if name == ALL else name)
                 self.names.apply(b.changes)
+        return ""
 
     def _on_close(self, ev: pg.Close) -> None:
         if ev.kind == "S":
@@ -285,6 +319,21 @@ class Pipeline:
 
 # A statement of these kinds means something that depends on what ran before it
 SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard", "close", "declare"})
+
+
+def executes_in(cmds: tuple[Command, ...] | None) -> tuple[str, ...]:
+    """The names EXECUTE runs in these statements ("" when one cannot be read: it
+    resolves to nothing known, so its Bind is refused)."""
+    out: list[str] = []
+    for c in cmds or ():
+        if "execute" in c.kinds:
+            names = executed_names(c.text)
+            out += names if names else ("\0unknown",)
+    return tuple(out)
+
+
+def _texts(found: list[tuple[Command, ...] | None] | tuple[Any, ...]) -> list[str | None]:
+    return [None if cmds is None else "; ".join(c.text for c in cmds) for cmds in found]
 
 
 def copies_in(cmds: tuple[Command, ...] | None) -> bool:

@@ -64,6 +64,7 @@ from hoopy.protocols.postgres.pipeline import (
     Pipeline,
     copies_in,
     executed_portals,
+    executes_in,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
@@ -365,21 +366,41 @@ class Relay(Pipeline):
         hit = self._gates.get(id(cmds))  # the entry holds cmds: its id stays its own
         if hit is not None and hit[0] is cmds and hit[1] is session.schemas:
             return hit[2]
-        # A statement runs what it says: an EXECUTE inside a Parse, which would run what
-        # a name holds when its portal executes, is refused at the Parse (_no_execute).
+        runs = self._runs(cmds)
+        if runs is None:
+            return "unknown"
         gate = (
-            "approval" if any(session.decide(c).outcome == "require_approval" for c in cmds) else ""
+            "approval" if any(session.decide(c).outcome == "require_approval" for c in runs) else ""
         )
-        if len(self._gates) > 256:
-            self._gates.clear()
-        self._gates[id(cmds)] = (cmds, session.schemas, gate)
+        if runs is cmds:  # nothing resolved at this Bind (no EXECUTE): cacheable
+            if len(self._gates) > 256:
+                self._gates.clear()
+            self._gates[id(cmds)] = (cmds, session.schemas, gate)
         return gate
+
+    def _runs(self, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
+        """What a Bind of this statement runs: itself, and for `EXECUTE name` what name
+        holds now (each Execute must find it unchanged: Pipeline._executes); None when
+        hoopy does not know that, or the name holds an EXECUTE itself (two levels of
+        names resolved at run time)."""
+        names = executes_in(cmds)
+        if not names:
+            return cmds
+        runs = list(cmds)
+        for name in names:
+            targets = self._candidates(name)
+            if not targets or any(t is None or executes_in(t) for t in targets):
+                return None
+            runs += [c for ts in targets for c in ts or ()]
+        return tuple(runs)
 
     def _needing_approval(self, bind: pg.Bind) -> list[Command]:
         """The statements a Bind may run that need an approval (see _bind_gate)."""
         session = self.session
         assert session is not None
-        runs = [c for cmds in self._candidates(bind.statement) for c in cmds or ()]
+        runs = [
+            c for cmds in self._candidates(bind.statement) for c in self._runs(cmds or ()) or ()
+        ]
         return [c for c in dict.fromkeys(runs) if session.decide(c).outcome == "require_approval"]
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
@@ -481,6 +502,9 @@ class Relay(Pipeline):
             refusal = CommandDenied("the fast-path function call protocol is not allowed")
             out.append(self._refuse_query(refusal))
         else:
+            special = self.names.special and (t is pg.Execute or t is pg.Passthrough)
+            if special and self._gated_executes(ev, out):
+                return True
             if self.tracker is not None and t is not pg.Bind:
                 track(self.tracker, ev)
             if t is pg.Passthrough:
@@ -492,9 +516,6 @@ class Relay(Pipeline):
                     self.unsynced_execute = True
                     if any(self._portal_copies.values()):
                         self._copy_starts()  # an Execute of a bound COPY FROM STDIN
-                    if self.names.changing:  # a portal of DEALLOCATE, CLOSE … may run
-                        for portal in executed_portals(ev.raw, types):
-                            self._executes(portal)
                 if 0x63 in types:
                     self._copy_may_commit()
                     if types.rfind(b"c") > types.rfind(b"E"):
@@ -511,8 +532,6 @@ class Relay(Pipeline):
                 self.unsynced_execute = self.extended_open = True
                 if self._portal_copies.get(ev.portal):  # type: ignore[union-attr]
                     self._copy_starts()
-                if self.names.changing:
-                    self._executes(ev.portal)  # type: ignore[union-attr]
             elif t is pg.CopyDone or t is pg.CopyFail:
                 if t is pg.CopyDone:
                     self._copy_may_commit()
@@ -520,6 +539,36 @@ class Relay(Pipeline):
             elif t is pg.Describe:
                 self.extended_open = True
             out.append(ev.raw)
+        return True
+
+    def _gated_executes(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
+        """While a portal that depends on a name (EXECUTE) or changes names may run:
+        each Execute is looked at (Pipeline._executes), a refused one replaced by the
+        marker.  True when `ev` was handled here."""
+        if type(ev) is pg.Passthrough:
+            types = ev.types
+            if 0x45 not in types:
+                return False
+            if len(types) > 1:  # message by message
+                for t, raw in split_run(ev.raw, types):
+                    self._other_agent_event(single(t, raw), out)
+                return True
+            portal = executed_portals(ev.raw, types)[0]
+        else:
+            portal = cast(pg.Execute, ev).portal
+        reason = self._executes(portal)
+        if not reason:
+            return False
+        assert self.session is not None
+        self.session.record(
+            "command",
+            text=f"Execute of portal {portal!r}",
+            kinds=["execute"],
+            outcome="deny",
+            reason=reason,
+        )
+        out.append(self._refused_bind(CommandDenied(reason)))
+        self.extended_open = True
         return True
 
     def _copy_may_commit(self) -> None:
@@ -556,7 +605,7 @@ class Relay(Pipeline):
         which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
-        if parse or len(cmds) > 1:
+        if len(cmds) > 1 or (not parse and "execute" in cmds[0].kinds):
             self._names_checked(cmds, parse)
         if len(cmds) == 1:  # the usual case, without lists
             d = session.decide(cmds[0])
@@ -576,25 +625,27 @@ class Relay(Pipeline):
         return [session.check_now(c, d) for c, d in zip(cmds, decisions, strict=True)]
 
     def _names_checked(self, cmds: tuple[Command, ...], parse: bool) -> None:
-        """Refuse what would run a prepared statement other than the one checked: an
-        EXECUTE inside a Parse (the server resolves its name when the portal executes,
-        after the Bind gate, and a Close, re-Parse, DEALLOCATE or PREPARE in between
-        would swap it), and in one text an EXECUTE of a name a statement before it
-        redefined (classified against what the name held before the text)."""
+        """Refuse a text whose EXECUTE would run something other than what it was
+        classified as: in one text, an EXECUTE of a name a statement before it
+        redefined (classified against what the name held before the text); in a
+        Query, EXECUTE of a statement that is itself an EXECUTE (its inner name was
+        resolved when it was parsed, and may hold something else by now).  (A Parse
+        of EXECUTE is checked at each Bind and Execute: _runs, Pipeline._executes.)"""
         reason = ""
-        if parse and any("execute" in c.kinds for c in cmds):
+        name = None if parse else stale_execute(cmds)
+        if name is not None:
             reason = (
-                "EXECUTE inside an extended-protocol Parse is not supported through hoopy "
-                "(its statement name is resolved only when the portal runs, after hoopy's "
-                "checks): send EXECUTE as a simple query, or Bind the prepared statement"
+                f"EXECUTE {name} follows a statement that redefines {name} in the same "
+                "text: send it in a separate query"
             )
-        elif not parse and any(not c.kinds.isdisjoint(SESSION_STATE_KINDS) for c in cmds):
-            name = stale_execute(cmds)
-            if name is not None:
-                reason = (
-                    f"EXECUTE {name} follows a statement that redefines {name} in the same "
-                    "text: send it in a separate query"
-                )
+        elif not parse:
+            for n in executes_in(cmds):
+                if any(t is not None and executes_in(t) for t in self._candidates(n)):
+                    reason = (
+                        f"prepared statement {n!r} runs an EXECUTE itself: hoopy cannot "
+                        "tell what that runs now; prepare the statement it executes instead"
+                    )
+                    break
         if reason:
             assert self.session is not None
             text = "; ".join(c.text for c in cmds)
@@ -680,7 +731,8 @@ class Relay(Pipeline):
         self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
         if tracker is not None:
             mask = self._masks[0] if len(self._masks) == 1 else None
-            tracker.parse(name, mask, dependent=any("fetch" in c.kinds for c in cmds))
+            dependent = any("fetch" in c.kinds or "execute" in c.kinds for c in cmds)
+            tracker.parse(name, mask, dependent=dependent)
         return ev.raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:

@@ -131,7 +131,7 @@ def _statement(text: str) -> Any:
         return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Binding:
     """One Bind (or SQL DECLARE) that may have created what a portal name holds."""
 
@@ -170,10 +170,15 @@ class Namespaces:
         depends: tuple[tuple[str, tuple[Any, ...]], ...] = (),
     ) -> Binding:
         """A Bind forwarded now: until answered, the name may hold it or what it held."""
-        b = Binding(self.sent + 1, changes, depends=depends)
-        found = self.portals.setdefault(name, [])
+        b = Binding(self.sent + 1, changes, None, False, depends)
+        found = self.portals.get(name)
+        if found is None:
+            self.portals[name] = [b]
+            if changes is not None or depends:
+                self.special += 1
+            return b
         found.append(b)
-        if b.special:
+        if changes is not None or depends:
             self.special += 1
         if len(found) > MAX_CANDIDATES:
             # a long transaction re-binding a name without its answers read: what it
@@ -224,11 +229,13 @@ class Namespaces:
     def close(self, name: str) -> None:
         """Close of a portal (ALL: CLOSE ALL, DISCARD ALL)."""
         if name == ALL:
-            for found in self.portals.values():
-                self._drop(found)
+            for bindings in self.portals.values():
+                self._drop(bindings)
             self.portals.clear()
-        else:
-            self._drop(self.portals.pop(name, []))
+        elif name in self.portals:
+            found = self.portals.pop(name)
+            if self.special:
+                self._drop(found)
 
     def declare(self, name: str) -> None:
         """An SQL cursor `name` may exist now (DECLARE, which fails if the name is in
@@ -245,7 +252,15 @@ class Namespaces:
     def idle(self) -> None:
         """A ReadyForQuery outside a transaction ended batch `done`: every portal bound
         up to it is gone (transaction end drops all but WITH HOLD cursors)."""
-        for name in list(self.portals):
+        portals = self.portals
+        if not portals:
+            return
+        if len(portals) == 1 and "" in portals and portals[""][-1].batch <= self.done:
+            if self.special:  # the usual case: only the unnamed portal, all of it gone
+                self._drop(portals[""])
+            portals.clear()
+            return
+        for name in list(portals):
             found = self.portals[name]
             keep = [b for b in found if b.batch > self.done or b.declared]
             if len(keep) < len(found):
@@ -256,7 +271,8 @@ class Namespaces:
                     del self.portals[name]
 
     def _drop(self, bindings: list[Binding]) -> None:
-        self.special -= sum(1 for b in bindings if b.special)
+        if self.special:
+            self.special -= sum(1 for b in bindings if b.special)
 
 
 def _merged(changes: list[Changes | None]) -> Changes | None:

@@ -223,9 +223,10 @@ class Pipeline:
         if settled is not None and not settled.done():
             settled.set_result(None)
 
-    def _record_bind(self, bind: pg.Bind) -> Binding:
+    def _record_bind(self, bind: pg.Bind) -> Binding | None:
         """Which values a statement runs with: chained now, written before it runs.
-        Returns the portal's new entry in `names`."""
+        Returns the portal's new entry in `names` (None: a session without masking
+        keeps none while no portal changes or depends on names)."""
         session = self.session
         assert session is not None
         session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
@@ -258,6 +259,8 @@ class Pipeline:
             static = (encode_members(fields), fields)
         session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
+        if changes is None and not depends and self.tracker is None and not self.names.special:
+            return None  # no Execute needs looking at: nothing to follow (the fast path)
         return self.names.bind(bind.portal, changes, depends)
 
     def _executes(self, portal: str) -> str:

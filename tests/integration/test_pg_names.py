@@ -435,3 +435,32 @@ def test_the_recording_holds_only_masked_rows(masked_names: Hoopy) -> None:
     for f in (masked_names.folder / "recordings").rglob("*"):
         if f.is_file():
             _clean(f.read_bytes())
+
+
+# ---- issue 15 (lower): a Query during a simple-query COPY FROM STDIN --------------------
+
+
+def test_a_query_during_copy_from_stdin_is_not_recorded_as_run(
+    hoopy: Hoopy, backend: Backend, probe: None
+) -> None:
+    """The server reads only copy data during COPY FROM STDIN: a Query then is discarded
+    (and fails the COPY).  hoopy must not record it as allowed and run: it ends the
+    session instead, and the recording says so."""
+    s = _session(hoopy, hoopy.token("names-copy-agent"))
+    s.sendall(pg.query("COPY nm_probe FROM STDIN"))  # type: ignore[attr-defined]
+    assert s.recv(65536).startswith(b"G")  # type: ignore[attr-defined]  # CopyInResponse
+    s.sendall(pg.copy_data(b"77\n") + pg.query("INSERT INTO nm_probe VALUES (99)"))  # type: ignore[attr-defined]
+    reply = b""
+    while True:
+        try:
+            chunk = s.recv(65536)  # type: ignore[attr-defined]
+        except OSError:
+            break
+        if not chunk:
+            break
+        reply += chunk
+    assert b"08P01" in reply and b"COPY FROM STDIN" in reply
+    assert app_count(backend, "select count(*) from nm_probe where id in (77, 99)") == 0
+    sid = hoopy.cli("sessions", "list", "--subject", "names-copy-agent").stdout.split()[0]
+    events = hoopy.cli("sessions", "show", sid).stdout
+    assert "INSERT INTO nm_probe VALUES (99)" not in events

@@ -111,20 +111,27 @@ class Pipeline:
         COPY as a Query) goes behind a Sync of hoopy's own, whose ReadyForQuery the
         agent never sees: the Query is answered, as PostgreSQL answers it without an
         error before it."""
+        if self.copy_in_flight:
+            self._copy_interrupted("a Query" if t is pg.Query else "a Parse")
         if t is pg.Parse:
             self.extended_open = True
         elif self.extended_open:
-            if self.copy_in_flight:
-                raise ProtocolError(
-                    "a simple Query inside an unfinished COPY FROM STDIN is not supported "
-                    "through hoopy; session closed"
-                )
             out.append(pg.sync())
             self.batches_sent += 1
             self.silent_ready.add(self.batches_sent)
             self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
                 self.tracker.sync()
+
+    def _copy_interrupted(self, what: str) -> None:
+        """During COPY FROM STDIN the server reads only copy data: any other message
+        (but Flush and Sync) fails the COPY and is discarded unanswered, so hoopy would
+        record as run what never ran, and lose count of the answers due.  Not knowing
+        whether the COPY has started (only its answer tells), hoopy ends the session."""
+        raise ProtocolError(
+            f"{what} sent before the end of a COPY FROM STDIN is not supported through "
+            "hoopy (the server would discard it and fail the COPY); session closed"
+        )
 
     def _answers_pending(self) -> bool:
         return self.batches_done < self.batches_sent or self.unsynced_execute

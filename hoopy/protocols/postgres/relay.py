@@ -482,6 +482,8 @@ class Relay(Pipeline):
             if self.tracker is not None:
                 self.tracker.sync()
             out.append(ev.raw)
+        elif self.copy_in_flight and _interrupts_copy(ev):
+            self._copy_interrupted(f"a {t.__name__} message")
         elif t is pg.Close:
             # A Close never fails ("not an error" for a name that does not exist), so
             # it opens no batch a later simple Query could be discarded in (asyncpg
@@ -975,6 +977,17 @@ class Relay(Pipeline):
         if suspended:
             fields["suspended"] = True  # the portal may run on: no tag yet
         self.session.record_later("result", fields)
+
+
+def _interrupts_copy(ev: pg.FrontendEvent) -> bool:
+    """Is `ev` a message the server does not accept during COPY FROM STDIN (anything but
+    copy data, CopyDone, CopyFail, Flush and Sync)?"""
+    t = type(ev)
+    if t is pg.Passthrough:
+        types = cast(pg.Passthrough, ev).types
+        done = types.find(b"c")  # the COPY ends at its CopyDone
+        return any(x in b"BDE" for x in (types if done < 0 else types[:done]))
+    return t not in (pg.CopyData, pg.CopyDone, pg.CopyFail, pg.Flush, pg.Sync, pg.Terminate)
 
 
 def _take_buffer(reader: asyncio.StreamReader) -> bytes:

@@ -388,6 +388,21 @@ NAME_SWAPS = {
         [pg.execute("F"), SYNC],
         [pg.query("commit")],
     ],
+    # a Parse of EXECUTE is described with what its name held at the Parse; a swap of
+    # the name before the Bind makes that description wrong
+    "execute-described-before-a-swap": [
+        [pg.query(f"prepare q2 as {HARMLESS}")],
+        [P("e", "execute q2"), pg.describe("S", "e"), SYNC],
+        [pg.query(f"deallocate q2; prepare q2 as {SECRET}")],
+        [pg.bind("", "e"), pg.execute(""), SYNC],
+        [pg.query("deallocate q2")],
+    ],
+    # quoted names are names too
+    "quoted-name": [
+        [P("Foo", HARMLESS), pg.describe("S", "Foo"), SYNC],
+        [pg.query(f'deallocate "Foo"; prepare "Foo" as {SECRET}')],
+        [pg.bind("", "Foo"), pg.execute(""), SYNC],
+    ],
 }
 
 
@@ -406,6 +421,23 @@ def test_the_harmless_statements_show_their_values(masked_names: Hoopy) -> None:
     s = _reader(masked_names)
     reply = _play(s, [[P("foo", HARMLESS), pg.describe("S", "foo"), *ROW]])
     assert b"ADA" in reply and b"Alan" in reply
+    s.close()  # type: ignore[attr-defined]
+
+
+def test_an_execute_through_the_extended_protocol_shows_its_values(masked_names: Hoopy) -> None:
+    """asyncpg sends EXECUTE as Parse, Describe, then Bind and Execute: with the name
+    unchanged its description holds, and only the masked columns are masked."""
+    s = _reader(masked_names)
+    reply = _play(
+        s,
+        [
+            [pg.query("prepare q3 as select name, email from nm_people order by id")],
+            [P("", "execute q3"), pg.describe("S", ""), SYNC],
+            [pg.bind("", ""), pg.execute(""), SYNC],
+        ],
+    )
+    assert b"Ada" in reply and b"Alan" in reply
+    _clean(reply)
     s.close()  # type: ignore[attr-defined]
 
 

@@ -158,6 +158,10 @@ class Namespaces:
         self.sent = 0  # batches forwarded (Sync, Query, hoopy's own Sync)
         self.done = 0  # batches answered (ReadyForQuery)
         self.portals: dict[str, list[Binding]] = {}
+        # bumped whenever a prepared-statement name may change (Pipeline: Parse, Close,
+        # SQL that defines or drops one): masking trusts a description of EXECUTE only
+        # while it stays the same
+        self.statement_epoch = 0
         # live bindings that change names or depend on one: Executes are looked at
         # only while there are some (the fast path)
         self.special = 0

@@ -198,6 +198,7 @@ class Pipeline:
     def _forget(self, name: str | None) -> None:
         """`name` (None: every name) no longer holds what hoopy knew, and what it holds
         now cannot be told: EXECUTE and Bind of it are refused (never run unchecked)."""
+        self.names.statement_epoch += 1
         if name is None:
             self.prepared.clear()
         else:
@@ -296,6 +297,7 @@ class Pipeline:
     def _on_close(self, ev: pg.Close) -> None:
         if ev.kind == "S":
             self.prepared.pop(ev.name, None)
+            self.names.statement_epoch += 1
         else:
             self.names.close(ev.name)
         if self.tracker is not None:
@@ -306,6 +308,7 @@ class Pipeline:
         CLOSE/DECLARE that of portals (`names`).  `protocol`: they came in a Parse and
         run at each Execute of a portal of it (`_executes`); the statement names they
         touch become unknown at once too."""
+        self.names.statement_epoch += 1
         if not protocol:
             changes = changes_of(cmds)
             if changes is not None:

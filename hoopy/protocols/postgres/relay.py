@@ -731,10 +731,12 @@ class Relay(Pipeline):
                 self._track_sql_prepared(cmds, protocol=True)
                 break
         self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
+        self.names.statement_epoch += 1
         if tracker is not None:
             mask = self._masks[0] if len(self._masks) == 1 else None
-            dependent = any("fetch" in c.kinds or "execute" in c.kinds for c in cmds)
-            tracker.parse(name, mask, dependent=dependent)
+            kinds = frozenset().union(*(c.kinds for c in cmds))
+            dependent = "fetch" if "fetch" in kinds else "execute" if "execute" in kinds else ""
+            tracker.parse(name, mask, dependent)
         return ev.raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:

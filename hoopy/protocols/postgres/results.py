@@ -43,8 +43,11 @@ class Statement:
     fields: Fields | None = None
     described: bool = False
     plans: dict[tuple[int, ...], Any] = field(default_factory=dict)  # per result formats
-    # FETCH: its rows come from whatever cursor the name holds when its portal runs
-    dependent: bool = False
+    # "fetch": its rows come from whatever cursor the name holds when its portal runs;
+    # "execute": from what a prepared-statement name holds (Describe S tells what it
+    # held at the Parse, `epoch`: Namespaces.statement_epoch then)
+    dependent: str = ""
+    epoch: int = 0
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Portal:
     formats: tuple[int, ...]
     fields: Fields | None = None  # from Describe of the portal (formats already applied)
     epoch: int = 0  # ResultTracker.epoch after its Bind
+    # an EXECUTE statement's description still holds (no statement name changed since
+    # its Parse; the Bind gate refuses an Execute once one has since its Bind)
+    statement_fields: bool = True
 
 
 @dataclass
@@ -112,8 +118,8 @@ class ResultTracker:
             self.names.sent += 1
         self.queue.append(_Expect("query", [Statement(m) for m in masks]))
 
-    def parse(self, name: str, mask: Any, dependent: bool = False) -> None:
-        st = Statement(mask, dependent=dependent)
+    def parse(self, name: str, mask: Any, dependent: str = "") -> None:
+        st = Statement(mask, dependent=dependent, epoch=self.names.statement_epoch)
         self.pending[name] = (st, self._batch)  # what later messages here refer to
         self.queue.append(_Expect("parse", target=st, name=name))
 
@@ -137,7 +143,8 @@ class ResultTracker:
             binding = self.names.bind(portal, None)
         st = self._statement(statement) or Statement(_UNKNOWN_STATEMENT)
         self.epoch += 1
-        binding.masking = Portal(st, formats, epoch=self.epoch)
+        same = st.dependent != "execute" or st.epoch == self.names.statement_epoch
+        binding.masking = Portal(st, formats, epoch=self.epoch, statement_fields=same)
         self.queue.append(_Expect("bind", target=binding))
 
     def _portal(self, name: str) -> Portal | None:
@@ -157,7 +164,11 @@ class ResultTracker:
 
     def execute(self, portal: str) -> None:
         target = self._portal(portal)
-        stale = target is not None and target.statement.dependent and target.epoch != self.epoch
+        stale = (
+            target is not None
+            and target.statement.dependent == "fetch"
+            and target.epoch != self.epoch
+        )
         self.epoch += 1  # what it runs may open or close cursors
         self.queue.append(_Expect("execute", target=target, stale=stale))
 
@@ -334,8 +345,8 @@ class ResultTracker:
         st = target.statement
         if target.fields is not None:
             return Result(st, tuple(f.format_code for f in target.fields), target.fields)
-        if st.dependent:  # only its portal's Describe tells which cursor it reads
-            return Result(st, (), None)
+        if st.dependent == "fetch" or not target.statement_fields:
+            return Result(st, (), None)  # only its portal's Describe tells what it reads
         n = len(st.fields) if st.fields is not None else 0
         return Result(st, result_formats(target.formats, n), st.fields)
 

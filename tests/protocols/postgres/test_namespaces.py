@@ -181,7 +181,7 @@ def test_forget_voids_a_parse_still_to_be_acknowledged() -> None:
 
 def test_a_fetch_statement_trusts_only_a_fresh_portal_description() -> None:
     t = ResultTracker()
-    t.parse("f", "fetch-mask", dependent=True)
+    t.parse("f", "fetch-mask", dependent="fetch")
     t.describe("S", "f")
     t.sync()
     t.simple_ack()

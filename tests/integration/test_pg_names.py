@@ -397,6 +397,19 @@ NAME_SWAPS = {
         [pg.bind("", "e"), pg.execute(""), SYNC],
         [pg.query("deallocate q2")],
     ],
+    # issue 15's swap under a bound EXECUTE portal, in a masked session
+    "execute-portal-swapped": [
+        [P("s1", HARMLESS), SYNC],
+        [P("s2", "execute s1"), pg.describe("S", "s2"), SYNC],
+        [
+            pg.bind("P", "s2"),
+            pg.describe("P", "P"),
+            pg.close("S", "s1"),
+            P("s1", SECRET),
+            pg.execute("P"),
+            SYNC,
+        ],
+    ],
     # quoted names are names too
     "quoted-name": [
         [P("Foo", HARMLESS), pg.describe("S", "Foo"), SYNC],

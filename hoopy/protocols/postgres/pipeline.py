@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from hoopy.errors import CommandDenied, ProtocolError
+from hoopy.errors import CommandDenied, HoopyError, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.bindgate import single, split_run
 from hoopy.protocols.postgres.namespaces import (
     ALL,
     Binding,
@@ -26,6 +27,7 @@ from hoopy.protocols.postgres.namespaces import (
     Namespaces,
     changes_of,
     executed_names,
+    stale_execute,
 )
 from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
 from hoopy.recorder import encode_members
@@ -95,6 +97,14 @@ class Pipeline:
 
     def _flush(self, out: list[bytes]) -> None:
         raise NotImplementedError  # relay.Relay: forward what the batch holds
+
+    def _other_agent_event(
+        self, ev: pg.FrontendEvent, out: list[bytes], binds: list[pg.Bind] | None = None
+    ) -> bool:
+        raise NotImplementedError  # relay.Relay: bookkeeping and forwarding of a message
+
+    def _refused_bind(self, e: HoopyError) -> bytes:
+        raise NotImplementedError  # relay.Relay: the marker in place of a message
 
     # A text with a backslash parses differently once standard_conforming_strings is
     # off (or under a client-only multibyte encoding): a statement ahead of it in the
@@ -296,6 +306,64 @@ class Pipeline:
                 self.names.apply(b.changes)
         return ""
 
+    def _names_checked(self, cmds: tuple[Command, ...], parse: bool) -> None:
+        """Refuse a text whose EXECUTE would run something other than what it was
+        classified as: in one text, an EXECUTE of a name a statement before it
+        redefined (classified against what the name held before the text); in a
+        Query, EXECUTE of a statement that is itself an EXECUTE (its inner name was
+        resolved when it was parsed, and may hold something else by now).  (A Parse
+        of EXECUTE is checked at each Bind and Execute: _runs, Pipeline._executes.)"""
+        reason = ""
+        name = None if parse else stale_execute(cmds)
+        if name is not None:
+            reason = (
+                f"EXECUTE {name} follows a statement that redefines {name} in the same "
+                "text: send it in a separate query"
+            )
+        elif not parse:
+            for n in executes_in(cmds):
+                if any(t is not None and executes_in(t) for t in self._candidates(n)):
+                    reason = (
+                        f"prepared statement {n!r} runs an EXECUTE itself: hoopy cannot "
+                        "tell what that runs now; prepare the statement it executes instead"
+                    )
+                    break
+        if reason:
+            assert self.session is not None
+            text = "; ".join(c.text for c in cmds)
+            self.session.record("command", text=text, outcome="deny", reason=reason)
+            raise CommandDenied(reason)
+
+    def _gated_executes(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
+        """While a portal that depends on a name (EXECUTE) or changes names may run:
+        each Execute is looked at (Pipeline._executes), a refused one replaced by the
+        marker.  True when `ev` was handled here."""
+        if type(ev) is pg.Passthrough:
+            types = ev.types
+            if 0x45 not in types:
+                return False
+            if len(types) > 1:  # message by message
+                for t, raw in split_run(ev.raw, types):
+                    self._other_agent_event(single(t, raw), out)
+                return True
+            portal = executed_portals(ev.raw, types)[0]
+        else:
+            portal = cast(pg.Execute, ev).portal
+        reason = self._executes(portal)
+        if not reason:
+            return False
+        assert self.session is not None
+        self.session.record(
+            "command",
+            text=f"Execute of portal {portal!r}",
+            kinds=["execute"],
+            outcome="deny",
+            reason=reason,
+        )
+        out.append(self._refused_bind(CommandDenied(reason)))
+        self.extended_open = True
+        return True
+
     def _on_close(self, ev: pg.Close) -> None:
         if ev.kind == "S":
             self.prepared.pop(ev.name, None)
@@ -379,3 +447,14 @@ def executed_portals(raw: bytes, types: bytes) -> list[str]:
             out.append(raw[pos + 5 : end].decode("utf-8", "replace"))
         pos = stop
     return out
+
+
+def interrupts_copy(ev: pg.FrontendEvent) -> bool:
+    """Is `ev` a message the server does not accept during COPY FROM STDIN (anything but
+    copy data, CopyDone, CopyFail, Flush and Sync)?"""
+    t = type(ev)
+    if t is pg.Passthrough:
+        types = cast(pg.Passthrough, ev).types
+        done = types.find(b"c")  # the COPY ends at its CopyDone
+        return any(x in b"BDE" for x in (types if done < 0 else types[:done]))
+    return t not in (pg.CopyData, pg.CopyDone, pg.CopyFail, pg.Flush, pg.Sync, pg.Terminate)

@@ -58,13 +58,12 @@ from hoopy.protocols.postgres.maskwire import (
     statement_masks,
     track,
 )
-from hoopy.protocols.postgres.namespaces import stale_execute
 from hoopy.protocols.postgres.pipeline import (
     SESSION_STATE_KINDS,
     Pipeline,
     copies_in,
-    executed_portals,
     executes_in,
+    interrupts_copy,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
@@ -482,7 +481,7 @@ class Relay(Pipeline):
             if self.tracker is not None:
                 self.tracker.sync()
             out.append(ev.raw)
-        elif self.copy_in_flight and _interrupts_copy(ev):
+        elif self.copy_in_flight and interrupts_copy(ev):
             self._copy_interrupted(f"a {t.__name__} message")
         elif t is pg.Close:
             # A Close never fails ("not an error" for a name that does not exist), so
@@ -543,36 +542,6 @@ class Relay(Pipeline):
             out.append(ev.raw)
         return True
 
-    def _gated_executes(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
-        """While a portal that depends on a name (EXECUTE) or changes names may run:
-        each Execute is looked at (Pipeline._executes), a refused one replaced by the
-        marker.  True when `ev` was handled here."""
-        if type(ev) is pg.Passthrough:
-            types = ev.types
-            if 0x45 not in types:
-                return False
-            if len(types) > 1:  # message by message
-                for t, raw in split_run(ev.raw, types):
-                    self._other_agent_event(single(t, raw), out)
-                return True
-            portal = executed_portals(ev.raw, types)[0]
-        else:
-            portal = cast(pg.Execute, ev).portal
-        reason = self._executes(portal)
-        if not reason:
-            return False
-        assert self.session is not None
-        self.session.record(
-            "command",
-            text=f"Execute of portal {portal!r}",
-            kinds=["execute"],
-            outcome="deny",
-            reason=reason,
-        )
-        out.append(self._refused_bind(CommandDenied(reason)))
-        self.extended_open = True
-        return True
-
     def _copy_may_commit(self) -> None:
         """A CopyDone commits what a COPY FROM STDIN sent: not once the token expired
         (the session ends before it goes, and the server drops the COPY)."""
@@ -625,34 +594,6 @@ class Relay(Pipeline):
         if waits:
             return None
         return [session.check_now(c, d) for c, d in zip(cmds, decisions, strict=True)]
-
-    def _names_checked(self, cmds: tuple[Command, ...], parse: bool) -> None:
-        """Refuse a text whose EXECUTE would run something other than what it was
-        classified as: in one text, an EXECUTE of a name a statement before it
-        redefined (classified against what the name held before the text); in a
-        Query, EXECUTE of a statement that is itself an EXECUTE (its inner name was
-        resolved when it was parsed, and may hold something else by now).  (A Parse
-        of EXECUTE is checked at each Bind and Execute: _runs, Pipeline._executes.)"""
-        reason = ""
-        name = None if parse else stale_execute(cmds)
-        if name is not None:
-            reason = (
-                f"EXECUTE {name} follows a statement that redefines {name} in the same "
-                "text: send it in a separate query"
-            )
-        elif not parse:
-            for n in executes_in(cmds):
-                if any(t is not None and executes_in(t) for t in self._candidates(n)):
-                    reason = (
-                        f"prepared statement {n!r} runs an EXECUTE itself: hoopy cannot "
-                        "tell what that runs now; prepare the statement it executes instead"
-                    )
-                    break
-        if reason:
-            assert self.session is not None
-            text = "; ".join(c.text for c in cmds)
-            self.session.record("command", text=text, outcome="deny", reason=reason)
-            raise CommandDenied(reason)
 
     async def _check_all(
         self, sql: str, out: list[bytes], parse: bool = False
@@ -979,17 +920,6 @@ class Relay(Pipeline):
         if suspended:
             fields["suspended"] = True  # the portal may run on: no tag yet
         self.session.record_later("result", fields)
-
-
-def _interrupts_copy(ev: pg.FrontendEvent) -> bool:
-    """Is `ev` a message the server does not accept during COPY FROM STDIN (anything but
-    copy data, CopyDone, CopyFail, Flush and Sync)?"""
-    t = type(ev)
-    if t is pg.Passthrough:
-        types = cast(pg.Passthrough, ev).types
-        done = types.find(b"c")  # the COPY ends at its CopyDone
-        return any(x in b"BDE" for x in (types if done < 0 else types[:done]))
-    return t not in (pg.CopyData, pg.CopyDone, pg.CopyFail, pg.Flush, pg.Sync, pg.Terminate)
 
 
 def _take_buffer(reader: asyncio.StreamReader) -> bytes:

@@ -4,6 +4,8 @@ an SQL text changes, and what a portal name may hold for a message forwarded now
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hoopy.protocols.postgres.classify import classify
 from hoopy.protocols.postgres.messages import FieldDescription
@@ -198,3 +200,46 @@ def test_a_fetch_statement_trusts_only_a_fresh_portal_description() -> None:
     t.close("P", "other")  # a cursor closed between: c may be another one now
     t.execute("")
     assert t.rows().statement.mask is UNKNOWN_STATEMENT
+
+
+# ---- the fast path's count never loses a binding that must be looked at --------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["bind", "special", "sync", "ready", "close", "close_all", "declare"])
+        | st.sampled_from(["bound", "failed", "apply"]),
+        st.sampled_from(["", "p", "q"]),
+        st.integers(0, 20),
+    ),
+    max_size=60,
+)
+
+
+@given(OPS)
+@settings(max_examples=300, deadline=None)
+def test_the_special_count_matches_the_bindings_kept(ops: list[tuple[str, str, int]]) -> None:
+    ns = Namespaces()
+    made = []
+    for op, name, k in ops:
+        if op == "bind":
+            made.append(ns.bind(name, None))
+        elif op == "special":
+            made.append(ns.bind(name, Changes(frozenset({"a"})), (("a", ()),)))
+        elif op == "sync":
+            ns.sent += 1
+        elif op == "ready" and ns.done < ns.sent:
+            ns.done += 1
+            ns.idle()
+        elif op == "close":
+            ns.close(name)
+        elif op == "close_all":
+            ns.close(ALL)
+        elif op == "declare":
+            ns.declare(name)
+        elif op in ("bound", "failed") and made:
+            (ns.bound if op == "bound" else ns.failed)(made[k % len(made)])
+        elif op == "apply":
+            ns.apply(Changes(portals=frozenset({name}), declared=frozenset({name})))
+        kept = [b for found in ns.portals.values() for b in found]
+        assert ns.special == sum(1 for b in kept if b.special)
+        assert all(found for found in ns.portals.values())

@@ -509,3 +509,39 @@ def test_a_query_during_copy_from_stdin_is_not_recorded_as_run(
     sid = hoopy.cli("sessions", "list", "--subject", "names-copy-agent").stdout.split()[0]
     events = hoopy.cli("sessions", "show", sid).stdout
     assert "INSERT INTO nm_probe VALUES (99)" not in events
+
+
+def test_binds_behind_a_name_changing_execute_in_one_run_are_checked_in_order(
+    hoopy: Hoopy, backend: Backend, probe: None
+) -> None:
+    """Sessions without masking relay runs of Bind/Execute whole: a Bind after an
+    Execute that deallocates and re-prepares its name must be checked after it."""
+    s = _session(hoopy, hoopy.token("names-agent"))
+    _play(
+        s,
+        [
+            [pg.query("BEGIN")],
+            [P("d", "DEALLOCATE g2"), P("p", f"PREPARE g2 AS {DELETE}"), SYNC],
+            [P("g2", "SELECT 1"), SYNC],
+        ],
+    )
+    t = _decide_in_thread(hoopy, f"PREPARE g2 AS {DELETE}", "approve")
+    _play(s, [[pg.bind("Pp", "p"), SYNC]])  # approved as a PREPARE: it runs nothing yet
+    t.join()
+    reply = _play(
+        s,
+        [
+            [
+                pg.bind("D", "d"),
+                pg.execute("D"),
+                pg.execute("Pp"),
+                pg.bind("Q", "g2"),
+                pg.execute("Q"),
+                SYNC,
+            ],
+            [pg.query("COMMIT")],
+        ],
+    )
+    assert app_count(backend, COUNT) == 10, "the DELETE ran without an approval"
+    assert b"42501" in reply
+    s.close()  # type: ignore[attr-defined]

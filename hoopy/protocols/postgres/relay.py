@@ -403,7 +403,12 @@ class Relay(Pipeline):
         return [c for c in dict.fromkeys(runs) if session.decide(c).outcome == "require_approval"]
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
-        """The Binds of `ev` when none of them must wait or be refused, else None."""
+        """The Binds of `ev` when none of them must wait or be refused, else None.
+        While an Execute may change names (a portal of DEALLOCATE, PREPARE …), a run
+        with one goes message by message (_gated_binds): a Bind after it is checked
+        against what it leaves."""
+        if type(ev) is pg.Passthrough and self.names.special and 0x45 in ev.types:
+            return None
         binds = [ev] if isinstance(ev, pg.Bind) else pg.decode_binds(ev.raw, ev.types)
         for b in binds:
             if self._bind_gate(b):

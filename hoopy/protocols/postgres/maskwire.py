@@ -39,6 +39,7 @@ from hoopy.protocols.postgres.lineage import (
     search_path_schemas,
 )
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
+from hoopy.protocols.postgres.namespaces import Binding
 from hoopy.protocols.postgres.pgsources import from_server_code
 from hoopy.protocols.postgres.results import Result, ResultTracker
 from hoopy.protocols.postgres.rowmask import RowMasker
@@ -277,12 +278,14 @@ def count_tree(counts: Any) -> dict[str, dict[str, int]]:
     return tree
 
 
-def track(tracker: ResultTracker, ev: pg.FrontendEvent) -> None:
-    """Forwarded messages whose answers masking must attribute."""
+def track(tracker: ResultTracker, ev: pg.FrontendEvent, binding: Binding | None = None) -> None:
+    """Forwarded messages whose answers masking must attribute; a Bind comes with its
+    portal's new entry in the session's Namespaces (Pipeline._record_bind)."""
     t = type(ev)
     if t is pg.Bind:
         b = cast(pg.Bind, ev)
-        tracker.bind(b.portal, b.statement, b.result_formats)
+        assert binding is not None
+        tracker.bind(b.portal, b.statement, b.result_formats, binding)
     elif t is pg.Describe:
         d = cast(pg.Describe, ev)
         tracker.describe(d.kind, d.name)

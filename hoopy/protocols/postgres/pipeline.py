@@ -6,18 +6,29 @@ in ways hoopy learns only from the answers: a Parse it refuses (a name in use) l
 the old statement; an error discards everything up to Sync; a COPY FROM STDIN makes it
 ignore a Sync; a SET can change how the next text is read.  `Pipeline` (a base class of
 `relay.Relay`) keeps that bookkeeping, so that EXECUTE, Bind and the policy are about
-what the server will really run.
+what the server will really run.  The session's portals (and the batch counts) are
+its `names` (namespaces.py), which masking reads too.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from hoopy.errors import CommandDenied, ProtocolError
+from hoopy.errors import CommandDenied, HoopyError, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.bindgate import single, split_run
+from hoopy.protocols.postgres.namespaces import (
+    ALL,
+    Binding,
+    Changes,
+    Namespaces,
+    changes_of,
+    executed_names,
+    stale_execute,
+)
 from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
 from hoopy.recorder import encode_members
 
@@ -31,8 +42,7 @@ class Pipeline:
 
     session: Session | None
     prepared: dict[str, tuple[Command, ...]]  # what the server holds, by name
-    batches_sent: int
-    batches_done: int
+    names: Namespaces  # portals, and the batch counts below
     result: ResultLog
     binds_unwritten: bool  # Bind events chained but not yet written
     unsynced_execute: bool  # an Execute went to the server since the last Sync
@@ -51,10 +61,17 @@ class Pipeline:
     batch_failed: bool  # an ErrorResponse since the last ReadyForQuery
     silent_ready: set[int]  # batches ended by hoopy's own Sync: their ReadyForQuery is not sent
     # per (statement name, id(commands)): the commands, the encoded statement part of
-    # their Bind events, and whether they are a COPY FROM STDIN
+    # their Bind events, whether they are a COPY FROM STDIN, what they change in the
+    # namespaces when a portal of them runs
     _bind_statics: dict[
         tuple[str, int],
-        tuple[tuple[Command, ...] | None, tuple[bytes, dict[str, Any]], bool],
+        tuple[
+            tuple[Command, ...] | None,
+            tuple[bytes, dict[str, Any]],
+            bool,
+            Changes | None,
+            tuple[str, ...],
+        ],
     ]
     # id(statement) -> (statement, the session's schemas then, what its Bind needs): see
     # relay._bind_gate
@@ -62,8 +79,32 @@ class Pipeline:
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     tracker: ResultTracker | None  # masking sessions
 
+    @property
+    def batches_sent(self) -> int:
+        return self.names.sent
+
+    @batches_sent.setter
+    def batches_sent(self, value: int) -> None:
+        self.names.sent = value
+
+    @property
+    def batches_done(self) -> int:
+        return self.names.done
+
+    @batches_done.setter
+    def batches_done(self, value: int) -> None:
+        self.names.done = value
+
     def _flush(self, out: list[bytes]) -> None:
         raise NotImplementedError  # relay.Relay: forward what the batch holds
+
+    def _other_agent_event(
+        self, ev: pg.FrontendEvent, out: list[bytes], binds: list[pg.Bind] | None = None
+    ) -> bool:
+        raise NotImplementedError  # relay.Relay: bookkeeping and forwarding of a message
+
+    def _refused_bind(self, e: HoopyError) -> bytes:
+        raise NotImplementedError  # relay.Relay: the marker in place of a message
 
     # A text with a backslash parses differently once standard_conforming_strings is
     # off (or under a client-only multibyte encoding): a statement ahead of it in the
@@ -80,20 +121,27 @@ class Pipeline:
         COPY as a Query) goes behind a Sync of hoopy's own, whose ReadyForQuery the
         agent never sees: the Query is answered, as PostgreSQL answers it without an
         error before it."""
+        if self.copy_in_flight:
+            self._copy_interrupted("a Query" if t is pg.Query else "a Parse")
         if t is pg.Parse:
             self.extended_open = True
         elif self.extended_open:
-            if self.copy_in_flight:
-                raise ProtocolError(
-                    "a simple Query inside an unfinished COPY FROM STDIN is not supported "
-                    "through hoopy; session closed"
-                )
             out.append(pg.sync())
             self.batches_sent += 1
             self.silent_ready.add(self.batches_sent)
             self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
                 self.tracker.sync()
+
+    def _copy_interrupted(self, what: str) -> None:
+        """During COPY FROM STDIN the server reads only copy data: any other message
+        (but Flush and Sync) fails the COPY and is discarded unanswered, so hoopy would
+        record as run what never ran, and lose count of the answers due.  Not knowing
+        whether the COPY has started (only its answer tells), hoopy ends the session."""
+        raise ProtocolError(
+            f"{what} sent before the end of a COPY FROM STDIN is not supported through "
+            "hoopy (the server would discard it and fail the COPY); session closed"
+        )
 
     def _answers_pending(self) -> bool:
         return self.batches_done < self.batches_sent or self.unsynced_execute
@@ -160,6 +208,7 @@ class Pipeline:
     def _forget(self, name: str | None) -> None:
         """`name` (None: every name) no longer holds what hoopy knew, and what it holds
         now cannot be told: EXECUTE and Bind of it are refused (never run unchecked)."""
+        self.names.statement_epoch += 1
         if name is None:
             self.prepared.clear()
         else:
@@ -167,6 +216,8 @@ class Pipeline:
         self.unconfirmed = deque(
             (b, n, None if name is None or n == name else c, p) for b, n, c, p in self.unconfirmed
         )
+        if self.tracker is not None:  # masking follows the same decision
+            self.tracker.forget(name)
 
     def _copy_starts(self) -> None:
         self.copy_in_flight = True
@@ -190,8 +241,10 @@ class Pipeline:
         if settled is not None and not settled.done():
             settled.set_result(None)
 
-    def _record_bind(self, bind: pg.Bind) -> None:
-        """Which values a statement runs with: chained now, written before it runs."""
+    def _record_bind(self, bind: pg.Bind) -> Binding | None:
+        """Which values a statement runs with: chained now, written before it runs.
+        Returns the portal's new entry in `names` (None: a session without masking
+        keeps none while no portal changes or depends on names)."""
         session = self.session
         assert session is not None
         session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
@@ -212,21 +265,124 @@ class Pipeline:
                 cmds,
                 (encode_members(fields), fields),
                 copies_in(cmds),
+                changes_of(cmds or ()),
+                executes_in(cmds),
             )
-        _, static, self._portal_copies[bind.portal] = known
+        _, static, self._portal_copies[bind.portal], changes, execs = known
+        depends: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+        if execs:  # what each name may hold now: the Execute must find the same
+            depends = tuple((n, tuple(self._candidates(n))) for n in execs)
+            fields = dict(static[1])
+            fields["executes"] = {n: _texts(found) for n, found in depends}
+            static = (encode_members(fields), fields)
         session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
         self.binds_unwritten = True
+        if changes is None and not depends and self.tracker is None and not self.names.special:
+            return None  # no Execute needs looking at: nothing to follow (the fast path)
+        return self.names.bind(bind.portal, changes, depends)
+
+    def _executes(self, portal: str) -> str:
+        """An Execute of `portal` about to be forwarded.  EXECUTE in its statement runs
+        what the name holds now, not at the Bind: if that may differ from what the Bind
+        was checked (and approved) against, the reason to refuse it.  Otherwise SQL in
+        its statement that changes names (a Parse of DEALLOCATE, PREPARE, CLOSE,
+        DECLARE …) runs now, at every Execute."""
+        found = list(self.names.portal(portal))
+        for b in found:
+            for name, then in b.depends:
+                # everything the name may hold now was checked at the Bind (answers
+                # since may have narrowed it down), or the Execute is refused
+                now = self._candidates(name)
+                if not now or any(x is None or all(x is not y for y in then) for x in now):
+                    return (
+                        f"prepared statement {name!r} changed after portal {portal!r} was "
+                        f"bound, and its EXECUTE {name} would run the new one unchecked: "
+                        "bind the portal again"
+                    )
+        for b in found:
+            if b.changes is not None:
+                for name in b.changes.statements:
+                    self._forget(None if name == ALL else name)
+                self.names.apply(b.changes)
+        return ""
+
+    def _names_checked(self, cmds: tuple[Command, ...], parse: bool) -> None:
+        """Refuse a text whose EXECUTE would run something other than what it was
+        classified as: in one text, an EXECUTE of a name a statement before it
+        redefined (classified against what the name held before the text); in a
+        Query, EXECUTE of a statement that is itself an EXECUTE (its inner name was
+        resolved when it was parsed, and may hold something else by now).  (A Parse
+        of EXECUTE is checked at each Bind and Execute: _runs, Pipeline._executes.)"""
+        reason = ""
+        name = None if parse else stale_execute(cmds)
+        if name is not None:
+            reason = (
+                f"EXECUTE {name} follows a statement that redefines {name} in the same "
+                "text: send it in a separate query"
+            )
+        elif not parse:
+            for n in executes_in(cmds):
+                if any(t is not None and executes_in(t) for t in self._candidates(n)):
+                    reason = (
+                        f"prepared statement {n!r} runs an EXECUTE itself: hoopy cannot "
+                        "tell what that runs now; prepare the statement it executes instead"
+                    )
+                    break
+        if reason:
+            assert self.session is not None
+            text = "; ".join(c.text for c in cmds)
+            self.session.record("command", text=text, outcome="deny", reason=reason)
+            raise CommandDenied(reason)
+
+    def _gated_executes(self, ev: pg.FrontendEvent, out: list[bytes]) -> bool:
+        """While a portal that depends on a name (EXECUTE) or changes names may run:
+        each Execute is looked at (Pipeline._executes), a refused one replaced by the
+        marker.  True when `ev` was handled here."""
+        if type(ev) is pg.Passthrough:
+            types = ev.types
+            if 0x45 not in types:
+                return False
+            if len(types) > 1:  # message by message
+                for t, raw in split_run(ev.raw, types):
+                    self._other_agent_event(single(t, raw), out)
+                return True
+            portal = executed_portals(ev.raw, types)[0]
+        else:
+            portal = cast(pg.Execute, ev).portal
+        reason = self._executes(portal)
+        if not reason:
+            return False
+        assert self.session is not None
+        self.session.record(
+            "command",
+            text=f"Execute of portal {portal!r}",
+            kinds=["execute"],
+            outcome="deny",
+            reason=reason,
+        )
+        out.append(self._refused_bind(CommandDenied(reason)))
+        self.extended_open = True
+        return True
 
     def _on_close(self, ev: pg.Close) -> None:
         if ev.kind == "S":
             self.prepared.pop(ev.name, None)
+            self.names.statement_epoch += 1
+        else:
+            self.names.close(ev.name)
         if self.tracker is not None:
             self.tracker.close(ev.kind, ev.name)
 
     def _track_sql_prepared(self, cmds: tuple[Command, ...], protocol: bool = False) -> None:
-        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements.
-        `protocol`: they came in a Parse, so run at an Execute hoopy does not follow to
-        its end: the names they touch become unknown at once."""
+        """SQL PREPARE/DEALLOCATE share the namespace of protocol-level statements,
+        CLOSE/DECLARE that of portals (`names`).  `protocol`: they came in a Parse and
+        run at each Execute of a portal of it (`_executes`); the statement names they
+        touch become unknown at once too."""
+        self.names.statement_epoch += 1
+        if not protocol:
+            changes = changes_of(cmds)
+            if changes is not None:
+                self.names.apply(changes)
         for c in cmds:
             if "prepare" in c.kinds and "execute" not in c.kinds:
                 name = prepared_name(c.text)
@@ -245,7 +401,22 @@ class Pipeline:
 
 
 # A statement of these kinds means something that depends on what ran before it
-SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard"})
+SESSION_STATE_KINDS = frozenset({"execute", "prepare", "deallocate", "discard", "close", "declare"})
+
+
+def executes_in(cmds: tuple[Command, ...] | None) -> tuple[str, ...]:
+    """The names EXECUTE runs in these statements ("" when one cannot be read: it
+    resolves to nothing known, so its Bind is refused)."""
+    out: list[str] = []
+    for c in cmds or ():
+        if "execute" in c.kinds:
+            names = executed_names(c.text)
+            out += names if names else ("\0unknown",)
+    return tuple(out)
+
+
+def _texts(found: list[tuple[Command, ...] | None] | tuple[Any, ...]) -> list[str | None]:
+    return [None if cmds is None else "; ".join(c.text for c in cmds) for cmds in found]
 
 
 def copies_in(cmds: tuple[Command, ...] | None) -> bool:
@@ -263,3 +434,27 @@ def prepared_name(text: str) -> str:
         return ""
     name = getattr(stmt, "name", None)
     return str(name) if name else ""
+
+
+def executed_portals(raw: bytes, types: bytes) -> list[str]:
+    """The portal names of the Execute messages in a Passthrough run."""
+    out: list[str] = []
+    pos = 0
+    for t in types:
+        stop = pos + 1 + int.from_bytes(raw[pos + 1 : pos + 5], "big")
+        if t == 0x45:
+            end = raw.find(b"\0", pos + 5, stop)
+            out.append(raw[pos + 5 : end].decode("utf-8", "replace"))
+        pos = stop
+    return out
+
+
+def interrupts_copy(ev: pg.FrontendEvent) -> bool:
+    """Is `ev` a message the server does not accept during COPY FROM STDIN (anything but
+    copy data, CopyDone, CopyFail, Flush and Sync)?"""
+    t = type(ev)
+    if t is pg.Passthrough:
+        types = cast(pg.Passthrough, ev).types
+        done = types.find(b"c")  # the COPY ends at its CopyDone
+        return any(x in b"BDE" for x in (types if done < 0 else types[:done]))
+    return t not in (pg.CopyData, pg.CopyDone, pg.CopyFail, pg.Flush, pg.Sync, pg.Terminate)

@@ -31,6 +31,7 @@ from hoopy.protocols.postgres.classify import Classifier
 from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import _default_path, count_tree
+from hoopy.protocols.postgres.namespaces import Namespaces
 from hoopy.protocols.postgres.relay import (
     READ_SIZE,
     Relay,
@@ -117,6 +118,7 @@ class AgentConnection(Relay):
         self.prepared: dict[str, tuple[Command, ...]] = {}
         self.marker = f"hoopy_refused_{secrets.token_hex(8)}"
         self.refusals: deque[tuple[int, HoopyError]] = deque()
+        self.names = Namespaces()  # portals and batch counts, shared with masking
         self.batches_sent = 0
         self.binds_unwritten = False  # Bind events chained but not yet written
         self.unsynced_execute = False
@@ -297,7 +299,7 @@ class AgentConnection(Relay):
         self.session.search_path_of = search_path_of
         self.session.also_schemas = (user,)  # "$user" of the default search_path
         if may_mask(self.session.policies, identity, connector.name):
-            self.tracker = ResultTracker()
+            self.tracker = ResultTracker(self.names)
             settings = MaskSettings(self.gw.mask_key, self.gw.config.masking.redact_numeric)
             self.planner = Planner(self.listener.catalog(connector), settings)
         self._startup_search_path(params, dbname)

@@ -64,7 +64,8 @@ from hoopy.protocols.postgres.pipeline import (
     SESSION_STATE_KINDS,
     Pipeline,
     copies_in,
-    prepared_name,
+    executes_in,
+    interrupts_copy,
 )
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
@@ -164,8 +165,6 @@ class Relay(Pipeline):
     prepared: dict[str, tuple[Command, ...]]
     marker: str
     refusals: deque[tuple[int, HoopyError]]
-    batches_sent: int
-    batches_done: int
     result: ResultLog
     scrub_words: tuple[str, ...]
     outcome: str
@@ -401,16 +400,18 @@ class Relay(Pipeline):
 
     def _runs(self, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
         """What a Bind of this statement runs: itself, and for `EXECUTE name` what name
-        holds at this Bind (not at the Parse); None when hoopy does not know that."""
-        if not any("execute" in c.kinds for c in cmds):
+        holds now (each Execute must find it unchanged: Pipeline._executes); None when
+        hoopy does not know that, or the name holds an EXECUTE itself (two levels of
+        names resolved at run time)."""
+        names = executes_in(cmds)
+        if not names:
             return cmds
         runs = list(cmds)
-        for c in cmds:
-            if "execute" in c.kinds:
-                targets = self._candidates(prepared_name(c.text))
-                if not targets or any(t is None for t in targets):
-                    return None
-                runs += [t for ts in targets for t in ts or ()]
+        for name in names:
+            targets = self._candidates(name)
+            if not targets or any(t is None or executes_in(t) for t in targets):
+                return None
+            runs += [c for ts in targets for c in ts or ()]
         return tuple(runs)
 
     def _needing_approval(self, bind: pg.Bind) -> list[Command]:
@@ -423,7 +424,12 @@ class Relay(Pipeline):
         return [c for c in dict.fromkeys(runs) if session.decide(c).outcome == "require_approval"]
 
     def _binds_free(self, ev: pg.Bind | pg.Passthrough) -> list[pg.Bind] | None:
-        """The Binds of `ev` when none of them must wait or be refused, else None."""
+        """The Binds of `ev` when none of them must wait or be refused, else None.
+        While an Execute may change names (a portal of DEALLOCATE, PREPARE …), a run
+        with one goes message by message (_gated_binds): a Bind after it is checked
+        against what it leaves."""
+        if type(ev) is pg.Passthrough and self.names.special and 0x45 in ev.types:
+            return None
         binds = [ev] if isinstance(ev, pg.Bind) else pg.decode_binds(ev.raw, ev.types)
         for b in binds:
             if self._bind_gate(b):
@@ -501,6 +507,8 @@ class Relay(Pipeline):
             if self.tracker is not None:
                 self.tracker.sync()
             out.append(ev.raw)
+        elif self.copy_in_flight and interrupts_copy(ev):
+            self._copy_interrupted(f"a {t.__name__} message")
         elif t is pg.Close:
             # A Close never fails ("not an error" for a name that does not exist), so
             # it opens no batch a later simple Query could be discarded in (asyncpg
@@ -521,7 +529,10 @@ class Relay(Pipeline):
             refusal = CommandDenied("the fast-path function call protocol is not allowed")
             out.append(self._refuse_query(refusal))
         else:
-            if self.tracker is not None:
+            special = self.names.special and (t is pg.Execute or t is pg.Passthrough)
+            if special and self._gated_executes(ev, out):
+                return True
+            if self.tracker is not None and t is not pg.Bind:
                 track(self.tracker, ev)
             if t is pg.Passthrough:
                 types = ev.types  # type: ignore[union-attr]
@@ -539,7 +550,10 @@ class Relay(Pipeline):
                 if 0x42 in types or 0x44 in types or 0x45 in types:
                     self.extended_open = True
             elif t is pg.Bind:
-                self._record_bind(cast(pg.Bind, ev))
+                bind = cast(pg.Bind, ev)
+                binding = self._record_bind(bind)
+                if self.tracker is not None:
+                    track(self.tracker, bind, binding)
                 self.extended_open = True
             elif t is pg.Execute:
                 self.unsynced_execute = self.extended_open = True
@@ -588,6 +602,8 @@ class Relay(Pipeline):
         which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
+        if len(cmds) > 1 or (not parse and "execute" in cmds[0].kinds):
+            self._names_checked(cmds, parse)
         if len(cmds) == 1:  # the usual case, without lists
             d = session.decide(cmds[0])
             if d.outcome == "require_approval" and not parse:
@@ -671,6 +687,7 @@ class Relay(Pipeline):
                 if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
                     self._track_sql_prepared(cmds)
                     break
+            self.names.close("")  # a simple Query drops the unnamed portal
             self.batches_sent += 1
             if tracker is not None:
                 tracker.query(list(self._masks))
@@ -681,12 +698,17 @@ class Relay(Pipeline):
                 self._track_sql_prepared(cmds, protocol=True)
                 break
         self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
+        self.names.statement_epoch += 1
         if tracker is not None:
-            tracker.parse(name, self._masks[0] if len(self._masks) == 1 else None)
+            mask = self._masks[0] if len(self._masks) == 1 else None
+            kinds = frozenset().union(*(c.kinds for c in cmds))
+            dependent = "fetch" if "fetch" in kinds else "execute" if "execute" in kinds else ""
+            tracker.parse(name, mask, dependent)
         return ev.raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:
         assert self.backend is not None
+        self.names.close("")
         self.batches_sent += 1
         self.refusals.append((self.batches_sent, e))
         if self.tracker is not None:
@@ -833,6 +855,8 @@ class Relay(Pipeline):
         assert self.backend is not None
         self.backend.status = status
         self.batches_done += 1
+        if status == "I":
+            self.names.idle()  # the transaction is over: so are its portals
         self._batch_answered()
         while self.refusals and self.refusals[0][0] <= self.batches_done:
             self.refusals.popleft()  # its marker was discarded after an earlier error

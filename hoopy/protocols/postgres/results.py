@@ -14,10 +14,13 @@ produced it and in which formats its columns are:
 * an ErrorResponse in extended mode discards everything up to the next Sync.
 
 Everything is resolved when the agent's message is forwarded (a later Parse reusing a
-name cannot change what an earlier Execute meant), and a Parse counts only once the
-server acknowledges it: one it refuses (a name in use, a missing table) leaves the
-statement the server kept.  A result whose columns hoopy never
-saw described gets `fields=None`: the planner masks every value of it.
+name cannot change what an earlier Execute meant), and a Parse or Bind counts only
+once the server acknowledges it: one it refuses (a name in use, a missing table)
+leaves what the server kept.  Portals are the session's shared `Namespaces`
+(namespaces.py: also what the Bind gate reads), each Bind's `Portal` hanging on its
+`Binding`; SQL that changes statement names reaches `forget` from the pipeline.
+A result whose columns hoopy never saw described, or whose portal may hold something
+else, gets `fields=None`: the planner masks every value of it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hoopy.protocols.postgres.messages import FieldDescription
+from hoopy.protocols.postgres.namespaces import Binding, Namespaces
 
 Fields = tuple[FieldDescription, ...]
 
@@ -39,6 +43,11 @@ class Statement:
     fields: Fields | None = None
     described: bool = False
     plans: dict[tuple[int, ...], Any] = field(default_factory=dict)  # per result formats
+    # "fetch": its rows come from whatever cursor the name holds when its portal runs;
+    # "execute": from what a prepared-statement name holds (Describe S tells what it
+    # held at the Parse, `epoch`: Namespaces.statement_epoch then)
+    dependent: str = ""
+    epoch: int = 0
 
 
 @dataclass
@@ -46,6 +55,10 @@ class Portal:
     statement: Statement
     formats: tuple[int, ...]
     fields: Fields | None = None  # from Describe of the portal (formats already applied)
+    epoch: int = 0  # ResultTracker.epoch after its Bind
+    # an EXECUTE statement's description still holds (no statement name changed since
+    # its Parse; the Bind gate refuses an Execute once one has since its Bind)
+    statement_fields: bool = True
 
 
 @dataclass
@@ -62,8 +75,9 @@ class Result:
 class _Expect:
     kind: str  # query | parse | bind | describe_s | describe_p | execute | close | sync
     statements: list[Statement] = field(default_factory=list)  # query: one per statement
-    target: Statement | Portal | None = None
+    target: Statement | Portal | Binding | None = None
     name: str | None = None  # parse, close of a statement: the statement name
+    stale: bool = False  # execute: a cursor may have changed since its Bind
 
 
 NOTHING = Statement(None, described=True)
@@ -78,25 +92,34 @@ def result_formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
 
 
 class ResultTracker:
-    def __init__(self) -> None:
+    def __init__(self, names: Namespaces | None = None) -> None:
         self.statements: dict[str, Statement] = {}  # as the server holds them
         # Parsed but not yet acknowledged: the server may refuse the Parse (a named
         # statement that exists, a table that does not), and then keeps what it had.
         self.pending: dict[str, tuple[Statement, int]] = {}  # and its batch (Sync count)
         self._batch = 0  # Syncs forwarded so far
-        self.portals: dict[str, Portal] = {}
+        # portals: the session's, shared with the Bind gate; a tracker of its own keeps
+        # its batch counts itself (unit tests)
+        self._own = names is None
+        self.names = names if names is not None else Namespaces()
+        # bumped by every message that may open or close a cursor (see execute)
+        self.epoch = 0
         self.queue: deque[_Expect] = deque()
         self.result: Result | None = None  # rows currently arriving
         self._query_index = 0
 
     # ---- agent → backend (call when the message is forwarded) ------------------------
     def query(self, masks: list[Any]) -> None:
-        """A simple Query; `masks` has one entry per statement ([] when refused)."""
-        self.portals.pop("", None)  # a simple query destroys the unnamed portal
+        """A simple Query; `masks` has one entry per statement ([] when refused).
+        (The pipeline drops the unnamed portal from the shared Namespaces.)"""
+        self.epoch += 1
+        if self._own:
+            self.names.close("")
+            self.names.sent += 1
         self.queue.append(_Expect("query", [Statement(m) for m in masks]))
 
-    def parse(self, name: str, mask: Any) -> None:
-        st = Statement(mask)
+    def parse(self, name: str, mask: Any, dependent: str = "") -> None:
+        st = Statement(mask, dependent=dependent, epoch=self.names.statement_epoch)
         self.pending[name] = (st, self._batch)  # what later messages here refer to
         self.queue.append(_Expect("parse", target=st, name=name))
 
@@ -112,30 +135,69 @@ class ResultTracker:
             return pending[0]
         return Statement(_UNKNOWN_STATEMENT)
 
-    def bind(self, portal: str, statement: str, formats: tuple[int, ...]) -> None:
+    def bind(
+        self, portal: str, statement: str, formats: tuple[int, ...], binding: Binding | None = None
+    ) -> None:
+        """A Bind forwarded now; `binding`: its entry in the shared Namespaces."""
+        if binding is None:
+            binding = self.names.bind(portal, None)
         st = self._statement(statement) or Statement(_UNKNOWN_STATEMENT)
-        self.portals[portal] = Portal(st, formats)
-        self.queue.append(_Expect("bind"))
+        self.epoch += 1
+        same = st.dependent != "execute" or st.epoch == self.names.statement_epoch
+        binding.masking = Portal(st, formats, epoch=self.epoch, statement_fields=same)
+        self.queue.append(_Expect("bind", target=binding))
+
+    def _portal(self, name: str) -> Portal | None:
+        """What portal `name` holds for a message forwarded now; None: not one thing
+        hoopy knows (an unanswered Bind may fail, a cursor declared in SQL)."""
+        found = self.names.portal(name)
+        if len(found) == 1 and isinstance(found[0].masking, Portal):
+            return found[0].masking
+        return None
 
     def describe(self, kind: str, name: str) -> None:
         if kind == "S":
             target: Statement | Portal | None = self._statement(name)
             self.queue.append(_Expect("describe_s", target=target))
         else:
-            self.queue.append(_Expect("describe_p", target=self.portals.get(name)))
+            self.queue.append(_Expect("describe_p", target=self._portal(name)))
 
     def execute(self, portal: str) -> None:
-        self.queue.append(_Expect("execute", target=self.portals.get(portal)))
+        target = self._portal(portal)
+        stale = (
+            target is not None
+            and target.statement.dependent == "fetch"
+            and target.epoch != self.epoch
+        )
+        self.epoch += 1  # what it runs may open or close cursors
+        self.queue.append(_Expect("execute", target=target, stale=stale))
 
     def close(self, kind: str, name: str) -> None:
+        """Close of a statement or portal (the pipeline drops a portal from Namespaces)."""
         if kind == "S":
             self.pending.pop(name, None)
-        (self.statements if kind == "S" else self.portals).pop(name, None)
+            self.statements.pop(name, None)
+        else:
+            self.epoch += 1
         self.queue.append(_Expect("close", name=name if kind == "S" else None))
+
+    def forget(self, name: str | None) -> None:
+        """SQL changed what statement `name` holds (None: every name): what it holds
+        now is unknown, and no answer still due can make it known again."""
+        for e in self.queue:
+            if e.kind == "parse" and (name is None or e.name == name):
+                e.target = None
+        if name is None:
+            self.statements.clear()
+            self.pending.clear()
+        else:
+            self.statements.pop(name, None)
+            self.pending.pop(name, None)
 
     def sync(self) -> None:
         self._batch += 1
-        self.portals = {k: v for k, v in self.portals.items() if k}  # unnamed portal ends
+        if self._own:
+            self.names.sent += 1
         self.queue.append(_Expect("sync"))
 
     # ---- backend → agent ---------------------------------------------------------------
@@ -179,7 +241,8 @@ class ResultTracker:
             return self.result
         head = self._head()
         if head is not None and head.kind == "execute":
-            self.result = self._execute_result(head.target)
+            target = head.target if isinstance(head.target, Portal) and not head.stale else None
+            self.result = self._execute_result(target)
         elif head is not None and head.kind == "query":
             # rows without a RowDescription: nothing tells what they are
             self.result = Result(self._query_statement(head), (), None)
@@ -193,7 +256,7 @@ class ResultTracker:
             st = Statement(_UNKNOWN_STATEMENT)
         elif head.kind == "query":
             st = self._query_statement(head)
-        elif head.kind == "execute" and isinstance(head.target, Portal):
+        elif head.kind == "execute" and isinstance(head.target, Portal) and not head.stale:
             st = head.target.statement
         else:
             st = Statement(_UNKNOWN_STATEMENT)
@@ -221,17 +284,17 @@ class ResultTracker:
                 self.statements[head.name] = head.target  # the server holds it now
                 if self.pending.get(head.name, (None,))[0] is head.target:
                     del self.pending[head.name]
+            elif head.kind == "bind" and isinstance(head.target, Binding):
+                self.names.bound(head.target)  # the portal holds it now
             elif head.kind == "close" and head.name is not None:
                 self.statements.pop(head.name, None)  # also if parsed after the forward
 
     def _skipped(self, e: _Expect) -> None:
         """The server never ran this message (an error came before the Sync)."""
         name = e.name
-        if (
-            e.kind == "parse"
-            and name is not None
-            and self.pending.get(name, (None,))[0] is e.target
-        ):
+        if e.kind == "bind" and isinstance(e.target, Binding):
+            self.names.failed(e.target)  # the portal holds what it held
+        elif e.kind == "parse" and name in self.pending and self.pending[name][0] is e.target:
             del self.pending[name]
 
     def error(self) -> None:
@@ -243,7 +306,11 @@ class ResultTracker:
         while self.queue and self.queue[0].kind not in ("sync", "query"):
             self._skipped(self.queue.popleft())
 
-    def ready(self) -> None:
+    def ready(self, status: str = "I") -> None:
+        if self._own:
+            self.names.done += 1
+            if status == "I":
+                self.names.idle()
         self.result = None
         self._query_index = 0
         while self.queue:
@@ -261,7 +328,7 @@ class ResultTracker:
             return None
         if head.kind == "query":
             return self._query_statement(head).mask
-        if head.kind == "execute" and isinstance(head.target, Portal):
+        if head.kind == "execute" and isinstance(head.target, Portal) and not head.stale:
             return head.target.statement.mask
         return None
 
@@ -272,12 +339,14 @@ class ResultTracker:
         return Statement(_UNKNOWN_STATEMENT)
 
     @staticmethod
-    def _execute_result(target: Statement | Portal | None) -> Result:
+    def _execute_result(target: Portal | None) -> Result:
         if not isinstance(target, Portal):
             return Result(Statement(_UNKNOWN_STATEMENT), (), None)
         st = target.statement
         if target.fields is not None:
             return Result(st, tuple(f.format_code for f in target.fields), target.fields)
+        if st.dependent == "fetch" or not target.statement_fields:
+            return Result(st, (), None)  # only its portal's Describe tells what it reads
         n = len(st.fields) if st.fields is not None else 0
         return Result(st, result_formats(target.formats, n), st.fields)
 

@@ -143,6 +143,13 @@ class PostgresSettings:
     record_bytes: int = 64 * 1024  # result bytes recorded per statement
     pool_size: int = 4  # idle authenticated backend connections kept per connector
     unknown_lineage: str = "mask"  # an output column hoopy cannot trace: mask | refuse
+    # SQL texts (characters): longer ones are refused (54000); those over the inline size
+    # are classified by worker processes (classworker.py) with these limits each.
+    max_statement_size: int = 16 * 1024 * 1024
+    classify_inline_size: int = 8192
+    classify_workers: int = 1
+    classify_timeout: float = 10.0
+    classify_memory: int = 768 * 1024 * 1024  # address space of one worker
 
 
 @dataclass(frozen=True)
@@ -246,7 +253,8 @@ _SLACK_KEYS = ("token", "signing_secret", "channel", "approvers", "api_url", "ap
 _SLACK_API = "https://slack.com/api/"
 _PG_KEYS = (
     "max_message_size", "allow_cleartext_without_tls", "record_rows", "record_bytes",
-    "pool_size", "unknown_lineage",
+    "pool_size", "unknown_lineage", "max_statement_size", "classify_inline_size",
+    "classify_workers", "classify_timeout", "classify_memory",
 )  # fmt: skip
 _CONNECTOR_KEYS = {
     "postgres": ("type", "address", "database", "user", "password", "sslmode", "sslrootcert"),
@@ -469,6 +477,11 @@ def _postgres_settings(top: Section) -> PostgresSettings:
         pool_size=sec.integer("pool_size", d.pool_size),
         unknown_lineage=sec.choice("unknown_lineage", ("mask", "refuse"), d.unknown_lineage)
         or d.unknown_lineage,
+        max_statement_size=sec.size("max_statement_size", d.max_statement_size),
+        classify_inline_size=sec.size("classify_inline_size", d.classify_inline_size),
+        classify_workers=sec.integer("classify_workers", d.classify_workers, 1, 64),
+        classify_timeout=sec.duration("classify_timeout", d.classify_timeout),
+        classify_memory=sec.size("classify_memory", d.classify_memory),
     )
 
 

@@ -23,13 +23,16 @@ The JSON tree: a tagged node is `{"TypeName": {fields}}`; fields typed as a spec
 (e.g. `InsertStmt.relation`, `SelectStmt.larg`) appear untagged, so an untagged dict with a
 "relname" is a RangeVar and one with a "withClause" opens a CTE scope.
 
-Classification never looks at literal constants, so results can be cached by
-`pglast.parser.normalize()` (constants → $n): `Classifier` does that. Results that depend on
-session state (EXECUTE of a prepared statement) are never cached.
+Classification never looks at literal constants nor at positions in the text: it walks
+the tree sqltree.shape() leaves without them, which is also the key `Classifier` caches
+results by (exact by construction).  Results that depend on session state (EXECUTE of a
+prepared statement) are never cached.  Long texts are classified in a worker process
+(classworker.py), off the event loop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -39,6 +42,7 @@ from typing import Any
 from pglast import parser
 
 from hoopy.policy import Command
+from hoopy.protocols.postgres.sqltree import shape
 
 Prepared = Mapping[str, tuple[Command, ...]]
 Json = Any  # a value of libpg_query's JSON parse tree
@@ -805,14 +809,23 @@ def _normalize(sql: str) -> str:
         raise _libpg_error(e) from None
 
 
-def _parse(sql: str) -> tuple[list[Json], tuple[str, ...]]:
-    """Statement nodes and their source texts; raises SqlParseError, never returns half."""
+def _shape(sql: str) -> str:
+    """The literal-free tree classification reads (see sqltree.py): also the cache key."""
     _check_text(sql)
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
-    except (parser.ParseError, UnicodeError, RecursionError, ValueError) as e:
+        return shape(sql)
+    except (parser.ParseError, UnicodeError, RecursionError, MemoryError) as e:
         raise _libpg_error(e) from None
-    stmts = [s["stmt"] for s in tree.get("stmts", [])]
+
+
+def _parse(sql: str, tree: str | None = None) -> tuple[list[Json], tuple[str, ...]]:
+    """Statement nodes and their source texts; raises SqlParseError, never returns half."""
+    if tree is None:
+        tree = _shape(sql)
+    try:
+        stmts = [s["stmt"] for s in json.loads(tree).get("stmts", [])]
+    except (RecursionError, ValueError) as e:
+        raise _libpg_error(e) from None
     texts = _split(sql)
     if len(texts) != len(stmts):
         raise SqlParseError("statement boundaries could not be determined")
@@ -847,19 +860,38 @@ def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -
     if not acc.read.isdisjoint(_ACTIVITY_VIEWS):
         acc.kinds.add("read_activity")
         acc.opaque.add("read_activity")
+    kinds, written = frozenset(acc.kinds), frozenset(acc.written)
+    read, functions = frozenset(acc.read - acc.written), frozenset(acc.functions)
+    maybe, opaque = frozenset(acc.maybe_functions - acc.functions), frozenset(acc.opaque)
     cmd = Command(
         protocol="postgres",
         connector=connector,
         text=text,
-        kinds=frozenset(acc.kinds),
-        tables_read=frozenset(acc.read - acc.written),
-        tables_written=frozenset(acc.written),
-        functions=frozenset(acc.functions),
-        maybe_functions=frozenset(acc.maybe_functions - acc.functions),
-        opaque=frozenset(acc.opaque),
-        fingerprint=_normalize(text),
+        kinds=kinds,
+        tables_read=read,
+        tables_written=written,
+        functions=functions,
+        maybe_functions=maybe,
+        opaque=opaque,
+        fingerprint=_fingerprint(text, (kinds, read, written, functions, maybe, opaque)),
     )
     return _Built(cmd, acc.cacheable)
+
+
+# Statements longer than this get no fingerprint (decisions and approvals are then keyed
+# by their exact text): normalize() is superlinear in a long target list.
+FINGERPRINT_CHARS = 16384
+
+
+def _fingerprint(text: str, classified: tuple[frozenset[str], ...]) -> str:
+    """The literal-free text approvers see (normalize()), plus a digest of the
+    classification, so that two statements with one fingerprint are always classified
+    alike (sessions cache decisions by it, approvals are reused by it), whatever
+    normalize() chooses to replace."""
+    if len(text) > FINGERPRINT_CHARS:
+        return ""
+    digest = hashlib.blake2b(repr([sorted(f) for f in classified]).encode(), digest_size=16)
+    return f"{_normalize(text)}\n-- classified {digest.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -869,9 +901,11 @@ class _Built:
 
 
 def _classify(
-    sql: str, connector: str, prepared: Prepared | None
+    sql: str, connector: str, prepared: Prepared | None, tree: str | None = None
 ) -> tuple[tuple[Command, ...], bool]:
-    stmts, texts = _parse(sql)
+    """The Commands of `sql` and whether they may be cached (none runs session state);
+    `tree`: its shape, when already computed."""
+    stmts, texts = _parse(sql, tree)
     built = [_command(n, t, connector, prepared) for n, t in zip(stmts, texts, strict=True)]
     return tuple(b.command for b in built), all(b.cacheable for b in built)
 
@@ -886,9 +920,10 @@ def classify(sql: str, connector: str, prepared: Prepared | None = None) -> tupl
 
 
 class Classifier:
-    """`classify()` with an LRU cache keyed by the literal-free text and the connector, and
-    in front of it a cache of exact texts seen more than once (drivers re-send the same
-    Parse text every time: that skips normalizing)."""
+    """`classify()` with an LRU cache keyed by the statement's shape (its literal-free
+    parse tree, see sqltree.py: exact, since it is what classification reads) and the
+    connector, and in front of it a cache of exact texts seen more than once (drivers
+    re-send the same Parse text every time: that skips parsing)."""
 
     def __init__(self, max_entries: int = 10000, max_key_chars: int = 65536) -> None:
         self.max_entries = max_entries
@@ -901,6 +936,25 @@ class Classifier:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def exact(self, sql: str, connector: str) -> tuple[Command, ...] | None:
+        """The classification of this very text, if it is cached."""
+        hit = self._exact.get((sql, connector))
+        if hit is not None:
+            self.hits += 1
+        return hit
+
+    def remember(
+        self, sql: str, connector: str, cmds: tuple[Command, ...], cacheable: bool
+    ) -> None:
+        """Cache a classification made elsewhere (a worker) by its exact text."""
+        if cacheable and self.max_entries > 0 and len(sql) <= self.max_key_chars:
+            self._remember_exact(sql, connector, cmds)
+
+    def _remember_exact(self, sql: str, connector: str, cmds: tuple[Command, ...]) -> None:
+        if len(self._exact) >= self.max_entries:
+            self._exact.clear()
+        self._exact[(sql, connector)] = cmds
+
     def classify(
         self, sql: str, connector: str, prepared: Prepared | None = None
     ) -> tuple[Command, ...]:
@@ -908,23 +962,20 @@ class Classifier:
         if exact is not None:
             self.hits += 1
             return exact
-        if "\0" in sql:
-            _check_text(sql)  # before normalize(): it would stop reading at a NUL
-        key = (_normalize(sql), connector)
+        tree = _shape(sql)
+        key = (tree, connector)
         entry = self._cache.get(key)
         if entry is not None:
             cmds = self._retext(sql, *entry)
             if cmds is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
-                if cmds is entry[1]:  # the same text again: next time, skip normalizing
-                    if len(self._exact) >= self.max_entries:
-                        self._exact.clear()
-                    self._exact[(sql, connector)] = cmds
+                if cmds is entry[1]:  # the same text again: next time, skip parsing
+                    self._remember_exact(sql, connector, cmds)
                 return cmds
         self.misses += 1
-        cmds, cacheable = _classify(sql, connector, prepared)
-        if cacheable and self.max_entries > 0 and len(key[0]) <= self.max_key_chars:
+        cmds, cacheable = _classify(sql, connector, prepared, tree)
+        if cacheable and self.max_entries > 0 and len(tree) <= self.max_key_chars:
             self._cache[key] = (sql, cmds)
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:

@@ -28,6 +28,7 @@ from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classify import Classifier
+from hoopy.protocols.postgres.classworker import OffLoop
 from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import count_tree
@@ -58,6 +59,7 @@ class PostgresListener:
         s = gw.config.postgres
         self.pool = be.BackendPool(s.pool_size, s.max_message_size)
         self.classifier = Classifier()
+        self.classification = OffLoop(self.classifier, s)
         self.active: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.catalogs: dict[str, Catalog] = {}  # per connector, shared by its sessions
@@ -89,6 +91,7 @@ class PostgresListener:
         if self.active:
             await asyncio.gather(*self.active, return_exceptions=True)
         self.pool.close()
+        self.classification.close()
         for cat in self.catalogs.values():
             await cat.close()
 

@@ -194,7 +194,7 @@ def test_command_fields() -> None:
     assert cmd.protocol == "postgres"
     assert cmd.connector == "db"
     assert cmd.text == "SELECT * FROM t WHERE a = 42"
-    assert cmd.fingerprint == "SELECT * FROM t WHERE a = $1"
+    assert cmd.fingerprint.startswith("SELECT * FROM t WHERE a = $1\n-- classified ")
 
 
 # ------------------------------------------------------------------ tables
@@ -497,8 +497,8 @@ def test_empty_sql_has_no_commands(sql: str) -> None:
 
 def test_each_statement_gets_its_own_fingerprint() -> None:
     a, b = classify("select 1 from t where a = 5; delete from u where b = 'x'", "db")
-    assert a.fingerprint == "select $1 from t where a = $2"
-    assert b.fingerprint == "delete from u where b = $1"
+    assert a.fingerprint.startswith("select $1 from t where a = $2\n-- classified ")
+    assert b.fingerprint.startswith("delete from u where b = $1\n-- classified ")
 
 
 # ------------------------------------------------------------------ prepared statements
@@ -624,7 +624,12 @@ def test_cached_results_equal_uncached() -> None:
     for sql in CORPUS:
         c.classify(sql, "db")
     for sql in CORPUS:
-        assert c.classify(sql, "db") == classify(sql, "db"), sql
+        # a fingerprint may come from an earlier text of the same shape (`table t` and
+        # `select * from t` are one tree): everything else is the text's own
+        cached, fresh = c.classify(sql, "db"), classify(sql, "db")
+        assert [replace(x, fingerprint="") for x in cached] == [
+            replace(x, fingerprint="") for x in fresh
+        ], sql
 
 
 _TEMPLATES = [

@@ -1,0 +1,56 @@
+"""SQL text → the part of libpg_query's JSON parse tree that classification reads.
+
+Theory of operation
+-------------------
+Classification (classify.py) never looks at a literal constant (`A_Const`) nor at a
+position in the text (`location`, `stmt_location`, `stmt_len`).  `shape()` removes them
+from libpg_query's JSON with three linear regular-expression passes over the JSON text,
+before `json.loads` builds a single Python object:
+
+* every `{"A_Const":{…}}` becomes `0` (the walk skips non-containers, as it skipped
+  A_Const);
+* every `,"location":N` (and the statement offsets) goes;
+* a target or a list left holding only such zeros (`SELECT 1,1,1…`, a row of a
+  multi-row `VALUES`) becomes one `0` as well: nothing in it can name a relation or a
+  function.
+
+The result is both the classifier's input and its cache key, so the key is exact by
+construction: two texts with the same shape are classified from the same tree, whatever
+their literals, whitespace, comments or keyword case.  And it is small: a 4 MB
+multi-row INSERT or IN list shrinks to a few hundred kilobytes of JSON (the raw tree
+is 8x the text; as Python objects it would be 100x), in time linear in the text.
+
+JSON syntax makes the patterns safe: a `"` inside a JSON string is always escaped, so
+`{"A_Const":{` or `,"location":` can only match structure, never string contents.
+Anything a pattern does not match stays in the shape: a finer key, never a coarser one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pglast import parser
+
+_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+# {"A_Const":{"ival":{"ival":1},"location":7}}, {"A_Const":{"sval":{"sval":"…"}}},
+# {"A_Const":{"isnull":true,"location":3}}, {"A_Const":{"ival":{},"location":9}} (zero)
+_CONST = re.compile(
+    r'\{"A_Const":\{(?:"isnull":true|"\w+":\{(?:"\w+":(?:'
+    + _JSON_STRING
+    + r'|[-+\w.]+))?\})?(?:,"location":-?\d+)?\}\}'
+)
+_POSITION = re.compile(r',"(?:location|stmt_location|stmt_len)":-?\d+')
+_TRIVIAL = re.compile(r'\{"ResTarget":\{"val":0\}\}|\{"List":\{"items":\[0(?:,0)*\]\}\}')
+
+
+def shape(sql: str) -> str:
+    """The literal-free, position-free JSON parse tree of `sql`.
+
+    Raises pglast's ParseError (or UnicodeError) as parse_sql_json does."""
+    tree = parser.parse_sql_json(sql)
+    if '"A_Const"' in tree:
+        tree = _POSITION.sub("", _CONST.sub("0", tree))
+        if '"val":0}' in tree or '"items":[0' in tree:
+            tree = _TRIVIAL.sub("0", tree)
+        return tree
+    return _POSITION.sub("", tree)

@@ -249,9 +249,7 @@ class OffLoop:
         self._idle = None
 
 
-def _used(
-    prepared: cl.Prepared | None, sql: str
-) -> Iterable[tuple[str, tuple[Command, ...]]]:
+def _used(prepared: cl.Prepared | None, sql: str) -> Iterable[tuple[str, tuple[Command, ...]]]:
     """The prepared statements an EXECUTE in `sql` may name, for the worker."""
     if not prepared or "execute" not in sql.lower():
         return ()

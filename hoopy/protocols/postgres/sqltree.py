@@ -34,13 +34,23 @@ from pglast import parser
 _JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 # {"A_Const":{"ival":{"ival":1},"location":7}}, {"A_Const":{"sval":{"sval":"…"}}},
 # {"A_Const":{"isnull":true,"location":3}}, {"A_Const":{"ival":{},"location":9}} (zero)
-_CONST = re.compile(
+_ONE_CONST = (
     r'\{"A_Const":\{(?:"isnull":true|"\w+":\{(?:"\w+":(?:'
     + _JSON_STRING
     + r'|[-+\w.]+))?\})?(?:,"location":-?\d+)?\}\}'
 )
-_POSITION = re.compile(r',"(?:location|stmt_location|stmt_len)":-?\d+')
-_TRIVIAL = re.compile(r'\{"ResTarget":\{"val":0\}\}|\{"List":\{"items":\[0(?:,0)*\]\}\}')
+# A run of constants side by side (`,` then `{` only ever separates array elements) is
+# one match: a 4 MB IN list is one replacement, not half a million.
+_CONST = re.compile(f"{_ONE_CONST}(?:,{_ONE_CONST})*+")
+# Then a run of targets or of lists holding nothing but one such 0: SELECT 1,1,1…, and
+# the rows of a multi-row VALUES.
+_LOC = r'(?:,"location":-?\d+)?'
+_ONE_TRIVIAL = r'\{"ResTarget":\{"val":0' + _LOC + r'\}\}|\{"List":\{"items":\[0\]\}\}'
+_TRIVIAL = re.compile(f"(?:{_ONE_TRIVIAL})(?:,(?:{_ONE_TRIVIAL}))*+")
+_POSITION = re.compile(
+    r',"(?:(?:stmt_|arg_|name_|payload_|conninfo_)?location|stmt_len'
+    r'|(?:rexpr_)?list_(?:start|end))":-?\d+'
+)
 
 
 def shape(sql: str) -> str:
@@ -49,8 +59,7 @@ def shape(sql: str) -> str:
     Raises pglast's ParseError (or UnicodeError) as parse_sql_json does."""
     tree = parser.parse_sql_json(sql)
     if '"A_Const"' in tree:
-        tree = _POSITION.sub("", _CONST.sub("0", tree))
-        if '"val":0}' in tree or '"items":[0' in tree:
+        tree = _CONST.sub("0", tree)
+        if '"val":0' in tree or '"items":[0]' in tree:
             tree = _TRIVIAL.sub("0", tree)
-        return tree
     return _POSITION.sub("", tree)

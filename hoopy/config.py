@@ -729,20 +729,6 @@ def _match_strings(sec: Section, key: str) -> tuple[str, ...]:
     return tuple(v for v, _ in _match_items(sec, key))
 
 
-# Kinds the PostgreSQL classifier's statement handlers emit literally (the rest come from
-# its tables, read in `_statement_kinds`).  A name in `sql.statements` matching none of
-# them is a typo that would silently turn its rule off.
-_HANDLER_KINDS = frozenset({
-    "select", "explain", "prepare", "declare", "execute", "copy", "copy_program", "copy_file",
-    "create", "alter", "drop", "replace", "create_table", "create_view", "create_function",
-    "create_procedure", "do", "call", "truncate", "lock", "vacuum", "analyze", "create_role",
-    "create_user", "create_group", "grant", "revoke", "alter_default_privileges", "set",
-    "set_role", "set_session_authorization", "transaction", "move", "fetch", "comment",
-    "security_label", "create_schema", "create_foreign_table", "create_trigger",
-    "create_event_trigger", "create_rule", "load", "dynamic_sql", "read_statistics", "unknown",
-})  # fmt: skip
-
-
 @functools.cache
 def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
     """Every name a statement kind goes by (kinds and their verbs: `drop` covers
@@ -751,10 +737,9 @@ def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
 
     from hoopy.protocols.postgres import classify as c
 
-    tables = (c._DML_KINDS, c._MERGE_KINDS, c._TRANSACTION_KINDS, c._UTILITY_KINDS)
-    kinds = {k for t in tables for k in t.values()} | _HANDLER_KINDS
-    kinds |= set(getattr(c, "STATEMENT_KINDS", ()))  # should the classifier list them
-    kinds |= {f"{v}_{c._obj(o.name)}" for v in ("create", "alter", "drop") for o in ObjectType}
+    # The classifier's own list (one list: a kind it emits is a kind a rule may name).
+    kinds = set(c.STATEMENT_KINDS)
+    kinds |= {c.object_kind(v, o.name) for v in c.OBJECT_KIND_VERBS for o in ObjectType}
     verbs = {k for k in kinds if "_" not in k}
     return frozenset(kinds | {k.split("_", 1)[0] for k in kinds}), frozenset(verbs)
 

@@ -126,6 +126,36 @@ _UTILITY_KINDS = _pairs("""
     AlterTSDictionaryStmt=alter_text_search_dictionary
 """)
 _UTILITY = {tag: tuple(dict.fromkeys((k.split("_")[0], k))) for tag, k in _UTILITY_KINDS.items()}
+# Kinds the statement handlers below emit literally (the rest come from the tables above,
+# and `verb_object` kinds from the parse tree's ObjectType: see STATEMENT_KINDS).
+_HANDLER_KINDS = frozenset({
+    "select", "explain", "prepare", "declare", "execute", "copy", "create", "alter", "drop",
+    "replace", "create_table", "create_view", "create_function", "create_procedure", "do",
+    "call", "truncate", "lock", "vacuum", "analyze", "create_role", "create_user",
+    "create_group", "grant", "revoke", "alter_default_privileges", "set", "set_role",
+    "set_session_authorization", "set_search_path", "transaction", "move", "fetch", "comment",
+    "security_label", "create_schema", "create_foreign_table", "create_trigger",
+    "create_event_trigger", "create_rule", "load", "unknown",
+})  # fmt: skip
+# Opaque kinds (Command.opaque): effects no rule on tables or functions can see; an allow
+# rule covers one only by naming it in `statements`.
+OPAQUE_KINDS = frozenset({
+    "do", "load", "execute", "create_function", "create_procedure", "copy_program",
+    "copy_file", "dynamic_sql", "read_statistics", "read_activity", "signal_backend",
+    "unknown", "create_extension", "alter_extension",
+})  # fmt: skip
+# `create_<object>`, `alter_<object>`, `drop_<object>`: the object named by ObjectType
+# (see object_kind), for every object PostgreSQL has.
+OBJECT_KIND_VERBS = ("create", "alter", "drop")
+# Every statement kind (and opaque kind) classification can emit but the `verb_object`
+# ones: hoopy check reads this list, so a kind it rejects is one no rule could match.
+STATEMENT_KINDS: frozenset[str] = frozenset(
+    _HANDLER_KINDS
+    | OPAQUE_KINDS
+    | {k for t in (_DML_KINDS, _MERGE_KINDS, _TRANSACTION_KINDS, _UTILITY_KINDS)
+       for k in t.values()}
+    | set(OBJECT_KIND_VERBS)
+)  # fmt: skip
 
 
 class SqlParseError(Exception):
@@ -435,6 +465,11 @@ def _utility(acc: _Acc, kinds: tuple[str, ...], body: Json) -> None:
     for name in _TARGET_FIELDS:
         _add_target(acc, body.get(name))
     _walk_fields(acc, body, skip=_TARGET_FIELDS)
+
+
+def object_kind(verb: str, objtype: str | None) -> str:
+    """The kind of `verb` (create, alter, drop) on an object of this ObjectType name."""
+    return f"{verb}_{_obj(objtype)}"
 
 
 def _kinds_for(verb: str) -> Callable[[str], tuple[str, str]]:

@@ -146,7 +146,7 @@ async def _through(dsn: dict[str, str], hoopy_pid: int, mb: float) -> None:
         p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
         print(
             f"{case:12s} {took:6.2f} s through hoopy ({str(status)[:60]}); meanwhile "
-            f"{len(lat_ms)} × select 1: p50 {statistics.median(lat_ms):.1f} ms, "
+            f"{len(lat_ms)} x select 1: p50 {statistics.median(lat_ms):.1f} ms, "
             f"p99 {p99:.1f} ms, max {lat_ms[-1]:.1f} ms",
             flush=True,
         )

@@ -241,7 +241,9 @@ class AgentConnection(Relay):
     async def _cancel(self, ev: pg.CancelRequest) -> None:
         target = self.gw.cancels.get((ev.pid, ev.key))
         if target is not None and isinstance(target.connector, PostgresConnector):
-            await be.cancel(target.connector, target.pid, target.key)
+            # no await between the lookup and the pool counting this cancel as under
+            # way: the session's backend cannot be reset and handed on in between
+            await self.listener.pool.cancel(target.connector, target.pid, target.key)
         self.outcome = "cancel_request"
 
     async def _login(self, startup: pg.StartupMessage) -> None:
@@ -305,8 +307,9 @@ class AgentConnection(Relay):
     def _bad_params(self, params: dict[str, str]) -> str:
         if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
             return "replication connections are not allowed through hoopy"
-        if unsafe_encoding(params.get("client_encoding", "")):
-            return f"client_encoding {params['client_encoding']} is not supported; use UTF8"
+        for key, value in params.items():  # the server reads parameter names in any case
+            if key.lower() == "client_encoding" and unsafe_encoding(value):
+                return f"client_encoding {value} is not supported; use UTF8"
         return ""
 
     def _reject(self, connector: str, reason: str) -> None:

@@ -77,34 +77,25 @@ log = logging.getLogger("hoopy.postgres")
 
 # Client-only encodings whose trailing bytes can be ASCII quote/backslash:
 # hoopy's parse of the text would differ from the server's.
-UNSAFE_ENCODINGS = frozenset(
-    {
-        "BIG5",
-        "GBK",
-        "SJIS",
-        "SHIFT_JIS_2004",
-        "GB18030",
-        "UHC",
-        "JOHAB",
-        "WIN950",
-        "WIN936",
-        "WIN949",
-        "WIN1361",
-    }
+UNSAFE_ENCODINGS = frozenset({"BIG5", "GBK", "SJIS", "SHIFT_JIS_2004", "GB18030", "UHC", "JOHAB"})
+# Every name PostgreSQL accepts for them (pg_encname_tbl in src/common/encnames.c), as
+# its clean_encoding_name() spells it: ASCII letters and digits only, lower case.
+_UNSAFE_NAMES = frozenset(
+    {"big5", "win950", "windows950", "gbk", "win936", "windows936", "sjis", "shiftjis"}
+    | {"mskanji", "win932", "windows932", "shiftjis2004", "gb18030", "uhc", "win949"}
+    | {"windows949", "johab"}
 )
 READ_SIZE = 256 * 1024
 
 
 def _norm_enc(name: str) -> str:
-    return name.upper().replace("-", "").replace("_", "") if name else ""
-
-
-_UNSAFE_NORM = frozenset(_norm_enc(e) for e in UNSAFE_ENCODINGS)
+    """An encoding name as PostgreSQL looks it up: `Shift_JIS`, `SHIFT-JIS` → shiftjis."""
+    return "".join(c for c in name if c.isascii() and c.isalnum()).lower()
 
 
 def unsafe_encoding(name: str) -> bool:
-    """Is `name` (any spelling) one of UNSAFE_ENCODINGS?"""
-    return _norm_enc(name) in _UNSAFE_NORM
+    """Is `name` (any spelling PostgreSQL accepts) one of UNSAFE_ENCODINGS?"""
+    return _norm_enc(name) in _UNSAFE_NAMES
 
 
 def error_bytes(e: HoopyError) -> bytes:

@@ -42,7 +42,7 @@ from typing import Any
 from pglast import parser
 
 from hoopy.policy import Command
-from hoopy.protocols.postgres.sqltree import shape
+from hoopy.protocols.postgres.sqltree import shape_of
 
 Prepared = Mapping[str, tuple[Command, ...]]
 Json = Any  # a value of libpg_query's JSON parse tree
@@ -844,11 +844,12 @@ def _normalize(sql: str) -> str:
         raise _libpg_error(e) from None
 
 
-def _shape(sql: str) -> str:
-    """The literal-free tree classification reads (see sqltree.py): also the cache key."""
+def _shape(sql: str) -> tuple[str, bool]:
+    """The literal-free tree classification reads (see sqltree.py): also the cache key;
+    and whether it is plain (sqltree.shape_of)."""
     _check_text(sql)
     try:
-        return shape(sql)
+        return shape_of(sql)
     except (parser.ParseError, UnicodeError, RecursionError, MemoryError) as e:
         raise _libpg_error(e) from None
 
@@ -856,7 +857,7 @@ def _shape(sql: str) -> str:
 def _parse(sql: str, tree: str | None = None) -> tuple[list[Json], tuple[str, ...]]:
     """Statement nodes and their source texts; raises SqlParseError, never returns half."""
     if tree is None:
-        tree = _shape(sql)
+        tree = _shape(sql)[0]
     try:
         stmts = [s["stmt"] for s in json.loads(tree).get("stmts", [])]
     except (RecursionError, ValueError) as e:
@@ -954,6 +955,29 @@ def classify(sql: str, connector: str, prepared: Prepared | None = None) -> tupl
     return _classify(sql, connector, prepared)[0]
 
 
+# The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
+# regular expressions.  It is exact only where the sole constants it replaces are A_Const
+# nodes: a single plain DML statement (no DefElem, no subscription conninfo, which newer
+# libpg_query versions also replace), whose shape then differs only in A_Const values
+# (or a $n parameter where a constant was: both invisible to classification).  Anything
+# else is keyed by its shape.  tests/protocols/postgres/test_bigsql.py checks both.
+_DML_KEY_CHARS = 2048  # normalize() is superlinear in a target list: kept short
+_PLAIN_DML_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
+
+
+def _dml_key(sql: str, connector: str) -> tuple[str, str] | None:
+    if len(sql) > _DML_KEY_CHARS or "\0" in sql:
+        return None
+    try:
+        return (str(parser.normalize(sql)), connector)
+    except (parser.ParseError, UnicodeError):
+        return None
+
+
+def _plain_dml(cmds: tuple[Command, ...]) -> bool:
+    return len(cmds) == 1 and not cmds[0].opaque and cmds[0].kinds <= _PLAIN_DML_KINDS
+
+
 class Classifier:
     """`classify()` with an LRU cache keyed by the statement's shape (its literal-free
     parse tree, see sqltree.py: exact, since it is what classification reads) and the
@@ -965,6 +989,8 @@ class Classifier:
         self.max_key_chars = max_key_chars  # huge texts are classified, not cached
         self._cache: OrderedDict[tuple[str, str], tuple[str, tuple[Command, ...]]] = OrderedDict()
         self._exact: dict[tuple[str, str], tuple[Command, ...]] = {}
+        # normalize() text → (text, commands), for plain DML only: see _dml_key
+        self._dml: dict[tuple[str, str], tuple[str, tuple[Command, ...]]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -997,7 +1023,15 @@ class Classifier:
         if exact is not None:
             self.hits += 1
             return exact
-        tree = _shape(sql)
+        dml = _dml_key(sql, connector)
+        if dml is not None:
+            found = self._dml.get(dml)
+            if found is not None:
+                cmds = self._retext(sql, *found)
+                if cmds is not None:
+                    self.hits += 1
+                    return cmds
+        tree, plain = _shape(sql)
         key = (tree, connector)
         entry = self._cache.get(key)
         if entry is not None:
@@ -1010,6 +1044,10 @@ class Classifier:
                 return cmds
         self.misses += 1
         cmds, cacheable = _classify(sql, connector, prepared, tree)
+        if dml is not None and cacheable and plain and _plain_dml(cmds):
+            if len(self._dml) >= self.max_entries:
+                self._dml.clear()
+            self._dml[dml] = (sql, cmds)
         if cacheable and self.max_entries > 0 and len(tree) <= self.max_key_chars:
             self._cache[key] = (sql, cmds)
             self._cache.move_to_end(key)

@@ -47,8 +47,9 @@ _CONST = re.compile(f"{_ONE_CONST}(?:,{_ONE_CONST})*+")
 _LOC = r'(?:,"location":-?\d+)?'
 _ONE_TRIVIAL = r'\{"ResTarget":\{"val":0' + _LOC + r'\}\}|\{"List":\{"items":\[0\]\}\}'
 _TRIVIAL = re.compile(f"(?:{_ONE_TRIVIAL})(?:,(?:{_ONE_TRIVIAL}))*+")
-_POSITION = re.compile(
-    r',"(?:(?:stmt_|arg_|name_|payload_|conninfo_)?location|stmt_len'
+_LOCATION = re.compile(r',"location":-?\d+')  # a literal prefix: searched fast
+_OTHER_POSITION = re.compile(
+    r',"(?:(?:stmt_|arg_|name_|payload_|conninfo_)location|stmt_len'
     r'|(?:rexpr_)?list_(?:start|end))":-?\d+'
 )
 
@@ -57,9 +58,19 @@ def shape(sql: str) -> str:
     """The literal-free, position-free JSON parse tree of `sql`.
 
     Raises pglast's ParseError (or UnicodeError) as parse_sql_json does."""
+    return shape_of(sql)[0]
+
+
+def shape_of(sql: str) -> tuple[str, bool]:
+    """`shape(sql)`, and whether the tree has no DefElem nor subscription conninfo: then
+    the only constants normalize() replaces are A_Const ones (see classify.Classifier)."""
     tree = parser.parse_sql_json(sql)
+    plain = '"DefElem"' not in tree and "conninfo" not in tree
     if '"A_Const"' in tree:
         tree = _CONST.sub("0", tree)
         if '"val":0' in tree or '"items":[0]' in tree:
             tree = _TRIVIAL.sub("0", tree)
-    return _POSITION.sub("", tree)
+    tree = _LOCATION.sub("", tree)
+    if "location" in tree or "stmt_len" in tree or "list_" in tree:
+        tree = _OTHER_POSITION.sub("", tree)
+    return tree, plain

@@ -121,6 +121,48 @@ def test_one_shape_means_one_classification(template: str, a: list[str], b: list
     assert fields(c.classify(sb, "db")) == full_tree_classification(sb)
 
 
+_DML = [
+    "select a, {} from t where b = {} and c in ({}, 1)",
+    "select * from t join u on t.a = u.b where u.c = {} order by {} limit {}",
+    "insert into t (a, b, c) values ({}, {}, {}) returning a",
+    "update t set a = {}, b = f({}) where c = {}",
+    "delete from t where a = {} or b = {} or c = {}",
+    "select {} from t where x = any(array[{}, {}])",
+    "select g(a => {}, b => {}) from t limit {}",
+    "merge into t using u on t.a = u.a when matched and u.b = {} then update set c = {} "
+    "when not matched then insert values ({})",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(_DML),
+    st.lists(_LITERALS, min_size=3, max_size=3),
+    st.lists(_LITERALS, min_size=3, max_size=3),
+)
+def test_the_normalize_key_of_plain_dml_is_exact(template: str, a: list[str], b: list[str]) -> None:
+    """One normalize() text (the fast key of plain DML) means one classification."""
+    sa, sb = template.format(*a), template.format(*b)
+    try:
+        na, nb = parser.normalize(sa), parser.normalize(sb)
+        fa, fb = full_tree_classification(sa), full_tree_classification(sb)
+    except parser.ParseError:
+        return
+    if na == nb:
+        assert fa == fb
+    c = cl.Classifier()
+    c.classify(sa, "db")
+    assert fields(c.classify(sb, "db")) == fb
+
+
+def test_the_normalize_key_is_only_for_plain_dml() -> None:
+    c = cl.Classifier()
+    c.classify("select * from t where a = 1", "db")
+    c.classify("do $$ begin perform 1; end $$", "db")
+    c.classify("select 1; select 2", "db")
+    assert [k[0] for k in c._dml] == ["select * from t where a = $1"]
+
+
 def big_insert(rows: int) -> str:
     values = ",".join(
         f"({i}, 'name {i}', {i}.5, {'true' if i % 2 else 'null'})" for i in range(rows)

@@ -1030,6 +1030,8 @@ class Classifier:
                 cmds = self._retext(sql, *found)
                 if cmds is not None:
                     self.hits += 1
+                    if cmds is found[1]:  # the same text again: next time, a dict lookup
+                        self._remember_exact(sql, connector, cmds)
                     return cmds
         tree, plain = _shape(sql)
         key = (tree, connector)

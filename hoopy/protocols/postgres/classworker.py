@@ -11,7 +11,9 @@ other session: it is sent to a worker process instead.
 A worker is `python -m hoopy.protocols.postgres.classworker`, started on first use and
 kept; it limits its own address space (RLIMIT_AS) to `classify_memory` before reading
 anything, and answers one request at a time over its stdin/stdout: a 4-byte length,
-then JSON (never pickle: a worker that parsed hostile text is not trusted to send code).
+then JSON (never pickle: a worker that parsed hostile text is not trusted to send code);
+the SQL text itself goes as a second frame of UTF-8, and statements come back as offsets
+into it, so the event loop never encodes or decodes megabytes of JSON.
 A request taking longer than `classify_timeout` gets the worker killed (and a new one
 started for the next); running out of memory ends the request the same way.  Both
 refuse the statement with SQLSTATE 54000 naming the setting, as does a text longer than
@@ -28,7 +30,6 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Iterable
 from typing import Any
 
 from hoopy.config import PostgresSettings
@@ -58,6 +59,18 @@ def _to_json(cmd: Command) -> dict[str, Any]:
     return out
 
 
+def _spans(sql: str, cmds: tuple[Command, ...]) -> list[tuple[int, int]]:
+    """Where each statement's text is in `sql` (in order): sent instead of the texts."""
+    out, pos = [], 0
+    for c in cmds:
+        start = sql.find(c.text, pos)
+        if start < 0:
+            raise ValueError("statement text not found")
+        pos = start + len(c.text)
+        out.append((start, pos))
+    return out
+
+
 def _from_json(d: dict[str, Any], connector: str) -> Command:
     kinds, read, written, functions, maybe, opaque = (
         frozenset(str(x) for x in d[k]) for k in _SETS
@@ -72,19 +85,24 @@ def _from_json(d: dict[str, Any], connector: str) -> Command:
 # ---------------------------------------------------------------- the worker process
 
 
-def _answer(request: dict[str, Any]) -> dict[str, Any]:
+def _answer(request: dict[str, Any], sql: str) -> dict[str, Any]:
     connector = str(request["connector"])
     prepared = {
         name: tuple(_from_json(c, connector) for c in cmds)
         for name, cmds in request["prepared"].items()
     }
     try:
-        cmds, cacheable = cl._classify(request["sql"], connector, prepared)
+        cmds, cacheable = cl._classify(sql, connector, prepared)
     except cl.SqlParseError as e:
         return {"error": "parse", "message": e.message, "position": e.position}
     except MemoryError:
         return {"error": "memory"}
-    return {"commands": [_to_json(c) for c in cmds], "cacheable": cacheable}
+    try:
+        spans = _spans(sql, cmds)
+    except ValueError:
+        return {"error": "parse", "message": "statement boundaries could not be determined"}
+    commands = [{**_to_json(c), "text": span} for c, span in zip(cmds, spans, strict=True)]
+    return {"commands": commands, "cacheable": cacheable}
 
 
 def _serve(memory: int) -> None:
@@ -98,10 +116,11 @@ def _serve(memory: int) -> None:
         head = stdin.read(_LEN.size)
         if len(head) < _LEN.size:
             return
-        body = stdin.read(_LEN.unpack(head)[0])
+        header = json.loads(stdin.read(_LEN.unpack(head)[0]))
+        sql = stdin.read(_LEN.unpack(stdin.read(_LEN.size))[0])
         try:
-            answer = _answer(json.loads(body))
-            del body
+            answer = _answer(header, sql.decode())
+            del sql
             data = json.dumps(answer).encode()
         except MemoryError:
             data = b'{"error": "memory"}'
@@ -126,11 +145,13 @@ class _Worker:
             )  # fmt: skip
         return self.proc
 
-    async def ask(self, request: bytes) -> dict[str, Any]:
+    async def ask(self, header: bytes, sql: bytes) -> dict[str, Any]:
         proc = await self._started()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(_LEN.pack(len(request)) + request)
+            proc.stdin.write(_LEN.pack(len(header)) + header)
+            proc.stdin.write(_LEN.pack(len(sql)))
+            proc.stdin.write(sql)
             await proc.stdin.drain()
             (size,) = _LEN.unpack(await proc.stdout.readexactly(_LEN.size))
             answer = json.loads(await proc.stdout.readexactly(size))
@@ -195,14 +216,18 @@ class OffLoop:
         hit = self.classifier.exact(sql, connector)
         if hit is not None:
             return hit
-        request = json.dumps(
+        # The text goes as it is, not inside JSON: encoding 4 MB of JSON on the event
+        # loop would cost what the worker is there to spare it.  Prepared statements
+        # all go: looking for the ones an EXECUTE names would scan the text too.
+        header = json.dumps(
             {
-                "sql": sql,
                 "connector": connector,
-                "prepared": {n: [_to_json(c) for c in cmds] for n, cmds in _used(prepared, sql)},
+                "prepared": {
+                    n: [_to_json(c) for c in cmds] for n, cmds in (prepared or {}).items()
+                },
             }
         ).encode()
-        answer = await self._ask(request)
+        answer = await self._ask(header, sql.encode())
         if "error" in answer:
             if answer["error"] == "parse":
                 position = answer.get("position")
@@ -210,11 +235,14 @@ class OffLoop:
                     str(answer.get("message")), position if isinstance(position, int) else None
                 )
             raise self._over("classify_memory", "memory")
+        for c in answer["commands"]:
+            start, end = c["text"]
+            c["text"] = sql[start:end]
         cmds = tuple(_from_json(c, connector) for c in answer["commands"])
         self.classifier.remember(sql, connector, cmds, bool(answer["cacheable"]))
         return cmds
 
-    async def _ask(self, request: bytes) -> dict[str, Any]:
+    async def _ask(self, header: bytes, sql: bytes) -> dict[str, Any]:
         if self._idle is None:
             self._idle = asyncio.Queue()
             for _ in range(max(1, self.settings.classify_workers)):
@@ -225,7 +253,7 @@ class OffLoop:
         try:
             self.offloaded += 1
             async with asyncio.timeout(self.settings.classify_timeout):
-                return await worker.ask(request)
+                return await worker.ask(header, sql)
         except TimeoutError:
             raise self._over("classify_timeout", "time") from None
         except WorkerFailed:
@@ -247,13 +275,6 @@ class OffLoop:
             w.kill()
         self._workers.clear()
         self._idle = None
-
-
-def _used(prepared: cl.Prepared | None, sql: str) -> Iterable[tuple[str, tuple[Command, ...]]]:
-    """The prepared statements an EXECUTE in `sql` may name, for the worker."""
-    if not prepared or "execute" not in sql.lower():
-        return ()
-    return prepared.items()
 
 
 if __name__ == "__main__":

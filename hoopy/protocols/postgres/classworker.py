@@ -36,6 +36,7 @@ from hoopy.config import PostgresSettings
 from hoopy.errors import UnparseableCommand
 from hoopy.policy import Command
 from hoopy.protocols.postgres import classify as cl
+from hoopy.protocols.postgres.classcache import Classifier
 
 log = logging.getLogger("hoopy.postgres.classworker")
 
@@ -182,7 +183,7 @@ class OffLoop:
     """Classification for a listener: inline for short texts, in workers for long ones,
     and the size ceiling for all."""
 
-    def __init__(self, classifier: cl.Classifier, settings: PostgresSettings) -> None:
+    def __init__(self, classifier: Classifier, settings: PostgresSettings) -> None:
         self.classifier = classifier
         self.settings = settings
         self._idle: asyncio.Queue[_Worker] | None = None

@@ -27,7 +27,7 @@ from hoopy.policy import Command, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog
-from hoopy.protocols.postgres.classify import Classifier
+from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop
 from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks

@@ -16,6 +16,7 @@ from pglast import parser
 
 from hoopy.config import PostgresSettings, _statement_kind_problem
 from hoopy.protocols.postgres import classify as cl
+from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop, StatementTooLarge
 from hoopy.protocols.postgres.sqltree import shape
 from tests.protocols.postgres.test_classify import CORPUS, KINDS, OPAQUE
@@ -116,7 +117,7 @@ def test_one_shape_means_one_classification(template: str, a: list[str], b: list
         return
     if ka == kb:
         assert full_tree_classification(sa) == full_tree_classification(sb)
-    c = cl.Classifier()
+    c = Classifier()
     c.classify(sa, "db")
     assert fields(c.classify(sb, "db")) == full_tree_classification(sb)
 
@@ -150,13 +151,13 @@ def test_the_normalize_key_of_plain_dml_is_exact(template: str, a: list[str], b:
         return
     if na == nb:
         assert fa == fb
-    c = cl.Classifier()
+    c = Classifier()
     c.classify(sa, "db")
     assert fields(c.classify(sb, "db")) == fb
 
 
 def test_the_normalize_key_is_only_for_plain_dml() -> None:
-    c = cl.Classifier()
+    c = Classifier()
     c.classify("select * from t where a = 1", "db")
     c.classify("do $$ begin perform 1; end $$", "db")
     c.classify("select 1; select 2", "db")
@@ -199,7 +200,7 @@ def test_fingerprint_is_literal_free_and_exact() -> None:
 
 def run_offloop(settings: PostgresSettings, *texts: str) -> list[object]:
     async def go() -> list[object]:
-        off = OffLoop(cl.Classifier(), settings)
+        off = OffLoop(Classifier(), settings)
         out: list[object] = []
         try:
             for sql in texts:

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hoopy.policy import Command, Identity, Match, PolicySet, Rule, SqlMatch, decide
-from hoopy.protocols.postgres.classify import Classifier, SqlParseError, classify
+from hoopy.protocols.postgres.classcache import Classifier
+from hoopy.protocols.postgres.classify import SqlParseError, classify
 
 
 def one(sql: str, prepared: dict[str, tuple[Command, ...]] | None = None) -> Command:

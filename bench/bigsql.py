@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,7 @@ def gateway(mb: float) -> None:
             hp.terminate()
             hp.wait(10)
         cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

@@ -305,3 +305,24 @@ def test_commands_survive_the_worker_round_trip() -> None:
     for sql in CORPUS[:50]:
         for cmd in cl.classify(sql, "db"):
             assert _from_json(json.loads(json.dumps(_to_json(cmd))), "db") == replace(cmd)
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_postgres_settings_for_large_texts(tmp_path: Path) -> None:
+    from hoopy.config import load_config
+    from tests.test_config import minimal, problems_of
+
+    cfg = minimal(
+        tmp_path,
+        "postgres:\n  max_statement_size: 8MiB\n  classify_inline_size: 16KiB\n"
+        "  classify_workers: 2\n  classify_timeout: 30s\n  classify_memory: 1GiB\n",
+    )
+    s = load_config(cfg).postgres
+    assert (s.max_statement_size, s.classify_inline_size) == (8 << 20, 16 << 10)
+    assert (s.classify_workers, s.classify_timeout, s.classify_memory) == (2, 30.0, 1 << 30)
+    (tmp_path / "bad").mkdir()
+    bad = minimal(tmp_path / "bad", "postgres:\n  classify_workers: 0\n  max_statement_size: x\n")
+    problems = problems_of(bad)
+    assert len(problems) == 2 and any("classify_workers" in p for p in problems)

@@ -147,6 +147,13 @@ class PostgresSettings:
     record_bytes: int = 64 * 1024  # result bytes recorded per statement
     pool_size: int = 4  # idle authenticated backend connections kept per connector
     unknown_lineage: str = "mask"  # an output column hoopy cannot trace: mask | refuse
+    # SQL texts (characters): longer ones are refused (54000); those over the inline size
+    # are classified by worker processes (classworker.py) with these limits each.
+    max_statement_size: int = 16 * 1024 * 1024
+    classify_inline_size: int = 8192
+    classify_workers: int = 1
+    classify_timeout: float = 10.0
+    classify_memory: int = 768 * 1024 * 1024  # address space of one worker
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,8 @@ _SLACK_KEYS = ("token", "signing_secret", "channel", "approvers", "api_url", "ap
 _SLACK_API = "https://slack.com/api/"
 _PG_KEYS = (
     "max_message_size", "allow_cleartext_without_tls", "record_rows", "record_bytes",
-    "pool_size", "unknown_lineage",
+    "pool_size", "unknown_lineage", "max_statement_size", "classify_inline_size",
+    "classify_workers", "classify_timeout", "classify_memory",
 )  # fmt: skip
 _CONNECTOR_KEYS = {
     "postgres": ("type", "address", "database", "user", "password", "sslmode", "sslrootcert"),
@@ -498,6 +506,11 @@ def _postgres_settings(top: Section) -> PostgresSettings:
         pool_size=sec.integer("pool_size", d.pool_size),
         unknown_lineage=sec.choice("unknown_lineage", ("mask", "refuse"), d.unknown_lineage)
         or d.unknown_lineage,
+        max_statement_size=sec.size("max_statement_size", d.max_statement_size),
+        classify_inline_size=sec.size("classify_inline_size", d.classify_inline_size),
+        classify_workers=sec.integer("classify_workers", d.classify_workers, 1, 64),
+        classify_timeout=sec.duration("classify_timeout", d.classify_timeout),
+        classify_memory=sec.size("classify_memory", d.classify_memory),
     )
 
 
@@ -754,20 +767,6 @@ def _match_strings(sec: Section, key: str) -> tuple[str, ...]:
     return tuple(v for v, _ in _match_items(sec, key))
 
 
-# Kinds the PostgreSQL classifier's statement handlers emit literally (the rest come from
-# its tables, read in `_statement_kinds`).  A name in `sql.statements` matching none of
-# them is a typo that would silently turn its rule off.
-_HANDLER_KINDS = frozenset({
-    "select", "explain", "prepare", "declare", "execute", "copy", "copy_program", "copy_file",
-    "create", "alter", "drop", "replace", "create_table", "create_view", "create_function",
-    "create_procedure", "do", "call", "truncate", "lock", "vacuum", "analyze", "create_role",
-    "create_user", "create_group", "grant", "revoke", "alter_default_privileges", "set",
-    "set_role", "set_session_authorization", "transaction", "move", "fetch", "comment",
-    "security_label", "create_schema", "create_foreign_table", "create_trigger",
-    "create_event_trigger", "create_rule", "load", "dynamic_sql", "read_statistics", "unknown",
-})  # fmt: skip
-
-
 @functools.cache
 def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
     """Every name a statement kind goes by (kinds and their verbs: `drop` covers
@@ -776,10 +775,9 @@ def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
 
     from hoopy.protocols.postgres import classify as c
 
-    tables = (c._DML_KINDS, c._MERGE_KINDS, c._TRANSACTION_KINDS, c._UTILITY_KINDS)
-    kinds = {k for t in tables for k in t.values()} | _HANDLER_KINDS
-    kinds |= set(getattr(c, "STATEMENT_KINDS", ()))  # should the classifier list them
-    kinds |= {f"{v}_{c._obj(o.name)}" for v in ("create", "alter", "drop") for o in ObjectType}
+    # The classifier's own list (one list: a kind it emits is a kind a rule may name).
+    kinds = set(c.STATEMENT_KINDS)
+    kinds |= {c.object_kind(v, o.name) for v in c.OBJECT_KIND_VERBS for o in ObjectType}
     verbs = {k for k in kinds if "_" not in k}
     return frozenset(kinds | {k.split("_", 1)[0] for k in kinds}), frozenset(verbs)
 

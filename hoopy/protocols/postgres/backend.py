@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -267,8 +268,33 @@ class BackendPool:
         # pool key -> [(connection, when it became idle)], oldest first
         self.idle: dict[tuple[str, ...], list[tuple[BackendConn, float]]] = {}
         self._resets: set[asyncio.Task[None]] = set()
+        # (pid, key) → cancel requests under way for that backend: it is not reset (and
+        # handed to another session) until they are done, or a late cancel could stop
+        # the next agent's query.
+        self._cancelling: dict[tuple[int, int], int] = {}
+        self._cancelled = asyncio.Event()
         self.hits = 0
         self.misses = 0
+
+    async def cancel(self, c: PostgresConnector, pid: int, key: int) -> None:
+        """Send a CancelRequest for a backend a live session holds.
+
+        Counted as under way from the first line (the caller has just looked the session
+        up, with no await since): the backend's reset waits for it."""
+        ident = (pid, key)
+        self._cancelling[ident] = self._cancelling.get(ident, 0) + 1
+        try:
+            await cancel(c, pid, key)
+        finally:
+            left = self._cancelling.pop(ident) - 1
+            if left:
+                self._cancelling[ident] = left
+            self._cancelled.set()
+            self._cancelled = asyncio.Event()
+
+    async def _cancels_done(self, conn: BackendConn) -> None:
+        while (conn.pid, conn.key) in self._cancelling:
+            await self._cancelled.wait()
 
     async def acquire(self, c: PostgresConnector, client_params: dict[str, str]) -> BackendConn:
         conns = self.idle.get(pool_key(c, client_params))
@@ -293,7 +319,13 @@ class BackendPool:
 
     async def _reset(self, conn: BackendConn) -> None:
         try:
+            # cancel() gives up within ~10 s: a backend still waited on by then is closed
+            await asyncio.wait_for(self._cancels_done(conn), 15.0)
             await asyncio.wait_for(conn.simple_query("DISCARD ALL"), 5.0)
+            # DISCARD ALL keeps random()'s state: setseed() by one agent would make the
+            # next one's random() predictable.  A secret seed makes it unknowable again.
+            seed = secrets.randbelow(2**52) / 2**52 * 2 - 1
+            await asyncio.wait_for(conn.simple_query(f"SELECT setseed({seed!r})"), 5.0)
         except Exception:
             conn.close()
             return

@@ -23,15 +23,17 @@ The JSON tree: a tagged node is `{"TypeName": {fields}}`; fields typed as a spec
 (e.g. `InsertStmt.relation`, `SelectStmt.larg`) appear untagged, so an untagged dict with a
 "relname" is a RangeVar and one with a "withClause" opens a CTE scope.
 
-Classification never looks at literal constants, so results can be cached by
-`pglast.parser.normalize()` (constants → $n): `Classifier` does that. Results that depend on
-session state (EXECUTE of a prepared statement) are never cached.
+Classification never looks at literal constants nor at positions in the text: it walks
+the tree sqltree.shape() leaves without them, which is also the key `Classifier`
+(classcache.py) caches results by: exact by construction.  Results that depend on
+session state (EXECUTE of a prepared statement) are never cached.  Long texts are
+classified in a worker process (classworker.py), off the event loop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ from typing import Any
 from pglast import parser
 
 from hoopy.policy import Command
+from hoopy.protocols.postgres.sqltree import shape_of
 
 Prepared = Mapping[str, tuple[Command, ...]]
 Json = Any  # a value of libpg_query's JSON parse tree
@@ -122,6 +125,36 @@ _UTILITY_KINDS = _pairs("""
     AlterTSDictionaryStmt=alter_text_search_dictionary
 """)
 _UTILITY = {tag: tuple(dict.fromkeys((k.split("_")[0], k))) for tag, k in _UTILITY_KINDS.items()}
+# Kinds the statement handlers below emit literally (the rest come from the tables above,
+# and `verb_object` kinds from the parse tree's ObjectType: see STATEMENT_KINDS).
+_HANDLER_KINDS = frozenset({
+    "select", "explain", "prepare", "declare", "execute", "copy", "create", "alter", "drop",
+    "replace", "create_table", "create_view", "create_function", "create_procedure", "do",
+    "call", "truncate", "lock", "vacuum", "analyze", "create_role", "create_user",
+    "create_group", "grant", "revoke", "alter_default_privileges", "set", "set_role",
+    "set_session_authorization", "set_search_path", "transaction", "move", "fetch", "comment",
+    "security_label", "create_schema", "create_foreign_table", "create_trigger",
+    "create_event_trigger", "create_rule", "load", "unknown",
+})  # fmt: skip
+# Opaque kinds (Command.opaque): effects no rule on tables or functions can see; an allow
+# rule covers one only by naming it in `statements`.
+OPAQUE_KINDS = frozenset({
+    "do", "load", "execute", "create_function", "create_procedure", "copy_program",
+    "copy_file", "dynamic_sql", "read_statistics", "read_activity", "signal_backend",
+    "unknown", "create_extension", "alter_extension",
+})  # fmt: skip
+# `create_<object>`, `alter_<object>`, `drop_<object>`: the object named by ObjectType
+# (see object_kind), for every object PostgreSQL has.
+OBJECT_KIND_VERBS = ("create", "alter", "drop")
+# Every statement kind (and opaque kind) classification can emit but the `verb_object`
+# ones: hoopy check reads this list, so a kind it rejects is one no rule could match.
+STATEMENT_KINDS: frozenset[str] = frozenset(
+    _HANDLER_KINDS
+    | OPAQUE_KINDS
+    | {k for t in (_DML_KINDS, _MERGE_KINDS, _TRANSACTION_KINDS, _UTILITY_KINDS)
+       for k in t.values()}
+    | set(OBJECT_KIND_VERBS)
+)  # fmt: skip
 
 
 class SqlParseError(Exception):
@@ -431,6 +464,11 @@ def _utility(acc: _Acc, kinds: tuple[str, ...], body: Json) -> None:
     for name in _TARGET_FIELDS:
         _add_target(acc, body.get(name))
     _walk_fields(acc, body, skip=_TARGET_FIELDS)
+
+
+def object_kind(verb: str, objtype: str | None) -> str:
+    """The kind of `verb` (create, alter, drop) on an object of this ObjectType name."""
+    return f"{verb}_{_obj(objtype)}"
 
 
 def _kinds_for(verb: str) -> Callable[[str], tuple[str, str]]:
@@ -805,14 +843,24 @@ def _normalize(sql: str) -> str:
         raise _libpg_error(e) from None
 
 
-def _parse(sql: str) -> tuple[list[Json], tuple[str, ...]]:
-    """Statement nodes and their source texts; raises SqlParseError, never returns half."""
+def _shape(sql: str) -> tuple[str, bool]:
+    """The literal-free tree classification reads (see sqltree.py): also the cache key;
+    and whether it is plain (sqltree.shape_of)."""
     _check_text(sql)
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
-    except (parser.ParseError, UnicodeError, RecursionError, ValueError) as e:
+        return shape_of(sql)
+    except (parser.ParseError, UnicodeError, RecursionError, MemoryError) as e:
         raise _libpg_error(e) from None
-    stmts = [s["stmt"] for s in tree.get("stmts", [])]
+
+
+def _parse(sql: str, tree: str | None = None) -> tuple[list[Json], tuple[str, ...]]:
+    """Statement nodes and their source texts; raises SqlParseError, never returns half."""
+    if tree is None:
+        tree = _shape(sql)[0]
+    try:
+        stmts = [s["stmt"] for s in json.loads(tree).get("stmts", [])]
+    except (RecursionError, ValueError) as e:
+        raise _libpg_error(e) from None
     texts = _split(sql)
     if len(texts) != len(stmts):
         raise SqlParseError("statement boundaries could not be determined")
@@ -847,19 +895,38 @@ def _command(node: Json, text: str, connector: str, prepared: Prepared | None) -
     if not acc.read.isdisjoint(_ACTIVITY_VIEWS):
         acc.kinds.add("read_activity")
         acc.opaque.add("read_activity")
+    kinds, written = frozenset(acc.kinds), frozenset(acc.written)
+    read, functions = frozenset(acc.read - acc.written), frozenset(acc.functions)
+    maybe, opaque = frozenset(acc.maybe_functions - acc.functions), frozenset(acc.opaque)
     cmd = Command(
         protocol="postgres",
         connector=connector,
         text=text,
-        kinds=frozenset(acc.kinds),
-        tables_read=frozenset(acc.read - acc.written),
-        tables_written=frozenset(acc.written),
-        functions=frozenset(acc.functions),
-        maybe_functions=frozenset(acc.maybe_functions - acc.functions),
-        opaque=frozenset(acc.opaque),
-        fingerprint=_normalize(text),
+        kinds=kinds,
+        tables_read=read,
+        tables_written=written,
+        functions=functions,
+        maybe_functions=maybe,
+        opaque=opaque,
+        fingerprint=_fingerprint(text, (kinds, read, written, functions, maybe, opaque)),
     )
     return _Built(cmd, acc.cacheable)
+
+
+# Statements longer than this get no fingerprint (decisions and approvals are then keyed
+# by their exact text): normalize() is superlinear in a long target list.
+FINGERPRINT_CHARS = 16384
+
+
+def _fingerprint(text: str, classified: tuple[frozenset[str], ...]) -> str:
+    """The literal-free text approvers see (normalize()), plus a digest of the
+    classification, so that two statements with one fingerprint are always classified
+    alike (sessions cache decisions by it, approvals are reused by it), whatever
+    normalize() chooses to replace."""
+    if len(text) > FINGERPRINT_CHARS:
+        return ""
+    digest = hashlib.blake2b(repr([sorted(f) for f in classified]).encode(), digest_size=16)
+    return f"{_normalize(text)}\n-- classified {digest.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -869,9 +936,11 @@ class _Built:
 
 
 def _classify(
-    sql: str, connector: str, prepared: Prepared | None
+    sql: str, connector: str, prepared: Prepared | None, tree: str | None = None
 ) -> tuple[tuple[Command, ...], bool]:
-    stmts, texts = _parse(sql)
+    """The Commands of `sql` and whether they may be cached (none runs session state);
+    `tree`: its shape, when already computed."""
+    stmts, texts = _parse(sql, tree)
     built = [_command(n, t, connector, prepared) for n, t in zip(stmts, texts, strict=True)]
     return tuple(b.command for b in built), all(b.cacheable for b in built)
 
@@ -883,67 +952,3 @@ def classify(sql: str, connector: str, prepared: Prepared | None = None) -> tupl
     one namespace) to their classification, to resolve EXECUTE.
     """
     return _classify(sql, connector, prepared)[0]
-
-
-class Classifier:
-    """`classify()` with an LRU cache keyed by the literal-free text and the connector, and
-    in front of it a cache of exact texts seen more than once (drivers re-send the same
-    Parse text every time: that skips normalizing)."""
-
-    def __init__(self, max_entries: int = 10000, max_key_chars: int = 65536) -> None:
-        self.max_entries = max_entries
-        self.max_key_chars = max_key_chars  # huge texts are classified, not cached
-        self._cache: OrderedDict[tuple[str, str], tuple[str, tuple[Command, ...]]] = OrderedDict()
-        self._exact: dict[tuple[str, str], tuple[Command, ...]] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def classify(
-        self, sql: str, connector: str, prepared: Prepared | None = None
-    ) -> tuple[Command, ...]:
-        exact = self._exact.get((sql, connector))
-        if exact is not None:
-            self.hits += 1
-            return exact
-        if "\0" in sql:
-            _check_text(sql)  # before normalize(): it would stop reading at a NUL
-        key = (_normalize(sql), connector)
-        entry = self._cache.get(key)
-        if entry is not None:
-            cmds = self._retext(sql, *entry)
-            if cmds is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                if cmds is entry[1]:  # the same text again: next time, skip normalizing
-                    if len(self._exact) >= self.max_entries:
-                        self._exact.clear()
-                    self._exact[(sql, connector)] = cmds
-                return cmds
-        self.misses += 1
-        cmds, cacheable = _classify(sql, connector, prepared)
-        if cacheable and self.max_entries > 0 and len(key[0]) <= self.max_key_chars:
-            self._cache[key] = (sql, cmds)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
-        return cmds
-
-    @staticmethod
-    def _retext(sql: str, cached_sql: str, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
-        """The cached result with each statement's text taken from `sql` itself."""
-        if sql == cached_sql:
-            return cmds
-        if len(cmds) == 1:
-            # one statement and at most a final terminator: the text is the message's
-            text = sql.strip()
-            semi = text.find(";")
-            if semi < 0 or semi == len(text) - 1:
-                text = text.rstrip(";").rstrip()
-                return cmds if cmds[0].text == text else (cmds[0].with_text(text),)
-        texts = _split(sql)
-        if len(texts) != len(cmds):
-            return None
-        return tuple(c if c.text == t else c.with_text(t) for c, t in zip(cmds, texts, strict=True))

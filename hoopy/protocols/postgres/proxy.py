@@ -27,7 +27,8 @@ from hoopy.policy import Command, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog
-from hoopy.protocols.postgres.classify import Classifier
+from hoopy.protocols.postgres.classcache import Classifier
+from hoopy.protocols.postgres.classworker import OffLoop
 from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import _default_path, count_tree
@@ -60,6 +61,7 @@ class PostgresListener:
         s = gw.config.postgres
         self.pool = be.BackendPool(s.pool_size, s.max_message_size)
         self.classifier = Classifier()
+        self.classification = OffLoop(self.classifier, s)
         self.active: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.catalogs: dict[str, Catalog] = {}  # per connector, shared by its sessions
@@ -91,6 +93,7 @@ class PostgresListener:
         if self.active:
             await asyncio.gather(*self.active, return_exceptions=True)
         self.pool.close()
+        self.classification.close()
         for cat in self.catalogs.values():
             await cat.close()
 
@@ -243,7 +246,9 @@ class AgentConnection(Relay):
         if target is not None and target.interrupt is not None:
             target.interrupt()  # a statement waiting for approval is cancelled by hoopy
         if target is not None and isinstance(target.connector, PostgresConnector):
-            await be.cancel(target.connector, target.pid, target.key)
+            # no await between the lookup and the pool counting this cancel as under
+            # way: the session's backend cannot be reset and handed on in between
+            await self.listener.pool.cancel(target.connector, target.pid, target.key)
         self.outcome = "cancel_request"
 
     async def _login(self, startup: pg.StartupMessage) -> None:
@@ -328,8 +333,9 @@ class AgentConnection(Relay):
     def _bad_params(self, params: dict[str, str]) -> str:
         if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
             return "replication connections are not allowed through hoopy"
-        if unsafe_encoding(params.get("client_encoding", "")):
-            return f"client_encoding {params['client_encoding']} is not supported; use UTF8"
+        for key, value in params.items():  # the server reads parameter names in any case
+            if key.lower() == "client_encoding" and unsafe_encoding(value):
+                return f"client_encoding {value} is not supported; use UTF8"
         return ""
 
     def _reject(self, connector: str, reason: str) -> None:

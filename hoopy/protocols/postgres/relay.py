@@ -49,6 +49,7 @@ from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.bindgate import bound_command, single, split_run
 from hoopy.protocols.postgres.classify import SqlParseError
+from hoopy.protocols.postgres.classworker import StatementTooLarge
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import (
     copy_format,
@@ -79,34 +80,25 @@ log = logging.getLogger("hoopy.postgres")
 
 # Client-only encodings whose trailing bytes can be ASCII quote/backslash:
 # hoopy's parse of the text would differ from the server's.
-UNSAFE_ENCODINGS = frozenset(
-    {
-        "BIG5",
-        "GBK",
-        "SJIS",
-        "SHIFT_JIS_2004",
-        "GB18030",
-        "UHC",
-        "JOHAB",
-        "WIN950",
-        "WIN936",
-        "WIN949",
-        "WIN1361",
-    }
+UNSAFE_ENCODINGS = frozenset({"BIG5", "GBK", "SJIS", "SHIFT_JIS_2004", "GB18030", "UHC", "JOHAB"})
+# Every name PostgreSQL accepts for them (pg_encname_tbl in src/common/encnames.c), as
+# its clean_encoding_name() spells it: ASCII letters and digits only, lower case.
+_UNSAFE_NAMES = frozenset(
+    {"big5", "win950", "windows950", "gbk", "win936", "windows936", "sjis", "shiftjis"}
+    | {"mskanji", "win932", "windows932", "shiftjis2004", "gb18030", "uhc", "win949"}
+    | {"windows949", "johab"}
 )
 READ_SIZE = 256 * 1024
 
 
 def _norm_enc(name: str) -> str:
-    return name.upper().replace("-", "").replace("_", "") if name else ""
-
-
-_UNSAFE_NORM = frozenset(_norm_enc(e) for e in UNSAFE_ENCODINGS)
+    """An encoding name as PostgreSQL looks it up: `Shift_JIS`, `SHIFT-JIS` → shiftjis."""
+    return "".join(c for c in name if c.isascii() and c.isalnum()).lower()
 
 
 def unsafe_encoding(name: str) -> bool:
-    """Is `name` (any spelling) one of UNSAFE_ENCODINGS?"""
-    return _norm_enc(name) in _UNSAFE_NORM
+    """Is `name` (any spelling PostgreSQL accepts) one of UNSAFE_ENCODINGS?"""
+    return _norm_enc(name) in _UNSAFE_NAMES
 
 
 def error_bytes(e: HoopyError) -> bytes:
@@ -309,7 +301,9 @@ class Relay(Pipeline):
                 try:
                     # A text that must wait (see _settled_parse) or needs an approval:
                     # what came before is forwarded, the rest waits in the task.
-                    waits = b"\\" in st.raw and self._answers_pending()
+                    waits = (b"\\" in st.raw and self._answers_pending()) or not (
+                        self.listener.classification.inline(st.sql)
+                    )
                     if not waits:
                         cmds = self._commands(st.sql)
                         waits = self._check_now(cmds, t is pg.Parse) is None
@@ -587,14 +581,35 @@ class Relay(Pipeline):
 
     def _commands(self, sql: str) -> tuple[Command, ...]:
         """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
-        assert self.session is not None and self.connector is not None
+        assert self.connector is not None
         try:
-            return self.listener.classifier.classify(sql, self.connector.name, self.prepared)
-        except SqlParseError as e:
-            self.session.record(
-                "command", text=sql, outcome="deny", reason="unparseable", error=e.message
+            return self.listener.classification.classify_now(
+                sql, self.connector.name, self.prepared
             )
-            raise unparseable(sql, e) from None
+        except (SqlParseError, StatementTooLarge) as e:
+            raise self._unclassified(sql, e) from None
+
+    async def _commands_off_loop(self, sql: str) -> tuple[Command, ...]:
+        """`_commands`, a long text classified by a worker process (see classworker.py)."""
+        assert self.connector is not None
+        try:
+            return await self.listener.classification.classify(
+                sql, self.connector.name, self.prepared
+            )
+        except (SqlParseError, StatementTooLarge) as e:
+            raise self._unclassified(sql, e) from None
+
+    def _unclassified(self, sql: str, e: SqlParseError | StatementTooLarge) -> HoopyError:
+        assert self.session is not None
+        reason = "too_large" if isinstance(e, StatementTooLarge) else "unparseable"
+        # A text too large to analyse is recorded by its size and start, not whole.
+        text = sql if reason == "unparseable" else sql[:1024]
+        self.session.record(
+            "command", text=text, chars=len(sql), outcome="deny", reason=reason, error=e.message
+        )
+        if isinstance(e, StatementTooLarge):
+            return e
+        return unparseable(sql, e)
 
     def _check_now(self, cmds: tuple[Command, ...], parse: bool = False) -> list[Decision] | None:
         """Check (and record) every statement, or raise to refuse the whole text; None
@@ -627,7 +642,10 @@ class Relay(Pipeline):
         """Classify and check every statement of `sql`; raise to refuse the whole text.
 
         In masking sessions, also prepares each statement's masking (`self._masks`)."""
-        cmds = self._commands(sql)
+        if self.listener.classification.inline(sql):
+            cmds = self._commands(sql)
+        else:
+            cmds = await self._commands_off_loop(sql)
         decisions = self._check_now(cmds, parse)
         if decisions is None:
             self._flush(out)

@@ -1,0 +1,135 @@
+"""The classifier's caches: `Classifier` is classify() keyed so that a statement seen
+before (with other literals) costs microseconds, never a second classification.
+
+Keys are exact: two texts that share one are classified alike.  The usual key is the
+statement's shape (sqltree.py), which is the very tree classification reads; plain DML
+has a faster one (see _dml_key).  In front of both, a cache of exact texts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from pglast import parser
+
+from hoopy.policy import Command
+from hoopy.protocols.postgres.classify import Prepared, _classify, _shape, _split
+
+# The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
+# regular expressions.  It is exact only where the sole constants it replaces are A_Const
+# nodes: a single plain DML statement (no DefElem, no subscription conninfo, which newer
+# libpg_query versions also replace), whose shape then differs only in A_Const values
+# (or a $n parameter where a constant was: both invisible to classification).  Anything
+# else is keyed by its shape.  tests/protocols/postgres/test_bigsql.py checks both.
+_DML_KEY_CHARS = 2048  # normalize() is superlinear in a target list: kept short
+_PLAIN_DML_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
+
+
+def _dml_key(sql: str, connector: str) -> tuple[str, str] | None:
+    if len(sql) > _DML_KEY_CHARS or "\0" in sql:
+        return None
+    try:
+        return (str(parser.normalize(sql)), connector)
+    except (parser.ParseError, UnicodeError):
+        return None
+
+
+def _plain_dml(cmds: tuple[Command, ...]) -> bool:
+    return len(cmds) == 1 and not cmds[0].opaque and cmds[0].kinds <= _PLAIN_DML_KINDS
+
+
+class Classifier:
+    """`classify()` with an LRU cache keyed by the statement's shape (its literal-free
+    parse tree, see sqltree.py: exact, since it is what classification reads) and the
+    connector, and in front of it a cache of exact texts seen more than once (drivers
+    re-send the same Parse text every time: that skips parsing)."""
+
+    def __init__(self, max_entries: int = 10000, max_key_chars: int = 65536) -> None:
+        self.max_entries = max_entries
+        self.max_key_chars = max_key_chars  # huge texts are classified, not cached
+        self._cache: OrderedDict[tuple[str, str], tuple[str, tuple[Command, ...]]] = OrderedDict()
+        self._exact: dict[tuple[str, str], tuple[Command, ...]] = {}
+        # normalize() text → (text, commands), for plain DML only: see _dml_key
+        self._dml: dict[tuple[str, str], tuple[str, tuple[Command, ...]]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def exact(self, sql: str, connector: str) -> tuple[Command, ...] | None:
+        """The classification of this very text, if it is cached."""
+        hit = self._exact.get((sql, connector))
+        if hit is not None:
+            self.hits += 1
+        return hit
+
+    def remember(
+        self, sql: str, connector: str, cmds: tuple[Command, ...], cacheable: bool
+    ) -> None:
+        """Cache a classification made elsewhere (a worker) by its exact text."""
+        if cacheable and self.max_entries > 0 and len(sql) <= self.max_key_chars:
+            self._remember_exact(sql, connector, cmds)
+
+    def _remember_exact(self, sql: str, connector: str, cmds: tuple[Command, ...]) -> None:
+        if len(self._exact) >= self.max_entries:
+            self._exact.clear()
+        self._exact[(sql, connector)] = cmds
+
+    def classify(
+        self, sql: str, connector: str, prepared: Prepared | None = None
+    ) -> tuple[Command, ...]:
+        exact = self._exact.get((sql, connector))
+        if exact is not None:
+            self.hits += 1
+            return exact
+        dml = _dml_key(sql, connector)
+        if dml is not None:
+            found = self._dml.get(dml)
+            if found is not None:
+                cmds = self._retext(sql, *found)
+                if cmds is not None:
+                    self.hits += 1
+                    if cmds is found[1]:  # the same text again: next time, a dict lookup
+                        self._remember_exact(sql, connector, cmds)
+                    return cmds
+        tree, plain = _shape(sql)
+        key = (tree, connector)
+        entry = self._cache.get(key)
+        if entry is not None:
+            cmds = self._retext(sql, *entry)
+            if cmds is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                if cmds is entry[1]:  # the same text again: next time, skip parsing
+                    self._remember_exact(sql, connector, cmds)
+                return cmds
+        self.misses += 1
+        cmds, cacheable = _classify(sql, connector, prepared, tree)
+        if dml is not None and cacheable and plain and _plain_dml(cmds):
+            if len(self._dml) >= self.max_entries:
+                self._dml.clear()
+            self._dml[dml] = (sql, cmds)
+        if cacheable and self.max_entries > 0 and len(tree) <= self.max_key_chars:
+            self._cache[key] = (sql, cmds)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return cmds
+
+    @staticmethod
+    def _retext(sql: str, cached_sql: str, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:
+        """The cached result with each statement's text taken from `sql` itself."""
+        if sql == cached_sql:
+            return cmds
+        if len(cmds) == 1:
+            # one statement and at most a final terminator: the text is the message's
+            text = sql.strip()
+            semi = text.find(";")
+            if semi < 0 or semi == len(text) - 1:
+                text = text.rstrip(";").rstrip()
+                return cmds if cmds[0].text == text else (cmds[0].with_text(text),)
+        texts = _split(sql)
+        if len(texts) != len(cmds):
+            return None
+        return tuple(c if c.text == t else c.with_text(t) for c, t in zip(cmds, texts, strict=True))

@@ -210,6 +210,7 @@ class _Reader:
         self.reasons: list[str] = []
         self.budget = MAX_LINE
         self.full = False
+        self.src = b""  # the code being walked
 
     def opaque(self, reason: str) -> None:
         reason = reason if len(reason) <= 200 else reason[:197] + "…"
@@ -228,7 +229,9 @@ class _Reader:
         root = _parser().parse(data).root_node
         if root.has_error:
             self.opaque("unparseable: " + _first_error(root))
+        outer, self.src = self.src, data
         self.walk(root, depth, stdin)
+        self.src = outer
 
     def walk(self, root: Node, depth: int, stdin: Stdin) -> None:
         stack: list[tuple[Node, Stdin, int]] = [(root, stdin, 0)]
@@ -325,11 +328,32 @@ class _Reader:
         kids += [(w, _INHERIT) for w in words]
         if name is None:
             return kids
-        args = [decode(w) for w in words]
+        args = self.join_continued(words)
         for a in args:
             self.check_text(a)
         self.run(args, stdin, depth, Ctx(), 0)
         return kids
+
+    def join_continued(self, words: list[Node]) -> list[Arg]:
+        """Words as bash sees them: tree-sitter splits `r\\<newline>m` in two, bash
+        removes the backslash-newline first and reads one word `rm`."""
+        args: list[Arg] = []
+        prev_end = -1
+        for w in words:
+            a = decode(w)
+            if (
+                args
+                and w.start_byte == prev_end + 2
+                and self.src[prev_end : w.start_byte] == b"\\\n"
+            ):
+                p = args[-1]
+                value = p.value + a.value if p.value is not None and a.value is not None else None
+                a = Arg(value, p.source + "\\\n" + a.source, p.expands or a.expands)
+                args[-1] = a
+            else:
+                args.append(a)
+            prev_end = w.end_byte
+        return args
 
     def run(self, args: list[Arg], stdin: Stdin, depth: int, ctx: Ctx, level: int) -> None:
         """A command and whatever it runs in turn (wrappers, code strings)."""

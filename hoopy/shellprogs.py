@@ -66,7 +66,7 @@ _CODE_ENV = re.compile(
     r"^(LD_\w+|BASH_ENV|ENV|PROMPT_COMMAND|PS[0-4]|SHELLOPTS|BASHOPTS|BASH_LOADABLES_PATH"
     r"|BASH_FUNC_.*|PATH|HOME|XDG_CONFIG_HOME|ZDOTDIR|GIT_\w+|PAGER|MANPAGER|EDITOR|VISUAL"
     r"|SYSTEMD_PAGER|LESSOPEN|LESSCLOSE|PERL5OPT|PERL5LIB|PERLLIB|PYTHON\w+|RUBYOPT|RUBYLIB"
-    r"|NODE_OPTIONS|NODE_PATH|SUDO_ASKPASS|SSH_ASKPASS|IFS|TEXTDOMAIN|TEXTDOMAINDIR)$"
+    r"|NODE_OPTIONS|NODE_PATH|SUDO_ASKPASS|SSH_ASKPASS|TEXTDOMAIN|TEXTDOMAINDIR)$"
 )
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -279,6 +279,18 @@ _SPECS: dict[str, Spec] = {
                      "no-new-privs", "dump"), no_cmd="d", no_cmd_long=("dump",)),
     "runcon": Spec("turl", "c", ("user", "role", "type", "range"), ("compute",)),
     "aa-exec": Spec("pn", "idv", ("profile", "namespace"), ("immediate", "debug", "verbose")),
+    "systemd-run": Spec("upEHMC", "rtPqGdS", ("unit", "property", "setenv", "host", "machine",
+                                            "capsule", "description", "slice", "uid", "gid",
+                                            "nice", "working-directory", "on-active",
+                                            "on-boot", "on-startup", "on-unit-active",
+                                            "on-unit-inactive", "on-calendar", "on-timezone-change",
+                                            "on-clock-change", "timer-property", "path-property",
+                                            "socket-property", "service-type", "expand-environment",
+                                            "json"),
+                        ("scope", "remain-after-exit", "send-sighup", "pty", "pipe", "quiet",
+                         "collect", "user", "system", "no-ask-password", "no-block", "wait",
+                         "same-dir", "shell", "slice-inherit", "ignore-failure", "background"),
+                        shell_if_empty=True),
     "prlimit": Spec("po", "", ("pid", "output"),
                     ("noheadings", "raw", "verbose", "as", "core", "cpu", "data", "fsize",
                      "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
@@ -316,6 +328,8 @@ def _shell(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
             i += 1
             break
         if v.startswith("--"):
+            if v in ("--version", "--help"):
+                return _none()
             if v.startswith(("--rcfile", "--init-file")):
                 return _opaque(f"interpreter reads code: {prog} {v}")
             i += 1
@@ -333,7 +347,11 @@ def _shell(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     rest = args[i:]
     if command:
         if not rest:
-            return _none()
+            return (
+                _opaque(f"code takes its input from xargs/find: {prog} -c")
+                if ctx.extra
+                else _none()
+            )
         code = rest[0]
         if ctx.replace and ctx.replace in code.source:
             return _opaque(f"code takes its input from xargs/find: {code.source}")

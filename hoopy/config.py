@@ -683,7 +683,7 @@ def _match(rule: Section, refs: _Refs) -> Match:
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
         ssh=SshMatch(_match_strings(ssh, "commands"), _opaque(ssh)) if ssh else None,
-        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS), _opaque(kube))
+        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS), opaque=_opaque(kube))
         if kube
         else None,
     )

@@ -397,7 +397,10 @@ def test_look_alikes_pass(line: str) -> None:
 def test_an_empty_line_runs_nothing_an_allow_can_name() -> None:
     # `ssh host ''` asks for the login shell: no simple command, so no commands glob
     assert decide([POLICY], AGENT, ssh("")).outcome == "deny"
-    assert decide([POLICY], AGENT, ssh("   # just a comment")).outcome == "deny"
+    # a line that runs no program is matched as a whole: `*` covers a comment, `ls *` not
+    assert decide([POLICY], AGENT, ssh("# just a comment")).outcome == "allow"
+    only_ls = PolicySet("p", (Rule("ls", "allow", Match(ssh=SshMatch(("ls *",)))),))
+    assert decide([only_ls], AGENT, ssh("> /etc/passwd")).outcome == "deny"
 
 
 def test_the_table_is_big() -> None:

@@ -688,8 +688,8 @@ def _match(rule: Section, refs: _Refs) -> Match:
 
 
 def _kube_match(kube: Section) -> KubeMatch:
-    match = KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS))
-    return replace(match, opaque=_opaque(kube))
+    verbs, resources, namespaces, names, commands = (_match_strings(kube, k) for k in _KUBE_KEYS)
+    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube))
 
 
 def _opaque(sec: Section) -> bool:

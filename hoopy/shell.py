@@ -376,12 +376,12 @@ class _Reader:
             if eff.stdin_code:
                 self.stdin_code(prog, stdin, depth)
             ctx = eff.ctx or ctx
-            for more in eff.runs[1:]:
+            for more in eff.runs[:-1]:
                 if level >= MAX_TREE_DEPTH:
                     self.opaque("nesting too deep: commands within commands")
                     return
                 self.run(more, stdin, depth, ctx, level + 1)
-            args = eff.runs[0] if eff.runs else []
+            args = eff.runs[-1] if eff.runs else []
         if args:
             self.opaque(f"nesting too deep: more than {MAX_WRAPPERS} wrappers")
 

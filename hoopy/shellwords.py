@@ -113,18 +113,36 @@ def ansi_c(body: str) -> str:
     return _ANSI_RE.sub(one, body).split("\0", 1)[0]
 
 
-_BRACKET = re.compile(r"\[[^\]]+\]")
-_BRACE = re.compile(r"\{[^{}\0]*(,|\.\.)[^{}\0]*\}")
 _EXTGLOB = re.compile(r"[?*+@!]\(")
 
 
 def _expands(pattern: str) -> bool:
-    """Would bash expand this unquoted text (quoted characters are NUL)?"""
+    """Would bash expand this unquoted text (quoted characters are NUL)?  Linear time,
+    and erring towards yes."""
     if "*" in pattern or "?" in pattern or pattern.startswith("~"):
         return True
-    if _BRACKET.search(pattern) or _EXTGLOB.search(pattern):
+    first = pattern.find("[")
+    if first >= 0 and pattern.find("]", first + 2) >= 0:
         return True
-    return bool(_BRACE.search(pattern))
+    if _EXTGLOB.search(pattern):
+        return True
+    return _brace(pattern)
+
+
+def _brace(pattern: str) -> bool:
+    """A brace expansion {a,b} or {1..3} (quoted characters inside it do not stop it)."""
+    open_at = -1
+    listed = False
+    for i, c in enumerate(pattern):
+        if c == "{":
+            open_at, listed = i, False
+        elif open_at >= 0 and (c == "," or (c == "." and pattern[i + 1 : i + 2] == ".")):
+            listed = True
+        elif c == "}" and open_at >= 0:
+            if listed:
+                return True
+            open_at = -1
+    return False
 
 
 def decode(n: Node) -> Arg:
@@ -200,11 +218,19 @@ def history_expansion(line: str) -> str:
 # Text bash evaluates as an array subscript in arithmetic (`$((x))`, `[[ x -eq 1 ]]`,
 # `${!x}`, `read`, `printf -v`, `unset`, `test -v`) runs the command substitutions
 # inside it, even when the text was quoted where it was written.
-_SUBSCRIPT_CODE = re.compile(r"\[[^\]]*(\$\(|`)")
-
-
 def subscript_code(value: str) -> bool:
-    return bool(_SUBSCRIPT_CODE.search(value))
+    """Is there a `$(` or a backquote after a `[` not yet closed (linear time)?"""
+    if "[" not in value or ("$(" not in value and "`" not in value):
+        return False
+    inside = False
+    for i, c in enumerate(value):
+        if c == "[":
+            inside = True
+        elif c == "]":
+            inside = False
+        elif inside and (c == "`" or (c == "$" and value[i + 1 : i + 2] == "(")):
+            return True
+    return False
 
 
 # --- small languages that can run commands ----------------------------------------

@@ -34,7 +34,7 @@ from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
 from hoopy.shellprogs import Ctx, code_env, effect
-from hoopy.shellwords import Arg, decode, history_expansion, plain, subscript_code, text
+from hoopy.shellwords import Arg, decode, history_expansion, joined, plain, subscript_code, text
 
 MAX_LINE = 64 * 1024  # bytes of shell code read, all nesting levels together
 MAX_COMMANDS = 1000
@@ -335,21 +335,17 @@ class _Reader:
         return kids
 
     def join_continued(self, words: list[Node]) -> list[Arg]:
-        """Words as bash sees them: tree-sitter splits `r\\<newline>m` in two, bash
-        removes the backslash-newline first and reads one word `rm`."""
+        """Words as bash sees them.  tree-sitter splits some words bash reads as one:
+        `"re"\\ot` (a backslash after a quote) and `r\\<newline>m` (a continuation,
+        which bash removes before reading words).  Nodes with nothing but continuations
+        between them are one word."""
         args: list[Arg] = []
         prev_end = -1
         for w in words:
             a = decode(w)
-            if (
-                args
-                and w.start_byte == prev_end + 2
-                and self.src[prev_end : w.start_byte] == b"\\\n"
-            ):
-                p = args[-1]
-                value = p.value + a.value if p.value is not None and a.value is not None else None
-                a = Arg(value, p.source + "\\\n" + a.source, p.expands or a.expands)
-                args[-1] = a
+            gap = self.src[prev_end : w.start_byte] if args else b" "
+            if not gap.replace(b"\\\n", b""):
+                args[-1] = joined(args[-1], a, gap.decode("utf-8", "surrogateescape"))
             else:
                 args.append(a)
             prev_end = w.end_byte

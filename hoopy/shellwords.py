@@ -10,7 +10,7 @@ a literal word *expand* (`r*`, `{rm,x}`, `~/x`): `Arg.expands` says so.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tree_sitter import Node
 
@@ -22,6 +22,8 @@ class Arg:
     value: str | None  # after quote removal; None when only running the line tells
     source: str  # as written
     expands: bool = False  # unquoted glob / brace / tilde: the shell turns it into others
+    # the value with quoted characters as NUL, where expansions are looked for
+    pattern: str = field(default="", compare=False, repr=False)
 
     @property
     def shown(self) -> str:
@@ -148,7 +150,17 @@ def _brace(pattern: str) -> bool:
 def decode(n: Node) -> Arg:
     """The word a node stands for."""
     value, pattern = _decode(n)
-    return Arg(value, text(n), value is not None and _expands(pattern))
+    return Arg(value, text(n), value is not None and _expands(pattern), pattern)
+
+
+def joined(first: Arg, second: Arg, sep: str) -> Arg:
+    """Two nodes bash reads as one word (see shell._Reader.join_continued)."""
+    if first.value is None or second.value is None:
+        return Arg(None, first.source + sep + second.source)
+    pattern = first.pattern + second.pattern
+    return Arg(
+        first.value + second.value, first.source + sep + second.source, _expands(pattern), pattern
+    )
 
 
 def _decode(n: Node) -> tuple[str | None, str]:

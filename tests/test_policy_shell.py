@@ -46,6 +46,10 @@ DENIED_LINES = [
     "$'\\u0072m' -rf /",
     '$"rm" -rf /',
     "r\\\nm -rf /",
+    '"r"\\m -rf /',  # tree-sitter splits a backslash after a quote; bash does not
+    "'r'\\m -rf /",
+    '""\\r\\m -rf /',
+    '"re"{\\boot,}',
     "RM=1 rm -rf /",
     "A=1 B=2 rm -rf /",
     ">/dev/null rm -rf /",

@@ -93,8 +93,9 @@ def _build(root: Path, lines: list[str]) -> None:
     for d in ("usr/bin", "usr/lib", "usr/lib64", "realbin", "lines", "logs", "tmp", "work",
               "dev", "etc"):  # fmt: skip
         (root / d).mkdir(parents=True, exist_ok=True)
-    for link, target in (("bin", "usr/bin"), ("sbin", "usr/bin"), ("lib", "usr/lib"),
-                         ("lib64", "usr/lib64"), ("usr/sbin", "bin"), ("usr/local", "..")):  # fmt: skip
+    links = {"bin": "usr/bin", "sbin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64",
+             "usr/sbin": "bin", "usr/local": ".."}  # fmt: skip
+    for link, target in links.items():
         (root / link).symlink_to(target)
     (root / "dev/null").touch()
     for name in ("bash", "dash", "timeout", *REAL):

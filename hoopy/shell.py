@@ -262,6 +262,9 @@ class _Reader:
             else:
                 if t == "variable_assignment":
                     self.assignment(node)
+                elif t == "heredoc_body" and "`" in text(node) and _unquoted(node.parent):
+                    # tree-sitter leaves `…` in a here-document as text; bash runs it
+                    self.parse(f'h="{_as_double_quoted(text(node))}"', depth, _INHERIT)
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
                 kids = [(c, sin) for c in node.children]
@@ -426,6 +429,33 @@ def _heredoc(r: Node) -> Arg | None:
     if any(c.is_named and c.type != "heredoc_content" for c in body.children):
         return Arg(None, raw)
     return Arg(re.sub(r"\\([$`\\])", r"\1", raw.replace("\\\n", "")), raw)
+
+
+def _unquoted(redirect: Node | None) -> bool:
+    """Is this here-document's delimiter unquoted (so its body is expanded)?"""
+    start = (
+        next((c for c in redirect.children if c.type == "heredoc_start"), None)
+        if redirect
+        else None
+    )
+    return start is not None and not any(q in text(start) for q in "'\"\\")
+
+
+def _as_double_quoted(body: str) -> str:
+    """A here-document body as the inside of "…" with the same expansions: there a
+    backslash escapes only $ ` \\ and newline, so a quote (bare or after a backslash)
+    must be escaped."""
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body) and body[i + 1] in "$`\\\n":
+            out.append(body[i : i + 2])
+            i += 2
+            continue
+        out.append('\\"' if c == '"' else "\\\\" if c == "\\" else c)
+        i += 1
+    return "".join(out)
 
 
 def _shown(n: Node) -> str:

@@ -194,6 +194,8 @@ DENIED_LINES = [
     "echo $(( $(rm -rf /) ))",
     "(( $(rm -rf /) ))",
     "cat <<EOF\n$(rm -rf /)\nEOF",
+    "cat <<EOF\n`rm -rf /`\nEOF",  # tree-sitter leaves backquotes in a here-doc as text
+    'cat <<EOF\nx \\" `rm -rf /`\nEOF',
     "cat <<< $(rm -rf /)",
     "bash <<< 'rm -rf /'",
     'sh <<< "rm -rf /"',

@@ -254,11 +254,11 @@ class _Reader:
                     first = first and not c.is_named
             elif t in ("command_substitution", "process_substitution"):
                 inner = _PIPE if text(node).startswith(">(") else _INHERIT
-                kids = [(c, inner) for c in node.children]
+                kids = [(c, inner) for c in node.named_children]
             elif t in ("declaration_command", "unset_command"):
                 words = [c for c in node.children if c.type != "comment"]
                 self.emit(SimpleCommand(tuple(_shown(c) for c in words)))
-                kids = [(c, sin) for c in node.children]
+                kids = [(c, sin) for c in node.named_children]
             else:
                 if t == "variable_assignment":
                     self.assignment(node)
@@ -267,7 +267,7 @@ class _Reader:
                     self.parse(f'h="{_as_double_quoted(text(node))}"', depth, _INHERIT)
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
-                kids = [(c, sin) for c in node.children]
+                kids = [(c, sin) for c in node.named_children]
             stack.extend((c, s, level + 1) for c, s in reversed(kids))
 
     def emit(self, cmd: SimpleCommand) -> None:
@@ -293,7 +293,7 @@ class _Reader:
         body = node.child_by_field_name("body")
         redirects = [c for c in node.children if c.type in _REDIRECTS]
         stdin, extra = _redirects(redirects, sin)
-        kids: Kids = [(c, sin) for r in redirects for c in r.children]
+        kids: Kids = [(c, sin) for r in redirects for c in r.named_children]
         if body is None:
             return kids
         if body.type == "command":
@@ -326,9 +326,9 @@ class _Reader:
         if words and end >= 0 and words[-1].end_byte == end and text(words[-1]).isdigit():
             words.pop()
         stdin, more = _redirects(redirects, sin)
-        kids += [(c, _INHERIT) for r in redirects for c in r.children]
+        kids += [(c, _INHERIT) for r in redirects for c in r.named_children]
         words = sorted([*words, *more, *extra], key=lambda n: n.start_byte)
-        kids += [(w, _INHERIT) for w in words]
+        kids += [(w, _INHERIT) for w in words if w.named_child_count]
         if name is None:
             return kids
         args = self.join_continued(words)

@@ -53,6 +53,8 @@ _DQ_ESCAPES = frozenset('$`"\\\n')
 def _unescape_unquoted(s: str) -> tuple[str, str]:
     """An unquoted word's value, and its "pattern" (quoted chars replaced by NUL) on
     which globs and braces are looked for."""
+    if "\\" not in s:
+        return s, s
     out: list[str] = []
     pat: list[str] = []
     i = 0

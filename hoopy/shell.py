@@ -200,6 +200,31 @@ def _parser() -> Parser:
     return p
 
 
+# Unquoted, bash reads these as syntax, never as a program name.
+_RESERVED = frozenset(
+    [
+        "if",
+        "then",
+        "else",
+        "elif",
+        "fi",
+        "case",
+        "esac",
+        "for",
+        "select",
+        "while",
+        "until",
+        "do",
+        "done",
+        "in",
+        "function",
+        "{",
+        "}",
+        "!",
+        "[[",
+        "]]",
+    ]
+)
 _REDIRECTS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
 Kids = list[tuple[Node, "Stdin"]]
 
@@ -332,6 +357,9 @@ class _Reader:
         if name is None:
             return kids
         args = self.join_continued(words)
+        if args[0].source in _RESERVED:
+            # tree-sitter reads `! for …; do …; done` as commands named for, do, done
+            self.opaque(f"unparseable: the reserved word {args[0].source!r} read as a command")
         for a in args:
             self.check_text(a)
         self.run(args, stdin, depth, Ctx(), 0)

@@ -165,6 +165,10 @@ DENIED_LINES = [
     "( (rm -rf /) )",
     "{ rm -rf /; }",
     "! rm -rf /",
+    "! for i in 1; do rm -rf /; done",  # tree-sitter reads these as commands named for/do
+    "! { rm -rf /; }",
+    "ls && ! while true; do sudo reboot; done",
+    "! if true; then reboot; fi",
     "if true; then rm -rf /; fi",
     "if rm -rf /; then :; fi",
     "if false; then :; else rm -rf /; fi",

@@ -11,6 +11,8 @@ log the argv of whatever bash runs; nothing outside the temp folder can be writt
 from __future__ import annotations
 
 import os
+import random
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -164,6 +166,42 @@ EXTRA_LINES = [
 ]
 
 
+# Random lines from a small grammar of spellings, wrappers and compound forms.
+SPELLINGS = [
+    "reboot", "\\reboot", "re\\boot", '"reboot"', "'reboot'", "r''eboot", "$'reboot'",
+    "$'\\x72eboot'", '"re"boot', "'re'\"boot\"", "/usr/bin/reboot", "re\\\nboot",
+    '"re"\\boot', "/bin//reboot", "id", "ls", "'i'd",
+]  # fmt: skip
+WRAPPERS = [
+    "", "", "", "sudo ", "env ", "env -i A=1 ", "env -- ", "nice -n 5 ", "nice ", "timeout 5 ",
+    "timeout -s KILL 3 ", "nohup ", "command ", "exec ", "time ", "setsid ", "chroot / ",
+    "flock /tmp/l ", "xargs ", "xargs -r -0 ", "A=1 ", ">/tmp/o ", "2>&1 ",
+]  # fmt: skip
+ARGS = ["", " -f", " 'a b'", ' "$HOME"', " x\\ y", " >/dev/null", " 2>/tmp/e", " <<<x", " ;"]
+
+
+def _simple(rng: random.Random) -> str:
+    word = rng.choice(SPELLINGS)
+    return rng.choice(WRAPPERS) + word + rng.choice(ARGS).rstrip(" ;")
+
+
+def _compound(rng: random.Random, depth: int = 0) -> str:
+    if depth > 2 or rng.random() < 0.4:
+        return _simple(rng)
+    a, b = _compound(rng, depth + 1), _compound(rng, depth + 1)
+    forms = [
+        f"{a}; {b}", f"{a} && {b}", f"{a} || {b}", f"{a} | {b}", f"{a} & {b}", f"{a}\n{b}",
+        f"( {a} )", f"{{ {a}; }}", f"echo $({a})", f"echo `{a}`", f"cat <({a})",
+        f"if {a}; then {b}; fi", f"for i in 1; do {a}; done", f"case x in x) {a};; esac",
+        f"sh -c {shlex.quote(a)}", f"bash -c {shlex.quote(a + '; ' + b)}", f"eval {shlex.quote(a)}",
+        f"x=$({a}); {b}", f"f() {{ {a}; }}; f", f"! {a}",
+    ]  # fmt: skip
+    return rng.choice(forms)
+
+
+GENERATED = [_compound(random.Random(seed)) for seed in range(250)]
+
+
 def _sandbox_works() -> bool:
     if not shutil.which("unshare") or not shutil.which("dash"):
         return False
@@ -188,7 +226,7 @@ def _build(root: Path, lines: list[str]) -> None:
     names: set[str] = set()
     for line in lines:
         names |= {c.program for c in read_line(line).commands}
-    names |= {"rm", "reboot", "shutdown", "ls", "id", "sh", "bash", "dash"}
+    names |= {"rm", "reboot", "shutdown", "ls", "id", "sh", "bash", "dash", "cat", "sudo"}
     for name in names:
         if not name or "/" in name or name.startswith("-") or name in (".", ".."):
             continue
@@ -232,7 +270,8 @@ def _mentions(seen: tuple[str, ...], argv: tuple[str, ...]) -> bool:
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, ...]]]:
     root = tmp_path_factory.mktemp("sandbox")
-    lines = [line for line in DENIED_LINES + ALLOWED_LINES + EXTRA_LINES if "\0" not in line]
+    every = DENIED_LINES + ALLOWED_LINES + EXTRA_LINES + GENERATED
+    lines = list(dict.fromkeys(line for line in every if "\0" not in line))
     _build(root, lines)
     _run(root)
     return {
@@ -248,6 +287,13 @@ def test_the_sandbox_logs_what_bash_runs(ran: dict[str, list[tuple[str, ...]]]) 
     )
     assert ("rm", "-rf", "/") in ran["bash -c 'bash -c \"eval rm -rf /\"'"]
     assert ran["echo 'rm -rf /'"] == []
+
+
+def test_generated_lines_run_what_they_should(ran: dict[str, list[tuple[str, ...]]]) -> None:
+    # the generator's lines do run programs, and most are fully visible to hoopy
+    ran_any = [line for line in GENERATED if ran[line]]
+    visible = [line for line in GENERATED if not read_line(line, interactive=False).opaque]
+    assert len(ran_any) > 150 and len(visible) > 100
 
 
 def test_every_program_bash_runs_is_seen_or_the_line_is_opaque(

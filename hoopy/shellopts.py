@@ -223,7 +223,7 @@ WRAPPERS: dict[str, Spec] = {
     "ionice": Spec("cnpPu", "t", ("class", "classdata", "pid", "pgid", "uid"), ("ignore",),
                    no_cmd="pPu", no_cmd_long=("pid", "pgid", "uid")),
     "time": Spec("fo", "apqvV", ("format", "output"),
-                 ("append", "portability", "quiet", "verbose")),
+                 ("append", "portability", "quiet", "verbose"), assigns=True),
     "unbuffer": Spec("", "p"),
     "taskset": Spec("", "acp", (), ("all-tasks", "cpu-list", "pid"), operands=1, no_cmd="p",
                     no_cmd_long=("pid",)),

@@ -210,6 +210,24 @@ def _rest(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return Effect(runs=[words]) if words else none()
 
 
+def _bang(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """`! CMD` (tree-sitter reads `time ! …` as the command `!`): assignments may
+    precede the command, as after any keyword."""
+    eff = none()
+    i = 1
+    while i < len(args) and assignment(args[i], eff):
+        i += 1
+    if i < len(args):
+        eff.runs.append(list(args[i:]))
+    return eff
+
+
+def _coproc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    return opaque(
+        "unparseable: coproc (its NAME and command are read in ways hoopy does not follow)"
+    )
+
+
 def _busybox(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if len(args) < 2 or (args[1].literal or "").startswith("-"):
         return none()
@@ -468,7 +486,7 @@ _HANDLERS: dict[str, Handler] = {
     **{s: _shell for s in SHELLS},
     **dict.fromkeys(("eval",), _eval),
     **dict.fromkeys(("source", "."), _source),
-    **dict.fromkeys(("builtin", "coproc", "nohup"), _rest),
+    **dict.fromkeys(("builtin", "nohup"), _rest),
     **dict.fromkeys(("su", "runuser"), _su),
     **dict.fromkeys(("complete", "compgen"), _complete),
     **dict.fromkeys(
@@ -491,6 +509,8 @@ _HANDLERS: dict[str, Handler] = {
     "exec": _exec,
     "command": _command,
     "busybox": _busybox,
+    "!": _bang,
+    "coproc": _coproc,
     "sg": _sg,
     "watch": _watch,
     "flock": _flock,

@@ -165,6 +165,12 @@ DENIED_LINES = [
     "( (rm -rf /) )",
     "{ rm -rf /; }",
     "! rm -rf /",
+    "time A=1 rm -rf /",
+    "time ! rm -rf /",
+    "bash <<< 'ls' <<EOF\nrm -rf /\nEOF",  # the last stdin redirection wins
+    "env id 2>/dev/null\n\\rm -rf /",  # tree-sitter runs the redirection on to line 2
+    "bash <<EOF\nls\nEOF \\\n; rm -rf /",  # `EOF \` does not end the here-document
+    "cat <<EOF\n`\\rm -rf /`\nEOF",
     "! for i in 1; do rm -rf /; done",  # tree-sitter reads these as commands named for/do
     "! { rm -rf /; }",
     "ls && ! while true; do sudo reboot; done",

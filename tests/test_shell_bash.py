@@ -24,12 +24,16 @@ from tests.test_policy_shell import ALLOWED_LINES, DENIED_LINES
 
 REAL = ("env", "nice", "timeout", "nohup", "setsid", "xargs", "find", "flock", "chroot")
 SHELLS = {"bash": "bash", "sh": "bash", "dash": "dash"}
-STUB = '#!/realbin/dash\nprintf "%s" "${0##*/}" >>"$HOOPY_LOG"\nfor a; do printf "\\037%s" "$a" >>"$HOOPY_LOG"; done\nprintf "\\036" >>"$HOOPY_LOG"\n'  # noqa: E501
+# One write per record (O_APPEND): background commands must not interleave records.
+STUB = (
+    "#!/realbin/dash\n"
+    'r="${0##*/}"; for a; do r="$r\037$a"; done; printf "%s\036" "$r" >>"$HOOPY_LOG"\n'
+)
 RUNNER = r"""
 command_not_found_handle() {
-    printf '%s' "$1" >>"$HOOPY_LOG"; shift
-    for a; do printf '\037%s' "$a" >>"$HOOPY_LOG"; done
-    printf '\036' >>"$HOOPY_LOG"; return 127
+    local r=$1 a; shift
+    for a; do r+=$'\037'$a; done
+    printf '%s\036' "$r" >>"$HOOPY_LOG"; return 127
 }
 export -f command_not_found_handle
 export PATH=/usr/bin
@@ -195,6 +199,13 @@ def _compound(rng: random.Random, depth: int = 0) -> str:
         f"if {a}; then {b}; fi", f"for i in 1; do {a}; done", f"case x in x) {a};; esac",
         f"sh -c {shlex.quote(a)}", f"bash -c {shlex.quote(a + '; ' + b)}", f"eval {shlex.quote(a)}",
         f"x=$({a}); {b}", f"f() {{ {a}; }}; f", f"! {a}",
+        f"{a} <<EOF\nbody\nEOF\n{b}", f"cat <<EOF\n$({a})\nEOF", f"cat <<EOF\n`{a}`\nEOF",
+        f"bash <<EOF\n{a}\nEOF", f"bash <<< {shlex.quote(a)}", f"while true; do {a}; break; done",
+        f"time {a}", f"[[ -n x ]] && {a}", f"(( 1 )) && {a}", f"function g {{ {a}; }}; g",
+        f"{a} # {b}", f'echo "$({a})"', f'x="`{a}`"', f"{{ {a}; }} >/dev/null 2>&1",
+        f"coproc {a}", f"{a} | while read l; do {b}; done", f"echo $(( $({a}) ))",
+        f"case x in (x|y) {a};; *) {b};; esac", f"for ((i=0;i<1;i++)); do {a}; done",
+        f"{a} \\\n; {b}", f"until false; do {a}; break; done", f"exec 3>&1; {a}",
     ]  # fmt: skip
     return rng.choice(forms)
 

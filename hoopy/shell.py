@@ -72,10 +72,19 @@ def read_line(line: str, interactive: bool = True) -> ShellReading:
     `interactive`: an interactive bash rewrites `!!`, `!rm`, `^a^b` (history expansion)
     before it parses a line, so such lines are opaque.  SSH exec commands, which a
     non-interactive shell runs, may pass False."""
+    if len(line) <= _CACHED_LINE:  # agents repeat short lines; long ones would fill memory
+        return _cached_line(line, interactive)
     return _read_line(line, interactive)
 
 
-@lru_cache(maxsize=2048)
+_CACHED_LINE = 2048
+
+
+@lru_cache(maxsize=4096)
+def _cached_line(line: str, interactive: bool) -> ShellReading:
+    return _read_line(line, interactive)
+
+
 def _read_line(line: str, interactive: bool) -> ShellReading:
     if len(line) > MAX_LINE:
         return ShellReading(line, (), (f"line is too long: {len(line)} characters",))

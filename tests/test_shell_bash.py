@@ -174,14 +174,19 @@ EXTRA_LINES = [
 SPELLINGS = [
     "reboot", "\\reboot", "re\\boot", '"reboot"', "'reboot'", "r''eboot", "$'reboot'",
     "$'\\x72eboot'", '"re"boot', "'re'\"boot\"", "/usr/bin/reboot", "re\\\nboot",
-    '"re"\\boot', "/bin//reboot", "id", "ls", "'i'd",
+    '"re"\\boot', "/bin//reboot", "id", "ls", "'i'd", '$"reboot"', "re$'b'oot",
+    "\\r\\e\\b\\o\\o\\t", "r\\eboot", "/usr/bin/./reboot",
 ]  # fmt: skip
 WRAPPERS = [
     "", "", "", "sudo ", "env ", "env -i A=1 ", "env -- ", "nice -n 5 ", "nice ", "timeout 5 ",
     "timeout -s KILL 3 ", "nohup ", "command ", "exec ", "time ", "setsid ", "chroot / ",
-    "flock /tmp/l ", "xargs ", "xargs -r -0 ", "A=1 ", ">/tmp/o ", "2>&1 ",
+    "flock /tmp/l ", "xargs ", "xargs -r -0 ", "A=1 ", ">/tmp/o ", "2>&1 ", "sudo -u root ",
+    "env -u X ", "nice -5 ", "timeout -k 1 2 ", "A=1 B=$HOME ", "</dev/null ", "time -p ",
 ]  # fmt: skip
-ARGS = ["", " -f", " 'a b'", ' "$HOME"', " x\\ y", " >/dev/null", " 2>/tmp/e", " <<<x", " ;"]
+ARGS = [
+    "", " -f", " 'a b'", ' "$HOME"', " x\\ y", " >/dev/null", " 2>/tmp/e", " <<<x", " ;",
+    " \\\n-f", " #c", " $'a\\tb'", " {a,b}", " *", " 'it'\\''s'", " 0<&-", " >&2 z",
+]  # fmt: skip
 
 
 def _simple(rng: random.Random) -> str:

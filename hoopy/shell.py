@@ -306,6 +306,10 @@ class _Reader:
                             self.parse(code, depth + 1, _INHERIT)
                 elif t == "heredoc_end":
                     self.heredoc_end(node)
+                elif t in ("raw_string", "string", "ansi_c_string"):
+                    self.check_text(decode(node))  # [[ -v 'a[$(x)]' ]], case patterns …
+                elif t == "heredoc_body":
+                    self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
                 kids = [(c, sin) for c in node.named_children]

@@ -473,10 +473,12 @@ def _fc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
 
 def _vars(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     """read/printf -v/export/declare: assigning a variable that makes programs run code."""
-    for a in args[1:]:
+    for k, a in enumerate(args[1:], 1):
         name = (a.literal or a.source).split("=", 1)[0]
         if code_env(name):
             return opaque(f"environment variable can run code: {name}")
+        if prog in ("mapfile", "readarray") and a.literal == "-C" and k + 1 < len(args):
+            return Effect(code=[args[k + 1]])  # a callback run every -c lines
     return none()
 
 

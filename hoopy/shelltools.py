@@ -61,7 +61,32 @@ def _ssh_options(prog: str, args: Sequence[Arg], eff: Effect) -> None:
 def _scp(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     eff = Effect()
     _ssh_options(prog, args, eff)
+    if prog == "sftp" and any((a.literal or a.source).startswith("-b") for a in args[1:]):
+        eff.opaque.append("interpreter reads code: sftp -b (a batch file may hold !commands)")
     return eff
+
+
+def _man(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """man -P PAGER / --pager=PAGER runs the pager through a shell; -H a browser."""
+    for k, a in enumerate(args[1:], 1):
+        v = a.literal or a.source
+        if v in ("-P", "--pager") and k + 1 < len(args):
+            return Effect(code=[args[k + 1]])
+        if v.startswith("--pager="):
+            return Effect(code=[plain(v[len("--pager=") :])])
+        if v.startswith("-P") and len(v) > 2:
+            return Effect(code=[plain(v[2:])])
+        if v.startswith(("-H", "--html")):
+            return opaque(f"interpreter reads code: {prog} {v} (runs a browser)")
+    return none()
+
+
+def _zip(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    for a in args[1:]:
+        v = a.literal or a.source
+        if v in ("-TT", "--unzip-command") or v.startswith("--unzip-command="):
+            return opaque(f"interpreter reads code: {prog} {v}")
+    return none()
 
 
 def _rsync(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
@@ -171,7 +196,7 @@ def _git(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     for k, v in enumerate(words):
         if v is None:
             continue
-        if v.startswith(("--exec-path", "--config-env")):
+        if v.startswith(("--exec-path", "--config-env", "--upload-pack", "--receive-pack")):
             return opaque(f"interpreter reads code: {prog} {v}")
         if v == "-c" and k + 1 < len(words):
             key = (words[k + 1] or "").split("=", 1)[0]
@@ -243,4 +268,6 @@ TOOLS = {
     "socat": _socat,
     "script": _script,
     "ip": _ip,
+    "man": _man,
+    "zip": _zip,
 }

@@ -86,6 +86,15 @@ def _cached_line(line: str, interactive: bool) -> ShellReading:
 
 
 def _read_line(line: str, interactive: bool) -> ShellReading:
+    try:
+        return _read_line_unsafe(line, interactive)
+    except Exception as e:  # a bug here must refuse the line, never let it through
+        return ShellReading(
+            line, (), (f"unparseable: hoopy failed to read it ({type(e).__name__})",)
+        )
+
+
+def _read_line_unsafe(line: str, interactive: bool) -> ShellReading:
     if len(line) > MAX_LINE:
         return ShellReading(line, (), (f"line is too long: {len(line)} characters",))
     r = _Reader()
@@ -109,7 +118,10 @@ def read_argv(argv: Sequence[str]) -> ShellReading:
     r = _Reader()
     if any("\0" in a for a in argv):
         r.opaque("unparseable: a NUL character")
-    r.run([plain(a) for a in argv], _INHERIT, 0, Ctx(), 0)
+    try:
+        r.run([plain(a) for a in argv], _INHERIT, 0, Ctx(), 0)
+    except Exception as e:  # a bug here must refuse the command, never let it through
+        r.opaque(f"unparseable: hoopy failed to read it ({type(e).__name__})")
     return ShellReading(shown, tuple(r.commands), tuple(r.reasons))
 
 

@@ -160,7 +160,7 @@ def parse_opts(args: Sequence[Arg], start: int, spec: Spec, prog: str) -> Parsed
             out.opts["-" + ch] = None
             j += 1
         i += 1
-    out.index = i
+    out.index = min(i, len(args))  # an option's missing value does not run past the end
     return out
 
 

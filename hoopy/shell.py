@@ -34,7 +34,17 @@ from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
 from hoopy.shellprogs import Ctx, code_env, effect
-from hoopy.shellwords import Arg, decode, history_expansion, joined, plain, subscript_code, text
+from hoopy.shellwords import (
+    Arg,
+    decode,
+    history_expansion,
+    joined,
+    plain,
+    raw,
+    set_source,
+    subscript_code,
+    text,
+)
 
 MAX_LINE = 64 * 1024  # bytes of shell code read, all nesting levels together
 MAX_COMMANDS = 1000
@@ -246,6 +256,7 @@ _RESERVED = frozenset(
         "]]",
     ]
 )
+_ASCII = bytes(range(128)) + b"x" * 128
 _BARE_NEWLINE = re.compile(rb"(?<!\\)\n")
 _REDIRECTS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
 Kids = list[tuple[Node, "Stdin"]]
@@ -273,12 +284,19 @@ class _Reader:
         if self.budget < 0:
             self.opaque(f"line is too long: more than {MAX_LINE} bytes of code")
             return
-        root = _parser().parse(data).root_node
-        if root.has_error:
-            self.opaque("unparseable: " + _first_error(root))
+        # tree-sitter-bash can crash on some non-ASCII input ("{" then U+F8501): it is
+        # given a copy with each byte >= 0x80 made "x" (never shell syntax, same offsets)
+        tree = _parser().parse(data.translate(_ASCII))
         outer, self.src = self.src, data
-        self.walk(root, depth, stdin)
-        self.src = outer
+        outer_source = set_source(data)
+        try:
+            root = tree.root_node
+            if root.has_error:
+                self.opaque("unparseable: " + _first_error(root))
+            self.walk(root, depth, stdin)
+        finally:
+            self.src = outer
+            set_source(outer_source)
 
     def walk(self, root: Node, depth: int, stdin: Stdin) -> None:
         stack: list[tuple[Node, Stdin, int]] = [(root, stdin, 0)]
@@ -349,8 +367,12 @@ class _Reader:
         start = src.rfind(b"\n", 0, node.start_byte) + 1
         end = src.find(b"\n", node.end_byte)
         line = src[start : len(src) if end < 0 else end]
-        op = node.parent.children[0].type if node.parent and node.parent.children else "<<"
-        if (line.lstrip(b"\t") if op == "<<-" else line) != (node.text or b""):
+        redirect = node.parent
+        kids = redirect.children if redirect is not None else []
+        op = kids[0].type if kids else "<<"
+        delim = next((c for c in kids if c.type == "heredoc_start"), None)
+        word = re.sub(rb"[\"'\\\\]", b"", raw(delim)) if delim is not None else None
+        if (line.lstrip(b"\t") if op == "<<-" else line) != word:
             self.opaque("unparseable: a here-document's end word is not alone on its line")
 
     def check_text(self, arg: Arg) -> None:
@@ -404,7 +426,7 @@ class _Reader:
             return kids
         for w in words:
             parts = w.named_children if w.type == "concatenation" else [w]
-            if any(p.type == "word" and _BARE_NEWLINE.search(p.text or b"") for p in parts):
+            if any(p.type == "word" and _BARE_NEWLINE.search(raw(p)) for p in parts):
                 # tree-sitter ran a redirection's words on to the next line
                 self.opaque("unparseable: a word runs over the end of a line")
         args = self.join_continued(words)

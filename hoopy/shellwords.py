@@ -10,6 +10,7 @@ a literal word *expand* (`r*`, `{rm,x}`, `~/x`): `Arg.expands` says so.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 
 from tree_sitter import Node
@@ -41,8 +42,25 @@ def plain(value: str) -> Arg:
     return Arg(value, value)
 
 
+# The code being read.  tree-sitter is given an ASCII copy (see shell._Reader.parse), so
+# a node's own text is not the agent's: read it from here.
+_source = threading.local()
+
+
+def set_source(data: bytes | None) -> bytes | None:
+    """Make `data` the code nodes' text comes from; returns the one it replaces."""
+    old: bytes | None = getattr(_source, "data", None)
+    _source.data = data
+    return old
+
+
+def raw(n: Node) -> bytes:
+    data: bytes | None = getattr(_source, "data", None)
+    return data[n.start_byte : n.end_byte] if data is not None else (n.text or b"")
+
+
 def text(n: Node) -> str:
-    return (n.text or b"").decode("utf-8", "surrogateescape")
+    return raw(n).decode("utf-8", "surrogateescape")
 
 
 # --- decoding ---------------------------------------------------------------------

@@ -3,7 +3,11 @@ never raises, never calls rejected text fully visible, bounded time on huge inpu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import tree_sitter_bash
@@ -219,3 +223,20 @@ def test_fuzz_every_program_handler_never_raises(prog: str, args: list[str]) -> 
     assert r.commands[0].program == prog
     line = read_line(" ".join([prog, *(_quote(a) for a in args)]))
     assert not any("hoopy failed" in o for o in (*r.opaque, *line.opaque))
+
+
+def test_non_ascii_input_does_not_crash_the_parser() -> None:
+    # tree-sitter-bash 0.25 reads out of bounds (SIGSEGV, most runs) on "{" + U+F8501 and
+    # the like; hoopy hands it an ASCII copy.  In a subprocess: a crash must fail the test.
+    code = (
+        "from hoopy.shell import read_line\n"
+        "for s in ['{\\U000f8501', '{\\U000a0000', ';\\U000eb592{\\U000f8501 x', '{\\udcff']:\n"
+        "    for i in range(300):\n"
+        "        r = read_line(s + ' ' * i)\n"
+        "print(read_line('r\\udcffm x').commands[0].program.encode('utf-8', 'surrogateescape'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == b"b'r\\xffm'"  # the agent's bytes, not the ASCII copy
+    assert [c.line for c in read_line("echo café | grep é").commands] == ["echo café", "grep é"]

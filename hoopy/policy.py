@@ -497,10 +497,11 @@ _OPAQUE_WHAT = {
     "read_activity": "reads other sessions' activity (their live SQL)",
     "signal_backend": "signals other sessions' backends (all agents share one role)",
     "create_extension": "runs an extension's install or update script",
-    "shell_unparseable": "a shell line hoopy cannot parse (or too long, too deep)",
-    "shell_dynamic": "runs a program whose name is only known when the line runs",
-    "shell_interpreter": "feeds an interpreter code hoopy cannot see",
-    "shell_alias": "defines an alias or function hoopy cannot follow",
+    "shell_unparseable": "a shell line hoopy cannot parse the way bash would (or too big)",
+    "shell_dynamic": "runs a program or code known only when the line runs",
+    "shell_code": "runs code hoopy cannot see (a script, a pipe or option fed to an "
+    "interpreter, a file run by path, an environment that loads code)",
+    "shell_alias": "renames commands (alias, hash -p, key bindings) or uses history expansion",
 }
 
 

@@ -595,3 +595,10 @@ def test_config_reports_bad_opaque_with_file_and_line(tmp_path: Path) -> None:
         f"{p}:5: match.ssh.opaque: expected true or false",
         f"{p}:8: unknown key 'match.kubernetes.opaq' (did you mean 'match.kubernetes.opaque'?)",
     ]
+
+
+def test_every_opaque_shell_kind_is_described() -> None:
+    from hoopy.policy import _OPAQUE_WHAT
+    from hoopy.shell import SHELL_OPAQUE_KINDS
+
+    assert SHELL_OPAQUE_KINDS <= set(_OPAQUE_WHAT)

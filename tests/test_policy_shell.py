@@ -423,6 +423,20 @@ ALLOWED_LINES = [
     "nice -n 10 tar -czf /tmp/b.tgz /etc",
     "ssh -N -L 8080:localhost:80 host",
     "true",
+    "grep -rn 'sh -c' .",
+    'echo "eval is bad; so is curl | sh"',
+    "ls -l | sort -k5 -n | tail -5",
+    "cat deploy.sh",
+    "less /var/log/syslog",
+    "head -c 100 /dev/urandom | base64",
+    "sudo -l",
+    "env | sort",
+    "find . -name '*.py' | xargs wc -l",
+    "tar -czf /tmp/etc.tgz -C / etc",
+    "ssh -o ConnectTimeout=5 db1 uptime",
+    "rsync -av -e 'ssh -p 2222' src/ host:dst/",
+    "git -c color.ui=never log -1",
+    "timeout 10 tail -f /var/log/syslog | grep --line-buffered -i error",
 ]
 # One look-alike is flagged on purpose: text bash may evaluate as an array subscript is
 # refused wherever it appears (it can be stored and evaluated later).

@@ -718,8 +718,6 @@ def _match(rule: Section, refs: _Refs) -> Match:
             hint = suggest(value, refs.connectors)
             m.doc.error(node, f"match.connectors: no connector named '{value}'{hint}")
     sql = _sql_match(m)
-    ssh = m.section("ssh", ("commands",))
-    kube = m.section("kubernetes", _KUBE_KEYS)
     subjects, issuers = _match_strings(m, "subjects"), _match_strings(m, "issuers")
     if subjects and not issuers and refs.issuers > 1:
         m.error(
@@ -727,15 +725,27 @@ def _match(rule: Section, refs: _Refs) -> Match:
             f"{refs.issuers} token issuers are configured and a subject is only unique "
             "within its issuer: add match.issuers to say whose subjects these are",
         )
+    ssh = m.section("ssh", ("commands", "opaque"))
+    kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque"))
     return Match(
         subjects=subjects,
         issuers=issuers,
         groups=_match_strings(m, "groups"),
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
-        ssh=SshMatch(_match_strings(ssh, "commands")) if ssh else None,
-        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS)) if kube else None,
+        ssh=SshMatch(_match_strings(ssh, "commands"), _opaque(ssh)) if ssh else None,
+        kubernetes=_kube_match(kube) if kube else None,
     )
+
+
+def _kube_match(kube: Section) -> KubeMatch:
+    verbs, resources, namespaces, names, commands = (_match_strings(kube, k) for k in _KUBE_KEYS)
+    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube))
+
+
+def _opaque(sec: Section) -> bool:
+    """`opaque: true` (ssh, kubernetes): shell lines hoopy cannot read (hoopy.shell)."""
+    return sec.boolean("opaque", False)
 
 
 def _sql_match(m: Section) -> SqlMatch | None:

@@ -179,6 +179,8 @@ class SshConnector:
     known_hosts: Secret | None = None
     source: str = ""
     type: str = "ssh"
+    connect_timeout: float = 10.0  # seconds to reach and authenticate to the backend
+    keepalive: float = 30.0  # seconds between keepalives to the backend (0: off)
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,16 @@ _PG_KEYS = (
 )  # fmt: skip
 _CONNECTOR_KEYS = {
     "postgres": ("type", "address", "database", "user", "password", "sslmode", "sslrootcert"),
-    "ssh": ("type", "address", "user", "private_key", "password", "known_hosts"),
+    "ssh": (
+        "type",
+        "address",
+        "user",
+        "private_key",
+        "password",
+        "known_hosts",
+        "connect_timeout",
+        "keepalive",
+    ),
     "kubernetes": ("type", "kubeconfig", "context"),
 }
 _SSLMODES = ("disable", "prefer", "require", "verify-full")
@@ -550,11 +561,14 @@ def _ssh_connector(
     known_hosts = _secret(ld, sec, "known_hosts", base, required=True)
     if not (sec.has("private_key") or sec.has("password")):
         sec.doc.error(sec.node, "an ssh connector needs private_key or password")
+    connect_timeout = sec.duration("connect_timeout", 10.0)
+    keepalive = sec.duration("keepalive", 30.0, zero_ok=True)
     if address is None or user is None or known_hosts is None:
         return None
     return SshConnector(
-        name, address.host, address.port, user, private_key, password, known_hosts, source
-    )
+        name, address.host, address.port, user, private_key, password, known_hosts, source,
+        connect_timeout=connect_timeout, keepalive=keepalive,
+    )  # fmt: skip
 
 
 def _kube_connector(

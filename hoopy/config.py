@@ -146,6 +146,15 @@ class PostgresSettings:
 
 
 @dataclass(frozen=True)
+class SshSettings:
+    """Knobs for the SSH listener (key `ssh:` in hoopy.yaml)."""
+
+    failed_logins: int = 10  # failed logins per source address …
+    failed_login_window: float = 60.0  # … per this many seconds, then refused unchecked
+    record_bytes: int = 16 * 1024 * 1024  # per channel and direction, in the asciicast
+
+
+@dataclass(frozen=True)
 class MaskingSettings:
     """Key `masking:` in hoopy.yaml."""
 
@@ -225,6 +234,7 @@ class Config:
     # The SQLite file when `state` is sqlite: (`sqlite:///abs/path` or `sqlite:rel/path`,
     # relative to the config folder); None for postgresql://.
     state_path: Path | None = None
+    ssh: SshSettings = field(default_factory=SshSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -240,7 +250,7 @@ class Config:
 
 _TOP_KEYS = (
     "listen", "tls", "identity", "state", "admin_token", "dev_issuer", "recordings",
-    "connectors_dir", "policies_dir", "slack", "postgres", "masking",
+    "connectors_dir", "policies_dir", "slack", "postgres", "masking", "ssh",
 )  # fmt: skip
 _LISTEN_KEYS = ("postgres", "ssh", "kubernetes", "admin")
 _ISSUER_KEYS = ("url", "audience", "groups_claim", "algorithms", "leeway")
@@ -463,6 +473,18 @@ def _masking_settings(ld: _Loader, top: Section) -> MaskingSettings:
         return d
     numeric = sec.choice("redact_numeric", ("null", "zero"), d.redact_numeric)
     return MaskingSettings(_secret(ld, sec, "hash_key", ld.base), numeric or d.redact_numeric)
+
+
+def _ssh_settings(top: Section) -> SshSettings:
+    sec = top.section("ssh", ("failed_logins", "failed_login_window", "record_bytes"))
+    d = SshSettings()
+    if sec is None:
+        return d
+    return SshSettings(
+        failed_logins=sec.integer("failed_logins", d.failed_logins, lo=1),
+        failed_login_window=sec.duration("failed_login_window", d.failed_login_window),
+        record_bytes=sec.size("record_bytes", d.record_bytes),
+    )
 
 
 def _postgres_settings(top: Section) -> PostgresSettings:
@@ -796,6 +818,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
     admin_token = _secret(ld, top, "admin_token", ld.base)
     dev_issuer, slack, pg = _dev_issuer(top), _slack(ld, top), _postgres_settings(top)
     masking = _masking_settings(ld, top)
+    ssh_settings = _ssh_settings(top)
     recordings = resolve_path(ld.base, top.text("recordings") or "recordings/")
     connectors_dir, read_connectors = _folder(ld, top, "connectors_dir", "connectors/")
     policies_dir, read_policies = _folder(ld, top, "policies_dir", "policies/")
@@ -810,6 +833,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
     config = Config(
         ld.path, listen, tls, issuers, state, recordings, connectors_dir, policies_dir,
         connectors, policies, admin_token, dev_issuer, slack, pg, masking, state_path,
+        ssh=ssh_settings,
     )  # fmt: skip
     return config, ld
 

@@ -38,7 +38,7 @@ rules:
     match:
       groups: [agents]
       connectors: ["web-*"]
-      ssh: {commands: ["echo *", "echo", "cat *", "ls *", "ls", "true", "false", "printf *",
+      ssh: {commands: ["echo *", "echo", "cat", "cat *", "ls *", "ls", "true", "false", "printf *",
                        "head *", "wc *", "sleep *", "env", "exit *", "kill *", "seq *",
                        "dd *", "id", "id *", "grep *", "base64 *", "test *"]}
   - name: no-rm
@@ -118,7 +118,9 @@ def start_sshd(folder: Path) -> Sshd:
     else:
         proc.wait(10)
         raise RuntimeError("sshd did not start:\n" + "".join(lines))
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    ).start()  # type: ignore[union-attr]
     return Sshd(folder, port, proc, host_pub, folder / "hoopy_backend_key", lines)
 
 
@@ -210,7 +212,12 @@ class SshHoopy:
 ADMIN_TOKEN = "admin-secret-token"
 
 
-def write_ssh_config(folder: Path, sshd: Sshd, extra_policies: dict[str, str] | None = None) -> Path:
+def write_ssh_config(
+    folder: Path,
+    sshd: Sshd,
+    extra_policies: dict[str, str] | None = None,
+    extra_yaml: str = "ssh: {failed_logins: 1000}\n",
+) -> Path:
     (folder / "connectors").mkdir(parents=True)
     (folder / "policies").mkdir()
     known = folder / "backend_known_hosts"
@@ -236,13 +243,15 @@ def write_ssh_config(folder: Path, sshd: Sshd, extra_policies: dict[str, str] | 
         "listen:\n  ssh: 127.0.0.1:0\n  admin: 127.0.0.1:0\n"
         "state: sqlite:state/state.db\nadmin_token: env:TEST_ADMIN_TOKEN\n"
         f"dev_issuer: {{listen: 127.0.0.1:{pgcluster.free_port()}}}\n"
-        "recordings: recordings/\n"
+        "recordings: recordings/\n" + extra_yaml
     )
     return cfg
 
 
-def start_ssh_hoopy(folder: Path, sshd: Sshd, extra_policies: dict[str, str] | None = None) -> SshHoopy:
-    cfg = write_ssh_config(folder, sshd, extra_policies)
+def start_ssh_hoopy(
+    folder: Path, sshd: Sshd, extra_policies: dict[str, str] | None = None, **kw: str
+) -> SshHoopy:
+    cfg = write_ssh_config(folder, sshd, extra_policies, **kw)
     env = {**os.environ, "TEST_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],

@@ -81,9 +81,13 @@ async def connect(connector: SshConnector) -> asyncssh.SSHClientConnection:
         ) from None
     except asyncssh.PermissionDenied:
         raise BackendUnavailable(f"{where}: the backend refused hoopy's credentials") from None
-    except (TimeoutError, asyncio.TimeoutError):
-        raise BackendUnavailable(f"{where}: no answer within {connector.connect_timeout:g} s") from None
+    except TimeoutError:
+        raise BackendUnavailable(
+            f"{where}: no answer within {connector.connect_timeout:g} s"
+        ) from None
     except asyncssh.DisconnectError as e:
         raise BackendUnavailable(f"{where}: the backend disconnected ({e.reason})") from None
     except OSError as e:
-        raise BackendUnavailable(f"{where}: cannot connect ({e.strerror or type(e).__name__})") from None
+        raise BackendUnavailable(
+            f"{where}: cannot connect ({e.strerror or type(e).__name__})"
+        ) from None

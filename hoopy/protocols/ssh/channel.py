@@ -17,13 +17,14 @@ the channel window) waits in `_early`, with reading paused.
 
 What the agent sees (masked when mask rules with detectors apply) is what the
 recording gets: an asciicast file per channel (`o` output, `i` input, `r` resizes),
-capped at RECORD_BYTES per channel (the exit event then holds the full byte counts
+capped at `ssh.record_bytes` per channel (the exit event then holds the full byte counts
 and the SHA-256 of all output sent), plus `channel` / `exit` events in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import logging
@@ -48,7 +49,6 @@ log = logging.getLogger("hoopy.ssh")
 # that is checking (several channels of one connection may wait at once).
 NOTIFY: contextvars.ContextVar[Callable[[str], None]] = contextvars.ContextVar("ssh_notify")
 ENV_ALLOWED = re.compile(r"(LANG|LC_[A-Z_]+|TERM)\Z")
-RECORD_BYTES = 16 * 1024 * 1024  # per channel and direction, in the asciicast
 WRITE_HIGH = 512 * 1024  # agent-side send buffer before the backend is paused
 IDLE_FLUSH = 0.03  # s: masked output held for look-behind goes out when the stream pauses
 IDLE_FINAL = 0.3  # s: … and the rest of a line (a prompt) after this long
@@ -62,7 +62,7 @@ def notify_current(message: str) -> None:
         fn(message)
 
 
-class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+class Bridge(asyncssh.SSHServerSession[bytes]):
     """The agent's side of one session channel."""
 
     def __init__(self, conn: AgentConnection, number: int) -> None:
@@ -86,7 +86,7 @@ class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._done = False
 
     # ---- asyncssh: the agent's channel ------------------------------------------------
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
         chan.set_write_buffer_limits(high=WRITE_HIGH)
 
@@ -166,7 +166,9 @@ class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     async def _run(self) -> None:
         kind, what = self.request
         try:
-            self.conn.session.record("channel", channel=self.number, request=kind, pty=bool(self.pty))
+            self.conn.session.record(
+                "channel", channel=self.number, request=kind, pty=bool(self.pty)
+            )
             if kind == "exec":
                 await self._exec(what)
             elif kind == "shell":
@@ -211,7 +213,9 @@ class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             )
         except RecorderError as e:
             raise _refused(e) from None
-        env = {k: v for k, v in self.chan.get_environment().items() if ENV_ALLOWED.match(k)}
+        env: dict[str | bytes, str | bytes] = {
+            k: v for k, v in self.chan.get_environment().items() if ENV_ALLOWED.match(k)
+        }
         pty: dict[str, Any] = {}
         if self.pty is not None:
             pty = {
@@ -332,15 +336,16 @@ class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def _cast(self, code: str, data: bytes) -> None:
         if self.cast is None:
             return
-        room = RECORD_BYTES - self._recorded[code]
+        cap = self.conn.listener.gw.config.ssh.record_bytes
+        room = cap - self._recorded[code]
         if room <= 0:
             return
         try:
             self.cast.output(data[:room]) if code == "o" else self.cast.input(data[:room])
             self._recorded[code] += len(data)
-            if self._recorded[code] >= RECORD_BYTES:
+            if self._recorded[code] >= cap:
                 what = "output" if code == "o" else "input"
-                self._event("recording_capped", channel=self.number, stream=what, bytes=RECORD_BYTES)
+                self._event("recording_capped", channel=self.number, stream=what, bytes=cap)
         except RecorderError as e:
             self._recording_failed(e)
 
@@ -370,10 +375,8 @@ class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             return
         eol = "\r\n" if self.pty else "\n"
         data = (text.rstrip("\n") + eol).encode("utf-8", "replace")
-        try:
+        with contextlib.suppress(OSError, asyncssh.Error):
             self.chan.write_stderr(data)
-        except (OSError, asyncssh.Error):
-            pass
 
     def fail(self, e: HoopyError) -> None:
         """Tell the agent why (stderr) and end the channel with the error's exit status."""
@@ -382,13 +385,11 @@ class Bridge(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._write_stderr(f"hoopy: {e.message}")
         if self.chan is not None and not self._done:
             self._done = True
-            try:
+            with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.exit(e.ssh_exit)
-            except (OSError, asyncssh.Error):
-                pass
 
 
-class BackendSide(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+class BackendSide(asyncssh.SSHClientSession[bytes]):
     """The backend's side of one channel: everything goes to the Bridge."""
 
     def __init__(self, bridge: Bridge) -> None:

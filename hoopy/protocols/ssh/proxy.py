@@ -40,8 +40,6 @@ log = logging.getLogger("hoopy.ssh")
 
 MAX_CHANNELS = 64  # open session channels per agent connection
 LOGIN_TIMEOUT = 30.0
-FAILURES_ALLOWED = 10  # failed logins per source address …
-FAILURE_WINDOW = 60.0  # … per this many seconds; then every login is refused unchecked
 
 
 async def _refuse_shell(bridge: Bridge) -> None:
@@ -71,8 +69,8 @@ class Hooks:
 class FailureBudget:
     """Failed logins per source address in a sliding window (bounded memory)."""
 
-    allowed: int = FAILURES_ALLOWED
-    window: float = FAILURE_WINDOW
+    allowed: int = 10
+    window: float = 60.0
     _seen: dict[str, list[float]] = field(default_factory=dict)
 
     def blocked(self, host: str, now: float | None = None) -> bool:
@@ -101,7 +99,8 @@ class SshListener:
         self.gw = gw
         self.host_key = host_key
         self.hooks = hooks or Hooks()
-        self.failures = FailureBudget()
+        settings = gw.config.ssh
+        self.failures = FailureBudget(settings.failed_logins, settings.failed_login_window)
         self.connections: set[AgentConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncssh.SSHAcceptor | None = None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.sshd import SshHoopy, Sshd, start_ssh_hoopy, stop
+from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
 
 pytest_plugins = ["tests.integration.sshd"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.sshd import SshHoopy, Sshd
+from tests.integration.sshd import Sshd, SshHoopy
 
 pytest_plugins = ["tests.integration.sshd"]
 

@@ -8,9 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.integration.sshd import SshHoopy, Sshd
+from tests.integration.sshd import Sshd, SshHoopy
 
 pytest_plugins = ["tests.integration.sshd"]
 

@@ -17,8 +17,8 @@ the channel window) waits in `_early`, with reading paused.
 
 What the agent sees (masked when mask rules with detectors apply) is what the
 recording gets: an asciicast file per channel (`o` output, `i` input, `r` resizes),
-capped at `ssh.record_bytes` per channel (the exit event then holds the full byte counts
-and the SHA-256 of all output sent), plus `channel` / `exit` events in the log.
+capped at `ssh.record_bytes` per channel and direction (the exit event holds the
+full byte counts), plus `channel` / `exit` events in the log.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -49,6 +48,9 @@ log = logging.getLogger("hoopy.ssh")
 # that is checking (several channels of one connection may wait at once).
 NOTIFY: contextvars.ContextVar[Callable[[str], None]] = contextvars.ContextVar("ssh_notify")
 ENV_ALLOWED = re.compile(r"(LANG|LC_[A-Z_]+|TERM)\Z")
+# What hoopy grants the backend: bigger packets mean fewer Python callbacks per MB.
+BACKEND_WINDOW = 4 * 1024 * 1024
+BACKEND_PACKET = 256 * 1024
 WRITE_HIGH = 512 * 1024  # agent-side send buffer before the backend is paused
 IDLE_FLUSH = 0.03  # s: masked output held for look-behind goes out when the stream pauses
 IDLE_FINAL = 0.3  # s: … and the rest of a line (a prompt) after this long
@@ -80,7 +82,6 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         self._timer: asyncio.TimerHandle | None = None
         self._exit_status: int | None = None
         self._exit_signal: tuple[str, bool, str, str] | None = None
-        self._sent = hashlib.sha256()
         self.bytes = {"out": 0, "err": 0, "in": 0}
         self._recorded = {"o": 0, "i": 0}
         self._done = False
@@ -160,6 +161,7 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             self.task.cancel()  # e.g. stop waiting for an approval nobody will read
         if self.backend is not None:
             self.backend.close()
+        self.conn.open_channels -= 1  # asyncssh calls this once per channel
         self._done = True
 
     # ---- the request -------------------------------------------------------------------
@@ -226,7 +228,13 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             }
         try:
             chan, _ = await backend.create_session(
-                lambda: BackendSide(self), command, env=env, encoding=None, **pty
+                lambda: BackendSide(self),
+                command,
+                env=env,
+                encoding=None,
+                window=BACKEND_WINDOW,
+                max_pktsize=BACKEND_PACKET,
+                **pty,
             )
         except (asyncssh.Error, OSError) as e:
             msg = getattr(e, "reason", "") or type(e).__name__
@@ -258,7 +266,6 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         if not data or self.chan is None or self._done:
             return
         self.bytes["err" if stderr else "out"] += len(data)
-        self._sent.update(data)
         self._cast("o", data)
         if stderr:
             self.chan.write_stderr(data)
@@ -303,7 +310,6 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             bytes_out=self.bytes["out"],
             bytes_err=self.bytes["err"],
             bytes_in=self.bytes["in"],
-            output_sha256=self._sent.hexdigest(),
             **({"masked": dict(self._mask_counts())} if self.maskers else {}),
             **({"error": type(exc).__name__} if exc else {}),
         )

@@ -39,6 +39,7 @@ from hoopy.session import Session
 log = logging.getLogger("hoopy.ssh")
 
 MAX_CHANNELS = 64  # open session channels per agent connection
+
 LOGIN_TIMEOUT = 30.0
 
 
@@ -155,7 +156,8 @@ class AgentConnection(asyncssh.SSHServer):
         self._session: Session | None = None
         self.connector: SshConnector | None = None
         self._backend: asyncio.Task[asyncssh.SSHClientConnection] | None = None
-        self.channels = 0
+        self.channels = 0  # numbered from 1, never reused in a connection
+        self.open_channels = 0
         self.outcome = "closed"
 
     @property
@@ -285,11 +287,11 @@ class AgentConnection(asyncssh.SSHServer):
 
     # ---- channels ------------------------------------------------------------------------------
     def session_requested(self) -> Bridge | bool:
-        if self._session is None or self.channels >= MAX_CHANNELS:
+        if self._session is None or self.open_channels >= MAX_CHANNELS:
             return False
         self.channels += 1
-        bridge = Bridge(self, self.channels)
-        return bridge
+        self.open_channels += 1
+        return Bridge(self, self.channels)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int

@@ -105,6 +105,9 @@ class SshListener:
         self.connections: set[AgentConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncssh.SSHAcceptor | None = None
+        # asyncssh logs every connection and channel at INFO: hoopy records those itself
+        if logging.getLogger("asyncssh").level == logging.NOTSET:
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncssh.create_server(

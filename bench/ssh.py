@@ -24,7 +24,7 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.integration.sshd import SshHoopy, Sshd, start_ssh_hoopy, start_sshd, stop
+from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, start_sshd, stop
 
 
 def direct_argv(s: Sshd) -> list[str]:
@@ -39,6 +39,13 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=env)
     return time.perf_counter() - t
+
+
+def cpu(pid: int) -> float:
+    """CPU seconds the process used so far: hoopy's own cost, which the shared machine's
+    noise in wall-clock latency does not blur."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss(pid: int) -> int:
@@ -115,23 +122,37 @@ def main() -> None:
         env = h.ssh_env(h.issuer.mint("bench", ["agents"], ttl=3600))
         through = [*h.ssh_argv("web-1")]
         d = min(timed([*direct_argv(s), f"cat {big}"]) for _ in range(2))
+        c0 = cpu(h.proc.pid)
         p = min(timed([*through, f"cat {big}"], env) for _ in range(2))
+        cm = (cpu(h.proc.pid) - c0) / (2 * args.mb * (1 << 20) / 1e6)
         mb = args.mb * (1 << 20) / 1e6
-        print(f"throughput  direct {mb / d:7.1f} MB/s  hoopy {mb / p:7.1f} MB/s  ratio {d / p:.2f}x")
+        print(
+            f"throughput  direct {mb / d:7.1f} MB/s  hoopy {mb / p:7.1f} MB/s  "
+            f"ratio {d / p:.2f}x; hoopy CPU {cm * 1e3:.2f} ms per MB"
+        )
+        pid = h.proc.pid
         ed = asyncio.run(exec_latency(connect_direct(s), args.execs))
+        c0 = cpu(pid)
         eh = asyncio.run(exec_latency(connect_hoopy(h), args.execs))
+        ce = (cpu(pid) - c0) / args.execs
         print(
             f"exec        direct {ed * 1e3:6.2f} ms  hoopy {eh * 1e3:6.2f} ms  "
-            f"added {(eh - ed) * 1e3:+.2f} ms (median of {args.execs}, one connection)"
+            f"added {(eh - ed) * 1e3:+.2f} ms (median of {args.execs}, one connection); "
+            f"hoopy CPU {ce * 1e3:.2f} ms per exec"
         )
         cd = statistics.median(timed([*direct_argv(s), "true"]) for _ in range(args.conns))
+        c0 = cpu(pid)
         ch = statistics.median(timed([*through, "true"], env) for _ in range(args.conns))
+        cc = (cpu(pid) - c0) / args.conns
         print(
             f"connection  direct {cd * 1e3:6.2f} ms  hoopy {ch * 1e3:6.2f} ms  "
-            f"added {(ch - cd) * 1e3:+.2f} ms (median of {args.conns} `ssh host true`)"
+            f"added {(ch - cd) * 1e3:+.2f} ms (median of {args.conns} `ssh host true`); "
+            f"hoopy CPU {cc * 1e3:.2f} ms per connection"
         )
         errors, peak = asyncio.run(concurrent(h, args.sessions))
-        print(f"concurrent  {args.sessions} sessions, {errors} errors, hoopy RSS peak {peak / 1e6:.0f} MB")
+        print(
+            f"concurrent  {args.sessions} sessions, {errors} errors, hoopy RSS peak {peak / 1e6:.0f} MB"
+        )
     finally:
         stop(h.proc)
         s.stop()

@@ -101,7 +101,8 @@ def start_sshd(folder: Path) -> Sshd:
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
         "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_* TERM HOOPY_*\n"
-        "MaxSessions 200\nMaxStartups 200\nLogLevel INFO\nUseDNS no\nPrintMotd no\nPrintLastLog no\n"
+        "MaxSessions 200\nMaxStartups 200\nLogLevel INFO\n"
+        "UseDNS no\nPrintMotd no\nPrintLastLog no\n"
     )
     proc = subprocess.Popen(
         [SSHD, "-D", "-e", "-f", str(cfg)],

@@ -378,3 +378,40 @@ def test_recordings_verify_and_hold_no_backend_secret(ssh_hoopy: SshHoopy, sshd:
     assert v.returncode == 0, v.stdout + v.stderr
     listing = ssh_hoopy.cli("sessions", "list")
     assert "ssh" in listing.stdout and "web-1" in listing.stdout
+
+
+def test_a_token_that_expires_ends_what_the_connection_may_run(ssh_hoopy: SshHoopy) -> None:
+    """The connection outlives its token: later execs are refused (recorded), not run."""
+    token = ssh_hoopy.token(ttl=2)
+
+    async def main() -> None:
+        async with _connect(ssh_hoopy, token=token) as conn:  # type: ignore[attr-defined]
+            assert (await conn.run("echo fresh")).stdout == "fresh\n"
+            await asyncio.sleep(2.5)  # the token's lifetime passing, not synchronisation
+            late = await conn.run("echo stale")
+            assert late.exit_status == 255 and late.stdout == ""
+            assert "token expired" in late.stderr
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "",  # an empty exec
+        "echo " + "A" * 70000,  # past the shell reader's bounds
+        "echo hi\x00; rm -rf /",  # NUL inside the line
+        "echo '\u202e' ; rm -f /nonexistent",  # bidi override before a denied command
+        "echo $'\\x00' && rm x",
+    ],
+)
+def test_hostile_exec_lines_are_refused_and_the_connection_survives(
+    ssh_hoopy: SshHoopy, command: str
+) -> None:
+    async def main() -> None:
+        async with _connect(ssh_hoopy) as conn:  # type: ignore[attr-defined]
+            r = await conn.run(command)
+            assert r.exit_status == 126, (command[:40], r.exit_status, r.stderr)
+            assert (await conn.run("echo ok")).stdout == "ok\n"
+
+    asyncio.run(main())

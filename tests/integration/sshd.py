@@ -40,7 +40,7 @@ rules:
       connectors: ["web-*"]
       ssh: {commands: ["echo *", "echo", "cat", "cat *", "ls *", "ls", "true", "false", "printf *",
                        "head *", "wc *", "sleep *", "env", "exit *", "kill *", "seq *",
-                       "dd *", "id", "id *", "grep *", "base64 *", "test *"]}
+                       "dd *", "id", "id *", "grep *", "base64 *", "test *", "scp -f *"]}
   - name: no-rm
     effect: deny
     reason: deleting files is not allowed

@@ -90,3 +90,28 @@ def test_verify_replay_and_sessions_cover_ssh(ssh_hoopy: SshHoopy) -> None:
     casts[0].write_text(data)
     v = ssh_hoopy.cli("verify", sid)
     assert v.returncode == 1 and "asciicast" in v.stdout + v.stderr
+
+
+def test_agent_vanishing_mid_command_leaves_a_verified_recording(ssh_hoopy: SshHoopy) -> None:
+    import asyncio
+
+    import asyncssh
+
+    async def main() -> None:
+        known = asyncssh.import_known_hosts(ssh_hoopy.known_hosts().read_text())
+        conn = await asyncssh.connect(
+            "127.0.0.1", ssh_hoopy.ssh_port, username="web-1", password=ssh_hoopy.token(),
+            known_hosts=known, client_keys=None, agent_path=None, config=None,
+            preferred_auth="password",
+        )  # fmt: skip
+        proc = await conn.create_process("echo vanish-marker-3; head -c 50000000 /dev/zero")
+        assert await proc.stdout.readline() == "vanish-marker-3\n"
+        conn.abort()  # no clean close: the TCP connection just goes
+
+    asyncio.run(main())
+    log, casts = _session_files(ssh_hoopy, "vanish-marker-3")
+    assert len(casts) == 1
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    assert any(e["type"] == "exit" for e in events)
+    assert ssh_hoopy.cli("verify", log.stem).returncode == 0
+    assert "Traceback" not in ssh_hoopy.log_text()

@@ -190,7 +190,9 @@ class AgentConnection(asyncssh.SSHServer):
             if not self._backend.done():
                 self._backend.cancel()
             with contextlib.suppress(BaseException):
-                (await self._backend).close()
+                backend = await self._backend
+                backend.close()  # its channels end first, so their exit events are recorded
+                await asyncio.wait_for(backend.wait_closed(), 5)
         if self._session is not None:
             slog = self._session.log
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -151,7 +151,7 @@ class SshSettings:
 
     failed_logins: int = 10  # failed logins per source address …
     failed_login_window: float = 60.0  # … per this many seconds, then refused unchecked
-    record_bytes: int = 16 * 1024 * 1024  # per channel and direction, in the asciicast
+    record_bytes: int = 4 * 1024 * 1024  # per channel and direction, in the asciicast
 
 
 @dataclass(frozen=True)

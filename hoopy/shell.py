@@ -72,11 +72,29 @@ def read_line(line: str, interactive: bool = True) -> ShellReading:
     `interactive`: an interactive bash rewrites `!!`, `!rm`, `^a^b` (history expansion)
     before it parses a line, so such lines are opaque.  SSH exec commands, which a
     non-interactive shell runs, may pass False."""
+    if len(line) <= _CACHED_LINE:  # agents repeat short lines; long ones would fill memory
+        return _cached_line(line, interactive)
     return _read_line(line, interactive)
 
 
-@lru_cache(maxsize=2048)
+_CACHED_LINE = 2048
+
+
+@lru_cache(maxsize=4096)
+def _cached_line(line: str, interactive: bool) -> ShellReading:
+    return _read_line(line, interactive)
+
+
 def _read_line(line: str, interactive: bool) -> ShellReading:
+    try:
+        return _read_line_unsafe(line, interactive)
+    except Exception as e:  # a bug here must refuse the line, never let it through
+        return ShellReading(
+            line, (), (f"unparseable: hoopy failed to read it ({type(e).__name__})",)
+        )
+
+
+def _read_line_unsafe(line: str, interactive: bool) -> ShellReading:
     if len(line) > MAX_LINE:
         return ShellReading(line, (), (f"line is too long: {len(line)} characters",))
     r = _Reader()
@@ -100,7 +118,10 @@ def read_argv(argv: Sequence[str]) -> ShellReading:
     r = _Reader()
     if any("\0" in a for a in argv):
         r.opaque("unparseable: a NUL character")
-    r.run([plain(a) for a in argv], _INHERIT, 0, Ctx(), 0)
+    try:
+        r.run([plain(a) for a in argv], _INHERIT, 0, Ctx(), 0)
+    except Exception as e:  # a bug here must refuse the command, never let it through
+        r.opaque(f"unparseable: hoopy failed to read it ({type(e).__name__})")
     return ShellReading(shown, tuple(r.commands), tuple(r.reasons))
 
 
@@ -200,6 +221,32 @@ def _parser() -> Parser:
     return p
 
 
+# Unquoted, bash reads these as syntax, never as a program name.
+_RESERVED = frozenset(
+    [
+        "if",
+        "then",
+        "else",
+        "elif",
+        "fi",
+        "case",
+        "esac",
+        "for",
+        "select",
+        "while",
+        "until",
+        "do",
+        "done",
+        "in",
+        "function",
+        "{",
+        "}",
+        "!",
+        "[[",
+        "]]",
+    ]
+)
+_BARE_NEWLINE = re.compile(rb"(?<!\\)\n")
 _REDIRECTS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
 Kids = list[tuple[Node, "Stdin"]]
 
@@ -243,7 +290,7 @@ class _Reader:
             t = node.type
             kids: Kids
             if t == "command":
-                kids = self.command(node, sin, depth, [])
+                kids = self.command(node, sin, depth)
             elif t == "redirected_statement":
                 kids = self.redirected(node, sin, depth)
             elif t == "pipeline":
@@ -264,7 +311,17 @@ class _Reader:
                     self.assignment(node)
                 elif t == "heredoc_body" and "`" in text(node) and _unquoted(node.parent):
                     # tree-sitter leaves `…` in a here-document as text; bash runs it
-                    self.parse(f'h="{_as_double_quoted(text(node))}"', depth, _INHERIT)
+                    for code in _backquoted(text(node)):
+                        if code is None:
+                            self.opaque("unparseable: an unterminated ` in a here-document")
+                        else:
+                            self.parse(code, depth + 1, _INHERIT)
+                elif t == "heredoc_end":
+                    self.heredoc_end(node)
+                elif t in ("raw_string", "string", "ansi_c_string"):
+                    self.check_text(decode(node))  # [[ -v 'a[$(x)]' ]], case patterns …
+                elif t == "heredoc_body":
+                    self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
                 kids = [(c, sin) for c in node.named_children]
@@ -285,6 +342,17 @@ class _Reader:
         if value is not None:
             self.check_text(decode(value))
 
+    def heredoc_end(self, node: Node) -> None:
+        """tree-sitter ends a here-document at a line that only starts with the word
+        (`EOF \\`); bash needs the word alone on its line, else it reads on."""
+        src = self.src
+        start = src.rfind(b"\n", 0, node.start_byte) + 1
+        end = src.find(b"\n", node.end_byte)
+        line = src[start : len(src) if end < 0 else end]
+        op = node.parent.children[0].type if node.parent and node.parent.children else "<<"
+        if (line.lstrip(b"\t") if op == "<<-" else line) != (node.text or b""):
+            self.opaque("unparseable: a here-document's end word is not alone on its line")
+
     def check_text(self, arg: Arg) -> None:
         if arg.value is not None and subscript_code(arg.value):
             self.opaque(f"text bash may run as code: {arg.source[:60]}")
@@ -297,16 +365,16 @@ class _Reader:
         if body is None:
             return kids
         if body.type == "command":
-            start = redirects[0].start_byte if redirects else -1
-            kids += self.command(body, stdin, depth, extra, start)
+            kids += self.command(body, sin, depth, redirects)
         else:
             if extra:
                 self.opaque("unparseable: words after a redirection of a compound command")
             kids.append((body, stdin))
         return kids
 
-    def command(self, node: Node, sin: Stdin, depth: int, extra: list[Node], end: int = -1) -> Kids:
-        """One simple command: its words, its own redirections and assignments."""
+    def command(self, node: Node, sin: Stdin, depth: int, outer: Sequence[Node] = ()) -> Kids:
+        """One simple command: its words, its redirections (`outer`: those tree-sitter
+        put around it) and assignments."""
         kids: Kids = []
         name: Node | None = None
         words: list[Node] = []
@@ -323,18 +391,26 @@ class _Reader:
             elif c.is_named:
                 kids.append((c, _INHERIT))
         # tree-sitter reads `cat 0<f` as the argument 0 and `<f`; bash, as fd 0
-        if words and end >= 0 and words[-1].end_byte == end and text(words[-1]).isdigit():
+        end = outer[0].start_byte if outer else -1
+        if words and words[-1].end_byte == end and text(words[-1]).isdigit():
             words.pop()
-        stdin, more = _redirects(redirects, sin)
         kids += [(c, _INHERIT) for r in redirects for c in r.named_children]
-        words = sorted([*words, *more, *extra], key=lambda n: n.start_byte)
+        # the last redirection of stdin wins, wherever tree-sitter put it
+        every = sorted([*redirects, *outer], key=lambda n: n.start_byte)
+        stdin, more = _redirects(every, sin)
+        words = sorted([*words, *more], key=lambda n: n.start_byte)
         kids += [(w, _INHERIT) for w in words if w.named_child_count]
         if name is None:
             return kids
+        for w in words:
+            parts = w.named_children if w.type == "concatenation" else [w]
+            if any(p.type == "word" and _BARE_NEWLINE.search(p.text or b"") for p in parts):
+                # tree-sitter ran a redirection's words on to the next line
+                self.opaque("unparseable: a word runs over the end of a line")
         args = self.join_continued(words)
         for a in args:
             self.check_text(a)
-        self.run(args, stdin, depth, Ctx(), 0)
+        self.run(args, stdin, depth, Ctx(), 0, shell=True)
         return kids
 
     def join_continued(self, words: list[Node]) -> list[Arg]:
@@ -354,11 +430,18 @@ class _Reader:
             prev_end = w.end_byte
         return args
 
-    def run(self, args: list[Arg], stdin: Stdin, depth: int, ctx: Ctx, level: int) -> None:
-        """A command and whatever it runs in turn (wrappers, code strings)."""
+    def run(
+        self, args: list[Arg], stdin: Stdin, depth: int, ctx: Ctx, level: int, shell: bool = False
+    ) -> None:
+        """A command and whatever it runs in turn (wrappers, code strings).  `shell`:
+        the words are shell words, where a reserved word is syntax."""
         for _ in range(MAX_WRAPPERS):
             if not args or self.full:
                 return
+            if shell and args[0].source in _RESERVED and args[0].source != "!":
+                # tree-sitter reads `! for …; do …; done` and `time if …` as commands
+                # named for, do, if …: its reading of the line is not bash's
+                self.opaque(f"unparseable: the reserved word {args[0].source!r} as a command")
             prog, problem = program_name(args[0])
             if problem:
                 self.opaque(problem)
@@ -379,7 +462,7 @@ class _Reader:
                 if level >= MAX_TREE_DEPTH:
                     self.opaque("nesting too deep: commands within commands")
                     return
-                self.run(more, stdin, depth, ctx, level + 1)
+                self.run(more, stdin, depth, ctx, level + 1, shell)
             args = eff.runs[-1] if eff.runs else []
         if args:
             self.opaque(f"nesting too deep: more than {MAX_WRAPPERS} wrappers")
@@ -441,21 +524,32 @@ def _unquoted(redirect: Node | None) -> bool:
     return start is not None and not any(q in text(start) for q in "'\"\\")
 
 
-def _as_double_quoted(body: str) -> str:
-    """A here-document body as the inside of "…" with the same expansions: there a
-    backslash escapes only $ ` \\ and newline, so a quote (bare or after a backslash)
-    must be escaped."""
-    out: list[str] = []
-    i = 0
-    while i < len(body):
+def _backquoted(body: str) -> list[str | None]:
+    """The commands of `…` in an unquoted here-document body, unescaped as bash does
+    (\\\\, \\` and \\$ lose their backslash); None for one never closed."""
+    out: list[str | None] = []
+    i, n = 0, len(body)
+    while i < n:
         c = body[i]
-        if c == "\\" and i + 1 < len(body) and body[i + 1] in "$`\\\n":
-            out.append(body[i : i + 2])
+        if c == "\\":
             i += 2
             continue
-        out.append('\\"' if c == '"' else "\\\\" if c == "\\" else c)
+        if c != "`":
+            i += 1
+            continue
+        code: list[str] = []
         i += 1
-    return "".join(out)
+        while i < n and body[i] != "`":
+            if body[i] == "\\" and i + 1 < n:
+                nxt = body[i + 1]
+                code.append(nxt if nxt in "\\`$" else "\\" + nxt)
+                i += 2
+                continue
+            code.append(body[i])
+            i += 1
+        out.append("".join(code) if i < n else None)
+        i += 1
+    return out
 
 
 def _shown(n: Node) -> str:

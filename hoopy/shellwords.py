@@ -249,12 +249,19 @@ def subscript_code(value: str) -> bool:
 
 # --- small languages that can run commands ----------------------------------------
 
-_AWK_RUNS = re.compile(r"\bsystem\s*\(|\||@load|@include|\bextension\s*\(")
+_AWK_RUNS = re.compile(r"\bsystem\s*\(|@load|@include|\bextension\s*\(")
+_AWK_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# a regex literal where an operand may start: after ( , ~ ! { } ; & | or at the start
+_AWK_REGEX = re.compile(r"(^|[(,~!{};&|]\s*)/(?:[^/\\\n]|\\.)*/")
 
 
 def awk_runs(program: str) -> bool:
-    """May this awk program run commands (system(), pipes to or from commands)?"""
-    return bool(_AWK_RUNS.search(program))
+    """May this awk program run commands: system(), or a pipe to or from a command
+    (`print | "sh"`, `"cmd" | getline`) once strings and regex literals are set aside?"""
+    if _AWK_RUNS.search(program):
+        return True
+    code = _AWK_REGEX.sub(r"\1//", _AWK_STRING.sub('""', program))
+    return "|" in code.replace("||", "")
 
 
 _SED_TEXT_CMDS = frozenset("aic")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tree_sitter import Language, Parser
 
+from hoopy import shellopts, shellprogs
 from hoopy.shell import (
     MAX_COMMANDS,
     MAX_LINE,
@@ -165,6 +166,7 @@ def _rejected(line: str) -> bool:
 def test_fuzz_never_raises_and_rejected_text_is_opaque(line: str) -> None:
     r = read_line(line)
     assert r.text == line
+    assert not any("hoopy failed" in o for o in r.opaque)
     if _rejected(line):
         assert r.opaque, line
 
@@ -172,7 +174,7 @@ def test_fuzz_never_raises_and_rejected_text_is_opaque(line: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(max_size=20), min_size=1, max_size=8))
 def test_fuzz_argv_never_raises(argv: list[str]) -> None:
-    read_argv(argv)
+    assert not any("hoopy failed" in o for o in read_argv(argv).opaque)
 
 
 # -- bounded time --------------------------------------------------------------------
@@ -200,3 +202,20 @@ def test_huge_lines_are_read_in_bounded_time(line: str) -> None:
     took = time.perf_counter() - start
     assert took < 2.0, took
     assert r.text == line + " "
+
+
+PROGRAMS = sorted({*shellprogs._HANDLERS, *shellopts.WRAPPERS, "python3", "perl", "ls"})
+OPTIONISH = st.sampled_from(
+    ["-", "--", "-c", "-e", "-o", "-u", "-S", "-I", "-i", "-x", "-n", "-p", "-s", "-C", "-f",
+     "--user", "--user=", "--command=x", "-exec", ";", "+", "{}", "-oProxyCommand=id", "-F",
+     "x=1", "LD_PRELOAD=x", "id", "rm -rf /", "'", "$(", "a[$(id)]", "5", "/", ""]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(PROGRAMS), st.lists(st.one_of(OPTIONISH, st.text(max_size=8)), max_size=8))
+def test_fuzz_every_program_handler_never_raises(prog: str, args: list[str]) -> None:
+    r = read_argv([prog, *args])
+    assert r.commands[0].program == prog
+    line = read_line(" ".join([prog, *(_quote(a) for a in args)]))
+    assert not any("hoopy failed" in o for o in (*r.opaque, *line.opaque))

@@ -11,6 +11,8 @@ log the argv of whatever bash runs; nothing outside the temp folder can be writt
 from __future__ import annotations
 
 import os
+import random
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,12 +24,16 @@ from tests.test_policy_shell import ALLOWED_LINES, DENIED_LINES
 
 REAL = ("env", "nice", "timeout", "nohup", "setsid", "xargs", "find", "flock", "chroot")
 SHELLS = {"bash": "bash", "sh": "bash", "dash": "dash"}
-STUB = '#!/realbin/dash\nprintf "%s" "${0##*/}" >>"$HOOPY_LOG"\nfor a; do printf "\\037%s" "$a" >>"$HOOPY_LOG"; done\nprintf "\\036" >>"$HOOPY_LOG"\n'  # noqa: E501
+# One write per record (O_APPEND): background commands must not interleave records.
+STUB = (
+    "#!/realbin/dash\n"
+    'r="${0##*/}"; for a; do r="$r\037$a"; done; printf "%s\036" "$r" >>"$HOOPY_LOG"\n'
+)
 RUNNER = r"""
 command_not_found_handle() {
-    printf '%s' "$1" >>"$HOOPY_LOG"; shift
-    for a; do printf '\037%s' "$a" >>"$HOOPY_LOG"; done
-    printf '\036' >>"$HOOPY_LOG"; return 127
+    local r=$1 a; shift
+    for a; do r+=$'\037'$a; done
+    printf '%s\036' "$r" >>"$HOOPY_LOG"; return 127
 }
 export -f command_not_found_handle
 export PATH=/usr/bin
@@ -164,6 +170,54 @@ EXTRA_LINES = [
 ]
 
 
+# Random lines from a small grammar of spellings, wrappers and compound forms.
+SPELLINGS = [
+    "reboot", "\\reboot", "re\\boot", '"reboot"', "'reboot'", "r''eboot", "$'reboot'",
+    "$'\\x72eboot'", '"re"boot', "'re'\"boot\"", "/usr/bin/reboot", "re\\\nboot",
+    '"re"\\boot', "/bin//reboot", "id", "ls", "'i'd", '$"reboot"', "re$'b'oot",
+    "\\r\\e\\b\\o\\o\\t", "r\\eboot", "/usr/bin/./reboot",
+]  # fmt: skip
+WRAPPERS = [
+    "", "", "", "sudo ", "env ", "env -i A=1 ", "env -- ", "nice -n 5 ", "nice ", "timeout 5 ",
+    "timeout -s KILL 3 ", "nohup ", "command ", "exec ", "time ", "setsid ", "chroot / ",
+    "flock /tmp/l ", "xargs ", "xargs -r -0 ", "A=1 ", ">/tmp/o ", "2>&1 ", "sudo -u root ",
+    "env -u X ", "nice -5 ", "timeout -k 1 2 ", "A=1 B=$HOME ", "</dev/null ", "time -p ",
+]  # fmt: skip
+ARGS = [
+    "", " -f", " 'a b'", ' "$HOME"', " x\\ y", " >/dev/null", " 2>/tmp/e", " <<<x", " ;",
+    " \\\n-f", " #c", " $'a\\tb'", " {a,b}", " *", " 'it'\\''s'", " 0<&-", " >&2 z",
+]  # fmt: skip
+
+
+def _simple(rng: random.Random) -> str:
+    word = rng.choice(SPELLINGS)
+    return rng.choice(WRAPPERS) + word + rng.choice(ARGS).rstrip(" ;")
+
+
+def _compound(rng: random.Random, depth: int = 0) -> str:
+    if depth > 2 or rng.random() < 0.4:
+        return _simple(rng)
+    a, b = _compound(rng, depth + 1), _compound(rng, depth + 1)
+    forms = [
+        f"{a}; {b}", f"{a} && {b}", f"{a} || {b}", f"{a} | {b}", f"{a} & {b}", f"{a}\n{b}",
+        f"( {a} )", f"{{ {a}; }}", f"echo $({a})", f"echo `{a}`", f"cat <({a})",
+        f"if {a}; then {b}; fi", f"for i in 1; do {a}; done", f"case x in x) {a};; esac",
+        f"sh -c {shlex.quote(a)}", f"bash -c {shlex.quote(a + '; ' + b)}", f"eval {shlex.quote(a)}",
+        f"x=$({a}); {b}", f"f() {{ {a}; }}; f", f"! {a}",
+        f"{a} <<EOF\nbody\nEOF\n{b}", f"cat <<EOF\n$({a})\nEOF", f"cat <<EOF\n`{a}`\nEOF",
+        f"bash <<EOF\n{a}\nEOF", f"bash <<< {shlex.quote(a)}", f"while true; do {a}; break; done",
+        f"time {a}", f"[[ -n x ]] && {a}", f"(( 1 )) && {a}", f"function g {{ {a}; }}; g",
+        f"{a} # {b}", f'echo "$({a})"', f'x="`{a}`"', f"{{ {a}; }} >/dev/null 2>&1",
+        f"coproc {a}", f"{a} | while read l; do {b}; done", f"echo $(( $({a}) ))",
+        f"case x in (x|y) {a};; *) {b};; esac", f"for ((i=0;i<1;i++)); do {a}; done",
+        f"{a} \\\n; {b}", f"until false; do {a}; break; done", f"exec 3>&1; {a}",
+    ]  # fmt: skip
+    return rng.choice(forms)
+
+
+GENERATED = [_compound(random.Random(seed)) for seed in range(250)]
+
+
 def _sandbox_works() -> bool:
     if not shutil.which("unshare") or not shutil.which("dash"):
         return False
@@ -188,7 +242,7 @@ def _build(root: Path, lines: list[str]) -> None:
     names: set[str] = set()
     for line in lines:
         names |= {c.program for c in read_line(line).commands}
-    names |= {"rm", "reboot", "shutdown", "ls", "id", "sh", "bash", "dash"}
+    names |= {"rm", "reboot", "shutdown", "ls", "id", "sh", "bash", "dash", "cat", "sudo"}
     for name in names:
         if not name or "/" in name or name.startswith("-") or name in (".", ".."):
             continue
@@ -232,7 +286,8 @@ def _mentions(seen: tuple[str, ...], argv: tuple[str, ...]) -> bool:
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, ...]]]:
     root = tmp_path_factory.mktemp("sandbox")
-    lines = [line for line in DENIED_LINES + ALLOWED_LINES + EXTRA_LINES if "\0" not in line]
+    every = DENIED_LINES + ALLOWED_LINES + EXTRA_LINES + GENERATED
+    lines = list(dict.fromkeys(line for line in every if "\0" not in line))
     _build(root, lines)
     _run(root)
     return {
@@ -248,6 +303,13 @@ def test_the_sandbox_logs_what_bash_runs(ran: dict[str, list[tuple[str, ...]]]) 
     )
     assert ("rm", "-rf", "/") in ran["bash -c 'bash -c \"eval rm -rf /\"'"]
     assert ran["echo 'rm -rf /'"] == []
+
+
+def test_generated_lines_run_what_they_should(ran: dict[str, list[tuple[str, ...]]]) -> None:
+    # the generator's lines do run programs, and most are fully visible to hoopy
+    ran_any = [line for line in GENERATED if ran[line]]
+    visible = [line for line in GENERATED if not read_line(line, interactive=False).opaque]
+    assert len(ran_any) > 150 and len(visible) > 100
 
 
 def test_every_program_bash_runs_is_seen_or_the_line_is_opaque(

@@ -8,6 +8,7 @@ log or the recordings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -415,3 +416,70 @@ def test_hostile_exec_lines_are_refused_and_the_connection_survives(
             assert (await conn.run("echo ok")).stdout == "ok\n"
 
     asyncio.run(main())
+
+
+def test_approval_after_the_agent_left_runs_nothing(ssh_hoopy: SshHoopy, sshd: Sshd) -> None:
+    marker = sshd.folder / "approved-too-late"
+    marker.unlink(missing_ok=True)
+
+    async def main() -> str:
+        conn = await _connect(ssh_hoopy)  # type: ignore[misc]
+        proc = await conn.create_process(f"touch {marker}")
+        note = await asyncio.wait_for(proc.stderr.readline(), 20)
+        conn.abort()
+        return note.split("waiting for approval ")[1].split()[0]
+
+    approval_id = asyncio.run(main())
+    deadline = time.monotonic() + 15
+    while True:  # the gateway notices the agent left and withdraws the request (bounded)
+        _, pending = _admin(ssh_hoopy, "GET", "/api/approvals?state=pending")
+        if approval_id not in json.dumps(pending):
+            break
+        assert time.monotonic() < deadline, "the approval stayed pending after the agent left"
+        time.sleep(0.05)
+    with contextlib.suppress(urllib.error.HTTPError):  # no longer pending: refused
+        _admin(ssh_hoopy, "POST", f"/api/approvals/{approval_id}/approve")
+    r = ssh_hoopy.ssh("echo later")  # a full round trip through the gateway afterwards
+    assert r.returncode == 0
+    assert not marker.exists()
+
+
+def test_concurrent_approvals_on_one_connection_stay_apart(ssh_hoopy: SshHoopy, sshd: Sshd) -> None:
+    a, b = sshd.folder / "parallel-a", sshd.folder / "parallel-b"
+    for m in (a, b):
+        m.unlink(missing_ok=True)
+
+    async def main() -> None:
+        async with _connect(ssh_hoopy) as conn:  # type: ignore[attr-defined]
+            pa = await conn.create_process(f"touch {a}")
+            pb = await conn.create_process(f"touch {b}")
+            note_a = await asyncio.wait_for(pa.stderr.readline(), 20)
+            note_b = await asyncio.wait_for(pb.stderr.readline(), 20)
+            id_a = note_a.split("waiting for approval ")[1].split()[0]
+            id_b = note_b.split("waiting for approval ")[1].split()[0]
+            assert id_a != id_b
+            await asyncio.to_thread(_admin, ssh_hoopy, "POST", f"/api/approvals/{id_b}/approve")
+            rb = await asyncio.wait_for(pb.wait(), 20)
+            assert rb.exit_status == 0 and b.exists() and not a.exists()
+            await asyncio.to_thread(_admin, ssh_hoopy, "POST", f"/api/approvals/{id_a}/deny")
+            ra = await asyncio.wait_for(pa.wait(), 20)
+            assert ra.exit_status == 126 and id_a in ra.stderr
+
+    asyncio.run(main())
+    assert not a.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "echo ok\nrm -f {m}",
+        "echo ok\r\nrm -f {m}",
+        "echo ok;\n\n  rm -f {m}",
+        "echo 'x\n' ; rm -f {m}",
+    ],
+)
+def test_multi_line_exec_is_read_whole(ssh_hoopy: SshHoopy, sshd: Sshd, command: str) -> None:
+    marker = _marker(sshd, "marker-lines")
+    r = ssh_hoopy.ssh(command.format(m=marker))
+    assert r.returncode == 126, r
+    assert marker.exists()

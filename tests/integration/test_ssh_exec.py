@@ -483,3 +483,27 @@ def test_multi_line_exec_is_read_whole(ssh_hoopy: SshHoopy, sshd: Sshd, command:
     r = ssh_hoopy.ssh(command.format(m=marker))
     assert r.returncode == 126, r
     assert marker.exists()
+
+
+def test_each_agent_connection_has_its_own_backend_connection(
+    ssh_hoopy: SshHoopy, sshd: Sshd
+) -> None:
+    """Never shared: two identities (or two connections of one) are two backend logins."""
+
+    def logins() -> int:
+        return sum("Accepted publickey for root" in line for line in list(sshd.log))
+
+    async def main() -> None:
+        before = logins()
+        a = await _connect(ssh_hoopy, token=ssh_hoopy.token("agent-a"))  # type: ignore[misc]
+        b = await _connect(ssh_hoopy, token=ssh_hoopy.token("agent-b"))  # type: ignore[misc]
+        ra, rb = await asyncio.gather(a.run("id -un"), b.run("id -un"))
+        assert ra.stdout == rb.stdout == "root\n"
+        deadline = time.monotonic() + 10
+        while logins() < before + 2:  # sshd's log line may trail the command (bounded)
+            assert time.monotonic() < deadline, sshd.log[-5:]
+            await asyncio.sleep(0.05)
+        a.close()
+        b.close()
+
+    asyncio.run(main())

@@ -41,6 +41,7 @@ log = logging.getLogger("hoopy.ssh")
 MAX_CHANNELS = 64  # open session channels per agent connection
 
 LOGIN_TIMEOUT = 30.0
+MAX_ADDRESSES = 10000  # source addresses whose failed logins are remembered
 
 
 async def _refuse_shell(bridge: Bridge) -> None:
@@ -86,8 +87,10 @@ class FailureBudget:
 
     def failed(self, host: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        if len(self._seen) > 10000:  # a flood from many addresses: forget the old ones
-            self._seen = {h: t for h, t in self._seen.items() if now - t[-1] < self.window}
+        if len(self._seen) > MAX_ADDRESSES and host not in self._seen:
+            # a flood from many addresses: keep the most recent half (amortised O(1))
+            recent = sorted(self._seen.items(), key=lambda kv: kv[1][-1], reverse=True)
+            self._seen = dict(recent[: MAX_ADDRESSES // 2])
         times = self._seen.setdefault(host, [])
         if len(times) < self.allowed:
             times.append(now)

@@ -157,6 +157,15 @@ class PostgresSettings:
 
 
 @dataclass(frozen=True)
+class SshSettings:
+    """Knobs for the SSH listener (key `ssh:` in hoopy.yaml)."""
+
+    failed_logins: int = 10  # failed logins per source address …
+    failed_login_window: float = 60.0  # … per this many seconds, then refused unchecked
+    record_bytes: int = 4 * 1024 * 1024  # per channel and direction, in the asciicast
+
+
+@dataclass(frozen=True)
 class MaskingSettings:
     """Key `masking:` in hoopy.yaml."""
 
@@ -190,6 +199,8 @@ class SshConnector:
     known_hosts: Secret | None = None
     source: str = ""
     type: str = "ssh"
+    connect_timeout: float = 10.0  # seconds to reach and authenticate to the backend
+    keepalive: float = 30.0  # seconds between keepalives to the backend (0: off)
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,7 @@ class Config:
     # The SQLite file when `state` is sqlite: (`sqlite:///abs/path` or `sqlite:rel/path`,
     # relative to the config folder); None for postgresql://.
     state_path: Path | None = None
+    ssh: SshSettings = field(default_factory=SshSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -249,7 +261,7 @@ class Config:
 
 _TOP_KEYS = (
     "listen", "tls", "identity", "state", "admin_token", "dev_issuer", "recordings",
-    "connectors_dir", "policies_dir", "slack", "postgres", "masking",
+    "connectors_dir", "policies_dir", "slack", "postgres", "masking", "ssh",
 )  # fmt: skip
 _LISTEN_KEYS = ("postgres", "ssh", "kubernetes", "admin")
 _ISSUER_KEYS = (
@@ -264,7 +276,16 @@ _PG_KEYS = (
 )  # fmt: skip
 _CONNECTOR_KEYS = {
     "postgres": ("type", "address", "database", "user", "password", "sslmode", "sslrootcert"),
-    "ssh": ("type", "address", "user", "private_key", "password", "known_hosts"),
+    "ssh": (
+        "type",
+        "address",
+        "user",
+        "private_key",
+        "password",
+        "known_hosts",
+        "connect_timeout",
+        "keepalive",
+    ),
     "kubernetes": ("type", "kubeconfig", "context"),
 }
 _SSLMODES = ("disable", "prefer", "require", "verify-full")
@@ -491,6 +512,18 @@ def _masking_settings(ld: _Loader, top: Section) -> MaskingSettings:
     return MaskingSettings(_secret(ld, sec, "hash_key", ld.base), numeric or d.redact_numeric)
 
 
+def _ssh_settings(top: Section) -> SshSettings:
+    sec = top.section("ssh", ("failed_logins", "failed_login_window", "record_bytes"))
+    d = SshSettings()
+    if sec is None:
+        return d
+    return SshSettings(
+        failed_logins=sec.integer("failed_logins", d.failed_logins, lo=1),
+        failed_login_window=sec.duration("failed_login_window", d.failed_login_window),
+        record_bytes=sec.size("record_bytes", d.record_bytes),
+    )
+
+
 def _postgres_settings(top: Section) -> PostgresSettings:
     sec = top.section("postgres", _PG_KEYS)
     d = PostgresSettings()
@@ -592,11 +625,14 @@ def _ssh_connector(
     known_hosts = _secret(ld, sec, "known_hosts", base, required=True)
     if not (sec.has("private_key") or sec.has("password")):
         sec.doc.error(sec.node, "an ssh connector needs private_key or password")
+    connect_timeout = sec.duration("connect_timeout", 10.0)
+    keepalive = sec.duration("keepalive", 30.0, zero_ok=True)
     if address is None or user is None or known_hosts is None:
         return None
     return SshConnector(
-        name, address.host, address.port, user, private_key, password, known_hosts, source
-    )
+        name, address.host, address.port, user, private_key, password, known_hosts, source,
+        connect_timeout=connect_timeout, keepalive=keepalive,
+    )  # fmt: skip
 
 
 def _kube_connector(
@@ -821,6 +857,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
     admin_token = _secret(ld, top, "admin_token", ld.base)
     dev_issuer, slack, pg = _dev_issuer(top), _slack(ld, top), _postgres_settings(top)
     masking = _masking_settings(ld, top)
+    ssh_settings = _ssh_settings(top)
     recordings = resolve_path(ld.base, top.text("recordings") or "recordings/")
     connectors_dir, read_connectors = _folder(ld, top, "connectors_dir", "connectors/")
     policies_dir, read_policies = _folder(ld, top, "policies_dir", "policies/")
@@ -835,6 +872,7 @@ def _read(path: Path) -> tuple[Config | None, _Loader]:
     config = Config(
         ld.path, listen, tls, issuers, state, recordings, connectors_dir, policies_dir,
         connectors, policies, admin_token, dev_issuer, slack, pg, masking, state_path,
+        ssh=ssh_settings,
     )  # fmt: skip
     return config, ld
 

@@ -23,6 +23,7 @@ import asyncpg
 from hoopy import pgcluster
 from hoopy.config import load_config
 from hoopy.serve import Running, start
+from hoopy.sshtarget import DemoSshd
 
 SCHEMA = """
 CREATE TABLE customers (
@@ -56,6 +57,21 @@ rules:
     approvers: [dba]
     timeout: 10m
     match: {sql: {statements: [delete, update]}}
+  - name: agents-look-around-the-demo-host
+    effect: allow
+    match:
+      groups: [agents]
+      connectors: [demo-ssh]
+      ssh: {commands: ["uptime", "ls", "ls *", "cat *", "echo *", "df *", "ps *", "id", "whoami"]}
+  - name: no-deleting
+    effect: deny
+    reason: deleting files is not allowed
+    match: {ssh: {commands: ["rm *", "shred *"]}}
+  - name: restarts-need-ops
+    effect: require_approval
+    approvers: [ops]
+    timeout: 10m
+    match: {groups: [agents], connectors: [demo-ssh], ssh: {commands: ["systemctl *", "touch *"]}}
   - name: hide-pii
     effect: mask
     columns: ["*.email", "customers.ssn"]
@@ -64,9 +80,13 @@ rules:
 """
 
 
-def _config(folder: Path, pg_port: int, ports: dict[str, int]) -> Path:
+def _config(
+    folder: Path, pg_port: int, ports: dict[str, int], sshd: DemoSshd | None = None
+) -> Path:
     (folder / "connectors").mkdir()
     (folder / "policies").mkdir()
+    if sshd is not None:
+        (folder / "connectors" / "demo-ssh.yaml").write_text(sshd.connector())
     (folder / "connectors" / "app-db.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: app\nuser: app_rw\n"
         "password: env:HOOPY_DEMO_DB_PASSWORD\nsslmode: disable\n"
@@ -77,7 +97,8 @@ def _config(folder: Path, pg_port: int, ports: dict[str, int]) -> Path:
         "listen:\n"
         f"  postgres: 127.0.0.1:{ports['postgres']}\n"
         f"  admin: 127.0.0.1:{ports['admin']}\n"
-        "tls: {cert: tls/cert.pem, key: tls/key.pem}\n"
+        + (f"  ssh: 127.0.0.1:{ports['ssh']}\n" if sshd is not None else "")
+        + "tls: {cert: tls/cert.pem, key: tls/key.pem}\n"
         "state: sqlite:state/state.db\n"
         "admin_token: env:HOOPY_ADMIN_TOKEN\n"
         f"dev_issuer: {{listen: 127.0.0.1:{ports['dev_issuer']}}}\n"
@@ -119,6 +140,12 @@ def banner(folder: Path, running: Running, token: str) -> str:
     a = running.addresses
     host, port = a["postgres"].rsplit(":", 1)
     cfg = folder / "hoopy.yaml"
+    return (
+        _pg_banner(folder, host, port, token) + _ssh_banner(folder, running, token) + _tail(cfg, a)
+    )
+
+
+def _pg_banner(folder: Path, host: str, port: str, token: str) -> str:
     return f"""
 hoopy demo is running (Ctrl-C stops it and removes {folder}).
 
@@ -130,7 +157,36 @@ Try, in that psql:
   select name, email from customers;          -- allowed (recorded)
   drop table orders;                           -- denied by rule no-schema-changes (42501)
   delete from orders where id = 1;             -- needs approval by a dba
+"""
 
+
+def _ssh_banner(folder: Path, running: Running, token: str) -> str:
+    if "ssh" not in running.addresses:
+        return "\n(no SSH target: install openssh-server to try SSH through hoopy)\n"
+    host, port = running.addresses["ssh"].rsplit(":", 1)
+    askpass = folder / "askpass.sh"  # prints the token: ssh reads its password from it
+    fd = os.open(askpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"#!/bin/sh\necho '{token}'\n")
+    known = folder / "agent_known_hosts"
+    pub = (folder / "state" / "ssh_host_ed25519_key.pub").read_text().strip()
+    known.write_text(f"[{host}]:{port} {pub}\n")
+    ssh = (
+        f"SSH_ASKPASS={askpass} SSH_ASKPASS_REQUIRE=force DISPLAY=:0 ssh -p {port} "
+        f"-o UserKnownHostsFile={known} -o PubkeyAuthentication=no demo-ssh@{host}"
+    )
+    return f"""
+SSH to a throwaway sshd as connector 'demo-ssh' (the token is the password; host key
+{running.ssh_host_key}):
+
+  {ssh} 'uptime; ls /'
+
+Try:  … 'rm -rf /tmp/x'  (denied by rule no-deleting, exit 126)   … 'touch /tmp/x'  (needs ops)
+"""
+
+
+def _tail(cfg: Path, a: dict[str, str]) -> str:
+    return f"""
 Mint more tokens:     hoopy token mint --config {cfg} --sub agent-2 --group agents
 Recorded sessions:    hoopy sessions list --config {cfg}
 Verify recordings:    hoopy verify --config {cfg}
@@ -143,6 +199,7 @@ async def run_demo(ready: asyncio.Event | None = None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="hoopy-demo-"))
     cluster: pgcluster.PgCluster | None = None
     running: Running | None = None
+    sshd: DemoSshd | None = None
     try:
         print("starting a throwaway PostgreSQL ...", flush=True)
         cluster = await asyncio.to_thread(pgcluster.create)
@@ -151,7 +208,9 @@ async def run_demo(ready: asyncio.Event | None = None) -> None:
         os.environ["HOOPY_DEMO_DB_PASSWORD"] = app_password
         os.environ.setdefault("HOOPY_ADMIN_TOKEN", secrets.token_urlsafe(18))
         ports = {"postgres": _port(15432), "admin": _port(18080), "dev_issuer": _port(18081)}
-        cfg = load_config(_config(folder, cluster.port, ports))
+        ports["ssh"] = _port(12222)
+        sshd = await asyncio.to_thread(DemoSshd.start, folder / "sshd")
+        cfg = load_config(_config(folder, cluster.port, ports, sshd))
         running = await start(cfg)
         assert running.dev_issuer is not None
         token = running.dev_issuer.mint("demo-agent", ["agents"], ttl=3600)
@@ -170,4 +229,6 @@ async def run_demo(ready: asyncio.Event | None = None) -> None:
             await running.close()
         if cluster is not None:
             await asyncio.to_thread(cluster.destroy)
+        if sshd is not None:
+            sshd.stop()
         shutil.rmtree(folder, ignore_errors=True)

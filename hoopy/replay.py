@@ -95,7 +95,33 @@ def describe(ev: dict[str, Any]) -> str:
         return f"{INDENT}! {clean_line(ev.get('code', ''))} {clean_line(ev.get('message', ''))}"
     if t == "session_end":
         return f"# session end: {clean_line(ev.get('outcome', ''))}"
+    if t == "exit":  # an SSH channel's end
+        sig = f" signal {clean_line(ev['signal'])}" if ev.get("signal") else ""
+        status = "" if ev.get("status") is None else f" status {clean_line(ev.get('status'))}"
+        return f"{INDENT}← exit{status}{sig} ({clean_line(ev.get('bytes_out', 0))} bytes out)"
     return f"{INDENT}. {clean_line(t)}"
+
+
+def play_cast(path: Path, speed: float = 1.0, out: TextIO = sys.stdout) -> None:
+    """An asciicast's output in time, every character made safe (see clean_block)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        print(f"{INDENT}! cannot read {clean_line(path.name)}", file=out)
+        return
+    last = 0.0
+    for line in lines:
+        try:
+            t, code, data = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        if code != "o" or not isinstance(data, str) or not isinstance(t, int | float):
+            continue
+        if speed > 0 and math.isfinite(t):
+            time.sleep(min(max(t - last, 0.0), MAX_GAP) / speed)
+            last = t
+        out.write(clean_block(data.replace("\r\n", "\n")))
+        out.flush()
 
 
 def _result(ev: dict[str, Any]) -> str:
@@ -168,5 +194,8 @@ def replay(
         if last is not None and ts is not None and speed > 0:
             time.sleep(min(max(ts - last, 0.0), MAX_GAP) / speed)
         last = ts if ts is not None else last
+        cast = path.with_name(f"{path.stem}-ch{ev.get('channel')}.cast")
+        if ev.get("type") == "exit" and isinstance(ev.get("channel"), int) and cast.exists():
+            play_cast(cast, speed, out)
         text = describe(ev)
         print(wrap(text, width) if width else text, file=out, flush=True)

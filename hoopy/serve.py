@@ -37,6 +37,7 @@ class Running:
     addresses: dict[str, str] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
     dev_issuer: DevIssuer | None = None
+    ssh_host_key: str = ""  # fingerprint of the SSH listener's host key
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -102,6 +103,8 @@ async def _listeners(running: Running, config: Config) -> None:
         port = await pgl.start(a.host, a.port)
         running.closers.append(pgl.close)
         running.addresses["postgres"] = f"{a.host}:{port}"
+    if config.listen.ssh is not None:
+        await _ssh(running, config)
     interactions = await _slack(running, config)
     if config.listen.admin is not None:
         admin = AdminServer(gw, interactions)
@@ -109,6 +112,20 @@ async def _listeners(running: Running, config: Config) -> None:
         port = await admin.start(a.host, a.port)
         running.closers.append(admin.stop)
         running.addresses["admin"] = f"{a.host}:{port}"
+
+
+async def _ssh(running: Running, config: Config) -> None:
+    from hoopy.protocols.ssh.hostkey import ensure_host_key, fingerprint
+    from hoopy.protocols.ssh.proxy import SshListener
+
+    key = ensure_host_key(config.state_dir)
+    listener = SshListener(running.gateway, key)
+    a = config.listen.ssh
+    assert a is not None
+    port = await listener.start(a.host, a.port)
+    running.closers.append(listener.close)
+    running.addresses["ssh"] = f"{a.host}:{port}"
+    running.ssh_host_key = fingerprint(key)
 
 
 async def _slack(running: Running, config: Config) -> SlackInteractions | None:
@@ -147,6 +164,8 @@ def install_uvloop() -> None:
 
 async def serve_forever(config: Config) -> None:
     running = await start(config)
+    if running.ssh_host_key:
+        print(f"hoopy ssh host key {running.ssh_host_key}", flush=True)
     print("hoopy ready " + json.dumps(running.addresses), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

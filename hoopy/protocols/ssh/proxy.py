@@ -1,0 +1,330 @@
+"""The SSH listener: an asyncssh server whose users are connectors and whose passwords
+are OIDC tokens, bridged to an asyncssh client per agent connection.
+
+Theory of operation: `AgentConnection` is asyncssh's SSHServer for one TCP connection.
+Authentication accepts only `password` and `keyboard-interactive`, both carrying the
+token; it goes through the gateway's verifier and admission exactly as PostgreSQL's
+login does, and a failure of any kind (bad token, unknown connector, not admitted)
+gets the same SSH answer, is recorded with the gateway's bounded refusal records and
+counts against the source address's failure budget.  Once in, the connection has one
+`Session` (protocol "ssh") and one backend connection, opened at once in the
+background so the first exec does not wait for two handshakes in a row; it is never
+shared with another agent connection, let alone another identity.
+
+Session channels are `channel.Bridge`s.  Forwarding of any kind (TCP, Unix sockets,
+agent, X11, tun/tap) is refused and recorded.  Interactive shells and SFTP go to
+`Hooks`, which refuse them until a PTY line editor / SFTP bridge is plugged in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from hoopy.config import SshConnector
+from hoopy.errors import BackendUnavailable, CommandDenied, HoopyError
+from hoopy.gateway import Gateway
+from hoopy.policy import Identity
+from hoopy.protocols.ssh import backend as be
+from hoopy.protocols.ssh.channel import Bridge, notify_current
+from hoopy.session import Session
+
+log = logging.getLogger("hoopy.ssh")
+
+MAX_CHANNELS = 64  # open session channels per agent connection
+
+LOGIN_TIMEOUT = 30.0
+MAX_ADDRESSES = 10000  # source addresses whose failed logins are remembered
+
+
+async def _refuse_shell(bridge: Bridge) -> None:
+    bridge.conn.session.record("refused", channel=bridge.number, what="shell")
+    raise CommandDenied(
+        "interactive shells are not allowed through hoopy; run a command instead: "
+        "ssh <connector>@<gateway> 'command'"
+    )
+
+
+async def _refuse_sftp(bridge: Bridge) -> None:
+    bridge.conn.session.record("refused", channel=bridge.number, what="sftp")
+    raise CommandDenied("SFTP is not allowed through hoopy on this gateway")
+
+
+@dataclass
+class Hooks:
+    """Where PTY shells and the SFTP subsystem go (lineedit.py / sftp.py plug in here).
+    Each gets the Bridge after the agent's request was accepted; raising a HoopyError
+    answers on stderr with its exit status."""
+
+    shell: Callable[[Bridge], Awaitable[None]] = _refuse_shell
+    sftp: Callable[[Bridge], Awaitable[None]] = _refuse_sftp
+
+
+@dataclass
+class FailureBudget:
+    """Failed logins per source address in a sliding window (bounded memory)."""
+
+    allowed: int = 10
+    window: float = 60.0
+    _seen: dict[str, list[float]] = field(default_factory=dict)
+
+    def blocked(self, host: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        times = self._seen.get(host)
+        if not times:
+            return False
+        times[:] = [t for t in times if now - t < self.window]
+        if not times:
+            del self._seen[host]
+        return len(times) >= self.allowed
+
+    def failed(self, host: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._seen) > MAX_ADDRESSES and host not in self._seen:
+            # a flood from many addresses: keep the most recent half (amortised O(1))
+            recent = sorted(self._seen.items(), key=lambda kv: kv[1][-1], reverse=True)
+            self._seen = dict(recent[: MAX_ADDRESSES // 2])
+        times = self._seen.setdefault(host, [])
+        if len(times) < self.allowed:
+            times.append(now)
+        else:
+            times[-1] = now
+
+
+class SshListener:
+    def __init__(self, gw: Gateway, host_key: asyncssh.SSHKey, hooks: Hooks | None = None) -> None:
+        self.gw = gw
+        self.host_key = host_key
+        self.hooks = hooks or Hooks()
+        settings = gw.config.ssh
+        self.failures = FailureBudget(settings.failed_logins, settings.failed_login_window)
+        self.connections: set[AgentConnection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncssh.SSHAcceptor | None = None
+        # asyncssh logs every connection and channel at INFO: hoopy records those itself
+        if logging.getLogger("asyncssh").level == logging.NOTSET:
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncssh.create_server(
+            lambda: AgentConnection(self),
+            host,
+            port,
+            server_host_keys=[self.host_key],
+            encoding=None,
+            line_editor=False,
+            allow_pty=True,
+            x11_forwarding=False,
+            agent_forwarding=False,
+            login_timeout=LOGIN_TIMEOUT,
+            keepalive_interval=60,
+            server_version="hoopy",
+            allow_scp=False,
+            config=None,
+        )
+        return int(self._server.get_port())
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        for c in list(self.connections):
+            c.outcome = "shutdown"
+            if c.conn is not None:
+                c.conn.close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=10)
+
+
+class AgentConnection(asyncssh.SSHServer):
+    """One agent's TCP connection: its login, Session and backend connection."""
+
+    def __init__(self, listener: SshListener) -> None:
+        self.listener = listener
+        self.gw = listener.gw
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.client = "?"
+        self.host = "?"
+        self._session: Session | None = None
+        self.connector: SshConnector | None = None
+        self._backend: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        self.channels = 0  # numbered from 1, never reused in a connection
+        self.open_channels = 0
+        self.outcome = "closed"
+
+    @property
+    def session(self) -> Session:
+        assert self._session is not None, "no session before authentication"
+        return self._session
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return self.listener.spawn(coro)
+
+    # ---- connection ------------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.host = str(peer[0])
+        self.client = f"{peer[0]}:{peer[1]}"
+        self.listener.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        if exc is not None and self.outcome == "closed":
+            self.outcome = "disconnected"
+        self.spawn(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        if self._backend is not None:
+            if not self._backend.done():
+                self._backend.cancel()
+            with contextlib.suppress(BaseException):
+                backend = await self._backend
+                backend.close()  # its channels end first, so their exit events are recorded
+                await asyncio.wait_for(backend.wait_closed(), 5)
+        if self._session is not None:
+            slog = self._session.log
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(asyncio.to_thread(slog.close, self.outcome))
+
+    # ---- authentication -----------------------------------------------------------------------
+    def begin_auth(self, username: str) -> bool:
+        return True  # every connection authenticates
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def gss_host(self) -> None:
+        return None
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        return await self._login(username, password)
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, list[tuple[str, bool]]]:
+        return ("hoopy", "Your OIDC token is your password.", "", [("Token: ", False)])
+
+    async def validate_kbdint_response(self, username: str, responses: Any) -> bool:
+        if not isinstance(responses, list | tuple) or len(responses) != 1:
+            return False
+        return await self._login(username, str(responses[0]))
+
+    async def _login(self, username: str, token: str) -> bool:
+        if self._session is not None:
+            return False  # one identity per connection
+        if self.listener.failures.blocked(self.host):
+            self._reject(username, "too many failed logins from this address; try again later")
+            return False
+        try:
+            identity = await self.gw.authenticate(token.strip())
+            connector = self.gw.admit(identity, username, "ssh")
+            assert isinstance(connector, SshConnector)
+            session = self._open(identity, username)
+        except HoopyError as e:
+            self.listener.failures.failed(self.host)
+            self._reject(username, e.message)
+            return False
+        self.connector = connector
+        self._session = session
+        # Both handshakes at once: the backend's runs while the agent opens its channel.
+        self._backend = asyncio.get_running_loop().create_task(be.connect(connector))
+        self._backend.add_done_callback(self._backend_ready)
+        return True
+
+    def _open(self, identity: Identity, username: str) -> Session:
+        assert self.conn is not None
+        session = self.gw.open_session(
+            identity,
+            username,
+            "ssh",
+            self.client,
+            False,
+            extra={"client_version": str(self.conn.get_extra_info("client_version", ""))},
+        )
+        session.notify = notify_current
+        return session
+
+    def _reject(self, connector: str, reason: str) -> None:
+        self.gw.record_rejection("ssh", self.client, connector, reason, False)
+
+    def _backend_ready(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
+        if task.cancelled() or self._session is None:
+            return
+        exc = task.exception()
+        with contextlib.suppress(Exception):
+            if exc is None:
+                self._session.record("backend", connected=True)
+            else:
+                message = exc.message if isinstance(exc, HoopyError) else type(exc).__name__
+                self._session.record("backend", connected=False, error=message)
+
+    async def backend(self) -> asyncssh.SSHClientConnection:
+        """This connection's backend connection (BackendUnavailable with the reason)."""
+        assert self._backend is not None
+        try:
+            return await asyncio.shield(self._backend)
+        except HoopyError:
+            raise
+        except Exception as e:
+            log.error("backend connection failed: %s", type(e).__name__)
+            raise BackendUnavailable("cannot reach the backend") from None
+
+    # ---- channels ------------------------------------------------------------------------------
+    def session_requested(self) -> Bridge | bool:
+        if self._session is None or self.open_channels >= MAX_CHANNELS:
+            return False
+        self.channels += 1
+        self.open_channels += 1
+        return Bridge(self, self.channels)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        self._refuse_forward("direct-tcpip", f"{dest_host}:{dest_port}")
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is not allowed by hoopy"
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._refuse_forward("tcpip-forward", f"{listen_host}:{listen_port}")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        self._refuse_forward("direct-streamlocal", dest_path)
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "socket forwarding is not allowed by hoopy"
+        )
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._refuse_forward("streamlocal-forward", listen_path)
+        return False
+
+    def _refuse_forward(self, what: str, target: str) -> None:
+        self.gw.metrics.inc(f'ssh_forwarding_refused_total|kind="{what}"')
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                self._session.record("refused", what=what, target=target)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hoopy.policy import (
+    SFTP_OPS,
     Effect,
     KubeMatch,
     Match,
@@ -675,17 +676,30 @@ def _match(rule: Section, refs: _Refs) -> Match:
             hint = suggest(value, refs.connectors)
             m.doc.error(node, f"match.connectors: no connector named '{value}'{hint}")
     sql = _sql_match(m)
-    ssh = m.section("ssh", ("commands", "opaque"))
+    ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths"))
     kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque"))
     return Match(
         subjects=_match_strings(m, "subjects"),
         groups=_match_strings(m, "groups"),
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
-        ssh=SshMatch(_match_strings(ssh, "commands"), _opaque(ssh)) if ssh else None,
+        ssh=_ssh_match(ssh) if ssh else None,
         kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS), _opaque(kube))
         if kube
         else None,
+    )
+
+
+def _ssh_match(ssh: Section) -> SshMatch:
+    sftp = _match_items(ssh, "sftp")
+    for value, node in sftp:
+        if not (_GLOB_CHARS & set(value)) and value not in SFTP_OPS:
+            ssh.doc.error(node, f"ssh.sftp: unknown operation '{value}'{suggest(value, SFTP_OPS)}")
+    return SshMatch(
+        _match_strings(ssh, "commands"),
+        _opaque(ssh),
+        sftp=tuple(v for v, _ in sftp),
+        paths=_match_strings(ssh, "paths"),
     )
 
 

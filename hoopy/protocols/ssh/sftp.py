@@ -162,7 +162,7 @@ class SftpBridge(asyncssh.SFTPServer):
         else (a lost backend) as a failure that quotes nothing."""
         try:
             return await call
-        except SFTPError:
+        except (SFTPError, StopAsyncIteration):  # StopAsyncIteration: a listing's end
             raise
         except Exception as e:
             log.warning("sftp backend call failed: %s", type(e).__name__)
@@ -254,13 +254,16 @@ class SftpBridge(asyncssh.SFTPServer):
     # -- paths ------------------------------------------------------------------
 
     async def stat(self, path: bytes) -> SFTPAttrs:
-        return await self._backend(self.backend.stat(await self._checked("stat", path, True)))
+        real = await self._checked("stat", path, True)
+        return await self._backend(self.backend.stat(real))
 
     async def lstat(self, path: bytes) -> SFTPAttrs:
-        return await self._backend(self.backend.lstat(await self._checked("stat", path, False)))
+        real = await self._checked("stat", path, False)
+        return await self._backend(self.backend.lstat(real))
 
     async def statvfs(self, path: bytes) -> SFTPVFSAttrs:
-        return await self._backend(self.backend.statvfs(await self._checked("stat", path, True)))
+        real = await self._checked("stat", path, True)
+        return await self._backend(self.backend.statvfs(real))
 
     async def realpath(self, path: bytes) -> bytes:
         """Not checked: it returns a name, no content or attributes, and every client
@@ -290,13 +293,16 @@ class SftpBridge(asyncssh.SFTPServer):
             yield name
 
     async def remove(self, path: bytes) -> None:
-        await self._backend(self.backend.remove(await self._checked("remove", path, False)))
+        real = await self._checked("remove", path, False)
+        await self._backend(self.backend.remove(real))
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
-        await self._backend(self.backend.mkdir(await self._checked("mkdir", path, False), attrs))
+        real = await self._checked("mkdir", path, False)
+        await self._backend(self.backend.mkdir(real, attrs))
 
     async def rmdir(self, path: bytes) -> None:
-        await self._backend(self.backend.rmdir(await self._checked("rmdir", path, False)))
+        real = await self._checked("rmdir", path, False)
+        await self._backend(self.backend.rmdir(real))
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         old, new = await self._checked2("rename", oldpath, newpath)

@@ -6,12 +6,14 @@ must not depend on how the network cut the stream."""
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoopy.protocols.ssh.lineedit import Abandoned, Forward, LineEditor, LineReady
+from hoopy.protocols.ssh.lineedit import Abandoned, Forward, LineEditor, LineReady, _incomplete
 
 LEFT, RIGHT, HOME, END, DEL = b"\x1b[D", b"\x1b[C", b"\x1b[H", b"\x1b[F", b"\x1b[3~"
 UP, DOWN = b"\x1b[A", b"\x1b[B"
@@ -194,6 +196,54 @@ def test_continuations_join_into_one_logical_line(typed: bytes, line: str) -> No
 )
 def test_complete_lines_do_not_wait(typed: bytes) -> None:
     assert len(lines(typed)) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "echo  b>\\|#<<E;",  # an escaped | does not start a comment: <<E is a here-document
+        "echo $'$'E\\\n#<<-E&&",  # after backslash-newline the word goes on: no comment
+        "echo $ba$(#x==)",  # a comment inside $( … ) hides the )
+        'echo }&&$()##>"',  # after $( … ) the word goes on: no comment, an open quote
+        "echo a |# comment",
+        "echo a |\n",  # a pasted trailing newline does not end the pipeline
+        "echo a |&",
+        "f()",
+        "(echo a #)",
+    ],
+)
+def test_what_bash_would_continue_is_held(text: str) -> None:
+    assert _incomplete(text)
+
+
+BASH = shutil.which("bash")
+PIECES = ["'", '"', "\\", "`", "$(", "${", "$'", "(", ")", "}", "|", "&&", "||", ";", "#"]
+PIECES += [" ", "a", "\n", "<<E", "<<-E", "<<<", "E", "\tE", "!", "<", ">", "&", "$", "x="]
+
+
+def bash_continues(text: str) -> bool:
+    """bash's own parser: does this text end before the command does?"""
+    assert BASH is not None
+    err = subprocess.run([BASH, "-n", "-c", text], capture_output=True, text=True).stderr
+    return any(
+        m in err for m in ("unexpected EOF", "unexpected end of file", "delimited by end-of-file")
+    )
+
+
+@pytest.mark.skipif(BASH is None, reason="bash missing")
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=10).map("".join))
+def test_a_line_bash_would_continue_is_never_forwarded(tail: str) -> None:
+    """Differential test against real bash: when the editor calls a line complete (and
+    forwards it), bash must not be waiting for more, or the next line would be read in
+    another context (inside a quote, a here-document) than the one hoopy checked.  The
+    other way round (holding a line bash would run) is only inconvenient.  A trailing
+    backslash is left out: `bash -c` reads end of input there, a terminal a newline."""
+    text = "echo " + tail
+    if text.rstrip("\n").endswith("\\"):
+        return
+    if not _incomplete(text):
+        assert not bash_continues(text), text
 
 
 def test_continuation_lines_can_be_abandoned() -> None:

@@ -375,91 +375,110 @@ def _show(b: int) -> str:
 def _incomplete(text: str) -> bool:
     """Would an interactive shell ask for more (PS2) after this text?
 
-    A small lexer: quotes (', ", $'…', backticks), $( … ), ${ … } and ( … ) nesting,
-    backslash escapes, comments, here-documents, and a trailing |, && or ||.  It errs
-    towards "incomplete" where it is unsure; the classifier parses the joined result."""
-    stack: list[str] = []
-    heredocs: list[tuple[str, bool]] = []  # (delimiter, strip tabs) awaiting a body
+    A small lexer (`_Lexer`): quotes (', ", $'…', backticks), $( … ), ${ … } and ( … )
+    nesting, backslash escapes, comments (a `#` starting a word), here-documents, and a
+    trailing |, |&, && or ||.  Where it is unsure it says "incomplete": holding a line
+    longer is safe, forwarding one the shell would continue is not (what follows would
+    be read in another context than the one checked).  Cross-checked against bash in
+    tests/test_lineedit.py."""
+    lexer = _Lexer()
     lines = text.split("\n")
     i = 0
     while i < len(lines):
         line = lines[i]
         i += 1
-        if _continues(line, stack, heredocs):  # backslash-newline: the line goes on
+        if lexer.line(line):  # backslash-newline: the line goes on
             if i >= len(lines):
                 return True
             continue
-        while heredocs:  # bodies follow the line, even inside $( … )
-            word, strip = heredocs.pop(0)
+        while lexer.heredocs:  # bodies follow the line, even inside $( … )
+            word, strip = lexer.heredocs.pop(0)
             while i < len(lines) and (lines[i].lstrip("\t") if strip else lines[i]) != word:
                 i += 1
             if i >= len(lines):
                 return True
             i += 1
-    if stack:
-        return True
-    tail = _strip_comment(lines[-1]).rstrip()
-    return tail.endswith(("|", "&&")) and not tail.endswith(("\\|", "\\&&"))
+            lexer.boundary = True
+    return bool(lexer.stack) or lexer.tail.endswith(("|", "&&", "|&", "()"))
 
 
-def _continues(line: str, stack: list[str], heredocs: list[tuple[str, bool]]) -> bool:
-    """Lex one physical line, updating the quote stack; True on a trailing backslash."""
-    j, n = 0, len(line)
-    while j < n:
-        c = line[j]
-        top = stack[-1] if stack else ""
-        if top == "'":
-            if c == "'":
-                stack.pop()
-        elif c == "\\":
-            if j + 1 >= n:
-                return True  # backslash-newline continues the line
-            j += 1
-        elif top == "$'":
-            if c == "'":
-                stack.pop()
-        elif top == '"':
-            if c == '"':
-                stack.pop()
-            elif c == "`":
-                stack.append("`")
-            elif line.startswith("$(", j) or line.startswith("${", j):
-                stack.append(line[j : j + 2])
+_METACHARS = frozenset(" \t|&;()<>")
+
+
+class _Lexer:
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.heredocs: list[tuple[str, bool]] = []  # (delimiter, strip tabs) awaiting a body
+        self.boundary = True  # the next character starts a word
+        self.tail = ""  # the last few significant top-level characters ("x": escaped)
+
+    def line(self, line: str) -> bool:
+        """Lex one physical line; True when it ends in a backslash that continues it."""
+        j, n = 0, len(line)
+        while j < n:
+            c = line[j]
+            top = self.stack[-1] if self.stack else ""
+            if top == "'":
+                if c == "'":
+                    self.stack.pop()
+            elif c == "\\":
+                if j + 1 >= n:
+                    return True  # the next line continues this word
                 j += 1
-        elif top == "`" and c == "`":
-            stack.pop()
-        else:  # top level, $( … ), ( … ), ${ … } or a backtick body
-            j = _code_char(line, j, stack, heredocs)
-        j += 1
-    return False
+                self._significant("x")
+            elif top == "$'":
+                if c == "'":
+                    self.stack.pop()
+            elif top == '"':
+                if c == '"':
+                    self.stack.pop()
+                elif c == "`":
+                    self.stack.append("`")
+                elif line.startswith("$(", j) or line.startswith("${", j):
+                    self.stack.append(line[j : j + 2])
+                    j += 1
+            elif top == "`" and c == "`":
+                self.stack.pop()
+                self._significant("x")
+            elif c == "#" and self.boundary and top != "${":
+                break  # a comment, to the end of the line
+            else:  # top level, $( … ), ( … ), ${ … } or a backtick body
+                j = self._code(line, j, top)
+            j += 1
+        self.boundary = True  # a newline ends a word
+        return False
 
+    def _significant(self, c: str) -> None:
+        if not self.stack:
+            self.tail = (self.tail + c)[-3:]
+        self.boundary = c in _METACHARS
 
-def _code_char(line: str, j: int, stack: list[str], heredocs: list[tuple[str, bool]]) -> int:
-    c = line[j]
-    top = stack[-1] if stack else ""
-    if c == "#" and (j == 0 or line[j - 1] in " \t;|&(") and top != "${":
-        return len(line)
-    if c == "'":
-        stack.append("'")
-    elif c == '"':
-        stack.append('"')
-    elif c == "`":
-        stack.append("`")
-    elif line.startswith("$'", j):
-        stack.append("$'")
-        return j + 1
-    elif line.startswith("$(", j) or line.startswith("${", j):
-        stack.append(line[j : j + 2])
-        return j + 1
-    elif c == "(":
-        stack.append("(")
-    elif (c == ")" and top in ("(", "$(")) or (c == "}" and top == "${"):
-        stack.pop()
-    elif line.startswith("<<<", j):  # a here-string, not a here-document
-        return j + 2
-    elif line.startswith("<<", j):
-        return _heredoc(line, j, heredocs)
-    return j
+    def _code(self, line: str, j: int, top: str) -> int:
+        c = line[j]
+        if c in " \t":
+            self.boundary = True
+            return j
+        self._significant(c)
+        if c in "'\"`":
+            self.stack.append(c)
+        elif line.startswith("$'", j) or line.startswith("$(", j) or line.startswith("${", j):
+            self.stack.append(line[j : j + 2])
+            self.boundary = line[j + 1] == "("  # a command starts inside $( … )
+            return j + 1
+        elif c == "(":
+            self.stack.append("(")
+        elif c == ")" and top == "(":
+            self.stack.pop()
+            self._significant(c)
+        elif (c == ")" and top == "$(") or (c == "}" and top == "${"):
+            self.stack.pop()
+            self._significant("x")  # the word goes on after $( … ) and ${ … }
+        elif line.startswith("<<<", j):  # a here-string, not a here-document
+            self._significant("<")
+            return j + 2
+        elif line.startswith("<<", j):
+            return _heredoc(line, j, self.heredocs)
+        return j
 
 
 def _heredoc(line: str, j: int, heredocs: list[tuple[str, bool]]) -> int:
@@ -491,13 +510,6 @@ def _heredoc(line: str, j: int, heredocs: list[tuple[str, bool]]) -> int:
     if word:
         heredocs.append(("".join(word), strip))
     return k - 1
-
-
-def _strip_comment(line: str) -> str:
-    for j, c in enumerate(line):
-        if c == "#" and (j == 0 or line[j - 1] in " \t;|&("):
-            return line[:j]
-    return line
 
 
 def _history_expansion(text: str) -> bool:

@@ -246,6 +246,32 @@ def test_a_line_bash_would_continue_is_never_forwarded(tail: str) -> None:
         assert not bash_continues(text), text
 
 
+def bash_expands_history(text: str) -> bool:
+    """bash's own history expansion (as in an interactive shell, with one entry)."""
+    assert BASH is not None
+    script = 'set -H; history -s "echo previous"; out=$(history -p -- "$1") && [ "$out" = "$1" ]'
+    return subprocess.run([BASH, "-c", script, "_", text], capture_output=True).returncode != 0
+
+
+HISTORY_PIECES = ["!", "!!", "'", '"', "\\", "=", "(", ")", "^", "$", "{", "}", " ", "a", "-1"]
+
+
+@pytest.mark.skipif(BASH is None, reason="bash missing")
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(HISTORY_PIECES), min_size=1, max_size=8).map("".join))
+def test_history_expansion_bash_would_do_makes_the_line_uncertain(text: str) -> None:
+    """Differential test: a line hoopy forwards as certain must be one bash's history
+    expansion leaves alone (else the backend runs text hoopy never saw)."""
+    [(line, uncertain)] = lines(text.encode() + b"\r") or [("", ())]
+    if "history expansion (! or ^)" not in uncertain and "\n" not in line:
+        assert not bash_expands_history(line), line
+
+
+@pytest.mark.parametrize("typed", [b"echo !(x)\r", b"x=!a\r"])
+def test_history_expansion_spellings(typed: bytes) -> None:
+    assert "history expansion (! or ^)" in lines(typed)[0][1]
+
+
 def test_continuation_lines_can_be_abandoned() -> None:
     assert run(b"echo 'a\rb\x03") == [Abandoned("echo 'a\nb"), Forward(b"\x03")]
 

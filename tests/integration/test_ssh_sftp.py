@@ -76,6 +76,7 @@ class Bridge:
     commands: list[Command] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     recorded: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_checks: bool = False
 
     async def client(self, user: str = "agent") -> asyncssh.SSHClientConnection:
         return await asyncssh.connect(
@@ -117,6 +118,8 @@ async def bridge(
 
         async def check(cmd: Command) -> object:
             state.commands.append(cmd)
+            if state.fail_checks:
+                raise RuntimeError("secret internals")
             decision = decide(sets, who, cmd)
             if not decision.allowed:
                 raise CommandDenied(decision.message(), decision.rule)
@@ -299,6 +302,20 @@ async def test_paths_policy_cannot_read_are_refused(
     with pytest.raises(asyncssh.SFTPError, match=message):
         await sftp.stat(path)
     assert bridge.commands == []
+
+
+async def test_a_failing_check_refuses_and_quotes_nothing(
+    bridge: Bridge, sftp: asyncssh.SFTPClient
+) -> None:
+    bridge.fail_checks = True
+    try:
+        with pytest.raises(asyncssh.SFTPFailure) as e:
+            await sftp.open(str(bridge.data / "pub" / "a.txt"), "rb")
+        assert "secret internals" not in str(e.value)
+        assert e.value.reason == "hoopy could not check this operation"
+    finally:
+        bridge.fail_checks = False
+    assert bridge.records == []
 
 
 async def test_files_left_open_are_recorded_when_the_channel_ends(bridge: Bridge) -> None:

@@ -47,6 +47,7 @@ input is dropped and the line marked uncertain) and escape sequences at 64 bytes
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -399,7 +400,10 @@ def _incomplete(text: str) -> bool:
                 return True
             i += 1
             lexer.boundary = True
-    return bool(lexer.stack) or lexer.tail.endswith(("|", "&&", "|&", "()"))
+    if lexer.stack or lexer.tail.endswith(("|", "&&", "|&")):
+        return True
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    return re.search(r"\(\s*\)\s*\Z", last) is not None  # `f ()`: the body comes next
 
 
 _METACHARS = frozenset(" \t|&;()<>")
@@ -514,8 +518,9 @@ def _heredoc(line: str, j: int, heredocs: list[tuple[str, bool]]) -> int:
 
 def _history_expansion(text: str) -> bool:
     """Could interactive bash expand history in this text?  `!` followed by anything
-    but a blank, `=` or `(` outside single quotes (double quotes do not stop it), or
-    `^` starting a line.  Errs towards yes: the line is then only uncertain."""
+    but a blank or `=` outside single quotes (double quotes do not stop it; `!(` is
+    expanded unless extglob is on), or `^` starting a line.  Errs towards yes: the line
+    is then only uncertain.  Cross-checked against bash's `history -p` in the tests."""
     state = ""  # "", "'" or '"'
     j = 0
     while j < len(text):
@@ -526,7 +531,7 @@ def _history_expansion(text: str) -> bool:
             j += 1
         elif c in "'\"" and (state == "" or c == state):
             state = c if state == "" else ""
-        elif c == "!" and text[j + 1 : j + 2] not in ("", " ", "\t", "\n", "=", "("):
+        elif c == "!" and text[j + 1 : j + 2] not in ("", " ", "\t", "\n", "="):
             return True
         j += 1
     return any(line.startswith("^") for line in text.split("\n"))

@@ -143,6 +143,9 @@ class SftpBridge(asyncssh.SFTPServer):
             await self._check_fn(command)
         except HoopyError as e:  # denied, approval refused, recording down, token expired
             raise asyncssh.SFTPPermissionDenied(str(e)) from None
+        except Exception as e:  # never forwarded unchecked, never the exception's text
+            log.error("checking an sftp operation failed: %s", type(e).__name__)
+            raise asyncssh.SFTPFailure("hoopy could not check this operation") from None
 
     async def _checked(self, op: str, path: bytes, follow: bool) -> bytes:
         """Check one operation on one path; the resolved path to act on."""
@@ -236,8 +239,12 @@ class SftpBridge(asyncssh.SFTPServer):
         return f
 
     def _recorded(self, f: _File) -> None:
-        if self._record is not None:
+        if self._record is None:
+            return
+        try:
             self._record("sftp_file", path=f.path, bytes_read=f.read, bytes_written=f.written)
+        except HoopyError as e:  # the recorder is down: say so (the session is refused next)
+            raise asyncssh.SFTPFailure(str(e)) from None
 
     async def exit(self) -> None:
         """The channel ended: close what the agent left open, and record it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -333,3 +334,95 @@ def test_any_bytes_never_raise_and_stay_bounded(data: bytes, cuts: list[int]) ->
             assert not any(0x80 <= ord(c) <= 0x9F for c in ev.text)
         elif isinstance(ev, Forward):
             assert ev.data in (b"\x03", b"\x04", b"\x1a", b"\x1c")
+
+
+# What the backend's shell does with what hoopy forwards ------------------------------
+
+
+class InteractiveBash:
+    """A real interactive bash on a PTY, as the backend's shell would be."""
+
+    MARK = "__HOOPY_PS1__"
+
+    def __init__(self, folder: str) -> None:
+        import os
+        import pty
+
+        assert BASH is not None
+        self.master, slave = pty.openpty()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PS1": self.MARK, "PS2": "",
+               "HOME": folder, "TERM": "dumb", "INPUTRC": "/dev/null",
+               "HISTFILE": "/dev/null"}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [BASH, "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave, stderr=slave,
+            cwd=folder, env=env, start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        self.seen = ""
+        self.wait_prompt(1)
+
+    def wait_prompt(self, count: int) -> None:
+        import os
+        import select
+
+        while self.seen.count(self.MARK) < count:
+            ready, _, _ = select.select([self.master], [], [], 10)
+            assert ready, f"bash did not prompt: {self.seen[-300:]!r}"
+            self.seen += os.read(self.master, 65536).decode(errors="replace")
+
+    def run_all(self, wires: list[bytes]) -> None:
+        """Type each line, then `exit`; bash reads them in order and ends."""
+        import os
+        import select
+
+        os.write(self.master, b"".join(wires) + b"exit\r")
+        while self.proc.poll() is None:
+            ready, _, _ = select.select([self.master], [], [], 10)
+            assert ready or self.proc.poll() is not None, self.seen[-300:]
+            try:
+                self.seen += os.read(self.master, 65536).decode(errors="replace")
+            except OSError:  # the PTY closed with bash
+                break
+        assert self.proc.wait(10) == 0
+
+    def close(self) -> None:
+        import os
+
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.mark.skipif(BASH is None, reason="bash missing")
+def test_bash_runs_exactly_the_lines_checked(tmp_path: Path) -> None:
+    """Keystrokes through the editor, the allowed lines' `wire` into a real interactive
+    bash: what bash runs is what the editor reported (here-documents, quotes, pastes)."""
+    typed = (
+        b"echo bad\x17good > a\r"
+        b"cat <<EOF > b\rhello\r  $HOME-less\rEOF\r"
+        b"printf '%s' 'x\ry' > c\r"
+        + PASTE + b"echo 1 > d\necho 2 >> d" + UNPASTE + b"\r"
+        + b"echo one |\rtr o 0 > e\r"
+        + b"rm -rf a\x03"  # abandoned: never reaches bash
+        + b"ls\t\r"  # uncertain: the caller refuses it
+    )  # fmt: skip
+    events = run(typed)
+    ready = [e for e in events if isinstance(e, LineReady)]
+    assert [e.text for e in ready][:5] == [
+        "echo good > a",
+        "cat <<EOF > b\nhello\n  $HOME-less\nEOF",
+        "printf '%s' 'x\ny' > c",
+        "echo 1 > d\necho 2 >> d",
+        "echo one |\ntr o 0 > e",
+    ]
+    bash = InteractiveBash(str(tmp_path))
+    try:
+        bash.run_all([ev.wire for ev in ready if not ev.uncertain])
+    finally:
+        bash.close()
+    assert (tmp_path / "a").read_text() == "good\n"
+    assert (tmp_path / "b").read_text() == f"hello\n  {tmp_path}-less\n"
+    assert (tmp_path / "c").read_text() == "x\ny"
+    assert (tmp_path / "d").read_text() == "1\n2\n"
+    assert (tmp_path / "e").read_text() == "0ne\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "d", "e"]

@@ -410,3 +410,46 @@ def _fingerprint(b64: str) -> str:
 
     digest = hashlib.sha256(base64.b64decode(b64)).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+# -- end to end with `hoopy serve` ---------------------------------------------------
+
+
+async def test_hoopy_serve_exchanges_a_long_token(env: Env, tmp_path: Path) -> None:
+    """The real gateway's admin listener (its own dev issuer, config and state folder)
+    issues the certificate, signed by the CA in that gateway's state folder."""
+    from hoopy import pgcluster
+    from hoopy.devissuer import DevIssuer
+
+    folder = env.folder
+    cfg = folder / "served.yaml"
+    cfg.write_text(
+        "listen: {admin: 127.0.0.1:0}\nstate: sqlite:served/state.db\n"
+        f"dev_issuer: {{listen: 127.0.0.1:{pgcluster.free_port()}}}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        while not (
+            line := (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        ).startswith("hoopy ready "):
+            assert line, "hoopy serve exited before it was ready"
+        addresses = json.loads(line[len("hoopy ready ") :])
+        dev = DevIssuer(folder / "served", addresses["dev_issuer"])
+        token = dev.mint("agent-9", ["agents", *GROUPS])
+        assert len(token) > 1024
+        key = tmp_path / "k"
+        rc, _, err = await hoopy(
+            "ssh-cert", "--token-file", str(env.token_file(token, "t9")), "-o", str(key),
+            "--gateway", f"http://{addresses['admin']}", cwd=folder,
+        )  # fmt: skip
+        assert rc == 0, err
+        served_ca = SshCA.open(folder / "served")
+        assert served_ca.verify(Path(f"{key}-cert.pub").read_text()).subject == "agent-9"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)

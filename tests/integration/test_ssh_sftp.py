@@ -279,6 +279,14 @@ async def test_symlink_targets_are_paths_too(bridge: Bridge, sftp: asyncssh.SFTP
     (up / "t.txt").write_text("t")
     await sftp.symlink("t.txt", f"{up}/ok")
     assert os.readlink(up / "ok") == "t.txt"
+    # A relative target counts from the folder the link really lands in: through
+    # uploads/a/b/c/alias -> ../../.. (uploads itself), "../../secret/s.txt" written
+    # inside uploads/a/b is really data/secret/s.txt.
+    (up / "a" / "b" / "c").mkdir(parents=True)
+    (up / "a" / "b" / "c" / "alias").symlink_to("../../..")
+    with pytest.raises(asyncssh.SFTPPermissionDenied):
+        await sftp.symlink("../../secret/s.txt", f"{up}/a/b/c/alias/l2")
+    assert not (up / "l2").is_symlink()
 
 
 async def test_an_allow_on_commands_does_not_open_sftp(bridge: Bridge) -> None:

@@ -119,12 +119,13 @@ class SftpBridge(asyncssh.SFTPServer):
             return written, written
         if follow:
             try:
-                return written, _text(await self.backend.realpath(written.encode()))
+                real = await self._backend(self.backend.realpath(written.encode()))
+                return written, _text(real)
             except SFTPError:
                 pass  # not there (yet): resolve its parent
         parent, name = posixpath.split(written)
         try:
-            real_parent = _text(await self.backend.realpath(parent.encode()))
+            real_parent = _text(await self._backend(self.backend.realpath(parent.encode())))
         except SFTPError:
             return written, written  # no parent: the operation will fail on the backend
         return written, posixpath.join(real_parent, name)
@@ -324,16 +325,18 @@ class SftpBridge(asyncssh.SFTPServer):
         await self._backend(self.backend.link(old, new))
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
-        """`newpath` becomes a link to `oldpath`: the target is checked as a path too
-        (relative to the link's folder), since whatever opens the link acts on it."""
+        """`newpath` becomes a link to `oldpath`: the target is checked as a path too,
+        since whatever opens the link acts on it.  A relative target is taken from the
+        link's folder both as written and as resolved (they differ when that folder is
+        reached through a symlink)."""
         new_w, new_r = await self._resolve(newpath, follow=False)
-        target = (
-            oldpath
-            if oldpath.startswith(b"/")
-            else posixpath.join(posixpath.dirname(new_w).encode(), oldpath)
-        )
-        tgt_w, tgt_r = await self._resolve(target, follow=True)
-        await self._check(["symlink"], [new_w, tgt_w], [new_w, new_r, tgt_w, tgt_r])
+        targets: list[str] = []
+        for folder in dict.fromkeys((posixpath.dirname(new_w), posixpath.dirname(new_r))):
+            target = (
+                oldpath if oldpath.startswith(b"/") else posixpath.join(folder.encode(), oldpath)
+            )
+            targets += await self._resolve(target, follow=True)
+        await self._check(["symlink"], [new_w, targets[0]], [new_w, new_r, *targets])
         await self._backend(self.backend.symlink(oldpath, new_r.encode()))
 
 

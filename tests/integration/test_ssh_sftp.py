@@ -326,6 +326,20 @@ async def test_a_failing_check_refuses_and_quotes_nothing(
     assert bridge.records == []
 
 
+async def test_extensions_that_would_touch_the_gateway_are_refused(
+    bridge: Bridge, sftp: asyncssh.SFTPClient
+) -> None:
+    """asyncssh's server answers ranges@asyncssh.com by seeking a local file; locks
+    would lock the gateway's files."""
+    async with sftp.open(str(bridge.data / "pub" / "a.txt"), "rb") as f:
+        with pytest.raises(asyncssh.SFTPOpUnsupported, match="sparse"):
+            async for _ in f.request_ranges(0, 6):
+                pass
+        with pytest.raises(asyncssh.SFTPOpUnsupported):
+            await f.lock(0, 1, asyncssh.FXF_BLOCK_READ)
+        assert await f.read() == b"hello\n"  # the handle still works
+
+
 async def test_files_left_open_are_recorded_when_the_channel_ends(bridge: Bridge) -> None:
     bridge.records.clear()
     bridge.recorded.clear()

@@ -57,7 +57,7 @@ MAX_PATH = 4096
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 
-@dataclass
+@dataclass(eq=False)  # handles are compared by identity
 class _File:
     """An open backend file, and what went through it."""
 
@@ -65,6 +65,10 @@ class _File:
     backend: asyncssh.SFTPClientFile
     read: int = 0
     written: int = 0
+
+    def seek(self, *args: Any) -> NoReturn:
+        """asyncssh answers `ranges@asyncssh.com` by seeking a local file: not here."""
+        raise asyncssh.SFTPOpUnsupported("sparse file ranges are not supported")
 
 
 class SftpBridge(asyncssh.SFTPServer):
@@ -89,7 +93,7 @@ class SftpBridge(asyncssh.SFTPServer):
         self._check_fn = check
         self._record = record
         self._home: str | None = None
-        self._files: dict[int, _File] = {}
+        self._files: set[_File] = set()
 
     # -- paths and checks -----------------------------------------------------
 
@@ -174,7 +178,7 @@ class SftpBridge(asyncssh.SFTPServer):
 
     # -- files ------------------------------------------------------------------
 
-    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> int:
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _File:
         ops = [
             op
             for op, on in (("read", pflags & asyncssh.FXF_READ), ("write", pflags & _WRITE_FLAGS))
@@ -183,8 +187,8 @@ class SftpBridge(asyncssh.SFTPServer):
         written, real = await self._resolve(path, follow=True)
         await self._check(ops or ["read"], [written], [written, real])
         f = await self._backend(self.backend.open(real.encode(), pflags, attrs, encoding=None))
-        handle = id(f)
-        self._files[handle] = _File(written, f)
+        handle = _File(written, f)
+        self._files.add(handle)
         return handle
 
     def open56(self, *args: Any) -> NoReturn:
@@ -205,9 +209,8 @@ class SftpBridge(asyncssh.SFTPServer):
         return n
 
     async def close(self, file_obj: object) -> None:
-        f = self._files.pop(file_obj, None) if isinstance(file_obj, int) else None
-        if f is None:
-            raise asyncssh.SFTPInvalidHandle("invalid file handle")
+        f = self._file(file_obj)
+        self._files.discard(f)
         try:
             await self._backend(f.backend.close())
         finally:
@@ -234,10 +237,9 @@ class SftpBridge(asyncssh.SFTPServer):
         raise asyncssh.SFTPOpUnsupported("byte-range locks are not supported")
 
     def _file(self, file_obj: object) -> _File:
-        f = self._files.get(file_obj) if isinstance(file_obj, int) else None
-        if f is None:
+        if not isinstance(file_obj, _File) or file_obj not in self._files:
             raise asyncssh.SFTPInvalidHandle("invalid file handle")
-        return f
+        return file_obj
 
     def _recorded(self, f: _File) -> None:
         if self._record is None:
@@ -249,7 +251,7 @@ class SftpBridge(asyncssh.SFTPServer):
 
     async def exit(self) -> None:
         """The channel ended: close what the agent left open, and record it."""
-        files, self._files = list(self._files.values()), {}
+        files, self._files = list(self._files), set()
         for f in files:
             try:
                 await f.backend.close()

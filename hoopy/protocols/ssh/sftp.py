@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import posixpath
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -66,9 +67,15 @@ class _File:
     read: int = 0
     written: int = 0
 
-    def seek(self, *args: Any) -> NoReturn:
-        """asyncssh answers `ranges@asyncssh.com` by seeking a local file: not here."""
-        raise asyncssh.SFTPOpUnsupported("sparse file ranges are not supported")
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """asyncssh answers `ranges@asyncssh.com` (which its own client's `get` uses) by
+        seeking the file object for data and holes, as in a local file.  A backend
+        file's holes are unknown here: it is all data."""
+        if whence == getattr(os, "SEEK_DATA", -1):
+            return offset
+        if whence == getattr(os, "SEEK_HOLE", -1):
+            return 1 << 63  # the caller stops at the range it asked about
+        raise asyncssh.SFTPOpUnsupported("seek is not supported")
 
 
 class SftpBridge(asyncssh.SFTPServer):

@@ -23,7 +23,7 @@ from hoopy.policy import Command, Identity, Match, PolicySet, Rule, SshMatch, de
 from hoopy.protocols.ssh.sftp import SftpBridge
 from tests.integration.sshd_fixture import Sshd, backend_sshd  # noqa: F401 (fixture)
 
-WRITE_OPS = ("write", "mkdir", "rmdir", "remove", "rename", "setstat", "symlink")
+WRITE_OPS = ("read", "write", "mkdir", "rmdir", "remove", "rename", "setstat", "symlink")
 IDENTITIES = {
     "agent": Identity("agent-7", frozenset({"agents"})),
     "execonly": Identity("exec-bot", frozenset({"exec"})),
@@ -233,6 +233,27 @@ async def test_writes_land_only_where_allowed(bridge: Bridge, sftp: asyncssh.SFT
     # read+write opens need both operations allowed: reading is allowed in pub, writing not
     with pytest.raises(asyncssh.SFTPPermissionDenied):
         await sftp.open(f"{d}/pub/a.txt", "r+b")
+
+
+async def test_reads_fetched_ahead_never_return_stale_data(
+    bridge: Bridge, sftp: asyncssh.SFTPClient
+) -> None:
+    """Sequential reads are fetched ahead from the backend; a write through the same
+    handle drops what was fetched, so the next read sees it."""
+    path = f"{bridge.data}/pub/uploads/ahead.bin"
+    blob = os.urandom(600_000)
+    async with sftp.open(path, "wb") as f:
+        await f.write(blob)
+    async with sftp.open(path, "r+b", block_size=0) as f:
+        got = b"".join([await f.read(32768, off) for off in range(0, 65536, 32768)])
+        assert got == blob[:65536]
+        await f.write(b"N" * 32768, 98304)  # inside the window fetched ahead
+        assert await f.read(32768, 65536) == blob[65536:98304]
+        assert await f.read(32768, 98304) == b"N" * 32768
+        rest = b"".join([await f.read(32768, off) for off in range(131072, 600_000, 32768)])
+        assert rest == blob[131072:]
+        assert await f.read(32768, 600_000) == b""
+    assert (bridge.data / "pub" / "uploads" / "ahead.bin").stat().st_size == 600_000
 
 
 async def test_remove_rename_mkdir_setstat(bridge: Bridge, sftp: asyncssh.SFTPClient) -> None:

@@ -39,7 +39,7 @@ import os
 import posixpath
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar, cast
 
 import asyncssh
@@ -55,17 +55,31 @@ Backend = Callable[[], Awaitable[asyncssh.SFTPClient]]
 Record = Callable[..., None]
 T = TypeVar("T")
 MAX_PATH = 4096
+READ_AHEAD = 8  # blocks fetched ahead of a sequential reader
+MAX_BLOCK = 256 * 1024  # larger reads are not fetched ahead
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 
 @dataclass(eq=False)  # handles are compared by identity
 class _File:
-    """An open backend file, and what went through it."""
+    """An open backend file, what went through it, and reads fetched ahead."""
 
     path: str
     backend: asyncssh.SFTPClientFile
     read: int = 0
     written: int = 0
+    next_offset: int = -1  # where a sequential reader reads next
+    ahead: dict[tuple[int, int], asyncio.Future[bytes]] = field(default_factory=dict)
+
+    def fetch(self, offset: int, size: int) -> asyncio.Future[bytes]:
+        task = cast("asyncio.Future[bytes]", asyncio.ensure_future(self.backend.read(size, offset)))
+        task.add_done_callback(_retrieved)
+        return task
+
+    def drop_ahead(self) -> None:
+        """Forget what was fetched ahead.  Not cancelled: asyncssh's own sub-requests
+        would be left behind; they finish on their own (at most READ_AHEAD of them)."""
+        self.ahead.clear()
 
     def seek(self, offset: int, whence: int = 0) -> int:
         """asyncssh answers `ranges@asyncssh.com` (which its own client's `get` uses) by
@@ -101,6 +115,7 @@ class SftpBridge(asyncssh.SFTPServer):
         self._record = record
         self._home: str | None = None
         self._files: set[_File] = set()
+        self._ahead_file: _File | None = None
 
     # -- paths and checks -----------------------------------------------------
 
@@ -193,6 +208,8 @@ class SftpBridge(asyncssh.SFTPServer):
         ]
         written, real = await self._resolve(path, follow=True)
         await self._check(ops or ["read"], [written], [written, real])
+        # asyncssh splits requests larger than the backend's limits (OpenSSH's are
+        # smaller than what asyncssh's server offers the agent)
         f = await self._backend(self.backend.open(real.encode(), pflags, attrs, encoding=None))
         handle = _File(written, f)
         self._files.add(handle)
@@ -202,15 +219,37 @@ class SftpBridge(asyncssh.SFTPServer):
         raise asyncssh.SFTPOpUnsupported("SFTP version 3 only")
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        """asyncssh serves one request at a time, so a read waits a backend round trip;
+        for a sequential reader the next READ_AHEAD blocks are already on their way
+        (for one file per channel at a time: memory stays under READ_AHEAD blocks)."""
         f = self._file(file_obj)
-        data = cast(bytes, await self._backend(f.backend.read(size, offset)))  # encoding=None
+        pending = f.ahead.pop((offset, size), None)
+        sequential = pending is not None or offset == f.next_offset
+        if pending is None:
+            f.drop_ahead()  # a seek: what was fetched ahead is not wanted
+            pending = f.fetch(offset, size)
+        data = await self._backend(pending)
         if not data:
             raise asyncssh.SFTPEOFError
         f.read += len(data)
+        f.next_offset = offset + len(data)
+        if sequential and len(data) == size <= MAX_BLOCK:
+            self._read_ahead(f, offset, size)
         return data
+
+    def _read_ahead(self, f: _File, offset: int, size: int) -> None:
+        if self._ahead_file is not f:
+            if self._ahead_file is not None:
+                self._ahead_file.drop_ahead()
+            self._ahead_file = f
+        for i in range(1, READ_AHEAD + 1):
+            key = (offset + i * size, size)
+            if key not in f.ahead:
+                f.ahead[key] = f.fetch(*key)
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         f = self._file(file_obj)
+        f.drop_ahead()  # what was read ahead may be what this overwrites
         n = await self._backend(f.backend.write(data, offset))
         f.written += len(data)
         return n
@@ -218,6 +257,7 @@ class SftpBridge(asyncssh.SFTPServer):
     async def close(self, file_obj: object) -> None:
         f = self._file(file_obj)
         self._files.discard(f)
+        f.drop_ahead()
         try:
             await self._backend(f.backend.close())
         finally:
@@ -260,6 +300,7 @@ class SftpBridge(asyncssh.SFTPServer):
         """The channel ended: close what the agent left open, and record it."""
         files, self._files = list(self._files), set()
         for f in files:
+            f.drop_ahead()
             try:
                 await f.backend.close()
             except Exception:  # the backend may be gone already; the record matters
@@ -347,6 +388,12 @@ class SftpBridge(asyncssh.SFTPServer):
             targets += await self._resolve(target, follow=True)
         await self._check(["symlink"], [new_w, targets[0]], [new_w, new_r, *targets])
         await self._backend(self.backend.symlink(oldpath, new_r.encode()))
+
+
+def _retrieved(task: asyncio.Future[bytes]) -> None:
+    """A read fetched ahead that nobody asked for: its error is not news."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _text(path: bytes | str) -> str:

@@ -77,6 +77,7 @@ class Bridge:
     records: list[dict[str, Any]] = field(default_factory=list)
     recorded: asyncio.Event = field(default_factory=asyncio.Event)
     fail_checks: bool = False
+    bridges: list[SftpBridge] = field(default_factory=list)
 
     async def client(self, user: str = "agent") -> asyncssh.SSHClientConnection:
         return await asyncssh.connect(
@@ -134,7 +135,9 @@ async def bridge(
             state.records.append({"type": type_, **fields})
             state.recorded.set()
 
-        return SftpBridge(chan, open_backend, "web-1", check, record)
+        made = SftpBridge(chan, open_backend, "web-1", check, record)
+        state.bridges.append(made)
+        return made
 
     server = await asyncssh.listen(
         "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
@@ -253,6 +256,13 @@ async def test_reads_fetched_ahead_never_return_stale_data(
         rest = b"".join([await f.read(32768, off) for off in range(131072, 600_000, 32768)])
         assert rest == blob[131072:]
         assert await f.read(32768, 600_000) == b""
+        # seeks and writes drop what was fetched; what still runs counts to the limit
+        for _ in range(20):
+            await f.read(32768, 0)
+            await f.read(32768, 32768)
+            await f.write(b"w", 0)
+        bridges = [b for b in bridge.bridges if b._inflight or b._files]
+        assert bridges and all(len(b._inflight) <= 32 for b in bridges)
     assert (bridge.data / "pub" / "uploads" / "ahead.bin").stat().st_size == 600_000
 
 

@@ -126,6 +126,7 @@ class LineEditor:
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self.max_line = max_line
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._utf8_pending = False  # the decoder holds part of a character
         self._done: list[str] = []  # physical lines of a logical line still open
         self._done_len = 0
         self._buf: list[str] = []  # the physical line being edited
@@ -163,13 +164,19 @@ class LineEditor:
             self._control(chr(b))
         else:
             self._after_cr = False
+            if b < 0x80 and not self._utf8_pending:  # printable ASCII: no decoder needed
+                self._insert_printable(chr(b))
+                return
             for ch in self._decoder.decode(bytes([b])):
                 self._insert(ch)
+            self._utf8_pending = bool(self._decoder.getstate()[0])
 
     def _flush_decoder(self) -> None:
-        for ch in self._decoder.decode(b"", final=True):  # a cut-off UTF-8 sequence
-            self._insert(ch)
-        self._decoder.reset()
+        if self._utf8_pending:
+            for ch in self._decoder.decode(b"", final=True):  # a cut-off UTF-8 sequence
+                self._insert(ch)
+            self._decoder.reset()
+            self._utf8_pending = False
 
     # -- control keys -------------------------------------------------------
 
@@ -258,6 +265,9 @@ class LineEditor:
         elif ch != "\n" and unicodedata.category(ch) == "Cc":
             self._mark(f"control character U+{ord(ch):04X}")
             return
+        self._insert_printable(ch)
+
+    def _insert_printable(self, ch: str) -> None:
         if self._done_len + len(self._buf) >= self.max_line:
             self._mark(f"line longer than {self.max_line} characters")
             return
@@ -267,12 +277,13 @@ class LineEditor:
     def _enter(self) -> None:
         physical = "".join(self._buf)
         text = "\n".join([*self._done, physical])
-        if _incomplete(text) and self._done_len + len(physical) + 1 < self.max_line:
+        incomplete = _incomplete(text)
+        if incomplete and self._done_len + len(physical) + 1 < self.max_line:
             self._done.append(physical)
             self._done_len += len(physical) + 1
             self._buf, self._cur = [], 0
             return
-        if _incomplete(text):
+        if incomplete:
             self._mark("incomplete line (open quote or here-document)")
         if _history_expansion(text):
             self._mark("history expansion (! or ^)")
@@ -407,6 +418,8 @@ def _incomplete(text: str) -> bool:
 
 
 _METACHARS = frozenset(" \t|&;()<>")
+_SPECIAL = frozenset(" \t|&;()<>'\"`$\\#{}")  # what the lexer looks at; the rest are words
+_WORD_RUN = re.compile(r"[^ \t|&;()<>'\"`$\\#{}]+")
 
 
 class _Lexer:
@@ -446,6 +459,11 @@ class _Lexer:
                 self._significant("x")
             elif c == "#" and self.boundary and top != "${":
                 break  # a comment, to the end of the line
+            elif c not in _SPECIAL:  # a run of word characters: one step
+                end = _WORD_RUN.match(line, j).end()  # type: ignore[union-attr]
+                self._significant(line[end - 1])
+                j = end
+                continue
             else:  # top level, $( … ), ( … ), ${ … } or a backtick body
                 j = self._code(line, j, top)
             j += 1

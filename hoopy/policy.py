@@ -380,8 +380,8 @@ def _sftp_matches(s: SshMatch, cmd: Command, ops: list[str], every: bool) -> boo
     about SFTP about command lines; `ssh: {}` with neither still matches everything."""
     if not ops:  # an exec or shell line
         return bool(s.commands) and _shell_matches(s.commands, s.opaque, cmd, every)
-    if not (s.sftp or s.paths):
-        return not s.commands and not every
+    if not (s.sftp or s.paths):  # `opaque: true` narrows a rule to unreadable lines
+        return not s.commands and not s.opaque and not every
     if every and not s.sftp:
         return False
     if s.sftp and not _covered(s.sftp, [(op,) for op in ops], every):

@@ -488,6 +488,7 @@ def test_allow_rules_must_name_every_operation_and_path(
         (SshMatch(paths=("/etc/*",)), sftp_cmd("read", "/tmp/x"), False),
         (SshMatch(), sftp_cmd("read", "/tmp/x"), True),  # ssh: {} is every ssh command
         (SshMatch(commands=("rm *",)), sftp_cmd("remove", "/tmp/x"), False),
+        (SshMatch(opaque=True), sftp_cmd("remove", "/tmp/x"), False),  # about shell lines
         (SshMatch(sftp=("remove",)), Command("ssh", "w", "rm x", command_line="rm x"), False),
     ],
 )

@@ -684,9 +684,7 @@ def _match(rule: Section, refs: _Refs) -> Match:
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
         ssh=_ssh_match(ssh) if ssh else None,
-        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS), _opaque(kube))
-        if kube
-        else None,
+        kubernetes=_kube_match(kube) if kube else None,
     )
 
 
@@ -701,6 +699,11 @@ def _ssh_match(ssh: Section) -> SshMatch:
         sftp=tuple(v for v, _ in sftp),
         paths=_match_strings(ssh, "paths"),
     )
+
+
+def _kube_match(kube: Section) -> KubeMatch:
+    verbs, resources, namespaces, names, commands = (_match_strings(kube, k) for k in _KUBE_KEYS)
+    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube))
 
 
 def _opaque(sec: Section) -> bool:

@@ -1,0 +1,505 @@
+"""What a program does with its arguments, for hoopy.shell: which command a wrapper
+runs (`sudo -u x rm` runs `rm`), which strings a program runs as shell code
+(`sh -c`, `eval`, `su -c`, `ssh host cmd`, `watch`), and which programs run code hoopy
+cannot see (interpreters, scripts, `source`, awk's system(), sed's `e`).
+
+Options are read as the program's own option parser does, so that the command a
+wrapper runs is found where the program would find it.  An option hoopy does not know
+makes the reading opaque: guessing whether it takes a value could make hoopy look at
+the wrong word.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+
+from hoopy.shellopts import (
+    SAFE_INTERPRETER_ARGS,
+    SHELLS,
+    WRAPPERS,
+    Ctx,
+    Effect,
+    Spec,
+    assignment,
+    code_env,
+    is_interpreter,
+    joined_code,
+    names,
+    none,
+    opaque,
+    parse_opts,
+    wrapped,
+)
+from hoopy.shelltools import TOOLS
+from hoopy.shellwords import Arg, plain
+
+__all__ = ["SHELLS", "Ctx", "Effect", "code_env", "effect"]
+
+
+def effect(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """What `prog` (normalised, args[0]) does with its arguments."""
+    handler = _HANDLERS.get(prog)
+    if handler is not None:
+        return handler(prog, args, ctx)
+    spec = WRAPPERS.get(prog)
+    if spec is not None:
+        return wrapped(prog, args, spec)
+    if is_interpreter(prog):
+        tail = {a.literal for a in args[1:]}
+        if args[1:] and tail <= SAFE_INTERPRETER_ARGS:
+            return none()
+        return opaque(f"interpreter reads code: {prog}")
+    return none()
+
+
+def _shell(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """sh/bash/zsh…: -c CODE, a script file, or code from stdin."""
+    command = stdin = False
+    i = 1
+    while i < len(args):
+        v = args[i].literal
+        if v is None:
+            return opaque(f"option of {prog} is not literal: {args[i].source}")
+        if v in ("--", "-"):
+            i += 1
+            break
+        if v.startswith("--"):
+            if v in ("--version", "--help"):
+                return none()
+            if v.startswith(("--rcfile", "--init-file")):
+                return opaque(f"interpreter reads code: {prog} {v}")
+            i += 1
+            continue
+        if v[:1] not in "-+" or len(v) == 1:
+            break
+        for ch in v[1:]:
+            if ch == "c":
+                command = True
+            elif ch == "s":
+                stdin = True
+            elif ch in "oO":
+                i += 1
+        i += 1
+    rest = args[i:]
+    if command:
+        if not rest:
+            return (
+                opaque(f"code takes its input from xargs/find: {prog} -c") if ctx.extra else none()
+            )
+        code = rest[0]
+        if ctx.replace and ctx.replace in code.source:
+            return opaque(f"code takes its input from xargs/find: {code.source}")
+        return Effect(code=[code])
+    if (rest or ctx.extra) and not stdin:
+        shown = rest[0].shown if rest else "(its input)"
+        return opaque(f"interpreter runs a script: {prog} {shown}")
+    return Effect(stdin_code=True)
+
+
+def _eval(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = list(args[1:])
+    if words and words[0].literal == "--":
+        words.pop(0)
+    return joined_code(prog, words, ctx)
+
+
+def _source(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    shown = args[1].shown if len(args) > 1 else ""
+    return opaque(f"interpreter reads code: {prog} {shown}".rstrip())
+
+
+_SUDO = Spec(
+    "ugphCDrtUTRa",
+    "AbEeHiKklnPSsVvNB",
+    ("user", "group", "host", "prompt", "close-from", "chdir", "role", "type", "other-user",
+     "command-timeout", "chroot", "auth-type", "login-class"),
+    ("askpass", "background", "preserve-env", "edit", "set-home", "login", "remove-timestamp",
+     "reset-timestamp", "list", "non-interactive", "preserve-groups", "stdin", "shell",
+     "version", "validate", "no-update", "bell", "help"),
+)  # fmt: skip
+
+
+def _sudo(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    p = parse_opts(args, 1, _SUDO, prog)
+    eff = Effect()
+    if p.problem:
+        eff.opaque.append(p.problem)
+    i = p.index
+    while i < len(args) and assignment(args[i], eff):
+        i += 1
+    o = p.opts
+    if any(k in o for k in ("-e", "--edit", "-l", "--list", "-v", "--validate", "-V", "-K")):
+        return eff
+    rest = list(args[i:])
+    if rest:
+        eff.runs.append(rest)
+    elif any(k in o for k in ("-s", "--shell", "-i", "--login")):
+        eff.opaque.append(f"interpreter reads code: {prog} runs an interactive shell")
+    return eff
+
+
+def _doas(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    eff = wrapped(prog, args, Spec("uC", "nsL", no_cmd="CL"))
+    p = parse_opts(args, 1, Spec("uC", "nsL"), prog)
+    if "-s" in p.opts and not eff.runs:
+        eff.opaque.append(f"interpreter reads code: {prog} -s runs a shell")
+    return eff
+
+
+_ENV = Spec(
+    "uCSa",
+    "i0v",
+    ("unset", "chdir", "split-string", "argv0"),
+    ("ignore-environment", "null", "debug", "block-signal", "default-signal", "ignore-signal",
+     "list-signal-handling"),
+)  # fmt: skip
+
+
+def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = list(args)
+    if len(words) > 1 and words[1].literal == "-":
+        words.pop(1)
+    p = parse_opts(words, 1, _ENV, prog)
+    eff = Effect()
+    if p.problem:
+        eff.opaque.append(p.problem)
+    i = p.index
+    if "-S" in p.opts or "--split-string" in p.opts:
+        split = p.opts.get("-S") or p.opts.get("--split-string")
+        s = split.literal if split is not None else None
+        try:
+            if s is None or "${" in s or "\\c" in s:
+                raise ValueError
+            words = [*words[:i], *(plain(w) for w in shlex.split(s)), *words[i:]]
+        except ValueError:
+            eff.opaque.append(f"code is not literal: env -S {split.source if split else ''}")
+    if "-a" in p.opts or "--argv0" in p.opts:
+        eff.opaque.append("program name is changed: env --argv0")
+    while i < len(words) and assignment(words[i], eff):
+        i += 1
+    if i < len(words):
+        eff.runs.append(words[i:])
+    return eff
+
+
+def _exec(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    p = parse_opts(args, 1, Spec("a", "cl"), prog)
+    eff = Effect(opaque=[p.problem] if p.problem else [])
+    if "-a" in p.opts:
+        eff.opaque.append("program name is changed: exec -a")
+    if p.index < len(args):
+        eff.runs.append(list(args[p.index :]))
+    return eff
+
+
+def _command(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    p = parse_opts(args, 1, Spec("", "pvV"), prog)
+    if p.problem:
+        return opaque(p.problem)
+    if "-v" in p.opts or "-V" in p.opts or p.index >= len(args):
+        return none()
+    return Effect(runs=[list(args[p.index :])])
+
+
+def _rest(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """builtin NAME ARGS, coproc CMD, nohup CMD: run the words after the program name."""
+    words = list(args[1:])
+    if words and words[0].literal == "--":
+        words.pop(0)
+    return Effect(runs=[words]) if words else none()
+
+
+def _busybox(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    if len(args) < 2 or (args[1].literal or "").startswith("-"):
+        return none()
+    return Effect(runs=[list(args[1:])])
+
+
+_SU = Spec(
+    "cgGswC",
+    "flmpP",
+    ("command", "session-command", "group", "supp-group", "shell", "whitelist-environment"),
+    ("fast", "login", "preserve-environment", "pty"),
+)  # fmt: skip
+_RUNUSER = Spec("cgGswCu", "flmpP", (*_SU.long_arg, "user"), _SU.long_flag)
+
+
+def _su(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """su/runuser [opts] [-] [user [shell args]]: options anywhere (GNU getopt)."""
+    eff = Effect()
+    operands: list[Arg] = []
+    opts: dict[str, Arg | None] = {}
+    spec = _SU if prog == "su" else _RUNUSER
+    i = 1
+    while i < len(args):
+        v = args[i].literal
+        if v == "--":
+            operands.extend(args[i + 1 :])
+            break
+        if v == "-" or v is None or not v.startswith("-"):
+            if v is None and not operands:
+                return opaque(f"option of {prog} is not literal: {args[i].source}")
+            if v != "-":
+                operands.append(args[i])
+            i += 1
+            continue
+        p = parse_opts(args, i, spec, prog)
+        if p.problem:
+            return opaque(p.problem)
+        opts.update(p.opts)
+        i = max(p.index, i + 1)
+        if p.index > 0 and args[p.index - 1].literal == "--":
+            operands.extend(args[p.index :])
+            break
+    if prog == "runuser" and ("-u" in opts or "--user" in opts):
+        if operands:
+            eff.runs.append(operands)
+        return eff
+    shell = opts.get("-s") or opts.get("--shell")
+    code = opts.get("-c") or opts.get("--command") or opts.get("--session-command")
+    code = code or opts.get("-C")
+    if shell is not None and (shell.literal or "").rsplit("/", 1)[-1] not in SHELLS:
+        eff.opaque.append(f"interpreter reads code: {prog} --shell {shell.shown}")
+    elif code is not None:
+        if ctx.replace and ctx.replace in code.source:
+            eff.opaque.append(f"code takes its input from xargs/find: {code.source}")
+        else:
+            eff.code.append(code)
+    elif len(operands) > 1 or ctx.extra:
+        eff.opaque.append(f"interpreter runs a script: {prog}")
+    else:
+        eff.opaque.append(f"interpreter reads code: {prog} without -c runs a shell")
+    return eff
+
+
+def _sg(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = list(args[2:])
+    if words and words[0].literal == "-c":
+        words.pop(0)
+    if not words:
+        return opaque(f"interpreter reads code: {prog} without a command runs a shell")
+    return joined_code(prog, words, ctx)
+
+
+_WATCH = Spec(
+    "nqs",
+    "bcCdegprtwxf",
+    ("interval", "equexit", "shotsdir"),
+    ("beep", "color", "no-color", "errexit", "chgexit", "precise", "no-rerun", "no-title",
+     "no-wrap", "exec", "differences", "follow", "help", "version"),
+)  # fmt: skip
+
+
+def _watch(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    # -d takes an optional value only when attached (-d=permanent / --differences=…)
+    words = [plain("-d") if (a.literal or "").startswith("-d=") else a for a in args]
+    p = parse_opts(words, 1, _WATCH, prog)
+    if p.problem:
+        return opaque(p.problem)
+    rest = list(args[p.index :])
+    if not rest:
+        return none()
+    if "-x" in p.opts or "--exec" in p.opts:
+        return Effect(runs=[rest])
+    return joined_code(prog, rest, ctx)
+
+
+_FLOCK = Spec(
+    "wEc",
+    "sxunoFev",
+    ("timeout", "wait", "conflict-exit-code", "command"),
+    ("shared", "exclusive", "unlock", "nonblock", "nb", "close", "no-fork", "verbose"),
+)  # fmt: skip
+
+
+def _flock(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    p = parse_opts(args, 1, _FLOCK, prog)
+    if p.problem:
+        return opaque(p.problem)
+    i = p.index + 1  # the lock file (or fd number); options may follow it
+    q = parse_opts(args, i, _FLOCK, prog)
+    if q.problem:
+        return opaque(q.problem)
+    p.opts.update(q.opts)
+    i = max(i, q.index)
+    code = p.opts.get("-c") or p.opts.get("--command")
+    if code is not None:
+        return Effect(code=[code])
+    return Effect(runs=[list(args[i:])]) if i < len(args) else none()
+
+
+_XARGS = Spec(
+    "aEILnPsd",
+    "0oprtx",
+    ("arg-file", "delimiter", "max-args", "max-procs", "max-chars", "process-slot-var"),
+    ("null", "interactive", "no-run-if-empty", "open-tty", "show-limits", "verbose", "exit",
+     "replace", "eof", "max-lines", "help", "version"),
+)  # fmt: skip
+
+
+def _xargs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    # -i[R], -e[EOF], -l[N]: optional values, attached only
+    words = list(args)
+    replace: str | None = None
+    for k, a in enumerate(words[1:], 1):
+        v = a.literal or ""
+        if v[:2] in ("-i", "-e", "-l"):
+            if v.startswith("-i"):
+                replace = v[2:] or "{}"
+            words[k] = plain("-r")  # a harmless flag in its place
+        elif not v.startswith("-"):
+            break
+    p = parse_opts(words, 1, _XARGS, prog)
+    if p.problem:
+        return opaque(p.problem)
+    r = p.opts.get("-I")
+    if r is not None:
+        replace = r.literal or "{}"
+    if "--replace" in p.opts:
+        replace = (p.opts["--replace"] or plain("{}")).literal or "{}"
+    rest = list(args[p.index :]) or [plain("echo")]
+    return Effect(runs=[rest], ctx=Ctx(extra=True, replace=replace))
+
+
+_FIND_ARG1 = names(
+    """-name -iname -path -ipath -wholename -iwholename -regex -iregex -lname -ilname -type
+    -xtype -user -group -uid -gid -perm -size -mtime -mmin -atime -amin -ctime -cmin -used
+    -newer -anewer -cnewer -samefile -inum -links -maxdepth -mindepth -printf -fprint -fls
+    -fprint0 -context -fstype -files0-from -regextype -D -O"""
+)
+_FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+
+
+def _find(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    eff = Effect(ctx=Ctx(replace="{}"))
+    i = 1
+    n = len(args)
+    while i < n:
+        v = args[i].literal
+        if v is None:
+            eff.opaque.append(f"find expression is not literal: {args[i].source}")
+            return eff
+        if v in _FIND_EXEC:
+            j = i + 1
+            while j < n and args[j].literal not in (";", "+"):
+                j += 1
+            if j > i + 1:
+                eff.runs.append(list(args[i + 1 : j]))
+            i = j + 1
+            continue
+        if v == "-fprintf":
+            i += 3
+            continue
+        i += 2 if v in _FIND_ARG1 else 1
+    return eff
+
+
+def _trap(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = list(args[1:])
+    if words and words[0].literal == "--":
+        words.pop(0)
+    if len(words) < 2 or words[0].literal in ("-", "-p", "-l", "-P"):
+        return none()
+    if (words[0].literal or "").isdigit():
+        return none()
+    return Effect(code=[words[0]])
+
+
+def _alias(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    eff = Effect()
+    for a in args[1:]:
+        v = a.literal
+        if v is None:
+            eff.opaque.append(f"alias defines a command name: {a.source}")
+        elif "=" in v:
+            eff.code.append(plain(v.split("=", 1)[1]))
+            eff.opaque.append(f"alias defines a command name: {v.split('=', 1)[0]}")
+    return eff
+
+
+def _flagged(args: Sequence[Arg], letters: str) -> bool:
+    """Does any short option cluster hold one of these letters?"""
+    for a in args[1:]:
+        v = a.literal or a.source
+        if v.startswith("-") and not v.startswith("--") and any(c in v[1:] for c in letters):
+            return True
+    return False
+
+
+def _hash(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    return opaque("alias defines a command name: hash -p") if _flagged(args, "p") else none()
+
+
+def _enable(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    if _flagged(args, "f"):
+        return opaque("interpreter reads code: enable -f (a loadable builtin)")
+    return none()
+
+
+def _bind(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    if _flagged(args, "xf"):
+        return opaque("alias defines a command name: bind -x (a key runs a command)")
+    return none()
+
+
+def _complete(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    if _flagged(args, "C"):
+        return opaque("alias defines a command name: complete -C (completion runs a command)")
+    return none()
+
+
+def _fc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    return opaque(f"history expansion: {prog} re-runs earlier commands")
+
+
+def _vars(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """read/printf -v/export/declare: assigning a variable that makes programs run code."""
+    for a in args[1:]:
+        name = (a.literal or a.source).split("=", 1)[0]
+        if code_env(name):
+            return opaque(f"environment variable can run code: {name}")
+    return none()
+
+
+Handler = Callable[[str, Sequence[Arg], Ctx], Effect]
+_HANDLERS: dict[str, Handler] = {
+    **TOOLS,
+    **{s: _shell for s in SHELLS},
+    **dict.fromkeys(("eval",), _eval),
+    **dict.fromkeys(("source", "."), _source),
+    **dict.fromkeys(("builtin", "coproc", "nohup"), _rest),
+    **dict.fromkeys(("su", "runuser"), _su),
+    **dict.fromkeys(("complete", "compgen"), _complete),
+    **dict.fromkeys(
+        (
+            "read",
+            "printf",
+            "mapfile",
+            "readarray",
+            "export",
+            "declare",
+            "typeset",
+            "local",
+            "readonly",
+        ),
+        _vars,
+    ),
+    "sudo": _sudo,
+    "doas": _doas,
+    "env": _env,
+    "exec": _exec,
+    "command": _command,
+    "busybox": _busybox,
+    "sg": _sg,
+    "watch": _watch,
+    "flock": _flock,
+    "xargs": _xargs,
+    "find": _find,
+    "trap": _trap,
+    "alias": _alias,
+    "hash": _hash,
+    "enable": _enable,
+    "bind": _bind,
+    "fc": _fc,
+}

@@ -1,0 +1,246 @@
+"""Programs whose options or arguments run other commands (for hoopy.shellprogs):
+ssh's remote command and ProxyCommand, rsync -e, tar --to-command, awk's system(),
+sed's `e`, git's configured commands, nc -e, socat exec:, script -c, ip netns exec."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from hoopy.shellopts import Ctx, Effect, Spec, joined_code, none, opaque, parse_opts
+from hoopy.shellwords import Arg, awk_runs, plain, sed_runs
+
+_SSH = Spec("BbcDEeFIiJLlmOopQRSWwP", "46AaCfGgKkMNnqsTtVvXxYy")
+_SSH_CODE_OPTS = ("proxycommand", "localcommand", "knownhostscommand", "remotecommand")
+
+
+def _ssh(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    p = parse_opts(args, 1, _SSH, prog)
+    eff = Effect()
+    if p.problem:
+        return opaque(p.problem)
+    i = p.index + 1  # the host; OpenSSH reads options after it too
+    if i < len(args):
+        q = parse_opts(args, i, _SSH, prog)
+        if q.problem:
+            return opaque(q.problem)
+        p.opts.update(q.opts)
+        i = q.index
+    _ssh_options(prog, args, eff)
+    if p.index >= len(args) or any(k in p.opts for k in ("-N", "-W", "-s", "-O", "-G", "-V")):
+        return eff
+    rest = list(args[i:])
+    if not rest:
+        eff.opaque.append(f"interpreter reads code: {prog} without a command runs a remote shell")
+        return eff
+    remote = joined_code(prog, rest, ctx)
+    eff.code.extend(remote.code)
+    eff.opaque.extend(remote.opaque)
+    return eff
+
+
+def _ssh_options(prog: str, args: Sequence[Arg], eff: Effect) -> None:
+    """-o ProxyCommand=… runs a local command; -F FILE may hold one; -S in scp/sftp
+    names the ssh program to run."""
+    for k, a in enumerate(args[1:], 1):
+        v = a.literal
+        if v is None:
+            continue
+        if v.startswith("-o"):
+            nxt = args[k + 1].literal if k + 1 < len(args) else ""
+            opt = v[2:] if len(v) > 2 else (nxt or "")
+            key = re.split(r"[=\s]", opt, maxsplit=1)[0]
+            if key.lower() in _SSH_CODE_OPTS:
+                eff.code.append(plain(opt[len(key) :].lstrip("= \t")))
+        elif v.startswith("-F"):
+            eff.opaque.append(f"interpreter reads code: {prog} -F (an ssh config file)")
+        elif prog in ("scp", "sftp") and v[:2] in ("-S", "-D"):
+            eff.opaque.append(f"interpreter reads code: {prog} {v[:2]} (a program to run)")
+
+
+def _scp(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    eff = Effect()
+    _ssh_options(prog, args, eff)
+    return eff
+
+
+def _rsync(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    eff = Effect()
+    for k, a in enumerate(args[1:], 1):
+        v = a.literal or ""
+        for opt in ("--rsh=", "--rsync-path="):
+            if v.startswith(opt):
+                eff.code.append(plain(v[len(opt) :]))
+        if v in ("-e", "--rsh", "--rsync-path") and k + 1 < len(args):
+            eff.code.append(args[k + 1])
+        elif v.startswith("-e") and len(v) > 2:
+            eff.code.append(plain(v[2:]))
+    return eff
+
+
+_TAR_CODE = ("--to-command", "--checkpoint-action", "--use-compress-program", "--rsh-command",
+             "--info-script", "--new-volume-script")  # fmt: skip
+
+
+def _tar(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    for k, a in enumerate(args[1:], 1):
+        v = a.literal or a.source
+        cluster = v[1:] if v.startswith("-") and not v.startswith("--") else ""
+        if k == 1 and not v.startswith("-"):
+            cluster = v  # old style: tar xIf prog file
+        if v.startswith(_TAR_CODE) or "I" in cluster or "F" in cluster:
+            return opaque(f"interpreter reads code: {prog} {v}")
+    return none()
+
+
+_AWK = Spec(
+    "fvFeilE",
+    "bcCdDghkLMnNOpPrsStVWy",
+    ("file", "assign", "field-separator", "source", "include", "load", "exec"),
+    ("posix", "re-interval", "traditional", "lint", "sandbox", "characters-as-bytes", "bignum",
+     "csv", "optimize", "no-optimize", "pretty-print", "dump-variables", "debug", "profile",
+     "gen-pot", "help", "version", "use-lc-numeric", "non-decimal-data"),
+)  # fmt: skip
+
+
+def _awk(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    p = parse_opts(args, 1, _AWK, prog)
+    if p.problem:
+        return opaque(p.problem)
+    o = p.opts
+    if any(k in o for k in ("-f", "--file", "-i", "--include", "-l", "--load", "-E", "--exec")):
+        return opaque(f"interpreter reads code: {prog} -f (a program file)")
+    programs = [a for k, a in o.items() if k in ("-e", "--source") and a is not None]
+    if not programs and p.index < len(args):
+        programs.append(args[p.index])
+    for text in programs:
+        v = text.literal
+        if v is None:
+            return opaque(f"code is not literal: {prog} {text.source}")
+        if awk_runs(v) and "--sandbox" not in o:
+            return opaque(f"interpreter reads code: {prog} program runs commands")
+    return none()
+
+
+_SED = Spec(
+    "efl",
+    "nrEuzsb",
+    ("expression", "file", "line-length"),
+    ("quiet", "silent", "regexp-extended", "in-place", "unbuffered", "null-data", "posix",
+     "sandbox", "debug", "follow-symlinks", "binary", "separate", "help", "version"),
+)  # fmt: skip
+
+
+def _sed(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    # -i[SUFFIX] takes an optional attached value
+    words = [plain("-n") if (a.literal or "").startswith("-i") else a for a in args]
+    p = parse_opts(words, 1, _SED, prog)
+    if p.problem:
+        return opaque(p.problem)
+    o = p.opts
+    if "-f" in o or "--file" in o:
+        return opaque(f"interpreter reads code: {prog} -f (a script file)")
+    if "--sandbox" in o:
+        return none()
+    scripts = [args[k + 1] for k in range(1, min(p.index, len(args) - 1))]
+    scripts = [
+        s for k, s in enumerate(scripts, 1) if (args[k].literal or "") in ("-e", "--expression")
+    ]
+    scripts += [a for k, a in o.items() if k in ("-e", "--expression") and a is not None]
+    if not scripts and p.index < len(args):
+        scripts.append(args[p.index])
+    for s in scripts:
+        if s.literal is None:
+            return opaque(f"code is not literal: {prog} {s.source}")
+        if sed_runs(s.literal):
+            return opaque(f"interpreter reads code: {prog} script runs commands")
+    return none()
+
+
+_GIT_CODE = re.compile(
+    r"^(alias\..*|core\.(sshcommand|pager|editor|fsmonitor|hookspath|gitproxy|askpass|"
+    r"worktree)|.*\.(command|cmd|helper|textconv|program|tool|path)|pager\..*|"
+    r"sequence\.editor|diff\.external|credential\..*|filter\..*|gpg\..*|"
+    r"uploadpack\.packobjectshook|include\..*|includeif\..*|protocol\..*|ssh\.variant)$",
+    re.IGNORECASE,
+)
+
+
+def _git(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = [a.literal for a in args[1:]]
+    for k, v in enumerate(words):
+        if v is None:
+            continue
+        if v.startswith(("--exec-path", "--config-env")):
+            return opaque(f"interpreter reads code: {prog} {v}")
+        if v == "-c" and k + 1 < len(words):
+            key = (words[k + 1] or "").split("=", 1)[0]
+            if words[k + 1] is None or _GIT_CODE.match(key):
+                return opaque(f"interpreter reads code: {prog} -c {key}")
+        if v == "config":
+            keys = [w for w in words[k + 1 :] if w and not w.startswith("-")]
+            if keys and _GIT_CODE.match(keys[0]) and len(keys) > 1:
+                return opaque(f"interpreter reads code: {prog} config {keys[0]}")
+            break
+    return none()
+
+
+def _nc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    for a in args[1:]:
+        v = a.literal or a.source
+        if v.startswith(("--exec", "--sh-exec", "--lua-exec")) or (
+            v.startswith("-") and not v.startswith("--") and ("e" in v or "c" in v)
+        ):
+            return opaque(f"interpreter reads code: {prog} {v}")
+    return none()
+
+
+def _socat(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    for a in args[1:]:
+        v = (a.literal or a.source).lower()
+        if "exec:" in v or "system:" in v:
+            return opaque(f"interpreter reads code: {prog} {a.shown}")
+    return none()
+
+
+_SCRIPT = Spec(
+    "cETIOBmo",
+    "aefqt",
+    ("command", "echo", "log-timing", "log-in", "log-out", "log-io", "logging-format",
+     "output-limit"),
+    ("append", "return", "flush", "force", "quiet", "timing"),
+)  # fmt: skip
+
+
+def _script(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = [plain("-q") if (a.literal or "").startswith("-t") else a for a in args]
+    p = parse_opts(words, 1, _SCRIPT, prog)
+    if p.problem:
+        return opaque(p.problem)
+    code = p.opts.get("-c") or p.opts.get("--command")
+    if code is not None:
+        return Effect(code=[code])
+    return opaque(f"interpreter reads code: {prog} without -c runs a shell")
+
+
+def _ip(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    words = [a.literal for a in args]
+    for k in range(1, len(words) - 2):
+        if words[k] in ("netns", "vrf") and words[k + 1] == "exec":
+            return Effect(runs=[list(args[k + 3 :])]) if k + 3 < len(args) else none()
+    return none()
+
+
+TOOLS = {
+    **dict.fromkeys(("scp", "sftp"), _scp),
+    **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _awk),
+    **dict.fromkeys(("sed", "gsed"), _sed),
+    **dict.fromkeys(("nc", "ncat", "netcat"), _nc),
+    "ssh": _ssh,
+    "rsync": _rsync,
+    "tar": _tar,
+    "git": _git,
+    "socat": _socat,
+    "script": _script,
+    "ip": _ip,
+}

@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoopy.protocols.ssh.lineedit import Abandoned, Forward, LineEditor, LineReady, _incomplete
+from hoopy.policy import Identity, Match, PolicySet, Rule, SshMatch, decide
+from hoopy.protocols.ssh.lineedit import (
+    Abandoned,
+    Forward,
+    LineEditor,
+    LineReady,
+    _incomplete,
+    line_command,
+)
 
 LEFT, RIGHT, HOME, END, DEL = b"\x1b[D", b"\x1b[C", b"\x1b[H", b"\x1b[F", b"\x1b[3~"
 UP, DOWN = b"\x1b[A", b"\x1b[B"
@@ -426,3 +434,28 @@ def test_bash_runs_exactly_the_lines_checked(tmp_path: Path) -> None:
     assert (tmp_path / "d").read_text() == "1\n2\n"
     assert (tmp_path / "e").read_text() == "0ne\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "d", "e"]
+
+
+# The Command a PTY line becomes --------------------------------------------------------
+
+
+def test_line_command_reads_the_line_and_keeps_what_the_editor_could_not_follow() -> None:
+    who = Identity("agent-7", frozenset({"agents"}))
+    allow_ls = PolicySet("p", (Rule("ls", "allow", Match(ssh=SshMatch(commands=("ls *",)))),))
+    allow_opaque = PolicySet(
+        "p", (Rule("any", "allow", Match(ssh=SshMatch(commands=("*",), opaque=True))),)
+    )
+    [plain] = run(b"ls -l /tmp\r")
+    [tabbed] = run(b"ls -l /t\tmp\r")
+    assert isinstance(plain, LineReady) and isinstance(tabbed, LineReady)
+    assert tabbed.text == plain.text  # same text, but hoopy cannot vouch for it
+    cmd = line_command(plain, "web-1")
+    assert cmd.protocol == "ssh" and cmd.connector == "web-1" and cmd.commands == ("ls -l /tmp",)
+    assert not cmd.opaque and decide((allow_ls,), who, cmd).allowed
+    cmd = line_command(tabbed, "web-1")
+    assert cmd.opaque == {"shell_unparseable"}
+    denied = decide((allow_ls,), who, cmd)
+    assert not denied.allowed and "shell_unparseable" in denied.reason
+    assert decide((allow_opaque,), who, cmd).allowed
+    [hist] = run(b"sudo !!\r")
+    assert isinstance(hist, LineReady) and line_command(hist, "web-1").opaque

@@ -10,9 +10,10 @@ the shell sees it, so it cannot let keystrokes through one by one.  The design:
   echoes nothing: the backend echoes the line once it is forwarded).
 * `feed(data)` takes the agent's bytes and returns events.  When Enter completes a
   logical line the editor returns `LineReady(text, uncertain)`.  The caller checks
-  `text` and then either forwards `LineReady.wire` (the text, each physical line
+  `line_command(ready, connector)` (the line read by hoopy.shell, opaque when
+  uncertain) and then either forwards `LineReady.wire` (the text, each physical line
   ended by CR) or refuses it (nothing reached the backend, so there is nothing to
-  undo; the agent is shown the reason).
+  undo, no Ctrl-U to send; the agent is shown the reason).
 * The backend only ever receives the reconstructed text, never the raw
   keystrokes, so the editing keys hoopy understands (backspace, DEL, Ctrl-U,
   Ctrl-W, Ctrl-K, Ctrl-A/E/B/F, cursor keys, Home/End, Delete, bracketed paste)
@@ -49,7 +50,9 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from hoopy.policy import Command
 
 MAX_LINE = 16384
 MAX_ESCAPE = 64
@@ -85,6 +88,19 @@ class Abandoned:
 
 
 Event = LineReady | Forward | Abandoned
+
+
+def line_command(ready: LineReady, connector: str) -> Command:
+    """The policy Command for a line typed on a PTY: read as an interactive shell reads
+    it (hoopy.shell), and opaque when the editor could not follow how it was typed."""
+    from hoopy.shell import read_line, shell_command
+
+    reading = read_line(ready.text, interactive=True)
+    if ready.uncertain:
+        why = "unparseable: typed with keys hoopy cannot follow: " + ", ".join(ready.uncertain)
+        reading = replace(reading, opaque=(*reading.opaque, why))
+    return shell_command("ssh", connector, reading, kinds={"shell"})
+
 
 # readline's bindings that need state hoopy does not have: dropped, line uncertain.
 _UNCERTAIN_KEYS = {

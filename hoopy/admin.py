@@ -152,13 +152,16 @@ class AdminServer:
         key = body.get("public_key") if isinstance(body, dict) else None
         if not isinstance(key, str):
             return web.json_response({"error": "public_key is required"}, status=400)
+        peer = request.remote or ""
         try:
             identity = await self.gw.authenticate(token)
-        except AuthFailed as e:
+        except AuthFailed as e:  # recorded as refused logins are (bounded per host)
+            self.gw.record_rejection("ssh-cert", peer, "", str(e), tls=request.secure)
             return web.json_response({"error": str(e)}, status=401)
         try:
             ca, cert = issue_for(self.gw.config, identity, key)
         except NotAdmitted as e:
+            self.gw.record_rejection("ssh-cert", peer, "", str(e), request.secure, identity)
             return web.json_response({"error": str(e)}, status=403)
         except CertificateError as e:
             return web.json_response({"error": str(e)}, status=400)

@@ -185,6 +185,13 @@ class StandInGateway:
         self.config = load_config(config_path)
         self.verifier = IdentityVerifier(self.config.issuers)
         self.metrics = Metrics()
+        self.rejections: list[tuple[str, str, str | None]] = []
+
+    def record_rejection(
+        self, protocol: str, client: str, connector: str, reason: str, tls: bool,
+        identity: Identity | None = None,
+    ) -> None:  # fmt: skip
+        self.rejections.append((protocol, reason, identity.subject if identity else None))
 
     async def authenticate(self, token: str) -> Identity:
         try:
@@ -237,6 +244,11 @@ async def test_admin_api_refusals(env: Env, admin: tuple[str, Any]) -> None:
     assert (await post(good, {"public_key": "ssh-ed25519 AAAAnope"}))[0] == 400
     assert (await post(good, {"public_key": rsa}))[1].startswith("use an ed25519")
     assert gw.metrics.counts == {}
+    assert [(p, who) for p, _, who in gw.rejections] == [
+        ("ssh-cert", None),
+        ("ssh-cert", "agent-7"),
+    ]
+    assert gw.rejections[1][1] == "identity 'agent-7' may use no ssh connector"
     # the exemption is this one path: an OIDC token opens nothing else under /api/
     async with (
         aiohttp.ClientSession() as http,
@@ -450,6 +462,15 @@ async def test_hoopy_serve_exchanges_a_long_token(env: Env, tmp_path: Path) -> N
         assert rc == 0, err
         served_ca = SshCA.open(folder / "served")
         assert served_ca.verify(Path(f"{key}-cert.pub").read_text()).subject == "agent-9"
+        # a forged token is refused (and recorded by the real gateway, which stays up)
+        rc, _, err = await hoopy(
+            "ssh-cert", "--token-file", str(env.token_file(token[:-4] + "AAAA", "bad")),
+            "-o", str(tmp_path / "k2"), "--gateway", f"http://{addresses['admin']}", cwd=folder,
+        )  # fmt: skip
+        assert rc == 1 and "the gateway refused (HTTP 401): token rejected" in err, err
+        assert proc.returncode is None
+        rc, listing, err = await hoopy("sessions", "list", "--config", str(cfg), cwd=folder)
+        assert rc == 0 and "ssh-cert" in listing and "rejected" in listing, listing + err
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)

@@ -77,6 +77,8 @@ class Bridge:
     records: list[dict[str, Any]] = field(default_factory=list)
     recorded: asyncio.Event = field(default_factory=asyncio.Event)
     fail_checks: bool = False
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    approved: asyncio.Event = field(default_factory=asyncio.Event)
     bridges: list[SftpBridge] = field(default_factory=list)
 
     async def client(self, user: str = "agent") -> asyncssh.SSHClientConnection:
@@ -121,6 +123,9 @@ async def bridge(
             state.commands.append(cmd)
             if state.fail_checks:
                 raise RuntimeError("secret internals")
+            if any("/slow" in p for p in cmd.paths):  # stands in for an approval wait
+                state.waiting.set()
+                await state.approved.wait()
             decision = decide(sets, who, cmd)
             if not decision.allowed:
                 raise CommandDenied(decision.message(), decision.rule)
@@ -341,6 +346,21 @@ async def test_paths_policy_cannot_read_are_refused(
     with pytest.raises(asyncssh.SFTPError, match=message):
         await sftp.stat(path)
     assert bridge.commands == []
+
+
+async def test_an_operation_waits_for_its_check_before_it_runs(
+    bridge: Bridge, sftp: asyncssh.SFTPClient
+) -> None:
+    """A check that waits (an approval) holds the operation: nothing happens on the
+    backend until it returns."""
+    target = bridge.data / "pub" / "uploads" / "slow-dir"
+    pending = asyncio.ensure_future(sftp.mkdir(str(target)))
+    await asyncio.wait_for(bridge.waiting.wait(), 10)
+    assert not target.exists() and not pending.done()
+    bridge.approved.set()
+    await asyncio.wait_for(pending, 10)
+    assert target.is_dir()
+    target.rmdir()
 
 
 async def test_a_failing_check_refuses_and_quotes_nothing(

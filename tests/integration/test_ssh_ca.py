@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import asyncssh
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hoopy.admin import AdminServer
 from hoopy.config import load_config
@@ -474,3 +476,39 @@ async def test_hoopy_serve_exchanges_a_long_token(env: Env, tmp_path: Path) -> N
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+_FUZZ_CA = SshCA(asyncssh.generate_private_key("ssh-ed25519"))
+_FUZZ_CERT = asyncssh.import_certificate(
+    _FUZZ_CA.issue(
+        Identity("agent-7", frozenset({"agents"}), "iss", "fp", time.time() + 3600),
+        asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode(),
+    )
+).public_data
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_verify_raises_only_certificate_error_on_any_bytes(data: st.DataObject) -> None:
+    """Random blobs and valid certificates with bytes flipped, cut or inserted: verify()
+    answers CertificateError, never another exception, and never an identity for a
+    changed signed part."""
+    blob = bytearray(_FUZZ_CERT)
+    how = data.draw(st.sampled_from(["random", "flip", "cut", "insert"]))
+    if how == "random":
+        blob = bytearray(data.draw(st.binary(max_size=600)))
+    elif how == "flip":
+        for i in data.draw(st.lists(st.integers(0, len(blob) - 1), min_size=1, max_size=4)):
+            blob[i] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        del blob[data.draw(st.integers(0, len(blob) - 1)) :]
+    else:
+        at = data.draw(st.integers(0, len(blob)))
+        blob[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        _FUZZ_CA.verify(bytes(blob))
+    except CertificateError:
+        return
+    # only an unchanged certificate may pass (a flip can hit the signature's own
+    # length-prefixed bytes in ways ed25519 rejects; it may never pass changed)
+    assert bytes(blob) == _FUZZ_CERT

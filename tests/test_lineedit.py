@@ -459,3 +459,35 @@ def test_line_command_reads_the_line_and_keeps_what_the_editor_could_not_follow(
     assert decide((allow_opaque,), who, cmd).allowed
     [hist] = run(b"sudo !!\r")
     assert isinstance(hist, LineReady) and line_command(hist, "web-1").opaque
+
+
+@pytest.mark.parametrize(
+    ("typed", "opaque"),
+    [
+        (b'bind \'"q":"rm -rf ~\\n"\'\r', True),  # a macro: typing q would run rm
+        (b'bind -m vi \'"q":"x"\'\r', True),
+        (b"echo a; bind -f /tmp/inputrc\r", True),
+        (b"bind -p\r", False),
+        (b"bind -l -v\r", False),
+    ],
+)
+def test_key_bindings_make_a_pty_line_opaque(typed: bytes, opaque: bool) -> None:
+    [ready] = run(typed)
+    assert isinstance(ready, LineReady)
+    assert bool(line_command(ready, "web-1").opaque) is opaque
+
+
+@pytest.mark.skipif(BASH is None, reason="bash missing")
+def test_a_readline_macro_really_rewrites_later_lines(tmp_path: Path) -> None:
+    """Why `bind` is opaque on a PTY: after it, the checked line `q` runs another
+    command in a real interactive bash."""
+    events = run(b'bind \'"q":"echo pwned > p\\n"\'\rq\r')
+    ready = [e for e in events if isinstance(e, LineReady)]
+    assert [e.text for e in ready] == ['bind \'"q":"echo pwned > p\\n"\'', "q"]
+    assert line_command(ready[0], "web-1").opaque  # so it is refused unless opaque is allowed
+    bash = InteractiveBash(str(tmp_path))
+    try:
+        bash.run_all([e.wire for e in ready])
+    finally:
+        bash.close()
+    assert (tmp_path / "p").read_text() == "pwned\n"

@@ -96,10 +96,26 @@ def line_command(ready: LineReady, connector: str) -> Command:
     from hoopy.shell import read_line, shell_command
 
     reading = read_line(ready.text, interactive=True)
+    why: list[str] = []
     if ready.uncertain:
-        why = "unparseable: typed with keys hoopy cannot follow: " + ", ".join(ready.uncertain)
-        reading = replace(reading, opaque=(*reading.opaque, why))
+        why.append(
+            "unparseable: typed with keys hoopy cannot follow: " + ", ".join(ready.uncertain)
+        )
+    if any(_rebinds_keys(c.argv) for c in reading.commands):
+        # `bind '"q":"rm -rf ~\n"'`: from then on the backend's readline turns the line
+        # "q" into another one, which hoopy would never see
+        why.append("alias defines a command name: bind changes what typed keys do")
+    if why:
+        reading = replace(reading, opaque=(*reading.opaque, *why))
     return shell_command("ssh", connector, reading, kinds={"shell"})
+
+
+# `bind` options that only list bindings; anything else may change what keys type.
+_BIND_LISTING = frozenset({"-l", "-p", "-P", "-s", "-S", "-v", "-V", "-X"})
+
+
+def _rebinds_keys(argv: tuple[str, ...]) -> bool:
+    return bool(argv) and argv[0] == "bind" and not set(argv[1:]) <= _BIND_LISTING
 
 
 # readline's bindings that need state hoopy does not have: dropped, line uncertain.

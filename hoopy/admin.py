@@ -16,6 +16,7 @@ from hoopy.gateway import Gateway
 from hoopy.recorder import read_events, verify_row
 
 log = logging.getLogger("hoopy.admin")
+SSH_CERT_PATH = "/api/ssh/certificate"
 
 
 class AdminServer:
@@ -32,6 +33,7 @@ class AdminServer:
                 web.get("/api/approvals", self.approvals),
                 web.get("/api/approvals/{id}", self.approval),
                 web.post("/api/approvals/{id}/{action:approve|deny}", self.decide),
+                web.post(SSH_CERT_PATH, self.ssh_certificate),
             ]
         )
         if slack is not None:  # Slack signs these itself: no admin token
@@ -39,7 +41,8 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/api/") and not self._authorized(request):
+        public = request.path == SSH_CERT_PATH  # the caller's own OIDC token is the bearer
+        if request.path.startswith("/api/") and not public and not self._authorized(request):
             return web.json_response({"error": "admin token required"}, status=401)
         resp: web.StreamResponse = await handler(request)
         return resp
@@ -135,6 +138,46 @@ class AdminServer:
             body["events"] = read_events(Path(row.path))
             body["verified"] = verify_row(row).ok
         return web.json_response(body)
+
+    async def ssh_certificate(self, request: web.Request) -> web.Response:
+        """Exchange an OIDC token (the bearer) for an SSH user certificate on the public
+        key in the JSON body: for tokens longer than OpenSSH's password buffer."""
+        from hoopy.errors import AuthFailed
+        from hoopy.protocols.ssh.ca import MAX_TTL, CertificateError, NotAdmitted, issue_for
+
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        try:
+            body = await request.json() if scheme == "Bearer" and token else None
+        except ValueError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if body is None:
+            return web.json_response({"error": "an OIDC token is required"}, status=401)
+        key = body.get("public_key") if isinstance(body, dict) else None
+        if not isinstance(key, str):
+            return web.json_response({"error": "public_key is required"}, status=400)
+        peer = request.remote or ""
+        try:
+            identity = await self.gw.authenticate(token)
+        except AuthFailed as e:  # recorded as refused logins are (bounded per host)
+            self.gw.record_rejection("ssh-cert", peer, "", str(e), tls=request.secure)
+            return web.json_response({"error": str(e)}, status=401)
+        try:
+            ca, cert = issue_for(self.gw.config, identity, key)
+        except NotAdmitted as e:
+            self.gw.record_rejection("ssh-cert", peer, "", str(e), request.secure, identity)
+            return web.json_response({"error": str(e)}, status=403)
+        except CertificateError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        self.gw.metrics.inc("ssh_certificates_total")
+        log.info("ssh certificate issued to %s", identity.subject)
+        return web.json_response(
+            {
+                "certificate": cert,
+                "subject": identity.subject,
+                "valid_before": int(min(identity.expires_at, ca.clock() + MAX_TTL)),
+                "ca": ca.public_line,
+            }
+        )
 
 
 def _limit(text: str) -> int | None:

@@ -320,6 +320,27 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ssh_cert(args: argparse.Namespace) -> int:
+    """Exchange an OIDC token for a fresh key pair and an SSH user certificate."""
+    from hoopy.protocols.ssh.ca import obtain_certificate
+
+    try:
+        token = Secret(f"file:{args.token_file}").get().strip()
+    except ConfigError as e:
+        print(
+            f"error: cannot read --token-file {args.token_file}: {e.problems[0]}", file=sys.stderr
+        )
+        return 1
+    cfg = None if args.gateway else _config(args)
+    try:
+        note = obtain_certificate(token, Path(args.output), cfg, args.gateway)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(note, file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hoopy", description="identity-aware gateway for agents")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -366,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     apr.add_argument("--all", action="store_true", help="list decided ones too")
     apr.add_argument("--limit", type=int, default=100)
     apr.set_defaults(fn=cmd_approvals)
+
+    sc = with_config(
+        sub.add_parser("ssh-cert", help="exchange a token for an SSH key and certificate")
+    )
+    sc.add_argument("--token-file", required=True, help="file holding the OIDC token")
+    sc.add_argument("-o", "--output", required=True, help="private key file to write")
+    sc.add_argument("--gateway", help="admin URL of a running gateway (else: --config, locally)")
+    sc.set_defaults(fn=cmd_ssh_cert)
 
     ver = with_config(sub.add_parser("verify", help="check recordings' hash chains"))
     ver.add_argument("id", nargs="?")

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hoopy.policy import (
+    SFTP_OPS,
     Effect,
     KubeMatch,
     Match,
@@ -761,7 +762,7 @@ def _match(rule: Section, refs: _Refs) -> Match:
             f"{refs.issuers} token issuers are configured and a subject is only unique "
             "within its issuer: add match.issuers to say whose subjects these are",
         )
-    ssh = m.section("ssh", ("commands", "opaque"))
+    ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths"))
     kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque"))
     return Match(
         subjects=subjects,
@@ -769,8 +770,21 @@ def _match(rule: Section, refs: _Refs) -> Match:
         groups=_match_strings(m, "groups"),
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
-        ssh=SshMatch(_match_strings(ssh, "commands"), _opaque(ssh)) if ssh else None,
+        ssh=_ssh_match(ssh) if ssh else None,
         kubernetes=_kube_match(kube) if kube else None,
+    )
+
+
+def _ssh_match(ssh: Section) -> SshMatch:
+    sftp = _match_items(ssh, "sftp")
+    for value, node in sftp:
+        if not (_GLOB_CHARS & set(value)) and value not in SFTP_OPS:
+            ssh.doc.error(node, f"ssh.sftp: unknown operation '{value}'{suggest(value, SFTP_OPS)}")
+    return SshMatch(
+        _match_strings(ssh, "commands"),
+        _opaque(ssh),
+        sftp=tuple(v for v, _ in sftp),
+        paths=_match_strings(ssh, "paths"),
     )
 
 

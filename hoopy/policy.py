@@ -57,6 +57,9 @@ class Command:
     command_line: str = ""
     # ssh, kubernetes exec: each simple command the line runs, normalised (hoopy.shell)
     commands: tuple[str, ...] = ()
+    # ssh SFTP operations (kinds sftp_<op>): every absolute path the operation touches,
+    # as written (normalised) and as the backend resolves it (symlinks)
+    paths: tuple[str, ...] = ()
     # kubernetes
     verb: str = ""
     resource: str = ""
@@ -108,6 +111,15 @@ class SqlMatch:
 class SshMatch:
     commands: tuple[str, ...] = ()
     opaque: bool = False  # allow: also covers shell lines hoopy cannot read; else: only those
+    sftp: tuple[str, ...] = ()  # SFTP operations (SFTP_OPS globs)
+    paths: tuple[str, ...] = ()  # SFTP: globs over the paths an operation touches
+
+
+# SFTP operations a rule's `ssh.sftp` names (Command.kinds are "sftp_" + op).
+SFTP_OPS = (
+    "read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "stat", "list",
+    "symlink", "link",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -368,7 +380,28 @@ def _shell_matches(patterns: Sequence[str], opaque: bool, cmd: Command, every: b
 def _ssh_matches(s: SshMatch, cmd: Command, every: bool = False) -> bool:
     if cmd.protocol != "ssh":
         return False
+    ops = [k[5:] for k in cmd.kinds if k.startswith("sftp_")]
+    if ops or s.sftp or s.paths:
+        return _sftp_matches(s, cmd, ops, every)
     return _shell_matches(s.commands, s.opaque, cmd, every)
+
+
+def _sftp_matches(s: SshMatch, cmd: Command, ops: list[str], every: bool) -> bool:
+    """`sftp` (operations) and `paths` (globs) against an SFTP operation.  Only a rule
+    naming `sftp` operations allows any (SFTP is off unless a policy turns it on), and it
+    must cover each operation and every path (a rename's source and target, a symlink's
+    target, the path as written and as the backend resolves it); deny and approval
+    rules match any.  A rule about `commands` alone says nothing about SFTP, nor a rule
+    about SFTP about command lines; `ssh: {}` with neither still matches everything."""
+    if not ops:  # an exec or shell line
+        return bool(s.commands) and _shell_matches(s.commands, s.opaque, cmd, every)
+    if not (s.sftp or s.paths):  # `opaque: true` narrows a rule to unreadable lines
+        return not s.commands and not s.opaque and not every
+    if every and not s.sftp:
+        return False
+    if s.sftp and not _covered(s.sftp, [(op,) for op in ops], every):
+        return False
+    return not (s.paths and not _covered(s.paths, [(p,) for p in cmd.paths], every))
 
 
 def _kube_matches(k: KubeMatch, cmd: Command, every: bool = False) -> bool:

@@ -675,16 +675,23 @@ def _match(rule: Section, refs: _Refs) -> Match:
             hint = suggest(value, refs.connectors)
             m.doc.error(node, f"match.connectors: no connector named '{value}'{hint}")
     sql = _sql_match(m)
-    ssh = m.section("ssh", ("commands",))
-    kube = m.section("kubernetes", _KUBE_KEYS)
+    ssh = m.section("ssh", ("commands", "opaque"))
+    kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque"))
     return Match(
         subjects=_match_strings(m, "subjects"),
         groups=_match_strings(m, "groups"),
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
-        ssh=SshMatch(_match_strings(ssh, "commands")) if ssh else None,
-        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS)) if kube else None,
+        ssh=SshMatch(_match_strings(ssh, "commands"), _opaque(ssh)) if ssh else None,
+        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS), _opaque(kube))
+        if kube
+        else None,
     )
+
+
+def _opaque(sec: Section) -> bool:
+    """`opaque: true` (ssh, kubernetes): shell lines hoopy cannot read (hoopy.shell)."""
+    return sec.boolean("opaque", False)
 
 
 def _sql_match(m: Section) -> SqlMatch | None:

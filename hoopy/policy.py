@@ -55,6 +55,8 @@ class Command:
     fingerprint: str = ""  # literal-free form, for caching and approvals
     # ssh
     command_line: str = ""
+    # ssh, kubernetes exec: each simple command the line runs, normalised (hoopy.shell)
+    commands: tuple[str, ...] = ()
     # kubernetes
     verb: str = ""
     resource: str = ""
@@ -96,6 +98,7 @@ class SqlMatch:
 @dataclass(frozen=True)
 class SshMatch:
     commands: tuple[str, ...] = ()
+    opaque: bool = False  # allow: also covers shell lines hoopy cannot read; else: only those
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class KubeMatch:
     namespaces: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     commands: tuple[str, ...] = ()
+    opaque: bool = False  # as SshMatch.opaque, for exec/attach commands
 
 
 @dataclass(frozen=True)
@@ -321,13 +325,38 @@ def _sql_matches(s: SqlMatch, cmd: Command, every: bool) -> bool:
     return not (s.functions and not _covered(s.functions, fn_names, every))
 
 
-def _ssh_matches(s: SshMatch, cmd: Command) -> bool:
+@lru_cache(maxsize=4096)
+def _glob_exact(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern), re.DOTALL)
+
+
+def _shell_matches(patterns: Sequence[str], opaque: bool, cmd: Command, every: bool) -> bool:
+    """`commands` globs against a shell line (hoopy.shell): each normalised simple
+    command and the whole line.  An allow (`every`) must cover every simple command
+    (the whole line alone would let `ls *` cover `ls; rm -rf /`), case-sensitively
+    (`LS` is another program); deny and approval rules match any simple command or the
+    whole line, ignoring case.  `opaque: true` narrows a restrictive rule to lines hoopy
+    cannot read; on an allow it is the permission to run them (see _covers_opaque)."""
+    if opaque and not every and not cmd.opaque:
+        return False
+    if not patterns:
+        return True
+    if not (cmd.commands or cmd.command_line):  # not a command line (`get pods`): no match
+        return False
+    if every:
+        compiled = [_glob_exact(p) for p in patterns]
+        items = cmd.commands or (cmd.command_line,)
+        return all(any(c.match(v) for c in compiled) for v in items)
+    return glob_any(patterns, (*cmd.commands, cmd.command_line))
+
+
+def _ssh_matches(s: SshMatch, cmd: Command, every: bool = False) -> bool:
     if cmd.protocol != "ssh":
         return False
-    return not (s.commands and not glob_any(s.commands, (cmd.command_line,)))
+    return _shell_matches(s.commands, s.opaque, cmd, every)
 
 
-def _kube_matches(k: KubeMatch, cmd: Command) -> bool:
+def _kube_matches(k: KubeMatch, cmd: Command, every: bool = False) -> bool:
     if cmd.protocol != "kubernetes":
         return False
     checks = (
@@ -335,9 +364,10 @@ def _kube_matches(k: KubeMatch, cmd: Command) -> bool:
         (k.resources, cmd.resource),
         (k.namespaces, cmd.namespace),
         (k.names, cmd.name),
-        (k.commands, cmd.command_line),
     )
-    return all(not pats or glob_any(pats, (val,)) for pats, val in checks)
+    if not all(not pats or glob_any(pats, (val,)) for pats, val in checks):
+        return False
+    return _shell_matches(k.commands, k.opaque, cmd, every)
 
 
 def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
@@ -348,15 +378,19 @@ def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
         return False
     if m.sql is not None and not _sql_matches(m.sql, cmd, every=rule.effect == "allow"):
         return False
-    if m.ssh is not None and not _ssh_matches(m.ssh, cmd):
+    every = rule.effect == "allow"
+    if m.ssh is not None and not _ssh_matches(m.ssh, cmd, every):
         return False
-    return not (m.kubernetes is not None and not _kube_matches(m.kubernetes, cmd))
+    return not (m.kubernetes is not None and not _kube_matches(m.kubernetes, cmd, every))
 
 
 def _covers_opaque(rule: Rule, cmd: Command) -> bool:
     """An allow covers opaque code only if it names every opaque kind exactly."""
     if not cmd.opaque:
         return True
+    if cmd.protocol in ("ssh", "kubernetes"):  # shell lines: `opaque: true` names them all
+        shell = rule.match.ssh if cmd.protocol == "ssh" else rule.match.kubernetes
+        return shell is not None and shell.opaque
     sql = rule.match.sql
     if sql is None:
         return False
@@ -462,6 +496,10 @@ _OPAQUE_WHAT = {
     "read_activity": "reads other sessions' activity (their live SQL)",
     "signal_backend": "signals other sessions' backends (all agents share one role)",
     "create_extension": "runs an extension's install or update script",
+    "shell_unparseable": "a shell line hoopy cannot parse (or too long, too deep)",
+    "shell_dynamic": "runs a program whose name is only known when the line runs",
+    "shell_interpreter": "feeds an interpreter code hoopy cannot see",
+    "shell_alias": "defines an alias or function hoopy cannot follow",
 }
 
 
@@ -472,6 +510,9 @@ def _opaque_reason(cmd: Command) -> str:
             _OPAQUE_WHAT.get(k, "code whose effect cannot be checked statically") for k in kinds
         )
     )
+    if cmd.protocol in ("ssh", "kubernetes"):
+        key = "ssh" if cmd.protocol == "ssh" else "kubernetes"
+        return f"{', '.join(kinds)}: {what}: it needs an allow rule with {key}: {{opaque: true}}"
     return f"{', '.join(kinds)}: {what}: it needs an allow rule naming it in sql.statements"
 
 

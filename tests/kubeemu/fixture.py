@@ -139,13 +139,20 @@ class KubeHoopy:
 
 
 def start_hoopy(
-    folder: Path, emu: Emu, policy: str, connector_yaml: str = "", extra_yaml: str = ""
+    folder: Path,
+    emu: Emu,
+    policy: str,
+    connectors: dict[str, str] | None = None,
+    extra_yaml: str = "",
 ) -> KubeHoopy:
+    """`connectors`: name -> extra YAML keys of a kubernetes connector to the emulator
+    (default: one connector `cluster`)."""
     (folder / "connectors").mkdir(parents=True)
     (folder / "policies").mkdir()
-    (folder / "connectors" / "cluster.yaml").write_text(
-        f"type: kubernetes\nkubeconfig: file:{emu.kubeconfig}\n" + connector_yaml
-    )
+    for name, keys in (connectors or {"cluster": ""}).items():
+        (folder / "connectors" / f"{name}.yaml").write_text(
+            f"type: kubernetes\nkubeconfig: file:{emu.kubeconfig}\n" + keys
+        )
     (folder / "policies" / "kube.yaml").write_text(policy)
     issuer_port = pgcluster.free_port()
     cfg = folder / "hoopy.yaml"

@@ -307,8 +307,8 @@ class _Request:
         return bytes(body)
 
     def _inspector(self, info: RequestInfo, decision: Decision | None) -> Inspector | None:
-        if decision is None:
-            return None
+        if decision is None or info.subresource not in ("", "status"):
+            return None  # pods/log is masked line by line; other subresources are not objects
         masker = None
         if decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
             masker = self._masker(decision)

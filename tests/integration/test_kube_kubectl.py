@@ -355,3 +355,28 @@ def test_cluster_credentials_stay_inside_and_impersonation(hk: KubeHoopy, emu: E
     assert imp[-1]["impersonate_user"] == "agent-1" and imp[-1]["impersonate_group"] == ["agents"]
     for text in (hk.log_text(), hk.recordings_text()):
         assert emu.token not in text
+
+
+# ---- hoopy kubeconfig / hoopy credential ---------------------------------------------------
+def test_kubeconfig_with_exec_credential_plugin(hk: KubeHoopy, tmp_path: Path) -> None:
+    import sys
+
+    r = hk.cli("kubeconfig", "cluster", "--source", "dev:plugin-agent", "--server", hk.server,
+               "--exec-command", f"{sys.executable} -m hoopy.cli")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "token" not in r.stdout.split("users:")[1].split("exec:")[0]  # no static token
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(r.stdout)
+    env = {**os.environ, "KUBECONFIG": str(cfg), "KUBECACHEDIR": str(tmp_path / "cache")}
+    got = subprocess.run([KUBECTL, "get", "namespaces", "-o", "name"], capture_output=True, text=True, env=env, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert "namespace/default" in got.stdout
+    listed = hk.cli("sessions", "list", "--subject", "plugin-agent").stdout
+    assert "kubernetes" in listed
+    # a file source: the token file is read at each use
+    token_file = tmp_path / "token"
+    token_file.write_text(hk.token(sub="file-agent"))
+    cred = hk.cli("credential", "--source", f"file:{token_file}")
+    doc = json.loads(cred.stdout)
+    assert doc["kind"] == "ExecCredential" and doc["status"]["token"] == token_file.read_text()
+    assert doc["status"]["expirationTimestamp"].endswith("Z")

@@ -113,7 +113,11 @@ def test_not_admitted_is_403_and_unknown_connector_404(hk: KubeHoopy) -> None:
 
 
 def test_body_namespace_must_match_the_path(hk: KubeHoopy, emu: Emu) -> None:
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneak", "namespace": "kube-system"}}
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "sneak", "namespace": "kube-system"},
+    }
     for method, path, ctype, body in (
         ("POST", "/k8s/cluster/api/v1/namespaces/default/configmaps", "application/json", json.dumps(cm)),
         ("POST", "/k8s/cluster/api/v1/namespaces/default/configmaps", "application/yaml",
@@ -159,7 +163,10 @@ def test_a_burst_is_one_recorded_session_that_verifies(hk: KubeHoopy) -> None:
     assert shown.returncode == 0, shown.stderr
     # buffered request events reach the disk with the next command or the flusher;
     # the denied one is written at once
-    assert '"rule":"no-kube-system"' in shown.stdout.replace(" ", "") or "no-kube-system" in shown.stdout
+    assert (
+        '"rule":"no-kube-system"' in shown.stdout.replace(" ", "")
+        or "no-kube-system" in shown.stdout
+    )
     events = [json.loads(x) for x in shown.stdout.splitlines() if x.startswith("{")]
     commands = [e for e in events if e.get("type") == "command"]
     assert len(commands) >= 3

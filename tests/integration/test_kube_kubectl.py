@@ -119,15 +119,31 @@ def test_get_create_patch_apply_delete(hk: KubeHoopy, tmp_path: Path) -> None:
     pod = json.loads(ok(hk.kubectl("-n", "t-crud", "get", "pod", "web-0", "-o", "json")))
     assert pod["metadata"]["namespace"] == "t-crud"
     ok(hk.kubectl("-n", "t-crud", "label", "pod", "web-0", "tier=front"))
-    ok(hk.kubectl("-n", "t-crud", "patch", "pod", "web-0", "-p", '{"metadata":{"annotations":{"a":"b"}}}'))
+    ok(
+        hk.kubectl(
+            "-n", "t-crud", "patch", "pod", "web-0", "-p", '{"metadata":{"annotations":{"a":"b"}}}'
+        )
+    )
     got = json.loads(ok(hk.kubectl("-n", "t-crud", "get", "pod", "web-0", "-o", "json")))
-    assert got["metadata"]["labels"]["tier"] == "front" and got["metadata"]["annotations"]["a"] == "b"
+    assert (
+        got["metadata"]["labels"]["tier"] == "front" and got["metadata"]["annotations"]["a"] == "b"
+    )
     manifest = tmp_path / "cm.yaml"
-    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  k: one\n")
-    assert "created" in ok(hk.kubectl("-n", "t-crud", "apply", "--validate=false", "-f", str(manifest)))
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  k: one\n"
+    )
+    assert "created" in ok(
+        hk.kubectl("-n", "t-crud", "apply", "--validate=false", "-f", str(manifest))
+    )
     manifest.write_text(manifest.read_text().replace("k: one", "k: two"))
-    assert "configured" in ok(hk.kubectl("-n", "t-crud", "apply", "--validate=false", "-f", str(manifest)))
-    ok(hk.kubectl("-n", "t-crud", "apply", "--server-side", "--validate=false", "-f", str(manifest)))
+    assert "configured" in ok(
+        hk.kubectl("-n", "t-crud", "apply", "--validate=false", "-f", str(manifest))
+    )
+    ok(
+        hk.kubectl(
+            "-n", "t-crud", "apply", "--server-side", "--validate=false", "-f", str(manifest)
+        )
+    )
     assert ok(hk.kubectl("-n", "t-crud", "get", "cm", "app", "-o", "jsonpath={.data.k}")) == "two"
     ok(hk.kubectl("-n", "t-crud", "create", "deployment", "web", "--image=nginx"))
     assert "restarted" in ok(hk.kubectl("-n", "t-crud", "rollout", "restart", "deploy/web"))
@@ -153,7 +169,11 @@ def test_logs_follow(hk: KubeHoopy, emu: Emu) -> None:
     f = Lines(hk, "-n", "t-logs", "logs", "-f", "talker")
     try:
         f.until("first line")
-        emu.call("POST", "/emu/log/t-logs/talker", {"lines": ["second line", "mail bob@example.com"], "close": True})
+        emu.call(
+            "POST",
+            "/emu/log/t-logs/talker",
+            {"lines": ["second line", "mail bob@example.com"], "close": True},
+        )
         f.until("second line")
         masked = f.until("mail")
         assert "bob@example.com" not in masked  # mask rules' detectors apply to logs
@@ -166,7 +186,9 @@ def test_logs_follow(hk: KubeHoopy, emu: Emu) -> None:
 def test_exec_exit_codes_and_stdin(hk: KubeHoopy) -> None:
     make_ns(hk, "t-exec")
     ok(hk.kubectl("-n", "t-exec", "run", "box", "--image=x"))
-    r = hk.kubectl("-n", "t-exec", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    r = hk.kubectl(
+        "-n", "t-exec", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3"
+    )
     assert r.returncode == 3 and r.stdout == "out\n" and "err" in r.stderr
     r = hk.kubectl("-n", "t-exec", "exec", "-i", "box", "--", "wc", "-c", input="x" * 100_000)
     assert r.returncode == 0 and r.stdout.strip() == "100000"
@@ -181,7 +203,14 @@ def test_exec_tty_is_recorded_as_asciicast(hk: KubeHoopy) -> None:
          "sh", "-c", "'echo tty-marker-$((6*7)); tty; exit 5'"]
     )  # fmt: skip
     env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(hk.folder / "kcache")}
-    r = subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        ["script", "-qec", line, "/dev/null"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 5, r.stdout + r.stderr
     assert "tty-marker-42" in r.stdout and "/dev/pts/" in r.stdout
     casts = [p.read_text() for p in (hk.folder / "recordings").rglob("*.cast")]
@@ -246,7 +275,9 @@ def test_denied_namespace_and_verb(hk: KubeHoopy) -> None:
 
 
 def test_all_namespaces_never_show_governed_ones(hk: KubeHoopy, emu: Emu) -> None:
-    emu.call("POST", "/api/v1/namespaces/kube-system/pods", {"metadata": {"name": "hidden-sys-pod"}})
+    emu.call(
+        "POST", "/api/v1/namespaces/kube-system/pods", {"metadata": {"name": "hidden-sys-pod"}}
+    )
     make_ns(hk, "t-all")
     ok(hk.kubectl("-n", "t-all", "run", "visible-pod", "--image=x"))
     for args in (["get", "pods", "-A"], ["get", "pods", "-A", "-o", "json"], ["get", "pods", "-A", "-o", "name"],
@@ -295,9 +326,21 @@ def _leaks(text: str, value: str = SECRET_VALUE) -> bool:
 
 def test_secret_values_hidden_in_every_shape(hk: KubeHoopy, emu: Emu, tmp_path: Path) -> None:
     make_ns(hk, "t-sec")
-    ok(hk.kubectl("-n", "t-sec", "create", "secret", "generic", "db", f"--from-literal=password={SECRET_VALUE}"))
+    ok(
+        hk.kubectl(
+            "-n",
+            "t-sec",
+            "create",
+            "secret",
+            "generic",
+            "db",
+            f"--from-literal=password={SECRET_VALUE}",
+        )
+    )
     applied = tmp_path / "s.yaml"
-    applied.write_text(f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  password: {SECRET_VALUE}\n")
+    applied.write_text(
+        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  password: {SECRET_VALUE}\n"
+    )
     ok(hk.kubectl("-n", "t-sec", "apply", "--validate=false", "-f", str(applied)))
     outputs = []
     for args in (
@@ -316,7 +359,17 @@ def test_secret_values_hidden_in_every_shape(hk: KubeHoopy, emu: Emu, tmp_path: 
     w = Lines(hk, "-n", "t-sec", "get", "secrets", "-w", "-o", "json")
     try:
         w.until('"db"')
-        ok(hk.kubectl("-n", "t-sec", "create", "secret", "generic", "later", f"--from-literal=k={SECRET_VALUE}"))
+        ok(
+            hk.kubectl(
+                "-n",
+                "t-sec",
+                "create",
+                "secret",
+                "generic",
+                "later",
+                f"--from-literal=k={SECRET_VALUE}",
+            )
+        )
         w.until('"later"')
     finally:
         w.stop()
@@ -324,13 +377,25 @@ def test_secret_values_hidden_in_every_shape(hk: KubeHoopy, emu: Emu, tmp_path: 
     # The values are really there upstream, and mask_secrets: false shows them
     raw = emu.call("GET", "/api/v1/namespaces/t-sec/secrets/db")
     assert _leaks(json.dumps(raw))
-    assert _leaks(ok(hk.kubectl("-n", "t-sec", "get", "secret", "db", "-o", "yaml", connector="cluster-raw")))
+    assert _leaks(
+        ok(hk.kubectl("-n", "t-sec", "get", "secret", "db", "-o", "yaml", connector="cluster-raw"))
+    )
     assert not _leaks(hk.recordings_text()) and not _leaks(hk.log_text())
 
 
 def test_configmap_values_pass_detectors(hk: KubeHoopy) -> None:
     make_ns(hk, "t-cm")
-    ok(hk.kubectl("-n", "t-cm", "create", "configmap", "contacts", "--from-literal=owner=alice@example.com", "--from-literal=plain=hello"))
+    ok(
+        hk.kubectl(
+            "-n",
+            "t-cm",
+            "create",
+            "configmap",
+            "contacts",
+            "--from-literal=owner=alice@example.com",
+            "--from-literal=plain=hello",
+        )
+    )
     out = ok(hk.kubectl("-n", "t-cm", "get", "cm", "contacts", "-o", "yaml"))
     assert "alice@example.com" not in out and "hello" in out
 
@@ -368,7 +433,13 @@ def test_kubeconfig_with_exec_credential_plugin(hk: KubeHoopy, tmp_path: Path) -
     cfg = tmp_path / "kubeconfig"
     cfg.write_text(r.stdout)
     env = {**os.environ, "KUBECONFIG": str(cfg), "KUBECACHEDIR": str(tmp_path / "cache")}
-    got = subprocess.run([KUBECTL, "get", "namespaces", "-o", "name"], capture_output=True, text=True, env=env, timeout=60)
+    got = subprocess.run(
+        [KUBECTL, "get", "namespaces", "-o", "name"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert got.returncode == 0, got.stderr
     assert "namespace/default" in got.stdout
     listed = hk.cli("sessions", "list", "--subject", "plugin-agent").stdout

@@ -95,7 +95,9 @@ class KubeHoopy:
     def ca(self) -> Path:
         return self.folder / "tls" / "cert.pem"
 
-    def token(self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",), ttl: float = 900) -> str:
+    def token(
+        self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",), ttl: float = 900
+    ) -> str:
         return self.issuer.mint(sub, list(groups), ttl=ttl)
 
     def kubectl(
@@ -126,7 +128,9 @@ class KubeHoopy:
 
     def recordings_text(self) -> str:
         return "".join(
-            p.read_text(errors="replace") for p in sorted((self.folder / "recordings").rglob("*")) if p.is_file()
+            p.read_text(errors="replace")
+            for p in sorted((self.folder / "recordings").rglob("*"))
+            if p.is_file()
         )
 
     def stop(self) -> None:
@@ -136,6 +140,12 @@ class KubeHoopy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _profile() -> list[str]:
+    """HOOPY_PROFILE=FILE runs hoopy under cProfile (bench/kube.py investigations)."""
+    out = os.environ.get("HOOPY_PROFILE")
+    return ["-m", "cProfile", "-o", out] if out else []
 
 
 def start_hoopy(
@@ -164,7 +174,7 @@ def start_hoopy(
     )
     env = {**os.environ, "TEST_ADMIN_TOKEN": "admin-secret-token", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
+        [sys.executable, *_profile(), "-m", "hoopy.cli", "serve", "--config", str(cfg)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None

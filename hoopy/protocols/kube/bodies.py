@@ -65,7 +65,9 @@ def _patch_namespaces(ops: list[Any]) -> list[str]:
         if not isinstance(op, dict):
             continue
         path, v = str(op.get("path", "")), op.get("value")
-        if path == "/metadata/namespace" or str(op.get("from", "")).startswith("/metadata/namespace"):
+        if path == "/metadata/namespace" or str(op.get("from", "")).startswith(
+            "/metadata/namespace"
+        ):
             if op.get("op") not in ("add", "replace", "test"):
                 raise BodyError("a JSON patch may only set metadata.namespace to a value")
             found.append(str(v))
@@ -278,4 +280,7 @@ class Inspector:
         if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
             return obj
         tpl = spec["template"]
-        return {**obj, "spec": {**spec, "template": {**tpl, "spec": self._containers(tpl.get("spec"))}}}
+        return {
+            **obj,
+            "spec": {**spec, "template": {**tpl, "spec": self._containers(tpl.get("spec"))}},
+        }

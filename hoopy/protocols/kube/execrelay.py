@@ -64,7 +64,9 @@ class _Recording:
     session: Session
     tty: bool
     cast: AsciicastWriter | None = None
-    captured: dict[int, bytearray] = field(default_factory=lambda: {0: bytearray(), 1: bytearray(), 2: bytearray()})
+    captured: dict[int, bytearray] = field(
+        default_factory=lambda: {0: bytearray(), 1: bytearray(), 2: bytearray()}
+    )
     counts: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0, 2: 0})
 
     def _cast(self, width: int = 80, height: int = 24) -> AsciicastWriter:
@@ -128,7 +130,9 @@ async def relay(
         )
     except aiohttp.WSServerHandshakeError as e:
         code = e.status if 400 <= e.status < 600 else 502
-        return RelayResult(status(code, "Failure", f"the cluster refused the exec ({e.status})"), code)
+        return RelayResult(
+            status(code, "Failure", f"the cluster refused the exec ({e.status})"), code
+        )
     except (aiohttp.ClientError, TimeoutError):
         return RelayResult(status(502, "ServiceUnavailable", "the cluster is unreachable"), 502)
     ws = web.WebSocketResponse(protocols=(upstream.protocol or protocols[0],), max_msg_size=0)

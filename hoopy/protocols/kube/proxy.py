@@ -18,7 +18,6 @@ cluster for JSON and rewrites each object, list, table or watch event
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -62,10 +61,19 @@ _RETURN = ("Content-Type", "Cache-Control", "Warning", "Audit-Id", "Retry-After"
 _FILTER_KEYS = ("namespaces", "names")
 MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
 MAX_INSPECTED = 256 * 1024 * 1024  # a response hoopy must read whole
+SMALL = 1024 * 1024  # a passthrough answer this small is sent in one piece
 MAX_LINE = 16 * 1024 * 1024  # one watch event / log line hoopy must read
 TOKEN_CACHE = 10000
 # Resources whose objects hoopy rewrites when masking applies.
-_DETECTED = ("configmaps", "pods", "deployments", "statefulsets", "daemonsets", "jobs", "replicasets")
+_DETECTED = (
+    "configmaps",
+    "pods",
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "jobs",
+    "replicasets",
+)
 
 
 @dataclass
@@ -126,7 +134,7 @@ class KubeListener:
         s = live.session
         try:
             s.log.close("closed", commands=s.commands, denied=s.denied)
-        except Exception as e:  # noqa: BLE001 - logged, the next request opens a new one
+        except Exception as e:
             log.error("cannot end kubernetes session %s: %s", s.id, e)
 
     def _session(self, identity: Identity, connector: str, client: str) -> _Live:
@@ -255,7 +263,9 @@ class _Request:
             info = request_info(self.request.method, self.path, q)
         except PathRejected as e:
             self.status, self.decision = 400, "refused"
-            self.session.record("refused", method=self.request.method, path=self.path[:512], reason=str(e))
+            self.session.record(
+                "refused", method=self.request.method, path=self.path[:512], reason=str(e)
+            )
             return status(400, "BadRequest", f"hoopy refused the request path: {e}")
         if not info.is_resource:
             return await self._non_resource(info)
@@ -266,7 +276,11 @@ class _Request:
             self.status, self.decision = 403, "deny"
             self._record(info)
             msg = e.message
-            if not info.namespace and info.verb in ("list", "watch") and info.resource != "namespaces":
+            if (
+                not info.namespace
+                and info.verb in ("list", "watch")
+                and info.resource != "namespaces"
+            ):
                 msg += " (a cluster-wide list or watch needs an allow rule without namespaces; use -n NAMESPACE)"
             raise CommandDenied(msg, e.rule) from None
         self.decision = decision.outcome
@@ -367,7 +381,9 @@ class _Request:
             ) as resp:
                 return await self._respond(info, resp, inspector, masker)
         except (aiohttp.ClientError, TimeoutError) as e:
-            log.warning("connector %s: cluster request failed: %s", self.connector.name, type(e).__name__)
+            log.warning(
+                "connector %s: cluster request failed: %s", self.connector.name, type(e).__name__
+            )
             self.status = 502
             self._record(info)
             if self.sent:
@@ -382,34 +398,33 @@ class _Request:
         masker: ValueMasker | None,
     ) -> web.StreamResponse:
         self.status = resp.status
-        out = web.StreamResponse(status=resp.status)
-        for h in _RETURN:
-            if h in resp.headers:
-                out.headers[h] = resp.headers[h]
+        headers = {h: resp.headers[h] for h in _RETURN if h in resp.headers}
         ctype = resp.headers.get("Content-Type", "")
         json_body = ctype.startswith("application/json")
+        whole = inspector is not None and json_body and info.verb != "watch"
+        small = resp.content_length is not None and resp.content_length <= SMALL
         try:
-            if inspector is not None and json_body and info.verb == "watch":
-                await out.prepare(self.request)
-                await self._watch(resp, out, inspector)
-            elif inspector is not None and json_body:
-                raw = await _read_all(resp)
-                data = self._rewrite(raw, inspector)
-                out.content_length = len(data)
-                await out.prepare(self.request)
-                await out.write(data)
-                self.sent += len(data)
-            elif inspector is not None and not json_body and resp.status < 300:
+            if inspector is not None and not json_body and resp.status < 300:
                 raise BackendUnavailable("the cluster answered a response hoopy must inspect in a form it cannot read")  # fmt: skip
+            if whole or (inspector is None and masker is None and small):
+                data = await _read_all(resp)
+                if whole:
+                    assert inspector is not None
+                    data = self._rewrite(data, inspector)
+                self.sent = len(data)
+                out: web.StreamResponse = web.Response(status=resp.status, body=data, headers=headers)
             else:
+                out = web.StreamResponse(status=resp.status, headers=headers)
                 await out.prepare(self.request)
-                if masker is not None:
+                if inspector is not None:
+                    await self._watch(resp, out, inspector)
+                elif masker is not None:
                     await self._lines(resp, out, masker)
                 else:
                     async for chunk in resp.content.iter_any():
                         await out.write(chunk)
                         self.sent += len(chunk)
-            await out.write_eof()
+                await out.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self._record(info, aborted=True)
             raise
@@ -424,7 +439,9 @@ class _Request:
             raise BackendUnavailable("the cluster answered JSON hoopy cannot read") from None
         return json.dumps(inspector.value(value), separators=(",", ":")).encode()
 
-    async def _watch(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, inspector: Inspector) -> None:
+    async def _watch(
+        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, inspector: Inspector
+    ) -> None:
         async for line in _lines(resp):
             if not line.strip():
                 continue
@@ -438,14 +455,18 @@ class _Request:
             await out.write(data)
             self.sent += len(data)
 
-    async def _lines(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, masker: ValueMasker) -> None:
+    async def _lines(
+        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, masker: ValueMasker
+    ) -> None:
         async for line in _lines(resp):
             text, _ = masker.mask_text(line.decode("utf-8", "replace"))
             data = text.encode()
             await out.write(data)
             self.sent += len(data)
 
-    async def _connect(self, info: RequestInfo, q: dict[str, list[str]], command: Command) -> web.StreamResponse:
+    async def _connect(
+        self, info: RequestInfo, q: dict[str, list[str]], command: Command
+    ) -> web.StreamResponse:
         upgrade = self.request.headers.get("Upgrade", "").lower()
         if upgrade.startswith("spdy"):
             self.status = 400
@@ -465,7 +486,13 @@ class _Request:
         )  # fmt: skip
         self.status = result.status
         self.sent = result.sent
-        self._record(info, exit=result.exit_code, stdin=result.received, stdout=result.stdout, stderr=result.stderr)
+        self._record(
+            info,
+            exit=result.exit_code,
+            stdin=result.received,
+            stdout=result.stdout,
+            stderr=result.stderr,
+        )
         return result.response
 
 
@@ -543,4 +570,3 @@ async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
         if len(body) > MAX_INSPECTED:
             raise BackendUnavailable("the cluster's answer is too large for hoopy to inspect")
     return bytes(body)
-

@@ -72,7 +72,12 @@ def check_path(path: str) -> list[str]:
     """The path's segments, or PathRejected for any form two parsers may read apart."""
     if not path.startswith("/") or len(path) > MAX_PATH:
         raise PathRejected("path must be absolute and short")
-    if "%" in path or ";" in path or "\\" in path or any(ord(c) < 0x21 or ord(c) > 0x7E for c in path):
+    if (
+        "%" in path
+        or ";" in path
+        or "\\" in path
+        or any(ord(c) < 0x21 or ord(c) > 0x7E for c in path)
+    ):
         raise PathRejected("encoded, parameterised or non-ASCII characters in the path")
     trimmed = path[1:]
     if trimmed.endswith("/"):

@@ -179,3 +179,12 @@ def test_recordings_path_not_in_kubeconfig_or_agent_view(hk: KubeHoopy, emu: Emu
     r = hk.kubectl("get", "pods", "-n", "kube-system")
     assert str(hk.folder) not in r.stderr and emu.url not in r.stderr
     assert str(Path(emu.folder)) not in r.stderr
+
+
+def test_cluster_wide_deletecollection_refused_under_namespace_rules(hk: KubeHoopy, emu: Emu) -> None:
+    emu.call("POST", "/api/v1/namespaces/kube-system/configmaps", {"metadata": {"name": "precious"}})
+    for path in ("/k8s/cluster/api/v1/configmaps", "/k8s/cluster/api/v1/namespaces"):
+        status, body = call(hk, "DELETE", path)
+        assert status == 403 and "cluster-wide deletecollection" in body["message"]
+    names = [c["metadata"]["name"] for c in emu.call("GET", "/api/v1/namespaces/kube-system/configmaps")["items"]]
+    assert names == ["precious"]

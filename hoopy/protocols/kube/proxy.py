@@ -284,6 +284,14 @@ class _Request:
                 msg += " (a cluster-wide list or watch needs an allow rule without namespaces; use -n NAMESPACE)"
             raise CommandDenied(msg, e.rule) from None
         self.decision = decision.outcome
+        if info.verb == "deletecollection" and not info.namespace and self.live.filters:
+            # hoopy cannot take the governed namespaces' objects out of a cluster-wide delete
+            self.status, self.decision = 403, "deny"
+            self._record(info)
+            raise CommandDenied(
+                "a cluster-wide deletecollection is refused while namespace or name rules "
+                "apply to you: delete in one namespace (-n NAMESPACE)"
+            )
         if info.connect:
             return await self._connect(info, q, command)
         return await self._forward(info, decision)

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.kubeemu.fixture import KUBECTL, start_emulator, start_hoopy  # noqa: E402
+from tests.kubeemu.fixture import KUBECTL, start_emulator, start_hoopy
 
 POLICY = """
 rules:
@@ -34,7 +34,9 @@ rules:
 """
 
 
-async def load(url: str, ca: Path, token: str, paths: list[str], conc: int) -> tuple[list[float], float]:
+async def load(
+    url: str, ca: Path, token: str, paths: list[str], conc: int
+) -> tuple[list[float], float]:
     ctx = ssl.create_default_context(cafile=str(ca))
     lat: list[float] = []
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -58,15 +60,22 @@ async def load(url: str, ca: Path, token: str, paths: list[str], conc: int) -> t
 def report(name: str, direct: tuple[list[float], float], via: tuple[list[float], float]) -> None:
     md, mv = statistics.median(direct[0]) * 1000, statistics.median(via[0]) * 1000
     td, tv = len(direct[0]) / direct[1], len(via[0]) / via[1]
-    print(f"{name:10} median direct {md:7.2f} ms  via hoopy {mv:7.2f} ms  added {mv - md:+6.2f} ms"
-          f"   throughput direct {td:7.0f}/s  via {tv:7.0f}/s  ratio {tv / td:.2f}x")  # fmt: skip
+    print(
+        f"{name:10} median direct {md:7.2f} ms  via hoopy {mv:7.2f} ms  added {mv - md:+6.2f} ms"
+        f"   throughput direct {td:7.0f}/s  via {tv:7.0f}/s  ratio {tv / td:.2f}x"
+    )
 
 
 def exec_rate(args: list[str], mb: int, env: dict[str, str]) -> float:
     data = os.urandom(1024 * 1024) * mb
     t = time.perf_counter()
-    r = subprocess.run([KUBECTL, *args, "exec", "-i", "-n", "bench", "pod-0", "--", "wc", "-c"],
-                       input=data, capture_output=True, env=env, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [KUBECTL, *args, "exec", "-i", "-n", "bench", "pod-0", "--", "wc", "-c"],
+        input=data,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
     dt = time.perf_counter() - t
     assert r.returncode == 0 and int(r.stdout) == len(data), r.stderr
     return len(data) / dt / 1e6
@@ -85,7 +94,9 @@ def main() -> None:
         try:
             emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}})
             for i in range(a.pods):
-                emu.call("POST", "/api/v1/namespaces/bench/pods", {"metadata": {"name": f"pod-{i}"}})
+                emu.call(
+                    "POST", "/api/v1/namespaces/bench/pods", {"metadata": {"name": f"pod-{i}"}}
+                )
             token = h.token(ttl=3600)
             gets = [f"/api/v1/namespaces/bench/pods/pod-{i % a.pods}" for i in range(a.gets)]
             lists = ["/api/v1/namespaces/bench/pods"] * a.lists
@@ -101,7 +112,10 @@ def main() -> None:
             via_args = ["--server", via, "--certificate-authority", str(h.ca), "--token", token]
             rd = exec_rate([], a.mb, direct_env)
             rv = exec_rate(via_args, a.mb, {**env, "KUBECONFIG": "/dev/null"})
-            print(f"exec -i wc -c {a.mb} MB: direct {rd:6.1f} MB/s  via hoopy {rv:6.1f} MB/s  ratio {rv / rd:.2f}x")
+            print(
+                f"exec -i wc -c {a.mb} MB: direct {rd:6.1f} MB/s  via hoopy {rv:6.1f} MB/s"
+                f"  ratio {rv / rd:.2f}x"
+            )
         finally:
             h.stop()
             emu.stop()

@@ -133,8 +133,16 @@ CASES = [
 def test_request_info(method: str, target: str, want: tuple) -> None:
     path, _, query = target.partition("?")
     info = request_info(method, path, parse_query(query))
-    got = (info.verb, info.is_resource, info.group, info.version, info.namespace,
-           info.resource, info.subresource, info.name)  # fmt: skip
+    got = (
+        info.verb,
+        info.is_resource,
+        info.group,
+        info.version,
+        info.namespace,
+        info.resource,
+        info.subresource,
+        info.name,
+    )
     assert got == want
 
 

@@ -59,9 +59,12 @@ def test_python_client_through_hoopy(setup: tuple[Emu, KubeHoopy], tmp_path: Pat
             listed = await v1.list_namespaced_secret("py")
             assert [base64.b64decode(s.data["token"]) for s in listed.items] == [b"hoopy:masked"]
             await v1.create_namespaced_pod(
-                "py", client.V1Pod(metadata=client.V1ObjectMeta(name="py-pod"),
-                                   spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]))
-            )  # fmt: skip
+                "py",
+                client.V1Pod(
+                    metadata=client.V1ObjectMeta(name="py-pod"),
+                    spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
+                ),
+            )
             w = watch.Watch()
             names = []
             async with w.stream(v1.list_namespaced_pod, "py", timeout_seconds=5) as stream:

@@ -119,17 +119,42 @@ def test_body_namespace_must_match_the_path(hk: KubeHoopy, emu: Emu) -> None:
         "metadata": {"name": "sneak", "namespace": "kube-system"},
     }
     for method, path, ctype, body in (
-        ("POST", "/k8s/cluster/api/v1/namespaces/default/configmaps", "application/json", json.dumps(cm)),
-        ("POST", "/k8s/cluster/api/v1/namespaces/default/configmaps", "application/yaml",
-         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sneak, namespace: kube-system}\n"),
-        ("PATCH", "/k8s/cluster/api/v1/namespaces/default/configmaps/sneak", "application/json-patch+json",
-         json.dumps([{"op": "replace", "path": "/metadata/namespace", "value": "kube-system"}])),
-        ("PATCH", "/k8s/cluster/api/v1/namespaces/default/configmaps/sneak", "application/merge-patch+json",
-         json.dumps({"metadata": {"namespace": "kube-system"}})),
-        ("POST", "/k8s/cluster/api/v1/namespaces/default/configmaps", "application/vnd.kubernetes.protobuf",
-         # k8s\0 + Unknown{2: ConfigMap{1: ObjectMeta{1: "sneak", 3: "kube-system"}}}
-         b"k8s\x00" + bytes([0x12, 22, 0x0A, 20, 0x0A, 5]) + b"sneak" + bytes([0x1A, 11]) + b"kube-system"),
-    ):  # fmt: skip
+        (
+            "POST",
+            "/k8s/cluster/api/v1/namespaces/default/configmaps",
+            "application/json",
+            json.dumps(cm),
+        ),
+        (
+            "POST",
+            "/k8s/cluster/api/v1/namespaces/default/configmaps",
+            "application/yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: sneak, namespace: kube-system}\n",
+        ),
+        (
+            "PATCH",
+            "/k8s/cluster/api/v1/namespaces/default/configmaps/sneak",
+            "application/json-patch+json",
+            json.dumps([{"op": "replace", "path": "/metadata/namespace", "value": "kube-system"}]),
+        ),
+        (
+            "PATCH",
+            "/k8s/cluster/api/v1/namespaces/default/configmaps/sneak",
+            "application/merge-patch+json",
+            json.dumps({"metadata": {"namespace": "kube-system"}}),
+        ),
+        (
+            "POST",
+            "/k8s/cluster/api/v1/namespaces/default/configmaps",
+            "application/vnd.kubernetes.protobuf",
+            # k8s\0 + Unknown{2: ConfigMap{1: ObjectMeta{1: "sneak", 3: "kube-system"}}}
+            b"k8s\x00"
+            + bytes([0x12, 22, 0x0A, 20, 0x0A, 5])
+            + b"sneak"
+            + bytes([0x1A, 11])
+            + b"kube-system",
+        ),
+    ):
         data = body if isinstance(body, bytes) else body.encode()
         status, answer = call(hk, method, path, body=data, headers={"Content-Type": ctype})
         assert status == 400 and "namespace" in answer["message"], (ctype, answer)
@@ -138,8 +163,13 @@ def test_body_namespace_must_match_the_path(hk: KubeHoopy, emu: Emu) -> None:
 
 def test_oversized_body_is_413(hk: KubeHoopy) -> None:
     big = b'{"metadata":{"name":"big"},"data":{"x":"' + b"a" * (9 * 1024 * 1024) + b'"}}'
-    status, body = call(hk, "POST", "/k8s/cluster/api/v1/namespaces/default/configmaps", body=big,
-                        headers={"Content-Type": "application/json"})  # fmt: skip
+    status, _ = call(
+        hk,
+        "POST",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps",
+        body=big,
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 413
 
 
@@ -181,10 +211,17 @@ def test_recordings_path_not_in_kubeconfig_or_agent_view(hk: KubeHoopy, emu: Emu
     assert str(Path(emu.folder)) not in r.stderr
 
 
-def test_cluster_wide_deletecollection_refused_under_namespace_rules(hk: KubeHoopy, emu: Emu) -> None:
-    emu.call("POST", "/api/v1/namespaces/kube-system/configmaps", {"metadata": {"name": "precious"}})
+def test_cluster_wide_deletecollection_refused_under_namespace_rules(
+    hk: KubeHoopy, emu: Emu
+) -> None:
+    emu.call(
+        "POST", "/api/v1/namespaces/kube-system/configmaps", {"metadata": {"name": "precious"}}
+    )
     for path in ("/k8s/cluster/api/v1/configmaps", "/k8s/cluster/api/v1/namespaces"):
         status, body = call(hk, "DELETE", path)
         assert status == 403 and "cluster-wide deletecollection" in body["message"]
-    names = [c["metadata"]["name"] for c in emu.call("GET", "/api/v1/namespaces/kube-system/configmaps")["items"]]
+    names = [
+        c["metadata"]["name"]
+        for c in emu.call("GET", "/api/v1/namespaces/kube-system/configmaps")["items"]
+    ]
     assert names == ["precious"]

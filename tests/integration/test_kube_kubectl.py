@@ -89,10 +89,21 @@ class Lines:
     def __init__(self, hk: KubeHoopy, *args: str) -> None:
         env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(hk.folder / "kcache")}
         self.proc = subprocess.Popen(
-            [KUBECTL, "--server", f"{hk.server}/k8s/cluster", "--certificate-authority",
-             str(hk.ca), "--token", hk.token(), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            [
+                KUBECTL,
+                "--server",
+                f"{hk.server}/k8s/cluster",
+                "--certificate-authority",
+                str(hk.ca),
+                "--token",
+                hk.token(),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         out = self.proc.stdout
@@ -198,10 +209,25 @@ def test_exec_tty_is_recorded_as_asciicast(hk: KubeHoopy) -> None:
     make_ns(hk, "t-tty")
     ok(hk.kubectl("-n", "t-tty", "run", "shell", "--image=x"))
     line = " ".join(
-        [KUBECTL, "--server", f"{hk.server}/k8s/cluster", "--certificate-authority", str(hk.ca),
-         "--token", hk.token(), "-n", "t-tty", "exec", "-it", "shell", "--",
-         "sh", "-c", "'echo tty-marker-$((6*7)); tty; exit 5'"]
-    )  # fmt: skip
+        [
+            KUBECTL,
+            "--server",
+            f"{hk.server}/k8s/cluster",
+            "--certificate-authority",
+            str(hk.ca),
+            "--token",
+            hk.token(),
+            "-n",
+            "t-tty",
+            "exec",
+            "-it",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "'echo tty-marker-$((6*7)); tty; exit 5'",
+        ]
+    )
     env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(hk.folder / "kcache")}
     r = subprocess.run(
         ["script", "-qec", line, "/dev/null"],
@@ -253,9 +279,16 @@ def test_spdy_gets_a_clear_status(hk: KubeHoopy) -> None:
     conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
     make_ns(hk, "t-spdy")
     ok(hk.kubectl("-n", "t-spdy", "run", "p", "--image=x"))
-    conn.request("POST", "/k8s/cluster/api/v1/namespaces/t-spdy/pods/p/exec?command=id&stdout=true",
-                 headers={"Authorization": f"Bearer {hk.token()}", "Connection": "Upgrade",
-                          "Upgrade": "SPDY/3.1", "X-Stream-Protocol-Version": "v4.channel.k8s.io"})  # fmt: skip
+    conn.request(
+        "POST",
+        "/k8s/cluster/api/v1/namespaces/t-spdy/pods/p/exec?command=id&stdout=true",
+        headers={
+            "Authorization": f"Bearer {hk.token()}",
+            "Connection": "Upgrade",
+            "Upgrade": "SPDY/3.1",
+            "X-Stream-Protocol-Version": "v4.channel.k8s.io",
+        },
+    )
     resp = conn.getresponse()
     body = json.loads(resp.read())
     assert resp.status == 400 and body["kind"] == "Status" and "kubectl 1.30" in body["message"]
@@ -280,8 +313,13 @@ def test_all_namespaces_never_show_governed_ones(hk: KubeHoopy, emu: Emu) -> Non
     )
     make_ns(hk, "t-all")
     ok(hk.kubectl("-n", "t-all", "run", "visible-pod", "--image=x"))
-    for args in (["get", "pods", "-A"], ["get", "pods", "-A", "-o", "json"], ["get", "pods", "-A", "-o", "name"],
-                 ["get", "--raw", "/k8s/cluster/api/v1/pods"], ["get", "namespaces"]):  # fmt: skip
+    for args in (
+        ["get", "pods", "-A"],
+        ["get", "pods", "-A", "-o", "json"],
+        ["get", "pods", "-A", "-o", "name"],
+        ["get", "--raw", "/k8s/cluster/api/v1/pods"],
+        ["get", "namespaces"],
+    ):
         out = ok(hk.kubectl(*args))
         assert "hidden-sys-pod" not in out and "kube-system" not in out, args
     assert "visible-pod" in ok(hk.kubectl("get", "pods", "-A"))
@@ -339,19 +377,24 @@ def test_secret_values_hidden_in_every_shape(hk: KubeHoopy, emu: Emu, tmp_path: 
     )
     applied = tmp_path / "s.yaml"
     applied.write_text(
-        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  password: {SECRET_VALUE}\n"
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\n"
+        f"stringData:\n  password: {SECRET_VALUE}\n"
     )
     ok(hk.kubectl("-n", "t-sec", "apply", "--validate=false", "-f", str(applied)))
     outputs = []
     for args in (
-        ["get", "secret", "db", "-o", "yaml"], ["get", "secret", "db", "-o", "json"],
-        ["get", "secret", "db", "-o", "jsonpath={.data.password}"], ["get", "secrets", "-o", "yaml"],
-        ["get", "secrets", "-A", "-o", "json"], ["get", "secret", "applied", "-o", "yaml"],
+        ["get", "secret", "db", "-o", "yaml"],
+        ["get", "secret", "db", "-o", "json"],
+        ["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+        ["get", "secrets", "-o", "yaml"],
+        ["get", "secrets", "-A", "-o", "json"],
+        ["get", "secret", "applied", "-o", "yaml"],
         ["get", "--raw", "/k8s/cluster/api/v1/namespaces/t-sec/secrets/db"],
         ["get", "--raw", "/k8s/cluster/api/v1/secrets"],
-        ["describe", "secret", "db"], ["get", "secrets", "-o", "wide"],
+        ["describe", "secret", "db"],
+        ["get", "secrets", "-o", "wide"],
         ["get", "secret", "db", "-o", "go-template={{.data.password}}"],
-    ):  # fmt: skip
+    ):
         out = ok(hk.kubectl("-n", "t-sec", *args))
         assert not _leaks(out), args
         outputs.append(out)
@@ -408,9 +451,15 @@ def test_cluster_credentials_stay_inside_and_impersonation(hk: KubeHoopy, emu: E
     ctx = ssl.create_default_context(cafile=str(hk.ca))
     host, port = hk.addresses["kubernetes"].rsplit(":", 1)
     conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
-    conn.request("GET", "/k8s/cluster/api/v1/namespaces/default/pods?marker=forged",
-                 headers={"Authorization": f"Bearer {hk.token()}", "Impersonate-User": "system:admin",
-                          "Impersonate-Group": "system:masters"})  # fmt: skip
+    conn.request(
+        "GET",
+        "/k8s/cluster/api/v1/namespaces/default/pods?marker=forged",
+        headers={
+            "Authorization": f"Bearer {hk.token()}",
+            "Impersonate-User": "system:admin",
+            "Impersonate-Group": "system:masters",
+        },
+    )
     assert conn.getresponse().read()
     seen = [r for r in emu.requests() if "marker=forged" in r["path"]]
     assert seen and seen[-1]["impersonate_user"] == "" and seen[-1]["impersonate_group"] == []
@@ -426,8 +475,16 @@ def test_cluster_credentials_stay_inside_and_impersonation(hk: KubeHoopy, emu: E
 def test_kubeconfig_with_exec_credential_plugin(hk: KubeHoopy, tmp_path: Path) -> None:
     import sys
 
-    r = hk.cli("kubeconfig", "cluster", "--source", "dev:plugin-agent", "--server", hk.server,
-               "--exec-command", f"{sys.executable} -m hoopy.cli")  # fmt: skip
+    r = hk.cli(
+        "kubeconfig",
+        "cluster",
+        "--source",
+        "dev:plugin-agent",
+        "--server",
+        hk.server,
+        "--exec-command",
+        f"{sys.executable} -m hoopy.cli",
+    )
     assert r.returncode == 0, r.stderr
     assert "token" not in r.stdout.split("users:")[1].split("exec:")[0]  # no static token
     cfg = tmp_path / "kubeconfig"

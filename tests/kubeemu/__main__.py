@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import ssl
 from pathlib import Path
@@ -59,10 +60,8 @@ def main() -> None:
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--port", type=int, default=0)
     a = p.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(a.dir, a.port))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -112,16 +112,30 @@ class KubeHoopy:
         tok = token if token is not None else self.token()
         env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(self.folder / "kcache")}
         return subprocess.run(
-            [KUBECTL, "--server", f"{self.server}/k8s/{connector}",
-             "--certificate-authority", str(self.ca), "--token", tok, *args],
-            capture_output=True, text=text, env=env, input=input, timeout=timeout,
-        )  # fmt: skip
+            [
+                KUBECTL,
+                "--server",
+                f"{self.server}/k8s/{connector}",
+                "--certificate-authority",
+                str(self.ca),
+                "--token",
+                tok,
+                *args,
+            ],
+            capture_output=True,
+            text=text,
+            env=env,
+            input=input,
+            timeout=timeout,
+        )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "hoopy.cli", *args, "--config", str(self.config)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def log_text(self) -> str:
         return "".join(self.stderr_lines)
@@ -175,8 +189,11 @@ def start_hoopy(
     env = {**os.environ, "TEST_ADMIN_TOKEN": "admin-secret-token", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, *_profile(), "-m", "hoopy.cli", "serve", "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     lines: list[str] = []
     err = proc.stderr

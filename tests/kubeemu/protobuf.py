@@ -15,22 +15,41 @@ MAGIC = b"k8s\x00"
 
 Schema = dict[int, tuple[str, Any]]  # field number -> (name, type)
 STR, BYTES, INT = "str", "bytes", "int"
-META: Schema = {1: ("name", STR), 2: ("generateName", STR), 3: ("namespace", STR),
-                11: ("labels", ("map", STR)), 12: ("annotations", ("map", STR))}  # fmt: skip
-CONTAINER: Schema = {1: ("name", STR), 2: ("image", STR), 3: ("command", ("list", STR)),
-                     4: ("args", ("list", STR))}  # fmt: skip
+META: Schema = {
+    1: ("name", STR),
+    2: ("generateName", STR),
+    3: ("namespace", STR),
+    11: ("labels", ("map", STR)),
+    12: ("annotations", ("map", STR)),
+}
+CONTAINER: Schema = {
+    1: ("name", STR),
+    2: ("image", STR),
+    3: ("command", ("list", STR)),
+    4: ("args", ("list", STR)),
+}
 POD_SPEC: Schema = {2: ("containers", ("list", CONTAINER))}
 TEMPLATE: Schema = {1: ("metadata", META), 2: ("spec", POD_SPEC)}
 SELECTOR: Schema = {1: ("matchLabels", ("map", STR))}
 SCHEMAS: dict[str, Schema] = {
-    "Secret": {1: ("metadata", META), 2: ("data", ("map", BYTES)), 3: ("type", STR),
-               4: ("stringData", ("map", STR))},
-    "ConfigMap": {1: ("metadata", META), 2: ("data", ("map", STR)), 3: ("binaryData", ("map", BYTES))},
+    "Secret": {
+        1: ("metadata", META),
+        2: ("data", ("map", BYTES)),
+        3: ("type", STR),
+        4: ("stringData", ("map", STR)),
+    },
+    "ConfigMap": {
+        1: ("metadata", META),
+        2: ("data", ("map", STR)),
+        3: ("binaryData", ("map", BYTES)),
+    },
     "Namespace": {1: ("metadata", META)},
     "Pod": {1: ("metadata", META), 2: ("spec", POD_SPEC)},
-    "Deployment": {1: ("metadata", META), 2: ("spec", {1: ("replicas", INT),
-                   2: ("selector", SELECTOR), 3: ("template", TEMPLATE)})},
-}  # fmt: skip
+    "Deployment": {
+        1: ("metadata", META),
+        2: ("spec", {1: ("replicas", INT), 2: ("selector", SELECTOR), 3: ("template", TEMPLATE)}),
+    },
+}
 
 
 def _varint(b: bytes, i: int) -> tuple[int, int]:

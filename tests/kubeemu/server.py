@@ -33,9 +33,14 @@ JSON = "application/json"
 
 def status(code: int, reason: str, message: str, **details: Any) -> web.Response:
     body = {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code,
-    }  # fmt: skip
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     if details:
         body["details"] = details
     return web.json_response(body, status=code)
@@ -85,9 +90,14 @@ class Emulator:
             return status(404, "NotFound", "the server could not find the requested resource")
         if parts == ["api"]:
             return web.json_response(
-                {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}]}
-            )  # fmt: skip
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}
+                    ],
+                }
+            )
         if parts == ["apis"]:
             return web.json_response(API_GROUPS)
         if parts[:1] == ["api"] and len(parts) >= 2:
@@ -199,7 +209,20 @@ class Emulator:
             try:
                 events = self.store.since(rv, kind.resource)
             except Gone:
-                await _write_line(resp, {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version"}})  # fmt: skip
+                await _write_line(
+                    resp,
+                    {
+                        "type": "ERROR",
+                        "object": {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "status": "Failure",
+                            "code": 410,
+                            "reason": "Expired",
+                            "message": "too old resource version",
+                        },
+                    },
+                )
                 break
             for r, type_, obj in events:
                 rv = r
@@ -239,7 +262,12 @@ class Emulator:
     def _check_ns(self, kind: Kind, ns: str, obj: dict[str, Any]) -> web.Response | None:
         body_ns = obj.get("metadata", {}).get("namespace")
         if kind.namespaced and body_ns and body_ns != ns:
-            return status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")  # fmt: skip
+            return status(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request",
+            )
         if kind.namespaced and self.store.get(KINDS[4], "", ns) is None:
             return status(404, "NotFound", f'namespaces "{ns}" not found')
         return None
@@ -274,7 +302,12 @@ class Emulator:
             return _not_found(kind, name)
         rv = obj.get("metadata", {}).get("resourceVersion")
         if rv and rv != old["metadata"]["resourceVersion"]:
-            return status(409, "Conflict", f'Operation cannot be fulfilled on {kind.resource} "{name}": the object has been modified')  # fmt: skip
+            return status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {kind.resource} "{name}": '
+                "the object has been modified",
+            )
         obj["metadata"]["name"] = name
         obj["metadata"].pop("resourceVersion", None)
         return web.json_response(self.store.put(kind, ns, obj))
@@ -338,7 +371,9 @@ class Emulator:
         if self.store.get(kind, ns, name) is None:
             return _not_found(kind, name)
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return status(400, "BadRequest", "kubeemu speaks only WebSocket exec (v5/v4.channel.k8s.io)")  # fmt: skip
+            return status(
+                400, "BadRequest", "kubeemu speaks only WebSocket exec (v5/v4.channel.k8s.io)"
+            )
         return await execws.serve(request, q)
 
     # ---- test controls -------------------------------------------------------------
@@ -356,10 +391,16 @@ class Emulator:
 
 # ---- helpers ---------------------------------------------------------------------------
 VERSION = {
-    "major": "1", "minor": "32", "gitVersion": "v1.32.0-kubeemu", "gitCommit": "0" * 40,
-    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23",
-    "compiler": "gc", "platform": "linux/amd64",
-}  # fmt: skip
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-kubeemu",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.23",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 API_GROUPS = {
     "kind": "APIGroupList",
     "apiVersion": "v1",
@@ -380,15 +421,26 @@ def resource_list(group: str, version: str) -> web.Response:
     resources: list[dict[str, Any]] = []
     for k in kinds:
         resources.append(
-            {"name": k.resource, "singularName": k.kind.lower(), "namespaced": k.namespaced,
-             "kind": k.kind, "verbs": list(k.verbs), "shortNames": list(k.short)}
-        )  # fmt: skip
+            {
+                "name": k.resource,
+                "singularName": k.kind.lower(),
+                "namespaced": k.namespaced,
+                "kind": k.kind,
+                "verbs": list(k.verbs),
+                "shortNames": list(k.short),
+            }
+        )
         for sub in SUBRESOURCES.get(k.resource, ()):
             verbs = ["create", "get"] if sub in ("exec", "attach", "portforward") else ["get"]
             resources.append(
-                {"name": f"{k.resource}/{sub}", "singularName": "", "namespaced": k.namespaced,
-                 "kind": "PodExecOptions" if sub == "exec" else k.kind, "verbs": verbs}
-            )  # fmt: skip
+                {
+                    "name": f"{k.resource}/{sub}",
+                    "singularName": "",
+                    "namespaced": k.namespaced,
+                    "kind": "PodExecOptions" if sub == "exec" else k.kind,
+                    "verbs": verbs,
+                }
+            )
     gv = f"{group}/{version}" if group else version
     return web.json_response(
         {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
@@ -480,7 +532,7 @@ def _as_table(kind: Kind, objs: list[dict[str, Any]], rv: int) -> dict[str, Any]
                 "priority": 0,
             }
             for c in cols
-        ],  # fmt: skip
+        ],
         "rows": [{"cells": _cells(kind, o), "object": o} for o in objs],
     }
 
@@ -491,7 +543,14 @@ async def _write_line(resp: web.StreamResponse, event: dict[str, Any]) -> None:
 
 def _not_found(kind: Kind, name: str) -> web.Response:
     group = kind.group
-    return status(404, "NotFound", f'{kind.resource} "{name}" not found', name=name, group=group, kind=kind.resource)  # fmt: skip
+    return status(
+        404,
+        "NotFound",
+        f'{kind.resource} "{name}" not found',
+        name=name,
+        group=group,
+        kind=kind.resource,
+    )
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -44,9 +44,17 @@ KINDS = (
     Kind("", "v1", "secrets", "Secret", True),
     Kind("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     Kind("", "v1", "services", "Service", True, ("svc",)),
-    Kind("", "v1", "namespaces", "Namespace", False, ("ns",), ("create", "delete", "get", "list", "patch", "update", "watch")),
+    Kind(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        False,
+        ("ns",),
+        ("create", "delete", "get", "list", "patch", "update", "watch"),
+    ),
     Kind("apps", "v1", "deployments", "Deployment", True, ("deploy",)),
-)  # fmt: skip
+)
 BY_PATH = {(k.group, k.version, k.resource): k for k in KINDS}
 SUBRESOURCES = {
     "pods": ("log", "exec", "attach", "portforward", "status"),
@@ -157,21 +165,30 @@ def _defaults(kind: Kind, obj: dict[str, Any], old: dict[str, Any] | None) -> No
         st.setdefault(
             "containerStatuses",
             [
-                {"name": c.get("name", "main"), "ready": True, "restartCount": 0,
-                 "image": c.get("image", ""), "imageID": "", "started": True,
-                 "state": {"running": {"startedAt": obj["metadata"]["creationTimestamp"]}}}
+                {
+                    "name": c.get("name", "main"),
+                    "ready": True,
+                    "restartCount": 0,
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "started": True,
+                    "state": {"running": {"startedAt": obj["metadata"]["creationTimestamp"]}},
+                }
                 for c in spec["containers"]
             ],
-        )  # fmt: skip
+        )
     elif kind.resource == "namespaces":
         obj.setdefault("status", {"phase": "Active"})
     elif kind.resource == "deployments":
         replicas = obj.setdefault("spec", {}).get("replicas", 1)
         obj["spec"]["replicas"] = replicas
         obj["status"] = {
-            "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
-            "availableReplicas": replicas, "observedGeneration": 1,
-        }  # fmt: skip
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "updatedReplicas": replicas,
+            "availableReplicas": replicas,
+            "observedGeneration": 1,
+        }
         obj["metadata"]["generation"] = 1
     elif kind.resource == "secrets":
         obj["type"] = obj.get("type") or "Opaque"

@@ -193,7 +193,7 @@ class Inspector:
             return True
         if not isinstance(obj, dict):
             return False
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
         if obj.get("kind") == "Namespace":

@@ -55,7 +55,7 @@ def exit_code(raw: bytes) -> int | None:
     for cause in (st.get("details") or {}).get("causes") or []:
         if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
             with contextlib.suppress(ValueError, TypeError):
-                return int(cause.get("message"))
+                return int(str(cause.get("message")))
     return None
 
 
@@ -122,7 +122,10 @@ async def relay(
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     protocols = [p for p in offered if p in PROTOCOLS]
     if not protocols:
-        msg = "hoopy relays exec over v5.channel.k8s.io or v4.channel.k8s.io: use kubectl 1.30 or newer"
+        msg = (
+            "hoopy relays exec over v5.channel.k8s.io or v4.channel.k8s.io: "
+            "use kubectl 1.30 or newer"
+        )
         return RelayResult(status(400, "BadRequest", msg), 400)
     try:
         upstream = await up.http().ws_connect(

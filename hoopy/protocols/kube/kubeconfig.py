@@ -99,9 +99,11 @@ def read_token(source: str, cfg: Config | None, groups: list[str]) -> str:
             raise ValueError("dev: tokens need a config with dev_issuer")
         d = cfg.dev_issuer
         issuer = DevIssuer(
-            cfg.state_dir, f"http://{d.listen.host}:{d.listen.port}",
-            audience=d.audience, groups_claim=d.groups_claim,
-        )  # fmt: skip
+            cfg.state_dir,
+            f"http://{d.listen.host}:{d.listen.port}",
+            audience=d.audience,
+            groups_claim=d.groups_claim,
+        )
         return issuer.mint(rest, groups or ["agents"], ttl=900)
     raise ValueError("--source must be file:PATH, env:NAME or dev:SUBJECT")
 

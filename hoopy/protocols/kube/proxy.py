@@ -106,7 +106,7 @@ class KubeListener:
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
         server = site._server
         assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -251,9 +251,11 @@ class _Request:
         fields: dict[str, Any] = {"method": self.request.method, "path": self.path}
         if info is not None and info.is_resource:
             fields.update(
-                verb=info.verb, resource=info.full_resource, namespace=info.namespace,
+                verb=info.verb,
+                resource=info.full_resource,
+                namespace=info.namespace,
                 name=info.name,
-            )  # fmt: skip
+            )
         fields.update(status=self.status, bytes=self.sent, decision=self.decision, **extra)
         self.session.record_later("request", fields)
 
@@ -281,7 +283,10 @@ class _Request:
                 and info.verb in ("list", "watch")
                 and info.resource != "namespaces"
             ):
-                msg += " (a cluster-wide list or watch needs an allow rule without namespaces; use -n NAMESPACE)"
+                msg += (
+                    " (a cluster-wide list or watch needs an allow rule without namespaces;"
+                    " use -n NAMESPACE)"
+                )
             raise CommandDenied(msg, e.rule) from None
         self.decision = decision.outcome
         if info.verb == "deletecollection" and not info.namespace and self.live.filters:
@@ -299,9 +304,17 @@ class _Request:
     async def _non_resource(self, info: RequestInfo) -> web.StreamResponse:
         if self.request.method not in ("GET", "HEAD") or not _DISCOVERY.match(self.path):
             self.status, self.decision = 403, "deny"
-            self.session.record("refused", method=self.request.method, path=self.path[:512],
-                                reason="non-resource URL outside discovery")  # fmt: skip
-            return status(403, "Forbidden", f"hoopy forwards only discovery among non-resource URLs, not {self.path}")  # fmt: skip
+            self.session.record(
+                "refused",
+                method=self.request.method,
+                path=self.path[:512],
+                reason="non-resource URL outside discovery",
+            )
+            return status(
+                403,
+                "Forbidden",
+                f"hoopy forwards only discovery among non-resource URLs, not {self.path}",
+            )
         self.decision = "discovery"
         return await self._forward(info, None)
 
@@ -396,7 +409,11 @@ class _Request:
             self._record(info)
             if self.sent:
                 raise
-            return status(502, "ServiceUnavailable", f"the cluster of connector {self.connector.name} is unreachable")  # fmt: skip
+            return status(
+                502,
+                "ServiceUnavailable",
+                f"the cluster of connector {self.connector.name} is unreachable",
+            )
 
     async def _respond(
         self,
@@ -413,14 +430,18 @@ class _Request:
         small = resp.content_length is not None and resp.content_length <= SMALL
         try:
             if inspector is not None and not json_body and resp.status < 300:
-                raise BackendUnavailable("the cluster answered a response hoopy must inspect in a form it cannot read")  # fmt: skip
+                raise BackendUnavailable(
+                    "the cluster answered a response hoopy must inspect in a form it cannot read"
+                )
             if whole or (inspector is None and masker is None and small):
                 data = await _read_all(resp)
                 if whole:
                     assert inspector is not None
                     data = self._rewrite(data, inspector)
                 self.sent = len(data)
-                out: web.StreamResponse = web.Response(status=resp.status, body=data, headers=headers)
+                out: web.StreamResponse = web.Response(
+                    status=resp.status, body=data, headers=headers
+                )
             else:
                 out = web.StreamResponse(status=resp.status, headers=headers)
                 await out.prepare(self.request)
@@ -479,19 +500,32 @@ class _Request:
         if upgrade.startswith("spdy"):
             self.status = 400
             self._record(info)
-            return status(400, "BadRequest", "hoopy relays exec, attach and port-forward over WebSocket only: use kubectl 1.30 or newer")  # fmt: skip
+            return status(
+                400,
+                "BadRequest",
+                "hoopy relays exec, attach and port-forward over WebSocket only: "
+                "use kubectl 1.30 or newer",
+            )
         if upgrade != "websocket" or info.subresource not in ("exec", "attach"):
             self.status = 400
             self._record(info)
-            return status(400, "BadRequest", f"hoopy does not relay {info.full_resource} {upgrade or 'without an upgrade'}")  # fmt: skip
+            return status(
+                400,
+                "BadRequest",
+                f"hoopy does not relay {info.full_resource} {upgrade or 'without an upgrade'}",
+            )
         up = self.listener.upstream(self.connector)
         url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
         headers = self._headers(False)
         groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
         result = await execrelay.relay(
-            self.request, up, url, list(headers.items()) + [("Impersonate-Group", g) for g in groups],
-            self.session, tty=(q.get("tty") or [""])[0].lower() in ("true", "1"),
-        )  # fmt: skip
+            self.request,
+            up,
+            url,
+            list(headers.items()) + [("Impersonate-Group", g) for g in groups],
+            self.session,
+            tty=(q.get("tty") or [""])[0].lower() in ("true", "1"),
+        )
         self.status = result.status
         self.sent = result.sent
         self._record(
@@ -522,10 +556,16 @@ class _Visibility:
         if hit is None:
             i = self.info
             cmd = Command(
-                "kubernetes", self.session.connector, text="", kinds=frozenset({i.verb}),
-                verb=i.verb, resource=i.full_resource, namespace=namespace, name=name,
+                "kubernetes",
+                self.session.connector,
+                text="",
+                kinds=frozenset({i.verb}),
+                verb=i.verb,
+                resource=i.full_resource,
+                namespace=namespace,
+                name=name,
                 fingerprint=f"k8s\0{i.verb}\0{i.full_resource}\0{namespace}\0{name}",
-            )  # fmt: skip
+            )
             hit = self.session.decide(cmd).outcome == "allow"
             if len(self.cache) < 100_000:
                 self.cache[(namespace, name)] = hit
@@ -540,18 +580,29 @@ def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method:
         argv = q.get("command", [])
         reading = read_argv(argv)
         return shell_command(
-            "kubernetes", connector, reading,
+            "kubernetes",
+            connector,
+            reading,
             text=f"{text} -- {reading.text}" if argv else text,
-            verb=info.verb, resource=info.full_resource, namespace=info.namespace,
-            name=info.name, fingerprint=base + "\0" + "\0".join(argv),
-        )  # fmt: skip
+            verb=info.verb,
+            resource=info.full_resource,
+            namespace=info.namespace,
+            name=info.name,
+            fingerprint=base + "\0" + "\0".join(argv),
+        )
     if info.subresource == "portforward":
         text += " ports " + ",".join(q.get("ports", []))
     return Command(
-        "kubernetes", connector, text=text, kinds=frozenset({info.verb}), verb=info.verb,
-        resource=info.full_resource, namespace=info.namespace, name=info.name,
+        "kubernetes",
+        connector,
+        text=text,
+        kinds=frozenset({info.verb}),
+        verb=info.verb,
+        resource=info.full_resource,
+        namespace=info.namespace,
+        name=info.name,
         fingerprint=base,
-    )  # fmt: skip
+    )
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> Any:
@@ -566,7 +617,9 @@ async def _lines(resp: aiohttp.ClientResponse) -> Any:
             yield bytes(buf[: i + 1])
             del buf[: i + 1]
         if len(buf) > MAX_LINE:
-            raise BackendUnavailable("a line of the cluster's stream is too long for hoopy to inspect")  # fmt: skip
+            raise BackendUnavailable(
+                "a line of the cluster's stream is too long for hoopy to inspect"
+            )
     if buf:
         yield bytes(buf)
 

@@ -149,11 +149,10 @@ def request_info(method: str, path: str, query: dict[str, list[str]]) -> Request
         if not verb:
             raise PathRejected(f"method {method} is not a Kubernetes API verb")
     namespace = ""
-    if rest[0] == "namespaces":
-        if len(rest) > 1:
-            namespace = _lower(rest[1], "namespace")
-            if len(rest) > 2 and rest[2] not in NAMESPACE_SUBRESOURCES:
-                rest = rest[2:]
+    if rest[0] == "namespaces" and len(rest) > 1:
+        namespace = _lower(rest[1], "namespace")
+        if len(rest) > 2 and rest[2] not in NAMESPACE_SUBRESOURCES:
+            rest = rest[2:]
     resource = _lower(rest[0], "resource")
     name = _name(rest[1]) if len(rest) >= 2 else ""
     sub = ""

@@ -690,10 +690,13 @@ def _match(rule: Section, refs: _Refs) -> Match:
         connectors=tuple(v for v, _ in connectors),
         sql=sql,
         ssh=SshMatch(_match_strings(ssh, "commands"), _opaque(ssh)) if ssh else None,
-        kubernetes=KubeMatch(*(_match_strings(kube, k) for k in _KUBE_KEYS), _opaque(kube))
-        if kube
-        else None,
+        kubernetes=_kube_match(kube) if kube else None,
     )
+
+
+def _kube_match(kube: Section) -> KubeMatch:
+    verbs, resources, namespaces, names, commands = (_match_strings(kube, k) for k in _KUBE_KEYS)
+    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube))
 
 
 def _opaque(sec: Section) -> bool:

@@ -343,11 +343,12 @@ def _shell_matches(patterns: Sequence[str], opaque: bool, cmd: Command, every: b
         return True
     if not (cmd.commands or cmd.command_line):  # not a command line (`get pods`): no match
         return False
+    # `rm *` also names a bare `rm` (xargs rm): each command is tried with a space added
     if every:
         compiled = [_glob_exact(p) for p in patterns]
         items = cmd.commands or (cmd.command_line,)
-        return all(any(c.match(v) for c in compiled) for v in items)
-    return glob_any(patterns, (*cmd.commands, cmd.command_line))
+        return all(any(c.match(v) or c.match(v + " ") for c in compiled) for v in items)
+    return glob_any(patterns, (*cmd.commands, *(c + " " for c in cmd.commands), cmd.command_line))
 
 
 def _ssh_matches(s: SshMatch, cmd: Command, every: bool = False) -> bool:

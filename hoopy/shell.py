@@ -1,20 +1,49 @@
-"""Shell command lines read as the simple commands they would run (SSH, Kubernetes exec).
+"""Shell command lines read as the simple commands they would run: the one classifier
+for SSH (exec commands, the lines typed in a PTY) and Kubernetes (pods/exec argv).
 
-SKELETON: the interface is final; the reading is being deepened (see tests/test_shell.py).
+Theory of operation: tree-sitter-bash parses the line; every simple command it would
+run is collected (pipelines and lists, command and process substitutions, subshells,
+groups, if/while/for/case bodies, function bodies, here-documents, redirections), and
+so is every string the line hands to a shell as code (`sh -c`, `eval`, `su -c`,
+`ssh host cmd`, `watch`, `trap`, a here-document fed to `bash`), parsed the same way to
+a bounded depth.  Program names are normalised: quoting undone, `/usr/bin/rm` is `rm`,
+assignments dropped, and wrappers (`sudo -u x`, `env -i`, `timeout 5`, `xargs -0`,
+`find -exec` …) reported together with the command they run.  What hoopy cannot see
+makes the reading *opaque*: a program name known only when the line runs, an
+interpreter fed code from a file, a pipe or an option, a file run by path, an alias, a
+line the parser rejects.  The policy refuses opaque lines unless a rule says
+`opaque: true` (policy._shell_matches).
+
+Bounded: more than MAX_LINE bytes of code, MAX_COMMANDS commands, code nested more than
+MAX_DEPTH levels or syntax deeper than MAX_TREE_DEPTH make a reading opaque.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import shlex
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
+from hoopy.shellprogs import Ctx, code_env, effect
+from hoopy.shellwords import Arg, decode, history_expansion, joined, plain, subscript_code, text
+
+MAX_LINE = 64 * 1024  # bytes of shell code read, all nesting levels together
+MAX_COMMANDS = 1000
+MAX_DEPTH = 8  # sh -c 'sh -c "…"' levels
+MAX_TREE_DEPTH = 200  # syntax nesting ((((…)))) within one level
+MAX_WRAPPERS = 64  # sudo nice timeout … in one command
 
 _LANG = Language(tree_sitter_bash.language())
+_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -37,50 +66,379 @@ class ShellReading:
     opaque: tuple[str, ...]  # why parts cannot be seen; () = fully visible
 
 
-def read_line(line: str) -> ShellReading:
-    parser = Parser(_LANG)
-    tree = parser.parse(line.encode())
-    cmds: list[SimpleCommand] = []
-    opaque: list[str] = []
-    if tree.root_node.has_error:
-        opaque.append("unparseable")
-    stack: list[Node] = [tree.root_node]
-    while stack:
-        n = stack.pop()
-        if n.type == "command":
-            words = [
-                c for c in n.children if c.type not in ("variable_assignment", "file_redirect")
-            ]
-            argv = tuple(
-                _text(w).strip("'\"").rsplit("/", 1)[-1] if i == 0 else _text(w)
-                for i, w in enumerate(words)
-            )
-            if argv:
-                cmds.append(SimpleCommand(argv))
-        stack.extend(reversed(n.children))
-    return ShellReading(line, tuple(cmds), tuple(opaque))
+def read_line(line: str, interactive: bool = True) -> ShellReading:
+    """A shell command line (an SSH exec command, a line typed in a PTY).
+
+    `interactive`: an interactive bash rewrites `!!`, `!rm`, `^a^b` (history expansion)
+    before it parses a line, so such lines are opaque.  SSH exec commands, which a
+    non-interactive shell runs, may pass False."""
+    return _read_line(line, interactive)
+
+
+@lru_cache(maxsize=2048)
+def _read_line(line: str, interactive: bool) -> ShellReading:
+    if len(line) > MAX_LINE:
+        return ShellReading(line, (), (f"line is too long: {len(line)} characters",))
+    r = _Reader()
+    if interactive:
+        hist = history_expansion(line)
+        if hist:
+            r.opaque(f"history expansion: {hist}")
+    if "\0" in line:
+        r.opaque("unparseable: a NUL character")
+    r.parse(line, 0, _INHERIT)
+    return ShellReading(line, tuple(r.commands), tuple(r.reasons))
 
 
 def read_argv(argv: Sequence[str]) -> ShellReading:
+    """An argv run without a shell (kubectl exec -- …): argv[0] is the program."""
     if not argv:
-        return ShellReading("", (), ("empty command",))
-    argv0 = argv[0].rsplit("/", 1)[-1]
-    return ShellReading(" ".join(argv), (SimpleCommand((argv0, *argv[1:])),), ())
+        return ShellReading("", (), ("unparseable: an empty command",))
+    shown = shlex.join(argv)
+    if sum(len(a) + 1 for a in argv) > MAX_LINE:
+        return ShellReading(shown, (), (f"line is too long: {len(shown)} characters",))
+    r = _Reader()
+    if any("\0" in a for a in argv):
+        r.opaque("unparseable: a NUL character")
+    r.run([plain(a) for a in argv], _INHERIT, 0, Ctx(), 0)
+    return ShellReading(shown, tuple(r.commands), tuple(r.reasons))
 
 
-def _text(n: Node) -> str:
-    return (n.text or b"").decode(errors="replace")
+# Opaque reasons by their first words: the opaque kind the policy sees.
+_KINDS = {
+    "unparseable": "shell_unparseable",
+    "line is too long": "shell_unparseable",
+    "too many commands": "shell_unparseable",
+    "nesting too deep": "shell_unparseable",
+    "program is not literal": "shell_dynamic",
+    "program is a glob": "shell_dynamic",
+    "program name is changed": "shell_dynamic",
+    "option of": "shell_dynamic",
+    "unknown option of": "shell_dynamic",
+    "code is not literal": "shell_dynamic",
+    "code takes its input": "shell_dynamic",
+    "find expression is not literal": "shell_dynamic",
+    "interpreter": "shell_code",
+    "runs a file by path": "shell_code",
+    "environment variable can run code": "shell_code",
+    "text bash may run as code": "shell_code",
+    "alias defines a command name": "shell_alias",
+    "history expansion": "shell_alias",
+}
+SHELL_OPAQUE_KINDS = frozenset(_KINDS.values())
+
+
+def opaque_kind(reason: str) -> str:
+    for prefix, kind in _KINDS.items():
+        if reason.startswith(prefix):
+            return kind
+    return "shell_code"
 
 
 def shell_command(protocol: str, connector: str, reading: ShellReading, **fields: Any) -> Command:
-    """A policy Command for a shell reading: kinds={"exec"}, opaque kinds when unseen."""
+    """The policy Command for a shell reading: kinds {"exec"}, `commands` the normalised
+    simple commands, `opaque` the kinds of what hoopy cannot see.  Other Command fields
+    (verb, resource, namespace, name, text …) pass through."""
+    kinds = frozenset({"exec"}) | frozenset(fields.pop("kinds", ()))
+    text_ = fields.pop("text", reading.text)
+    line = fields.pop("command_line", reading.text)
+    key = repr((protocol, connector, reading.text, sorted(kinds), sorted(fields.items())))
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
+    fingerprint = fields.pop("fingerprint", "") or "sh:" + digest.hexdigest()
     return Command(
         protocol,
         connector,
-        text=fields.pop("text", reading.text),
-        kinds=frozenset({"exec"}),
-        opaque=frozenset({"shell_unparseable"}) if reading.opaque else frozenset(),
-        command_line=reading.text,
-        commands=tuple(c.line for c in reading.commands),
+        text_,
+        kinds=kinds,
+        opaque=frozenset(opaque_kind(r) for r in reading.opaque),
+        fingerprint=fingerprint,
+        command_line=line,
+        commands=tuple(dict.fromkeys(c.line for c in reading.commands)),
         **fields,
     )
+
+
+# --- reading ----------------------------------------------------------------------
+
+# Where a command's stdin comes from: inherit (the session's), pipe, file, or text (a
+# here-document or here-string, with its value when literal).
+Stdin = tuple[str, Arg | None]
+_INHERIT: Stdin = ("inherit", None)
+_PIPE: Stdin = ("pipe", None)
+_FILE: Stdin = ("file", None)
+_STDIN_SOURCE = {"inherit": "stdin", "pipe": "a pipe", "file": "a file", "text": "a here-document"}
+
+# Directories whose programs go by their bare name; a program run from any other path
+# is a file hoopy cannot see (./rm, /tmp/ls, ~/bin/x, /usr/bin/../../tmp/x).
+SYSTEM_DIRS = frozenset(
+    {"/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"}
+)
+_SLASHES = re.compile(r"/+")
+
+
+def program_name(arg: Arg) -> tuple[str, str]:
+    """The bare program name, and why it cannot be trusted ("" when it can)."""
+    if arg.value is None:
+        return arg.source, f"program is not literal: {arg.source}"
+    if arg.expands:
+        return arg.source, f"program is a glob: {arg.source}"
+    v = arg.value
+    if "/" not in v:
+        return v, ""
+    folder, _, base = v.rpartition("/")
+    parts = [p for p in _SLASHES.split(folder) if p not in ("", ".")]
+    canonical = "/" + "/".join(parts)
+    if not v.startswith("/") or ".." in parts or canonical not in SYSTEM_DIRS or not base:
+        return base, f"runs a file by path: {v}"
+    return base, ""
+
+
+def _parser() -> Parser:
+    p: Parser | None = getattr(_local, "parser", None)
+    if p is None:
+        p = _local.parser = Parser(_LANG)
+    return p
+
+
+_REDIRECTS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
+Kids = list[tuple[Node, "Stdin"]]
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self.commands: list[SimpleCommand] = []
+        self.reasons: list[str] = []
+        self.budget = MAX_LINE
+        self.full = False
+        self.src = b""  # the code being walked
+
+    def opaque(self, reason: str) -> None:
+        reason = reason if len(reason) <= 200 else reason[:197] + "…"
+        if reason not in self.reasons and len(self.reasons) < 32:
+            self.reasons.append(reason)
+
+    def parse(self, code: str, depth: int, stdin: Stdin) -> None:
+        if depth > MAX_DEPTH:
+            self.opaque(f"nesting too deep: more than {MAX_DEPTH} levels of code in code")
+            return
+        data = code.encode("utf-8", "surrogateescape")
+        self.budget -= len(data)
+        if self.budget < 0:
+            self.opaque(f"line is too long: more than {MAX_LINE} bytes of code")
+            return
+        root = _parser().parse(data).root_node
+        if root.has_error:
+            self.opaque("unparseable: " + _first_error(root))
+        outer, self.src = self.src, data
+        self.walk(root, depth, stdin)
+        self.src = outer
+
+    def walk(self, root: Node, depth: int, stdin: Stdin) -> None:
+        stack: list[tuple[Node, Stdin, int]] = [(root, stdin, 0)]
+        while stack and not self.full:
+            node, sin, level = stack.pop()
+            if level > MAX_TREE_DEPTH:
+                self.opaque(f"nesting too deep: more than {MAX_TREE_DEPTH} levels of syntax")
+                continue
+            t = node.type
+            kids: Kids
+            if t == "command":
+                kids = self.command(node, sin, depth, [])
+            elif t == "redirected_statement":
+                kids = self.redirected(node, sin, depth)
+            elif t == "pipeline":
+                kids = []
+                first = True
+                for c in node.children:
+                    kids.append((c, sin if first else _PIPE))
+                    first = first and not c.is_named
+            elif t in ("command_substitution", "process_substitution"):
+                inner = _PIPE if text(node).startswith(">(") else _INHERIT
+                kids = [(c, inner) for c in node.children]
+            elif t in ("declaration_command", "unset_command"):
+                words = [c for c in node.children if c.type != "comment"]
+                self.emit(SimpleCommand(tuple(_shown(c) for c in words)))
+                kids = [(c, sin) for c in node.children]
+            else:
+                if t == "variable_assignment":
+                    self.assignment(node)
+                elif t == "expansion" and "@P" in text(node):
+                    self.opaque(f"text bash may run as code: {text(node)}")
+                kids = [(c, sin) for c in node.children]
+            stack.extend((c, s, level + 1) for c, s in reversed(kids))
+
+    def emit(self, cmd: SimpleCommand) -> None:
+        if len(self.commands) >= MAX_COMMANDS:
+            self.opaque(f"too many commands: more than {MAX_COMMANDS}")
+            self.full = True
+            return
+        self.commands.append(cmd)
+
+    def assignment(self, node: Node) -> None:
+        name = node.child_by_field_name("name")
+        if name is not None and name.type == "variable_name" and code_env(text(name)):
+            self.opaque(f"environment variable can run code: {text(name)}")
+        value = node.child_by_field_name("value")
+        if value is not None:
+            self.check_text(decode(value))
+
+    def check_text(self, arg: Arg) -> None:
+        if arg.value is not None and subscript_code(arg.value):
+            self.opaque(f"text bash may run as code: {arg.source[:60]}")
+
+    def redirected(self, node: Node, sin: Stdin, depth: int) -> Kids:
+        body = node.child_by_field_name("body")
+        redirects = [c for c in node.children if c.type in _REDIRECTS]
+        stdin, extra = _redirects(redirects, sin)
+        kids: Kids = [(c, sin) for r in redirects for c in r.children]
+        if body is None:
+            return kids
+        if body.type == "command":
+            start = redirects[0].start_byte if redirects else -1
+            kids += self.command(body, stdin, depth, extra, start)
+        else:
+            if extra:
+                self.opaque("unparseable: words after a redirection of a compound command")
+            kids.append((body, stdin))
+        return kids
+
+    def command(self, node: Node, sin: Stdin, depth: int, extra: list[Node], end: int = -1) -> Kids:
+        """One simple command: its words, its own redirections and assignments."""
+        kids: Kids = []
+        name: Node | None = None
+        words: list[Node] = []
+        redirects: list[Node] = []
+        for i, c in enumerate(node.children):
+            field = node.field_name_for_child(i)
+            if field == "name":
+                name = c
+                words.append(c)
+            elif field == "argument":
+                words.append(c)
+            elif c.type in _REDIRECTS:
+                redirects.append(c)
+            elif c.is_named:
+                kids.append((c, _INHERIT))
+        # tree-sitter reads `cat 0<f` as the argument 0 and `<f`; bash, as fd 0
+        if words and end >= 0 and words[-1].end_byte == end and text(words[-1]).isdigit():
+            words.pop()
+        stdin, more = _redirects(redirects, sin)
+        kids += [(c, _INHERIT) for r in redirects for c in r.children]
+        words = sorted([*words, *more, *extra], key=lambda n: n.start_byte)
+        kids += [(w, _INHERIT) for w in words]
+        if name is None:
+            return kids
+        args = self.join_continued(words)
+        for a in args:
+            self.check_text(a)
+        self.run(args, stdin, depth, Ctx(), 0)
+        return kids
+
+    def join_continued(self, words: list[Node]) -> list[Arg]:
+        """Words as bash sees them.  tree-sitter splits some words bash reads as one:
+        `"re"\\ot` (a backslash after a quote) and `r\\<newline>m` (a continuation,
+        which bash removes before reading words).  Nodes with nothing but continuations
+        between them are one word."""
+        args: list[Arg] = []
+        prev_end = -1
+        for w in words:
+            a = decode(w)
+            gap = self.src[prev_end : w.start_byte] if args else b" "
+            if not gap.replace(b"\\\n", b""):
+                args[-1] = joined(args[-1], a, gap.decode("utf-8", "surrogateescape"))
+            else:
+                args.append(a)
+            prev_end = w.end_byte
+        return args
+
+    def run(self, args: list[Arg], stdin: Stdin, depth: int, ctx: Ctx, level: int) -> None:
+        """A command and whatever it runs in turn (wrappers, code strings)."""
+        for _ in range(MAX_WRAPPERS):
+            if not args or self.full:
+                return
+            prog, problem = program_name(args[0])
+            if problem:
+                self.opaque(problem)
+            self.emit(SimpleCommand((prog, *(a.shown for a in args[1:]))))
+            eff = effect(prog, args, ctx)
+            for reason in eff.opaque:
+                self.opaque(reason)
+            for code in eff.code:
+                value = code.literal
+                if value is None:
+                    self.opaque(f"code is not literal: {prog} {code.source}")
+                else:
+                    self.parse(value, depth + 1, stdin)
+            if eff.stdin_code:
+                self.stdin_code(prog, stdin, depth)
+            ctx = eff.ctx or ctx
+            for more in eff.runs[:-1]:
+                if level >= MAX_TREE_DEPTH:
+                    self.opaque("nesting too deep: commands within commands")
+                    return
+                self.run(more, stdin, depth, ctx, level + 1)
+            args = eff.runs[-1] if eff.runs else []
+        if args:
+            self.opaque(f"nesting too deep: more than {MAX_WRAPPERS} wrappers")
+
+    def stdin_code(self, prog: str, stdin: Stdin, depth: int) -> None:
+        """A shell reading its code from stdin: a literal here-document is read."""
+        kind, here = stdin
+        value = here.literal if here is not None else None
+        if kind == "text" and value is not None:
+            self.parse(value, depth + 1, _FILE)
+        else:
+            self.opaque(f"interpreter reads code from {_STDIN_SOURCE[kind]}: {prog}")
+
+
+def _fields(r: Node, name: str) -> list[Node]:
+    return [c for i, c in enumerate(r.children) if r.field_name_for_child(i) == name]
+
+
+def _redirects(redirects: Sequence[Node], sin: Stdin) -> tuple[Stdin, list[Node]]:
+    """The stdin these redirections give a command, and the words tree-sitter put in a
+    redirection that bash passes to the command (`rm 2>/dev/null -rf /`)."""
+    extra: list[Node] = []
+    for r in redirects:
+        if r.type == "file_redirect":
+            extra += _fields(r, "destination")[1:]
+            op = next((c.type for c in r.children if not c.is_named), "")
+            fd = r.child_by_field_name("descriptor")
+            if op in ("<", "<&", "<>", "<&-") and (fd is None or text(fd) == "0"):
+                sin = _FILE
+        elif r.type == "herestring_redirect":
+            word = next((c for c in r.children if c.is_named), None)
+            sin = ("text", decode(word) if word is not None else None)
+        elif r.type == "heredoc_redirect":
+            extra += _fields(r, "argument")
+            sin = ("text", _heredoc(r))
+    return sin, extra
+
+
+def _heredoc(r: Node) -> Arg | None:
+    start = next((c for c in r.children if c.type == "heredoc_start"), None)
+    body = next((c for c in r.children if c.type == "heredoc_body"), None)
+    if start is None or body is None:
+        return plain("")
+    raw = text(body)
+    if any(q in text(start) for q in "'\"\\"):
+        return plain(raw)
+    if any(c.is_named and c.type != "heredoc_content" for c in body.children):
+        return Arg(None, raw)
+    return Arg(re.sub(r"\\([$`\\])", r"\1", raw.replace("\\\n", "")), raw)
+
+
+def _shown(n: Node) -> str:
+    a = decode(n)
+    return a.shown if a.value is not None else text(n)
+
+
+def _first_error(root: Node) -> str:
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n.is_error or n.is_missing:
+            what = "missing " + n.type if n.is_missing else "unexpected " + repr(text(n)[:30])
+            return f"{what} at byte {n.start_byte}"
+        stack.extend(reversed([c for c in n.children if c.has_error or c.is_missing]))
+    return "syntax error"

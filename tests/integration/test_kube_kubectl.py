@@ -10,6 +10,7 @@ import os
 import queue
 import subprocess
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,12 +258,17 @@ def _shell_reads_c() -> bool:
         ["sh", "-c", "rm -rf /tmp/x"],
         ["sh", "-c", "true; rm -rf /tmp/x"],
         ["bash", "-c", "echo hi && /usr/bin/rm /tmp/x"],
+        ["sh", "-c", 'r""m -rf /tmp/x'],
+        ["sh", "-c", "\\rm /tmp/x"],
+        ["env", "rm", "/tmp/x"],
+        ["nice", "rm", "/tmp/x"],
+        ["busybox", "rm", "/tmp/x"],
     ],
 )
 def test_exec_denied_commands(hk: KubeHoopy, argv: list[str]) -> None:
     if argv[0].endswith("sh") and not _shell_reads_c():
         pytest.skip("needs the shell classifier of branch h-shell (reads sh -c)")
-    ns = f"t-rm-{len(argv)}-{abs(hash(tuple(argv))) % 10000}"
+    ns = f"t-rm-{zlib.crc32(repr(argv).encode()) % 100000}"
     make_ns(hk, ns)
     ok(hk.kubectl("-n", ns, "run", "victim", "--image=x"))
     r = hk.kubectl("-n", ns, "exec", "victim", "--", *argv)
@@ -508,3 +514,35 @@ def test_kubeconfig_with_exec_credential_plugin(hk: KubeHoopy, tmp_path: Path) -
     doc = json.loads(cred.stdout)
     assert doc["kind"] == "ExecCredential" and doc["status"]["token"] == token_file.read_text()
     assert doc["status"]["expirationTimestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sh", "-c", "$(echo rm) /tmp/x"],
+        ["sh", "-c", "echo cm0gL3RtcC94 | base64 -d | sh"],
+        ["python3", "-c", "import os; os.remove('/tmp/x')"],
+    ],
+)
+def test_exec_opaque_commands_refused(hk: KubeHoopy, argv: list[str]) -> None:
+    if not _shell_reads_c():
+        pytest.skip("needs the shell classifier of branch h-shell")
+    ns = f"t-opq-{zlib.crc32(repr(argv).encode()) % 100000}"
+    make_ns(hk, ns)
+    ok(hk.kubectl("-n", ns, "run", "victim", "--image=x"))
+    r = hk.kubectl("-n", ns, "exec", "victim", "--", *argv)
+    assert r.returncode != 0 and "Forbidden" in r.stderr, r.stderr
+    assert "shell_" in r.stderr and "opaque: true" in r.stderr, r.stderr
+
+
+def test_cp_is_exec_of_tar(hk: KubeHoopy, tmp_path: Path) -> None:
+    make_ns(hk, "t-cp")
+    ok(hk.kubectl("-n", "t-cp", "run", "files", "--image=x"))
+    src = tmp_path / "src.txt"
+    src.write_text("copied through hoopy\n")
+    remote = tmp_path / "remote.txt"  # the emulator's "container" is this host
+    ok(hk.kubectl("cp", str(src), f"t-cp/files:{remote}"))
+    assert remote.read_text() == "copied through hoopy\n"
+    back = tmp_path / "back.txt"
+    ok(hk.kubectl("cp", f"t-cp/files:{remote}", str(back)))
+    assert back.read_text() == "copied through hoopy\n"

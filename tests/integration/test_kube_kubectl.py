@@ -217,7 +217,7 @@ def test_exec_tty_is_recorded_as_asciicast(hk: KubeHoopy) -> None:
             "--certificate-authority",
             str(hk.ca),
             "--token",
-            hk.token(),
+            hk.token(sub="tty-agent"),
             "-n",
             "t-tty",
             "exec",
@@ -242,6 +242,12 @@ def test_exec_tty_is_recorded_as_asciicast(hk: KubeHoopy) -> None:
     assert "tty-marker-42" in r.stdout and "/dev/pts/" in r.stdout
     casts = [p.read_text() for p in (hk.folder / "recordings").rglob("*.cast")]
     assert any("tty-marker-42" in c for c in casts)
+    listed = hk.cli("sessions", "list", "--subject", "tty-agent").stdout.split()
+    replayed = hk.cli("replay", listed[0], "--speed", "1000")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "pods/exec t-tty/shell -- sh -c" in replayed.stdout
+    verified = hk.cli("verify", listed[0])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def _shell_reads_c() -> bool:

@@ -95,6 +95,7 @@ class KubeListener:
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self.clock = time.time  # token expiry is judged on this clock
 
     async def start(self, host: str, port: int) -> int:
         app = web.Application(client_max_size=MAX_BODY)
@@ -158,11 +159,11 @@ class KubeListener:
             raise AuthFailed("a bearer token is required (kubectl --token or a kubeconfig user)")
         key = hashlib.sha256(token.strip().encode()).hexdigest()
         hit = self._tokens.get(key)
-        if hit is not None and time.time() < hit.expires_at:
+        if hit is not None and self.clock() < hit.expires_at:
             return hit
         identity = await self.gw.authenticate(token.strip())
         if len(self._tokens) >= TOKEN_CACHE:
-            now = time.time()
+            now = self.clock()
             self._tokens = {k: v for k, v in self._tokens.items() if v.expires_at > now}
             if len(self._tokens) >= TOKEN_CACHE:
                 self._tokens.clear()

@@ -165,6 +165,8 @@ def test_request_info(method: str, target: str, want: tuple) -> None:
         "/api/v1/namespaces/default/pods/a\\b",
         "/api/v1/namespaces/default/pods/x/exec/extra",
         "/api/v1/namespaces/default/pods?watch=true;watch=false",
+        "/api/v1/namespaces/default/pods?watch=%zz&watch=false",
+        "/api/v1/namespaces/default/pods?fieldSelector=%&fieldSelector=metadata.name%3Dx",
         "/api/v1/namespaces/dé/pods",
         "api/v1/pods",
     ],

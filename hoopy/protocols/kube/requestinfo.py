@@ -38,6 +38,7 @@ _METHOD_VERBS = {
 _LOWER = re.compile(r"[a-z0-9][a-z0-9.-]*\Z")  # group, version, resource, namespace
 _SEGMENT_BAD = ("/", "%", "\\", "\x00")
 MAX_PATH = 4096
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class PathRejected(ValueError):
@@ -92,6 +93,8 @@ def check_path(path: str) -> list[str]:
 def parse_query(query: str) -> dict[str, list[str]]:
     if ";" in query:
         raise PathRejected("';' in the query string")
+    if _BAD_ESCAPE.search(query):  # Go drops such pairs, Python keeps them as text
+        raise PathRejected("malformed percent-escape in the query string")
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (ValueError, UnicodeDecodeError):

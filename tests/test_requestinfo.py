@@ -4,6 +4,8 @@ from kubectl traffic through the emulator), and the path tricks hoopy refuses.""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
@@ -185,3 +187,58 @@ def test_unknown_method_refused() -> None:
 def test_go_bool() -> None:
     assert not go_bool(None) and not go_bool([]) and not go_bool(["0"]) and not go_bool(["FALSE"])
     assert go_bool([""]) and go_bool(["true"]) and go_bool(["yes"])
+
+
+SEGMENTS = [
+    "api",
+    "apis",
+    "v1",
+    "apps",
+    "namespaces",
+    "default",
+    "kube-system",
+    "pods",
+    "secrets",
+    "exec",
+    "log",
+    "watch",
+    "proxy",
+    "..",
+    ".",
+    "",
+    "%2f",
+    "Pods",
+    "a;b",
+    "x",
+    "status",
+]
+
+
+@given(
+    st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "get"]),
+    st.lists(st.one_of(st.sampled_from(SEGMENTS), st.text(max_size=8)), max_size=8),
+    st.text(max_size=40),
+)
+@settings(max_examples=400, deadline=None)
+def test_fuzzed_requests_parse_or_are_refused(method: str, segments: list[str], query: str) -> None:
+    path = "/" + "/".join(segments)
+    try:
+        info = request_info(method, path, parse_query(query))
+    except PathRejected:
+        return
+    parts = path.strip("/").split("/")
+    assert not {".", "..", ""} & set(parts) or path == "/"
+    assert "%" not in path and ";" not in path
+    if info.is_resource:
+        assert info.namespace == info.namespace.lower() and info.resource == info.resource.lower()
+        assert info.verb in (
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+            "proxy",
+        )

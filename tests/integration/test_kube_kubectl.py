@@ -204,6 +204,19 @@ def test_exec_exit_codes_and_stdin(hk: KubeHoopy) -> None:
     assert r.returncode == 3 and r.stdout == "out\n" and "err" in r.stderr
     r = hk.kubectl("-n", "t-exec", "exec", "-i", "box", "--", "wc", "-c", input="x" * 100_000)
     assert r.returncode == 0 and r.stdout.strip() == "100000"
+    # mask rules' detectors apply to exec output (a value split across writes too)
+    r = hk.kubectl(
+        "-n",
+        "t-exec",
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "printf 'mail carol@exa'; sleep 0.2; printf 'mple.com now\\n'; echo tail",
+    )
+    assert r.returncode == 0 and "carol@example.com" not in r.stdout and "tail" in r.stdout
+    assert r.stdout.startswith("mail ") and "now" in r.stdout
 
 
 def test_exec_tty_is_recorded_as_asciicast(hk: KubeHoopy) -> None:

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from hoopy.masking import ValueMasker
 from hoopy.protocols.kube.status import status
 from hoopy.protocols.kube.upstream import Upstream
 from hoopy.recorder import AsciicastWriter
@@ -111,6 +112,34 @@ class _Recording:
         self.session.record("exec_io", **fields)
 
 
+class _Lines:
+    """Mask rules' detectors over one output channel.  Bytes are read as Latin-1 (one
+    character per byte) so nothing but a detected value changes, even in binary
+    streams.  Without a TTY, output is held back to whole lines (up to CAPTURE bytes)
+    so a value split across frames is still seen; with one, each frame is masked as
+    it comes (an interactive prompt must not wait for a newline)."""
+
+    def __init__(self, masker: ValueMasker, tty: bool) -> None:
+        self.masker = masker
+        self.tty = tty
+        self.held = b""
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        data = self.held + data
+        if self.tty or final:
+            self.held = b""
+            cut = len(data)
+        else:
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) > CAPTURE:
+                cut = len(data)
+            self.held = data[cut:]
+        if not cut:
+            return b""
+        text, _ = self.masker.mask_text(data[:cut].decode("latin-1"))
+        return text.encode("latin-1", "replace")
+
+
 async def relay(
     request: web.Request,
     up: Upstream,
@@ -118,6 +147,7 @@ async def relay(
     headers: list[tuple[str, str]],
     session: Session,
     tty: bool,
+    masker: ValueMasker | None = None,
 ) -> RelayResult:
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     protocols = [p for p in offered if p in PROTOCOLS]
@@ -157,12 +187,28 @@ async def relay(
                 await upstream.send_str(msg.data)
         await upstream.close()
 
+    lines = {1: _Lines(masker, tty), 2: _Lines(masker, tty)} if masker is not None else None
+
+    async def flush() -> None:
+        for c, held in (lines or {}).items():
+            rest = held.feed(b"", final=True)
+            if rest:
+                rec.data(c, rest)
+                result.sent += len(rest)
+                await ws.send_bytes(bytes([c]) + rest)
+
     async def to_agent() -> None:
         async for msg in upstream:
             if msg.type != WSMsgType.BINARY:
                 continue
             data = msg.data
             ch = data[0] if data else -1
+            if lines is not None and ch in (1, 2):
+                data = bytes([ch]) + lines[ch].feed(data[1:])
+                if len(data) == 1:
+                    continue
+            elif lines is not None and ch == 3:  # the end: what is held back goes first
+                await flush()
             if ch in (1, 2):
                 rec.data(ch, data[1:])
                 result.sent += len(data) - 1
@@ -173,6 +219,7 @@ async def relay(
             elif ch == 3:
                 result.exit_code = exit_code(data[1:])
             await ws.send_bytes(data)
+        await flush()
         await ws.close(code=upstream.close_code or 1000)
 
     agent_side = asyncio.ensure_future(to_cluster())

@@ -299,7 +299,7 @@ class _Request:
                 "apply to you: delete in one namespace (-n NAMESPACE)"
             )
         if info.connect:
-            return await self._connect(info, q, command)
+            return await self._connect(info, q, decision)
         return await self._forward(info, decision)
 
     async def _non_resource(self, info: RequestInfo) -> web.StreamResponse:
@@ -495,7 +495,7 @@ class _Request:
             self.sent += len(data)
 
     async def _connect(
-        self, info: RequestInfo, q: dict[str, list[str]], command: Command
+        self, info: RequestInfo, q: dict[str, list[str]], decision: Decision
     ) -> web.StreamResponse:
         upgrade = self.request.headers.get("Upgrade", "").lower()
         if upgrade.startswith("spdy"):
@@ -526,6 +526,7 @@ class _Request:
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
             tty=(q.get("tty") or [""])[0].lower() in ("true", "1"),
+            masker=self._masker(decision) if decision.masks.detectors else None,
         )
         self.status = result.status
         self.sent = result.sent

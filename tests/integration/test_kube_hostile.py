@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.kubeemu.fixture import Emu, KubeHoopy, start_emulator, start_hoopy
+from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_emulator, start_hoopy
+
+pytestmark = pytest.mark.skipif(shutil.which(KUBECTL) is None, reason="kubectl is not installed")
 
 POLICY = """
 rules:

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import queue
+import shutil
 import subprocess
 import threading
 import zlib
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_emulator, start_hoopy
+
+pytestmark = pytest.mark.skipif(shutil.which(KUBECTL) is None, reason="kubectl is not installed")
 
 POLICY = """
 rules:

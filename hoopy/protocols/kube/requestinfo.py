@@ -80,6 +80,8 @@ def check_path(path: str) -> list[str]:
         or any(ord(c) < 0x21 or ord(c) > 0x7E for c in path)
     ):
         raise PathRejected("encoded, parameterised or non-ASCII characters in the path")
+    if "//" in path:
+        raise PathRejected("empty path segment")
     trimmed = path[1:]
     if trimmed.endswith("/"):
         trimmed = trimmed[:-1]  # kube trims one trailing slash

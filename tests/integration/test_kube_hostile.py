@@ -204,6 +204,13 @@ def test_a_burst_is_one_recorded_session_that_verifies(hk: KubeHoopy) -> None:
     commands = [e for e in events if e.get("type") == "command"]
     assert len(commands) >= 3
     assert any("list pods default" in str(e.get("text")) for e in commands)
+    requests = [e for e in events if e.get("type") == "request"]
+    listed = [e for e in requests if e.get("verb") == "list" and e.get("resource") == "pods"]
+    assert listed and listed[0]["namespace"] == "default" and listed[0]["status"] == 200
+    assert listed[0]["decision"] == "allow" and listed[0]["bytes"] > 0 and "body" in listed[0]
+    assert any(
+        e.get("decision") == "deny" and e.get("namespace") == "kube-system" for e in requests
+    )
     verified = hk.cli("verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 

@@ -61,6 +61,7 @@ _RETURN = ("Content-Type", "Cache-Control", "Warning", "Audit-Id", "Retry-After"
 _FILTER_KEYS = ("namespaces", "names")
 MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
 MAX_INSPECTED = 256 * 1024 * 1024  # a response hoopy must read whole
+RECORD_BODY = 4096  # bytes of each answer kept in the recording
 SMALL = 1024 * 1024  # a passthrough answer this small is sent in one piece
 MAX_LINE = 16 * 1024 * 1024  # one watch event / log line hoopy must read
 TOKEN_CACHE = 10000
@@ -245,6 +246,7 @@ class _Request:
         self.path = path
         self.query = query
         self.sent = 0
+        self.capture: bytearray | None = None  # the start of the answer, for the recording
         self.status = 0
         self.decision = ""
 
@@ -258,7 +260,20 @@ class _Request:
                 name=info.name,
             )
         fields.update(status=self.status, bytes=self.sent, decision=self.decision, **extra)
-        self.session.record_later("request", fields)
+        if self.capture:
+            fields["body"] = self.capture.decode("utf-8", "replace")
+            fields["body_truncated"] = self.sent > len(self.capture)
+        if self.status >= 400 or self.decision in ("deny", "refused"):
+            self.session.record("request", **fields)  # refusals reach the disk at once
+        else:  # the rest goes with the next command, or the gateway's flush each second
+            self.session.record_later("request", fields)
+
+    def _out(self, data: bytes) -> None:
+        """Count what the agent is sent; keep its start for the recording."""
+        self.sent += len(data)
+        c = self.capture
+        if c is not None and len(c) < RECORD_BODY:
+            c += data[: RECORD_BODY - len(c)]
 
     async def run(self) -> web.StreamResponse:
         try:
@@ -429,6 +444,9 @@ class _Request:
         json_body = ctype.startswith("application/json")
         whole = inspector is not None and json_body and info.verb != "watch"
         small = resp.content_length is not None and resp.content_length <= SMALL
+        readable = json_body or ctype.startswith("text/plain")
+        if readable and (info.resource != "secrets" or self.connector.mask_secrets):
+            self.capture = bytearray()  # (never a Secret's values: they are not masked)
         try:
             if inspector is not None and not json_body and resp.status < 300:
                 raise BackendUnavailable(
@@ -439,7 +457,7 @@ class _Request:
                 if whole:
                     assert inspector is not None
                     data = self._rewrite(data, inspector)
-                self.sent = len(data)
+                self._out(data)
                 out: web.StreamResponse = web.Response(
                     status=resp.status, body=data, headers=headers
                 )
@@ -453,7 +471,7 @@ class _Request:
                 else:
                     async for chunk in resp.content.iter_any():
                         await out.write(chunk)
-                        self.sent += len(chunk)
+                        self._out(chunk)
                 await out.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self._record(info, aborted=True)
@@ -483,7 +501,7 @@ class _Request:
                 continue
             data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
             await out.write(data)
-            self.sent += len(data)
+            self._out(data)
 
     async def _lines(
         self, resp: aiohttp.ClientResponse, out: web.StreamResponse, masker: ValueMasker
@@ -492,7 +510,7 @@ class _Request:
             text, _ = masker.mask_text(line.decode("utf-8", "replace"))
             data = text.encode()
             await out.write(data)
-            self.sent += len(data)
+            self._out(data)
 
     async def _connect(
         self, info: RequestInfo, q: dict[str, list[str]], decision: Decision

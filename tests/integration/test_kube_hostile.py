@@ -23,6 +23,9 @@ rules:
   - name: agents
     effect: allow
     match: {groups: [agents], connectors: [cluster]}
+  - name: team-a-only
+    effect: allow
+    match: {groups: [team], connectors: [cluster], kubernetes: {namespaces: [team-a]}}
   - name: no-kube-system
     effect: deny
     reason: kube-system is off limits
@@ -235,3 +238,18 @@ def test_cluster_wide_deletecollection_refused_under_namespace_rules(
         for c in emu.call("GET", "/api/v1/namespaces/kube-system/configmaps")["items"]
     ]
     assert names == ["precious"]
+
+
+def test_namespace_scoped_allow_refuses_all_namespaces_with_a_hint(hk: KubeHoopy, emu: Emu) -> None:
+    emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": "team-a"}})
+    emu.call("POST", "/api/v1/namespaces/team-a/pods", {"metadata": {"name": "mine"}})
+    token = hk.token(sub="team-agent", groups=("team",))
+    assert "mine" in hk.kubectl("-n", "team-a", "get", "pods", token=token).stdout
+    r = hk.kubectl("get", "pods", "-A", token=token)
+    assert (
+        r.returncode == 1
+        and "cluster-wide list or watch" in r.stderr
+        and "-n NAMESPACE" in r.stderr
+    )
+    r = hk.kubectl("-n", "default", "get", "pods", token=token)
+    assert r.returncode == 1 and "no policy rule allows" in r.stderr

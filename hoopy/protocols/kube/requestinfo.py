@@ -38,6 +38,8 @@ _METHOD_VERBS = {
 _LOWER = re.compile(r"[a-z0-9][a-z0-9.-]*\Z")  # group, version, resource, namespace
 _SEGMENT_BAD = ("/", "%", "\\", "\x00")
 MAX_PATH = 4096
+# percent-encoding, ';' parameters, backslashes, controls, spaces and non-ASCII
+_BAD_PATH_CHAR = re.compile(r"[%;\\\x00-\x20\x7f-\U0010ffff]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -73,12 +75,7 @@ def check_path(path: str) -> list[str]:
     """The path's segments, or PathRejected for any form two parsers may read apart."""
     if not path.startswith("/") or len(path) > MAX_PATH:
         raise PathRejected("path must be absolute and short")
-    if (
-        "%" in path
-        or ";" in path
-        or "\\" in path
-        or any(ord(c) < 0x21 or ord(c) > 0x7E for c in path)
-    ):
+    if _BAD_PATH_CHAR.search(path):
         raise PathRejected("encoded, parameterised or non-ASCII characters in the path")
     if "//" in path:
         raise PathRejected("empty path segment")

@@ -305,6 +305,11 @@ class _Request:
                 )
             raise CommandDenied(msg, e.rule) from None
         self.decision = decision.outcome
+        transport = self.request.transport
+        if transport is None or transport.is_closing():  # gave up while it waited
+            self.status, self.decision = 499, "abandoned"
+            self._record(info)
+            raise ProtocolError("the client went away before the request could run")
         if info.verb == "deletecollection" and not info.namespace and self.live.filters:
             # hoopy cannot take the governed namespaces' objects out of a cluster-wide delete
             self.status, self.decision = 403, "deny"

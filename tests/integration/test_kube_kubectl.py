@@ -568,3 +568,28 @@ def test_cp_is_exec_of_tar(hk: KubeHoopy, tmp_path: Path) -> None:
     back = tmp_path / "back.txt"
     ok(hk.kubectl("cp", f"t-cp/files:{remote}", str(back)))
     assert back.read_text() == "copied through hoopy\n"
+
+
+def test_request_abandoned_while_waiting_is_not_run(hk: KubeHoopy, emu: Emu) -> None:
+    import time
+
+    from tests.integration.test_pg_approvals import admin, wait_pending
+
+    make_ns(hk, "t-gone")
+    ok(hk.kubectl("-n", "t-gone", "create", "deployment", "keepme", "--image=x"))
+    token = hk.token(sub="impatient-agent")
+    r = hk.kubectl(
+        "-n", "t-gone", "delete", "deployment", "keepme", "--request-timeout=2s", token=token
+    )
+    assert r.returncode != 0  # kubectl gave up waiting
+    a = wait_pending(hk, "deployments t-gone/keepme")  # type: ignore[arg-type]
+    status, _ = admin(hk, "POST", f"/api/approvals/{a['id']}/approve", {"by": "sre-1"})  # type: ignore[arg-type]
+    assert status == 200
+    sid = hk.cli("sessions", "list", "--subject", "impatient-agent").stdout.split()[0]
+    deadline = time.monotonic() + 30
+    while "abandoned" not in hk.cli("sessions", "show", sid).stdout:  # hoopy has handled it
+        assert time.monotonic() < deadline, "the approved request was never handled"
+    assert (
+        emu.call("GET", "/apis/apps/v1/namespaces/t-gone/deployments/keepme")["metadata"]["name"]
+        == "keepme"
+    )

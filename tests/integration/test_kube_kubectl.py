@@ -544,6 +544,8 @@ def test_kubeconfig_with_exec_credential_plugin(hk: KubeHoopy, tmp_path: Path) -
         ["sh", "-c", "$(echo rm) /tmp/x"],
         ["sh", "-c", "echo cm0gL3RtcC94 | base64 -d | sh"],
         ["python3", "-c", "import os; os.remove('/tmp/x')"],
+        ["sh"],  # an interactive shell: what it runs is typed later
+        ["bash", "-i"],
     ],
 )
 def test_exec_opaque_commands_refused(hk: KubeHoopy, argv: list[str]) -> None:

@@ -1,7 +1,9 @@
 """Kubernetes path: the emulator directly vs through hoopy, side by side in one run.
 
-2,000 GET pod and 200 LIST pods (500 pods) at concurrency 10 (aiohttp client,
-JSON), then a 100 MB `kubectl exec -i … -- wc -c` stream.  Prints medians, the
+400 GET pod one at a time (the latency hoopy adds, without queueing), 2,000 GET
+pod and 200 LIST pods (500 pods) at concurrency 10 (aiohttp client, JSON; on 2
+cores the client, hoopy and the emulator share the CPU), then a 100 MB
+`kubectl exec -i … -- wc -c` stream.  Prints medians, the
 added median latency, throughput ratios and the exec rate.  Targets (issue 12):
 added median latency <= 2 ms, >= 0.5x direct throughput, exec >= 50 MB/s.
 
@@ -102,6 +104,10 @@ def main() -> None:
             lists = ["/api/v1/namespaces/bench/pods"] * a.lists
             via = f"{h.server}/k8s/cluster"
             asyncio.run(load(via, h.ca, token, gets[:50], 10))  # warm-up: session, caches
+            one = gets[: max(1, a.gets // 5)]
+            print(f"{len(one)} GET pod one at a time (latency without queueing)")
+            direct = asyncio.run(load(emu.url, emu.folder / "ca.pem", emu.token, one, 1))
+            report("GET pod", direct, asyncio.run(load(via, h.ca, token, one, 1)))
             print(f"{a.gets} GET pod, {a.lists} LIST pods ({a.pods} pods), concurrency 10")
             for name, paths in (("GET pod", gets), ("LIST pods", lists)):
                 direct = asyncio.run(load(emu.url, emu.folder / "ca.pem", emu.token, paths, 10))

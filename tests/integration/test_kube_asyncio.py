@@ -15,6 +15,7 @@ from tests.kubeemu.fixture import Emu, KubeHoopy, start_emulator, start_hoopy
 
 kubernetes_asyncio = pytest.importorskip("kubernetes_asyncio")
 from kubernetes_asyncio import client, config, watch  # noqa: E402
+from kubernetes_asyncio.stream import WsApiClient  # noqa: E402
 
 POLICY = """
 rules:
@@ -75,6 +76,17 @@ def test_python_client_through_hoopy(setup: tuple[Emu, KubeHoopy], tmp_path: Pat
             with pytest.raises(client.ApiException) as denied:
                 await v1.list_namespaced_pod("kube-system")
             assert denied.value.status == 403 and "no-kube-system" in str(denied.value.body)
+            async with WsApiClient() as ws_api:  # exec over v4.channel.k8s.io
+                out = await client.CoreV1Api(ws_api).connect_get_namespaced_pod_exec(
+                    "py-pod",
+                    "py",
+                    command=["sh", "-c", "echo via-v4; echo err >&2"],
+                    stderr=True,
+                    stdin=False,
+                    stdout=True,
+                    tty=False,
+                )
+            assert "via-v4" in out and "err" in out
             await v1.delete_namespaced_pod("py-pod", "py")
             assert (await v1.list_namespaced_pod("py")).items == []
 

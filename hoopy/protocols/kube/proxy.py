@@ -201,7 +201,10 @@ class KubeListener:
             if not isinstance(e, UnknownConnector):
                 self.gw.record_rejection("kubernetes", client, name, e.message, True, identity)
             return status_for(e)
-        live = self._session(identity, name, client)
+        try:
+            live = self._session(identity, name, client)
+        except HoopyError as e:  # the recorder cannot open a session: refused
+            return status_for(e)
         live.inflight += 1
         try:
             return await _Request(self, live, connector, request, rest, query).run()

@@ -159,7 +159,13 @@ class KubeHoopy:
 def _profile() -> list[str]:
     """HOOPY_PROFILE=FILE runs hoopy under cProfile (bench/kube.py investigations)."""
     out = os.environ.get("HOOPY_PROFILE")
+    if out and out.endswith(".py"):  # a wrapper script of one's own
+        return [out]
     return ["-m", "cProfile", "-o", out] if out else []
+
+
+def _wrapper() -> bool:
+    return os.environ.get("HOOPY_PROFILE", "").endswith(".py")
 
 
 def start_hoopy(
@@ -188,7 +194,14 @@ def start_hoopy(
     )
     env = {**os.environ, "TEST_ADMIN_TOKEN": "admin-secret-token", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, *_profile(), "-m", "hoopy.cli", "serve", "--config", str(cfg)],
+        [
+            sys.executable,
+            *_profile(),
+            *([] if _wrapper() else ["-m", "hoopy.cli"]),
+            "serve",
+            "--config",
+            str(cfg),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

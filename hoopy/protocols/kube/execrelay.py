@@ -141,7 +141,7 @@ class _Lines:
 
 
 async def relay(
-    request: web.Request,
+    request: web.BaseRequest,
     up: Upstream,
     url: URL,
     headers: list[tuple[str, str]],

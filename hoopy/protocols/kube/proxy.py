@@ -94,21 +94,21 @@ class KubeListener:
         self.upstreams: dict[str, Upstream] = {}
         self._tokens: dict[str, Identity] = {}
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.clock = time.time  # token expiry is judged on this clock
 
     async def start(self, host: str, port: int) -> int:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A bare web.Server: every path is this one handler's (no router, no middlewares)
+        server = web.Server(self.handle, access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self.tls, backlog=512)
         await site.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        bound = site._server
+        assert bound is not None
+        return int(bound.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -153,7 +153,7 @@ class KubeListener:
             live.session.identity = identity  # the agent's newer token of the same identity
         return live
 
-    async def _identity(self, request: web.Request) -> Identity:
+    async def _identity(self, request: web.BaseRequest) -> Identity:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -184,7 +184,7 @@ class KubeListener:
         return up
 
     # ---- requests -----------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         path, _, query = request.raw_path.partition("?")
@@ -237,7 +237,7 @@ class _Request:
         listener: KubeListener,
         live: _Live,
         connector: KubeConnector,
-        request: web.Request,
+        request: web.BaseRequest,
         path: str,
         query: str,
     ) -> None:

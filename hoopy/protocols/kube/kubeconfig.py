@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from hoopy.config import Config
+from hoopy.tlsutil import ensure_pair
 
 EXEC_API = "client.authentication.k8s.io/v1"
 
@@ -42,8 +43,8 @@ def kubeconfig(
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
         server = f"https://{host}:{listen.port}"
     cluster: dict[str, Any] = {"server": f"{server.rstrip('/')}/k8s/{connector}"}
-    if cfg.tls.cert.exists():
-        cluster["certificate-authority-data"] = base64.b64encode(cfg.tls.cert.read_bytes()).decode()
+    ensure_pair(cfg.tls)  # the pair `hoopy serve` will use (made now if it is not yet)
+    cluster["certificate-authority-data"] = base64.b64encode(cfg.tls.cert.read_bytes()).decode()
     args = [*command[1:], "credential", "--source", source]
     if source.startswith("dev:"):
         args += ["--config", str(config_path.resolve())]

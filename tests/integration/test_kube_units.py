@@ -187,3 +187,30 @@ def test_detectors_on_configmaps_and_env() -> None:
     assert "b@example.com" not in json.dumps(ins.value(pod))
     dep = {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": pod}}
     assert "b@example.com" not in json.dumps(ins.value(dep))
+
+
+def test_exit_code_from_the_error_channel() -> None:
+    from hoopy.protocols.kube.execrelay import exit_code
+
+    assert exit_code(b'{"metadata":{},"status":"Success"}') == 0
+    fail = {
+        "status": "Failure",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": "42"}]},
+    }
+    assert exit_code(json.dumps(fail).encode()) == 42
+    assert exit_code(b"not json") is None and exit_code(b"[]") is None
+    assert exit_code(b'{"status":"Failure","details":{"causes":[{"reason":"ExitCode"}]}}') is None
+
+
+def test_exec_output_masking_keeps_other_bytes() -> None:
+    from hoopy.protocols.kube.execrelay import _Lines
+
+    lines = _Lines(ValueMasker(["email"]), tty=False)
+    assert lines.feed(b"mail dave@exa") == b""  # held: the line is not complete
+    out = lines.feed(b"mple.com ok\n\xff\xfe binary\nrest")
+    assert b"dave@example.com" not in out and out.endswith(b" ok\n\xff\xfe binary\n")
+    assert lines.feed(b"", final=True) == b"rest"
+    tty = _Lines(ValueMasker(["email"]), tty=True)
+    assert tty.feed(b"$ ") == b"$ "  # a prompt is not held back
+    assert b"eve@example.com" not in tty.feed(b"eve@example.com\r\n")

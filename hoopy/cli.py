@@ -341,6 +341,29 @@ def cmd_ssh_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    from hoopy.protocols.kube.kubeconfig import kubeconfig
+
+    cfg = _config(args)
+    try:
+        text = kubeconfig(
+            cfg, Path(args.config), args.connector, args.source, args.server,
+            tuple(args.exec_command.split()),
+        )  # fmt: skip
+        print(text, end="")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_credential(args: argparse.Namespace) -> int:
+    from hoopy.protocols.kube.kubeconfig import main_credential
+
+    cfg = _config(args) if args.source.startswith("dev:") else None
+    return main_credential(args.source, cfg, args.group or [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hoopy", description="identity-aware gateway for agents")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -399,6 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     ver = with_config(sub.add_parser("verify", help="check recordings' hash chains"))
     ver.add_argument("id", nargs="?")
     ver.set_defaults(fn=cmd_verify)
+
+    kc = with_config(sub.add_parser("kubeconfig", help="a kubeconfig for a kubernetes connector"))
+    kc.add_argument("connector")
+    kc.add_argument("--source", default="env:HOOPY_TOKEN", help="file:PATH | env:NAME | dev:SUB")
+    kc.add_argument("--server", default="", help="https://host:port agents reach hoopy at")
+    kc.add_argument("--exec-command", default="hoopy", help="how kubectl runs hoopy")
+    kc.set_defaults(fn=cmd_kubeconfig)
+    cred = with_config(sub.add_parser("credential", help="kubectl exec credential plugin"))
+    cred.add_argument("--source", required=True, help="file:PATH | env:NAME | dev:SUB")
+    cred.add_argument("--group", action="append", help="groups of a dev: token")
+    cred.set_defaults(fn=cmd_credential)
     return p
 
 

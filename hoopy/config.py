@@ -211,6 +211,8 @@ class KubeConnector:
     context: str = ""
     source: str = ""
     type: str = "kubernetes"
+    impersonate: bool = False  # Impersonate-User/Group: the agent's identity
+    mask_secrets: bool = True  # Secret data/stringData masked in every response
 
 
 Connector = PostgresConnector | SshConnector | KubeConnector
@@ -287,7 +289,7 @@ _CONNECTOR_KEYS = {
         "connect_timeout",
         "keepalive",
     ),
-    "kubernetes": ("type", "kubeconfig", "context"),
+    "kubernetes": ("type", "kubeconfig", "context", "impersonate", "mask_secrets"),
 }
 _SSLMODES = ("disable", "prefer", "require", "verify-full")
 _FORBIDDEN_ALGORITHMS = ("none", "HS256", "HS384", "HS512")  # symmetric: never with a JWKS
@@ -641,7 +643,12 @@ def _kube_connector(
 ) -> KubeConnector | None:
     kubeconfig = _secret(ld, sec, "kubeconfig", base, required=True)
     context = sec.text("context", "") or ""
-    return KubeConnector(name, kubeconfig, context, source) if kubeconfig else None
+    impersonate = sec.boolean("impersonate", False)
+    mask_secrets = sec.boolean("mask_secrets", True)
+    if not kubeconfig:
+        return None
+    return KubeConnector(name, kubeconfig, context, source, impersonate=impersonate,
+                         mask_secrets=mask_secrets)  # fmt: skip
 
 
 # -- policies/<name>.yaml --------------------------------------------------------------

@@ -105,6 +105,15 @@ async def _listeners(running: Running, config: Config) -> None:
         running.addresses["postgres"] = f"{a.host}:{port}"
     if config.listen.ssh is not None:
         await _ssh(running, config)
+    if config.listen.kubernetes is not None:
+        from hoopy.protocols.kube.proxy import KubeListener
+
+        ensure_pair(config.tls)
+        kube = KubeListener(gw, server_context(config.tls))
+        a = config.listen.kubernetes
+        port = await kube.start(a.host, a.port)
+        running.closers.append(kube.close)
+        running.addresses["kubernetes"] = f"{a.host}:{port}"
     interactions = await _slack(running, config)
     if config.listen.admin is not None:
         admin = AdminServer(gw, interactions)

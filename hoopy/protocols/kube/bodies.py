@@ -1,0 +1,286 @@
+"""What hoopy reads inside Kubernetes bodies (sans-I/O: decoded JSON in and out).
+
+- `body_namespace`: the `metadata.namespace` a request body names (JSON, YAML,
+  JSON patch, or Kubernetes protobuf), so a body cannot move a write into another
+  namespace than the path (and the policy) says.
+- `Inspector`: rewrites one response value (an object, a `<Kind>List`, a `List`, a
+  `Table`, a watch event): drops items the policy does not allow the agent to see
+  (cross-namespace lists and watches), masks Secret `data`/`stringData` (and the
+  last-applied annotation that repeats them), and runs mask rules' detectors over
+  ConfigMap data and container env values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from hoopy.masking import ValueMasker
+
+MASKED = "hoopy:masked"
+MASKED_B64 = base64.b64encode(MASKED.encode()).decode()
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+PROTOBUF_MAGIC = b"k8s\x00"
+MAX_YAML = 4 * 1024 * 1024
+
+
+class BodyError(ValueError):
+    pass
+
+
+def body_namespace(content_type: str, body: bytes) -> list[str]:
+    """Every namespace the body names (empty when none); BodyError if unreadable."""
+    if not body:
+        return []
+    if "protobuf" in content_type:
+        return _protobuf_namespace(body)
+    try:
+        if "yaml" in content_type:
+            if len(body) > MAX_YAML:
+                raise BodyError("YAML body too large")
+            value = yaml.safe_load(body)
+        else:
+            value = json.loads(body)
+    except (ValueError, yaml.YAMLError, RecursionError):
+        raise BodyError("the request body is not valid JSON/YAML") from None
+    if isinstance(value, list):  # JSON patch: ops on /metadata/namespace
+        return _patch_namespaces(value)
+    if not isinstance(value, dict):
+        return []
+    meta = value.get("metadata")
+    if isinstance(meta, dict) and meta.get("namespace") not in (None, ""):
+        return [str(meta["namespace"])]
+    return []
+
+
+def _patch_namespaces(ops: list[Any]) -> list[str]:
+    found = []
+    for op in ops:
+        if not isinstance(op, dict):
+            continue
+        path, v = str(op.get("path", "")), op.get("value")
+        if path == "/metadata/namespace" or str(op.get("from", "")).startswith(
+            "/metadata/namespace"
+        ):
+            if op.get("op") not in ("add", "replace", "test"):
+                raise BodyError("a JSON patch may only set metadata.namespace to a value")
+            found.append(str(v))
+        elif path in ("", "/metadata") and isinstance(v, dict):
+            meta = v.get("metadata", {}) if path == "" else v
+            if isinstance(meta, dict) and meta.get("namespace") not in (None, ""):
+                found.append(str(meta["namespace"]))
+    return found
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(b) or shift > 63:
+            raise BodyError("truncated protobuf")
+        c = b[i]
+        i += 1
+        value |= (c & 0x7F) << shift
+        if c < 0x80:
+            return value, i
+        shift += 7
+
+
+def _field(b: bytes, number: int) -> bytes | None:
+    """The last length-delimited field `number` of a protobuf message."""
+    found = None
+    i = 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(b, i)
+        elif wire == 2:
+            n, i = _varint(b, i)
+            if i + n > len(b):
+                raise BodyError("truncated protobuf")
+            if num == number:
+                found = b[i : i + n]
+            i += n
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise BodyError("unsupported protobuf wire type")
+    return found
+
+
+def _protobuf_namespace(body: bytes) -> list[str]:
+    """runtime.Unknown{2: raw object{1: ObjectMeta{3: namespace}}}."""
+    if not body.startswith(PROTOBUF_MAGIC):
+        raise BodyError("not a Kubernetes protobuf envelope")
+    raw = _field(body[4:], 2) or b""
+    meta = _field(raw, 1) or b""
+    ns = _field(meta, 3)
+    try:
+        return [ns.decode()] if ns else []
+    except UnicodeDecodeError:
+        raise BodyError("undecodable namespace in protobuf") from None
+
+
+# -------------------------------------------------------------------- responses
+
+
+@dataclass
+class Inspector:
+    """One response's rewriting.  `visible(namespace, name)`: may the agent see an item
+    of a collection?  `masker`: mask rules' detectors (None: no rule applies)."""
+
+    mask_secrets: bool = True
+    masker: ValueMasker | None = None
+    visible: Callable[[str, str], bool] | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def value(self, v: Any) -> Any:
+        """The rewritten form of any decoded response value (a new object: the input is
+        not modified)."""
+        if not isinstance(v, dict):
+            return v
+        kind = v.get("kind")
+        if kind == "Table":
+            return self._table(v)
+        if isinstance(v.get("items"), list) and (kind is None or str(kind).endswith("List")):
+            out = dict(v)
+            out["items"] = [self.item(i) for i in v["items"] if self._shown(i)]
+            return out
+        if set(v) <= {"type", "object"} and isinstance(v.get("object"), dict):  # watch event
+            return {"type": v.get("type"), "object": self.value(v["object"])}
+        return self.item(v)
+
+    def event(self, ev: Any) -> Any | None:
+        """A watch event, or None when its object must not be shown."""
+        if not isinstance(ev, dict) or not isinstance(ev.get("object"), dict):
+            return ev
+        obj = ev["object"]
+        if obj.get("kind") == "Table":
+            table = self._table(obj)
+            if obj.get("rows") and not table.get("rows"):
+                return None
+            return {**ev, "object": table}
+        if obj.get("kind") != "Status" and not self._shown(obj):
+            return None
+        return {**ev, "object": self.item(obj)}
+
+    def _table(self, t: dict[str, Any]) -> dict[str, Any]:
+        out = dict(t)
+        rows = []
+        for row in t.get("rows") or []:
+            if not isinstance(row, dict):
+                continue
+            obj = row.get("object")
+            if self.visible is not None and not (isinstance(obj, dict) and self._shown(obj)):
+                self.counts["filtered"] += 1
+                continue
+            if isinstance(obj, dict):
+                row = {**row, "object": self.item(obj)}
+            rows.append(row)
+        out["rows"] = rows
+        return out
+
+    def _shown(self, obj: Any) -> bool:
+        if self.visible is None:
+            return True
+        if not isinstance(obj, dict):
+            return False
+        meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
+        ns = meta.get("namespace") or ""
+        name = meta.get("name") or ""
+        if obj.get("kind") == "Namespace":
+            ns = name
+        ok = self.visible(str(ns), str(name))
+        if not ok:
+            self.counts["filtered"] += 1
+        return ok
+
+    def item(self, obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            return obj
+        kind = obj.get("kind")
+        if kind == "Secret" and self.mask_secrets:
+            return self._secret(obj)
+        if self.masker is not None:
+            if kind == "ConfigMap":
+                return self._mapping(obj, "data")
+            if kind == "Pod":
+                return self._pod(obj)
+            if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+                return self._workload(obj)
+        return obj
+
+    def _secret(self, obj: dict[str, Any]) -> dict[str, Any]:
+        out = dict(obj)
+        for key in ("data", "stringData"):
+            values = obj.get(key)
+            if isinstance(values, dict):
+                masked = MASKED_B64 if key == "data" else MASKED
+                out[key] = {k: masked for k in values}
+                self.counts["secret_values"] += len(values)
+        meta = obj.get("metadata")
+        if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
+            ann = meta["annotations"]
+            if LAST_APPLIED in ann:
+                out["metadata"] = {**meta, "annotations": {**ann, LAST_APPLIED: MASKED}}
+        return out
+
+    def _mapping(self, obj: dict[str, Any], key: str) -> dict[str, Any]:
+        assert self.masker is not None
+        values = obj.get(key)
+        if not isinstance(values, dict):
+            return obj
+        masked, counts = self.masker.mask_json(values)
+        self.counts.update(counts)
+        out = {**obj, key: masked}
+        meta = obj.get("metadata")
+        if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
+            ann = meta["annotations"]
+            if LAST_APPLIED in ann:
+                text, c = self.masker.mask_json_text(str(ann[LAST_APPLIED]))
+                self.counts.update(c)
+                out["metadata"] = {**meta, "annotations": {**ann, LAST_APPLIED: text}}
+        return out
+
+    def _containers(self, spec: Any) -> Any:
+        if not isinstance(spec, dict):
+            return spec
+        out = dict(spec)
+        for key in ("containers", "initContainers", "ephemeralContainers"):
+            if isinstance(spec.get(key), list):
+                out[key] = [self._container(c) for c in spec[key]]
+        return out
+
+    def _container(self, c: Any) -> Any:
+        assert self.masker is not None
+        if not isinstance(c, dict) or not isinstance(c.get("env"), list):
+            return c
+        env = []
+        for e in c["env"]:
+            if isinstance(e, dict) and isinstance(e.get("value"), str):
+                text, counts = self.masker.mask_text(e["value"])
+                self.counts.update(counts)
+                e = {**e, "value": text}
+            env.append(e)
+        return {**c, "env": env}
+
+    def _pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return {**obj, "spec": self._containers(obj.get("spec"))}
+
+    def _workload(self, obj: dict[str, Any]) -> dict[str, Any]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
+            return obj
+        tpl = spec["template"]
+        return {
+            **obj,
+            "spec": {**spec, "template": {**tpl, "spec": self._containers(tpl.get("spec"))}},
+        }

@@ -1,0 +1,661 @@
+"""The Kubernetes listener: kubectl → hoopy (HTTPS, aiohttp) → the connector's cluster.
+
+Theory of operation: `/k8s/<connector>/` selects the connector and is stripped.
+Every request carries the agent's OIDC token as a bearer token; validations are
+cached by the token's hash until its `exp`, never beyond.  An admitted identity
+gets one recorded session per connector, reused by its requests until it has been
+idle for `idle` seconds, so a burst of kubectl calls is one session.  Each request
+becomes a RequestInfo (requestinfo.py, refusing path tricks first), then a
+`Command` that goes through `session.check` (deny → 403 Status naming the rule,
+approval → the request waits).  Allowed requests are forwarded with hoopy's own
+credential for the cluster; the agent's Authorization and any Impersonate-*
+headers never reach it.  Responses pass through as they stream, unless hoopy must
+read them (Secrets, mask rules, cross-namespace filtering): then it asks the
+cluster for JSON and rewrites each object, list, table or watch event
+(bodies.py).  exec/attach go through the WebSocket relay (execrelay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from hoopy.config import KubeConnector
+from hoopy.errors import (
+    AuthFailed,
+    BackendUnavailable,
+    CommandDenied,
+    HoopyError,
+    ProtocolError,
+    UnknownConnector,
+)
+from hoopy.gateway import Gateway
+from hoopy.masking import ValueMasker
+from hoopy.policy import Command, Decision, Identity
+from hoopy.protocols.kube import execrelay
+from hoopy.protocols.kube.bodies import BodyError, Inspector, body_namespace
+from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo, parse_query, request_info
+from hoopy.protocols.kube.status import status, status_for
+from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
+from hoopy.session import Session
+from hoopy.shell import read_argv, shell_command
+
+log = logging.getLogger("hoopy.kube")
+
+_PREFIX = re.compile(r"/k8s/([A-Za-z0-9][A-Za-z0-9._-]{0,252})(/[^?]*)?\Z")
+_DISCOVERY = re.compile(r"/(api|apis|version|openapi|healthz|livez|readyz)(/[^?]*)?\Z")
+# Request headers forwarded to the cluster: nothing that authenticates or impersonates.
+_FORWARD = ("Accept", "Content-Type", "User-Agent", "Kubectl-Command", "Kubectl-Session")
+_RETURN = ("Content-Type", "Cache-Control", "Warning", "Audit-Id", "Retry-After")
+_FILTER_KEYS = ("namespaces", "names")
+MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
+MAX_INSPECTED = 256 * 1024 * 1024  # a response hoopy must read whole
+RECORD_BODY = 4096  # bytes of each answer kept in the recording
+SMALL = 1024 * 1024  # a passthrough answer this small is sent in one piece
+MAX_LINE = 16 * 1024 * 1024  # one watch event / log line hoopy must read
+TOKEN_CACHE = 10000
+# Resources whose objects hoopy rewrites when masking applies.
+_DETECTED = (
+    "configmaps",
+    "pods",
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "jobs",
+    "replicasets",
+)
+
+
+@dataclass
+class _Live:
+    session: Session
+    last: float
+    inflight: int = 0
+    filters: bool = False  # do namespace / name rules make lists need filtering?
+    maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
+
+
+class KubeListener:
+    def __init__(self, gw: Gateway, tls: ssl.SSLContext, idle: float = 60.0) -> None:
+        self.gw = gw
+        self.tls = tls
+        self.idle = idle
+        self.upstreams: dict[str, Upstream] = {}
+        self._tokens: dict[str, Identity] = {}
+        self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
+        self._runner: web.ServerRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.clock = time.time  # token expiry is judged on this clock
+
+    async def start(self, host: str, port: int) -> int:
+        # A bare web.Server: every path is this one handler's (no router, no middlewares)
+        server = web.Server(self.handle, access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls, backlog=512)
+        await site.start()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        bound = site._server
+        assert bound is not None
+        return int(bound.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for key in list(self._live):
+            self._end(key)
+        for up in self.upstreams.values():
+            await up.close()
+
+    # ---- sessions -----------------------------------------------------------------
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.5, min(5.0, self.idle / 4)))
+            now = time.monotonic()
+            for key, live in list(self._live.items()):
+                if live.inflight == 0 and now - live.last >= self.idle:
+                    self._end(key)
+
+    def _end(self, key: tuple[str, str, frozenset[str], str]) -> None:
+        live = self._live.pop(key, None)
+        if live is None:
+            return
+        s = live.session
+        try:
+            s.log.close("closed", commands=s.commands, denied=s.denied)
+        except Exception as e:
+            log.error("cannot end kubernetes session %s: %s", s.id, e)
+
+    def _session(self, identity: Identity, connector: str, client: str) -> _Live:
+        key = (identity.issuer, identity.subject, identity.groups, connector)
+        live = self._live.get(key)
+        if live is not None and live.session.log.closed:
+            self._live.pop(key, None)
+            live = None
+        if live is None:
+            session = self.gw.open_session(identity, connector, "kubernetes", client, True)
+            live = _Live(session, time.monotonic(), filters=_filters(session))
+            self._live[key] = live
+        elif identity.expires_at > live.session.identity.expires_at:
+            live.session.identity = identity  # the agent's newer token of the same identity
+        return live
+
+    async def _identity(self, request: web.BaseRequest) -> Identity:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthFailed("a bearer token is required (kubectl --token or a kubeconfig user)")
+        key = hashlib.sha256(token.strip().encode()).hexdigest()
+        hit = self._tokens.get(key)
+        if hit is not None and self.clock() < hit.expires_at:
+            return hit
+        identity = await self.gw.authenticate(token.strip())
+        if len(self._tokens) >= TOKEN_CACHE:
+            now = self.clock()
+            self._tokens = {k: v for k, v in self._tokens.items() if v.expires_at > now}
+            if len(self._tokens) >= TOKEN_CACHE:
+                self._tokens.clear()
+        self._tokens[key] = identity
+        return identity
+
+    def upstream(self, connector: KubeConnector) -> Upstream:
+        up = self.upstreams.get(connector.name)
+        if up is None:
+            try:
+                up = self.upstreams[connector.name] = load(connector)
+            except KubeconfigError as e:
+                log.error("%s", e)
+                raise BackendUnavailable(
+                    f"connector {connector.name} is misconfigured (see the gateway log)"
+                ) from None
+        return up
+
+    # ---- requests -----------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        client = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        path, _, query = request.raw_path.partition("?")
+        m = _PREFIX.match(path)
+        if m is None:
+            return status(404, "NotFound", "hoopy serves Kubernetes under /k8s/<connector>/")
+        name, rest = m.group(1), m.group(2) or "/"
+        identity: Identity | None = None
+        try:
+            identity = await self._identity(request)
+            connector = self.gw.admit(identity, name, "kubernetes")
+            assert isinstance(connector, KubeConnector)
+        except HoopyError as e:
+            if not isinstance(e, UnknownConnector):
+                self.gw.record_rejection("kubernetes", client, name, e.message, True, identity)
+            return status_for(e)
+        try:
+            live = self._session(identity, name, client)
+        except HoopyError as e:  # the recorder cannot open a session: refused
+            return status_for(e)
+        live.inflight += 1
+        try:
+            return await _Request(self, live, connector, request, rest, query).run()
+        except HoopyError as e:
+            return status_for(e)
+        finally:
+            live.inflight -= 1
+            live.last = time.monotonic()
+
+
+def _filters(session: Session) -> bool:
+    """Could a namespace or name rule hide some items of a list from this identity?"""
+    from hoopy.policy import _identity_matches  # the policy's own identity test
+
+    for ps in session.policies:
+        for rule in ps.rules:
+            k = rule.match.kubernetes
+            if rule.effect == "mask" or k is None:
+                continue
+            if any(getattr(k, f) for f in _FILTER_KEYS) and _identity_matches(
+                rule.match, session.identity, session.connector
+            ):
+                return True
+    return False
+
+
+class _Request:
+    def __init__(
+        self,
+        listener: KubeListener,
+        live: _Live,
+        connector: KubeConnector,
+        request: web.BaseRequest,
+        path: str,
+        query: str,
+    ) -> None:
+        self.listener = listener
+        self.live = live
+        self.session = live.session
+        self.connector = connector
+        self.request = request
+        self.path = path
+        self.query = query
+        self.sent = 0
+        self.capture: bytearray | None = None  # the start of the answer, for the recording
+        self.status = 0
+        self.decision = ""
+
+    def _record(self, info: RequestInfo | None, **extra: Any) -> None:
+        fields: dict[str, Any] = {"method": self.request.method, "path": self.path}
+        if info is not None and info.is_resource:
+            fields.update(
+                verb=info.verb,
+                resource=info.full_resource,
+                namespace=info.namespace,
+                name=info.name,
+            )
+        fields.update(status=self.status, bytes=self.sent, decision=self.decision, **extra)
+        if self.capture:
+            fields["body"] = self.capture.decode("utf-8", "replace")
+            fields["body_truncated"] = self.sent > len(self.capture)
+        if self.status >= 400 or self.decision in ("deny", "refused"):
+            self.session.record("request", **fields)  # refusals reach the disk at once
+        else:  # the rest goes with the next command, or the gateway's flush each second
+            self.session.record_later("request", fields)
+
+    def _out(self, data: bytes) -> None:
+        """Count what the agent is sent; keep its start for the recording."""
+        self.sent += len(data)
+        c = self.capture
+        if c is not None and len(c) < RECORD_BODY:
+            c += data[: RECORD_BODY - len(c)]
+
+    async def run(self) -> web.StreamResponse:
+        try:
+            q = parse_query(self.query)
+            info = request_info(self.request.method, self.path, q)
+        except PathRejected as e:
+            self.status, self.decision = 400, "refused"
+            self.session.record(
+                "refused", method=self.request.method, path=self.path[:512], reason=str(e)
+            )
+            return status(400, "BadRequest", f"hoopy refused the request path: {e}")
+        if not info.is_resource:
+            return await self._non_resource(info)
+        command = _command(self.connector.name, info, q, self.request.method)
+        try:
+            decision = await self.session.check(command)
+        except CommandDenied as e:
+            self.status, self.decision = 403, "deny"
+            self._record(info)
+            msg = e.message
+            if (
+                not info.namespace
+                and info.verb in ("list", "watch")
+                and info.resource != "namespaces"
+            ):
+                msg += (
+                    " (a cluster-wide list or watch needs an allow rule without namespaces;"
+                    " use -n NAMESPACE)"
+                )
+            raise CommandDenied(msg, e.rule) from None
+        self.decision = decision.outcome
+        transport = self.request.transport
+        if transport is None or transport.is_closing():  # gave up while it waited
+            self.status, self.decision = 499, "abandoned"
+            self._record(info)
+            raise ProtocolError("the client went away before the request could run")
+        if info.verb == "deletecollection" and not info.namespace and self.live.filters:
+            # hoopy cannot take the governed namespaces' objects out of a cluster-wide delete
+            self.status, self.decision = 403, "deny"
+            self._record(info)
+            raise CommandDenied(
+                "a cluster-wide deletecollection is refused while namespace or name rules "
+                "apply to you: delete in one namespace (-n NAMESPACE)"
+            )
+        if info.connect:
+            return await self._connect(info, q, decision)
+        return await self._forward(info, decision)
+
+    async def _non_resource(self, info: RequestInfo) -> web.StreamResponse:
+        if self.request.method not in ("GET", "HEAD") or not _DISCOVERY.match(self.path):
+            self.status, self.decision = 403, "deny"
+            self.session.record(
+                "refused",
+                method=self.request.method,
+                path=self.path[:512],
+                reason="non-resource URL outside discovery",
+            )
+            return status(
+                403,
+                "Forbidden",
+                f"hoopy forwards only discovery among non-resource URLs, not {self.path}",
+            )
+        self.decision = "discovery"
+        return await self._forward(info, None)
+
+    async def _body(self, info: RequestInfo) -> bytes | None:
+        if self.request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+            return None
+        if self.request.content_length is not None and self.request.content_length > MAX_BODY:
+            raise _TooLarge()
+        body = bytearray()
+        async for chunk in self.request.content.iter_any():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise _TooLarge()
+        ctype = self.request.headers.get("Content-Type", "")
+        if self.request.headers.get("Content-Encoding"):
+            raise ProtocolError("hoopy does not accept encoded request bodies")
+        try:
+            names = body_namespace(ctype, bytes(body))
+        except BodyError as e:
+            raise ProtocolError(str(e)) from None
+        if any(n != info.namespace for n in names) and info.resource != "namespaces":
+            raise ProtocolError(
+                "the namespace of the request body does not match the namespace of the path"
+            )
+        return bytes(body)
+
+    def _inspector(self, info: RequestInfo, decision: Decision | None) -> Inspector | None:
+        if decision is None or info.subresource not in ("", "status"):
+            return None  # pods/log is masked line by line; other subresources are not objects
+        masker = None
+        if decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
+            masker = self._masker(decision)
+        visible = None
+        if self.live.filters and info.verb in ("list", "watch") and not info.name:
+            visible = _Visibility(self.session, info).visible
+        mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
+        if masker is None and visible is None and not mask_secrets:
+            return None
+        return Inspector(mask_secrets=self.connector.mask_secrets, masker=masker, visible=visible)
+
+    def _masker(self, decision: Decision) -> ValueMasker:
+        key = (decision.masks.detectors, decision.masks.detector_style)
+        masker = self.live.maskers.get(key)
+        if masker is None:
+            masker = ValueMasker(key[0], key[1], self.listener.gw.mask_key)
+            self.live.maskers[key] = masker
+        return masker
+
+    def _headers(self, inspect: bool) -> dict[str, str]:
+        headers = {h: self.request.headers[h] for h in _FORWARD if h in self.request.headers}
+        if inspect:  # hoopy reads the answer: JSON, never protobuf
+            accept = headers.get("Accept", "")
+            table = "as=Table" in accept
+            headers["Accept"] = (
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+                if table
+                else "application/json"
+            )
+        up = self.listener.upstream(self.connector)
+        headers.update(up.auth)
+        if self.connector.impersonate:
+            ident = self.session.identity
+            headers["Impersonate-User"] = ident.subject
+        return headers
+
+    async def _forward(self, info: RequestInfo, decision: Decision | None) -> web.StreamResponse:
+        try:
+            body = await self._body(info) if info.is_resource else None
+        except _TooLarge:
+            self.status, self.decision = 413, "refused"
+            self._record(info)
+            return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
+        inspector = self._inspector(info, decision)
+        masker = None
+        if decision is not None and info.subresource == "log" and decision.masks.detectors:
+            masker = self._masker(decision)
+        up = self.listener.upstream(self.connector)
+        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        headers = self._headers(inspector is not None)
+        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
+        hdrs: Any = list(headers.items()) + [("Impersonate-Group", g) for g in groups]
+        try:
+            async with up.http().request(
+                self.request.method, url, headers=hdrs, data=body, allow_redirects=False
+            ) as resp:
+                return await self._respond(info, resp, inspector, masker)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning(
+                "connector %s: cluster request failed: %s", self.connector.name, type(e).__name__
+            )
+            self.status = 502
+            self._record(info)
+            if self.sent:
+                raise
+            return status(
+                502,
+                "ServiceUnavailable",
+                f"the cluster of connector {self.connector.name} is unreachable",
+            )
+
+    async def _respond(
+        self,
+        info: RequestInfo,
+        resp: aiohttp.ClientResponse,
+        inspector: Inspector | None,
+        masker: ValueMasker | None,
+    ) -> web.StreamResponse:
+        self.status = resp.status
+        headers = {h: resp.headers[h] for h in _RETURN if h in resp.headers}
+        ctype = resp.headers.get("Content-Type", "")
+        json_body = ctype.startswith("application/json")
+        whole = inspector is not None and json_body and info.verb != "watch"
+        small = resp.content_length is not None and resp.content_length <= SMALL
+        readable = json_body or ctype.startswith("text/plain")
+        if readable and (info.resource != "secrets" or self.connector.mask_secrets):
+            self.capture = bytearray()  # (never a Secret's values: they are not masked)
+        try:
+            if inspector is not None and not json_body and resp.status < 300:
+                raise BackendUnavailable(
+                    "the cluster answered a response hoopy must inspect in a form it cannot read"
+                )
+            if whole or (inspector is None and masker is None and small):
+                data = await _read_all(resp)
+                if whole:
+                    assert inspector is not None
+                    data = self._rewrite(data, inspector)
+                self._out(data)
+                out: web.StreamResponse = web.Response(
+                    status=resp.status, body=data, headers=headers
+                )
+            else:
+                out = web.StreamResponse(status=resp.status, headers=headers)
+                await out.prepare(self.request)
+                if inspector is not None:
+                    await self._watch(resp, out, inspector)
+                elif masker is not None:
+                    await self._lines(resp, out, masker)
+                else:
+                    async for chunk in resp.content.iter_any():
+                        await out.write(chunk)
+                        self._out(chunk)
+                await out.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self._record(info, aborted=True)
+            raise
+        counts = dict(inspector.counts) if inspector is not None else {}
+        self._record(info, **({"inspected": counts} if counts else {}))
+        return out
+
+    def _rewrite(self, raw: bytes, inspector: Inspector) -> bytes:
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BackendUnavailable("the cluster answered JSON hoopy cannot read") from None
+        return json.dumps(inspector.value(value), separators=(",", ":")).encode()
+
+    async def _watch(
+        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, inspector: Inspector
+    ) -> None:
+        async for line in _lines(resp):
+            if not line.strip():
+                continue
+            try:
+                event = inspector.event(json.loads(line))
+            except (ValueError, RecursionError):
+                raise BackendUnavailable("unreadable watch event from the cluster") from None
+            if event is None:
+                continue
+            data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+            await out.write(data)
+            self._out(data)
+
+    async def _lines(
+        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, masker: ValueMasker
+    ) -> None:
+        async for line in _lines(resp):
+            text, _ = masker.mask_text(line.decode("utf-8", "replace"))
+            data = text.encode()
+            await out.write(data)
+            self._out(data)
+
+    async def _connect(
+        self, info: RequestInfo, q: dict[str, list[str]], decision: Decision
+    ) -> web.StreamResponse:
+        upgrade = self.request.headers.get("Upgrade", "").lower()
+        if upgrade.startswith("spdy"):
+            self.status = 400
+            self._record(info)
+            return status(
+                400,
+                "BadRequest",
+                "hoopy relays exec, attach and port-forward over WebSocket only: "
+                "use kubectl 1.30 or newer",
+            )
+        if upgrade != "websocket" or info.subresource not in ("exec", "attach"):
+            self.status = 400
+            self._record(info)
+            return status(
+                400,
+                "BadRequest",
+                f"hoopy does not relay {info.full_resource} {upgrade or 'without an upgrade'}",
+            )
+        up = self.listener.upstream(self.connector)
+        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        headers = self._headers(False)
+        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
+        result = await execrelay.relay(
+            self.request,
+            up,
+            url,
+            list(headers.items()) + [("Impersonate-Group", g) for g in groups],
+            self.session,
+            tty=(q.get("tty") or [""])[0].lower() in ("true", "1"),
+            masker=self._masker(decision) if decision.masks.detectors else None,
+        )
+        self.status = result.status
+        self.sent = result.sent
+        self._record(
+            info,
+            exit=result.exit_code,
+            stdin=result.received,
+            stdout=result.stdout,
+            stderr=result.stderr,
+        )
+        return result.response
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Visibility:
+    """Item by item: would the agent be allowed this verb on this item's namespace and
+    name?  Items it would not (denied, or needing an approval) are dropped."""
+
+    def __init__(self, session: Session, info: RequestInfo) -> None:
+        self.session = session
+        self.info = info
+        self.cache: dict[tuple[str, str], bool] = {}
+
+    def visible(self, namespace: str, name: str) -> bool:
+        hit = self.cache.get((namespace, name))
+        if hit is None:
+            i = self.info
+            cmd = Command(
+                "kubernetes",
+                self.session.connector,
+                text="",
+                kinds=frozenset({i.verb}),
+                verb=i.verb,
+                resource=i.full_resource,
+                namespace=namespace,
+                name=name,
+                fingerprint=f"k8s\0{i.verb}\0{i.full_resource}\0{namespace}\0{name}",
+            )
+            hit = self.session.decide(cmd).outcome == "allow"
+            if len(self.cache) < 100_000:
+                self.cache[(namespace, name)] = hit
+        return hit
+
+
+def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method: str) -> Command:
+    where = f"{info.namespace}/{info.name}" if info.namespace else info.name
+    text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
+    base = f"k8s\0{info.verb}\0{info.full_resource}\0{info.namespace}\0{info.name}"
+    if info.subresource in ("exec", "attach"):
+        argv = q.get("command", [])
+        reading = read_argv(argv)
+        return shell_command(
+            "kubernetes",
+            connector,
+            reading,
+            text=f"{text} -- {reading.text}" if argv else text,
+            verb=info.verb,
+            resource=info.full_resource,
+            namespace=info.namespace,
+            name=info.name,
+            fingerprint=base + "\0" + "\0".join(argv),
+        )
+    if info.subresource == "portforward":
+        text += " ports " + ",".join(q.get("ports", []))
+    return Command(
+        "kubernetes",
+        connector,
+        text=text,
+        kinds=frozenset({info.verb}),
+        verb=info.verb,
+        resource=info.full_resource,
+        namespace=info.namespace,
+        name=info.name,
+        fingerprint=base,
+    )
+
+
+async def _lines(resp: aiohttp.ClientResponse) -> Any:
+    """Newline-terminated lines of a streamed body (the last one may lack its newline)."""
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        while True:
+            i = buf.find(b"\n")
+            if i < 0:
+                break
+            yield bytes(buf[: i + 1])
+            del buf[: i + 1]
+        if len(buf) > MAX_LINE:
+            raise BackendUnavailable(
+                "a line of the cluster's stream is too long for hoopy to inspect"
+            )
+    if buf:
+        yield bytes(buf)
+
+
+async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > MAX_INSPECTED:
+            raise BackendUnavailable("the cluster's answer is too large for hoopy to inspect")
+    return bytes(body)

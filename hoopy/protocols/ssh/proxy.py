@@ -13,7 +13,8 @@ shared with another agent connection, let alone another identity.
 
 Session channels are `channel.Bridge`s.  Forwarding of any kind (TCP, Unix sockets,
 agent, X11, tun/tap) is refused and recorded.  Interactive shells and SFTP go to
-`Hooks`, which refuse them until a PTY line editor / SFTP bridge is plugged in.
+`Hooks` (interactive.py): a PTY shell whose typed lines are each checked, and an SFTP
+bridge whose operations are; each only where policy allows it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hoopy.gateway import Gateway
 from hoopy.policy import Identity
 from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.channel import Bridge, notify_current
+from hoopy.protocols.ssh.interactive import run_sftp, run_shell
 from hoopy.session import Session
 
 log = logging.getLogger("hoopy.ssh")
@@ -59,12 +61,13 @@ async def _refuse_sftp(bridge: Bridge) -> None:
 
 @dataclass
 class Hooks:
-    """Where PTY shells and the SFTP subsystem go (lineedit.py / sftp.py plug in here).
-    Each gets the Bridge after the agent's request was accepted; raising a HoopyError
-    answers on stderr with its exit status."""
+    """Where PTY shells and the SFTP subsystem go (interactive.py: the line editor and
+    the SFTP bridge, each only where policy allows it).  Each gets the Bridge after the
+    agent's request was accepted; raising a HoopyError answers on stderr with its exit
+    status.  `_refuse_shell` / `_refuse_sftp` turn one off entirely."""
 
-    shell: Callable[[Bridge], Awaitable[None]] = _refuse_shell
-    sftp: Callable[[Bridge], Awaitable[None]] = _refuse_sftp
+    shell: Callable[[Bridge], Awaitable[None]] = run_shell
+    sftp: Callable[[Bridge], Awaitable[None]] = run_sftp
 
 
 @dataclass

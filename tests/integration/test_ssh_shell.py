@@ -1,0 +1,193 @@
+"""Interactive PTY shells through `hoopy serve`, driven by the real `ssh -tt` against a
+real sshd: only where a rule says `ssh: {shell: true}`; every line typed is checked
+before the backend's shell sees it (marker files prove denied lines never ran), and the
+session is recorded (asciicast `i`/`o` events, `hoopy verify`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
+
+pytest_plugins = ["tests.integration.sshd"]
+
+SHELL_POLICY = """\
+mode: enforce
+rules:
+  - name: shells-for-operators
+    effect: allow
+    match: {groups: [shellers], connectors: ["web-1"], ssh: {shell: true}}
+  - name: no-shell-on-masked
+    effect: deny
+    reason: no shells on the masked host
+    match: {connectors: ["web-masked"], ssh: {shell: true}}
+"""
+
+
+@pytest.fixture(scope="module")
+def hoopy(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHoopy]:
+    h = start_ssh_hoopy(tmp_path_factory.mktemp("hoopy-shell"), sshd, {"shell": SHELL_POLICY})
+    try:
+        yield h
+    finally:
+        stop(h.proc)
+
+
+class Term:
+    """The real `ssh -tt` with its stdin a pipe: keystrokes in, terminal bytes out."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out = b""
+
+    @classmethod
+    async def open(
+        cls, h: SshHoopy, groups: tuple[str, ...], connector: str = "web-1", *opts: str
+    ) -> Term:
+        proc = await asyncio.create_subprocess_exec(
+            *h.ssh_argv(connector, "-tt", *opts),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=h.ssh_env(h.token("shell-agent", groups)),
+        )
+        return cls(proc)
+
+    async def type(self, keys: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(keys)
+        await self.proc.stdin.drain()
+
+    async def expect(self, pattern: bytes, timeout: float = 20) -> bytes:
+        """Read until `pattern` (a regex) shows; the output so far."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.out):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} in {self.out[-2000:]!r}")
+            try:
+                chunk = await asyncio.wait_for(self.proc.stdout.read(65536), left)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise AssertionError(f"ssh ended before {pattern!r}: {self.out[-2000:]!r}")
+            self.out += chunk
+        return self.out
+
+    async def finish(self, timeout: float = 20) -> int:
+        assert self.proc.stdout is not None
+        self.out += await asyncio.wait_for(self.proc.stdout.read(), timeout)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+def _marker(sshd: Sshd, name: str) -> Path:
+    path = sshd.folder / name
+    path.write_text("still here\n")
+    return path
+
+
+def _recording(h: SshHoopy, needle: str) -> tuple[Path, list[Path]]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for log in (h.folder / "recordings").rglob("*.jsonl"):
+            text = log.read_text()
+            if needle in text and '"type":"session_end"' in text:
+                return log, sorted(log.parent.glob(f"{log.stem}-*.cast"))
+        time.sleep(0.05)
+    raise AssertionError(f"no finished recording holds {needle!r}")
+
+
+async def test_allowed_lines_run_denied_lines_never_reach_the_backend(
+    hoopy: SshHoopy, sshd: Sshd
+) -> None:
+    marker = _marker(sshd, "shell-marker")
+    t = await Term.open(hoopy, ("agents", "shellers"))
+    await t.type(b"echo hi'-'there\r")
+    await t.expect(rb"hi-there")
+    await t.type(f"rm -rf {marker}\r".encode())
+    await t.expect(rb"hoopy: denied by rule 'no-rm': deleting files is not allowed\r\n")
+    # obfuscated and edited spellings: each is read the way bash would read it
+    for keys in (
+        f"\\rm -rf {marker}\r",
+        f"echo x; r''m -rf {marker}\r",
+        f"echo $(rm -rf {marker})\r",
+        f"rn\x7fm -rf {marker}\r",  # typed "rn", backspace, "m"
+        f"echo ok\x15rm -rf {marker}\r",  # Ctrl-U threw "echo ok" away
+        f"\x1b[200~rm -rf {marker}\x1b[201~\r",  # bracketed paste
+    ):
+        before = t.out.count(b"hoopy: denied")
+        await t.type(keys.encode())
+        await t.expect(rb"(?s)" + rb"hoopy: denied.*" * (before + 1))
+    # Tab completion: what the backend would complete is unknown, so the line is opaque
+    await t.type(b"echo ab\tc\r")
+    await t.expect(rb"shell_unparseable.*opaque: true")
+    await t.type(b"echo after'-'denials\r")
+    await t.expect(rb"after-denials")
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0
+    assert marker.read_text() == "still here\n"
+
+
+async def test_shell_is_refused_without_a_shell_rule(hoopy: SshHoopy) -> None:
+    t = await Term.open(hoopy, ("agents",))
+    status = await t.finish()
+    assert status == 126
+    assert b"interactive shells need an allow rule with ssh: {shell: true}" in t.out
+
+
+async def test_a_deny_rule_on_shells_wins(hoopy: SshHoopy) -> None:
+    t = await Term.open(hoopy, ("agents", "shellers"), "web-masked")
+    assert await t.finish() == 126
+    assert b"denied by rule 'no-shell-on-masked': no shells on the masked host" in t.out
+
+
+async def test_shell_without_a_pty_is_refused(hoopy: SshHoopy) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *hoopy.ssh_argv("web-1", "-T"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=hoopy.ssh_env(hoopy.token("shell-agent", ("agents", "shellers"))),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"echo hi\n"), 30)
+    assert proc.returncode == 126
+    assert b"needs a terminal" in err
+    assert b"hi" not in out
+
+
+async def test_ctrl_c_and_the_recording(hoopy: SshHoopy, sshd: Sshd) -> None:
+    t = await Term.open(hoopy, ("agents", "shellers"), "web-1", "-o", "SetEnv=LANG=C")
+    await t.type(b"echo rec'-'start\r")
+    await t.expect(rb"rec-start")
+    # Ctrl-C abandons a half-typed line: none of it reaches the backend
+    await t.type(b"rm -rf /tmp/never\x03")
+    await t.type(b"echo rec'-'end\r")
+    await t.expect(rb"rec-end")
+    await t.type(b"exit\r")
+    assert await t.finish() == 0
+    log, casts = _recording(hoopy, "rec'-'end")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = [e.get("type") for e in events]
+    assert "channel" in kinds and "command" in kinds
+    commands = [e for e in events if e.get("type") == "command"]
+    texts = [e.get("text") for e in commands]
+    assert any(str(x).startswith("(interactive shell") for x in texts)
+    assert "echo rec'-'start" in texts and "echo rec'-'end" in texts
+    assert not any("/tmp/never" in str(x) for x in texts)  # abandoned: never checked
+    assert casts, "the shell channel has an asciicast"
+    lines = casts[0].read_text().splitlines()
+    assert json.loads(lines[0])["version"] == 2
+    cast_events = [json.loads(line) for line in lines[1:]]
+    typed = "".join(d for _, code, d in cast_events if code == "i")
+    shown = "".join(d for _, code, d in cast_events if code == "o")
+    assert "echo rec'-'start" in typed and "rm -rf /tmp/never" in typed
+    assert "rec-start" in shown and "rec-end" in shown
+    assert hoopy.cli("verify", log.stem).returncode == 0

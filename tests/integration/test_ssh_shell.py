@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import urllib.request
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
+from tests.integration.sshd import ADMIN_TOKEN, Sshd, SshHoopy, start_ssh_hoopy, stop
 
 pytest_plugins = ["tests.integration.sshd"]
 
@@ -65,11 +66,11 @@ class Term:
         self.proc.stdin.write(keys)
         await self.proc.stdin.drain()
 
-    async def expect(self, pattern: bytes, timeout: float = 20) -> bytes:
-        """Read until `pattern` (a regex) shows; the output so far."""
+    async def expect(self, pattern: bytes, since: int = 0, timeout: float = 20) -> bytes:
+        """Read until `pattern` (a regex) shows after offset `since`; the output so far."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.out):
+        while not re.search(pattern, self.out[since:]):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {pattern!r} in {self.out[-2000:]!r}")
@@ -191,3 +192,41 @@ async def test_ctrl_c_and_the_recording(hoopy: SshHoopy, sshd: Sshd) -> None:
     assert "echo rec'-'start" in typed and "rm -rf /tmp/never" in typed
     assert "rec-start" in shown and "rec-end" in shown
     assert hoopy.cli("verify", log.stem).returncode == 0
+
+
+def _admin(h: SshHoopy, method: str, path: str) -> object:
+    req = urllib.request.Request(
+        f"http://{h.addresses['admin']}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+async def test_a_line_needing_approval_waits_then_runs_or_not(hoopy: SshHoopy, sshd: Sshd) -> None:
+    approved, refused, cancelled = (sshd.folder / f"shell-{n}" for n in ("ok", "no", "cancel"))
+    for p in (approved, refused, cancelled):
+        p.unlink(missing_ok=True)
+    t = await Term.open(hoopy, ("agents", "shellers"))
+    for path, verdict in ((approved, "approve"), (refused, "deny")):
+        start = len(t.out)
+        await t.type(f"touch {path}\r".encode())
+        await t.expect(rb"waiting for approval \S+ by", start)
+        note = t.out[start:].decode()
+        assert "by ops" in note, note
+        approval_id = note.split("waiting for approval ")[1].split()[0]
+        await asyncio.to_thread(_admin, hoopy, "POST", f"/api/approvals/{approval_id}/{verdict}")
+        if verdict == "deny":
+            await t.expect(rb"hoopy: .*" + re.escape(approval_id.encode()), start)
+        await t.type(f"echo done'-'{verdict}\r".encode())
+        await t.expect(f"done-{verdict}".encode(), start)
+    # Ctrl-C while a line waits stops the wait; the line never runs
+    start = len(t.out)
+    await t.type(f"touch {cancelled}\r".encode())
+    await t.expect(rb"waiting for approval", start)
+    await t.type(b"\x03")
+    await t.expect(rb"hoopy: Ctrl-C: stopped waiting for approval; the line was not run", start)
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0
+    assert approved.exists() and not refused.exists() and not cancelled.exists()

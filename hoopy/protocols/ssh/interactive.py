@@ -35,7 +35,7 @@ import asyncssh
 from asyncssh.sftp import run_sftp_server
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 
-from hoopy.errors import AuthFailed, CommandDenied, HoopyError
+from hoopy.errors import AuthFailed, CommandDenied, HoopyError, QueryCanceled
 from hoopy.masking import ValueMasker
 from hoopy.policy import SHELL_SESSION, Command, identity_masks, may_sftp
 from hoopy.protocols.ssh.channel import NOTIFY, Bridge
@@ -178,7 +178,10 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
         except AuthFailed:
             self._close_backend()
             raise  # the token expired: the channel ends
-        except CommandDenied as e:  # denied, approval refused or cancelled
+        except QueryCanceled:
+            self._note("Ctrl-C: stopped waiting for approval; the line was not run")
+            return False
+        except CommandDenied as e:  # denied, approval refused
             self._note(e.message)
             return False
         except HoopyError:

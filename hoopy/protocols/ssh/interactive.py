@@ -163,9 +163,8 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
                 b._event("line_abandoned", channel=b.number, chars=len(event.text))
         elif not event.text.strip() and not event.uncertain:
             b.backend.write(event.wire)  # an empty line runs nothing
-        elif await self._allowed(event):
-            if b.backend is not None and not b._done:
-                b.backend.write(event.wire)
+        elif await self._allowed(event) and b.backend is not None and not b._done:
+            b.backend.write(event.wire)  # (the backend may have gone while it waited)
 
     async def _allowed(self, line: LineReady) -> bool:
         session = self.bridge.conn.session

@@ -32,7 +32,7 @@ from collections import deque
 from typing import Any
 
 import asyncssh
-from asyncssh.sftp import run_sftp_server
+from asyncssh.sftp import MIN_SFTP_VERSION, run_sftp_server
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
 
 from hoopy.errors import AuthFailed, CommandDenied, HoopyError, QueryCanceled
@@ -230,7 +230,7 @@ async def run_sftp(bridge: Bridge) -> None:
     reader: SSHReader[bytes] = SSHReader(stream, chan)
     writer: SSHWriter[bytes] = SSHWriter(stream, chan)
     try:
-        await run_sftp_server(server, reader, writer, 0)
+        await run_sftp_server(server, reader, writer, MIN_SFTP_VERSION)
     finally:
         bridge._exited = True
         bridge._event("exit", channel=bridge.number, status=0, what="sftp")

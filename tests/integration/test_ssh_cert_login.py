@@ -1,0 +1,142 @@
+"""Certificate logins through `hoopy serve`: a token too long for OpenSSH's 1,024-byte
+password buffer is exchanged for a certificate (`hoopy ssh-cert` against the running
+gateway), and the real `ssh -i KEYFILE` logs in with it, no password.  The identity
+(subject, groups) comes from the certificate; an expired certificate, one from another
+CA and a plain key are refused and recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sshd import SshHoopy
+
+pytest_plugins = ["tests.integration.sshd"]
+
+
+def ssh_cert(h: SshHoopy, token: str, key: Path) -> subprocess.CompletedProcess[str]:
+    tf = key.with_name(key.name + ".token")
+    tf.write_text(token)
+    return subprocess.run(
+        [sys.executable, "-m", "hoopy.cli", "ssh-cert", "--token-file", str(tf), "-o", str(key),
+         "--gateway", f"http://{h.addresses['admin']}"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ),
+    )  # fmt: skip
+
+
+def ssh_with_key(
+    h: SshHoopy, key: Path, command: str, connector: str = "web-1"
+) -> subprocess.CompletedProcess[str]:
+    """The real ssh, public keys only (no askpass, no password): `key` and, by OpenSSH's
+    naming convention, its certificate `key-cert.pub`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    return subprocess.run(
+        [
+            "ssh", "-p", str(h.ssh_port), "-F", "/dev/null",
+            "-o", f"UserKnownHostsFile={h.known_hosts()}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "PreferredAuthentications=publickey", "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i", str(key),
+            "-o", "ConnectTimeout=10", f"{connector}@127.0.0.1", command,
+        ],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _session_log(h: SshHoopy, needle: str) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for log in (h.folder / "recordings").rglob("*.jsonl"):
+            text = log.read_text()
+            if needle in text and '"type":"session_end"' in text:
+                return [json.loads(line) for line in text.splitlines()]
+        time.sleep(0.05)
+    raise AssertionError(f"no finished recording holds {needle!r}")
+
+
+def test_long_token_to_certificate_to_ssh_exec(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
+    token = ssh_hoopy.issuer.mint("cert-agent-1", ["agents"], extra={"pad": "x" * 1500})
+    assert len(token) > 1024
+    key = tmp_path / "agent_key"
+    r = ssh_cert(ssh_hoopy, token, key)
+    assert r.returncode == 0, r.stderr
+    assert Path(f"{key}-cert.pub").exists()
+    r = ssh_with_key(ssh_hoopy, key, "echo via-certificate; id -un")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["via-certificate", "root"]
+    # the policy applies to the certificate's identity as to a token's
+    r = ssh_with_key(ssh_hoopy, key, "rm -rf /tmp/nothing")
+    assert r.returncode == 126 and "denied by rule 'no-rm'" in r.stderr
+    events = _session_log(ssh_hoopy, "via-certificate")
+    start = events[0]
+    assert start["type"] == "session_start" and start["subject"] == "cert-agent-1", start
+    assert ssh_hoopy.cli("verify", str(start["session"])).returncode == 0
+
+
+def test_groups_come_from_the_certificate(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
+    """`touch` needs approval for group agents on web-*: a certificate for an identity
+    in `agents` waits for it; the same subject's certificate without that group (but
+    admitted through a rule for `exec`) is not subject to the agents rules."""
+    key = tmp_path / "k"
+    token = ssh_hoopy.issuer.mint("cert-agent-2", ["agents"])
+    assert ssh_cert(ssh_hoopy, token, key).returncode == 0
+    r = ssh_with_key(ssh_hoopy, key, "echo grouped")
+    assert r.returncode == 0 and r.stdout == "grouped\n", r.stderr
+    # not admitted: a certificate is not issued for an identity no rule lets in
+    other = tmp_path / "k2"
+    r = ssh_cert(ssh_hoopy, ssh_hoopy.issuer.mint("cert-agent-3", ["nobody"]), other)
+    assert r.returncode == 1 and "may use no ssh connector" in r.stderr, r.stderr
+
+
+def _certificate_via_api(h: SshHoopy, token: str, key: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+    )
+    req = urllib.request.Request(
+        f"http://{h.addresses['admin']}/api/ssh/certificate",
+        data=json.dumps({"public_key": Path(f"{key}.pub").read_text()}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = json.loads(resp.read())
+    Path(f"{key}-cert.pub").write_text(body["certificate"] + "\n")
+
+
+def test_expired_certificate_is_refused(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
+    key = tmp_path / "short"
+    exp = time.time() + 3
+    _certificate_via_api(ssh_hoopy, ssh_hoopy.issuer.mint("cert-short", ["agents"], ttl=3), key)
+    r = ssh_with_key(ssh_hoopy, key, "echo in-time")
+    assert r.returncode == 0 and r.stdout == "in-time\n", r.stderr
+    while time.time() < exp + 1:  # the certificate's validity is what is being tested
+        time.sleep(0.2)
+    r = ssh_with_key(ssh_hoopy, key, "echo too-late")
+    assert r.returncode == 255 and "too-late" not in r.stdout
+    assert "Permission denied" in r.stderr
+
+
+@pytest.mark.parametrize("case", ["other-ca", "plain-key"])
+def test_keys_hoopy_did_not_certify_are_refused(
+    ssh_hoopy: SshHoopy, tmp_path: Path, case: str
+) -> None:
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    if case == "other-ca":
+        ca = tmp_path / "rogue_ca"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-s", str(ca), "-I", "cert-agent-1", "-n", "cert-agent-1",
+             "-V", "-5m:+1h", f"{key}.pub"],
+            check=True,
+        )  # fmt: skip
+    r = ssh_with_key(ssh_hoopy, key, "echo should-not-run")
+    assert r.returncode == 255 and "should-not-run" not in r.stdout
+    assert "Permission denied" in r.stderr

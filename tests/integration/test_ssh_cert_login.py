@@ -6,6 +6,7 @@ CA and a plain key are refused and recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tests.integration.sshd import SshHoopy
@@ -80,25 +82,27 @@ def test_long_token_to_certificate_to_ssh_exec(ssh_hoopy: SshHoopy, tmp_path: Pa
     assert ssh_hoopy.cli("verify", str(start["session"])).returncode == 0
 
 
-def test_groups_come_from_the_certificate(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
-    """`touch` needs approval for group agents on web-*: a certificate for an identity
-    in `agents` waits for it; the same subject's certificate without that group (but
-    admitted through a rule for `exec`) is not subject to the agents rules."""
+def test_identity_and_groups_come_from_the_certificate(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
+    """No token reaches the SSH listener: the session's subject, groups and issuer are
+    the certificate's, and the agents rules (group `agents`) apply to it."""
     key = tmp_path / "k"
-    token = ssh_hoopy.issuer.mint("cert-agent-2", ["agents"])
+    token = ssh_hoopy.issuer.mint("cert-agent-2", ["agents", "night-shift"])
     assert ssh_cert(ssh_hoopy, token, key).returncode == 0
     r = ssh_with_key(ssh_hoopy, key, "echo grouped")
     assert r.returncode == 0 and r.stdout == "grouped\n", r.stderr
-    # not admitted: a certificate is not issued for an identity no rule lets in
+    start = _session_log(ssh_hoopy, "cert-agent-2")[0]
+    assert start["groups"] == ["agents", "night-shift"], start
+    extra = start["extra"]
+    assert isinstance(extra, dict) and extra["issuer"] == ssh_hoopy.addresses["dev_issuer"]
+    assert extra["token"] and extra["token"] not in token  # a fingerprint, not the token
+    # an identity no rule admits gets no certificate at all
     other = tmp_path / "k2"
     r = ssh_cert(ssh_hoopy, ssh_hoopy.issuer.mint("cert-agent-3", ["nobody"]), other)
     assert r.returncode == 1 and "may use no ssh connector" in r.stderr, r.stderr
 
 
 def _certificate_via_api(h: SshHoopy, token: str, key: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     req = urllib.request.Request(
         f"http://{h.addresses['admin']}/api/ssh/certificate",
         data=json.dumps({"public_key": Path(f"{key}.pub").read_text()}).encode(),
@@ -110,15 +114,26 @@ def _certificate_via_api(h: SshHoopy, token: str, key: Path) -> None:
     Path(f"{key}-cert.pub").write_text(body["certificate"] + "\n")
 
 
-def test_expired_certificate_is_refused(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
+async def test_certificate_expiry_is_enforced(ssh_hoopy: SshHoopy, tmp_path: Path) -> None:
+    """At login (asyncssh and OpenSSH refuse an expired certificate) and within a
+    session that outlives it (its identity expires with the certificate)."""
     key = tmp_path / "short"
-    exp = time.time() + 3
-    _certificate_via_api(ssh_hoopy, ssh_hoopy.issuer.mint("cert-short", ["agents"], ttl=3), key)
-    r = ssh_with_key(ssh_hoopy, key, "echo in-time")
-    assert r.returncode == 0 and r.stdout == "in-time\n", r.stderr
-    while time.time() < exp + 1:  # the certificate's validity is what is being tested
-        time.sleep(0.2)
-    r = ssh_with_key(ssh_hoopy, key, "echo too-late")
+    exp = time.time() + 4
+    token = ssh_hoopy.issuer.mint("cert-short", ["agents"], ttl=4)
+    await asyncio.to_thread(_certificate_via_api, ssh_hoopy, token, key)
+    async with asyncssh.connect(
+        "127.0.0.1", ssh_hoopy.ssh_port, username="web-1",
+        client_keys=[(str(key), f"{key}-cert.pub")], known_hosts=str(ssh_hoopy.known_hosts()),
+        password=None, preferred_auth="publickey", agent_path=None, config=[],
+    ) as conn:  # fmt: skip
+        r = await conn.run("echo in-time")
+        assert r.exit_status == 0 and r.stdout == "in-time\n", r.stderr
+        while time.time() < exp + 1:  # the certificate's validity is what is tested
+            await asyncio.sleep(0.2)
+        r = await conn.run("echo after-expiry")
+        assert r.exit_status == 255 and "after-expiry" not in str(r.stdout)
+        assert "token expired" in str(r.stderr)
+    r = await asyncio.to_thread(ssh_with_key, ssh_hoopy, key, "echo too-late")
     assert r.returncode == 255 and "too-late" not in r.stdout
     assert "Permission denied" in r.stderr
 
@@ -140,3 +155,6 @@ def test_keys_hoopy_did_not_certify_are_refused(
     r = ssh_with_key(ssh_hoopy, key, "echo should-not-run")
     assert r.returncode == 255 and "should-not-run" not in r.stdout
     assert "Permission denied" in r.stderr
+    if case == "other-ca":  # a certificate refused is recorded (a plain key is no news)
+        events = _session_log(ssh_hoopy, "certificate not signed by hoopy's SSH CA")
+        assert not any(e["type"] == "command" for e in events), events

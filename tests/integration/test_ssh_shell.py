@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tests.integration.sshd import ADMIN_TOKEN, Sshd, SshHoopy, start_ssh_hoopy, stop
@@ -24,11 +25,14 @@ mode: enforce
 rules:
   - name: shells-for-operators
     effect: allow
-    match: {groups: [shellers], connectors: ["web-1"], ssh: {shell: true}}
-  - name: no-shell-on-masked
+    match: {groups: [shellers], connectors: ["web-1", "web-masked"], ssh: {shell: true}}
+  - name: terminal-size
+    effect: allow
+    match: {groups: [shellers], ssh: {commands: ["stty size"]}}
+  - name: no-shell-on-nokey
     effect: deny
-    reason: no shells on the masked host
-    match: {connectors: ["web-masked"], ssh: {shell: true}}
+    reason: no shells on that host
+    match: {connectors: ["web-nokey"], ssh: {shell: true}}
 """
 
 
@@ -145,9 +149,9 @@ async def test_shell_is_refused_without_a_shell_rule(hoopy: SshHoopy) -> None:
 
 
 async def test_a_deny_rule_on_shells_wins(hoopy: SshHoopy) -> None:
-    t = await Term.open(hoopy, ("agents", "shellers"), "web-masked")
+    t = await Term.open(hoopy, ("agents", "shellers"), "web-nokey")
     assert await t.finish() == 126
-    assert b"denied by rule 'no-shell-on-masked': no shells on the masked host" in t.out
+    assert b"denied by rule 'no-shell-on-nokey': no shells on that host" in t.out
 
 
 async def test_shell_without_a_pty_is_refused(hoopy: SshHoopy) -> None:
@@ -230,3 +234,52 @@ async def test_a_line_needing_approval_waits_then_runs_or_not(hoopy: SshHoopy, s
     await t.type(b"exit 0\r")
     assert await t.finish() == 0
     assert approved.exists() and not refused.exists() and not cancelled.exists()
+
+
+async def _read_until(proc: asyncssh.SSHClientProcess[str], pattern: str, seen: list[str]) -> None:
+    async def read() -> None:
+        while not re.search(pattern, "".join(seen)):
+            chunk = await proc.stdout.read(4096)
+            assert chunk, f"the shell ended before {pattern!r}: {''.join(seen)!r}"
+            seen.append(chunk)
+
+    await asyncio.wait_for(read(), 20)
+
+
+async def test_window_changes_reach_the_backend_and_the_recording(hoopy: SshHoopy) -> None:
+    token = hoopy.token("shell-resizer", ("agents", "shellers"))
+    async with asyncssh.connect(
+        "127.0.0.1", hoopy.ssh_port, username="web-1", password=token,
+        known_hosts=str(hoopy.known_hosts()), agent_path=None, config=[], client_keys=None,
+    ) as conn:  # fmt: skip
+        proc = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        seen: list[str] = []
+        proc.stdin.write("stty size\r")
+        await _read_until(proc, r"24 80", seen)
+        proc.change_terminal_size(132, 43)
+        proc.stdin.write("stty size\r")
+        await _read_until(proc, r"43 132", seen)
+        proc.stdin.write("exit 0\r")
+        await asyncio.wait_for(proc.wait(), 20)
+        assert proc.exit_status == 0
+    _, casts = _recording(hoopy, "shell-resizer")
+    events = [json.loads(line) for line in casts[0].read_text().splitlines()[1:]]
+    assert [d for _, code, d in events if code == "r"] == ["132x43"]
+
+
+async def test_shell_output_is_masked(hoopy: SshHoopy) -> None:
+    """Mask rules (detectors) for the identity on the connector apply to the whole
+    terminal stream: the command's output and the backend's echo of the line."""
+    t = await Term.open(hoopy, ("agents", "shellers"), "web-masked")
+    await t.type(b"echo mail alice@example.com card 4111 1111 1111 1111 end'-'mark\r")
+    await t.expect(rb"end-mark")
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0
+    assert b"alice@example.com" not in t.out and b"4111 1111 1111 1111" not in t.out
+    log, casts = _recording(hoopy, "end'-'mark")
+    shown = "".join(
+        d for _, code, d in (json.loads(x) for x in casts[0].read_text().splitlines()[1:])
+        if code == "o"
+    )
+    assert "end-mark" in shown and "alice@example.com" not in shown
+    assert hoopy.cli("verify", log.stem).returncode == 0

@@ -46,6 +46,9 @@ from hoopy.protocols.ssh.streammask import StreamMasker
 log = logging.getLogger("hoopy.ssh")
 
 QUEUED = 64  # chunks of agent input waiting for a check before reading pauses
+SIGNAL_KEYS = frozenset({b"\x03", b"\x1a", b"\x1c"})  # Ctrl-C, Ctrl-Z, Ctrl-\\
+SETTLE_STEP = 0.02  # s: how often the backend's output is looked at after a signal key
+SETTLE_MAX = 1.0  # s: the longest a line waits for the backend to answer a signal key
 
 
 # ---- interactive shells --------------------------------------------------------------
@@ -106,6 +109,7 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
         self.checking = False
         self.paused = False
         self.uncast: list[bytes] | None = []  # typed before the recording opened
+        self.settle_from: int | None = None  # output count when a signal key went
 
     # -- asyncssh callbacks, forwarded by the Bridge --------------------------------
     def data_received(self, data: bytes, datatype: Any) -> None:
@@ -157,14 +161,41 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
         b = self.bridge
         assert b.backend is not None
         if isinstance(event, Forward):
+            await self._settle()
             b.backend.write(event.data)
+            if event.data in SIGNAL_KEYS:
+                self.settle_from = self._output()
         elif isinstance(event, Abandoned):
             if event.text:
                 b._event("line_abandoned", channel=b.number, chars=len(event.text))
         elif not event.text.strip() and not event.uncertain:
+            await self._settle()
             b.backend.write(event.wire)  # an empty line runs nothing
-        elif await self._allowed(event) and b.backend is not None and not b._done:
-            b.backend.write(event.wire)  # (the backend may have gone while it waited)
+        elif await self._allowed(event):
+            await self._settle()
+            if b.backend is not None and not b._done:  # (it may have gone meanwhile)
+                b.backend.write(event.wire)
+
+    def _output(self) -> int:
+        return self.bridge.bytes["out"] + self.bridge.bytes["err"]
+
+    async def _settle(self) -> None:
+        """After a signal key the backend's terminal flushes its input and bash's
+        readline starts over; text arriving meanwhile can lose characters (bash ran
+        `cho` for a checked `echo`).  So the next text waits until the backend has
+        answered (its new prompt) and gone quiet, SETTLE_MAX at most."""
+        base, self.settle_from = self.settle_from, None
+        if base is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_MAX
+        seen = base
+        while loop.time() < deadline:
+            await asyncio.sleep(SETTLE_STEP)
+            now = self._output()
+            if now > base and now == seen:
+                return
+            seen = now
 
     async def _allowed(self, line: LineReady) -> bool:
         session = self.bridge.conn.session

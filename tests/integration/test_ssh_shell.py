@@ -278,8 +278,22 @@ async def test_shell_output_is_masked(hoopy: SshHoopy) -> None:
     assert b"alice@example.com" not in t.out and b"4111 1111 1111 1111" not in t.out
     log, casts = _recording(hoopy, "end'-'mark")
     shown = "".join(
-        d for _, code, d in (json.loads(x) for x in casts[0].read_text().splitlines()[1:])
+        d
+        for _, code, d in (json.loads(x) for x in casts[0].read_text().splitlines()[1:])
         if code == "o"
     )
     assert "end-mark" in shown and "alice@example.com" not in shown
     assert hoopy.cli("verify", log.stem).returncode == 0
+
+
+async def test_a_line_right_after_ctrl_c_runs_as_checked(hoopy: SshHoopy) -> None:
+    """Ctrl-C and the next line in one burst: the line must reach bash whole (without
+    waiting for the new prompt, bash sometimes lost its first character and ran `cho`)."""
+    t = await Term.open(hoopy, ("agents", "shellers"))
+    for i in range(15):
+        start = len(t.out)
+        await t.type(f"half typed\x03echo round'-'{i}\r".encode())
+        await t.expect(f"[\\r\\n]round-{i}\\r".encode(), start)
+        assert b"command not found" not in t.out[start:], t.out[start:]
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0

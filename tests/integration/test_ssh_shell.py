@@ -297,3 +297,33 @@ async def test_a_line_right_after_ctrl_c_runs_as_checked(hoopy: SshHoopy) -> Non
         assert b"command not found" not in t.out[start:], t.out[start:]
     await t.type(b"exit 0\r")
     assert await t.finish() == 0
+
+
+async def test_keys_that_need_the_backends_state_are_refused(hoopy: SshHoopy, sshd: Sshd) -> None:
+    """History recall, history expansion and key bindings would make bash run text
+    hoopy never saw: such lines are opaque (refused), and nothing of them runs."""
+    marker = _marker(sshd, "shell-marker-2")
+    t = await Term.open(hoopy, ("agents", "shellers"))
+    await t.type(b"echo hist'-'one\r")
+    await t.expect(rb"hist-one")
+    for keys in (
+        b"\x1b[A\r",  # Up: recall the previous line
+        b"\x10\r",  # Ctrl-P
+        b"!!\r",
+        b"!e\r",
+        b"^one^two\r",
+        b'bind \'"q":"rm -rf /tmp/x\\n"\'\r',
+        b"\x12echo\r",  # Ctrl-R search
+    ):
+        start = len(t.out)
+        await t.type(keys)
+        await t.expect(rb"hoopy: denied: shell_\w+", start)
+    assert t.out.count(b"hist-one") == 1  # (the echo of the typed line shows hist'-'one)
+    # a quote left open joins the next physical line: one echo, nothing else runs
+    await t.type(f"echo 'a\r; rm -rf {marker}'\r".encode())
+    await t.expect(rf"; rm -rf {marker}".encode() + rb"\r\n")
+    await t.type(b"echo last'-'line\r")
+    await t.expect(rb"last-line")
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0
+    assert marker.read_text() == "still here\n"

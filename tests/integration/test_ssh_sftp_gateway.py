@@ -27,7 +27,7 @@ rules:
     effect: allow
     match:
       groups: [sftpers]
-      connectors: ["web-1"]
+      connectors: ["web-1", "web-masked"]
       ssh: {{sftp: [read, stat, list], paths: ["{data}", "{data}/pub", "{data}/pub/*"]}}
   - name: sftp-upload
     effect: allow
@@ -67,15 +67,16 @@ def sftp(
     tmp: Path,
     groups: tuple[str, ...] = ("sftpers",),
     sub: str = "sftp-agent",
+    connector: str = "web-1",
 ) -> subprocess.CompletedProcess[str]:
     """The real `sftp -b`; BatchMode=no comes first (sftp -b adds BatchMode=yes, and
     OpenSSH takes the first value), so SSH_ASKPASS can give the token."""
     script = tmp / "batch"
     script.write_text(batch)
-    argv = h.ssh_argv("web-1")[1:-1]  # the ssh options, without "ssh" and the target
+    argv = h.ssh_argv(connector)[1:-1]  # the ssh options, without "ssh" and the target
     argv[argv.index("-p")] = "-P"
     return subprocess.run(
-        ["sftp", "-o", "BatchMode=no", *argv, "-b", str(script), "web-1@127.0.0.1"],
+        ["sftp", "-o", "BatchMode=no", *argv, "-b", str(script), f"{connector}@127.0.0.1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -125,10 +126,13 @@ def test_denied_paths_and_operations_are_refused(
     hoopy: SshHoopy, data: Path, tmp_path: Path, batch: str, rule: str, path: str
 ) -> None:
     """The client is refused (OpenSSH's sftp shows a refused stat as "not found", a
-    refused open or remove as the rule's message) and the denial is recorded."""
+    refused open as "Permission denied"; hoopy's reason comes on stderr) and the denial
+    is recorded."""
     sub = f"sftp-{uuid.uuid4().hex[:12]}"
     r = sftp(hoopy, batch.format(d=data), tmp_path, sub=sub)
     assert r.returncode != 0
+    # the reason reaches the agent on stderr (sftp itself shows only the SFTP status)
+    assert (f"denied by rule '{rule}'" if rule else "no policy rule allows this") in r.stderr
     assert not (tmp_path / "secret.txt").exists() and not (tmp_path / "private.txt").exists()
     assert (data / "pub" / "report.txt").exists() and not (data / "pub" / "report2.txt").exists()
     path = path.format(d=data, p=data.parent)
@@ -168,3 +172,20 @@ def test_sftp_is_refused_without_an_sftp_rule(hoopy: SshHoopy, data: Path, tmp_p
     events = [json.loads(line) for line in _recording(hoopy, sub).read_text().splitlines()]
     assert any(e.get("type") == "refused" and e.get("what") == "sftp" for e in events)
     assert not any(e.get("type") == "command" for e in events)
+
+
+def test_reads_where_mask_rules_apply_are_refused(
+    hoopy: SshHoopy, data: Path, tmp_path: Path
+) -> None:
+    """web-masked has a mask rule with detectors: file contents cannot be masked, so a
+    read there is refused (listing is not)."""
+    script = f"ls {data}/pub\nget {data}/pub/report.txt\n"
+    r = sftp(hoopy, script, tmp_path, connector="web-masked", sub="sftp-masked")
+    assert r.returncode != 0
+    assert "report.txt" in r.stdout  # the listing worked
+    assert "SFTP cannot mask file contents" in r.stderr, r.stderr
+    assert not (tmp_path / "report.txt").exists()
+    events = [
+        json.loads(line) for line in _recording(hoopy, "sftp-masked").read_text().splitlines()
+    ]
+    assert any(e.get("type") == "refused" and e.get("what") == "sftp_read" for e in events)

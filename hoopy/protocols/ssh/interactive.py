@@ -20,7 +20,8 @@ this identity and connector (`policy.may_sftp`).  asyncssh's SFTP server then ru
 the agent's channel through a stream adapter (the Bridge delegates the channel's
 input to an `SSHStreamSession`), serving an `SftpBridge` whose every operation goes
 through `session.check` and acts on an SFTP client session on this connection's own
-backend connection.
+backend connection.  Reads where a mask rule (detectors) applies are refused: file
+contents are not a text stream hoopy can mask without changing the file.
 """
 
 from __future__ import annotations
@@ -251,9 +252,23 @@ async def run_sftp(bridge: Bridge) -> None:
     bridge.delegate_to(stream)
 
     async def check(command: Command) -> object:
-        token = NOTIFY.set(bridge._notify)  # an approval note goes to the channel's stderr
+        """session.check, and a refusal's reason also on the channel's stderr: OpenSSH's
+        sftp shows only "Permission denied" of the SFTP status, its ssh shows stderr."""
+        token = NOTIFY.set(bridge._notify)  # an approval note goes there too
         try:
-            return await session.check(command)
+            decision = await session.check(command)
+            if decision.masks.detectors and "sftp_read" in command.kinds:
+                # file contents are bytes hoopy cannot mask faithfully: never hand them over
+                rules = ", ".join(decision.masks.rules)
+                session.record("refused", channel=bridge.number, what="sftp_read", masks=rules)
+                raise CommandDenied(
+                    f"mask rule '{rules}' applies here and SFTP cannot mask file contents; "
+                    "read it with an exec command (masked) instead"
+                )
+            return decision
+        except HoopyError as e:
+            bridge._notify(f"{command.text}: {e.message}")
+            raise
         finally:
             NOTIFY.reset(token)
 

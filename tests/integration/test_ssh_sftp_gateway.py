@@ -189,3 +189,25 @@ def test_reads_where_mask_rules_apply_are_refused(
         json.loads(line) for line in _recording(hoopy, "sftp-masked").read_text().splitlines()
     ]
     assert any(e.get("type") == "refused" and e.get("what") == "sftp_read" for e in events)
+
+
+def test_scp_in_sftp_mode_goes_through_the_same_checks(
+    hoopy: SshHoopy, data: Path, tmp_path: Path
+) -> None:
+    """OpenSSH 9's `scp` speaks SFTP unless given -O: allowed paths copy, others not."""
+    argv = hoopy.ssh_argv("web-1")[1:-1]
+    argv[argv.index("-p")] = "-P"
+    env = hoopy.ssh_env(hoopy.token("scp-agent", ("sftpers",)))
+
+    def scp(remote: str, local: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["scp", "-o", "BatchMode=no", *argv, f"web-1@127.0.0.1:{remote}", str(local)],
+            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    r = scp(f"{data}/pub/report.txt", tmp_path / "copy.txt")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "copy.txt").read_bytes() == (data / "pub" / "report.txt").read_bytes()
+    r = scp(f"{data}/private.txt", tmp_path / "private.txt")
+    assert r.returncode != 0 and "no policy rule allows this" in r.stderr, r.stderr
+    assert not (tmp_path / "private.txt").exists()

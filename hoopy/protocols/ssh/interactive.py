@@ -234,6 +234,17 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
 # ---- SFTP -------------------------------------------------------------------------------
 
 
+class _ExitingWriter(SSHWriter[bytes]):
+    """asyncssh's SFTP server closes its writer when the agent is done: end the channel
+    with exit status 0 then, as sshd does (OpenSSH's scp fails on a missing status)."""
+
+    def close(self) -> None:
+        chan = self.channel
+        assert isinstance(chan, asyncssh.SSHServerChannel)
+        with contextlib.suppress(OSError, asyncssh.Error):
+            chan.exit(0)
+
+
 async def run_sftp(bridge: Bridge) -> None:
     """Hooks.sftp: asyncssh's SFTP server on the agent's channel, serving an
     SftpBridge whose every operation is checked and done on the backend."""
@@ -274,7 +285,7 @@ async def run_sftp(bridge: Bridge) -> None:
 
     server = SftpBridge(chan, backend.start_sftp_client, session.connector, check, session.record)
     reader: SSHReader[bytes] = SSHReader(stream, chan)
-    writer: SSHWriter[bytes] = SSHWriter(stream, chan)
+    writer: SSHWriter[bytes] = _ExitingWriter(stream, chan)
     try:
         await run_sftp_server(server, reader, writer, MIN_SFTP_VERSION)
     finally:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
+from tests.integration.sshd import ADMIN_TOKEN, Sshd, SshHoopy, start_ssh_hoopy, stop
 
 pytest_plugins = ["tests.integration.sshd"]
 
@@ -35,6 +36,14 @@ rules:
       groups: [sftpers]
       connectors: ["web-1"]
       ssh: {{sftp: [write, stat], paths: ["{data}/pub/in/*"]}}
+  - name: removals-need-ops
+    effect: require_approval
+    approvers: [ops]
+    timeout: 60s
+    match:
+      groups: [sftpers]
+      connectors: ["web-1"]
+      ssh: {{sftp: [remove], paths: ["{data}/pub/in/*"]}}
   - name: no-secrets
     effect: deny
     reason: secret files stay on the host
@@ -211,3 +220,37 @@ def test_scp_in_sftp_mode_goes_through_the_same_checks(
     r = scp(f"{data}/private.txt", tmp_path / "private.txt")
     assert r.returncode != 0 and "no policy rule allows this" in r.stderr, r.stderr
     assert not (tmp_path / "private.txt").exists()
+
+
+def test_an_operation_needing_approval_waits_for_it(
+    hoopy: SshHoopy, data: Path, tmp_path: Path
+) -> None:
+    victim = data / "pub" / "in" / "to-remove.txt"
+    victim.write_text("remove me once approved\n")
+    script = tmp_path / "batch"
+    script.write_text(f"rm {victim}\n")
+    argv = hoopy.ssh_argv("web-1")[1:-1]
+    argv[argv.index("-p")] = "-P"
+    proc = subprocess.Popen(
+        ["sftp", "-o", "BatchMode=no", *argv, "-b", str(script), "web-1@127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=hoopy.ssh_env(hoopy.token("sftp-approvals", ("sftpers",))),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # hoopy's note, while the operation waits
+        assert "waiting for approval" in line and "by ops" in line, line
+        assert victim.exists()
+        approval_id = line.split("waiting for approval ")[1].split()[0]
+        req = urllib.request.Request(
+            f"http://{hoopy.addresses['admin']}/api/approvals/{approval_id}/approve",
+            method="POST", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not victim.exists()

@@ -150,7 +150,8 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
             while self.queue and b.backend is not None and not b._done:
                 item = self.queue.popleft()
                 if item is None:
-                    b.backend.write_eof()
+                    with contextlib.suppress(OSError, asyncssh.Error):
+                        b.backend.write_eof()
                     continue
                 for event in self.editor.feed(item):
                     await self._handle(event)
@@ -163,7 +164,7 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
         assert b.backend is not None
         if isinstance(event, Forward):
             await self._settle()
-            b.backend.write(event.data)
+            self._write(event.data)
             if event.data in SIGNAL_KEYS:
                 self.settle_from = self._output()
         elif isinstance(event, Abandoned):
@@ -171,11 +172,17 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
                 b._event("line_abandoned", channel=b.number, chars=len(event.text))
         elif not event.text.strip() and not event.uncertain:
             await self._settle()
-            b.backend.write(event.wire)  # an empty line runs nothing
+            self._write(event.wire)  # an empty line runs nothing
         elif await self._allowed(event):
             await self._settle()
-            if b.backend is not None and not b._done:  # (it may have gone meanwhile)
-                b.backend.write(event.wire)
+            self._write(event.wire)
+
+    def _write(self, data: bytes) -> None:
+        """To the backend's shell, unless it went meanwhile (e.g. during an approval)."""
+        b = self.bridge
+        if b.backend is not None and not b._done and not b._exited:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                b.backend.write(data)
 
     def _output(self) -> int:
         return self.bridge.bytes["out"] + self.bridge.bytes["err"]

@@ -158,3 +158,17 @@ def test_keys_hoopy_did_not_certify_are_refused(
     if case == "other-ca":  # a certificate refused is recorded (a plain key is no news)
         events = _session_log(ssh_hoopy, "certificate not signed by hoopy's SSH CA")
         assert not any(e["type"] == "command" for e in events), events
+
+
+def test_a_valid_certificate_for_an_unknown_connector_gets_the_same_answer(
+    ssh_hoopy: SshHoopy, tmp_path: Path
+) -> None:
+    key = tmp_path / "k"
+    assert (
+        ssh_cert(ssh_hoopy, ssh_hoopy.issuer.mint("cert-agent-4", ["agents"]), key).returncode == 0
+    )
+    r = ssh_with_key(ssh_hoopy, key, "echo nope", connector="no-such-connector")
+    assert r.returncode == 255 and "nope" not in r.stdout
+    assert "Permission denied" in r.stderr
+    events = _session_log(ssh_hoopy, "does not exist")
+    assert not any(e["type"] == "command" for e in events)

@@ -170,5 +170,5 @@ def test_a_valid_certificate_for_an_unknown_connector_gets_the_same_answer(
     r = ssh_with_key(ssh_hoopy, key, "echo nope", connector="no-such-connector")
     assert r.returncode == 255 and "nope" not in r.stdout
     assert "Permission denied" in r.stderr
-    events = _session_log(ssh_hoopy, "does not exist")
+    events = _session_log(ssh_hoopy, '"connector":"no-such-connector"')
     assert not any(e["type"] == "command" for e in events)

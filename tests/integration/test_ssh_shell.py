@@ -327,3 +327,11 @@ async def test_keys_that_need_the_backends_state_are_refused(hoopy: SshHoopy, ss
     await t.type(b"exit 0\r")
     assert await t.finish() == 0
     assert marker.read_text() == "still here\n"
+
+
+async def test_ctrl_d_on_an_empty_line_ends_the_shell(hoopy: SshHoopy) -> None:
+    t = await Term.open(hoopy, ("agents", "shellers"))
+    await t.type(b"echo bye'-'soon\r")
+    await t.expect(rb"bye-soon\r\n.*# ")  # the prompt: ^D typed ahead of it is lost
+    await t.type(b"\x04")
+    assert await t.finish() == 0

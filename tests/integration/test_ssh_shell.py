@@ -335,3 +335,23 @@ async def test_ctrl_d_on_an_empty_line_ends_the_shell(hoopy: SshHoopy) -> None:
     await t.expect(rb"bye-soon\r\n.*# ")  # the prompt: ^D typed ahead of it is lost
     await t.type(b"\x04")
     assert await t.finish() == 0
+
+
+async def test_a_shell_outliving_its_token_runs_nothing_more(hoopy: SshHoopy) -> None:
+    exp = time.time() + 4
+    proc = await asyncio.create_subprocess_exec(
+        *hoopy.ssh_argv("web-1", "-tt"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=hoopy.ssh_env(hoopy.token("shell-short", ("agents", "shellers"), ttl=4)),
+    )
+    t = Term(proc)
+    await t.type(b"echo still'-'valid\r")
+    await t.expect(rb"still-valid")
+    while time.time() < exp + 1:  # the token's expiry is what is tested
+        await asyncio.sleep(0.2)
+    start = len(t.out)
+    await t.type(b"echo too'-'late\r")
+    assert await t.finish() == 255
+    assert b"token expired" in t.out[start:] and b"too-late" not in t.out[start:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -196,6 +197,12 @@ async def test_ctrl_c_and_the_recording(hoopy: SshHoopy, sshd: Sshd) -> None:
     assert "echo rec'-'start" in typed and "rm -rf /tmp/never" in typed
     assert "rec-start" in shown and "rec-end" in shown
     assert hoopy.cli("verify", log.stem).returncode == 0
+    rep = hoopy.cli("replay", log.stem, "--speed", "0")
+    assert rep.returncode == 0 and "rec-end" in rep.stdout, rep.stderr
+    played = subprocess.run(
+        ["asciinema", "cat", str(casts[0])], capture_output=True, text=True, timeout=60
+    )
+    assert played.returncode == 0 and "rec-end" in played.stdout, played.stderr
 
 
 def _admin(h: SshHoopy, method: str, path: str) -> object:

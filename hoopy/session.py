@@ -280,4 +280,8 @@ def _fields(command: Command) -> dict[str, Any]:
         out["writes"] = sorted(command.tables_written)
     if command.functions:
         out["functions"] = sorted(command.functions)
+    if command.commands:  # shell lines: every simple command the line runs
+        out["commands"] = list(command.commands)
+    if command.opaque and command.protocol != "postgres":  # SQL's are among its kinds
+        out["opaque"] = sorted(command.opaque)
     return out

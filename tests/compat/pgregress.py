@@ -33,6 +33,7 @@ import asyncpg
 
 from hoopy import pgcluster
 from hoopy.devissuer import DevIssuer
+from tests import serveproc
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -158,25 +159,13 @@ def start_hoopy(
         f"dev_issuer: {{listen: 127.0.0.1:{issuer_port}}}\nrecordings: recordings/\n"
     )
     env = {**os.environ, "PGREGRESS_BACKEND_PASSWORD": cluster.password, "PYTHONUNBUFFERED": "1"}
-    log = open(folder / "hoopy.log", "w")  # noqa: SIM115 (lives as long as the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    for line in iter(proc.stdout.readline, ""):
-        if line.startswith("hoopy ready "):
-            addresses = json.loads(line[len("hoopy ready ") :])
-            break
-    else:
-        proc.wait(10)
-        raise SystemExit(
-            "pgregress: hoopy serve did not start:\n" + (folder / "hoopy.log").read_text()
-        )
+    with open(folder / "hoopy.log", "w") as log:  # the child keeps its own copy
+        try:
+            proc, addresses, _ = serveproc.launch(cfg, env, stderr=log)
+        except serveproc.ServeFailed:
+            raise SystemExit(
+                "pgregress: hoopy serve did not start:\n" + (folder / "hoopy.log").read_text()
+            ) from None
     issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
     token = issuer.mint("pgregress", ["compat"], ttl=4 * 3600)
     port = int(addresses["postgres"].rsplit(":", 1)[1])
@@ -297,11 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         b = run_side("hoopy", files, via, suite, env)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            serveproc.stop(proc)
         for c in clusters:
             c.destroy()
     return report(files, a, b, args.write_outputs, work)

@@ -13,7 +13,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from hoopy import pgcluster
 from hoopy.demo import SCHEMA
 from hoopy.devissuer import DevIssuer
+from tests import serveproc
 
 POLICY = """\
 mode: enforce
@@ -218,36 +218,13 @@ def start_hoopy(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr_lines: list[str] = []
-    threading.Thread(
-        target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")), daemon=True
-    ).start()
-    for line in iter(proc.stdout.readline, ""):
-        if line.startswith("hoopy ready "):
-            addresses = json.loads(line[len("hoopy ready ") :])
-            break
-    else:
-        proc.wait(10)
-        raise RuntimeError("hoopy serve did not start:\n" + "".join(stderr_lines))
+    proc, addresses, stderr_lines = serveproc.launch(cfg, env)
     issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
     return Hoopy(folder, cfg, proc, addresses, issuer, stderr_lines)
 
 
 def stop_hoopy(h: Hoopy) -> None:
-    h.proc.terminate()
-    try:
-        h.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        h.proc.kill()
-        h.proc.wait()
+    serveproc.stop(h.proc)
 
 
 @pytest.fixture(scope="session")

@@ -162,7 +162,10 @@ async def test_cancel_reaches_the_backend(hoopy: Hoopy, backend: Backend) -> Non
     sql = f"select count(*) /* {marker} */ from generate_series(1, 2000000000)"
     running = "select count(*) from pg_stat_activity where state = 'active' and query like $1"
     try:
-        query = asyncio.ensure_future(conn.fetchval(sql))
+        # the simple protocol: 'active' then means executing.  (With the extended protocol
+        # the backend is 'active' while parsing too, then idle until the Bind arrives, and
+        # PostgreSQL ignores a cancel that reaches it idle.)
+        query = asyncio.ensure_future(conn.execute(sql))
         # cancel once the backend runs it (a cancel PostgreSQL gets before is ignored)
         for _ in range(600):
             if await su.fetchval(running, f"%{marker}%"):

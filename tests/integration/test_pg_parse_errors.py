@@ -38,3 +38,12 @@ async def test_driver_sees_sqlstate_and_position(hoopy: Hoopy, backend: Backend)
         assert await conn.fetchval("select 2") == 2  # the session stays usable
     finally:
         await conn.close()
+
+
+def test_texts_without_a_statement_are_answered(hoopy: Hoopy) -> None:
+    """Only a comment, a lone semicolon, blanks: the server answers EmptyQueryResponse
+    (psql prints nothing) and the session goes on (such a text once crashed it)."""
+    for text in ["/* only a comment */", "-- c", ";", " "]:
+        r = hoopy.psql("-c", text, "-c", "select 'after'")
+        assert r.returncode == 0, (text, r.stderr)
+        assert "after" in r.stdout

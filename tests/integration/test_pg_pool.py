@@ -86,3 +86,23 @@ def test_a_backend_that_died_while_idle_is_not_handed_out(pooled: Hoopy, backend
     again = _psql(pooled, "select pg_backend_pid()", "pool-dead")
     assert again.returncode == 0, again.stderr
     assert int(again.stdout.strip()) != pid
+
+
+def test_a_backend_that_used_temporary_objects_is_not_pooled(
+    pooled: Hoopy, backend: Backend
+) -> None:
+    used = _psql(pooled, "create temp table pool_tmp (x int); select pg_backend_pid()", "pool-tmp")
+    assert used.returncode == 0, used.stderr
+    pid = int(used.stdout.split()[-1])
+    # the reset finds its temporary schema and closes it instead of keeping it idle
+    _until(lambda: all(p != pid for p, _, _ in _backends(backend, "true")))
+    fresh = _psql(pooled, "select pg_my_temp_schema() = 0", "pool-tmp")
+    assert fresh.stdout.strip() == "t", fresh.stderr
+
+
+def test_a_clean_backend_is_pooled(pooled: Hoopy, backend: Backend) -> None:
+    first = _psql(pooled, "select pg_backend_pid()", "pool-clean")
+    pid = int(first.stdout.strip())
+    _until(lambda: any(p == pid and s == "idle" for p, s, _ in _backends(backend, "true")))
+    again = _psql(pooled, "select pg_backend_pid()", "pool-clean")
+    assert int(again.stdout.strip()) == pid  # the reset kept it: the check is not a blanket refusal

@@ -8,7 +8,6 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from hoopy import pgcluster
 from hoopy.devissuer import DevIssuer
+from tests import serveproc
 
 KUBECTL = os.environ.get("KUBECTL", "kubectl")
 
@@ -148,12 +148,7 @@ class KubeHoopy:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        serveproc.stop(self.proc)
 
 
 def _profile() -> list[str]:
@@ -193,30 +188,7 @@ def start_hoopy(
         "recordings: recordings/\n" + extra_yaml
     )
     env = {**os.environ, "TEST_ADMIN_TOKEN": "admin-secret-token", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            *_profile(),
-            *([] if _wrapper() else ["-m", "hoopy.cli"]),
-            "serve",
-            "--config",
-            str(cfg),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    err = proc.stderr
-    threading.Thread(target=lambda: lines.extend(iter(err.readline, "")), daemon=True).start()
-    for line in iter(proc.stdout.readline, ""):
-        if line.startswith("hoopy ready "):
-            addresses = json.loads(line[len("hoopy ready ") :])
-            break
-    else:
-        proc.wait(10)
-        raise RuntimeError("hoopy serve did not start:\n" + "".join(lines))
+    args = [*_profile(), *([] if _wrapper() else ["-m", "hoopy.cli"])]
+    proc, addresses, lines = serveproc.launch(cfg, env, args)
     issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
     return KubeHoopy(folder, cfg, proc, addresses, issuer, lines)

@@ -80,13 +80,19 @@ class BackendConn:
         self.codec.receive_data(data)
         return self.codec.events()
 
-    async def simple_query(self, sql: str) -> None:
-        """Run a statement hoopy issues itself; waits for ReadyForQuery."""
+    async def simple_query(self, sql: str) -> bytes | None:
+        """Run a statement hoopy issues itself; waits for ReadyForQuery.  Returns the first
+        column of its first row, if it returned one."""
         self.writer.write(self.codec.query(sql))
         error: pg.ErrorResponse | None = None
+        first: bytes | None = None
+        seen = False
         while True:
             for ev in await self.read_events():
-                if isinstance(ev, pg.ErrorResponse):
+                if isinstance(ev, pg.DataRows) and not seen:
+                    row = next(pg.iter_data_rows(ev.raw), None)
+                    first, seen = (row[0] if row else None), True
+                elif isinstance(ev, pg.ErrorResponse):
                     error = ev
                 elif isinstance(ev, pg.ParameterStatus):
                     self.params[ev.name] = ev.value
@@ -94,7 +100,7 @@ class BackendConn:
                     self.status = ev.status
                     if error is not None:
                         raise BackendUnavailable(f"database refused reset ({error.code})")
-                    return
+                    return first
 
 
 def _client_params(params: dict[str, str]) -> dict[str, str]:
@@ -326,10 +332,16 @@ class BackendPool:
             # next one's random() predictable.  A secret seed makes it unknowable again.
             seed = secrets.randbelow(2**52) / 2**52 * 2 - 1
             await asyncio.wait_for(conn.simple_query(f"SELECT setseed({seed!r})"), 5.0)
+            # A backend that ever used temporary objects keeps its temporary schema, which
+            # changes what the next agent sees (PREPARE TRANSACTION after touching
+            # temporary objects succeeds where a fresh backend refuses it): not as new.
+            used_temp = await asyncio.wait_for(
+                conn.simple_query("SELECT pg_catalog.pg_my_temp_schema() <> 0"), 5.0
+            )
         except Exception:
             conn.close()
             return
-        if conn.status != "I" or not _quiet(conn):
+        if used_temp != b"f" or conn.status != "I" or not _quiet(conn):
             conn.close()
             return
         self._make_room(conn.connector.name)

@@ -617,7 +617,7 @@ class Relay(Pipeline):
         which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
-        if len(cmds) > 1 or (not parse and "execute" in cmds[0].kinds):
+        if len(cmds) > 1 or (cmds and not parse and "execute" in cmds[0].kinds):
             self._names_checked(cmds, parse)
         if len(cmds) == 1:  # the usual case, without lists
             d = session.decide(cmds[0])

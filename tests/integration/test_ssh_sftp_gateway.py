@@ -254,3 +254,20 @@ def test_an_operation_needing_approval_waits_for_it(
             proc.kill()
             proc.wait()
     assert not victim.exists()
+
+
+def test_a_symlink_inside_the_allowed_tree_does_not_lead_out(
+    hoopy: SshHoopy, data: Path, tmp_path: Path
+) -> None:
+    link = data / "pub" / "innocent.txt"
+    link.unlink(missing_ok=True)
+    link.symlink_to(data / "private.txt")  # made on the backend, outside the agent's reach
+    sub = f"sftp-link-{uuid.uuid4().hex[:8]}"
+    r = sftp(hoopy, f"get {link}\n", tmp_path, sub=sub)
+    assert r.returncode != 0 and not (tmp_path / "innocent.txt").exists()
+    assert "no policy rule allows this" in r.stderr, r.stderr
+    events = [json.loads(line) for line in _recording(hoopy, sub).read_text().splitlines()]
+    assert any(
+        e.get("type") == "command" and e["outcome"] == "deny" and "innocent.txt" in e["text"]
+        for e in events
+    )

@@ -321,6 +321,10 @@ async def test_keys_that_need_the_backends_state_are_refused(hoopy: SshHoopy, ss
         b"^one^two\r",
         b'bind \'"q":"rm -rf /tmp/x\\n"\'\r',
         b"\x12echo\r",  # Ctrl-R search
+        b"echo \xff\xfe\r",  # not UTF-8
+        b"echo a\x00b\r",  # NUL
+        b"echo a\x1bxb\r",  # Meta-x
+        b"echo \x1b[1;5Cx\r",  # Ctrl-Right
     ):
         start = len(t.out)
         await t.type(keys)

@@ -220,7 +220,8 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
             self._note("Ctrl-C: stopped waiting for approval; the line was not run")
             return False
         except CommandDenied as e:  # denied, approval refused
-            self._note(e.message)
+            keys = f" (the line was typed with {', '.join(line.uncertain)})"
+            self._note(e.message + (keys if line.uncertain and not e.rule else ""))
             return False
         except HoopyError:
             self._close_backend()  # recording down: nothing runs unrecorded

@@ -769,7 +769,7 @@ def _match(rule: Section, refs: _Refs) -> Match:
             f"{refs.issuers} token issuers are configured and a subject is only unique "
             "within its issuer: add match.issuers to say whose subjects these are",
         )
-    ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths"))
+    ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths", "shell"))
     kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque"))
     return Match(
         subjects=subjects,
@@ -792,6 +792,7 @@ def _ssh_match(ssh: Section) -> SshMatch:
         _opaque(ssh),
         sftp=tuple(v for v, _ in sftp),
         paths=_match_strings(ssh, "paths"),
+        shell=ssh.boolean("shell", False),
     )
 
 

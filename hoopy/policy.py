@@ -113,6 +113,11 @@ class SshMatch:
     opaque: bool = False  # allow: also covers shell lines hoopy cannot read; else: only those
     sftp: tuple[str, ...] = ()  # SFTP operations (SFTP_OPS globs)
     paths: tuple[str, ...] = ()  # SFTP: globs over the paths an operation touches
+    shell: bool = False  # interactive (PTY) shell sessions: allowed only by a rule saying so
+
+
+# The Command kind of opening an interactive shell (each line typed is checked after).
+SHELL_SESSION = "shell_session"
 
 
 # SFTP operations a rule's `ssh.sftp` names (Command.kinds are "sftp_" + op).
@@ -380,6 +385,10 @@ def _shell_matches(patterns: Sequence[str], opaque: bool, cmd: Command, every: b
 def _ssh_matches(s: SshMatch, cmd: Command, every: bool = False) -> bool:
     if cmd.protocol != "ssh":
         return False
+    if SHELL_SESSION in cmd.kinds:  # an allow must say `shell: true`; `ssh: {}` denies all
+        return s.shell or (not every and not (s.commands or s.opaque or s.sftp or s.paths))
+    if s.shell and not (s.commands or s.opaque or s.sftp or s.paths):
+        return False  # `shell: true` alone is about opening shells, not the lines run
     ops = [k[5:] for k in cmd.kinds if k.startswith("sftp_")]
     if ops or s.sftp or s.paths:
         return _sftp_matches(s, cmd, ops, every)
@@ -427,6 +436,8 @@ def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
     if m.sql is not None and not _sql_matches(m.sql, cmd, every=rule.effect == "allow"):
         return False
     every = rule.effect == "allow"
+    if m.ssh is None and every and SHELL_SESSION in cmd.kinds:
+        return False  # interactive shells are off unless a rule says `ssh: {shell: true}`
     if m.ssh is not None and not _ssh_matches(m.ssh, cmd, every):
         return False
     return not (m.kubernetes is not None and not _kube_matches(m.kubernetes, cmd, every))
@@ -474,6 +485,20 @@ def may_mask(policies: Sequence[PolicySet], who: Identity, connector: str) -> bo
     return any(
         rule.effect == "mask" and _identity_matches(rule.match, who, connector)
         for ps in policies
+        for rule in ps.rules
+    )
+
+
+def may_sftp(policies: Sequence[PolicySet], who: Identity, connector: str) -> bool:
+    """Could some enforcing allow rule let this identity do an SFTP operation on this
+    connector?  Only then is the `sftp` subsystem opened (each operation is checked)."""
+    return any(
+        rule.effect == "allow"
+        and rule.match.ssh is not None
+        and bool(rule.match.ssh.sftp)
+        and _identity_matches(rule.match, who, connector)
+        for ps in policies
+        if ps.mode == "enforce"
         for rule in ps.rules
     )
 

@@ -85,6 +85,10 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         self.bytes = {"out": 0, "err": 0, "in": 0}
         self._recorded = {"o": 0, "i": 0}
         self._done = False
+        self._exited = False  # the exit event is recorded
+        # Where the agent's input goes instead of the backend channel (a PTY shell's line
+        # editor, an SFTP server's stream): see `delegate_to`.
+        self.delegate: asyncssh.SSHServerSession[bytes] | None = None
 
     # ---- asyncssh: the agent's channel ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -111,6 +115,9 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         self.task = self.conn.spawn(self._run())
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.delegate is not None:
+            self.delegate.data_received(data, datatype)
+            return
         if self.backend is None:
             self._early.append(data)
             if self.chan is not None:
@@ -121,6 +128,9 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         self.backend.write(data)
 
     def eof_received(self) -> bool:
+        if self.delegate is not None:
+            self.delegate.eof_received()
+            return True
         if self.backend is None:
             self._early_eof = True
         else:
@@ -150,10 +160,14 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
     def pause_writing(self) -> None:
         if self.backend is not None:
             self.backend.pause_reading()
+        if self.delegate is not None:
+            self.delegate.pause_writing()
 
     def resume_writing(self) -> None:
         if self.backend is not None:
             self.backend.resume_reading()
+        if self.delegate is not None:
+            self.delegate.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The agent closed the channel (or the connection went)."""
@@ -161,6 +175,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             self.task.cancel()  # e.g. stop waiting for an approval nobody will read
         if self.backend is not None:
             self.backend.close()
+        if self.delegate is not None:
+            self.delegate.connection_lost(exc)
         self.conn.open_channels -= 1  # asyncssh calls this once per channel
         self._done = True
 
@@ -182,7 +198,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         except HoopyError as e:
             self.fail(e)
         except asyncio.CancelledError:
-            self._event("exit", channel=self.number, reason="agent closed the channel")
+            if not self._exited:  # (a shell's backend may have ended it already)
+                self._event("exit", channel=self.number, reason="agent closed the channel")
             raise
         except Exception:
             log.exception("ssh session %s channel %d crashed", self.conn.session.id, self.number)
@@ -205,8 +222,11 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             self.maskers = {False: StreamMasker(masker), True: StreamMasker(masker)}
         await self._open_backend(backend, command)
 
-    async def _open_backend(self, backend: asyncssh.SSHClientConnection, command: str) -> None:
-        """Start `command` on the backend and relay; the callbacks take it from here."""
+    async def _open_backend(
+        self, backend: asyncssh.SSHClientConnection, command: str | None
+    ) -> None:
+        """Start `command` (None: a shell) on the backend and relay; the callbacks take
+        it from here."""
         assert self.chan is not None
         width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
         try:
@@ -248,6 +268,20 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         self._early.clear()
         if self._early_eof:
             chan.write_eof()
+        self.chan.resume_reading()
+
+    def delegate_to(self, delegate: asyncssh.SSHServerSession[bytes]) -> None:
+        """From now on the agent's input (and EOF, flow control, close) goes to
+        `delegate`, starting with what arrived before it was set."""
+        assert self.chan is not None
+        self.delegate = delegate
+        delegate.connection_made(self.chan)
+        early, self._early = self._early, []
+        for data in early:
+            delegate.data_received(data, None)
+        if self._early_eof:
+            self._early_eof = False
+            delegate.eof_received()
         self.chan.resume_reading()
 
     def _notify(self, message: str) -> None:
@@ -313,6 +347,7 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             **({"masked": dict(self._mask_counts())} if self.maskers else {}),
             **({"error": type(exc).__name__} if exc else {}),
         )
+        self._exited = True
         self._close_cast()
         chan = self.chan
         if chan is None or self._done:

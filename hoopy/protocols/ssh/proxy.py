@@ -13,7 +13,8 @@ shared with another agent connection, let alone another identity.
 
 Session channels are `channel.Bridge`s.  Forwarding of any kind (TCP, Unix sockets,
 agent, X11, tun/tap) is refused and recorded.  Interactive shells and SFTP go to
-`Hooks`, which refuse them until a PTY line editor / SFTP bridge is plugged in.
+`Hooks` (interactive.py): a PTY shell whose typed lines are each checked, and an SFTP
+bridge whose operations are; each only where policy allows it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from hoopy.errors import BackendUnavailable, CommandDenied, HoopyError
 from hoopy.gateway import Gateway
 from hoopy.policy import Identity
 from hoopy.protocols.ssh import backend as be
+from hoopy.protocols.ssh.ca import CertificateLogin, SshCA
 from hoopy.protocols.ssh.channel import Bridge, notify_current
+from hoopy.protocols.ssh.interactive import run_sftp, run_shell
 from hoopy.session import Session
 
 log = logging.getLogger("hoopy.ssh")
@@ -59,12 +62,13 @@ async def _refuse_sftp(bridge: Bridge) -> None:
 
 @dataclass
 class Hooks:
-    """Where PTY shells and the SFTP subsystem go (lineedit.py / sftp.py plug in here).
-    Each gets the Bridge after the agent's request was accepted; raising a HoopyError
-    answers on stderr with its exit status."""
+    """Where PTY shells and the SFTP subsystem go (interactive.py: the line editor and
+    the SFTP bridge, each only where policy allows it).  Each gets the Bridge after the
+    agent's request was accepted; raising a HoopyError answers on stderr with its exit
+    status.  `_refuse_shell` / `_refuse_sftp` turn one off entirely."""
 
-    shell: Callable[[Bridge], Awaitable[None]] = _refuse_shell
-    sftp: Callable[[Bridge], Awaitable[None]] = _refuse_sftp
+    shell: Callable[[Bridge], Awaitable[None]] = run_shell
+    sftp: Callable[[Bridge], Awaitable[None]] = run_sftp
 
 
 @dataclass
@@ -105,6 +109,8 @@ class SshListener:
         self.hooks = hooks or Hooks()
         settings = gw.config.ssh
         self.failures = FailureBudget(settings.failed_logins, settings.failed_login_window)
+        # hoopy's SSH user CA: certificates from `hoopy ssh-cert` log in without a password
+        self.ca = SshCA.open(gw.config.state_dir)
         self.connections: set[AgentConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncssh.SSHAcceptor | None = None
@@ -118,6 +124,7 @@ class SshListener:
             host,
             port,
             server_host_keys=[self.host_key],
+            authorized_client_keys=self.ca.authorized_keys(),  # this CA and nothing else
             encoding=None,
             line_editor=False,
             allow_pty=True,
@@ -181,6 +188,7 @@ class AgentConnection(asyncssh.SSHServer):
         self.host = str(peer[0])
         self.client = f"{peer[0]}:{peer[1]}"
         self.listener.connections.add(self)
+        self._certificate_login(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
@@ -233,6 +241,33 @@ class AgentConnection(asyncssh.SSHServer):
             return False
         return await self._login(username, str(responses[0]))
 
+    def _certificate_login(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Public keys: only certificates from hoopy's CA (asyncssh checks signature,
+        validity and key proof against `authorized_client_keys`; `CertificateLogin`
+        checks them against the CA and reads the identity, groups and expiry from the
+        certificate); then the same admission as a token login."""
+        login = CertificateLogin(self.listener.ca).attach(conn)
+        checked = conn.validate_public_key
+
+        async def validate(username: str, key_data: bytes, msg: bytes, sig: bytes) -> bool:
+            if self._session is not None:
+                return False  # one identity per connection
+            if self.listener.failures.blocked(self.host):
+                self._reject(username, "too many failed logins from this address; try again later")
+                return False
+            login.refusal = ""
+            if not await checked(username, key_data, msg, sig):
+                if login.refusal and login.refusal != "not a certificate hoopy issues":
+                    self.listener.failures.failed(self.host)  # a bad, expired or forged one
+                    self._reject(username, f"certificate refused: {login.refusal}")
+                return False
+            if not msg:
+                return True  # "would you accept this key?": the signed request follows
+            assert login.identity is not None
+            return self._admit(login.identity, username)
+
+        setattr(conn, "validate_public_key", validate)  # noqa: B010 (this connection only)
+
     async def _login(self, username: str, token: str) -> bool:
         if self._session is not None:
             return False  # one identity per connection
@@ -241,6 +276,14 @@ class AgentConnection(asyncssh.SSHServer):
             return False
         try:
             identity = await self.gw.authenticate(token.strip())
+        except HoopyError as e:
+            self.listener.failures.failed(self.host)
+            self._reject(username, e.message)
+            return False
+        return self._admit(identity, username)
+
+    def _admit(self, identity: Identity, username: str) -> bool:
+        try:
             connector = self.gw.admit(identity, username, "ssh")
             assert isinstance(connector, SshConnector)
             session = self._open(identity, username)

@@ -22,10 +22,12 @@ def launch(
     env: dict[str, str],
     python_args: Sequence[str] = ("-m", "hoopy.cli"),
     stderr: IO[str] | None = None,
+    before_ready: list[str] | None = None,
 ) -> tuple[subprocess.Popen[str], dict[str, str], list[str]]:
     """Start `hoopy serve --config CONFIG`; return the process, the listeners' addresses
     from its ready line, and the list its stderr lines go to (empty when `stderr`, a
-    file, takes them instead)."""
+    file, takes them instead).  `before_ready` gets the stdout lines before that one
+    (the SSH host key's fingerprint)."""
     proc = subprocess.Popen(
         [sys.executable, *python_args, "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
@@ -41,6 +43,8 @@ def launch(
     for line in iter(proc.stdout.readline, ""):
         if line.startswith("hoopy ready "):
             return proc, json.loads(line[len("hoopy ready ") :]), lines
+        if before_ready is not None:
+            before_ready.append(line)
     proc.wait(10)
     raise ServeFailed("hoopy serve did not start:\n" + "".join(lines))
 

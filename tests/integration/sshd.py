@@ -9,7 +9,6 @@ host key is pinned in a known_hosts file of the test's own.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -20,10 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from hoopy import pgcluster
 from hoopy.devissuer import DevIssuer
+from tests import serveproc
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 needs_openssh = pytest.mark.skipif(
@@ -77,6 +78,16 @@ class Sshd:
 
     def known_hosts_line(self) -> str:
         return f"[127.0.0.1]:{self.port} {self.host_pub}"
+
+    def known_hosts(self) -> asyncssh.SSHKnownHosts:
+        return asyncssh.import_known_hosts(self.known_hosts_line() + "\n")
+
+    async def connect(self) -> asyncssh.SSHClientConnection:
+        """A backend connection as hoopy makes it: its key, the host key pinned."""
+        return await asyncssh.connect(
+            "127.0.0.1", self.port, username="root", client_keys=[str(self.client_key)],
+            known_hosts=self.known_hosts(), agent_path=None, config=[],
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -254,41 +265,18 @@ def start_ssh_hoopy(
 ) -> SshHoopy:
     cfg = write_ssh_config(folder, sshd, extra_policies, **kw)
     env = {**os.environ, "TEST_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    before: list[str] = []
+    proc, addresses, stderr_lines = serveproc.launch(cfg, env, before_ready=before)
+    fingerprint = next(
+        (ln.split()[-1] for ln in before if ln.startswith("hoopy ssh host key ")), ""
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr_lines: list[str] = []
-    threading.Thread(
-        target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")),  # type: ignore[union-attr]
-        daemon=True,
-    ).start()
-    fingerprint = ""
-    for line in iter(proc.stdout.readline, ""):
-        if line.startswith("hoopy ssh host key "):
-            fingerprint = line.split()[-1]
-        if line.startswith("hoopy ready "):
-            addresses = json.loads(line[len("hoopy ready ") :])
-            break
-    else:
-        proc.wait(10)
-        raise RuntimeError("hoopy serve did not start:\n" + "".join(stderr_lines))
     pub = (folder / "state" / "ssh_host_ed25519_key.pub").read_text().strip()
     issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
     return SshHoopy(folder, cfg, proc, addresses, issuer, pub, fingerprint, stderr_lines)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    serveproc.stop(proc)
 
 
 @pytest.fixture(scope="session")

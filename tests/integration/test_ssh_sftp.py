@@ -21,7 +21,9 @@ from hoopy.config import check_config
 from hoopy.errors import CommandDenied
 from hoopy.policy import Command, Identity, Match, PolicySet, Rule, SshMatch, decide
 from hoopy.protocols.ssh.sftp import SftpBridge
-from tests.integration.sshd_fixture import Sshd, backend_sshd  # noqa: F401 (fixture)
+from tests.integration.sshd import Sshd
+
+pytest_plugins = ["tests.integration.sshd"]
 
 WRITE_OPS = ("read", "write", "mkdir", "rmdir", "remove", "rename", "setstat", "symlink")
 IDENTITIES = {
@@ -100,7 +102,7 @@ class AgentServer(asyncssh.SSHServer):
 
 @pytest.fixture(scope="module")
 async def bridge(
-    backend_sshd: Sshd,  # noqa: F811
+    sshd: Sshd,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Bridge]:
     data = tmp_path_factory.mktemp("sftp") / "data"
@@ -132,7 +134,7 @@ async def bridge(
             return decision
 
         async def open_backend() -> asyncssh.SFTPClient:
-            conn = await backend_sshd.connect()
+            conn = await sshd.connect()
             backends.append(conn)
             return await conn.start_sftp_client()
 

@@ -35,6 +35,29 @@ def _write_key(path: Path, key: asyncssh.SSHKey) -> str:
     return key.export_public_key().decode().strip()
 
 
+def launch_sshd(binary: str, config: Path) -> tuple[subprocess.Popen[str], list[str]] | None:
+    """`sshd -D -e -f CONFIG`, awaited on its "Server listening" line (never a sleep);
+    its log lines keep arriving in the returned list.  None if it exits first."""
+    proc = subprocess.Popen(
+        [binary, "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in iter(proc.stderr.readline, ""):
+        lines.append(line)
+        if "Server listening on" in line:
+            break
+    else:
+        proc.wait(10)
+        return None
+    err = proc.stderr
+    threading.Thread(target=lambda: lines.extend(iter(err.readline, "")), daemon=True).start()
+    return proc, lines
+
+
 @dataclass
 class DemoSshd:
     folder: Path
@@ -66,23 +89,10 @@ class DemoSshd:
             "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\n"
             f"UsePAM no\nAllowUsers {user}\nAcceptEnv LANG LC_* TERM\nLogLevel INFO\n"
         )
-        proc = subprocess.Popen(
-            [binary, "-D", "-e", "-f", str(folder / "sshd_config")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stderr is not None
-        lines: list[str] = []
-        for line in iter(proc.stderr.readline, ""):
-            lines.append(line)
-            if "Server listening on" in line:
-                break
-        else:
-            proc.wait(10)
+        started = launch_sshd(binary, folder / "sshd_config")
+        if started is None:
             return None
-        err = proc.stderr
-        threading.Thread(target=lambda: lines.extend(iter(err.readline, "")), daemon=True).start()
+        proc, lines = started
         return cls(folder, port, user, proc, lines)
 
     def connector(self) -> str:

@@ -14,7 +14,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 
 from hoopy import pgcluster
 from hoopy.devissuer import DevIssuer
+from hoopy.sshtarget import launch_sshd
 from tests import serveproc
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -115,24 +115,10 @@ def start_sshd(folder: Path) -> Sshd:
         "MaxSessions 200\nMaxStartups 200\nLogLevel INFO\n"
         "UseDNS no\nPrintMotd no\nPrintLastLog no\n"
     )
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-    for line in iter(proc.stderr.readline, ""):
-        lines.append(line)
-        if "Server listening on" in line:
-            break
-    else:
-        proc.wait(10)
-        raise RuntimeError("sshd did not start:\n" + "".join(lines))
-    threading.Thread(
-        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
-    ).start()  # type: ignore[union-attr]
+    started = launch_sshd(SSHD, cfg)
+    if started is None:
+        raise RuntimeError("sshd did not start")
+    proc, lines = started
     return Sshd(folder, port, proc, host_pub, folder / "hoopy_backend_key", lines)
 
 

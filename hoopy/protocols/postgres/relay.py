@@ -47,7 +47,9 @@ from hoopy.gateway import Gateway
 from hoopy.policy import Command, Decision
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres import fastpath as fp
 from hoopy.protocols.postgres.bindgate import bound_command, single, split_run
+from hoopy.protocols.postgres.catalog import CatalogUnavailable
 from hoopy.protocols.postgres.classify import SqlParseError
 from hoopy.protocols.postgres.classworker import StatementTooLarge
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
@@ -316,6 +318,11 @@ class Relay(Pipeline):
                     out.append(self._refused(st, e))
                     continue
                 out.append(self._allowed(st, cmds))
+            elif t is pg.FunctionCall:  # its OID is resolved over the catalog: in the task
+                self._flush(out)
+                self._agent_events = events[i:]
+                self._agent_pump.run(eager=False)
+                return
             elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
                 binds = self._binds_free(ev)  # type: ignore[arg-type]
                 if binds is None:  # one waits for an approval, or is refused: in the task
@@ -346,6 +353,9 @@ class Relay(Pipeline):
                     out.append(self._refused(st, e))
                     continue
                 out.append(self._allowed(st, cmds))
+            elif t is pg.FunctionCall:
+                self._enter(pg.Query, out)  # answered like a Query, ReadyForQuery and all
+                out.append(await self._fast_path(cast(pg.FunctionCall, ev), out))
             elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
                 binds = self._binds_free(ev)  # type: ignore[arg-type]
                 if binds is not None:
@@ -514,14 +524,8 @@ class Relay(Pipeline):
             self.outcome = "closed"
             self._end()
             return False
-        elif t is pg.FunctionCall:
-            if self.extended_open:  # its marker Query would go unanswered: see _enter
-                raise ProtocolError(
-                    "a fast-path function call inside an extended-protocol batch (before "
-                    "its Sync) is not supported through hoopy; session closed"
-                )
-            refusal = CommandDenied("the fast-path function call protocol is not allowed")
-            out.append(self._refuse_query(refusal))
+        elif t is pg.FunctionCall:  # _agent_batch checks these; never forwarded unchecked
+            raise ProtocolError("a fast-path function call hoopy did not check; session closed")
         else:
             special = self.names.special and (t is pg.Execute or t is pg.Passthrough)
             if special and self._gated_executes(ev, out):
@@ -561,6 +565,48 @@ class Relay(Pipeline):
                 self.extended_open = True
             out.append(ev.raw)
         return True
+
+    async def _fast_path(self, ev: pg.FunctionCall, out: list[bytes]) -> bytes:
+        """A fast-path call, checked as a call of the function its OID names
+        (fastpath.py): its bytes when allowed, else the marker (answered as the server
+        answers a failed call: ErrorResponse, ReadyForQuery).  Every refusal is recorded."""
+        session, connector = self.session, self.connector
+        assert session is not None and connector is not None
+        try:
+            info = fp.decode_call(ev.raw)
+        except fp.BadFunctionCall as e:
+            raise ProtocolError(f"malformed FunctionCall message ({e}); session closed") from None
+        try:
+            reason = ""
+            if self.planner is not None:  # what loread & co. return cannot be traced
+                reason = "fast-path function calls cannot be masked, so masked sessions refuse them"
+            else:
+                try:
+                    found = await self.listener.catalog(connector).function_name(info.oid)
+                except CatalogUnavailable:
+                    found, reason = None, "the catalog side connection is unavailable"
+                if found is None and not reason:
+                    reason = f"no function has OID {info.oid}"
+            if reason:
+                text = fp.unresolved_text(info.oid)
+                session.record(
+                    "command", text=text, kinds=["select"], values=list(info.values),
+                    outcome="deny", reason=reason,
+                )  # fmt: skip
+                raise CommandDenied(f"{text} refused: {reason}")
+            assert found is not None
+            cmd = fp.call_command(connector.name, found[0], found[1], info)
+            if session.decide(cmd).outcome == "require_approval":
+                self._flush(out)
+                await self._watching_agent(self._check_each((cmd,)))
+            else:
+                session.check_now(cmd)
+            # what it runs with, written before it runs (as a Bind's values are)
+            session.record("call", function=f"{found[0]}.{found[1]}", values=list(info.values))
+        except (CommandDenied, RecordingFailed) as e:
+            return self._refuse_query(e)
+        self.batches_sent += 1
+        return ev.raw
 
     def _copy_may_commit(self) -> None:
         """A CopyDone commits what a COPY FROM STDIN sent: not once the token expired
@@ -905,6 +951,8 @@ class Relay(Pipeline):
             return notification(self.planner, self.session, ev)  # masked, recorded
         if isinstance(ev, pg.EmptyQueryResponse):
             self.result.reset()
+        if isinstance(ev, pg.FunctionCallResponse):
+            self._record_result("FUNCTION CALL")  # a fast-path call's answer
         return ev.raw
 
     def _on_error(self, ev: pg.ErrorResponse, masking: Any = None) -> bytes:

@@ -223,8 +223,9 @@ async def test_settings_switch_in_a_pipeline_cannot_smuggle_a_statement(
 ) -> None:
     """With standard_conforming_strings off the server reads 'x\\' , ' as one string and
     runs the TRUNCATE after it; hoopy (which parses with it on) saw a harmless SELECT.
-    Sent in one write behind the SET, the text must wait for the SET's answer, which
-    ends the session: the TRUNCATE never runs."""
+    The SET itself is refused (0A000, test_pg_text_settings.py); a switch hoopy cannot
+    see (a function) makes the text wait for its answer, which ends the session: the
+    TRUNCATE never runs."""
     conn = await backend.app_conn()
     try:
         await conn.execute("drop table if exists scs_probe; create table scs_probe (x int)")
@@ -235,8 +236,9 @@ async def test_settings_switch_in_a_pipeline_cannot_smuggle_a_statement(
             pg.query("SET standard_conforming_strings = off")
             + pg.query("SELECT 'x\\' , ' ; TRUNCATE scs_probe; --'")
         )
+        s.sendall(pg.terminate())
         reply = read_all(s)
-        assert b"08P01" in reply and b"standard_conforming_strings" in reply
+        assert b"0A000" in reply and b"standard_conforming_strings" in reply
         assert await conn.fetchval("select count(*) from scs_probe") == 1
         # the same through a function the policy cannot see into
         await conn.execute(

@@ -19,9 +19,11 @@ and the backend → agent side swaps the marker's error for hoopy's 42501/42601.
 
 Backend → agent: DataRow runs are only decoded for the first rows a statement records.
 ErrorResponse/NoticeResponse/ParameterStatus are scrubbed of the backend credentials.
-A server whose settings would make hoopy's parse differ from the server's
-(standard_conforming_strings off, a client-only multibyte encoding) ends the session:
-fail closed.  Masking sessions track every result to its statement and rewrite rows
+A statement that would make the server read later texts otherwise than hoopy does
+(standard_conforming_strings off, a client-only multibyte encoding) is refused as a
+statement (textsettings.py); such a switch hoopy could not see coming (a function, a
+role default), reported by the server, ends the session: fail closed.  Fast-path
+function calls are checked as calls of the function their OID names (fastpath.py).  Masking sessions track every result to its statement and rewrite rows
 (results.py, rowmask.py).
 """
 
@@ -73,6 +75,12 @@ from hoopy.protocols.postgres.pipeline import (
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
 from hoopy.protocols.postgres.results import ResultTracker
+from hoopy.protocols.postgres.textsettings import (  # noqa: F401 (UNSAFE_ENCODINGS: re-exported)
+    UNSAFE_ENCODINGS,
+    SettingRefused,
+    unsafe_encoding,
+)
+from hoopy.protocols.postgres.textsettings import refusal as text_setting_refusal
 from hoopy.session import Session
 
 if TYPE_CHECKING:
@@ -80,27 +88,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hoopy.postgres")
 
-# Client-only encodings whose trailing bytes can be ASCII quote/backslash:
-# hoopy's parse of the text would differ from the server's.
-UNSAFE_ENCODINGS = frozenset({"BIG5", "GBK", "SJIS", "SHIFT_JIS_2004", "GB18030", "UHC", "JOHAB"})
-# Every name PostgreSQL accepts for them (pg_encname_tbl in src/common/encnames.c), as
-# its clean_encoding_name() spells it: ASCII letters and digits only, lower case.
-_UNSAFE_NAMES = frozenset(
-    {"big5", "win950", "windows950", "gbk", "win936", "windows936", "sjis", "shiftjis"}
-    | {"mskanji", "win932", "windows932", "shiftjis2004", "gb18030", "uhc", "win949"}
-    | {"windows949", "johab"}
-)
 READ_SIZE = 256 * 1024
-
-
-def _norm_enc(name: str) -> str:
-    """An encoding name as PostgreSQL looks it up: `Shift_JIS`, `SHIFT-JIS` → shiftjis."""
-    return "".join(c for c in name if c.isascii() and c.isalnum()).lower()
-
-
-def unsafe_encoding(name: str) -> bool:
-    """Is `name` (any spelling PostgreSQL accepts) one of UNSAFE_ENCODINGS?"""
-    return _norm_enc(name) in _UNSAFE_NAMES
 
 
 def error_bytes(e: HoopyError) -> bytes:
@@ -629,21 +617,37 @@ class Relay(Pipeline):
         """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
         assert self.connector is not None
         try:
-            return self.listener.classification.classify_now(
+            cmds = self.listener.classification.classify_now(
                 sql, self.connector.name, self.prepared
             )
         except (SqlParseError, StatementTooLarge) as e:
             raise self._unclassified(sql, e) from None
+        self._text_settings(cmds)
+        return cmds
 
     async def _commands_off_loop(self, sql: str) -> tuple[Command, ...]:
         """`_commands`, a long text classified by a worker process (see classworker.py)."""
         assert self.connector is not None
         try:
-            return await self.listener.classification.classify(
+            cmds = await self.listener.classification.classify(
                 sql, self.connector.name, self.prepared
             )
         except (SqlParseError, StatementTooLarge) as e:
             raise self._unclassified(sql, e) from None
+        self._text_settings(cmds)
+        return cmds
+
+    def _text_settings(self, cmds: tuple[Command, ...]) -> None:
+        """Refuse (recorded, 0A000) a text with a statement that would change how the
+        server reads later texts (textsettings.py): whatever the policy says."""
+        for c in cmds:
+            reason = text_setting_refusal(c)
+            if reason:
+                assert self.session is not None
+                self.session.record(
+                    "command", text=c.text, kinds=sorted(c.kinds), outcome="deny", reason=reason
+                )
+                raise SettingRefused(reason)
 
     def _unclassified(self, sql: str, e: SqlParseError | StatementTooLarge) -> HoopyError:
         assert self.session is not None

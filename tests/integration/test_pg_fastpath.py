@@ -57,9 +57,7 @@ def _events(h: Hoopy, subject: str) -> list[dict[str, object]]:
 
 def _fastpath(events: list[dict[str, object]]) -> list[dict[str, object]]:
     return [
-        e
-        for e in events
-        if e.get("type") == "command" and "fast-path" in str(e.get("text", ""))
+        e for e in events if e.get("type") == "command" and "fast-path" in str(e.get("text", ""))
     ]
 
 

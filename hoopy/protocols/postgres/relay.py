@@ -23,7 +23,8 @@ A statement that would make the server read later texts otherwise than hoopy doe
 (standard_conforming_strings off, a client-only multibyte encoding) is refused as a
 statement (textsettings.py); such a switch hoopy could not see coming (a function, a
 role default), reported by the server, ends the session: fail closed.  Fast-path
-function calls are checked as calls of the function their OID names (fastpath.py).  Masking sessions track every result to its statement and rewrite rows
+function calls are checked as calls of the function their OID names (fastpath.py).
+Masking sessions track every result to its statement and rewrite rows
 (results.py, rowmask.py).
 """
 

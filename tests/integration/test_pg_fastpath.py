@@ -168,21 +168,6 @@ def test_raw_client_unknown_oid_is_refused_recorded_and_the_session_goes_on(lo: 
     assert "no function has OID 4000000000" in str(events[0]["reason"])
 
 
-def test_a_function_call_inside_an_extended_batch_is_answered_in_order(lo: Hoopy) -> None:
-    """A FunctionCall before the extended batch's Sync: hoopy closes the batch with a
-    Sync of its own (its ReadyForQuery unsent), so the call is answered, not lost."""
-    s = raw_connect(lo)
-    _login(lo, s, "fp-pipelined")
-    s.sendall(pg.parse("", "select 1", []) + _function_call(2026, []) + pg.sync())
-    got = b""
-    while got.count(b"Z\x00\x00\x00\x05") < 2:
-        chunk = s.recv(65536)
-        assert chunk, got
-        got += chunk
-    assert got.startswith(b"1") and b"V" in got  # ParseComplete, then the call's answer
-    s.close()
-
-
 def test_malformed_function_calls_do_not_decode() -> None:
     with pytest.raises(BadFunctionCall):
         decode_call(b"F\0\0\0\x0a\0\0\0\1\0")  # cut short
@@ -190,4 +175,8 @@ def test_malformed_function_calls_do_not_decode() -> None:
         decode_call(_function_call(1, [b"x" * 10])[:-8])  # argument runs past the end
     with pytest.raises(BadFunctionCall):  # two format codes for one argument
         decode_call(b"F" + struct.pack("!IIhhhhi", 20, 1, 2, 0, 0, 1, -1))
+    with pytest.raises(BadFunctionCall):
+        decode_call(_function_call(1, []) + b"\0")  # trailing bytes
+    with pytest.raises(BadFunctionCall):
+        decode_call(_function_call(1, [])[:-2])  # no result format code
     assert decode_call(_function_call(7, [None, b"ab"])).values == ("NULL", "base64:YWI=")

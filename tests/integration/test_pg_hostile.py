@@ -94,10 +94,12 @@ def test_data_after_sslrequest_is_refused(hoopy: Hoopy) -> None:
     assert b"S" not in reply[:1]
 
 
-def test_fastpath_function_call_refused(hoopy: Hoopy) -> None:
+def test_fastpath_function_call_of_a_non_function_refused(hoopy: Hoopy) -> None:
+    """OID 1247 is pg_type's, no function's: refused (fast-path calls of functions:
+    test_pg_fastpath.py)."""
     s = raw_connect(hoopy)
     login(hoopy, s)
-    body = struct.pack("!IhhIhh", 1247, 0, 0, 0, 0, 0)  # fn oid, no args
+    body = struct.pack("!Ihhh", 1247, 0, 0, 0)  # fn oid, no formats, no args, text result
     s.sendall(b"F" + struct.pack("!I", len(body) + 4) + body)
     got = b""
     while not got.endswith(pg.ready_for_query("I")):

@@ -57,6 +57,9 @@ def decode_call(raw: bytes) -> FunctionCallInfo:
             pos += n
             fmt = formats[0] if nfmt == 1 else formats[i] if nfmt else 0
             values.append(_shown(data, binary=fmt != 0))
+        struct.unpack_from("!h", raw, pos)  # the result's format code
+        if pos + 2 != len(raw):
+            raise BadFunctionCall("bytes after the result format code")
     except struct.error:
         raise BadFunctionCall("truncated FunctionCall message") from None
     return FunctionCallInfo(oid, tuple(values))

@@ -343,7 +343,14 @@ class Relay(Pipeline):
                     continue
                 out.append(self._allowed(st, cmds))
             elif t is pg.FunctionCall:
-                self._enter(pg.Query, out)  # answered like a Query, ReadyForQuery and all
+                if self.extended_open:
+                    # after an error the server skips it to the Sync, and its refusal's
+                    # marker Query would go unanswered (see _enter): hoopy cannot place it
+                    raise ProtocolError(
+                        "a fast-path function call inside an extended-protocol batch "
+                        "(before its Sync) is not supported through hoopy; session closed"
+                    )
+                self._enter(pg.Query, out)  # during a COPY FROM STDIN: ends the session
                 out.append(await self._fast_path(cast(pg.FunctionCall, ev), out))
             elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
                 binds = self._binds_free(ev)  # type: ignore[arg-type]

@@ -350,7 +350,8 @@ class Relay(Pipeline):
                         "a fast-path function call inside an extended-protocol batch "
                         "(before its Sync) is not supported through hoopy; session closed"
                     )
-                self._enter(pg.Query, out)  # during a COPY FROM STDIN: ends the session
+                if self.copy_in_flight:
+                    self._copy_interrupted("a FunctionCall message")
                 out.append(await self._fast_path(cast(pg.FunctionCall, ev), out))
             elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
                 binds = self._binds_free(ev)  # type: ignore[arg-type]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.fastpath import BadFunctionCall, decode_call
 from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
+from tests.integration.test_pg_approvals import admin, wait_pending
 from tests.integration.test_pg_hostile import raw_connect
 
 LO_POLICY = """\
@@ -33,6 +36,11 @@ rules:
     effect: mask
     columns: ["*.ssn"]
     match: {groups: [lo-masked]}
+  - name: lo-unlink-needs-a-dba
+    effect: require_approval
+    approvers: [dba]
+    timeout: 10m
+    match: {groups: [lo-approve], sql: {functions: [lo_unlink]}}
   - name: lo-narrow-transactions
     effect: allow
     match: {groups: [lo-narrow], sql: {statements: [begin, commit, rollback]}}
@@ -125,6 +133,58 @@ def test_masked_sessions_refuse_fast_path_calls(lo: Hoopy, tmp_path: Path) -> No
     assert refused and all(e["outcome"] == "deny" for e in refused)
 
 
+def _direct(backend: Backend, sql: str) -> object:
+    async def go() -> object:
+        conn = await backend.app_conn()
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_a_denied_function_is_denied_by_oid_too(lo: Hoopy, backend: Backend) -> None:
+    """The agents' policy denies pg_sleep by name: a fast-path call of its OID is the
+    same call, refused by the same rule, and never reaches the server."""
+    oid = int(_direct(backend, "select 'pg_sleep(float8)'::regprocedure::oid"))  # type: ignore[call-overload]
+    s = raw_connect(lo)
+    _login(lo, s, "fp-sleepy")
+    s.sendall(_function_call(oid, [struct.pack("!d", 30.0)]))
+    got = _until_ready(s)
+    assert got.startswith(b"E") and b"denied by rule 'no-sleeping'" in got, got
+    s.close()
+    events = _fastpath(_events(lo, "fp-sleepy"))
+    assert events[0]["rule"] == "no-sleeping" and events[0]["outcome"] == "deny"
+    assert events[0]["functions"] == ["pg_catalog.pg_sleep"]
+
+
+def test_a_call_needing_approval_waits_and_the_approver_sees_it(
+    lo: Hoopy, backend: Backend
+) -> None:
+    oid = int(_direct(backend, "select lo_create(0)"))  # type: ignore[call-overload]
+    env = {**os.environ, "PGPASSWORD": lo.token("fp-approve", groups=("agents", "lo-approve"))}
+    p = subprocess.Popen(
+        ["psql", lo.conninfo(), "-X", "-At", "-c", f"\\lo_unlink {oid}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        a = wait_pending(lo, "lo_unlink")
+        assert a["rule"] == "lo-unlink-needs-a-dba" and str(oid) in a["values"]
+        assert p.poll() is None  # still waiting
+        assert _direct(backend, f"select count(*) from pg_largeobject_metadata where oid = {oid}")
+        status, _ = admin(lo, "POST", f"/api/approvals/{a['id']}/approve", {"by": "alice"})
+        assert status == 200
+        _out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    gone = f"select count(*) from pg_largeobject_metadata where oid = {oid}"
+    assert _direct(backend, gone) == 0
+
+
 def _function_call(oid: int, args: list[bytes | None]) -> bytes:
     body = struct.pack("!IhhH", oid, 1, 1, len(args))  # all arguments binary
     for a in args:
@@ -179,4 +239,10 @@ def test_malformed_function_calls_do_not_decode() -> None:
         decode_call(_function_call(1, []) + b"\0")  # trailing bytes
     with pytest.raises(BadFunctionCall):
         decode_call(_function_call(1, [])[:-2])  # no result format code
-    assert decode_call(_function_call(7, [None, b"ab"])).values == ("NULL", "base64:YWI=")
+    assert decode_call(_function_call(7, [None, b"ab"])).values() == ("NULL", "base64:YWI=")
+    # with the function's argument types, binary values an approver can read
+    call = decode_call(_function_call(7, [struct.pack("!i", -5), struct.pack("!q", 2**40)]))
+    assert call.values((23, 20)) == ("-5", str(2**40))
+    call = decode_call(_function_call(7, [b"\x01", b"text", struct.pack("!d", 1.5)]))
+    assert call.values((16, 25, 701)) == ("true", "text", "1.5")
+    assert call.values((23,))[0] == "base64:AQ=="  # not an int4's length: not decoded

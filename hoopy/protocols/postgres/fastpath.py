@@ -28,7 +28,16 @@ class BadFunctionCall(ValueError):
 @dataclass(frozen=True)
 class FunctionCallInfo:
     oid: int
-    values: tuple[str, ...]  # each argument as shown: text, base64 for binary, NULL
+    args: tuple[tuple[bytes | None, bool], ...]  # (value or None for NULL, binary?)
+
+    def values(self, argtypes: tuple[int, ...] = ()) -> tuple[str, ...]:
+        """Each argument as shown: text as is, binary values of common types decoded
+        (`argtypes`: the function's, from the catalog), other binary as base64."""
+        out = []
+        for i, (data, binary) in enumerate(self.args):
+            typ = argtypes[i] if i < len(argtypes) else 0
+            out.append("NULL" if data is None else _shown(data, binary, typ))
+        return tuple(out)
 
 
 def decode_call(raw: bytes) -> FunctionCallInfo:
@@ -44,29 +53,40 @@ def decode_call(raw: bytes) -> FunctionCallInfo:
         pos += 2
         if nfmt < 0 or nargs < 0 or nfmt not in (0, 1, nargs):
             raise BadFunctionCall("bad argument format count")
-        values: list[str] = []
+        args: list[tuple[bytes | None, bool]] = []
         for i in range(nargs):
             (n,) = struct.unpack_from("!i", raw, pos)
             pos += 4
+            fmt = formats[0] if nfmt == 1 else formats[i] if nfmt else 0
             if n < 0:
-                values.append("NULL")
+                args.append((None, fmt != 0))
                 continue
             data = raw[pos : pos + n]
             if len(data) != n:
                 raise BadFunctionCall("argument runs past the message")
             pos += n
-            fmt = formats[0] if nfmt == 1 else formats[i] if nfmt else 0
-            values.append(_shown(data, binary=fmt != 0))
+            args.append((data, fmt != 0))
         struct.unpack_from("!h", raw, pos)  # the result's format code
         if pos + 2 != len(raw):
             raise BadFunctionCall("bytes after the result format code")
     except struct.error:
         raise BadFunctionCall("truncated FunctionCall message") from None
-    return FunctionCallInfo(oid, tuple(values))
+    return FunctionCallInfo(oid, tuple(args))
 
 
-def _shown(data: bytes, binary: bool) -> str:
+# binary forms an approver can read: int2, int4, oid, int8, float4, float8, bool
+_BINARY = {21: "!h", 23: "!i", 26: "!I", 20: "!q", 700: "!f", 701: "!d"}
+
+
+def _shown(data: bytes, binary: bool, typ: int = 0) -> str:
     if binary:
+        form = _BINARY.get(typ)
+        if form is not None and len(data) == struct.calcsize(form):
+            return str(struct.unpack(form, data)[0])
+        if typ == 16 and len(data) == 1:
+            return "true" if data != b"\0" else "false"
+        if typ in (25, 1043, 19):  # text, varchar, name: their binary form is the text
+            return _shown(data, False)
         text = "base64:" + base64.b64encode(data[:MAX_VALUE_CHARS]).decode()
     else:
         text = data[: MAX_VALUE_CHARS * 4].decode("utf-8", "replace")
@@ -85,17 +105,17 @@ def _ident(name: str) -> str:
     return name if plain and not name[:1].isdigit() else '"' + name.replace('"', '""') + '"'
 
 
-def call_command(connector: str, schema: str, name: str, info: FunctionCallInfo) -> Command:
+def call_command(connector: str, schema: str, name: str, values: tuple[str, ...]) -> Command:
     """The policy's view of a fast-path call: a SELECT of the qualified function."""
     qualified = f"{schema}.{name}"
     return Command(
         "postgres",
         connector,
-        call_text(schema, name, len(info.values)),
+        call_text(schema, name, len(values)),
         kinds=frozenset({"select"}),
         functions=frozenset({qualified}),
-        fingerprint=f"fastpath:{qualified}/{len(info.values)}",
-        values=info.values,
+        fingerprint=f"fastpath:{qualified}/{len(values)}",
+        values=values,
     )
 
 

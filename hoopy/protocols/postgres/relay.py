@@ -587,19 +587,20 @@ class Relay(Pipeline):
             if reason:
                 text = fp.unresolved_text(info.oid)
                 session.record(
-                    "command", text=text, kinds=["select"], values=list(info.values),
+                    "command", text=text, kinds=["select"], values=list(info.values()),
                     outcome="deny", reason=reason,
                 )  # fmt: skip
                 raise CommandDenied(f"{text} refused: {reason}")
             assert found is not None
-            cmd = fp.call_command(connector.name, found[0], found[1], info)
+            values = info.values(found.argtypes)
+            cmd = fp.call_command(connector.name, found.schema, found.name, values)
             if session.decide(cmd).outcome == "require_approval":
                 self._flush(out)
                 await self._watching_agent(self._check_each((cmd,)))
             else:
                 session.check_now(cmd)
             # what it runs with, written before it runs (as a Bind's values are)
-            session.record("call", function=f"{found[0]}.{found[1]}", values=list(info.values))
+            session.record("call", function=f"{found.schema}.{found.name}", values=list(values))
         except (CommandDenied, RecordingFailed) as e:
             return self._refuse_query(e)
         self.batches_sent += 1

@@ -213,3 +213,40 @@ def test_a_role_default_hoopy_could_not_see_ends_the_session_at_login(
         assert b"FATAL" in got and b"standard_conforming_strings" in got, got
     finally:
         asyncio.run(role_default(None))
+
+
+async def test_a_text_with_a_refused_switch_runs_none_of_its_statements(
+    h: Hoopy, backend: Backend
+) -> None:
+    conn = await backend.app_conn()
+    try:
+        await conn.execute("drop table if exists ts_multi; create table ts_multi (x int)")
+        s = raw_connect(h)
+        _login(h, s, "ts-multi")
+        s.sendall(
+            pg.query("insert into ts_multi values (1); /* */ SeT standard_conforming_strings=off")
+        )
+        got = _until_ready(s)
+        assert b"C0A000" in got
+        s.close()
+        assert await conn.fetchval("select count(*) from ts_multi") == 0
+    finally:
+        await conn.execute("drop table if exists ts_multi")
+        await conn.close()
+
+
+def test_a_switch_hoopy_cannot_read_ahead_of_time_ends_the_session(h: Hoopy) -> None:
+    """set_config with a name computed at run time: hoopy cannot tell it apart from any
+    other setting, so it runs; the server's report of the switch ends the session."""
+    s = raw_connect(h)
+    _login(h, s, "ts-computed")
+    s.sendall(
+        pg.query(
+            "select set_config(n, 'off', false) "
+            "from (values ('standard_' || 'conforming_strings')) v(n)"
+        )
+        + pg.query("select 'never read'")
+    )
+    got = read_all(s)
+    assert b"08P01" in got and b"standard_conforming_strings" in got
+    assert b"never read" not in got

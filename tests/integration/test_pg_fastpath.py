@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.fastpath import BadFunctionCall, decode_call
@@ -246,3 +248,20 @@ def test_malformed_function_calls_do_not_decode() -> None:
     call = decode_call(_function_call(7, [b"\x01", b"text", struct.pack("!d", 1.5)]))
     assert call.values((16, 25, 701)) == ("true", "text", "1.5")
     assert call.values((23,))[0] == "base64:AQ=="  # not an int4's length: not decoded
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=63))
+def test_decode_call_on_hostile_bytes_only_raises_bad_function_call(body: bytes, cut: int) -> None:
+    """Random bodies, and well-formed calls cut short or padded: decoded or refused as
+    BadFunctionCall (the session then ends with 08P01), never another exception."""
+    for raw in (
+        b"F" + struct.pack("!I", len(body) + 4) + body,
+        _function_call(9, [body, None])[: 5 + cut],
+        _function_call(9, [body]) + body[:cut],
+    ):
+        try:
+            info = decode_call(raw)
+        except BadFunctionCall:
+            continue
+        assert len(info.values((23, 17))) == len(info.args)

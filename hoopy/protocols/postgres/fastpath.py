@@ -15,8 +15,14 @@ from __future__ import annotations
 import base64
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from hoopy.errors import CommandDenied
 from hoopy.policy import Command
+from hoopy.protocols.postgres.catalog import Catalog, CatalogUnavailable
+
+if TYPE_CHECKING:
+    from hoopy.session import Session
 
 MAX_VALUE_CHARS = 256  # per argument, as recorded and shown to an approver
 
@@ -121,3 +127,31 @@ def call_command(connector: str, schema: str, name: str, values: tuple[str, ...]
 
 def unresolved_text(oid: int) -> str:
     return f"fast-path function call of function OID {oid}"
+
+
+async def checked_call(
+    info: FunctionCallInfo, session: Session, catalog: Catalog, masked: bool
+) -> Command:
+    """The Command a fast-path call is checked as; raises CommandDenied (recorded) for
+    a call hoopy cannot resolve: fail closed.  `masked`: the session has mask rules,
+    and what loread & co. return cannot be traced to a column."""
+    reason = ""
+    found = None
+    if masked:
+        reason = "fast-path function calls cannot be masked, so masked sessions refuse them"
+    else:
+        try:
+            found = await catalog.function_name(info.oid)
+        except CatalogUnavailable:
+            reason = "the catalog side connection is unavailable"
+        if found is None and not reason:
+            reason = f"no function has OID {info.oid}"
+    if found is None:
+        text = unresolved_text(info.oid)
+        session.record(
+            "command", text=text, kinds=["select"], values=list(info.values()),
+            outcome="deny", reason=reason,
+        )  # fmt: skip
+        raise CommandDenied(f"{text} refused: {reason}")
+    values = info.values(found.argtypes)
+    return call_command(catalog.connector.name, found.schema, found.name, values)

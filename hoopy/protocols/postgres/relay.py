@@ -52,7 +52,6 @@ from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres import fastpath as fp
 from hoopy.protocols.postgres.bindgate import bound_command, single, split_run
-from hoopy.protocols.postgres.catalog import CatalogUnavailable
 from hoopy.protocols.postgres.classify import SqlParseError
 from hoopy.protocols.postgres.classworker import StatementTooLarge
 from hoopy.protocols.postgres.maskplan import Planner, StatementMasks
@@ -574,33 +573,15 @@ class Relay(Pipeline):
         except fp.BadFunctionCall as e:
             raise ProtocolError(f"malformed FunctionCall message ({e}); session closed") from None
         try:
-            reason = ""
-            if self.planner is not None:  # what loread & co. return cannot be traced
-                reason = "fast-path function calls cannot be masked, so masked sessions refuse them"
-            else:
-                try:
-                    found = await self.listener.catalog(connector).function_name(info.oid)
-                except CatalogUnavailable:
-                    found, reason = None, "the catalog side connection is unavailable"
-                if found is None and not reason:
-                    reason = f"no function has OID {info.oid}"
-            if reason:
-                text = fp.unresolved_text(info.oid)
-                session.record(
-                    "command", text=text, kinds=["select"], values=list(info.values()),
-                    outcome="deny", reason=reason,
-                )  # fmt: skip
-                raise CommandDenied(f"{text} refused: {reason}")
-            assert found is not None
-            values = info.values(found.argtypes)
-            cmd = fp.call_command(connector.name, found.schema, found.name, values)
+            catalog = self.listener.catalog(connector)
+            cmd = await fp.checked_call(info, session, catalog, masked=self.planner is not None)
             if session.decide(cmd).outcome == "require_approval":
                 self._flush(out)
                 await self._watching_agent(self._check_each((cmd,)))
             else:
                 session.check_now(cmd)
             # what it runs with, written before it runs (as a Bind's values are)
-            session.record("call", function=f"{found.schema}.{found.name}", values=list(values))
+            session.record("call", function=next(iter(cmd.functions)), values=list(cmd.values))
         except (CommandDenied, RecordingFailed) as e:
             return self._refuse_query(e)
         self.batches_sent += 1

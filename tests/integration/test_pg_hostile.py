@@ -442,3 +442,20 @@ async def test_extended_copy_with_a_sync_inside_keeps_the_session_safe(
     finally:
         await direct.execute("drop table if exists copy_probe")
         await direct.close()
+
+
+def test_texts_of_only_comments_or_blanks_are_answered_as_empty(hoopy: Hoopy) -> None:
+    """psql sends a file's trailing comment as a Query (the compat file `comments`): it
+    holds no statement, and the server answers EmptyQueryResponse; hoopy used to crash."""
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    for text in ("/* and this is the end of the file */", "-- only a comment", "  ", ""):
+        s.sendall(pg.query(text))
+        got = _messages(s, pg.ready_for_query("I"))
+        assert got == pg.empty_query_response() + pg.ready_for_query("I"), (text, got)
+    s.sendall(pg.parse("", "/* nothing */", []) + pg.bind("", "", [], [], []))
+    s.sendall(pg.execute("", 0) + pg.sync())
+    got = _messages(s, pg.ready_for_query("I"))
+    assert pg.empty_query_response() in got and b"E" not in got[:1]
+    s.sendall(pg.query("select 'still usable'"))
+    assert b"still usable" in _messages(s, pg.ready_for_query("I"))

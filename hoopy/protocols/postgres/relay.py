@@ -658,6 +658,8 @@ class Relay(Pipeline):
         which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
+        if not cmds:  # only comments or blanks: runs nothing (EmptyQueryResponse)
+            return []
         if len(cmds) > 1 or (not parse and "execute" in cmds[0].kinds):
             self._names_checked(cmds, parse)
         if len(cmds) == 1:  # the usual case, without lists

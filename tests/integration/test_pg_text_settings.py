@@ -82,6 +82,8 @@ REFUSED = [
     "SET client_encoding = 'Shift_JIS'",
     "select 1; SET client_encoding TO 'big5'",
     "select set_config('client_encoding', 'GBK', true)",
+    "ALTER SYSTEM SET standard_conforming_strings = off",
+    "alter system set client_encoding = 'sjis'",
 ]
 
 

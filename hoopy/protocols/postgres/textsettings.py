@@ -10,8 +10,10 @@ the setting named; the session goes on): `SET [LOCAL]`, `SET NAMES`, `set_config
 and `UPDATE pg_settings` of `standard_conforming_strings` to anything but on, or of
 `client_encoding` to a client-only encoding.  Setting them to what hoopy reads
 passes, and so do `RESET` and `SET … TO DEFAULT`: they return to the session's login
-values, which hoopy checked at login.  `ALTER ROLE/DATABASE … SET` and `ALTER SYSTEM`
-do not reach this session; a login that gets such a default is refused at startup.
+values, which hoopy checked at login.  `ALTER SYSTEM SET` of them is refused too: at
+the next reload it reaches every session that did not set them.  `ALTER ROLE/DATABASE
+… SET` does not reach this session; a login that gets such a default is refused at
+startup.
 A change hoopy cannot see coming (a function body, a `set_config` with a computed
 name) still ends the session when the server reports it (relay._check_param).
 
@@ -68,7 +70,7 @@ class SettingRefused(CommandDenied):
 
 
 def _candidate(cmd: Command) -> bool:
-    if "set" in cmd.kinds:
+    if "set" in cmd.kinds or "alter_system" in cmd.kinds:
         return True
     called = cmd.functions | cmd.maybe_functions
     return any(f.rsplit(".", 1)[-1] == "set_config" for f in called)
@@ -89,16 +91,23 @@ def refusal(cmd: Command) -> str:
     return ""
 
 
+def _variable_set(stmt: ast.VariableSetStmt, how: str) -> str:
+    name = (stmt.name or "").lower()
+    if name not in _SETTINGS:
+        return ""
+    if stmt.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
+        return ""
+    if stmt.kind != VariableSetKind.VAR_SET_VALUE or len(stmt.args or ()) != 1:
+        return _reason(name, None, how)
+    return _check_value(name, _const((stmt.args or ())[0]), how)
+
+
 def _statement(stmt: Any) -> str:
     if isinstance(stmt, ast.VariableSetStmt):
-        name = (stmt.name or "").lower()
-        if name in _SETTINGS:
-            if stmt.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
-                return ""
-            if stmt.kind != VariableSetKind.VAR_SET_VALUE or len(stmt.args or ()) != 1:
-                return _reason(name, None)
-            return _check_value(name, _const((stmt.args or ())[0]))
-        return ""
+        return _variable_set(stmt, "SET")
+    if isinstance(stmt, ast.AlterSystemStmt) and stmt.setstmt is not None:
+        # reaches every session that has not set it, this one too, at the next reload
+        return _variable_set(stmt.setstmt, "ALTER SYSTEM SET")
     if isinstance(stmt, ast.CreateFunctionStmt):
         return ""  # a function's SET clause or body runs later: the server's report decides
     pg_settings = isinstance(stmt, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (

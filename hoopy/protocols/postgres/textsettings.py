@@ -72,8 +72,11 @@ class SettingRefused(CommandDenied):
 def _candidate(cmd: Command) -> bool:
     if "set" in cmd.kinds or "alter_system" in cmd.kinds:
         return True
-    called = cmd.functions | cmd.maybe_functions
-    return any(f.rsplit(".", 1)[-1] == "set_config" for f in called)
+    for names in (cmd.functions, cmd.maybe_functions):
+        for f in names:
+            if f.endswith("set_config") and f.rsplit(".", 1)[-1] == "set_config":
+                return True
+    return False
 
 
 def refusal(cmd: Command) -> str:

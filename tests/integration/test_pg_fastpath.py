@@ -18,8 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hoopy.errors import CommandDenied
 from hoopy.protocols.postgres import codec as pg
-from hoopy.protocols.postgres.fastpath import BadFunctionCall, decode_call
+from hoopy.protocols.postgres.catalog import CatalogUnavailable
+from hoopy.protocols.postgres.fastpath import BadFunctionCall, checked_call, decode_call
 from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 from tests.integration.test_pg_approvals import admin, wait_pending
 from tests.integration.test_pg_hostile import raw_connect
@@ -265,3 +267,32 @@ def test_decode_call_on_hostile_bytes_only_raises_bad_function_call(body: bytes,
         except BadFunctionCall:
             continue
         assert len(info.values((23, 17))) == len(info.args)
+
+
+class _DownCatalog:
+    """A catalog whose side connection fails (what Catalog._fetch raises then)."""
+
+    connector = type("C", (), {"name": "app-db"})()
+
+    async def function_name(self, oid: int) -> None:
+        raise CatalogUnavailable("OSError")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict[str, object]] = []
+
+    def record(self, type_: str, **fields: object) -> None:
+        self.events.append({"type": type_, **fields})
+
+
+async def test_a_call_hoopy_cannot_resolve_is_refused_and_recorded() -> None:
+    """Fail closed: with the catalog unreachable (or in a masked session) no call is
+    let through unresolved, and the refusal is recorded with its reason."""
+    info = decode_call(_function_call(764, [b"/etc/passwd"]))
+    for masked, reason in ((False, "catalog side connection is unavailable"), (True, "masked")):
+        rec = _Recorder()
+        with pytest.raises(CommandDenied, match=reason):
+            await checked_call(info, rec, _DownCatalog(), masked=masked)  # type: ignore[arg-type]
+        assert rec.events[0]["outcome"] == "deny" and reason in str(rec.events[0]["reason"])
+        assert rec.events[0]["values"] == ["base64:L2V0Yy9wYXNzd2Q="]  # binary, type unknown

@@ -575,11 +575,12 @@ class Relay(Pipeline):
         try:
             catalog = self.listener.catalog(connector)
             cmd = await fp.checked_call(info, session, catalog, masked=self.planner is not None)
-            if session.decide(cmd).outcome == "require_approval":
+            decision = session.decide(cmd)
+            if decision.outcome == "require_approval":
                 self._flush(out)
                 await self._watching_agent(self._check_each((cmd,)))
             else:
-                session.check_now(cmd)
+                session.check_now(cmd, decision)
             # what it runs with, written before it runs (as a Bind's values are)
             session.record("call", function=next(iter(cmd.functions)), values=list(cmd.values))
         except (CommandDenied, RecordingFailed) as e:

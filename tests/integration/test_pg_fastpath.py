@@ -163,6 +163,31 @@ def test_a_denied_function_is_denied_by_oid_too(lo: Hoopy, backend: Backend) -> 
     assert events[0]["functions"] == ["pg_catalog.pg_sleep"]
 
 
+@pytest.mark.parametrize(
+    ("function", "args", "kind"),
+    [
+        # reads any table given as text: a table deny rule cannot see it
+        ("query_to_xml", [b"select * from vault", b"\x01", b"\x00", b""], "dynamic_sql"),
+        ("pg_terminate_backend", [struct.pack("!i", 1), struct.pack("!q", 0)], "signal_backend"),
+    ],
+)
+def test_a_call_has_the_kinds_the_same_call_in_sql_has(
+    lo: Hoopy, backend: Backend, function: str, args: list[bytes], kind: str
+) -> None:
+    """By OID, query_to_xml is still dynamic SQL and pg_terminate_backend still signals
+    a backend: refused unless an allow rule names the kind, as in SQL."""
+    oid = int(_direct(backend, f"select '{function}'::regproc::oid"))  # type: ignore[call-overload]
+    subject = f"fp-{kind}"
+    s = raw_connect(lo)
+    _login(lo, s, subject)
+    s.sendall(_function_call(oid, args))
+    got = _until_ready(s)
+    assert got.startswith(b"E") and b"42501" in got and kind.encode() in got, got
+    s.close()
+    events = _fastpath(_events(lo, subject))
+    assert events[0]["outcome"] == "deny" and kind in events[0]["kinds"]  # type: ignore[operator]
+
+
 def test_a_call_needing_approval_waits_and_the_approver_sees_it(
     lo: Hoopy, backend: Backend
 ) -> None:

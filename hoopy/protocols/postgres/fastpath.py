@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import base64
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hoopy.errors import CommandDenied
@@ -130,11 +131,18 @@ def unresolved_text(oid: int) -> str:
 
 
 async def checked_call(
-    info: FunctionCallInfo, session: Session, catalog: Catalog, masked: bool
+    info: FunctionCallInfo,
+    session: Session,
+    catalog: Catalog,
+    masked: bool,
+    classify: Callable[[str], tuple[Command, ...]] | None = None,
 ) -> Command:
     """The Command a fast-path call is checked as; raises CommandDenied (recorded) for
     a call hoopy cannot resolve: fail closed.  `masked`: the session has mask rules,
-    and what loread & co. return cannot be traced to a column."""
+    and what loread & co. return cannot be traced to a column.  `classify`: the SQL
+    classifier, which reads the call's text as it reads any SQL calling the function,
+    so a call's own kinds apply alike (query_to_xml is `dynamic_sql`,
+    pg_terminate_backend `signal_backend`, pg_sleep_for counts as pg_sleep)."""
     reason = ""
     found = None
     if masked:
@@ -154,4 +162,23 @@ async def checked_call(
         )  # fmt: skip
         raise CommandDenied(f"{text} refused: {reason}")
     values = info.values(found.argtypes)
-    return call_command(catalog.connector.name, found.schema, found.name, values)
+    cmd = call_command(catalog.connector.name, found.schema, found.name, values)
+    if classify is None:
+        return cmd
+    try:
+        read = classify(cmd.text)
+    except Exception as e:  # never let an unread call through
+        reason = f"hoopy cannot read the call ({type(e).__name__})"
+        session.record(
+            "command", text=cmd.text, kinds=["select"], values=list(values),
+            outcome="deny", reason=reason,
+        )  # fmt: skip
+        raise CommandDenied(f"{cmd.text} refused: {reason}") from None
+    if len(read) != 1:
+        raise CommandDenied(f"{cmd.text} refused: not one statement")  # pragma: no cover
+    return replace(
+        read[0],
+        functions=read[0].functions | cmd.functions,
+        fingerprint=cmd.fingerprint + "|" + read[0].fingerprint,
+        values=values,
+    )

@@ -574,7 +574,9 @@ class Relay(Pipeline):
             raise ProtocolError(f"malformed FunctionCall message ({e}); session closed") from None
         try:
             catalog = self.listener.catalog(connector)
-            cmd = await fp.checked_call(info, session, catalog, masked=self.planner is not None)
+            cmd = await fp.checked_call(
+                info, session, catalog, self.planner is not None, self._read_call
+            )
             decision = session.decide(cmd)
             if decision.outcome == "require_approval":
                 self._flush(out)
@@ -587,6 +589,10 @@ class Relay(Pipeline):
             return self._refuse_query(e)
         self.batches_sent += 1
         return ev.raw
+
+    def _read_call(self, sql: str) -> tuple[Command, ...]:
+        assert self.connector is not None
+        return self.listener.classification.classify_now(sql, self.connector.name, None)
 
     def _copy_may_commit(self) -> None:
         """A CopyDone commits what a COPY FROM STDIN sent: not once the token expired

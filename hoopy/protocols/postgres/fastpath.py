@@ -3,11 +3,12 @@
 
 A FunctionCall names its function by OID only, with its arguments as values.  hoopy
 resolves the OID through the connector's catalog side connection (catalog.py, cached
-per connector) and checks the call as what it is: `SELECT schema.name(args…)` — kind
-`select`, the function qualified (a rule naming `lo_open` or `pg_catalog.lo_open`
-matches), the argument values shown apart (`values`) as a Bind's are.  So deny rules
-on functions apply, and an allow rule must cover the function.  What hoopy cannot
-resolve (no such OID, catalog unreachable) is refused: fail closed.
+per connector) and checks the call as what it is: `SELECT schema.name($1, …)`, read by
+the SQL classifier like any other text (so the function's own kinds apply: a call of
+query_to_xml is `dynamic_sql`), the function qualified (a rule naming `lo_open` or
+`pg_catalog.lo_open` matches), the argument values shown apart (`values`) as a Bind's
+are.  So deny rules on functions apply, and an allow rule must cover the function.
+What hoopy cannot resolve (no such OID, catalog unreachable) is refused: fail closed.
 """
 
 from __future__ import annotations

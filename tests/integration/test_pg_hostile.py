@@ -94,10 +94,12 @@ def test_data_after_sslrequest_is_refused(hoopy: Hoopy) -> None:
     assert b"S" not in reply[:1]
 
 
-def test_fastpath_function_call_refused(hoopy: Hoopy) -> None:
+def test_fastpath_function_call_of_a_non_function_refused(hoopy: Hoopy) -> None:
+    """OID 1247 is pg_type's, no function's: refused (fast-path calls of functions:
+    test_pg_fastpath.py)."""
     s = raw_connect(hoopy)
     login(hoopy, s)
-    body = struct.pack("!IhhIhh", 1247, 0, 0, 0, 0, 0)  # fn oid, no args
+    body = struct.pack("!Ihhh", 1247, 0, 0, 0)  # fn oid, no formats, no args, text result
     s.sendall(b"F" + struct.pack("!I", len(body) + 4) + body)
     got = b""
     while not got.endswith(pg.ready_for_query("I")):
@@ -223,8 +225,9 @@ async def test_settings_switch_in_a_pipeline_cannot_smuggle_a_statement(
 ) -> None:
     """With standard_conforming_strings off the server reads 'x\\' , ' as one string and
     runs the TRUNCATE after it; hoopy (which parses with it on) saw a harmless SELECT.
-    Sent in one write behind the SET, the text must wait for the SET's answer, which
-    ends the session: the TRUNCATE never runs."""
+    The SET itself is refused (0A000, test_pg_text_settings.py); a switch hoopy cannot
+    see (a function) makes the text wait for its answer, which ends the session: the
+    TRUNCATE never runs."""
     conn = await backend.app_conn()
     try:
         await conn.execute("drop table if exists scs_probe; create table scs_probe (x int)")
@@ -235,8 +238,9 @@ async def test_settings_switch_in_a_pipeline_cannot_smuggle_a_statement(
             pg.query("SET standard_conforming_strings = off")
             + pg.query("SELECT 'x\\' , ' ; TRUNCATE scs_probe; --'")
         )
+        s.sendall(pg.terminate())
         reply = read_all(s)
-        assert b"08P01" in reply and b"standard_conforming_strings" in reply
+        assert b"0A000" in reply and b"standard_conforming_strings" in reply
         assert await conn.fetchval("select count(*) from scs_probe") == 1
         # the same through a function the policy cannot see into
         await conn.execute(
@@ -438,3 +442,20 @@ async def test_extended_copy_with_a_sync_inside_keeps_the_session_safe(
     finally:
         await direct.execute("drop table if exists copy_probe")
         await direct.close()
+
+
+def test_texts_of_only_comments_or_blanks_are_answered_as_empty(hoopy: Hoopy) -> None:
+    """psql sends a file's trailing comment as a Query (the compat file `comments`): it
+    holds no statement, and the server answers EmptyQueryResponse; hoopy used to crash."""
+    s = raw_connect(hoopy)
+    login(hoopy, s)
+    for text in ("/* and this is the end of the file */", "-- only a comment", "  ", ""):
+        s.sendall(pg.query(text))
+        got = _messages(s, pg.ready_for_query("I"))
+        assert got == pg.empty_query_response() + pg.ready_for_query("I"), (text, got)
+    s.sendall(pg.parse("", "/* nothing */", []) + pg.bind("", "", [], [], []))
+    s.sendall(pg.execute("", 0) + pg.sync())
+    got = _messages(s, pg.ready_for_query("I"))
+    assert pg.empty_query_response() in got and b"E" not in got[:1]
+    s.sendall(pg.query("select 'still usable'"))
+    assert b"still usable" in _messages(s, pg.ready_for_query("I"))

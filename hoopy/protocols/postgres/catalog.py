@@ -82,6 +82,14 @@ _TYPES = """
 """
 
 
+# A fast-path FunctionCall names its function by OID only (fastpath.py).
+_FUNCTION_BY_OID = """
+    SELECT p.oid, n.nspname::text, p.proname::text, p.proargtypes::oid[]
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = ANY($1::oid[])
+"""
+
+
 class CatalogUnavailable(Exception):
     """The side connection failed: callers must fail closed."""
 
@@ -91,6 +99,13 @@ class RelInfo:
     oid: int
     relation: Relation
     attnames: dict[int, str]  # attnum → column name
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    schema: str
+    name: str
+    argtypes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,8 @@ class Catalog:
         self._types: dict[int, TypeInfo | None] = {}
         # (stamp, {("f" | "t" | "o", name): builtin}) for functions, types, operators
         self._functions: tuple[float, dict[tuple[str, str], bool]] | None = None
+        # function OID → (stamp, (schema, name) or None): fast-path calls
+        self._procs: dict[int, tuple[float, FunctionInfo | None]] = {}
         self.generation = 0  # bumped on invalidate: plans cached against it go stale
         self.queries = 0
 
@@ -150,6 +167,7 @@ class Catalog:
         self._by_name.clear()
         self._by_oid.clear()
         self._functions = None
+        self._procs.clear()
         self.generation += 1
 
     def _fresh(self, stamp: float) -> bool:
@@ -188,6 +206,23 @@ class Catalog:
             for o in missing:
                 self._by_oid[o] = (now, found.get(o))
         return {o: self._by_oid[o][1] for o in oids}
+
+    async def function_name(self, oid: int) -> FunctionInfo | None:
+        """Schema, name and argument types of the function with this OID, None when
+        there is none;
+        raises CatalogUnavailable.  Cached `TTL` seconds like the rest (an OID of a
+        dropped function can be reused, rarely)."""
+        hit = self._procs.get(oid)
+        if hit is not None and self._fresh(hit[0]):
+            return hit[1]
+        rows = await self._fetch(_FUNCTION_BY_OID, [oid])
+        found = None
+        if rows:
+            found = FunctionInfo(str(rows[0][1]), str(rows[0][2]), tuple(rows[0][3] or ()))
+        if len(self._procs) > 4096:
+            self._procs.clear()
+        self._procs[oid] = (self.clock(), found)
+        return found
 
     async def types(self, oids: set[int]) -> dict[int, TypeInfo | None]:
         missing = [o for o in oids if o not in self._types]

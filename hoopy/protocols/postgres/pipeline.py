@@ -107,8 +107,9 @@ class Pipeline:
         raise NotImplementedError  # relay.Relay: the marker in place of a message
 
     # A text with a backslash parses differently once standard_conforming_strings is
-    # off (or under a client-only multibyte encoding): a statement ahead of it in the
-    # pipeline could switch that, and the server would then run what hoopy did not check.
+    # off (or under a client-only multibyte encoding).  A SET of them is refused
+    # (textsettings.py), but a function ahead of it in the pipeline could switch that
+    # unseen, and the server would then run what hoopy did not check.
     # Such a text waits until the server has answered everything before it — a switch
     # shows as ParameterStatus before ReadyForQuery and ends the session (_check_param)
     # — and is refused after an Execute not yet followed by a Sync, whose effect the

@@ -19,9 +19,12 @@ and the backend → agent side swaps the marker's error for hoopy's 42501/42601.
 
 Backend → agent: DataRow runs are only decoded for the first rows a statement records.
 ErrorResponse/NoticeResponse/ParameterStatus are scrubbed of the backend credentials.
-A server whose settings would make hoopy's parse differ from the server's
-(standard_conforming_strings off, a client-only multibyte encoding) ends the session:
-fail closed.  Masking sessions track every result to its statement and rewrite rows
+A statement that would make the server read later texts otherwise than hoopy does
+(standard_conforming_strings off, a client-only multibyte encoding) is refused as a
+statement (textsettings.py); such a switch hoopy could not see coming (a function, a
+role default), reported by the server, ends the session: fail closed.  Fast-path
+function calls are checked as calls of the function their OID names (fastpath.py).
+Masking sessions track every result to its statement and rewrite rows
 (results.py, rowmask.py).
 """
 
@@ -47,6 +50,7 @@ from hoopy.gateway import Gateway
 from hoopy.policy import Command, Decision
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres import fastpath as fp
 from hoopy.protocols.postgres.bindgate import bound_command, single, split_run
 from hoopy.protocols.postgres.classify import SqlParseError
 from hoopy.protocols.postgres.classworker import StatementTooLarge
@@ -71,6 +75,12 @@ from hoopy.protocols.postgres.pipeline import (
 from hoopy.protocols.postgres.pump import Eager, Pipe
 from hoopy.protocols.postgres.resultlog import ResultLog
 from hoopy.protocols.postgres.results import ResultTracker
+from hoopy.protocols.postgres.textsettings import (  # noqa: F401 (UNSAFE_ENCODINGS: re-exported)
+    UNSAFE_ENCODINGS,
+    SettingRefused,
+    unsafe_encoding,
+)
+from hoopy.protocols.postgres.textsettings import refusal as text_setting_refusal
 from hoopy.session import Session
 
 if TYPE_CHECKING:
@@ -78,27 +88,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hoopy.postgres")
 
-# Client-only encodings whose trailing bytes can be ASCII quote/backslash:
-# hoopy's parse of the text would differ from the server's.
-UNSAFE_ENCODINGS = frozenset({"BIG5", "GBK", "SJIS", "SHIFT_JIS_2004", "GB18030", "UHC", "JOHAB"})
-# Every name PostgreSQL accepts for them (pg_encname_tbl in src/common/encnames.c), as
-# its clean_encoding_name() spells it: ASCII letters and digits only, lower case.
-_UNSAFE_NAMES = frozenset(
-    {"big5", "win950", "windows950", "gbk", "win936", "windows936", "sjis", "shiftjis"}
-    | {"mskanji", "win932", "windows932", "shiftjis2004", "gb18030", "uhc", "win949"}
-    | {"windows949", "johab"}
-)
 READ_SIZE = 256 * 1024
-
-
-def _norm_enc(name: str) -> str:
-    """An encoding name as PostgreSQL looks it up: `Shift_JIS`, `SHIFT-JIS` → shiftjis."""
-    return "".join(c for c in name if c.isascii() and c.isalnum()).lower()
-
-
-def unsafe_encoding(name: str) -> bool:
-    """Is `name` (any spelling PostgreSQL accepts) one of UNSAFE_ENCODINGS?"""
-    return _norm_enc(name) in _UNSAFE_NAMES
 
 
 def error_bytes(e: HoopyError) -> bytes:
@@ -316,6 +306,11 @@ class Relay(Pipeline):
                     out.append(self._refused(st, e))
                     continue
                 out.append(self._allowed(st, cmds))
+            elif t is pg.FunctionCall:  # its OID is resolved over the catalog: in the task
+                self._flush(out)
+                self._agent_events = events[i:]
+                self._agent_pump.run(eager=False)
+                return
             elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
                 binds = self._binds_free(ev)  # type: ignore[arg-type]
                 if binds is None:  # one waits for an approval, or is refused: in the task
@@ -346,6 +341,17 @@ class Relay(Pipeline):
                     out.append(self._refused(st, e))
                     continue
                 out.append(self._allowed(st, cmds))
+            elif t is pg.FunctionCall:
+                if self.extended_open:
+                    # after an error the server skips it to the Sync, and its refusal's
+                    # marker Query would go unanswered (see _enter): hoopy cannot place it
+                    raise ProtocolError(
+                        "a fast-path function call inside an extended-protocol batch "
+                        "(before its Sync) is not supported through hoopy; session closed"
+                    )
+                if self.copy_in_flight:
+                    self._copy_interrupted("a FunctionCall message")
+                out.append(await self._fast_path(cast(pg.FunctionCall, ev), out))
             elif t is pg.Bind or (t is pg.Passthrough and 0x42 in ev.types):  # type: ignore[union-attr]
                 binds = self._binds_free(ev)  # type: ignore[arg-type]
                 if binds is not None:
@@ -514,14 +520,8 @@ class Relay(Pipeline):
             self.outcome = "closed"
             self._end()
             return False
-        elif t is pg.FunctionCall:
-            if self.extended_open:  # its marker Query would go unanswered: see _enter
-                raise ProtocolError(
-                    "a fast-path function call inside an extended-protocol batch (before "
-                    "its Sync) is not supported through hoopy; session closed"
-                )
-            refusal = CommandDenied("the fast-path function call protocol is not allowed")
-            out.append(self._refuse_query(refusal))
+        elif t is pg.FunctionCall:  # _agent_batch checks these; never forwarded unchecked
+            raise ProtocolError("a fast-path function call hoopy did not check; session closed")
         else:
             special = self.names.special and (t is pg.Execute or t is pg.Passthrough)
             if special and self._gated_executes(ev, out):
@@ -562,6 +562,38 @@ class Relay(Pipeline):
             out.append(ev.raw)
         return True
 
+    async def _fast_path(self, ev: pg.FunctionCall, out: list[bytes]) -> bytes:
+        """A fast-path call, checked as a call of the function its OID names
+        (fastpath.py): its bytes when allowed, else the marker (answered as the server
+        answers a failed call: ErrorResponse, ReadyForQuery).  Every refusal is recorded."""
+        session, connector = self.session, self.connector
+        assert session is not None and connector is not None
+        try:
+            info = fp.decode_call(ev.raw)
+        except fp.BadFunctionCall as e:
+            raise ProtocolError(f"malformed FunctionCall message ({e}); session closed") from None
+        try:
+            catalog = self.listener.catalog(connector)
+            cmd = await fp.checked_call(
+                info, session, catalog, self.planner is not None, self._read_call
+            )
+            decision = session.decide(cmd)
+            if decision.outcome == "require_approval":
+                self._flush(out)
+                await self._watching_agent(self._check_each((cmd,)))
+            else:
+                session.check_now(cmd, decision)
+            # what it runs with, written before it runs (as a Bind's values are)
+            session.record("call", function=next(iter(cmd.functions)), values=list(cmd.values))
+        except (CommandDenied, RecordingFailed) as e:
+            return self._refuse_query(e)
+        self.batches_sent += 1
+        return ev.raw
+
+    def _read_call(self, sql: str) -> tuple[Command, ...]:
+        assert self.connector is not None
+        return self.listener.classification.classify_now(sql, self.connector.name, None)
+
     def _copy_may_commit(self) -> None:
         """A CopyDone commits what a COPY FROM STDIN sent: not once the token expired
         (the session ends before it goes, and the server drops the COPY)."""
@@ -583,21 +615,37 @@ class Relay(Pipeline):
         """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
         assert self.connector is not None
         try:
-            return self.listener.classification.classify_now(
+            cmds = self.listener.classification.classify_now(
                 sql, self.connector.name, self.prepared
             )
         except (SqlParseError, StatementTooLarge) as e:
             raise self._unclassified(sql, e) from None
+        self._text_settings(cmds)
+        return cmds
 
     async def _commands_off_loop(self, sql: str) -> tuple[Command, ...]:
         """`_commands`, a long text classified by a worker process (see classworker.py)."""
         assert self.connector is not None
         try:
-            return await self.listener.classification.classify(
+            cmds = await self.listener.classification.classify(
                 sql, self.connector.name, self.prepared
             )
         except (SqlParseError, StatementTooLarge) as e:
             raise self._unclassified(sql, e) from None
+        self._text_settings(cmds)
+        return cmds
+
+    def _text_settings(self, cmds: tuple[Command, ...]) -> None:
+        """Refuse (recorded, 0A000) a text with a statement that would change how the
+        server reads later texts (textsettings.py): whatever the policy says."""
+        for c in cmds:
+            reason = text_setting_refusal(c)
+            if reason:
+                assert self.session is not None
+                self.session.record(
+                    "command", text=c.text, kinds=sorted(c.kinds), outcome="deny", reason=reason
+                )
+                raise SettingRefused(reason)
 
     def _unclassified(self, sql: str, e: SqlParseError | StatementTooLarge) -> HoopyError:
         assert self.session is not None
@@ -617,7 +665,9 @@ class Relay(Pipeline):
         which runs nothing: its approvals are asked at each Bind (see bindgate.py)."""
         session = self.session
         assert session is not None
-        if len(cmds) > 1 or (cmds and not parse and "execute" in cmds[0].kinds):
+        if not cmds:  # only comments or blanks: runs nothing (EmptyQueryResponse)
+            return []
+        if len(cmds) > 1 or (not parse and "execute" in cmds[0].kinds):
             self._names_checked(cmds, parse)
         if len(cmds) == 1:  # the usual case, without lists
             d = session.decide(cmds[0])
@@ -905,6 +955,8 @@ class Relay(Pipeline):
             return notification(self.planner, self.session, ev)  # masked, recorded
         if isinstance(ev, pg.EmptyQueryResponse):
             self.result.reset()
+        if isinstance(ev, pg.FunctionCallResponse):
+            self._record_result("FUNCTION CALL")  # a fast-path call's answer
         return ev.raw
 
     def _on_error(self, ev: pg.ErrorResponse, masking: Any = None) -> bytes:

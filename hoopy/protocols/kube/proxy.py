@@ -372,7 +372,8 @@ class _Request:
         if decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
             masker = self._masker(decision)
         visible = None
-        if self.live.filters and info.verb in ("list", "watch") and not info.name:
+        # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
+        if self.live.filters and info.verb in ("list", "watch"):
             visible = _Visibility(self.session, info).visible
         mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
         if masker is None and visible is None and not mask_secrets:

@@ -1,0 +1,71 @@
+"""Attacks found by review of the Kubernetes data path, each reproduced through hoopy
+against the emulator: a denied namespace reached, a Secret read unmasked, a proxy
+relayed (see the issue 12 review)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.test_kube_hostile import call
+from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_emulator, start_hoopy
+
+pytestmark = pytest.mark.skipif(shutil.which(KUBECTL) is None, reason="kubectl is not installed")
+
+POLICY = """
+rules:
+  - name: agents
+    effect: allow
+    match: {groups: [agents], connectors: [cluster]}
+  - name: no-kube-system
+    effect: deny
+    reason: kube-system is off limits
+    match: {kubernetes: {namespaces: [kube-system]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
+    e = start_emulator(tmp_path_factory.mktemp("kubeemu"))
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture(scope="module")
+def hk(emu: Emu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeHoopy]:
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-kube"), emu, POLICY)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def precious(emu: Emu) -> None:
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/kube-system/configmaps",
+        {"metadata": {"name": "precious"}, "data": {"k": "kube-system-only"}},
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "fieldSelector=metadata.name%3Dprecious",
+        "fieldSelector=metadata.name%3D%3Dprecious",
+        "fieldSelector=metadata.name%3Dprecious&watch=1&timeoutSeconds=1",
+    ],
+)
+def test_cluster_wide_list_by_name_hides_governed_namespaces(
+    hk: KubeHoopy, precious: None, query: str
+) -> None:
+    """A name from the field selector made hoopy skip its namespace filter."""
+    status, body = call(hk, "GET", "/k8s/cluster/api/v1/configmaps?" + query)
+    assert status == 200
+    text = body if isinstance(body, bytes) else repr(body).encode()
+    assert b"kube-system-only" not in text and b"kube-system" not in text

@@ -187,7 +187,11 @@ class Emulator:
                 "kind": kind.kind + "List",
                 "apiVersion": kind.api_version,
                 "metadata": meta,
-                "items": objs,
+                # kube-apiserver omits each item's kind and apiVersion in a list
+                # (kubernetes/kubernetes#3030); hoopy must not rely on them
+                "items": [
+                    {k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in objs
+                ],
             }
         )
 

@@ -141,6 +141,10 @@ class Inspector:
     masker: ValueMasker | None = None
     visible: Callable[[str, str], bool] | None = None
     counts: Counter[str] = field(default_factory=Counter)
+    # The kind the request's resource holds (`Secret` for secrets): kube-apiserver
+    # omits each list item's kind (kubernetes/kubernetes#3030), so an item without one
+    # is of the list's kind, or of this one.
+    kind: str = ""
 
     def value(self, v: Any) -> Any:
         """The rewritten form of any decoded response value (a new object: the input is
@@ -151,8 +155,9 @@ class Inspector:
         if kind == "Table":
             return self._table(v)
         if isinstance(v.get("items"), list) and (kind is None or str(kind).endswith("List")):
+            of = str(kind)[:-4] if kind and kind != "List" else ""
             out = dict(v)
-            out["items"] = [self.item(i) for i in v["items"] if self._shown(i)]
+            out["items"] = [self.item(i, of) for i in v["items"] if self._shown(i, of)]
             return out
         if set(v) <= {"type", "object"} and isinstance(v.get("object"), dict):  # watch event
             return {"type": v.get("type"), "object": self.value(v["object"])}
@@ -188,7 +193,11 @@ class Inspector:
         out["rows"] = rows
         return out
 
-    def _shown(self, obj: Any) -> bool:
+    def _kind(self, obj: dict[str, Any], of: str = "") -> str:
+        """The object's kind, else the list's (`of`), else the request's."""
+        return str(obj.get("kind") or of or self.kind)
+
+    def _shown(self, obj: Any, of: str = "") -> bool:
         if self.visible is None:
             return True
         if not isinstance(obj, dict):
@@ -196,17 +205,17 @@ class Inspector:
         meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
-        if obj.get("kind") == "Namespace":
+        if self._kind(obj, of) == "Namespace":
             ns = name
         ok = self.visible(str(ns), str(name))
         if not ok:
             self.counts["filtered"] += 1
         return ok
 
-    def item(self, obj: Any) -> Any:
+    def item(self, obj: Any, of: str = "") -> Any:
         if not isinstance(obj, dict):
             return obj
-        kind = obj.get("kind")
+        kind = self._kind(obj, of)
         if kind == "Secret" and self.mask_secrets:
             return self._secret(obj)
         if self.masker is not None:

@@ -76,6 +76,19 @@ _DETECTED = (
     "replicasets",
 )
 
+# The kind each inspected resource holds (list items come without theirs).
+_KINDS = {
+    ("", "secrets"): "Secret",
+    ("", "configmaps"): "ConfigMap",
+    ("", "pods"): "Pod",
+    ("", "namespaces"): "Namespace",
+    ("apps", "deployments"): "Deployment",
+    ("apps", "statefulsets"): "StatefulSet",
+    ("apps", "daemonsets"): "DaemonSet",
+    ("apps", "replicasets"): "ReplicaSet",
+    ("batch", "jobs"): "Job",
+}
+
 
 @dataclass
 class _Live:
@@ -378,7 +391,12 @@ class _Request:
         mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
         if masker is None and visible is None and not mask_secrets:
             return None
-        return Inspector(mask_secrets=self.connector.mask_secrets, masker=masker, visible=visible)
+        return Inspector(
+            mask_secrets=self.connector.mask_secrets,
+            masker=masker,
+            visible=visible,
+            kind=_KINDS.get((info.group, info.resource), ""),
+        )
 
     def _masker(self, decision: Decision) -> ValueMasker:
         key = (decision.masks.detectors, decision.masks.detector_style)

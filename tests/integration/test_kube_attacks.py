@@ -69,3 +69,27 @@ def test_cluster_wide_list_by_name_hides_governed_namespaces(
     assert status == 200
     text = body if isinstance(body, bytes) else repr(body).encode()
     assert b"kube-system-only" not in text and b"kube-system" not in text
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH", "POST"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/web/proxy/admin/drop",
+        "/api/v1/namespaces/default/services/web:80/proxy/admin/drop",
+        "/api/v1/nodes/node-1/proxy/run/default/web/c",
+        "/api/v1/proxy/namespaces/default/pods/web/admin/drop",
+    ],
+)
+def test_proxy_is_refused_for_every_method(hk: KubeHoopy, emu: Emu, method: str, path: str) -> None:
+    """GET was refused as a connection, but DELETE/PUT/PATCH of pods/proxy were relayed
+    into the pod (and nodes/proxy into the kubelet) unread."""
+    before = len([r for r in emu.requests() if "/proxy" in r["path"]])
+    body = b"{}" if method in ("PUT", "PATCH", "POST") else None
+    headers = {
+        "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"
+    }
+    status, answer = call(hk, method, "/k8s/cluster" + path, body=body, headers=headers)
+    assert status in (400, 403), (status, answer)
+    assert "proxy" in answer["message"]
+    assert len([r for r in emu.requests() if "/proxy" in r["path"]]) == before

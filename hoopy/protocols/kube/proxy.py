@@ -303,6 +303,16 @@ class _Request:
             return status(400, "BadRequest", f"hoopy refused the request path: {e}")
         if not info.is_resource:
             return await self._non_resource(info)
+        if info.verb == "proxy" or info.subresource == "proxy":
+            # Every method of */proxy reaches a pod, service or kubelet with nothing
+            # hoopy can read or mask: refused whatever the method (not only GET).
+            self.status, self.decision = 403, "refused"
+            self._record(info)
+            return status(
+                403,
+                "Forbidden",
+                f"hoopy does not relay the API server's proxy ({info.full_resource or 'proxy'})",
+            )
         command = _command(self.connector.name, info, q, self.request.method)
         try:
             decision = await self.session.check(command)

@@ -4,9 +4,12 @@ relayed (see the issue 12 review)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import ssl
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 
 from tests.integration.test_kube_hostile import call
@@ -93,3 +96,32 @@ def test_proxy_is_refused_for_every_method(hk: KubeHoopy, emu: Emu, method: str,
     assert status in (400, 403), (status, answer)
     assert "proxy" in answer["message"]
     assert len([r for r in emu.requests() if "/proxy" in r["path"]]) == before
+
+
+def test_oversized_websocket_frame_is_refused(hk: KubeHoopy, emu: Emu) -> None:
+    """The exec relay accepted WebSocket messages of any size (max_msg_size=0) and held
+    each whole in memory: one agent could exhaust the gateway's memory for all."""
+    emu.call("POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "ws-box"}})
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = (
+        f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/default/pods/ws-box/exec"
+        "?command=cat&stdin=true&stdout=true&stderr=true"
+    )
+
+    async def run() -> aiohttp.WSMessage:
+        ctx = ssl.create_default_context(cafile=str(hk.ca))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url,
+                ssl=ctx,
+                protocols=("v5.channel.k8s.io",),
+                headers={"Authorization": f"Bearer {hk.token()}"},
+                max_msg_size=0,
+            ) as ws,
+        ):
+            await ws.send_bytes(b"\x00" + b"x" * (8 * 1024 * 1024))
+            return await ws.receive(timeout=30)
+
+    msg = asyncio.run(run())
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009, msg

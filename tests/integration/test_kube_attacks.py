@@ -26,6 +26,10 @@ rules:
     effect: deny
     reason: kube-system is off limits
     match: {kubernetes: {namespaces: [kube-system]}}
+  - name: keep-precious
+    effect: deny
+    reason: precious objects stay
+    match: {kubernetes: {verbs: [delete, deletecollection], names: ["precious-*"]}}
 """
 
 
@@ -125,3 +129,21 @@ def test_oversized_websocket_frame_is_refused(hk: KubeHoopy, emu: Emu) -> None:
 
     msg = asyncio.run(run())
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009, msg
+
+
+def test_deletecollection_in_a_namespace_respects_name_rules(hk: KubeHoopy, emu: Emu) -> None:
+    """`kubectl delete cm --all -n default` is a deletecollection without a name, so a
+    rule about names never matched it and it deleted the protected objects too."""
+    for name in ("precious-1", "scratch"):
+        emu.call("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": name}})
+    status, body = call(hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps")
+    assert status == 403 and "deletecollection" in body["message"], body
+    left = emu.call("GET", "/api/v1/namespaces/default/configmaps")["items"]
+    assert "precious-1" in [c["metadata"]["name"] for c in left]
+    # one by name is judged by the rule as usual
+    status, body = call(hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps/scratch")
+    assert status == 200
+    status, body = call(
+        hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps/precious-1"
+    )
+    assert status == 403 and "keep-precious" in body["message"]

@@ -96,6 +96,7 @@ class _Live:
     last: float
     inflight: int = 0
     filters: bool = False  # do namespace / name rules make lists need filtering?
+    names: bool = False  # do name rules apply (a deletecollection has no name to judge)?
     maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
 
 
@@ -160,7 +161,12 @@ class KubeListener:
             live = None
         if live is None:
             session = self.gw.open_session(identity, connector, "kubernetes", client, True)
-            live = _Live(session, time.monotonic(), filters=_filters(session))
+            live = _Live(
+                session,
+                time.monotonic(),
+                filters=_filters(session),
+                names=_filters(session, ("names",)),
+            )
             self._live[key] = live
         elif identity.expires_at > live.session.identity.expires_at:
             live.session.identity = identity  # the agent's newer token of the same identity
@@ -228,7 +234,7 @@ class KubeListener:
             live.last = time.monotonic()
 
 
-def _filters(session: Session) -> bool:
+def _filters(session: Session, keys: tuple[str, ...] = _FILTER_KEYS) -> bool:
     """Could a namespace or name rule hide some items of a list from this identity?"""
     from hoopy.policy import _identity_matches  # the policy's own identity test
 
@@ -237,7 +243,7 @@ def _filters(session: Session) -> bool:
             k = rule.match.kubernetes
             if rule.effect == "mask" or k is None:
                 continue
-            if any(getattr(k, f) for f in _FILTER_KEYS) and _identity_matches(
+            if any(getattr(k, f) for f in keys) and _identity_matches(
                 rule.match, session.identity, session.connector
             ):
                 return True
@@ -343,6 +349,14 @@ class _Request:
             raise CommandDenied(
                 "a cluster-wide deletecollection is refused while namespace or name rules "
                 "apply to you: delete in one namespace (-n NAMESPACE)"
+            )
+        if info.verb == "deletecollection" and self.live.names and not info.name:
+            # nor the protected names' objects out of a delete of a whole collection
+            self.status, self.decision = 403, "deny"
+            self._record(info)
+            raise CommandDenied(
+                "a deletecollection is refused while name rules apply to you: "
+                "delete objects by name"
             )
         if info.connect:
             return await self._connect(info, q, decision)

@@ -147,3 +147,25 @@ def test_deletecollection_in_a_namespace_respects_name_rules(hk: KubeHoopy, emu:
         hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps/precious-1"
     )
     assert status == 403 and "keep-precious" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/%23",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/#",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/precious-2#",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/x#/y",
+    ],
+)
+def test_fragment_in_the_path_is_refused(hk: KubeHoopy, emu: Emu, path: str) -> None:
+    """A '#' in the request target: policy judged a `delete` of the object named '#',
+    but the forwarded URL lost everything from '#' on, so the cluster ran a
+    deletecollection (or a delete of another name) instead."""
+    emu.call("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "precious-2"}})
+    status, _ = call(hk, "DELETE", path)
+    left = emu.call("GET", "/api/v1/namespaces/default/configmaps")["items"]
+    names = [c["metadata"]["name"] for c in left]
+    if "precious-2" in names:
+        emu.call("DELETE", "/api/v1/namespaces/default/configmaps/precious-2")
+    assert status == 400 and "precious-2" in names, (status, names)

@@ -8,9 +8,10 @@ name the cluster's own RBAC will.  Paths are split on "/"; anything not under
 
 Before any of that, paths an attacker could make the two sides read differently
 are refused (`PathRejected`): percent-encoding, empty, `.` or `..` segments,
-`;` parameters, `#` and other characters outside RFC 3986's, upper-case letters where Kubernetes only has lower-case ones,
-and query strings with `;` (Go drops such pairs, Python would not).  Query values
-are read as Go's apiserver reads them: the first value of a repeated key wins.
+`;` parameters, `#` and other characters outside RFC 3986's, upper-case letters
+where Kubernetes only has lower-case ones, and query strings with `;` (Go drops
+such pairs, Python would not).  Query values are read as Go's apiserver reads
+them: the first value of a repeated key wins.
 """
 
 from __future__ import annotations

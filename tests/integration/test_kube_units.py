@@ -143,6 +143,13 @@ def test_secret_masked_in_every_shape() -> None:
     )
     assert not _clean(SECRET)  # inputs are not modified (and the test can fail)
     assert not _clean(Inspector(mask_secrets=False).value(SECRET))
+    # kube-apiserver's list items carry no kind: they are of the list's (or request's)
+    bare = {k: v for k, v in SECRET.items() if k not in ("kind", "apiVersion")}
+    assert _clean(ins.value({"kind": "SecretList", "items": [bare]}))
+    assert _clean(Inspector(kind="Secret").value({"items": [bare]}))
+    # a line of a watch stream that is not an event (a list, an object) is still read
+    assert _clean(ins.event({"kind": "SecretList", "items": [bare]}))
+    assert _clean(ins.event(SECRET))
 
 
 def test_items_of_governed_namespaces_dropped() -> None:

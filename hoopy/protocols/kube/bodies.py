@@ -166,7 +166,7 @@ class Inspector:
     def event(self, ev: Any) -> Any | None:
         """A watch event, or None when its object must not be shown."""
         if not isinstance(ev, dict) or not isinstance(ev.get("object"), dict):
-            return ev
+            return self.value(ev)  # not an event: whatever it is, it is still read
         obj = ev["object"]
         if obj.get("kind") == "Table":
             table = self._table(obj)

@@ -30,6 +30,10 @@ rules:
     effect: deny
     reason: precious objects stay
     match: {kubernetes: {verbs: [delete, deletecollection], names: ["precious-*"]}}
+  - name: no-admin-objects
+    effect: deny
+    reason: admin-* objects are made by the platform team
+    match: {kubernetes: {verbs: [create], names: ["admin-*"]}}
 """
 
 
@@ -169,3 +173,28 @@ def test_fragment_in_the_path_is_refused(hk: KubeHoopy, emu: Emu, path: str) -> 
     if "precious-2" in names:
         emu.call("DELETE", "/api/v1/namespaces/default/configmaps/precious-2")
     assert status == 400 and "precious-2" in names, (status, names)
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        ("application/json", b'{"metadata": {"name": "admin-%s"}}'),
+        ("application/yaml", b"metadata:\n  name: admin-%s\n"),
+    ],
+)
+def test_create_is_judged_on_the_name_in_its_body(
+    hk: KubeHoopy, emu: Emu, ctype: str, body: bytes
+) -> None:
+    """A create's path has no name, so a rule about names never matched a create."""
+    tag = ctype.rsplit("/", 1)[1].encode()
+    path = "/k8s/cluster/api/v1/namespaces/default/configmaps"
+    status, answer = call(hk, "POST", path, body=body % tag, headers={"Content-Type": ctype})
+    assert status == 403 and "no-admin-objects" in answer["message"], answer
+    names = [
+        c["metadata"]["name"]
+        for c in emu.call("GET", "/api/v1/namespaces/default/configmaps")["items"]
+    ]
+    assert f"admin-{tag.decode()}" not in names
+    ok_body = body.replace(b"admin-", b"user-") % tag
+    status, answer = call(hk, "POST", path, body=ok_body, headers={"Content-Type": ctype})
+    assert status == 201, answer

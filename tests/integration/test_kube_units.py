@@ -21,6 +21,7 @@ from hoopy.protocols.kube.bodies import (
     MASKED_B64,
     BodyError,
     Inspector,
+    body_name,
     body_namespace,
 )
 from hoopy.protocols.kube.proxy import KubeListener
@@ -221,3 +222,15 @@ def test_exec_output_masking_keeps_other_bytes() -> None:
     tty = _Lines(ValueMasker(["email"]), tty=True)
     assert tty.feed(b"$ ") == b"$ "  # a prompt is not held back
     assert b"eve@example.com" not in tty.feed(b"eve@example.com\r\n")
+
+
+def test_body_name_of_a_create() -> None:
+    # runtime.Unknown{2: object{1: ObjectMeta{1: name "ab", 3: namespace "f"}}}
+    pb = b"k8s\x00" + bytes([0x12, 9, 0x0A, 7, 0x0A, 2]) + b"ab" + bytes([0x1A, 1]) + b"f"
+    assert body_name("application/vnd.kubernetes.protobuf", pb) == "ab"
+    assert body_namespace("application/vnd.kubernetes.protobuf", pb) == ["f"]
+    assert body_name("application/json", b'{"metadata":{"name":"x"}}') == "x"
+    assert body_name("application/yaml", b"metadata: {name: y}") == "y"
+    assert body_name("application/json", b'{"metadata":{"generateName":"z-"}}') == ""
+    with pytest.raises(BodyError):
+        body_name("application/json", b"{not json")

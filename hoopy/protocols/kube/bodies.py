@@ -59,6 +59,33 @@ def body_namespace(content_type: str, body: bytes) -> list[str]:
     return []
 
 
+def body_name(content_type: str, body: bytes) -> str:
+    """The `metadata.name` of a create's body ("" when none): a create's path has no
+    name, so name rules are judged on this one."""
+    if not body:
+        return ""
+    if "protobuf" in content_type:
+        if not body.startswith(PROTOBUF_MAGIC):
+            raise BodyError("not a Kubernetes protobuf envelope")
+        name = _field(_field(_field(body[4:], 2) or b"", 1) or b"", 1)
+        try:
+            return name.decode() if name else ""
+        except UnicodeDecodeError:
+            raise BodyError("undecodable name in protobuf") from None
+    try:
+        if "yaml" in content_type:
+            if len(body) > MAX_YAML:
+                raise BodyError("YAML body too large")
+            value = yaml.safe_load(body)
+        else:
+            value = json.loads(body)
+    except (ValueError, yaml.YAMLError, RecursionError):
+        raise BodyError("the request body is not valid JSON/YAML") from None
+    meta = value.get("metadata") if isinstance(value, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 def _patch_namespaces(ops: list[Any]) -> list[str]:
     found = []
     for op in ops:

@@ -18,6 +18,7 @@ cluster for JSON and rewrites each object, list, table or watch event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ from hoopy.gateway import Gateway
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
 from hoopy.protocols.kube import execrelay
-from hoopy.protocols.kube.bodies import BodyError, Inspector, body_namespace
+from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
 from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo, parse_query, request_info
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
@@ -271,6 +272,8 @@ class _Request:
         self.capture: bytearray | None = None  # the start of the answer, for the recording
         self.status = 0
         self.decision = ""
+        self.early: bytes | None = None  # a create's body, read before the policy check
+        self.read_early = False
 
     def _record(self, info: RequestInfo | None, **extra: Any) -> None:
         fields: dict[str, Any] = {"method": self.request.method, "path": self.path}
@@ -319,6 +322,20 @@ class _Request:
                 "Forbidden",
                 f"hoopy does not relay the API server's proxy ({info.full_resource or 'proxy'})",
             )
+        if info.verb == "create" and not info.name and not info.connect:
+            # the name of what is created is in the body: name rules judge that one
+            try:
+                self.early, self.read_early = await self._body(info), True
+            except _TooLarge:
+                self.status, self.decision = 413, "refused"
+                self._record(info)
+                return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
+            try:
+                name = body_name(self.request.headers.get("Content-Type", ""), self.early or b"")
+            except BodyError as e:
+                raise ProtocolError(str(e)) from None
+            if name:
+                info = dataclasses.replace(info, name=name)
         command = _command(self.connector.name, info, q, self.request.method)
         try:
             decision = await self.session.check(command)
@@ -449,7 +466,10 @@ class _Request:
 
     async def _forward(self, info: RequestInfo, decision: Decision | None) -> web.StreamResponse:
         try:
-            body = await self._body(info) if info.is_resource else None
+            if self.read_early:
+                body = self.early
+            else:
+                body = await self._body(info) if info.is_resource else None
         except _TooLarge:
             self.status, self.decision = 413, "refused"
             self._record(info)

@@ -198,3 +198,20 @@ def test_create_is_judged_on_the_name_in_its_body(
     ok_body = body.replace(b"admin-", b"user-") % tag
     status, answer = call(hk, "POST", path, body=ok_body, headers={"Content-Type": ctype})
     assert status == 201, answer
+
+
+def test_protobuf_create_split_object_meta(hk: KubeHoopy) -> None:
+    """ObjectMeta sent twice in a protobuf body: the cluster merges both (so the name is
+    admin-pb), hoopy read only the last (no name) and let the create through."""
+    meta1 = bytes([0x0A, 10, 0x0A, 8]) + b"admin-pb"
+    meta2 = bytes([0x0A, 4, 0x22, 2]) + b"zz"
+    raw = meta1 + meta2
+    body = b"k8s\x00" + bytes([0x0A, 0]) + bytes([0x12, len(raw)]) + raw
+    status, answer = call(
+        hk,
+        "POST",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps",
+        body=body,
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+    )
+    assert status == 403 and "no-admin-objects" in answer["message"], (status, answer)

@@ -234,3 +234,14 @@ def test_body_name_of_a_create() -> None:
     assert body_name("application/json", b'{"metadata":{"generateName":"z-"}}') == ""
     with pytest.raises(BodyError):
         body_name("application/json", b"{not json")
+
+
+def test_protobuf_object_meta_is_merged_as_go_merges_it() -> None:
+    """Two ObjectMeta occurrences: Go merges them (name from the first, the second
+    without one); reading only the last one lost the name and the namespace."""
+    meta1 = bytes([0x0A, 7, 0x0A, 2]) + b"ab" + bytes([0x1A, 1]) + b"f"
+    meta2 = bytes([0x0A, 4, 0x22, 2]) + b"zz"  # ObjectMeta{4: generateName "zz"}
+    raw = meta1 + meta2
+    pb = b"k8s\x00" + bytes([0x12, len(raw)]) + raw
+    assert body_name("application/vnd.kubernetes.protobuf", pb) == "ab"
+    assert body_namespace("application/vnd.kubernetes.protobuf", pb) == ["f"]

@@ -67,7 +67,7 @@ def body_name(content_type: str, body: bytes) -> str:
     if "protobuf" in content_type:
         if not body.startswith(PROTOBUF_MAGIC):
             raise BodyError("not a Kubernetes protobuf envelope")
-        name = _field(_field(_field(body[4:], 2) or b"", 1) or b"", 1)
+        name = _field(_message(_field(body[4:], 2) or b"", 1), 1)
         try:
             return name.decode() if name else ""
         except UnicodeDecodeError:
@@ -118,9 +118,21 @@ def _varint(b: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def _message(b: bytes, number: int) -> bytes:
+    """Embedded message field `number`: protobuf merges repeated occurrences (as Go
+    decodes them), which is the same as parsing them concatenated."""
+    return b"".join(_fields(b, number))
+
+
 def _field(b: bytes, number: int) -> bytes | None:
-    """The last length-delimited field `number` of a protobuf message."""
-    found = None
+    """The last length-delimited field `number` (a string or bytes: the last wins)."""
+    found = _fields(b, number)
+    return found[-1] if found else None
+
+
+def _fields(b: bytes, number: int) -> list[bytes]:
+    """Every length-delimited field `number` of a protobuf message, in order."""
+    found: list[bytes] = []
     i = 0
     while i < len(b):
         key, i = _varint(b, i)
@@ -132,7 +144,7 @@ def _field(b: bytes, number: int) -> bytes | None:
             if i + n > len(b):
                 raise BodyError("truncated protobuf")
             if num == number:
-                found = b[i : i + n]
+                found.append(b[i : i + n])
             i += n
         elif wire == 1:
             i += 8
@@ -147,8 +159,8 @@ def _protobuf_namespace(body: bytes) -> list[str]:
     """runtime.Unknown{2: raw object{1: ObjectMeta{3: namespace}}}."""
     if not body.startswith(PROTOBUF_MAGIC):
         raise BodyError("not a Kubernetes protobuf envelope")
-    raw = _field(body[4:], 2) or b""
-    meta = _field(raw, 1) or b""
+    raw = _field(body[4:], 2) or b""  # runtime.Unknown.raw: bytes
+    meta = _message(raw, 1)  # ObjectMeta: an embedded message
     ns = _field(meta, 3)
     try:
         return [ns.decode()] if ns else []

@@ -215,3 +215,36 @@ def test_protobuf_create_split_object_meta(hk: KubeHoopy) -> None:
         headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
     )
     assert status == 403 and "no-admin-objects" in answer["message"], (status, answer)
+
+
+def test_tty_spelled_otherwise_is_still_recorded_as_a_tty(hk: KubeHoopy, emu: Emu) -> None:
+    """`tty=yes` is a TTY to the cluster (Go reads any value but 0/false as true) but was
+    not to hoopy, which then kept only the first 64 KiB of the session, not a cast."""
+    emu.call("POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "tty-box"}})
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = (
+        f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/default/pods/tty-box/exec"
+        "?command=sh&command=-c&command=echo+yes-tty-$((6*7))&stdout=true&tty=yes"
+    )
+
+    async def run() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(hk.ca))
+        out = b""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url,
+                ssl=ctx,
+                protocols=("v5.channel.k8s.io",),
+                headers={"Authorization": f"Bearer {hk.token(sub='tty-yes')}"},
+            ) as ws,
+        ):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x01":
+                    out += msg.data[1:]
+        return out
+
+    assert b"yes-tty-42" in asyncio.run(run())
+    listed = hk.cli("sessions", "list", "--subject", "tty-yes").stdout.split()
+    shown = hk.cli("sessions", "show", listed[0]).stdout
+    assert '"tty": true' in shown, shown

@@ -46,7 +46,13 @@ from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
 from hoopy.protocols.kube import execrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
-from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo, parse_query, request_info
+from hoopy.protocols.kube.requestinfo import (
+    PathRejected,
+    RequestInfo,
+    go_bool,
+    parse_query,
+    request_info,
+)
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
 from hoopy.session import Session
@@ -614,7 +620,7 @@ class _Request:
             url,
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
-            tty=(q.get("tty") or [""])[0].lower() in ("true", "1"),
+            tty=go_bool(q.get("tty")),  # as the cluster reads it ("yes" is a TTY too)
             masker=self._masker(decision) if decision.masks.detectors else None,
         )
         self.status = result.status

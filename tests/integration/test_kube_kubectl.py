@@ -469,6 +469,9 @@ def test_configmap_values_pass_detectors(hk: KubeHoopy) -> None:
     )
     out = ok(hk.kubectl("-n", "t-cm", "get", "cm", "contacts", "-o", "yaml"))
     assert "alice@example.com" not in out and "hello" in out
+    # a list's items come without their kind from kube-apiserver (and the emulator)
+    out = ok(hk.kubectl("-n", "t-cm", "get", "cm", "-o", "yaml"))
+    assert "alice@example.com" not in out and "hello" in out
 
 
 # ---- credentials and impersonation -----------------------------------------------------

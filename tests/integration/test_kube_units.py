@@ -21,6 +21,7 @@ from hoopy.protocols.kube.bodies import (
     MASKED_B64,
     BodyError,
     Inspector,
+    body_name,
     body_namespace,
 )
 from hoopy.protocols.kube.proxy import KubeListener
@@ -143,6 +144,13 @@ def test_secret_masked_in_every_shape() -> None:
     )
     assert not _clean(SECRET)  # inputs are not modified (and the test can fail)
     assert not _clean(Inspector(mask_secrets=False).value(SECRET))
+    # kube-apiserver's list items carry no kind: they are of the list's (or request's)
+    bare = {k: v for k, v in SECRET.items() if k not in ("kind", "apiVersion")}
+    assert _clean(ins.value({"kind": "SecretList", "items": [bare]}))
+    assert _clean(Inspector(kind="Secret").value({"items": [bare]}))
+    # a line of a watch stream that is not an event (a list, an object) is still read
+    assert _clean(ins.event({"kind": "SecretList", "items": [bare]}))
+    assert _clean(ins.event(SECRET))
 
 
 def test_items_of_governed_namespaces_dropped() -> None:
@@ -214,3 +222,26 @@ def test_exec_output_masking_keeps_other_bytes() -> None:
     tty = _Lines(ValueMasker(["email"]), tty=True)
     assert tty.feed(b"$ ") == b"$ "  # a prompt is not held back
     assert b"eve@example.com" not in tty.feed(b"eve@example.com\r\n")
+
+
+def test_body_name_of_a_create() -> None:
+    # runtime.Unknown{2: object{1: ObjectMeta{1: name "ab", 3: namespace "f"}}}
+    pb = b"k8s\x00" + bytes([0x12, 9, 0x0A, 7, 0x0A, 2]) + b"ab" + bytes([0x1A, 1]) + b"f"
+    assert body_name("application/vnd.kubernetes.protobuf", pb) == "ab"
+    assert body_namespace("application/vnd.kubernetes.protobuf", pb) == ["f"]
+    assert body_name("application/json", b'{"metadata":{"name":"x"}}') == "x"
+    assert body_name("application/yaml", b"metadata: {name: y}") == "y"
+    assert body_name("application/json", b'{"metadata":{"generateName":"z-"}}') == ""
+    with pytest.raises(BodyError):
+        body_name("application/json", b"{not json")
+
+
+def test_protobuf_object_meta_is_merged_as_go_merges_it() -> None:
+    """Two ObjectMeta occurrences: Go merges them (name from the first, the second
+    without one); reading only the last one lost the name and the namespace."""
+    meta1 = bytes([0x0A, 7, 0x0A, 2]) + b"ab" + bytes([0x1A, 1]) + b"f"
+    meta2 = bytes([0x0A, 4, 0x22, 2]) + b"zz"  # ObjectMeta{4: generateName "zz"}
+    raw = meta1 + meta2
+    pb = b"k8s\x00" + bytes([0x12, len(raw)]) + raw
+    assert body_name("application/vnd.kubernetes.protobuf", pb) == "ab"
+    assert body_namespace("application/vnd.kubernetes.protobuf", pb) == ["f"]

@@ -24,7 +24,9 @@ PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 
 
 def _flag(q: dict[str, list[str]], name: str) -> bool:
-    return (q.get(name) or [""])[0].lower() in ("true", "1")
+    """As kube-apiserver reads a bool parameter: absent, "0" or "false" is false."""
+    v = q.get(name)
+    return bool(v) and v[0] != "0" and v[0].lower() != "false"
 
 
 def exit_status(code: int) -> dict[str, Any]:

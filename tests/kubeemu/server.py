@@ -187,7 +187,11 @@ class Emulator:
                 "kind": kind.kind + "List",
                 "apiVersion": kind.api_version,
                 "metadata": meta,
-                "items": objs,
+                # kube-apiserver omits each item's kind and apiVersion in a list
+                # (kubernetes/kubernetes#3030); hoopy must not rely on them
+                "items": [
+                    {k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in objs
+                ],
             }
         )
 
@@ -448,7 +452,10 @@ def resource_list(group: str, version: str) -> web.Response:
 
 
 def _flag(q: dict[str, list[str]], name: str) -> bool:
-    return (_one(q, name) or "").lower() in ("true", "1")
+    """As kube-apiserver reads a bool parameter (Convert_Slice_string_To_bool): absent
+    is false, "0" and "false" (any case) are false, anything else ("yes", "") true."""
+    v = _one(q, name)
+    return v is not None and v != "0" and v.lower() != "false"
 
 
 def _one(q: dict[str, list[str]], name: str) -> str | None:

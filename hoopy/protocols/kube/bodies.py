@@ -59,6 +59,33 @@ def body_namespace(content_type: str, body: bytes) -> list[str]:
     return []
 
 
+def body_name(content_type: str, body: bytes) -> str:
+    """The `metadata.name` of a create's body ("" when none): a create's path has no
+    name, so name rules are judged on this one."""
+    if not body:
+        return ""
+    if "protobuf" in content_type:
+        if not body.startswith(PROTOBUF_MAGIC):
+            raise BodyError("not a Kubernetes protobuf envelope")
+        name = _field(_message(_field(body[4:], 2) or b"", 1), 1)
+        try:
+            return name.decode() if name else ""
+        except UnicodeDecodeError:
+            raise BodyError("undecodable name in protobuf") from None
+    try:
+        if "yaml" in content_type:
+            if len(body) > MAX_YAML:
+                raise BodyError("YAML body too large")
+            value = yaml.safe_load(body)
+        else:
+            value = json.loads(body)
+    except (ValueError, yaml.YAMLError, RecursionError):
+        raise BodyError("the request body is not valid JSON/YAML") from None
+    meta = value.get("metadata") if isinstance(value, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 def _patch_namespaces(ops: list[Any]) -> list[str]:
     found = []
     for op in ops:
@@ -91,9 +118,21 @@ def _varint(b: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def _message(b: bytes, number: int) -> bytes:
+    """Embedded message field `number`: protobuf merges repeated occurrences (as Go
+    decodes them), which is the same as parsing them concatenated."""
+    return b"".join(_fields(b, number))
+
+
 def _field(b: bytes, number: int) -> bytes | None:
-    """The last length-delimited field `number` of a protobuf message."""
-    found = None
+    """The last length-delimited field `number` (a string or bytes: the last wins)."""
+    found = _fields(b, number)
+    return found[-1] if found else None
+
+
+def _fields(b: bytes, number: int) -> list[bytes]:
+    """Every length-delimited field `number` of a protobuf message, in order."""
+    found: list[bytes] = []
     i = 0
     while i < len(b):
         key, i = _varint(b, i)
@@ -105,7 +144,7 @@ def _field(b: bytes, number: int) -> bytes | None:
             if i + n > len(b):
                 raise BodyError("truncated protobuf")
             if num == number:
-                found = b[i : i + n]
+                found.append(b[i : i + n])
             i += n
         elif wire == 1:
             i += 8
@@ -120,8 +159,8 @@ def _protobuf_namespace(body: bytes) -> list[str]:
     """runtime.Unknown{2: raw object{1: ObjectMeta{3: namespace}}}."""
     if not body.startswith(PROTOBUF_MAGIC):
         raise BodyError("not a Kubernetes protobuf envelope")
-    raw = _field(body[4:], 2) or b""
-    meta = _field(raw, 1) or b""
+    raw = _field(body[4:], 2) or b""  # runtime.Unknown.raw: bytes
+    meta = _message(raw, 1)  # ObjectMeta: an embedded message
     ns = _field(meta, 3)
     try:
         return [ns.decode()] if ns else []
@@ -141,6 +180,10 @@ class Inspector:
     masker: ValueMasker | None = None
     visible: Callable[[str, str], bool] | None = None
     counts: Counter[str] = field(default_factory=Counter)
+    # The kind the request's resource holds (`Secret` for secrets): kube-apiserver
+    # omits each list item's kind (kubernetes/kubernetes#3030), so an item without one
+    # is of the list's kind, or of this one.
+    kind: str = ""
 
     def value(self, v: Any) -> Any:
         """The rewritten form of any decoded response value (a new object: the input is
@@ -151,8 +194,9 @@ class Inspector:
         if kind == "Table":
             return self._table(v)
         if isinstance(v.get("items"), list) and (kind is None or str(kind).endswith("List")):
+            of = str(kind)[:-4] if kind and kind != "List" else ""
             out = dict(v)
-            out["items"] = [self.item(i) for i in v["items"] if self._shown(i)]
+            out["items"] = [self.item(i, of) for i in v["items"] if self._shown(i, of)]
             return out
         if set(v) <= {"type", "object"} and isinstance(v.get("object"), dict):  # watch event
             return {"type": v.get("type"), "object": self.value(v["object"])}
@@ -161,7 +205,7 @@ class Inspector:
     def event(self, ev: Any) -> Any | None:
         """A watch event, or None when its object must not be shown."""
         if not isinstance(ev, dict) or not isinstance(ev.get("object"), dict):
-            return ev
+            return self.value(ev)  # not an event: whatever it is, it is still read
         obj = ev["object"]
         if obj.get("kind") == "Table":
             table = self._table(obj)
@@ -188,7 +232,11 @@ class Inspector:
         out["rows"] = rows
         return out
 
-    def _shown(self, obj: Any) -> bool:
+    def _kind(self, obj: dict[str, Any], of: str = "") -> str:
+        """The object's kind, else the list's (`of`), else the request's."""
+        return str(obj.get("kind") or of or self.kind)
+
+    def _shown(self, obj: Any, of: str = "") -> bool:
         if self.visible is None:
             return True
         if not isinstance(obj, dict):
@@ -196,17 +244,17 @@ class Inspector:
         meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
-        if obj.get("kind") == "Namespace":
+        if self._kind(obj, of) == "Namespace":
             ns = name
         ok = self.visible(str(ns), str(name))
         if not ok:
             self.counts["filtered"] += 1
         return ok
 
-    def item(self, obj: Any) -> Any:
+    def item(self, obj: Any, of: str = "") -> Any:
         if not isinstance(obj, dict):
             return obj
-        kind = obj.get("kind")
+        kind = self._kind(obj, of)
         if kind == "Secret" and self.mask_secrets:
             return self._secret(obj)
         if self.masker is not None:

@@ -29,6 +29,10 @@ from hoopy.session import Session
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 CAPTURE = 64 * 1024
+# The largest WebSocket message an agent may send (kubectl sends stdin in 32 KiB
+# pieces); aiohttp holds a message whole before handing it over, so without a cap
+# one agent's endless frame would exhaust the gateway's memory for every agent.
+MAX_MESSAGE = 4 * 1024 * 1024
 _casts = itertools.count(1)
 
 
@@ -168,7 +172,9 @@ async def relay(
         )
     except (aiohttp.ClientError, TimeoutError):
         return RelayResult(status(502, "ServiceUnavailable", "the cluster is unreachable"), 502)
-    ws = web.WebSocketResponse(protocols=(upstream.protocol or protocols[0],), max_msg_size=0)
+    ws = web.WebSocketResponse(
+        protocols=(upstream.protocol or protocols[0],), max_msg_size=MAX_MESSAGE
+    )
     await ws.prepare(request)
     rec = _Recording(session, tty)
     result = RelayResult(ws, 101)

@@ -18,6 +18,7 @@ cluster for JSON and rewrites each object, list, table or watch event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,8 +45,14 @@ from hoopy.gateway import Gateway
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
 from hoopy.protocols.kube import execrelay
-from hoopy.protocols.kube.bodies import BodyError, Inspector, body_namespace
-from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo, parse_query, request_info
+from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
+from hoopy.protocols.kube.requestinfo import (
+    PathRejected,
+    RequestInfo,
+    go_bool,
+    parse_query,
+    request_info,
+)
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
 from hoopy.session import Session
@@ -76,6 +83,19 @@ _DETECTED = (
     "replicasets",
 )
 
+# The kind each inspected resource holds (list items come without theirs).
+_KINDS = {
+    ("", "secrets"): "Secret",
+    ("", "configmaps"): "ConfigMap",
+    ("", "pods"): "Pod",
+    ("", "namespaces"): "Namespace",
+    ("apps", "deployments"): "Deployment",
+    ("apps", "statefulsets"): "StatefulSet",
+    ("apps", "daemonsets"): "DaemonSet",
+    ("apps", "replicasets"): "ReplicaSet",
+    ("batch", "jobs"): "Job",
+}
+
 
 @dataclass
 class _Live:
@@ -83,6 +103,7 @@ class _Live:
     last: float
     inflight: int = 0
     filters: bool = False  # do namespace / name rules make lists need filtering?
+    names: bool = False  # do name rules apply (a deletecollection has no name to judge)?
     maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
 
 
@@ -147,7 +168,12 @@ class KubeListener:
             live = None
         if live is None:
             session = self.gw.open_session(identity, connector, "kubernetes", client, True)
-            live = _Live(session, time.monotonic(), filters=_filters(session))
+            live = _Live(
+                session,
+                time.monotonic(),
+                filters=_filters(session),
+                names=_filters(session, ("names",)),
+            )
             self._live[key] = live
         elif identity.expires_at > live.session.identity.expires_at:
             live.session.identity = identity  # the agent's newer token of the same identity
@@ -215,7 +241,7 @@ class KubeListener:
             live.last = time.monotonic()
 
 
-def _filters(session: Session) -> bool:
+def _filters(session: Session, keys: tuple[str, ...] = _FILTER_KEYS) -> bool:
     """Could a namespace or name rule hide some items of a list from this identity?"""
     from hoopy.policy import _identity_matches  # the policy's own identity test
 
@@ -224,7 +250,7 @@ def _filters(session: Session) -> bool:
             k = rule.match.kubernetes
             if rule.effect == "mask" or k is None:
                 continue
-            if any(getattr(k, f) for f in _FILTER_KEYS) and _identity_matches(
+            if any(getattr(k, f) for f in keys) and _identity_matches(
                 rule.match, session.identity, session.connector
             ):
                 return True
@@ -252,6 +278,8 @@ class _Request:
         self.capture: bytearray | None = None  # the start of the answer, for the recording
         self.status = 0
         self.decision = ""
+        self.early: bytes | None = None  # a create's body, read before the policy check
+        self.read_early = False
 
     def _record(self, info: RequestInfo | None, **extra: Any) -> None:
         fields: dict[str, Any] = {"method": self.request.method, "path": self.path}
@@ -290,6 +318,30 @@ class _Request:
             return status(400, "BadRequest", f"hoopy refused the request path: {e}")
         if not info.is_resource:
             return await self._non_resource(info)
+        if info.verb == "proxy" or info.subresource == "proxy":
+            # Every method of */proxy reaches a pod, service or kubelet with nothing
+            # hoopy can read or mask: refused whatever the method (not only GET).
+            self.status, self.decision = 403, "refused"
+            self._record(info)
+            return status(
+                403,
+                "Forbidden",
+                f"hoopy does not relay the API server's proxy ({info.full_resource or 'proxy'})",
+            )
+        if info.verb == "create" and not info.name and not info.connect:
+            # the name of what is created is in the body: name rules judge that one
+            try:
+                self.early, self.read_early = await self._body(info), True
+            except _TooLarge:
+                self.status, self.decision = 413, "refused"
+                self._record(info)
+                return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
+            try:
+                name = body_name(self.request.headers.get("Content-Type", ""), self.early or b"")
+            except BodyError as e:
+                raise ProtocolError(str(e)) from None
+            if name:
+                info = dataclasses.replace(info, name=name)
         command = _command(self.connector.name, info, q, self.request.method)
         try:
             decision = await self.session.check(command)
@@ -320,6 +372,14 @@ class _Request:
             raise CommandDenied(
                 "a cluster-wide deletecollection is refused while namespace or name rules "
                 "apply to you: delete in one namespace (-n NAMESPACE)"
+            )
+        if info.verb == "deletecollection" and self.live.names and not info.name:
+            # nor the protected names' objects out of a delete of a whole collection
+            self.status, self.decision = 403, "deny"
+            self._record(info)
+            raise CommandDenied(
+                "a deletecollection is refused while name rules apply to you: "
+                "delete objects by name"
             )
         if info.connect:
             return await self._connect(info, q, decision)
@@ -372,12 +432,18 @@ class _Request:
         if decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
             masker = self._masker(decision)
         visible = None
-        if self.live.filters and info.verb in ("list", "watch") and not info.name:
+        # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
+        if self.live.filters and info.verb in ("list", "watch"):
             visible = _Visibility(self.session, info).visible
         mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
         if masker is None and visible is None and not mask_secrets:
             return None
-        return Inspector(mask_secrets=self.connector.mask_secrets, masker=masker, visible=visible)
+        return Inspector(
+            mask_secrets=self.connector.mask_secrets,
+            masker=masker,
+            visible=visible,
+            kind=_KINDS.get((info.group, info.resource), ""),
+        )
 
     def _masker(self, decision: Decision) -> ValueMasker:
         key = (decision.masks.detectors, decision.masks.detector_style)
@@ -406,7 +472,10 @@ class _Request:
 
     async def _forward(self, info: RequestInfo, decision: Decision | None) -> web.StreamResponse:
         try:
-            body = await self._body(info) if info.is_resource else None
+            if self.read_early:
+                body = self.early
+            else:
+                body = await self._body(info) if info.is_resource else None
         except _TooLarge:
             self.status, self.decision = 413, "refused"
             self._record(info)
@@ -551,7 +620,7 @@ class _Request:
             url,
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
-            tty=(q.get("tty") or [""])[0].lower() in ("true", "1"),
+            tty=go_bool(q.get("tty")),  # as the cluster reads it ("yes" is a TTY too)
             masker=self._masker(decision) if decision.masks.detectors else None,
         )
         self.status = result.status

@@ -8,9 +8,10 @@ name the cluster's own RBAC will.  Paths are split on "/"; anything not under
 
 Before any of that, paths an attacker could make the two sides read differently
 are refused (`PathRejected`): percent-encoding, empty, `.` or `..` segments,
-`;` parameters, upper-case letters where Kubernetes only has lower-case ones,
-and query strings with `;` (Go drops such pairs, Python would not).  Query values
-are read as Go's apiserver reads them: the first value of a repeated key wins.
+`;` parameters, `#` and other characters outside RFC 3986's, upper-case letters
+where Kubernetes only has lower-case ones, and query strings with `;` (Go drops
+such pairs, Python would not).  Query values are read as Go's apiserver reads
+them: the first value of a repeated key wins.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ _METHOD_VERBS = {
 _LOWER = re.compile(r"[a-z0-9][a-z0-9.-]*\Z")  # group, version, resource, namespace
 _SEGMENT_BAD = ("/", "%", "\\", "\x00")
 MAX_PATH = 4096
-# percent-encoding, ';' parameters, backslashes, controls, spaces and non-ASCII
-_BAD_PATH_CHAR = re.compile(r"[%;\\\x00-\x20\x7f-\U0010ffff]")
+# Only RFC 3986 path characters, less '%' (encoding) and ';' (parameters): anything
+# else ('#' above all: the forwarded URL would end there, so `DELETE .../configmaps/#`
+# judged as a delete of '#' reached the cluster as a deletecollection) is refused.
+_BAD_PATH_CHAR = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,=:@/]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 

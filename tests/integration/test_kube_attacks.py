@@ -1,0 +1,250 @@
+"""Attacks found by review of the Kubernetes data path, each reproduced through hoopy
+against the emulator: a denied namespace reached, a Secret read unmasked, a proxy
+relayed (see the issue 12 review)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from tests.integration.test_kube_hostile import call
+from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_emulator, start_hoopy
+
+pytestmark = pytest.mark.skipif(shutil.which(KUBECTL) is None, reason="kubectl is not installed")
+
+POLICY = """
+rules:
+  - name: agents
+    effect: allow
+    match: {groups: [agents], connectors: [cluster]}
+  - name: no-kube-system
+    effect: deny
+    reason: kube-system is off limits
+    match: {kubernetes: {namespaces: [kube-system]}}
+  - name: keep-precious
+    effect: deny
+    reason: precious objects stay
+    match: {kubernetes: {verbs: [delete, deletecollection], names: ["precious-*"]}}
+  - name: no-admin-objects
+    effect: deny
+    reason: admin-* objects are made by the platform team
+    match: {kubernetes: {verbs: [create], names: ["admin-*"]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
+    e = start_emulator(tmp_path_factory.mktemp("kubeemu"))
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture(scope="module")
+def hk(emu: Emu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeHoopy]:
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-kube"), emu, POLICY)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def precious(emu: Emu) -> None:
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/kube-system/configmaps",
+        {"metadata": {"name": "precious"}, "data": {"k": "kube-system-only"}},
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "fieldSelector=metadata.name%3Dprecious",
+        "fieldSelector=metadata.name%3D%3Dprecious",
+        "fieldSelector=metadata.name%3Dprecious&watch=1&timeoutSeconds=1",
+    ],
+)
+def test_cluster_wide_list_by_name_hides_governed_namespaces(
+    hk: KubeHoopy, precious: None, query: str
+) -> None:
+    """A name from the field selector made hoopy skip its namespace filter."""
+    status, body = call(hk, "GET", "/k8s/cluster/api/v1/configmaps?" + query)
+    assert status == 200
+    text = body if isinstance(body, bytes) else repr(body).encode()
+    assert b"kube-system-only" not in text and b"kube-system" not in text
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH", "POST"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/web/proxy/admin/drop",
+        "/api/v1/namespaces/default/services/web:80/proxy/admin/drop",
+        "/api/v1/nodes/node-1/proxy/run/default/web/c",
+        "/api/v1/proxy/namespaces/default/pods/web/admin/drop",
+    ],
+)
+def test_proxy_is_refused_for_every_method(hk: KubeHoopy, emu: Emu, method: str, path: str) -> None:
+    """GET was refused as a connection, but DELETE/PUT/PATCH of pods/proxy were relayed
+    into the pod (and nodes/proxy into the kubelet) unread."""
+    before = len([r for r in emu.requests() if "/proxy" in r["path"]])
+    body = b"{}" if method in ("PUT", "PATCH", "POST") else None
+    headers = {
+        "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"
+    }
+    status, answer = call(hk, method, "/k8s/cluster" + path, body=body, headers=headers)
+    assert status in (400, 403), (status, answer)
+    assert "proxy" in answer["message"]
+    assert len([r for r in emu.requests() if "/proxy" in r["path"]]) == before
+
+
+def test_oversized_websocket_frame_is_refused(hk: KubeHoopy, emu: Emu) -> None:
+    """The exec relay accepted WebSocket messages of any size (max_msg_size=0) and held
+    each whole in memory: one agent could exhaust the gateway's memory for all."""
+    emu.call("POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "ws-box"}})
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = (
+        f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/default/pods/ws-box/exec"
+        "?command=cat&stdin=true&stdout=true&stderr=true"
+    )
+
+    async def run() -> aiohttp.WSMessage:
+        ctx = ssl.create_default_context(cafile=str(hk.ca))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url,
+                ssl=ctx,
+                protocols=("v5.channel.k8s.io",),
+                headers={"Authorization": f"Bearer {hk.token()}"},
+                max_msg_size=0,
+            ) as ws,
+        ):
+            await ws.send_bytes(b"\x00" + b"x" * (8 * 1024 * 1024))
+            return await ws.receive(timeout=30)
+
+    msg = asyncio.run(run())
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009, msg
+
+
+def test_deletecollection_in_a_namespace_respects_name_rules(hk: KubeHoopy, emu: Emu) -> None:
+    """`kubectl delete cm --all -n default` is a deletecollection without a name, so a
+    rule about names never matched it and it deleted the protected objects too."""
+    for name in ("precious-1", "scratch"):
+        emu.call("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": name}})
+    status, body = call(hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps")
+    assert status == 403 and "deletecollection" in body["message"], body
+    left = emu.call("GET", "/api/v1/namespaces/default/configmaps")["items"]
+    assert "precious-1" in [c["metadata"]["name"] for c in left]
+    # one by name is judged by the rule as usual
+    status, body = call(hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps/scratch")
+    assert status == 200
+    status, body = call(
+        hk, "DELETE", "/k8s/cluster/api/v1/namespaces/default/configmaps/precious-1"
+    )
+    assert status == 403 and "keep-precious" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/%23",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/#",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/precious-2#",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps/x#/y",
+    ],
+)
+def test_fragment_in_the_path_is_refused(hk: KubeHoopy, emu: Emu, path: str) -> None:
+    """A '#' in the request target: policy judged a `delete` of the object named '#',
+    but the forwarded URL lost everything from '#' on, so the cluster ran a
+    deletecollection (or a delete of another name) instead."""
+    emu.call("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "precious-2"}})
+    status, _ = call(hk, "DELETE", path)
+    left = emu.call("GET", "/api/v1/namespaces/default/configmaps")["items"]
+    names = [c["metadata"]["name"] for c in left]
+    if "precious-2" in names:
+        emu.call("DELETE", "/api/v1/namespaces/default/configmaps/precious-2")
+    assert status == 400 and "precious-2" in names, (status, names)
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        ("application/json", b'{"metadata": {"name": "admin-%s"}}'),
+        ("application/yaml", b"metadata:\n  name: admin-%s\n"),
+    ],
+)
+def test_create_is_judged_on_the_name_in_its_body(
+    hk: KubeHoopy, emu: Emu, ctype: str, body: bytes
+) -> None:
+    """A create's path has no name, so a rule about names never matched a create."""
+    tag = ctype.rsplit("/", 1)[1].encode()
+    path = "/k8s/cluster/api/v1/namespaces/default/configmaps"
+    status, answer = call(hk, "POST", path, body=body % tag, headers={"Content-Type": ctype})
+    assert status == 403 and "no-admin-objects" in answer["message"], answer
+    names = [
+        c["metadata"]["name"]
+        for c in emu.call("GET", "/api/v1/namespaces/default/configmaps")["items"]
+    ]
+    assert f"admin-{tag.decode()}" not in names
+    ok_body = body.replace(b"admin-", b"user-") % tag
+    status, answer = call(hk, "POST", path, body=ok_body, headers={"Content-Type": ctype})
+    assert status == 201, answer
+
+
+def test_protobuf_create_split_object_meta(hk: KubeHoopy) -> None:
+    """ObjectMeta sent twice in a protobuf body: the cluster merges both (so the name is
+    admin-pb), hoopy read only the last (no name) and let the create through."""
+    meta1 = bytes([0x0A, 10, 0x0A, 8]) + b"admin-pb"
+    meta2 = bytes([0x0A, 4, 0x22, 2]) + b"zz"
+    raw = meta1 + meta2
+    body = b"k8s\x00" + bytes([0x0A, 0]) + bytes([0x12, len(raw)]) + raw
+    status, answer = call(
+        hk,
+        "POST",
+        "/k8s/cluster/api/v1/namespaces/default/configmaps",
+        body=body,
+        headers={"Content-Type": "application/vnd.kubernetes.protobuf"},
+    )
+    assert status == 403 and "no-admin-objects" in answer["message"], (status, answer)
+
+
+def test_tty_spelled_otherwise_is_still_recorded_as_a_tty(hk: KubeHoopy, emu: Emu) -> None:
+    """`tty=yes` is a TTY to the cluster (Go reads any value but 0/false as true) but was
+    not to hoopy, which then kept only the first 64 KiB of the session, not a cast."""
+    emu.call("POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "tty-box"}})
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = (
+        f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/default/pods/tty-box/exec"
+        "?command=sh&command=-c&command=echo+yes-tty-$((6*7))&stdout=true&tty=yes"
+    )
+
+    async def run() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(hk.ca))
+        out = b""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url,
+                ssl=ctx,
+                protocols=("v5.channel.k8s.io",),
+                headers={"Authorization": f"Bearer {hk.token(sub='tty-yes')}"},
+            ) as ws,
+        ):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x01":
+                    out += msg.data[1:]
+        return out
+
+    assert b"yes-tty-42" in asyncio.run(run())
+    listed = hk.cli("sessions", "list", "--subject", "tty-yes").stdout.split()
+    shown = hk.cli("sessions", "show", listed[0]).stdout
+    assert '"tty": true' in shown, shown

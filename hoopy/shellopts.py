@@ -53,7 +53,7 @@ INTERPRETERS = names(
     irb node nodejs deno bun lua luajit Rscript R wish expect jshell osascript guile
     racket julia groovy scala java jrunscript kotlin gdb lldb ed ex vi vim nvim view
     vimdiff rvim emacs sqlite3 mysql mariadb psql dc at batch make gmake parallel sem
-    tmux screen m4 newgrp capsh"""
+    tmux screen m4 newgrp capsh login sulogin"""
 )
 _VERSIONED = re.compile(r"^(python|pypy|perl|php|ruby|tclsh|lua|node)[0-9.]*$")
 SAFE_INTERPRETER_ARGS = frozenset({"--version", "--help"})

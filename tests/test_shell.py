@@ -90,6 +90,7 @@ def test_commands(line: str, commands: list[str]) -> None:
         ("bash", "interpreter reads code from stdin: bash"),
         ("bash x.sh", "interpreter runs a script: bash x.sh"),
         ("python3 -c 1", "interpreter reads code: python3"),
+        ("login", "interpreter reads code: login"),  # a shell on stdin after the name
         ("source f", "interpreter reads code: source f"),
         ("awk 'BEGIN{system(\"x\")}'", "interpreter reads code: awk program runs commands"),
         ("sed 's/x/y/e'", "interpreter reads code: sed script runs commands"),

@@ -299,8 +299,15 @@ def test_exit_signal_and_signals_are_relayed(ssh_hoopy: SshHoopy) -> None:
             proc.close()
 
     asyncio.run(main())
-    logs = (ssh_hoopy.folder / "recordings").rglob("*.jsonl")
-    assert any('"type":"signal"' in p.read_text() and '"USR1"' in p.read_text() for p in logs)
+
+    def recorded() -> bool:  # the event reaches the disk at the next flush or the end
+        logs = (ssh_hoopy.folder / "recordings").rglob("*.jsonl")
+        return any('"type":"signal"' in p.read_text() and '"USR1"' in p.read_text() for p in logs)
+
+    deadline = time.monotonic() + 20
+    while not recorded():
+        assert time.monotonic() < deadline, "the signal was never recorded"
+        time.sleep(0.05)  # polling the recordings on disk, bounded
 
 
 def test_pty_exec_and_window_change(ssh_hoopy: SshHoopy) -> None:

@@ -50,6 +50,7 @@ QUEUED = 64  # chunks of agent input waiting for a check before reading pauses
 SIGNAL_KEYS = frozenset({b"\x03", b"\x1a", b"\x1c"})  # Ctrl-C, Ctrl-Z, Ctrl-\\
 SETTLE_STEP = 0.02  # s: how often the backend's output is looked at after a signal key
 SETTLE_MAX = 1.0  # s: the longest a line waits for the backend to answer a signal key
+SIGNAL_PAD = b" " * 16  # blanks before the first line after a signal key (see _handle)
 
 
 # ---- interactive shells --------------------------------------------------------------
@@ -174,8 +175,11 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
             await self._settle()
             self._write(event.wire)  # an empty line runs nothing
         elif await self._allowed(event):
-            await self._settle()
-            self._write(event.wire)
+            after_signal = await self._settle()
+            # Leading blanks change nothing bash runs, and absorb the few characters a
+            # readline interrupted by the signal may still swallow if the settle above
+            # guessed wrong (so `xrm -rf /`, checked, can never run as `rm -rf /`).
+            self._write(SIGNAL_PAD + event.wire if after_signal else event.wire)
 
     def _write(self, data: bytes) -> None:
         """To the backend's shell, unless it went meanwhile (e.g. during an approval)."""
@@ -187,14 +191,15 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
     def _output(self) -> int:
         return self.bridge.bytes["out"] + self.bridge.bytes["err"]
 
-    async def _settle(self) -> None:
+    async def _settle(self) -> bool:
         """After a signal key the backend's terminal flushes its input and bash's
         readline starts over; text arriving meanwhile can lose characters (bash ran
         `cho` for a checked `echo`).  So the next text waits until the backend has
-        answered (its new prompt) and gone quiet, SETTLE_MAX at most."""
+        answered (its new prompt) and gone quiet, SETTLE_MAX at most.  True if a signal
+        key went before."""
         base, self.settle_from = self.settle_from, None
         if base is None:
-            return
+            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_MAX
         seen = base
@@ -202,8 +207,9 @@ class ShellPump(asyncssh.SSHServerSession[bytes]):
             await asyncio.sleep(SETTLE_STEP)
             now = self._output()
             if now > base and now == seen:
-                return
+                return True
             seen = now
+        return True
 
     async def _allowed(self, line: LineReady) -> bool:
         session = self.bridge.conn.session

@@ -239,7 +239,6 @@ def bash_continues(text: str) -> bool:
     )
 
 
-@pytest.mark.skipif(BASH is None, reason="bash missing")
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=10).map("".join))
 def test_a_line_bash_would_continue_is_never_forwarded(tail: str) -> None:
@@ -265,7 +264,6 @@ def bash_expands_history(text: str) -> bool:
 HISTORY_PIECES = ["!", "!!", "'", '"', "\\", "=", "(", ")", "^", "$", "{", "}", " ", "a", "-1"]
 
 
-@pytest.mark.skipif(BASH is None, reason="bash missing")
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(HISTORY_PIECES), min_size=1, max_size=8).map("".join))
 def test_history_expansion_bash_would_do_makes_the_line_uncertain(text: str) -> None:
@@ -401,7 +399,6 @@ class InteractiveBash:
         os.close(self.master)
 
 
-@pytest.mark.skipif(BASH is None, reason="bash missing")
 def test_bash_runs_exactly_the_lines_checked(tmp_path: Path) -> None:
     """Keystrokes through the editor, the allowed lines' `wire` into a real interactive
     bash: what bash runs is what the editor reported (here-documents, quotes, pastes)."""
@@ -477,7 +474,6 @@ def test_key_bindings_make_a_pty_line_opaque(typed: bytes, opaque: bool) -> None
     assert bool(line_command(ready, "web-1").opaque) is opaque
 
 
-@pytest.mark.skipif(BASH is None, reason="bash missing")
 def test_a_readline_macro_really_rewrites_later_lines(tmp_path: Path) -> None:
     """Why `bind` is opaque on a PTY: after it, the checked line `q` runs another
     command in a real interactive bash."""

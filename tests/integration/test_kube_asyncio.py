@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.stream import WsApiClient
 
 from tests.kubeemu.__main__ import kubeconfig
 from tests.kubeemu.fixture import Emu, KubeHoopy, start_emulator, start_hoopy
-
-kubernetes_asyncio = pytest.importorskip("kubernetes_asyncio")
-from kubernetes_asyncio import client, config, watch  # noqa: E402
-from kubernetes_asyncio.stream import WsApiClient  # noqa: E402
 
 POLICY = """
 rules:

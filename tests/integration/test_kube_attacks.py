@@ -5,7 +5,6 @@ relayed (see the issue 12 review)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 from collections.abc import Iterator
 
@@ -13,9 +12,11 @@ import aiohttp
 import pytest
 
 from tests.integration.test_kube_hostile import call
-from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_emulator, start_hoopy
-
-pytestmark = pytest.mark.skipif(shutil.which(KUBECTL) is None, reason="kubectl is not installed")
+from tests.kubeemu.fixture import (
+    Emu,
+    KubeHoopy,
+    start_hoopy,
+)
 
 POLICY = """
 rules:
@@ -36,14 +37,7 @@ rules:
     match: {kubernetes: {verbs: [create], names: ["admin-*"]}}
 """
 
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
-    e = start_emulator(tmp_path_factory.mktemp("kubeemu"))
-    try:
-        yield e
-    finally:
-        e.stop()
+pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
 
 
 @pytest.fixture(scope="module")

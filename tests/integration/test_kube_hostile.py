@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_emulator, start_hoopy
-
-pytestmark = pytest.mark.skipif(shutil.which(KUBECTL) is None, reason="kubectl is not installed")
+from tests.kubeemu.fixture import (
+    Emu,
+    KubeHoopy,
+    start_hoopy,
+)
 
 POLICY = """
 rules:
@@ -32,14 +33,7 @@ rules:
     match: {kubernetes: {namespaces: [kube-system]}}
 """
 
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
-    e = start_emulator(tmp_path_factory.mktemp("kubeemu"))
-    try:
-        yield e
-    finally:
-        e.stop()
+pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
 
 
 @pytest.fixture(scope="module")

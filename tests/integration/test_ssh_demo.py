@@ -10,10 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.sshd import needs_openssh
 
-
-@needs_openssh
 def test_demo_prints_a_working_ssh_line() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoopy.cli", "demo"],

@@ -9,9 +9,12 @@ import ssl
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hoopy import pgcluster
 from hoopy.devissuer import DevIssuer
@@ -192,3 +195,13 @@ def start_hoopy(
     proc, addresses, lines = serveproc.launch(cfg, env, args)
     issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
     return KubeHoopy(folder, cfg, proc, addresses, issuer, lines)
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emu]:
+    """The emulator, one per test module that imports this fixture."""
+    e = start_emulator(tmp_path_factory.mktemp("kubeemu"))
+    try:
+        yield e
+    finally:
+        e.stop()

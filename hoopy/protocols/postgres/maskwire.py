@@ -309,7 +309,7 @@ async def statement_masks(
         planner.catalog_dirty = True  # schema changes: trust no catalog until commit
     if not planner.names_untrusted:
         change = name_resolution_change(cmd.text)
-        if change == ALL_NAMES and _default_path(cmd.text):
+        if change == ALL_NAMES and default_path(cmd.text):
             change = ""  # search_path set to what the catalog connection has
         if change == ALL_NAMES:
             planner.names_untrusted = True
@@ -425,7 +425,7 @@ def notification_response(pid: int, channel: str, payload: str) -> bytes:
 _DEFAULT_PATH = frozenset({"$user", "public", "pg_catalog"})
 
 
-def _default_path(sql: str) -> bool:
+def default_path(sql: str) -> bool:
     """Does this statement only set search_path back to (a part of) the default one,
     which JDBC's setSchema("public"), ORMs and RESET send?  Then names resolve in the
     agent's session as on the catalog connection."""

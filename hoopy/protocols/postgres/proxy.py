@@ -31,7 +31,7 @@ from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop
 from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
-from hoopy.protocols.postgres.maskwire import _default_path, count_tree
+from hoopy.protocols.postgres.maskwire import count_tree, default_path
 from hoopy.protocols.postgres.namespaces import Namespaces
 from hoopy.protocols.postgres.relay import (
     READ_SIZE,
@@ -318,7 +318,7 @@ class AgentConnection(Relay):
                 text = f"SET search_path TO {value}"
                 kinds = frozenset({"set", "set_search_path"})
                 self.session.path_changed(Command("postgres", dbname, text, kinds=kinds))
-                if self.planner is not None and not _default_path(text):
+                if self.planner is not None and not default_path(text):
                     self.planner.names_untrusted = True  # the catalog connection's differs
                     self.session.record(
                         "masking_conservative",

@@ -187,7 +187,7 @@ def _grant_key(session: Session, command: Command, decision: Decision) -> tuple[
     who = session.identity
     shape = command.fingerprint or (command.text, command.values)
     return (who.issuer, who.subject, tuple(sorted(who.groups)), session.connector, shape,
-            session.schemas, session.also_schemas, decision.rule)  # fmt: skip
+            session.scope.state if session.scope else None, decision.rule)  # fmt: skip
 
 
 class Notifier(Protocol):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hoopy.errors import (
@@ -30,16 +30,32 @@ log = logging.getLogger(__name__)
 
 # Kinds whose meaning depends on session state: never cache their decisions.
 _STATEFUL_KINDS = frozenset({"execute"})
-DEFAULT_SCHEMAS: tuple[str, ...] = ("public",)
-# What may change where unqualified names point: search_path, and the role "$user" is
-_PATH_KINDS = frozenset({"set_search_path", "set_role", "set_session_authorization"})
-_PATH_FUNCTIONS = frozenset({"set_config", "pg_catalog.set_config"})
 
 
 def _unavailable(e: RecorderError, what: str = "command refused") -> RecordingFailed:
     """The agent learns that recording failed, not where recordings live (the log does)."""
     log.error("%s", e)
     return RecordingFailed(f"recording unavailable, {what} (see the gateway log)")
+
+
+class CommandScope(Protocol):
+    """A protocol's session state that changes how policy reads later commands
+    (PostgreSQL: where unqualified table names point, protocols/postgres/searchpath.py).
+    The session asks it of every command; protocols without such state have none."""
+
+    @property
+    def state(self) -> Hashable:
+        """Identifies the current state; the same object while nothing changes, so caches
+        keyed on it (approval grants, per-statement gates) may compare identity."""
+        ...
+
+    def observe(self, command: Command) -> bool:
+        """Take in what `command` changes; True when decisions made before may not hold."""
+        ...
+
+    def place(self, command: Command) -> Command:
+        """`command` as the policy must read it in this state."""
+        ...
 
 
 class ApprovalGate(Protocol):
@@ -81,31 +97,23 @@ class Session:
     denied: int = 0
     _waiting: asyncio.Future[str] | None = None  # an approval wait in progress
     _interrupted: bool = False  # interrupt() cancelled it
-    # Where unqualified table names may point (Command.schemas): grows, never shrinks,
-    # as the session changes its search_path (a rollback or SET LOCAL may undo a change,
-    # and hoopy need not know which); None once it is set to what hoopy cannot read.
-    schemas: tuple[str, ...] | None = DEFAULT_SCHEMAS
-    # Command.also_schemas: where else unqualified names may point (the protocol says)
-    also_schemas: tuple[str, ...] = ()
-    # The schemas a command sets search_path to (None: cannot tell); the protocol's
-    # own reading of its text.  Unset: any change makes the schemas unknown.
-    search_path_of: Callable[[Command], tuple[str, ...] | None] | None = None
+    # The protocol's state that changes how later commands read (see CommandScope).
+    scope: CommandScope | None = None
 
     def decide(self, command: Command) -> Decision:
-        """The policy's decision on `command`, with this session's search_path; a
-        command that changes the search_path changes it for the statements after it."""
-        if not _PATH_KINDS.isdisjoint(command.kinds) or (
-            command.functions and not _PATH_FUNCTIONS.isdisjoint(command.functions)
-        ):
-            self._search_path_changes(command)
+        """The policy's decision on `command` in this session's scope; a command that
+        changes the scope (SET search_path) changes it for the commands after it."""
+        scope = self.scope
+        if scope is not None and scope.observe(command):
+            self._cache.clear()  # decisions cached in the old scope
         key = command.fingerprint
         cached = bool(key) and command.kinds.isdisjoint(_STATEFUL_KINDS)
         if cached:
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
-        if self.schemas is not DEFAULT_SCHEMAS or self.also_schemas:
-            command = replace(command, schemas=self.schemas, also_schemas=self.also_schemas)
+        if scope is not None:
+            command = scope.place(command)
         decision = decide(self.policies, self.identity, command)
         if cached:
             if len(self._cache) > 4096:
@@ -113,22 +121,11 @@ class Session:
             self._cache[key] = decision
         return decision
 
-    def path_changed(self, command: Command) -> None:
-        """`command` (a SET search_path, or a startup search_path as one) moved where
-        unqualified names point."""
-        self._search_path_changes(command)
-
-    def _search_path_changes(self, command: Command) -> None:
-        new = self.search_path_of(command) if self.search_path_of is not None else None
-        if self.schemas is None:
-            return
-        if new is None:
-            self.schemas = None
-        elif not set(new) <= set(self.schemas):
-            self.schemas = tuple(dict.fromkeys((*self.schemas, *new)))
-        else:
-            return
-        self._cache.clear()  # decisions cached with the old schemas
+    def observe(self, command: Command) -> None:
+        """`command` changed the scope without being decided here (PostgreSQL: a
+        search_path given at startup, taken in as the SET it stands for)."""
+        if self.scope is not None and self.scope.observe(command):
+            self._cache.clear()
 
     def _event_fields(self, command: Command, decision: Decision) -> tuple[bytes, dict[str, Any]]:
         """The command event's fields but its text, encoded once per fingerprint."""

@@ -24,6 +24,7 @@ from hoopy.approvals import (
 )
 from hoopy.errors import ApprovalRejected
 from hoopy.policy import Command, Decision, Identity
+from hoopy.protocols.postgres.searchpath import SearchPath
 from hoopy.state import StateStore
 from tests.test_slack import StandInSession  # the attributes wait_for uses
 
@@ -206,12 +207,28 @@ async def test_grant_is_not_reused_by_the_same_subject_of_another_issuer(
 
 
 async def test_grant_is_not_reused_after_search_path_changes(service: ApprovalService) -> None:
-    first, _ = await run_approving(service, agent(ISSUER_A), refund("(1, 10)"), None)
-    moved = agent(ISSUER_A, schemas=("public", "other"))
-    again, asked = await run_approving(service, moved, refund("(2, 20)"), None)
+    path = SearchPath("app")
+    first, _ = await run_approving(service, agent(ISSUER_A, scope=path), refund("(1, 10)"), None)
+    moved = SearchPath("app")
+    assert moved.observe(set_path("SET search_path = public, other"))
+    again, asked = await run_approving(
+        service, agent(ISSUER_A, scope=moved), refund("(2, 20)"), None
+    )
     assert asked and again != first
-    unknown = agent(ISSUER_A, schemas=None)
-    assert (await run_approving(service, unknown, refund("(3, 30)"), None))[1]
+    unknown = SearchPath("app")
+    assert unknown.observe(set_path("SET search_path = public, current_schema()"))
+    assert unknown.schemas is None
+    assert (await run_approving(service, agent(ISSUER_A, scope=unknown), refund("(3, 30)"), None))[
+        1
+    ]
+    # the same scope as the first: the grant is reused
+    assert await run_approving(
+        service, agent(ISSUER_A, scope=SearchPath("app")), refund("(4, 40)"), None
+    ) == (first, False)
+
+
+def set_path(text: str) -> Command:
+    return Command("postgres", "app-db", text, kinds=frozenset({"set", "set_search_path"}))
 
 
 async def test_values_travel_beside_the_command(service: ApprovalService) -> None:

@@ -542,8 +542,7 @@ class StandInSession:
     connector: str = "app-db"
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-    schemas: tuple[str, ...] | None = ("public",)
-    also_schemas: tuple[str, ...] = ()
+    scope: Any = None  # session.CommandScope (PostgreSQL: its search_path)
 
     def record(self, type_: str, **fields: Any) -> None:
         self.events.append((type_, fields))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, cast
 
 from hoopy.errors import CommandDenied, HoopyError, ProtocolError
@@ -73,9 +74,9 @@ class Pipeline:
             tuple[str, ...],
         ],
     ]
-    # id(statement) -> (statement, the session's schemas then, what its Bind needs): see
+    # id(statement) -> (statement, the session scope then, what its Bind needs): see
     # relay._bind_gate
-    _gates: dict[int, tuple[tuple[Command, ...], tuple[str, ...] | None, str]]
+    _gates: dict[int, tuple[tuple[Command, ...], Hashable, str]]
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     tracker: ResultTracker | None  # masking sessions
 

@@ -29,7 +29,6 @@ from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop
-from hoopy.protocols.postgres.lineage import search_path_schemas
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import count_tree, default_path
 from hoopy.protocols.postgres.namespaces import Namespaces
@@ -41,6 +40,7 @@ from hoopy.protocols.postgres.relay import (
 )
 from hoopy.protocols.postgres.resultlog import ResultLog
 from hoopy.protocols.postgres.results import ResultTracker
+from hoopy.protocols.postgres.searchpath import SearchPath
 from hoopy.protocols.postgres.startupopts import OptionsError, parse_options
 from hoopy.session import Session
 
@@ -294,15 +294,7 @@ class AgentConnection(Relay):
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         self.session.notify = self._notice
-        user = connector.user
-
-        def search_path_of(command: Command) -> tuple[str, ...] | None:
-            """Session.search_path_of for SQL; "$user" is the connector's role."""
-            found = search_path_schemas(command.text)
-            return None if found is None else tuple(user if s == "$user" else s for s in found)
-
-        self.session.search_path_of = search_path_of
-        self.session.also_schemas = (user,)  # "$user" of the default search_path
+        self.session.scope = SearchPath(connector.user)
         if may_mask(self.session.policies, identity, connector.name):
             self.tracker = ResultTracker(self.names)
             settings = MaskSettings(self.gw.mask_key, self.gw.config.masking.redact_numeric)
@@ -317,7 +309,7 @@ class AgentConnection(Relay):
             if name.lower() == "search_path":
                 text = f"SET search_path TO {value}"
                 kinds = frozenset({"set", "set_search_path"})
-                self.session.path_changed(Command("postgres", dbname, text, kinds=kinds))
+                self.session.observe(Command("postgres", dbname, text, kinds=kinds))
                 if self.planner is not None and not default_path(text):
                     self.planner.names_untrusted = True  # the catalog connection's differs
                     self.session.record(

@@ -383,8 +383,9 @@ class Relay(Pipeline):
         assert session is not None
         # per statement, as long as the session's search_path (the only thing that can
         # change a decision within a session) stays as it was
+        scope = session.scope.state if session.scope is not None else None
         hit = self._gates.get(id(cmds))  # the entry holds cmds: its id stays its own
-        if hit is not None and hit[0] is cmds and hit[1] is session.schemas:
+        if hit is not None and hit[0] is cmds and hit[1] is scope:
             return hit[2]
         runs = self._runs(cmds)
         if runs is None:
@@ -395,7 +396,7 @@ class Relay(Pipeline):
         if runs is cmds:  # nothing resolved at this Bind (no EXECUTE): cacheable
             if len(self._gates) > 256:
                 self._gates.clear()
-            self._gates[id(cmds)] = (cmds, session.schemas, gate)
+            self._gates[id(cmds)] = (cmds, scope, gate)
         return gate
 
     def _runs(self, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:

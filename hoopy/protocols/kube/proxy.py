@@ -44,7 +44,7 @@ from hoopy.errors import (
 from hoopy.gateway import Gateway
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
-from hoopy.protocols.kube import execrelay
+from hoopy.protocols.kube import execrelay, pfrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
@@ -593,15 +593,28 @@ class _Request:
         self, info: RequestInfo, q: dict[str, list[str]], decision: Decision
     ) -> web.StreamResponse:
         upgrade = self.request.headers.get("Upgrade", "").lower()
+        if info.subresource == "portforward" and decision.masks.detectors:
+            # (before the SPDY answer: kubectl retries a refused tunnel over SPDY)
+            self.status, self.decision = 403, "refused"
+            self._record(info)
+            return status(
+                403,
+                "Forbidden",
+                "hoopy refuses port-forward while a mask rule applies "
+                f"({', '.join(decision.masks.rules)}): forwarded bytes cannot be masked",
+            )
         if upgrade.startswith("spdy"):
             self.status = 400
             self._record(info)
             return status(
                 400,
                 "BadRequest",
-                "hoopy relays exec, attach and port-forward over WebSocket only: "
-                "use kubectl 1.30 or newer",
+                "hoopy relays exec and attach over WebSocket (kubectl 1.30 or newer) and "
+                "port-forward through kubectl's WebSocket tunnel (kubectl 1.31 or newer, "
+                "without KUBECTL_PORT_FORWARD_WEBSOCKETS=false), never over SPDY",
             )
+        if info.subresource == "portforward" and upgrade == "websocket":
+            return await self._portforward(info)
         if upgrade != "websocket" or info.subresource not in ("exec", "attach"):
             self.status = 400
             self._record(info)
@@ -631,6 +644,72 @@ class _Request:
             stdin=result.received,
             stdout=result.stdout,
             stderr=result.stderr,
+        )
+        return result.response
+
+    async def _portforward(self, info: RequestInfo) -> web.StreamResponse:
+        if not pfrelay.offered(self.request):
+            self.status = 400
+            self._record(info)
+            return status(
+                400,
+                "BadRequest",
+                f"hoopy relays port-forward only as {pfrelay.PROTOCOL} (kubectl 1.31 or newer)",
+            )
+        up = self.listener.upstream(self.connector)
+        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        headers = self._headers(False)
+        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
+        base = f"k8s\0create\0{info.full_resource}\0{info.namespace}\0{info.name}"
+
+        async def judge(port: int) -> str | None:
+            """Each stream's port, through the one policy seam."""
+            cmd = Command(
+                "kubernetes",
+                self.connector.name,
+                text=f"create {info.full_resource} {info.namespace}/{info.name} port {port}",
+                kinds=frozenset({"create"}),
+                verb="create",
+                resource=info.full_resource,
+                namespace=info.namespace,
+                name=info.name,
+                ports=(port,),
+                fingerprint=f"{base}\0port\0{port}",
+            )
+            where = f"pod {info.namespace}/{info.name}"
+            try:
+                decision = await self.session.check(cmd)
+            except CommandDenied as e:
+                hint = ""
+                if "no policy rule allows" in e.message:
+                    hint = f" (an allow rule must name the port: kubernetes: {{ports: [{port}]}})"
+                return f"hoopy refused port {port} of {where}: {e.message}{hint}"
+            except HoopyError as e:
+                return f"hoopy refused port {port} of {where}: {e.message}"
+            if decision.masks.detectors:
+                rules = ", ".join(decision.masks.rules)
+                return (
+                    f"hoopy refused port {port} of {where}: mask rule {rules} applies "
+                    "and forwarded bytes cannot be masked"
+                )
+            return None
+
+        result = await pfrelay.relay(
+            self.request,
+            up,
+            url,
+            list(headers.items()) + [("Impersonate-Group", g) for g in groups],
+            self.session,
+            judge,
+        )
+        self.status = result.status
+        self.sent = result.sent
+        self._record(
+            info,
+            ports=result.ports,
+            streams=result.streams,
+            refused=result.refused,
+            received=result.received,
         )
         return result.response
 

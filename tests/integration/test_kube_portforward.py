@@ -153,8 +153,9 @@ class Forward:
                 return int(m.group(1))
         return None
 
-    def finish(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
+    def finish(self, ends: bool = False) -> tuple[int, str]:
+        """kubectl's exit status and stderr: stopped, unless it `ends` by itself."""
+        if not ends and self.proc.poll() is None:
             self.proc.terminate()
         _, err = self.proc.communicate(timeout=30)
         return self.proc.returncode, err
@@ -223,7 +224,8 @@ def test_port_not_allowed_is_refused_and_never_reaches_the_pod(
     assert local is not None, fwd.finish()
     got = roundtrip(local, b"must not arrive")
     assert got == b""
-    code, err = fwd.finish()
+    code, err = fwd.finish(ends=True)  # kubectl gives up the tunnel, as on a kubelet error
+    assert code == 1 and "lost connection to pod" in err, err
     assert f"hoopy refused port {other.port} of pod pf/db" in err, err
     assert "kubernetes: {ports:" in err
     assert other.connections == []

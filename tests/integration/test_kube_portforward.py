@@ -7,6 +7,7 @@ port P is 127.0.0.1:P on the emulator's host, where each test runs a TCP echo se
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -14,14 +15,18 @@ import queue
 import re
 import socket
 import socketserver
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 
+from hoopy.protocols.kube import spdy
+from hoopy.protocols.kube.pfrelay import PROTOCOL
 from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_hoopy
 
 pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
@@ -266,5 +271,142 @@ def test_attach_with_stdin_is_relayed_and_recorded(hk: KubeHoopy, emu: Emu) -> N
     sid, events = session_events(hk, "attach-agent")
     io = [e for e in events if e.get("type") == "exec_io"]
     assert io and "hello" in io[0]["stdin"] and "got HELLO" in io[0]["stdout"]
+    verified = hk.cli("verify", sid)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# ---- a hostile tunnel client --------------------------------------------------------
+class Tunnel:
+    """A raw SPDY-in-WebSocket client to hoopy (the frames kubectl would not send)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.enc = spdy.Encoder()
+        self.dec = spdy.Decoder()
+        self.got: list[spdy.Frame] = []
+
+    async def send(self, *frames: spdy.Frame) -> None:
+        for f in frames:
+            await self.ws.send_bytes(self.enc.encode(f))
+
+    async def until(self, want: Any) -> spdy.Frame:
+        """Read until a frame equal to `want` (or satisfying it, if callable)."""
+        while True:
+            for i, f in enumerate(self.got):
+                if want(f) if callable(want) else f == want:
+                    del self.got[: i + 1]
+                    return f
+            msg = await asyncio.wait_for(self.ws.receive(), 30)
+            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            self.got += self.dec.feed(msg.data)
+
+
+def _stream(sid: int, kind: str, port: str, rid: str) -> spdy.SynStream:
+    return spdy.SynStream(sid, (("port", port), ("requestid", rid), ("streamtype", kind)))
+
+
+async def _hostile(hk: KubeHoopy, allowed: int, other: int) -> list[spdy.Frame]:
+    ctx = ssl.create_default_context(cafile=str(hk.ca))
+    url = f"{hk.server}/k8s/cluster/api/v1/namespaces/pf/pods/db/portforward"
+    headers = {"Authorization": f"Bearer {hk.token(sub='pf-hostile')}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, protocols=(PROTOCOL,), headers=headers, ssl=ctx) as ws,
+    ):
+        t = Tunnel(ws)
+        # an allowed error stream, then its data stream naming another port
+        await t.send(_stream(1, "error", str(allowed), "0"), spdy.Data(1, b"", True))
+        await t.until(spdy.SynReply(1))
+        await t.send(_stream(3, "data", str(other), "0"))
+        await t.until(spdy.SynReply(3, fin=True))
+        await t.send(spdy.Data(3, b"to the wrong port"))
+        # two ports in one header, a stream id reused, no stream type: reset
+        await t.send(_stream(5, "data", f"{allowed}\0{other}", "2"))
+        await t.until(spdy.RstStream(5, spdy.PROTOCOL_ERROR))
+        await t.send(_stream(5, "data", str(allowed), "3"))
+        await t.until(spdy.RstStream(5, spdy.PROTOCOL_ERROR))
+        await t.send(spdy.SynStream(7, (("port", str(allowed)),)))
+        await t.until(spdy.RstStream(7, spdy.PROTOCOL_ERROR))
+        # a HEADERS frame restating the port is not forwarded
+        await t.send(spdy.HeadersFrame(1, (("port", str(other)),)))
+        # after all that, the header compression towards the cluster is still in step:
+        # a proper pair forwards and echoes
+        await t.send(_stream(9, "error", str(allowed), "4"), spdy.Data(9, b"", True))
+        await t.send(_stream(11, "data", str(allowed), "4"))
+        await t.until(spdy.SynReply(11))
+        await t.send(spdy.Data(11, b"still in step"), spdy.Data(11, b"", True))
+        echoed = bytearray()
+        while True:
+            f = await t.until(lambda f: isinstance(f, spdy.Data) and f.stream_id == 11)
+            assert isinstance(f, spdy.Data)
+            echoed += f.data
+            if f.fin:
+                break
+        assert bytes(echoed) == b"still in step"
+        # not SPDY at all: hoopy ends the connection
+        await ws.send_bytes(b"\x80\x02\x00\x01" + b"\x00" * 12)
+        msg = await asyncio.wait_for(ws.receive(), 30)
+        while msg.type == aiohttp.WSMsgType.BINARY:
+            msg = await asyncio.wait_for(ws.receive(), 30)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    return t.got
+
+
+def test_hostile_streams_are_refused_and_the_tunnel_stays_in_step(
+    hk: KubeHoopy, echoes: tuple[Echo, Echo], emu: Emu
+) -> None:
+    allowed, other = echoes
+    before = len(allowed.connections)
+    asyncio.run(_hostile(hk, allowed.port, other.port))
+    assert other.connections == []
+    assert allowed.connections[before:] == [b"still in step"]
+    _, events = session_events(hk, "pf-hostile")
+    refused = [e for e in events if e.get("type") == "portforward_refused"]
+    assert [e["stream"] for e in refused] == [3, 5, 5, 7]
+    assert any(e.get("type") == "portforward_error" for e in events)
+    to_pod = [e for e in events if e.get("type") == "portforward_data"]
+    assert {e["stream"] for e in to_pod} == {11}
+
+
+def test_attach_tty_is_recorded_as_asciicast(hk: KubeHoopy, emu: Emu) -> None:
+    container = {"name": "c", "image": "x", "tty": True, "stdin": True}  # kubectl checks
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/pf/pods",
+        {"metadata": {"name": "console"}, "spec": {"containers": [container]}},
+    )
+    script = "line = input(); print('got', line.upper() + '-' + str(6 * 7)); raise SystemExit(4)"
+    emu.call("POST", "/emu/attach/pf/console", {"command": ["python3", "-c", script], "tty": True})
+    line = " ".join(
+        [
+            KUBECTL,
+            "--server",
+            f"{hk.server}/k8s/cluster",
+            "--certificate-authority",
+            str(hk.ca),
+            "--token",
+            hk.token(sub="attach-tty"),
+            "-n",
+            "pf",
+            "attach",
+            "-it",
+            "console",
+        ]
+    )
+    env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(hk.folder / "kc")}
+    r = subprocess.run(
+        ["script", "-qec", line, "/dev/null"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        input="typed-line\n",
+    )
+    assert "got TYPED-LINE-42" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr
+    sid, events = session_events(hk, "attach-tty")
+    casts = [p.read_text() for p in (hk.folder / "recordings").rglob("*.cast")]
+    assert any("got TYPED-LINE-42" in c and "typed-line" in c for c in casts), casts
+    assert any(e.get("type") == "exec_io" and e.get("tty") for e in events)
     verified = hk.cli("verify", sid)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -118,16 +118,16 @@ async def serve(
     p.listeners.add(send)
     reader = asyncio.ensure_future(_read_client(ws, p))
     try:
-        done, _ = await asyncio.wait({reader, p.code}, return_when=asyncio.FIRST_COMPLETED)
-        if p.code in done:
-            with contextlib.suppress(ConnectionError):
-                await send(3, json.dumps(exit_status(p.code.result())).encode())
-                await ws.close()
+        await asyncio.wait({reader, p.code}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         p.listeners.discard(send)
-        reader.cancel()
+        reader.cancel()  # before closing: close() reads the client's close frame itself
         with contextlib.suppress(BaseException):
             await reader
+    if p.code.done():
+        with contextlib.suppress(ConnectionError):
+            await send(3, json.dumps(exit_status(p.code.result())).encode())
+            await ws.close()
     return ws
 
 

@@ -226,7 +226,10 @@ async def relay(
                 result.exit_code = exit_code(data[1:])
             await ws.send_bytes(data)
         await flush()
-        await ws.close(code=upstream.close_code or 1000)
+        code = upstream.close_code or 1000
+        if code in (1005, 1006, 1015):  # reported locally, never sent in a close frame
+            code = 1000 if result.exit_code is not None else 1011
+        await ws.close(code=code)
 
     agent_side = asyncio.ensure_future(to_cluster())
     try:

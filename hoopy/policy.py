@@ -593,6 +593,7 @@ _OPAQUE_WHAT = {
     "shell_code": "runs code hoopy cannot see (a script, a pipe or option fed to an "
     "interpreter, a file run by path, an environment that loads code)",
     "shell_alias": "renames commands (alias, hash -p, key bindings) or uses history expansion",
+    "shell_attach": "sends input to a process already running in the pod (kubectl attach -i)",
 }
 
 

@@ -118,3 +118,20 @@ def test_ports_field_parsed(tmp_path: Path) -> None:
 def test_ports_field_mistakes(tmp_path: Path, ports: str, problem: str) -> None:
     problems = check_config(write(tmp_path, ports))
     assert any(problem in p and "p.yaml:4" in p for p in problems), problems
+
+
+def test_attach_with_stdin_is_opaque_without_it_is_not() -> None:
+    from hoopy.protocols.kube.proxy import _command
+    from hoopy.protocols.kube.requestinfo import parse_query, request_info
+
+    path = "/api/v1/namespaces/pf/pods/w/attach"
+    for query, opaque in (
+        ("stdin=true&stdout=true&tty=true", {"shell_attach"}),
+        ("stdin=yes&stdout=true", {"shell_attach"}),  # as the cluster reads a bool
+        ("stdout=true&stderr=true", set()),
+        ("stdin=false&stdout=true", set()),
+    ):
+        q = parse_query(query)
+        c = _command("k", request_info("POST", path, q), q, "POST")
+        assert (c.resource, set(c.opaque)) == ("pods/attach", opaque), query
+        assert not c.commands and not c.command_line

@@ -80,6 +80,9 @@ rules:
   - name: forward-echo
     effect: allow
     match: {{groups: [agents], kubernetes: {{resources: [pods/portforward], ports: [{port}]}}}}
+  - name: readers
+    effect: allow
+    match: {{groups: [readers], connectors: [cluster]}}
   - name: attach-workers
     effect: allow
     match: {{groups: [agents], kubernetes: {{resources: [pods/attach], opaque: true}}}}
@@ -410,3 +413,17 @@ def test_attach_tty_is_recorded_as_asciicast(hk: KubeHoopy, emu: Emu) -> None:
     assert any(e.get("type") == "exec_io" and e.get("tty") for e in events)
     verified = hk.cli("verify", sid)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_attach_needs_an_allow_with_opaque_and_obeys_namespaces(hk: KubeHoopy, emu: Emu) -> None:
+    hk.kubectl("-n", "pf", "run", "worker2", "--image=x")
+    emu.call("POST", "/emu/attach/pf/worker2", {"command": ["cat"]})
+    r = hk.kubectl(
+        "-n", "pf", "attach", "-i", "worker2", token=hk.token(sub="reader", groups=("readers",)),
+        input="must not arrive\n",
+    )  # fmt: skip
+    assert r.returncode != 0 and "must not arrive" not in r.stdout
+    assert "shell_attach: sends input to a process already running" in r.stderr, r.stderr
+    assert "kubernetes: {opaque: true}" in r.stderr
+    r = hk.kubectl("-n", "vault", "attach", "-i", "db", token=hk.token(), input="x\n")
+    assert r.returncode != 0 and "no-vault" in r.stderr

@@ -152,6 +152,7 @@ async def relay(
     session: Session,
     tty: bool,
     masker: ValueMasker | None = None,
+    stdin: bool = True,
 ) -> RelayResult:
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     protocols = [p for p in offered if p in PROTOCOLS]
@@ -183,6 +184,8 @@ async def relay(
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 data = msg.data
+                if data[:1] == b"\x00" and not stdin:
+                    continue  # the policy judged a request without input: none goes
                 if data[:1] == b"\x00":
                     rec.data(0, data[1:])
                     result.received += len(data) - 1

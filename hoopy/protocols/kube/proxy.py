@@ -634,6 +634,7 @@ class _Request:
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
             tty=go_bool(q.get("tty")),  # as the cluster reads it ("yes" is a TTY too)
+            stdin=go_bool(q.get("stdin")),
             masker=self._masker(decision) if decision.masks.detectors else None,
         )
         self.status = result.status
@@ -752,7 +753,21 @@ def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method:
     where = f"{info.namespace}/{info.name}" if info.namespace else info.name
     text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
     base = f"k8s\0{info.verb}\0{info.full_resource}\0{info.namespace}\0{info.name}"
-    if info.subresource in ("exec", "attach"):
+    if info.subresource == "attach":
+        # no command: whatever runs reads the agent's input, if it sends any
+        return Command(
+            "kubernetes",
+            connector,
+            text=text + (" (stdin)" if go_bool(q.get("stdin")) else ""),
+            kinds=frozenset({"exec"}),
+            opaque=frozenset({"shell_attach"}) if go_bool(q.get("stdin")) else frozenset(),
+            verb=info.verb,
+            resource=info.full_resource,
+            namespace=info.namespace,
+            name=info.name,
+            fingerprint=base + "\0attach\0" + str(go_bool(q.get("stdin"))),
+        )
+    if info.subresource == "exec":
         argv = q.get("command", [])
         reading = read_argv(argv)
         return shell_command(

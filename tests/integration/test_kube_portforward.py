@@ -427,3 +427,33 @@ def test_attach_needs_an_allow_with_opaque_and_obeys_namespaces(hk: KubeHoopy, e
     assert "kubernetes: {opaque: true}" in r.stderr
     r = hk.kubectl("-n", "vault", "attach", "-i", "db", token=hk.token(), input="x\n")
     assert r.returncode != 0 and "no-vault" in r.stderr
+
+
+def test_spdy_port_forward_gets_a_status_naming_kubectl_versions(
+    hk: KubeHoopy, echoes: tuple[Echo, Echo]
+) -> None:
+    env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+    before = len(echoes[0].connections)
+    r = subprocess.run(
+        [
+            KUBECTL,
+            "--server",
+            f"{hk.server}/k8s/cluster",
+            "--certificate-authority",
+            str(hk.ca),
+            "--token",
+            hk.token(),
+            "-n",
+            "pf",
+            "port-forward",
+            "pod/db",
+            f":{echoes[0].port}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "kubectl 1.31 or newer" in r.stderr, r.stderr
+    assert "KUBECTL_PORT_FORWARD_WEBSOCKETS" in r.stderr
+    assert len(echoes[0].connections) == before

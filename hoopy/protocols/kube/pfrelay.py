@@ -33,6 +33,8 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from hoopy.errors import CommandDenied, HoopyError
+from hoopy.policy import Command
 from hoopy.protocols.kube import spdy
 from hoopy.protocols.kube.execrelay import MAX_MESSAGE
 from hoopy.protocols.kube.status import status
@@ -70,6 +72,44 @@ class PortForwardResult:
     refused: int = 0
     ports: list[int] = field(default_factory=list)
     error: str = ""
+
+
+def judge(session: Session, resource: str, namespace: str, name: str) -> Judge:
+    """Each stream's port, through the one policy seam (session.check)."""
+    base = f"k8s\0create\0{resource}\0{namespace}\0{name}"
+    where = f"pod {namespace}/{name}"
+
+    async def decide(port: int) -> str | None:
+        cmd = Command(
+            "kubernetes",
+            session.connector,
+            text=f"create {resource} {namespace}/{name} port {port}",
+            kinds=frozenset({"create"}),
+            verb="create",
+            resource=resource,
+            namespace=namespace,
+            name=name,
+            ports=(port,),
+            fingerprint=f"{base}\0port\0{port}",
+        )
+        try:
+            decision = await session.check(cmd)
+        except CommandDenied as e:
+            hint = ""
+            if "no policy rule allows" in e.message:
+                hint = f" (an allow rule must name the port: kubernetes: {{ports: [{port}]}})"
+            return f"hoopy refused port {port} of {where}: {e.message}{hint}"
+        except HoopyError as e:
+            return f"hoopy refused port {port} of {where}: {e.message}"
+        if decision.masks.detectors:
+            rules = ", ".join(decision.masks.rules)
+            return (
+                f"hoopy refused port {port} of {where}: mask rule {rules} applies "
+                "and forwarded bytes cannot be masked"
+            )
+        return None
+
+    return decide
 
 
 def offered(request: web.BaseRequest) -> bool:

@@ -661,47 +661,13 @@ class _Request:
         url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
         headers = self._headers(False)
         groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
-        base = f"k8s\0create\0{info.full_resource}\0{info.namespace}\0{info.name}"
-
-        async def judge(port: int) -> str | None:
-            """Each stream's port, through the one policy seam."""
-            cmd = Command(
-                "kubernetes",
-                self.connector.name,
-                text=f"create {info.full_resource} {info.namespace}/{info.name} port {port}",
-                kinds=frozenset({"create"}),
-                verb="create",
-                resource=info.full_resource,
-                namespace=info.namespace,
-                name=info.name,
-                ports=(port,),
-                fingerprint=f"{base}\0port\0{port}",
-            )
-            where = f"pod {info.namespace}/{info.name}"
-            try:
-                decision = await self.session.check(cmd)
-            except CommandDenied as e:
-                hint = ""
-                if "no policy rule allows" in e.message:
-                    hint = f" (an allow rule must name the port: kubernetes: {{ports: [{port}]}})"
-                return f"hoopy refused port {port} of {where}: {e.message}{hint}"
-            except HoopyError as e:
-                return f"hoopy refused port {port} of {where}: {e.message}"
-            if decision.masks.detectors:
-                rules = ", ".join(decision.masks.rules)
-                return (
-                    f"hoopy refused port {port} of {where}: mask rule {rules} applies "
-                    "and forwarded bytes cannot be masked"
-                )
-            return None
-
         result = await pfrelay.relay(
             self.request,
             up,
             url,
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
-            judge,
+            pfrelay.judge(self.session, info.full_resource, info.namespace, info.name),
         )
         self.status = result.status
         self.sent = result.sent

@@ -457,3 +457,25 @@ def test_spdy_port_forward_gets_a_status_naming_kubectl_versions(
     assert r.returncode != 0 and "kubectl 1.31 or newer" in r.stderr, r.stderr
     assert "KUBECTL_PORT_FORWARD_WEBSOCKETS" in r.stderr
     assert len(echoes[0].connections) == before
+
+
+def test_concurrent_connections_share_one_tunnel(hk: KubeHoopy, echoes: tuple[Echo, Echo]) -> None:
+    echo = echoes[0]
+    fwd = Forward(hk, "-n", "pf", "pod/db", f":{echo.port}", token=hk.token(sub="pf-many"))
+    local = fwd.local_port()
+    assert local is not None, fwd.finish()
+    payloads = [bytes([i]) * (150_000 + i * 7919) for i in range(6)]
+    results: dict[int, bytes] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, roundtrip(local, payloads[i])))
+        for i in range(len(payloads))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    _, err = fwd.finish()
+    assert [results.get(i) == p for i, p in enumerate(payloads)] == [True] * 6, err
+    _, events = session_events(hk, "pf-many")
+    closes = [e for e in events if e.get("type") == "portforward_close" and e["kind"] == "data"]
+    assert sorted(e["to_pod"] for e in closes) == sorted(len(p) for p in payloads)

@@ -29,6 +29,7 @@ from hoopy.policy import (
     Rule,
     SqlMatch,
     SshMatch,
+    glob_any,
 )
 from hoopy.yamlsrc import (
     Doc,
@@ -798,7 +799,10 @@ def _ssh_match(ssh: Section) -> SshMatch:
 
 def _kube_match(kube: Section) -> KubeMatch:
     verbs, resources, namespaces, names, commands = (_match_strings(kube, k) for k in _KUBE_KEYS)
-    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube), _ports(kube))
+    ports = _ports(kube)
+    if ports and resources and not glob_any(resources, ("pods/portforward",)):
+        kube.error("ports", "ports only apply to pods/portforward, which resources leaves out")
+    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube), ports)
 
 
 def _ports(kube: Section) -> tuple[tuple[int, int], ...]:

@@ -76,18 +76,21 @@ def test_restrictive_port_rules_wait_for_the_streams() -> None:
     assert decide([only_deny], AGENT, cmd()).outcome == "allow"
 
 
-def write(tmp_path: Path, ports: str) -> Path:
+def write(tmp_path: Path, ports: str, resources: str = "[pods/portforward]") -> Path:
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "connectors").mkdir()
     (tmp_path / "policies").mkdir()
     (tmp_path / "kc").write_text("apiVersion: v1\n")
-    (tmp_path / "connectors" / "k.yaml").write_text("type: kubernetes\nkubeconfig: file:kc\n")
+    (tmp_path / "connectors" / "k.yaml").write_text(
+        f"type: kubernetes\nkubeconfig: file:{tmp_path / 'kc'}\n"
+    )
     (tmp_path / "policies" / "p.yaml").write_text(
         textwrap.dedent(
             f"""\
             rules:
               - name: fwd
                 effect: allow
-                match: {{kubernetes: {{resources: [pods/portforward], ports: {ports}}}}}
+                match: {{kubernetes: {{resources: {resources}, ports: {ports}}}}}
             """
         )
     )
@@ -135,3 +138,9 @@ def test_attach_with_stdin_is_opaque_without_it_is_not() -> None:
         c = _command("k", request_info("POST", path, q), q, "POST")
         assert (c.resource, set(c.opaque)) == ("pods/attach", opaque), query
         assert not c.commands and not c.command_line
+
+
+def test_ports_outside_port_forward_are_a_mistake(tmp_path: Path) -> None:
+    problems = check_config(write(tmp_path, "[80]", resources="[pods, pods/exec]"))
+    assert any("only apply to pods/portforward" in p for p in problems), problems
+    assert check_config(write(tmp_path / "b", "[80]", resources='["pods/*"]')) == []

@@ -479,3 +479,26 @@ def test_concurrent_connections_share_one_tunnel(hk: KubeHoopy, echoes: tuple[Ec
     _, events = session_events(hk, "pf-many")
     closes = [e for e in events if e.get("type") == "portforward_close" and e["kind"] == "data"]
     assert sorted(e["to_pod"] for e in closes) == sorted(len(p) for p in payloads)
+
+
+async def _offer(hk: KubeHoopy, protocols: tuple[str, ...], query: str) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(hk.ca))
+    url = f"{hk.server}/k8s/cluster/api/v1/namespaces/pf/pods/db/portforward{query}"
+    headers = {"Authorization": f"Bearer {hk.token()}"}
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(url, protocols=protocols, headers=headers, ssl=ctx):
+                return 101, ""
+        except aiohttp.WSServerHandshakeError as e:
+            return e.status, e.message
+
+
+def test_other_port_forward_protocols_are_refused(
+    hk: KubeHoopy, echoes: tuple[Echo, Echo], emu: Emu
+) -> None:
+    port = echoes[0].port
+    before = len(emu.call("GET", "/emu/portforwards"))
+    for protocols in (("portforward.k8s.io",), ("v4.channel.k8s.io",), ("SPDY/3.1",)):
+        code, _ = asyncio.run(_offer(hk, protocols, f"?ports={port}"))
+        assert code == 400, protocols
+    assert len(emu.call("GET", "/emu/portforwards")) == before

@@ -220,6 +220,9 @@ def test_port_forward_round_trip_recorded_and_verified(
     assert any(f"port {echo.port}" in str(e.get("text")) for e in commands)
     verified = hk.cli("verify", sid)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    replayed = hk.cli("replay", sid, "--speed", "1000")
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"create pods/portforward pf/db port {echo.port}" in replayed.stdout
 
 
 def test_port_not_allowed_is_refused_and_never_reaches_the_pod(

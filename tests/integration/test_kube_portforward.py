@@ -349,6 +349,11 @@ async def _hostile(hk: KubeHoopy, allowed: int, other: int) -> list[spdy.Frame]:
             if f.fin:
                 break
         assert bytes(echoed) == b"still in step"
+        # digits Python reads as digits but are no port; a port beyond 65535
+        await t.send(_stream(13, "data", "\u00b2\u0662", "5"))
+        await t.until(spdy.RstStream(13, spdy.PROTOCOL_ERROR))
+        await t.send(_stream(15, "data", "65537", "6"))
+        await t.until(spdy.RstStream(15, spdy.PROTOCOL_ERROR))
         # not SPDY at all: hoopy ends the connection
         await ws.send_bytes(b"\x80\x02\x00\x01" + b"\x00" * 12)
         msg = await asyncio.wait_for(ws.receive(), 30)
@@ -368,7 +373,7 @@ def test_hostile_streams_are_refused_and_the_tunnel_stays_in_step(
     assert allowed.connections[before:] == [b"still in step"]
     _, events = session_events(hk, "pf-hostile")
     refused = [e for e in events if e.get("type") == "portforward_refused"]
-    assert [e["stream"] for e in refused] == [3, 5, 5, 7]
+    assert [e["stream"] for e in refused] == [3, 5, 5, 7, 13, 15]
     assert any(e.get("type") == "portforward_error" for e in events)
     to_pod = [e for e in events if e.get("type") == "portforward_data"]
     assert {e["stream"] for e in to_pod} == {11}

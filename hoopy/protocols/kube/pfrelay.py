@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,6 @@ class _Relay:
         self.agent_lock = asyncio.Lock()  # encode + send in one order per direction
         self.cluster_lock = asyncio.Lock()
         self.streams: dict[int, _Stream] = {}
-        self.refused: set[int] = set()
         self.requests: dict[str, tuple[int, str | None]] = {}  # requestid -> (port, refusal)
         self.last_id = 0
         self.recorded = 0
@@ -237,7 +237,7 @@ class _Relay:
         rids = spdy.header(f.headers, "requestid")
         if (
             len(ports) != 1
-            or not ports[0].isdigit()
+            or not re.fullmatch(r"[0-9]{1,5}", ports[0])  # (not str.isdigit: "²")
             or not 1 <= int(ports[0]) <= 65535
             or len(kinds) != 1
             or kinds[0] not in ("error", "data")
@@ -255,7 +255,6 @@ class _Relay:
                 self.requests.clear()
             self.requests[rid] = (port, refusal)
         if refusal is not None:
-            self.refused.add(sid)
             self.result.refused += 1
             self.session.record(
                 "portforward_refused",
@@ -285,7 +284,6 @@ class _Relay:
             st.agent_fin = True
 
     async def reset(self, sid: int, reason: str, kind: str, port: int) -> None:
-        self.refused.add(sid)
         self.result.refused += 1
         self.session.record("portforward_refused", stream=sid, port=port, kind=kind, reason=reason)
         await self.send_agent(spdy.RstStream(sid, spdy.PROTOCOL_ERROR))

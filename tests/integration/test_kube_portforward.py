@@ -71,7 +71,16 @@ def echoes() -> Iterator[tuple[Echo, Echo]]:
         e.server.server_close()
 
 
-def policy(port: int) -> str:
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[Echo]:
+    """A pod port whose forwarding needs an approval."""
+    e = start_echo()
+    yield e
+    e.server.shutdown()
+    e.server.server_close()
+
+
+def policy(port: int, guarded: int) -> str:
     return f"""
 rules:
   - name: agents
@@ -79,7 +88,14 @@ rules:
     match: {{groups: [agents], connectors: ["cluster*"]}}
   - name: forward-echo
     effect: allow
-    match: {{groups: [agents], kubernetes: {{resources: [pods/portforward], ports: [{port}]}}}}
+    match:
+      groups: [agents]
+      kubernetes: {{resources: [pods/portforward], ports: [{port}, {guarded}]}}
+  - name: guarded-port-needs-sre
+    effect: require_approval
+    approvers: [sre]
+    timeout: 60s
+    match: {{kubernetes: {{ports: [{guarded}]}}}}
   - name: readers
     effect: allow
     match: {{groups: [readers], connectors: [cluster]}}
@@ -99,12 +115,15 @@ rules:
 
 @pytest.fixture(scope="module")
 def hk(
-    emu: Emu, echoes: tuple[Echo, Echo], tmp_path_factory: pytest.TempPathFactory
+    emu: Emu,
+    echoes: tuple[Echo, Echo],
+    guarded: Echo,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[KubeHoopy]:
     h = start_hoopy(
         tmp_path_factory.mktemp("hoopy-pf"),
         emu,
-        policy(echoes[0].port),
+        policy(echoes[0].port, guarded.port),
         connectors={"cluster": "", "cluster-masked": ""},
     )
     try:
@@ -510,3 +529,27 @@ def test_other_port_forward_protocols_are_refused(
         code, _ = asyncio.run(_offer(hk, protocols, f"?ports={port}"))
         assert code == 400, protocols
     assert len(emu.call("GET", "/emu/portforwards")) == before
+
+
+def test_a_port_needing_approval_waits_then_forwards(
+    hk: KubeHoopy, guarded: Echo, emu: Emu
+) -> None:
+    from tests.integration.test_pg_approvals import admin, wait_pending
+
+    fwd = Forward(hk, "-n", "pf", "pod/db", f":{guarded.port}", token=hk.token(sub="pf-appr"))
+    local = fwd.local_port()
+    assert local is not None, fwd.finish()
+    got: list[bytes] = []
+    client = threading.Thread(target=lambda: got.append(roundtrip(local, b"after approval")))
+    client.start()
+    try:
+        a = wait_pending(hk, f"port {guarded.port}")  # type: ignore[arg-type]
+        assert a["rule"] == "guarded-port-needs-sre"
+        assert all(o["port"] != guarded.port for o in emu.call("GET", "/emu/portforwards"))
+        status, _ = admin(hk, "POST", f"/api/approvals/{a['id']}/approve", {"by": "sre-1"})  # type: ignore[arg-type]
+        assert status == 200
+        client.join(30)
+    finally:
+        _, err = fwd.finish()
+    assert got == [b"after approval"], err
+    assert guarded.connections == [b"after approval"]

@@ -29,6 +29,7 @@ from hoopy.policy import (
     Rule,
     SqlMatch,
     SshMatch,
+    glob_any,
 )
 from hoopy.yamlsrc import (
     Doc,
@@ -770,7 +771,7 @@ def _match(rule: Section, refs: _Refs) -> Match:
             "within its issuer: add match.issuers to say whose subjects these are",
         )
     ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths", "shell"))
-    kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque"))
+    kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque", "ports"))
     return Match(
         subjects=subjects,
         issuers=issuers,
@@ -798,7 +799,36 @@ def _ssh_match(ssh: Section) -> SshMatch:
 
 def _kube_match(kube: Section) -> KubeMatch:
     verbs, resources, namespaces, names, commands = (_match_strings(kube, k) for k in _KUBE_KEYS)
-    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube))
+    ports = _ports(kube)
+    if ports and resources and not glob_any(resources, ("pods/portforward",)):
+        kube.error("ports", "ports only apply to pods/portforward, which resources leaves out")
+    return KubeMatch(verbs, resources, namespaces, names, commands, _opaque(kube), ports)
+
+
+def _ports(kube: Section) -> tuple[tuple[int, int], ...]:
+    """`ports: [5432, "8000-8080"]` (pods/portforward): port numbers or inclusive ranges."""
+    node = kube.values.get("ports")
+    if node is None:
+        return ()
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    if not items or is_null(node):
+        kube.error("ports", "empty, so it would match anything: name at least one port")
+        return ()
+    out: list[tuple[int, int]] = []
+    for item in items:
+        text = str(item.value) if isinstance(item, ScalarNode) else "a list or mapping"
+        lo, dash, hi = text.partition("-")
+        try:
+            pair = (int(lo), int(hi) if dash else int(lo))
+        except ValueError:
+            pair = (0, 0)
+        if not isinstance(item, ScalarNode) or not (1 <= pair[0] <= pair[1] <= 65535):
+            kube.doc.error(
+                item, f"kubernetes.ports: '{text[:40]}' is not a port (1-65535) or a range 'LO-HI'"
+            )
+            continue
+        out.append(pair)
+    return tuple(out)
 
 
 def _opaque(sec: Section) -> bool:

@@ -65,6 +65,8 @@ class Command:
     resource: str = ""
     namespace: str = ""
     name: str = ""
+    # kubernetes pods/portforward: the pod ports a forward opens
+    ports: tuple[int, ...] = ()
     # postgres: names that may be functions the server calls, or may be columns: `t.f`
     # is f(t) when t has no column f (functional notation).  Deny and approval rules
     # count them; allow rules, which must cover everything called, do not.
@@ -135,6 +137,8 @@ class KubeMatch:
     names: tuple[str, ...] = ()
     commands: tuple[str, ...] = ()
     opaque: bool = False  # as SshMatch.opaque, for exec/attach commands
+    # pods/portforward: the ports (inclusive ranges) a rule names; see _ports_match
+    ports: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -424,7 +428,20 @@ def _kube_matches(k: KubeMatch, cmd: Command, every: bool = False) -> bool:
     )
     if not all(not pats or glob_any(pats, (val,)) for pats, val in checks):
         return False
+    if k.ports and not _ports_match(k.ports, cmd, every):
+        return False
     return _shell_matches(k.commands, k.opaque, cmd, every)
+
+
+def _ports_match(ranges: tuple[tuple[int, int], ...], cmd: Command, every: bool) -> bool:
+    """An allow must cover every port a forward opens, a restrictive rule any of them.
+    A port-forward connection itself carries no port (kubectl names each stream's port
+    inside the tunnel): an allow naming ports admits the connection, and each stream is
+    then judged on its own port; restrictive rules wait for the streams."""
+    if not cmd.ports:
+        return every and cmd.resource == "pods/portforward"
+    hits = [any(lo <= p <= hi for lo, hi in ranges) for p in cmd.ports]
+    return all(hits) if every else any(hits)
 
 
 def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
@@ -440,6 +457,8 @@ def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
         return False  # interactive shells are off unless a rule says `ssh: {shell: true}`
     if m.ssh is not None and not _ssh_matches(m.ssh, cmd, every):
         return False
+    if every and cmd.ports and (m.kubernetes is None or not m.kubernetes.ports):
+        return False  # a forwarded port is allowed only by a rule that names it
     return not (m.kubernetes is not None and not _kube_matches(m.kubernetes, cmd, every))
 
 
@@ -574,6 +593,7 @@ _OPAQUE_WHAT = {
     "shell_code": "runs code hoopy cannot see (a script, a pipe or option fed to an "
     "interpreter, a file run by path, an environment that loads code)",
     "shell_alias": "renames commands (alias, hash -p, key bindings) or uses history expansion",
+    "shell_attach": "sends input to a process already running in the pod (kubectl attach -i)",
 }
 
 

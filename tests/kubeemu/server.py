@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 import yaml
 from aiohttp import web
 
-from tests.kubeemu import execws, protobuf
+from tests.kubeemu import attach, execws, portforward, protobuf
 from tests.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
 
 JSON = "application/json"
@@ -127,8 +127,8 @@ class Emulator:
         m = request.method
         if sub == "log" and m == "GET":
             return await self._log(request, ns, name, q)
-        if sub in ("exec", "attach"):
-            return await self._exec(request, kind, ns, name, q)
+        if sub in ("exec", "attach", "portforward"):
+            return await self._exec(request, kind, ns, name, q, sub)
         if sub:
             return status(405, "MethodNotAllowed", f"{kind.resource}/{sub} is not emulated")
         if not name:
@@ -370,20 +370,42 @@ class Emulator:
         return resp
 
     async def _exec(
-        self, request: web.Request, kind: Kind, ns: str, name: str, q: dict[str, list[str]]
+        self,
+        request: web.Request,
+        kind: Kind,
+        ns: str,
+        name: str,
+        q: dict[str, list[str]],
+        sub: str,
     ) -> web.StreamResponse:
         if self.store.get(kind, ns, name) is None:
             return _not_found(kind, name)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return status(
-                400, "BadRequest", "kubeemu speaks only WebSocket exec (v5/v4.channel.k8s.io)"
+                400,
+                "BadRequest",
+                "kubeemu speaks only WebSocket exec/attach (v5/v4.channel.k8s.io) and "
+                "port-forward (SPDY/3.1+portforward.k8s.io)",
             )
+        if sub == "portforward":
+            offered = request.headers.get("Sec-WebSocket-Protocol", "")
+            if portforward.PROTOCOL not in [p.strip() for p in offered.split(",")]:
+                return status(400, "BadRequest", f"port-forward needs {portforward.PROTOCOL}")
+            return await portforward.serve(request, f"{ns}/{name}")
+        if sub == "attach":
+            return await attach.serve(request, q, (ns, name))
         return await execws.serve(request, q)
 
     # ---- test controls -------------------------------------------------------------
     async def _emu(self, request: web.Request, parts: list[str]) -> web.Response:
         if parts == ["requests"]:
             return web.json_response(self.requests)
+        if parts == ["portforwards"]:
+            return web.json_response(portforward.opened)
+        if parts[:1] == ["attach"] and len(parts) == 3 and request.method == "POST":
+            body = await request.json()
+            await attach.start((parts[1], parts[2]), list(body["command"]), bool(body.get("tty")))
+            return web.json_response({})
         if parts[:1] == ["log"] and len(parts) == 3 and request.method == "POST":
             body = await request.json()
             self.store.append_log(

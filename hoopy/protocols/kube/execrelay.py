@@ -152,6 +152,7 @@ async def relay(
     session: Session,
     tty: bool,
     masker: ValueMasker | None = None,
+    stdin: bool = True,
 ) -> RelayResult:
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     protocols = [p for p in offered if p in PROTOCOLS]
@@ -183,6 +184,8 @@ async def relay(
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 data = msg.data
+                if data[:1] == b"\x00" and not stdin:
+                    continue  # the policy judged a request without input: none goes
                 if data[:1] == b"\x00":
                     rec.data(0, data[1:])
                     result.received += len(data) - 1
@@ -226,7 +229,10 @@ async def relay(
                 result.exit_code = exit_code(data[1:])
             await ws.send_bytes(data)
         await flush()
-        await ws.close(code=upstream.close_code or 1000)
+        code = upstream.close_code or 1000
+        if code in (1005, 1006, 1015):  # reported locally, never sent in a close frame
+            code = 1000 if result.exit_code is not None else 1011
+        await ws.close(code=code)
 
     agent_side = asyncio.ensure_future(to_cluster())
     try:

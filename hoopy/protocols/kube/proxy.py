@@ -44,7 +44,7 @@ from hoopy.errors import (
 from hoopy.gateway import Gateway
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
-from hoopy.protocols.kube import execrelay
+from hoopy.protocols.kube import execrelay, pfrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
@@ -593,15 +593,28 @@ class _Request:
         self, info: RequestInfo, q: dict[str, list[str]], decision: Decision
     ) -> web.StreamResponse:
         upgrade = self.request.headers.get("Upgrade", "").lower()
+        if info.subresource == "portforward" and decision.masks.detectors:
+            # (before the SPDY answer: kubectl retries a refused tunnel over SPDY)
+            self.status, self.decision = 403, "refused"
+            self._record(info)
+            return status(
+                403,
+                "Forbidden",
+                "hoopy refuses port-forward while a mask rule applies "
+                f"({', '.join(decision.masks.rules)}): forwarded bytes cannot be masked",
+            )
         if upgrade.startswith("spdy"):
             self.status = 400
             self._record(info)
             return status(
                 400,
                 "BadRequest",
-                "hoopy relays exec, attach and port-forward over WebSocket only: "
-                "use kubectl 1.30 or newer",
+                "hoopy relays exec and attach over WebSocket (kubectl 1.30 or newer) and "
+                "port-forward through kubectl's WebSocket tunnel (kubectl 1.31 or newer, "
+                "without KUBECTL_PORT_FORWARD_WEBSOCKETS=false), never over SPDY",
             )
+        if info.subresource == "portforward" and upgrade == "websocket":
+            return await self._portforward(info)
         if upgrade != "websocket" or info.subresource not in ("exec", "attach"):
             self.status = 400
             self._record(info)
@@ -621,6 +634,7 @@ class _Request:
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
             tty=go_bool(q.get("tty")),  # as the cluster reads it ("yes" is a TTY too)
+            stdin=go_bool(q.get("stdin")),
             masker=self._masker(decision) if decision.masks.detectors else None,
         )
         self.status = result.status
@@ -631,6 +645,38 @@ class _Request:
             stdin=result.received,
             stdout=result.stdout,
             stderr=result.stderr,
+        )
+        return result.response
+
+    async def _portforward(self, info: RequestInfo) -> web.StreamResponse:
+        if not pfrelay.offered(self.request):
+            self.status = 400
+            self._record(info)
+            return status(
+                400,
+                "BadRequest",
+                f"hoopy relays port-forward only as {pfrelay.PROTOCOL} (kubectl 1.31 or newer)",
+            )
+        up = self.listener.upstream(self.connector)
+        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        headers = self._headers(False)
+        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
+        result = await pfrelay.relay(
+            self.request,
+            up,
+            url,
+            list(headers.items()) + [("Impersonate-Group", g) for g in groups],
+            self.session,
+            pfrelay.judge(self.session, info.full_resource, info.namespace, info.name),
+        )
+        self.status = result.status
+        self.sent = result.sent
+        self._record(
+            info,
+            ports=result.ports,
+            streams=result.streams,
+            refused=result.refused,
+            received=result.received,
         )
         return result.response
 
@@ -673,7 +719,21 @@ def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method:
     where = f"{info.namespace}/{info.name}" if info.namespace else info.name
     text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
     base = f"k8s\0{info.verb}\0{info.full_resource}\0{info.namespace}\0{info.name}"
-    if info.subresource in ("exec", "attach"):
+    if info.subresource == "attach":
+        # no command: whatever runs reads the agent's input, if it sends any
+        return Command(
+            "kubernetes",
+            connector,
+            text=text + (" (stdin)" if go_bool(q.get("stdin")) else ""),
+            kinds=frozenset({"exec"}),
+            opaque=frozenset({"shell_attach"}) if go_bool(q.get("stdin")) else frozenset(),
+            verb=info.verb,
+            resource=info.full_resource,
+            namespace=info.namespace,
+            name=info.name,
+            fingerprint=base + "\0attach\0" + str(go_bool(q.get("stdin"))),
+        )
+    if info.subresource == "exec":
         argv = q.get("command", [])
         reading = read_argv(argv)
         return shell_command(

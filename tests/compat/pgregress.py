@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -228,11 +229,13 @@ def run_side(
 
 
 def without_hoopy_detail(out: str) -> str:
-    """The output less the one line hoopy adds to a refused unparseable statement."""
+    """The output less the one line hoopy adds to a refused unparseable statement: its
+    DETAIL, or the DETAIL's second line after the grammar's own (psql prints a
+    multi-line DETAIL as it comes)."""
     from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL
 
-    line = f"DETAIL:  {UNPARSEABLE_DETAIL}\n"
-    return out.replace(line, "")
+    out = out.replace(f"DETAIL:  {UNPARSEABLE_DETAIL}\n", "")
+    return re.sub(f"(?m)^(DETAIL:  .*\n){re.escape(UNPARSEABLE_DETAIL)}\n", r"\1", out)
 
 
 def read_known() -> dict[str, str]:

@@ -1,0 +1,155 @@
+"""Statements pglast cannot parse are refused (never forwarded) with the error a real
+PostgreSQL 15 gives for them: SQLSTATE, message, cursor, HINT and DETAIL, field by field
+(grammarerrors.py); hoopy's only addition is its DETAIL line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import asyncpg
+import pytest
+
+from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL
+
+from .conftest import Backend, Hoopy
+from .test_pg_drivers import agent
+
+# Each one the server rejects while parsing (or, for PARTITION BY, before touching
+# anything); pglast rejects each with a message grammarerrors.py knows.
+STATEMENTS = [
+    # HINT / DETAIL the grammar attaches
+    "DROP OPERATOR === (int4)",
+    "CREATE POLICY p ON vault AS foo FOR SELECT USING (true)",
+    "SELECT 1 LIMIT 1,2",
+    "CREATE PUBLICATION p FOR CURRENT_SCHEMA",
+    "ALTER ROLE app_rw WITH UNENCRYPTED PASSWORD 'x'",
+    "SELECT E'\\u12'",
+    "SELECT U&'\\12'",
+    # SQLSTATE other than 42601
+    "CREATE ASSERTION a CHECK (true)",
+    "CREATE ROLE public",
+    "SELECT sum(1) OVER (ROWS BETWEEN UNBOUNDED FOLLOWING AND CURRENT ROW)",
+    "SELECT 1::float(0)",
+    "CREATE TABLE t PARTITION OF p FOR VALUES WITH (modulus 2, modulus 3)",
+    # PostgreSQL 15 words or places it differently than pglast (18)
+    "SELECT 1 FETCH FIRST 2 ROWS WITH TIES",
+    "SELECT 1 ORDER BY 1 FETCH FIRST 1 ROW WITH TIES FOR UPDATE SKIP LOCKED",
+    "ALTER TABLE vault ALTER CONSTRAINT c NOT VALID",
+    "ALTER TABLE vault ALTER CONSTRAINT c DEFERRABLE NOT VALID NO INHERIT",
+    "CREATE TABLE t (a int) PARTITION BY MAGIC (a)",
+    "CREATE TABLE t PARTITION OF p FOR VALUES WITH (modulus 2)",
+    "CREATE OR REPLACE CONSTRAINT TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+    "CREATE FUNCTION f(OUT a int) RETURNS TABLE (b int) AS 'select 1' LANGUAGE sql",
+    "ALTER TABLE vault ADD CONSTRAINT c CHECK (k <> '') DEFERRABLE",
+    "CREATE TABLE t (a int, UNIQUE (a) NO INHERIT)",
+    "(SELECT 1 LIMIT 1) LIMIT 2",
+    "(SELECT 1 OFFSET 1) OFFSET 2",
+    "(SELECT 1 LIMIT 1) FETCH FIRST 3 ROWS ONLY",
+    "(SELECT 1 FETCH FIRST 1 ROW ONLY) FETCH NEXT ROW ONLY",
+    "(SELECT 1 LIMIT 1) LIMIT ALL",
+    # no change: the same in both grammars
+    "SELECT (1,2) OVERLAPS (1,2,3)",
+    "SELECT 1 + ",
+]
+
+
+def _fields(e: asyncpg.PostgresError) -> tuple[object, ...]:
+    return (e.sqlstate, e.message, e.position, e.hint, e.detail)
+
+
+async def _error(conn: asyncpg.Connection, sql: str, prepare: bool = False) -> tuple[object, ...]:
+    with pytest.raises(asyncpg.PostgresError) as e:
+        if prepare:  # Parse, the extended protocol's path
+            await conn.prepare(sql)
+        else:
+            await conn.execute(sql)
+    return _fields(e.value)
+
+
+def _as_hoopy(direct: tuple[object, ...]) -> tuple[object, ...]:
+    """The direct error with hoopy's DETAIL line (after the grammar's own, if any)."""
+    sqlstate, message, position, hint, detail = direct
+    ours = UNPARSEABLE_DETAIL if detail is None else f"{detail}\n{UNPARSEABLE_DETAIL}"
+    return (sqlstate, message, position, hint, ours)
+
+
+async def test_errors_match_the_server_field_by_field(hoopy: Hoopy, backend: Backend) -> None:
+    direct_conn = await backend.app_conn()
+    via = await agent(hoopy)
+    try:
+        assert direct_conn.get_server_version().major == 15
+        mismatched = []
+        for sql in STATEMENTS:
+            direct = await _error(direct_conn, sql)
+            assert direct[0] is not None
+            for prepare in (False, True):
+                got = await _error(via, sql, prepare)
+                if got != _as_hoopy(direct):
+                    mismatched.append((sql, prepare, direct, got))
+        assert not mismatched, "\n".join(map(repr, mismatched))
+        assert await via.fetchval("select 3") == 3  # the session stays usable
+    finally:
+        await via.close()
+        await direct_conn.close()
+
+
+async def test_refused_statements_are_never_forwarded(hoopy: Hoopy, backend: Backend) -> None:
+    """The reshaped error is hoopy's: the statement never reached the server (its
+    statistics count no error for it)."""
+    conn = await backend.app_conn()
+    via = await agent(hoopy)
+    try:
+        await via.execute("SELECT 'marker-before'")
+        with pytest.raises(asyncpg.PostgresError) as e:
+            await via.execute("ALTER TABLE vault ALTER CONSTRAINT c NOT VALID")
+        assert e.value.sqlstate == "0A000" and e.value.detail == UNPARSEABLE_DETAIL
+        seen = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CONSTRAINT c NOT VALID%'"
+            " AND pid <> pg_backend_pid()"
+        )
+        assert seen == 0
+    finally:
+        await via.close()
+        await conn.close()
+
+
+def _direct_psql(backend: Backend, sql: str) -> str:
+    c = backend.cluster
+    r = subprocess.run(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(c.port), "-U", "app_rw", "-d", "app"],
+        input=sql,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": backend.app_password, "PGCONNECT_TIMEOUT": "10"},
+        timeout=30,
+    )
+    return r.stderr
+
+
+def test_psql_prints_hint_detail_line_and_caret_as_the_server(
+    hoopy: Hoopy, backend: Backend
+) -> None:
+    """Real psql, through hoopy and directly: the same ERROR, LINE, caret, HINT and
+    DETAIL lines, hoopy's DETAIL line apart."""
+    sql = (
+        "DROP OPERATOR === (int4);\n"
+        "CREATE PUBLICATION p FOR CURRENT_SCHEMA;\n"
+        "ALTER TABLE vault ALTER CONSTRAINT c NOT VALID;\n"
+        "SELECT 1\n  LIMIT 1,2;\n"
+    )
+    via = hoopy.psql("-v", "ON_ERROR_STOP=0", input=sql).stderr
+    direct = _direct_psql(backend, sql)
+    assert "HINT:  Use NONE to denote the missing argument of a unary operator." in via
+    assert "LINE 1: DROP OPERATOR === (int4);\n" + " " * (8 + 23) + "^\n" in via
+    assert "HINT:  Use separate LIMIT and OFFSET clauses." in via
+    assert "LINE 2:   LIMIT 1,2;\n" + " " * (8 + 2) + "^\n" in via
+    assert (
+        "DETAIL:  One of TABLE or TABLES IN SCHEMA must be specified before a standalone "
+        f"table or schema name.\n{UNPARSEABLE_DETAIL}\n" in via
+    )
+    assert "ERROR:  FOREIGN KEY constraints cannot be marked NOT VALID\nDETAIL:" in via
+    ours = via.replace(f"DETAIL:  {UNPARSEABLE_DETAIL}\n", "").replace(
+        f"\n{UNPARSEABLE_DETAIL}\n", "\n"
+    )
+    assert ours == direct

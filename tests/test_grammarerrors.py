@@ -130,9 +130,15 @@ def _pglast_error(sql: str) -> tuple[str, int | None]:
         # 15 stops at ENFORCED (a syntax error 18 has no word for): left as pglast's
         ("ALTER TABLE t ALTER CONSTRAINT c NOT ENFORCED NOT VALID", 15, g.Shape("constraints cannot be altered to be NOT VALID", "42601", 33)),
         ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID", 16, g.Shape("constraints cannot be altered to be NOT VALID", "42601", 33)),
+        # 15 refuses at the first command's end, before it reads the second
+        ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID, ALTER CONSTRAINT d NOT ENFORCED", 15, g.Shape("FOREIGN KEY constraints cannot be marked NOT VALID", "0A000", None)),
+        # not the plain form the guard knows (a comment): left as pglast's
+        ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID /* x */", 15, g.Shape("constraints cannot be altered to be NOT VALID", "42601", 33)),
+        ("SELECT 1; ALTER TABLE t ALTER CONSTRAINT c NOT VALID", 15, g.Shape("FOREIGN KEY constraints cannot be marked NOT VALID", "0A000", None)),
         ("CREATE TABLE t (a int) PARTITION BY MAGIC (a)", 15, g.Shape('unrecognized partitioning strategy "magic"', "22023", None)),
         ("CREATE TABLE t (a int) PARTITION BY MAGIC (a)", 18, g.Shape('unrecognized partitioning strategy "magic"', "22023", 36)),
         ("(SELECT 1 LIMIT 1) LIMIT  x", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 26)),
+        ("(SELECT 'éé' LIMIT 1) LIMIT  2", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 29)),  # characters, not bytes
         ("(SELECT 1 LIMIT 1) LIMIT (2)", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 19)),  # not matched: pglast's
         ("(SELECT 1 LIMIT 1) fetch first row only", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", None)),
         ("SELECT E'\\u12'", 15, g.Shape("invalid Unicode escape", "22025", 9, "Unicode escapes must be \\uXXXX or \\UXXXXXXXX.")),

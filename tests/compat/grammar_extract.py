@@ -9,7 +9,7 @@ markers give each action's line in the gram.y libpg_query compiled.  Run as
     python3 -m tests.compat.grammar_extract LABEL=PGLAST_SDIST_DIR ...
 
 e.g. `15.1=pglast-5.10 18.6=pglast-8.8` (the unpacked sdists of pglast 5.10, PostgreSQL
-15.1's parser, and pglast 8.8, PostgreSQL 18.6's: hoopy's).
+15.1's parser, and pglast 8.8, PostgreSQL 18.6's: hoopy's; PyPI's pglast-VERSION.tar.gz).
 """
 
 from __future__ import annotations

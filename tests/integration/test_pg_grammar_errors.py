@@ -156,3 +156,20 @@ def test_psql_prints_hint_detail_line_and_caret_as_the_server(
         f"\n{UNPARSEABLE_DETAIL}\n", "\n"
     )
     assert ours == direct
+
+
+async def test_long_texts_classified_off_the_loop_get_the_same_shape(
+    hoopy: Hoopy, backend: Backend
+) -> None:
+    """A text over classify_inline_size goes to a worker process (classworker.py): its
+    parse error is reshaped all the same, cursor counted in characters."""
+    sql = "SELECT 'é" + "x" * 10_000 + "';\nSELECT 1 LIMIT 1,2"
+    direct_conn = await backend.app_conn()
+    via = await agent(hoopy)
+    try:
+        direct = await _error(direct_conn, sql)
+        assert direct[3] == "Use separate LIMIT and OFFSET clauses."
+        assert await _error(via, sql) == _as_hoopy(direct)
+    finally:
+        await via.close()
+        await direct_conn.close()

@@ -139,7 +139,7 @@ def _pglast_error(sql: str) -> tuple[str, int | None]:
         ("CREATE TABLE t (a int) PARTITION BY MAGIC (a)", 18, g.Shape('unrecognized partitioning strategy "magic"', "22023", 36)),
         ("(SELECT 1 LIMIT 1) LIMIT  x", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 26)),
         ("(SELECT 'éé' LIMIT 1) LIMIT  2", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 29)),  # characters, not bytes
-        ("(SELECT 1 LIMIT 1) LIMIT (2)", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 19)),  # not matched: pglast's
+        ("(SELECT 1 LIMIT 1) LIMIT ((2))", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 19)),  # not matched: pglast's
         ("(SELECT 1 LIMIT 1) fetch first row only", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", None)),
         ("SELECT E'\\u12'", 15, g.Shape("invalid Unicode escape", "22025", 9, "Unicode escapes must be \\uXXXX or \\UXXXXXXXX.")),
         ("SELECT U&'\\12'", 15, g.Shape("invalid Unicode escape", "42601", 10, "Unicode escapes must be \\XXXX or \\+XXXXXX.")),

@@ -118,40 +118,93 @@ def _alter_constraint_not_valid(s: Shape, text: str) -> Shape | None:
     )
 
 
-def _tokens(text: str) -> list[tuple[int, str]] | None:
+def _tokens(text: str) -> list[tuple[int, str, str]] | None:
+    """(start, text, token name) of each token but comments; None if it cannot scan."""
     try:
-        return [(t.start, text[t.start : t.end + 1]) for t in _pg.scan(text)]
+        return [
+            (t.start, text[t.start : t.end + 1], t.name)
+            for t in _pg.scan(text)
+            if t.name not in ("SQL_COMMENT", "C_COMMENT")
+        ]
     except _pg.ParseError:
         return None
 
 
-def _limit_value_cursor(s: Shape, text: str) -> Shape | None:
-    """A second LIMIT/OFFSET: 18 (gram.y 19199/19208) points at the LIMIT, OFFSET or
-    FETCH keyword, 15 (15.1:18085/18094) at exprLocation() of the value, which is where
-    the value's text starts unless it starts with a parenthesis or a sign (not matched).
-    FETCH FIRST ROW ONLY has an implicit 1 at location -1: no cursor."""
-    toks = _tokens(text) if s.position is not None else None
+def _at(toks: list[tuple[int, str, str]], position: int) -> int | None:
+    return next((i for i, t in enumerate(toks) if t[0] == position), None)
+
+
+_SUBQUERY = ("SELECT", "VALUES", "WITH", "TABLE")
+
+
+def _expr_start(toks: list[tuple[int, str, str]]) -> int | None:
+    """Where exprLocation() puts an expression whose tokens start `toks`: its first
+    token (the leftmost operand or a prefix operator); a parenthesized subquery at its
+    parenthesis, a parenthesized expression inside it.  None for `((`: a subquery in
+    double parentheses and a parenthesized one in an expression read alike."""
     if not toks:
         return None
-    at = [i for i, (start, _) in enumerate(toks) if start == s.position]
-    if not at:
+    if toks[0][1] != "(":
+        return toks[0][0]
+    if len(toks) < 2 or toks[1][1] == "(":
         return None
-    i = at[0]
-    word = toks[i][1].upper()
-    rest = [t for t in toks[i + 1 : i + 4]]
+    return toks[0][0] if toks[1][2] in _SUBQUERY else toks[1][0]
+
+
+def _limit_value_cursor(s: Shape, text: str) -> Shape | None:
+    """A second LIMIT/OFFSET: 18 (gram.y 19199/19208) points at the LIMIT, OFFSET or
+    FETCH keyword, 15 (15.1:18085/18094) at exprLocation() of the value (a sign
+    included).  FETCH FIRST ROW ONLY has an implicit 1 at location -1: no cursor."""
+    toks = _tokens(text) if s.position is not None else None
+    i = _at(toks, s.position) if toks and s.position is not None else None
+    if toks is None or i is None:
+        return None
+    word, rest = toks[i][1].upper(), toks[i + 1 :]
     if word == "FETCH":
         if len(rest) < 2 or rest[0][1].upper() not in ("FIRST", "NEXT"):
             return None
-        if rest[1][1].upper() in ("ROW", "ROWS"):
+        rest = rest[1:]
+        if rest[0][1].upper() in ("ROW", "ROWS"):
             return replace(s, position=None)
-        value = rest[1]
-    elif word in ("LIMIT", "OFFSET") and rest:
-        value = rest[0]
-    else:
+    elif word not in ("LIMIT", "OFFSET"):
         return None
-    if value[1] in ("(", "+", "-"):
+    start = _expr_start(rest)
+    return None if start is None else replace(s, position=start)
+
+
+def _ordered_set_variadic_cursor(s: Shape, text: str) -> Shape | None:
+    """18 (gram.y 19151) points at the first aggregated argument, 15 (15.1:18037) at
+    exprLocation() of it, which is its type's: matched when the argument is one type
+    name, with or without a mode keyword (`VARIADIC int`); a name would come between."""
+    toks = _tokens(text) if s.position is not None else None
+    i = _at(toks, s.position) if toks and s.position is not None else None
+    if toks is None or i is None:
         return None
-    return replace(s, position=value[0])
+    j = i + 1 if toks[i][2] in ("IN_P", "VARIADIC") else i
+    k = j + 1  # past a type name, dotted or not
+    while k + 1 < len(toks) and toks[k][1] == "." and toks[k + 1][2] in ("IDENT", "INT_P"):
+        k += 2
+    if k >= len(toks) or toks[k][1] not in (",", ")") or toks[j][2] == "ASCII_40":
+        return None
+    return replace(s, position=toks[j][0])
+
+
+_ALTER_TYPE = re.compile(r"ALTER\s+TYPE\s+" + _IDENT + r"(?:\s*\.\s*" + _IDENT + r")*\s+\Z", re.I)
+
+
+def _drop_enum_value_15(s: Shape, text: str) -> Shape | None:
+    """`ALTER TYPE t DROP VALUE`: 18 has a rule for it (gram.y 6709), 15's grammar
+    expects ATTRIBUTE after DROP and reports a syntax error at the next word."""
+    toks = _tokens(text) if s.position is not None else None
+    i = _at(toks, s.position) if toks and s.position is not None else None
+    if toks is None or i is None or s.position is None:
+        return None
+    if not _ALTER_TYPE.search(text[: s.position]) or len(toks) < i + 2:
+        return None
+    if toks[i][2] != "DROP" or toks[i + 1][2] != "VALUE_P":
+        return None
+    start, word, _ = toks[i + 1]
+    return Shape(f'syntax error at or near "{word}"', "42601", start)
 
 
 _UNICODE_DETAIL_15 = (
@@ -198,7 +251,7 @@ ENTRIES: tuple[Entry, ...] = (
     E("constraint declared INITIALLY DEFERRED must be DEFERRABLE", "42601", None, None, "gram.y:6282"),
     E("conflicting constraint properties", "42601", None, None, "gram.y:6290"),
     E("CREATE ASSERTION is not yet implemented", "0A000", None, None, "gram.y:6391", pg15=_no_cursor),  # 15.1:6089
-    E("dropping an enum value is not implemented", "0A000", None, None, "gram.y:6709", in15=False),
+    E("dropping an enum value is not implemented", "0A000", None, None, "gram.y:6709", in15=False, pg15=_drop_enum_value_15),
     E("aggregates cannot have output arguments", "0A000", None, None, "gram.y:8685"),
     E("missing argument", "42601", "Use NONE to denote the missing argument of a unary operator.", None, "gram.y:9155"),
     E("WITH CHECK OPTION not supported on recursive views", "0A000", None, None, "gram.y:11396,11415"),
@@ -228,7 +281,7 @@ ENTRIES: tuple[Entry, ...] = (
     E('role name "%s" is reserved', "42939", None, None, "gram.y:17600,17646"),
     E("%s cannot be used as a role name here", "42939", None, None, "gram.y:17607,17614,17621"),
     E("WITH TIES cannot be specified without ORDER BY clause", "42601", None, None, "gram.y:17711,19219", pg15=_no_cursor),  # 15.1:16654,18107
-    E("an ordered-set aggregate with a VARIADIC direct argument must have one VARIADIC aggregated argument of the same data type", "0A000", None, None, "gram.y:19151"),
+    E("an ordered-set aggregate with a VARIADIC direct argument must have one VARIADIC aggregated argument of the same data type", "0A000", None, None, "gram.y:19151", pg15=_ordered_set_variadic_cursor),
     E("multiple ORDER BY clauses not allowed", "42601", None, None, "gram.y:19188"),
     E("multiple OFFSET clauses not allowed", "42601", None, None, "gram.y:19199", pg15=_limit_value_cursor),
     E("multiple LIMIT clauses not allowed", "42601", None, None, "gram.y:19208", pg15=_limit_value_cursor),
@@ -302,9 +355,11 @@ def shape(message: str, position: int | None, text: str, backend_major: int | No
     if backend_major == PGLAST_MAJOR:
         return found
     if backend_major == 15:
-        if entry.pg15 is not None:
-            changed = entry.pg15(found, text)
-            return changed if changed is not None else base
+        changed = entry.pg15(found, text) if entry.pg15 is not None else None
+        if changed is not None:
+            return changed
+        # Not a form the change knows: the grammar's fields if 15 has the same, with
+        # pglast's wording and cursor.
         return found if entry.in15 else base
     if 15 < backend_major < PGLAST_MAJOR and entry.in15 and entry.pg15 is None:
         return found  # the same in the grammars on either side

@@ -41,6 +41,12 @@ ELSEWHERE_IN_15 = {'unrecognized partitioning strategy "%s"'}
 ONLY_15 = {"VALUES in FROM must have an alias", "subquery in FROM must have an alias"}
 
 
+OSA = (
+    "an ordered-set aggregate with a VARIADIC direct argument must have one VARIADIC "
+    "aggregated argument of the same data type"
+)
+
+
 def _records(data: list[dict[str, object]], e: g.Entry) -> list[dict[str, object]]:
     file = e.where.split(":")[0]
     return [r for r in data if r["file"] == file and r["message"] == e.fmt]
@@ -141,6 +147,12 @@ def _pglast_error(sql: str) -> tuple[str, int | None]:
         ("(SELECT 'éé' LIMIT 1) LIMIT  2", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 29)),  # characters, not bytes
         ("(SELECT 1 LIMIT 1) LIMIT ((2))", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 19)),  # not matched: pglast's
         ("(SELECT 1 LIMIT 1) fetch first row only", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", None)),
+        ('CREATE AGGREGATE a (VARIADIC "any" ORDER BY VARIADIC int) (sfunc = f, stype = i)', 15, g.Shape(OSA, "0A000", 53)),
+        # a named argument (15 points at its type, after the name): pglast's cursor, 15's SQLSTATE
+        ('CREATE AGGREGATE a (VARIADIC "any" ORDER BY x int) (sfunc = f, stype = i)', 15, g.Shape(OSA, "0A000", 44)),
+        ("ALTER TYPE s.t DROP VALUE 'x'", 15, g.Shape('syntax error at or near "VALUE"', "42601", 20)),
+        ("ALTER TYPE t drop value 'x'", 15, g.Shape('syntax error at or near "value"', "42601", 18)),
+        ("ALTER TYPE t DROP VALUE 'x'", 18, g.Shape("dropping an enum value is not implemented", "0A000", 13)),
         ("SELECT E'\\u12'", 15, g.Shape("invalid Unicode escape", "22025", 9, "Unicode escapes must be \\uXXXX or \\UXXXXXXXX.")),
         ("SELECT U&'\\12'", 15, g.Shape("invalid Unicode escape", "42601", 10, "Unicode escapes must be \\XXXX or \\+XXXXXX.")),
         ("SELECT U&'\\u12'", 15, g.Shape("invalid Unicode escape", "42601", 10, "Unicode escapes must be \\XXXX or \\+XXXXXX.")),

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, replace
 from pglast import parser as _pg
 
 PGLAST_MAJOR = 18  # pglast.parser.get_postgresql_version()[0]; tests check it
-READ_MAJORS = frozenset({15, 18})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,8 @@ class Shape:
 
 
 # How a backend of another major reshapes an error: (shape, text) -> shape, or None
-# when the text is not one whose answer on that backend is known (leave pglast's).
+# when the text is not a form whose answer on that backend is known (then the wording
+# and cursor stay pglast's).
 Change = Callable[[Shape, str], "Shape | None"]
 
 
@@ -92,6 +92,8 @@ def _constraint_spec_no_cursor(s: Shape, text: str) -> Shape | None:
     return replace(s, position=None)
 
 
+_LOOK_BACK = 1000  # characters before the cursor a guard reads (names are short)
+_LOOK_AHEAD = 1000  # and after it
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)'
 _CAS15 = (
     r"(?:NOT\s+DEFERRABLE|DEFERRABLE|INITIALLY\s+(?:IMMEDIATE|DEFERRED)|NOT\s+VALID|NO\s+INHERIT)"
@@ -107,7 +109,7 @@ def _alter_constraint_not_valid(s: Shape, text: str) -> Shape | None:
     18's [NOT] ENFORCED, on which 15 reports a syntax error instead)."""
     if s.position is None:
         return None
-    before, after = text[: s.position], text[s.position :]
+    before, after = text[max(0, s.position - _LOOK_BACK) : s.position], text[s.position :]
     if not _ALTER_CONSTRAINT.search(before) or not _CAS15_ONLY.match(after):
         return None
     return replace(
@@ -118,12 +120,15 @@ def _alter_constraint_not_valid(s: Shape, text: str) -> Shape | None:
     )
 
 
-def _tokens(text: str) -> list[tuple[int, str, str]] | None:
-    """(start, text, token name) of each token but comments; None if it cannot scan."""
+def _tokens(text: str, start: int) -> list[tuple[int, str, str]] | None:
+    """(position, text, token name) of the tokens from `start` (where pglast's cursor
+    is: a token's start) on, comments left out, read in at most _LOOK_AHEAD characters;
+    None if that cannot be scanned (as when a string or comment runs past it)."""
+    chunk = text[start : start + _LOOK_AHEAD]
     try:
         return [
-            (t.start, text[t.start : t.end + 1], t.name)
-            for t in _pg.scan(text)
+            (start + t.start, chunk[t.start : t.end + 1], t.name)
+            for t in _pg.scan(chunk)
             if t.name not in ("SQL_COMMENT", "C_COMMENT")
         ]
     except _pg.ParseError:
@@ -155,7 +160,7 @@ def _limit_value_cursor(s: Shape, text: str) -> Shape | None:
     """A second LIMIT/OFFSET: 18 (gram.y 19199/19208) points at the LIMIT, OFFSET or
     FETCH keyword, 15 (15.1:18085/18094) at exprLocation() of the value (a sign
     included).  FETCH FIRST ROW ONLY has an implicit 1 at location -1: no cursor."""
-    toks = _tokens(text) if s.position is not None else None
+    toks = _tokens(text, s.position) if s.position is not None else None
     i = _at(toks, s.position) if toks and s.position is not None else None
     if toks is None or i is None:
         return None
@@ -176,7 +181,7 @@ def _ordered_set_variadic_cursor(s: Shape, text: str) -> Shape | None:
     """18 (gram.y 19151) points at the first aggregated argument, 15 (15.1:18037) at
     exprLocation() of it, which is its type's: matched when the argument is one type
     name, with or without a mode keyword (`VARIADIC int`); a name would come between."""
-    toks = _tokens(text) if s.position is not None else None
+    toks = _tokens(text, s.position) if s.position is not None else None
     i = _at(toks, s.position) if toks and s.position is not None else None
     if toks is None or i is None:
         return None
@@ -195,11 +200,12 @@ _ALTER_TYPE = re.compile(r"ALTER\s+TYPE\s+" + _IDENT + r"(?:\s*\.\s*" + _IDENT +
 def _drop_enum_value_15(s: Shape, text: str) -> Shape | None:
     """`ALTER TYPE t DROP VALUE`: 18 has a rule for it (gram.y 6709), 15's grammar
     expects ATTRIBUTE after DROP and reports a syntax error at the next word."""
-    toks = _tokens(text) if s.position is not None else None
+    toks = _tokens(text, s.position) if s.position is not None else None
     i = _at(toks, s.position) if toks and s.position is not None else None
     if toks is None or i is None or s.position is None:
         return None
-    if not _ALTER_TYPE.search(text[: s.position]) or len(toks) < i + 2:
+    before = text[max(0, s.position - _LOOK_BACK) : s.position]
+    if not _ALTER_TYPE.search(before) or len(toks) < i + 2:
         return None
     if toks[i][2] != "DROP" or toks[i + 1][2] != "VALUE_P":
         return None

@@ -44,10 +44,12 @@ IGNORED = frozenset({"random"})
 
 
 def find_suite() -> Path:
-    """shared/pgregress: beside the project folder (the work tree or CI's clone)."""
+    """shared/pgregress: beside the project folder (the work tree or CI's clone), or
+    beside the folder holding it (a git worktree under wt/)."""
     env = os.environ.get("HOOPY_PGREGRESS")
     candidates = [Path(env)] if env else []
     candidates += [ROOT.parent / "shared" / "pgregress", ROOT / "shared" / "pgregress"]
+    candidates.append(ROOT.parent.parent / "shared" / "pgregress")  # from a worktree folder
     for c in candidates:
         if (c / "parallel_schedule").is_file():
             return c

@@ -92,16 +92,27 @@ class QueryCanceled(CommandDenied):
 class UnparseableCommand(HoopyError):
     """A statement hoopy cannot read: refused, never forwarded.  Shaped like the server's
     own syntax error (its message, `position`: 1-based character index into the text) so
-    clients print it as they would the server's; hoopy's words go in `detail`."""
+    clients print it as they would the server's; hoopy's words go in `detail`, after the
+    grammar's own DETAIL line if it has one."""
 
     sqlstate = "42601"
     http_status = 400
     ssh_exit = 126
 
-    def __init__(self, message: str, position: int | None = None, detail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        position: int | None = None,
+        detail: str = "",
+        hint: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.position = position
         self.detail = detail
+        self.hint = hint  # the grammar's HINT (grammarerrors.py)
+        if sqlstate is not None:  # the grammar's own SQLSTATE for this message
+            self.sqlstate = sqlstate
 
 
 class RecordingFailed(HoopyError):

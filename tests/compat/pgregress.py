@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -43,10 +44,12 @@ IGNORED = frozenset({"random"})
 
 
 def find_suite() -> Path:
-    """shared/pgregress: beside the project folder (the work tree or CI's clone)."""
+    """shared/pgregress: beside the project folder (the work tree or CI's clone), or
+    beside the folder holding it (a git worktree under wt/)."""
     env = os.environ.get("HOOPY_PGREGRESS")
     candidates = [Path(env)] if env else []
     candidates += [ROOT.parent / "shared" / "pgregress", ROOT / "shared" / "pgregress"]
+    candidates.append(ROOT.parent.parent / "shared" / "pgregress")  # from a worktree folder
     for c in candidates:
         if (c / "parallel_schedule").is_file():
             return c
@@ -228,11 +231,13 @@ def run_side(
 
 
 def without_hoopy_detail(out: str) -> str:
-    """The output less the one line hoopy adds to a refused unparseable statement."""
+    """The output less the one line hoopy adds to a refused unparseable statement: its
+    DETAIL, or the DETAIL's second line after the grammar's own (psql prints a
+    multi-line DETAIL as it comes)."""
     from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL
 
-    line = f"DETAIL:  {UNPARSEABLE_DETAIL}\n"
-    return out.replace(line, "")
+    out = out.replace(f"DETAIL:  {UNPARSEABLE_DETAIL}\n", "")
+    return re.sub(f"(?m)^(DETAIL:  .*\n){re.escape(UNPARSEABLE_DETAIL)}\n", r"\1", out)
 
 
 def read_known() -> dict[str, str]:

@@ -51,6 +51,7 @@ from hoopy.policy import Command, Decision
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres import fastpath as fp
+from hoopy.protocols.postgres import grammarerrors as grammar
 from hoopy.protocols.postgres.bindgate import bound_command, single, split_run
 from hoopy.protocols.postgres.classify import SqlParseError
 from hoopy.protocols.postgres.classworker import StatementTooLarge
@@ -96,7 +97,7 @@ def error_bytes(e: HoopyError) -> bytes:
     severity = "FATAL" if e.fatal else "ERROR"
     if isinstance(e, UnparseableCommand):  # shaped like the server's syntax error
         return pg.error_response(
-            e.sqlstate, e.message, severity, e.detail or None, position=e.position
+            e.sqlstate, e.message, severity, e.detail or None, e.hint, e.position
         )
     return pg.error_response(e.sqlstate, e.message, severity=severity)
 
@@ -120,14 +121,23 @@ def _parse_message(name: str, sql: str) -> bytes:
 UNPARSEABLE_DETAIL = "hoopy cannot parse this statement, so it was not sent to the server"
 
 
-def unparseable(sql: str, e: SqlParseError) -> UnparseableCommand:
+def unparseable(
+    sql: str, e: SqlParseError, backend_version: str | None = None
+) -> UnparseableCommand:
     """The parser's message and cursor position (1-based, as PostgreSQL's `P` field; at
-    the end of the text for an unexpected end), hoopy's words in DETAIL."""
+    the end of the text for an unexpected end), with the SQLSTATE, HINT and DETAIL the
+    grammar attaches and the wording and cursor of the backend's major version
+    (`backend_version`: its server_version; grammarerrors.py); hoopy's words in DETAIL,
+    on a line after the grammar's own."""
     pos = e.position
     if pos is None and e.message.endswith("at end of input"):
         pos = len(sql)
-    position = pos + 1 if pos is not None and 0 <= pos <= len(sql) else None
-    return UnparseableCommand(e.message, position, UNPARSEABLE_DETAIL)
+    if pos is not None and not 0 <= pos <= len(sql):
+        pos = None
+    s = grammar.shape(e.message, pos, sql, grammar.server_version_major(backend_version))
+    detail = UNPARSEABLE_DETAIL if s.detail is None else f"{s.detail}\n{UNPARSEABLE_DETAIL}"
+    position = s.position + 1 if s.position is not None else None
+    return UnparseableCommand(s.message, position, detail, s.hint, s.sqlstate)
 
 
 class Relay(Pipeline):
@@ -658,7 +668,8 @@ class Relay(Pipeline):
         )
         if isinstance(e, StatementTooLarge):
             return e
-        return unparseable(sql, e)
+        version = self.backend.params.get("server_version") if self.backend else None
+        return unparseable(sql, e, version)
 
     def _check_now(self, cmds: tuple[Command, ...], parse: bool = False) -> list[Decision] | None:
         """Check (and record) every statement, or raise to refuse the whole text; None

@@ -25,8 +25,8 @@ from urllib.parse import parse_qs
 import yaml
 from aiohttp import web
 
-from tests.kubeemu import execws, protobuf
-from tests.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
+from hoopy.kubeemu import execws, protobuf
+from hoopy.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
 
 JSON = "application/json"
 
@@ -261,7 +261,7 @@ class Emulator:
             return status(400, "BadRequest", f"cannot decode body: {e}")
         if not isinstance(obj, dict | list):
             return status(400, "BadRequest", "body must be an object")
-        return obj  # type: ignore[return-value]
+        return obj
 
     def _check_ns(self, kind: Kind, ns: str, obj: dict[str, Any]) -> web.Response | None:
         body_ns = obj.get("metadata", {}).get("namespace")

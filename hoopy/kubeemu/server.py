@@ -285,7 +285,9 @@ class Emulator:
             return bad
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + secrets.token_hex(3)
+            # as kube-apiserver: cut to 58, plus 5 of utilrand's characters
+            tail = "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+            meta["name"] = meta["generateName"][:58] + tail
         if not meta.get("name"):
             return status(422, "Invalid", "metadata.name: Required value")
         if self.store.get(kind, ns, meta["name"]) is not None:

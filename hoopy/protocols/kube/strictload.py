@@ -1,0 +1,106 @@
+"""JSON and YAML request bodies read strictly: no key twice in one object (sans-I/O).
+
+Why: hoopy judges a write on the body it decodes, and the cluster applies the body it
+decodes.  With a key given twice (`metadata: {namespace: a, namespace: b}`) each side
+picks one by its own rules: Python's json and PyYAML keep the last, Go's
+encoding/json too, sigs.k8s.io/yaml's strict mode refuses, and a YAML merge (`<<`)
+plus an explicit key is resolved by each library's own merge code.  A body where the
+answer depends on such rules is refused, so both sides read the same single value.
+Keys that are not valid Unicode (a lone `\\ud800` escape, which Go turns into U+FFFD
+and Python keeps) are refused too: two such keys can be one key to Go.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+
+class DuplicateKey(ValueError):
+    """A key given twice in one object; the message names it (and where)."""
+
+
+class _Dup(dict[str, Any]):
+    """An object that had a duplicate key (kept to name its path afterwards)."""
+
+    dup = ""
+    why = "is given twice"
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if not k.isascii():
+            try:
+                k.encode("utf-8")
+            except UnicodeEncodeError:
+                bad = _Dup(out)
+                bad.dup = k.encode("utf-8", "backslashreplace").decode()
+                bad.why = "is not valid Unicode (a lone surrogate escape)"
+                return bad
+        if k in out:
+            bad = _Dup(out)
+            bad.dup = k
+            return bad
+        out[k] = v
+    return out
+
+
+def _find(v: Any, path: str = "") -> str | None:
+    """The dotted path of the first key given twice, and why it is refused."""
+    if isinstance(v, _Dup):
+        return f"{f'{path}.{v.dup}' if path else v.dup!r} {v.why}"
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, child in items:
+        found = _find(child, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def load_json(body: bytes) -> Any:
+    """json.loads, refusing a key given twice in any object (DuplicateKey)."""
+    value = json.loads(body, object_pairs_hook=_pairs)
+    if not isinstance(value, dict | list):
+        return value
+    found = _find(value)
+    if found is not None:
+        raise DuplicateKey(f"key {found}")
+    return value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping = super().construct_mapping(node, deep=deep)
+        # node.value is flattened now: keys a merge (<<) brings in are there too
+        self._check(node)
+        return mapping
+
+    def _check(self, node: yaml.MappingNode) -> None:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = _as_json_key(self.construct_object(key_node, deep=True))
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKey(
+                    f"key {key!r} is given twice in one mapping (line {line}; a merge "
+                    "(<<) counts too)"
+                )
+            seen.add(key)
+
+
+def _as_json_key(key: Any) -> str:
+    """The JSON key sigs.k8s.io/yaml makes of a YAML key: `1` and "1", `true` and
+    "true" are one key to the cluster (Python keeps them apart)."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    return str(key)
+
+
+def load_yaml(body: bytes) -> Any:
+    """yaml.safe_load, refusing a key given twice in any mapping (DuplicateKey)."""
+    return yaml.load(body, Loader=_StrictLoader)

@@ -29,23 +29,36 @@ class _Dup(dict[str, Any]):
     why = "is given twice"
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if not k.isascii():
-            try:
-                k.encode("utf-8")
-            except UnicodeEncodeError:
-                bad = _Dup(out)
-                bad.dup = k.encode("utf-8", "backslashreplace").decode()
-                bad.why = "is not valid Unicode (a lone surrogate escape)"
-                return bad
-        if k in out:
-            bad = _Dup(out)
-            bad.dup = k
-            return bad
-        out[k] = v
-    return out
+def _hook(check_unicode: bool, bad: list[bool]) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) == len(items) and not (
+            check_unicode and not all(k.isascii() or _valid(k) for k in out)
+        ):
+            return out
+        bad.append(True)
+        dup = _Dup(out)
+        seen: set[str] = set()
+        for k, _ in items:
+            if not (k.isascii() or _valid(k)):
+                dup.dup = k.encode("utf-8", "backslashreplace").decode()
+                dup.why = "is not valid Unicode (a lone surrogate escape)"
+                break
+            if k in seen:
+                dup.dup = k
+                break
+            seen.add(k)
+        return dup
+
+    return pairs
+
+
+def _valid(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _find(v: Any, path: str = "") -> str | None:
@@ -62,12 +75,12 @@ def _find(v: Any, path: str = "") -> str | None:
 
 def load_json(body: bytes) -> Any:
     """json.loads, refusing a key given twice in any object (DuplicateKey)."""
-    value = json.loads(body, object_pairs_hook=_pairs)
-    if not isinstance(value, dict | list):
-        return value
-    found = _find(value)
-    if found is not None:
-        raise DuplicateKey(f"key {found}")
+    bad: list[bool] = []
+    # a lone surrogate can only come from a \u escape or from non-ASCII bytes
+    check_unicode = not body.isascii() or b"\\u" in body
+    value = json.loads(body, object_pairs_hook=_hook(check_unicode, bad))
+    if bad:
+        raise DuplicateKey(f"key {_find(value)}")
     return value
 
 

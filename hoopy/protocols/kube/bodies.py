@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from hoopy.masking import ValueMasker
-from hoopy.protocols.kube.strictload import DuplicateKey, load_json, load_yaml
+from hoopy.protocols.kube.strictload import AmbiguousKey, load_json, load_yaml
 
 MASKED = "hoopy:masked"
 MASKED_B64 = base64.b64encode(MASKED.encode()).decode()
@@ -89,7 +89,7 @@ def _decode(content_type: str, body: bytes) -> Any:
                 raise BodyError("YAML body too large")
             return load_yaml(body)
         return load_json(body)
-    except DuplicateKey as e:
+    except AmbiguousKey as e:
         raise BodyError(f"the request body is ambiguous: {e}") from None
     except (ValueError, yaml.YAMLError, RecursionError):
         raise BodyError("the request body is not valid JSON/YAML") from None

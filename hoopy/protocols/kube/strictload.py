@@ -2,9 +2,11 @@
 
 Why: hoopy judges a write on the body it decodes, and the cluster applies the body it
 decodes.  With a key given twice (`metadata: {namespace: a, namespace: b}`) each side
-picks one by its own rules: Python's json and PyYAML keep the last, Go's
-encoding/json too, sigs.k8s.io/yaml's strict mode refuses, and a YAML merge (`<<`)
-plus an explicit key is resolved by each library's own merge code.  A body where the
+picks one by its own rules: Python's json and PyYAML keep the last, and so do Go's
+JSON decoders; sigs.k8s.io/yaml documents duplicates as "ignored in an undefined
+order" (YAMLToJSON turns keys `1` and "1" into one JSON key in Go map order) and its
+strict mode refuses them; a YAML merge (`<<`) plus an explicit key is resolved by
+each library's own merge code.  A body where the
 answer depends on such rules is refused, so both sides read the same single value.
 Keys that are not valid Unicode (a lone `\\ud800` escape, which Go turns into U+FFFD
 and Python keeps) are refused too: two such keys can be one key to Go.
@@ -18,8 +20,9 @@ from typing import Any
 import yaml
 
 
-class DuplicateKey(ValueError):
-    """A key given twice in one object; the message names it (and where)."""
+class AmbiguousKey(ValueError):
+    """A key given twice in one object, or one the cluster could read as another; the
+    message names it (and where)."""
 
 
 class _Dup(dict[str, Any]):
@@ -74,13 +77,13 @@ def _find(v: Any, path: str = "") -> str | None:
 
 
 def load_json(body: bytes) -> Any:
-    """json.loads, refusing a key given twice in any object (DuplicateKey)."""
+    """json.loads, refusing a key given twice in any object (AmbiguousKey)."""
     bad: list[bool] = []
     # a lone surrogate can only come from a \u escape or from non-ASCII bytes
     check_unicode = not body.isascii() or b"\\u" in body
     value = json.loads(body, object_pairs_hook=_hook(check_unicode, bad))
     if bad:
-        raise DuplicateKey(f"key {_find(value)}")
+        raise AmbiguousKey(f"key {_find(value)}")
     return value
 
 
@@ -94,10 +97,14 @@ class _StrictLoader(yaml.SafeLoader):
     def _check(self, node: yaml.MappingNode) -> None:
         seen: set[str] = set()
         for key_node, _ in node.value:
-            key = _as_json_key(self.construct_object(key_node, deep=True))
+            value = self.construct_object(key_node, deep=True)
+            if isinstance(value, float):  # Go writes it as float32 'g': 1.0 and 1 collide
+                line = key_node.start_mark.line + 1
+                raise AmbiguousKey(f"key {value!r} is a floating-point number (line {line})")
+            key = _as_json_key(value)
             if key in seen:
                 line = key_node.start_mark.line + 1
-                raise DuplicateKey(
+                raise AmbiguousKey(
                     f"key {key!r} is given twice in one mapping (line {line}; a merge "
                     "(<<) counts too)"
                 )
@@ -106,7 +113,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _as_json_key(key: Any) -> str:
     """The JSON key sigs.k8s.io/yaml makes of a YAML key: `1` and "1", `true` and
-    "true" are one key to the cluster (Python keeps them apart)."""
+    "true" are one key to the cluster (Python keeps them apart), and which of the two
+    values it keeps is undefined (Go map order: YAMLToJSON's own documentation)."""
     if isinstance(key, bool):
         return "true" if key else "false"
     if key is None:
@@ -115,5 +123,5 @@ def _as_json_key(key: Any) -> str:
 
 
 def load_yaml(body: bytes) -> Any:
-    """yaml.safe_load, refusing a key given twice in any mapping (DuplicateKey)."""
+    """yaml.safe_load, refusing a key given twice in any mapping (AmbiguousKey)."""
     return yaml.load(body, Loader=_StrictLoader)

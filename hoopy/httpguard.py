@@ -25,8 +25,12 @@ from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("hoopy.http")
 
-HEAD_TIMEOUT = 10.0  # kube-apiserver allows 32 s; kubectl sends a head in one write
-IDLE_TIMEOUT = 120.0  # keep-alive (Go's clients drop idle connections after 90 s)
+# kube-apiserver (secure_serving.go): ReadHeaderTimeout 32 s, IdleTimeout 90 s.  kubectl
+# writes a head at once, so hoopy allows less; idle connections live longer than Go
+# clients keep them (90 s), so the client, not hoopy, closes an idle one (no race with
+# a request sent on a connection the server is closing).
+HEAD_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0
 
 
 class _GuardedHandler(RequestHandler):

@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.kubeemu.fixture import KUBECTL, start_emulator, start_hoopy
+from tests.kubefixture import KUBECTL, start_emulator, start_hoopy
 
 POLICY = """
 rules:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.kubeemu.fixture import KUBECTL, start_emulator, start_hoopy
+from tests.kubefixture import KUBECTL, start_emulator, start_hoopy
 
 
 class Echo(socketserver.BaseRequestHandler):

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from hoopy.gateway import Gateway
+from hoopy.httpguard import GuardedAppRunner
 from hoopy.recorder import read_events, verify_row
 
 log = logging.getLogger("hoopy.admin")
@@ -58,7 +59,7 @@ class AdminServer:
             return False
 
     async def start(self, host: str, port: int) -> int:
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = GuardedAppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
         await site.start()

@@ -3,8 +3,9 @@
 It starts a throwaway PostgreSQL (initdb from the installed binaries, SCRAM,
 loopback), loads a small fake customer schema, writes a config into a temp
 folder (dev OIDC issuer on, example policies), runs the gateway in-process and
-prints ready-to-paste agent commands with a fresh token.  Ctrl-C stops and
-removes everything.
+prints ready-to-paste agent commands with a fresh token.  With OpenSSH's server
+binaries it adds an SSH target (sshtarget.py); it always adds a Kubernetes target, the
+built-in API emulator (kubetarget.py).  Ctrl-C stops and removes everything.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import asyncpg
 
 from hoopy import pgcluster
 from hoopy.config import load_config
+from hoopy.kubetarget import NAMESPACE, DemoKube
 from hoopy.serve import Running, start
 from hoopy.sshtarget import DemoSshd
 
@@ -77,16 +80,42 @@ rules:
     columns: ["*.email", "customers.ssn"]
     detectors: [email, credit_card]
     match: {connectors: [app-db]}
+  - name: agents-read-the-demo-cluster
+    effect: allow
+    match: {groups: [agents], connectors: [demo-k8s], kubernetes: {verbs: [get, list, watch]}}
+  - name: no-deleting-in-the-cluster
+    effect: deny
+    reason: agents do not delete cluster objects
+    match: {connectors: [demo-k8s], kubernetes: {verbs: [delete, deletecollection]}}
+  - name: no-exec-in-the-demo-cluster
+    effect: deny
+    reason: the demo's API emulator would run it on this machine, not in a container
+    match: {connectors: [demo-k8s], kubernetes: {resources: [pods/exec, pods/attach]}}
+  - name: cluster-writes-need-ops
+    effect: require_approval
+    approvers: [ops]
+    timeout: 10m
+    match: {groups: [agents], connectors: [demo-k8s], kubernetes: {verbs: [create, update, patch]}}
+  - name: hide-emails-in-the-cluster
+    effect: mask
+    detectors: [email]
+    match: {connectors: [demo-k8s]}
 """
 
 
 def _config(
-    folder: Path, pg_port: int, ports: dict[str, int], sshd: DemoSshd | None = None
+    folder: Path,
+    pg_port: int,
+    ports: dict[str, int],
+    sshd: DemoSshd | None = None,
+    kube: DemoKube | None = None,
 ) -> Path:
     (folder / "connectors").mkdir()
     (folder / "policies").mkdir()
     if sshd is not None:
         (folder / "connectors" / "demo-ssh.yaml").write_text(sshd.connector())
+    if kube is not None:
+        (folder / "connectors" / "demo-k8s.yaml").write_text(kube.connector())
     (folder / "connectors" / "app-db.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{pg_port}\ndatabase: app\nuser: app_rw\n"
         "password: env:HOOPY_DEMO_DB_PASSWORD\nsslmode: disable\n"
@@ -98,6 +127,7 @@ def _config(
         f"  postgres: 127.0.0.1:{ports['postgres']}\n"
         f"  admin: 127.0.0.1:{ports['admin']}\n"
         + (f"  ssh: 127.0.0.1:{ports['ssh']}\n" if sshd is not None else "")
+        + (f"  kubernetes: 127.0.0.1:{ports['kubernetes']}\n" if kube is not None else "")
         + "tls: {cert: tls/cert.pem, key: tls/key.pem}\n"
         "state: sqlite:state/state.db\n"
         "admin_token: env:HOOPY_ADMIN_TOKEN\n"
@@ -141,7 +171,10 @@ def banner(folder: Path, running: Running, token: str) -> str:
     host, port = a["postgres"].rsplit(":", 1)
     cfg = folder / "hoopy.yaml"
     return (
-        _pg_banner(folder, host, port, token) + _ssh_banner(folder, running, token) + _tail(cfg, a)
+        _pg_banner(folder, host, port, token)
+        + _ssh_banner(folder, running, token)
+        + _kube_banner(folder, running)
+        + _tail(cfg, a)
     )
 
 
@@ -185,6 +218,34 @@ Try:  … 'rm -rf /tmp/x'  (denied by rule no-deleting, exit 126)   … 'touch /
 """
 
 
+def _kube_banner(folder: Path, running: Running) -> str:
+    if "kubernetes" not in running.addresses:
+        return ""
+    from hoopy.protocols.kube.kubeconfig import kubeconfig
+
+    cfg = folder / "hoopy.yaml"
+    # `hoopy kubeconfig demo-k8s --source dev:demo-agent`: kubectl runs hoopy's exec
+    # credential plugin, which mints a fresh dev-issuer token (group agents) each time
+    command = (sys.executable, "-m", "hoopy.cli")
+    kc = folder / "kubeconfig"
+    server = f"https://{running.addresses['kubernetes']}"
+    text = kubeconfig(running.gateway.config, cfg, "demo-k8s", "dev:demo-agent", server, command)
+    kc.write_text(text)
+    k = f"kubectl --kubeconfig {kc}"
+    return f"""
+Kubernetes as connector 'demo-k8s': hoopy in front of its built-in API emulator (not a
+real cluster: pods run nothing; see README).  The kubeconfig is `hoopy kubeconfig
+demo-k8s --source dev:demo-agent`'s:
+
+  {k} get pods -A
+
+Try:  {k} get secret -n {NAMESPACE} db-credentials -o yaml    (values masked)
+      {k} get configmap -n {NAMESPACE} app-config -o yaml      (e-mail masked)
+      {k} delete pod -n {NAMESPACE} worker-0    (denied by rule no-deleting-in-the-cluster)
+      {k} label pod -n {NAMESPACE} worker-0 tier=batch    (needs ops: hoopy approvals list)
+"""
+
+
 def _tail(cfg: Path, a: dict[str, str]) -> str:
     return f"""
 Mint more tokens:     hoopy token mint --config {cfg} --sub agent-2 --group agents
@@ -200,6 +261,7 @@ async def run_demo(ready: asyncio.Event | None = None) -> None:
     cluster: pgcluster.PgCluster | None = None
     running: Running | None = None
     sshd: DemoSshd | None = None
+    kube: DemoKube | None = None
     try:
         print("starting a throwaway PostgreSQL ...", flush=True)
         cluster = await asyncio.to_thread(pgcluster.create)
@@ -210,7 +272,9 @@ async def run_demo(ready: asyncio.Event | None = None) -> None:
         ports = {"postgres": _port(15432), "admin": _port(18080), "dev_issuer": _port(18081)}
         ports["ssh"] = _port(12222)
         sshd = await asyncio.to_thread(DemoSshd.start, folder / "sshd")
-        cfg = load_config(_config(folder, cluster.port, ports, sshd))
+        ports["kubernetes"] = _port(16443)
+        kube = await DemoKube.start(folder / "kube-emulator")
+        cfg = load_config(_config(folder, cluster.port, ports, sshd, kube))
         running = await start(cfg)
         assert running.dev_issuer is not None
         token = running.dev_issuer.mint("demo-agent", ["agents"], ttl=3600)
@@ -231,4 +295,6 @@ async def run_demo(ready: asyncio.Event | None = None) -> None:
             await asyncio.to_thread(cluster.destroy)
         if sshd is not None:
             sshd.stop()
+        if kube is not None:
+            await kube.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -38,6 +38,8 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from hoopy.httpguard import GuardedAppRunner
+
 KEY_FILE = "dev-issuer-key.json"
 ALGORITHM = "ES256"
 
@@ -199,7 +201,7 @@ class DevIssuer:
 
         If the issuer url was given with port 0 it now names the bound port.
         """
-        runner = web.AppRunner(self.app(), access_log=None)
+        runner = GuardedAppRunner(self.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:

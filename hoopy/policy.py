@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
+from hoopy.kubenames import generated_name_matches
+
 Effect = Literal["allow", "deny", "require_approval", "mask"]
 Outcome = Literal["allow", "deny", "require_approval"]
 
@@ -81,6 +83,9 @@ class Command:
     # What runs beside the text and is not part of it (a Bind's parameter values, one
     # string each, as an approver reads them): shown apart, never spliced into `text`.
     values: tuple[str, ...] = ()
+    # kubernetes: a create named by generateName: `name` is the prefix the cluster
+    # completes with 5 random characters (names rules judge every completion: kubenames)
+    generated_name: bool = False
 
     @property
     def tables(self) -> frozenset[str]:
@@ -424,11 +429,13 @@ def _kube_matches(k: KubeMatch, cmd: Command, every: bool = False) -> bool:
         (k.verbs, cmd.verb),
         (k.resources, cmd.resource),
         (k.namespaces, cmd.namespace),
-        (k.names, cmd.name),
+        (() if cmd.generated_name else k.names, cmd.name),
     )
     if not all(not pats or glob_any(pats, (val,)) for pats, val in checks):
         return False
     if k.ports and not _ports_match(k.ports, cmd, every):
+        return False
+    if k.names and cmd.generated_name and not generated_name_matches(k.names, cmd.name, every):
         return False
     return _shell_matches(k.commands, k.opaque, cmd, every)
 

@@ -12,8 +12,8 @@ import pytest
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.stream import WsApiClient
 
-from tests.kubeemu.__main__ import kubeconfig
-from tests.kubeemu.fixture import Emu, KubeHoopy, start_emulator, start_hoopy
+from hoopy.kubeemu.__main__ import kubeconfig
+from tests.kubefixture import Emu, KubeHoopy, start_emulator, start_hoopy
 
 POLICY = """
 rules:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.integration.test_kube_hostile import call
-from tests.kubeemu.fixture import (
+from tests.kubefixture import (
     Emu,
     KubeHoopy,
     start_hoopy,
@@ -37,7 +37,7 @@ rules:
     match: {kubernetes: {verbs: [create], names: ["admin-*"]}}
 """
 
-pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
+pytest_plugins = ["tests.kubefixture"]  # the emulator fixture, `emu`
 
 
 @pytest.fixture(scope="module")

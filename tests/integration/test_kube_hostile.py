@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.kubeemu.fixture import (
+from tests.kubefixture import (
     Emu,
     KubeHoopy,
     start_hoopy,
@@ -33,7 +33,7 @@ rules:
     match: {kubernetes: {namespaces: [kube-system]}}
 """
 
-pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
+pytest_plugins = ["tests.kubefixture"]  # the emulator fixture, `emu`
 
 
 @pytest.fixture(scope="module")

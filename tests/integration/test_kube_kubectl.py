@@ -1,4 +1,4 @@
-"""Real kubectl 1.32 through hoopy to the Kubernetes API emulator (tests/kubeemu):
+"""Real kubectl 1.32 through hoopy to the Kubernetes API emulator (hoopy/kubeemu):
 everyday commands, policy on verbs/resources/namespaces/exec commands, cross-namespace
 lists and watches, Secret masking in every output shape, exec with and without TTY."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kubeemu.fixture import (
+from tests.kubefixture import (
     KUBECTL,
     Emu,
     KubeHoopy,
@@ -52,7 +52,7 @@ rules:
 """
 SECRET_VALUE = "s3cr3t-Value-9f8e7d"
 
-pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
+pytest_plugins = ["tests.kubefixture"]  # the emulator fixture, `emu`
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ import pytest
 
 from hoopy.protocols.kube import spdy
 from hoopy.protocols.kube.pfrelay import PROTOCOL
-from tests.kubeemu.fixture import KUBECTL, Emu, KubeHoopy, start_hoopy
+from tests.kubefixture import KUBECTL, Emu, KubeHoopy, start_hoopy
 
-pytest_plugins = ["tests.kubeemu.fixture"]  # the emulator fixture, `emu`
+pytest_plugins = ["tests.kubefixture"]  # the emulator fixture, `emu`
 
 
 @dataclass

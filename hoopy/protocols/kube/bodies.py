@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from hoopy.masking import ValueMasker
+from hoopy.protocols.kube.strictload import AmbiguousKey, load_json, load_yaml
 
 MASKED = "hoopy:masked"
 MASKED_B64 = base64.b64encode(MASKED.encode()).decode()
@@ -40,15 +40,7 @@ def body_namespace(content_type: str, body: bytes) -> list[str]:
         return []
     if "protobuf" in content_type:
         return _protobuf_namespace(body)
-    try:
-        if "yaml" in content_type:
-            if len(body) > MAX_YAML:
-                raise BodyError("YAML body too large")
-            value = yaml.safe_load(body)
-        else:
-            value = json.loads(body)
-    except (ValueError, yaml.YAMLError, RecursionError):
-        raise BodyError("the request body is not valid JSON/YAML") from None
+    value = _decode(content_type, body)
     if isinstance(value, list):  # JSON patch: ops on /metadata/namespace
         return _patch_namespaces(value)
     if not isinstance(value, dict):
@@ -62,28 +54,45 @@ def body_namespace(content_type: str, body: bytes) -> list[str]:
 def body_name(content_type: str, body: bytes) -> str:
     """The `metadata.name` of a create's body ("" when none): a create's path has no
     name, so name rules are judged on this one."""
+    return body_names(content_type, body)[0]
+
+
+def body_names(content_type: str, body: bytes) -> tuple[str, str]:
+    """A create body's `metadata.name` and `metadata.generateName` ("" when absent).
+    The cluster uses generateName only when name is empty."""
     if not body:
-        return ""
+        return "", ""
     if "protobuf" in content_type:
         if not body.startswith(PROTOBUF_MAGIC):
             raise BodyError("not a Kubernetes protobuf envelope")
-        name = _field(_message(_field(body[4:], 2) or b"", 1), 1)
+        pb = _message(_field(body[4:], 2) or b"", 1)  # ObjectMeta: name 1, generateName 2
         try:
-            return name.decode() if name else ""
+            return (_field(pb, 1) or b"").decode(), (_field(pb, 2) or b"").decode()
         except UnicodeDecodeError:
             raise BodyError("undecodable name in protobuf") from None
+    value = _decode(content_type, body)
+    meta = value.get("metadata") if isinstance(value, dict) else None
+    if not isinstance(meta, dict):
+        return "", ""
+    name, generate = meta.get("name"), meta.get("generateName")
+    return (
+        name if isinstance(name, str) else "",
+        generate if isinstance(generate, str) else "",
+    )
+
+
+def _decode(content_type: str, body: bytes) -> Any:
+    """A JSON or YAML body, read strictly (strictload.py: no key twice)."""
     try:
         if "yaml" in content_type:
             if len(body) > MAX_YAML:
                 raise BodyError("YAML body too large")
-            value = yaml.safe_load(body)
-        else:
-            value = json.loads(body)
+            return load_yaml(body)
+        return load_json(body)
+    except AmbiguousKey as e:
+        raise BodyError(f"the request body is ambiguous: {e}") from None
     except (ValueError, yaml.YAMLError, RecursionError):
         raise BodyError("the request body is not valid JSON/YAML") from None
-    meta = value.get("metadata") if isinstance(value, dict) else None
-    name = meta.get("name") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) else ""
 
 
 def _patch_namespaces(ops: list[Any]) -> list[str]:

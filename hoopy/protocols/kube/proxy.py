@@ -42,10 +42,11 @@ from hoopy.errors import (
     UnknownConnector,
 )
 from hoopy.gateway import Gateway
+from hoopy.httpguard import GuardedServer
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
 from hoopy.protocols.kube import execrelay, pfrelay
-from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
+from hoopy.protocols.kube.bodies import BodyError, Inspector, body_names, body_namespace
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
     RequestInfo,
@@ -121,7 +122,7 @@ class KubeListener:
 
     async def start(self, host: str, port: int) -> int:
         # A bare web.Server: every path is this one handler's (no router, no middlewares)
-        server = web.Server(self.handle, access_log=None)
+        server = GuardedServer(self.handle, access_log=None)  # bounded request heads
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self.tls, backlog=512)
@@ -328,6 +329,7 @@ class _Request:
                 "Forbidden",
                 f"hoopy does not relay the API server's proxy ({info.full_resource or 'proxy'})",
             )
+        name = generate = ""
         if info.verb == "create" and not info.name and not info.connect:
             # the name of what is created is in the body: name rules judge that one
             try:
@@ -337,12 +339,15 @@ class _Request:
                 self._record(info)
                 return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
             try:
-                name = body_name(self.request.headers.get("Content-Type", ""), self.early or b"")
+                ctype = self.request.headers.get("Content-Type", "")
+                name, generate = body_names(ctype, self.early or b"")
             except BodyError as e:
-                raise ProtocolError(str(e)) from None
-            if name:
-                info = dataclasses.replace(info, name=name)
+                raise self._bad_body(info, e) from None
+            if name or generate:
+                info = dataclasses.replace(info, name=name or generate)
         command = _command(self.connector.name, info, q, self.request.method)
+        if info.verb == "create" and not name and generate:
+            command = _generated(command)
         try:
             decision = await self.session.check(command)
         except CommandDenied as e:
@@ -418,12 +423,18 @@ class _Request:
         try:
             names = body_namespace(ctype, bytes(body))
         except BodyError as e:
-            raise ProtocolError(str(e)) from None
+            raise self._bad_body(info, e) from None
         if any(n != info.namespace for n in names) and info.resource != "namespaces":
             raise ProtocolError(
                 "the namespace of the request body does not match the namespace of the path"
             )
         return bytes(body)
+
+    def _bad_body(self, info: RequestInfo, e: BodyError) -> ProtocolError:
+        """A body hoopy cannot read as the cluster would: recorded, answered 400."""
+        self.status, self.decision = 400, "refused"
+        self._record(info, reason=str(e))
+        return ProtocolError(str(e))
 
     def _inspector(self, info: RequestInfo, decision: Decision | None) -> Inspector | None:
         if decision is None or info.subresource not in ("", "status"):
@@ -759,6 +770,16 @@ def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method:
         namespace=info.namespace,
         name=info.name,
         fingerprint=base,
+    )
+
+
+def _generated(cmd: Command) -> Command:
+    """A create named by generateName: its name is a prefix (policy.generated_name)."""
+    return dataclasses.replace(
+        cmd,
+        text=cmd.text + "<5 random characters> (generateName)",
+        fingerprint=cmd.fingerprint + "\0generateName",
+        generated_name=True,
     )
 
 

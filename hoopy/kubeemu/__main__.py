@@ -1,4 +1,4 @@
-"""`python -m tests.kubeemu --dir D [--port N]`: run the emulator over HTTPS.
+"""`python -m hoopy.kubeemu --dir D [--port N]`: run the emulator over HTTPS.
 
 Writes D/ca.pem (self-signed CA = the server certificate), D/key.pem, D/token and
 D/kubeconfig (a direct kubeconfig for the emulator), then prints
@@ -17,8 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 from hoopy.config import TLSFiles
+from hoopy.kubeemu.server import Emulator
 from hoopy.tlsutil import ensure_pair
-from tests.kubeemu.server import Emulator
 
 
 def kubeconfig(server: str, ca: Path, token: str, name: str = "emu") -> str:

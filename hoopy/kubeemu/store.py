@@ -8,6 +8,7 @@ watches replay from a given resourceVersion before waiting for new events.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import datetime as dt
 import uuid
@@ -142,12 +143,12 @@ class Store:
 
         asyncio.get_running_loop().create_task(notify())
 
-    def since(self, rv: int, resource: str) -> list[tuple[int, str, dict[str, Any]]]:
+    def since(self, rv: int, resource: str) -> builtins.list[tuple[int, str, dict[str, Any]]]:
         if self.history and rv and rv < self.history[0][0] - 1:
             raise Gone()
         return [(r, t, o) for r, t, res, o in self.history if r > rv and res == resource]
 
-    def append_log(self, ns: str, pod: str, lines: list[str], close: bool) -> None:
+    def append_log(self, ns: str, pod: str, lines: builtins.list[str], close: bool) -> None:
         self.logs.setdefault((ns, pod), []).extend(lines)
         if close:
             self.log_closed.add((ns, pod))

@@ -25,8 +25,8 @@ from urllib.parse import parse_qs
 import yaml
 from aiohttp import web
 
-from tests.kubeemu import attach, execws, portforward, protobuf
-from tests.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
+from hoopy.kubeemu import attach, execws, portforward, protobuf
+from hoopy.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
 
 JSON = "application/json"
 
@@ -261,7 +261,7 @@ class Emulator:
             return status(400, "BadRequest", f"cannot decode body: {e}")
         if not isinstance(obj, dict | list):
             return status(400, "BadRequest", "body must be an object")
-        return obj  # type: ignore[return-value]
+        return obj
 
     def _check_ns(self, kind: Kind, ns: str, obj: dict[str, Any]) -> web.Response | None:
         body_ns = obj.get("metadata", {}).get("namespace")
@@ -285,7 +285,9 @@ class Emulator:
             return bad
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + secrets.token_hex(3)
+            # as kube-apiserver: cut to 58, plus 5 of utilrand's characters
+            tail = "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+            meta["name"] = meta["generateName"][:58] + tail
         if not meta.get("name"):
             return status(422, "Invalid", "metadata.name: Required value")
         if self.store.get(kind, ns, meta["name"]) is not None:

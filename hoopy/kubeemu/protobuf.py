@@ -68,6 +68,7 @@ def fields(b: bytes) -> list[tuple[int, Any]]:
     out: list[tuple[int, Any]] = []
     i = 0
     while i < len(b):
+        v: Any
         key, i = _varint(b, i)
         num, wire = key >> 3, key & 7
         if wire == 0:

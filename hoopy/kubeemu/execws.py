@@ -26,7 +26,7 @@ PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 def _flag(q: dict[str, list[str]], name: str) -> bool:
     """As kube-apiserver reads a bool parameter: absent, "0" or "false" is false."""
     v = q.get(name)
-    return bool(v) and v[0] != "0" and v[0].lower() != "false"
+    return v is not None and bool(v) and v[0] != "0" and v[0].lower() != "false"
 
 
 def exit_status(code: int) -> dict[str, Any]:

@@ -21,10 +21,11 @@ import struct
 import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.kubeemu.execws import PROTOCOLS, exit_status
+from hoopy.kubeemu.execws import PROTOCOLS, exit_status
 
 Send = Callable[[int, bytes], Awaitable[None]]
 
@@ -118,7 +119,8 @@ async def serve(
     p.listeners.add(send)
     reader = asyncio.ensure_future(_read_client(ws, p))
     try:
-        await asyncio.wait({reader, p.code}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {reader, p.code}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         p.listeners.discard(send)
         reader.cancel()  # before closing: close() reads the client's close frame itself

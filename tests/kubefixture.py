@@ -67,11 +67,11 @@ class Emu:
 
 def start_emulator(folder: Path) -> Emu:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.kubeemu", "--dir", str(folder)],
+        [sys.executable, "-m", "hoopy.kubeemu", "--dir", str(folder)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        cwd=str(Path(__file__).resolve().parents[2]),
+        cwd=str(Path(__file__).resolve().parents[1]),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

@@ -12,6 +12,11 @@ the same TLS settings and a fresh connection pool per run.  Targets (issue 12):
 added median latency <= 2 ms, >= 0.5x direct throughput, exec >= 50 MB/s.
 
     PYTHONPATH=. python3 bench/kube.py [--gets 2000] [--lists 200] [--mb 100] [--rounds 3]
+        [--compare DIR]
+
+--compare DIR also runs a second hoopy from the source tree DIR (say an export of the
+commit before a change) in every round, after the other two: before/after numbers
+taken side by side.
 """
 
 from __future__ import annotations
@@ -145,10 +150,19 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=500)
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compare", type=Path, help="a second hoopy source tree to compare")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         emu = start_emulator(Path(d) / "emu")
         h = start_hoopy(Path(d) / "hoopy", emu, POLICY)
+        other = None
+        if a.compare:
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = str(a.compare.resolve())
+            try:
+                other = start_hoopy(Path(d) / "other", emu, POLICY)
+            finally:
+                os.environ["PYTHONPATH"] = saved or ""
         try:
             emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}})
             for i in range(a.pods):
@@ -169,6 +183,12 @@ def main() -> None:
                 (f"{a.lists} LIST {a.pods} pods, conc 10", lists, 10),
             )
             results: dict[str, list[tuple[float, float]]] = {n: [] for n, _, _ in loads}
+            if other is not None:
+                otoken = other.token(ttl=3600)
+                ovia = f"{other.server}/k8s/cluster"
+                asyncio.run(load(ovia, other.ca, otoken, gets[:50], 10))
+                m.pids["other"] = other.proc.pid
+                results.update({f"{n} [{a.compare}]": [] for n, _, _ in loads})
             print("load average at start:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
             for r in range(a.rounds):
                 print(f"-- round {r + 1}/{a.rounds}")
@@ -176,6 +196,9 @@ def main() -> None:
                     direct = m.run(emu.url, emu_ca, emu.token, paths, conc)
                     through = m.run(via, h.ca, token, paths, conc)
                     results[name].append(report(name.split(",")[0], direct, through))
+                    if other is not None:
+                        o = m.run(ovia, other.ca, otoken, paths, conc)
+                        results[f"{name} [{a.compare}]"].append(report("  compare", direct, o))
             print("load average at end:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
             for name, res in results.items():
                 summary(name, res)
@@ -192,6 +215,8 @@ def main() -> None:
             )
         finally:
             h.stop()
+            if other is not None:
+                other.stop()
             emu.stop()
 
 

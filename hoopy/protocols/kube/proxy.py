@@ -44,7 +44,7 @@ from hoopy.errors import (
 from hoopy.gateway import Gateway
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
-from hoopy.protocols.kube import execrelay
+from hoopy.protocols.kube import execrelay, h1
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_name, body_namespace
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
@@ -114,6 +114,7 @@ class KubeListener:
         self.idle = idle
         self.upstreams: dict[str, Upstream] = {}
         self._tokens: dict[str, Identity] = {}
+        self._admitted: dict[tuple[str, str, frozenset[str], str], KubeConnector] = {}
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
         self._runner: web.ServerRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -197,6 +198,19 @@ class KubeListener:
         self._tokens[key] = identity
         return identity
 
+    def _admit(self, identity: Identity, name: str) -> KubeConnector:
+        """gw.admit, remembered: it depends only on who it is and the policies, which
+        do not change while hoopy runs (the token itself is checked every request)."""
+        key = (identity.issuer, identity.subject, identity.groups, name)
+        connector = self._admitted.get(key)
+        if connector is None:
+            admitted = self.gw.admit(identity, name, "kubernetes")
+            assert isinstance(admitted, KubeConnector)
+            if len(self._admitted) >= TOKEN_CACHE:
+                self._admitted.clear()
+            connector = self._admitted[key] = admitted
+        return connector
+
     def upstream(self, connector: KubeConnector) -> Upstream:
         up = self.upstreams.get(connector.name)
         if up is None:
@@ -221,8 +235,7 @@ class KubeListener:
         identity: Identity | None = None
         try:
             identity = await self._identity(request)
-            connector = self.gw.admit(identity, name, "kubernetes")
-            assert isinstance(connector, KubeConnector)
+            connector = self._admit(identity, name)
         except HoopyError as e:
             if not isinstance(e, UnknownConnector):
                 self.gw.record_rejection("kubernetes", client, name, e.message, True, identity)
@@ -308,8 +321,7 @@ class _Request:
 
     async def run(self) -> web.StreamResponse:
         try:
-            q = parse_query(self.query)
-            info = request_info(self.request.method, self.path, q)
+            q, info = _parsed(self.request.method, self.path, self.query)
         except PathRejected as e:
             self.status, self.decision = 400, "refused"
             self.session.record(
@@ -485,14 +497,13 @@ class _Request:
         if decision is not None and info.subresource == "log" and decision.masks.detectors:
             masker = self._masker(decision)
         up = self.listener.upstream(self.connector)
-        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        pool = up.pool()
+        target = up.prefix + self.path + ("?" + self.query if self.query else "")
         headers = self._headers(inspector is not None)
         groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
         hdrs: Any = list(headers.items()) + [("Impersonate-Group", g) for g in groups]
         try:
-            async with up.http().request(
-                self.request.method, url, headers=hdrs, data=body, allow_redirects=False
-            ) as resp:
+            async with pool.request(self.request.method, target, hdrs, body) as resp:
                 return await self._respond(info, resp, inspector, masker)
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning(
@@ -511,7 +522,7 @@ class _Request:
     async def _respond(
         self,
         info: RequestInfo,
-        resp: aiohttp.ClientResponse,
+        resp: h1.Response,
         inspector: Inspector | None,
         masker: ValueMasker | None,
     ) -> web.StreamResponse:
@@ -565,7 +576,7 @@ class _Request:
         return json.dumps(inspector.value(value), separators=(",", ":")).encode()
 
     async def _watch(
-        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, inspector: Inspector
+        self, resp: h1.Response, out: web.StreamResponse, inspector: Inspector
     ) -> None:
         async for line in _lines(resp):
             if not line.strip():
@@ -580,9 +591,7 @@ class _Request:
             await out.write(data)
             self._out(data)
 
-    async def _lines(
-        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, masker: ValueMasker
-    ) -> None:
+    async def _lines(self, resp: h1.Response, out: web.StreamResponse, masker: ValueMasker) -> None:
         async for line in _lines(resp):
             text, _ = masker.mask_text(line.decode("utf-8", "replace"))
             data = text.encode()
@@ -669,6 +678,23 @@ class _Visibility:
         return hit
 
 
+_PARSED: dict[tuple[str, str, str], tuple[dict[str, list[str]], RequestInfo]] = {}
+
+
+def _parsed(method: str, path: str, query: str) -> tuple[dict[str, list[str]], RequestInfo]:
+    """parse_query + request_info, remembered (both are pure functions of their input;
+    agents repeat the same few paths).  Rejections are not remembered: they raise."""
+    key = (method, path, query)
+    hit = _PARSED.get(key)
+    if hit is None:
+        q = parse_query(query)
+        hit = (q, request_info(method, path, q))
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        _PARSED[key] = hit
+    return hit
+
+
 def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method: str) -> Command:
     where = f"{info.namespace}/{info.name}" if info.namespace else info.name
     text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
@@ -702,7 +728,7 @@ def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method:
     )
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> Any:
+async def _lines(resp: h1.Response) -> Any:
     """Newline-terminated lines of a streamed body (the last one may lack its newline)."""
     buf = bytearray()
     async for chunk in resp.content.iter_any():
@@ -721,7 +747,7 @@ async def _lines(resp: aiohttp.ClientResponse) -> Any:
         yield bytes(buf)
 
 
-async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_all(resp: h1.Response) -> bytes:
     body = bytearray()
     async for chunk in resp.content.iter_any():
         body += chunk

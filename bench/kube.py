@@ -157,12 +157,15 @@ def main() -> None:
         h = start_hoopy(Path(d) / "hoopy", emu, POLICY)
         other = None
         if a.compare:
-            saved = os.environ.get("PYTHONPATH")
+            # `python -m` puts the working directory first on sys.path: start there
+            saved, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
             os.environ["PYTHONPATH"] = str(a.compare.resolve())
+            os.chdir(a.compare)
             try:
                 other = start_hoopy(Path(d) / "other", emu, POLICY)
             finally:
                 os.environ["PYTHONPATH"] = saved or ""
+                os.chdir(cwd)
         try:
             emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": "bench"}})
             for i in range(a.pods):

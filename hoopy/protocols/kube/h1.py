@@ -52,6 +52,7 @@ class ResponseReader:
         self.done = False
         self.reusable = False  # may the connection carry another request?
         self.got_bytes = False
+        self.taken = False  # has any of the body been taken?
         self._buf = bytearray()
         self._body: list[bytes] = []
         self.buffered = 0
@@ -106,6 +107,7 @@ class ResponseReader:
         raise UpstreamError("the cluster closed the connection in the middle of an answer")
 
     def take(self) -> list[bytes]:
+        self.taken = True
         body, self._body = self._body, []
         self.buffered = 0
         return body
@@ -304,6 +306,14 @@ class Response:
         self.headers = CIMultiDictProxy(CIMultiDict(reader.headers))
         self.content_length = reader.length
         self.content = self  # resp.content.iter_any(), as aiohttp spells it
+
+    def whole(self) -> bytes | None:
+        """The whole body if it has all arrived and none of it was taken, else None."""
+        r = self._reader
+        if not r.done or r.taken:
+            return None
+        body = r.take()
+        return body[0] if len(body) == 1 else b"".join(body)
 
     async def iter_any(self) -> Any:
         r, conn = self._reader, self._conn

@@ -354,7 +354,7 @@ class _Request:
                 raise ProtocolError(str(e)) from None
             if name:
                 info = dataclasses.replace(info, name=name)
-        command = _command(self.connector.name, info, q, self.request.method)
+        command = _cached_command(self.connector.name, info, q, self.request.method, self.query)
         try:
             decision = await self.session.check(command)
         except CommandDenied as e:
@@ -695,6 +695,23 @@ def _parsed(method: str, path: str, query: str) -> tuple[dict[str, list[str]], R
     return hit
 
 
+_COMMANDS: dict[tuple[str, str, RequestInfo, str], Command] = {}
+
+
+def _cached_command(
+    connector: str, info: RequestInfo, q: dict[str, list[str]], method: str, query: str
+) -> Command:
+    """_command, remembered: it is a function of these (q is read from query)."""
+    key = (connector, method, info, query)
+    command = _COMMANDS.get(key)
+    if command is None:
+        command = _command(connector, info, q, method)
+        if len(_COMMANDS) >= 4096:
+            _COMMANDS.clear()
+        _COMMANDS[key] = command
+    return command
+
+
 def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method: str) -> Command:
     where = f"{info.namespace}/{info.name}" if info.namespace else info.name
     text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
@@ -748,6 +765,9 @@ async def _lines(resp: h1.Response) -> Any:
 
 
 async def _read_all(resp: h1.Response) -> bytes:
+    whole = resp.whole()
+    if whole is not None and len(whole) <= MAX_INSPECTED:  # (a small answer: one piece)
+        return whole
     body = bytearray()
     async for chunk in resp.content.iter_any():
         body += chunk

@@ -85,6 +85,7 @@ def test_answers_without_a_body(method: str, data: bytes) -> None:
         OK + b"HTTP/1.1 200 OK\r\n",  # bytes after the answer: out of step
         OK.replace(b"Content-Type", b"Connection: close\r\nContent-Type"),
         CHUNKED + b"x",
+        OK.replace(b"HTTP/1.1", b"HTTP/1.0"),
     ],
 )
 def test_not_reusable(data: bytes) -> None:
@@ -106,6 +107,10 @@ def test_not_reusable(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nWarning: a\nImpersonate-User: b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nWarning: a\rb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nWarning: a\x00b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX\xff: a\r\n\r\n",
         b"HTTP/2 200\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
@@ -120,6 +125,16 @@ def test_framing_hoopy_cannot_be_sure_of_is_refused(data: bytes) -> None:
         read("GET", data)
     with pytest.raises(UpstreamError):
         read("GET", data, 1)
+
+
+def test_http10_keep_alive_is_reusable() -> None:
+    r = read(
+        "GET",
+        OK.replace(b"HTTP/1.1", b"HTTP/1.0").replace(
+            b"\r\n\r\n", b"\r\nConnection: Keep-Alive\r\n\r\n"
+        ),
+    )
+    assert r.done and r.reusable
 
 
 def test_two_equal_lengths_are_one() -> None:

@@ -32,6 +32,8 @@ HIGH_WATER = 1024 * 1024  # body bytes buffered before reading pauses
 CONNECT_TIMEOUT = 10.0
 _NO_BODY = frozenset((204, 304))
 _RETRYABLE = frozenset(("GET", "HEAD"))  # resent once when a reused connection was stale
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an RFC 9110 header name
+_BAD_HEAD = re.compile(r"\r(?!\n)|(?<!\r)\n|\x00")  # a lone CR or LF, a NUL
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")  # would end or split the request line
 
 
@@ -131,17 +133,20 @@ class ResponseReader:
                 return
             if end > MAX_HEAD:
                 raise UpstreamError("the cluster's response headers are too large")
-            head = bytes(self._buf[:end])
+            head = self._buf[:end].decode("utf-8", "surrogateescape")
             del self._buf[: end + 4]
-            lines = head.split(b"\r\n")
+            if _BAD_HEAD.search(head):
+                raise UpstreamError("the cluster answered a malformed header line")
+            lines = head.split("\r\n")
             status = _status(lines[0])
             if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
                 if status == 101:
                     raise UpstreamError("the cluster switched protocols on a plain request")
                 continue
             self.status = status
-            self.headers = _headers(lines[1:])
+            self.headers = _headers(lines)
             self.have_head = True
+            self._close = lines[0].startswith("HTTP/1.0")  # (1.0 closes unless it says)
             self._frame()
 
     def _frame(self) -> None:
@@ -155,8 +160,9 @@ class ResponseReader:
                 if value.strip().lower() != "chunked" or chunked:
                     raise UpstreamError(f"unsupported Transfer-Encoding from the cluster: {value}")
                 chunked = True
-            elif low == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
-                self._close = True
+            elif low == "connection":
+                tokens = {t.strip().lower() for t in value.split(",")}
+                self._close = "close" in tokens or (self._close and "keep-alive" not in tokens)
         if len(lengths) > 1 or (lengths and chunked):
             raise UpstreamError("the cluster's answer has conflicting lengths")
         if lengths:
@@ -209,28 +215,25 @@ class ResponseReader:
                 self._finish()
 
 
-def _status(line: bytes) -> int:
-    parts = line.split(b" ", 2)
-    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+def _status(line: str) -> int:
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
         raise UpstreamError("the cluster did not answer HTTP/1.1")
     code = parts[1]
-    if len(code) != 3 or not code.isdigit():
+    if len(code) != 3 or not code.isascii() or not code.isdigit():
         raise UpstreamError("the cluster answered an invalid status line")
     return int(code)
 
 
-def _headers(lines: list[bytes]) -> list[tuple[str, str]]:
+def _headers(lines: list[str]) -> list[tuple[str, str]]:
+    """The header lines (lines[0] is the status line) as (name, value) pairs."""
     out = []
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+    token = _TOKEN.match
+    for i in range(1, len(lines)):
+        name, sep, value = lines[i].partition(":")
+        if not sep or token(name) is None:  # (a folded line starts with a blank: no token)
             raise UpstreamError("the cluster answered a malformed header line")
-        out.append(
-            (
-                name.decode("utf-8", "surrogateescape"),
-                value.strip(b" \t").decode("utf-8", "surrogateescape"),
-            )
-        )
+        out.append((name, value.strip(" \t")))
     return out
 
 

@@ -4,10 +4,11 @@
 pod and 200 LIST pods (500 pods) at concurrency 10 (aiohttp client, JSON; on 2
 cores the client, hoopy and the emulator share the CPU), then a 100 MB
 `kubectl exec -i … -- wc -c` stream.  The request loads run direct and through
-hoopy back to back, interleaved, for --rounds rounds (the machine is shared: only
-numbers taken side by side compare); each line is one round, the summary gives the
-medians over rounds and their spread, the load average, and the CPU each process
-spent per request (so a slow client would show).  Both legs use the same client,
+hoopy back to back (in an order that rotates each round), for --rounds rounds (the
+machine is shared: only numbers taken side by side compare); each line is one round,
+the summary gives the medians over rounds and their spread, the load average, and
+the CPU each process spent per request (so a slow client would show; hoopy's CPU
+per request is the figure the machine's load blurs least).  Both legs use the same client,
 the same TLS settings and a fresh connection pool per run.  Targets (issue 12):
 added median latency <= 2 ms, >= 0.5x direct throughput, exec >= 50 MB/s.
 
@@ -15,8 +16,8 @@ added median latency <= 2 ms, >= 0.5x direct throughput, exec >= 50 MB/s.
         [--compare DIR]
 
 --compare DIR also runs a second hoopy from the source tree DIR (say an export of the
-commit before a change) in every round, after the other two: before/after numbers
-taken side by side.
+commit before a change) in every round, as a third leg: before/after numbers taken
+side by side.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Run:
         return len(self.lat) / self.wall
 
 
-def report(name: str, d: Run, v: Run) -> tuple[float, float]:
+def report(name: str, d: Run, v: Run, proxy: str = "hoopy") -> tuple[float, float, float]:
     added, ratio = v.median_ms - d.median_ms, v.rate / d.rate
 
     def costs(run: Run) -> str:
@@ -115,16 +116,19 @@ def report(name: str, d: Run, v: Run) -> tuple[float, float]:
         f"  ratio {ratio:.2f}x\n{'':10} cpu ms/request direct: {costs(d)}  via: {costs(v)}",
         flush=True,
     )
-    return added, ratio
+    return added, ratio, v.cpu_ms.get(proxy, 0.0)
 
 
-def summary(name: str, results: list[tuple[float, float]]) -> None:
-    added = sorted(a for a, _ in results)
-    ratio = sorted(r for _, r in results)
+def summary(name: str, results: list[tuple[float, float, float]]) -> None:
+    added = sorted(a for a, _, _ in results)
+    ratio = sorted(r for _, r, _ in results)
+    cost = sorted(c for _, _, c in results)
     print(
         f"== {name:24} added median {statistics.median(added):+5.2f} ms"
         f" (spread {added[0]:+.2f}..{added[-1]:+.2f})"
         f"  ratio median {statistics.median(ratio):.2f}x (spread {ratio[0]:.2f}..{ratio[-1]:.2f})"
+        f"  hoopy cpu median {statistics.median(cost):.3f} ms/request"
+        f" (spread {cost[0]:.3f}..{cost[-1]:.3f})"
     )
 
 
@@ -185,7 +189,7 @@ def main() -> None:
                 (f"{a.gets} GET pod, conc 10", gets, 10),
                 (f"{a.lists} LIST {a.pods} pods, conc 10", lists, 10),
             )
-            results: dict[str, list[tuple[float, float]]] = {n: [] for n, _, _ in loads}
+            results: dict[str, list[tuple[float, float, float]]] = {n: [] for n, _, _ in loads}
             if other is not None:
                 otoken = other.token(ttl=3600)
                 ovia = f"{other.server}/k8s/cluster"
@@ -196,12 +200,17 @@ def main() -> None:
             for r in range(a.rounds):
                 print(f"-- round {r + 1}/{a.rounds}")
                 for name, paths, conc in loads:
-                    direct = m.run(emu.url, emu_ca, emu.token, paths, conc)
-                    through = m.run(via, h.ca, token, paths, conc)
-                    results[name].append(report(name.split(",")[0], direct, through))
+                    # the legs in a rotating order, so none is always first or last
+                    legs = [("direct", emu.url, emu_ca, emu.token), ("via", via, h.ca, token)]
                     if other is not None:
-                        o = m.run(ovia, other.ca, otoken, paths, conc)
-                        results[f"{name} [{a.compare}]"].append(report("  compare", direct, o))
+                        legs.append(("other", ovia, other.ca, otoken))
+                    legs = legs[r % len(legs) :] + legs[: r % len(legs)]
+                    runs = {leg: m.run(url, ca, tok, paths, conc) for leg, url, ca, tok in legs}
+                    results[name].append(report(name.split(",")[0], runs["direct"], runs["via"]))
+                    if other is not None:
+                        results[f"{name} [{a.compare}]"].append(
+                            report("  compare", runs["direct"], runs["other"], "other")
+                        )
             print("load average at end:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
             for name, res in results.items():
                 summary(name, res)

@@ -441,7 +441,7 @@ class _Request:
         if decision is None or info.subresource not in ("", "status"):
             return None  # pods/log is masked line by line; other subresources are not objects
         masker = None
-        if decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
+        if decision.masks and decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
             masker = self._masker(decision)
         visible = None
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)

@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any, cast
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 MAX_HEAD = 64 * 1024  # status line + headers of one answer
 MAX_IDLE = 64  # idle keep-alive connections kept per cluster
@@ -73,13 +73,18 @@ class ResponseReader:
                 self._extra, self.reusable = True, False
             return
         if not self.have_head:
-            self._buf += data
-            self._parse_head()
-            if not self.have_head or self.done:
+            if self._buf:  # the start of the head came earlier
+                data, self._buf = bytes(self._buf) + data, bytearray()
+            rest = self._parse_head(data)
+            if rest is None:
                 return
-            data, self._buf = bytes(self._buf), bytearray()
-            if not data:
+            if self.done:  # an answer without a body
+                if rest:
+                    self._extra, self.reusable = True, False
                 return
+            if not rest:
+                return
+            data = rest
         if self._mode == "length":
             if len(data) >= self._left:
                 if len(data) > self._left:
@@ -124,17 +129,19 @@ class ResponseReader:
         self.done = True
         self.reusable = not (self._close or self._buf or self._extra)
 
-    def _parse_head(self) -> None:
-        while not self.have_head:
-            end = self._buf.find(b"\r\n\r\n")
+    def _parse_head(self, data: bytes) -> bytes | None:
+        """Read the head from `data`; the bytes after it, or None (kept) if incomplete."""
+        while True:
+            end = data.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buf) > MAX_HEAD:
+                if len(data) > MAX_HEAD:
                     raise UpstreamError("the cluster's response headers are too large")
-                return
+                self._buf += data
+                return None
             if end > MAX_HEAD:
                 raise UpstreamError("the cluster's response headers are too large")
-            head = self._buf[:end].decode("utf-8", "surrogateescape")
-            del self._buf[: end + 4]
+            head = data[:end].decode("utf-8", "surrogateescape")
+            data = data[end + 4 :]
             if _BAD_HEAD.search(head):
                 raise UpstreamError("the cluster answered a malformed header line")
             lines = head.split("\r\n")
@@ -144,15 +151,25 @@ class ResponseReader:
                     raise UpstreamError("the cluster switched protocols on a plain request")
                 continue
             self.status = status
-            self.headers = _headers(lines)
             self.have_head = True
             self._close = lines[0].startswith("HTTP/1.0")  # (1.0 closes unless it says)
-            self._frame()
+            self._frame(lines)
+            return data
 
-    def _frame(self) -> None:
+    def _frame(self, lines: list[str]) -> None:
+        """The header lines (lines[0] is the status line): headers, and how the body ends."""
         lengths: set[str] = set()
         chunked = False
-        for name, value in self.headers:
+        headers = self.headers
+        token = _TOKEN.match
+        for i in range(1, len(lines)):
+            name, sep, value = lines[i].partition(":")
+            if not sep or token(name) is None:  # (a folded line starts with a blank: no token)
+                raise UpstreamError("the cluster answered a malformed header line")
+            value = value.strip(" \t")
+            headers.append((name, value))
+            if name[0] not in "CcTt":  # (none of the names below)
+                continue
             low = name.lower()
             if low == "content-length":
                 lengths.update(v.strip() for v in value.split(","))
@@ -225,18 +242,6 @@ def _status(line: str) -> int:
     return int(code)
 
 
-def _headers(lines: list[str]) -> list[tuple[str, str]]:
-    """The header lines (lines[0] is the status line) as (name, value) pairs."""
-    out = []
-    token = _TOKEN.match
-    for i in range(1, len(lines)):
-        name, sep, value = lines[i].partition(":")
-        if not sep or token(name) is None:  # (a folded line starts with a blank: no token)
-            raise UpstreamError("the cluster answered a malformed header line")
-        out.append((name, value.strip(" \t")))
-    return out
-
-
 class _Conn(asyncio.Protocol):
     """One keep-alive connection: the pump between the transport and a reader."""
 
@@ -306,7 +311,7 @@ class Response:
         self._conn = conn
         self._reader = reader
         self.status = reader.status
-        self.headers = CIMultiDictProxy(CIMultiDict(reader.headers))
+        self.headers = CIMultiDict(reader.headers)
         self.content_length = reader.length
         self.content = self  # resp.content.iter_any(), as aiohttp spells it
 

@@ -45,7 +45,7 @@ from hoopy.gateway import Gateway
 from hoopy.httpguard import GuardedServer
 from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
-from hoopy.protocols.kube import execrelay, pfrelay
+from hoopy.protocols.kube import execrelay, h1, pfrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_names, body_namespace
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
@@ -115,6 +115,7 @@ class KubeListener:
         self.idle = idle
         self.upstreams: dict[str, Upstream] = {}
         self._tokens: dict[str, Identity] = {}
+        self._admitted: dict[tuple[str, str, frozenset[str], str], KubeConnector] = {}
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
         self._runner: web.ServerRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -198,6 +199,19 @@ class KubeListener:
         self._tokens[key] = identity
         return identity
 
+    def _admit(self, identity: Identity, name: str) -> KubeConnector:
+        """gw.admit, remembered: it depends only on who it is and the policies, which
+        do not change while hoopy runs (the token itself is checked every request)."""
+        key = (identity.issuer, identity.subject, identity.groups, name)
+        connector = self._admitted.get(key)
+        if connector is None:
+            admitted = self.gw.admit(identity, name, "kubernetes")
+            assert isinstance(admitted, KubeConnector)
+            if len(self._admitted) >= TOKEN_CACHE:
+                self._admitted.clear()
+            connector = self._admitted[key] = admitted
+        return connector
+
     def upstream(self, connector: KubeConnector) -> Upstream:
         up = self.upstreams.get(connector.name)
         if up is None:
@@ -222,8 +236,7 @@ class KubeListener:
         identity: Identity | None = None
         try:
             identity = await self._identity(request)
-            connector = self.gw.admit(identity, name, "kubernetes")
-            assert isinstance(connector, KubeConnector)
+            connector = self._admit(identity, name)
         except HoopyError as e:
             if not isinstance(e, UnknownConnector):
                 self.gw.record_rejection("kubernetes", client, name, e.message, True, identity)
@@ -309,8 +322,7 @@ class _Request:
 
     async def run(self) -> web.StreamResponse:
         try:
-            q = parse_query(self.query)
-            info = request_info(self.request.method, self.path, q)
+            q, info = _parsed(self.request.method, self.path, self.query)
         except PathRejected as e:
             self.status, self.decision = 400, "refused"
             self.session.record(
@@ -345,7 +357,7 @@ class _Request:
                 raise self._bad_body(info, e) from None
             if name or generate:
                 info = dataclasses.replace(info, name=name or generate)
-        command = _command(self.connector.name, info, q, self.request.method)
+        command = _cached_command(self.connector.name, info, q, self.request.method, self.query)
         if info.verb == "create" and not name and generate:
             command = _generated(command)
         try:
@@ -440,7 +452,7 @@ class _Request:
         if decision is None or info.subresource not in ("", "status"):
             return None  # pods/log is masked line by line; other subresources are not objects
         masker = None
-        if decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
+        if decision.masks and decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
             masker = self._masker(decision)
         visible = None
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
@@ -496,14 +508,13 @@ class _Request:
         if decision is not None and info.subresource == "log" and decision.masks.detectors:
             masker = self._masker(decision)
         up = self.listener.upstream(self.connector)
-        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        pool = up.pool()
+        target = up.prefix + self.path + ("?" + self.query if self.query else "")
         headers = self._headers(inspector is not None)
         groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
         hdrs: Any = list(headers.items()) + [("Impersonate-Group", g) for g in groups]
         try:
-            async with up.http().request(
-                self.request.method, url, headers=hdrs, data=body, allow_redirects=False
-            ) as resp:
+            async with pool.request(self.request.method, target, hdrs, body) as resp:
                 return await self._respond(info, resp, inspector, masker)
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning(
@@ -522,7 +533,7 @@ class _Request:
     async def _respond(
         self,
         info: RequestInfo,
-        resp: aiohttp.ClientResponse,
+        resp: h1.Response,
         inspector: Inspector | None,
         masker: ValueMasker | None,
     ) -> web.StreamResponse:
@@ -576,7 +587,7 @@ class _Request:
         return json.dumps(inspector.value(value), separators=(",", ":")).encode()
 
     async def _watch(
-        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, inspector: Inspector
+        self, resp: h1.Response, out: web.StreamResponse, inspector: Inspector
     ) -> None:
         async for line in _lines(resp):
             if not line.strip():
@@ -591,9 +602,7 @@ class _Request:
             await out.write(data)
             self._out(data)
 
-    async def _lines(
-        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, masker: ValueMasker
-    ) -> None:
+    async def _lines(self, resp: h1.Response, out: web.StreamResponse, masker: ValueMasker) -> None:
         async for line in _lines(resp):
             text, _ = masker.mask_text(line.decode("utf-8", "replace"))
             data = text.encode()
@@ -726,6 +735,40 @@ class _Visibility:
         return hit
 
 
+_PARSED: dict[tuple[str, str, str], tuple[dict[str, list[str]], RequestInfo]] = {}
+
+
+def _parsed(method: str, path: str, query: str) -> tuple[dict[str, list[str]], RequestInfo]:
+    """parse_query + request_info, remembered (both are pure functions of their input;
+    agents repeat the same few paths).  Rejections are not remembered: they raise."""
+    key = (method, path, query)
+    hit = _PARSED.get(key)
+    if hit is None:
+        q = parse_query(query)
+        hit = (q, request_info(method, path, q))
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        _PARSED[key] = hit
+    return hit
+
+
+_COMMANDS: dict[tuple[str, str, RequestInfo, str], Command] = {}
+
+
+def _cached_command(
+    connector: str, info: RequestInfo, q: dict[str, list[str]], method: str, query: str
+) -> Command:
+    """_command, remembered: it is a function of these (q is read from query)."""
+    key = (connector, method, info, query)
+    command = _COMMANDS.get(key)
+    if command is None:
+        command = _command(connector, info, q, method)
+        if len(_COMMANDS) >= 4096:
+            _COMMANDS.clear()
+        _COMMANDS[key] = command
+    return command
+
+
 def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method: str) -> Command:
     where = f"{info.namespace}/{info.name}" if info.namespace else info.name
     text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
@@ -783,7 +826,7 @@ def _generated(cmd: Command) -> Command:
     )
 
 
-async def _lines(resp: aiohttp.ClientResponse) -> Any:
+async def _lines(resp: h1.Response) -> Any:
     """Newline-terminated lines of a streamed body (the last one may lack its newline)."""
     buf = bytearray()
     async for chunk in resp.content.iter_any():
@@ -802,7 +845,10 @@ async def _lines(resp: aiohttp.ClientResponse) -> Any:
         yield bytes(buf)
 
 
-async def _read_all(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_all(resp: h1.Response) -> bytes:
+    whole = resp.whole()
+    if whole is not None and len(whole) <= MAX_INSPECTED:  # (a small answer: one piece)
+        return whole
     body = bytearray()
     async for chunk in resp.content.iter_any():
         body += chunk

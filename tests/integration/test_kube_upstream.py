@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kubeemu.fixture import Emu, KubeHoopy, start_emulator, start_hoopy
+from tests.kubefixture import Emu, KubeHoopy, start_emulator, start_hoopy
 
 POLICY = """
 rules:

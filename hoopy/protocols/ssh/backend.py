@@ -1,4 +1,5 @@
-"""The backend side: one asyncssh client connection per agent connection.
+"""The backend side: an asyncssh client connection per agent connection (pool.py
+keeps one idle for the same identity's next connection).
 
 Credentials (private key, password) and the pinned host keys come from the
 connector only; nothing of the hoopy process's own SSH setup is used (no
@@ -12,7 +13,9 @@ never carry a credential.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
@@ -32,31 +35,55 @@ FAST_CIPHERS = (
 )
 
 
-def _options(connector: SshConnector) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Secrets:
+    """What a connection to the connector is made with, read once: the pool's key is
+    derived from exactly the text the host-key check and the login used."""
+
+    known_hosts: str
+    private_key: str | None
+    password: str | None
+
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for part in (self.known_hosts, self.private_key, self.password):
+            h.update(b"-" if part is None else b"+%d:%s" % (len(part), part.encode()))
+        return h.digest()
+
+
+def read_secrets(connector: SshConnector) -> Secrets:
+    """The connector's secrets, or BackendUnavailable naming the one that cannot be read."""
+    values: list[str | None] = []
+    for what, secret in (
+        ("known_hosts", connector.known_hosts),
+        ("private_key", connector.private_key),
+        ("password", connector.password),
+    ):
+        try:
+            values.append(None if secret is None else secret.get())
+        except Exception:
+            raise BackendUnavailable(
+                f"connector '{connector.name}': its {what} cannot be read"
+            ) from None
+    return Secrets(values[0] or "", values[1], values[2])
+
+
+def _options(connector: SshConnector, secrets: Secrets) -> dict[str, Any]:
     try:
-        known_hosts = asyncssh.import_known_hosts(
-            connector.known_hosts.get() if connector.known_hosts else ""
-        )
+        known_hosts = asyncssh.import_known_hosts(secrets.known_hosts)
     except Exception:
         raise BackendUnavailable(
             f"connector '{connector.name}': its known_hosts cannot be read or parsed"
         ) from None
     keys: list[asyncssh.SSHKey] = []
-    if connector.private_key is not None:
+    if secrets.private_key is not None:
         try:
-            keys.append(asyncssh.import_private_key(connector.private_key.get()))
+            keys.append(asyncssh.import_private_key(secrets.private_key))
         except Exception:
             raise BackendUnavailable(
                 f"connector '{connector.name}': its private_key cannot be read or parsed"
             ) from None
-    password = None
-    if connector.password is not None:
-        try:
-            password = connector.password.get()
-        except Exception:
-            raise BackendUnavailable(
-                f"connector '{connector.name}': its password cannot be read"
-            ) from None
+    password = secrets.password
     return {
         "username": connector.user,
         "known_hosts": known_hosts,
@@ -77,9 +104,11 @@ def _options(connector: SshConnector) -> dict[str, Any]:
     }
 
 
-async def connect(connector: SshConnector) -> asyncssh.SSHClientConnection:
+async def connect(
+    connector: SshConnector, secrets: Secrets | None = None
+) -> asyncssh.SSHClientConnection:
     """An authenticated connection to the connector's host, or BackendUnavailable."""
-    options = _options(connector)
+    options = _options(connector, secrets or read_secrets(connector))
     where = f"connector '{connector.name}' ({connector.host}:{connector.port})"
     try:
         async with asyncio.timeout(connector.connect_timeout + 1):

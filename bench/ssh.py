@@ -1,12 +1,19 @@
 """SSH through hoopy vs directly to sshd, side by side in one run.
 
-    PYTHONPATH=. python3 bench/ssh.py [--mb 200] [--execs 100] [--conns 50] [--sessions 50]
+    PYTHONPATH=. python3 bench/ssh.py [--mb 200] [--execs 100] [--conns 20] [--rounds 3]
+                                      [--sessions 50]
 
 Starts a real OpenSSH sshd and `hoopy serve` (as the integration tests do), then:
 - throughput: the real `ssh` client running `cat` of a file of --mb MB, output discarded;
-- exec latency: --execs sequential `true` over one asyncssh connection (median);
-- connection latency: --conns fresh `ssh host true` runs of the real client (median);
+- exec latency: --execs sequential `true` over one asyncssh connection per target, in
+  --rounds rounds, direct and through hoopy interleaved exec by exec;
+- connection latency: --conns fresh `ssh host true` runs of the real client per target
+  and round, interleaved: direct, through hoopy as one identity (the backend connection
+  reused, pool.py) and through hoopy as a new identity each time (no reuse possible);
 - --sessions concurrent asyncssh sessions each holding a channel, hoopy's RSS at peak.
+Latency rows: the median of all rounds per target, the added ms against direct, and the
+added ms of each round (the spread).  The backend's HOME is an empty folder, so root's
+~/.bashrc does not run with every command on both paths (noise, not hoopy's cost).
 Targets (issue 11): >= 0.4x direct throughput; <= 5 ms added median latency per exec
 and per connection; RSS < 300 MB with 50 sessions.
 """
@@ -70,15 +77,68 @@ def connect_hoopy(h: SshHoopy, i: int = 0) -> asyncssh.connection._ConnectionCon
     )  # fmt: skip
 
 
-async def exec_latency(connect: object, n: int) -> float:
-    async with connect as conn:  # type: ignore[attr-defined]
-        times = []
+def summary(name: str, samples: dict[str, list[list[float]]], note: str) -> None:
+    """Median of each target over all rounds, the added ms (hoopy's median minus the
+    direct median), and the spread: the added ms of each round."""
+    med = {k: statistics.median(x for r in rounds for x in r) for k, rounds in samples.items()}
+    direct = med.pop("direct")
+    print(f"{name:<11} direct {direct * 1e3:6.2f} ms  ({note})")
+    for k, m in med.items():
+        per_round = [
+            (statistics.median(h) - statistics.median(d)) * 1e3
+            for h, d in zip(samples[k], samples["direct"], strict=True)
+        ]
+        spread = " ".join(f"{x:+.2f}" for x in per_round)
+        print(f"{'':<11} {k:<6} {m * 1e3:6.2f} ms  added {(m - direct) * 1e3:+.2f} ms  "
+              f"(per round: {spread})")  # fmt: skip
+
+
+async def exec_rounds(s: Sshd, h: SshHoopy, n: int, rounds: int) -> dict[str, list[list[float]]]:
+    """n sequential `true` on one connection per target, interleaved exec by exec (the
+    order swapped each round), so load on the shared machine hits both alike."""
+    samples: dict[str, list[list[float]]] = {"direct": [], "hoopy": []}
+    async with connect_direct(s) as d, connect_hoopy(h) as p:
+        targets = {"direct": d, "hoopy": p}
+        for r in range(rounds):
+            got: dict[str, list[float]] = {"direct": [], "hoopy": []}
+            order = ["direct", "hoopy"] if r % 2 == 0 else ["hoopy", "direct"]
+            for _ in range(n):
+                for k in order:
+                    t = time.perf_counter()
+                    res = await targets[k].run("true")
+                    got[k].append(time.perf_counter() - t)
+                    assert res.exit_status == 0, res.stderr
+            for k in got:
+                samples[k].append(got[k])
+    return samples
+
+
+def conn_rounds(s: Sshd, h: SshHoopy, n: int, rounds: int) -> dict[str, list[list[float]]]:
+    """n fresh `ssh host true` per target and round, interleaved run by run: directly,
+    through hoopy as one identity (its backend connection reused), and as a new
+    identity each time (a backend handshake each time)."""
+    env = h.ssh_env(h.issuer.mint("bench", ["agents"], ttl=3600))
+    argv = {"direct": [*direct_argv(s), "true"], "hoopy": [*h.ssh_argv("web-1"), "true"]}
+    samples: dict[str, list[list[float]]] = {"direct": [], "hoopy": [], "new-id": []}
+    fresh = 0
+    for r in range(rounds):
+        got: dict[str, list[float]] = {k: [] for k in samples}
+        order = list(samples) if r % 2 == 0 else list(reversed(samples))
         for _ in range(n):
-            t = time.perf_counter()
-            r = await conn.run("true")
-            times.append(time.perf_counter() - t)
-            assert r.exit_status == 0, r.stderr
-        return statistics.median(times)
+            for k in order:
+                if k == "new-id":
+                    fresh += 1
+                    e = h.ssh_env(h.issuer.mint(f"bench-new-{fresh}", ["agents"], ttl=3600))
+                    got[k].append(timed(argv["hoopy"], e))
+                else:
+                    got[k].append(timed(argv[k], env if k == "hoopy" else None))
+        for k in got:
+            samples[k].append(got[k])
+    return samples
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def concurrent(h: SshHoopy, n: int) -> tuple[int, int]:
@@ -109,11 +169,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--execs", type=int, default=100)
-    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--conns", type=int, default=20)
     ap.add_argument("--sessions", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="hoopy-bench-ssh-"))
-    s = start_sshd(folder / "sshd")
+    # root's ~/.bashrc (here: pyenv init, ~130 ms) would run for every command on both
+    # paths alike and drown hoopy's few ms in its noise: the backend's HOME is empty.
+    (folder / "home").mkdir()
+    s = start_sshd(folder / "sshd", f"SetEnv HOME={folder / 'home'}\n")
+    print(f"load average {load()} at start")
     h = start_ssh_hoopy(folder / "hoopy", s)
     try:
         big = s.folder / "big.bin"
@@ -131,28 +196,30 @@ def main() -> None:
             f"ratio {d / p:.2f}x; hoopy CPU {cm * 1e3:.2f} ms per MB"
         )
         pid = h.proc.pid
-        ed = asyncio.run(exec_latency(connect_direct(s), args.execs))
         c0 = cpu(pid)
-        eh = asyncio.run(exec_latency(connect_hoopy(h), args.execs))
-        ce = (cpu(pid) - c0) / args.execs
-        print(
-            f"exec        direct {ed * 1e3:6.2f} ms  hoopy {eh * 1e3:6.2f} ms  "
-            f"added {(eh - ed) * 1e3:+.2f} ms (median of {args.execs}, one connection); "
-            f"hoopy CPU {ce * 1e3:.2f} ms per exec"
+        ex = asyncio.run(exec_rounds(s, h, args.execs, args.rounds))
+        ce = (cpu(pid) - c0) / (args.execs * args.rounds)
+        summary(
+            "exec",
+            ex,
+            f"median of {args.rounds} interleaved rounds x {args.execs} `true` on one "
+            f"connection; hoopy CPU {ce * 1e3:.2f} ms per exec",
         )
-        cd = statistics.median(timed([*direct_argv(s), "true"]) for _ in range(args.conns))
         c0 = cpu(pid)
-        ch = statistics.median(timed([*through, "true"], env) for _ in range(args.conns))
-        cc = (cpu(pid) - c0) / args.conns
-        print(
-            f"connection  direct {cd * 1e3:6.2f} ms  hoopy {ch * 1e3:6.2f} ms  "
-            f"added {(ch - cd) * 1e3:+.2f} ms (median of {args.conns} `ssh host true`); "
-            f"hoopy CPU {cc * 1e3:.2f} ms per connection"
+        cn = conn_rounds(s, h, args.conns, args.rounds)
+        cc = (cpu(pid) - c0) / (2 * args.conns * args.rounds)
+        summary(
+            "connection",
+            cn,
+            f"median of {args.rounds} interleaved rounds x {args.conns} `ssh host true`; "
+            f"hoopy CPU {cc * 1e3:.2f} ms per connection",
         )
         errors, peak = asyncio.run(concurrent(h, args.sessions))
         print(
-            f"concurrent  {args.sessions} sessions, {errors} errors, hoopy RSS peak {peak / 1e6:.0f} MB"
+            f"concurrent  {args.sessions} sessions, {errors} errors, "
+            f"hoopy RSS peak {peak / 1e6:.0f} MB"
         )
+        print(f"load average {load()} at the end")
     finally:
         stop(h.proc)
         s.stop()

@@ -82,14 +82,14 @@ def summary(name: str, samples: dict[str, list[list[float]]], note: str) -> None
     direct median), and the spread: the added ms of each round."""
     med = {k: statistics.median(x for r in rounds for x in r) for k, rounds in samples.items()}
     direct = med.pop("direct")
-    print(f"{name:<11} direct {direct * 1e3:6.2f} ms  ({note})")
+    print(f"{name:<10} direct {direct * 1e3:7.2f} ms  ({note})")
     for k, m in med.items():
         per_round = [
             (statistics.median(h) - statistics.median(d)) * 1e3
             for h, d in zip(samples[k], samples["direct"], strict=True)
         ]
         spread = " ".join(f"{x:+.2f}" for x in per_round)
-        print(f"{'':<11} {k:<6} {m * 1e3:6.2f} ms  added {(m - direct) * 1e3:+.2f} ms  "
+        print(f"{name:<10} {k:<6} {m * 1e3:7.2f} ms  added {(m - direct) * 1e3:+.2f} ms  "
               f"(per round: {spread})")  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from hoopy.config import SshConnector
 from hoopy.errors import BackendUnavailable, CommandDenied, HoopyError
 from hoopy.gateway import Gateway
 from hoopy.policy import Identity
+from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.ca import CertificateLogin, SshCA
 from hoopy.protocols.ssh.channel import Bridge, notify_current
 from hoopy.protocols.ssh.interactive import run_sftp, run_shell
@@ -138,6 +139,7 @@ class SshListener:
             server_version="hoopy",
             allow_scp=False,
             config=None,
+            **be.AGENT_ALGS,
         )
         return int(self._server.get_port())
 
@@ -188,6 +190,7 @@ class AgentConnection(asyncssh.SSHServer):
     # ---- connection ------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        be.coalesce_sends(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.host = str(peer[0])
         self.client = f"{peer[0]}:{peer[1]}"

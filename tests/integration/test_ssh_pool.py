@@ -254,3 +254,37 @@ async def test_pool_failed_connections_and_changed_secrets(sshd: Sshd, tmp_path:
         assert again is first and _local_port(again) == port
     finally:
         pool.close()
+
+
+# ---- the exec path -------------------------------------------------------------------------
+def _connect(h: SshHoopy, token: str) -> asyncssh.connection._ConnectionContextManager:
+    return asyncssh.connect(
+        "127.0.0.1", h.ssh_port, username="web-1", password=token,
+        known_hosts=asyncssh.import_known_hosts(h.known_hosts().read_text()),
+        client_keys=None, agent_path=None, config=None, preferred_auth="password",
+    )  # fmt: skip
+
+
+async def test_a_recording_that_cannot_be_created_stops_the_command(
+    pooled: SshHoopy, sshd: Sshd
+) -> None:
+    """The backend channel opens while the channel's cast file is created; when that
+    fails the command must never be sent (nothing runs unrecorded)."""
+    target = sshd.folder / "ran-unrecorded"
+    async with _connect(pooled, pooled.token("ident-cast")) as conn:
+        assert (await conn.run("true")).exit_status == 0  # the session is being recorded
+        days = [d for d in (pooled.folder / "recordings").iterdir() if d.is_dir()]
+        day = max(days, key=lambda d: d.stat().st_mtime)
+        away = day.with_name(day.name + ".away")
+        day.rename(away)  # the session's log goes on (open file); new casts cannot be made
+        day.write_text("not a folder\n")
+        try:
+            r = await conn.run(f"dd if=/dev/zero of={target} count=0")
+        finally:
+            day.unlink()
+            away.rename(day)
+        assert r.exit_status != 0 and "recording unavailable" in str(r.stderr)
+        # the same backend connection runs the next command after any earlier one
+        r = await conn.run(f"test -e {target}")
+        assert r.exit_status == 1, r.stderr
+    assert not target.exists()

@@ -111,8 +111,8 @@ def _options(connector: SshConnector, secrets: Secrets) -> dict[str, Any]:
     }
 
 
-def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
-    """Send what `conn` writes during one event-loop pass as one write.
+class _Coalescer:
+    """Send what a connection writes during one event-loop pass as one write.
 
     asyncssh writes each packet to the socket at once: an exec costs about sixteen
     send() calls, and on a loaded machine each may hand the CPU to the woken peer
@@ -120,28 +120,45 @@ def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnec
     for the agent; close for the backend) now leave together at the end of the pass,
     in order: every write goes through SSHConnection._send and `_transport` (asyncssh
     2.14 to 2.24); a connection without them is left as it is."""
-    if not callable(getattr(conn, "_send", None)) or not hasattr(conn, "_transport"):
-        return
-    loop = asyncio.get_running_loop()
-    pending: list[bytes] = []
 
-    def flush(transport: asyncio.Transport) -> None:
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        # queued before the abort of a close that followed these writes: they still go
-        if not transport.is_closing():
-            with contextlib.suppress(ConnectionError):
-                transport.write(data)
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.loop = asyncio.get_running_loop()
+        self.pending: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
 
-    def buffered_send(data: bytes) -> None:
-        transport = getattr(conn, "_transport", None)
+    def send(self, data: bytes) -> None:
+        transport = getattr(self.conn, "_transport", None)
         if transport is None:
             return  # closed: asyncssh drops it too
-        if not pending:
-            loop.call_soon(flush, transport)
-        pending.append(data)
+        if not self.pending:
+            self.transport = transport
+            self.loop.call_soon(self.flush)  # before the abort of a close that follows
+        self.pending.append(data)
 
-    setattr(conn, "_send", buffered_send)  # noqa: B010 (this connection only)
+    def flush(self) -> None:
+        if not self.pending or self.transport is None:
+            return
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending.clear()
+        if not self.transport.is_closing():
+            with contextlib.suppress(ConnectionError):
+                self.transport.write(data)
+
+
+def coalesce_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """`conn`'s packets leave once per event-loop pass (_Coalescer)."""
+    if callable(getattr(conn, "_send", None)) and hasattr(conn, "_transport"):
+        coalescer = _Coalescer(conn)
+        setattr(conn, "_send", coalescer.send)  # noqa: B010 (this connection only)
+        setattr(conn, "_hoopy_flush", coalescer.flush)  # noqa: B010
+
+
+def flush_sends(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """Send what `conn` holds now rather than at the end of the pass."""
+    flush = getattr(conn, "_hoopy_flush", None)
+    if flush is not None:
+        flush()
 
 
 async def connect(

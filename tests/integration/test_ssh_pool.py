@@ -18,11 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
+import asyncssh.auth
+import asyncssh.connection
+import asyncssh.saslprep
 import pytest
 
 from hoopy.config import Secret, SshConnector
 from hoopy.errors import BackendUnavailable
 from hoopy.policy import Identity
+from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.pool import PER_KEY, BackendPool
 from tests.integration.sshd import Sshd, SshHoopy, keygen, start_ssh_hoopy, stop
 
@@ -288,3 +292,36 @@ async def test_a_recording_that_cannot_be_created_stops_the_command(
         r = await conn.run(f"test -e {target}")
         assert r.exit_status == 1, r.stderr
     assert not target.exists()
+
+
+def _prep(fn, s: str) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return "ok:" + fn(s)
+    except asyncssh.saslprep.SASLPrepError as e:
+        return f"error:{e}"
+
+
+def test_the_saslprep_shortcut_answers_as_the_full_profile(pooled: SshHoopy) -> None:
+    """Passwords (tokens) skip asyncssh's slow SASLprep when they are printable ASCII;
+    every answer must be the full profile's (RFC 4013), errors included."""
+    full = asyncssh.saslprep.saslprep
+    assert asyncssh.auth.saslprep is be._saslprep
+    assert asyncssh.connection.saslprep is be._saslprep
+    samples = [chr(c) for c in range(0x100)] + [
+        "".join(chr(c) for c in range(0x20, 0x7F)),
+        pooled.token("ident-prep"),
+        "",
+        " leading and trailing ",
+        "a\u00adb",  # mapped to nothing
+        "x\u2000y",  # non-ASCII space: mapped to a space
+        "caf\u00e9",
+        "e\u0301",  # NFKC
+        "\ufb01",  # ligature: NFKC
+        "\u0627\u0644\u0639",  # right-to-left
+        "\u0627a",  # mixed directions: refused
+        "tab\there",
+        "del\x7f",
+        "\U000e0001",
+    ]
+    for s in samples:
+        assert _prep(be._saslprep, s) == _prep(full, s), repr(s)

@@ -1,7 +1,7 @@
 """SSH through hoopy vs directly to sshd, side by side in one run.
 
     PYTHONPATH=. python3 bench/ssh.py [--mb 200] [--execs 100] [--conns 20] [--rounds 3]
-                                      [--sessions 50]
+                                      [--sessions 50] [--baseline DIR]
 
 Starts a real OpenSSH sshd and `hoopy serve` (as the integration tests do), then:
 - throughput: the real `ssh` client running `cat` of a file of --mb MB, output discarded;
@@ -12,8 +12,10 @@ Starts a real OpenSSH sshd and `hoopy serve` (as the integration tests do), then
   reused, pool.py) and through hoopy as a new identity each time (no reuse possible);
 - --sessions concurrent asyncssh sessions each holding a channel, hoopy's RSS at peak.
 Latency rows: the median of all rounds per target, the added ms against direct, and the
-added ms of each round (the spread).  The backend's HOME is an empty folder, so root's
-~/.bashrc does not run with every command on both paths (noise, not hoopy's cost).
+added ms of each round (the spread).  --baseline DIR adds `hoopy serve` from another
+tree (say `git archive <commit> | tar -x -C /tmp/base`) as target "base", interleaved.
+The backend's HOME is an empty folder, so root's ~/.bashrc does not run with every
+command on both paths (noise, not hoopy's cost).
 Targets (issue 11): >= 0.4x direct throughput; <= 5 ms added median latency per exec
 and per connection; RSS < 300 MB with 50 sessions.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -31,7 +34,17 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, start_sshd, stop
+from hoopy.devissuer import DevIssuer
+from tests import serveproc
+from tests.integration.sshd import (
+    ADMIN_TOKEN,
+    Sshd,
+    SshHoopy,
+    start_ssh_hoopy,
+    start_sshd,
+    stop,
+    write_ssh_config,
+)
 
 
 def direct_argv(s: Sshd) -> list[str]:
@@ -93,15 +106,19 @@ def summary(name: str, samples: dict[str, list[list[float]]], note: str) -> None
               f"(per round: {spread})")  # fmt: skip
 
 
-async def exec_rounds(s: Sshd, h: SshHoopy, n: int, rounds: int) -> dict[str, list[list[float]]]:
+async def exec_rounds(
+    s: Sshd, hoopies: dict[str, SshHoopy], n: int, rounds: int
+) -> dict[str, list[list[float]]]:
     """n sequential `true` on one connection per target, interleaved exec by exec (the
-    order swapped each round), so load on the shared machine hits both alike."""
-    samples: dict[str, list[list[float]]] = {"direct": [], "hoopy": []}
-    async with connect_direct(s) as d, connect_hoopy(h) as p:
-        targets = {"direct": d, "hoopy": p}
+    order reversed each round), so load on the shared machine hits all alike."""
+    samples: dict[str, list[list[float]]] = {"direct": [], **{k: [] for k in hoopies}}
+    async with contextlib.AsyncExitStack() as stack:
+        targets = {"direct": await stack.enter_async_context(connect_direct(s))}
+        for k, h in hoopies.items():
+            targets[k] = await stack.enter_async_context(connect_hoopy(h))
         for r in range(rounds):
-            got: dict[str, list[float]] = {"direct": [], "hoopy": []}
-            order = ["direct", "hoopy"] if r % 2 == 0 else ["hoopy", "direct"]
+            got: dict[str, list[float]] = {k: [] for k in samples}
+            order = list(samples) if r % 2 == 0 else list(reversed(samples))
             for _ in range(n):
                 for k in order:
                     t = time.perf_counter()
@@ -114,26 +131,28 @@ async def exec_rounds(s: Sshd, h: SshHoopy, n: int, rounds: int) -> dict[str, li
 
 
 def conn_rounds(
-    s: Sshd, h: SshHoopy, n: int, rounds: int
+    s: Sshd, hoopies: dict[str, SshHoopy], n: int, rounds: int
 ) -> tuple[dict[str, list[list[float]]], dict[str, float]]:
     """n fresh `ssh host true` per target and round, interleaved run by run: directly,
-    through hoopy as one identity (its backend connection reused), and as a new
-    identity each time (a backend handshake each time).  Then hoopy's CPU per
-    connection of each kind, in runs of their own (a connection's clean-up in hoopy
-    goes on after the client exits, into whatever runs next)."""
-    env = h.ssh_env(h.issuer.mint("bench", ["agents"], ttl=3600))
-    through = [*h.ssh_argv("web-1"), "true"]
+    through each hoopy as one identity (its backend connection reused where it can
+    be), and through the first as a new identity each time (a backend handshake each
+    time).  Then hoopy's CPU per connection of each kind, in runs of their own (a
+    connection's clean-up in hoopy goes on after the client exits, into what runs next)."""
+    first = next(iter(hoopies))
+    envs = {k: h.ssh_env(h.issuer.mint("bench", ["agents"], ttl=3600)) for k, h in hoopies.items()}
     fresh = iter(range(1 << 30))
 
     def run(k: str) -> float:
         if k == "direct":
             return timed([*direct_argv(s), "true"])
-        if k == "hoopy":
-            return timed(through, env)
-        e = h.ssh_env(h.issuer.mint(f"bench-new-{next(fresh)}", ["agents"], ttl=3600))
-        return timed(through, e)
+        if k == "new-id":
+            h = hoopies[first]
+            e = h.ssh_env(h.issuer.mint(f"bench-new-{next(fresh)}", ["agents"], ttl=3600))
+            return timed([*h.ssh_argv("web-1"), "true"], e)
+        return timed([*hoopies[k].ssh_argv("web-1"), "true"], envs[k])
 
-    samples: dict[str, list[list[float]]] = {"direct": [], "hoopy": [], "new-id": []}
+    samples: dict[str, list[list[float]]] = {"direct": [], **{k: [] for k in hoopies}}
+    samples["new-id"] = []
     for r in range(rounds):
         got: dict[str, list[float]] = {k: [] for k in samples}
         order = list(samples) if r % 2 == 0 else list(reversed(samples))
@@ -143,12 +162,26 @@ def conn_rounds(
         for k in got:
             samples[k].append(got[k])
     cpus = {}
-    for k in ("hoopy", "new-id"):
-        c0 = cpu(h.proc.pid)
+    for k in [*hoopies, "new-id"]:
+        pid = hoopies[first if k == "new-id" else k].proc.pid
+        c0 = cpu(pid)
         for _ in range(n):
             run(k)
-        cpus[k] = (cpu(h.proc.pid) - c0) / n
+        cpus[k] = (cpu(pid) - c0) / n
     return samples, cpus
+
+
+def start_baseline(folder: Path, s: Sshd, tree: Path) -> SshHoopy:
+    """`hoopy serve` from another checkout (`--baseline`), e.g. the commit before a change,
+    against the same sshd: compared in the same run, interleaved."""
+    cfg = write_ssh_config(folder, s)
+    env = {**os.environ, "TEST_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
+    # `python -m` would put the current folder (this checkout) first on sys.path
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from hoopy.cli import main; main()"
+    proc, addresses, _ = serveproc.launch(cfg, env, python_args=("-c", code))
+    pub = (folder / "state" / "ssh_host_ed25519_key.pub").read_text().strip()
+    issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
+    return SshHoopy(folder, cfg, proc, addresses, issuer, pub, "")
 
 
 def load() -> str:
@@ -186,6 +219,7 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=20)
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, help="another hoopy checkout, compared as 'base'")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="hoopy-bench-ssh-"))
     # root's ~/.bashrc (here: pyenv init, ~130 ms) would run for every command on both
@@ -193,40 +227,44 @@ def main() -> None:
     (folder / "home").mkdir()
     s = start_sshd(folder / "sshd", f"SetEnv HOME={folder / 'home'}\n")
     print(f"load average {load()} at start")
-    h = start_ssh_hoopy(folder / "hoopy", s)
+    hoopies = {"hoopy": start_ssh_hoopy(folder / "hoopy", s)}
     try:
+        if args.baseline:
+            hoopies["base"] = start_baseline(folder / "base", s, args.baseline.resolve())
         big = s.folder / "big.bin"
         with big.open("wb") as f:
             f.write(os.urandom(1 << 20) * args.mb)
-        env = h.ssh_env(h.issuer.mint("bench", ["agents"], ttl=3600))
-        through = [*h.ssh_argv("web-1")]
-        d = min(timed([*direct_argv(s), f"cat {big}"]) for _ in range(2))
-        c0 = cpu(h.proc.pid)
-        p = min(timed([*through, f"cat {big}"], env) for _ in range(2))
-        cm = (cpu(h.proc.pid) - c0) / (2 * args.mb * (1 << 20) / 1e6)
         mb = args.mb * (1 << 20) / 1e6
-        print(
-            f"throughput  direct {mb / d:7.1f} MB/s  hoopy {mb / p:7.1f} MB/s  "
-            f"ratio {d / p:.2f}x; hoopy CPU {cm * 1e3:.2f} ms per MB"
-        )
-        pid = h.proc.pid
-        c0 = cpu(pid)
-        ex = asyncio.run(exec_rounds(s, h, args.execs, args.rounds))
-        ce = (cpu(pid) - c0) / (args.execs * args.rounds)
+        d = min(timed([*direct_argv(s), f"cat {big}"]) for _ in range(2))
+        for k, h in hoopies.items():
+            env = h.ssh_env(h.issuer.mint("bench", ["agents"], ttl=3600))
+            c0 = cpu(h.proc.pid)
+            p = min(timed([*h.ssh_argv("web-1"), f"cat {big}"], env) for _ in range(2))
+            cm = (cpu(h.proc.pid) - c0) / (2 * mb)
+            print(
+                f"throughput  direct {mb / d:7.1f} MB/s  {k} {mb / p:7.1f} MB/s  "
+                f"ratio {d / p:.2f}x; {k} CPU {cm * 1e3:.2f} ms per MB"
+            )
+        c0s = {k: cpu(h.proc.pid) for k, h in hoopies.items()}
+        ex = asyncio.run(exec_rounds(s, hoopies, args.execs, args.rounds))
+        ce = {
+            k: (cpu(h.proc.pid) - c0s[k]) / (args.execs * args.rounds) for k, h in hoopies.items()
+        }
         summary(
             "exec",
             ex,
             f"median of {args.rounds} interleaved rounds x {args.execs} `true` on one "
-            f"connection; hoopy CPU {ce * 1e3:.2f} ms per exec",
+            "connection; CPU per exec: "
+            + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in ce.items()),
         )
-        cn, cpus = conn_rounds(s, h, args.conns, args.rounds)
+        cn, cpus = conn_rounds(s, hoopies, args.conns, args.rounds)
         summary(
             "connection",
             cn,
             f"median of {args.rounds} interleaved rounds x {args.conns} `ssh host true`; "
-            f"hoopy CPU {cpus['hoopy'] * 1e3:.2f} ms per connection, "
-            f"{cpus['new-id'] * 1e3:.2f} ms as a new identity",
+            "CPU per connection: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in cpus.items()),
         )
+        h = hoopies["hoopy"]
         errors, peak = asyncio.run(concurrent(h, args.sessions))
         print(
             f"concurrent  {args.sessions} sessions, {errors} errors, "
@@ -234,7 +272,8 @@ def main() -> None:
         )
         print(f"load average {load()} at the end")
     finally:
-        stop(h.proc)
+        for h in hoopies.values():
+            stop(h.proc)
         s.stop()
         subprocess.run(["rm", "-rf", str(folder)], check=False)
 

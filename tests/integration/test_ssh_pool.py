@@ -236,6 +236,10 @@ async def test_pool_bounds_config_and_busy_connections(sshd: Sshd, tmp_path: Pat
     finally:
         pool.close()
     assert pool.count() == 0
+    # a connection given back after the pool closed (the listener stopping) is closed
+    late = await pool.acquire(c, a)
+    await pool.release(late, reusable=True)
+    assert late.is_closed() and pool.count() == 0
 
 
 async def test_pool_failed_connections_and_changed_secrets(sshd: Sshd, tmp_path: Path) -> None:

@@ -78,10 +78,11 @@ class BackendPool:
         self.leases: dict[asyncssh.SSHClientConnection, _Lease] = {}
         self.hits = 0
         self.misses = 0
+        self.closed = False  # the listener stopped: nothing parks any more
 
     @property
     def enabled(self) -> bool:
-        return self.idle_time > 0 and self.size > 0
+        return self.idle_time > 0 and self.size > 0 and not self.closed
 
     def count(self) -> int:
         return sum(len(b) for b in self.idle.values())
@@ -171,7 +172,8 @@ class BackendPool:
         entry.conn.close()
 
     def close(self) -> None:
-        """Close every parked connection (the listener stops, or the config changed)."""
+        """Close every parked connection and park no more (the listener stops)."""
+        self.closed = True
         for bucket in list(self.idle.values()):
             for entry in list(bucket):
                 self._drop(entry)

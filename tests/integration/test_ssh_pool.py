@@ -329,3 +329,31 @@ def test_the_saslprep_shortcut_answers_as_the_full_profile(pooled: SshHoopy) -> 
     ]
     for s in samples:
         assert _prep(be._saslprep, s) == _prep(full, s), repr(s)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),  # OpenSSH's own order: aes128-ctr with an ETM MAC
+        ("-C",),  # compression asked for: none is what hoopy offers
+        ("-c", "aes256-gcm@openssh.com"),
+        ("-c", "aes128-ctr", "-o", "MACs=hmac-sha2-256"),
+    ],
+)
+def test_agent_ciphers_the_real_client_negotiates(
+    pooled: SshHoopy, options: tuple[str, ...]
+) -> None:
+    r = pooled.ssh("echo negotiated", *options, "-v")
+    assert r.returncode == 0 and r.stdout == "negotiated\n", r.stderr
+    # "debug1: kex: server->client cipher: aes128-ctr MAC: … compression: none"
+    kex = [line for line in r.stderr.splitlines() if " cipher: " in line]
+    assert len(kex) == 2, r.stderr
+    for line in kex:
+        assert "chacha20" not in line and line.endswith("compression: none"), line
+
+
+def test_chacha20_only_clients_are_refused(pooled: SshHoopy) -> None:
+    """asyncssh runs chacha20-poly1305 at ~9x the CPU of AES-GCM: not offered."""
+    r = pooled.ssh("echo never", "-c", "chacha20-poly1305@openssh.com")
+    assert r.returncode == 255 and r.stdout == ""
+    assert "no matching cipher" in r.stderr

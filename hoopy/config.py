@@ -165,6 +165,8 @@ class SshSettings:
     failed_logins: int = 10  # failed logins per source address …
     failed_login_window: float = 60.0  # … per this many seconds, then refused unchecked
     record_bytes: int = 4 * 1024 * 1024  # per channel and direction, in the asciicast
+    backend_idle: float = 30.0  # s an idle backend connection waits for its identity (0: off)
+    backend_pool: int = 16  # idle backend connections kept in all
 
 
 @dataclass(frozen=True)
@@ -517,7 +519,10 @@ def _masking_settings(ld: _Loader, top: Section) -> MaskingSettings:
 
 
 def _ssh_settings(top: Section) -> SshSettings:
-    sec = top.section("ssh", ("failed_logins", "failed_login_window", "record_bytes"))
+    sec = top.section(
+        "ssh",
+        ("failed_logins", "failed_login_window", "record_bytes", "backend_idle", "backend_pool"),
+    )
     d = SshSettings()
     if sec is None:
         return d
@@ -525,6 +530,8 @@ def _ssh_settings(top: Section) -> SshSettings:
         failed_logins=sec.integer("failed_logins", d.failed_logins, lo=1),
         failed_login_window=sec.duration("failed_login_window", d.failed_login_window),
         record_bytes=sec.size("record_bytes", d.record_bytes),
+        backend_idle=sec.duration("backend_idle", d.backend_idle, zero_ok=True),
+        backend_pool=sec.integer("backend_pool", d.backend_pool),
     )
 
 

@@ -814,3 +814,16 @@ def test_match_issuers_and_subjects_tied_to_them(tmp_path: Path) -> None:
     cfg = minimal(tmp_path, _issuer_yaml("https://idp-a.example"))
     (tied, _untied, _) = load_config(cfg).policies[0].rules
     assert tied.match == Match(subjects=("agent-1",), issuers=("https://idp-a.*",))
+
+
+def test_ssh_backend_pool_settings(tmp_path: Path) -> None:
+    for name in "dsmb":
+        (tmp_path / name).mkdir()
+    d = load_config(minimal(tmp_path / "d")).ssh
+    assert (d.backend_idle, d.backend_pool) == (30.0, 16)
+    s = load_config(minimal(tmp_path / "s", "ssh: {backend_idle: 0, backend_pool: 3}\n")).ssh
+    assert (s.backend_idle, s.backend_pool) == (0.0, 3)  # 0: no reuse
+    assert load_config(minimal(tmp_path / "m", "ssh: {backend_idle: 2m}\n")).ssh.backend_idle == 120
+    bad = problems_of(minimal(tmp_path / "b", "ssh: {backend_idle: soon, backend_pool: -1}\n"))
+    assert len(bad) == 2
+    assert "ssh.backend_idle" in bad[0] and "ssh.backend_pool" in bad[1]

@@ -95,7 +95,9 @@ class Sshd:
             self.proc.wait()
 
 
-def start_sshd(folder: Path) -> Sshd:
+def start_sshd(folder: Path, extra: str = "") -> Sshd:
+    """`extra`: more sshd_config lines (the benchmarks set HOME to an empty folder, so
+    root's own ~/.bashrc does not run with every command)."""
     folder.mkdir(parents=True, exist_ok=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     host_pub = keygen(folder / "host_ed25519", "sshd-host")
@@ -110,7 +112,7 @@ def start_sshd(folder: Path) -> Sshd:
         "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
         "Subsystem sftp internal-sftp\nAcceptEnv LANG LC_* TERM HOOPY_*\n"
         "MaxSessions 200\nMaxStartups 200\nLogLevel INFO\n"
-        "UseDNS no\nPrintMotd no\nPrintLastLog no\n"
+        "UseDNS no\nPrintMotd no\nPrintLastLog no\n" + extra
     )
     started = launch_sshd(SSHD, cfg)
     if started is None:

@@ -35,6 +35,7 @@ import asyncssh
 
 from hoopy.errors import BackendUnavailable, CommandDenied, HoopyError, ProtocolError
 from hoopy.masking import ValueMasker
+from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.streammask import StreamMasker
 from hoopy.recorder import AsciicastWriter, RecorderError
 from hoopy.shell import read_line, shell_command
@@ -229,12 +230,6 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         it from here."""
         assert self.chan is not None
         width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
-        try:
-            self.cast = self.conn.session.log.open_asciicast(
-                width or 80, height or 24, name=f"ch{self.number}"
-            )
-        except RecorderError as e:
-            raise _refused(e) from None
         env: dict[str | bytes, str | bytes] = {
             k: v for k, v in self.chan.get_environment().items() if ENV_ALLOWED.match(k)
         }
@@ -246,8 +241,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
                 "term_size": self.pty[1],
                 "term_modes": self.pty[2],
             }
-        try:
-            chan, _ = await backend.create_session(
+        opening = asyncio.ensure_future(
+            backend.create_session(
                 lambda: BackendSide(self),
                 command,
                 env=env,
@@ -256,6 +251,25 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
                 max_pktsize=BACKEND_PACKET,
                 **pty,
             )
+        )
+        # The backend's channel opens while the recording's file is created (a file
+        # system round of its own): the task runs up to waiting for the channel's
+        # confirmation, its request leaves now, and the command itself is sent only
+        # after that confirmation, which cannot be read before the cast exists.
+        try:
+            await asyncio.sleep(0)
+            be.flush_sends(backend)
+            self.cast = self.conn.session.log.open_asciicast(
+                width or 80, height or 24, name=f"ch{self.number}"
+            )
+        except RecorderError as e:
+            opening.cancel()  # the command is never sent
+            raise _refused(e) from None
+        except BaseException:
+            opening.cancel()  # (awaited below, a cancel reaches it by itself)
+            raise
+        try:
+            chan, _ = await opening
         except (asyncssh.Error, OSError) as e:
             msg = getattr(e, "reason", "") or type(e).__name__
             raise BackendUnavailable(f"the backend refused the command's channel ({msg})") from None

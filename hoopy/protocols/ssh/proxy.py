@@ -8,8 +8,9 @@ login does, and a failure of any kind (bad token, unknown connector, not admitte
 gets the same SSH answer, is recorded with the gateway's bounded refusal records and
 counts against the source address's failure budget.  Once in, the connection has one
 `Session` (protocol "ssh") and one backend connection, opened at once in the
-background so the first exec does not wait for two handshakes in a row; it is never
-shared with another agent connection, let alone another identity.
+background so the first exec does not wait for two handshakes in a row (or taken
+idle from pool.py, where a clean ending parks it for the same identity's next
+connection); it is never used by two agent connections at once, nor by another identity.
 
 Session channels are `channel.Bridge`s.  Forwarding of any kind (TCP, Unix sockets,
 agent, X11, tun/tap) is refused and recorded.  Interactive shells and SFTP go to
@@ -37,6 +38,7 @@ from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.ca import CertificateLogin, SshCA
 from hoopy.protocols.ssh.channel import Bridge, notify_current
 from hoopy.protocols.ssh.interactive import run_sftp, run_shell
+from hoopy.protocols.ssh.pool import BackendPool
 from hoopy.session import Session
 
 log = logging.getLogger("hoopy.ssh")
@@ -111,6 +113,8 @@ class SshListener:
         self.failures = FailureBudget(settings.failed_logins, settings.failed_login_window)
         # hoopy's SSH user CA: certificates from `hoopy ssh-cert` log in without a password
         self.ca = SshCA.open(gw.config.state_dir)
+        # idle backend connections for the same identity's next connection (pool.py)
+        self.pool = BackendPool(settings.backend_idle, settings.backend_pool, lambda: gw.config)
         self.connections: set[AgentConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncssh.SSHAcceptor | None = None
@@ -135,6 +139,7 @@ class SshListener:
             server_version="hoopy",
             allow_scp=False,
             config=None,
+            **be.AGENT_ALGS,
         )
         return int(self._server.get_port())
 
@@ -155,6 +160,7 @@ class SshListener:
                 c.conn.close()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=10)
+        self.pool.close()
 
 
 class AgentConnection(asyncssh.SSHServer):
@@ -184,6 +190,7 @@ class AgentConnection(asyncssh.SSHServer):
     # ---- connection ------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        be.coalesce_sends(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.host = str(peer[0])
         self.client = f"{peer[0]}:{peer[1]}"
@@ -202,8 +209,9 @@ class AgentConnection(asyncssh.SSHServer):
                 self._backend.cancel()
             with contextlib.suppress(BaseException):
                 backend = await self._backend
-                backend.close()  # its channels end first, so their exit events are recorded
-                await asyncio.wait_for(backend.wait_closed(), 5)
+                # parked for this identity, or closed: its channels end first, so their
+                # exit events are recorded
+                await self.listener.pool.release(backend, reusable=self.outcome == "closed")
         if self._session is not None:
             slog = self._session.log
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -294,7 +302,9 @@ class AgentConnection(asyncssh.SSHServer):
         self.connector = connector
         self._session = session
         # Both handshakes at once: the backend's runs while the agent opens its channel.
-        self._backend = asyncio.get_running_loop().create_task(be.connect(connector))
+        self._backend = asyncio.get_running_loop().create_task(
+            self.listener.pool.acquire(connector, identity)
+        )
         self._backend.add_done_callback(self._backend_ready)
         return True
 
@@ -320,7 +330,8 @@ class AgentConnection(asyncssh.SSHServer):
         exc = task.exception()
         with contextlib.suppress(Exception):
             if exc is None:
-                self._session.record("backend", connected=True)
+                reused = self.listener.pool.reused(task.result())
+                self._session.record("backend", connected=True, reused=reused)
             else:
                 message = exc.message if isinstance(exc, HoopyError) else type(exc).__name__
                 self._session.record("backend", connected=False, error=message)

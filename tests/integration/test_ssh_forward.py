@@ -1,0 +1,446 @@
+"""TCP forwarding through `hoopy serve` with the real OpenSSH client and a real sshd
+behind: `ssh -W` and `ssh -N -L` reach a TCP echo server (started here) from the
+backend host only where a rule's `ssh.forward` names the destination; deny rules,
+approvals and mask rules apply; everything is recorded and verifiable."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoopy import pgcluster
+from tests.integration.sshd import ADMIN_TOKEN, Sshd, SshHoopy, start_ssh_hoopy, stop
+
+pytest_plugins = ["tests.integration.sshd"]
+
+GREETING = b"echo ready\n"
+
+
+@dataclass
+class Echo:
+    """A TCP server that greets, then echoes until EOF, then closes."""
+
+    server: socketserver.ThreadingTCPServer
+    connections: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+def start_echo() -> Echo:
+    echo: Echo
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            echo.connections.append(f"{self.client_address[0]}:{self.client_address[1]}")
+            sock: socket.socket = self.request
+            sock.sendall(GREETING)
+            while data := sock.recv(65536):
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    echo = Echo(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return echo
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[Echo]:
+    e = start_echo()
+    yield e
+    e.server.shutdown()
+    e.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def echo2() -> Iterator[Echo]:
+    e = start_echo()
+    yield e
+    e.server.shutdown()
+    e.server.server_close()
+
+
+def _policy(echo: Echo, echo2: Echo) -> str:
+    return f"""\
+mode: enforce
+rules:
+  - name: fwd-echo
+    effect: allow
+    match:
+      groups: [fwd]
+      connectors: [web-1, web-masked]
+      ssh: {{forward: ["127.0.0.1:{echo.port}", "127.0.0.1:{echo2.port}", "db.internal:5432"]}}
+  - name: no-second-echo
+    effect: deny
+    reason: the second echo server is closed to agents
+    match: {{groups: [fwd-deny], ssh: {{forward: ["localhost:{echo2.port}"]}}}}
+  - name: fwd-deny-group
+    effect: allow
+    match: {{groups: [fwd-deny], connectors: [web-1], ssh: {{forward: ["127.0.0.1:*"]}}}}
+  - name: second-echo-needs-ops
+    effect: require_approval
+    approvers: [ops]
+    timeout: 60s
+    match: {{groups: [fwd], ssh: {{forward: ["127.0.0.1:{echo2.port}"]}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def hoopy(
+    sshd: Sshd, echo: Echo, echo2: Echo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SshHoopy]:
+    h = start_ssh_hoopy(tmp_path_factory.mktemp("hoopy-fwd"), sshd, {"fwd": _policy(echo, echo2)})
+    try:
+        yield h
+    finally:
+        stop(h.proc)
+
+
+def _sub() -> str:
+    return f"fwd-{uuid.uuid4().hex[:12]}"
+
+
+def ssh_w(
+    h: SshHoopy,
+    dest: str,
+    data: bytes,
+    sub: str,
+    groups: tuple[str, ...] = ("fwd",),
+    connector: str = "web-1",
+) -> subprocess.CompletedProcess[bytes]:
+    """The real `ssh -W dest`: stdin and stdout are the forwarded connection."""
+    argv = h.ssh_argv(connector, "-W", dest)
+    return subprocess.run(
+        argv, input=data, capture_output=True, timeout=60, env=h.ssh_env(h.token(sub, groups))
+    )
+
+
+def _recording(h: SshHoopy, needle: str) -> Path:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for log in (h.folder / "recordings").rglob("*.jsonl"):
+            text = log.read_text()
+            if needle in text and '"type":"session_end"' in text:
+                return log
+        time.sleep(0.05)
+    raise AssertionError(f"no finished recording holds {needle!r}")
+
+
+def _events(h: SshHoopy, sub: str) -> tuple[Path, list[dict[str, Any]]]:
+    log = _recording(h, sub)
+    return log, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _stream(events: list[dict[str, Any]], direction: str) -> bytes:
+    out = b""
+    for e in events:
+        if e.get("type") == "forward_data" and e["dir"] == direction:
+            assert e["offset"] == len(out)
+            out += e["text"].encode() if "text" in e else base64.b64decode(e["b64"])
+    return out
+
+
+def _refused(r: subprocess.CompletedProcess[bytes]) -> str:
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode != 0
+    assert "administratively prohibited" in err, err
+    return err
+
+
+# ---- allowed ------------------------------------------------------------------------------
+
+
+def test_ssh_w_round_trip_is_relayed_recorded_and_verifiable(hoopy: SshHoopy, echo: Echo) -> None:
+    sub = _sub()
+    payload = b"hello through hoopy\n" + bytes(range(256)) * 64  # text, then binary
+    seen = len(echo.connections)
+    r = ssh_w(hoopy, f"127.0.0.1:{echo.port}", payload, sub)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == GREETING + payload
+    assert len(echo.connections) == seen + 1
+    log, events = _events(hoopy, sub)
+    cmd = [e for e in events if e.get("type") == "command"]
+    assert len(cmd) == 1 and cmd[0]["outcome"] == "allow" and cmd[0]["rule"] == "fwd-echo"
+    assert cmd[0]["text"] == f"forward to 127.0.0.1:{echo.port}"
+    assert cmd[0]["kinds"] == ["forward_tcp"]
+    opened = next(e for e in events if e.get("type") == "forward_open")
+    assert opened["destination"] == f"127.0.0.1:{echo.port}" and opened["rule"] == "fwd-echo"
+    assert _stream(events, "to") == payload
+    assert _stream(events, "from") == GREETING + payload
+    closed = next(e for e in events if e.get("type") == "forward_close")
+    assert closed["bytes_to"] == len(payload) and closed["bytes_from"] == len(GREETING + payload)
+    assert closed["duration"] >= 0
+    assert hoopy.cli("verify", log.stem).returncode == 0
+
+
+def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, seen: list[str]) -> str:
+    """Read ssh -v's stderr until a line holds `needle` (bounded by the caller's timeout)."""
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        line = raw.decode(errors="replace")
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"ssh ended before {needle!r}: {''.join(seen)[-2000:]}")
+
+
+def _roundtrip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        got = b""
+        while len(got) < len(GREETING):
+            got += s.recv(65536)
+        writer = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
+        writer.start()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+        writer.join()
+        return got
+
+
+def test_ssh_l_forwards_several_connections(hoopy: SshHoopy, echo: Echo) -> None:
+    """`ssh -N -L`: a local port through hoopy to the echo server, reached from the
+    backend host; two connections at once, one big enough to need flow control."""
+    sub = _sub()
+    local = pgcluster.free_port()
+    argv = hoopy.ssh_argv(
+        "web-1", "-v", "-N", "-o", "ExitOnForwardFailure=yes",
+        "-L", f"127.0.0.1:{local}:127.0.0.1:{echo.port}",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=hoopy.ssh_env(hoopy.token(sub, ("fwd",))),
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        _wait_for_line(proc, f"Local forwarding listening on 127.0.0.1 port {local}", seen)
+        big = bytes(range(256)) * 4096 * 3  # 3 MiB: more than the windows and buffers
+        results: dict[str, bytes] = {}
+        small = threading.Thread(target=lambda: results.update(small=_roundtrip(local, b"ping\n")))
+        small.start()
+        results["big"] = _roundtrip(local, big)
+        small.join(60)
+        assert results["small"] == GREETING + b"ping\n"
+        assert results["big"] == GREETING + big
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    _, events = _events(hoopy, sub)
+    closes = [e for e in events if e.get("type") == "forward_close"]
+    assert sorted(e["bytes_to"] for e in closes) == [5, len(big)]
+    capped = [e for e in events if e.get("type") == "recording_capped"]
+    assert not capped  # 3 MiB is under the 4 MiB default per direction
+    assert sum(1 for e in events if e.get("type") == "forward_open") == 2
+
+
+# ---- refused ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dest",
+    [
+        "db.internal.evil.com:5432",  # a look-alike of the allowed db.internal
+        "DB.INTERNAL.evil.com:5432",
+        "127.0.0.2:{echo}",  # another loopback address: not the one named
+        "0.0.0.0:{echo}",  # reaches the host too; not named
+        "127.0.0.1:{echo1}",  # allowed host, other port
+    ],
+)
+def test_a_destination_no_rule_names_is_refused(hoopy: SshHoopy, echo: Echo, dest: str) -> None:
+    sub = _sub()
+    seen = len(echo.connections)
+    dest = dest.format(echo=echo.port, echo1=echo.port + 1 if echo.port < 65535 else 1)
+    r = ssh_w(hoopy, dest, b"x", sub)
+    err = _refused(r)
+    assert "no policy rule allows this" in err, err
+    assert len(echo.connections) == seen
+    log, events = _events(hoopy, sub)
+    denied = [e for e in events if e.get("type") == "command"]
+    assert denied and denied[0]["outcome"] == "deny" and denied[0]["rule"] == ""
+    assert not any(e.get("type") in ("forward_open", "forward_data") for e in events)
+    assert hoopy.cli("verify", log.stem).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("dest", "why"),
+    [
+        ("127.1:{echo}", "not a canonical IPv4 address"),
+        ("0x7f.0.0.1:{echo}", "not a canonical IPv4 address"),
+        ("2130706433:{echo}", "not a canonical IPv4 address"),
+        ("db.internal.:5432", "trailing dot"),
+        ("db..internal:5432", "non-empty labels"),
+    ],
+)
+def test_ambiguous_destinations_are_refused(
+    hoopy: SshHoopy, echo: Echo, dest: str, why: str
+) -> None:
+    sub = _sub()
+    seen = len(echo.connections)
+    r = ssh_w(hoopy, dest.format(echo=echo.port), b"x", sub)
+    assert why in _refused(r)
+    assert len(echo.connections) == seen
+    _, events = _events(hoopy, sub)
+    refused = [e for e in events if e.get("type") == "refused"]
+    assert refused and refused[0]["what"] == "direct-tcpip" and why in refused[0]["reason"]
+
+
+def test_host_case_is_normalised(hoopy: SshHoopy) -> None:
+    """DB.Internal is db.internal: allowed by the rule (the backend cannot resolve it,
+    so the open fails there, after the allow)."""
+    sub = _sub()
+    r = ssh_w(hoopy, "DB.Internal:5432", b"x", sub)
+    assert r.returncode != 0
+    _, events = _events(hoopy, sub)
+    cmd = next(e for e in events if e.get("type") == "command")
+    assert cmd["outcome"] == "allow" and cmd["text"] == "forward to db.internal:5432"
+    failed = next(e for e in events if e.get("type") == "forward_failed")
+    assert "the backend could not open db.internal:5432" in failed["reason"]
+
+
+def test_deny_beats_allow_even_through_another_name(hoopy: SshHoopy, echo2: Echo) -> None:
+    """fwd-deny may forward to 127.0.0.1:*, but a deny on localhost:PORT covers
+    127.0.0.1:PORT and [::ffff:127.0.0.1]:PORT too."""
+    for dest in (f"127.0.0.1:{echo2.port}", f"[::ffff:127.0.0.1]:{echo2.port}"):
+        sub = _sub()
+        seen = len(echo2.connections)
+        r = ssh_w(hoopy, dest, b"x", sub, groups=("fwd-deny",))
+        err = _refused(r)
+        assert "denied by rule 'no-second-echo'" in err, err
+        assert "closed to agents" in err
+        assert len(echo2.connections) == seen
+        _, events = _events(hoopy, sub)
+        cmd = next(e for e in events if e.get("type") == "command")
+        assert cmd["outcome"] == "deny" and cmd["rule"] == "no-second-echo"
+
+
+def test_forwarding_is_refused_where_mask_rules_apply(hoopy: SshHoopy, echo: Echo) -> None:
+    sub = _sub()
+    seen = len(echo.connections)
+    r = ssh_w(hoopy, f"127.0.0.1:{echo.port}", b"x", sub, connector="web-masked")
+    err = _refused(r)
+    assert "mask rule 'hide-secrets' applies here" in err and "cannot be masked" in err, err
+    assert len(echo.connections) == seen
+    _, events = _events(hoopy, sub)
+    refused = [e for e in events if e.get("type") == "refused"]
+    assert refused and refused[0]["masks"] == "hide-secrets"
+
+
+def test_remote_forwarding_stays_refused_and_recorded(hoopy: SshHoopy, echo: Echo) -> None:
+    sub = _sub()
+    argv = hoopy.ssh_argv(
+        "web-1", "-N", "-o", "ExitOnForwardFailure=yes", "-R", f"0:127.0.0.1:{echo.port}"
+    )
+    r = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env=hoopy.ssh_env(hoopy.token(sub, ("fwd",))),
+    )  # fmt: skip
+    assert r.returncode != 0 and "remote port forwarding failed" in r.stderr, r.stderr
+    _, events = _events(hoopy, sub)
+    assert any(e.get("type") == "refused" and e["what"] == "tcpip-forward" for e in events)
+
+
+def test_agent_and_x11_forwarding_stay_refused_and_recorded(
+    hoopy: SshHoopy, tmp_path: Path
+) -> None:
+    sub = _sub()
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(  # a real, empty ssh-agent for ssh -A to forward
+        ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert agent.stdout is not None
+    assert b"SSH_AUTH_SOCK" in agent.stdout.readline()  # listening
+    env = {**hoopy.ssh_env(hoopy.token(sub, ("fwd", "agents"))), "SSH_AUTH_SOCK": str(sock)}
+    try:
+        r = subprocess.run(
+            [*hoopy.ssh_argv("web-1", "-A", "-X", "-o", "ForwardX11Trusted=yes",
+                             "-o", "XAuthLocation=/nonexistent", "-v"), "true"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    assert r.returncode == 0, r.stderr  # the command runs; the forwardings do not
+    assert "Requesting authentication agent forwarding" in r.stderr
+    assert "Requesting X11 forwarding" in r.stderr
+    _, events = _events(hoopy, sub)
+    refused = {e["what"] for e in events if e.get("type") == "refused"}
+    assert {"auth-agent", "x11"} <= refused, events
+
+
+# ---- approval ------------------------------------------------------------------------------
+
+
+def _pending(h: SshHoopy, needle: str) -> str:
+    """The id of the pending approval whose command holds `needle` (bounded wait)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"http://{h.addresses['admin']}/api/approvals?state=pending",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = json.loads(r.read())
+        items = body if isinstance(body, list) else body.get("approvals", [])
+        for a in items:
+            if needle in json.dumps(a):
+                return str(a["id"])
+        time.sleep(0.05)
+    raise AssertionError(f"no pending approval for {needle!r}")
+
+
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_an_approval_holds_the_open_until_decided(
+    hoopy: SshHoopy, echo2: Echo, verdict: str
+) -> None:
+    sub = _sub()
+    seen = len(echo2.connections)
+    proc = subprocess.Popen(
+        hoopy.ssh_argv("web-1", "-v", "-W", f"127.0.0.1:{echo2.port}"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=hoopy.ssh_env(hoopy.token(sub, ("fwd",))),
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        # hoopy's note arrives as an SSH debug message while the open waits
+        note = _wait_for_line(proc, "waiting for approval", lines)
+        assert "by ops" in note, note
+        approval_id = _pending(hoopy, sub)
+        assert approval_id in note
+        assert len(echo2.connections) == seen  # nothing opened yet
+        req = urllib.request.Request(
+            f"http://{hoopy.addresses['admin']}/api/approvals/{approval_id}/{verdict}",
+            method="POST", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+        out, err = proc.communicate(b"approved bytes\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if verdict == "approve":
+        assert proc.returncode == 0, err
+        assert out == GREETING + b"approved bytes\n"
+        assert len(echo2.connections) == seen + 1
+    else:
+        assert proc.returncode != 0 and b"administratively prohibited" in err
+        assert len(echo2.connections) == seen
+    _, events = _events(hoopy, sub)
+    cmd = next(e for e in events if e.get("type") == "command")
+    assert cmd["outcome"] == "require_approval" and cmd["rule"] == "second-echo-needs-ops"
+    assert any(e.get("type") == "forward_open" for e in events) == (verdict == "approve")

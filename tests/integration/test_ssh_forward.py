@@ -203,8 +203,9 @@ def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, seen: list[str]) 
 def _roundtrip(port: int, payload: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         got = b""
-        while len(got) < len(GREETING):
-            got += s.recv(65536)
+        while len(got) < len(GREETING) and (chunk := s.recv(65536)):
+            got += chunk
+        assert got == GREETING, got  # the forward is open: the echo server greeted
         writer = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
         writer.start()
         while chunk := s.recv(1 << 20):
@@ -385,8 +386,8 @@ def test_agent_and_x11_forwarding_stay_refused_and_recorded(
 # ---- approval ------------------------------------------------------------------------------
 
 
-def _pending(h: SshHoopy, needle: str) -> str:
-    """The id of the pending approval whose command holds `needle` (bounded wait)."""
+def _pending(h: SshHoopy, needle: str) -> dict[str, Any]:
+    """The pending approval that holds `needle` (bounded wait)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         req = urllib.request.Request(
@@ -398,7 +399,7 @@ def _pending(h: SshHoopy, needle: str) -> str:
         items = body if isinstance(body, list) else body.get("approvals", [])
         for a in items:
             if needle in json.dumps(a):
-                return str(a["id"])
+                return dict(a)
         time.sleep(0.05)
     raise AssertionError(f"no pending approval for {needle!r}")
 
@@ -419,8 +420,10 @@ def test_an_approval_holds_the_open_until_decided(
         # hoopy's note arrives as an SSH debug message while the open waits
         note = _wait_for_line(proc, "waiting for approval", lines)
         assert "by ops" in note, note
-        approval_id = _pending(hoopy, sub)
+        pending = _pending(hoopy, sub)
+        approval_id = str(pending["id"])
         assert approval_id in note
+        assert pending["command"] == f"forward to 127.0.0.1:{echo2.port}"  # what approvers see
         assert len(echo2.connections) == seen  # nothing opened yet
         req = urllib.request.Request(
             f"http://{hoopy.addresses['admin']}/api/approvals/{approval_id}/{verdict}",

@@ -5,6 +5,7 @@ approvals and mask rules apply; everything is recorded and verifiable."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from hoopy import pgcluster
@@ -41,16 +43,23 @@ class Echo:
         return int(self.server.server_address[1])
 
 
-def start_echo() -> Echo:
+def start_echo(sink: bool = False) -> Echo:
+    """`sink`: no greeting, no echo; reads to EOF, then says how many bytes came."""
     echo: Echo
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
             echo.connections.append(f"{self.client_address[0]}:{self.client_address[1]}")
             sock: socket.socket = self.request
-            sock.sendall(GREETING)
+            if not sink:
+                sock.sendall(GREETING)
+            total = 0
             while data := sock.recv(65536):
-                sock.sendall(data)
+                total += len(data)
+                if not sink:
+                    sock.sendall(data)
+            if sink:
+                sock.sendall(f"got {total}\n".encode())
             sock.shutdown(socket.SHUT_WR)
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
@@ -76,7 +85,16 @@ def echo2() -> Iterator[Echo]:
     e.server.server_close()
 
 
-def _policy(echo: Echo, echo2: Echo) -> str:
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Echo]:
+    e = start_echo(sink=True)
+    yield e
+    e.server.shutdown()
+    e.server.server_close()
+
+
+def _policy(echo: Echo, echo2: Echo, sink: Echo | None = None) -> str:
+    more = f', "127.0.0.1:{sink.port}"' if sink is not None else ""
     return f"""\
 mode: enforce
 rules:
@@ -85,7 +103,8 @@ rules:
     match:
       groups: [fwd]
       connectors: [web-1, web-masked]
-      ssh: {{forward: ["127.0.0.1:{echo.port}", "127.0.0.1:{echo2.port}", "db.internal:5432"]}}
+      ssh:
+        forward: ["127.0.0.1:{echo.port}", "127.0.0.1:{echo2.port}", "db.internal:5432"{more}]
   - name: no-second-echo
     effect: deny
     reason: the second echo server is closed to agents
@@ -103,9 +122,10 @@ rules:
 
 @pytest.fixture(scope="module")
 def hoopy(
-    sshd: Sshd, echo: Echo, echo2: Echo, tmp_path_factory: pytest.TempPathFactory
+    sshd: Sshd, echo: Echo, echo2: Echo, sink: Echo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SshHoopy]:
-    h = start_ssh_hoopy(tmp_path_factory.mktemp("hoopy-fwd"), sshd, {"fwd": _policy(echo, echo2)})
+    policy = _policy(echo, echo2, sink)
+    h = start_ssh_hoopy(tmp_path_factory.mktemp("hoopy-fwd"), sshd, {"fwd": policy})
     try:
         yield h
     finally:
@@ -447,3 +467,117 @@ def test_an_approval_holds_the_open_until_decided(
     cmd = next(e for e in events if e.get("type") == "command")
     assert cmd["outcome"] == "require_approval" and cmd["rule"] == "second-echo-needs-ops"
     assert any(e.get("type") == "forward_open" for e in events) == (verdict == "approve")
+
+
+def test_an_approval_is_withdrawn_when_the_agent_leaves(hoopy: SshHoopy, echo2: Echo) -> None:
+    sub = _sub()
+    seen = len(echo2.connections)
+    proc = subprocess.Popen(
+        hoopy.ssh_argv("web-1", "-v", "-W", f"127.0.0.1:{echo2.port}"),
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=hoopy.ssh_env(hoopy.token(sub, ("fwd",))),
+    )  # fmt: skip
+    try:
+        _wait_for_line(proc, "waiting for approval", [])
+        approval_id = str(_pending(hoopy, sub)["id"])
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while approval_id in json.dumps(_approvals(hoopy, "pending")):  # withdrawn (bounded)
+        assert time.monotonic() < deadline, "the approval stayed pending after the agent left"
+        time.sleep(0.05)
+    _, events = _events(hoopy, sub)
+    assert any(e.get("type") == "approval_cancelled" for e in events)
+    assert not any(e.get("type") == "forward_open" for e in events)
+    assert len(echo2.connections) == seen
+
+
+def _approvals(h: SshHoopy, state: str) -> Any:
+    req = urllib.request.Request(
+        f"http://{h.addresses['admin']}/api/approvals?state={state}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+# ---- limits and recording ------------------------------------------------------------------
+
+
+def _asyncssh(h: SshHoopy, sub: str, groups: tuple[str, ...] = ("fwd",)) -> Any:
+    return asyncssh.connect(
+        "127.0.0.1", h.ssh_port, username="web-1", password=h.token(sub, groups),
+        known_hosts=asyncssh.import_known_hosts(h.known_hosts().read_text()),
+        client_keys=None, agent_path=None, config=None, preferred_auth="password",
+    )  # fmt: skip
+
+
+def test_tiny_packets_are_recorded_coalesced(hoopy: SshHoopy, sink: Echo) -> None:
+    """2,000 one-byte SSH packets become a handful of forward_data events, not 2,000."""
+    sub = _sub()
+
+    async def main() -> bytes:
+        async with _asyncssh(hoopy, sub) as conn:
+            reader, writer = await conn.open_connection("127.0.0.1", sink.port)
+            for i in range(2000):
+                writer.write(b"abcdefghij"[i % 10 : i % 10 + 1])
+            await writer.drain()
+            writer.write_eof()
+            return bytes(await asyncio.wait_for(reader.read(), 30))
+
+    assert asyncio.run(main()) == b"got 2000\n"
+    log, events = _events(hoopy, sub)
+    sent = [e for e in events if e.get("type") == "forward_data" and e["dir"] == "to"]
+    assert _stream(events, "to") == b"abcdefghij" * 200
+    assert len(sent) <= 20, len(sent)
+    assert hoopy.cli("verify", log.stem).returncode == 0
+
+
+def test_open_channels_are_limited_per_connection(hoopy: SshHoopy, sink: Echo) -> None:
+    sub = _sub()
+
+    async def main() -> None:
+        async with _asyncssh(hoopy, sub) as conn:
+            held = [await conn.open_connection("127.0.0.1", sink.port) for _ in range(64)]
+            with pytest.raises(asyncssh.ChannelOpenError) as e:
+                await conn.open_connection("127.0.0.1", sink.port)
+            assert e.value.code == asyncssh.OPEN_RESOURCE_SHORTAGE
+            _, writer = held.pop()
+            writer.close()  # one closes: the next one opens
+            await writer.channel.wait_closed()
+            reader, writer = await conn.open_connection("127.0.0.1", sink.port)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 30) == b"got 0\n"
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def small_hoopy(
+    sshd: Sshd, echo: Echo, echo2: Echo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SshHoopy]:
+    extra = "ssh: {failed_logins: 1000, record_bytes: 4KiB}\n"
+    h = start_ssh_hoopy(
+        tmp_path_factory.mktemp("hoopy-fwd-small"), sshd, {"fwd": _policy(echo, echo2)},
+        extra_yaml=extra,
+    )  # fmt: skip
+    try:
+        yield h
+    finally:
+        stop(h.proc)
+
+
+def test_recorded_bytes_are_capped_per_direction(small_hoopy: SshHoopy, echo: Echo) -> None:
+    sub = _sub()
+    payload = bytes(range(256)) * 256  # 64 KiB each way
+    r = ssh_w(small_hoopy, f"127.0.0.1:{echo.port}", payload, sub)
+    assert r.returncode == 0 and r.stdout == GREETING + payload  # relayed whole
+    log, events = _events(small_hoopy, sub)
+    assert _stream(events, "to") == payload[:4096]
+    assert _stream(events, "from") == (GREETING + payload)[:4096]
+    capped = {e["stream"] for e in events if e.get("type") == "recording_capped"}
+    assert capped == {"to", "from"}
+    closed = next(e for e in events if e.get("type") == "forward_close")
+    assert closed["bytes_to"] == len(payload)  # the full counts
+    assert small_hoopy.cli("verify", log.stem).returncode == 0

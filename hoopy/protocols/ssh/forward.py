@@ -22,8 +22,11 @@ Recording: the `command` event (destination, decision, rule), `forward_open`,
 `forward_data` events holding the bytes themselves (as `text` when a chunk is UTF-8,
 else `b64`; at most DATA_EVENT bytes per event and `ssh.record_bytes` per direction,
 then a `recording_capped` event), and `forward_close` (bytes each way, duration, who
-closed).  They are all in the hash-chained log, so `hoopy verify` covers them.  A
-recorder failure closes the forward (nothing passes unrecorded).  Refusals are
+closed).  They are all in the hash-chained log, so `hoopy verify` covers them.  Data
+events are coalesced (written when DATA_EVENT bytes are pending, when the other side
+speaks, after FLUSH_DELAY, at EOF and close) so a stream of tiny packets does not
+become a flood of events; so up to DATA_EVENT bytes per direction may have passed
+before they are on disk.  A recorder failure closes the forward.  Refusals are
 `refused` events (or the denied `command`) plus the agent's channel-open failure
 (OPEN_ADMINISTRATIVELY_PROHIBITED, reason included, which `ssh` prints).
 """
@@ -50,7 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hoopy.ssh.forward")
 
-DATA_EVENT = 16 * 1024  # forwarded bytes per recorded event
+DATA_EVENT = 16 * 1024  # forwarded bytes per recorded event, at most
+FLUSH_DELAY = 0.2  # s: recorded bytes wait at most this long to be coalesced
 SHOWN_TARGET = 300  # characters of a refused, unparsable destination kept in the record
 PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 
@@ -174,7 +178,9 @@ class Relay:
         self.backend_side = _Side(self, False)
         self.started = time.monotonic()
         self.bytes = {"to": 0, "from": 0}  # to the destination, from it
-        self.recorded = {"to": 0, "from": 0}
+        self.recorded = {"to": 0, "from": 0}  # written to the log
+        self.pending = {"to": bytearray(), "from": bytearray()}  # not yet (see _record)
+        self._timer: asyncio.TimerHandle | None = None
         self._early: list[bytes] = []  # from the destination before the agent's side opened
         self._early_eof = False
         self.closed = False
@@ -216,6 +222,7 @@ class Relay:
             peer.write(data)
 
     def eof(self, from_agent: bool) -> None:
+        self._flush_all()
         peer = self.channel(not from_agent)
         if peer is None:
             self._early_eof = True
@@ -234,6 +241,7 @@ class Relay:
             return
         self.closed = True
         self.conn.open_channels -= 1
+        self._flush_all()
         self._event(
             "forward_close",
             forward=self.number,
@@ -250,28 +258,53 @@ class Relay:
 
     # ---- recording -------------------------------------------------------------------
     def _record(self, direction: str, data: bytes) -> bool:
-        """The bytes in the chained log, up to the cap; False if the recorder failed
-        (the forward is closed: nothing passes unrecorded)."""
+        """The bytes into the chained log, up to the cap, coalesced: an event per
+        DATA_EVENT bytes, per turn of the conversation, or per FLUSH_DELAY of quiet, not
+        per SSH packet.  False if the recorder failed (the forward is then closed)."""
         cap = self.conn.listener.gw.config.ssh.record_bytes
-        room = cap - self.recorded[direction]
+        buf = self.pending[direction]
+        room = cap - self.recorded[direction] - len(buf)
         if room <= 0:
             return True
-        part = data[:room]
-        for at in range(0, len(part), DATA_EVENT):
-            chunk = part[at : at + DATA_EVENT]
+        other = "from" if direction == "to" else "to"
+        if self.pending[other] and not self._flush(other):
+            return False
+        buf += data[:room]
+        if room <= len(data):  # the cap: all of it, then the mark
+            return self._flush(direction) and self._event(
+                "recording_capped", forward=self.number, stream=direction, bytes=cap
+            )
+        whole = len(buf) - len(buf) % DATA_EVENT
+        if whole and not self._flush(direction, whole):
+            return False
+        if buf and self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(FLUSH_DELAY, self._flush_all)
+        return True
+
+    def _flush(self, direction: str, upto: int | None = None) -> bool:
+        buf = self.pending[direction]
+        end = len(buf) if upto is None else upto
+        for at in range(0, end, DATA_EVENT):
+            chunk = bytes(buf[at : min(at + DATA_EVENT, end)])
             try:
                 shown = {"text": chunk.decode("utf-8")}
             except UnicodeDecodeError:
                 shown = {"b64": base64.b64encode(chunk).decode("ascii")}
-            offset = self.recorded[direction] + at
+            offset = self.recorded[direction]
             if not self._event(
                 "forward_data", forward=self.number, dir=direction, offset=offset, **shown
             ):
                 return False
-        self.recorded[direction] += len(part)
-        if self.recorded[direction] >= cap:
-            return self._event("recording_capped", forward=self.number, stream=direction, bytes=cap)
+            self.recorded[direction] += len(chunk)
+        del buf[:end]
         return True
+
+    def _flush_all(self) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self._flush("to") and self._flush("from")
 
     def _event(self, kind: str, **fields: Any) -> bool:
         try:

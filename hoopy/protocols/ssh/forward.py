@@ -78,8 +78,17 @@ async def open_forward(
         relay = await _open(conn, host, port, f"{orig_host}:{orig_port}")
         opened = True
         return relay.agent_side
-    except asyncio.CancelledError:
+    except asyncssh.ChannelOpenError:
+        raise
+    except asyncio.CancelledError:  # the agent left: asyncssh answers nobody
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "cancelled") from None
+    except HoopyError as e:  # the recorder failed: nothing opens unrecorded
+        raise asyncssh.ChannelOpenError(PROHIBITED, f"hoopy: {e.message}") from None
+    except Exception:  # never an unanswered open, never the exception's text
+        log.exception("opening a forward failed")
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_CONNECT_FAILED, "hoopy: internal error"
+        ) from None
     finally:
         if task is not None:
             conn.forward_tasks.discard(task)
@@ -137,14 +146,19 @@ async def _open(conn: AgentConnection, host: str, port: int, origin: str) -> Rel
         session.record("forward_failed", forward=relay.number, destination=str(dest), reason=reason)
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, f"hoopy: {reason}") from None
     relay.backend = chan
+    try:
+        session.record(
+            "forward_open",
+            forward=relay.number,
+            destination=str(dest),
+            origin=origin,
+            rule=decision.rule,
+        )
+    except HoopyError:
+        relay.closed = True  # open_forward gives the channel count back
+        chan.close()
+        raise
     conn.gw.metrics.inc("ssh_forwards_total")
-    session.record(
-        "forward_open",
-        forward=relay.number,
-        destination=str(dest),
-        origin=origin,
-        rule=decision.rule,
-    )
     return relay
 
 

@@ -45,7 +45,7 @@ import asyncssh
 from hoopy.errors import HoopyError
 from hoopy.netdest import Destination, destination
 from hoopy.policy import FORWARD, Command, identity_masks
-from hoopy.protocols.ssh.channel import NOTIFY, WRITE_HIGH
+from hoopy.protocols.ssh.channel import BACKEND_PACKET, BACKEND_WINDOW, NOTIFY, WRITE_HIGH
 from hoopy.recorder import RecorderError
 
 if TYPE_CHECKING:
@@ -136,7 +136,13 @@ async def _open(conn: AgentConnection, host: str, port: int, origin: str) -> Rel
     conn.channels += 1
     relay = Relay(conn, conn.channels, dest)
     try:
-        chan, _ = await backend.create_connection(lambda: relay.backend_side, dest.host, dest.port)
+        chan, _ = await backend.create_connection(
+            lambda: relay.backend_side,
+            dest.host,
+            dest.port,
+            window=BACKEND_WINDOW,
+            max_pktsize=BACKEND_PACKET,
+        )
     except asyncssh.ChannelOpenError as e:
         reason = f"the backend could not open {dest}: {e.reason}"
         session.record("forward_failed", forward=relay.number, destination=str(dest), reason=reason)

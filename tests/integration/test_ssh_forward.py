@@ -581,3 +581,46 @@ def test_recorded_bytes_are_capped_per_direction(small_hoopy: SshHoopy, echo: Ec
     closed = next(e for e in events if e.get("type") == "forward_close")
     assert closed["bytes_to"] == len(payload)  # the full counts
     assert small_hoopy.cli("verify", log.stem).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "why"),
+    [
+        ("db.internal\x00.evil.com", 5432, "plain ASCII"),
+        ("db.internal\n", 5432, "plain ASCII"),
+        (" db.internal", 5432, "plain ASCII"),
+        ("db.internal", 0, "out of range"),
+        ("db.internal", 65536, "out of range"),
+        ("db.internal", 2**32 - 1, "out of range"),
+        ("[::1]", 22, "brackets"),
+        ("fe80::1%lo", 22, "zone"),
+        ("a" * 20000, 22, "1-253"),
+        ("dé.internal", 5432, "plain ASCII"),
+        ("-oProxyCommand=x", 22, "starting with '-'"),
+    ],
+)
+def test_hostile_destinations_on_the_wire_are_refused(
+    hoopy: SshHoopy, echo: Echo, host: str, port: int, why: str
+) -> None:
+    """What OpenSSH's client would not send, asyncssh sends as is: every one is refused
+    with the reason, recorded bounded and escaped, and the connection stays usable."""
+    sub = _sub()
+    seen = len(echo.connections)
+
+    async def main() -> None:
+        async with _asyncssh(hoopy, sub, ("fwd", "agents")) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError) as e:
+                await conn.create_connection(asyncssh.SSHTCPSession, host, port)
+            assert e.value.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+            assert why in e.value.reason, e.value.reason
+            r = await conn.run("echo still here")
+            assert r.stdout == "still here\n"
+
+    asyncio.run(main())
+    assert len(echo.connections) == seen
+    log, events = _events(hoopy, sub)
+    refused = next(e for e in events if e.get("type") == "refused")
+    assert refused["what"] == "direct-tcpip" and why in refused["reason"]
+    assert len(refused["target"]) < 400 and "\x00" not in refused["target"]
+    assert not any("forward_tcp" in e.get("kinds", []) for e in events)
+    assert hoopy.cli("verify", log.stem).returncode == 0

@@ -75,7 +75,7 @@ async def open_forward(
         conn.forward_tasks.add(task)  # cancelled if the agent leaves while it waits
     opened = False
     try:
-        relay = await _open(conn, host, port, f"{orig_host}:{orig_port}")
+        relay = await _open(conn, host, port, _shown(orig_host, orig_port))
         opened = True
         return relay.agent_side
     except asyncssh.ChannelOpenError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import socketserver
@@ -624,3 +625,75 @@ def test_hostile_destinations_on_the_wire_are_refused(
     assert len(refused["target"]) < 400 and "\x00" not in refused["target"]
     assert not any("forward_tcp" in e.get("kinds", []) for e in events)
     assert hoopy.cli("verify", log.stem).returncode == 0
+
+
+# ---- flow control ----------------------------------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_a_fast_destination_and_a_slower_agent_stay_in_step(hoopy: SshHoopy) -> None:
+    """A destination that writes faster than the agent reads (asyncssh's Python client,
+    32 KiB packets, is slower than hoopy's side) is held back by the windows: what it
+    has sent never runs more than a few windows ahead of what the agent has read.
+    Without buffer limits matched to asyncssh's window accounting it ran 90 MiB ahead
+    at 100 MiB read, and hoopy held it."""
+    sent = [0]
+
+    class Flood(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            block = b"z" * 65536
+            with contextlib.suppress(OSError):
+                while sent[0] < 400 << 20:
+                    self.request.sendall(block)
+                    sent[0] += len(block)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Flood)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = int(server.server_address[1])
+    sub = _sub()
+    ahead: list[int] = []
+
+    async def main() -> None:
+        async with _asyncssh(hoopy, sub, ("fwd-deny",)) as conn:  # 127.0.0.1:* allowed
+            reader, writer = await conn.open_connection("127.0.0.1", port)
+            got = 0
+            while got < 150 << 20:
+                got += len(await asyncio.wait_for(reader.read(1 << 20), 30))
+                ahead.append(sent[0] - got)
+            writer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert max(ahead) < 40 << 20, f"ran {max(ahead) >> 20} MiB ahead"
+
+
+def test_exec_output_to_a_slower_agent_keeps_hoopy_flat(small_hoopy: SshHoopy) -> None:
+    """The same for an exec channel's stdout (channel.Bridge): hoopy's memory stays
+    flat (it grew by ~100 MiB per 100 MiB read before).  A gateway of its own that
+    moved no big stream before, so its RSS has not grown already."""
+    hoopy = small_hoopy
+    before = _rss(hoopy.proc.pid)
+    peak = before
+
+    async def main() -> int:
+        nonlocal peak
+        async with _asyncssh(hoopy, _sub(), ("agents",)) as conn:
+            proc = await conn.create_process("head -c 150000000 /dev/zero", encoding=None)
+            got = 0
+            while data := await asyncio.wait_for(proc.stdout.read(1 << 20), 30):
+                got += len(data)
+                peak = max(peak, _rss(hoopy.proc.pid))
+            return got
+
+    assert asyncio.run(main()) == 150000000
+    assert peak - before < 48 << 20, f"hoopy grew by {(peak - before) >> 20} MiB"

@@ -15,7 +15,7 @@ An allowed destination is opened by the *backend* connection (asyncssh
 `create_connection`: the backend sshd's own direct-tcpip), so it is reached from the
 backend host, as `ssh -L` to that host would.  `Relay` then joins the two channels
 with callbacks, as `channel.Bridge` does: end-to-end flow control (a side whose send
-buffer passes WRITE_HIGH pauses reading the other side, which stops granting it
+buffer passes its high-water mark pauses reading the other side, which stops granting it
 window), EOF and close relayed both ways.
 
 Recording: the `command` event (destination, decision, rule), `forward_open`,
@@ -45,7 +45,7 @@ import asyncssh
 from hoopy.errors import HoopyError
 from hoopy.netdest import Destination, destination
 from hoopy.policy import FORWARD, Command, identity_masks
-from hoopy.protocols.ssh.channel import BACKEND_PACKET, BACKEND_WINDOW, NOTIFY, WRITE_HIGH
+from hoopy.protocols.ssh.channel import BACKEND_PACKET, BACKEND_WINDOW, NOTIFY, limit_buffers
 from hoopy.recorder import RecorderError
 
 if TYPE_CHECKING:
@@ -210,11 +210,13 @@ class Relay:
 
     # ---- callbacks (from _Side) ------------------------------------------------------
     def made(self, agent: bool, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
-        chan.set_write_buffer_limits(high=WRITE_HIGH)
         if not agent:
             self.backend = chan
             return
         self.agent = chan
+        if self.backend is not None:
+            limit_buffers(chan, self.backend)
+            limit_buffers(self.backend, chan)
         early, self._early = self._early, []
         for data in early:
             self.data(False, data)

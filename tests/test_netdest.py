@@ -169,6 +169,7 @@ def test_an_exact_name_only_ever_matches_itself(name: str, suffix: str) -> None:
     """The look-alike attack: any destination that is not exactly `name` (after case
     folding) does not match a rule naming `name`."""
     try:
+        netdest.pattern(f"{name}:443")  # `0` is no pattern (nor destination): refused
         d = netdest.destination(name + suffix, 443)
     except ValueError:
         return

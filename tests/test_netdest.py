@@ -330,3 +330,32 @@ def test_forward_patterns_load(tmp_path: Path) -> None:
     )
     cfg = load_config(tmp_path / "hoopy.yaml")
     assert cfg.policies[0].rules[0].match.ssh == SshMatch(forward=("DB.x:1",))
+
+
+_NOISY = st.sampled_from(list("abcdefxz0123456789.:-_[]%*?/ \x00\nAZ"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_NOISY, max_size=30), st.integers(min_value=-1, max_value=70000))
+def test_every_accepted_destination_is_a_pattern_that_matches_it(host: str, port: int) -> None:
+    """An operator can always write an allow for what an agent may name: the
+    destination's own `host:port` parses as a pattern and matches it."""
+    try:
+        d = netdest.destination(host, port)
+    except ValueError:
+        return
+    assert netdest.matches((str(d),), str(d))
+    for pattern in ("*:*", f"*:{d.port}"):
+        assert netdest.matches((pattern,), str(d))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_NOISY, max_size=30))
+def test_patterns_parse_or_say_why(text: str) -> None:
+    try:
+        p = netdest.pattern(text)
+    except ValueError as e:
+        assert str(e)
+        return
+    for host in ("db.internal", "10.0.0.1", "::1", "localhost"):
+        p.matches(host, 22)  # never raises

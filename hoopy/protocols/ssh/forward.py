@@ -203,6 +203,7 @@ class Relay:
         self._timer: asyncio.TimerHandle | None = None
         self._early: list[bytes] = []  # from the destination before the agent's side opened
         self._early_eof = False
+        self._backend_gone: tuple[Exception | None] | None = None
         self.closed = False
 
     def channel(self, agent: bool) -> asyncssh.SSHTCPChannel[bytes] | None:
@@ -224,8 +225,8 @@ class Relay:
             chan.write_eof()
         if self.backend is not None:
             self.backend.resume_reading()
-        if self.closed:  # the destination went while the agent's channel opened
-            chan.close()
+        if self._backend_gone is not None:  # the destination went meanwhile: now it ends
+            self.lost(False, self._backend_gone[0])
 
     def data(self, from_agent: bool, data: bytes) -> None:
         if self.closed:
@@ -260,6 +261,9 @@ class Relay:
 
     def lost(self, agent: bool, exc: Exception | None) -> None:
         if self.closed:
+            return
+        if not agent and self.agent is None:  # before the agent's side opened: what
+            self._backend_gone = (exc,)  # came first is relayed then (see `made`)
             return
         self.closed = True
         self.conn.open_channels -= 1

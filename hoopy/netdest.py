@@ -18,9 +18,12 @@ way a rule reads it, is refused instead of guessed at:
 - ports 1-65535.
 
 A destination also has *aliases*: other names of the same place.  Loopback has many
-(`localhost`, `127.0.0.0/8`, `::1`, and `0.0.0.0` / `::`, which reach the local host on
-Linux).  Deny and approval rules match the destination or any alias, so a deny on
-`127.0.0.1:*` also stops `0.0.0.0:22`; an allow must name the destination itself.
+(`localhost` and the names /etc/hosts usually gives it, `127.0.0.0/8`, `::1`, and
+`0.0.0.0` / `::`, which reach the local host on Linux).  Deny and approval rules match
+the destination or any alias, so a deny on `127.0.0.1:*` also stops `0.0.0.0:22`; an
+allow must name the destination itself.  Names hoopy cannot know (the backend's own
+host name and addresses, its other /etc/hosts entries) are no aliases: allow lists,
+not deny lists, are what confines forwarding.
 
 Patterns (`ssh: {forward: [...]}`) are `HOST:PORT`.  HOST is `*` (any destination),
 a name glob where `*` and `?` never cross a dot (`*.internal` is `a.internal`, not
@@ -44,6 +47,11 @@ _PORT_GLOB = re.compile(r"[0-9*?]{1,5}\Z")
 _PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})\Z")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# Names the usual /etc/hosts gives loopback addresses (Debian, RHEL)
+_LOOPBACK_HOSTS = frozenset(
+    {"localhost", "localhost.localdomain", "localhost4", "localhost6", "ip6-localhost",
+     "ip6-loopback", "localhost4.localdomain4", "localhost6.localdomain6"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ def destination(host: str, port: int) -> Destination:
             "the host name may hold only letters, digits, '-', '_' and dots between "
             "non-empty labels, none starting with '-'"
         )
-    if name == "localhost" or name.endswith(".localhost"):
+    if name in _LOOPBACK_HOSTS or name.endswith(".localhost"):
         return Destination(name, port, _LOOPBACK_NAMES)
     return Destination(name, port)
 

@@ -34,6 +34,13 @@ from hoopy.policy import FORWARD, Command, Identity, Match, PolicySet, Rule, Ssh
         ("::ffff:127.0.0.1", 22, "127.0.0.1:22", ("localhost:22", "[::1]:22")),
         ("LocalHost", 22, "localhost:22", ("127.0.0.1:22", "[::1]:22")),
         ("x.localhost", 22, "x.localhost:22", ("localhost:22", "127.0.0.1:22", "[::1]:22")),
+        ("IP6-Localhost", 22, "ip6-localhost:22", ("localhost:22", "127.0.0.1:22", "[::1]:22")),
+        (
+            "localhost.localdomain",
+            1,
+            "localhost.localdomain:1",
+            ("localhost:1", "127.0.0.1:1", "[::1]:1"),
+        ),
         ("a_b-c.d", 1, "a_b-c.d:1", ()),
         ("1e100.net", 65535, "1e100.net:65535", ()),
     ],

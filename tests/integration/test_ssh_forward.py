@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import socket
 import socketserver
 import subprocess
@@ -697,3 +698,29 @@ def test_exec_output_to_a_slower_agent_keeps_hoopy_flat(small_hoopy: SshHoopy) -
 
     assert asyncio.run(main()) == 150000000
     assert peak - before < 48 << 20, f"hoopy grew by {(peak - before) >> 20} MiB"
+
+
+def test_a_certificate_login_forwards_too(hoopy: SshHoopy, echo: Echo, tmp_path: Path) -> None:
+    """hoopy's SSH CA issues certificates with permit-port-forwarding: `ssh -i KEY -W`
+    works where policy allows, for the certificate's identity."""
+    from tests.integration.test_ssh_cert_login import ssh_cert
+
+    sub = _sub()
+    key = tmp_path / "agent_key"
+    token = hoopy.issuer.mint(sub, ["fwd"], extra={"pad": "x" * 1500})  # > 1 KiB
+    r = ssh_cert(hoopy, token, key)
+    assert r.returncode == 0, r.stderr
+    argv = [
+        "ssh", "-p", str(hoopy.ssh_port), "-F", "/dev/null",
+        "-o", f"UserKnownHostsFile={hoopy.known_hosts()}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "PreferredAuthentications=publickey", "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i", str(key),
+        "-W", f"127.0.0.1:{echo.port}", "web-1@127.0.0.1",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    out = subprocess.run(argv, input=b"via cert\n", capture_output=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == GREETING + b"via cert\n"
+    _, events = _events(hoopy, sub)
+    assert any(e.get("type") == "forward_open" and e["rule"] == "fwd-echo" for e in events)

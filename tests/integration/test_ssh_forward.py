@@ -724,3 +724,23 @@ def test_a_certificate_login_forwards_too(hoopy: SshHoopy, echo: Echo, tmp_path:
     assert out.stdout == GREETING + b"via cert\n"
     _, events = _events(hoopy, sub)
     assert any(e.get("type") == "forward_open" and e["rule"] == "fwd-echo" for e in events)
+
+
+def test_unix_socket_forwarding_stays_refused_and_recorded(hoopy: SshHoopy) -> None:
+    """`ssh -L port:/path/to.sock` (direct-streamlocal) and `-R /path:…` stay refused,
+    even for an identity that may forward TCP."""
+    sub = _sub()
+
+    async def main() -> None:
+        async with _asyncssh(hoopy, sub, ("fwd-deny",)) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError) as e:
+                await conn.open_unix_connection("/run/docker.sock")
+            assert e.value.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+            with pytest.raises((asyncssh.Error, asyncssh.ChannelListenError)):
+                await conn.forward_remote_path("/tmp/hoopy-r.sock", "/tmp/local.sock")
+
+    asyncio.run(main())
+    _, events = _events(hoopy, sub)
+    refused = {(e["what"], e["target"]) for e in events if e.get("type") == "refused"}
+    assert ("direct-streamlocal", "/run/docker.sock") in refused
+    assert ("streamlocal-forward", "/tmp/hoopy-r.sock") in refused

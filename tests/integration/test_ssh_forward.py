@@ -209,6 +209,11 @@ def test_ssh_w_round_trip_is_relayed_recorded_and_verifiable(hoopy: SshHoopy, ec
     assert closed["bytes_to"] == len(payload) and closed["bytes_from"] == len(GREETING + payload)
     assert closed["duration"] >= 0
     assert hoopy.cli("verify", log.stem).returncode == 0
+    shown = hoopy.cli("replay", log.stem, "--speed", "0")  # what a security team reads
+    assert shown.returncode == 0, shown.stderr
+    assert f"forward 1 open to 127.0.0.1:{echo.port}" in shown.stdout
+    assert "← forward 1: echo ready" in shown.stdout  # text as text (escaped)
+    assert "bytes of binary)" in shown.stdout  # the rest is binary
 
 
 def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, seen: list[str]) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from hoopy import netdest
 from hoopy.policy import (
     SFTP_OPS,
     Effect,
@@ -777,7 +778,7 @@ def _match(rule: Section, refs: _Refs) -> Match:
             f"{refs.issuers} token issuers are configured and a subject is only unique "
             "within its issuer: add match.issuers to say whose subjects these are",
         )
-    ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths", "shell"))
+    ssh = m.section("ssh", ("commands", "opaque", "sftp", "paths", "shell", "forward"))
     kube = m.section("kubernetes", (*_KUBE_KEYS, "opaque", "ports"))
     return Match(
         subjects=subjects,
@@ -801,7 +802,23 @@ def _ssh_match(ssh: Section) -> SshMatch:
         sftp=tuple(v for v, _ in sftp),
         paths=_match_strings(ssh, "paths"),
         shell=ssh.boolean("shell", False),
+        forward=_forward_patterns(ssh),
     )
+
+
+def _forward_patterns(ssh: Section) -> tuple[str, ...]:
+    """`ssh.forward`: direct-tcpip destinations (`host:port` patterns, hoopy.netdest).
+    A forward is not a command line: the key stands alone."""
+    items = _match_items(ssh, "forward")
+    others = [k for k in ("commands", "opaque", "sftp", "paths", "shell") if ssh.has(k)]
+    if items and others:
+        ssh.error("forward", f"cannot be combined with {', '.join(others)}: use another rule")
+    for value, node in items:
+        try:
+            netdest.pattern(value)
+        except ValueError as e:
+            ssh.doc.error(node, f"ssh.forward: '{value}': {e}")
+    return tuple(v for v, _ in items)
 
 
 def _kube_match(kube: Section) -> KubeMatch:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
+from hoopy import netdest
 from hoopy.kubenames import generated_name_matches
 
 Effect = Literal["allow", "deny", "require_approval", "mask"]
@@ -86,6 +87,9 @@ class Command:
     # kubernetes: a create named by generateName: `name` is the prefix the cluster
     # completes with 5 random characters (names rules judge every completion: kubenames)
     generated_name: bool = False
+    # ssh direct-tcpip (kind FORWARD): the destination `host:port` as named (normalised,
+    # hoopy.netdest), then other names of the same place, which only restrictive rules see
+    forward: tuple[str, ...] = ()
 
     @property
     def tables(self) -> frozenset[str]:
@@ -121,10 +125,14 @@ class SshMatch:
     sftp: tuple[str, ...] = ()  # SFTP operations (SFTP_OPS globs)
     paths: tuple[str, ...] = ()  # SFTP: globs over the paths an operation touches
     shell: bool = False  # interactive (PTY) shell sessions: allowed only by a rule saying so
+    forward: tuple[str, ...] = ()  # direct-tcpip destinations (hoopy.netdest patterns)
 
 
 # The Command kind of opening an interactive shell (each line typed is checked after).
 SHELL_SESSION = "shell_session"
+# The Command kind of an SSH direct-tcpip channel (ssh -L, ssh -W): allowed only by a
+# rule naming its destination in `ssh.forward`.
+FORWARD = "forward_tcp"
 
 
 # SFTP operations a rule's `ssh.sftp` names (Command.kinds are "sftp_" + op).
@@ -394,6 +402,10 @@ def _shell_matches(patterns: Sequence[str], opaque: bool, cmd: Command, every: b
 def _ssh_matches(s: SshMatch, cmd: Command, every: bool = False) -> bool:
     if cmd.protocol != "ssh":
         return False
+    if FORWARD in cmd.kinds:
+        return _forward_matches(s, cmd, every)
+    if s.forward:
+        return False  # a rule about forwarding says nothing about commands
     if SHELL_SESSION in cmd.kinds:  # an allow must say `shell: true`; `ssh: {}` denies all
         return s.shell or (not every and not (s.commands or s.opaque or s.sftp or s.paths))
     if s.shell and not (s.commands or s.opaque or s.sftp or s.paths):
@@ -420,6 +432,16 @@ def _sftp_matches(s: SshMatch, cmd: Command, ops: list[str], every: bool) -> boo
     if s.sftp and not _covered(s.sftp, [(op,) for op in ops], every):
         return False
     return not (s.paths and not _covered(s.paths, [(p,) for p in cmd.paths], every))
+
+
+def _forward_matches(s: SshMatch, cmd: Command, every: bool) -> bool:
+    """`forward` patterns against a direct-tcpip destination.  Only a rule naming it
+    allows one, and an allow must match the destination as named; deny and approval
+    rules match it or any other name of the same place (netdest aliases).  A rule about
+    commands, SFTP or shells says nothing about forwarding; `ssh: {}` matches it."""
+    if not s.forward:
+        return not every and not (s.commands or s.opaque or s.sftp or s.paths or s.shell)
+    return any(netdest.matches(s.forward, f) for f in (cmd.forward[:1] if every else cmd.forward))
 
 
 def _kube_matches(k: KubeMatch, cmd: Command, every: bool = False) -> bool:
@@ -460,13 +482,16 @@ def rule_matches(rule: Rule, who: Identity, cmd: Command) -> bool:
     if m.sql is not None and not _sql_matches(m.sql, cmd, every=rule.effect == "allow"):
         return False
     every = rule.effect == "allow"
-    if m.ssh is None and every and SHELL_SESSION in cmd.kinds:
-        return False  # interactive shells are off unless a rule says `ssh: {shell: true}`
+    if m.ssh is None and every and not cmd.kinds.isdisjoint(_OPT_IN_KINDS):
+        return False  # shells and forwarding are off unless a rule names them under `ssh`
     if m.ssh is not None and not _ssh_matches(m.ssh, cmd, every):
         return False
     if every and cmd.ports and (m.kubernetes is None or not m.kubernetes.ports):
         return False  # a forwarded port is allowed only by a rule that names it
     return not (m.kubernetes is not None and not _kube_matches(m.kubernetes, cmd, every))
+
+
+_OPT_IN_KINDS = frozenset({SHELL_SESSION, FORWARD})
 
 
 def _covers_opaque(rule: Rule, cmd: Command) -> bool:

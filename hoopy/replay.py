@@ -99,7 +99,31 @@ def describe(ev: dict[str, Any]) -> str:
         sig = f" signal {clean_line(ev['signal'])}" if ev.get("signal") else ""
         status = "" if ev.get("status") is None else f" status {clean_line(ev.get('status'))}"
         return f"{INDENT}← exit{status}{sig} ({clean_line(ev.get('bytes_out', 0))} bytes out)"
+    if t in ("forward_open", "forward_close", "forward_data"):
+        return _forward(ev)
     return f"{INDENT}. {clean_line(t)}"
+
+
+def _forward(ev: dict[str, Any]) -> str:
+    """SSH TCP forwarding (hoopy.protocols.ssh.forward): its open, close and the bytes
+    that passed (text shown escaped, binary as a byte count)."""
+    t, n = ev.get("type"), clean_line(ev.get("forward", "?"))
+    if t == "forward_open":
+        return f"{INDENT}⇄ forward {n} open to {clean_line(ev.get('destination', ''))}"
+    if t == "forward_close":
+        return (
+            f"{INDENT}⇄ forward {n} closed by {clean_line(ev.get('closed_by', '?'))}: "
+            f"{clean_line(ev.get('bytes_to', 0))} bytes to, "
+            f"{clean_line(ev.get('bytes_from', 0))} from, {clean_line(ev.get('duration', 0))} s"
+        )
+    arrow = "→" if ev.get("dir") == "to" else "←"
+    text = ev.get("text")
+    if isinstance(text, str):
+        shown = clean_line(text[:200]) + ("…" if len(text) > 200 else "")
+    else:
+        size = len(ev.get("b64", "")) * 3 // 4 if isinstance(ev.get("b64"), str) else 0
+        shown = f"({size} bytes of binary)"
+    return f"{INDENT}{arrow} forward {n}: {shown}"
 
 
 def play_cast(path: Path, speed: float = 1.0, out: TextIO = sys.stdout) -> None:

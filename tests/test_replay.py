@@ -173,3 +173,22 @@ def test_session_start_names_the_issuer() -> None:
     ev = {"type": "session_start", "subject": "agent-1", "extra": {"issuer": "https://b\x1b"}}
     assert "by agent-1 (of https://b\\x1b)" in describe(ev)
     assert "(of" not in describe({"type": "session_start", "subject": "a", "extra": "odd"})
+
+
+def test_describe_forwards_escapes_what_passed() -> None:
+    """Forwarded bytes are whatever the agent sent: shown escaped, on one line."""
+    events = [
+        {"type": "forward_open", "forward": 3, "destination": "db\x1b[2J:5432"},
+        {"type": "forward_data", "forward": 3, "dir": "to", "text": "GET /\r\n\x1b]0;x\x07"},
+        {"type": "forward_data", "forward": 3, "dir": "from", "b64": "AAEC"},
+        {"type": "forward_data", "forward": "\x1b", "dir": "to", "text": "x" * 500},
+        {"type": "forward_close", "forward": 3, "closed_by": "agent\x9b", "bytes_to": 7},
+        {"type": "forward_data", "b64": 5},
+    ]
+    for ev in events:
+        out = describe(ev)
+        assert not RAW.search(out) and "\n" not in out, (ev, out)
+    assert "→ forward 3: GET /\\x0d\\x0a\\x1b]0;x" in describe(events[1])
+    assert "(3 bytes of binary)" in describe(events[2])
+    assert describe(events[3]).endswith("x…")
+    assert "7 bytes to" in describe(events[4])

@@ -12,10 +12,12 @@ background so the first exec does not wait for two handshakes in a row (or taken
 idle from pool.py, where a clean ending parks it for the same identity's next
 connection); it is never used by two agent connections at once, nor by another identity.
 
-Session channels are `channel.Bridge`s.  Forwarding of any kind (TCP, Unix sockets,
-agent, X11, tun/tap) is refused and recorded.  Interactive shells and SFTP go to
-`Hooks` (interactive.py): a PTY shell whose typed lines are each checked, and an SFTP
-bridge whose operations are; each only where policy allows it.
+Session channels are `channel.Bridge`s.  A direct-tcpip channel (`ssh -L`, `ssh -W`)
+is a `forward.Relay` where policy allows its destination (forward.py); forwarding of
+any other kind (remote -R, Unix sockets, agent, X11, tun/tap) is refused and recorded.
+Interactive shells and SFTP go to `Hooks` (interactive.py): a PTY shell whose typed
+lines are each checked, and an SFTP bridge whose operations are; each only where
+policy allows it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from hoopy.policy import Identity
 from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.ca import CertificateLogin, SshCA
 from hoopy.protocols.ssh.channel import Bridge, notify_current
+from hoopy.protocols.ssh.forward import open_forward
 from hoopy.protocols.ssh.interactive import run_sftp, run_shell
 from hoopy.protocols.ssh.pool import BackendPool
 from hoopy.session import Session
@@ -177,6 +180,7 @@ class AgentConnection(asyncssh.SSHServer):
         self._backend: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self.channels = 0  # numbered from 1, never reused in a connection
         self.open_channels = 0
+        self.forward_tasks: set[asyncio.Task[Any]] = set()  # direct-tcpip opens being checked
         self.outcome = "closed"
 
     @property
@@ -196,11 +200,14 @@ class AgentConnection(asyncssh.SSHServer):
         self.client = f"{peer[0]}:{peer[1]}"
         self.listener.connections.add(self)
         self._certificate_login(conn)
+        self._refuse_x11_and_agent(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
         if exc is not None and self.outcome == "closed":
             self.outcome = "disconnected"
+        for task in list(self.forward_tasks):
+            task.cancel()  # e.g. stop waiting for an approval nobody will use
         self.spawn(self._cleanup())
 
     async def _cleanup(self) -> None:
@@ -357,11 +364,19 @@ class AgentConnection(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        self._refuse_forward("direct-tcpip", f"{dest_host}:{dest_port}")
-        raise asyncssh.ChannelOpenError(
-            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is not allowed by hoopy"
-        )
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        """direct-tcpip: asyncssh awaits the check (and approval) before it answers."""
+        if self._session is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "")
+        if self.open_channels >= MAX_CHANNELS:
+            self._refuse_forward(
+                "direct-tcpip", f"{dest_host}:{dest_port}"[:300], reason="too many open channels"
+            )
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, f"hoopy: at most {MAX_CHANNELS} open channels"
+            )
+        self.open_channels += 1  # open_forward gives it back if the channel does not open
+        return open_forward(self, dest_host, dest_port, orig_host, orig_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         self._refuse_forward("tcpip-forward", f"{listen_host}:{listen_port}")
@@ -377,8 +392,22 @@ class AgentConnection(asyncssh.SSHServer):
         self._refuse_forward("streamlocal-forward", listen_path)
         return False
 
-    def _refuse_forward(self, what: str, target: str) -> None:
+    def _refuse_forward(self, what: str, target: str, **fields: Any) -> None:
         self.gw.metrics.inc(f'ssh_forwarding_refused_total|kind="{what}"')
         if self._session is not None:
             with contextlib.suppress(Exception):
-                self._session.record("refused", what=what, target=target)
+                self._session.record("refused", what=what, target=target, **fields)
+
+    def _refuse_x11_and_agent(self, conn: asyncssh.SSHServerConnection) -> None:
+        """X11 and agent forwarding stay off (the listener turns them off); these make
+        asyncssh's refusals of `x11-req` and `auth-agent-req` recorded ones."""
+
+        async def no_agent() -> bool:
+            self._refuse_forward("auth-agent", "")
+            return False
+
+        async def no_x11(chan: object, proto: bytes, data: bytes, screen: int) -> None:
+            self._refuse_forward("x11", f"screen {screen}")  # never the cookie
+
+        setattr(conn, "create_agent_listener", no_agent)  # noqa: B010 (this connection only)
+        setattr(conn, "attach_x11_listener", no_x11)  # noqa: B010

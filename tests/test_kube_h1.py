@@ -99,6 +99,9 @@ def test_not_reusable(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+        # llhttp refuses a repeated Content-Length even with equal values (the old reader
+        # took them as one; RFC 9110 allows either)
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa5\r\n\r\n",  # an Arabic-Indic five
@@ -135,11 +138,6 @@ def test_http10_keep_alive_is_reusable() -> None:
         ),
     )
     assert r.done and r.reusable
-
-
-def test_two_equal_lengths_are_one() -> None:
-    r = read("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi")
-    assert r.done and r.body == b"hi"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

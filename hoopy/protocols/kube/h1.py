@@ -72,6 +72,8 @@ class ResponseReader:
         self._extra = False  # bytes beyond the answer's end
         self._size = 0  # of the header (and trailer) lines seen
         self._since = 0  # bytes fed since the body last moved (a head, chunk lines, trailers)
+        if self.head_only:  # (httptools looks the callbacks up once, when it is made)
+            self.on_chunk_header = self._beyond  # a chunked body after a HEAD answer
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
 
     # -- input -----------------------------------------------------------------
@@ -184,6 +186,9 @@ class ResponseReader:
         self._since = 0
         self._body.append(body)
         self.buffered += len(body)
+
+    def _beyond(self) -> None:
+        self._extra = True
 
     def on_message_complete(self) -> None:
         if self.have_head:  # (else an interim answer ended)

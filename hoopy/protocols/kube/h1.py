@@ -8,11 +8,12 @@ keep-alive TLS connection at a time, the response's status and headers, and its
 body as it streams (Content-Length, chunked, or up to the close), with flow
 control.  The WebSocket relay (execrelay.py) keeps aiohttp.
 
-`ResponseReader` is the sans-I/O part (bytes in, head / body / end out); `_Conn`
-is the thin asyncio pump.  Errors are aiohttp.ClientError subclasses, so callers
+`ResponseReader` is the sans-I/O part (bytes in, head / body / end out) around
+llhttp, the parser of Node.js, uvicorn and aiohttp (through httptools); `_Conn` is
+the thin asyncio pump.  Errors are aiohttp.ClientError subclasses, so callers
 treat both clients alike.  The upstream is trusted but still read strictly: an
 answer hoopy cannot frame without doubt (two lengths, a length with chunking, a
-folded header) is refused, never guessed.
+folded header, a coding other than chunked) is refused, never guessed.
 """
 
 from __future__ import annotations

@@ -181,7 +181,9 @@ def test_header_values_lose_trailing_blanks_only() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",  # a body after a HEAD answer
         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\n\r\n",  # no length: llhttp expected a body up to the close
+        b"HTTP/1.1 200 OK\r\n\r\nx",  # no length: llhttp expected a body up to the close
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\n",
     ],
 )
 @pytest.mark.parametrize("step", [0, 1])
@@ -189,6 +191,20 @@ def test_head_answer_with_more_bytes_is_not_reused(data: bytes, step: int) -> No
     r = read("HEAD", data, step)
     assert r.done and not r.reusable and r.status == 200
     assert r.body == b""  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\n\r\n",  # (llhttp alone would wait for a body to the close)
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+    ],
+)
+def test_head_answer_alone_is_reused(data: bytes) -> None:
+    r = read("HEAD", data, 3)
+    assert r.done and r.reusable
 
 
 def test_interim_answers_headers_are_dropped() -> None:
@@ -200,6 +216,11 @@ def test_interim_answers_headers_are_dropped() -> None:
     )
     assert r.done and r.reusable and r.length is None
     assert r.headers == [("Transfer-Encoding", "chunked")] and r.body == b"hi"  # type: ignore[attr-defined]
+
+
+def test_switching_protocols_is_named() -> None:
+    with pytest.raises(UpstreamError, match="switched protocols"):
+        read("GET", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
 
 
 def test_upstream_error_names_llhttps_reason() -> None:

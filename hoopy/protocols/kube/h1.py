@@ -174,9 +174,11 @@ class ResponseReader:
         self.have_head = True
         self._since = 0
         self._keep_alive = parser.should_keep_alive()  # (HTTP/1.0, Connection, framing)
+        if self.head_only:  # llhttp expects the body the head describes (to the close,
+            # if it gives no length): whether the connection stays open is hoopy's to say
+            self._keep_alive = _keeps_alive(parser.get_http_version(), self.headers)
         if self.head_only or status in _NO_BODY:
-            self.done = True  # (a HEAD answer without a length is not reused: llhttp
-            # thought a body up to the close would follow)
+            self.done = True
         elif not self._chunked and self.length is None:
             self._until_close = True
 
@@ -194,6 +196,16 @@ class ResponseReader:
     def on_message_complete(self) -> None:
         if self.have_head:  # (else an interim answer ended)
             self.done = True
+
+
+def _keeps_alive(version: str, headers: list[tuple[str, str]]) -> bool:
+    tokens = {
+        t.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for t in value.split(",")
+    }
+    return "close" not in tokens and (version == "1.1" or "keep-alive" in tokens)
 
 
 class _Conn(asyncio.Protocol):

@@ -145,6 +145,15 @@ def test_framing_hoopy_cannot_be_sure_of_is_refused(data: bytes) -> None:
         read("GET", data, 1)
 
 
+def test_empty_lines_after_the_answer() -> None:
+    """llhttp skips CR LF between answers within one read (RFC 9112 §2.2); in a later
+    read, any byte after the answer means the connection is out of step."""
+    assert read("GET", OK + b"\r\n\r\n").reusable
+    r = read("GET", OK)
+    r.feed(b"\r\n")
+    assert r.done and not r.reusable
+
+
 def test_http10_keep_alive_is_reusable() -> None:
     r = read(
         "GET",

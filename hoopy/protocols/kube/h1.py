@@ -53,6 +53,9 @@ class ResponseReader:
     answers (llhttp cannot be told through httptools that a HEAD answer has no body:
     the answer is complete at its head, and anything llhttp sees after it is a byte
     beyond the answer), and bytes beyond the answer (the connection is not reused).
+    One leniency comes with llhttp: empty lines (CR LF) right after the answer in the
+    same read are skipped, as it skips them before any answer (RFC 9112 §2.2); any
+    other byte after the answer, or any byte in a later read, still ends the reuse.
     """
 
     def __init__(self, method: str) -> None:

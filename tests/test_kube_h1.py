@@ -99,6 +99,9 @@ def test_not_reusable(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+        # llhttp refuses a repeated Content-Length even with equal values (the old reader
+        # took them as one; RFC 9110 allows either)
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa5\r\n\r\n",  # an Arabic-Indic five
@@ -118,6 +121,21 @@ def test_not_reusable(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
+        # what llhttp takes and hoopy refuses on top of it
+        b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/0.9 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 099 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nabc",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nWarning: a\nb\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",  # bare LF line ends
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: \x7f\r\n\r\n",
+        # a head of many small headers over the limit, and endless 100 Continues
+        b"HTTP/1.1 200 OK\r\n" + b"X: aaaaaaaa\r\n" * 6000 + b"\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 3000,
+        # trailers or a chunk extension that never end
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"T: aaaaaaaa\r\n" * 6000,
     ],
 )
 def test_framing_hoopy_cannot_be_sure_of_is_refused(data: bytes) -> None:
@@ -125,6 +143,15 @@ def test_framing_hoopy_cannot_be_sure_of_is_refused(data: bytes) -> None:
         read("GET", data)
     with pytest.raises(UpstreamError):
         read("GET", data, 1)
+
+
+def test_empty_lines_after_the_answer() -> None:
+    """llhttp skips CR LF between answers within one read (RFC 9112 §2.2); in a later
+    read, any byte after the answer means the connection is out of step."""
+    assert read("GET", OK + b"\r\n\r\n").reusable
+    r = read("GET", OK)
+    r.feed(b"\r\n")
+    assert r.done and not r.reusable
 
 
 def test_http10_keep_alive_is_reusable() -> None:
@@ -137,9 +164,77 @@ def test_http10_keep_alive_is_reusable() -> None:
     assert r.done and r.reusable
 
 
-def test_two_equal_lengths_are_one() -> None:
-    r = read("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi")
-    assert r.done and r.body == b"hi"  # type: ignore[attr-defined]
+def test_endless_chunk_extension_is_refused() -> None:
+    """llhttp skips chunk extensions without a limit; hoopy counts the bytes fed since
+    the body last moved (exact across reads, up to one read within one)."""
+    r = ResponseReader("GET")
+    r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=")
+    with pytest.raises(UpstreamError, match="chunked"):
+        for _ in range(100):
+            r.feed(b"a" * 1000)
+
+
+def test_trailers_are_not_headers() -> None:
+    r = read("GET", CHUNKED, 5)
+    assert r.done and r.reusable and r.headers == [("Transfer-Encoding", "chunked")]
+
+
+def test_header_values_lose_trailing_blanks_only() -> None:
+    r = read("GET", b"HTTP/1.1 200 OK\r\nX:  a \t b \t\r\nContent-Length: 0\r\n\r\n")
+    assert r.done and ("X", "a \t b") in r.headers
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",  # a body after a HEAD answer
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nx",  # no length: llhttp expected a body up to the close
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("step", [0, 1])
+def test_head_answer_with_more_bytes_is_not_reused(data: bytes, step: int) -> None:
+    r = read("HEAD", data, step)
+    assert r.done and not r.reusable and r.status == 200
+    assert r.body == b""  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\n\r\n",  # (llhttp alone would wait for a body to the close)
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+    ],
+)
+def test_head_answer_alone_is_reused(data: bytes) -> None:
+    r = read("HEAD", data, 3)
+    assert r.done and r.reusable
+
+
+def test_interim_answers_headers_are_dropped() -> None:
+    r = read(
+        "GET",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 3\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        4,
+    )
+    assert r.done and r.reusable and r.length is None
+    assert r.headers == [("Transfer-Encoding", "chunked")] and r.body == b"hi"  # type: ignore[attr-defined]
+
+
+def test_switching_protocols_is_named() -> None:
+    with pytest.raises(UpstreamError, match="switched protocols"):
+        read("GET", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+
+
+def test_upstream_error_names_llhttps_reason() -> None:
+    with pytest.raises(UpstreamError, match="Duplicate Content-Length"):
+        read("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,12 @@ keep-alive TLS connection at a time, the response's status and headers, and its
 body as it streams (Content-Length, chunked, or up to the close), with flow
 control.  The WebSocket relay (execrelay.py) keeps aiohttp.
 
-`ResponseReader` is the sans-I/O part (bytes in, head / body / end out); `_Conn`
-is the thin asyncio pump.  Errors are aiohttp.ClientError subclasses, so callers
+`ResponseReader` is the sans-I/O part (bytes in, head / body / end out) around
+llhttp, the parser of Node.js, uvicorn and aiohttp (through httptools); `_Conn` is
+the thin asyncio pump.  Errors are aiohttp.ClientError subclasses, so callers
 treat both clients alike.  The upstream is trusted but still read strictly: an
 answer hoopy cannot frame without doubt (two lengths, a length with chunking, a
-folded header) is refused, never guessed.
+folded header, a coding other than chunked) is refused, never guessed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import deque
 from typing import Any, cast
 
 import aiohttp
+import httptools
 from multidict import CIMultiDict
 
 MAX_HEAD = 64 * 1024  # status line + headers of one answer
@@ -32,8 +34,7 @@ HIGH_WATER = 1024 * 1024  # body bytes buffered before reading pauses
 CONNECT_TIMEOUT = 10.0
 _NO_BODY = frozenset((204, 304))
 _RETRYABLE = frozenset(("GET", "HEAD"))  # resent once when a reused connection was stale
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an RFC 9110 header name
-_BAD_HEAD = re.compile(r"\r(?!\n)|(?<!\r)\n|\x00")  # a lone CR or LF, a NUL
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls in a reason phrase
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")  # would end or split the request line
 
 
@@ -43,7 +44,19 @@ class UpstreamError(aiohttp.ClientError):
 
 class ResponseReader:
     """Sans-I/O reader of one HTTP/1.1 response: `feed` bytes, then look at `head`,
-    `take()` body pieces, `done` and `reusable`."""
+    `take()` body pieces, `done` and `reusable`.
+
+    The framing is llhttp's (through httptools: status line, headers, Content-Length,
+    chunked, until the close, 1xx); this class adds what llhttp leaves to its caller or
+    allows by default: a size limit on the head, HTTP/1.0 and 1.1 only, no 101, a
+    Transfer-Encoding of exactly `chunked`, no controls in the reason phrase, HEAD
+    answers (llhttp cannot be told through httptools that a HEAD answer has no body:
+    the answer is complete at its head, and anything llhttp sees after it is a byte
+    beyond the answer), and bytes beyond the answer (the connection is not reused).
+    One leniency comes with llhttp: empty lines (CR LF) right after the answer in the
+    same read are skipped, as it skips them before any answer (RFC 9112 §2.2); any
+    other byte after the answer, or any byte in a later read, still ends the reuse.
+    """
 
     def __init__(self, method: str) -> None:
         self.head_only = method == "HEAD"
@@ -55,59 +68,54 @@ class ResponseReader:
         self.reusable = False  # may the connection carry another request?
         self.got_bytes = False
         self.taken = False  # has any of the body been taken?
-        self._buf = bytearray()
         self._body: list[bytes] = []
         self.buffered = 0
-        self._mode = ""  # "length" | "chunked" | "close"
-        self._left = 0  # of the current length-framed body or chunk
-        self._chunk_state = "size"  # size | data | crlf | trailer
-        self._close = False
+        self._chunked = False
+        self._until_close = False
+        self._keep_alive = False
         self._extra = False  # bytes beyond the answer's end
+        self._size = 0  # of the header (and trailer) lines seen
+        self._since = 0  # bytes fed since the body last moved (a head, chunk lines, trailers)
+        if self.head_only:  # (httptools looks the callbacks up once, when it is made)
+            self.on_chunk_header = self._beyond  # a chunked body after a HEAD answer
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
 
     # -- input -----------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if data:
             self.got_bytes = True
-        if self.done:
+        parser = self._parser
+        if self.done or parser is None:
             if data:  # bytes after the answer: the connection is out of step
                 self._extra, self.reusable = True, False
             return
-        if not self.have_head:
-            if self._buf:  # the start of the head came earlier
-                data, self._buf = bytes(self._buf) + data, bytearray()
-            rest = self._parse_head(data)
-            if rest is None:
-                return
-            if self.done:  # an answer without a body
-                if rest:
-                    self._extra, self.reusable = True, False
-                return
-            if not rest:
-                return
-            data = rest
-        if self._mode == "length":
-            if len(data) >= self._left:
-                if len(data) > self._left:
-                    self._extra = True
-                    data = data[: self._left]
-                self._add(data)
-                self._left = 0
-                self._finish()
-            else:
-                self._add(data)
-                self._left -= len(data)
-        elif self._mode == "chunked":
-            self._buf += data
-            self._parse_chunks()
-        else:  # until the close
-            self._add(data)
+        self._since += len(data)
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._parser = None  # (llhttp stays in its error state)
+            if not self.done:
+                cause = e.__context__
+                if isinstance(cause, UpstreamError):  # raised by a callback below
+                    raise cause from None
+                raise UpstreamError(f"the cluster's answer is not valid HTTP/1.1: {e}") from None
+            self._extra = True  # what followed the answer did not even start another one
+        if self.done:
+            self._parser = None  # (it refers back to self)
+            self.reusable = self._keep_alive and not self._extra
+        elif self._since > MAX_HEAD:  # a head, chunk line or trailers llhttp would take forever
+            self._parser = None
+            if self.have_head:
+                raise UpstreamError("malformed chunked answer from the cluster")
+            raise UpstreamError("the cluster's response headers are too large")
 
     def eof(self) -> None:
         """The connection closed; raises UpstreamError if the answer was cut short."""
         if self.done:
             return
-        if self.have_head and self._mode == "close":
-            self._finish()
+        self._parser = None
+        if self._until_close:
+            self.done = True
             return
         if not self.have_head:
             raise UpstreamError("the cluster closed the connection before answering")
@@ -119,127 +127,88 @@ class ResponseReader:
         self.buffered = 0
         return body
 
-    # -- parsing ---------------------------------------------------------------
-    def _add(self, data: bytes) -> None:
-        if data:
-            self._body.append(data)
-            self.buffered += len(data)
+    # -- llhttp's callbacks ----------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.done:  # another answer after this one
+            raise UpstreamError("bytes beyond the answer")  # (feed: not reusable)
 
-    def _finish(self) -> None:
-        self.done = True
-        self.reusable = not (self._close or self._buf or self._extra)
+    def on_status(self, reason: bytes) -> None:
+        if _BAD_REASON.search(reason):  # (llhttp takes any byte but CR and LF)
+            raise UpstreamError("the cluster answered an invalid status line")
 
-    def _parse_head(self, data: bytes) -> bytes | None:
-        """Read the head from `data`; the bytes after it, or None (kept) if incomplete."""
-        while True:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                if len(data) > MAX_HEAD:
-                    raise UpstreamError("the cluster's response headers are too large")
-                self._buf += data
-                return None
-            if end > MAX_HEAD:
-                raise UpstreamError("the cluster's response headers are too large")
-            head = data[:end].decode("utf-8", "surrogateescape")
-            data = data[end + 4 :]
-            if _BAD_HEAD.search(head):
-                raise UpstreamError("the cluster answered a malformed header line")
-            lines = head.split("\r\n")
-            status = _status(lines[0])
-            if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
-                if status == 101:
-                    raise UpstreamError("the cluster switched protocols on a plain request")
-                continue
-            self.status = status
-            self.have_head = True
-            self._close = lines[0].startswith("HTTP/1.0")  # (1.0 closes unless it says)
-            self._frame(lines)
-            return data
-
-    def _frame(self, lines: list[str]) -> None:
-        """The header lines (lines[0] is the status line): headers, and how the body ends."""
-        lengths: set[str] = set()
-        chunked = False
-        headers = self.headers
-        token = _TOKEN.match
-        for i in range(1, len(lines)):
-            name, sep, value = lines[i].partition(":")
-            if not sep or token(name) is None:  # (a folded line starts with a blank: no token)
-                raise UpstreamError("the cluster answered a malformed header line")
-            value = value.strip(" \t")
-            headers.append((name, value))
-            if name[0] not in "CcTt":  # (none of the names below)
-                continue
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp has checked the name is a token and the value has no CR, LF, NUL or
+        # other control; a folded line, a space before the colon, two Content-Lengths or
+        # one that is not digits, and Content-Length with Transfer-Encoding are refused.
+        self._size += len(name) + len(value) + 4
+        if self._size > MAX_HEAD:
+            raise UpstreamError("the cluster's response headers are too large")
+        if self.have_head:  # a trailer after a chunked body: not part of the head
+            return
+        value = value.rstrip(b" \t")  # (llhttp keeps trailing blanks)
+        if len(name) in (14, 17):  # (the lengths of the two names below)
             low = name.lower()
-            if low == "content-length":
-                lengths.update(v.strip() for v in value.split(","))
-            elif low == "transfer-encoding":
-                if value.strip().lower() != "chunked" or chunked:
-                    raise UpstreamError(f"unsupported Transfer-Encoding from the cluster: {value}")
-                chunked = True
-            elif low == "connection":
-                tokens = {t.strip().lower() for t in value.split(",")}
-                self._close = "close" in tokens or (self._close and "keep-alive" not in tokens)
-        if len(lengths) > 1 or (lengths and chunked):
-            raise UpstreamError("the cluster's answer has conflicting lengths")
-        if lengths:
-            (text,) = lengths
-            if not text.isdigit() or not text.isascii():
-                raise UpstreamError("the cluster's answer has an invalid Content-Length")
-            self.length = int(text)
-        if self.head_only or self.status in _NO_BODY:
-            self._finish()
-        elif chunked:
-            self._mode = "chunked"
-        elif self.length is not None:
-            self._mode, self._left = "length", self.length
-            if self.length == 0:
-                self._finish()
-        else:
-            self._mode, self._close = "close", True
+            if low == b"content-length":
+                if not value.isdigit():
+                    raise UpstreamError("the cluster's answer has an invalid Content-Length")
+                self.length = int(value)
+            elif low == b"transfer-encoding":  # llhttp takes "gzip, chunked" and repeats
+                if self._chunked or value.lower() != b"chunked":
+                    text = value.decode("latin-1")
+                    raise UpstreamError(f"unsupported Transfer-Encoding from the cluster: {text}")
+                self._chunked = True
+        self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
-    def _parse_chunks(self) -> None:
-        buf = self._buf
-        while not self.done:
-            if self._chunk_state == "data":
-                if not buf:
-                    return
-                n = min(self._left, len(buf))
-                self._add(bytes(buf[:n]))
-                del buf[:n]
-                self._left -= n
-                if self._left == 0:
-                    self._chunk_state = "crlf"
-                continue
-            i = buf.find(b"\r\n")
-            if i < 0:
-                if len(buf) > 4096:
-                    raise UpstreamError("malformed chunked answer from the cluster")
-                return
-            line = bytes(buf[:i])
-            del buf[: i + 2]
-            if self._chunk_state == "crlf":
-                if line:
-                    raise UpstreamError("malformed chunked answer from the cluster")
-                self._chunk_state = "size"
-            elif self._chunk_state == "size":
-                size = line.split(b";", 1)[0].strip()
-                if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
-                    raise UpstreamError("malformed chunk size from the cluster")
-                self._left = int(size, 16)
-                self._chunk_state = "data" if self._left else "trailer"
-            elif not line:  # the blank line that ends the trailers
-                self._finish()
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        if parser.get_http_version() not in ("1.1", "1.0"):  # (llhttp takes 0.9 and 2.0)
+            raise UpstreamError("the cluster did not answer HTTP/1.1")
+        status = parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise UpstreamError("the cluster switched protocols on a plain request")
+            if status < 100:
+                raise UpstreamError("the cluster answered an invalid status line")
+            # an interim answer (100 Continue): llhttp reads the real one next
+            self.headers, self.length, self._chunked = [], None, False
+            return
+        self.status = status
+        self.have_head = True
+        self._since = 0
+        self._keep_alive = parser.should_keep_alive()  # (HTTP/1.0, Connection, framing)
+        if self.head_only:  # llhttp expects the body the head describes (to the close,
+            # if it gives no length): whether the connection stays open is hoopy's to say
+            self._keep_alive = _keeps_alive(parser.get_http_version(), self.headers)
+        if self.head_only or status in _NO_BODY:
+            self.done = True
+        elif not self._chunked and self.length is None:
+            self._until_close = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:  # (after a HEAD answer)
+            self._extra = True
+            return
+        self._since = 0
+        self._body.append(body)
+        self.buffered += len(body)
+
+    def _beyond(self) -> None:
+        self._extra = True
+
+    def on_message_complete(self) -> None:
+        if self.have_head:  # (else an interim answer ended)
+            self.done = True
 
 
-def _status(line: str) -> int:
-    parts = line.split(" ", 2)
-    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise UpstreamError("the cluster did not answer HTTP/1.1")
-    code = parts[1]
-    if len(code) != 3 or not code.isascii() or not code.isdigit():
-        raise UpstreamError("the cluster answered an invalid status line")
-    return int(code)
+def _keeps_alive(version: str, headers: list[tuple[str, str]]) -> bool:
+    tokens = {
+        t.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for t in value.split(",")
+    }
+    return "close" not in tokens and (version == "1.1" or "keep-alive" in tokens)
 
 
 class _Conn(asyncio.Protocol):

@@ -67,13 +67,15 @@ def client(h: KubeHoopy) -> http.client.HTTPSConnection:
 def test_requests_share_kept_alive_connections(pair: tuple[Emu, KubeHoopy]) -> None:
     emu, h = pair
     headers = {"Authorization": f"Bearer {h.token()}", "Accept": "application/json"}
+    before = upstream_connections(emu.port)  # (set-up calls may still hold one open)
     c = client(h)
     for _ in range(30):
         c.request("GET", "/k8s/cluster/api/v1/namespaces/up/pods/p0", headers=headers)
         r = c.getresponse()
         assert r.status == 200 and json.loads(r.read())["metadata"]["name"] == "p0"
     c.close()
-    assert upstream_connections(emu.port) == 1  # 30 requests, one connection to the cluster
+    # 30 requests, at most one new connection to the cluster (aiohttp's client made 30)
+    assert upstream_connections(emu.port) - before <= 1
 
 
 def test_an_abandoned_watch_closes_its_cluster_connection(pair: tuple[Emu, KubeHoopy]) -> None:

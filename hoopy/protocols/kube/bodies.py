@@ -16,7 +16,7 @@ import base64
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -205,7 +205,8 @@ class Inspector:
         if isinstance(v.get("items"), list) and (kind is None or str(kind).endswith("List")):
             of = str(kind)[:-4] if kind and kind != "List" else ""
             out = dict(v)
-            out["items"] = [self.item(i, of) for i in v["items"] if self._shown(i, of)]
+            items = (self.list_item(i, of) for i in v["items"])
+            out["items"] = [i for i in items if i is not self.HIDDEN]
             return out
         if set(v) <= {"type", "object"} and isinstance(v.get("object"), dict):  # watch event
             return {"type": v.get("type"), "object": self.value(v["object"])}
@@ -227,19 +228,29 @@ class Inspector:
 
     def _table(self, t: dict[str, Any]) -> dict[str, Any]:
         out = dict(t)
-        rows = []
-        for row in t.get("rows") or []:
-            if not isinstance(row, dict):
-                continue
-            obj = row.get("object")
-            if self.visible is not None and not (isinstance(obj, dict) and self._shown(obj)):
-                self.counts["filtered"] += 1
-                continue
-            if isinstance(obj, dict):
-                row = {**row, "object": self.item(obj)}
-            rows.append(row)
-        out["rows"] = rows
+        rows = (self.table_row(r) for r in t.get("rows") or [])
+        out["rows"] = [r for r in rows if r is not self.HIDDEN]
         return out
+
+    # What list_item / table_row return for an item the agent must not see.
+    HIDDEN: ClassVar[Any] = object()
+
+    def list_item(self, obj: Any, of: str) -> Any:
+        """An item of a list of `of` (liststream.py sends them one by one): rewritten,
+        or HIDDEN."""
+        return self.item(obj, of) if self._shown(obj, of) else self.HIDDEN
+
+    def table_row(self, row: Any) -> Any:
+        """A row of a Table: rewritten, or HIDDEN."""
+        if not isinstance(row, dict):
+            return self.HIDDEN
+        obj = row.get("object")
+        if self.visible is not None and not (isinstance(obj, dict) and self._shown(obj)):
+            self.counts["filtered"] += 1
+            return self.HIDDEN
+        if isinstance(obj, dict):
+            row = {**row, "object": self.item(obj)}
+        return row
 
     def _kind(self, obj: dict[str, Any], of: str = "") -> str:
         """The object's kind, else the list's (`of`), else the request's."""

@@ -47,6 +47,7 @@ from hoopy.masking import ValueMasker
 from hoopy.policy import Command, Decision, Identity
 from hoopy.protocols.kube import execrelay, h1, pfrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_names, body_namespace
+from hoopy.protocols.kube.liststream import ListError, ListStream
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
     RequestInfo,
@@ -69,6 +70,9 @@ _RETURN = ("Content-Type", "Cache-Control", "Warning", "Audit-Id", "Retry-After"
 _FILTER_KEYS = ("namespaces", "names")
 MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
 MAX_INSPECTED = 256 * 1024 * 1024  # a response hoopy must read whole
+# List answers larger than this (or of unknown length) that hoopy must inspect are
+# rewritten item by item as they arrive rather than read whole.
+STREAM_LISTS_OVER = 1024 * 1024
 RECORD_BODY = 4096  # bytes of each answer kept in the recording
 SMALL = 1024 * 1024  # a passthrough answer this small is sent in one piece
 MAX_LINE = 16 * 1024 * 1024  # one watch event / log line hoopy must read
@@ -551,15 +555,21 @@ class _Request:
                 raise BackendUnavailable(
                     "the cluster answered a response hoopy must inspect in a form it cannot read"
                 )
-            if whole or (inspector is None and masker is None and small):
+            big = resp.content_length is None or resp.content_length > STREAM_LISTS_OVER
+            out: web.StreamResponse
+            if whole and info.verb == "list" and big:
+                assert inspector is not None
+                out = web.StreamResponse(status=resp.status, headers=headers)
+                await out.prepare(self.request)
+                await self._list(resp, out, inspector)
+                await out.write_eof()
+            elif whole or (inspector is None and masker is None and small):
                 data = await _read_all(resp)
                 if whole:
                     assert inspector is not None
                     data = self._rewrite(data, inspector)
                 self._out(data)
-                out: web.StreamResponse = web.Response(
-                    status=resp.status, body=data, headers=headers
-                )
+                out = web.Response(status=resp.status, body=data, headers=headers)
             else:
                 out = web.StreamResponse(status=resp.status, headers=headers)
                 await out.prepare(self.request)
@@ -585,6 +595,27 @@ class _Request:
         except (ValueError, RecursionError):
             raise BackendUnavailable("the cluster answered JSON hoopy cannot read") from None
         return json.dumps(inspector.value(value), separators=(",", ":")).encode()
+
+    async def _list(self, resp: h1.Response, out: web.StreamResponse, inspector: Inspector) -> None:
+        """A large list answer, rewritten and sent item by item (liststream.py)."""
+        stream = ListStream(inspector, MAX_INSPECTED)
+        try:
+            async for chunk in resp.content.iter_any():
+                text = stream.feed(chunk)
+                if text:
+                    data = text.encode()
+                    await out.write(data)
+                    self._out(data)
+            data = stream.end().encode()
+        except ListError as e:
+            # part of the answer went out: cut the connection, so the agent cannot take
+            # what it got for a whole list (an error answer here would land in the body)
+            log.warning("connector %s: %s", self.connector.name, e)
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            raise BackendUnavailable(str(e)) from None
+        await out.write(data)
+        self._out(data)
 
     async def _watch(
         self, resp: h1.Response, out: web.StreamResponse, inspector: Inspector

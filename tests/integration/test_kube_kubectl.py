@@ -10,6 +10,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -583,3 +584,23 @@ def test_request_abandoned_while_waiting_is_not_run(hk: KubeHoopy, emu: Emu) -> 
         emu.call("GET", "/apis/apps/v1/namespaces/t-gone/deployments/keepme")["metadata"]["name"]
         == "keepme"
     )
+
+
+def test_an_exec_stream_ends_when_its_token_expires(hk: KubeHoopy) -> None:
+    """A stream opened with a token lives no longer than the token: kubectl is told so
+    on the error channel and the recording says why."""
+    make_ns(hk, "t-expiry")
+    ok(hk.kubectl("-n", "t-expiry", "run", "box", "--image=x"))
+    started = time.monotonic()
+    r = hk.kubectl(
+        "-n", "t-expiry", "exec", "box", "--", "sh", "-c", "echo begun; sleep 40; echo late",
+        token=hk.token(ttl=3),
+        timeout=60,
+    )  # fmt: skip
+    assert time.monotonic() - started < 30  # ended by hoopy, not by the command
+    assert r.returncode != 0 and "begun" in r.stdout and "late" not in r.stdout
+    assert "token expired" in r.stderr
+    deadline = time.monotonic() + 20
+    while "token expired: the stream ends" not in hk.recordings_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

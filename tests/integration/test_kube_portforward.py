@@ -553,3 +553,17 @@ def test_a_port_needing_approval_waits_then_forwards(
         _, err = fwd.finish()
     assert got == [b"after approval"], err
     assert guarded.connections == [b"after approval"]
+
+
+def test_a_tunnel_ends_when_its_token_expires(hk: KubeHoopy, echoes: tuple[Echo, Echo]) -> None:
+    echo = echoes[0]
+    fwd = Forward(hk, "-n", "pf", "pod/db", f":{echo.port}", token=hk.token(sub="pf-exp", ttl=3))
+    local = fwd.local_port()
+    assert local is not None, fwd.finish()
+    assert roundtrip(local, b"while valid") == b"while valid"
+    code, err = fwd.finish(ends=True)  # kubectl ends by itself once hoopy closes the tunnel
+    assert code != 0, err
+    _, events = session_events(hk, "pf-exp")
+    assert any(
+        e.get("type") == "expired" and "port-forward ends" in e.get("reason", "") for e in events
+    )

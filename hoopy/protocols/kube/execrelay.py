@@ -144,6 +144,43 @@ class _Lines:
         return text.encode("latin-1", "replace")
 
 
+async def until_expiry(session: Session, work: asyncio.Future[Any], expires: float) -> bool:
+    """Wait for `work` (its exception, if any, is raised); False, with `work` cancelled
+    and the expiry recorded, if the token the stream was opened with (expiring at
+    `expires`, 0: never) expires first.  A stream lives no longer than its token (as an
+    SSH channel or a PostgreSQL session does)."""
+    if not expires:
+        await work
+        return True
+    try:
+        await asyncio.wait_for(asyncio.shield(work), max(0.0, expires - session.clock()))
+    except TimeoutError:
+        if work.done():
+            work.result()
+            return True
+        work.cancel()
+        with contextlib.suppress(BaseException):
+            await work
+        session.record("expired", reason="token expired: the stream ends")
+        return False
+    return True
+
+
+def expired_status() -> bytes:
+    """The error channel's last word when the token expired (kubectl prints it)."""
+    return json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": "hoopy: the agent's token expired; the stream ends (get a fresh token)",
+            "reason": "Unauthorized",
+            "code": 401,
+        }
+    ).encode()
+
+
 async def relay(
     request: web.BaseRequest,
     up: Upstream,
@@ -153,6 +190,7 @@ async def relay(
     tty: bool,
     masker: ValueMasker | None = None,
     stdin: bool = True,
+    expires_at: float = 0.0,
 ) -> RelayResult:
     offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
     protocols = [p for p in offered if p in PROTOCOLS]
@@ -235,9 +273,18 @@ async def relay(
         await ws.close(code=code)
 
     agent_side = asyncio.ensure_future(to_cluster())
+    main = asyncio.ensure_future(to_agent())
     try:
-        await to_agent()
+        if not await until_expiry(session, main, expires_at):
+            # the agent's token ran out: the stream it opened ends with it
+            rest = expired_status()
+            with contextlib.suppress(Exception):
+                await ws.send_bytes(b"\x03" + rest)
+                await ws.close(code=1000)
     finally:
+        main.cancel()
+        with contextlib.suppress(BaseException):
+            await main
         agent_side.cancel()
         with contextlib.suppress(BaseException):
             await agent_side

@@ -332,6 +332,7 @@ async def relay(
     headers: list[tuple[str, str]],
     session: Session,
     judge: Judge,
+    expires_at: float = 0.0,
 ) -> PortForwardResult:
     try:
         cluster = await up.http().ws_connect(
@@ -354,7 +355,15 @@ async def relay(
     r = _Relay(agent, cluster, session, judge, result)
     tasks = [asyncio.ensure_future(r.agent_side()), asyncio.ensure_future(r.cluster_side())]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        timeout = None
+        if expires_at:  # the tunnel lives no longer than the token it was opened with
+            timeout = max(0.0, expires_at - session.clock())
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            session.record("expired", reason="token expired: the port-forward ends")
+            result.error = result.error or "token expired"
+            with contextlib.suppress(Exception):
+                await agent.close(code=1008, message=b"hoopy: the agent's token expired")
         for t in done:
             exc = t.exception()
             if exc is not None and not isinstance(exc, ConnectionError):

@@ -251,7 +251,9 @@ class KubeListener:
             return status_for(e)
         live.inflight += 1
         try:
-            return await _Request(self, live, connector, request, rest, query).run()
+            req = _Request(self, live, connector, request, rest, query)
+            req.expires_at = identity.expires_at  # this request's own token
+            return await req.run()
         except HoopyError as e:
             return status_for(e)
         finally:
@@ -298,6 +300,9 @@ class _Request:
         self.decision = ""
         self.early: bytes | None = None  # a create's body, read before the policy check
         self.read_early = False
+        # When the token this request came with expires (0: never); an exec or
+        # port-forward stream ends then (the session may hold a newer token's identity)
+        self.expires_at = 0.0
 
     def _record(self, info: RequestInfo | None, **extra: Any) -> None:
         fields: dict[str, Any] = {"method": self.request.method, "path": self.path}
@@ -687,6 +692,7 @@ class _Request:
             tty=go_bool(q.get("tty")),  # as the cluster reads it ("yes" is a TTY too)
             stdin=go_bool(q.get("stdin")),
             masker=self._masker(decision) if decision.masks.detectors else None,
+            expires_at=self.expires_at,
         )
         self.status = result.status
         self.sent = result.sent
@@ -719,6 +725,7 @@ class _Request:
             list(headers.items()) + [("Impersonate-Group", g) for g in groups],
             self.session,
             pfrelay.judge(self.session, info.full_resource, info.namespace, info.name),
+            expires_at=self.expires_at,
         )
         self.status = result.status
         self.sent = result.sent

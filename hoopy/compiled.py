@@ -9,8 +9,9 @@ hoopy runs the .py files, slower, saying so once at `hoopy serve` start.
 
 `HOOPY_PURE=1` in the environment makes every one of them load from its .py (tests run
 the interpreted build this way), read when the module is first imported.  An extension
-older than its .py (the source was edited after the build) is not used either: it would
-run code that is no longer in the source.  `hoopy --version` tells which is running.
+older than its .py in a source tree (the source was edited after the build) is not
+used either: it would run code that is no longer in the source.  `hoopy --version`
+tells which is running.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def extension(name: str) -> Path | None:
 
 
 def stale(name: str) -> bool:
-    """The extension is older than its .py: built from another source."""
+    """In a source tree (an editable install), the extension is older than its .py:
+    built from another source.  Installed from a wheel, files' times only say in which
+    order they were unpacked, so an installed extension is never stale."""
+    if not (_ROOT / "setup.py").exists():
+        return False
     ext = extension(name)
     try:
         return ext is not None and ext.stat().st_mtime < source(name).stat().st_mtime

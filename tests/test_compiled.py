@@ -63,6 +63,7 @@ def test_a_stale_or_refused_extension_loads_from_the_source(
     source = pkg / "mod.py"
     ext = pkg / ("mod" + importlib.machinery.EXTENSION_SUFFIXES[0])
     source.write_text("X = 1\n")
+    (tmp_path / "setup.py").write_text("")  # a source tree
     ext.write_bytes(b"not really an extension")
     monkeypatch.setattr(compiled, "_ROOT", tmp_path)
     monkeypatch.setattr(compiled, "MODULES", ("fakepkg.mod",))
@@ -77,7 +78,9 @@ def test_a_stale_or_refused_extension_loads_from_the_source(
     assert compiled.stale("fakepkg.mod")
     spec = finder.find_spec("fakepkg.mod", None)
     assert spec is not None and spec.origin == str(source)
-    os.utime(source, (1000, 1000))
+    (tmp_path / "setup.py").unlink()  # installed from a wheel: times mean nothing
+    assert not compiled.stale("fakepkg.mod")
+    assert finder.find_spec("fakepkg.mod", None) is None
     monkeypatch.setenv(compiled.PURE_ENV, "1")
     spec = finder.find_spec("fakepkg.mod", None)
     assert spec is not None and spec.origin == str(source)

@@ -62,10 +62,9 @@ from hoopy.protocols.postgres.bodies import (
     ProtocolViolation,
     _startup_params,
     decode_binds,
-    decode_data_rows,
     decode_row_description,
-    iter_data_rows,
 )
+from hoopy.protocols.postgres.framing import decode_data_rows, iter_data_rows
 from hoopy.protocols.postgres.messages import *  # noqa: F403  (the codec's public API)
 
 __all__ = [

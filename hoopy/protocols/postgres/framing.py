@@ -7,6 +7,7 @@ message, no state of their own.  They are written in Cython's pure-Python mode: 
 `cython.*` declarations type the loop variables as C integers when compiled and do
 nothing when interpreted; `cython.compiled` branches only where the C form of a step
 (a length word read as four bytes) would be slower interpreted than the library call.
+Also here: decoding the values of DataRow runs (for the recording, for masking).
 Both builds must behave byte for byte alike (tests/protocols/postgres/test_framing.py).
 
 Every length is checked before anything past the header is trusted; what breaks the
@@ -16,6 +17,7 @@ protocol raises ProtocolViolation, whose message never quotes the bytes received
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 try:
     import cython
@@ -25,6 +27,7 @@ except ImportError:  # interpreted without Cython installed: the declarations ar
 from hoopy.protocols.postgres.bodies import _RELAYED, ProtocolViolation
 
 _I = struct.Struct("!I")
+_H = struct.Struct("!H")
 
 # Backend message types, C constants when compiled (the loops compare bytes with them).
 _DATA_ROW = cython.declare(cython.int, 0x44)  # 'D'
@@ -52,14 +55,30 @@ def bad_length(length: int, cap: int) -> ProtocolViolation:
 @cython.returns(cython.Py_ssize_t)
 def _length(buf: bytearray, pos: int) -> int:
     """The big-endian length word at `pos` (the caller made sure 4 bytes are there)."""
-    if cython.compiled:
-        return (
-            (cython.cast(cython.Py_ssize_t, buf[pos]) << 24)
-            | (buf[pos + 1] << 16)
-            | (buf[pos + 2] << 8)
-            | buf[pos + 3]
-        )
-    return _I.unpack_from(buf, pos)[0]  # type: ignore[no-any-return, unused-ignore]
+    if not cython.compiled:
+        return _I.unpack_from(buf, pos)[0]  # type: ignore[no-any-return, unused-ignore]
+    return (
+        (cython.cast(cython.Py_ssize_t, buf[pos]) << 24)
+        | (buf[pos + 1] << 16)
+        | (buf[pos + 2] << 8)
+        | buf[pos + 3]
+    )
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(raw=bytes, pos=cython.Py_ssize_t)
+@cython.returns(cython.Py_ssize_t)
+def _u32(raw: bytes, pos: int) -> int:
+    """`_length` of a message's bytes (the caller made sure 4 bytes are there)."""
+    if not cython.compiled:
+        return _I.unpack_from(raw, pos)[0]  # type: ignore[no-any-return, unused-ignore]
+    return (
+        (cython.cast(cython.Py_ssize_t, raw[pos]) << 24)
+        | (raw[pos + 1] << 16)
+        | (raw[pos + 2] << 8)
+        | raw[pos + 3]
+    )
 
 
 @cython.locals(
@@ -190,3 +209,76 @@ def relay_run(buf: bytearray, start: int, cap: int) -> tuple[int, list[tuple[int
     if rows_from >= 0:
         marks.append((_DATA_ROW, rows_from - start, pos - start))
     return pos, marks
+
+
+# ---- DataRow values -------------------------------------------------------------------
+@cython.locals(
+    raw=bytes, pos=cython.Py_ssize_t, stop=cython.Py_ssize_t, count=cython.Py_ssize_t,
+    _i=cython.Py_ssize_t, size=cython.Py_ssize_t,
+)  # fmt: skip
+def data_row_values(raw: bytes, pos: int, stop: int) -> list[bytes | None]:
+    """The values of the DataRow whose column count is at `pos` and which ends at
+    `stop` (NULL as None); every length is checked against `stop`."""
+    if stop - pos < 2:
+        raise ProtocolViolation("malformed DataRow message")
+    if cython.compiled:  # noqa: SIM108
+        count = (raw[pos] << 8) | raw[pos + 1]
+    else:
+        count = _H.unpack_from(raw, pos)[0]
+    pos += 2
+    values: list[bytes | None] = []
+    for _i in range(count):
+        if pos + 4 > stop:
+            raise ProtocolViolation("malformed DataRow message")
+        size = _u32(raw, pos)
+        pos += 4
+        if size == 0xFFFFFFFF:  # -1: NULL
+            values.append(None)
+            continue
+        if size > 0x7FFFFFFF or pos + size > stop:  # any other negative length
+            raise ProtocolViolation("malformed DataRow message")
+        values.append(raw[pos : pos + size])
+        pos += size
+    if pos != stop:
+        raise ProtocolViolation("malformed DataRow message")
+    return values
+
+
+@cython.locals(
+    raw=bytes, pos=cython.Py_ssize_t, end=cython.Py_ssize_t, limit=cython.Py_ssize_t,
+    stop=cython.Py_ssize_t, n=cython.Py_ssize_t,
+)  # fmt: skip
+def decode_data_rows(
+    raw: bytes, pos: int, end: int, limit: int
+) -> tuple[list[list[bytes | None]], int]:
+    """The values of at most `limit` DataRow messages of raw[pos:end], and the offset
+    after the last one decoded (== end when all were)."""
+    rows: list[list[bytes | None]] = []
+    n = 0
+    while pos < end and n < limit:
+        if end - pos < 7 or raw[pos] != _DATA_ROW:
+            raise ProtocolViolation("malformed DataRow message")
+        stop = pos + 1 + _u32(raw, pos + 1)
+        if stop > end:
+            raise ProtocolViolation("malformed DataRow message")
+        rows.append(data_row_values(raw, pos + 5, stop))
+        n += 1
+        pos = stop
+    return rows, pos
+
+
+@cython.locals(raw=bytes, pos=cython.Py_ssize_t, stop=cython.Py_ssize_t)
+def iter_data_rows(
+    raw: bytes, pos: int = 0, end: int | None = None
+) -> Iterator[list[bytes | None]]:
+    """Decode the DataRow messages concatenated in `raw[pos:end]` (a `DataRows.raw`, or
+    a DataRow run of `ClientConnection.relay_run`)."""
+    last = len(raw) if end is None else end
+    while pos < last:
+        if last - pos < 7 or raw[pos] != _DATA_ROW:
+            raise ProtocolViolation("malformed DataRow message")
+        stop = pos + 1 + _u32(raw, pos + 1)
+        if stop > last:
+            raise ProtocolViolation("malformed DataRow message")
+        yield data_row_values(raw, pos + 5, stop)
+        pos = stop

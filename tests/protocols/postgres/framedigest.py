@@ -5,7 +5,8 @@ variations of them, to compare the compiled and the interpreted build byte for b
 prints `{"compiled": {module: bool}}` as JSON: run once with HOOPY_PURE=1 and once
 without, the two files must be identical (test_framing.py).  The transcript holds the
 repr of every event (each keeps its exact wire bytes), every relay_run result, and
-each ProtocolViolation's message and SQLSTATE, for several ways the bytes arrive.
+the values decoded from every DataRow run, and each ProtocolViolation's message and
+SQLSTATE, for several ways the bytes arrive.
 """
 
 from __future__ import annotations
@@ -73,14 +74,28 @@ def backend(data: bytes, size: int | None, relay: bool, out: list[str]) -> None:
                 run = conn.relay_run() if relay else None
                 if run is not None:
                     out.append(f"run {run[0]!r} {run[1]}")
+                    for t, a, b in run[1]:
+                        if t == 0x44:
+                            rows(run[0], a, b, out)
                     continue
                 ev = conn.next_event()
                 if ev is pg.NEED_DATA:
                     break
                 out.append(repr(ev))
+                if isinstance(ev, pg.DataRows):
+                    rows(ev.raw, 0, len(ev.raw), out)
 
     _guard(out, step)
     out.append(f"end {conn.phase.value} {conn.buffered()}")
+
+
+def rows(raw: bytes, start: int, stop: int, out: list[str]) -> None:
+    """The values of a DataRow run, whole and at most 2 rows (as the recording takes)."""
+    try:
+        out.append(f"rows {list(pg.iter_data_rows(raw, start, stop))}")
+        out.append(f"first {pg.decode_data_rows(raw, start, stop, 2)}")
+    except pg.ProtocolViolation as e:
+        out.append(f"rows violation {e.sqlstate} {e.message}")
 
 
 def mutants(data: bytes, rng: random.Random) -> Iterator[bytes]:

@@ -141,7 +141,7 @@ def transcript() -> list[str]:
 
 def main() -> None:
     Path(sys.argv[1]).write_text("\n".join(transcript()) + "\n")
-    print(json.dumps({"compiled": compiled.status()}))
+    print(json.dumps({"compiled": compiled.status(), "build": compiled.describe()}))
 
 
 if __name__ == "__main__":

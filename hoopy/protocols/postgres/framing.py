@@ -27,6 +27,7 @@ except ImportError:  # interpreted without Cython installed: the declarations ar
 from hoopy.protocols.postgres.bodies import _RELAYED, ProtocolViolation
 
 _I = struct.Struct("!I")
+_be32 = _I.unpack_from  # the length word, interpreted (compiled: _length, _u32)
 _H = struct.Struct("!H")
 
 # Backend message types, C constants when compiled (the loops compare bytes with them).
@@ -54,9 +55,8 @@ def bad_length(length: int, cap: int) -> ProtocolViolation:
 @cython.locals(buf=bytearray, pos=cython.Py_ssize_t)
 @cython.returns(cython.Py_ssize_t)
 def _length(buf: bytearray, pos: int) -> int:
-    """The big-endian length word at `pos` (the caller made sure 4 bytes are there)."""
-    if not cython.compiled:
-        return _I.unpack_from(buf, pos)[0]  # type: ignore[no-any-return, unused-ignore]
+    """The big-endian length word at `pos` (the caller made sure 4 bytes are there);
+    the loops call it only compiled, and `_be32` interpreted (no call per message)."""
     return (
         (cython.cast(cython.Py_ssize_t, buf[pos]) << 24)
         | (buf[pos + 1] << 16)
@@ -71,8 +71,6 @@ def _length(buf: bytearray, pos: int) -> int:
 @cython.returns(cython.Py_ssize_t)
 def _u32(raw: bytes, pos: int) -> int:
     """`_length` of a message's bytes (the caller made sure 4 bytes are there)."""
-    if not cython.compiled:
-        return _I.unpack_from(raw, pos)[0]  # type: ignore[no-any-return, unused-ignore]
     return (
         (cython.cast(cython.Py_ssize_t, raw[pos]) << 24)
         | (raw[pos + 1] << 16)
@@ -96,7 +94,7 @@ def header(buf: bytearray, pos: int, allowed: frozenset[int], cap: int) -> int:
         return -1
     if avail < 5:
         return 0
-    length = _length(buf, pos + 1)
+    length = _length(buf, pos + 1) if cython.compiled else _be32(buf, pos + 1)[0]
     if length < 4 or length > cap:
         raise bad_length(length, cap)
     if avail <= length:
@@ -114,7 +112,7 @@ def data_rows(buf: bytearray, start: int, cap: int) -> tuple[int, int]:
     end = len(buf)
     pos, count = start, 0
     while end - pos >= 5 and buf[pos] == _DATA_ROW:
-        length = _length(buf, pos + 1)
+        length = _length(buf, pos + 1) if cython.compiled else _be32(buf, pos + 1)[0]
         if length < 4 or length > cap:
             raise bad_length(length, cap)
         stop = pos + 1 + length
@@ -138,7 +136,7 @@ def opaque_run(buf: bytearray, start: int, cap: int, opaque: frozenset[int]) -> 
         t = buf[pos]
         if t not in opaque:
             break
-        length = _length(buf, pos + 1)
+        length = _length(buf, pos + 1) if cython.compiled else _be32(buf, pos + 1)[0]
         if length < 4 or length > cap:
             raise bad_length(length, cap)
         stop = pos + 1 + length
@@ -175,7 +173,7 @@ def relay_run(buf: bytearray, start: int, cap: int) -> tuple[int, list[tuple[int
             relayed = t in _RELAYED
         if not relayed:
             break
-        length = _length(buf, pos + 1)
+        length = _length(buf, pos + 1) if cython.compiled else _be32(buf, pos + 1)[0]
         if length < 4 or length > cap:
             raise bad_length(length, cap)
         stop = pos + 1 + length
@@ -230,7 +228,7 @@ def data_row_values(raw: bytes, pos: int, stop: int) -> list[bytes | None]:
     for _i in range(count):
         if pos + 4 > stop:
             raise ProtocolViolation("malformed DataRow message")
-        size = _u32(raw, pos)
+        size = _u32(raw, pos) if cython.compiled else _be32(raw, pos)[0]
         pos += 4
         if size == 0xFFFFFFFF:  # -1: NULL
             values.append(None)
@@ -258,7 +256,7 @@ def decode_data_rows(
     while pos < end and n < limit:
         if end - pos < 7 or raw[pos] != _DATA_ROW:
             raise ProtocolViolation("malformed DataRow message")
-        stop = pos + 1 + _u32(raw, pos + 1)
+        stop = pos + 1 + (_u32(raw, pos + 1) if cython.compiled else _be32(raw, pos + 1)[0])
         if stop > end:
             raise ProtocolViolation("malformed DataRow message")
         rows.append(data_row_values(raw, pos + 5, stop))
@@ -277,7 +275,7 @@ def iter_data_rows(
     while pos < last:
         if last - pos < 7 or raw[pos] != _DATA_ROW:
             raise ProtocolViolation("malformed DataRow message")
-        stop = pos + 1 + _u32(raw, pos + 1)
+        stop = pos + 1 + (_u32(raw, pos + 1) if cython.compiled else _be32(raw, pos + 1)[0])
         if stop > last:
             raise ProtocolViolation("malformed DataRow message")
         yield data_row_values(raw, pos + 5, stop)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hoopy import compiled
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres import framing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURES = ("psql_simple", "psql_copy", "asyncpg_extended")
@@ -141,7 +142,10 @@ def transcript() -> list[str]:
 
 def main() -> None:
     Path(sys.argv[1]).write_text("\n".join(transcript()) + "\n")
-    print(json.dumps({"compiled": compiled.status(), "build": compiled.describe()}))
+    said = {"compiled": compiled.status(), "build": compiled.describe()}
+    if not compiled.is_compiled(framing):
+        said["shadow"] = framing.cython.__name__  # Cython's own, or hoopy's stand-in
+    print(json.dumps(said))
 
 
 if __name__ == "__main__":

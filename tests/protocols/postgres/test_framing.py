@@ -2,8 +2,8 @@
 
 Both builds must make the same events, relay runs and protocol errors of the same bytes:
 framedigest.py writes a transcript of the codec over the real captures and hostile
-variations of them, once with HOOPY_PURE=1 and once as installed, and the two files
-must be identical.  When the extensions are built, the installed run must really be
+variations of them, with HOOPY_PURE=1, as installed, and interpreted where Cython is not
+installed at all (its stand-in hoopy/_cyshim.py), and the three must be identical.  When the extensions are built, the installed run must really be
 compiled (so CI cannot silently test the interpreted build twice).
 """
 
@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,14 +29,21 @@ def built() -> bool:
     return all(compiled.extension(name) is not None for name in compiled.MODULES)
 
 
-def digest(tmp_path: Path, name: str, pure: bool) -> tuple[dict[str, bool], str, str]:
+def digest(
+    tmp_path: Path, name: str, pure: bool, no_cython: bool = False
+) -> tuple[dict[str, Any], str]:
     env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
     if pure:
         env[compiled.PURE_ENV] = "1"
     env["PYTHONPATH"] = str(ROOT)
     out = tmp_path / name
+    module = "tests.protocols.postgres.framedigest"
+    # without Cython installed (import cython fails): its stand-in hoopy/_cyshim.py
+    run = f"import sys, runpy; sys.modules['cython'] = None; sys.argv[1:] = [{str(out)!r}]; "
+    run += f"runpy.run_module({module!r}, run_name='__main__')"
+    cmd = ["-c", run] if no_cython else ["-m", module, str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.protocols.postgres.framedigest", str(out)],
+        [sys.executable, *cmd],
         capture_output=True,
         text=True,
         env=env,
@@ -43,21 +51,24 @@ def digest(tmp_path: Path, name: str, pure: bool) -> tuple[dict[str, bool], str,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    said = json.loads(proc.stdout)
-    return said["compiled"], said["build"], out.read_text()
+    return json.loads(proc.stdout), out.read_text()
 
 
 def test_both_builds_make_the_same_of_every_byte(tmp_path: Path) -> None:
-    pure_status, _, pure = digest(tmp_path, "pure.txt", pure=True)
-    status, build, installed = digest(tmp_path, "installed.txt", pure=False)
-    assert not any(pure_status.values()), "HOOPY_PURE=1 must load every module from its .py"
+    said, pure = digest(tmp_path, "pure.txt", pure=True)
+    installed_said, installed = digest(tmp_path, "installed.txt", pure=False)
+    shim_said, shim = digest(tmp_path, "shim.txt", pure=True, no_cython=True)
+    assert not any(said["compiled"].values()), "HOOPY_PURE=1 must load every module's .py"
+    assert shim_said["shadow"] == "hoopy._cyshim"
     if built():
-        assert all(status.values()), f"built but not running compiled: {build}"
+        status = installed_said["compiled"]
+        assert all(status.values()), f"built but not running compiled: {installed_said['build']}"
     assert pure.count("\n") > 10000 and "violation 54000" in pure  # it covers the errors
-    if pure != installed:
-        a, b = pure.splitlines(), installed.splitlines()
-        first = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-        raise AssertionError(f"builds differ at line {first}:\n{a[first]}\n{b[first]}")
+    for other in (installed, shim):
+        if pure != other:
+            a, b = pure.splitlines(), other.splitlines()
+            first = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+            raise AssertionError(f"builds differ at line {first}:\n{a[first]}\n{b[first]}")
 
 
 def test_the_compiled_modules_are_in_use_when_built() -> None:

@@ -55,10 +55,8 @@ from hoopy.protocols.postgres.bodies import (
     _BACKEND,
     _BACKEND_NORMAL_TYPES,
     _BACKEND_STARTUP_TYPES,
-    _EMPTY_QUERY,
     _FRONTEND,
     _NORMAL_TYPES,
-    _SUSPENDED,
     ProtocolViolation,
     _startup_params,
     decode_binds,
@@ -80,7 +78,6 @@ MAX_STARTUP_PACKET: Final = 10000  # PostgreSQL's own limit
 MAX_AUTH_MESSAGE: Final = 65535 + 4
 
 _I = struct.Struct("!I")
-_MARKED_BODILESS = frozenset({_EMPTY_QUERY, _SUSPENDED, ord("1")})  # and ParseComplete
 _DATA_ROW = 0x44  # 'D'
 _READY = 0x5A  # 'Z'
 _TERMINATE = 0x58  # 'X'
@@ -171,15 +168,6 @@ class _Connection(Generic[E]):
     def _set_phase(self, phase: Phase) -> None:
         self.phase = phase
         self._allowed = self._ALLOWED[phase]
-
-    def _typed(self) -> tuple[int, int] | None:
-        """(type, length) of the next typed message once it is complete, checked early."""
-        length = framing.header(self._buf, self._pos, self._allowed, self._max)
-        if length > 0:
-            return self._buf[self._pos], length
-        if length < 0:
-            self._unexpected(self._buf[self._pos])
-        return None
 
     def _unexpected(self, t: int) -> NoReturn:
         where = self.phase.value

@@ -27,13 +27,18 @@ from pathlib import Path
 from types import ModuleType
 
 # setup.py reads this tuple (by parsing this file): the modules it compiles.
-MODULES: tuple[str, ...] = (
-    "hoopy.protocols.postgres.framing",
-    "hoopy.protocols.postgres.codec",
-    "hoopy.protocols.postgres.bodies",
-)
+# Only typed loops gain: compiling codec.py, bodies.py or relay.py as they are (object
+# work, not byte work) saved under 1 % of the instructions per transaction (callgrind).
+MODULES: tuple[str, ...] = ("hoopy.protocols.postgres.framing",)
 PURE_ENV = "HOOPY_PURE"
 _ROOT = Path(__file__).resolve().parent.parent  # the folder holding the hoopy package
+
+
+def _packages() -> frozenset[str]:
+    return frozenset(name.split(".", 1)[0] for name in MODULES)
+
+
+_PACKAGES = _packages()
 
 
 def pure_requested() -> bool:
@@ -68,13 +73,20 @@ def stale(name: str) -> bool:
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):
-    """Loads the compiled modules from their .py when asked to or when stale."""
+    """Loads the compiled modules from their .py when asked to or when stale, and any
+    other module of the package from its .py even where an extension lies beside it
+    (left by a build from when the list was longer)."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES or not (pure_requested() or stale(fullname)):
-            return None  # the ordinary finders: the extension first
+        if fullname in MODULES:
+            if not (pure_requested() or stale(fullname)):
+                return None  # the ordinary finders: the extension first
+        elif fullname.split(".", 1)[0] not in _PACKAGES or extension(fullname) is None:
+            return None
+        if not source(fullname).exists():
+            return None
         return importlib.util.spec_from_file_location(fullname, source(fullname))
 
 

@@ -67,13 +67,20 @@ def test_a_stale_or_refused_extension_loads_from_the_source(
     ext.write_bytes(b"not really an extension")
     monkeypatch.setattr(compiled, "_ROOT", tmp_path)
     monkeypatch.setattr(compiled, "MODULES", ("fakepkg.mod",))
+    monkeypatch.setattr(compiled, "_PACKAGES", frozenset({"fakepkg"}))
     monkeypatch.delenv(compiled.PURE_ENV, raising=False)
     finder = compiled._SourceFirst()
     os.utime(ext, (2000, 2000))
     os.utime(source, (1000, 1000))
     assert not compiled.stale("fakepkg.mod")
     assert finder.find_spec("fakepkg.mod", None) is None  # the extension, as Python would
-    assert finder.find_spec("fakepkg.other", None) is None
+    assert finder.find_spec("fakepkg.other", None) is None  # no extension: as Python would
+    assert finder.find_spec("otherpkg.mod", None) is None  # not ours
+    # an extension of a module no longer listed (an older, longer list) is never used
+    (pkg / "old.py").write_text("X = 2\n")
+    (pkg / ("old" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"left over")
+    spec = finder.find_spec("fakepkg.old", None)
+    assert spec is not None and spec.origin == str(pkg / "old.py")
     os.utime(source, (3000, 3000))  # edited after the build
     assert compiled.stale("fakepkg.mod")
     spec = finder.find_spec("fakepkg.mod", None)
@@ -99,9 +106,12 @@ def test_one_warning_when_running_slower_than_built_for(monkeypatch: pytest.Monk
     monkeypatch.delenv(compiled.PURE_ENV)
     monkeypatch.setattr(compiled, "status", lambda: dict.fromkeys(compiled.MODULES, True))
     assert compiled.startup_warning() is None
-    first = compiled.MODULES[0]
-    monkeypatch.setattr(compiled, "status", lambda: {n: n != first for n in compiled.MODULES})
-    assert compiled.describe().startswith("partly compiled (")
+    monkeypatch.setattr(compiled, "MODULES", ("pkg.fast", "pkg.slow"))
+    monkeypatch.setattr(compiled, "status", lambda: {"pkg.fast": True, "pkg.slow": False})
+    assert compiled.describe() == (
+        "partly compiled (fast; the rest interpreted: "
+        "not built: no C compiler or Cython when hoopy was installed)"
+    )
 
 
 def test_serve_starts_with_the_build_line(tmp_path: Path) -> None:

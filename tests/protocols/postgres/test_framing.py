@@ -3,8 +3,9 @@
 Both builds must make the same events, relay runs and protocol errors of the same bytes:
 framedigest.py writes a transcript of the codec over the real captures and hostile
 variations of them, with HOOPY_PURE=1, as installed, and interpreted where Cython is not
-installed at all (its stand-in hoopy/_cyshim.py), and the three must be identical.  When the extensions are built, the installed run must really be
-compiled (so CI cannot silently test the interpreted build twice).
+installed at all (its stand-in hoopy/_cyshim.py), and the three must be identical.
+When the extensions are built, the installed run must really be compiled (so CI cannot
+silently test the interpreted build twice).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ RUN useradd --system --uid 10001 --home /var/lib/hoopy hoopy \
  && mkdir -p /etc/hoopy /var/lib/hoopy \
  && chown hoopy:hoopy /var/lib/hoopy
 WORKDIR /opt/hoopy
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
 COPY hoopy ./hoopy
 RUN pip install --no-cache-dir . && rm -rf /root/.cache
 USER hoopy

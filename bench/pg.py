@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""pgbench through hoopy vs a direct connection vs PgBouncer, side by side in one run.
+"""pgbench through hoopy vs a direct connection vs PgBouncer and pgpool-II, side by side.
 
-Prints TPS per mode and the ratios hoopy/direct and hoopy/PgBouncer.  Also
+Prints TPS per mode and the ratios hoopy/direct, hoopy/PgBouncer and hoopy/pgpool.
+pgpool-II (C) is the peer that parses every statement as hoopy does: its
+streaming_replication mode with one backend and load balancing on, no TLS.  A last
+row runs one client (select-only simple) and prints the latency each target adds per
+statement over direct, in microseconds.  Also
 measures connections per second (pgbench -C), hoopy without agent-side TLS, and
 bench/barerelay.py (a bare uvloop byte relay, with and without TLS): hoopy/bare is what
 hoopy's own work costs, bare/direct what any Python process in the path costs here.
@@ -33,17 +37,22 @@ from hoopy import pgcluster  # noqa: E402
 from hoopy.devissuer import DevIssuer  # noqa: E402
 
 
-def ensure_pgbouncer() -> str:
-    found = shutil.which("pgbouncer")
+def ensure_package(exe: str, package: str) -> str:
+    """The executable, installed from the distribution's package when missing."""
+    found = shutil.which(exe) or (f"/usr/sbin/{exe}" if Path(f"/usr/sbin/{exe}").exists() else "")
     if found:
         return found
     subprocess.run(["apt-get", "update", "-qq"], check=True)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "pgbouncer"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
         check=True,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
-    return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return shutil.which(exe) or f"/usr/sbin/{exe}"
+
+
+def ensure_pgbouncer() -> str:
+    return ensure_package("pgbouncer", "pgbouncer")
 
 
 BENCH_POLICY = (
@@ -121,6 +130,63 @@ def start_pgbouncer(folder: Path, pg_port: int, password: str) -> tuple[subproce
     raise SystemExit("pgbouncer did not start")
 
 
+def _as_postgres(folder: Path, cmd: list[str]) -> list[str]:
+    """Pooler daemons refuse (or should not) run as root: hand them the folder."""
+    if os.geteuid() != 0:
+        return cmd
+    shutil.chown(folder, "postgres")
+    for f in folder.iterdir():
+        shutil.chown(f, "postgres")
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+def _wait_ready(proc: subprocess.Popen[str], port: int, name: str, log: Path) -> None:
+    for _ in range(100):
+        ready = subprocess.run(
+            ["pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+        )
+        if ready.returncode == 0:
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited: " + log.read_text()[-2000:])
+        subprocess.run(["sleep", "0.1"])
+    raise SystemExit(f"{name} did not start: " + log.read_text()[-2000:])
+
+
+def start_pgpool(
+    folder: Path, pg_port: int, password: str, clients: int
+) -> tuple[subprocess.Popen[str], int]:
+    """pgpool-II in streaming_replication mode over the one backend, load balancing on
+    (so it parses every statement to route it), no TLS, no health or replication checks."""
+    exe = ensure_package("pgpool", "pgpool2")
+    folder.mkdir(parents=True)
+    port, pcp_port = pgcluster.free_port(), pgcluster.free_port()
+    (folder / "pool_passwd").write_text(f"bench:TEXT{password}\n")
+    (folder / "pcp.conf").write_text("")
+    (folder / "pgpool.conf").write_text(
+        "backend_clustering_mode = 'streaming_replication'\n"
+        f"listen_addresses = '127.0.0.1'\nport = {port}\nsocket_dir = '{folder}'\n"
+        f"pcp_listen_addresses = '127.0.0.1'\npcp_port = {pcp_port}\n"
+        f"pcp_socket_dir = '{folder}'\nwd_ipc_socket_dir = '{folder}'\n"
+        f"pid_file_name = '{folder}/pgpool.pid'\nlogdir = '{folder}'\n"
+        f"backend_hostname0 = '127.0.0.1'\nbackend_port0 = {pg_port}\n"
+        "backend_weight0 = 1\nbackend_flag0 = 'ALWAYS_PRIMARY|DISALLOW_TO_FAILOVER'\n"
+        "load_balance_mode = on\nsr_check_period = 0\nhealth_check_period = 0\n"
+        "failover_on_backend_error = off\nuse_watchdog = off\nssl = off\n"
+        f"enable_pool_hba = off\npool_passwd = '{folder}/pool_passwd'\n"
+        f"num_init_children = {max(clients + 4, 32)}\nmax_pool = 2\n"
+        "connection_cache = on\nlog_min_messages = warning\n"
+    )
+    cmd = _as_postgres(
+        folder,
+        [exe, "-n", "-f", str(folder / "pgpool.conf"), "-F", str(folder / "pcp.conf")],
+    )
+    errf = open(folder / "stderr.txt", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=errf, stderr=errf, text=True)
+    _wait_ready(proc, port, "pgpool", folder / "stderr.txt")
+    return proc, port
+
+
 def start_bare(pg_port: int, tls_dir: Path | None) -> tuple[subprocess.Popen[str], str]:
     """bench/barerelay.py in front of PostgreSQL, with hoopy's certificate when TLS."""
     relay = str(ROOT / "bench" / "barerelay.py")
@@ -181,6 +247,35 @@ def big_select(target: dict[str, str], pid: int, rows: int = 1_000_000) -> None:
     )
 
 
+def latency_row(targets: list[dict[str, str]], seconds: int, rounds: int) -> None:
+    """One client, select-only simple: microseconds each target adds per statement over
+    direct (pgbench's transaction is one statement there), medians of interleaved rounds,
+    with the spread (min..max of the rounds) beside it."""
+    args = ["-S", "-M", "simple", "-c", "1", "-j", "1", "-T", str(seconds)]
+    runs: dict[str, list[float]] = {x["name"]: [] for x in targets}
+    for r in range(rounds):
+        for x in targets[r % len(targets) :] + targets[: r % len(targets)]:
+            tps = pgbench(x, args)
+            runs[x["name"]].append(1e6 / tps if tps else float("nan"))
+    base = statistics.median(runs["direct"])
+    cells = {n: [v - base for v in vs] for n, vs in runs.items()}
+    row = f"{'1 client, us added/stmt':<26}"
+    row += "".join(f"{statistics.median(cells[x['name']]):>13.0f}" for x in targets)
+    print(row, flush=True)
+    print(
+        f"  (direct {base:.0f} us per statement; spread over rounds: "
+        + ", ".join(f"{n} {min(v):.0f}..{max(v):.0f}" for n, v in cells.items() if n != "direct")
+        + ")",
+        flush=True,
+    )
+    h, b = (
+        statistics.median(cells.get("hoopy+tls", [0])),
+        statistics.median(cells.get("bare+tls", [0])),
+    )
+    if b > 0:
+        print(f"  hoopy+tls adds {h / b:.2f}x what bare+tls adds", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -190,6 +285,7 @@ def main() -> None:
     ap.add_argument("--modes", default="", help="comma-separated substrings of mode names")
     ap.add_argument("--targets", default="", help="comma-separated target names (default all)")
     ap.add_argument("--no-big-select", action="store_true")
+    ap.add_argument("--no-latency", action="store_true", help="skip the one-client row")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-"))
     os.chmod(work, 0o755)  # pgbouncer runs as the postgres user when we are root
@@ -230,6 +326,8 @@ def main() -> None:
         procs.append(hp2)
         bp, bport = start_pgbouncer(work / "pgbouncer", cluster.port, password)
         procs.append(bp)
+        pp, pport = start_pgpool(work / "pgpool", cluster.port, password, a.clients)
+        procs.append(pp)
         rp, rport = start_bare(cluster.port, work / "hoopy" / "tls")
         procs.append(rp)
         rp2, rport2 = start_bare(cluster.port, None)
@@ -252,6 +350,14 @@ def main() -> None:
             {
                 "name": "pgbouncer",
                 "port": str(bport),
+                "user": "bench",
+                "db": "bench",
+                "password": password,
+                "sslmode": "disable",
+            },
+            {
+                "name": "pgpool",
+                "port": str(pport),
                 "user": "bench",
                 "db": "bench",
                 "password": password,
@@ -314,6 +420,7 @@ def main() -> None:
         header = f"{'mode':<26}" + "".join(f"{x['name']:>13}" for x in targets)
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
         header += f"{'hoopy/bare':>12}{'bare/direct':>13}"
+        header += f"{'hoopy/pgpool':>14}{'pgpool/direct':>15}"
         print(header, flush=True)
         for mode, args in modes.items():
             # Rounds interleave the targets (in a rotating order), so that the drift of a
@@ -329,7 +436,11 @@ def main() -> None:
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"
             r = tps.get("bare+tls", 0.0)
             row += f"{h / r if r else 0:>12.2f}{r / d if d else 0:>13.2f}"
+            q = tps.get("pgpool", 0.0)
+            row += f"{h / q if q else 0:>14.2f}{q / d if d else 0:>15.2f}"
             print(row, flush=True)
+        if not a.no_latency:
+            latency_row(targets, a.seconds, a.rounds)
         if not a.no_big_select:
             big_select(next(x for x in targets if x["name"] == "hoopy+tls"), hp.pid)
     finally:

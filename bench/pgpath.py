@@ -7,6 +7,13 @@ PostgreSQL answers, through in-memory transports, and prints microseconds per
 transaction for each pgbench mode.  pgbench itself (bench/pg.py) measures the whole
 path; this isolates the part hoopy can change, and is repeatable to a few percent.
 Usage: python3 bench/pgpath.py [--n 20000] [--profile MODE]
+
+Instruction counts of the loop alone (deterministic, whatever the machine's load):
+  valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no \
+    python3 bench/pgpath.py --callgrind --rounds 1 --only 'select-only simple' --n N
+"Collected" is then the loop's instructions: N=2500 minus N=500, over 2000, is per
+transaction without the first statement's one-time costs.  HOOPY_PURE=1 measures the
+interpreted build (see hoopy/compiled.py).
 """
 
 from __future__ import annotations
@@ -159,7 +166,33 @@ def workloads() -> dict[str, tuple[Any, Any]]:
     }
 
 
-def run(mode: str, n: int, folder: Path, profile: bool, dry: bool = False) -> float:
+def callgrind_toggle() -> Any:
+    """A function switching callgrind's instrumentation and collection on and off (built
+    from valgrind's own client-request header; does nothing outside valgrind)."""
+    import ctypes
+    import subprocess
+
+    folder = Path(tempfile.mkdtemp(prefix="hoopy-cg-"))
+    (folder / "cg.c").write_text(
+        "#include <valgrind/callgrind.h>\n"
+        "void cg_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_TOGGLE_COLLECT; }\n"
+        "void cg_off(void) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_STOP_INSTRUMENTATION; }\n"
+    )
+    lib = folder / "cg.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", lib, folder / "cg.c"], check=True)
+    cg = ctypes.CDLL(str(lib))
+    state = {"on": False}
+
+    def toggle() -> None:
+        (cg.cg_off if state["on"] else cg.cg_on)()
+        state["on"] = not state["on"]
+
+    return toggle
+
+
+def run(
+    mode: str, n: int, folder: Path, profile: bool, dry: bool = False, toggle: Any = None
+) -> float:
     conn = connection(folder)
     agent_data, backend_data = attach(conn)
     make_agent, make_backend = workloads()[mode]
@@ -171,11 +204,15 @@ def run(mode: str, n: int, folder: Path, profile: bool, dry: bool = False) -> fl
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
+    if toggle:
+        toggle()
     t0 = time.process_time()
     for a, b in zip([] if dry else agent, backend, strict=False):
         agent_data(a)
         backend_data(b)
     spent = time.process_time() - t0
+    if toggle:
+        toggle()
     if prof:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
@@ -193,7 +230,11 @@ async def main() -> None:
     ap.add_argument(
         "--dry", action="store_true", help="prepare the bytes but skip the loop (for callgrind)"
     )
+    ap.add_argument(
+        "--callgrind", action="store_true", help="collect only the loop (see the usage above)"
+    )
     a = ap.parse_args()
+    toggle = callgrind_toggle() if a.callgrind else None
     with tempfile.TemporaryDirectory() as tmp:
         k = 0
         for mode in workloads():
@@ -202,7 +243,7 @@ async def main() -> None:
             times = []
             for _ in range(1 if a.profile else a.rounds):
                 k += 1
-                times.append(run(mode, a.n, Path(tmp) / str(k), bool(a.profile), a.dry))
+                times.append(run(mode, a.n, Path(tmp) / str(k), bool(a.profile), a.dry, toggle))
             print(f"{mode:<24} {statistics.median(times):6.1f} us/txn (median of {len(times)})")
 
 

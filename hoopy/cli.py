@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hoopy.config import Config, ConfigError, Secret, check_config, load_config
 
@@ -364,9 +364,20 @@ def cmd_credential(args: argparse.Namespace) -> int:
     return main_credential(args.source, cfg, args.group or [])
 
 
+class _Version(argparse.Action):
+    """`hoopy --version`: the version and whether the fast path runs compiled."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from hoopy import __version__, compiled
+
+        print(f"hoopy {__version__}, fast path {compiled.describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hoopy", description="identity-aware gateway for agents")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action=_Version, nargs=0, help="version and build; exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -171,10 +171,22 @@ def install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _log_build() -> None:
+    """The start line says whether the fast path runs compiled (one warning if not)."""
+    from hoopy import __version__, compiled
+
+    warning = compiled.startup_warning()
+    if warning is not None:
+        log.warning("hoopy %s: %s", __version__, warning)
+    else:
+        log.info("hoopy %s, fast path %s", __version__, compiled.describe())
+
+
 async def serve_forever(config: Config) -> None:
     running = await start(config)
     if running.ssh_host_key:
         print(f"hoopy ssh host key {running.ssh_host_key}", flush=True)
+    _log_build()
     print("hoopy ready " + json.dumps(running.addresses), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

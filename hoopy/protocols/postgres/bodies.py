@@ -4,14 +4,14 @@ The codec (codec.py) frames messages and picks the parser by type byte; each par
 here gets the message's exact bytes (`raw`, type byte and length included) and
 returns its event, or raises ProtocolViolation when the body is not exactly what its
 fields say.  Agents' strings must be valid UTF-8 (strict); the server's are decoded
-leniently, since they are only shown.  Also here: decoding runs of DataRow messages,
-which the codec only frames.
+leniently, since they are only shown.  Runs of DataRow messages, which the codec only
+frames, are decoded by framing.py.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 from hoopy.protocols.postgres import messages as m
@@ -443,57 +443,3 @@ def decode_row_description(raw: bytes) -> m.RowDescription:
 # Until the first ReadyForQuery the server may only authenticate and report settings.
 _BACKEND_STARTUP_TYPES = frozenset(b"RENSKZv")
 _BACKEND_NORMAL_TYPES = frozenset(_BACKEND) - frozenset(b"RKv") | {_DATA_ROW}
-
-
-def iter_data_rows(
-    raw: bytes, pos: int = 0, end: int | None = None
-) -> Iterator[list[bytes | None]]:
-    """Decode the DataRow messages concatenated in `raw[pos:end]` (a `DataRows.raw`, or
-    a DataRow run of `ClientConnection.relay_run`)."""
-    end = len(raw) if end is None else end
-    while pos < end:
-        if end - pos < 7 or raw[pos] != _DATA_ROW:
-            raise ProtocolViolation("malformed DataRow message")
-        stop = pos + 1 + _I.unpack_from(raw, pos + 1)[0]
-        if stop > end:
-            raise ProtocolViolation("malformed DataRow message")
-        yield _data_row_values(raw, pos + 5, stop)
-        pos = stop
-
-
-def decode_data_rows(
-    raw: bytes, pos: int, end: int, limit: int
-) -> tuple[list[list[bytes | None]], int]:
-    """The values of at most `limit` DataRow messages of raw[pos:end], and the offset
-    after the last one decoded (== end when all were)."""
-    rows: list[list[bytes | None]] = []
-    while pos < end and len(rows) < limit:
-        if end - pos < 7 or raw[pos] != _DATA_ROW:
-            raise ProtocolViolation("malformed DataRow message")
-        stop = pos + 1 + _I.unpack_from(raw, pos + 1)[0]
-        if stop > end:
-            raise ProtocolViolation("malformed DataRow message")
-        rows.append(_data_row_values(raw, pos + 5, stop))
-        pos = stop
-    return rows, pos
-
-
-def _data_row_values(raw: bytes, pos: int, stop: int) -> list[bytes | None]:
-    (count,) = _H.unpack_from(raw, pos)
-    pos += 2
-    values: list[bytes | None] = []
-    for _ in range(count):
-        if pos + 4 > stop:
-            raise ProtocolViolation("malformed DataRow message")
-        (size,) = _i.unpack_from(raw, pos)
-        pos += 4
-        if size == -1:
-            values.append(None)
-            continue
-        if size < 0 or pos + size > stop:
-            raise ProtocolViolation("malformed DataRow message")
-        values.append(raw[pos : pos + size])
-        pos += size
-    if pos != stop:
-        raise ProtocolViolation("malformed DataRow message")
-    return values

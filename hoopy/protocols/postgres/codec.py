@@ -27,7 +27,8 @@ the scan only reads each row's length word and creates no object per row.
 Sessions without masking go further: `ClientConnection.relay_run()` returns a whole
 run of the messages they forward unchanged (rows, descriptions, completions,
 ReadyForQuery) as its bytes plus the offsets of what they record.  Bodies are parsed
-by bodies.py, one checked parser per message type.
+by bodies.py, one checked parser per message type.  The loops that frame messages are
+in framing.py, which is compiled when hoopy is built with Cython (compiled.py).
 
 Hostile input is the normal case for a gateway.  Every length is checked
 from the header alone, before the body is buffered: a typed message must
@@ -47,27 +48,21 @@ import enum
 import struct
 from typing import Final, Generic, Literal, NoReturn, TypeVar
 
+from hoopy.protocols.postgres import framing
 from hoopy.protocols.postgres import messages as m
 from hoopy.protocols.postgres.bodies import (
     _AUTH_TYPES,
     _BACKEND,
     _BACKEND_NORMAL_TYPES,
     _BACKEND_STARTUP_TYPES,
-    _BODILESS,
-    _COMPLETE,
-    _EMPTY_QUERY,
     _FRONTEND,
     _NORMAL_TYPES,
-    _PARAMETERS,
-    _RELAYED,
-    _SUSPENDED,
     ProtocolViolation,
     _startup_params,
     decode_binds,
-    decode_data_rows,
     decode_row_description,
-    iter_data_rows,
 )
+from hoopy.protocols.postgres.framing import decode_data_rows, iter_data_rows
 from hoopy.protocols.postgres.messages import *  # noqa: F403  (the codec's public API)
 
 __all__ = [
@@ -83,9 +78,9 @@ MAX_STARTUP_PACKET: Final = 10000  # PostgreSQL's own limit
 MAX_AUTH_MESSAGE: Final = 65535 + 4
 
 _I = struct.Struct("!I")
-_MARKED_BODILESS = frozenset({_EMPTY_QUERY, _SUSPENDED, ord("1")})  # and ParseComplete
 _DATA_ROW = 0x44  # 'D'
 _READY = 0x5A  # 'Z'
+_TERMINATE = 0x58  # 'X'
 
 
 class NeedData(enum.Enum):
@@ -174,32 +169,9 @@ class _Connection(Generic[E]):
         self.phase = phase
         self._allowed = self._ALLOWED[phase]
 
-    def _typed(self) -> tuple[int, int] | None:
-        """(type, length) of the next typed message once it is complete, checked early."""
-        buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if avail <= 0:
-            return None
-        t = buf[pos]
-        if t not in self._allowed:
-            where = self.phase.value
-            raise ProtocolViolation(f"unexpected message type {chr(t)!r} during {where}")
-        if avail < 5:
-            return None
-        length = _I.unpack_from(buf, pos + 1)[0]
-        if length < 4 or length > self._max:
-            self._check_length(length)
-        if avail <= length:
-            return None
-        return t, length
-
-    def _check_length(self, length: int) -> None:
-        if length < 4:
-            raise ProtocolViolation("invalid message length")
-        if length > self._max:
-            raise ProtocolViolation(
-                f"message of {length} bytes exceeds the limit of {self._max}", "54000"
-            )
+    def _unexpected(self, t: int) -> NoReturn:
+        where = self.phase.value
+        raise ProtocolViolation(f"unexpected message type {chr(t)!r} during {where}")
 
     def _take(self, size: int) -> bytes:
         raw = bytes(self._buf[self._pos : self._pos + size])
@@ -240,37 +212,26 @@ class ServerConnection(_Connection[m.FrontendEvent]):
     def _next(self) -> m.FrontendEvent | Literal[NeedData.NEED_DATA]:
         if self.phase is Phase.STARTUP:
             return self._startup_packet()
-        if self._pos >= len(self._buf):
+        buf, pos = self._buf, self._pos
+        length = framing.header(buf, pos, self._allowed, self._max)
+        if length <= 0:
+            if length < 0:
+                self._unexpected(buf[pos])
             return NEED_DATA
-        header = self._typed()
-        if header is None:
-            return NEED_DATA
-        t, length = header
+        t = buf[pos]
         if t in self.opaque:
-            return self._passthrough(t, length)
-        pos = self._pos
-        self._pos = pos + 1 + length
-        event = _FRONTEND[t](bytes(self._buf[pos : self._pos]))
-        if t == ord("X"):
+            return self._passthrough()
+        self._pos = stop = pos + 1 + length
+        event = _FRONTEND[t](bytes(buf[pos:stop]))
+        if t == _TERMINATE:
             self._set_phase(Phase.CLOSED)
         return event
 
-    def _passthrough(self, t: int, length: int) -> m.Passthrough:
+    def _passthrough(self) -> m.Passthrough:
         """The opaque message at the front and every complete opaque one after it."""
-        buf, opaque, cap, unpack = self._buf, self.opaque, self._max, _I.unpack_from
         start = self._pos
-        pos, end = start + 1 + length, len(buf)
-        types = [t]
-        while end - pos >= 5 and (t := buf[pos]) in opaque:
-            length = unpack(buf, pos + 1)[0]
-            if length < 4 or length > cap:
-                self._check_length(length)
-            if pos + 1 + length > end:
-                break
-            types.append(t)
-            pos += 1 + length
-        self._pos = pos
-        return m.Passthrough(bytes(types), bytes(buf[start:pos]))
+        self._pos, types = framing.opaque_run(self._buf, start, self._max, self.opaque)
+        return m.Passthrough(types, bytes(self._buf[start : self._pos]))
 
     def _startup_packet(self) -> m.FrontendEvent | Literal[NeedData.NEED_DATA]:
         buf, pos = self._buf, self._pos
@@ -319,10 +280,13 @@ class ClientConnection(_Connection[m.BackendEvent]):
     def _next(self) -> m.BackendEvent | Literal[NeedData.NEED_DATA]:
         if self._expect_ssl:
             return self._ssl_answer()
-        header = self._typed()
-        if header is None:
+        buf, pos = self._buf, self._pos
+        length = framing.header(buf, pos, self._allowed, self._max)
+        if length <= 0:
+            if length < 0:
+                self._unexpected(buf[pos])
             return NEED_DATA
-        t, length = header
+        t = buf[pos]
         if t == _DATA_ROW:
             return self._data_rows()
         event = _BACKEND[t](self._take(1 + length))
@@ -345,45 +309,11 @@ class ClientConnection(_Connection[m.BackendEvent]):
             self._check_alive()
         if self.phase is not Phase.NORMAL or self._expect_ssl:
             return None
-        buf, start, end, cap = self._buf, self._pos, len(self._buf), self._max
-        unpack, relayed = _I.unpack_from, _RELAYED
-        pos, rows_from = start, -1
-        marks: list[tuple[int, int, int]] = []
+        buf, start = self._buf, self._pos
         try:
-            while end - pos >= 5 and (t := buf[pos]) in relayed:
-                length = unpack(buf, pos + 1)[0]
-                if length < 4 or length > cap:
-                    self._check_length(length)
-                stop = pos + 1 + length
-                if stop > end:
-                    break
-                if t == _DATA_ROW:
-                    if rows_from < 0:
-                        rows_from = pos
-                else:
-                    if rows_from >= 0:
-                        marks.append((_DATA_ROW, rows_from - start, pos - start))
-                        rows_from = -1
-                    if t in _BODILESS:
-                        if length != 4:
-                            raise ProtocolViolation(f"malformed {chr(t)!r} message")
-                        if t in _MARKED_BODILESS:
-                            marks.append((t, pos - start, stop - start))
-                    elif t == _READY:
-                        if length != 5 or buf[pos + 5] not in b"ITE":
-                            raise ProtocolViolation("malformed ReadyForQuery message")
-                        marks.append((t, pos - start, stop - start))
-                    elif t == _COMPLETE:
-                        if buf.find(0, pos + 5, stop) != stop - 1:
-                            raise ProtocolViolation("malformed CommandComplete message")
-                        marks.append((t, pos - start, stop - start))
-                    elif t != _PARAMETERS:  # RowDescription: parsed (cached) when used
-                        marks.append((t, pos - start, stop - start))
-                pos = stop
+            pos, marks = framing.relay_run(buf, start, self._max)
         except ProtocolViolation as e:
             self._fail(e)
-        if rows_from >= 0:
-            marks.append((_DATA_ROW, rows_from - start, pos - start))
         if pos == start:
             return None
         self._pos = pos
@@ -400,19 +330,9 @@ class ClientConnection(_Connection[m.BackendEvent]):
 
     def _data_rows(self) -> m.DataRows:
         """Every complete DataRow from here on as one event (at least one is complete)."""
-        buf, start, end, cap = self._buf, self._pos, len(self._buf), self._max
-        unpack = _I.unpack_from
-        pos, count = start, 0
-        while end - pos >= 5 and buf[pos] == _DATA_ROW:
-            length = unpack(buf, pos + 1)[0]
-            if length < 4 or length > cap:
-                self._check_length(length)
-            stop = pos + 1 + length
-            if stop > end:
-                break
-            pos, count = stop, count + 1
-        self._pos = pos
-        return m.DataRows(bytes(buf[start:pos]), count)
+        start = self._pos
+        self._pos, count = framing.data_rows(self._buf, start, self._max)
+        return m.DataRows(bytes(self._buf[start : self._pos]), count)
 
     # ---- encoders for what hoopy sends to the server -----------------------------------
     def ssl_request(self) -> bytes:

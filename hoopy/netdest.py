@@ -18,8 +18,9 @@ way a rule reads it, is refused instead of guessed at:
 - ports 1-65535.
 
 A destination also has *aliases*: other names of the same place.  Loopback has many
-(`localhost` and the names /etc/hosts usually gives it, `127.0.0.0/8`, `::1`, and
-`0.0.0.0` / `::`, which reach the local host on Linux).  Deny and approval rules match
+(`localhost` and the names /etc/hosts usually gives it, names under `.localhost` and
+`.localhost.localdomain` (nss-myhostname), `127.0.0.0/8`, `::1`, and `0.0.0.0/8` / `::`,
+which reach the local host on Linux).  Deny and approval rules match
 the destination or any alias, so a deny on `127.0.0.1:*` also stops `0.0.0.0:22`; an
 allow must name the destination itself.  Names hoopy cannot know (the backend's own
 host name and addresses, its other /etc/hosts entries) are no aliases: allow lists,
@@ -28,7 +29,8 @@ not deny lists, are what confines forwarding.
 Patterns (`ssh: {forward: [...]}`) are `HOST:PORT`.  HOST is `*` (any destination),
 a name glob where `*` and `?` never cross a dot (`*.internal` is `a.internal`, not
 `a.b.internal`; `db.internal*` is never `db.internal.evil.com`), an IPv4 address or
-CIDR block (`10.0.0.0/8`), or an IPv6 address or block in brackets (`[fd00::/8]`).
+CIDR block (`10.0.0.0/8`), or an IPv6 address or block in brackets (`[fd00::/8]`;
+one within `::ffff:0:0/96` is read as the IPv4 block it maps, as destinations are).
 PORT is a number, `*`, a range `lo-hi`, or a digit glob (`80*`).
 """
 
@@ -52,6 +54,13 @@ _LOOPBACK_HOSTS = frozenset(
     {"localhost", "localhost.localdomain", "localhost4", "localhost6", "ip6-localhost",
      "ip6-loopback", "localhost4.localdomain4", "localhost6.localdomain6"}
 )  # fmt: skip
+
+
+# nss-myhostname (systemd) resolves any name under these to loopback
+_LOOPBACK_SUFFIXES = (".localhost", ".localhost.localdomain")
+# 0.0.0.0/8 is "this host" (RFC 1122); a Linux connect() to 0.x.y.z goes to the host
+_THIS_HOST = ipaddress.IPv4Network("0.0.0.0/8")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ def destination(host: str, port: int) -> Destination:
             "the host name may hold only letters, digits, '-', '_' and dots between "
             "non-empty labels, none starting with '-'"
         )
-    if name in _LOOPBACK_HOSTS or name.endswith(".localhost"):
+    if name in _LOOPBACK_HOSTS or name.endswith(_LOOPBACK_SUFFIXES):
         return Destination(name, port, _LOOPBACK_NAMES)
     return Destination(name, port)
 
@@ -136,7 +145,8 @@ def _v6(host: str, port: int) -> Destination:
 
 
 def _aliases(ip: IPAddress) -> tuple[str, ...]:
-    return _LOOPBACK_NAMES if ip.is_loopback or ip.is_unspecified else ()
+    this_host = ip.version == 4 and ip in _THIS_HOST
+    return _LOOPBACK_NAMES if ip.is_loopback or ip.is_unspecified or this_host else ()
 
 
 # ---- patterns -------------------------------------------------------------------------
@@ -185,6 +195,10 @@ def pattern(text: str) -> Pattern:
             net = ipaddress.ip_network(host, strict=True)
         except ValueError as e:
             raise ValueError(f"'{host}' is not an IP address or CIDR block ({e})") from None
+        if net.version == 6 and net.subnet_of(_MAPPED):  # type: ignore[arg-type]
+            # destinations name IPv4-mapped addresses as IPv4 (see _v6): so does the rule
+            low = int(net.network_address) & 0xFFFFFFFF
+            net = ipaddress.IPv4Network((low, net.prefixlen - 96))
         return Pattern(network=net, ports=ports, port_glob=port_glob)
     name = host.lower()
     labels = name.split(".")

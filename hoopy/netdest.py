@@ -195,7 +195,7 @@ def pattern(text: str) -> Pattern:
             net = ipaddress.ip_network(host, strict=True)
         except ValueError as e:
             raise ValueError(f"'{host}' is not an IP address or CIDR block ({e})") from None
-        if net.version == 6 and net.subnet_of(_MAPPED):  # type: ignore[arg-type]
+        if net.version == 6 and net.subnet_of(_MAPPED):
             # destinations name IPv4-mapped addresses as IPv4 (see _v6): so does the rule
             low = int(net.network_address) & 0xFFFFFFFF
             net = ipaddress.IPv4Network((low, net.prefixlen - 96))

@@ -749,3 +749,29 @@ def test_unix_socket_forwarding_stays_refused_and_recorded(hoopy: SshHoopy) -> N
     refused = {(e["what"], e["target"]) for e in events if e.get("type") == "refused"}
     assert ("direct-streamlocal", "/run/docker.sock") in refused
     assert ("streamlocal-forward", "/tmp/hoopy-r.sock") in refused
+
+
+def test_a_forward_ends_when_its_token_expires(hoopy: SshHoopy, echo: Echo) -> None:
+    """An open `ssh -W` tunnel must not outlive the token it was opened with."""
+    sub = _sub()
+    argv = hoopy.ssh_argv("web-1", "-W", f"127.0.0.1:{echo.port}")
+    env = hoopy.ssh_env(hoopy.issuer.mint(sub, ["fwd"], ttl=3))
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.read(len(GREETING)) == GREETING  # open while the token is valid
+        proc.stdin.write(b"still valid\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"still valid\n"
+        # stdin stays open: only hoopy can end this tunnel
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, events = _events(hoopy, sub)
+    assert any(e.get("type") == "expired" and "forward ends" in e.get("reason", "") for e in events)
+    closed = next(e for e in events if e.get("type") == "forward_close")
+    assert closed["bytes_to"] == len(b"still valid\n")

@@ -775,3 +775,37 @@ def test_a_forward_ends_when_its_token_expires(hoopy: SshHoopy, echo: Echo) -> N
     assert any(e.get("type") == "expired" and "forward ends" in e.get("reason", "") for e in events)
     closed = next(e for e in events if e.get("type") == "forward_close")
     assert closed["bytes_to"] == len(b"still valid\n")
+
+
+def test_refused_forward_requests_are_recorded_bounded(hoopy: SshHoopy) -> None:
+    """`-R`, streamlocal opens and listens with hostile names (huge, control characters):
+    refused, and what the recording keeps of each name is bounded and escaped, so a
+    flood of refused requests cannot grow the recording by what each packet holds."""
+    sub = _sub()
+    huge = "/tmp/" + "x" * 60_000
+
+    async def main() -> None:
+        async with _asyncssh(hoopy, sub, ("fwd", "agents")) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_unix_connection(huge)
+            with pytest.raises((asyncssh.Error, asyncssh.ChannelListenError)):
+                await conn.forward_remote_path(huge + "\x1b[2J", "/tmp/local.sock")
+            with pytest.raises((asyncssh.Error, asyncssh.ChannelListenError)):
+                await conn.forward_remote_port("h" * 60_000 + "\n", 0, "127.0.0.1", 1)
+            for open_layer2 in (conn.open_tun, conn.open_tap):  # `ssh -w`: refused too
+                with pytest.raises(asyncssh.ChannelOpenError):
+                    await open_layer2(7)
+            r = await conn.run("echo still here")
+            assert r.stdout == "still here\n"
+
+    asyncio.run(main())
+    log, events = _events(hoopy, sub)
+    refused = [e for e in events if e.get("type") == "refused"]
+    assert {e["what"] for e in refused} == {
+        "direct-streamlocal", "streamlocal-forward", "tcpip-forward", "tun", "tap"
+    }  # fmt: skip
+    for e in refused:
+        assert len(e["target"]) < 400, (e["what"], len(e["target"]))
+        assert "\x1b" not in e["target"] and "\n" not in e["target"]
+    assert log.stat().st_size < 20_000
+    assert hoopy.cli("verify", log.stem).returncode == 0

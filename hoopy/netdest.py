@@ -52,7 +52,10 @@ _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Names the usual /etc/hosts gives loopback addresses (Debian, RHEL)
 _LOOPBACK_HOSTS = frozenset(
     {"localhost", "localhost.localdomain", "localhost4", "localhost6", "ip6-localhost",
-     "ip6-loopback", "localhost4.localdomain4", "localhost6.localdomain6"}
+     "ip6-loopback", "localhost4.localdomain4", "localhost6.localdomain6",
+     # systemd (nss-myhostname, nss-resolve): the host's own outbound address and the
+     # resolver stubs on 127.0.0.53/54
+     "_outbound", "_localdnsstub", "_localdnsproxy"}
 )  # fmt: skip
 
 

@@ -383,6 +383,10 @@ def test_patterns_parse_or_say_why(text: str) -> None:
         # nss-myhostname resolves every name under localhost.localdomain to loopback
         ("127.0.0.1:*", "db.localhost.localdomain", 22),
         ("localhost:*", "X.LocalHost.LocalDomain", 22),
+        # systemd's synthesised names for the host itself and its resolver stubs
+        ("localhost:22", "_outbound", 22),
+        ("127.0.0.0/8:*", "_LocalDNSStub", 53),
+        ("[::1]:*", "_localdnsproxy", 53),
         # 0.x.y.z is "this host": Linux connects it to local listeners
         ("127.0.0.1:*", "0.1.2.3", 22),
         ("localhost:22", "0.0.0.1", 22),

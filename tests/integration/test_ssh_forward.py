@@ -774,7 +774,7 @@ def test_a_forward_ends_when_its_token_expires(hoopy: SshHoopy, echo: Echo) -> N
     _, events = _events(hoopy, sub)
     assert any(e.get("type") == "expired" and "forward ends" in e.get("reason", "") for e in events)
     closed = next(e for e in events if e.get("type") == "forward_close")
-    assert closed["bytes_to"] == len(b"still valid\n")
+    assert closed["bytes_to"] == len(b"still valid\n") and closed["closed_by"] == "expiry"
 
 
 def test_refused_forward_requests_are_recorded_bounded(hoopy: SshHoopy) -> None:

@@ -209,6 +209,7 @@ class Relay:
         self._early_eof = False
         self._backend_gone: tuple[Exception | None] | None = None
         self.expiry: asyncio.TimerHandle | None = None  # the token's end (see _open)
+        self.ended_by = ""  # "expiry" when hoopy ended it (else the side that closed)
         self.closed = False
 
     def channel(self, agent: bool) -> asyncssh.SSHTCPChannel[bytes] | None:
@@ -279,7 +280,7 @@ class Relay:
             "forward_close",
             forward=self.number,
             destination=str(self.dest),
-            closed_by="agent" if agent else "destination",
+            closed_by=self.ended_by or ("agent" if agent else "destination"),
             bytes_to=self.bytes["to"],
             bytes_from=self.bytes["from"],
             duration=round(time.monotonic() - self.started, 3),
@@ -294,6 +295,7 @@ class Relay:
         self.expiry = None
         if self.closed:
             return
+        self.ended_by = "expiry"
         self._flush_all()
         self._event("expired", forward=self.number, reason="token expired: the forward ends")
         for chan in (self.agent, self.backend):

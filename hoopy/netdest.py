@@ -14,7 +14,9 @@ way a rule reads it, is refused instead of guessed at:
   `2130706433` are what inet_aton makes of them, not what they look like: refused;
 - IPv6: bare on the wire (OpenSSH strips the brackets of `-L 1:[::1]:2`), written
   back compressed; zone ids (`fe80::1%eth0`) refused; an IPv4-mapped address is its
-  IPv4 address;
+  IPv4 address; one a translator or tunnel may turn into the IPv4 address it carries
+  (NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, IPv4-compatible `::a.b.c.d`, 6to4
+  `2002::/16`) has that address (and its aliases) as aliases;
 - ports 1-65535.
 
 A destination also has *aliases*: other names of the same place.  Loopback has many
@@ -64,6 +66,9 @@ _LOOPBACK_SUFFIXES = (".localhost", ".localhost.localdomain")
 # 0.0.0.0/8 is "this host" (RFC 1122); a Linux connect() to 0.x.y.z goes to the host
 _THIS_HOST = ipaddress.IPv4Network("0.0.0.0/8")
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_COMPAT = ipaddress.IPv6Network("::/96")
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,23 @@ def _v6(host: str, port: int) -> Destination:
     mapped = ip.ipv4_mapped
     if mapped is not None:
         return Destination(str(mapped), port, _aliases(mapped))
+    embedded = _embedded_v4(ip)
+    if embedded is not None:  # where a translator would take it: that place's names too
+        names = dict.fromkeys((str(embedded), *_aliases(embedded)))
+        return Destination(ip.compressed, port, tuple(names))
     return Destination(ip.compressed, port, _aliases(ip))
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries for a translator or tunnel (NAT64 64:ff9b::/96
+    and 64:ff9b:1::/48, IPv4-compatible ::a.b.c.d, 6to4 2002::/16), if any."""
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _NAT64 or (ip in _COMPAT and not (ip.is_loopback or ip.is_unspecified)):
+        return low
+    if ip in _NAT64_LOCAL:  # RFC 6052 /48 layout: bits 48-63 and 72-87 (64-71 are zero)
+        n = int(ip)
+        return ipaddress.IPv4Address(((n >> 64) & 0xFFFF) << 16 | ((n >> 40) & 0xFFFF))
+    return ip.sixtofour
 
 
 def _aliases(ip: IPAddress) -> tuple[str, ...]:

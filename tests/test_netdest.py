@@ -387,6 +387,13 @@ def test_patterns_parse_or_say_why(text: str) -> None:
         ("localhost:22", "_outbound", 22),
         ("127.0.0.0/8:*", "_LocalDNSStub", 53),
         ("[::1]:*", "_localdnsproxy", 53),
+        # IPv6 forms a translator or tunnel turns into the IPv4 address they carry
+        ("10.0.0.0/8:*", "64:ff9b::a00:5", 5432),  # NAT64 well-known prefix
+        ("10.0.0.0/8:*", "64:ff9b::10.0.0.5", 5432),
+        ("10.0.0.5:5432", "64:ff9b:1:a00:0:500::", 5432),  # NAT64 local-use /48
+        ("localhost:22", "64:ff9b::7f00:1", 22),
+        ("127.0.0.1:*", "::127.0.0.1", 22),  # IPv4-compatible
+        ("10.0.0.0/8:*", "2002:a00:5::1", 5432),  # 6to4
         # 0.x.y.z is "this host": Linux connects it to local listeners
         ("127.0.0.1:*", "0.1.2.3", 22),
         ("localhost:22", "0.0.0.1", 22),
@@ -413,3 +420,12 @@ def test_a_mapped_allow_names_only_its_ipv4_block() -> None:
     assert (
         decide([allow], AGENT, _fwd("::a00:7", 5432)).outcome == "deny"
     )  # IPv4-compatible: not mapped
+
+
+def test_embedded_ipv4_aliases_never_widen_an_allow() -> None:
+    """The carried IPv4 address is an alias: deny and approval rules see it, an allow
+    must still name the IPv6 destination itself."""
+    allow = PolicySet("p", (Rule("v4", "allow", Match(ssh=SshMatch(forward=("10.0.0.5:*",)))),))
+    assert decide([allow], AGENT, _fwd("64:ff9b::a00:5", 1)).outcome == "deny"
+    assert decide([allow], AGENT, _fwd("10.0.0.5", 1)).outcome == "allow"
+    assert netdest.destination("2001:db8::1", 1).aliases == ()  # documentation space: none

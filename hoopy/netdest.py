@@ -15,8 +15,8 @@ way a rule reads it, is refused instead of guessed at:
 - IPv6: bare on the wire (OpenSSH strips the brackets of `-L 1:[::1]:2`), written
   back compressed; zone ids (`fe80::1%eth0`) refused; an IPv4-mapped address is its
   IPv4 address; one a translator or tunnel may turn into the IPv4 address it carries
-  (NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, IPv4-compatible `::a.b.c.d`, 6to4
-  `2002::/16`) has that address (and its aliases) as aliases;
+  (NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, SIIT `::ffff:0:a.b.c.d`,
+  IPv4-compatible `::a.b.c.d`, 6to4 `2002::/16`) has that address (and its aliases) as aliases;
 - ports 1-65535.
 
 A destination also has *aliases*: other names of the same place.  Loopback has many
@@ -69,6 +69,7 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _COMPAT = ipaddress.IPv6Network("::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,13 @@ def _v6(host: str, port: int) -> Destination:
 
 
 def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries for a translator or tunnel (NAT64 64:ff9b::/96
-    and 64:ff9b:1::/48, IPv4-compatible ::a.b.c.d, 6to4 2002::/16), if any."""
+    """The IPv4 address an IPv6 one carries for a translator or tunnel, if any: NAT64
+    64:ff9b::/96 and 64:ff9b:1::/48, SIIT ::ffff:0:a.b.c.d, IPv4-compatible ::a.b.c.d,
+    6to4 2002::/16."""
     low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip in _NAT64 or (ip in _COMPAT and not (ip.is_loopback or ip.is_unspecified)):
+    if ip in _NAT64 or ip in _TRANSLATED:
+        return low
+    if ip in _COMPAT and not (ip.is_loopback or ip.is_unspecified):
         return low
     if ip in _NAT64_LOCAL:  # RFC 6052 /48 layout: bits 48-63 and 72-87 (64-71 are zero)
         n = int(ip)

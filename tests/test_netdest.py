@@ -393,6 +393,7 @@ def test_patterns_parse_or_say_why(text: str) -> None:
         ("10.0.0.5:5432", "64:ff9b:1:a00:0:500::", 5432),  # NAT64 local-use /48
         ("localhost:22", "64:ff9b::7f00:1", 22),
         ("127.0.0.1:*", "::127.0.0.1", 22),  # IPv4-compatible
+        ("127.0.0.1:*", "::ffff:0:127.0.0.1", 22),  # SIIT IPv4-translated
         ("10.0.0.0/8:*", "2002:a00:5::1", 5432),  # 6to4
         # 0.x.y.z is "this host": Linux connects it to local listeners
         ("127.0.0.1:*", "0.1.2.3", 22),

@@ -14,12 +14,15 @@ way a rule reads it, is refused instead of guessed at:
   `2130706433` are what inet_aton makes of them, not what they look like: refused;
 - IPv6: bare on the wire (OpenSSH strips the brackets of `-L 1:[::1]:2`), written
   back compressed; zone ids (`fe80::1%eth0`) refused; an IPv4-mapped address is its
-  IPv4 address;
+  IPv4 address; one a translator or tunnel may turn into the IPv4 address it carries
+  (NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, SIIT `::ffff:0:a.b.c.d`,
+  IPv4-compatible `::a.b.c.d`, 6to4 `2002::/16`) has that address (and its aliases) as aliases;
 - ports 1-65535.
 
 A destination also has *aliases*: other names of the same place.  Loopback has many
-(`localhost` and the names /etc/hosts usually gives it, `127.0.0.0/8`, `::1`, and
-`0.0.0.0` / `::`, which reach the local host on Linux).  Deny and approval rules match
+(`localhost` and the names /etc/hosts usually gives it, names under `.localhost` and
+`.localhost.localdomain` (nss-myhostname), `127.0.0.0/8`, `::1`, and `0.0.0.0/8` / `::`,
+which reach the local host on Linux).  Deny and approval rules match
 the destination or any alias, so a deny on `127.0.0.1:*` also stops `0.0.0.0:22`; an
 allow must name the destination itself.  Names hoopy cannot know (the backend's own
 host name and addresses, its other /etc/hosts entries) are no aliases: allow lists,
@@ -28,7 +31,8 @@ not deny lists, are what confines forwarding.
 Patterns (`ssh: {forward: [...]}`) are `HOST:PORT`.  HOST is `*` (any destination),
 a name glob where `*` and `?` never cross a dot (`*.internal` is `a.internal`, not
 `a.b.internal`; `db.internal*` is never `db.internal.evil.com`), an IPv4 address or
-CIDR block (`10.0.0.0/8`), or an IPv6 address or block in brackets (`[fd00::/8]`).
+CIDR block (`10.0.0.0/8`), or an IPv6 address or block in brackets (`[fd00::/8]`;
+one within `::ffff:0:0/96` is read as the IPv4 block it maps, as destinations are).
 PORT is a number, `*`, a range `lo-hi`, or a digit glob (`80*`).
 """
 
@@ -50,8 +54,22 @@ _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Names the usual /etc/hosts gives loopback addresses (Debian, RHEL)
 _LOOPBACK_HOSTS = frozenset(
     {"localhost", "localhost.localdomain", "localhost4", "localhost6", "ip6-localhost",
-     "ip6-loopback", "localhost4.localdomain4", "localhost6.localdomain6"}
+     "ip6-loopback", "localhost4.localdomain4", "localhost6.localdomain6",
+     # systemd (nss-myhostname, nss-resolve): the host's own outbound address and the
+     # resolver stubs on 127.0.0.53/54
+     "_outbound", "_localdnsstub", "_localdnsproxy"}
 )  # fmt: skip
+
+
+# nss-myhostname (systemd) resolves any name under these to loopback
+_LOOPBACK_SUFFIXES = (".localhost", ".localhost.localdomain")
+# 0.0.0.0/8 is "this host" (RFC 1122); a Linux connect() to 0.x.y.z goes to the host
+_THIS_HOST = ipaddress.IPv4Network("0.0.0.0/8")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_COMPAT = ipaddress.IPv6Network("::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
 
 
 @dataclass(frozen=True)
@@ -117,7 +135,7 @@ def destination(host: str, port: int) -> Destination:
             "the host name may hold only letters, digits, '-', '_' and dots between "
             "non-empty labels, none starting with '-'"
         )
-    if name in _LOOPBACK_HOSTS or name.endswith(".localhost"):
+    if name in _LOOPBACK_HOSTS or name.endswith(_LOOPBACK_SUFFIXES):
         return Destination(name, port, _LOOPBACK_NAMES)
     return Destination(name, port)
 
@@ -132,11 +150,31 @@ def _v6(host: str, port: int) -> Destination:
     mapped = ip.ipv4_mapped
     if mapped is not None:
         return Destination(str(mapped), port, _aliases(mapped))
+    embedded = _embedded_v4(ip)
+    if embedded is not None:  # where a translator would take it: that place's names too
+        names = dict.fromkeys((str(embedded), *_aliases(embedded)))
+        return Destination(ip.compressed, port, tuple(names))
     return Destination(ip.compressed, port, _aliases(ip))
 
 
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries for a translator or tunnel, if any: NAT64
+    64:ff9b::/96 and 64:ff9b:1::/48, SIIT ::ffff:0:a.b.c.d, IPv4-compatible ::a.b.c.d,
+    6to4 2002::/16."""
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _NAT64 or ip in _TRANSLATED:
+        return low
+    if ip in _COMPAT and not (ip.is_loopback or ip.is_unspecified):
+        return low
+    if ip in _NAT64_LOCAL:  # RFC 6052 /48 layout: bits 48-63 and 72-87 (64-71 are zero)
+        n = int(ip)
+        return ipaddress.IPv4Address(((n >> 64) & 0xFFFF) << 16 | ((n >> 40) & 0xFFFF))
+    return ip.sixtofour
+
+
 def _aliases(ip: IPAddress) -> tuple[str, ...]:
-    return _LOOPBACK_NAMES if ip.is_loopback or ip.is_unspecified else ()
+    this_host = ip.version == 4 and ip in _THIS_HOST
+    return _LOOPBACK_NAMES if ip.is_loopback or ip.is_unspecified or this_host else ()
 
 
 # ---- patterns -------------------------------------------------------------------------
@@ -185,6 +223,10 @@ def pattern(text: str) -> Pattern:
             net = ipaddress.ip_network(host, strict=True)
         except ValueError as e:
             raise ValueError(f"'{host}' is not an IP address or CIDR block ({e})") from None
+        if net.version == 6 and net.subnet_of(_MAPPED):
+            # destinations name IPv4-mapped addresses as IPv4 (see _v6): so does the rule
+            low = int(net.network_address) & 0xFFFFFFFF
+            net = ipaddress.IPv4Network((low, net.prefixlen - 96))
         return Pattern(network=net, ports=ports, port_glob=port_glob)
     name = host.lower()
     labels = name.split(".")

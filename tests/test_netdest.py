@@ -366,3 +366,67 @@ def test_patterns_parse_or_say_why(text: str) -> None:
         return
     for host in ("db.internal", "10.0.0.1", "::1", "localhost"):
         p.matches(host, 22)  # never raises
+
+
+# ---- attacks: one place, another spelling ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "host", "port"),
+    [
+        # a deny written in IPv4-mapped form must stop the place it names, however the
+        # agent spells it (destinations normalise mapped addresses to IPv4)
+        ("[::ffff:127.0.0.0/104]:*", "127.0.0.1", 22),
+        ("[::ffff:127.0.0.0/104]:*", "::ffff:127.0.0.1", 22),
+        ("[::ffff:10.1.2.3]:5432", "10.1.2.3", 5432),
+        ("[::ffff:10.1.2.3]:5432", "::ffff:a01:203", 5432),
+        # nss-myhostname resolves every name under localhost.localdomain to loopback
+        ("127.0.0.1:*", "db.localhost.localdomain", 22),
+        ("localhost:*", "X.LocalHost.LocalDomain", 22),
+        # systemd's synthesised names for the host itself and its resolver stubs
+        ("localhost:22", "_outbound", 22),
+        ("127.0.0.0/8:*", "_LocalDNSStub", 53),
+        ("[::1]:*", "_localdnsproxy", 53),
+        # IPv6 forms a translator or tunnel turns into the IPv4 address they carry
+        ("10.0.0.0/8:*", "64:ff9b::a00:5", 5432),  # NAT64 well-known prefix
+        ("10.0.0.0/8:*", "64:ff9b::10.0.0.5", 5432),
+        ("10.0.0.5:5432", "64:ff9b:1:a00:0:500::", 5432),  # NAT64 local-use /48
+        ("localhost:22", "64:ff9b::7f00:1", 22),
+        ("127.0.0.1:*", "::127.0.0.1", 22),  # IPv4-compatible
+        ("127.0.0.1:*", "::ffff:0:127.0.0.1", 22),  # SIIT IPv4-translated
+        ("10.0.0.0/8:*", "2002:a00:5::1", 5432),  # 6to4
+        # 0.x.y.z is "this host": Linux connects it to local listeners
+        ("127.0.0.1:*", "0.1.2.3", 22),
+        ("localhost:22", "0.0.0.1", 22),
+    ],
+)
+def test_deny_is_not_bypassed_by_another_spelling(rule: str, host: str, port: int) -> None:
+    policy = PolicySet(
+        "p",
+        (
+            Rule("any", "allow", Match(ssh=SshMatch(forward=("*:*",)))),
+            Rule("no", "deny", Match(ssh=SshMatch(forward=(rule,)))),
+        ),
+    )
+    d = decide([policy], AGENT, _fwd(host, port))
+    assert (d.outcome, d.rule) == ("deny", "no")
+
+
+def test_a_mapped_allow_names_only_its_ipv4_block() -> None:
+    allow = PolicySet(
+        "p", (Rule("db", "allow", Match(ssh=SshMatch(forward=("[::ffff:10.0.0.0/120]:5432",)))),)
+    )
+    assert decide([allow], AGENT, _fwd("10.0.0.7", 5432)).outcome == "allow"
+    assert decide([allow], AGENT, _fwd("10.0.1.7", 5432)).outcome == "deny"
+    assert (
+        decide([allow], AGENT, _fwd("::a00:7", 5432)).outcome == "deny"
+    )  # IPv4-compatible: not mapped
+
+
+def test_embedded_ipv4_aliases_never_widen_an_allow() -> None:
+    """The carried IPv4 address is an alias: deny and approval rules see it, an allow
+    must still name the IPv6 destination itself."""
+    allow = PolicySet("p", (Rule("v4", "allow", Match(ssh=SshMatch(forward=("10.0.0.5:*",)))),))
+    assert decide([allow], AGENT, _fwd("64:ff9b::a00:5", 1)).outcome == "deny"
+    assert decide([allow], AGENT, _fwd("10.0.0.5", 1)).outcome == "allow"
+    assert netdest.destination("2001:db8::1", 1).aliases == ()  # documentation space: none

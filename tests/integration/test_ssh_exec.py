@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import asyncssh
@@ -514,3 +516,37 @@ def test_each_agent_connection_has_its_own_backend_connection(
         b.close()
 
     asyncio.run(main())
+
+
+def test_a_running_command_ends_when_its_token_expires(ssh_hoopy: SshHoopy) -> None:
+    """`ssh gw cat` with stdin held open would run forever: it must not outlive the token
+    it was started with (the next command would be refused; this one ends, exit 255)."""
+    sub = f"exp-{uuid.uuid4().hex[:10]}"
+    argv = [*ssh_hoopy.ssh_argv("web-1"), "cat"]
+    env = ssh_hoopy.ssh_env(ssh_hoopy.issuer.mint(sub, ["agents"], ttl=3))
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdin.write(b"while valid\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"while valid\n"  # running under a valid token
+        code = proc.wait(timeout=20)  # stdin stays open: only hoopy can end it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")
+    assert code == 255 and "token expired" in err, (code, err)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        logs = [p.read_text() for p in (ssh_hoopy.folder / "recordings").rglob("*.jsonl")]
+        text = next((t for t in logs if sub in t and '"type":"session_end"' in t), None)
+        if text is not None:
+            break
+        time.sleep(0.05)
+    assert text is not None
+    events = [json.loads(line) for line in text.splitlines()]
+    assert any(e["type"] == "expired" and "command ends" in e["reason"] for e in events)

@@ -749,3 +749,63 @@ def test_unix_socket_forwarding_stays_refused_and_recorded(hoopy: SshHoopy) -> N
     refused = {(e["what"], e["target"]) for e in events if e.get("type") == "refused"}
     assert ("direct-streamlocal", "/run/docker.sock") in refused
     assert ("streamlocal-forward", "/tmp/hoopy-r.sock") in refused
+
+
+def test_a_forward_ends_when_its_token_expires(hoopy: SshHoopy, echo: Echo) -> None:
+    """An open `ssh -W` tunnel must not outlive the token it was opened with."""
+    sub = _sub()
+    argv = hoopy.ssh_argv("web-1", "-W", f"127.0.0.1:{echo.port}")
+    env = hoopy.ssh_env(hoopy.issuer.mint(sub, ["fwd"], ttl=3))
+    proc = subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.read(len(GREETING)) == GREETING  # open while the token is valid
+        proc.stdin.write(b"still valid\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"still valid\n"
+        # stdin stays open: only hoopy can end this tunnel
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, events = _events(hoopy, sub)
+    assert any(e.get("type") == "expired" and "forward ends" in e.get("reason", "") for e in events)
+    closed = next(e for e in events if e.get("type") == "forward_close")
+    assert closed["bytes_to"] == len(b"still valid\n") and closed["closed_by"] == "expiry"
+
+
+def test_refused_forward_requests_are_recorded_bounded(hoopy: SshHoopy) -> None:
+    """`-R`, streamlocal opens and listens with hostile names (huge, control characters):
+    refused, and what the recording keeps of each name is bounded and escaped, so a
+    flood of refused requests cannot grow the recording by what each packet holds."""
+    sub = _sub()
+    huge = "/tmp/" + "x" * 60_000
+
+    async def main() -> None:
+        async with _asyncssh(hoopy, sub, ("fwd", "agents")) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_unix_connection(huge)
+            with pytest.raises((asyncssh.Error, asyncssh.ChannelListenError)):
+                await conn.forward_remote_path(huge + "\x1b[2J", "/tmp/local.sock")
+            with pytest.raises((asyncssh.Error, asyncssh.ChannelListenError)):
+                await conn.forward_remote_port("h" * 60_000 + "\n", 0, "127.0.0.1", 1)
+            for open_layer2 in (conn.open_tun, conn.open_tap):  # `ssh -w`: refused too
+                with pytest.raises(asyncssh.ChannelOpenError):
+                    await open_layer2(7)
+            r = await conn.run("echo still here")
+            assert r.stdout == "still here\n"
+
+    asyncio.run(main())
+    log, events = _events(hoopy, sub)
+    refused = [e for e in events if e.get("type") == "refused"]
+    assert {e["what"] for e in refused} == {
+        "direct-streamlocal", "streamlocal-forward", "tcpip-forward", "tun", "tap"
+    }  # fmt: skip
+    for e in refused:
+        assert len(e["target"]) < 400, (e["what"], len(e["target"]))
+        assert "\x1b" not in e["target"] and "\n" not in e["target"]
+    assert log.stat().st_size < 20_000
+    assert hoopy.cli("verify", log.stem).returncode == 0

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from hoopy.config import Secret, SshConnector
 from hoopy.errors import BackendUnavailable
 from hoopy.policy import Identity
 from hoopy.protocols.ssh import backend as be
+from hoopy.protocols.ssh import pool as pool_module
 from hoopy.protocols.ssh.pool import PER_KEY, BackendPool
 from tests.integration.sshd import Sshd, SshHoopy, keygen, start_ssh_hoopy, stop
 
@@ -357,3 +359,28 @@ def test_chacha20_only_clients_are_refused(pooled: SshHoopy) -> None:
     r = pooled.ssh("echo never", "-c", "chacha20-poly1305@openssh.com")
     assert r.returncode == 255 and r.stdout == ""
     assert "no matching cipher" in r.stderr
+
+
+async def test_an_overdue_parked_connection_is_never_handed_out(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle timer is a loop callback: on a busy loop it can run after an acquire
+    that was already due.  The parked connection's age, not the timer, decides."""
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line() + "\n")
+    c = _connector(sshd, known)
+    pool = BackendPool(30.0, 8, lambda: None)
+    a = Identity("a", frozenset({"g"}), "iss")
+    try:
+        first = await pool.acquire(c, a)
+        await pool.release(first, reusable=True)
+        assert pool.count() == 1
+        later = time.monotonic() + 31  # past backend_idle, before the timer has run
+        clock = types.SimpleNamespace(monotonic=lambda: later)
+        monkeypatch.setattr(pool_module, "time", clock)  # pool.py's clock only
+        second = await pool.acquire(c, a)
+        assert second is not first and not pool.reused(second)
+        assert first.is_closed() and pool.count() == 0
+        await pool.release(second, reusable=False)
+    finally:
+        pool.close()

@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.channel import SSHChannel
 
-from hoopy.errors import BackendUnavailable, CommandDenied, HoopyError, ProtocolError
+from hoopy.errors import (
+    AuthFailed,
+    BackendUnavailable,
+    CommandDenied,
+    HoopyError,
+    ProtocolError,
+)
 from hoopy.masking import ValueMasker
 from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.streammask import StreamMasker
@@ -100,6 +106,7 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         self._recorded = {"o": 0, "i": 0}
         self._done = False
         self._exited = False  # the exit event is recorded
+        self._expiry: asyncio.TimerHandle | None = None  # the token's end (_open_backend)
         # Where the agent's input goes instead of the backend channel (a PTY shell's line
         # editor, an SFTP server's stream): see `delegate_to`.
         self.delegate: asyncssh.SSHServerSession[bytes] | None = None
@@ -193,6 +200,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             self.delegate.connection_lost(exc)
         self.conn.open_channels -= 1  # asyncssh calls this once per channel
         self._done = True
+        if self._expiry is not None:
+            self._expiry.cancel()
 
     # ---- the request -------------------------------------------------------------------
     async def _run(self) -> None:
@@ -292,6 +301,10 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         if self._done:  # the agent went while the backend channel opened
             chan.close()
             return
+        expires = self.conn.session.identity.expires_at
+        if expires:  # a running command lives no longer than the token it ran under
+            delay = max(0.0, expires - self.conn.session.clock())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
         for data in self._early:
             self.data_received(data, None)
         self._early.clear()
@@ -363,6 +376,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
 
     def backend_closed(self, exc: Exception | None) -> None:
         """The backend's channel is done: every byte was delivered to `backend_data`."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         self._flush_all()
         status, sig = self._exit_status, self._exit_signal
         self._event(
@@ -424,6 +439,17 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
             self.conn.session.log.event(kind, **fields)
         except RecorderError as e:
             self._recording_failed(e)
+
+    def _expire(self) -> None:
+        """The agent's token ran out while the command ran: it ends (exit 255), as a
+        Kubernetes exec stream does, and as the next command would be refused."""
+        self._expiry = None
+        if self._exited or self._done:
+            return
+        self._event("expired", channel=self.number, reason="token expired: the command ends")
+        if self.backend is not None:
+            self.backend.close()
+        self.fail(AuthFailed("token expired during the session; reconnect with a fresh token"))
 
     def _recording_failed(self, e: RecorderError) -> None:
         """Nothing runs unrecorded: stop the command."""

@@ -16,7 +16,8 @@ An allowed destination is opened by the *backend* connection (asyncssh
 backend host, as `ssh -L` to that host would.  `Relay` then joins the two channels
 with callbacks, as `channel.Bridge` does: end-to-end flow control (a side whose send
 buffer passes its high-water mark pauses reading the other side, which stops granting it
-window), EOF and close relayed both ways.
+window), EOF and close relayed both ways.  A forward ends when the agent's token expires
+(an `expired` event), as a Kubernetes port-forward tunnel does.
 
 Recording: the `command` event (destination, decision, rule), `forward_open`,
 `forward_data` events holding the bytes themselves (as `text` when a chunk is UTF-8,
@@ -165,6 +166,9 @@ async def _open(conn: AgentConnection, host: str, port: int, origin: str) -> Rel
         chan.close()
         raise
     conn.gw.metrics.inc("ssh_forwards_total")
+    if session.identity.expires_at:  # a forward lives no longer than its token
+        delay = max(0.0, session.identity.expires_at - session.clock())
+        relay.expiry = asyncio.get_running_loop().call_later(delay, relay.expire)
     return relay
 
 
@@ -204,6 +208,8 @@ class Relay:
         self._early: list[bytes] = []  # from the destination before the agent's side opened
         self._early_eof = False
         self._backend_gone: tuple[Exception | None] | None = None
+        self.expiry: asyncio.TimerHandle | None = None  # the token's end (see _open)
+        self.ended_by = ""  # "expiry" when hoopy ended it (else the side that closed)
         self.closed = False
 
     def channel(self, agent: bool) -> asyncssh.SSHTCPChannel[bytes] | None:
@@ -267,12 +273,14 @@ class Relay:
             return
         self.closed = True
         self.conn.open_channels -= 1
+        if self.expiry is not None:
+            self.expiry.cancel()
         self._flush_all()
         self._event(
             "forward_close",
             forward=self.number,
             destination=str(self.dest),
-            closed_by="agent" if agent else "destination",
+            closed_by=self.ended_by or ("agent" if agent else "destination"),
             bytes_to=self.bytes["to"],
             bytes_from=self.bytes["from"],
             duration=round(time.monotonic() - self.started, 3),
@@ -281,6 +289,18 @@ class Relay:
         other = self.channel(not agent)
         if other is not None:
             other.close()
+
+    def expire(self) -> None:
+        """The agent's token ran out: the forward ends (as a Kubernetes tunnel does)."""
+        self.expiry = None
+        if self.closed:
+            return
+        self.ended_by = "expiry"
+        self._flush_all()
+        self._event("expired", forward=self.number, reason="token expired: the forward ends")
+        for chan in (self.agent, self.backend):
+            if chan is not None:
+                chan.close()
 
     # ---- recording -------------------------------------------------------------------
     def _record(self, direction: str, data: bytes) -> bool:

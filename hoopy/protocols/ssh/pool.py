@@ -108,7 +108,9 @@ class BackendPool:
                 if not bucket:
                     del self.idle[key]
                 self._unpark(entry)
-                if entry.config is config and not entry.conn.is_closed():
+                # the idle timer may not have run yet on a busy loop: the age decides
+                fresh = time.monotonic() - entry.since < self.idle_time
+                if fresh and entry.config is config and not entry.conn.is_closed():
                     self.hits += 1
                     self.leases[entry.conn] = _Lease(key, config, True)
                     return entry.conn

@@ -39,7 +39,7 @@ from hoopy.policy import Identity
 from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.ca import CertificateLogin, SshCA
 from hoopy.protocols.ssh.channel import Bridge, notify_current
-from hoopy.protocols.ssh.forward import open_forward
+from hoopy.protocols.ssh.forward import SHOWN_TARGET, open_forward
 from hoopy.protocols.ssh.interactive import run_sftp, run_shell
 from hoopy.protocols.ssh.pool import BackendPool
 from hoopy.session import Session
@@ -392,8 +392,21 @@ class AgentConnection(asyncssh.SSHServer):
         self._refuse_forward("streamlocal-forward", listen_path)
         return False
 
+    def tun_requested(self, unit: int | None) -> bool:
+        self._refuse_forward("tun", "any" if unit is None else str(unit))  # `ssh -w`
+        return False
+
+    def tap_requested(self, unit: int | None) -> bool:
+        self._refuse_forward("tap", "any" if unit is None else str(unit))
+        return False
+
     def _refuse_forward(self, what: str, target: str, **fields: Any) -> None:
         self.gw.metrics.inc(f'ssh_forwarding_refused_total|kind="{what}"')
+        # the agent's text, bounded and escaped: a refusal must not cost the recorder
+        # what the agent can pack in a packet, request after request
+        if len(target) > SHOWN_TARGET:
+            target = target[:SHOWN_TARGET] + "…"
+        target = ascii(target)[1:-1]
         if self._session is not None:
             with contextlib.suppress(Exception):
                 self._session.record("refused", what=what, target=target, **fields)

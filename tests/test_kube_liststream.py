@@ -192,3 +192,27 @@ def test_a_second_items_array_is_rewritten_too() -> None:
     out = streamed(raw, [])
     assert "djE=" not in out and "djI=" not in out
     assert json.loads(out)["items"][0]["data"]["k"] != "djI="
+
+
+@pytest.mark.parametrize(
+    "first, last", [("ConfigMapList", "SecretList"), ("List", "SecretList"), ("Table", "PodList")]
+)
+def test_a_kind_after_the_items_is_refused(first: str, last: str) -> None:
+    # JSON readers (Go's, Python's) take the last `kind`: the items already sent were
+    # judged by the first one, so a Secret could go out as a ConfigMap, unmasked
+    key = "rows" if first == "Table" else "items"
+    item = {"metadata": {"name": "s", "namespace": "a"}, "data": {"k": "c2VjcmV0"}}
+    row = {"cells": ["s"], "object": item} if first == "Table" else item
+    raw = json.dumps({"kind": first, key: [row], "kind2": last}).replace('"kind2"', '"kind"')
+    s = ListStream(inspector(), limit=1 << 20)
+    with pytest.raises(ListError, match="kind twice"):
+        s.feed(raw.encode())
+        s.end()
+
+
+def test_a_secret_list_inside_a_list_is_masked() -> None:
+    inner = {"kind": "SecretList", "items": [secret("a", "x", "bGVhaw==")]}
+    raw = json.dumps({"kind": "List", "metadata": {}, "items": [inner]}).encode()
+    for out in (whole(raw), streamed(raw, [10])):
+        assert "bGVhaw==" not in out
+        assert json.loads(out)["items"][0]["items"][0]["data"]["password"] != "bGVhaw=="

@@ -275,6 +275,8 @@ class Inspector:
         if not isinstance(obj, dict):
             return obj
         kind = self._kind(obj, of)
+        if kind == "Table" or (kind.endswith("List") and isinstance(obj.get("items"), list)):
+            return self.value(obj)  # a list inside a `List`: its items are read too
         if kind == "Secret" and self.mask_secrets:
             return self._secret(obj)
         if self.masker is not None:

@@ -223,6 +223,9 @@ class ListStream:
                 self._fall_back()  # not a list: read whole, as any other answer
                 return
         if self._streaming:
+            if key == "kind":  # the items sent were judged by the first kind; a reader
+                # (Go's and Python's JSON alike) takes the last one
+                raise ListError("the cluster's list answer names its kind twice")
             if key in ("items", "rows"):  # (not an array: as the whole reading does)
                 value = self._rewrite_member(key, value)
             self._write(key, value)

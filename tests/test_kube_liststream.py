@@ -216,3 +216,30 @@ def test_a_secret_list_inside_a_list_is_masked() -> None:
     for out in (whole(raw), streamed(raw, [10])):
         assert "bGVhaw==" not in out
         assert json.loads(out)["items"][0]["items"][0]["data"]["password"] != "bGVhaw=="
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"kind": "SecretList", "items": [{"kind": "ConfigMap", **secret("a", "x", "bGVhaw==")}]},
+        {"kind": "ConfigMapList", "items": [secret("a", "x", "bGVhaw==")]},
+        {"kind": "List", "items": [{"kind": "Pod", **secret("a", "x", "bGVhaw==")}]},
+        {
+            "kind": "Table",
+            "rows": [{"cells": [], "object": {"kind": "ConfigMap", "data": {"k": "bGVhaw=="}}}],
+        },
+    ],
+)
+def test_a_secrets_answer_is_masked_whatever_kind_it_claims(shape: dict[str, Any]) -> None:
+    # the first `kind` decides how streamed items are judged, and a later one is only
+    # refused after they went out: the request's resource must decide alone
+    raw = json.dumps(shape).encode()
+    for out in (whole(raw), streamed(raw, [7])):
+        assert "bGVhaw==" not in out
+
+
+def test_a_namespaces_answer_hides_governed_namespaces_whatever_kind_it_claims() -> None:
+    ins = Inspector(visible=lambda ns, name: ns != "kube-system", kind="Namespace")
+    item = {"metadata": {"name": "kube-system"}}
+    out = ins.value({"kind": "PodList", "items": [item]})
+    assert out["items"] == []

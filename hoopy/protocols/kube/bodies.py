@@ -264,7 +264,7 @@ class Inspector:
         meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
-        if self._kind(obj, of) == "Namespace":
+        if "Namespace" in (self._kind(obj, of), self.kind):  # (as Secrets, above)
             ns = name
         ok = self.visible(str(ns), str(name))
         if not ok:
@@ -277,7 +277,9 @@ class Inspector:
         kind = self._kind(obj, of)
         if kind == "Table" or (kind.endswith("List") and isinstance(obj.get("items"), list)):
             return self.value(obj)  # a list inside a `List`: its items are read too
-        if kind == "Secret" and self.mask_secrets:
+        # a secrets request's answer is Secrets whatever kind the answer (or its list)
+        # gives them: the cluster's word on the kind is not what keeps a value hidden
+        if self.mask_secrets and "Secret" in (kind, self.kind):
             return self._secret(obj)
         if self.masker is not None:
             if kind == "ConfigMap":

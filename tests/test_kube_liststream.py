@@ -243,3 +243,15 @@ def test_a_namespaces_answer_hides_governed_namespaces_whatever_kind_it_claims()
     item = {"metadata": {"name": "kube-system"}}
     out = ins.value({"kind": "PodList", "items": [item]})
     assert out["items"] == []
+
+
+def test_a_number_cut_at_a_read_edge_waits_for_the_rest() -> None:
+    # raw_decode reads "1." as 1 and "2e" as 2: a valid answer was refused (or, with a
+    # different next read, misread) when a read ended inside a fraction or an exponent
+    raw = (
+        b'{"kind":"PodList","metadata":{},"items":[1.5,2e3,-0.5E+2,'
+        b'{"metadata":{"namespace":"a"},"n":-1.25E-2}],"x":3.5}'
+    )
+    want = whole(raw)
+    for cut in range(len(raw)):
+        assert streamed(raw, [cut]) == want, raw[:cut]

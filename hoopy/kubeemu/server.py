@@ -479,7 +479,8 @@ def _flag(q: dict[str, list[str]], name: str) -> bool:
     """As kube-apiserver reads a bool parameter (Convert_Slice_string_To_bool): absent
     is false, "0" and "false" (any case) are false, anything else ("yes", "") true."""
     v = _one(q, name)
-    return v is not None and v != "0" and v.lower() != "false"
+    # (strings.EqualFold: U+017F, a long s, folds to "s")
+    return v is not None and v != "0" and v.replace("\u017f", "s").lower() != "false"
 
 
 def _one(q: dict[str, list[str]], name: str) -> str | None:

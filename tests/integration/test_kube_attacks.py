@@ -242,3 +242,36 @@ def test_tty_spelled_otherwise_is_still_recorded_as_a_tty(hk: KubeHoopy, emu: Em
     listed = hk.cli("sessions", "list", "--subject", "tty-yes").stdout.split()
     shown = hk.cli("sessions", "show", listed[0]).stdout
     assert '"tty": true' in shown, shown
+
+
+def test_a_watch_the_cluster_reads_as_false_is_judged_as_a_list(
+    emu: Emu, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`watch=fal%C5%BFe` (U+017F, a long s): Go's strings.EqualFold reads it as false,
+    so the cluster lists; hoopy read it as true and judged a watch, which a rule on
+    `list` skips."""
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        {"metadata": {"name": "listed"}, "data": {"k": "bGlzdGVk"}},
+    )
+    policy = """
+rules:
+  - name: agents
+    effect: allow
+    match: {groups: [agents], connectors: [cluster]}
+  - name: no-secret-lists
+    effect: deny
+    reason: Secrets are read one by one
+    match: {kubernetes: {verbs: [list], resources: [secrets]}}
+"""
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-fold"), emu, policy)
+    try:
+        path = "/k8s/cluster/api/v1/namespaces/default/secrets?watch=fal%C5%BFe"
+        before = len([r for r in emu.requests() if "watch=fal" in r["path"]])
+        status, answer = call(h, "GET", path)
+        assert status == 403, (status, answer)
+        assert "no-secret-lists" in answer["message"]
+        assert len([r for r in emu.requests() if "watch=fal" in r["path"]]) == before
+    finally:
+        h.stop()

@@ -5,6 +5,7 @@ relayed (see the issue 12 review)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Iterator
 
@@ -275,3 +276,38 @@ rules:
         assert len([r for r in emu.requests() if "watch=fal" in r["path"]]) == before
     finally:
         h.stop()
+
+
+@pytest.mark.parametrize("include", ["Metadata", "Object"])
+@pytest.mark.parametrize("one", [False, True])
+def test_a_secrets_table_masks_the_last_applied_annotation(
+    hk: KubeHoopy, emu: Emu, include: str, one: bool
+) -> None:
+    """`includeObject=Metadata` (kube-apiserver's default for a Table) gives each row a
+    PartialObjectMetadata: hoopy did not take it for a Secret, so the
+    last-applied-configuration annotation (the Secret's data, as `kubectl apply` keeps
+    it) went to the agent unmasked."""
+    applied = json.dumps({"apiVersion": "v1", "kind": "Secret", "data": {"k": "YXBwbGllZA=="}})
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        {
+            "metadata": {
+                "name": f"applied-{include.lower()}-{one}",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": applied},
+            },
+            "data": {"k": "YXBwbGllZA=="},
+        },
+    )
+    path = "/k8s/cluster/api/v1/namespaces/default/secrets"
+    if one:
+        path += f"/applied-{include.lower()}-{one}"
+    status, answer = call(
+        hk,
+        "GET",
+        f"{path}?includeObject={include}",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    assert status == 200 and answer["kind"] == "Table", answer
+    assert answer["rows"] and all("object" in r for r in answer["rows"])
+    assert "YXBwbGllZA==" not in json.dumps(answer)

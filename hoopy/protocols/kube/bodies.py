@@ -282,12 +282,17 @@ class Inspector:
         if self.mask_secrets and "Secret" in (kind, self.kind):
             return self._secret(obj)
         if self.masker is not None:
-            if kind == "ConfigMap":
-                return self._mapping(obj, "data")
-            if kind == "Pod":
-                return self._pod(obj)
-            if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
-                return self._workload(obj)
+            # (the request's kind too: a Table's PartialObjectMetadata rows carry only
+            # the metadata, whose last-applied annotation repeats data and env values)
+            kinds = (kind, self.kind)
+            if "ConfigMap" in kinds:
+                return self._applied(self._mapping(obj, "data"))
+            if "Pod" in kinds:
+                return self._applied(self._pod(obj))
+            if any(
+                k in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet") for k in kinds
+            ):
+                return self._applied(self._workload(obj))
         return obj
 
     def _secret(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -312,15 +317,19 @@ class Inspector:
             return obj
         masked, counts = self.masker.mask_json(values)
         self.counts.update(counts)
-        out = {**obj, key: masked}
+        return {**obj, key: masked}
+
+    def _applied(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The last-applied annotation (the object as `kubectl apply` sent it) masked."""
+        assert self.masker is not None
         meta = obj.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
             ann = meta["annotations"]
             if LAST_APPLIED in ann:
                 text, c = self.masker.mask_json_text(str(ann[LAST_APPLIED]))
                 self.counts.update(c)
-                out["metadata"] = {**meta, "annotations": {**ann, LAST_APPLIED: text}}
-        return out
+                return {**obj, "metadata": {**meta, "annotations": {**ann, LAST_APPLIED: text}}}
+        return obj
 
     def _containers(self, spec: Any) -> Any:
         if not isinstance(spec, dict):
@@ -345,6 +354,8 @@ class Inspector:
         return {**c, "env": env}
 
     def _pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if "spec" not in obj:
+            return obj
         return {**obj, "spec": self._containers(obj.get("spec"))}
 
     def _workload(self, obj: dict[str, Any]) -> dict[str, Any]:

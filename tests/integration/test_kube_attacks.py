@@ -311,3 +311,22 @@ def test_a_secrets_table_masks_the_last_applied_annotation(
     assert status == 200 and answer["kind"] == "Table", answer
     assert answer["rows"] and all("object" in r for r in answer["rows"])
     assert "YXBwbGllZA==" not in json.dumps(answer)
+
+
+@pytest.mark.parametrize("include", ["Metadata", "Object", "None"])
+def test_a_namespaces_table_hides_governed_namespaces(
+    hk: KubeHoopy, emu: Emu, include: str
+) -> None:
+    """With includeObject=Metadata (kube-apiserver's default, and kubectl get's) each row
+    is a PartialObjectMetadata: a Namespace's own name is its namespace, but hoopy read
+    the (empty) metadata.namespace and showed kube-system."""
+    names = [n["metadata"]["name"] for n in emu.call("GET", "/api/v1/namespaces")["items"]]
+    assert "kube-system" in names
+    status, answer = call(
+        hk,
+        "GET",
+        f"/k8s/cluster/api/v1/namespaces?includeObject={include}",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    assert status == 200 and answer["kind"] == "Table", answer
+    assert "kube-system" not in json.dumps(answer["rows"])

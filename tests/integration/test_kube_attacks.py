@@ -5,8 +5,10 @@ relayed (see the issue 12 review)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import ssl
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -330,3 +332,30 @@ def test_a_namespaces_table_hides_governed_namespaces(
     )
     assert status == 200 and answer["kind"] == "Table", answer
     assert "kube-system" not in json.dumps(answer["rows"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=40",
+        "/api/v1/namespaces/default/secrets?watch=1&timeoutSeconds=40",  # (inspected)
+    ],
+)
+def test_a_watch_ends_with_its_token(hk: KubeHoopy, path: str) -> None:
+    """Exec, attach and port-forward ended with the token they were opened with, but a
+    watch went on for as long as the cluster allowed (an hour and more): the agent kept
+    reading changes after its token had expired."""
+    ctx = ssl.create_default_context(cafile=str(hk.ca))
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=60)
+    token = hk.token(sub="watch-exp", ttl=3)
+    start = time.monotonic()
+    conn.request("GET", "/k8s/cluster" + path, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    while resp.read1(65536):  # until hoopy ends the answer
+        pass
+    took = time.monotonic() - start
+    conn.close()
+    assert took < 25, f"the watch went on {took:.0f} s after a 3 s token"
+    assert "token expired: the stream ends" in hk.recordings_text()

@@ -552,12 +552,11 @@ def _cells(kind: Kind, obj: dict[str, Any]) -> list[Any]:
 
 
 def _row_object(o: dict[str, Any], include: str | None) -> dict[str, Any] | None:
-    """A row's `object` as `includeObject` asks (TableOptions: None, Metadata, Object).
-    (kube-apiserver's default is Metadata; the emulator's is Object, which the tests
-    written before it read includeObject rely on.)"""
+    """A row's `object` as `includeObject` asks (TableOptions: None, Metadata (the
+    default, which `kubectl get` relies on), Object)."""
     if include == "None":
         return None
-    if include == "Metadata":
+    if include in (None, "Metadata"):
         meta = {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata"}
         return {**meta, "metadata": o.get("metadata", {})}
     return o

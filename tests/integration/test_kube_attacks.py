@@ -359,3 +359,14 @@ def test_a_watch_ends_with_its_token(hk: KubeHoopy, path: str) -> None:
     conn.close()
     assert took < 25, f"the watch went on {took:.0f} s after a 3 s token"
     assert "token expired: the stream ends" in hk.recordings_text()
+
+
+def test_kubectl_get_namespaces_hides_governed_namespaces(hk: KubeHoopy, emu: Emu) -> None:
+    """`kubectl get namespaces` asks for a Table without includeObject: kube-apiserver
+    (and now the emulator) then gives PartialObjectMetadata rows, and hoopy showed
+    kube-system, a namespace its policy governs."""
+    names = [n["metadata"]["name"] for n in emu.call("GET", "/api/v1/namespaces")["items"]]
+    assert "kube-system" in names and "default" in names
+    got = hk.kubectl("get", "namespaces")
+    assert got.returncode == 0, got.stderr
+    assert "default" in got.stdout and "kube-system" not in got.stdout, got.stdout

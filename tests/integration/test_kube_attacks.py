@@ -370,3 +370,47 @@ def test_kubectl_get_namespaces_hides_governed_namespaces(hk: KubeHoopy, emu: Em
     got = hk.kubectl("get", "namespaces")
     assert got.returncode == 0, got.stderr
     assert "default" in got.stdout and "kube-system" not in got.stdout, got.stdout
+
+
+def test_exec_input_in_a_text_message_is_recorded(hk: KubeHoopy, emu: Emu) -> None:
+    """kube-apiserver reads a text WebSocket message's bytes as it reads a binary one's
+    (channel byte first), but hoopy passed text messages on unread: input that reached
+    the process without being recorded (or without stdin=true having been judged)."""
+    emu.call("POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "text-box"}})
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = (
+        f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/default/pods/text-box/exec"
+        "?command=cat&stdin=true&stdout=true&stderr=true"
+    )
+    token = hk.token(sub="text-input")
+
+    async def run() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(hk.ca))
+        out = b""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url,
+                ssl=ctx,
+                protocols=("v5.channel.k8s.io",),
+                headers={"Authorization": f"Bearer {token}"},
+            ) as ws,
+        ):
+            await ws.send_str("\x00typed-in-a-text-message\n")
+            await ws.send_bytes(b"\xff\x00")  # (v5: stdin ends)
+            while True:
+                msg = await ws.receive(timeout=30)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                if msg.data[:1] == b"\x01":
+                    out += msg.data[1:]
+                if msg.data[:1] == b"\x03":
+                    break
+        return out
+
+    assert b"typed-in-a-text-message" in asyncio.run(run())
+    from tests.integration.test_kube_portforward import session_events
+
+    _, events = session_events(hk, "text-input")
+    io = [e for e in events if e.get("type") == "exec_io"]
+    assert io and "typed-in-a-text-message" in io[0].get("stdin", ""), io

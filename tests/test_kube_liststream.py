@@ -192,3 +192,66 @@ def test_a_second_items_array_is_rewritten_too() -> None:
     out = streamed(raw, [])
     assert "djE=" not in out and "djI=" not in out
     assert json.loads(out)["items"][0]["data"]["k"] != "djI="
+
+
+@pytest.mark.parametrize(
+    "first, last", [("ConfigMapList", "SecretList"), ("List", "SecretList"), ("Table", "PodList")]
+)
+def test_a_kind_after_the_items_is_refused(first: str, last: str) -> None:
+    # JSON readers (Go's, Python's) take the last `kind`: the items already sent were
+    # judged by the first one, so a Secret could go out as a ConfigMap, unmasked
+    key = "rows" if first == "Table" else "items"
+    item = {"metadata": {"name": "s", "namespace": "a"}, "data": {"k": "c2VjcmV0"}}
+    row = {"cells": ["s"], "object": item} if first == "Table" else item
+    raw = json.dumps({"kind": first, key: [row], "kind2": last}).replace('"kind2"', '"kind"')
+    s = ListStream(inspector(), limit=1 << 20)
+    with pytest.raises(ListError, match="kind twice"):
+        s.feed(raw.encode())
+        s.end()
+
+
+def test_a_secret_list_inside_a_list_is_masked() -> None:
+    inner = {"kind": "SecretList", "items": [secret("a", "x", "bGVhaw==")]}
+    raw = json.dumps({"kind": "List", "metadata": {}, "items": [inner]}).encode()
+    for out in (whole(raw), streamed(raw, [10])):
+        assert "bGVhaw==" not in out
+        assert json.loads(out)["items"][0]["items"][0]["data"]["password"] != "bGVhaw=="
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"kind": "SecretList", "items": [{"kind": "ConfigMap", **secret("a", "x", "bGVhaw==")}]},
+        {"kind": "ConfigMapList", "items": [secret("a", "x", "bGVhaw==")]},
+        {"kind": "List", "items": [{"kind": "Pod", **secret("a", "x", "bGVhaw==")}]},
+        {
+            "kind": "Table",
+            "rows": [{"cells": [], "object": {"kind": "ConfigMap", "data": {"k": "bGVhaw=="}}}],
+        },
+    ],
+)
+def test_a_secrets_answer_is_masked_whatever_kind_it_claims(shape: dict[str, Any]) -> None:
+    # the first `kind` decides how streamed items are judged, and a later one is only
+    # refused after they went out: the request's resource must decide alone
+    raw = json.dumps(shape).encode()
+    for out in (whole(raw), streamed(raw, [7])):
+        assert "bGVhaw==" not in out
+
+
+def test_a_namespaces_answer_hides_governed_namespaces_whatever_kind_it_claims() -> None:
+    ins = Inspector(visible=lambda ns, name: ns != "kube-system", kind="Namespace")
+    item = {"metadata": {"name": "kube-system"}}
+    out = ins.value({"kind": "PodList", "items": [item]})
+    assert out["items"] == []
+
+
+def test_a_number_cut_at_a_read_edge_waits_for_the_rest() -> None:
+    # raw_decode reads "1." as 1 and "2e" as 2: a valid answer was refused (or, with a
+    # different next read, misread) when a read ended inside a fraction or an exponent
+    raw = (
+        b'{"kind":"PodList","metadata":{},"items":[1.5,2e3,-0.5E+2,'
+        b'{"metadata":{"namespace":"a"},"n":-1.25E-2}],"x":3.5}'
+    )
+    want = whole(raw)
+    for cut in range(len(raw)):
+        assert streamed(raw, [cut]) == want, raw[:cut]

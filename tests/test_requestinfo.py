@@ -242,3 +242,10 @@ def test_fuzzed_requests_parse_or_are_refused(method: str, segments: list[str], 
             "deletecollection",
             "proxy",
         )
+
+
+def test_go_bool_folds_case_as_go_does() -> None:
+    # strings.EqualFold("fal\u017fe", "false") is true (U+017F folds to "s"): a `watch`
+    # the cluster reads as false must not be judged as a watch (a list rule skipped)
+    assert not go_bool(["fal\u017fe"]) and not go_bool(["FAL\u017fE"])
+    assert go_bool(["fal\u017f"]) and go_bool(["\u212aalse"])  # (K: not an "f")

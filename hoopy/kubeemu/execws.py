@@ -125,9 +125,12 @@ async def _read_client(
     ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, master: int, use_stdin: bool
 ) -> None:
     async for msg in ws:
-        if msg.type != WSMsgType.BINARY or not msg.data:
+        # kube-apiserver (x/net/websocket's Message.Receive into []byte) reads a text
+        # message's bytes as it reads a binary one's
+        raw = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
+        if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT) or not raw:
             continue
-        channel, data = msg.data[0], msg.data[1:]
+        channel, data = raw[0], raw[1:]
         if channel == 0 and use_stdin:
             if master >= 0:
                 os.write(master, data)

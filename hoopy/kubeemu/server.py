@@ -151,7 +151,9 @@ class Emulator:
             if obj is None:
                 return _not_found(kind, name)
             return web.json_response(
-                _as_table(kind, [obj], self.store.rv) if _table(request) else obj
+                _as_table(kind, [obj], self.store.rv, _one(q, "includeObject"))
+                if _table(request)
+                else obj
             )
         elif m == "PUT":
             return await self._update(request, kind, ns, name)
@@ -179,7 +181,7 @@ class Emulator:
             meta["remainingItemCount"] = len(objs) - start - limit
         objs = objs[start : start + limit] if limit else objs[start:]
         if _table(request):
-            table = _as_table(kind, objs, self.store.rv)
+            table = _as_table(kind, objs, self.store.rv, _one(q, "includeObject"))
             table["metadata"].update(meta)
             return web.json_response(table)
         return web.json_response(
@@ -479,7 +481,8 @@ def _flag(q: dict[str, list[str]], name: str) -> bool:
     """As kube-apiserver reads a bool parameter (Convert_Slice_string_To_bool): absent
     is false, "0" and "false" (any case) are false, anything else ("yes", "") true."""
     v = _one(q, name)
-    return v is not None and v != "0" and v.lower() != "false"
+    # (strings.EqualFold: U+017F, a long s, folds to "s")
+    return v is not None and v != "0" and v.replace("\u017f", "s").lower() != "false"
 
 
 def _one(q: dict[str, list[str]], name: str) -> str | None:
@@ -548,7 +551,25 @@ def _cells(kind: Kind, obj: dict[str, Any]) -> list[Any]:
     return [name, age]
 
 
-def _as_table(kind: Kind, objs: list[dict[str, Any]], rv: int) -> dict[str, Any]:
+def _row_object(o: dict[str, Any], include: str | None) -> dict[str, Any] | None:
+    """A row's `object` as `includeObject` asks (TableOptions: None, Metadata (the
+    default, which `kubectl get` relies on), Object)."""
+    if include == "None":
+        return None
+    if include in (None, "Metadata"):
+        meta = {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata"}
+        return {**meta, "metadata": o.get("metadata", {})}
+    return o
+
+
+def _row(kind: Kind, o: dict[str, Any], include: str | None) -> dict[str, Any]:
+    obj = _row_object(o, include)
+    return {"cells": _cells(kind, o), **({"object": obj} if obj is not None else {})}
+
+
+def _as_table(
+    kind: Kind, objs: list[dict[str, Any]], rv: int, include: str | None = None
+) -> dict[str, Any]:
     cols = COLUMNS.get(kind.resource, ["Name", "Age"])
     return {
         "kind": "Table",
@@ -564,7 +585,7 @@ def _as_table(kind: Kind, objs: list[dict[str, Any]], rv: int) -> dict[str, Any]
             }
             for c in cols
         ],
-        "rows": [{"cells": _cells(kind, o), "object": o} for o in objs],
+        "rows": [_row(kind, o, include) for o in objs],
     }
 
 

@@ -5,7 +5,10 @@ relayed (see the issue 12 review)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import ssl
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -242,3 +245,172 @@ def test_tty_spelled_otherwise_is_still_recorded_as_a_tty(hk: KubeHoopy, emu: Em
     listed = hk.cli("sessions", "list", "--subject", "tty-yes").stdout.split()
     shown = hk.cli("sessions", "show", listed[0]).stdout
     assert '"tty": true' in shown, shown
+
+
+def test_a_watch_the_cluster_reads_as_false_is_judged_as_a_list(
+    emu: Emu, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`watch=fal%C5%BFe` (U+017F, a long s): Go's strings.EqualFold reads it as false,
+    so the cluster lists; hoopy read it as true and judged a watch, which a rule on
+    `list` skips."""
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        {"metadata": {"name": "listed"}, "data": {"k": "bGlzdGVk"}},
+    )
+    policy = """
+rules:
+  - name: agents
+    effect: allow
+    match: {groups: [agents], connectors: [cluster]}
+  - name: no-secret-lists
+    effect: deny
+    reason: Secrets are read one by one
+    match: {kubernetes: {verbs: [list], resources: [secrets]}}
+"""
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-fold"), emu, policy)
+    try:
+        path = "/k8s/cluster/api/v1/namespaces/default/secrets?watch=fal%C5%BFe"
+        before = len([r for r in emu.requests() if "watch=fal" in r["path"]])
+        status, answer = call(h, "GET", path)
+        assert status == 403, (status, answer)
+        assert "no-secret-lists" in answer["message"]
+        assert len([r for r in emu.requests() if "watch=fal" in r["path"]]) == before
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize("include", ["Metadata", "Object"])
+@pytest.mark.parametrize("one", [False, True])
+def test_a_secrets_table_masks_the_last_applied_annotation(
+    hk: KubeHoopy, emu: Emu, include: str, one: bool
+) -> None:
+    """`includeObject=Metadata` (kube-apiserver's default for a Table) gives each row a
+    PartialObjectMetadata: hoopy did not take it for a Secret, so the
+    last-applied-configuration annotation (the Secret's data, as `kubectl apply` keeps
+    it) went to the agent unmasked."""
+    applied = json.dumps({"apiVersion": "v1", "kind": "Secret", "data": {"k": "YXBwbGllZA=="}})
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        {
+            "metadata": {
+                "name": f"applied-{include.lower()}-{one}",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": applied},
+            },
+            "data": {"k": "YXBwbGllZA=="},
+        },
+    )
+    path = "/k8s/cluster/api/v1/namespaces/default/secrets"
+    if one:
+        path += f"/applied-{include.lower()}-{one}"
+    status, answer = call(
+        hk,
+        "GET",
+        f"{path}?includeObject={include}",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    assert status == 200 and answer["kind"] == "Table", answer
+    assert answer["rows"] and all("object" in r for r in answer["rows"])
+    assert "YXBwbGllZA==" not in json.dumps(answer)
+
+
+@pytest.mark.parametrize("include", ["Metadata", "Object", "None"])
+def test_a_namespaces_table_hides_governed_namespaces(
+    hk: KubeHoopy, emu: Emu, include: str
+) -> None:
+    """With includeObject=Metadata (kube-apiserver's default, and kubectl get's) each row
+    is a PartialObjectMetadata: a Namespace's own name is its namespace, but hoopy read
+    the (empty) metadata.namespace and showed kube-system."""
+    names = [n["metadata"]["name"] for n in emu.call("GET", "/api/v1/namespaces")["items"]]
+    assert "kube-system" in names
+    status, answer = call(
+        hk,
+        "GET",
+        f"/k8s/cluster/api/v1/namespaces?includeObject={include}",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    assert status == 200 and answer["kind"] == "Table", answer
+    assert "kube-system" not in json.dumps(answer["rows"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=40",
+        "/api/v1/namespaces/default/secrets?watch=1&timeoutSeconds=40",  # (inspected)
+    ],
+)
+def test_a_watch_ends_with_its_token(hk: KubeHoopy, path: str) -> None:
+    """Exec, attach and port-forward ended with the token they were opened with, but a
+    watch went on for as long as the cluster allowed (an hour and more): the agent kept
+    reading changes after its token had expired."""
+    ctx = ssl.create_default_context(cafile=str(hk.ca))
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=60)
+    token = hk.token(sub="watch-exp", ttl=3)
+    start = time.monotonic()
+    conn.request("GET", "/k8s/cluster" + path, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    while resp.read1(65536):  # until hoopy ends the answer
+        pass
+    took = time.monotonic() - start
+    conn.close()
+    assert took < 25, f"the watch went on {took:.0f} s after a 3 s token"
+    assert "token expired: the stream ends" in hk.recordings_text()
+
+
+def test_kubectl_get_namespaces_hides_governed_namespaces(hk: KubeHoopy, emu: Emu) -> None:
+    """`kubectl get namespaces` asks for a Table without includeObject: kube-apiserver
+    (and now the emulator) then gives PartialObjectMetadata rows, and hoopy showed
+    kube-system, a namespace its policy governs."""
+    names = [n["metadata"]["name"] for n in emu.call("GET", "/api/v1/namespaces")["items"]]
+    assert "kube-system" in names and "default" in names
+    got = hk.kubectl("get", "namespaces")
+    assert got.returncode == 0, got.stderr
+    assert "default" in got.stdout and "kube-system" not in got.stdout, got.stdout
+
+
+def test_exec_input_in_a_text_message_is_recorded(hk: KubeHoopy, emu: Emu) -> None:
+    """kube-apiserver reads a text WebSocket message's bytes as it reads a binary one's
+    (channel byte first), but hoopy passed text messages on unread: input that reached
+    the process without being recorded (or without stdin=true having been judged)."""
+    emu.call("POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "text-box"}})
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = (
+        f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/default/pods/text-box/exec"
+        "?command=cat&stdin=true&stdout=true&stderr=true"
+    )
+    token = hk.token(sub="text-input")
+
+    async def run() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(hk.ca))
+        out = b""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url,
+                ssl=ctx,
+                protocols=("v5.channel.k8s.io",),
+                headers={"Authorization": f"Bearer {token}"},
+            ) as ws,
+        ):
+            await ws.send_str("\x00typed-in-a-text-message\n")
+            await ws.send_bytes(b"\xff\x00")  # (v5: stdin ends)
+            while True:
+                msg = await ws.receive(timeout=30)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                if msg.data[:1] == b"\x01":
+                    out += msg.data[1:]
+                if msg.data[:1] == b"\x03":
+                    break
+        return out
+
+    assert b"typed-in-a-text-message" in asyncio.run(run())
+    from tests.integration.test_kube_portforward import session_events
+
+    _, events = session_events(hk, "text-input")
+    io = [e for e in events if e.get("type") == "exec_io"]
+    assert io and "typed-in-a-text-message" in io[0].get("stdin", ""), io

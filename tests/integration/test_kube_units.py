@@ -245,3 +245,32 @@ def test_protobuf_object_meta_is_merged_as_go_merges_it() -> None:
     pb = b"k8s\x00" + bytes([0x12, len(raw)]) + raw
     assert body_name("application/vnd.kubernetes.protobuf", pb) == "ab"
     assert body_namespace("application/vnd.kubernetes.protobuf", pb) == ["f"]
+
+
+def test_detectors_on_the_last_applied_annotation_of_every_kind() -> None:
+    """The annotation `kubectl apply` leaves repeats env values (and a ConfigMap's data):
+    it was masked on ConfigMaps only, and not at all in a Table's PartialObjectMetadata
+    rows (includeObject=Metadata, kube-apiserver's default)."""
+    from hoopy.protocols.kube.bodies import LAST_APPLIED
+
+    env = {"containers": [{"name": "c", "env": [{"name": "E", "value": "b@example.com"}]}]}
+    applied = {LAST_APPLIED: json.dumps({"kind": "Pod", "spec": env})}
+    pod = {"kind": "Pod", "metadata": {"name": "p", "annotations": applied}, "spec": env}
+    dep = {
+        "kind": "Deployment",
+        "metadata": {"name": "d", "annotations": applied},
+        "spec": {"template": {"spec": env}},
+    }
+    for obj, kind in ((pod, "Pod"), (dep, "Deployment")):
+        ins = Inspector(masker=ValueMasker(["email"]), kind=kind)
+        assert "b@example.com" not in json.dumps(ins.value(obj))
+        partial = {"kind": "PartialObjectMetadata", "metadata": obj["metadata"]}
+        table = {"kind": "Table", "rows": [{"cells": ["x"], "object": partial}]}
+        out = ins.value(table)
+        assert "b@example.com" not in json.dumps(out)
+        assert "spec" not in out["rows"][0]["object"]  # (nothing added to the row)
+    cm_applied = {LAST_APPLIED: json.dumps({"data": {"o": "a@example.com"}})}
+    partial = {"kind": "PartialObjectMetadata", "metadata": {"annotations": cm_applied}}
+    ins = Inspector(masker=ValueMasker(["email"]), kind="ConfigMap")
+    out = ins.value({"kind": "Table", "rows": [{"cells": ["c"], "object": partial}]})
+    assert "a@example.com" not in json.dumps(out)

@@ -264,7 +264,7 @@ class Inspector:
         meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
-        if self._kind(obj, of) == "Namespace":
+        if "Namespace" in (self._kind(obj, of), self.kind):  # (as Secrets, above)
             ns = name
         ok = self.visible(str(ns), str(name))
         if not ok:
@@ -275,15 +275,24 @@ class Inspector:
         if not isinstance(obj, dict):
             return obj
         kind = self._kind(obj, of)
-        if kind == "Secret" and self.mask_secrets:
+        if kind == "Table" or (kind.endswith("List") and isinstance(obj.get("items"), list)):
+            return self.value(obj)  # a list inside a `List`: its items are read too
+        # a secrets request's answer is Secrets whatever kind the answer (or its list)
+        # gives them: the cluster's word on the kind is not what keeps a value hidden
+        if self.mask_secrets and "Secret" in (kind, self.kind):
             return self._secret(obj)
         if self.masker is not None:
-            if kind == "ConfigMap":
-                return self._mapping(obj, "data")
-            if kind == "Pod":
-                return self._pod(obj)
-            if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
-                return self._workload(obj)
+            # (the request's kind too: a Table's PartialObjectMetadata rows carry only
+            # the metadata, whose last-applied annotation repeats data and env values)
+            kinds = (kind, self.kind)
+            if "ConfigMap" in kinds:
+                return self._applied(self._mapping(obj, "data"))
+            if "Pod" in kinds:
+                return self._applied(self._pod(obj))
+            if any(
+                k in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet") for k in kinds
+            ):
+                return self._applied(self._workload(obj))
         return obj
 
     def _secret(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -308,15 +317,19 @@ class Inspector:
             return obj
         masked, counts = self.masker.mask_json(values)
         self.counts.update(counts)
-        out = {**obj, key: masked}
+        return {**obj, key: masked}
+
+    def _applied(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The last-applied annotation (the object as `kubectl apply` sent it) masked."""
+        assert self.masker is not None
         meta = obj.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
             ann = meta["annotations"]
             if LAST_APPLIED in ann:
                 text, c = self.masker.mask_json_text(str(ann[LAST_APPLIED]))
                 self.counts.update(c)
-                out["metadata"] = {**meta, "annotations": {**ann, LAST_APPLIED: text}}
-        return out
+                return {**obj, "metadata": {**meta, "annotations": {**ann, LAST_APPLIED: text}}}
+        return obj
 
     def _containers(self, spec: Any) -> Any:
         if not isinstance(spec, dict):
@@ -341,6 +354,8 @@ class Inspector:
         return {**c, "env": env}
 
     def _pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if "spec" not in obj:
+            return obj
         return {**obj, "spec": self._containers(obj.get("spec"))}
 
     def _workload(self, obj: dict[str, Any]) -> dict[str, Any]:

@@ -220,8 +220,10 @@ async def relay(
 
     async def to_cluster() -> None:
         async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                data = msg.data
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                # the cluster reads a text message's bytes as a binary one's: a text
+                # message was sent on unread (stdin without stdin=true, unrecorded)
+                data = msg.data.encode() if msg.type == WSMsgType.TEXT else msg.data
                 if data[:1] == b"\x00" and not stdin:
                     continue  # the policy judged a request without input: none goes
                 if data[:1] == b"\x00":
@@ -230,8 +232,6 @@ async def relay(
                 elif data[:1] == b"\x04":
                     rec.resize(data[1:])
                 await upstream.send_bytes(data)
-            elif msg.type == WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
         await upstream.close()
 
     lines = {1: _Lines(masker, tty), 2: _Lines(masker, tty)} if masker is not None else None

@@ -27,6 +27,17 @@ _DECODER = json.JSONDecoder()
 _WS = " \t\n\r"
 
 
+def _cut_number(text: str, end: int) -> bool:
+    """Is the number that ends at `end` perhaps cut: only number characters follow it
+    up to the text's end?  (raw_decode reads "1." or "2e" as 1 and 2.)"""
+    while end < len(text) and text[end] in _NUMBER:
+        end += 1
+    return end == len(text)
+
+
+_NUMBER = frozenset("0123456789.eE+-")
+
+
 class ListError(Exception):
     """The answer is not JSON hoopy can read, or is over the size cap."""
 
@@ -130,8 +141,8 @@ class ListStream:
             # costs linear time, not one decode per network read
             self._retry_at = self._pos + 2 * max(len(self._text) - self._pos, 4096)
             return False, None
-        if end == len(self._text) and not final and isinstance(value, (int, float)):
-            return False, None  # a number may go on in the next read
+        if not final and isinstance(value, (int, float)) and _cut_number(self._text, end):
+            return False, None  # a number may go on in the next read ("1." + "5")
         self._retry_at = 0
         self._pos = end
         return True, value
@@ -223,6 +234,9 @@ class ListStream:
                 self._fall_back()  # not a list: read whole, as any other answer
                 return
         if self._streaming:
+            if key == "kind":  # the items sent were judged by the first kind; a reader
+                # (Go's and Python's JSON alike) takes the last one
+                raise ListError("the cluster's list answer names its kind twice")
             if key in ("items", "rows"):  # (not an array: as the whole reading does)
                 value = self._rewrite_member(key, value)
             self._write(key, value)

@@ -45,6 +45,7 @@ from hoopy.session import Session
 PROTOCOL = "SPDY/3.1+portforward.k8s.io"
 RECORD_CHUNK = 16 * 1024
 RECORD_MAX = 64 * 1024 * 1024
+SLICE = 64 * 1024  # bytes of an agent's message decoded before other tasks may run
 MAX_STREAMS = 1024  # open streams per connection (kubectl: two per local connection)
 
 # Returns None when the port may be forwarded, else the reason it may not.
@@ -194,14 +195,20 @@ class _Relay:
         async for msg in self.agent:
             if msg.type != WSMsgType.BINARY:
                 continue
-            try:
-                frames = self.from_agent.feed(msg.data)
-            except spdy.SpdyError as e:
-                self.result.error = f"agent: {e}"
-                self.session.record("portforward_error", side="agent", reason=str(e))
-                return
-            for f in frames:
-                await self.agent_frame(f)
+            # a message is read a slice at a time, with a pause between slices: one
+            # message of 4 MiB of empty frames is 500,000 frames, and decoding and
+            # judging them in one go held up every other session for over a second
+            data = msg.data
+            for at in range(0, len(data), SLICE):
+                try:
+                    frames = self.from_agent.feed(data[at : at + SLICE])
+                except spdy.SpdyError as e:
+                    self.result.error = f"agent: {e}"
+                    self.session.record("portforward_error", side="agent", reason=str(e))
+                    return
+                for f in frames:
+                    await self.agent_frame(f)
+                await asyncio.sleep(0)
 
     async def agent_frame(self, f: spdy.Frame) -> None:
         if isinstance(f, spdy.SynStream):

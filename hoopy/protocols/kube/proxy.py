@@ -578,14 +578,11 @@ class _Request:
             else:
                 out = web.StreamResponse(status=resp.status, headers=headers)
                 await out.prepare(self.request)
-                if inspector is not None:
-                    await self._watch(resp, out, inspector)
-                elif masker is not None:
-                    await self._lines(resp, out, masker)
-                else:
-                    async for chunk in resp.content.iter_any():
-                        await out.write(chunk)
-                        self._out(chunk)
+                work = asyncio.ensure_future(self._stream(resp, out, inspector, masker))
+                try:  # a watch (or a followed log) ends with the token it was opened with
+                    await execrelay.until_expiry(self.session, work, self._stream_expiry(info))
+                finally:
+                    work.cancel()  # (done already, or the agent went away)
                 await out.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self._record(info, aborted=True)
@@ -593,6 +590,27 @@ class _Request:
         counts = dict(inspector.counts) if inspector is not None else {}
         self._record(info, **({"inspected": counts} if counts else {}))
         return out
+
+    async def _stream(
+        self,
+        resp: h1.Response,
+        out: web.StreamResponse,
+        inspector: Inspector | None,
+        masker: ValueMasker | None,
+    ) -> None:
+        if inspector is not None:
+            await self._watch(resp, out, inspector)
+        elif masker is not None:
+            await self._lines(resp, out, masker)
+        else:
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+                self._out(chunk)
+
+    def _stream_expiry(self, info: RequestInfo) -> float:
+        """When an endless answer must end (0: it is not endless)."""
+        follow = info.subresource == "log" and go_bool(parse_query(self.query).get("follow"))
+        return self.expires_at if info.verb == "watch" or follow else 0.0
 
     def _rewrite(self, raw: bytes, inspector: Inspector) -> bytes:
         try:

@@ -111,7 +111,9 @@ def go_bool(values: list[str] | None) -> bool:
     """metav1's Convert_Slice_string_To_bool: absent is false; "0"/"false" false; else true."""
     if not values:
         return False
-    return not (values[0] == "0" or values[0].lower() == "false")
+    # Go compares with strings.EqualFold (simple Unicode folding): "fal\u017fe" (a
+    # long s) is false to the cluster; Python's lower() keeps it apart
+    return not (values[0] == "0" or values[0].replace("\u017f", "s").lower() == "false")
 
 
 def _lower(value: str, what: str) -> str:

@@ -124,7 +124,7 @@ def test_ports_field_mistakes(tmp_path: Path, ports: str, problem: str) -> None:
 
 
 def test_attach_with_stdin_is_opaque_without_it_is_not() -> None:
-    from hoopy.protocols.kube.proxy import _command
+    from hoopy.protocols.kube.commands import command_for as _command
     from hoopy.protocols.kube.requestinfo import parse_query, request_info
 
     path = "/api/v1/namespaces/pf/pods/w/attach"

@@ -44,21 +44,26 @@ from hoopy.errors import (
 from hoopy.gateway import Gateway
 from hoopy.httpguard import GuardedServer
 from hoopy.masking import ValueMasker
-from hoopy.policy import Command, Decision, Identity
+from hoopy.policy import Decision, Identity
 from hoopy.protocols.kube import execrelay, h1, pfrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_names, body_namespace
+from hoopy.protocols.kube.commands import (
+    Visibility,
+    cached_command,
+    filters,
+    generated,
+    parsed,
+)
 from hoopy.protocols.kube.liststream import ListError, ListStream
 from hoopy.protocols.kube.requestinfo import (
     PathRejected,
     RequestInfo,
     go_bool,
     parse_query,
-    request_info,
 )
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
 from hoopy.session import Session
-from hoopy.shell import read_argv, shell_command
 
 log = logging.getLogger("hoopy.kube")
 
@@ -67,7 +72,6 @@ _DISCOVERY = re.compile(r"/(api|apis|version|openapi|healthz|livez|readyz)(/[^?]
 # Request headers forwarded to the cluster: nothing that authenticates or impersonates.
 _FORWARD = ("Accept", "Content-Type", "User-Agent", "Kubectl-Command", "Kubectl-Session")
 _RETURN = ("Content-Type", "Cache-Control", "Warning", "Audit-Id", "Retry-After")
-_FILTER_KEYS = ("namespaces", "names")
 MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
 MAX_INSPECTED = 256 * 1024 * 1024  # a response hoopy must read whole
 # List answers larger than this (or of unknown length) that hoopy must inspect are
@@ -177,8 +181,8 @@ class KubeListener:
             live = _Live(
                 session,
                 time.monotonic(),
-                filters=_filters(session),
-                names=_filters(session, ("names",)),
+                filters=filters(session),
+                names=filters(session, ("names",)),
             )
             self._live[key] = live
         elif identity.expires_at > live.session.identity.expires_at:
@@ -261,22 +265,6 @@ class KubeListener:
             live.last = time.monotonic()
 
 
-def _filters(session: Session, keys: tuple[str, ...] = _FILTER_KEYS) -> bool:
-    """Could a namespace or name rule hide some items of a list from this identity?"""
-    from hoopy.policy import _identity_matches  # the policy's own identity test
-
-    for ps in session.policies:
-        for rule in ps.rules:
-            k = rule.match.kubernetes
-            if rule.effect == "mask" or k is None:
-                continue
-            if any(getattr(k, f) for f in keys) and _identity_matches(
-                rule.match, session.identity, session.connector
-            ):
-                return True
-    return False
-
-
 class _Request:
     def __init__(
         self,
@@ -331,7 +319,7 @@ class _Request:
 
     async def run(self) -> web.StreamResponse:
         try:
-            q, info = _parsed(self.request.method, self.path, self.query)
+            q, info = parsed(self.request.method, self.path, self.query)
         except PathRejected as e:
             self.status, self.decision = 400, "refused"
             self.session.record(
@@ -366,9 +354,9 @@ class _Request:
                 raise self._bad_body(info, e) from None
             if name or generate:
                 info = dataclasses.replace(info, name=name or generate)
-        command = _cached_command(self.connector.name, info, q, self.request.method, self.query)
+        command = cached_command(self.connector.name, info, q, self.request.method, self.query)
         if info.verb == "create" and not name and generate:
-            command = _generated(command)
+            command = generated(command)
         try:
             decision = await self.session.check(command)
         except CommandDenied as e:
@@ -466,7 +454,7 @@ class _Request:
         visible = None
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
         if self.live.filters and info.verb in ("list", "watch"):
-            visible = _Visibility(self.session, info).visible
+            visible = Visibility(self.session, info).visible
         mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
         if masker is None and visible is None and not mask_secrets:
             return None
@@ -759,127 +747,6 @@ class _Request:
 
 class _TooLarge(Exception):
     pass
-
-
-class _Visibility:
-    """Item by item: would the agent be allowed this verb on this item's namespace and
-    name?  Items it would not (denied, or needing an approval) are dropped."""
-
-    def __init__(self, session: Session, info: RequestInfo) -> None:
-        self.session = session
-        self.info = info
-        self.cache: dict[tuple[str, str], bool] = {}
-
-    def visible(self, namespace: str, name: str) -> bool:
-        hit = self.cache.get((namespace, name))
-        if hit is None:
-            i = self.info
-            cmd = Command(
-                "kubernetes",
-                self.session.connector,
-                text="",
-                kinds=frozenset({i.verb}),
-                verb=i.verb,
-                resource=i.full_resource,
-                namespace=namespace,
-                name=name,
-                fingerprint=f"k8s\0{i.verb}\0{i.full_resource}\0{namespace}\0{name}",
-            )
-            hit = self.session.decide(cmd).outcome == "allow"
-            if len(self.cache) < 100_000:
-                self.cache[(namespace, name)] = hit
-        return hit
-
-
-_PARSED: dict[tuple[str, str, str], tuple[dict[str, list[str]], RequestInfo]] = {}
-
-
-def _parsed(method: str, path: str, query: str) -> tuple[dict[str, list[str]], RequestInfo]:
-    """parse_query + request_info, remembered (both are pure functions of their input;
-    agents repeat the same few paths).  Rejections are not remembered: they raise."""
-    key = (method, path, query)
-    hit = _PARSED.get(key)
-    if hit is None:
-        q = parse_query(query)
-        hit = (q, request_info(method, path, q))
-        if len(_PARSED) >= 4096:
-            _PARSED.clear()
-        _PARSED[key] = hit
-    return hit
-
-
-_COMMANDS: dict[tuple[str, str, RequestInfo, str], Command] = {}
-
-
-def _cached_command(
-    connector: str, info: RequestInfo, q: dict[str, list[str]], method: str, query: str
-) -> Command:
-    """_command, remembered: it is a function of these (q is read from query)."""
-    key = (connector, method, info, query)
-    command = _COMMANDS.get(key)
-    if command is None:
-        command = _command(connector, info, q, method)
-        if len(_COMMANDS) >= 4096:
-            _COMMANDS.clear()
-        _COMMANDS[key] = command
-    return command
-
-
-def _command(connector: str, info: RequestInfo, q: dict[str, list[str]], method: str) -> Command:
-    where = f"{info.namespace}/{info.name}" if info.namespace else info.name
-    text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
-    base = f"k8s\0{info.verb}\0{info.full_resource}\0{info.namespace}\0{info.name}"
-    if info.subresource == "attach":
-        # no command: whatever runs reads the agent's input, if it sends any
-        return Command(
-            "kubernetes",
-            connector,
-            text=text + (" (stdin)" if go_bool(q.get("stdin")) else ""),
-            kinds=frozenset({"exec"}),
-            opaque=frozenset({"shell_attach"}) if go_bool(q.get("stdin")) else frozenset(),
-            verb=info.verb,
-            resource=info.full_resource,
-            namespace=info.namespace,
-            name=info.name,
-            fingerprint=base + "\0attach\0" + str(go_bool(q.get("stdin"))),
-        )
-    if info.subresource == "exec":
-        argv = q.get("command", [])
-        reading = read_argv(argv)
-        return shell_command(
-            "kubernetes",
-            connector,
-            reading,
-            text=f"{text} -- {reading.text}" if argv else text,
-            verb=info.verb,
-            resource=info.full_resource,
-            namespace=info.namespace,
-            name=info.name,
-            fingerprint=base + "\0" + "\0".join(argv),
-        )
-    if info.subresource == "portforward":
-        text += " ports " + ",".join(q.get("ports", []))
-    return Command(
-        "kubernetes",
-        connector,
-        text=text,
-        kinds=frozenset({info.verb}),
-        verb=info.verb,
-        resource=info.full_resource,
-        namespace=info.namespace,
-        name=info.name,
-        fingerprint=base,
-    )
-
-
-def _generated(cmd: Command) -> Command:
-    """A create named by generateName: its name is a prefix (policy.generated_name)."""
-    return dataclasses.replace(
-        cmd,
-        text=cmd.text + "<5 random characters> (generateName)",
-        fingerprint=cmd.fingerprint + "\0generateName",
-        generated_name=True,
-    )
 
 
 async def _lines(resp: h1.Response) -> Any:

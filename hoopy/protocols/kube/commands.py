@@ -1,0 +1,152 @@
+"""What hoopy decides on for a Kubernetes request: its attributes (parsed, remembered),
+the protocol-neutral `Command` the policy reads, and item-by-item visibility for lists
+and watches that cross namespaces.  Pure functions of the request (and the session's
+policy, for visibility), kept apart from the proxy's I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hoopy.policy import Command
+from hoopy.protocols.kube.requestinfo import RequestInfo, go_bool, parse_query, request_info
+from hoopy.session import Session
+from hoopy.shell import read_argv, shell_command
+
+FILTER_KEYS = ("namespaces", "names")
+
+
+def filters(session: Session, keys: tuple[str, ...] = FILTER_KEYS) -> bool:
+    """Could a namespace or name rule hide some items of a list from this identity?"""
+    from hoopy.policy import _identity_matches  # the policy's own identity test
+
+    for ps in session.policies:
+        for rule in ps.rules:
+            k = rule.match.kubernetes
+            if rule.effect == "mask" or k is None:
+                continue
+            if any(getattr(k, f) for f in keys) and _identity_matches(
+                rule.match, session.identity, session.connector
+            ):
+                return True
+    return False
+
+
+class Visibility:
+    """Item by item: would the agent be allowed this verb on this item's namespace and
+    name?  Items it would not (denied, or needing an approval) are dropped."""
+
+    def __init__(self, session: Session, info: RequestInfo) -> None:
+        self.session = session
+        self.info = info
+        self.cache: dict[tuple[str, str], bool] = {}
+
+    def visible(self, namespace: str, name: str) -> bool:
+        hit = self.cache.get((namespace, name))
+        if hit is None:
+            i = self.info
+            cmd = Command(
+                "kubernetes",
+                self.session.connector,
+                text="",
+                kinds=frozenset({i.verb}),
+                verb=i.verb,
+                resource=i.full_resource,
+                namespace=namespace,
+                name=name,
+                fingerprint=f"k8s\0{i.verb}\0{i.full_resource}\0{namespace}\0{name}",
+            )
+            hit = self.session.decide(cmd).outcome == "allow"
+            if len(self.cache) < 100_000:
+                self.cache[(namespace, name)] = hit
+        return hit
+
+
+_PARSED: dict[tuple[str, str, str], tuple[dict[str, list[str]], RequestInfo]] = {}
+
+
+def parsed(method: str, path: str, query: str) -> tuple[dict[str, list[str]], RequestInfo]:
+    """parse_query + request_info, remembered (both are pure functions of their input;
+    agents repeat the same few paths).  Rejections are not remembered: they raise."""
+    key = (method, path, query)
+    hit = _PARSED.get(key)
+    if hit is None:
+        q = parse_query(query)
+        hit = (q, request_info(method, path, q))
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        _PARSED[key] = hit
+    return hit
+
+
+_COMMANDS: dict[tuple[str, str, RequestInfo, str], Command] = {}
+
+
+def cached_command(
+    connector: str, info: RequestInfo, q: dict[str, list[str]], method: str, query: str
+) -> Command:
+    """command_for, remembered: it is a function of these (q is read from query)."""
+    key = (connector, method, info, query)
+    command = _COMMANDS.get(key)
+    if command is None:
+        command = command_for(connector, info, q, method)
+        if len(_COMMANDS) >= 4096:
+            _COMMANDS.clear()
+        _COMMANDS[key] = command
+    return command
+
+
+def command_for(connector: str, info: RequestInfo, q: dict[str, list[str]], method: str) -> Command:
+    where = f"{info.namespace}/{info.name}" if info.namespace else info.name
+    text = " ".join(x for x in (info.verb, info.full_resource, where) if x)
+    base = f"k8s\0{info.verb}\0{info.full_resource}\0{info.namespace}\0{info.name}"
+    if info.subresource == "attach":
+        # no command: whatever runs reads the agent's input, if it sends any
+        return Command(
+            "kubernetes",
+            connector,
+            text=text + (" (stdin)" if go_bool(q.get("stdin")) else ""),
+            kinds=frozenset({"exec"}),
+            opaque=frozenset({"shell_attach"}) if go_bool(q.get("stdin")) else frozenset(),
+            verb=info.verb,
+            resource=info.full_resource,
+            namespace=info.namespace,
+            name=info.name,
+            fingerprint=base + "\0attach\0" + str(go_bool(q.get("stdin"))),
+        )
+    if info.subresource == "exec":
+        argv = q.get("command", [])
+        reading = read_argv(argv)
+        return shell_command(
+            "kubernetes",
+            connector,
+            reading,
+            text=f"{text} -- {reading.text}" if argv else text,
+            verb=info.verb,
+            resource=info.full_resource,
+            namespace=info.namespace,
+            name=info.name,
+            fingerprint=base + "\0" + "\0".join(argv),
+        )
+    if info.subresource == "portforward":
+        text += " ports " + ",".join(q.get("ports", []))
+    return Command(
+        "kubernetes",
+        connector,
+        text=text,
+        kinds=frozenset({info.verb}),
+        verb=info.verb,
+        resource=info.full_resource,
+        namespace=info.namespace,
+        name=info.name,
+        fingerprint=base,
+    )
+
+
+def generated(cmd: Command) -> Command:
+    """A create named by generateName: its name is a prefix (policy.generated_name)."""
+    return dataclasses.replace(
+        cmd,
+        text=cmd.text + "<5 random characters> (generateName)",
+        fingerprint=cmd.fingerprint + "\0generateName",
+        generated_name=True,
+    )

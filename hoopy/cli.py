@@ -80,13 +80,7 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    d = cfg.dev_issuer
-    issuer = DevIssuer(
-        cfg.state_dir,
-        f"http://{d.listen.host}:{d.listen.port}",
-        audience=d.audience,
-        groups_claim=d.groups_claim,
-    )
+    issuer = DevIssuer.from_config(cfg)
     print(issuer.mint(args.sub, args.group or [], ttl=parse_ttl(args.ttl)))
     return 0
 

@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
@@ -39,6 +39,9 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from hoopy.httpguard import GuardedAppRunner
+
+if TYPE_CHECKING:
+    from hoopy.config import Config
 
 KEY_FILE = "dev-issuer-key.json"
 ALGORITHM = "ES256"
@@ -110,6 +113,19 @@ class DevIssuer:
         self._retired: list[ECKey] = []  # previous keys, still published after rotation
         self._runner: web.AppRunner | None = None
         self.hits: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def from_config(cls, config: Config) -> DevIssuer:
+        """The issuer `config.dev_issuer` describes (its key in the state folder)."""
+        d = config.dev_issuer
+        if d is None:
+            raise ValueError("the config has no dev_issuer")
+        return cls(
+            config.state_dir,
+            f"http://{d.listen.host}:{d.listen.port}",
+            audience=d.audience,
+            groups_claim=d.groups_claim,
+        )
 
     @property
     def issuer_url(self) -> str:

@@ -57,12 +57,7 @@ async def start(config: Config) -> Running:
             "DEVELOPMENT OIDC ISSUER IS ON (dev_issuer in config): anyone who can "
             "run `hoopy token mint` on this host can mint tokens. Never in production."
         )
-        dev = DevIssuer(
-            config.state_dir,
-            f"http://{d.listen.host}:{d.listen.port}",
-            audience=d.audience,
-            groups_claim=d.groups_claim,
-        )
+        dev = DevIssuer.from_config(config)
         await dev.start(d.listen.host, d.listen.port)
         closers.append(dev.stop)
         addresses["dev_issuer"] = dev.issuer_url

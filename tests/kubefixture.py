@@ -57,12 +57,7 @@ class Emu:
         return self.call("GET", "/emu/requests")  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        serveproc.stop(self.proc, 10)
 
 
 def start_emulator(folder: Path) -> Emu:
@@ -130,6 +125,34 @@ class KubeHoopy:
             env=env,
             input=input,
             timeout=timeout,
+        )
+
+    def kubectl_tty(
+        self, *args: str, token: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl under a pseudo-terminal (`script`), for `exec -it` / `attach -it`; the
+        arguments are joined into script's shell line, so quote them for a shell."""
+        line = " ".join(
+            [
+                KUBECTL,
+                "--server",
+                f"{self.server}/k8s/cluster",
+                "--certificate-authority",
+                str(self.ca),
+                "--token",
+                token,
+                *args,
+            ]
+        )
+        env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(self.folder / "kcache")}
+        return subprocess.run(
+            ["script", "-qec", line, "/dev/null"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -87,12 +87,7 @@ class Sshd:
         )  # fmt: skip
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        serveproc.stop(self.proc, 10)
 
 
 def start_sshd(folder: Path, extra: str = "") -> Sshd:

@@ -221,35 +221,11 @@ def test_exec_exit_codes_and_stdin(hk: KubeHoopy) -> None:
 def test_exec_tty_is_recorded_as_asciicast(hk: KubeHoopy) -> None:
     make_ns(hk, "t-tty")
     ok(hk.kubectl("-n", "t-tty", "run", "shell", "--image=x"))
-    line = " ".join(
-        [
-            KUBECTL,
-            "--server",
-            f"{hk.server}/k8s/cluster",
-            "--certificate-authority",
-            str(hk.ca),
-            "--token",
-            hk.token(sub="tty-agent"),
-            "-n",
-            "t-tty",
-            "exec",
-            "-it",
-            "shell",
-            "--",
-            "sh",
-            "-c",
-            "'echo tty-marker-$((6*7)); tty; exit 5'",
-        ]
-    )
-    env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(hk.folder / "kcache")}
-    r = subprocess.run(
-        ["script", "-qec", line, "/dev/null"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    r = hk.kubectl_tty(
+        "-n", "t-tty", "exec", "-it", "shell", "--",
+        "sh", "-c", "'echo tty-marker-$((6*7)); tty; exit 5'",
+        token=hk.token(sub="tty-agent"),
+    )  # fmt: skip
     assert r.returncode == 5, r.stdout + r.stderr
     assert "tty-marker-42" in r.stdout and "/dev/pts/" in r.stdout
     casts = [p.read_text() for p in (hk.folder / "recordings").rglob("*.cast")]

@@ -407,31 +407,10 @@ def test_attach_tty_is_recorded_as_asciicast(hk: KubeHoopy, emu: Emu) -> None:
     )
     script = "line = input(); print('got', line.upper() + '-' + str(6 * 7)); raise SystemExit(4)"
     emu.call("POST", "/emu/attach/pf/console", {"command": ["python3", "-c", script], "tty": True})
-    line = " ".join(
-        [
-            KUBECTL,
-            "--server",
-            f"{hk.server}/k8s/cluster",
-            "--certificate-authority",
-            str(hk.ca),
-            "--token",
-            hk.token(sub="attach-tty"),
-            "-n",
-            "pf",
-            "attach",
-            "-it",
-            "console",
-        ]
-    )
-    env = {**os.environ, "KUBECONFIG": "/dev/null", "KUBECACHEDIR": str(hk.folder / "kc")}
-    r = subprocess.run(
-        ["script", "-qec", line, "/dev/null"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        input="typed-line\n",
-    )
+    r = hk.kubectl_tty(
+        "-n", "pf", "attach", "-it", "console",
+        token=hk.token(sub="attach-tty"), input="typed-line\n",
+    )  # fmt: skip
     assert "got TYPED-LINE-42" in r.stdout, r.stdout + r.stderr
     assert r.returncode == 4, r.stdout + r.stderr
     sid, events = session_events(hk, "attach-tty")

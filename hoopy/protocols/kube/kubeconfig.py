@@ -98,13 +98,7 @@ def read_token(source: str, cfg: Config | None, groups: list[str]) -> str:
 
         if cfg is None or cfg.dev_issuer is None:
             raise ValueError("dev: tokens need a config with dev_issuer")
-        d = cfg.dev_issuer
-        issuer = DevIssuer(
-            cfg.state_dir,
-            f"http://{d.listen.host}:{d.listen.port}",
-            audience=d.audience,
-            groups_claim=d.groups_claim,
-        )
+        issuer = DevIssuer.from_config(cfg)
         return issuer.mint(rest, groups or ["agents"], ttl=900)
     raise ValueError("--source must be file:PATH, env:NAME or dev:SUBJECT")
 

@@ -473,7 +473,9 @@ class _Request:
             self.live.maskers[key] = masker
         return masker
 
-    def _headers(self, inspect: bool) -> dict[str, str]:
+    def _headers(self, inspect: bool) -> list[tuple[str, str]]:
+        """What goes to the cluster: the agent's harmless headers, the connector's
+        credentials, and (impersonate: true) the agent's identity."""
         headers = {h: self.request.headers[h] for h in _FORWARD if h in self.request.headers}
         if inspect:  # hoopy reads the answer: JSON, never protobuf
             accept = headers.get("Accept", "")
@@ -485,10 +487,17 @@ class _Request:
             )
         up = self.listener.upstream(self.connector)
         headers.update(up.auth)
-        if self.connector.impersonate:
-            ident = self.session.identity
-            headers["Impersonate-User"] = ident.subject
-        return headers
+        if not self.connector.impersonate:
+            return list(headers.items())
+        ident = self.session.identity
+        headers["Impersonate-User"] = ident.subject
+        return [*headers.items(), *(("Impersonate-Group", g) for g in sorted(ident.groups))]
+
+    def _upgrade_url(self) -> tuple[Upstream, URL]:
+        """The cluster and URL an exec / attach / port-forward WebSocket goes to."""
+        up = self.listener.upstream(self.connector)
+        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
+        return up, url
 
     async def _forward(self, info: RequestInfo, decision: Decision | None) -> web.StreamResponse:
         try:
@@ -507,9 +516,7 @@ class _Request:
         up = self.listener.upstream(self.connector)
         pool = up.pool()
         target = up.prefix + self.path + ("?" + self.query if self.query else "")
-        headers = self._headers(inspector is not None)
-        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
-        hdrs: Any = list(headers.items()) + [("Impersonate-Group", g) for g in groups]
+        hdrs = self._headers(inspector is not None)
         try:
             async with pool.request(self.request.method, target, hdrs, body) as resp:
                 return await self._respond(info, resp, inspector, masker)
@@ -685,15 +692,12 @@ class _Request:
                 "BadRequest",
                 f"hoopy does not relay {info.full_resource} {upgrade or 'without an upgrade'}",
             )
-        up = self.listener.upstream(self.connector)
-        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
-        headers = self._headers(False)
-        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
+        up, url = self._upgrade_url()
         result = await execrelay.relay(
             self.request,
             up,
             url,
-            list(headers.items()) + [("Impersonate-Group", g) for g in groups],
+            self._headers(False),
             self.session,
             tty=go_bool(q.get("tty")),  # as the cluster reads it ("yes" is a TTY too)
             stdin=go_bool(q.get("stdin")),
@@ -720,15 +724,12 @@ class _Request:
                 "BadRequest",
                 f"hoopy relays port-forward only as {pfrelay.PROTOCOL} (kubectl 1.31 or newer)",
             )
-        up = self.listener.upstream(self.connector)
-        url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
-        headers = self._headers(False)
-        groups = sorted(self.session.identity.groups) if self.connector.impersonate else []
+        up, url = self._upgrade_url()
         result = await pfrelay.relay(
             self.request,
             up,
             url,
-            list(headers.items()) + [("Impersonate-Group", g) for g in groups],
+            self._headers(False),
             self.session,
             pfrelay.judge(self.session, info.full_resource, info.namespace, info.name),
             expires_at=self.expires_at,

@@ -1,0 +1,261 @@
+"""libpg_query (PostgreSQL's own parser) for hoopy: the one place SQL text is parsed,
+normalized, scanned or split.
+
+Why this module: hoopy reads SQL through libpg_query as `postgast` (BSD-2-Clause) ships
+it; pglast (GPL) is not an option for an Apache-2.0 project.  postgast's Python wrappers
+decode protobuf and raise on byte offsets; hoopy wants what it always read: the JSON
+parse tree (classify, sqltree), the normalized text (classcache's per-statement key on
+the hot path), scanner tokens with character positions (grammarerrors, slack), and a
+ParseError whose `args` are (message, 0-based character index or None).  So the C
+functions are called directly through ctypes with argtypes/restype set once: one
+foreign call, one copy of the result, no protobuf (except `scan`, off the hot path).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from ctypes import POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_void_p
+from typing import Any, NamedTuple
+
+import postgast.native
+
+# postgast.pg_query_pb2 (generated protobuf classes) is reached through the package:
+# its .pyi does not parse under mypy (pyproject.toml skips postgast).
+_pb: Any = postgast.pg_query_pb2
+
+
+class ParseError(Exception):
+    """libpg_query refused the text: args are (message, position), position the 0-based
+    character index of the error's cursor in the text, None when it has none or points
+    past the end ("at end of input")."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def position(self) -> int | None:
+        pos = self.args[1] if len(self.args) > 1 else None
+        return pos if isinstance(pos, int) else None
+
+
+class Token(NamedTuple):
+    """A scanner token: `start`..`end` are 0-based character indexes, `end` inclusive."""
+
+    start: int
+    end: int
+    name: str  # libpg_query's token name: IDENT, SCONST, ASCII_40 ("("), SQL_COMMENT, …
+    kind: str  # its keyword kind: NO_KEYWORD, RESERVED_KEYWORD, …
+
+
+class _Error(Structure):
+    _fields_ = [
+        ("message", c_char_p),
+        ("funcname", c_char_p),
+        ("filename", c_char_p),
+        ("lineno", c_int),
+        ("cursorpos", c_int),  # 1-based character position; 0: none
+        ("context", c_char_p),
+    ]
+
+
+class _TextResult(Structure):  # PgQueryParseResult (JSON) and PgQueryNormalizeResult
+    _fields_ = [("text", c_char_p), ("error", POINTER(_Error))]
+
+
+class _ParseResult(Structure):
+    _fields_ = [("text", c_char_p), ("stderr", c_char_p), ("error", POINTER(_Error))]
+
+
+class _Protobuf(Structure):
+    _fields_ = [("len", c_size_t), ("data", c_void_p)]
+
+
+class _ScanResult(Structure):
+    _fields_ = [("pbuf", _Protobuf), ("stderr", c_char_p), ("error", POINTER(_Error))]
+
+
+class _ProtobufParseResult(Structure):
+    _fields_ = [("tree", _Protobuf), ("stderr", c_char_p), ("error", POINTER(_Error))]
+
+
+class _DeparseOpts(Structure):  # PostgresDeparseOpts
+    _fields_ = [
+        ("comments", c_void_p),
+        ("comment_count", c_size_t),
+        ("pretty_print", c_bool),
+        ("indent_size", c_int),
+        ("max_line_length", c_int),
+        ("trailing_newline", c_bool),
+        ("commas_start_of_line", c_bool),
+    ]
+
+
+class _SplitStmt(Structure):
+    _fields_ = [("location", c_int), ("len", c_int)]
+
+
+class _SplitResult(Structure):
+    _fields_ = [
+        ("stmts", POINTER(POINTER(_SplitStmt))),
+        ("n", c_int),
+        ("stderr", c_char_p),
+        ("error", POINTER(_Error)),
+    ]
+
+
+# Our own handle on the library postgast loaded (same file, same process-wide copy):
+# prototypes declared here do not depend on postgast's internal struct layouts.
+_lib = ctypes.CDLL(postgast.native.lib._name)
+
+
+def _fn(name: str, free: str, restype: type[Structure]) -> tuple[Any, Any]:
+    f, f_free = getattr(_lib, name), getattr(_lib, free)
+    f.argtypes, f.restype = [c_char_p], restype
+    f_free.argtypes, f_free.restype = [restype], None
+    return f, f_free
+
+
+_pg_parse, _free_parse = _fn("pg_query_parse", "pg_query_free_parse_result", _ParseResult)
+_pg_normalize, _free_normalize = _fn(
+    "pg_query_normalize", "pg_query_free_normalize_result", _TextResult
+)
+_pg_scan, _free_scan = _fn("pg_query_scan", "pg_query_free_scan_result", _ScanResult)
+_pg_split, _free_split = _fn(
+    "pg_query_split_with_parser", "pg_query_free_split_result", _SplitResult
+)
+_pg_parse_pb, _free_parse_pb = _fn(
+    "pg_query_parse_protobuf", "pg_query_free_protobuf_parse_result", _ProtobufParseResult
+)
+_pg_deparse, _free_deparse = _fn(
+    "pg_query_deparse_protobuf_opts", "pg_query_free_deparse_result", _TextResult
+)
+_pg_deparse.argtypes = [_Protobuf, _DeparseOpts]
+
+
+def _error(text: str, err: _Error) -> ParseError:
+    message = err.message.decode("utf-8", "replace") if err.message else "unknown error"
+    index = err.cursorpos - 1
+    return ParseError(message, index if 0 <= index < len(text) else None)
+
+
+def parse_json(sql: str) -> str:
+    """libpg_query's JSON parse tree of `sql` (pglast's parse_sql_json).  Raises
+    ParseError, or UnicodeError for text that cannot be UTF-8 (lone surrogates)."""
+    result = _pg_parse(sql.encode("utf-8"))
+    try:
+        if result.error:
+            raise _error(sql, result.error.contents)
+        return result.text.decode("utf-8")
+    finally:
+        _free_parse(result)
+
+
+def normalize(sql: str) -> str:
+    """`sql` with its constants replaced by $n parameters (hot: classcache's key)."""
+    result = _pg_normalize(sql.encode("utf-8"))
+    try:
+        if result.error:
+            raise _error(sql, result.error.contents)
+        return result.text.decode("utf-8")
+    finally:
+        _free_normalize(result)
+
+
+def split(sql: str) -> tuple[str, ...]:
+    """The statements of `sql` (by the parser), each stripped of surrounding whitespace."""
+    utf8 = sql.encode("utf-8")
+    result = _pg_split(utf8)
+    try:
+        if result.error:
+            raise _error(sql, result.error.contents)
+        out = []
+        for i in range(result.n):
+            s = result.stmts[i].contents
+            out.append(utf8[s.location : s.location + s.len].decode("utf-8").strip())
+        return tuple(out)
+    finally:
+        _free_split(result)
+
+
+def _char_index(sql: str, utf8: bytes) -> list[int] | None:
+    """Byte offset -> character index (None when the text is ASCII: the same)."""
+    if len(utf8) == len(sql):
+        return None
+    index: list[int] = []
+    for i, ch in enumerate(sql):
+        index.extend([i] * len(ch.encode("utf-8")))
+    index.append(len(sql))
+    return index
+
+
+def scan(sql: str) -> list[Token]:
+    """The scanner's tokens of `sql`, comments included (as pglast.parser.scan)."""
+    utf8 = sql.encode("utf-8")
+    result = _pg_scan(utf8)
+    try:
+        if result.error:
+            raise _error(sql, result.error.contents)
+        data = ctypes.string_at(result.pbuf.data, result.pbuf.len)
+    finally:
+        _free_scan(result)
+    at = _char_index(sql, utf8)
+    out = []
+    for t in _pb.ScanResult.FromString(data).tokens:
+        start, end = (t.start, t.end - 1) if at is None else (at[t.start], at[t.end - 1])
+        try:
+            name = _pb.Token.Name(t.token)
+        except ValueError:
+            name = "UNKNOWN"
+        out.append(Token(start, end, name, _pb.KeywordKind.Name(t.keyword_kind)))
+    return out
+
+
+# Positions in the JSON tree (see sqltree.py): what a reprint may change.
+_POSITIONS = re.compile(r',"(?:\w*location|stmt_len|(?:rexpr_)?list_(?:start|end))":-?\d+')
+
+
+def _tree(sql: str) -> str:
+    return _POSITIONS.sub("", parse_json(sql)).replace("{,", "{")
+
+
+def pretty(sql: str, width: int = 80) -> str:
+    """`sql` re-printed from its parse tree by libpg_query's deparser, indented, without
+    comments, statements joined by ";\n\n".  The reprint is checked to parse to the very
+    tree `sql` does (positions aside): ValueError if not, so a deparser bug can never
+    show an approver a statement other than the one that runs."""
+    out = []
+    for stmt in split(sql):
+        result = _pg_parse_pb(stmt.encode("utf-8"))
+        try:
+            if result.error:
+                raise _error(stmt, result.error.contents)
+            printed = _pg_deparse(result.tree, _DeparseOpts(None, 0, True, 4, width))
+            try:
+                if printed.error:
+                    raise ValueError("libpg_query cannot print this statement")
+                out.append(printed.text.decode("utf-8"))
+            finally:
+                _free_deparse(printed)
+        finally:
+            _free_parse_pb(result)
+    text = ";\n\n".join(out)
+    if _tree(text) != _tree(sql):
+        raise ValueError("the reprint would not be the statement that runs")
+    return text
+
+
+# Every ObjectType name (OBJECT_TABLE, …): protobuf's enum, less its UNDEFINED = 0 (so
+# its numbers are C's plus one; hoopy reads names only).
+OBJECT_TYPES = tuple(name for name, number in _pb.ObjectType.items() if number)
+
+
+def _version() -> tuple[int, int]:
+    major, minor = divmod(int(json.loads(parse_json(""))["version"]), 10_000)
+    return major, minor
+
+
+# The PostgreSQL release whose grammar libpg_query compiles: (major, minor).
+POSTGRESQL_VERSION = _version()

@@ -280,7 +280,7 @@ async def test_a_long_comment_cannot_hide_the_where_clause(
     await announce(service, notifier, approval(sneaky))
     blocks = stub.called("chat.postMessage")[0].args["blocks"]
     code = code_of(blocks)
-    assert "WHERE id = 7 OR true" in code and "--" not in code and "truncated" not in code
+    assert "WHERE\n  id = 7\n  OR TRUE" in code and "--" not in code and "truncated" not in code
     assert [b["action_id"] for b in buttons(blocks)] == [APPROVE_ACTION, DENY_ACTION]
 
 
@@ -316,7 +316,7 @@ async def test_reuse_grant_is_spelled_out(
     body = texts(call.args["blocks"])
     assert "Approving also allows* every statement of this shape" in body
     assert f"by {REQUESTER} on app-db for 10 min" in body
-    assert "```\nINSERT INTO refunds\nVALUES ($1, $2)\n```" in body
+    assert "```\nINSERT INTO refunds\nVALUES\n  ($1, $2)\n```" in body
     assert "10 min" in call.args["text"]
     a.state, a.decided_by = APPROVED, "alice"
     await notifier.decided(a)

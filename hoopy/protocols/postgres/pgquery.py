@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from ctypes import POINTER, Structure, c_bool, c_char_p, c_int, c_size_t, c_void_p
+from ctypes import POINTER, Structure, c_char_p, c_int, c_size_t, c_void_p
 from typing import Any, NamedTuple
 
 import postgast.native
@@ -63,7 +63,7 @@ class _Error(Structure):
 
 # `error` is read as an address (an int, or None): cheaper than a POINTER object on
 # the hot path; _error() reads the struct behind it.
-class _TextResult(Structure):  # PgQueryNormalizeResult, PgQueryDeparseResult
+class _TextResult(Structure):  # PgQueryNormalizeResult
     _fields_ = [("text", c_char_p), ("error", c_void_p)]
 
 
@@ -77,22 +77,6 @@ class _Protobuf(Structure):
 
 class _ScanResult(Structure):
     _fields_ = [("pbuf", _Protobuf), ("stderr", c_char_p), ("error", c_void_p)]
-
-
-class _ProtobufParseResult(Structure):
-    _fields_ = [("tree", _Protobuf), ("stderr", c_char_p), ("error", c_void_p)]
-
-
-class _DeparseOpts(Structure):  # PostgresDeparseOpts
-    _fields_ = [
-        ("comments", c_void_p),
-        ("comment_count", c_size_t),
-        ("pretty_print", c_bool),
-        ("indent_size", c_int),
-        ("max_line_length", c_int),
-        ("trailing_newline", c_bool),
-        ("commas_start_of_line", c_bool),
-    ]
 
 
 class _SplitStmt(Structure):
@@ -128,13 +112,6 @@ _pg_scan, _free_scan = _fn("pg_query_scan", "pg_query_free_scan_result", _ScanRe
 _pg_split, _free_split = _fn(
     "pg_query_split_with_parser", "pg_query_free_split_result", _SplitResult
 )
-_pg_parse_pb, _free_parse_pb = _fn(
-    "pg_query_parse_protobuf", "pg_query_free_protobuf_parse_result", _ProtobufParseResult
-)
-_pg_deparse, _free_deparse = _fn(
-    "pg_query_deparse_protobuf_opts", "pg_query_free_deparse_result", _TextResult
-)
-_pg_deparse.argtypes = [_Protobuf, _DeparseOpts]
 # normalize() runs once per statement on the hot path (classcache._dml_key): without
 # argtypes ctypes passes the bytes as char* and the struct by value all the same, and
 # skips a conversion per argument (about 2 % of that call's instructions).
@@ -230,28 +207,44 @@ def _tree(sql: str) -> str:
     return _POSITIONS.sub("", parse_json(sql)).replace("{,", "{")
 
 
-def pretty(sql: str, width: int = 80) -> str:
-    """`sql` re-printed from its parse tree by libpg_query's deparser, indented, without
-    comments, statements joined by ";\n\n".  The reprint is checked to parse to the very
-    tree `sql` does (positions aside): ValueError if not, so a deparser bug can never
-    show an approver a statement other than the one that runs."""
+class _Unprintable(BaseException):
+    """Raised past the formatter's own `except Exception` fallbacks (see _Formatter)."""
+
+
+def _formatter() -> Any:
+    from postgast.format.formatter import _SqlFormatter
+
+    class _Formatter(_SqlFormatter):
+        def _deparse_node(self, node: Any) -> str:
+            # postgast's formatter hands nodes it has no printer for to libpg_query's C
+            # deparser, which crashes the process on some valid statements (a COPY option
+            # with a number: `DELIMITER 0`): never on an agent's text in the gateway.
+            raise _Unprintable
+
+    return _Formatter()
+
+
+def pretty(sql: str) -> str:
+    """`sql` re-printed from its parse tree by postgast's formatter (pure Python),
+    indented, without comments, statements joined by ";\n\n".  The reprint is checked
+    to parse to the very tree `sql` does (positions aside), so a formatter bug can never
+    show an approver a statement other than the one that runs.  Raises ParseError if
+    `sql` does not parse, ValueError if it cannot be printed faithfully."""
+    tree = _tree(sql)
+    formatter = _formatter()
     out = []
-    for stmt in split(sql):
-        result = _pg_parse_pb(stmt.encode("utf-8"))
-        try:
-            if result.error:
-                raise _error(stmt, result.error)
-            printed = _pg_deparse(result.tree, _DeparseOpts(None, 0, True, 4, width))
-            try:
-                if printed.error:
-                    raise ValueError("libpg_query cannot print this statement")
-                out.append(printed.text.decode("utf-8"))
-            finally:
-                _free_deparse(printed)
-        finally:
-            _free_parse_pb(result)
-    text = ";\n\n".join(out)
-    if _tree(text) != _tree(sql):
+    try:
+        for raw in postgast.parse(sql).stmts:
+            formatter.reset()
+            formatter.visit(postgast.unwrap_node(raw.stmt))
+            out.append(formatter.get_output())
+        text = ";\n\n".join(out)
+        same = _tree(text) == tree
+    except _Unprintable:
+        raise ValueError("postgast has no printer for this statement") from None
+    except Exception as e:  # a formatter bug, or a reprint that does not parse
+        raise ValueError(f"postgast cannot print this statement ({type(e).__name__})") from None
+    if not same:
         raise ValueError("the reprint would not be the statement that runs")
     return text
 

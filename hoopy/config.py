@@ -893,13 +893,12 @@ def _match_strings(sec: Section, key: str) -> tuple[str, ...]:
 def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
     """Every name a statement kind goes by (kinds and their verbs: `drop` covers
     `drop_table`), and the verbs a `verb_object` kind may start with."""
-    from pglast.enums.parsenodes import ObjectType
-
     from hoopy.protocols.postgres import classify as c
+    from hoopy.protocols.postgres.pgquery import OBJECT_TYPES
 
     # The classifier's own list (one list: a kind it emits is a kind a rule may name).
     kinds = set(c.STATEMENT_KINDS)
-    kinds |= {c.object_kind(v, o.name) for v in c.OBJECT_KIND_VERBS for o in ObjectType}
+    kinds |= {c.object_kind(v, o) for v in c.OBJECT_KIND_VERBS for o in OBJECT_TYPES}
     verbs = {k for k in kinds if "_" not in k}
     return frozenset(kinds | {k.split("_", 1)[0] for k in kinds}), frozenset(verbs)
 

@@ -105,12 +105,12 @@ def _clip(text: str, limit: int = _MAX_FIELD) -> str:
 
 def strip_comments(sql: str) -> str:
     """`sql` without comments, each run of whitespace between tokens made one space or
-    newline: what the server executes.  Raises when pglast cannot scan it."""
-    from pglast import parser
+    newline: what the server executes.  Raises when libpg_query cannot scan it."""
+    from hoopy.protocols.postgres import pgquery
 
     out: list[str] = []
     pos, gap = 0, ""
-    for tok in parser.scan(sql):
+    for tok in pgquery.scan(sql):
         gap += sql[pos : tok.start]
         pos = tok.end + 1
         if tok.name in _COMMENTS:
@@ -128,14 +128,14 @@ def strip_comments(sql: str) -> str:
 def pretty_sql(text: str) -> str:
     """SQL as an approver should read it: comments left out, re-indented when it parses."""
     if len(text) <= _MAX_SCAN:
-        with contextlib.suppress(Exception):  # not scannable: pglast's printer may still do
+        with contextlib.suppress(Exception):  # not scannable: the printer may still do
             text = strip_comments(text)
     if len(text) <= 2 * MAX_COMMAND:
         try:
-            from pglast import prettify
+            from hoopy.protocols.postgres import pgquery
 
-            return prettify(text)  # without preserve_comments: comments are dropped
-        except Exception:  # not parseable by pglast's printer: show it as it is
+            return pgquery.pretty(text)  # printed from the tree: comments are dropped
+        except Exception:  # not parseable, or not printed faithfully: show it as it is
             return text
     return text
 

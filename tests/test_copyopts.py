@@ -13,7 +13,7 @@ T = "COPY t TO STDOUT "
 @pytest.mark.parametrize(
     ("opts", "header"),
     [
-        ("(HEADER 0)", False),  # pglast: {"Integer": {}}
+        ("(HEADER 0)", False),  # libpg_query: {"Integer": {}}
         ("(HEADER +0)", False),
         ("(HEADER 00)", False),
         ("(HEADER false)", False),

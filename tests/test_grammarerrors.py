@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (the shape cases read one case a line)
 """grammarerrors.py against the parser sources it was read from (the ereport record
 tests/data/pg_grammar_ereports.json, made by tests/compat/grammar_extract.py), against
-pglast itself, against the installed PostgreSQL 15 server binary, and the error reply's
+libpg_query itself, against the installed PostgreSQL 15 server binary, and the error reply's
 bytes."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from pglast import parser
 
 from hoopy import pgcluster
 from hoopy.protocols.postgres import grammarerrors as g
+from hoopy.protocols.postgres import pgquery
 from hoopy.protocols.postgres.classify import SqlParseError
 from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL, error_bytes, unparseable
 
@@ -52,8 +52,8 @@ def _records(data: list[dict[str, object]], e: g.Entry) -> list[dict[str, object
     return [r for r in data if r["file"] == file and r["message"] == e.fmt]
 
 
-def test_pglast_reads_the_grammar_the_table_was_made_for() -> None:
-    assert parser.get_postgresql_version()[0] == g.PGLAST_MAJOR == 18
+def test_libpg_query_reads_the_grammar_the_table_was_made_for() -> None:
+    assert pgquery.POSTGRESQL_VERSION[0] == g.PARSER_MAJOR == 18
 
 
 @pytest.mark.parametrize("entry", g.ENTRIES, ids=lambda e: e.fmt[:40])
@@ -117,10 +117,10 @@ def test_the_running_server_has_the_15_wording() -> None:
     assert b"invalid table name at or near" not in binary  # 15.20's, as 18's
 
 
-def _pglast_error(sql: str) -> tuple[str, int | None]:
-    with pytest.raises(parser.ParseError) as e:
-        parser.parse_sql(sql)
-    return e.value.args[0], e.value.args[1]
+def _parser_error(sql: str) -> tuple[str, int | None]:
+    with pytest.raises(pgquery.ParseError) as e:
+        pgquery.parse_json(sql)
+    return e.value.message, e.value.position
 
 
 @pytest.mark.parametrize(
@@ -133,22 +133,22 @@ def _pglast_error(sql: str) -> tuple[str, int | None]:
         ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID", 18, g.Shape("constraints cannot be altered to be NOT VALID", "0A000", 33)),
         ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID", 15, g.Shape("FOREIGN KEY constraints cannot be marked NOT VALID", "0A000", None)),
         ("ALTER TABLE t ALTER CONSTRAINT \"c;x\" NO INHERIT NOT VALID;", 15, g.Shape("FOREIGN KEY constraints cannot be marked NOT VALID", "0A000", None)),
-        # 15 stops at ENFORCED (a syntax error 18 has no word for): left as pglast's
+        # 15 stops at ENFORCED (a syntax error 18 has no word for): left as libpg_query's
         ("ALTER TABLE t ALTER CONSTRAINT c NOT ENFORCED NOT VALID", 15, g.Shape("constraints cannot be altered to be NOT VALID", "42601", 33)),
         ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID", 16, g.Shape("constraints cannot be altered to be NOT VALID", "42601", 33)),
         # 15 refuses at the first command's end, before it reads the second
         ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID, ALTER CONSTRAINT d NOT ENFORCED", 15, g.Shape("FOREIGN KEY constraints cannot be marked NOT VALID", "0A000", None)),
-        # not the plain form the guard knows (a comment): left as pglast's
+        # not the plain form the guard knows (a comment): left as libpg_query's
         ("ALTER TABLE t ALTER CONSTRAINT c NOT VALID /* x */", 15, g.Shape("constraints cannot be altered to be NOT VALID", "42601", 33)),
         ("SELECT 1; ALTER TABLE t ALTER CONSTRAINT c NOT VALID", 15, g.Shape("FOREIGN KEY constraints cannot be marked NOT VALID", "0A000", None)),
         ("CREATE TABLE t (a int) PARTITION BY MAGIC (a)", 15, g.Shape('unrecognized partitioning strategy "magic"', "22023", None)),
         ("CREATE TABLE t (a int) PARTITION BY MAGIC (a)", 18, g.Shape('unrecognized partitioning strategy "magic"', "22023", 36)),
         ("(SELECT 1 LIMIT 1) LIMIT  x", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 26)),
         ("(SELECT 'éé' LIMIT 1) LIMIT  2", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 29)),  # characters, not bytes
-        ("(SELECT 1 LIMIT 1) LIMIT ((2))", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 19)),  # not matched: pglast's
+        ("(SELECT 1 LIMIT 1) LIMIT ((2))", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", 19)),  # not matched: libpg_query's
         ("(SELECT 1 LIMIT 1) fetch first row only", 15, g.Shape("multiple LIMIT clauses not allowed", "42601", None)),
         ('CREATE AGGREGATE a (VARIADIC "any" ORDER BY VARIADIC int) (sfunc = f, stype = i)', 15, g.Shape(OSA, "0A000", 53)),
-        # a named argument (15 points at its type, after the name): pglast's cursor, 15's SQLSTATE
+        # a named argument (15 points at its type, after the name): libpg_query's cursor, 15's SQLSTATE
         ('CREATE AGGREGATE a (VARIADIC "any" ORDER BY x int) (sfunc = f, stype = i)', 15, g.Shape(OSA, "0A000", 44)),
         ("ALTER TYPE s.t DROP VALUE 'x'", 15, g.Shape('syntax error at or near "VALUE"', "42601", 20)),
         ("ALTER TYPE t drop value 'x'", 15, g.Shape('syntax error at or near "value"', "42601", 18)),
@@ -161,7 +161,7 @@ def _pglast_error(sql: str) -> tuple[str, int | None]:
     ],
 )  # fmt: skip
 def test_shape(sql: str, major: int | None, expected: g.Shape) -> None:
-    message, position = _pglast_error(sql)
+    message, position = _parser_error(sql)
     assert g.shape(message, position, sql, major) == expected
 
 
@@ -187,7 +187,7 @@ def _fields(frame: bytes) -> list[bytes]:
 
 
 def _reply(sql: str, version: str | None) -> list[bytes]:
-    message, position = _pglast_error(sql)
+    message, position = _parser_error(sql)
     return _fields(error_bytes(unparseable(sql, SqlParseError(message, position), version)))
 
 
@@ -233,7 +233,7 @@ def test_error_reply_bytes_15_wording_without_cursor() -> None:
     ]
 
 
-def test_error_reply_bytes_unknown_message_stays_as_pglast_said() -> None:
+def test_error_reply_bytes_unknown_message_stays_as_the_parser_said() -> None:
     assert _reply("SELECT 'é', 123abc", "15.20") == [
         b"SERROR",
         b"VERROR",

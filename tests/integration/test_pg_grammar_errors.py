@@ -1,4 +1,4 @@
-"""Statements pglast cannot parse are refused (never forwarded) with the error a real
+"""Statements libpg_query cannot parse are refused (never forwarded) with the error a real
 PostgreSQL 15 gives for them: SQLSTATE, message, cursor, HINT and DETAIL, field by field
 (grammarerrors.py); hoopy's only addition is its DETAIL line."""
 
@@ -16,7 +16,7 @@ from .conftest import Backend, Hoopy
 from .test_pg_drivers import agent
 
 # Each one the server rejects while parsing (or, for PARTITION BY, before touching
-# anything); pglast rejects each with a message grammarerrors.py knows.
+# anything); libpg_query rejects each with a message grammarerrors.py knows.
 STATEMENTS = [
     # HINT / DETAIL the grammar attaches
     "DROP OPERATOR === (int4)",
@@ -32,7 +32,7 @@ STATEMENTS = [
     "SELECT sum(1) OVER (ROWS BETWEEN UNBOUNDED FOLLOWING AND CURRENT ROW)",
     "SELECT 1::float(0)",
     "CREATE TABLE t PARTITION OF p FOR VALUES WITH (modulus 2, modulus 3)",
-    # PostgreSQL 15 words or places it differently than pglast (18)
+    # PostgreSQL 15 words or places it differently than libpg_query (18)
     "SELECT 1 FETCH FIRST 2 ROWS WITH TIES",
     "SELECT 1 ORDER BY 1 FETCH FIRST 1 ROW WITH TIES FOR UPDATE SKIP LOCKED",
     "ALTER TABLE vault ALTER CONSTRAINT c NOT VALID",

@@ -83,7 +83,7 @@ def psql(h: Hoopy, *commands: str) -> tuple[int, str, str]:
 # ---- §2: COPY options read as the server reads them ---------------------------------
 
 MASKED_COPIES = [
-    # header 0 arrives from pglast as an empty Integer node: it means no header
+    # header 0 arrives from libpg_query as an empty Integer node: it means no header
     ("COPY ml_customers TO STDOUT (HEADER 0)", 3),
     ("COPY ml_customers TO STDOUT (FORMAT csv, HEADER 0)", 3),
     ("COPY ml_customers TO STDOUT (HEADER false)", 3),

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from pglast import parser
-
 from hoopy.policy import Command
+from hoopy.protocols.postgres import pgquery
 from hoopy.protocols.postgres.classify import Prepared, _classify, _shape, _split
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
@@ -29,8 +28,8 @@ def _dml_key(sql: str, connector: str) -> tuple[str, str] | None:
     if len(sql) > _DML_KEY_CHARS or "\0" in sql:
         return None
     try:
-        return (str(parser.normalize(sql)), connector)
-    except (parser.ParseError, UnicodeError):
+        return (pgquery.normalize(sql), connector)
+    except (pgquery.ParseError, UnicodeError):
         return None
 
 

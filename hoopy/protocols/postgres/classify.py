@@ -1,9 +1,9 @@
-"""SQL text → protocol-neutral `Command` records, one per statement (pglast / libpg_query).
+"""SQL text → protocol-neutral `Command` records, one per statement (libpg_query).
 
 Theory of operation
 -------------------
 libpg_query (PostgreSQL's own grammar) parses the text; we take its JSON parse tree
-(`parse_sql_json` + `json.loads` is ~5x faster than building pglast's Python AST) and
+(pgquery.parse_json + `json.loads`: ~5x faster than building Python node objects) and
 walk it iteratively (no recursion limit to hit) collecting:
 
 * kinds — the statement's lower-case verb, plus a specific kind for DDL
@@ -38,9 +38,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import parser
-
 from hoopy.policy import Command
+from hoopy.protocols.postgres import pgquery
 from hoopy.protocols.postgres.sqltree import shape_of
 
 Prepared = Mapping[str, tuple[Command, ...]]
@@ -812,9 +811,8 @@ _STATEMENTS: dict[str, StmtHandler] = {
 
 
 def _libpg_error(e: Exception) -> SqlParseError:
-    if isinstance(e, parser.ParseError):
-        position = e.args[1] if len(e.args) > 1 else None
-        return SqlParseError(str(e.args[0]), position if isinstance(position, int) else None)
+    if isinstance(e, pgquery.ParseError):
+        return SqlParseError(e.message, e.position)
     if isinstance(e, UnicodeError):
         return SqlParseError("statement is not valid UTF-8 text")
     if isinstance(e, RecursionError):
@@ -831,15 +829,15 @@ def _check_text(sql: str) -> None:
 
 def _split(sql: str) -> tuple[str, ...]:
     try:
-        return tuple(parser.split(sql))
-    except (parser.ParseError, UnicodeError) as e:
+        return pgquery.split(sql)
+    except (pgquery.ParseError, UnicodeError) as e:
         raise _libpg_error(e) from None
 
 
 def _normalize(sql: str) -> str:
     try:
-        return str(parser.normalize(sql))
-    except (parser.ParseError, UnicodeError) as e:
+        return pgquery.normalize(sql)
+    except (pgquery.ParseError, UnicodeError) as e:
         raise _libpg_error(e) from None
 
 
@@ -849,7 +847,7 @@ def _shape(sql: str) -> tuple[str, bool]:
     _check_text(sql)
     try:
         return shape_of(sql)
-    except (parser.ParseError, UnicodeError, RecursionError, MemoryError) as e:
+    except (pgquery.ParseError, UnicodeError, RecursionError, MemoryError) as e:
         raise _libpg_error(e) from None
 
 

@@ -95,6 +95,8 @@ def _answer(request: dict[str, Any], sql: str) -> dict[str, Any]:
     try:
         cmds, cacheable = cl._classify(sql, connector, prepared)
     except cl.SqlParseError as e:
+        if e.message == "out of memory" and e.position is None:  # libpg_query's palloc
+            return {"error": "memory"}
         return {"error": "parse", "message": e.message, "position": e.position}
     except MemoryError:
         return {"error": "memory"}

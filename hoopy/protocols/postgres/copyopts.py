@@ -5,7 +5,7 @@ format, delimiter, NULL string, quote and escape, and whether the first line is 
 header of column names.  A misread is a leak: a HEADER hoopy believes on and the
 server does not makes hoopy pass the first data row on as "column names".  So each
 option value is read the way the server's ProcessCopyOptions reads it (defGetString,
-defGetBoolean, defGetCopyHeaderChoice: pglast hands `0` over as an empty Integer
+defGetBoolean, defGetCopyHeaderChoice: libpg_query hands `0` over as an empty Integer
 node), and a COPY with an option or value hoopy does not know is refused, not guessed.
 """
 
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pglast import parser
+from hoopy.protocols.postgres import pgquery
 
 
 class UnreadableCopy(ValueError):
@@ -58,9 +58,9 @@ def copy_format(sql: str) -> CopyFormat | None:
 
     Raises UnreadableCopy when an option cannot be read as the server reads it."""
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree = json.loads(pgquery.parse_json(sql))
         stmt = tree["stmts"][0]["stmt"]
-    except Exception as e:  # pglast cannot parse what the server might
+    except Exception as e:  # libpg_query cannot parse what the server might
         raise UnreadableCopy("hoopy cannot parse this COPY statement") from e
     copy = stmt.get("CopyStmt") if isinstance(stmt, dict) else None
     if copy is None:
@@ -71,7 +71,7 @@ def copy_format(sql: str) -> CopyFormat | None:
 
 
 def read_options(options: list[Any]) -> CopyFormat:
-    """CopyFormat from a CopyStmt's options (pglast JSON DefElem nodes)."""
+    """CopyFormat from a CopyStmt's options (libpg_query JSON DefElem nodes)."""
     seen: dict[str, Any] = {}
     for o in options:
         d = o.get("DefElem") if isinstance(o, dict) else None
@@ -125,13 +125,13 @@ def arg_string(arg: Any, name: str) -> str:
         raise UnreadableCopy(f"COPY option {name} needs a value hoopy can read")
     kind, node = next(iter(arg.items()))
     node = node if isinstance(node, dict) else {}
-    if kind == "Integer":  # pglast leaves out a zero: {"Integer": {}} is 0
+    if kind == "Integer":  # libpg_query leaves out a zero: {"Integer": {}} is 0
         ival = node.get("ival", 0)
         if isinstance(ival, int) and not isinstance(ival, bool):
             return str(ival)
     elif kind == "Float" and isinstance(node.get("fval"), str):
         return str(node["fval"])  # as written: `null 1.50` is "1.50"
-    elif kind == "Boolean":  # old-style `CSV HEADER`; pglast leaves out false
+    elif kind == "Boolean":  # old-style `CSV HEADER`; libpg_query leaves out false
         return "true" if node.get("boolval", False) is True else "false"
     elif kind == "String" and isinstance(node.get("sval", ""), str):
         return str(node.get("sval", ""))

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hoopy.policy import Command
+from hoopy.protocols.postgres import pgquery
 
 ALL = "\0all"  # no statement or portal can be named so: stands for every name
 
@@ -62,21 +63,21 @@ def changes_of(cmds: Iterable[Command]) -> Changes | None:
     portals: set[str] = set()
     declared: set[str] = set()
     for c in changing:
-        stmt = _statement(c.text)
-        kind = type(stmt).__name__
+        kind, stmt = _statement(c.text)
         if kind == "PrepareStmt":
-            statements.add(str(stmt.name))
+            statements.add(str(stmt.get("name") or ALL))
         elif kind == "DeallocateStmt":
-            name = getattr(stmt, "name", None)
-            statements.add(str(name) if name and not getattr(stmt, "isall", False) else ALL)
+            name = stmt.get("name")
+            statements.add(str(name) if name and not stmt.get("isall") else ALL)
         elif kind == "DiscardStmt":
-            if int(stmt.target) == 0:  # DISCARD ALL
+            if stmt.get("target") == "DISCARD_ALL":
                 statements.add(ALL)
                 portals.add(ALL)
         elif kind == "ClosePortalStmt":
-            portals.add(str(stmt.portalname) if stmt.portalname else ALL)
+            name = stmt.get("portalname")
+            portals.add(str(name) if name else ALL)
         elif kind == "DeclareCursorStmt":
-            declared.add(str(stmt.portalname))
+            declared.add(str(stmt.get("portalname") or ALL))
         else:  # a form hoopy does not read (or one inside another statement): everything
             statements.add(ALL)
             portals.add(ALL)
@@ -86,10 +87,8 @@ def changes_of(cmds: Iterable[Command]) -> Changes | None:
 def executed_names(text: str) -> tuple[str, ...] | None:
     """The prepared-statement names EXECUTE runs anywhere in this statement (EXPLAIN
     ANALYZE EXECUTE, CREATE TABLE AS EXECUTE); None: the text cannot be read."""
-    from pglast.parser import parse_sql_json
-
     try:
-        tree = json.loads(parse_sql_json(text))
+        tree = json.loads(pgquery.parse_json(text))
     except Exception:
         return None
     found: list[str] = []
@@ -122,13 +121,14 @@ def stale_execute(cmds: tuple[Command, ...]) -> str | None:
     return None
 
 
-def _statement(text: str) -> Any:
-    from pglast import parse_sql
-
+def _statement(text: str) -> tuple[str, dict[str, Any]]:
+    """The first statement's node type and fields; ("", {}) when it cannot be read."""
     try:
-        return parse_sql(text)[0].stmt
+        node = json.loads(pgquery.parse_json(text))["stmts"][0]["stmt"]
+        (kind, fields), *more = node.items()
     except Exception:
-        return None
+        return "", {}
+    return (str(kind), fields) if not more and isinstance(fields, dict) else ("", {})
 
 
 @dataclass(eq=False, slots=True)

@@ -9,7 +9,7 @@ statement needs an approval: their bytes are checked, recorded and forwarded
 synchronously, and result runs from the server go through as the bytes they came in
 (`ClientConnection.relay_run`), looked at only to record them.
 
-Agent → backend: every Query and Parse is classified (pglast) and checked through
+Agent → backend: every Query and Parse is classified (libpg_query) and checked through
 `Session.check`; anything else is forwarded byte-for-byte.  A refused message is
 *substituted*, not dropped: hoopy sends the server a statement that is a guaranteed
 syntax error carrying a per-session nonce (the "marker").  The server then answers

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-from pglast import parser
+from hoopy.protocols.postgres import pgquery
 
 _JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 # {"A_Const":{"ival":{"ival":1},"location":7}}, {"A_Const":{"sval":{"sval":"…"}}},
@@ -57,14 +57,14 @@ _OTHER_POSITION = re.compile(
 def shape(sql: str) -> str:
     """The literal-free, position-free JSON parse tree of `sql`.
 
-    Raises pglast's ParseError (or UnicodeError) as parse_sql_json does."""
+    Raises pgquery.ParseError (or UnicodeError) as pgquery.parse_json does."""
     return shape_of(sql)[0]
 
 
 def shape_of(sql: str) -> tuple[str, bool]:
     """`shape(sql)`, and whether the tree has no DefElem nor subscription conninfo: then
     the only constants normalize() replaces are A_Const ones (see classify.Classifier)."""
-    tree = parser.parse_sql_json(sql)
+    tree = pgquery.parse_json(sql)
     plain = '"DefElem"' not in tree and "conninfo" not in tree
     if '"A_Const"' in tree:
         tree = _CONST.sub("0", tree)

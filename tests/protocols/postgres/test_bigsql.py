@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pglast import parser
 
 from hoopy.config import PostgresSettings, _statement_kind_problem
 from hoopy.protocols.postgres import classify as cl
+from hoopy.protocols.postgres import pgquery
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop, StatementTooLarge
 from hoopy.protocols.postgres.sqltree import shape
@@ -31,7 +31,7 @@ def fields(cmds: tuple[cl.Command, ...]) -> list[tuple[frozenset[str], ...]]:
 
 def full_tree_classification(sql: str) -> list[tuple[frozenset[str], ...]]:
     """What the classifier found before shapes: the walk over libpg_query's whole tree."""
-    stmts = [s["stmt"] for s in json.loads(parser.parse_sql_json(sql))["stmts"]]
+    stmts = [s["stmt"] for s in json.loads(pgquery.parse_json(sql))["stmts"]]
     texts = cl._split(sql)
     return fields(
         tuple(cl._command(n, t, "db", None).command for n, t in zip(stmts, texts, strict=True))
@@ -110,7 +110,7 @@ def test_one_shape_means_one_classification(template: str, a: list[str], b: list
     sa, sb = template.format(*a), template.format(*b)
     try:
         ka, kb = shape(sa), shape(sb)
-    except parser.ParseError:
+    except pgquery.ParseError:
         return
     if ka == kb:
         assert full_tree_classification(sa) == full_tree_classification(sb)
@@ -142,9 +142,9 @@ def test_the_normalize_key_of_plain_dml_is_exact(template: str, a: list[str], b:
     """One normalize() text (the fast key of plain DML) means one classification."""
     sa, sb = template.format(*a), template.format(*b)
     try:
-        na, nb = parser.normalize(sa), parser.normalize(sb)
+        na, nb = pgquery.normalize(sa), pgquery.normalize(sb)
         fa, fb = full_tree_classification(sa), full_tree_classification(sb)
-    except parser.ParseError:
+    except pgquery.ParseError:
         return
     if na == nb:
         assert fa == fb

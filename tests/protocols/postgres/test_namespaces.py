@@ -3,6 +3,8 @@ an SQL text changes, and what a portal name may hold for a message forwarded now
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,6 +39,12 @@ def _cmds(sql: str) -> tuple:
         ("close all", set(), {ALL}, set()),
         ("declare p cursor with hold for select 1", set(), set(), {"p"}),
         ('close "P q"; declare "P q" cursor for select 1', set(), {"P q"}, {"P q"}),
+        # names as the server reads them: unescaped, quoted "all" is a name, not ALL
+        ('prepare U&"\\0061b" as select 1', {"ab"}, set(), set()),
+        ('deallocate "all"', {"all"}, set(), set()),
+        ("deallocate prepare all", {ALL}, set(), set()),
+        ('close "all"', set(), {"all"}, set()),
+        ("/* c */ DISCARD /* d */ ALL", {ALL}, {ALL}, set()),
     ],
 )
 def test_changes_of_reads_every_form(
@@ -45,6 +53,12 @@ def test_changes_of_reads_every_form(
     assert changes_of(_cmds(sql)) == Changes(
         frozenset(statements), frozenset(portals), frozenset(declared)
     )
+
+
+def test_a_changing_text_that_cannot_be_read_changes_every_name() -> None:
+    (cmd,) = _cmds("prepare a as select 1")
+    unreadable = replace(cmd, text="prepare a as select (")
+    assert changes_of((unreadable,)) == Changes(frozenset({ALL}), frozenset({ALL}), frozenset())
 
 
 def test_texts_that_change_no_name_change_nothing() -> None:

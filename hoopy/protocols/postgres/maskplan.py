@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 When a statement is allowed and mask rules apply to it, `StatementMasks.lineage` traces
-each output column back to base-table columns (lineage.py over pglast's tree, with
+each output column back to base-table columns (lineage.py over libpg_query's tree, with
 catalog facts from a side connection).  When its RowDescription arrives, `plan()` picks
 one action per column:
 

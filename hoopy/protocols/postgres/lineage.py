@@ -180,8 +180,29 @@ def _name(n: Any) -> str:
     return n.sval if isinstance(n, ast.String) else str(n)
 
 
+def _allow_deep_trees() -> None:
+    """Let protobuf decode libpg_query's trees however deep the parser made them.
+
+    upb refuses messages nested deeper than 100 by default, and each level of an
+    expression is two (a Node and its content): `a || b || …` of 50 terms, a UNION of 50
+    SELECTs would not decode, so their lineage would be unknown (masked whole, writes
+    refused).  The parser's own limits stay (a text past them fails to parse).  Process
+    wide, and only protobuf from libpg_query is decoded in hoopy.  Should the switch
+    move in a later protobuf, deep statements fail closed as said above."""
+    try:
+        from google._upb import _message  # the default (upb) backend
+
+        _message.SetAllowOversizeProtos(True)
+    except Exception:  # another backend: its default limit stays
+        pass
+
+
+_allow_deep_trees()
+
+
 def parse_statements(sql: str) -> list[AstNode]:
-    """The statements of `sql` as postgast's typed wrappers (raises postgast.PgQueryError)."""
+    """The statements of `sql` as postgast's typed wrappers (raises postgast.PgQueryError,
+    or protobuf's DecodeError for a tree protobuf will not decode)."""
     return [postgast.wrap(raw.stmt) for raw in postgast.parse(sql).stmts]
 
 

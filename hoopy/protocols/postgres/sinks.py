@@ -189,13 +189,18 @@ def _select_of(targets: Any, from_: list[Any], where: Any, with_clause: Any) -> 
         if isinstance(val, ast.SetToDefault):
             # SET col = DEFAULT stores the column's default: no value of the statement
             stored.a_const.isnull = True
+        elif isinstance(val, ast.MultiAssignRef):
+            # SET (a, b) = (x, y) / (SELECT …): each column gets the whole source (its
+            # lineage is the union of all of it), as a row or a scalar subquery
+            stored.CopyFrom(_pb(val).source)
         else:
             stored.CopyFrom(_pb(t).val)
     for item in from_:
         if item is None:
             raise TypeError("a FROM item is missing")
         getattr(out.from_clause.add(), _NODE_FIELD[type(item).__name__]).CopyFrom(_pb(item))
-    if where is not None:
+    # WHERE CURRENT OF (no SELECT may say it) only picks a row: it stores nothing
+    if where is not None and not isinstance(where, ast.CurrentOfExpr):
         getattr(out.where_clause, _NODE_FIELD[type(where).__name__]).CopyFrom(_pb(where))
     if with_clause is not None:
         out.with_clause.CopyFrom(_pb(with_clause))

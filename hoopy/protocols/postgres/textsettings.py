@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import postgast
 from postgast import nodes as ast
 
 from hoopy.errors import CommandDenied
@@ -84,8 +85,13 @@ def refusal(cmd: Command) -> str:
         return ""
     try:
         stmts = parse_statements(cmd.text)
-    except Exception:
+    except postgast.PgQueryError:
         return ""  # the classifier read it; a statement it could not is refused there
+    except Exception:  # parsed, but its tree could not be read here: never pass it unread
+        return (
+            "a statement that may set a setting hoopy cannot read is not supported through "
+            "hoopy (its parse tree could not be decoded)"
+        )
     for stmt in stmts:
         reason = _statement(stmt)
         if reason:

@@ -381,3 +381,18 @@ def test_a_tree_that_cannot_be_decoded_is_refused_by_textsettings(
     cmd = Command("postgres", "db", "SET client_encoding = 'UTF8'", kinds=frozenset({"set"}))
     assert "could not be decoded" in textsettings.refusal(cmd)
     assert lin.output_lineage("SELECT 1", CAT) == [frozenset()]  # lineage has its own parse
+
+
+def test_text_after_a_nul_is_never_left_unseen() -> None:
+    # libpg_query stops at a NUL: the statement after it would not be analysed
+    sql = "SELECT name FROM customers\0 UNION SELECT ssn FROM customers"
+    assert lineage(sql) is None
+    assert untraceable(sql, CAT)
+    assert (
+        sinks.stored_queries("INSERT INTO orders (note) SELECT 'x'\0, ssn FROM customers") is None
+    )
+    assert lin.name_resolution_change("SELECT 1\0; SET search_path = evil") == lin.ALL_NAMES
+    cmd = Command(
+        "postgres", "db", "SET client_encoding = 'UTF8'\0, 'SJIS'", kinds=frozenset({"set"})
+    )
+    assert textsettings.refusal(cmd) != ""

@@ -200,10 +200,19 @@ def _allow_deep_trees() -> None:
 _allow_deep_trees()
 
 
-def parse_statements(sql: str) -> list[AstNode]:
-    """The statements of `sql` as postgast's typed wrappers (raises postgast.PgQueryError,
+def parse_tree(sql: str) -> Any:
+    """libpg_query's parse of `sql`: a protobuf ParseResult (raises postgast.PgQueryError,
     or protobuf's DecodeError for a tree protobuf will not decode)."""
-    return [postgast.wrap(raw.stmt) for raw in postgast.parse(sql).stmts]
+    if "\0" in sql:
+        # libpg_query reads a C string: what follows a NUL would go unseen (the
+        # classifier refuses such texts; never analyse a prefix of one here either)
+        raise ValueError("a NUL character in SQL text")
+    return postgast.parse(sql)
+
+
+def parse_statements(sql: str) -> list[AstNode]:
+    """The statements of `sql` as postgast's typed wrappers (raises as parse_tree)."""
+    return [postgast.wrap(raw.stmt) for raw in parse_tree(sql).stmts]
 
 
 def _pb(node: AstNode) -> Message:

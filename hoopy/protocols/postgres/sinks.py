@@ -18,7 +18,7 @@ import postgast
 from google.protobuf.message import Message
 from postgast import nodes as ast
 
-from hoopy.protocols.postgres.lineage import _child_messages, _nodes, _pb, pb2
+from hoopy.protocols.postgres.lineage import _child_messages, _nodes, _pb, parse_tree, pb2
 
 pb = pb2
 
@@ -211,7 +211,7 @@ def stored_queries(sql: str) -> list[Store] | None:
     """One SELECT per write in the statement whose outputs are the stored values;
     None when some write cannot be expressed that way (the caller must assume the worst)."""
     try:
-        tree = postgast.parse(sql)
+        tree = parse_tree(sql)
     except Exception:
         return None
     w = _Writes()

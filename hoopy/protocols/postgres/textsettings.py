@@ -87,10 +87,10 @@ def refusal(cmd: Command) -> str:
         stmts = parse_statements(cmd.text)
     except postgast.PgQueryError:
         return ""  # the classifier read it; a statement it could not is refused there
-    except Exception:  # parsed, but its tree could not be read here: never pass it unread
+    except Exception:  # a tree too deep to decode, a NUL: never pass it unread
         return (
             "a statement that may set a setting hoopy cannot read is not supported through "
-            "hoopy (its parse tree could not be decoded)"
+            "hoopy (its parse tree could not be read)"
         )
     for stmt in stmts:
         reason = _statement(stmt)

@@ -57,10 +57,15 @@ _NODE_FIELD = {
 }
 
 
+def _set_node(node: Message, msg: Message) -> None:
+    """Make the Node `node` hold a copy of `msg` (a SelectStmt, a RangeVar …)."""
+    getattr(node, _NODE_FIELD[msg.DESCRIPTOR.name]).CopyFrom(msg)
+
+
 def _sql(stmt: Message) -> str:
     """`stmt` (a statement's message) as SQL text, by libpg_query's deparser."""
     node = pb.Node()
-    getattr(node, _NODE_FIELD[stmt.DESCRIPTOR.name]).CopyFrom(stmt)
+    _set_node(node, stmt)
     return postgast.deparse(pb.ParseResult(stmts=[pb.RawStmt(stmt=node)]))
 
 
@@ -198,10 +203,10 @@ def _select_of(targets: Any, from_: list[Any], where: Any, with_clause: Any) -> 
     for item in from_:
         if item is None:
             raise TypeError("a FROM item is missing")
-        getattr(out.from_clause.add(), _NODE_FIELD[type(item).__name__]).CopyFrom(_pb(item))
+        _set_node(out.from_clause.add(), _pb(item))
     # WHERE CURRENT OF (no SELECT may say it) only picks a row: it stores nothing
     if where is not None and not isinstance(where, ast.CurrentOfExpr):
-        getattr(out.where_clause, _NODE_FIELD[type(where).__name__]).CopyFrom(_pb(where))
+        _set_node(out.where_clause, _pb(where))
     if with_clause is not None:
         out.with_clause.CopyFrom(_pb(with_clause))
     return out

@@ -277,6 +277,16 @@ def test_a_string_constant_is_not_a_name() -> None:
     assert change("SELECT set_config('temp_buffers', 'x', false)") == ""
 
 
+def test_names_among_many_constants_are_still_names() -> None:
+    # constants are told from names by where they sit (under an A_Const), not by object
+    # identity: wrappers are built anew on each access and their ids get reused
+    literals = ", ".join(f"'s{i}'" for i in range(200))
+    change = lin.name_resolution_change
+    assert change(f"SELECT {literals}, 1::pg_temp.ty") == lin.RELATIONS
+    assert change(f"SELECT {literals} FROM t WHERE x = 1::pg_temp.ty") == lin.RELATIONS
+    assert change(f"SELECT {literals}, 'pg_temp.ty'") == ""
+
+
 def test_prepared_names() -> None:
     assert prepared_name("PREPARE p AS SELECT 1") == "p"
     assert prepared_name('PREPARE "Quoted P" (int) AS SELECT $1') == "Quoted P"

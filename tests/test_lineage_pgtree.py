@@ -5,9 +5,11 @@ Integer left empty — and trees deeper than protobuf's default decoding limit."
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 import postgast
+import postgast.native
 import pytest
 
 from hoopy.policy import Command
@@ -295,14 +297,12 @@ def test_prepared_names() -> None:
     assert prepared_name("SELECT (") == ""
 
 
-# ---- sinks: the SELECTs built as protobuf and deparsed -------------------------------
+# ---- sinks: the SELECTs built as trees ----------------------------------------------
 
 
 def stores(sql: str) -> list[tuple[str, tuple[str, ...] | None, list[lin.ColumnLineage] | None]]:
     found = sinks.stored_queries(sql)
     assert found is not None
-    for s in found:
-        postgast.parse(s.query)  # libpg_query's deparser wrote SQL that parses
     return [(s.table, s.columns, lineage(s.query)) for s in found]
 
 
@@ -342,6 +342,27 @@ def test_a_multiple_assignment_stores_its_whole_source_into_each_column() -> Non
 def test_update_where_current_of_traces_what_it_stores() -> None:
     sql = "UPDATE customers SET name = email WHERE CURRENT OF cur"
     assert stores(sql) == [("customers", ("name",), [col("email")])]
+
+
+def test_sinks_never_run_the_c_deparser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpg_query's deparser can crash the process on a tree it does not expect (COPY …
+    # (DELIMITER 0)): the traced SELECTs stay trees, lineage reads them as they are
+    def boom(tree: object) -> str:
+        raise AssertionError("deparse called")
+
+    monkeypatch.setattr(postgast, "deparse", boom)
+    monkeypatch.setattr(sys.modules["postgast.deparse"], "deparse", boom)
+    monkeypatch.setattr(postgast.native.lib, "pg_query_deparse_protobuf", boom)
+    for sql in (
+        "INSERT INTO orders (note) SELECT email FROM customers",
+        "UPDATE orders SET (note, id) = (SELECT email, id FROM customers) WHERE CURRENT OF c",
+        "INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET note = DEFAULT",
+        "CREATE TABLE x AS SELECT email FROM customers",
+        "SELECT email INTO y FROM customers",
+    ):
+        found = sinks.stored_queries(sql)
+        assert found and all(isinstance(s.query, postgast.AstNode) for s in found)
+        assert all(lineage(s.query) is not None for s in found)
 
 
 def test_untraceable_writes_stay_unknown() -> None:

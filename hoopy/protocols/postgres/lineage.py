@@ -692,7 +692,11 @@ def _default_name(val: Any) -> str:
     return "?column?"
 
 
-def _parse_one(sql: str) -> AstNode:
+def _parse_one(sql: str | AstNode) -> AstNode:
+    """The one statement of `sql`, or `sql` itself when it is a statement's tree already
+    (sinks builds the SELECTs it traces as trees)."""
+    if isinstance(sql, AstNode):
+        return sql
     stmts = parse_statements(sql)
     if len(stmts) != 1:
         raise _Unknown("not one statement")
@@ -700,7 +704,7 @@ def _parse_one(sql: str) -> AstNode:
 
 
 def output_lineage(
-    sql: str, catalog: Catalog, max_view_depth: int = 16
+    sql: str | AstNode, catalog: Catalog, max_view_depth: int = 16
 ) -> list[ColumnLineage] | None:
     """Per output column of the single statement `sql`, in output order; None when even
     the output's shape cannot be determined.  [] for statements that return no rows."""
@@ -892,7 +896,7 @@ def untraceable(sql: str, catalog: Catalog | None) -> bool:
     return False
 
 
-def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:
+def required_names(sql: str | AstNode) -> tuple[set[QualName], set[QualName]]:
     """(relations, functions) named anywhere in the statement, to prefetch."""
     rels: set[QualName] = set()
     funcs: set[QualName] = set()

@@ -206,8 +206,9 @@ class Planner:
                 self._lineage[key] = (cached[0], untraced)
         return untraced
 
-    async def _trace(self, sql: str, blind: bool = False) -> Lineage:
-        """Lineage of `sql`'s output; `blind`: as if no relation were known by name."""
+    async def _trace(self, sql: str | lin.AstNode, blind: bool = False) -> Lineage:
+        """Lineage of `sql`'s output (its text, or a tree sinks built); `blind`: as if no
+        relation were known by name."""
         rels, funcs = lin.required_names(sql)
         if blind:
             await self._prefetch(set(), funcs)

@@ -7,6 +7,10 @@ customers`, `UPDATE t SET note = c.email FROM customers c`, `CREATE TABLE x AS �
 `setval`, large objects).  `stored_queries` turns each write into a SELECT whose
 output columns are exactly the values stored, so the same lineage analysis that
 guards results guards writes; the proxy refuses a write that stores masked data.
+
+The SELECTs are trees (libpg_query's protobuf messages, cut from the statement's own
+tree), never SQL text: lineage reads them as they are, and libpg_query's C deparser,
+which can crash the process on a tree it does not expect, is never run.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import postgast
 from google.protobuf.message import Message
 from postgast import nodes as ast
+from postgast.nodes import AstNode
 
 from hoopy.protocols.postgres.lineage import _child_messages, _nodes, _pb, parse_tree, pb2
 
@@ -40,7 +45,7 @@ SINK_FUNCTIONS = frozenset(
 class Store:
     """Output column i of `query` is stored into `columns[i]` of `table`."""
 
-    query: str
+    query: AstNode  # a SELECT (or what CREATE TABLE AS runs) as postgast's typed tree
     table: str  # as written ("" when unknown)
     columns: tuple[str, ...] | None  # None: the table's columns in order
 
@@ -51,22 +56,15 @@ def _rel(rv: Any) -> str:
     return ".".join(p for p in (rv.schemaname, rv.relname) if p)
 
 
-# The Node oneof field that holds each statement type ("SelectStmt" → "select_stmt").
+# The Node oneof field that holds each node type ("RangeVar" → "range_var").
 _NODE_FIELD = {
     f.message_type.name: f.name for f in pb.Node.DESCRIPTOR.oneofs_by_name["node"].fields
 }
 
 
 def _set_node(node: Message, msg: Message) -> None:
-    """Make the Node `node` hold a copy of `msg` (a SelectStmt, a RangeVar …)."""
+    """Make the Node `node` hold a copy of `msg` (a RangeVar, a JoinExpr …)."""
     getattr(node, _NODE_FIELD[msg.DESCRIPTOR.name]).CopyFrom(msg)
-
-
-def _sql(stmt: Message) -> str:
-    """`stmt` (a statement's message) as SQL text, by libpg_query's deparser."""
-    node = pb.Node()
-    _set_node(node, stmt)
-    return postgast.deparse(pb.ParseResult(stmts=[pb.RawStmt(stmt=node)]))
 
 
 class _Writes:
@@ -90,10 +88,7 @@ class _Writes:
             stack.extend((c, below) for c in reversed(list(_child_messages(_pb(node)))))
 
     def _emit(self, stmt: Message, table: str = "", columns: tuple[str, ...] | None = None) -> None:
-        try:
-            self.stores.append(Store(_sql(stmt), table, columns))
-        except Exception:
-            self.unknown = True
+        self.stores.append(Store(postgast.wrap(stmt), table, columns))
 
     def visit_InsertStmt(self, node: ast.InsertStmt, in_cte: bool) -> None:
         if in_cte:
@@ -204,8 +199,7 @@ def _select_of(targets: Any, from_: list[Any], where: Any, with_clause: Any) -> 
         if item is None:
             raise TypeError("a FROM item is missing")
         _set_node(out.from_clause.add(), _pb(item))
-    # WHERE CURRENT OF (no SELECT may say it) only picks a row: it stores nothing
-    if where is not None and not isinstance(where, ast.CurrentOfExpr):
+    if where is not None:  # never part of the lineage; kept for a faithful SELECT
         _set_node(out.where_clause, _pb(where))
     if with_clause is not None:
         out.with_clause.CopyFrom(_pb(with_clause))

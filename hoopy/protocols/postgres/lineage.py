@@ -36,7 +36,10 @@ SCHEMA`, `U&"…"` names, temporary relations)?
 # out, and every attribute access builds a new wrapper (never compare nodes by identity).
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -200,6 +203,32 @@ def _allow_deep_trees() -> None:
 _allow_deep_trees()
 
 
+# libpg_query's protobuf writer and upb's decoder recurse in C once per nesting level, and
+# a left-deep chain (`1+1+1…`, two characters a level) nests as deep as the text is long:
+# ~22000 levels overflow an 8 MiB stack (the process dies).  A text longer than
+# _LONG_TEXT (at most 2048 levels: well under 1 MiB) is parsed on a thread of its own
+# with a _DEEP_STACK stack, where upb's own limit (65535 levels) comes first and fails
+# cleanly.
+_LONG_TEXT = 4096
+_DEEP_STACK = 256 << 20
+_deep: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): not across a fork
+_deep_lock = threading.Lock()
+
+
+def _deep_parser() -> ThreadPoolExecutor:
+    global _deep
+    with _deep_lock:
+        if _deep is None or _deep[0] != os.getpid():
+            old = threading.stack_size(_DEEP_STACK)
+            try:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="hoopy-sqlparse")
+                pool.submit(int).result()  # its one thread starts now, with that stack
+            finally:
+                threading.stack_size(old)
+            _deep = (os.getpid(), pool)
+        return _deep[1]
+
+
 def parse_tree(sql: str) -> Any:
     """libpg_query's parse of `sql`: a protobuf ParseResult (raises postgast.PgQueryError,
     or protobuf's DecodeError for a tree protobuf will not decode)."""
@@ -207,7 +236,9 @@ def parse_tree(sql: str) -> Any:
         # libpg_query reads a C string: what follows a NUL would go unseen (the
         # classifier refuses such texts; never analyse a prefix of one here either)
         raise ValueError("a NUL character in SQL text")
-    return postgast.parse(sql)
+    if len(sql) <= _LONG_TEXT:
+        return postgast.parse(sql)
+    return _deep_parser().submit(postgast.parse, sql).result()
 
 
 def parse_statements(sql: str) -> list[AstNode]:

@@ -428,7 +428,7 @@ def copies_in(cmds: tuple[Command, ...] | None) -> bool:
 
 def prepared_name(text: str) -> str:
     """The statement name of PREPARE name … / DEALLOCATE [PREPARE] name."""
-    from hoopy.protocols.postgres.lineage import parse_statements
+    from hoopy.protocols.postgres.pgtree import parse_statements
 
     try:
         stmt = parse_statements(text)[0]

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from postgast import nodes as ast
 from postgast.nodes import AstNode
 
-from hoopy.protocols.postgres.lineage import _child_messages, _nodes, _pb, parse_tree, pb2
+from hoopy.protocols.postgres.pgtree import child_messages, message, parse_tree, pb2, walk
 
 pb = pb2
 
@@ -75,7 +75,7 @@ class _Writes:
         self.stores: list[Store] = []
         self.unknown = False
 
-    def walk(self, tree: Message) -> None:
+    def visit_tree(self, tree: Message) -> None:
         # (message, inside a CommonTableExpr?)
         stack: list[tuple[Message, bool]] = [(raw, False) for raw in reversed(tree.stmts)]
         while stack:
@@ -85,7 +85,7 @@ class _Writes:
             if visit is not None:
                 visit(node, in_cte)
             below = in_cte or isinstance(node, ast.CommonTableExpr)
-            stack.extend((c, below) for c in reversed(list(_child_messages(_pb(node)))))
+            stack.extend((c, below) for c in reversed(list(child_messages(message(node)))))
 
     def _emit(self, stmt: Message, table: str = "", columns: tuple[str, ...] | None = None) -> None:
         self.stores.append(Store(postgast.wrap(stmt), table, columns))
@@ -97,9 +97,9 @@ class _Writes:
         src = node.select_stmt
         if src is None:
             return  # DEFAULT VALUES
-        src_pb = _pb(src)
+        src_pb = message(src)
         if node.with_clause is not None and isinstance(src, ast.SelectStmt):
-            src_pb = _with(_pb(src), _pb(node.with_clause))
+            src_pb = _with(message(src), message(node.with_clause))
         table = _rel(node.relation)
         cols = tuple(_target(c).name for c in node.cols) if node.cols else None
         self._emit(src_pb, table, cols)
@@ -132,13 +132,13 @@ class _Writes:
         if query is not None:
             into = node.into
             cols = tuple(_string(c) for c in into.col_names) if into and into.col_names else None
-            self._emit(_pb(query), _rel(into.rel if into else None), cols)
+            self._emit(message(query), _rel(into.rel if into else None), cols)
 
     def visit_SelectStmt(self, node: ast.SelectStmt, _in_cte: bool) -> None:
         into = node.into_clause
         if into is not None:
             plain = pb.SelectStmt()
-            plain.CopyFrom(_pb(node))
+            plain.CopyFrom(message(node))
             plain.ClearField("into_clause")
             self._emit(plain, _rel(into.rel), None)
 
@@ -161,7 +161,7 @@ def _reads_excluded(targets: Any) -> bool:
         and bool(n.fields)
         and isinstance(n.fields[0], ast.String)
         and n.fields[0].sval == "excluded"
-        for n in _nodes(targets)
+        for n in walk(targets)
     )
 
 
@@ -192,17 +192,17 @@ def _select_of(targets: Any, from_: list[Any], where: Any, with_clause: Any) -> 
         elif isinstance(val, ast.MultiAssignRef):
             # SET (a, b) = (x, y) / (SELECT …): each column gets the whole source (its
             # lineage is the union of all of it), as a row or a scalar subquery
-            stored.CopyFrom(_pb(val).source)
+            stored.CopyFrom(message(val).source)
         else:
-            stored.CopyFrom(_pb(t).val)
+            stored.CopyFrom(message(t).val)
     for item in from_:
         if item is None:
             raise TypeError("a FROM item is missing")
-        _set_node(out.from_clause.add(), _pb(item))
+        _set_node(out.from_clause.add(), message(item))
     if where is not None:  # never part of the lineage; kept for a faithful SELECT
-        _set_node(out.where_clause, _pb(where))
+        _set_node(out.where_clause, message(where))
     if with_clause is not None:
-        out.with_clause.CopyFrom(_pb(with_clause))
+        out.with_clause.CopyFrom(message(with_clause))
     return out
 
 
@@ -215,7 +215,7 @@ def stored_queries(sql: str) -> list[Store] | None:
         return None
     w = _Writes()
     try:
-        w.walk(tree)
+        w.visit_tree(tree)
     except Exception:
         return None
     return None if w.unknown else w.stores

@@ -32,7 +32,7 @@ from postgast import nodes as ast
 
 from hoopy.errors import CommandDenied
 from hoopy.policy import Command
-from hoopy.protocols.postgres.lineage import VariableSetKind, _nodes, parse_statements
+from hoopy.protocols.postgres.pgtree import VariableSetKind, parse_statements, walk
 
 # Client-only encodings whose trailing bytes can be ASCII quote/backslash:
 # hoopy's parse of the text would differ from the server's.
@@ -122,7 +122,7 @@ def _statement(stmt: Any) -> str:
     pg_settings = isinstance(stmt, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
         getattr(stmt.relation, "relname", None) == "pg_settings"
     )
-    for node in _nodes(stmt):
+    for node in walk(stmt):
         if pg_settings and isinstance(node, ast.A_Const):
             written = _const(node)
             if written is not None and written.strip().lower() in _SETTINGS:

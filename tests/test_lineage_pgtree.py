@@ -448,3 +448,16 @@ def test_a_text_nesting_deeper_than_the_c_stack_fails_closed_without_a_crash() -
     assert done.returncode == 0, done.stderr[-500:]
     # parsed and walked (no search_path set), too deep for the analyser: unknown lineage
     assert done.stdout.split() == ["None", "()"]
+
+
+def test_walk_yields_every_node_but_what_a_constant_holds() -> None:
+    from hoopy.protocols.postgres.pgtree import parse_statements, walk
+
+    stmt = parse_statements("SELECT 'pg_temp', 0, x FROM s.t AS a")[0]
+    found = [(type(n).__name__, getattr(n, "sval", None)) for n in walk(stmt)]
+    assert found[0] == ("SelectStmt", None)  # the root itself first
+    assert ("String", "x") in found  # a name
+    assert ("String", "pg_temp") not in found  # a constant's value
+    assert [k for k, _ in found].count("A_Const") == 2
+    assert "Integer" not in [k for k, _ in found]
+    assert {"RangeVar", "Alias", "ColumnRef", "ResTarget"} <= {k for k, _ in found}

@@ -306,7 +306,7 @@ def test_temporary_relations_shadow_relation_names_only(sql: str, level: str) ->
 @pytest.mark.parametrize(
     ("sql", "level"),
     [
-        # SQL-standard spelling of SET search_path, unicode-escaped names (pglast unescapes)
+        # SQL-standard spelling of SET search_path, unicode-escaped names (libpg_query unescapes)
         ("SET SCHEMA 'evil'", "all"),
         ("SET LOCAL SCHEMA 'evil'", "all"),
         ('SET U&"s\\0065arch_path" = evil, public', "all"),

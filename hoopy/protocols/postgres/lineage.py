@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Masking must follow data, not names: `upper(email)`, `row_to_json(c)`, a CTE, a view or
 a UNION branch carry `customers.email` as surely as `SELECT email` does.  We walk
-pglast's AST the way PostgreSQL's analyser resolves names:
+libpg_query's AST (postgast's typed wrappers over its protobuf tree) the way
+PostgreSQL's analyser resolves names:
 
 * a *scope* holds the FROM items visible at a point (tables, views, subqueries, CTEs,
   function calls, joins), each with its output columns and their lineage, and links to
@@ -28,17 +29,26 @@ agent's session than on the catalog connection (search_path however spelt, `SET
 SCHEMA`, `U&"…"` names, temporary relations)?
 """
 
-# pglast types every AST field as Optional; the walk handles None where it can occur.
-# mypy: disable-error-code="arg-type,index,union-attr,attr-defined,assignment,return-value"
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pglast
-from pglast import ast
-from pglast.enums import A_Expr_Kind, SetOperation, SubLinkType, VariableSetKind
+import postgast
+from postgast import nodes as ast
+from postgast.nodes import AstNode
+
+# The tree's pitfalls (unset is "" or [], shifted enums, fresh wrappers): see pgtree.py.
+from hoopy.protocols.postgres.pgtree import (
+    A_Expr_Kind,
+    SetOperation,
+    SubLinkType,
+    VariableSetKind,
+    children,
+    parse_statements,
+)
+from hoopy.protocols.postgres.pgtree import walk as _nodes
 
 Source = tuple[str, str]
 ColumnLineage = frozenset[Source] | None
@@ -167,6 +177,11 @@ def _name(n: Any) -> str:
     return n.sval if isinstance(n, ast.String) else str(n)
 
 
+def _qual(parts: list[str]) -> QualName:
+    """(schema, name) of a possibly qualified name; a catalog name in front is dropped."""
+    return (parts[-2] if len(parts) > 1 else None, parts[-1])
+
+
 class _Analyzer:
     def __init__(self, catalog: Catalog, depth: int) -> None:
         self.catalog = catalog
@@ -190,47 +205,44 @@ class _Analyzer:
 
     def select(self, node: ast.SelectStmt, outer: _Scope | None) -> list[Col]:
         scope = _Scope([], {}, outer)
-        if node.withClause is not None:
-            self.with_clause(node.withClause, scope)
-        if node.op is not None and node.op != SetOperation.SETOP_NONE:
-            left = self.select(node.larg, scope)
-            right = self.select(node.rarg, scope)
+        if node.with_clause is not None:
+            self.with_clause(node.with_clause, scope)
+        if _set_operation(node):
+            left = self.select(_select_node(node.larg), scope)
+            right = self.select(_select_node(node.rarg), scope)
             if len(left) != len(right):
                 raise _Unknown("set operation arity")
             return [(ln, _union([ll, rl])) for (ln, ll), (_, rl) in zip(left, right, strict=True)]
-        if node.intoClause is not None:
+        if node.into_clause is not None:
             return []
-        if node.valuesLists:
-            rows = [[self.expr(e, scope) for e in row] for row in node.valuesLists]
+        values = node.values_lists
+        if values:
+            rows = [[self.expr(e, scope) for e in _items(row)] for row in values]
             width = len(rows[0])
             if any(len(r) != width for r in rows):
                 raise _Unknown("values arity")
             return [(f"column{i + 1}", _union([r[i] for r in rows])) for i in range(width)]
-        for item in node.fromClause or ():
+        for item in node.from_clause:
             scope.items.append(self.from_item(item, scope))
         out: list[Col] = []
-        for t in node.targetList or ():
+        for t in node.target_list:
+            if not isinstance(t, ast.ResTarget):
+                raise _Unknown("target")
             val = t.val
-            if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+            if _is_star(val):
                 out.extend(self.star(val, scope))
             else:
                 out.append((t.name or _default_name(val), self.expr(val, scope)))
         return out
 
     def with_clause(self, w: ast.WithClause, scope: _Scope) -> None:
-        for cte in w.ctes or ():
+        for cte in w.ctes:
+            if not isinstance(cte, ast.CommonTableExpr):
+                raise _Unknown("cte")
             name = cte.ctename
             query = cte.ctequery
-            aliases = [_name(c) for c in cte.aliascolnames or ()]
-            if (
-                w.recursive
-                and isinstance(query, ast.SelectStmt)
-                and query.op
-                not in (
-                    None,
-                    SetOperation.SETOP_NONE,
-                )
-            ):
+            aliases = [_name(c) for c in cte.aliascolnames]
+            if w.recursive and isinstance(query, ast.SelectStmt) and _set_operation(query):
                 scope.ctes[name] = self._recursive_cte(query, scope, name, aliases)
                 continue
             cols = self.statement(query, scope) or []
@@ -239,10 +251,10 @@ class _Analyzer:
     def _recursive_cte(
         self, query: ast.SelectStmt, scope: _Scope, name: str, aliases: list[str]
     ) -> list[Col] | None:
-        base = _rename(self.select(query.larg, scope), aliases)
+        base = _rename(self.select(_select_node(query.larg), scope), aliases)
         scope.ctes[name] = base
         for _ in range(8):  # lineage only grows: a fixpoint comes quickly
-            step = self.select(query.rarg, scope)
+            step = self.select(_select_node(query.rarg), scope)
             if len(step) != len(base):
                 raise _Unknown("recursive cte arity")
             grown = [(n, _union([lin, s])) for (n, lin), (_, s) in zip(base, step, strict=True)]
@@ -257,28 +269,30 @@ class _Analyzer:
         if not returning:
             return []
         scope = _Scope([], {}, outer)
-        if node.withClause is not None:
-            self.with_clause(node.withClause, scope)
+        if node.with_clause is not None:
+            self.with_clause(node.with_clause, scope)
         target = self.relation_item(node.relation, scope)
         scope.items.append(target)
         extra: list[ColumnLineage] = []
-        if isinstance(node, ast.InsertStmt) and node.selectStmt is not None:
-            src = self.statement(node.selectStmt, scope) or []
+        if isinstance(node, ast.InsertStmt) and node.select_stmt is not None:
+            src = self.statement(node.select_stmt, scope) or []
             extra.extend(lin for _, lin in src)
         if isinstance(node, ast.UpdateStmt):
-            for item in node.fromClause or ():
+            for item in node.from_clause:
                 scope.items.append(self.from_item(item, scope))
-            extra.extend(self.expr(t.val, scope) for t in node.targetList or ())
+            extra.extend(self.expr(t, scope) for t in node.target_list)  # ResTarget: its val
         if isinstance(node, ast.DeleteStmt):
-            for item in node.usingClause or ():
+            for item in node.using_clause:
                 scope.items.append(self.from_item(item, scope))
         if isinstance(node, ast.MergeStmt):
             raise _Unknown("merge returning")
         more = _union(extra)
         out: list[Col] = []
         for t in returning:
+            if not isinstance(t, ast.ResTarget):
+                raise _Unknown("returning target")
             val = t.val
-            if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star):
+            if _is_star(val):
                 cols = self.star(val, scope)
             else:
                 cols = [(t.name or _default_name(val), self.expr(val, scope))]
@@ -290,6 +304,8 @@ class _Analyzer:
             return []
         if node.query is not None:
             return self.statement(node.query, scope) or []
+        if node.relation is None:
+            raise _Unknown("copy of nothing")
         item = self.relation_item(node.relation, _Scope([], {}, scope))
         if item.columns is None:
             raise _Unknown("copy of an unknown relation")
@@ -314,13 +330,16 @@ class _Analyzer:
             return self.from_item(node.relation, scope)
         return _Item(None, None, None)
 
-    def relation_item(self, rv: ast.RangeVar, scope: _Scope) -> _Item:
+    def relation_item(self, rv: ast.RangeVar | None, scope: _Scope) -> _Item:
+        if rv is None:
+            raise _Unknown("no relation")
         name = rv.relname
-        if rv.schemaname is None:
+        schema = rv.schemaname or None  # "" when unqualified
+        if schema is None:
             found, cte = scope.cte(name)
             if found:
                 return self._aliased(rv.alias, name, cte or [])
-        rel = self.catalog.relation((rv.schemaname, name))
+        rel = self.catalog.relation((schema, name))
         if rel is None:
             return self._aliased(rv.alias, name, None)
         return self._aliased(rv.alias, name, self.relation_columns(rel))
@@ -341,7 +360,7 @@ class _Analyzer:
 
     def _aliased(self, alias: Any, name: str | None, cols: list[Col] | None) -> _Item:
         if alias is not None:
-            names = [_name(c) for c in alias.colnames or ()]
+            names = [_name(c) for c in alias.colnames]
             return _Item(alias.aliasname, _rename(cols, names) if cols is not None else None)
         return _Item(name, cols)
 
@@ -351,8 +370,8 @@ class _Analyzer:
         if left.columns is None or right.columns is None:
             cols = None
         else:
-            using = [_name(u) for u in node.usingClause or ()]
-            if node.isNatural:
+            using = [_name(u) for u in node.using_clause]
+            if node.is_natural:
                 rnames = {n for n, _ in right.columns}
                 using = [n for n, _ in left.columns if n in rnames]
             lmap, rmap = dict(left.columns), dict(right.columns)
@@ -365,7 +384,7 @@ class _Analyzer:
         name = node.alias.aliasname if node.alias is not None else None
         item = _Item(name, cols, children=[] if name else [left, right])
         if node.alias is not None and cols is not None:
-            item.columns = _rename(cols, [_name(c) for c in node.alias.colnames or ()])
+            item.columns = _rename(cols, [_name(c) for c in node.alias.colnames])
         return item
 
     def function_item(self, node: ast.RangeFunction, scope: _Scope) -> _Item:
@@ -373,24 +392,30 @@ class _Analyzer:
         count = 0
         names: list[str] = []
         known = True
-        for pair in node.functions or ():
-            fn = pair[0]
-            coldefs = pair[1] if len(pair) > 1 else None
+        for pair in node.functions:
+            # (function call, column definition list): a List whose NIL second item
+            # (no column definitions) postgast leaves out
+            parts = _items(pair)
+            if not parts:
+                raise _Unknown("function item")
+            fn = parts[0]
+            coldefs = _items(parts[1]) if len(parts) > 1 else []
             lineages.append(self.expr(fn, scope))
             fname = _func_name(fn)[1] if isinstance(fn, ast.FuncCall) else ""
             if coldefs:
                 count += len(coldefs)
-                names += [c.colname for c in coldefs]
+                names += [_colname(c) for c in coldefs]
             elif fname == "unnest" and isinstance(fn, ast.FuncCall):
-                count += len(fn.args or ())
-                names += [fname] * len(fn.args or ())
+                count += len(fn.args)
+                names += [fname] * len(fn.args)
             elif fname in _SRF_COLUMNS:
                 count += _SRF_COLUMNS[fname]
                 names += list(_SRF_NAMES.get(fname, (fname,)))
             else:
                 known = False
-        if node.coldeflist:
-            count, names, known = len(node.coldeflist), [c.colname for c in node.coldeflist], True
+        coldeflist = node.coldeflist
+        if coldeflist:
+            count, names, known = len(coldeflist), [_colname(c) for c in coldeflist], True
         lin = _union(lineages)
         if node.ordinality:
             count += 1
@@ -416,10 +441,10 @@ class _Analyzer:
                     raise _Unknown("* over an unknown relation")
                 out.extend(item.columns)
             return out
-        item = self.find_item(_name(fields[-2]), scope)
-        if item is None or item.columns is None:
+        found = self.find_item(_name(fields[-2]), scope)
+        if found is None or found.columns is None:
             raise _Unknown("qualified * over an unknown item")
-        return item.columns
+        return found.columns
 
     def find_item(self, name: str, scope: _Scope | None) -> _Item | None:
         s = scope
@@ -431,7 +456,9 @@ class _Analyzer:
         return None
 
     def column(self, ref: ast.ColumnRef, scope: _Scope) -> ColumnLineage:
-        fields = ref.fields
+        return self._column(ref.fields, scope)
+
+    def _column(self, fields: list[AstNode], scope: _Scope) -> ColumnLineage:
         if isinstance(fields[-1], ast.A_Star):
             if len(fields) == 1:
                 return _union([_whole(i) for i in scope.items])
@@ -452,8 +479,7 @@ class _Analyzer:
         item = self.find_item(names[-2], scope)
         if item is None:
             # `col.field` of a composite column: the column's lineage
-            first = self.column(ast.ColumnRef(fields=(fields[0],)), scope)
-            return first
+            return self._column(fields[:1], scope)
         return _lookup(item, names[-1])
 
     # ---- expressions -------------------------------------------------------------------
@@ -479,7 +505,7 @@ class _Analyzer:
         if (
             isinstance(node, ast.TypeCast)
             and not _untyped_literal(node.arg)
-            and not self._builtin_type(node.typeName)
+            and not self._builtin_type(node.type_name)
         ):
             return None  # a cast to a user type may run a user function
         if (
@@ -488,29 +514,22 @@ class _Analyzer:
             and not self._builtin_operator(node.name)
         ):
             return None  # a user-defined operator runs a user function
-        if not isinstance(node, ast.Node):
+        if not isinstance(node, AstNode):
             return None
-        parts = []
-        for attr in type(node).__slots__:
-            if attr == "location":
-                continue
-            value = getattr(node, attr, None)
-            if isinstance(value, ast.Node | tuple | list):
-                parts.append(self.expr(value, scope))
-        return _union(parts)
+        # anything else (operators, CASE, casts, row and array constructors, …): the
+        # union of everything under it
+        return _union([self.expr(c, scope) for c in children(node)])
 
-    def _builtin_type(self, type_name: Any) -> bool:
+    def _builtin_type(self, type_name: ast.TypeName | None) -> bool:
         if type_name is None or not type_name.names:
             return False
-        parts = [_name(p) for p in type_name.names]
-        name: QualName = (parts[-2] if len(parts) > 1 else None, parts[-1])
-        return self.catalog.type_is_builtin(name)
+        return self.catalog.type_is_builtin(_qual([_name(p) for p in type_name.names]))
 
-    def _builtin_operator(self, names: Any) -> bool:
-        parts = [_name(p) for p in names or ()]
+    def _builtin_operator(self, names: list[AstNode]) -> bool:
+        parts = [_name(p) for p in names]
         if not parts:
             return False
-        return self.catalog.operator_is_builtin((parts[-2] if len(parts) > 1 else None, parts[-1]))
+        return self.catalog.operator_is_builtin(_qual(parts))
 
     def func_call(self, node: ast.FuncCall, scope: _Scope) -> ColumnLineage:
         schema, name = _func_name(node)
@@ -520,14 +539,46 @@ class _Analyzer:
             return None
         if node.agg_star:
             return EMPTY
-        return _union([self.expr(a, scope) for a in node.args or ()])
+        return _union([self.expr(a, scope) for a in node.args])
 
     def sublink(self, node: ast.SubLink, scope: _Scope) -> ColumnLineage:
-        inner = self.select(node.subselect, scope)
+        inner = self.select(_select_node(node.subselect), scope)
         lin = _union([lin for _, lin in inner])
-        if node.subLinkType in (SubLinkType.EXPR_SUBLINK, SubLinkType.ARRAY_SUBLINK):
+        if node.sub_link_type in (SubLinkType.EXPR_SUBLINK, SubLinkType.ARRAY_SUBLINK):
             return lin
         return _union([lin, self.expr(node.testexpr, scope)])
+
+
+def _select_node(node: Any) -> ast.SelectStmt:
+    if not isinstance(node, ast.SelectStmt):
+        raise _Unknown("not a SELECT")
+    return node
+
+
+def _set_operation(node: ast.SelectStmt) -> bool:
+    """UNION / INTERSECT / EXCEPT?  Anything but a plain SELECT's SETOP_NONE counts (an
+    unset op too, when the branches are there) so a surprise is walked, never ignored."""
+    if node.op == SetOperation.SETOP_NONE:
+        return False
+    return node.op != SetOperation.SET_OPERATION_UNDEFINED or node.larg is not None
+
+
+def _items(node: Any) -> list[AstNode]:
+    """The items of a List node (VALUES rows, a FROM function's parts)."""
+    if not isinstance(node, ast.List):
+        raise _Unknown("not a list")
+    return node.items
+
+
+def _colname(node: Any) -> str:
+    if not isinstance(node, ast.ColumnDef):
+        raise _Unknown("not a column definition")
+    return node.colname
+
+
+def _is_star(val: Any) -> bool:
+    """`*` or `t.*` (a ColumnRef ending in A_Star)."""
+    return isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.A_Star)
 
 
 def _untyped_literal(node: Any) -> bool:
@@ -539,17 +590,13 @@ def _untyped_literal(node: Any) -> bool:
     return isinstance(node, ast.A_Const) and (node.isnull or isinstance(node.val, ast.String))
 
 
-def _returning(node: Any) -> tuple[Any, ...]:
-    """RETURNING targets (pglast ≥ 8 wraps them in a ReturningClause, PostgreSQL 18)."""
-    clause = getattr(node, "returningClause", None)
-    if clause is not None:
-        return tuple(clause.exprs or ())
-    return tuple(getattr(node, "returningList", None) or ())
+def _returning(node: Any) -> list[AstNode]:
+    """RETURNING targets (in a ReturningClause since PostgreSQL 18)."""
+    clause = node.returning_clause
+    return clause.exprs if clause is not None else []
 
 
-def _rename(cols: list[Col] | None, names: list[str]) -> list[Col] | None:
-    if cols is None:
-        return None
+def _rename(cols: list[Col], names: list[str]) -> list[Col]:
     return [(names[i] if i < len(names) else n, lin) for i, (n, lin) in enumerate(cols)]
 
 
@@ -573,10 +620,7 @@ def _whole(item: _Item | None) -> ColumnLineage:
 
 
 def _func_name(node: ast.FuncCall) -> QualName:
-    parts = [_name(p) for p in node.funcname]
-    if len(parts) == 1:
-        return (None, parts[0])
-    return (parts[-2], parts[-1])
+    return _qual([_name(p) for p in node.funcname])
 
 
 def _default_name(val: Any) -> str:
@@ -589,43 +633,30 @@ def _default_name(val: Any) -> str:
     return "?column?"
 
 
-def _parse_one(sql: str) -> Any:
-    stmts = pglast.parse_sql(sql)
+def _parse_one(sql: str | AstNode) -> AstNode:
+    """The one statement of `sql`, or `sql` itself when it is a statement's tree already
+    (sinks builds the SELECTs it traces as trees)."""
+    if isinstance(sql, AstNode):
+        return sql
+    stmts = parse_statements(sql)
     if len(stmts) != 1:
         raise _Unknown("not one statement")
-    return stmts[0].stmt
+    return stmts[0]
 
 
 def output_lineage(
-    sql: str, catalog: Catalog, max_view_depth: int = 16
+    sql: str | AstNode, catalog: Catalog, max_view_depth: int = 16
 ) -> list[ColumnLineage] | None:
     """Per output column of the single statement `sql`, in output order; None when even
     the output's shape cannot be determined.  [] for statements that return no rows."""
     try:
         node = _parse_one(sql)
         cols = _Analyzer(catalog, max_view_depth).statement(node, None)
-    except (_Unknown, RecursionError, pglast.parser.ParseError):
+    except (_Unknown, RecursionError, postgast.PgQueryError):
         return None
     except Exception:  # an unexpected tree shape: unknown, never clean
         return None
     return [lin for _, lin in cols or ()]
-
-
-def _nodes(root: Any) -> Iterator[Any]:
-    """Every AST node under `root`, iteratively (no recursion limit to hit)."""
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, tuple | list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, ast.Node):
-            continue
-        yield node
-        for attr in type(node).__slots__:
-            value = getattr(node, attr, None)
-            if isinstance(value, ast.Node | tuple | list):
-                stack.append(value)
 
 
 # What a statement may make resolve differently in the agent's session than on hoopy's
@@ -661,12 +692,10 @@ def name_resolution_change(sql: str) -> str:
     if not any(w in low for w in _RESOLUTION_WORDS):
         return ""
     found = ""
-    literals: set[int] = set()  # String nodes that are values, not names
     try:
+        # _nodes leaves out the String of a constant: a value, not a name
         for node in _nodes(_parse_one(sql)):
-            if isinstance(node, ast.A_Const):
-                literals.add(id(node.val))
-            elif isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
+            if isinstance(node, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
                 getattr(node.relation, "relname", None) == "pg_settings"
             ):
                 return ALL_NAMES  # UPDATE pg_settings is set_config by another name
@@ -674,16 +703,16 @@ def name_resolution_change(sql: str) -> str:
                 node.relpersistence == "t" or _temp_schema(node.schemaname)
             ):
                 found = RELATIONS
-            elif isinstance(node, ast.String) and id(node) not in literals:
+            elif isinstance(node, ast.String):
                 if _temp_schema(node.sval):  # pg_temp.name of a type, a domain …
                     found = RELATIONS
             elif isinstance(node, ast.VariableSetStmt):
-                if (node.name or "").lower() in _NAME_SETTINGS:
+                if node.name.lower() in _NAME_SETTINGS:
                     return ALL_NAMES
             elif isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
-                first = node.args[0] if node.args else None
-                value = getattr(getattr(first, "val", None), "sval", None)
-                name = str(value).strip().lower()
+                args = node.args
+                first = args[0] if args else None
+                name = str(_string_const(first)).strip().lower()
                 if not isinstance(first, ast.A_Const) or name in _NAME_SETTINGS:
                     return ALL_NAMES
     except Exception:
@@ -693,6 +722,13 @@ def name_resolution_change(sql: str) -> str:
 
 def _temp_schema(name: str | None) -> bool:
     return bool(name) and str(name).lower().startswith("pg_temp")
+
+
+def _string_const(node: AstNode | None) -> str | None:
+    """The text of a string constant ('x'), else None (NULL, a number, an expression)."""
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+        return node.val.sval
+    return None
 
 
 def search_path_schemas(sql: str) -> tuple[str, ...] | None:
@@ -705,35 +741,30 @@ def search_path_schemas(sql: str) -> tuple[str, ...] | None:
                 getattr(node.relation, "relname", None) == "pg_settings"
             ):
                 return None
-            if (
-                isinstance(node, ast.VariableSetStmt)
-                and (node.name or "").lower() in _ROLE_SETTINGS
-            ):
+            if isinstance(node, ast.VariableSetStmt) and node.name.lower() in _ROLE_SETTINGS:
                 return None  # "$user" in the path now names another role's schema
-            if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "search_path":
+            if isinstance(node, ast.VariableSetStmt) and node.name.lower() == "search_path":
                 if node.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
                     found.append("public")
                     continue
                 if node.kind != VariableSetKind.VAR_SET_VALUE:
                     return None
-                for arg in node.args or ():
-                    value = getattr(getattr(arg, "val", None), "sval", None)
-                    if not isinstance(value, str):
+                for arg in node.args:
+                    value = _string_const(arg)
+                    if value is None:
                         return None
                     found.append(value)
             elif isinstance(node, ast.FuncCall) and _func_name(node)[1] == "set_config":
-                args = node.args or ()
-                name = getattr(getattr(args[0], "val", None), "sval", None) if args else None
-                if not isinstance(name, str):
+                args = node.args
+                name = _string_const(args[0]) if args else None
+                if name is None:
                     return None
                 if name.strip().lower() in _ROLE_SETTINGS:
                     return None
                 if name.strip().lower() != "search_path":
                     continue
-                value = (
-                    getattr(getattr(args[1], "val", None), "sval", None) if len(args) > 1 else None
-                )
-                if not isinstance(value, str):
+                value = _string_const(args[1]) if len(args) > 1 else None
+                if value is None:
                     return None
                 found += [v.strip().strip('"') for v in value.split(",")]
     except Exception:
@@ -760,8 +791,7 @@ def untraceable(sql: str, catalog: Catalog | None) -> bool:
     `catalog` None, every function, operator and cast counts.  True also for a text
     that cannot be analysed."""
     try:
-        root = pglast.parse_sql(sql)
-        for node in _nodes(root):
+        for node in _nodes(parse_statements(sql)):
             if isinstance(node, ast.ExecuteStmt | ast.CallStmt | ast.DoStmt):
                 return True
             if isinstance(node, ast.FuncCall):
@@ -771,24 +801,24 @@ def untraceable(sql: str, catalog: Catalog | None) -> bool:
                 if not catalog.function_is_builtin(name):
                     return True
             elif isinstance(node, ast.A_Expr) and node.kind not in _NOT_OPERATORS:
-                parts = [_name(p) for p in node.name or ()]
+                parts = [_name(p) for p in node.name]
                 if not parts:
                     continue
-                if catalog is None or not catalog.operator_is_builtin(
-                    (parts[-2] if len(parts) > 1 else None, parts[-1])
-                ):
+                if catalog is None or not catalog.operator_is_builtin(_qual(parts)):
                     return True
             elif isinstance(node, ast.TypeCast) and not _untyped_literal(node.arg):
-                type_name = node.typeName
-                parts = [_name(p) for p in (type_name.names if type_name else None) or ()]
+                type_name = node.type_name
+                parts = [_name(p) for p in type_name.names] if type_name is not None else []
                 if not parts or catalog is None:
                     return True
-                if not catalog.type_is_builtin((parts[-2] if len(parts) > 1 else None, parts[-1])):
+                if not catalog.type_is_builtin(_qual(parts)):
                     return True
+            # COPY FROM a file or a program (STDIN leaves filename unset: ""; a file named
+            # '' cannot be opened)
             elif (
                 isinstance(node, ast.CopyStmt)
                 and node.is_from
-                and (node.filename is not None or node.is_program)
+                and (node.filename or node.is_program)
             ):
                 return True
     except Exception:
@@ -796,7 +826,7 @@ def untraceable(sql: str, catalog: Catalog | None) -> bool:
     return False
 
 
-def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:
+def required_names(sql: str | AstNode) -> tuple[set[QualName], set[QualName]]:
     """(relations, functions) named anywhere in the statement, to prefetch."""
     rels: set[QualName] = set()
     funcs: set[QualName] = set()
@@ -804,7 +834,7 @@ def required_names(sql: str) -> tuple[set[QualName], set[QualName]]:
     try:
         for node in _nodes(_parse_one(sql)):
             if isinstance(node, ast.RangeVar):
-                rels.add((node.schemaname, node.relname))
+                rels.add((node.schemaname or None, node.relname))
             elif isinstance(node, ast.FuncCall):
                 funcs.add(_func_name(node))
             elif isinstance(node, ast.CommonTableExpr):

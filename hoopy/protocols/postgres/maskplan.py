@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 When a statement is allowed and mask rules apply to it, `StatementMasks.lineage` traces
-each output column back to base-table columns (lineage.py over pglast's tree, with
+each output column back to base-table columns (lineage.py over libpg_query's tree, with
 catalog facts from a side connection).  When its RowDescription arrives, `plan()` picks
 one action per column:
 
@@ -206,8 +206,9 @@ class Planner:
                 self._lineage[key] = (cached[0], untraced)
         return untraced
 
-    async def _trace(self, sql: str, blind: bool = False) -> Lineage:
-        """Lineage of `sql`'s output; `blind`: as if no relation were known by name."""
+    async def _trace(self, sql: str | lin.AstNode, blind: bool = False) -> Lineage:
+        """Lineage of `sql`'s output (its text, or a tree sinks built); `blind`: as if no
+        relation were known by name."""
         rels, funcs = lin.required_names(sql)
         if blind:
             await self._prefetch(set(), funcs)

@@ -428,13 +428,13 @@ def copies_in(cmds: tuple[Command, ...] | None) -> bool:
 
 def prepared_name(text: str) -> str:
     """The statement name of PREPARE name … / DEALLOCATE [PREPARE] name."""
-    from pglast import parse_sql
+    from hoopy.protocols.postgres.pgtree import parse_statements
 
     try:
-        stmt = parse_sql(text)[0].stmt
+        stmt = parse_statements(text)[0]
     except Exception:
         return ""
-    name = getattr(stmt, "name", None)
+    name = getattr(stmt, "name", None)  # "" for DEALLOCATE ALL
     return str(name) if name else ""
 
 

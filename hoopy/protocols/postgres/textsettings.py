@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pglast
-from pglast import ast
-from pglast.enums import VariableSetKind
+import postgast
+from postgast import nodes as ast
 
 from hoopy.errors import CommandDenied
 from hoopy.policy import Command
+from hoopy.protocols.postgres.pgtree import VariableSetKind, parse_statements, walk
 
 # Client-only encodings whose trailing bytes can be ASCII quote/backslash:
 # hoopy's parse of the text would differ from the server's.
@@ -84,25 +84,31 @@ def refusal(cmd: Command) -> str:
     if not _candidate(cmd):
         return ""
     try:
-        stmts = pglast.parse_sql(cmd.text)
-    except Exception:
+        stmts = parse_statements(cmd.text)
+    except postgast.PgQueryError:
         return ""  # the classifier read it; a statement it could not is refused there
-    for raw in stmts:
-        reason = _statement(raw.stmt)
+    except Exception:  # a tree too deep to decode, a NUL: never pass it unread
+        return (
+            "a statement that may set a setting hoopy cannot read is not supported through "
+            "hoopy (its parse tree could not be read)"
+        )
+    for stmt in stmts:
+        reason = _statement(stmt)
         if reason:
             return reason
     return ""
 
 
 def _variable_set(stmt: ast.VariableSetStmt, how: str) -> str:
-    name = (stmt.name or "").lower()
+    name = stmt.name.lower()
     if name not in _SETTINGS:
         return ""
     if stmt.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
         return ""
-    if stmt.kind != VariableSetKind.VAR_SET_VALUE or len(stmt.args or ()) != 1:
+    args = stmt.args
+    if stmt.kind != VariableSetKind.VAR_SET_VALUE or len(args) != 1:
         return _reason(name, None, how)
-    return _check_value(name, _const((stmt.args or ())[0]), how)
+    return _check_value(name, _const(args[0]), how)
 
 
 def _statement(stmt: Any) -> str:
@@ -116,13 +122,13 @@ def _statement(stmt: Any) -> str:
     pg_settings = isinstance(stmt, ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt) and (
         getattr(stmt.relation, "relname", None) == "pg_settings"
     )
-    for node in _nodes(stmt):
+    for node in walk(stmt):
         if pg_settings and isinstance(node, ast.A_Const):
             written = _const(node)
             if written is not None and written.strip().lower() in _SETTINGS:
                 return _reason(written.strip().lower(), "", "an UPDATE of pg_settings")
         if isinstance(node, ast.FuncCall) and _func(node) == "set_config":
-            args = node.args or ()
+            args = node.args
             setting = _const(args[0]) if args else None
             if setting is None or setting.strip().lower() not in _SETTINGS:
                 continue  # another setting, or a computed name: the server's report decides
@@ -176,21 +182,6 @@ def _const(node: Any) -> str | None:
 
 
 def _func(node: ast.FuncCall) -> str:
-    last = node.funcname[-1] if node.funcname else None
-    return str(getattr(last, "sval", "")).lower()
-
-
-def _nodes(root: Any) -> list[Any]:
-    out: list[Any] = []
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, tuple | list):
-            stack.extend(node)
-        elif isinstance(node, ast.Node):
-            out.append(node)
-            for attr in type(node).__slots__:  # type: ignore[attr-defined]
-                value = getattr(node, attr, None)
-                if isinstance(value, ast.Node | tuple | list):
-                    stack.append(value)
-    return out
+    names = node.funcname
+    last = names[-1] if names else None
+    return last.sval.lower() if isinstance(last, ast.String) else ""

@@ -3,7 +3,8 @@ before (with other literals) costs microseconds, never a second classification.
 
 Keys are exact: two texts that share one are classified alike.  The usual key is the
 statement's shape (sqltree.py), which is the very tree classification reads; plain DML
-has a faster one (see _dml_key).  In front of both, a cache of exact texts.
+has faster ones: the compiled one-pass lexer's key (sqlkey.py), else _dml_key.  In
+front of them all, a cache of exact texts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import OrderedDict
 from pglast import parser
 
 from hoopy.policy import Command
+from hoopy.protocols.postgres import sqlkey
 from hoopy.protocols.postgres.classify import Prepared, _classify, _shape, _split
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
@@ -51,6 +53,10 @@ class Classifier:
         self._exact: dict[tuple[str, str], tuple[Command, ...]] = {}
         # normalize() text → (text, commands), for plain DML only: see _dml_key
         self._dml: dict[tuple[str, str], tuple[str, tuple[Command, ...]]] = {}
+        # sqlkey.statement_key text → (text, commands), for plain DML only, as _dml: a
+        # key costs a fraction of normalize() compiled, more interpreted (then unused)
+        self._keyed: dict[tuple[str, str], tuple[str, tuple[Command, ...]]] = {}
+        self.use_key = sqlkey.COMPILED
         self.hits = 0
         self.misses = 0
 
@@ -83,6 +89,16 @@ class Classifier:
         if exact is not None:
             self.hits += 1
             return exact
+        lexed = sqlkey.statement_key(sql) if self.use_key else None
+        if lexed is not None:
+            found = self._keyed.get((lexed, connector))
+            if found is not None:
+                cmds = self._retext(sql, *found)
+                if cmds is not None:
+                    self.hits += 1
+                    if cmds is found[1]:  # the same text again: next time, a dict lookup
+                        self._remember_exact(sql, connector, cmds)
+                    return cmds
         dml = _dml_key(sql, connector)
         if dml is not None:
             found = self._dml.get(dml)
@@ -92,6 +108,7 @@ class Classifier:
                     self.hits += 1
                     if cmds is found[1]:  # the same text again: next time, a dict lookup
                         self._remember_exact(sql, connector, cmds)
+                    self._keep(lexed, connector, sql, cmds)
                     return cmds
         tree, plain = _shape(sql)
         key = (tree, connector)
@@ -103,9 +120,13 @@ class Classifier:
                 self.hits += 1
                 if cmds is entry[1]:  # the same text again: next time, skip parsing
                     self._remember_exact(sql, connector, cmds)
+                if plain:
+                    self._keep(lexed, connector, sql, cmds)
                 return cmds
         self.misses += 1
         cmds, cacheable = _classify(sql, connector, prepared, tree)
+        if cacheable and plain:
+            self._keep(lexed, connector, sql, cmds)
         if dml is not None and cacheable and plain and _plain_dml(cmds):
             if len(self._dml) >= self.max_entries:
                 self._dml.clear()
@@ -116,6 +137,15 @@ class Classifier:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return cmds
+
+    def _keep(self, lexed: str | None, connector: str, sql: str, cmds: tuple[Command, ...]) -> None:
+        """Cache `cmds`, the classification of `sql` (cacheable, its tree `plain`: see
+        _dml_key), by its sqlkey key if it has one and they are one plain DML statement."""
+        if lexed is None or not _plain_dml(cmds) or self.max_entries <= 0:
+            return
+        if len(self._keyed) >= self.max_entries:
+            self._keyed.clear()
+        self._keyed[(lexed, connector)] = (sql, cmds)
 
     @staticmethod
     def _retext(sql: str, cached_sql: str, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:

@@ -15,7 +15,7 @@ from pglast import parser
 
 from hoopy.policy import Command
 from hoopy.protocols.postgres import sqlkey
-from hoopy.protocols.postgres.classify import Prepared, _classify, _shape, _split
+from hoopy.protocols.postgres.classify import Prepared, _classify, _fingerprint, _shape, _split
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
 # regular expressions.  It is exact only where the sole constants it replaces are A_Const
@@ -34,6 +34,33 @@ def _dml_key(sql: str, connector: str) -> tuple[str, str] | None:
         return (str(parser.normalize(sql)), connector)
     except (parser.ParseError, UnicodeError):
         return None
+
+
+def fully_normalized(cmd: Command) -> bool:
+    """Does the fingerprint's normalize() text replace every literal of the statement?
+    It keeps some (ORDER BY 1, typmods as in varchar(10)); a statement with one kept has
+    a fingerprint that other literals there would change, which the sqlkey key does
+    not see: not keyed by it.  Which ones normalize() keeps depends on the tree and the
+    literal's class only, both fixed by the key, so one check covers the whole key."""
+    normalized = cmd.fingerprint.rpartition("\n-- classified ")[0]
+    key = sqlkey.statement_key(normalized) if normalized else None
+    return key is not None and "\x01" not in key
+
+
+def _refingerprinted(cmds: tuple[Command, ...], cached: tuple[Command, ...]) -> tuple[Command, ...]:
+    """Shape-keyed commands with each fingerprint made from the statement's own text:
+    the shape drops every literal, normalize() keeps some (ORDER BY 1, varchar(10)),
+    and a fingerprint stops at a length (FINGERPRINT_CHARS) the shape does not see."""
+    out = []
+    for c, old in zip(cmds, cached, strict=True):
+        if c is not old:
+            classified = (c.kinds, c.tables_read, c.tables_written, c.functions)
+            fingerprint = _fingerprint(c.text, (*classified, c.maybe_functions, c.opaque))
+            if fingerprint != c.fingerprint:
+                c = c.with_text(c.text)
+                c.__dict__["fingerprint"] = fingerprint
+        out.append(c)
+    return tuple(out)
 
 
 def _plain_dml(cmds: tuple[Command, ...]) -> bool:
@@ -115,6 +142,8 @@ class Classifier:
         entry = self._cache.get(key)
         if entry is not None:
             cmds = self._retext(sql, *entry)
+            if cmds is not None and cmds is not entry[1]:
+                cmds = _refingerprinted(cmds, entry[1])
             if cmds is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
@@ -142,6 +171,8 @@ class Classifier:
         """Cache `cmds`, the classification of `sql` (cacheable, its tree `plain`: see
         _dml_key), by its sqlkey key if it has one and they are one plain DML statement."""
         if lexed is None or not _plain_dml(cmds) or self.max_entries <= 0:
+            return
+        if not fully_normalized(cmds[0]):
             return
         if len(self._keyed) >= self.max_entries:
             self._keyed.clear()

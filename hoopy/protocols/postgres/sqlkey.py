@@ -23,9 +23,10 @@ keyed: the classifier's other paths run) rather than guess:
   (`\\0-7`, `\\x`, `\\u`, `\\U`) or is not ASCII, a U&'' string with a backslash, UESCAPE
   anywhere, a literal followed by another quote (PostgreSQL joins `'a'` newline `'b'`);
 * numbers PostgreSQL 16+ reads otherwise than 15 (0x1F, 0o17, 0b101, 1_000) or rejects
-  (trailing junk: 1e, 12abc, $1abc, 1..2), float(p) (its value picks the type or fails);
+  (trailing junk: 1e, 12abc, $1abc, 1..2; $2147483648), float(p) (its value picks the
+  type or fails);
 * unterminated strings, identifiers, comments or dollar quotes, a lone `$`, NUL or
-  \\x01 (the marker's character) anywhere.
+  \\x01 (the marker's character) anywhere, a character UTF-8 cannot encode.
 
 The loop is written in Cython's pure-Python mode (see compiled.py): C characters and
 indices when compiled.  Interpreted, a character loop costs more than libpg_query's
@@ -236,6 +237,11 @@ def statement_key(sql: str) -> str | None:
     n = len(sql)
     if n > MAX_CHARS or "\x01" in sql or "\x00" in sql:
         return None
+    if not sql.isascii():
+        try:
+            sql.encode()
+        except UnicodeEncodeError:
+            return None  # a lone surrogate: no UTF-8 text, libpg_query would refuse it
     parts = []
     start = 0  # the verbatim text since the last literal
     i = 0
@@ -274,8 +280,8 @@ def statement_key(sql: str) -> str | None:
             j = sql.find('"', i + 1)
             while j >= 0 and j + 1 < n and sql[j + 1] == '"':
                 j = sql.find('"', j + 2)
-            if j < 0:
-                return None
+            if j < 0 or j == i + 1:
+                return None  # unterminated, or "" (an error)
             i = j + 1
             continue
         elif _ident_start(c):
@@ -340,6 +346,8 @@ def statement_key(sql: str) -> str | None:
                     j += 1
                 if j < n and _ident_cont(sql[j]):
                     return None  # $1abc, $1_000
+                if not _fits_int32(sql, i + 1, j):
+                    return None  # 16+: "parameter number too large"; 15 reads it
                 i = j
                 continue
             j = _dollar_end(sql, i, n)
@@ -347,6 +355,9 @@ def statement_key(sql: str) -> str | None:
         elif c == ";":
             ended = True
             i += 1
+            continue
+        elif c == "." and i + 1 < n and sql[i + 1] == ".":
+            i += 2  # scan.l's dot_dot, one token: `..2` is `..` then 2, never `.` then .2
             continue
         else:
             i += 1  # operators and punctuation: kept

@@ -134,6 +134,8 @@ def test_layout_comments_and_names_stay() -> None:
     assert key("select 'from secret; drop table t; --' from t") == "select \x01s from t"
     assert key("select $x$ ' \" -- /* $y$ $x$ from t") == "select \x01d from t"
     assert key("select E'\\' from secret --' from t") == "select \x01e from t"
+    assert key("select a..2 from t") == "select a..\x01i from t"  # `..` is one token
+    assert key("select a...2 from t") == "select a..\x01n from t"  # .. then .2
     # a name that looks like a prefix is a name
     assert key("select xe'1' from t") == "select xe\x01s from t"
     assert key("select N 'x'") == "select N \x01s"
@@ -153,10 +155,12 @@ def test_layout_comments_and_names_stay() -> None:
         "select 1 /* unterminated",
         "select 'unterminated",
         'select "unterminated',
+        'select "" from t',
         "select $q$ unterminated $Q$",
         "select $ from t",
         "select $1abc",
         "select $1_000",
+        "select $2147483648",
         "select 0x1F",
         "select 0o17",
         "select 0b101",
@@ -184,6 +188,7 @@ def test_layout_comments_and_names_stay() -> None:
         "select 1 /*",
         "select '\x01s'",
         "select 1\x00",
+        "select '\ud800' from t",
         "",
         "  -- only a comment",
         "select 1 from t where a = '" + "x" * sqlkey.MAX_CHARS + "'",

@@ -20,6 +20,8 @@ int = int
 uint = int
 Py_ssize_t = int
 bint = bool
+Py_UCS4 = str
+longlong = int
 
 
 def _identity(f: F) -> F:
@@ -35,6 +37,13 @@ def locals(**_types: Any) -> Callable[[F], F]:
 
 def returns(_type: Any) -> Callable[[F], F]:
     return _identity
+
+
+def boundscheck(_flag: bool) -> Callable[[F], F]:
+    return _identity
+
+
+wraparound = boundscheck
 
 
 def exceptval(*_args: Any, **_kwargs: Any) -> Callable[[F], F]:

@@ -29,7 +29,10 @@ from types import ModuleType
 # setup.py reads this tuple (by parsing this file): the modules it compiles.
 # Only typed loops gain: compiling codec.py, bodies.py or relay.py as they are (object
 # work, not byte work) saved under 1 % of the instructions per transaction (callgrind).
-MODULES: tuple[str, ...] = ("hoopy.protocols.postgres.framing",)
+MODULES: tuple[str, ...] = (
+    "hoopy.protocols.postgres.framing",
+    "hoopy.protocols.postgres.sqlkey",
+)
 PURE_ENV = "HOOPY_PURE"
 _ROOT = Path(__file__).resolve().parent.parent  # the folder holding the hoopy package
 

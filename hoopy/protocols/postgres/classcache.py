@@ -3,7 +3,8 @@ before (with other literals) costs microseconds, never a second classification.
 
 Keys are exact: two texts that share one are classified alike.  The usual key is the
 statement's shape (sqltree.py), which is the very tree classification reads; plain DML
-has a faster one (see _dml_key).  In front of both, a cache of exact texts.
+has faster ones: the compiled one-pass lexer's key (sqlkey.py), else _dml_key.  In
+front of them all, a cache of exact texts.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from hoopy.policy import Command
-from hoopy.protocols.postgres import pgquery
-from hoopy.protocols.postgres.classify import Prepared, _classify, _shape, _split
+from hoopy.protocols.postgres import pgquery, sqlkey
+from hoopy.protocols.postgres.classify import Prepared, _classify, _fingerprint, _shape, _split
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
 # regular expressions.  It is exact only where the sole constants it replaces are A_Const
@@ -33,6 +34,33 @@ def _dml_key(sql: str, connector: str) -> tuple[str, str] | None:
         return None
 
 
+def fully_normalized(cmd: Command) -> bool:
+    """Does the fingerprint's normalize() text replace every literal of the statement?
+    It keeps some (ORDER BY 1, typmods as in varchar(10)); a statement with one kept has
+    a fingerprint that other literals there would change, which the sqlkey key does
+    not see: not keyed by it.  Which ones normalize() keeps depends on the tree and the
+    literal's class only, both fixed by the key, so one check covers the whole key."""
+    normalized = cmd.fingerprint.rpartition("\n-- classified ")[0]
+    key = sqlkey.statement_key(normalized) if normalized else None
+    return key is not None and "\x01" not in key
+
+
+def _refingerprinted(cmds: tuple[Command, ...], cached: tuple[Command, ...]) -> tuple[Command, ...]:
+    """Shape-keyed commands with each fingerprint made from the statement's own text:
+    the shape drops every literal, normalize() keeps some (ORDER BY 1, varchar(10)),
+    and a fingerprint stops at a length (FINGERPRINT_CHARS) the shape does not see."""
+    out = []
+    for c, old in zip(cmds, cached, strict=True):
+        if c is not old:
+            classified = (c.kinds, c.tables_read, c.tables_written, c.functions)
+            fingerprint = _fingerprint(c.text, (*classified, c.maybe_functions, c.opaque))
+            if fingerprint != c.fingerprint:
+                c = c.with_text(c.text)
+                c.__dict__["fingerprint"] = fingerprint
+        out.append(c)
+    return tuple(out)
+
+
 def _plain_dml(cmds: tuple[Command, ...]) -> bool:
     return len(cmds) == 1 and not cmds[0].opaque and cmds[0].kinds <= _PLAIN_DML_KINDS
 
@@ -50,6 +78,10 @@ class Classifier:
         self._exact: dict[tuple[str, str], tuple[Command, ...]] = {}
         # normalize() text → (text, commands), for plain DML only: see _dml_key
         self._dml: dict[tuple[str, str], tuple[str, tuple[Command, ...]]] = {}
+        # sqlkey.statement_key text → (text, commands), for plain DML only, as _dml: a
+        # key costs a fraction of normalize() compiled, more interpreted (then unused)
+        self._keyed: dict[tuple[str, str], tuple[str, tuple[Command, ...]]] = {}
+        self.use_key = sqlkey.COMPILED
         self.hits = 0
         self.misses = 0
 
@@ -82,6 +114,16 @@ class Classifier:
         if exact is not None:
             self.hits += 1
             return exact
+        lexed = sqlkey.statement_key(sql) if self.use_key else None
+        if lexed is not None:
+            found = self._keyed.get((lexed, connector))
+            if found is not None:
+                cmds = self._retext(sql, *found)
+                if cmds is not None:
+                    self.hits += 1
+                    if cmds is found[1]:  # the same text again: next time, a dict lookup
+                        self._remember_exact(sql, connector, cmds)
+                    return cmds
         dml = _dml_key(sql, connector)
         if dml is not None:
             found = self._dml.get(dml)
@@ -91,20 +133,27 @@ class Classifier:
                     self.hits += 1
                     if cmds is found[1]:  # the same text again: next time, a dict lookup
                         self._remember_exact(sql, connector, cmds)
+                    self._keep(lexed, connector, sql, cmds)
                     return cmds
         tree, plain = _shape(sql)
         key = (tree, connector)
         entry = self._cache.get(key)
         if entry is not None:
             cmds = self._retext(sql, *entry)
+            if cmds is not None and cmds is not entry[1]:
+                cmds = _refingerprinted(cmds, entry[1])
             if cmds is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
                 if cmds is entry[1]:  # the same text again: next time, skip parsing
                     self._remember_exact(sql, connector, cmds)
+                if plain:
+                    self._keep(lexed, connector, sql, cmds)
                 return cmds
         self.misses += 1
         cmds, cacheable = _classify(sql, connector, prepared, tree)
+        if cacheable and plain:
+            self._keep(lexed, connector, sql, cmds)
         if dml is not None and cacheable and plain and _plain_dml(cmds):
             if len(self._dml) >= self.max_entries:
                 self._dml.clear()
@@ -115,6 +164,17 @@ class Classifier:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return cmds
+
+    def _keep(self, lexed: str | None, connector: str, sql: str, cmds: tuple[Command, ...]) -> None:
+        """Cache `cmds`, the classification of `sql` (cacheable, its tree `plain`: see
+        _dml_key), by its sqlkey key if it has one and they are one plain DML statement."""
+        if lexed is None or not _plain_dml(cmds) or self.max_entries <= 0:
+            return
+        if not fully_normalized(cmds[0]):
+            return
+        if len(self._keyed) >= self.max_entries:
+            self._keyed.clear()
+        self._keyed[(lexed, connector)] = (sql, cmds)
 
     @staticmethod
     def _retext(sql: str, cached_sql: str, cmds: tuple[Command, ...]) -> tuple[Command, ...] | None:

@@ -9,7 +9,7 @@ the hot path), scanner tokens with character positions (grammarerrors, slack), a
 ParseError whose `args` are (message, 0-based character index or None).  So the C
 functions are called directly through ctypes, prototypes declared once: the call and
 its free, no protobuf (except `scan` and `pretty`, off the hot path).  ctypes still
-costs more per call than pglast's Cython did: 3.7k instructions (1.7 %) more per
+costs more per call than pglast's Cython did: about 4k instructions (2 %) more per
 pgbench -S transaction (bench/pgpath.py under callgrind).
 
 libpg_query's C deparser is never called (see `pretty`): it crashes the process on

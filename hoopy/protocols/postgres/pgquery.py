@@ -9,7 +9,7 @@ the hot path), scanner tokens with character positions (grammarerrors, slack), a
 ParseError whose `args` are (message, 0-based character index or None).  So the C
 functions are called directly through ctypes, prototypes declared once: the call and
 its free, no protobuf (except `scan` and `pretty`, off the hot path).  ctypes still
-costs more per call than pglast's Cython did: 3.7k instructions (1.7 %) more per
+costs more per call than pglast's Cython did: about 4k instructions (2 %) more per
 pgbench -S transaction (bench/pgpath.py under callgrind).
 
 libpg_query's C deparser is never called (see `pretty`): it crashes the process on
@@ -130,10 +130,19 @@ def _error(text: str, address: int) -> ParseError:
     return ParseError(message, index if 0 <= index < len(text) else None)
 
 
+def _c_string(sql: str) -> bytes:
+    """`sql` as the C string libpg_query reads.  A NUL would end it there: the text after
+    it would go unread (and unshown), so such a text is refused, as the server does."""
+    nul = sql.find("\0")
+    if nul >= 0:
+        raise ParseError("statement contains a NUL character", nul)
+    return sql.encode()
+
+
 def parse_json(sql: str) -> str:
     """libpg_query's JSON parse tree of `sql` (pglast's parse_sql_json).  Raises
     ParseError, or UnicodeError for text that cannot be UTF-8 (lone surrogates)."""
-    result = _pg_parse(sql.encode("utf-8"))
+    result = _pg_parse(_c_string(sql))
     try:
         if result.error:
             raise _error(sql, result.error)
@@ -144,7 +153,9 @@ def parse_json(sql: str) -> str:
 
 def normalize(sql: str) -> str:
     """`sql` with its constants replaced by $n parameters (hot: classcache's key)."""
-    result = _pg_normalize(sql.encode())  # UTF-8, as every call here (the default)
+    if "\0" in sql:  # _c_string, inline: a function call costs as much as this check
+        raise ParseError("statement contains a NUL character", sql.index("\0"))
+    result = _pg_normalize(sql.encode())
     text, error = result.text, result.error
     if error:
         try:
@@ -157,7 +168,7 @@ def normalize(sql: str) -> str:
 
 def split(sql: str) -> tuple[str, ...]:
     """The statements of `sql` (by the parser), each stripped of surrounding whitespace."""
-    utf8 = sql.encode("utf-8")
+    utf8 = _c_string(sql)
     result = _pg_split(utf8)
     try:
         if result.error:
@@ -184,7 +195,7 @@ def _char_index(sql: str, utf8: bytes) -> list[int] | None:
 
 def scan(sql: str) -> list[Token]:
     """The scanner's tokens of `sql`, comments included (as pglast.parser.scan)."""
-    utf8 = sql.encode("utf-8")
+    utf8 = _c_string(sql)
     result = _pg_scan(utf8)
     try:
         if result.error:

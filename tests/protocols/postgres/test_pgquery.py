@@ -134,3 +134,19 @@ def test_pretty_never_reaches_the_c_deparser() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (0, "alive\n"), done.stderr[-2000:]
+
+
+def test_a_nul_is_refused_not_read_as_the_end_of_the_text() -> None:
+    # libpg_query reads a C string: what follows a NUL would go unread
+    sql = "select 1 /* x */\0; drop table t"
+    for call in (pgquery.parse_json, pgquery.normalize, pgquery.split, pgquery.scan):
+        with pytest.raises(pgquery.ParseError) as e:
+            call(sql)
+        assert e.value.args == ("statement contains a NUL character", sql.index("\0"))
+
+
+def test_approvers_see_the_whole_text_past_a_nul() -> None:
+    from hoopy.slack import pretty_sql
+
+    sql = "select 1 /* x */\0; drop table t"
+    assert pretty_sql(sql) == sql  # pglast's scan stopped at the NUL: "SELECT 1"

@@ -124,6 +124,8 @@ def attach(conn: proxy.AgentConnection) -> tuple[Any, Any]:
     from hoopy.protocols.postgres.pump import Eager
 
     at, bt = conn.writer.transport, conn.backend.writer.transport  # type: ignore[union-attr]
+    conn._log = conn.session.log  # type: ignore[union-attr]
+    conn._log.defer()
     conn._agent_write = at.write
     conn._backend_write = bt.write
     conn._agent_pump = Eager(at, conn._agent_batch, conn._agent_again, print)

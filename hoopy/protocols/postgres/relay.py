@@ -82,6 +82,7 @@ from hoopy.protocols.postgres.textsettings import (  # noqa: F401 (UNSAFE_ENCODI
     unsafe_encoding,
 )
 from hoopy.protocols.postgres.textsettings import refusal as text_setting_refusal
+from hoopy.recorder import RecorderError, SessionLog
 from hoopy.session import Session
 
 if TYPE_CHECKING:
@@ -165,6 +166,7 @@ class Relay(Pipeline):
     _masks: list[StatementMasks | None]
     _agent_events: list[pg.FrontendEvent]
     _backend_events: list[pg.BackendEvent]
+    _log: SessionLog
 
     async def _relay(self) -> None:
         """Both sockets switch to Pipe protocols (see pump.py) until the session ends."""
@@ -177,6 +179,10 @@ class Relay(Pipeline):
         agent_left = _take_buffer(self.reader)
         backend_left = _take_buffer(self.backend.reader)
         original = bt.get_protocol()
+        assert self.session is not None
+        # One recording write per relayed batch (see _flush and _to_agent), not per event.
+        self._log = self.session.log
+        self._log.defer()
         self._agent_write = at.write  # the transports' own: no StreamWriter layer per write
         self._backend_write = bt.write
         self._agent_pump = Eager(at, self._agent_batch, self._agent_again, self._end)
@@ -191,6 +197,8 @@ class Relay(Pipeline):
                 self._backend_data(backend_left)
             await self._ended
         finally:
+            with contextlib.suppress(RecorderError):
+                self._log.defer(False)  # what follows (the session's end) writes per event
             for pump in (self._agent_pump, self._backend_pump):
                 if pump.task is not None:
                     pump.task.cancel()
@@ -613,14 +621,33 @@ class Relay(Pipeline):
 
     def _flush(self, out: list[bytes]) -> None:
         """Send what the batch forwards so far (all of it, or what precedes a command
-        that may block on approval), its Bind events written first."""
-        if self.binds_unwritten:
-            assert self.session is not None
-            self.binds_unwritten = False
-            self.session.flush()  # raises RecordingFailed: then nothing is forwarded
+        that may block on approval), its events (commands, Binds) written first."""
+        if self._log.pending:
+            self._write_events()  # raises: then nothing is forwarded
+        self.binds_unwritten = False
         if out:
             self._backend_write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+
+    def _to_agent(self, out: list[bytes]) -> None:
+        """Send the agent what the backend's batch answered, its events (results,
+        errors) written first: nothing the agent sees is missing from the recording
+        should hoopy stop right after (rows of a long result stream ahead of its
+        result event, which is written before the result's end is sent)."""
+        if self._log.pending:
+            self._write_events()
+        self._agent_write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write_events(self) -> None:
+        """The deferred events, written; a failure ends the session (fail closed: what
+        they record is neither forwarded nor shown, and no later command could be
+        recorded)."""
+        assert self.session is not None
+        try:
+            self.session.flush()
+        except RecordingFailed as e:
+            e.fatal = True
+            raise
 
     def _commands(self, sql: str) -> tuple[Command, ...]:
         """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
@@ -829,7 +856,7 @@ class Relay(Pipeline):
             else:
                 out.append(self._other_backend_event(ev))
         if out:
-            self._agent_write(out[0] if len(out) == 1 else b"".join(out))
+            self._to_agent(out)
 
     def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
         """Record a relayed run; returns the spans of ReadyForQuery not to send."""
@@ -928,7 +955,7 @@ class Relay(Pipeline):
                     continue
             out.append(self._other_backend_event(ev))
         if out:
-            self.writer.write(b"".join(out))
+            self._to_agent(out)
 
     def _on_ready(self, status: str) -> bool:
         """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""

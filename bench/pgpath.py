@@ -126,6 +126,8 @@ def attach(conn: proxy.AgentConnection) -> tuple[Any, Any]:
     at, bt = conn.writer.transport, conn.backend.writer.transport  # type: ignore[union-attr]
     conn._log = conn.session.log  # type: ignore[union-attr]
     conn._log.defer()
+    conn._unwritten = conn._log.pending
+    conn._columns = {}
     conn._agent_write = at.write
     conn._backend_write = bt.write
     conn._agent_pump = Eager(at, conn._agent_batch, conn._agent_again, print)

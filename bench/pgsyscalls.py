@@ -59,25 +59,16 @@ def untraced(pid: int, target: dict[str, str], args: list[str]) -> tuple[float, 
     return (t1 - t0) / txns * 1e6, (cpu1 - cpu0) / txns * 1e6
 
 
-def sampled(pid: int, target: dict[str, str], args: list[str], out: Path, secs: int) -> None:
+def sampled(
+    pid: int, target: dict[str, str], args: list[str], out: Path, secs: int, native: bool
+) -> None:
     """py-spy's raw stacks (with native frames) of one pgbench run, into `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    # --native: C frames too (py-spy then stops the process for each sample)
+    how = ["-n"] if native else ["--nonblocking"]
+    cmd = ["py-spy", "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", "500"]
     spy = subprocess.Popen(
-        [
-            "py-spy",
-            "record",
-            "-p",
-            str(pid),
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-            "-r",
-            "500",
-            "-d",
-            str(max(secs - 1, 1)),
-            "--nonblocking",
-        ],
+        [*cmd, "-d", str(max(secs - 1, 1)), *how],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -132,6 +123,7 @@ def main() -> None:
     ap.add_argument("--targets", default="hoopy+tls,bare+tls")
     ap.add_argument("--perf", default="", help="also `perf record` each proxy into DIR")
     ap.add_argument("--py-spy", default="", help="also sample hoopy with py-spy into DIR")
+    ap.add_argument("--native", action="store_true", help="py-spy: with C frames")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoopy-sys-"))
     os.chmod(work, 0o755)
@@ -193,7 +185,7 @@ def main() -> None:
                 if a.perf:
                     perfed(pid, target, args, Path(a.perf) / f"{mode}-{name}.data")
                 if a.py_spy and name.startswith("hoopy"):
-                    sampled(pid, target, args, Path(a.py_spy) / f"{mode}.txt", a.seconds)
+                    sampled(pid, target, args, Path(a.py_spy) / f"{mode}.txt", a.seconds, a.native)
                 txns, counts = traced(pid, target, args)
                 per = {k: v / txns for k, v in counts.items() if v / txns >= 0.01}
                 total = sum(counts.values()) / txns

@@ -100,7 +100,7 @@ def valid_session_id(session_id: str) -> bool:
 
 
 # ---- writing -----------------------------------------------------------------------------
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     n = os.write(fd, data)
     if n == len(data):  # the usual case: one call
         return
@@ -138,6 +138,9 @@ class SessionLog:
         # Events chained but not yet written (see `buffer`); written before the next
         # `event`, at FLUSH_BYTES, by `flush()` and at close.
         self._pending: list[bytes] = []
+        # The same list, for callers to test cheaply: non-empty while events are
+        # chained but not yet written (buffered, or deferred).  Read-only to them.
+        self.pending = self._pending
         self._pending_size = 0
         self._deferred = False  # see defer(): events wait for flush()
         self._written = (0, ZERO_HASH)  # (seq, head) of what is on disk
@@ -164,11 +167,6 @@ class SessionLog:
 
     def fileno(self) -> int:
         return self._fd
-
-    @property
-    def pending(self) -> bool:
-        """Events are chained but not yet written (buffered, or deferred)."""
-        return bool(self._pending)
 
     def defer(self, on: bool = True) -> None:
         """From now on `event()` and its kin chain without writing, as `buffer()` does;
@@ -271,7 +269,9 @@ class SessionLog:
         pending.clear()
         self._pending_size = 0
         try:
-            _write_all(self._fd, data)
+            n = os.write(self._fd, data)
+            if n != len(data):  # rare (the usual case is one call): the rest
+                _write_all(self._fd, memoryview(data)[max(n, 0) :])
         except OSError as e:
             self._failed = e.strerror or type(e).__name__
             with contextlib.suppress(OSError):  # a short write leaves part of a line

@@ -167,6 +167,7 @@ class Relay(Pipeline):
     _agent_events: list[pg.FrontendEvent]
     _backend_events: list[pg.BackendEvent]
     _log: SessionLog
+    _unwritten: list[bytes]
 
     async def _relay(self) -> None:
         """Both sockets switch to Pipe protocols (see pump.py) until the session ends."""
@@ -183,6 +184,8 @@ class Relay(Pipeline):
         # One recording write per relayed batch (see _flush and _to_agent), not per event.
         self._log = self.session.log
         self._log.defer()
+        self._unwritten = self._log.pending  # non-empty: events to write before forwarding
+        self._columns: dict[bytes, tuple[str, ...]] = {}  # RowDescription → column names
         self._agent_write = at.write  # the transports' own: no StreamWriter layer per write
         self._backend_write = bt.write
         self._agent_pump = Eager(at, self._agent_batch, self._agent_again, self._end)
@@ -521,7 +524,7 @@ class Relay(Pipeline):
                         "masked sessions; session closed"
                     )
                 self.sync_in_copy = True
-            self.batches_sent += 1
+            self.names.sent += 1  # batches_sent, without its property on every Sync
             self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
                 self.tracker.sync()
@@ -622,7 +625,7 @@ class Relay(Pipeline):
     def _flush(self, out: list[bytes]) -> None:
         """Send what the batch forwards so far (all of it, or what precedes a command
         that may block on approval), its events (commands, Binds) written first."""
-        if self._log.pending:
+        if self._unwritten:
             self._write_events()  # raises: then nothing is forwarded
         self.binds_unwritten = False
         if out:
@@ -634,20 +637,21 @@ class Relay(Pipeline):
         errors) written first: nothing the agent sees is missing from the recording
         should hoopy stop right after (rows of a long result stream ahead of its
         result event, which is written before the result's end is sent)."""
-        if self._log.pending:
+        if self._unwritten:
             self._write_events()
         self._agent_write(out[0] if len(out) == 1 else b"".join(out))
 
     def _write_events(self) -> None:
-        """The deferred events, written; a failure ends the session (fail closed: what
-        they record is neither forwarded nor shown, and no later command could be
-        recorded)."""
-        assert self.session is not None
+        """The deferred events (recorded through the session), written; a failure ends
+        the session (fail closed: what they record is neither forwarded nor shown, and
+        no later command could be recorded)."""
         try:
-            self.session.flush()
-        except RecordingFailed as e:
-            e.fatal = True
-            raise
+            self._log.flush()
+        except RecorderError as e:
+            log.error("%s", e)  # where recordings live is for the gateway's log only
+            failed = RecordingFailed("recording unavailable, command refused (see the gateway log)")
+            failed.fatal = True
+            raise failed from None
 
     def _commands(self, sql: str) -> tuple[Command, ...]:
         """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
@@ -788,14 +792,18 @@ class Relay(Pipeline):
         """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
         tracker = self.tracker
         if type(ev) is pg.Query:
-            if copies_in(cmds):
-                self._copy_starts()
-            for c in cmds:
-                if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
-                    self._track_sql_prepared(cmds)
+            for c in cmds:  # one look for the rare kinds, on the path every Query takes
+                if "copy" in c.kinds or not c.kinds.isdisjoint(SESSION_STATE_KINDS):
+                    if copies_in(cmds):
+                        self._copy_starts()
+                    for c2 in cmds:
+                        if not c2.kinds.isdisjoint(SESSION_STATE_KINDS):
+                            self._track_sql_prepared(cmds)
+                            break
                     break
-            self.names.close("")  # a simple Query drops the unnamed portal
-            self.batches_sent += 1
+            names = self.names
+            names.close("")  # a simple Query drops the unnamed portal
+            names.sent += 1  # batches_sent
             if tracker is not None:
                 tracker.query(list(self._masks))
             return ev.raw
@@ -856,7 +864,9 @@ class Relay(Pipeline):
             else:
                 out.append(self._other_backend_event(ev))
         if out:
-            self._to_agent(out)
+            if self._unwritten:  # _to_agent, inline on the path every statement takes
+                self._write_events()
+            self._agent_write(out[0] if len(out) == 1 else b"".join(out))
 
     def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
         """Record a relayed run; returns the spans of ReadyForQuery not to send."""
@@ -871,8 +881,15 @@ class Relay(Pipeline):
             elif t == 0x5A:  # ReadyForQuery
                 if self._on_ready(chr(raw[start + 5])):
                     silent.append((start, stop))
-            elif t == 0x54:  # RowDescription
-                result.describe(pg.decode_row_description(raw[start:stop]))  # parsed once per text
+            elif t == 0x54:  # RowDescription: the same bytes every time a statement runs
+                desc = raw[start:stop]
+                columns = self._columns.get(desc)
+                if columns is None:
+                    columns = tuple(f.name for f in pg.decode_row_description(desc).fields)
+                    if len(self._columns) >= 256:
+                        self._columns.clear()
+                    self._columns[desc] = columns
+                result.describe_columns(columns)
             elif t == 0x31:  # ParseComplete
                 self._parse_complete()
             elif t == 0x73:  # PortalSuspended: rows up to an Execute's limit
@@ -961,14 +978,16 @@ class Relay(Pipeline):
         """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""
         assert self.backend is not None
         self.backend.status = status
-        self.batches_done += 1
+        names = self.names  # batches_done, without its property on every statement
+        names.done += 1
         if status == "I":
-            self.names.idle()  # the transaction is over: so are its portals
+            names.idle()  # the transaction is over: so are its portals
         self._batch_answered()
-        while self.refusals and self.refusals[0][0] <= self.batches_done:
+        done = names.done
+        while self.refusals and self.refusals[0][0] <= done:
             self.refusals.popleft()  # its marker was discarded after an earlier error
-        if self.silent_ready and self.batches_done in self.silent_ready:
-            self.silent_ready.discard(self.batches_done)
+        if self.silent_ready and done in self.silent_ready:
+            self.silent_ready.discard(done)
             return True
         return False
 

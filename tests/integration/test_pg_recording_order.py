@@ -64,3 +64,37 @@ async def test_results_and_errors_are_on_disk_before_the_agent_has_them(hoopy: H
         assert [r["rows"] for r in results[-2:]] == [[["one"]], [["two", "three"]]]
     finally:
         await conn.close()
+
+
+def test_a_statement_waiting_for_approval_is_on_disk_while_it_waits(hoopy: Hoopy) -> None:
+    """The relay writes events per forwarded batch; a wait for an approval (minutes,
+    maybe) is not a batch: the waiting statement's event is written before it waits."""
+    import os
+    import subprocess
+
+    from tests.integration.test_pg_approvals import admin, wait_pending
+
+    subject = "order-approval-agent"
+    env = {**os.environ, "PGPASSWORD": hoopy.token(subject)}
+    sql = "update orders set status = 'order-probe' where id = 1"
+    p = subprocess.Popen(
+        ["psql", hoopy.conninfo(), "-X", "-At", "-c", sql],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        a = wait_pending(hoopy, "order-probe")
+    except BaseException:
+        p.kill()
+        p.communicate(timeout=30)
+        raise
+    try:
+        assert p.poll() is None  # still waiting
+        waiting = last(recording_of(hoopy, subject), "command")
+        assert waiting["text"] == sql and waiting["outcome"] == "require_approval"
+    finally:
+        admin(hoopy, "POST", f"/api/approvals/{a['id']}/deny", {"reason": "test"})
+        p.communicate(timeout=30)
+    assert p.returncode != 0

@@ -759,7 +759,12 @@ class Relay(Pipeline):
         return [await self.session.check(c, fresh=fresh) for c in cmds]
 
     async def _watching_agent(self, waiting: Coroutine[Any, Any, list[Decision]]) -> list[Decision]:
-        """Await a long wait (approval) but notice when the agent goes away."""
+        """Await a long wait (approval) but notice when the agent goes away.  Meanwhile
+        each event is written as it comes (the command waiting, the approval's answer),
+        not held until the next batch is forwarded."""
+        if self._unwritten:
+            self._write_events()
+        self._log.defer(False)
         check = asyncio.ensure_future(waiting)
         watch = asyncio.ensure_future(self._until_agent_eof())
         try:
@@ -769,6 +774,7 @@ class Relay(Pipeline):
                 if not t.done():
                     t.cancel()
             await asyncio.gather(check, watch, return_exceptions=True)
+            self._log.defer()
         if not check.cancelled() and check.done() and check.exception() is None:
             return check.result()
         if watch.done() and not watch.cancelled():

@@ -10,6 +10,9 @@ measures connections per second (pgbench -C), hoopy without agent-side TLS, and
 bench/barerelay.py (a bare uvloop byte relay, with and without TLS): hoopy/bare is what
 hoopy's own work costs, bare/direct what any Python process in the path costs here.
 Rounds interleave the targets in a rotating order (a shared VM drifts over a minute).
+`--baseline DIR` adds a hoopy run from another source tree (target hoopy-base+tls, column
+hoopy/base): a before/after comparison in one run.  Each mode also prints the spread of
+TPS over its rounds.
 Usage: python3 bench/pg.py [--seconds 10] [--clients 8] [--scale 10] [--modes M,..] [--targets T,..]
 """
 
@@ -266,7 +269,7 @@ def latency_row(targets: list[dict[str, str]], seconds: int, rounds: int) -> Non
     base = statistics.median(runs["direct"])
     cells = {n: [v - base for v in vs] for n, vs in runs.items()}
     row = f"{'1 client, us added/stmt':<26}"
-    row += "".join(f"{statistics.median(cells[x['name']]):>13.0f}" for x in targets)
+    row += "".join(f"{statistics.median(cells[x['name']]):>15.0f}" for x in targets)
     print(row, flush=True)
     print(
         f"  (direct {base:.0f} us per statement; spread over rounds: "
@@ -445,7 +448,7 @@ def main() -> None:
             f"rounds, scale {a.scale}",
             flush=True,
         )
-        header = f"{'mode':<26}" + "".join(f"{x['name']:>13}" for x in targets)
+        header = f"{'mode':<26}" + "".join(f"{x['name']:>15}" for x in targets)
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
         header += f"{'hoopy/bare':>12}{'bare/direct':>13}"
         header += f"{'hoopy/pgpool':>14}{'pgpool/direct':>15}"
@@ -462,7 +465,7 @@ def main() -> None:
             tps = {name: statistics.median(v) for name, v in runs.items()}
             d, b = tps["direct"], tps.get("pgbouncer", 0.0)
             h, n = tps.get("hoopy+tls", 0.0), tps.get("hoopy-notls", 0.0)
-            row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)
+            row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>15.0f}" for x in targets)
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"
             r = tps.get("bare+tls", 0.0)
             row += f"{h / r if r else 0:>12.2f}{r / d if d else 0:>13.2f}"

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -185,6 +186,7 @@ def callgrind_toggle() -> Any:
     lib = folder / "cg.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", lib, folder / "cg.c"], check=True)
     cg = ctypes.CDLL(str(lib))
+    shutil.rmtree(folder, ignore_errors=True)  # loaded: the file is no longer needed
     state = {"on": False}
 
     def toggle() -> None:

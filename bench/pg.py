@@ -10,6 +10,9 @@ measures connections per second (pgbench -C), hoopy without agent-side TLS, and
 bench/barerelay.py (a bare uvloop byte relay, with and without TLS): hoopy/bare is what
 hoopy's own work costs, bare/direct what any Python process in the path costs here.
 Rounds interleave the targets in a rotating order (a shared VM drifts over a minute).
+`--baseline DIR` adds a hoopy run from another source tree (target hoopy-base+tls, column
+hoopy/base): a before/after comparison in one run.  Each mode also prints the spread of
+TPS over its rounds.
 Usage: python3 bench/pg.py [--seconds 10] [--clients 8] [--scale 10] [--modes M,..] [--targets T,..]
 """
 
@@ -62,8 +65,14 @@ BENCH_POLICY = (
 
 
 def start_hoopy(
-    folder: Path, pg_port: int, password: str, tls_required: bool, policy: str = BENCH_POLICY
+    folder: Path,
+    pg_port: int,
+    password: str,
+    tls_required: bool,
+    policy: str = BENCH_POLICY,
+    root: Path = ROOT,
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """hoopy serve from the source tree `root` (another tree: a before/after run)."""
     folder.mkdir(parents=True)
     (folder / "connectors").mkdir()
     (folder / "policies").mkdir()
@@ -83,8 +92,8 @@ def start_hoopy(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        cwd=ROOT,
-        env={**os.environ, "BENCH_DB_PASSWORD": password},
+        cwd=root,
+        env={**os.environ, "BENCH_DB_PASSWORD": password, "PYTHONPATH": str(root)},
     )
     assert proc.stdout is not None
     for line in iter(proc.stdout.readline, ""):
@@ -260,7 +269,7 @@ def latency_row(targets: list[dict[str, str]], seconds: int, rounds: int) -> Non
     base = statistics.median(runs["direct"])
     cells = {n: [v - base for v in vs] for n, vs in runs.items()}
     row = f"{'1 client, us added/stmt':<26}"
-    row += "".join(f"{statistics.median(cells[x['name']]):>13.0f}" for x in targets)
+    row += "".join(f"{statistics.median(cells[x['name']]):>15.0f}" for x in targets)
     print(row, flush=True)
     print(
         f"  (direct {base:.0f} us per statement; spread over rounds: "
@@ -286,6 +295,9 @@ def main() -> None:
     ap.add_argument("--targets", default="", help="comma-separated target names (default all)")
     ap.add_argument("--no-big-select", action="store_true")
     ap.add_argument("--no-latency", action="store_true", help="skip the one-client row")
+    ap.add_argument(
+        "--baseline", default="", help="another hoopy source tree, as target hoopy-base+tls"
+    )
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-"))
     os.chmod(work, 0o755)  # pgbouncer runs as the postgres user when we are root
@@ -332,6 +344,11 @@ def main() -> None:
         procs.append(rp)
         rp2, rport2 = start_bare(cluster.port, None)
         procs.append(rp2)
+        if a.baseline:
+            hb, baddr = start_hoopy(
+                work / "hoopy-base", cluster.port, password, True, root=Path(a.baseline)
+            )
+            procs.append(hb)
         token = DevIssuer(work / "hoopy" / "state", haddr["dev_issuer"]).mint(
             "bench", ["bench"], ttl=7200
         )
@@ -396,6 +413,20 @@ def main() -> None:
                 "sslmode": "disable",
             },
         ]
+        if a.baseline:
+            base_token = DevIssuer(work / "hoopy-base" / "state", baddr["dev_issuer"]).mint(
+                "bench", ["bench"], ttl=7200
+            )
+            targets.append(
+                {
+                    "name": "hoopy-base+tls",
+                    "port": baddr["postgres"].rsplit(":", 1)[1],
+                    "user": "agent",
+                    "db": "bench",
+                    "password": base_token,
+                    "sslmode": "require",
+                }
+            )
         c, j, t = str(a.clients), "2", str(a.seconds)
         modes = {
             "select-only simple": ["-S", "-M", "simple", "-c", c, "-j", j, "-T", t],
@@ -417,10 +448,12 @@ def main() -> None:
             f"rounds, scale {a.scale}",
             flush=True,
         )
-        header = f"{'mode':<26}" + "".join(f"{x['name']:>13}" for x in targets)
+        header = f"{'mode':<26}" + "".join(f"{x['name']:>15}" for x in targets)
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
         header += f"{'hoopy/bare':>12}{'bare/direct':>13}"
         header += f"{'hoopy/pgpool':>14}{'pgpool/direct':>15}"
+        if a.baseline:
+            header += f"{'hoopy/base':>12}"
         print(header, flush=True)
         for mode, args in modes.items():
             # Rounds interleave the targets (in a rotating order), so that the drift of a
@@ -432,13 +465,18 @@ def main() -> None:
             tps = {name: statistics.median(v) for name, v in runs.items()}
             d, b = tps["direct"], tps.get("pgbouncer", 0.0)
             h, n = tps.get("hoopy+tls", 0.0), tps.get("hoopy-notls", 0.0)
-            row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>13.0f}" for x in targets)
+            row = f"{mode:<26}" + "".join(f"{tps[x['name']]:>15.0f}" for x in targets)
             row += f"{h / d if d else 0:>14.2f}{h / b if b else 0:>15.2f}{n / d if d else 0:>14.2f}"
             r = tps.get("bare+tls", 0.0)
             row += f"{h / r if r else 0:>12.2f}{r / d if d else 0:>13.2f}"
             q = tps.get("pgpool", 0.0)
             row += f"{h / q if q else 0:>14.2f}{q / d if d else 0:>15.2f}"
+            if a.baseline:
+                hb_tps = tps.get("hoopy-base+tls", 0.0)
+                row += f"{h / hb_tps if hb_tps else 0:>12.2f}"
             print(row, flush=True)
+            spread = ", ".join(f"{n} {min(v):.0f}..{max(v):.0f}" for n, v in runs.items())
+            print(f"  (TPS spread over rounds: {spread})", flush=True)
         if not a.no_latency:
             latency_row(targets, a.seconds, a.rounds)
         if not a.no_big_select:

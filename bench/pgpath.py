@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -124,6 +125,10 @@ def attach(conn: proxy.AgentConnection) -> tuple[Any, Any]:
     from hoopy.protocols.postgres.pump import Eager
 
     at, bt = conn.writer.transport, conn.backend.writer.transport  # type: ignore[union-attr]
+    conn._log = conn.session.log  # type: ignore[union-attr]
+    conn._log.defer()
+    conn._unwritten = conn._log.pending
+    conn._columns = {}
     conn._agent_write = at.write
     conn._backend_write = bt.write
     conn._agent_pump = Eager(at, conn._agent_batch, conn._agent_again, print)
@@ -181,6 +186,7 @@ def callgrind_toggle() -> Any:
     lib = folder / "cg.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", lib, folder / "cg.c"], check=True)
     cg = ctypes.CDLL(str(lib))
+    shutil.rmtree(folder, ignore_errors=True)  # loaded: the file is no longer needed
     state = {"on": False}
 
     def toggle() -> None:

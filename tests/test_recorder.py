@@ -515,6 +515,74 @@ def test_buffered_events_are_chained_and_written_with_the_next_event(
     assert verify_file(log.path, row.head, row.events, ended=True).ok
 
 
+def test_deferred_events_are_written_together_at_flush(
+    recorder: Recorder, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """defer(): every kind of event waits for flush(), which writes them in one call;
+    the chain and the index are the same as when each was written on its own."""
+    import hoopy.recorder as rec
+
+    log = open_log(recorder)
+    assert log.progress() == (1, log.head)  # session_start
+    log.defer()
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def counted(fd: int, data: Any) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(rec.os, "write", counted)
+    size = log.path.stat().st_size
+    static = (rec.encode_members({"outcome": "allow"}), {"outcome": "allow"})
+    log.event_text("command", static, "select 1")
+    log.event("bind", portal="", params=["1"])
+    log.event_static("command", static, text="select 2")
+    assert log.pending and log.path.stat().st_size == size and writes == []
+    assert log.progress() is None  # the index hears only of what is on disk
+    log.flush()
+    assert len(writes) == 1 and writes[0].count(b"\n") == 3 and not log.pending
+    log.buffer("result", tag="SELECT 1", rows=[["1"]])
+    log.defer(False)  # writes what is pending; events are written one by one again
+    assert len(writes) == 2
+    log.event("command", text="select 3")
+    assert len(writes) == 3
+    monkeypatch.undo()
+    log.close("closed")
+    types = [e["type"] for e in read_events(log.path)]
+    start, *middle, end = types
+    assert (start, end) == ("session_start", "session_end")
+    assert middle == ["command", "bind", "command", "result", "command"]
+    assert check(store, log)
+
+
+def test_a_deferred_write_that_fails_leaves_whole_events_and_sticks(
+    recorder: Recorder, store: StateStore
+) -> None:
+    """A failed flush raises; none of the deferred events stays on disk (so the index
+    and the file agree), and every later event is refused."""
+    log = open_log(recorder)
+    log.event("command", text="select 1")
+    log.defer()
+    log.event("command", text="insert into t values (1)")
+    log.event("bind", portal="", params=["secret-value"])
+    saved = os.dup(log.fileno())
+    fill_disk(log)
+    with pytest.raises(RecorderError) as e:
+        log.flush()
+    assert "secret-value" not in str(e.value)
+    os.dup2(saved, log.fileno())
+    os.close(saved)
+    assert log.failed and log.events == 2
+    with pytest.raises(RecorderError):
+        log.event("command", text="select 2")
+    with pytest.raises(RecorderError):
+        log.close("closed")
+    assert [e["type"] for e in read_events(log.path)] == ["session_start", "command"]
+    row = store.get_session(log.id)
+    assert row is not None and row.outcome == "recording_failed" and row.events == 2
+
+
 def test_buffered_events_reach_disk_at_close(recorder: Recorder, store: StateStore) -> None:
     log = open_log(recorder)
     log.buffer("result", tag="SELECT 1", rows=[])

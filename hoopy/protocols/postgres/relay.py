@@ -82,6 +82,7 @@ from hoopy.protocols.postgres.textsettings import (  # noqa: F401 (UNSAFE_ENCODI
     unsafe_encoding,
 )
 from hoopy.protocols.postgres.textsettings import refusal as text_setting_refusal
+from hoopy.recorder import RecorderError, SessionLog
 from hoopy.session import Session
 
 if TYPE_CHECKING:
@@ -165,6 +166,8 @@ class Relay(Pipeline):
     _masks: list[StatementMasks | None]
     _agent_events: list[pg.FrontendEvent]
     _backend_events: list[pg.BackendEvent]
+    _log: SessionLog
+    _unwritten: list[bytes]
 
     async def _relay(self) -> None:
         """Both sockets switch to Pipe protocols (see pump.py) until the session ends."""
@@ -177,6 +180,12 @@ class Relay(Pipeline):
         agent_left = _take_buffer(self.reader)
         backend_left = _take_buffer(self.backend.reader)
         original = bt.get_protocol()
+        assert self.session is not None
+        # One recording write per relayed batch (see _flush and _to_agent), not per event.
+        self._log = self.session.log
+        self._log.defer()
+        self._unwritten = self._log.pending  # non-empty: events to write before forwarding
+        self._columns: dict[bytes, tuple[str, ...]] = {}  # RowDescription → column names
         self._agent_write = at.write  # the transports' own: no StreamWriter layer per write
         self._backend_write = bt.write
         self._agent_pump = Eager(at, self._agent_batch, self._agent_again, self._end)
@@ -191,6 +200,8 @@ class Relay(Pipeline):
                 self._backend_data(backend_left)
             await self._ended
         finally:
+            with contextlib.suppress(RecorderError):
+                self._log.defer(False)  # what follows (the session's end) writes per event
             for pump in (self._agent_pump, self._backend_pump):
                 if pump.task is not None:
                     pump.task.cancel()
@@ -513,7 +524,7 @@ class Relay(Pipeline):
                         "masked sessions; session closed"
                     )
                 self.sync_in_copy = True
-            self.batches_sent += 1
+            self.names.sent += 1  # batches_sent, without its property on every Sync
             self.unsynced_execute = self.extended_open = False
             if self.tracker is not None:
                 self.tracker.sync()
@@ -613,14 +624,34 @@ class Relay(Pipeline):
 
     def _flush(self, out: list[bytes]) -> None:
         """Send what the batch forwards so far (all of it, or what precedes a command
-        that may block on approval), its Bind events written first."""
-        if self.binds_unwritten:
-            assert self.session is not None
-            self.binds_unwritten = False
-            self.session.flush()  # raises RecordingFailed: then nothing is forwarded
+        that may block on approval), its events (commands, Binds) written first."""
+        if self._unwritten:
+            self._write_events()  # raises: then nothing is forwarded
+        self.binds_unwritten = False
         if out:
             self._backend_write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+
+    def _to_agent(self, out: list[bytes]) -> None:
+        """Send the agent what the backend's batch answered, its events (results,
+        errors) written first: nothing the agent sees is missing from the recording
+        should hoopy stop right after (rows of a long result stream ahead of its
+        result event, which is written before the result's end is sent)."""
+        if self._unwritten:
+            self._write_events()
+        self._agent_write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write_events(self) -> None:
+        """The deferred events (recorded through the session), written; a failure ends
+        the session (fail closed: what they record is neither forwarded nor shown, and
+        no later command could be recorded)."""
+        try:
+            self._log.flush()
+        except RecorderError as e:
+            log.error("%s", e)  # where recordings live is for the gateway's log only
+            failed = RecordingFailed("recording unavailable, command refused (see the gateway log)")
+            failed.fatal = True
+            raise failed from None
 
     def _commands(self, sql: str) -> tuple[Command, ...]:
         """Every statement of `sql`, classified; an unparseable text is recorded, refused."""
@@ -728,7 +759,12 @@ class Relay(Pipeline):
         return [await self.session.check(c, fresh=fresh) for c in cmds]
 
     async def _watching_agent(self, waiting: Coroutine[Any, Any, list[Decision]]) -> list[Decision]:
-        """Await a long wait (approval) but notice when the agent goes away."""
+        """Await a long wait (approval) but notice when the agent goes away.  Meanwhile
+        each event is written as it comes (the command waiting, the approval's answer),
+        not held until the next batch is forwarded."""
+        if self._unwritten:
+            self._write_events()
+        self._log.defer(False)
         check = asyncio.ensure_future(waiting)
         watch = asyncio.ensure_future(self._until_agent_eof())
         try:
@@ -738,6 +774,7 @@ class Relay(Pipeline):
                 if not t.done():
                     t.cancel()
             await asyncio.gather(check, watch, return_exceptions=True)
+            self._log.defer()
         if not check.cancelled() and check.done() and check.exception() is None:
             return check.result()
         if watch.done() and not watch.cancelled():
@@ -761,14 +798,18 @@ class Relay(Pipeline):
         """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
         tracker = self.tracker
         if type(ev) is pg.Query:
-            if copies_in(cmds):
-                self._copy_starts()
-            for c in cmds:
-                if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
-                    self._track_sql_prepared(cmds)
+            for c in cmds:  # one look for the rare kinds, on the path every Query takes
+                if "copy" in c.kinds or not c.kinds.isdisjoint(SESSION_STATE_KINDS):
+                    if copies_in(cmds):
+                        self._copy_starts()
+                    for c2 in cmds:
+                        if not c2.kinds.isdisjoint(SESSION_STATE_KINDS):
+                            self._track_sql_prepared(cmds)
+                            break
                     break
-            self.names.close("")  # a simple Query drops the unnamed portal
-            self.batches_sent += 1
+            names = self.names
+            names.close("")  # a simple Query drops the unnamed portal
+            names.sent += 1  # batches_sent
             if tracker is not None:
                 tracker.query(list(self._masks))
             return ev.raw
@@ -829,6 +870,8 @@ class Relay(Pipeline):
             else:
                 out.append(self._other_backend_event(ev))
         if out:
+            if self._unwritten:  # _to_agent, inline on the path every statement takes
+                self._write_events()
             self._agent_write(out[0] if len(out) == 1 else b"".join(out))
 
     def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
@@ -844,8 +887,15 @@ class Relay(Pipeline):
             elif t == 0x5A:  # ReadyForQuery
                 if self._on_ready(chr(raw[start + 5])):
                     silent.append((start, stop))
-            elif t == 0x54:  # RowDescription
-                result.describe(pg.decode_row_description(raw[start:stop]))  # parsed once per text
+            elif t == 0x54:  # RowDescription: the same bytes every time a statement runs
+                desc = raw[start:stop]
+                columns = self._columns.get(desc)
+                if columns is None:
+                    columns = tuple(f.name for f in pg.decode_row_description(desc).fields)
+                    if len(self._columns) >= 256:
+                        self._columns.clear()
+                    self._columns[desc] = columns
+                result.describe_columns(columns)
             elif t == 0x31:  # ParseComplete
                 self._parse_complete()
             elif t == 0x73:  # PortalSuspended: rows up to an Execute's limit
@@ -928,20 +978,22 @@ class Relay(Pipeline):
                     continue
             out.append(self._other_backend_event(ev))
         if out:
-            self.writer.write(b"".join(out))
+            self._to_agent(out)
 
     def _on_ready(self, status: str) -> bool:
         """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""
         assert self.backend is not None
         self.backend.status = status
-        self.batches_done += 1
+        names = self.names  # batches_done, without its property on every statement
+        names.done += 1
         if status == "I":
-            self.names.idle()  # the transaction is over: so are its portals
+            names.idle()  # the transaction is over: so are its portals
         self._batch_answered()
-        while self.refusals and self.refusals[0][0] <= self.batches_done:
+        done = names.done
+        while self.refusals and self.refusals[0][0] <= done:
             self.refusals.popleft()  # its marker was discarded after an earlier error
-        if self.silent_ready and self.batches_done in self.silent_ready:
-            self.silent_ready.discard(self.batches_done)
+        if self.silent_ready and done in self.silent_ready:
+            self.silent_ready.discard(done)
             return True
         return False
 

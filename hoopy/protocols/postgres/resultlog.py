@@ -71,13 +71,20 @@ class ResultLog:
 
     def describe(self, desc: pg.RowDescription) -> None:
         """A new result starts, with these columns."""
-        self.reset()
-        self.columns = [f.name for f in desc.fields]
+        self.describe_columns([f.name for f in desc.fields])
+
+    def describe_columns(self, columns: list[str] | tuple[str, ...]) -> None:
+        """`describe`, from the column names (the relay keeps them per description)."""
+        self.columns, self.rows, self.size, self.truncated = list(columns), [], 0, False
 
     def take(self, tag: str) -> dict[str, Any]:
         """`fields(tag)`, and the log starts afresh for the next result."""
-        out = self.fields(tag)
-        self.reset()
+        out: dict[str, Any] = {"tag": tag, "rows": self.rows}  # as fields(), then reset()
+        if self.columns:
+            out["columns"] = self.columns
+        if self.truncated:
+            out["truncated"] = True
+        self.columns, self.rows, self.size, self.truncated = [], [], 0, False
         return out
 
     def reset(self) -> None:

@@ -1,0 +1,435 @@
+"""The Kubernetes listener's own HTTP/1.1 server, for plain GET requests only.
+
+Why: on a GET, aiohttp's server machinery (protocol, request and response objects,
+header multidicts, writer, task per connection plus one per request) was the largest
+cost of the gateway left after the cluster-side client became h1.py.  kubectl's
+everyday requests are bodiless GETs with a small head, so this module serves exactly
+those and nothing else: any connection whose next request is not one is handed, from
+that request's first byte on, to aiohttp's server (httpguard.GuardedServer) for the
+rest of its life.  aiohttp keeps everything unusual: request bodies (Content-Length,
+chunked), Expect: 100-continue, HTTP/1.0, HEAD and other methods, Upgrade (exec,
+attach, port-forward WebSockets, SPDY), malformed or oversized heads (its 400s), and
+what it answers to them is what hoopy answered before this module existed.
+
+`parse_head` is the sans-I/O part: one complete head (bytes ending CRLF CRLF) in, a
+`Head` out if this module may serve it, else None (hand the connection over).  It
+serves a head only when llhttp (through httptools, strict) reads it as exactly one
+whole bodiless GET/1.1 request with an origin-form target, no header naming a body,
+an upgrade or an expectation, no header given twice, and within aiohttp's own size
+limits (so it never serves what aiohttp would have refused).  `Connection` is the
+thin asyncio pump: one request at a time (pipelined heads wait in the buffer, in
+order), the request-head deadline and idle timeout of httpguard, whole answers in
+one write, streamed answers chunked with flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, cast
+
+import httptools
+from aiohttp import web
+from multidict import CIMultiDict
+
+from hoopy.httpguard import HEAD_TIMEOUT, IDLE_TIMEOUT
+
+log = logging.getLogger("hoopy.kube")
+
+MAX_HEAD = 64 * 1024  # bytes buffered without a complete head before aiohttp takes over
+MAX_LINE = 8190  # aiohttp's max_line_size and max_field_size: longer goes to aiohttp
+MAX_HEADERS = 100  # more header lines go to aiohttp
+PAUSE_AT = 2 * MAX_HEAD  # pipelined bytes buffered while a request runs before reading pauses
+# Headers that announce a body, an upgrade, an expectation or framing: aiohttp's
+# (a GET may carry a body; this module never reads one).
+_NOT_HERE = frozenset(
+    (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"te", b"trailer")
+)
+_NO_BODY = frozenset((204, 304))
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class Head:
+    """One request head this module serves."""
+
+    __slots__ = ("headers", "keep_alive", "method", "target")
+
+    def __init__(
+        self, target: str, headers: CIMultiDict[str], keep_alive: bool, method: str = "GET"
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.keep_alive = keep_alive
+
+
+class _HeadReader:
+    """httptools' callbacks for one head (every callback defined: httptools looks
+    each one up with getattr(..., None), and a missing one costs an exception)."""
+
+    __slots__ = ("begun", "close", "complete", "headers", "headers_done", "names", "ok", "url")
+    on_body = None
+    on_chunk_header = None
+    on_chunk_complete = None
+
+    def __init__(self) -> None:
+        self.begun = self.complete = 0
+        self.headers_done = False
+        self.url = b""
+        self.headers: list[tuple[str, str]] = []
+        self.names: set[bytes] = set()
+        self.ok = True
+        self.close = False  # Connection: close (HTTP/1.1 keeps the connection otherwise)
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url  # (llhttp may call it in pieces)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        low = name.lower()
+        if (
+            low in _NOT_HERE
+            or low in self.names
+            or len(name) + len(value) + 2 > MAX_LINE
+            or len(self.headers) >= MAX_HEADERS
+        ):
+            self.ok = False
+            return
+        if low == b"connection":
+            token = value.strip(b" \t").lower()
+            if token not in (b"keep-alive", b"close"):
+                self.ok = False  # ("upgrade", lists and other tokens: aiohttp's)
+                return
+            self.close = token == b"close"
+        self.names.add(low)
+        # llhttp keeps trailing blanks; aiohttp's parser decodes values this way too
+        text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
+        self.headers.append((name.decode("latin-1"), text))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def parse_head(data: bytes) -> Head | None:
+    """`data`: one request head, ending with its CRLF CRLF.  A Head if it is a plain
+    GET this module serves, None if aiohttp must take the connection from here."""
+    r = _HeadReader()
+    parser = httptools.HttpRequestParser(r)
+    try:
+        parser.feed_data(data)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # aiohttp answers its 400 (or relays the upgrade)
+    if not (r.ok and r.begun == 1 and r.complete == 1 and r.headers_done):
+        return None  # a body, or bytes llhttp read as a second message: not ours
+    if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
+        return None
+    url = r.url
+    if len(url) + 14 > MAX_LINE or not url.startswith(b"/"):  # ("GET " + " HTTP/1.1\r\n")
+        return None  # (absolute-form and `*` targets too)
+    return Head(url.decode("latin-1"), CIMultiDict(r.headers), not r.close)
+
+
+def head_end(buf: bytes | bytearray) -> int:
+    """Where the first head in `buf` ends (just past its CRLF CRLF), or -1."""
+    i = buf.find(b"\r\n\r\n")
+    return i + 4 if i >= 0 else -1
+
+
+_date: tuple[int, bytes] = (0, b"")
+
+
+def _date_header() -> bytes:
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n")
+    return _date[1]
+
+
+def response_head(
+    status: int, headers: Iterable[tuple[str, str]], length: int | None, close: bool
+) -> bytes:
+    """Status line and headers; `length` None: chunked (unless the status has no body)."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())]
+    for name, value in headers:
+        if name.lower() in ("content-length", "transfer-encoding", "connection"):
+            continue  # (framing is this module's to say)
+        line = f"{name}: {value}\r\n"
+        if "\n" in line[:-2] or "\r" in line[:-2]:
+            raise ValueError(f"control characters in response header {name!r}")
+        parts.append(line.encode("utf-8", "surrogateescape"))
+    if status in _NO_BODY or status < 200:
+        pass
+    elif length is None:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        parts.append(b"Content-Length: %d\r\n" % length)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(_date_header())
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Answer:
+    """A whole answer: what the Kubernetes proxy returns for a plain request instead of
+    a web.Response (no multidict, no writer)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class Stream:
+    """A streamed (chunked) answer, as web.StreamResponse's write / write_eof."""
+
+    def __init__(self, conn: Connection, status: int, headers: dict[str, str], close: bool):
+        self._conn = conn
+        self.empty = status in _NO_BODY or status < 200
+        self.done = False
+        conn.send(response_head(status, headers.items(), None, close))
+
+    async def write(self, data: bytes) -> None:
+        if not data or self.empty:
+            return
+        self._conn.send(chunk(data))
+        await self._conn.drain()
+
+    async def write_eof(self) -> None:
+        if not self.done:
+            self.done = True
+            if not self.empty:
+                self._conn.send(LAST_CHUNK)
+
+
+class PlainRequest:
+    """What the proxy reads of a request (the subset of web.BaseRequest it uses)."""
+
+    content_length = None  # (no body: parse_head made sure)
+
+    def __init__(self, head: Head, conn: Connection) -> None:
+        self.method = head.method
+        self.raw_path = head.target
+        self.headers = head.headers
+        self.transport = conn.transport
+        self._conn = conn
+        self._close = not head.keep_alive
+        self.stream: Stream | None = None
+
+    def open_stream(self, status: int, headers: dict[str, str]) -> Stream:
+        assert self.stream is None
+        self.stream = Stream(self._conn, status, headers, self._close)
+        return self.stream
+
+
+Handler = Callable[[PlainRequest], Awaitable[Any]]
+
+
+class Connection(asyncio.Protocol):
+    """One client connection while its requests are plain GETs."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        aiohttp_server: web.Server,
+        live: set[Connection],
+        head_timeout: float = HEAD_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self._handler = handler
+        self._aiohttp = aiohttp_server
+        self._live = live
+        self._head_timeout = head_timeout
+        self._idle_timeout = idle_timeout
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._busy = False
+        self._closed = False
+        self._paused = False  # reading
+        self._blocked: asyncio.Future[None] | None = None  # writing (set while paused)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = ""
+
+    # ---- asyncio ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._live.add(self)
+        self._arm("head")
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._busy:
+            if len(self._buf) > PAUSE_AT and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+            return
+        self._next()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
+        self._disarm()
+        self._live.discard(self)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        if self._blocked is None:
+            self._blocked = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        b, self._blocked = self._blocked, None
+        if b is not None and not b.done():
+            b.set_result(None)
+
+    # ---- writing ----------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        t = self.transport
+        if self._closed or t is None or t.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        t.write(data)
+
+    async def drain(self) -> None:
+        if self._blocked is not None:
+            await self._blocked
+        if self._closed:
+            raise ConnectionResetError("the client closed the connection")
+
+    def close(self) -> None:
+        self._closed = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- requests ---------------------------------------------------------------
+    def _next(self) -> None:
+        """Serve the next buffered head, wait for more of it, or hand over."""
+        buf = self._buf
+        if not buf:
+            self._arm("idle")
+            return
+        end = head_end(buf)
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self._handoff()
+            elif self._timer_kind != "head":
+                self._arm("head")  # the first bytes of a later request's head
+            return
+        head = parse_head(bytes(buf[:end]))
+        if head is None:
+            self._handoff()
+            return
+        del buf[:end]
+        self._disarm()
+        self._busy = True
+        asyncio.get_running_loop().create_task(self._serve(head))
+
+    async def _serve(self, head: Head) -> None:
+        req = PlainRequest(head, self)
+        try:
+            answer = await self._handler(req)
+            if req.stream is None:
+                self._send_whole(answer, not head.keep_alive)
+            elif not req.stream.done:
+                raise RuntimeError("a streamed answer was left unfinished")
+        except Exception as e:
+            if not isinstance(e, ConnectionResetError):
+                log.exception("error serving %s %s", head.method, head.target[:200])
+            if req.stream is None and not self._closed:
+                self._fail()
+            elif self.transport is not None:
+                self.transport.abort()  # part of an answer went out: never pass it as whole
+            return
+        if not head.keep_alive or self._closed:
+            self.close()
+            return
+        self._busy = False
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        self._next()
+
+    def _send_whole(self, answer: Any, close: bool) -> None:
+        headers: Iterable[tuple[str, str]]
+        if isinstance(answer, Answer):
+            status, headers, body = answer.status, answer.headers.items(), answer.body
+        elif isinstance(answer, web.Response) and not answer.prepared:
+            b = answer.body
+            if not isinstance(b, bytes | bytearray) and b is not None:
+                raise TypeError(f"unexpected answer body {type(b).__name__}")
+            status, headers, body = answer.status, answer.headers.items(), bytes(b or b"")
+        else:
+            raise TypeError(f"unexpected answer {type(answer).__name__}")
+        empty = status in _NO_BODY or status < 200
+        data = response_head(status, headers, len(body), close)
+        self.send(data if empty or not body else data + body)
+
+    def _fail(self) -> None:
+        from hoopy.protocols.kube.status import status_body  # (status imports aiohttp only)
+
+        body = status_body(500, "InternalError", "hoopy: internal error (see the gateway log)")
+        head = response_head(500, (("Content-Type", "application/json"),), len(body), True)
+        with contextlib.suppress(ConnectionResetError):
+            self.send(head + body)
+        self.close()
+
+    def _handoff(self) -> None:
+        """aiohttp's server takes the connection, from the buffered bytes on."""
+        t = self.transport
+        if t is None or self._closed:
+            return
+        self._disarm()
+        self._live.discard(self)
+        if self._paused:
+            self._paused = False
+            t.resume_reading()
+        data, self._buf = bytes(self._buf), bytearray()
+        self.transport = None
+        proto = self._aiohttp()
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        if data:
+            proto.data_received(data)
+
+    # ---- deadlines --------------------------------------------------------------
+    def _arm(self, kind: str) -> None:
+        self._disarm()
+        timeout = self._head_timeout if kind == "head" else self._idle_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._expired)
+        self._timer_kind = kind
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_kind = ""
+
+    def _expired(self) -> None:
+        kind, self._timer, self._timer_kind = self._timer_kind, None, ""
+        if self._busy or self._closed:
+            return
+        if kind == "head":
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            log.warning("closed a connection from %s: no complete request head in time", peer)
+        self.close()

@@ -15,7 +15,7 @@ what it answers to them is what hoopy answered before this module existed.
 `Head` out if this module may serve it, else None (hand the connection over).  It
 serves a head only when llhttp (through httptools, strict) reads it as exactly one
 whole bodiless GET/1.1 request with an origin-form target, no header naming a body,
-an upgrade or an expectation, no header given twice, and within aiohttp's own size
+an upgrade or an expectation, no header given twice, a Host, and within aiohttp's own size
 limits (so it never serves what aiohttp would have refused).  `Connection` is the
 thin asyncio pump: one request at a time (pipelined heads wait in the buffer, in
 order), the request-head deadline and idle timeout of httpguard, whole answers in
@@ -131,6 +131,8 @@ def parse_head(data: bytes) -> Head | None:
         return None  # aiohttp answers its 400 (or relays the upgrade)
     if not (r.ok and r.begun == 1 and r.complete == 1 and r.headers_done):
         return None  # a body, or bytes llhttp read as a second message: not ours
+    if b"host" not in r.names:
+        return None  # (an HTTP/1.1 request without Host: aiohttp's 400, RFC 9112 §3.2)
     if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
         return None
     url = r.url

@@ -353,8 +353,10 @@ class Connection(asyncio.Protocol):
             answer = await self._handler(req)
             if req.stream is None:
                 self._send_whole(answer, not head.keep_alive)
-            elif not req.stream.done:
-                raise RuntimeError("a streamed answer was left unfinished")
+            elif not req.stream.done:  # (the proxy gave up on it: a cut list answer)
+                if self.transport is not None:
+                    self.transport.abort()  # never let a part pass for a whole answer
+                return
         except Exception as e:
             if not isinstance(e, ConnectionResetError):
                 log.exception("error serving %s %s", head.method, head.target[:200])

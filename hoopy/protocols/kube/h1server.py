@@ -47,9 +47,8 @@ MAX_HEADERS = 100  # more header lines go to aiohttp
 PAUSE_AT = 2 * MAX_HEAD  # pipelined bytes buffered while a request runs before reading pauses
 # Headers that announce a body, an upgrade, an expectation or framing: aiohttp's
 # (a GET may carry a body; this module never reads one).
-_NOT_HERE = frozenset(
-    (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"te", b"trailer")
-)
+_NOT_HERE = frozenset(("content-length", "transfer-encoding", "upgrade", "expect", "te", "trailer"))
+_FRAMING = frozenset(("content-length", "transfer-encoding", "connection"))
 _NO_BODY = frozenset((204, 304))
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -69,10 +68,13 @@ class Head:
 
 
 class _HeadReader:
-    """httptools' callbacks for one head (every callback defined: httptools looks
-    each one up with getattr(..., None), and a missing one costs an exception)."""
+    """httptools' callbacks for one head: llhttp validates and frames it, and the
+    header lines are split afterwards in one pass (a Python callback per header cost
+    more than the rest of the parse).  Every callback attribute is defined: httptools
+    looks each up with getattr(..., None), and a missing one costs an exception."""
 
-    __slots__ = ("begun", "close", "complete", "headers", "headers_done", "names", "ok", "url")
+    __slots__ = ("begun", "complete", "headers_done", "url")
+    on_header = None
     on_body = None
     on_chunk_header = None
     on_chunk_complete = None
@@ -81,37 +83,12 @@ class _HeadReader:
         self.begun = self.complete = 0
         self.headers_done = False
         self.url = b""
-        self.headers: list[tuple[str, str]] = []
-        self.names: set[bytes] = set()
-        self.ok = True
-        self.close = False  # Connection: close (HTTP/1.1 keeps the connection otherwise)
 
     def on_message_begin(self) -> None:
         self.begun += 1
 
     def on_url(self, url: bytes) -> None:
         self.url += url  # (llhttp may call it in pieces)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        low = name.lower()
-        if (
-            low in _NOT_HERE
-            or low in self.names
-            or len(name) + len(value) + 2 > MAX_LINE
-            or len(self.headers) >= MAX_HEADERS
-        ):
-            self.ok = False
-            return
-        if low == b"connection":
-            token = value.strip(b" \t").lower()
-            if token not in (b"keep-alive", b"close"):
-                self.ok = False  # ("upgrade", lists and other tokens: aiohttp's)
-                return
-            self.close = token == b"close"
-        self.names.add(low)
-        # llhttp keeps trailing blanks; aiohttp's parser decodes values this way too
-        text = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
-        self.headers.append((name.decode("latin-1"), text))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -123,22 +100,48 @@ class _HeadReader:
 def parse_head(data: bytes) -> Head | None:
     """`data`: one request head, ending with its CRLF CRLF.  A Head if it is a plain
     GET this module serves, None if aiohttp must take the connection from here."""
+    if not data.startswith(b"GET /"):
+        return None  # (other methods and target forms, and leading empty lines)
     r = _HeadReader()
     parser = httptools.HttpRequestParser(r)
     try:
         parser.feed_data(data)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return None  # aiohttp answers its 400 (or relays the upgrade)
-    if not (r.ok and r.begun == 1 and r.complete == 1 and r.headers_done):
+    if not (r.begun == 1 and r.complete == 1 and r.headers_done):
         return None  # a body, or bytes llhttp read as a second message: not ours
-    if b"host" not in r.names:
-        return None  # (an HTTP/1.1 request without Host: aiohttp's 400, RFC 9112 §3.2)
-    if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
+    if parser.get_http_version() != "1.1":
         return None
     url = r.url
     if len(url) + 14 > MAX_LINE or not url.startswith(b"/"):  # ("GET " + " HTTP/1.1\r\n")
-        return None  # (absolute-form and `*` targets too)
-    return Head(url.decode("latin-1"), CIMultiDict(r.headers), not r.close)
+        return None
+    if len(data) > MAX_LINE and any(len(line) > MAX_LINE - 2 for line in data.split(b"\r\n")):
+        return None  # (a header line aiohttp would refuse)
+    # llhttp (strict) has checked every line ends CR LF, every name is a token followed
+    # by a colon, and no value holds CR, LF, NUL or another control: the lines split
+    # here are the ones it read.  Values: UTF-8 (undecodable bytes kept), as aiohttp.
+    lines = data.decode("utf-8", "surrogateescape").split("\r\n")[1:-2]
+    if len(lines) > MAX_HEADERS:
+        return None
+    pairs: list[tuple[str, str]] = []
+    names: set[str] = set()
+    close = False
+    for line in lines:
+        name, _, value = line.partition(":")
+        low = name.lower()
+        if low in _NOT_HERE or low in names:
+            return None  # (a header given twice: which one counts is not ours to say)
+        names.add(low)
+        value = value.strip(" \t")  # (llhttp drops leading blanks; aiohttp trailing ones)
+        if low == "connection":
+            token = value.lower()
+            if token not in ("keep-alive", "close"):
+                return None  # ("upgrade", lists and other tokens: aiohttp's)
+            close = token == "close"
+        pairs.append((name, value))
+    if "host" not in names:
+        return None  # (an HTTP/1.1 request without Host: aiohttp's 400, RFC 9112 §3.2)
+    return Head(url.decode("latin-1"), CIMultiDict(pairs), not close)
 
 
 def head_end(buf: bytes | bytearray) -> int:
@@ -147,40 +150,42 @@ def head_end(buf: bytes | bytearray) -> int:
     return i + 4 if i >= 0 else -1
 
 
-_date: tuple[int, bytes] = (0, b"")
+_date: tuple[int, str] = (0, "")
 
 
-def _date_header() -> bytes:
+def _date_header() -> str:
     global _date
     now = int(time.time())
     if _date[0] != now:
-        _date = (now, b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n")
+        _date = (now, "Date: " + formatdate(now, usegmt=True) + "\r\n")
     return _date[1]
+
+
+_STATUS_LINES: dict[int, str] = {}
 
 
 def response_head(
     status: int, headers: Iterable[tuple[str, str]], length: int | None, close: bool
 ) -> bytes:
     """Status line and headers; `length` None: chunked (unless the status has no body)."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())]
-    for name, value in headers:
-        if name.lower() in ("content-length", "transfer-encoding", "connection"):
-            continue  # (framing is this module's to say)
-        line = f"{name}: {value}\r\n"
-        if "\n" in line[:-2] or "\r" in line[:-2]:
-            raise ValueError(f"control characters in response header {name!r}")
-        parts.append(line.encode("utf-8", "surrogateescape"))
+    first = _STATUS_LINES.get(status)
+    if first is None:
+        first = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = first
+    # (framing is this module's to say: a handler's own framing headers are dropped)
+    lines = [f"{n}: {v}\r\n" for n, v in headers if n.lower() not in _FRAMING]
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("control characters in a response header")  # (a split head)
     if status in _NO_BODY or status < 200:
-        pass
+        framing = ""
     elif length is None:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
+        framing = "Transfer-Encoding: chunked\r\n"
     else:
-        parts.append(b"Content-Length: %d\r\n" % length)
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(_date_header())
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        framing = f"Content-Length: {length}\r\n"
+    end = "Connection: close\r\n\r\n" if close else "\r\n"
+    return (first + text + framing + _date_header() + end).encode("utf-8", "surrogateescape")
 
 
 def chunk(data: bytes) -> bytes:
@@ -270,7 +275,8 @@ class Connection(asyncio.Protocol):
         self._paused = False  # reading
         self._blocked: asyncio.Future[None] | None = None  # writing (set while paused)
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = ""
+        self._timer_kind = ""  # what the deadline is for ("head", "idle"; "": none)
+        self._deadline = 0.0
 
     # ---- asyncio ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -289,7 +295,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closed = True
-        self._disarm()
+        self._stop_timer()
         self._live.discard(self)
         self._wake()
 
@@ -320,7 +326,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._closed = True
-        self._disarm()
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -403,7 +409,7 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or self._closed:
             return
-        self._disarm()
+        self._stop_timer()
         self._live.discard(self)
         if self._paused:
             self._paused = False
@@ -417,22 +423,39 @@ class Connection(asyncio.Protocol):
             proto.data_received(data)
 
     # ---- deadlines --------------------------------------------------------------
+    # One deadline at a time (a head's, or an idle connection's), kept lazily: arming
+    # moves the deadline, and the timer is remade only when it would fire too late
+    # (a timer per request cost more than the head parse).
     def _arm(self, kind: str) -> None:
-        self._disarm()
+        loop = asyncio.get_running_loop()
         timeout = self._head_timeout if kind == "head" else self._idle_timeout
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._expired)
+        self._deadline = loop.time() + timeout
         self._timer_kind = kind
+        t = self._timer
+        if t is None or t.when() > self._deadline:
+            if t is not None:
+                t.cancel()
+            self._timer = loop.call_at(self._deadline, self._expired)
 
     def _disarm(self) -> None:
+        self._timer_kind = ""  # (a pending timer finds nothing to do)
+
+    def _stop_timer(self) -> None:
+        self._timer_kind = ""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_kind = ""
 
     def _expired(self) -> None:
-        kind, self._timer, self._timer_kind = self._timer_kind, None, ""
-        if self._busy or self._closed:
+        self._timer = None
+        kind = self._timer_kind
+        if not kind or self._busy or self._closed:
             return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # re-armed since: wait for the new deadline
+            self._timer = loop.call_at(self._deadline, self._expired)
+            return
+        self._timer_kind = ""
         if kind == "head":
             peer = self.transport.get_extra_info("peername") if self.transport else None
             log.warning("closed a connection from %s: no complete request head in time", peer)

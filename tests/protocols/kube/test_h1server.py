@@ -535,3 +535,40 @@ async def test_an_idle_connection_closes_and_a_busy_one_does_not() -> None:
 
 def test_module_limits_are_consistent() -> None:
     assert MAX_LINE < MAX_HEAD < PAUSE_AT and h1server.MAX_HEADERS > 20
+
+
+async def wait_closed(t: FakeTransport, limit: float = 2.0) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not t.closed and loop.time() - start < limit:
+        await asyncio.sleep(0.01)
+    return loop.time() - start
+
+
+async def test_after_an_answer_the_idle_deadline_holds_then_a_new_heads_own() -> None:
+    rig = Rig(echo, head_timeout=0.1, idle=100.0)
+    rig.conn.data_received(get())
+    await settle()
+    assert len(rig.answers()) == 1
+    await asyncio.sleep(0.3)  # (past the head deadline: idle now, with its longer one)
+    assert not rig.transport.closed
+    rig.conn.data_received(b"GET /next HTTP/1.1\r\n")  # a later head, never finished
+    took = await wait_closed(rig.transport)
+    assert rig.transport.closed and took < 1.5
+
+
+async def test_a_head_completed_in_time_is_not_cut_by_its_old_deadline() -> None:
+    gate = asyncio.Event()
+
+    async def handler(req: PlainRequest) -> Answer:
+        await gate.wait()
+        return await echo(req)
+
+    rig = Rig(handler, head_timeout=0.1, idle=100.0)
+    rig.conn.data_received(get()[:5])
+    rig.conn.data_received(get()[5:])  # complete before the deadline
+    await asyncio.sleep(0.3)
+    assert not rig.transport.closed
+    gate.set()
+    await settle()
+    assert len(rig.answers()) == 1 and not rig.transport.closed

@@ -277,12 +277,17 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = ""  # what the deadline is for ("head", "idle"; "": none)
         self._deadline = 0.0
+        # the connection's one task runs its requests in turn (a task per request
+        # cost more than parsing its head): _ready / _waiter hand it the next head
+        self._ready: Head | None = None
+        self._waiter: asyncio.Future[Head | None] | None = None
 
     # ---- asyncio ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._live.add(self)
         self._arm("head")
+        asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -298,6 +303,7 @@ class Connection(asyncio.Protocol):
         self._stop_timer()
         self._live.discard(self)
         self._wake()
+        self._give(None)
 
     def pause_writing(self) -> None:
         if self._blocked is None:
@@ -351,9 +357,33 @@ class Connection(asyncio.Protocol):
         del buf[:end]
         self._disarm()
         self._busy = True
-        asyncio.get_running_loop().create_task(self._serve(head))
+        self._give(head)
 
-    async def _serve(self, head: Head) -> None:
+    def _give(self, head: Head | None) -> None:
+        """The next head to the connection's task (None: it is to end)."""
+        w, self._waiter = self._waiter, None
+        if w is not None:
+            if not w.done():
+                w.set_result(head)
+        else:
+            self._ready = head
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            head, self._ready = self._ready, None
+            if head is None:
+                if self._closed or self.transport is None:
+                    return
+                self._waiter = loop.create_future()
+                head = await self._waiter
+                if head is None:
+                    return  # closed, or handed to aiohttp
+            if not await self._serve(head):
+                return
+
+    async def _serve(self, head: Head) -> bool:
+        """One request; False when the connection is done with."""
         req = PlainRequest(head, self)
         try:
             answer = await self._handler(req)
@@ -362,7 +392,7 @@ class Connection(asyncio.Protocol):
             elif not req.stream.done:  # (the proxy gave up on it: a cut list answer)
                 if self.transport is not None:
                     self.transport.abort()  # never let a part pass for a whole answer
-                return
+                return False
         except Exception as e:
             if not isinstance(e, ConnectionResetError):
                 log.exception("error serving %s %s", head.method, head.target[:200])
@@ -370,15 +400,16 @@ class Connection(asyncio.Protocol):
                 self._fail()
             elif self.transport is not None:
                 self.transport.abort()  # part of an answer went out: never pass it as whole
-            return
+            return False
         if not head.keep_alive or self._closed:
             self.close()
-            return
+            return False
         self._busy = False
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        self._next()
+        self._next()  # (a pipelined head goes to _ready: the loop takes it at once)
+        return True
 
     def _send_whole(self, answer: Any, close: bool) -> None:
         headers: Iterable[tuple[str, str]]
@@ -411,6 +442,7 @@ class Connection(asyncio.Protocol):
             return
         self._stop_timer()
         self._live.discard(self)
+        self._give(None)
         if self._paused:
             self._paused = False
             t.resume_reading()

@@ -144,9 +144,10 @@ def parse_head(data: bytes) -> Head | None:
     return Head(url.decode("latin-1"), CIMultiDict(pairs), not close)
 
 
-def head_end(buf: bytes | bytearray) -> int:
-    """Where the first head in `buf` ends (just past its CRLF CRLF), or -1."""
-    i = buf.find(b"\r\n\r\n")
+def head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Where the first head in `buf` ends (just past its CRLF CRLF), or -1; `start`:
+    where to look from (the bytes before it were looked at already)."""
+    i = buf.find(b"\r\n\r\n", start)
     return i + 4 if i >= 0 else -1
 
 
@@ -270,6 +271,8 @@ class Connection(asyncio.Protocol):
         self._idle_timeout = idle_timeout
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._scanned = 0  # how far _buf was searched for a head's end (a trickled head
+        # is searched once, not once per byte: that would be quadratic)
         self._busy = False
         self._closed = False
         self._paused = False  # reading
@@ -343,8 +346,9 @@ class Connection(asyncio.Protocol):
         if not buf:
             self._arm("idle")
             return
-        end = head_end(buf)
+        end = head_end(buf, self._scanned)
         if end < 0:
+            self._scanned = max(0, len(buf) - 3)
             if len(buf) > MAX_HEAD:
                 self._handoff()
             elif self._timer_kind != "head":
@@ -355,6 +359,7 @@ class Connection(asyncio.Protocol):
             self._handoff()
             return
         del buf[:end]
+        self._scanned = 0
         self._disarm()
         self._busy = True
         self._give(head)

@@ -572,3 +572,20 @@ async def test_a_head_completed_in_time_is_not_cut_by_its_old_deadline() -> None
     gate.set()
     await settle()
     assert len(rig.answers()) == 1 and not rig.transport.closed
+
+
+@pytest.mark.parametrize("cut", range(1, 5))
+async def test_a_head_end_split_across_reads_is_found(cut: int) -> None:
+    """The end of a head is searched incrementally (a head trickled byte by byte is
+    not searched whole each time): an end split across reads is still found."""
+    data = get("/split")
+    rig = Rig(echo)
+    rig.conn.data_received(data[:-cut])
+    await settle()
+    assert not rig.transport.out
+    rig.conn.data_received(data[-cut:] + get("/next")[:7])
+    await settle()
+    rig.conn.data_received(get("/next")[7:])
+    await settle()
+    answers = rig.answers()
+    assert len(answers) == 2 and answers[0].endswith(b"/split") and answers[1].endswith(b"/next")

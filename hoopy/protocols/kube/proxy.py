@@ -220,6 +220,8 @@ class KubeListener:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailed("a bearer token is required (kubectl --token or a kubeconfig user)")
+        if not token.isascii():  # (a JWT is ASCII; bytes that are not UTF-8 would not encode)
+            raise AuthFailed("token rejected: not a JWT (characters outside ASCII)")
         key = hashlib.sha256(token.strip().encode()).hexdigest()
         hit = self._tokens.get(key)
         if hit is not None and self.clock() < hit.expires_at:

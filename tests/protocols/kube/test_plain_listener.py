@@ -251,3 +251,20 @@ def test_refusals_on_the_plain_path_are_kubernetes_status(hk: KubeHoopy) -> None
         assert c.answer()[0] == 400
     finally:
         c.close()
+
+
+def test_a_token_of_undecodable_bytes_is_a_401_not_a_crash(hk: KubeHoopy) -> None:
+    c = Raw(hk)
+    try:
+        for token in (b"abc\xff\xfe", "tok\u00e9n".encode()):
+            c.send(
+                f"GET /k8s/cluster/api/v1/namespaces/{NS}/pods/p0 HTTP/1.1\r\nHost: x\r\n".encode()
+                + b"Authorization: Bearer "
+                + token
+                + b"\r\n\r\n"
+            )
+            status, _, body = c.answer()
+            assert status == 401 and "outside ASCII" in json.loads(body)["message"]
+    finally:
+        c.close()
+    assert "UnicodeEncodeError" not in hk.log_text()

@@ -284,13 +284,15 @@ class Connection(asyncio.Protocol):
         # cost more than parsing its head): _ready / _waiter hand it the next head
         self._ready: Head | None = None
         self._waiter: asyncio.Future[Head | None] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     # ---- asyncio ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._live.add(self)
         self._arm("head")
-        asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run())  # (kept: a
+        # task only weakly referenced by the loop could be collected while it waits)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

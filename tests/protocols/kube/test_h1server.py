@@ -93,6 +93,18 @@ HANDED_OVER = {
     "lower-case method": b"get /k8s/c/api HTTP/1.1\r\nHost: h\r\n\r\n",
     "space in target": b"GET /k8s/c/a pi HTTP/1.1\r\nHost: h\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    # framing hidden from a reader less strict than llhttp: never served here
+    "te space": get(extra="Transfer-Encoding : chunked\r\n"),
+    "te tab": get(extra="Transfer-Encoding:\tchunked\r\n"),
+    "te xchunked": get(extra="Transfer-Encoding: xchunked\r\n"),
+    "te list": get(extra="Transfer-Encoding: gzip, chunked\r\n"),
+    "cl plus": get(extra="Content-Length: +5\r\n"),
+    "cl twice": get(extra="Content-Length: 5\r\nContent-Length: 5\r\n"),
+    "cl and te": get(extra="Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"),
+    "cl in a name": get(extra="X-Content-Length\x00: 5\r\n"),
+    "h2c": get(extra="Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"),
+    "h2 preface": b"PRI * HTTP/2.0\r\n\r\n",
+    "CR alone": b"GET /k8s/c/api HTTP/1.1\r\nHost: h\rX-A: b\r\n\r\n",
 }
 
 

@@ -268,3 +268,43 @@ def test_a_token_of_undecodable_bytes_is_a_401_not_a_crash(hk: KubeHoopy) -> Non
     finally:
         c.close()
     assert "UnicodeEncodeError" not in hk.log_text()
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding : chunked\r\n",
+        b"Transfer-Encoding:\tchunked\r\n",
+        b"Transfer-Encoding: xchunked\r\n",
+        b"Content-Length: +40\r\n",
+        b"Content-Length: 40\r\nContent-Length: 41\r\n",
+        b"Content-Length: 40\r\nTransfer-Encoding: chunked\r\n",
+    ],
+    ids=["te-space", "te-tab", "te-xchunked", "cl-plus", "cl-twice", "cl-te"],
+)
+def test_obfuscated_framing_never_smuggles_a_request(hk: KubeHoopy, framing: bytes) -> None:
+    """Whatever aiohttp makes of each (a 400, or a body), the request hidden in the
+    body never runs: never answered as a request of its own, never recorded."""
+    smuggled = (
+        f"GET /k8s/cluster/api/v1/namespaces/{NS}/configmaps/smuggled-{len(framing)} "
+        f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {hk.token()}\r\n\r\n"
+    ).encode()
+    c = Raw(hk)
+    answers = []
+    try:
+        head = c.get(f"/api/v1/namespaces/{NS}/pods/p0")
+        body = b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n"
+        c.send(head[:-2] + framing + b"\r\n" + body + c.get(f"/api/v1/namespaces/{NS}/pods/p2"))
+        while True:  # until the follow-up GET is answered, or the server closes
+            line = c.file.peek(1) if hasattr(c.file, "peek") else b"x"
+            if not line:
+                break
+            answers.append(c.answer())
+            if answers[-1][0] == 200 and name_of(answers[-1][2]) == "p2":
+                break
+    finally:
+        c.close()
+    assert answers and answers[0][0] in (200, 400), answers
+    for status, _, text in answers:  # each answer is p0's, p2's or a 400: none the hidden one's
+        assert b"smuggled" not in text and (status == 400 or name_of(text) in ("p0", "p2"))
+    assert f"smuggled-{len(framing)}" not in hk.recordings_text()

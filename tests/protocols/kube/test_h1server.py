@@ -7,6 +7,10 @@ Connection: close, read and write flow control, deadlines and failures."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import threading
 from typing import Any
 from unittest import mock
 
@@ -29,6 +33,7 @@ from hoopy.protocols.kube.h1server import (
     parse_head,
     response_head,
 )
+from tests.kubefixture import KUBECTL
 
 TOKEN = "Authorization: Bearer abc.def.ghi\r\n"
 
@@ -601,3 +606,38 @@ async def test_a_head_end_split_across_reads_is_found(cut: int) -> None:
     await settle()
     answers = rig.answers()
     assert len(answers) == 2 and answers[0].endswith(b"/split") and answers[1].endswith(b"/next")
+
+
+def test_kubectls_own_request_heads_are_served_here() -> None:
+    """Real kubectl's head (captured on a plain socket) is one this module serves, so
+    kubectl's GETs take this path and the kubectl tests exercise it."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    heads: list[bytes] = []
+
+    def capture() -> None:
+        c, _ = srv.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        heads.append(data)
+        c.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        c.close()
+        srv.close()  # (kubectl's retries are refused at once)
+
+    t = threading.Thread(target=capture)
+    t.start()
+    port = srv.getsockname()[1]
+    subprocess.run(
+        [KUBECTL, "--server", f"http://127.0.0.1:{port}/k8s/c", "--token", "abc", "get", "pods"],
+        capture_output=True,
+        env={**os.environ, "KUBECONFIG": "/dev/null"},
+        timeout=30,
+    )
+    t.join(10)
+    assert heads and heads[0].startswith(b"GET /k8s/c/")
+    assert parse_head(heads[0][: head_end(heads[0])]) is not None, heads[0]

@@ -2,7 +2,8 @@
 (and that it reads each exactly as aiohttp, which it hands everything else to, would),
 response framing, and the pump against an in-memory transport: pipelining in order,
 the hand-over to aiohttp from the exact first byte of the request it does not serve,
-Connection: close, read and write flow control, deadlines and failures."""
+Connection: close, read and write flow control, deadlines and failures; and that real
+kubectl's heads are ones it serves."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ the same TLS settings and a fresh connection pool per run.  Targets (issue 12):
 added median latency <= 2 ms, >= 0.5x direct throughput, exec >= 50 MB/s.
 
     PYTHONPATH=. python3 bench/kube.py [--gets 2000] [--lists 200] [--mb 100] [--rounds 3]
-        [--compare DIR]
+        [--compare DIR] [--loads one,get,list]
 
 --compare DIR also runs a second hoopy from the source tree DIR (say an export of the
 commit before a change) in every round, as a third leg: before/after numbers taken
@@ -155,6 +155,9 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compare", type=Path, help="a second hoopy source tree to compare")
+    ap.add_argument(
+        "--loads", default="one,get,list", help="which loads to run (one,get,list; comma-separated)"
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         emu = start_emulator(Path(d) / "emu")
@@ -184,10 +187,15 @@ def main() -> None:
             one = gets[: max(1, a.gets // 5)]
             m = Meter({"emu": emu.proc.pid, "hoopy": h.proc.pid})
             emu_ca = emu.folder / "ca.pem"
-            loads = (
-                (f"{len(one)} GET pod, one at a time", one, 1),
-                (f"{a.gets} GET pod, conc 10", gets, 10),
-                (f"{a.lists} LIST {a.pods} pods, conc 10", lists, 10),
+            chosen = set(a.loads.split(","))
+            loads = tuple(
+                (n, p, c)
+                for key, n, p, c in (
+                    ("one", f"{len(one)} GET pod, one at a time", one, 1),
+                    ("get", f"{a.gets} GET pod, conc 10", gets, 10),
+                    ("list", f"{a.lists} LIST {a.pods} pods, conc 10", lists, 10),
+                )
+                if key in chosen
             )
             results: dict[str, list[tuple[float, float, float]]] = {n: [] for n, _, _ in loads}
             if other is not None:
@@ -196,6 +204,7 @@ def main() -> None:
                 asyncio.run(load(ovia, other.ca, otoken, gets[:50], 10))
                 m.pids["other"] = other.proc.pid
                 results.update({f"{n} [{a.compare}]": [] for n, _, _ in loads})
+            print("pids:", " ".join(f"{k} {v}" for k, v in m.pids.items()), flush=True)
             print("load average at start:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
             for r in range(a.rounds):
                 print(f"-- round {r + 1}/{a.rounds}")

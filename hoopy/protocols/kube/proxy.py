@@ -26,7 +26,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -45,7 +45,7 @@ from hoopy.gateway import Gateway
 from hoopy.httpguard import GuardedServer
 from hoopy.masking import ValueMasker
 from hoopy.policy import Decision, Identity
-from hoopy.protocols.kube import execrelay, h1, pfrelay
+from hoopy.protocols.kube import execrelay, h1, h1server, pfrelay
 from hoopy.protocols.kube.bodies import BodyError, Inspector, body_names, body_namespace
 from hoopy.protocols.kube.commands import (
     Visibility,
@@ -106,6 +106,20 @@ _KINDS = {
 }
 
 
+class _Out(Protocol):
+    """A streamed answer: aiohttp's StreamResponse or h1server's Stream."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def write_eof(self) -> None: ...
+
+
+# What the listener's handler gets (aiohttp's request, or h1server's for a plain GET)
+# and gives back (for a plain GET: h1server's Answer or Stream, or a web.Response).
+_AnyRequest = web.BaseRequest | h1server.PlainRequest
+_AnyAnswer = web.StreamResponse | h1server.Answer | h1server.Stream
+
+
 @dataclass
 class _Live:
     session: Session
@@ -126,24 +140,36 @@ class KubeListener:
         self._admitted: dict[tuple[str, str, frozenset[str], str], KubeConnector] = {}
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
         self._runner: web.ServerRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._plain: set[h1server.Connection] = set()  # connections h1server serves
         self._reaper: asyncio.Task[None] | None = None
         self.clock = time.time  # token expiry is judged on this clock
 
     async def start(self, host: str, port: int) -> int:
-        # A bare web.Server: every path is this one handler's (no router, no middlewares)
-        server = GuardedServer(self.handle, access_log=None)  # bounded request heads
+        # Connections start on h1server (plain GETs); at their first other request they
+        # go to a bare aiohttp web.Server: every path is this one handler's (no router,
+        # no middlewares), with bounded request heads (httpguard)
+        server = GuardedServer(self._handle_web, access_log=None)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls, backlog=512)
-        await site.start()
-        self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        bound = site._server
-        assert bound is not None
-        return int(bound.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: h1server.Connection(self.handle, server, self._plain),
+            host,
+            port,
+            ssl=self.tls,
+            backlog=512,
+        )
+        self._reaper = loop.create_task(self._reap())
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._plain):
+            conn.close()
         if self._runner is not None:
             await self._runner.cleanup()
         for key in list(self._live):
@@ -189,11 +215,13 @@ class KubeListener:
             live.session.identity = identity  # the agent's newer token of the same identity
         return live
 
-    async def _identity(self, request: web.BaseRequest) -> Identity:
+    async def _identity(self, request: _AnyRequest) -> Identity:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailed("a bearer token is required (kubectl --token or a kubeconfig user)")
+        if not token.isascii():  # (a JWT is ASCII; bytes that are not UTF-8 would not encode)
+            raise AuthFailed("token rejected: not a JWT (characters outside ASCII)")
         key = hashlib.sha256(token.strip().encode()).hexdigest()
         hit = self._tokens.get(key)
         if hit is not None and self.clock() < hit.expires_at:
@@ -233,7 +261,12 @@ class KubeListener:
         return up
 
     # ---- requests -----------------------------------------------------------------
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle_web(self, request: web.BaseRequest) -> web.StreamResponse:
+        out = await self.handle(request)
+        assert isinstance(out, web.StreamResponse)  # (an aiohttp request gets aiohttp's)
+        return out
+
+    async def handle(self, request: _AnyRequest) -> _AnyAnswer:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         client = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         path, _, query = request.raw_path.partition("?")
@@ -271,7 +304,7 @@ class _Request:
         listener: KubeListener,
         live: _Live,
         connector: KubeConnector,
-        request: web.BaseRequest,
+        request: _AnyRequest,
         path: str,
         query: str,
     ) -> None:
@@ -317,7 +350,7 @@ class _Request:
         if c is not None and len(c) < RECORD_BODY:
             c += data[: RECORD_BODY - len(c)]
 
-    async def run(self) -> web.StreamResponse:
+    async def run(self) -> _AnyAnswer:
         try:
             q, info = parsed(self.request.method, self.path, self.query)
         except PathRejected as e:
@@ -399,7 +432,7 @@ class _Request:
             return await self._connect(info, q, decision)
         return await self._forward(info, decision)
 
-    async def _non_resource(self, info: RequestInfo) -> web.StreamResponse:
+    async def _non_resource(self, info: RequestInfo) -> _AnyAnswer:
         if self.request.method not in ("GET", "HEAD") or not _DISCOVERY.match(self.path):
             self.status, self.decision = 403, "deny"
             self.session.record(
@@ -419,6 +452,8 @@ class _Request:
     async def _body(self, info: RequestInfo) -> bytes | None:
         if self.request.method not in ("POST", "PUT", "PATCH", "DELETE"):
             return None
+        if not isinstance(self.request, web.BaseRequest):  # (h1server serves bodiless GETs)
+            raise ProtocolError("a request body hoopy cannot read")
         if self.request.content_length is not None and self.request.content_length > MAX_BODY:
             raise _TooLarge()
         body = bytearray()
@@ -499,7 +534,7 @@ class _Request:
         url = URL(up.server + self.path + ("?" + self.query if self.query else ""), encoded=True)
         return up, url
 
-    async def _forward(self, info: RequestInfo, decision: Decision | None) -> web.StreamResponse:
+    async def _forward(self, info: RequestInfo, decision: Decision | None) -> _AnyAnswer:
         try:
             if self.read_early:
                 body = self.early
@@ -540,7 +575,7 @@ class _Request:
         resp: h1.Response,
         inspector: Inspector | None,
         masker: ValueMasker | None,
-    ) -> web.StreamResponse:
+    ) -> _AnyAnswer:
         self.status = resp.status
         headers = {h: resp.headers[h] for h in _RETURN if h in resp.headers}
         ctype = resp.headers.get("Content-Type", "")
@@ -556,29 +591,30 @@ class _Request:
                     "the cluster answered a response hoopy must inspect in a form it cannot read"
                 )
             big = resp.content_length is None or resp.content_length > STREAM_LISTS_OVER
-            out: web.StreamResponse
+            out: _AnyAnswer
             if whole and info.verb == "list" and big:
                 assert inspector is not None
-                out = web.StreamResponse(status=resp.status, headers=headers)
-                await out.prepare(self.request)
-                await self._list(resp, out, inspector)
-                await out.write_eof()
+                out, stream = await self._open(resp.status, headers)
+                await self._list(resp, stream, inspector)
+                await stream.write_eof()
             elif whole or (inspector is None and masker is None and small):
                 data = await _read_all(resp)
                 if whole:
                     assert inspector is not None
                     data = self._rewrite(data, inspector)
                 self._out(data)
-                out = web.Response(status=resp.status, body=data, headers=headers)
+                if isinstance(self.request, h1server.PlainRequest):
+                    out = h1server.Answer(resp.status, headers, data)
+                else:
+                    out = web.Response(status=resp.status, body=data, headers=headers)
             else:
-                out = web.StreamResponse(status=resp.status, headers=headers)
-                await out.prepare(self.request)
-                work = asyncio.ensure_future(self._stream(resp, out, inspector, masker))
+                out, stream = await self._open(resp.status, headers)
+                work = asyncio.ensure_future(self._stream(resp, stream, inspector, masker))
                 try:  # a watch (or a followed log) ends with the token it was opened with
                     await execrelay.until_expiry(self.session, work, self._stream_expiry(info))
                 finally:
                     work.cancel()  # (done already, or the agent went away)
-                await out.write_eof()
+                await stream.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self._record(info, aborted=True)
             raise
@@ -586,10 +622,19 @@ class _Request:
         self._record(info, **({"inspected": counts} if counts else {}))
         return out
 
+    async def _open(self, code: int, headers: dict[str, str]) -> tuple[_AnyAnswer, _Out]:
+        """A streamed answer's head, sent: (what the handler returns, what to write to)."""
+        if isinstance(self.request, h1server.PlainRequest):
+            stream = self.request.open_stream(code, headers)
+            return stream, stream
+        out = web.StreamResponse(status=code, headers=headers)
+        await out.prepare(self.request)
+        return out, out
+
     async def _stream(
         self,
         resp: h1.Response,
-        out: web.StreamResponse,
+        out: _Out,
         inspector: Inspector | None,
         masker: ValueMasker | None,
     ) -> None:
@@ -614,7 +659,7 @@ class _Request:
             raise BackendUnavailable("the cluster answered JSON hoopy cannot read") from None
         return json.dumps(inspector.value(value), separators=(",", ":")).encode()
 
-    async def _list(self, resp: h1.Response, out: web.StreamResponse, inspector: Inspector) -> None:
+    async def _list(self, resp: h1.Response, out: _Out, inspector: Inspector) -> None:
         """A large list answer, rewritten and sent item by item (liststream.py)."""
         stream = ListStream(inspector, MAX_INSPECTED)
         try:
@@ -635,9 +680,7 @@ class _Request:
         await out.write(data)
         self._out(data)
 
-    async def _watch(
-        self, resp: h1.Response, out: web.StreamResponse, inspector: Inspector
-    ) -> None:
+    async def _watch(self, resp: h1.Response, out: _Out, inspector: Inspector) -> None:
         async for line in _lines(resp):
             if not line.strip():
                 continue
@@ -651,7 +694,7 @@ class _Request:
             await out.write(data)
             self._out(data)
 
-    async def _lines(self, resp: h1.Response, out: web.StreamResponse, masker: ValueMasker) -> None:
+    async def _lines(self, resp: h1.Response, out: _Out, masker: ValueMasker) -> None:
         async for line in _lines(resp):
             text, _ = masker.mask_text(line.decode("utf-8", "replace"))
             data = text.encode()
@@ -660,7 +703,7 @@ class _Request:
 
     async def _connect(
         self, info: RequestInfo, q: dict[str, list[str]], decision: Decision
-    ) -> web.StreamResponse:
+    ) -> _AnyAnswer:
         upgrade = self.request.headers.get("Upgrade", "").lower()
         if info.subresource == "portforward" and decision.masks.detectors:
             # (before the SPDY answer: kubectl retries a refused tunnel over SPDY)
@@ -692,6 +735,7 @@ class _Request:
                 "BadRequest",
                 f"hoopy does not relay {info.full_resource} {upgrade or 'without an upgrade'}",
             )
+        assert isinstance(self.request, web.BaseRequest)  # (h1server hands upgrades over)
         up, url = self._upgrade_url()
         result = await execrelay.relay(
             self.request,
@@ -715,7 +759,8 @@ class _Request:
         )
         return result.response
 
-    async def _portforward(self, info: RequestInfo) -> web.StreamResponse:
+    async def _portforward(self, info: RequestInfo) -> _AnyAnswer:
+        assert isinstance(self.request, web.BaseRequest)  # (h1server hands upgrades over)
         if not pfrelay.offered(self.request):
             self.status = 400
             self._record(info)

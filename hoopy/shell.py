@@ -259,6 +259,14 @@ _RESERVED = frozenset(
 _ASCII = bytes(range(128)) + b"x" * 128
 _BARE_NEWLINE = re.compile(rb"(?<!\\)\n")
 _REDIRECTS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
+# Leaves whose text bash never runs, or which are read elsewhere (here-documents).
+_TEXT_LEAVES = frozenset(
+    {"raw_string", "ansi_c_string", "comment", "heredoc_content", "heredoc_start",
+     "heredoc_end", "heredoc_body", "`", "$(", "$((", "$[", "<(", ">("}
+)  # fmt: skip
+# An unescaped backquote, $( or $[ (an even number of backslashes before it).
+_UNREAD_CODE = re.compile(r"(?<!\\)(?:\\\\)*(?:`|\$\(|\$\[)")
+_ESCAPED_IN_BACKQUOTES = re.compile(r"^`.*\\[\\`$]", re.DOTALL)
 Kids = list[tuple[Node, "Stdin"]]
 
 
@@ -318,6 +326,10 @@ class _Reader:
                     kids.append((c, sin if first else _PIPE))
                     first = first and not c.is_named
             elif t in ("command_substitution", "process_substitution"):
+                if t == "command_substitution" and _ESCAPED_IN_BACKQUOTES.search(text(node)):
+                    # bash removes these backslashes before it reads the command
+                    # (`echo \`rm x\``); tree-sitter reads them as literal text
+                    self.opaque("unparseable: an escaped \\, ` or $ inside `…`")
                 inner = _PIPE if text(node).startswith(">(") else _INHERIT
                 kids = [(c, inner) for c in node.named_children]
             elif t in ("declaration_command", "unset_command"):
@@ -342,6 +354,8 @@ class _Reader:
                     self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
+                if not node.named_child_count and t not in _TEXT_LEAVES:
+                    self.unread_code(node)
                 kids = [(c, sin) for c in node.named_children]
             stack.extend((c, s, level + 1) for c, s in reversed(kids))
 
@@ -374,6 +388,12 @@ class _Reader:
         word = re.sub(rb"[\"'\\\\]", b"", raw(delim)) if delim is not None else None
         if (line.lstrip(b"\t") if op == "<<-" else line) != word:
             self.opaque("unparseable: a here-document's end word is not alone on its line")
+
+    def unread_code(self, node: Node) -> None:
+        """tree-sitter leaves some substitutions as plain text (`${x:-`rm`}`,
+        `${x#$(rm)}`); bash runs them.  An unescaped ` or $( in a leaf is one."""
+        if _UNREAD_CODE.search(text(node)):
+            self.opaque(f"unparseable: code tree-sitter does not read: {text(node)[:40]}")
 
     def check_text(self, arg: Arg) -> None:
         if arg.value is not None and subscript_code(arg.value):

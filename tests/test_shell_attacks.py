@@ -1,0 +1,97 @@
+"""Attack review of the shell classifier (hoopy.shell): each line here once made the
+backend run a denied program while hoopy reported only allowed ones (or nothing it
+could not read).  Each must now be denied by a policy that denies reboot/rm and allows
+every visible command; the look-alikes beside them must still pass.  A differential
+run under real bash (tests/test_shell_bash.py's sandbox) checks that what bash runs
+for these lines is seen or the line is opaque."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hoopy.policy import decide
+from hoopy.shell import read_argv, read_line, shell_command
+from tests.test_policy_shell import AGENT, POLICY
+from tests.test_shell_bash import _build, _logged, _mentions, _run
+
+# Lines that ran a denied program (bash output confirmed in the sandbox below).
+ATTACKS = [
+    # tree-sitter leaves backquotes and $( in some ${…} operands as text; bash runs them
+    "echo ${x:-`reboot x`}",
+    'echo "${x:-`reboot`}"',
+    "echo ${x:=`reboot`}",
+    "echo ${x?`reboot`}",
+    "x=1; echo ${x#$(reboot)}",
+    "x=1; echo ${x%%`reboot`}",
+    "x=${y:-`reboot`}",
+    # bash removes \` \$ \\ inside `…` before reading the command; tree-sitter does not
+    "echo `echo \\`reboot x\\``",
+    "x=`echo \\`reboot\\``",
+    "echo `eval \\`echo reboot\\``",
+]
+
+# Must stay fully visible (no over-reach of the fixes above).
+LOOK_ALIKES = [
+    "echo '$(reboot)'",
+    "echo $'\\x24(reboot)'",
+    'echo "\\`reboot\\`"',
+    "grep 'a`b' f",
+    'printf "%s" "it is \\$(x)"',
+    "echo ${x:-a} $(id) `id`",
+    'echo "${x:-$HOME}"',
+    "cat <<'E'\n`reboot` $(reboot)\nE",
+    "echo \\\\`id`",
+    "echo `ls`",
+]
+
+
+def _decision(line: str) -> str:
+    return decide([POLICY], AGENT, shell_command("ssh", "web-1", read_line(line))).outcome
+
+
+@pytest.mark.parametrize("line", ATTACKS)
+def test_attack_is_denied(line: str) -> None:
+    assert _decision(line) == "deny", read_line(line)
+    assert read_line(line, interactive=False).opaque or any(
+        c.program == "reboot" for c in read_line(line, interactive=False).commands
+    )
+
+
+@pytest.mark.parametrize("line", LOOK_ALIKES)
+def test_look_alike_passes(line: str) -> None:
+    assert _decision(line) == "allow", read_line(line)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, ...]]]:
+    root: Path = tmp_path_factory.mktemp("attacks")
+    lines = list(dict.fromkeys(ATTACKS + LOOK_ALIKES))
+    _build(root, lines)
+    _run(root)
+    return {
+        line: _logged((root / "logs" / f"{i:04d}").read_text(errors="replace"))
+        for i, line in enumerate(lines)
+    }
+
+
+def test_bash_runs_reboot_for_the_attacks(ran: dict[str, list[tuple[str, ...]]]) -> None:
+    # the attacks are real: bash does run a denied program for most of them
+    hits = [line for line in ATTACKS if any(argv[0] == "reboot" for argv in ran[line])]
+    assert len(hits) >= len(ATTACKS) // 2, hits
+
+
+def test_what_bash_runs_is_seen_or_opaque(ran: dict[str, list[tuple[str, ...]]]) -> None:
+    missed = []
+    for line, runs in ran.items():
+        reading = read_line(line, interactive=False)
+        if reading.opaque:
+            continue
+        seen = [c.argv for c in reading.commands]
+        missed += [(line, a) for a in runs if not any(_mentions(s, a) for s in seen)]
+    assert missed == []
+
+
+def test_argv_is_read_without_a_shell() -> None:
+    assert read_argv(["sh", "-c", "echo ${x:-`reboot`}"]).opaque

@@ -33,6 +33,7 @@ import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
+from hoopy.shellopts import arith_code_env
 from hoopy.shellprogs import Ctx, code_env, effect
 from hoopy.shellwords import (
     Arg,
@@ -335,6 +336,7 @@ class _Reader:
             elif t in ("declaration_command", "unset_command"):
                 words = [c for c in node.children if c.type != "comment"]
                 self.emit(SimpleCommand(tuple(_shown(c) for c in words)))
+                self.declaration(words)
                 kids = [(c, sin) for c in node.named_children]
             else:
                 if t == "variable_assignment":
@@ -354,6 +356,10 @@ class _Reader:
                     self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
+                elif t == "variable_name" and _assigned(node) and code_env(text(node)):
+                    self.opaque(f"environment variable can run code: {text(node)}")
+                elif t in _ARITH_NODES and arith_code_env(text(node)):
+                    self.opaque(f"environment variable can run code: {arith_code_env(text(node))}")
                 if not node.named_child_count and t not in _TEXT_LEAVES:
                     self.unread_code(node)
                 kids = [(c, sin) for c in node.named_children]
@@ -373,6 +379,35 @@ class _Reader:
         value = node.child_by_field_name("value")
         if value is not None:
             self.check_text(decode(value))
+            literal = decode(value).literal
+            if literal is not None and arith_code_env(literal):  # x='PATH=1'; $((x))
+                self.opaque(f"environment variable can run code: {arith_code_env(literal)}")
+
+    def declaration(self, words: list[Node]) -> None:
+        """declare/export/local/readonly/typeset/unset: the names they set, as bash reads
+        them after quote removal (`export "PATH=/tmp"`); a name known only at run time
+        (`declare "$n=x"`) or a nameref (`declare -n r=PATH; r=/tmp`) could be any."""
+        nameref = False
+        for w in words[1:]:
+            if w.type == "variable_assignment":
+                value = w.child_by_field_name("value")
+                target = decode(value).literal if value is not None else ""
+                if nameref and (target is None or code_env(target.split("[", 1)[0])):
+                    self.opaque(f"environment variable can run code: nameref {text(w)}")
+                continue
+            if w.type == "variable_name":
+                if nameref:
+                    self.opaque(f"environment variable can run code: nameref {text(w)}")
+                continue  # unset NAME: the walk checks it (_assigned)
+            v = decode(w).literal
+            if v is None:
+                self.opaque(f"environment variable can run code: {text(w)[:40]}")
+            elif v[:1] in "-+" and "=" not in v:
+                nameref = nameref or (v[:1] == "-" and "n" in v)
+            else:
+                name = re.split(r"[+\[=]", v, maxsplit=1)[0]
+                if code_env(name) or (nameref and "=" not in v):
+                    self.opaque(f"environment variable can run code: {name}")
 
     def heredoc_end(self, node: Node) -> None:
         """tree-sitter ends a here-document at a line that only starts with the word
@@ -517,6 +552,30 @@ class _Reader:
             self.parse(value, depth + 1, _FILE)
         else:
             self.opaque(f"interpreter reads code from {_STDIN_SOURCE[kind]}: {prog}")
+
+
+# Nodes bash evaluates as arithmetic or whose operands it may (`[[ x -eq y ]]`).
+_ARITH_NODES = frozenset(
+    {"arithmetic_expansion", "compound_statement", "c_style_for_statement", "test_command",
+     "subscript"}
+)  # fmt: skip
+_ASSIGN_OPS = frozenset(
+    {"=", ":=", "+=", "-=", "*=", "/=", "%=", "**=", "<<=", ">>=", "&=", "^=", "|=", "++", "--"}
+)
+
+
+def _assigned(node: Node) -> bool:
+    """Does bash assign the variable this name stands for (`for NAME in`, `unset NAME`,
+    `${NAME:=x}`, `((NAME+=1))`, `((++NAME))`)?"""
+    parent = node.parent
+    if parent is None:
+        return False
+    if parent.type in ("for_statement", "unset_command"):
+        return True
+    after, before = node.next_sibling, node.prev_sibling
+    return (after is not None and after.type in _ASSIGN_OPS) or (
+        before is not None and before.type in ("++", "--")
+    )
 
 
 def _fields(r: Node, name: str) -> list[Node]:

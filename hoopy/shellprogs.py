@@ -21,6 +21,7 @@ from hoopy.shellopts import (
     Ctx,
     Effect,
     Spec,
+    arith_code_env,
     assignment,
     code_env,
     is_interpreter,
@@ -472,11 +473,17 @@ def _fc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
 
 
 def _vars(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
-    """read/printf -v/export/declare: assigning a variable that makes programs run code."""
+    """read/printf -v/export/declare/getopts/wait -p/let: assigning a variable that
+    makes programs run code (also as an attached option value: `printf -vPATH`)."""
     for k, a in enumerate(args[1:], 1):
-        name = (a.literal or a.source).split("=", 1)[0]
-        if code_env(name):
+        word = a.literal or a.source
+        name = word.split("=", 1)[0]
+        if code_env(name) or (prog == "let" and arith_code_env(word)):
             return opaque(f"environment variable can run code: {name}")
+        if word.startswith("-") and any(code_env(name[i:]) for i in range(2, len(name))):
+            return opaque(f"environment variable can run code: {name}")
+        if a.literal is None and prog in ("declare", "typeset", "export", "local", "readonly"):
+            return opaque(f"environment variable can run code: {a.source}")
         if prog in ("mapfile", "readarray") and a.literal == "-C" and k + 1 < len(args):
             return Effect(code=[args[k + 1]])  # a callback run every -c lines
     return none()
@@ -502,6 +509,10 @@ _HANDLERS: dict[str, Handler] = {
             "typeset",
             "local",
             "readonly",
+            "getopts",
+            "wait",
+            "let",
+            "unset",
         ),
         _vars,
     ),

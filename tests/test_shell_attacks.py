@@ -30,6 +30,42 @@ ATTACKS = [
     "echo `echo \\`reboot x\\``",
     "x=`echo \\`reboot\\``",
     "echo `eval \\`echo reboot\\``",
+    # env takes any word with "=" for an assignment: hoopy took it for the program
+    "env 'BASH_FUNC_ls%%=() { reboot; }' bash -c ls",
+    "env 'BASH_FUNC_ls%%=() { reboot; }' sh -c ls",
+    "env 'x y=1' reboot",
+]
+
+# Lines that make a later program run other code, by setting a variable such as PATH
+# or LD_PRELOAD in ways hoopy did not see as assignments: each must be opaque.
+SETS_CODE_VARIABLES = [
+    "declare -n r=PATH; r=/tmp; ls",
+    "local -n r=PATH",
+    "declare -n r; r=PATH; r=/tmp",
+    "for PATH in /tmp; do ls; done",
+    "select PATH in /tmp; do ls; done",
+    "unset PATH; ls",  # bash's default PATH ends with "."
+    "unset PATH; : ${PATH:=/tmp}; ls",
+    ": ${BASH_ENV:=/tmp/x}; export BASH_ENV; bash -c ls",
+    ": ${LD_PRELOAD=/tmp/x.so}",
+    "getopts a PATH",
+    'a=PATH; declare "$a=/tmp"; ls',
+    "declare ${a}=/tmp",
+    'export "PATH=/tmp"; ls',
+    "export 'LD_PRELOAD'=/tmp/x.so; ls",
+    'typeset -x "LD_PRELOAD=/x"',
+    "printf -vPATH /tmp; ls",
+    "read -aPATH <<< /tmp; ls",
+    "((PATH=1)); ls",  # ./1/ls
+    "echo $((PATH=1)); ls",
+    "echo $[PATH=1]; ls",
+    "let PATH=1; ls",
+    "let 'PATH = 1'; ls",
+    "for ((PATH=1;;)); do ls; break; done",
+    "x='PATH=1'; echo $((x)); ls",
+    "[[ 'PATH=1' -eq 1 ]]; ls",
+    "wait -p PATH; ls",
+    "sudo 'BASH_FUNC_ls%%=() { reboot; }' bash -c ls",
 ]
 
 # Must stay fully visible (no over-reach of the fixes above).
@@ -44,6 +80,13 @@ LOOK_ALIKES = [
     "cat <<'E'\n`reboot` $(reboot)\nE",
     "echo \\\\`id`",
     "echo `ls`",
+    "for i in 1 2; do echo $i; done",
+    "unset x y; export FOO=bar LANG=C; local x; readonly X=1",
+    "declare -a arr=(1 2); declare -n ref=other; typeset -i n=5",
+    "(( i++ )); [[ $x -eq 1 ]]; echo $((i+1)) $((PATH_LEN + 1)) ${#PATH} ${PATH:-/bin}",
+    "echo PATH=$PATH; export PATH; grep 'PATH=' /etc/environment",
+    "read -r line; printf -v out '%s' x; getopts ab opt; let i++; wait -n",
+    "env A=1 ls; env -- B=2 id",
 ]
 
 
@@ -57,6 +100,13 @@ def test_attack_is_denied(line: str) -> None:
     assert read_line(line, interactive=False).opaque or any(
         c.program == "reboot" for c in read_line(line, interactive=False).commands
     )
+
+
+@pytest.mark.parametrize("line", SETS_CODE_VARIABLES)
+def test_setting_a_code_variable_is_opaque(line: str) -> None:
+    reasons = read_line(line, interactive=False).opaque
+    assert any(r.startswith("environment variable can run code") for r in reasons), reasons
+    assert _decision(line) == "deny"
 
 
 @pytest.mark.parametrize("line", LOOK_ALIKES)

@@ -11,6 +11,7 @@ the wrong word.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Sequence
 
@@ -133,9 +134,19 @@ def _sudo(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if any(k in o for k in ("-e", "--edit", "-l", "--list", "-v", "--validate", "-V", "-K")):
         return eff
     rest = list(args[i:])
-    if rest:
+    shell = any(k in o for k in ("-s", "--shell", "-i", "--login"))
+    if rest and shell:
+        # sudo runs the shell with -c and the words backslash-escaped, all but
+        # letters, digits, _, - and $: `sudo -s 'rm$IFS-rf$IFS/'` splits at run time
+        values = [a.literal for a in rest]
+        if any(v is None for v in values):
+            eff.opaque.append(f"code is not literal: {prog} {' '.join(a.source for a in rest)}")
+        else:
+            code = " ".join(re.sub(r"([^A-Za-z0-9_$-])", r"\\\1", v or "") for v in values)
+            eff.code.append(plain(code))
+    elif rest:
         eff.runs.append(rest)
-    elif any(k in o for k in ("-s", "--shell", "-i", "--login")):
+    elif shell:
         eff.opaque.append(f"interpreter reads code: {prog} runs an interactive shell")
     return eff
 
@@ -170,7 +181,7 @@ def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
         split = p.opts.get("-S") or p.opts.get("--split-string")
         s = split.literal if split is not None else None
         try:
-            if s is None or "${" in s or "\\c" in s:
+            if s is None or "${" in s or "\\" in s:  # \_ splits words, \c ends the string
                 raise ValueError
             words = [*words[:i], *(plain(w) for w in shlex.split(s)), *words[i:]]
         except ValueError:

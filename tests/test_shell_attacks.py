@@ -34,6 +34,62 @@ ATTACKS = [
     "env 'BASH_FUNC_ls%%=() { reboot; }' bash -c ls",
     "env 'BASH_FUNC_ls%%=() { reboot; }' sh -c ls",
     "env 'x y=1' reboot",
+    # env -S: \_ separates words (hoopy's shlex.split read `reboot_x`)
+    "env -S 'reboot\\_x'",
+    "env -S'reboot\\_-f'",
+]
+
+# Programs that run another program named in their arguments, which hoopy did not
+# know (the sandbox has no real toybox or git: these are checked on hoopy's side).
+PROGRAM_ATTACKS = [
+    "toybox rm -rf /",
+    "coreutils rm -rf /",
+    "coreutils --coreutils-prog=rm -rf /",
+    "fakeroot rm -rf /",
+    "setarch x86_64 rm -rf /",
+    "linux64 rm -rf /",
+    "valgrind rm -rf /",
+    "systemd-inhibit rm -rf /",
+    "ssh-agent rm -rf /",
+    "dbus-launch rm -rf /",
+    "xvfb-run rm -rf /",
+    "run-parts /tmp/d",
+    "start-stop-daemon --start --exec /usr/bin/rm -- -rf /",
+    "firejail rm -rf /",
+    "bwrap --bind / / rm -rf /",
+    "perf stat rm -rf /",
+    "entr rm -rf /",
+    "chpst rm -rf /",
+    "envdir d rm -rf /",
+    "cpulimit -l 5 rm -rf /",
+    "mpirun rm -rf /",
+    "gosu root rm -rf /",
+    "su-exec root rm -rf /",
+    "tini -- rm -rf /",
+    "dumb-init rm -rf /",
+    "docker exec c rm -rf /",
+    "kubectl exec p -- rm -rf /",
+    "git difftool --extcmd='rm -rf /'",
+    "git bisect run rm -rf /",
+    "git rebase --exec 'rm -rf /' HEAD~1",
+    "git rebase -x 'rm -rf /' HEAD~1",
+    "git submodule foreach 'rm -rf /'",
+    "git filter-branch --tree-filter 'rm -rf /'",
+    "git grep -O'rm -rf' x",
+    "git clone -u 'rm -rf /' r",
+    "git clone --config=core.sshCommand='rm -rf /' r",
+    "rg --pre rm pattern",
+    "fd x -x rm",
+    "fdfind -X rm",
+    "apt-get -o APT::Update::Pre-Invoke::='rm -rf /' update",
+    "dpkg --pre-invoke='rm -rf /' -i f.deb",
+    "ansible all -m shell -a 'rm -rf /'",
+    "echo '* * * * * rm -rf /' | crontab -",
+    "mosh h -- rm -rf /",
+    # sudo -s/-i hands the words to a shell escaped, all but letters, digits, _ - $
+    "sudo -s 'rm$IFS-rf$IFS/'",
+    "sudo -i 'rm$IFS-rf$IFS/'",
+    "sudo --login 'x=rm;$x'",
 ]
 
 # Lines that make a later program run other code, by setting a variable such as PATH
@@ -87,6 +143,8 @@ LOOK_ALIKES = [
     "echo PATH=$PATH; export PATH; grep 'PATH=' /etc/environment",
     "read -r line; printf -v out '%s' x; getopts ab opt; let i++; wait -n",
     "env A=1 ls; env -- B=2 id",
+    "sudo -i ls -la; sudo -s 'ls; id'; crontab -l; git log -x; git rebase main",
+    "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 
 
@@ -100,6 +158,11 @@ def test_attack_is_denied(line: str) -> None:
     assert read_line(line, interactive=False).opaque or any(
         c.program == "reboot" for c in read_line(line, interactive=False).commands
     )
+
+
+@pytest.mark.parametrize("line", PROGRAM_ATTACKS)
+def test_program_attack_is_denied(line: str) -> None:
+    assert _decision(line) == "deny", read_line(line)
 
 
 @pytest.mark.parametrize("line", SETS_CODE_VARIABLES)

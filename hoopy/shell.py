@@ -302,6 +302,10 @@ class _Reader:
             root = tree.root_node
             if root.has_error:
                 self.opaque("unparseable: " + _first_error(root))
+            if _ODD_BLANKS.search(data) and _blank_between_words(root, data):
+                self.opaque(
+                    "unparseable: a carriage return, vertical tab or form feed between words"
+                )
             self.walk(root, depth, stdin)
         finally:
             self.src = outer
@@ -576,6 +580,21 @@ def _assigned(node: Node) -> bool:
     return (after is not None and after.type in _ASSIGN_OPS) or (
         before is not None and before.type in ("++", "--")
     )
+
+
+_ODD_BLANKS = re.compile(rb"[\r\v\f]")
+
+
+def _blank_between_words(root: Node, data: bytes) -> bool:
+    """tree-sitter takes CR, VT and FF for blanks; bash takes them for part of a word
+    (`ls\rrm x` runs a program named `ls\rrm`).  Is one outside every word?"""
+    for m in _ODD_BLANKS.finditer(data):
+        node = root.descendant_for_byte_range(m.start(), m.end())
+        if node is None or not node.is_named:
+            return True
+        if node.named_child_count and node.type not in ("string", "heredoc_body"):
+            return True
+    return False
 
 
 def _fields(r: Node, name: str) -> list[Node]:

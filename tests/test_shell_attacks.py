@@ -34,6 +34,11 @@ ATTACKS = [
     "env 'BASH_FUNC_ls%%=() { reboot; }' bash -c ls",
     "env 'BASH_FUNC_ls%%=() { reboot; }' sh -c ls",
     "env 'x y=1' reboot",
+    # tree-sitter takes CR, VT, FF for blanks, bash for part of the word: the program
+    # bash runs is `ls\rreboot`, not the `ls` hoopy reported
+    "ls\rreboot x",
+    "ls\x0breboot x",
+    "ls -l\x0c; id",
     # env -S: \_ separates words (hoopy's shlex.split read `reboot_x`)
     "env -S 'reboot\\_x'",
     "env -S'reboot\\_-f'",
@@ -144,6 +149,7 @@ LOOK_ALIKES = [
     "read -r line; printf -v out '%s' x; getopts ab opt; let i++; wait -n",
     "env A=1 ls; env -- B=2 id",
     "sudo -i ls -la; sudo -s 'ls; id'; crontab -l; git log -x; git rebase main",
+    'echo "a\rb" "$x\r$y"',
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

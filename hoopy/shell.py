@@ -364,7 +364,10 @@ class _Reader:
                     self.opaque(f"environment variable can run code: {text(node)}")
                 elif t in _ARITH_NODES and arith_code_env(text(node)):
                     self.opaque(f"environment variable can run code: {arith_code_env(text(node))}")
-                if not node.named_child_count and t not in _TEXT_LEAVES:
+                if not node.named_child_count and (
+                    t not in _TEXT_LEAVES or (t == "raw_string" and _in_double_quotes(node))
+                ):
+                    # ('…' in "${x:-'…'}" is no quoting: bash runs a $(…) inside it)
                     self.unread_code(node)
                 kids = [(c, sin) for c in node.named_children]
             stack.extend((c, s, level + 1) for c, s in reversed(kids))
@@ -580,6 +583,15 @@ def _assigned(node: Node) -> bool:
     return (after is not None and after.type in _ASSIGN_OPS) or (
         before is not None and before.type in ("++", "--")
     )
+
+
+def _in_double_quotes(node: Node) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.type == "string":
+            return True
+        parent = parent.parent
+    return False
 
 
 _ODD_BLANKS = re.compile(rb"[\r\v\f]")

@@ -26,6 +26,9 @@ ATTACKS = [
     "x=1; echo ${x#$(reboot)}",
     "x=1; echo ${x%%`reboot`}",
     "x=${y:-`reboot`}",
+    # in double quotes, '…' in a ${…} operand is no quoting
+    "echo \"${x:-'$(reboot)'}\"",
+    "x=1; echo \"${x:+'$(reboot)'}\"",
     # bash removes \` \$ \\ inside `…` before reading the command; tree-sitter does not
     "echo `echo \\`reboot x\\``",
     "x=`echo \\`reboot\\``",
@@ -150,6 +153,7 @@ LOOK_ALIKES = [
     "env A=1 ls; env -- B=2 id",
     "sudo -i ls -la; sudo -s 'ls; id'; crontab -l; git log -x; git rebase main",
     'echo "a\rb" "$x\r$y"',
+    "echo ${x:-'$(reboot)'} \"${x:-$HOME}\" '\"${x:-$(id)}\"'",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 
@@ -186,7 +190,7 @@ def test_look_alike_passes(line: str) -> None:
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, ...]]]:
     root: Path = tmp_path_factory.mktemp("attacks")
-    lines = list(dict.fromkeys(ATTACKS + LOOK_ALIKES))
+    lines = list(dict.fromkeys(ATTACKS + LOOK_ALIKES + ["true"]))  # the runner ends true
     _build(root, lines)
     _run(root)
     return {

@@ -7,11 +7,13 @@ for these lines is seen or the line is opaque."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from hoopy.policy import decide
+from hoopy.protocols.ssh.channel import env_allowed
 from hoopy.shell import read_argv, read_line, shell_command
 from tests.test_policy_shell import AGENT, POLICY
 from tests.test_shell_bash import _build, _logged, _mentions, _run
@@ -218,3 +220,33 @@ def test_what_bash_runs_is_seen_or_opaque(ran: dict[str, list[tuple[str, ...]]])
 
 def test_argv_is_read_without_a_shell() -> None:
     assert read_argv(["sh", "-c", "echo ${x:-`reboot`}"]).opaque
+
+
+def test_a_big5_locale_makes_bash_read_bytes_as_hoopy_does_not(tmp_path: Path) -> None:
+    """Why hoopy passes only UTF-8/C locales to the backend: in BIG5, 0xa5 0x5c is one
+    character, so the backslash hoopy sees escaping the quote is no backslash to bash."""
+    locale = tmp_path / "zh_TW.BIG5"
+    made = subprocess.run(
+        ["localedef", "-i", "zh_TW", "-f", "BIG5", str(locale)], capture_output=True
+    )
+    if made.returncode not in (0, 1) or not locale.exists():  # 1: warnings only
+        pytest.skip("localedef cannot build a BIG5 locale here")
+    line = b'echo "\xa5\\" ; echo HIDDEN ; #"'.decode("utf-8", "surrogateescape")
+    env = {"PATH": "/usr/bin:/bin", "LOCPATH": str(tmp_path), "LC_ALL": "zh_TW.BIG5"}
+    out = subprocess.run(
+        ["bash", "-c", line.encode("utf-8", "surrogateescape")], env=env, capture_output=True
+    )
+    assert b"HIDDEN\n" in out.stdout  # bash ran `echo HIDDEN`
+    assert [c.program for c in read_line(line).commands] == ["echo"]  # hoopy: one echo
+    for name, value, passed in [
+        ("LC_ALL", "zh_TW.BIG5", False),
+        ("LC_CTYPE", "ja_JP.SJIS", False),
+        ("LANG", "zh_CN", False),  # no charset: the locale's own (GB2312)
+        ("LANG", "en_US.UTF-8", True),
+        ("LC_ALL", "de_DE.utf8@euro", True),
+        ("LC_TIME", "C", True),
+        ("LANG", "POSIX", True),
+        ("TERM", "xterm", True),
+        ("LD_PRELOAD", "/x.so", False),
+    ]:
+        assert env_allowed(name, value) is passed, (name, value)

@@ -56,6 +56,18 @@ log = logging.getLogger("hoopy.ssh")
 # that is checking (several channels of one connection may wait at once).
 NOTIFY: contextvars.ContextVar[Callable[[str], None]] = contextvars.ContextVar("ssh_notify")
 ENV_ALLOWED = re.compile(r"(LANG|LC_[A-Z_]+|TERM)\Z")
+# A locale whose charset is not UTF-8 changes how the backend's bash reads the line's
+# bytes (in BIG5, GBK or Shift_JIS a byte 0x5c after a lead byte is no backslash):
+# hoopy reads lines as UTF-8, so only UTF-8, C and POSIX locales are passed on.
+LOCALE_ALLOWED = re.compile(r"(C|POSIX|[A-Za-z0-9_@-]*\.(?i:utf-?8)(@[A-Za-z0-9_-]+)?)?\Z")
+
+
+def env_allowed(name: str | bytes, value: str | bytes) -> bool:
+    if not isinstance(name, str) or not isinstance(value, str) or not ENV_ALLOWED.match(name):
+        return False
+    return name == "TERM" or bool(LOCALE_ALLOWED.match(value))
+
+
 # What hoopy grants the backend: bigger packets mean fewer Python callbacks per MB.
 BACKEND_WINDOW = 4 * 1024 * 1024
 BACKEND_PACKET = 256 * 1024
@@ -253,7 +265,7 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         assert self.chan is not None
         width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
         env: dict[str | bytes, str | bytes] = {
-            k: v for k, v in self.chan.get_environment().items() if ENV_ALLOWED.match(k)
+            k: v for k, v in self.chan.get_environment().items() if env_allowed(k, v)
         }
         pty: dict[str, Any] = {}
         if self.pty is not None:

@@ -266,7 +266,8 @@ _TEXT_LEAVES = frozenset(
      "heredoc_end", "heredoc_body", "`", "$(", "$((", "$[", "<(", ">("}
 )  # fmt: skip
 # An unescaped backquote, $( or $[ (an even number of backslashes before it).
-_UNREAD_CODE = re.compile(r"(?<!\\)(?:\\\\)*(?:`|\$\(|\$\[)")
+# (bash 5.3 runs `${ cmd; }` and `${| cmd; }`: a blank or | after the brace)
+_UNREAD_CODE = re.compile(r"(?<!\\)(?:\\\\)*(?:`|\$\(|\$\[|\$\{[ \t\n|])")
 _ESCAPED_IN_BACKQUOTES = re.compile(r"^`.*\\[\\`$]", re.DOTALL)
 Kids = list[tuple[Node, "Stdin"]]
 
@@ -360,6 +361,8 @@ class _Reader:
                     self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
+                elif t == "expansion" and _UNREAD_CODE.match(text(node)):
+                    self.unread_code(node)  # bash 5.3's ${ cmd; } and ${| cmd; }
                 elif t == "variable_name" and _assigned(node) and code_env(text(node)):
                     self.opaque(f"environment variable can run code: {text(node)}")
                 elif t in _ARITH_NODES and arith_code_env(text(node)):

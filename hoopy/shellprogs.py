@@ -41,7 +41,7 @@ __all__ = ["SHELLS", "Ctx", "Effect", "code_env", "effect"]
 
 def effect(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     """What `prog` (normalised, args[0]) does with its arguments."""
-    handler = _HANDLERS.get(prog)
+    handler = _HANDLERS.get(prog) or (_equals if prog[:1] == "=" and prog[1:] else None)
     if handler is not None:
         return handler(prog, args, ctx)
     spec = WRAPPERS.get(prog)
@@ -220,6 +220,15 @@ def _rest(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if words and words[0].literal == "--":
         words.pop(0)
     return Effect(runs=[words]) if words else none()
+
+
+def _repeat(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """zsh's `repeat N CMD`."""
+    return Effect(runs=[list(args[2:])]) if len(args) > 2 else none()
+
+
+def _equals(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    return opaque(f"program name is changed: zsh runs the program {prog} names")
 
 
 def _bang(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
@@ -507,6 +516,9 @@ _HANDLERS: dict[str, Handler] = {
     **dict.fromkeys(("eval",), _eval),
     **dict.fromkeys(("source", "."), _source),
     **dict.fromkeys(("builtin", "nohup"), _rest),
+    # a login shell other than bash: zsh's precommand modifiers, fish's and/or/not
+    **dict.fromkeys(("noglob", "nocorrect", "-", "and", "or", "not"), _rest),
+    "repeat": _repeat,
     **dict.fromkeys(("su", "runuser"), _su),
     **dict.fromkeys(("complete", "compgen"), _complete),
     **dict.fromkeys(

@@ -96,6 +96,21 @@ PROGRAM_ATTACKS = [
     "ansible all -m shell -a 'rm -rf /'",
     "echo '* * * * * rm -rf /' | crontab -",
     "mosh h -- rm -rf /",
+    # bash 5.3 runs ${ cmd; } and ${| cmd; } (tree-sitter reads `${<newline>rm<newline>}`
+    # as the variable rm)
+    "echo ${\nrm -rf /\n}",
+    'echo "${\nrm -rf /\n}"',
+    "cat <<E\n${\nrm -rf /\n}\nE",
+    "echo ${ rm -rf /; }",
+    "echo ${|rm -rf /;}",
+    # a login shell other than bash: zsh's =cmd and precommand modifiers, fish's or/not
+    "=rm -rf /",
+    "noglob rm -rf /",
+    "nocorrect rm -rf /",
+    "- rm -rf /",
+    "repeat 1 rm -rf /",
+    "false; or rm -rf /",
+    "not rm -rf /",
     # sudo -s/-i hands the words to a shell escaped, all but letters, digits, _ - $
     "sudo -s 'rm$IFS-rf$IFS/'",
     "sudo -i 'rm$IFS-rf$IFS/'",
@@ -155,6 +170,8 @@ LOOK_ALIKES = [
     "env A=1 ls; env -- B=2 id",
     "sudo -i ls -la; sudo -s 'ls; id'; crontab -l; git log -x; git rebase main",
     'echo "a\rb" "$x\r$y"',
+    'echo ${x} ${#x} "${x:- a}" ${x:-\\ a}',
+    "cat <<'E'\n${\nreboot\n}\nE",
     "echo ${x:-'$(reboot)'} \"${x:-$HOME}\" '\"${x:-$(id)}\"'",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]

@@ -268,7 +268,7 @@ _TEXT_LEAVES = frozenset(
 # An unescaped backquote, $( or $[ (an even number of backslashes before it).
 # (bash 5.3 runs `${ cmd; }` and `${| cmd; }`: a blank or | after the brace)
 _UNREAD_CODE = re.compile(r"(?<!\\)(?:\\\\)*(?:`|\$\(|\$\[|\$\{[ \t\n|])")
-_ESCAPED_IN_BACKQUOTES = re.compile(r"^`.*\\[\\`$]", re.DOTALL)
+_ESCAPED_IN_BACKQUOTES = re.compile(r"^`.*\\[\\`$\n]", re.DOTALL)
 Kids = list[tuple[Node, "Stdin"]]
 
 
@@ -303,6 +303,10 @@ class _Reader:
             root = tree.root_node
             if root.has_error:
                 self.opaque("unparseable: " + _first_error(root))
+            if _SPLIT_EXPANSION.search(data):
+                # bash joins `$\<newline>(` into `$(` wherever it is (in "…" too); in
+                # strings tree-sitter reads the pieces apart, as text
+                self.opaque("unparseable: a line continuation after $, < or >")
             if _ODD_BLANKS.search(data) and _blank_between_words(root, data):
                 self.opaque(
                     "unparseable: a carriage return, vertical tab or form feed between words"
@@ -335,7 +339,7 @@ class _Reader:
                 if t == "command_substitution" and _ESCAPED_IN_BACKQUOTES.search(text(node)):
                     # bash removes these backslashes before it reads the command
                     # (`echo \`rm x\``); tree-sitter reads them as literal text
-                    self.opaque("unparseable: an escaped \\, ` or $ inside `…`")
+                    self.opaque("unparseable: an escaped \\, `, $ or newline inside `…`")
                 inner = _PIPE if text(node).startswith(">(") else _INHERIT
                 kids = [(c, inner) for c in node.named_children]
             elif t in ("declaration_command", "unset_command"):
@@ -346,19 +350,12 @@ class _Reader:
             else:
                 if t == "variable_assignment":
                     self.assignment(node)
-                elif t == "heredoc_body" and "`" in text(node) and _unquoted(node.parent):
-                    # tree-sitter leaves `…` in a here-document as text; bash runs it
-                    for code in _backquoted(text(node)):
-                        if code is None:
-                            self.opaque("unparseable: an unterminated ` in a here-document")
-                        else:
-                            self.parse(code, depth + 1, _INHERIT)
+                elif t == "heredoc_body":
+                    self.heredoc_body(node, depth)
                 elif t == "heredoc_end":
                     self.heredoc_end(node)
                 elif t in ("raw_string", "string", "ansi_c_string"):
                     self.check_text(decode(node))  # [[ -v 'a[$(x)]' ]], case patterns …
-                elif t == "heredoc_body":
-                    self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
                 elif t == "expansion" and _UNREAD_CODE.match(text(node)):
@@ -419,6 +416,21 @@ class _Reader:
                 if code_env(name) or (nameref and "=" not in v):
                     self.opaque(f"environment variable can run code: {name}")
 
+    def heredoc_body(self, node: Node, depth: int) -> None:
+        body = text(node)
+        self.check_text(plain(body))
+        if not _unquoted(node.parent):
+            return
+        if "\\\n" in body and ("$" in body or "`" in body):
+            # bash joins continued lines before it expands the body
+            self.opaque("unparseable: a line continuation in a here-document")
+        if "`" in body:  # tree-sitter leaves `…` in a here-document as text; bash runs it
+            for code in _backquoted(body):
+                if code is None:
+                    self.opaque("unparseable: an unterminated ` in a here-document")
+                else:
+                    self.parse(code, depth + 1, _INHERIT)
+
     def heredoc_end(self, node: Node) -> None:
         """tree-sitter ends a here-document at a line that only starts with the word
         (`EOF \\`); bash needs the word alone on its line, else it reads on."""
@@ -437,7 +449,7 @@ class _Reader:
     def unread_code(self, node: Node) -> None:
         """tree-sitter leaves some substitutions as plain text (`${x:-`rm`}`,
         `${x#$(rm)}`); bash runs them.  An unescaped ` or $( in a leaf is one."""
-        if _UNREAD_CODE.search(text(node)):
+        if _UNREAD_CODE.search(text(node).replace("\\\n", "")):  # "$\<newline>(…)"
             self.opaque(f"unparseable: code tree-sitter does not read: {text(node)[:40]}")
 
     def check_text(self, arg: Arg) -> None:
@@ -589,15 +601,17 @@ def _assigned(node: Node) -> bool:
 
 
 def _in_double_quotes(node: Node) -> bool:
+    """In "…" or a here-document's body, where quotes in ${…} are no quoting."""
     parent = node.parent
     while parent is not None:
-        if parent.type == "string":
+        if parent.type in ("string", "heredoc_body"):
             return True
         parent = parent.parent
     return False
 
 
 _ODD_BLANKS = re.compile(rb"[\r\v\f]")
+_SPLIT_EXPANSION = re.compile(rb"[$<>]\\\n")
 
 
 def _blank_between_words(root: Node, data: bytes) -> bool:

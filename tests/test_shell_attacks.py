@@ -31,6 +31,20 @@ ATTACKS = [
     # in double quotes, '…' in a ${…} operand is no quoting
     "echo \"${x:-'$(reboot)'}\"",
     "x=1; echo \"${x:+'$(reboot)'}\"",
+    # in an unquoted here-document: quotes are no quoting, continued lines are joined
+    # before expansion (found by a random differential run against bash)
+    "cat <<E\n\"${x:-'$(reboot -f)'}\"\nE",
+    "cat <<E\nx $($'r\\\neboot' -f) y\nE",
+    "cat <<E\nx \"`$'reboo\\\nt' -f`\" y\nE",
+    # `$\<newline>(` is `$(` to bash, in "…" too; tree-sitter read it as text
+    "echo a${x:-\"$\\\n($'reboot' x)\"}b",
+    'echo "a${x:=$\\\n(\\reboot)}b"',
+    'echo "$(echo "$\\\n(/usr/bin/reboot)")"',
+    "x=${x:=$\\\n(reboot -f)}",
+    'echo x 2>${x:-"$\\\n("reboot")"}',
+    'sh -c \'echo "$\\\n("reboot")"\'',
+    "echo \"a$\\\n( (re''boot) )b\"",
+    "for i in `echo $($'reb\\\noot' -f)`; do :; done",
     # bash removes \` \$ \\ inside `…` before reading the command; tree-sitter does not
     "echo `echo \\`reboot x\\``",
     "x=`echo \\`reboot\\``",

@@ -34,7 +34,7 @@ from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
 from hoopy.shellopts import arith_code_env
-from hoopy.shellprogs import Ctx, code_env, effect
+from hoopy.shellprogs import HANDLED, Ctx, Effect, code_env, effect
 from hoopy.shellwords import (
     Arg,
     decode,
@@ -43,6 +43,7 @@ from hoopy.shellwords import (
     plain,
     raw,
     set_source,
+    splits,
     subscript_code,
     text,
 )
@@ -546,6 +547,8 @@ class _Reader:
                 self.opaque(problem)
             self.emit(SimpleCommand((prog, *(a.shown for a in args[1:]))))
             eff = effect(prog, args, ctx)
+            if not eff.opaque and len(args) > 1 and prog in HANDLED and prog != "git":
+                self.split_words(prog, args, eff)
             for reason in eff.opaque:
                 self.opaque(reason)
             for code in eff.code:
@@ -565,6 +568,18 @@ class _Reader:
             args = eff.runs[-1] if eff.runs else []
         if args:
             self.opaque(f"nesting too deep: more than {MAX_WRAPPERS} wrappers")
+
+    def split_words(self, prog: str, args: list[Arg], eff: Effect) -> None:
+        """A program whose options hoopy reads (a wrapper, tar, sed …) given a word known
+        only at run time: `tar xf f "$x"` with x=--to-command=…, or one that becomes
+        zero or several words (`x='5 reboot'; nice -n $x ls` runs reboot).  hoopy's
+        reading of its options could be wrong.  Words of the command a wrapper runs
+        are read at the next level (git checks its own: _git)."""
+        ran = {id(a) for run in eff.runs for a in run}
+        for a in args[1:]:
+            if id(a) not in ran and (splits(a) or a.value is None):
+                eff.opaque.append(f"option of {prog} is not literal: {a.source}")
+                return
 
     def stdin_code(self, prog: str, stdin: Stdin, depth: int) -> None:
         """A shell reading its code from stdin: a literal here-document is read."""
@@ -610,7 +625,7 @@ def _in_double_quotes(node: Node) -> bool:
     return False
 
 
-_ODD_BLANKS = re.compile(rb"[\r\v\f]")
+_ODD_BLANKS = re.compile(rb"[\r\v\f]|(?<=\\)\t")  # (and an escaped tab)
 _SPLIT_EXPANSION = re.compile(rb"[$<>]\\\n")
 
 

@@ -36,7 +36,7 @@ from hoopy.shellopts import (
 from hoopy.shelltools import TOOLS
 from hoopy.shellwords import Arg, plain
 
-__all__ = ["SHELLS", "Ctx", "Effect", "code_env", "effect"]
+__all__ = ["HANDLED", "SHELLS", "Ctx", "Effect", "code_env", "effect", "is_interpreter"]
 
 
 def effect(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
@@ -559,3 +559,5 @@ _HANDLERS: dict[str, Handler] = {
     "bind": _bind,
     "fc": _fc,
 }
+# Programs whose arguments hoopy reads (options, commands, code).
+HANDLED = frozenset(_HANDLERS) | frozenset(WRAPPERS)

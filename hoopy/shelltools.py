@@ -215,9 +215,16 @@ _GIT_SUB_RUNS: dict[str, frozenset[str]] = {
 
 def _git(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     words = [a.literal for a in args[1:]]
+    sub = ""  # the subcommand, once seen
     for k, v in enumerate(words):
-        if v is None:
+        if v is None or (not sub and any(c in args[k + 1].source for c in "$`*?[{~")):
+            # a word known only at run time (`git "$x" …` with x=-c…, or $x split into
+            # several) among git's own options, or a subcommand's that run commands
+            if not sub or sub in _GIT_SUB_RUNS or sub == "config":
+                return opaque(f"option of {prog} is not literal: {args[k + 1].source}")
             continue
+        if not sub and not v.startswith("-") and (k == 0 or words[k - 1] not in ("-C", "-c")):
+            sub = v
         if v.startswith(("--exec-path", "--config-env", "--upload-pack", "--receive-pack")):
             return opaque(f"interpreter reads code: {prog} {v}")
         if v == "-c" and k + 1 < len(words):

@@ -37,6 +37,31 @@ class Arg:
         return None if self.expands else self.value
 
 
+def splits(a: Arg) -> bool:
+    """May this word become zero or several words when the line runs: a glob, or an
+    expansion outside double quotes (`$x`, `` `x` ``, `"$x"*`)?"""
+    if a.value is not None:
+        return a.expands
+    s = a.source
+    i, n = 0, len(s)
+    double = False
+    while i < n:
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            double = not double
+        elif not double and c == "'":
+            end = s.find("'", i + 1)
+            i = n if end < 0 else end + 1
+            continue
+        elif not double and c in "$`*?[{~":
+            return True
+        i += 1
+    return False
+
+
 def plain(value: str) -> Arg:
     """A word that was never shell text (an argv element, a split string)."""
     return Arg(value, value)

@@ -125,6 +125,15 @@ PROGRAM_ATTACKS = [
     "repeat 1 rm -rf /",
     "false; or rm -rf /",
     "not rm -rf /",
+    # a word known only at run time among the options hoopy reads: word splitting (or
+    # the value) puts another command or option there
+    "x='5 rm -rf /'; nice -n $x ls",
+    "u='root rm -rf /'; sudo -u $u ls",
+    "x='-c alias.l=!rm\\ -rf\\ / l'; git $x",
+    'x=-c; y=alias.l=!reboot; git "$x" "$y" l',
+    'x=--to-command=reboot; tar xf f.tar "$x"',
+    'x=--expression=1e\\ reboot; sed -n p "$x" f',
+    "touch 5 rm; timeout [5r]* -rf /",
     # sudo -s/-i hands the words to a shell escaped, all but letters, digits, _ - $
     "sudo -s 'rm$IFS-rf$IFS/'",
     "sudo -i 'rm$IFS-rf$IFS/'",
@@ -187,6 +196,8 @@ LOOK_ALIKES = [
     'echo ${x} ${#x} "${x:- a}" ${x:-\\ a}',
     "cat <<'E'\n${\nreboot\n}\nE",
     "echo ${x:-'$(reboot)'} \"${x:-$HOME}\" '\"${x:-$(id)}\"'",
+    'git log "$b"; git log $b; git commit -m "$(date)"; sudo ls *; nice ls $x',
+    'timeout 5 cat "$f"; env A=1 ls "$d"; sudo -u root ls $x',
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

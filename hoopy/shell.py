@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 import tree_sitter_bash
@@ -329,6 +330,10 @@ class _Reader:
             if t == "command":
                 kids = self.command(node, sin, depth)
             elif t == "redirected_statement":
+                self.check_gaps(node.children)
+                for r in node.children:
+                    if r.type == "file_redirect":
+                        self.check_gaps(r.children, joined=True)
                 kids = self.redirected(node, sin, depth)
             elif t == "pipeline":
                 kids = []
@@ -479,7 +484,10 @@ class _Reader:
         name: Node | None = None
         words: list[Node] = []
         redirects: list[Node] = []
+        self.check_gaps(node.children)
         for i, c in enumerate(node.children):
+            if c.type == "file_redirect":
+                self.check_gaps(c.children, joined=True)
             field = node.field_name_for_child(i)
             if field == "name":
                 name = c
@@ -513,6 +521,18 @@ class _Reader:
         self.run(args, stdin, depth, Ctx(), 0, shell=True)
         return kids
 
+    def check_gaps(self, parts: Sequence[Node], joined: bool = False) -> None:
+        """What tree-sitter skips between a command's parts must be blanks.  It drops
+        an escaped blank after a quote or expansion (`sh -c 'id'\\ ';rm x'` is one
+        word to bash), and ends a redirection's word or an assignment at a line
+        continuation (`</dev/n\\<newline>ull rm x`: bash reads `</dev/null`)."""
+        for prev, nxt in pairwise(parts):
+            raw = self.src[prev.end_byte : nxt.start_byte]
+            gap = raw.replace(b"\\\n", b"")
+            if b"\\" in gap or (not gap and (prev.type in _JOINS_NEXT or (joined and raw))):
+                self.opaque("unparseable: words bash joins that tree-sitter reads apart")
+                return
+
     def join_continued(self, words: list[Node]) -> list[Arg]:
         """Words as bash sees them.  tree-sitter splits some words bash reads as one:
         `"re"\\ot` (a backslash after a quote) and `r\\<newline>m` (a continuation,
@@ -545,6 +565,9 @@ class _Reader:
             prog, problem = program_name(args[0])
             if problem:
                 self.opaque(problem)
+            if shell and _ASSIGNMENT.match(args[0].value or ""):
+                # `x\<newline>= rm x`: an assignment to bash, a program to tree-sitter
+                self.opaque(f"unparseable: {args[0].source[:30]} may be an assignment")
             self.emit(SimpleCommand((prog, *(a.shown for a in args[1:]))))
             eff = effect(prog, args, ctx)
             if not eff.opaque and len(args) > 1 and prog in HANDLED and prog != "git":
@@ -575,9 +598,10 @@ class _Reader:
         zero or several words (`x='5 reboot'; nice -n $x ls` runs reboot).  hoopy's
         reading of its options could be wrong.  Words of the command a wrapper runs
         are read at the next level (git checks its own: _git)."""
-        ran = {id(a) for run in eff.runs for a in run}
-        for a in args[1:]:
-            if id(a) not in ran and (splits(a) or a.value is None):
+        firsts = {id(run[0]) for run in eff.runs if run}
+        cut = next((k for k, a in enumerate(args) if id(a) in firsts), len(args))
+        for a in args[1:cut]:
+            if splits(a) or a.value is None:
                 eff.opaque.append(f"option of {prog} is not literal: {a.source}")
                 return
 
@@ -625,6 +649,8 @@ def _in_double_quotes(node: Node) -> bool:
     return False
 
 
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[.*\])?\+?=")
+_JOINS_NEXT = frozenset({"variable_assignment", *_REDIRECTS})
 _ODD_BLANKS = re.compile(rb"[\r\v\f]|(?<=\\)\t")  # (and an escaped tab)
 _SPLIT_EXPANSION = re.compile(rb"[$<>]\\\n")
 

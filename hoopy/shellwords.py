@@ -177,18 +177,17 @@ def _expands(pattern: str) -> bool:
 
 
 def _brace(pattern: str) -> bool:
-    """A brace expansion {a,b} or {1..3} (quoted characters inside it do not stop it)."""
-    open_at = -1
-    listed = False
+    """A brace expansion {a,b} or {1..3} (quoted characters inside it do not stop it).
+    Erring towards yes: a `{`, then a `,` or `..`, then a `}` (bash reads `{x},y}` as
+    {x} and y, an earlier `}` with no comma before it being literal)."""
+    opened = listed = False
     for i, c in enumerate(pattern):
         if c == "{":
-            open_at, listed = i, False
-        elif open_at >= 0 and (c == "," or (c == "." and pattern[i + 1 : i + 2] == ".")):
+            opened = True
+        elif opened and (c == "," or (c == "." and pattern[i + 1 : i + 2] == ".")):
             listed = True
-        elif c == "}" and open_at >= 0:
-            if listed:
-                return True
-            open_at = -1
+        elif c == "}" and listed:
+            return True
     return False
 
 

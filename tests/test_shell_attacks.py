@@ -45,6 +45,19 @@ ATTACKS = [
     'sh -c \'echo "$\\\n("reboot")"\'',
     "echo \"a$\\\n( (re''boot) )b\"",
     "for i in `echo $($'reb\\\noot' -f)`; do :; done",
+    # tree-sitter drops an escaped blank after a quote or expansion, and ends a
+    # redirection's word at a line continuation; bash joins both into one word
+    "sh -c 'id'\\ ';reboot -f'",
+    "sh -c \"id\"\\ ';reboot'",
+    "bash -c $'id'\\ ';reboot'",
+    "A=$HOME\\ id reboot -f",
+    'A="$HOME"\\ id reboot -f',
+    "</dev/n\\\null reboot x",
+    "cat </dev/n\\\null reboot x",
+    # bash's brace expansion reads past a `}` with no comma before it
+    '"re"{\\boot},}',
+    "x\\\n= reboot -f",
+    "doa\\\ns= reboot -rf /",
     # bash removes \` \$ \\ inside `…` before reading the command; tree-sitter does not
     "echo `echo \\`reboot x\\``",
     "x=`echo \\`reboot\\``",
@@ -198,6 +211,7 @@ LOOK_ALIKES = [
     "echo ${x:-'$(reboot)'} \"${x:-$HOME}\" '\"${x:-$(id)}\"'",
     'git log "$b"; git log $b; git commit -m "$(date)"; sudo ls *; nice ls $x',
     'timeout 5 cat "$f"; env A=1 ls "$d"; sudo -u root ls $x',
+    "echo 'a b'\\\nc \"$x\" d\\ e; x=1 ls; cat </dev/null; echo a{b,c}d {x}",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

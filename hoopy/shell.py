@@ -270,6 +270,7 @@ _TEXT_LEAVES = frozenset(
 # An unescaped backquote, $( or $[ (an even number of backslashes before it).
 # (bash 5.3 runs `${ cmd; }` and `${| cmd; }`: a blank or | after the brace)
 _UNREAD_CODE = re.compile(r"(?<!\\)(?:\\\\)*(?:`|\$\(|\$\[|\$\{[ \t\n|])")
+_UNREAD_SUBST = re.compile(r"(?<!\\)(?:\\\\)*(?:\$\(|\$\[|\$\{[ \t\n|])")  # (` is read)
 _ESCAPED_IN_BACKQUOTES = re.compile(r"^`.*\\[\\`$\n]", re.DOTALL)
 Kids = list[tuple[Node, "Stdin"]]
 
@@ -427,6 +428,11 @@ class _Reader:
         self.check_text(plain(body))
         if not _unquoted(node.parent):
             return
+        texts = [text(c) for c in node.children if c.type == "heredoc_content"]
+        unread = texts if node.named_child_count else [body]
+        if any(_UNREAD_SUBST.search(t) or "@P" in t for t in unread):
+            # tree-sitter reads no substitution in a body that starts with a tab
+            self.opaque("unparseable: code in a here-document tree-sitter does not read")
         if "\\\n" in body and ("$" in body or "`" in body):
             # bash joins continued lines before it expands the body
             self.opaque("unparseable: a line continuation in a here-document")

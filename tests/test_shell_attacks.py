@@ -36,6 +36,9 @@ ATTACKS = [
     "cat <<E\n\"${x:-'$(reboot -f)'}\"\nE",
     "cat <<E\nx $($'r\\\neboot' -f) y\nE",
     "cat <<E\nx \"`$'reboo\\\nt' -f`\" y\nE",
+    "cat <<EOF\n\t$(reboot && ( id ))\nEOF",  # a tab first: tree-sitter reads no $(…)
+    "cat <<-EOF\n\t$(reboot)\n\tEOF",
+    "x='$(reboot)'; cat <<EOF\n\t${x@P}\nEOF",
     # `$\<newline>(` is `$(` to bash, in "…" too; tree-sitter read it as text
     "echo a${x:-\"$\\\n($'reboot' x)\"}b",
     'echo "a${x:=$\\\n(\\reboot)}b"',
@@ -212,6 +215,7 @@ LOOK_ALIKES = [
     'git log "$b"; git log $b; git commit -m "$(date)"; sudo ls *; nice ls $x',
     'timeout 5 cat "$f"; env A=1 ls "$d"; sudo -u root ls $x',
     "echo 'a b'\\\nc \"$x\" d\\ e; x=1 ls; cat </dev/null; echo a{b,c}d {x}",
+    "cat <<EOF\nhello $x \\$(no)\n\t${x}\nEOF\ncat <<'EOF'\n\t$(reboot)\nEOF",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

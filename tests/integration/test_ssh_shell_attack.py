@@ -1,6 +1,8 @@
 """Shell-classifier bypasses found in the attack review, through the real OpenSSH client,
-hoopy and a real sshd: each spelling deleted the marker file before its fix (hoopy saw
-only allowed programs); now it is denied and the marker stays.  And the agent cannot
+hoopy and a real sshd: most spellings deleted the marker file before their fix (hoopy
+saw only allowed programs; the others were refused by this policy's allow list only,
+and bypassed a deny-list policy: tests/test_shell_attacks.py); now each is denied and
+the marker stays.  And the agent cannot
 pick a non-UTF-8 locale for the backend's shell (which would read the line's bytes
 differently from hoopy)."""
 
@@ -22,6 +24,10 @@ BYPASSES = [
     "echo `echo \\`rm -f {m}\\``",  # bash unescapes \\` in `…` before reading it
     "env 'BASH_FUNC_ls%%=() {{ rm -f {m}; }}' bash -c ls",  # an exported function
     "unset PATH; : ${{PATH:=/usr/bin}}; echo ${{x?`rm -f {m}`}}",
+    "cat <<EOF\n\t$(rm -f {m})\nEOF",  # tree-sitter reads no $(…) after a tab
+    "sh -c 'true'\\ ';rm -f {m}'",  # an escaped blank tree-sitter drops
+    "x='5 rm -f {m}'; nice -n $x true",  # word splitting in an option's value
+    'echo "$\\\n(rm -f {m})"',  # $\<newline>( in double quotes
 ]
 
 

@@ -9,12 +9,14 @@ differently from hoopy)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
 import pytest
 
-from tests.integration.sshd import Sshd, SshHoopy
+from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
+from tests.integration.test_ssh_shell import Term
 
 pytest_plugins = ["tests.integration.sshd"]
 
@@ -72,3 +74,41 @@ def test_a_non_utf8_locale_is_not_passed_to_the_backend(ssh_hoopy: SshHoopy) -> 
     env = asyncio.run(main())
     assert env.get("LANG") == "en_US.UTF-8" and env.get("LC_TIME") == "C"
     assert "LC_ALL" not in env and "LC_CTYPE" not in env and "LC_NUMERIC" not in env
+
+
+# A deny-list for PTY shells: every line hoopy can read runs, but not rm.
+DENY_LIST = """\
+mode: enforce
+rules:
+  - name: shells
+    effect: allow
+    match: {groups: [shellers], ssh: {shell: true}}
+  - name: anything-visible
+    effect: allow
+    match: {groups: [shellers], ssh: {commands: ["*"]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def deny_list(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHoopy]:
+    h = start_ssh_hoopy(tmp_path_factory.mktemp("hoopy-denylist"), sshd, {"dl": DENY_LIST})
+    try:
+        yield h
+    finally:
+        stop(h.proc)
+
+
+async def test_a_meta_key_in_a_c_locale_cannot_recall_rm(deny_list: SshHoopy, sshd: Sshd) -> None:
+    """In a C locale the backend's readline reads "®" (C2 AE) as M-b M-. : yank-last-arg
+    puts the last word of the previous line ("rm") where hoopy saw "®"."""
+    marker = _marker(sshd, "marker-meta")
+    t = await Term.open(deny_list, ("agents", "shellers"), "web-1", "-o", "SetEnv=LC_ALL=C")
+    await t.type(b"echo r''m\r")  # its last word, r''m, is in the backend's history
+    await t.expect(rb"[\r\n]rm\r\n")
+    await t.type(f"\u00ae -f {marker}\r".encode())
+    await t.expect(rb"hoopy: denied")
+    await t.type(b"echo aft''er\r")
+    await t.expect(rb"[\r\n]after\r\n")
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0
+    assert marker.exists(), "the Meta key line reached the backend"

@@ -319,6 +319,11 @@ class LineEditor:
             self._mark("incomplete line (open quote or here-document)")
         if _history_expansion(text):
             self._mark("history expansion (! or ^)")
+        if not text.isascii():
+            # in a C/POSIX locale (the backend's default, or LANG=C) readline reads each
+            # byte >= 0x80 as a Meta key: "®" (C2 AE) is M-b M-. (yank-last-arg), which
+            # inserts the last word of an earlier line hoopy never sees in this one
+            self._mark("non-ASCII character (a Meta key to readline in a C locale)")
         self._events.append(LineReady(text, tuple(self._uncertain)))
         self._reset()
 

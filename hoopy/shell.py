@@ -388,6 +388,8 @@ class _Reader:
 
     def assignment(self, node: Node) -> None:
         name = node.child_by_field_name("name")
+        if name is not None and name.type == "subscript":  # BASH_CMDS[ls]=/bin/rm
+            name = name.child_by_field_name("name") or name.named_child(0)
         if name is not None and name.type == "variable_name" and code_env(text(name)):
             self.opaque(f"environment variable can run code: {text(name)}")
         value = node.child_by_field_name("value")

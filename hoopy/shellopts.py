@@ -63,6 +63,9 @@ _CODE_ENV_NAMES = (
     r"|BASH_FUNC_\S*|PATH|HOME|XDG_CONFIG_HOME|ZDOTDIR|GIT_\w+|PAGER|MANPAGER|EDITOR|VISUAL"
     r"|SYSTEMD_PAGER|LESSOPEN|LESSCLOSE|PERL5OPT|PERL5LIB|PERLLIB|PYTHON\w+|RUBYOPT|RUBYLIB"
     r"|NODE_OPTIONS|NODE_PATH|SUDO_ASKPASS|SSH_ASKPASS|TEXTDOMAIN|TEXTDOMAINDIR"
+    # bash's hash table and aliases as arrays (BASH_CMDS[ls]=/bin/rm makes `ls` run rm),
+    # readline's init file, and settings that change how bash parses a line
+    r"|BASH_CMDS|BASH_ALIASES|INPUTRC|POSIXLY_CORRECT|BASH_COMPAT"
 )
 _CODE_ENV = re.compile(rf"^({_CODE_ENV_NAMES})$")
 # Such a variable assigned by arithmetic (`((PATH=1))`, `let PATH++`, a value bash

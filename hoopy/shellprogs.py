@@ -488,6 +488,20 @@ def _complete(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return none()
 
 
+def _set(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """set -k (every NAME=value word, anywhere, goes to the environment: `id
+    LD_PRELOAD=x`), set -o posix and shopt -s compat… change how bash reads lines."""
+    words = [a.literal or "" for a in args[1:]]
+    for k, v in enumerate(words):
+        if prog == "set" and v[:1] in "-+" and "k" in v[1:] and not v.startswith("--"):
+            return opaque("alias defines a command name: set -k")
+        if v in ("-o", "+o") and k + 1 < len(words) and words[k + 1] in ("keyword", "posix"):
+            return opaque(f"alias defines a command name: set -o {words[k + 1]}")
+        if prog == "shopt" and v.startswith("compat"):
+            return opaque(f"alias defines a command name: shopt {v}")
+    return none()
+
+
 def _fc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return opaque(f"history expansion: {prog} re-runs earlier commands")
 
@@ -497,7 +511,7 @@ def _vars(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     makes programs run code (also as an attached option value: `printf -vPATH`)."""
     for k, a in enumerate(args[1:], 1):
         word = a.literal or a.source
-        name = word.split("=", 1)[0]
+        name = word.split("=", 1)[0].split("[", 1)[0]
         if code_env(name) or (prog == "let" and arith_code_env(word)):
             return opaque(f"environment variable can run code: {name}")
         if word.startswith("-") and any(code_env(name[i:]) for i in range(2, len(name))):
@@ -558,6 +572,8 @@ _HANDLERS: dict[str, Handler] = {
     "enable": _enable,
     "bind": _bind,
     "fc": _fc,
+    "set": _set,
+    "shopt": _set,
 }
 # Programs whose arguments hoopy reads (options, commands, code).
 HANDLED = frozenset(_HANDLERS) | frozenset(WRAPPERS)

@@ -186,6 +186,25 @@ SETS_CODE_VARIABLES = [
     "[[ 'PATH=1' -eq 1 ]]; ls",
     "wait -p PATH; ls",
     "sudo 'BASH_FUNC_ls%%=() { reboot; }' bash -c ls",
+    # bash's hash table and aliases as arrays: `id` then runs reboot
+    "BASH_CMDS[id]=/usr/bin/reboot; id",
+    "BASH_CMDS=([id]=/usr/bin/reboot); id",
+    "declare -A BASH_CMDS; BASH_CMDS[id]=/usr/bin/reboot; id",
+    "shopt -s expand_aliases\nBASH_ALIASES[x]=reboot\nx",
+    "shopt -s expand_aliases\nBASH_ALIASES=([x]=reboot)\nx",
+    "read 'BASH_CMDS[id]' <<< /usr/bin/reboot; id",
+    "printf -v 'BASH_CMDS[id]' /usr/bin/reboot; id",
+    "export BASH_CMDS[id]=/usr/bin/reboot; id",
+]
+
+# Settings that change how bash reads the lines after them.
+CHANGES_PARSING = [
+    "set -k; id LD_PRELOAD=/tmp/x.so",  # -k: NAME=value anywhere goes to the environment
+    "set -o keyword; id LD_PRELOAD=/tmp/x.so",
+    "set -o posix",
+    "shopt -s compat31",
+    "POSIXLY_CORRECT=1",
+    "BASH_COMPAT=3.1",
 ]
 
 # Must stay fully visible (no over-reach of the fixes above).
@@ -216,6 +235,7 @@ LOOK_ALIKES = [
     'timeout 5 cat "$f"; env A=1 ls "$d"; sudo -u root ls $x',
     "echo 'a b'\\\nc \"$x\" d\\ e; x=1 ls; cat </dev/null; echo a{b,c}d {x}",
     "cat <<EOF\nhello $x \\$(no)\n\t${x}\nEOF\ncat <<'EOF'\n\t$(reboot)\nEOF",
+    "set -euo pipefail; set -x; shopt -s extglob nullglob; a[1]=x; set -- a b",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 
@@ -241,6 +261,12 @@ def test_program_attack_is_denied(line: str) -> None:
 def test_setting_a_code_variable_is_opaque(line: str) -> None:
     reasons = read_line(line, interactive=False).opaque
     assert any(r.startswith("environment variable can run code") for r in reasons), reasons
+    assert _decision(line) == "deny"
+
+
+@pytest.mark.parametrize("line", CHANGES_PARSING)
+def test_a_setting_that_changes_parsing_is_opaque(line: str) -> None:
+    assert read_line(line, interactive=False).opaque
     assert _decision(line) == "deny"
 
 

@@ -30,6 +30,7 @@ BYPASSES = [
     "sh -c 'true'\\ ';rm -f {m}'",  # an escaped blank tree-sitter drops
     "x='5 rm -f {m}'; nice -n $x true",  # word splitting in an option's value
     'echo "$\\\n(rm -f {m})"',  # $\<newline>( in double quotes
+    "BASH_CMDS[id]=/usr/bin/rm; id -f {m}",  # bash's hash table: `id` runs rm
 ]
 
 

@@ -34,7 +34,7 @@ import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
-from hoopy.shellopts import arith_code_env
+from hoopy.shellopts import arith_code_env, names
 from hoopy.shellprogs import HANDLED, Ctx, Effect, code_env, effect
 from hoopy.shellwords import (
     Arg,
@@ -136,6 +136,51 @@ def read_argv(argv: Sequence[str]) -> ShellReading:
     except Exception as e:  # a bug here must refuse the command, never let it through
         r.opaque(f"unparseable: hoopy failed to read it ({type(e).__name__})")
     return ShellReading(shown, tuple(r.commands), tuple(r.reasons))
+
+
+# Programs that, on a terminal, run shell commands typed at them (a pager's or mail
+# client's `!`, nano's ^T) or open an editor (which has its own `:!`).  Without a
+# terminal they do not: an exec command with a PTY (`ssh -t host less f`) is opaque
+# when it runs one.
+TERMINAL_ESCAPES = names(
+    """less more most pg man journalctl systemctl git nano pico mc ftp lftp tftp telnet
+    mail mailx s-nail mutt sudoedit crontab visudo vipw vigr edquota virsh ncftp aptitude
+    tig ranger nnn vifm"""
+)
+
+
+def on_a_terminal(reading: ShellReading) -> ShellReading:
+    """A reading for a command run with a PTY: opaque when a program in it takes
+    commands typed at the terminal (TERMINAL_ESCAPES)."""
+    hits = sorted(
+        {c.program for c in reading.commands if c.program in TERMINAL_ESCAPES and _pages(c)}
+    )
+    if not hits:
+        return reading
+    why = f"interpreter reads code: {', '.join(hits)} on a terminal runs commands typed at it"
+    return ShellReading(reading.text, reading.commands, (*reading.opaque, why))
+
+
+_NO_PAGER = {
+    "git": ("--no-pager", "-P"),
+    "systemctl": ("--no-pager",),
+    "journalctl": ("--no-pager",),
+}
+# git subcommands that open no editor (git commit, rebase, tag -a … do)
+_GIT_READS = names(
+    "log show diff status branch blame grep ls-files rev-parse describe shortlog reflog"
+)
+
+
+def _pages(c: SimpleCommand) -> bool:
+    """Does this command take keys typed on the terminal (not `git --no-pager log`)?"""
+    off = _NO_PAGER.get(c.program, ())
+    if not off or not set(off) & set(c.argv[1:]):
+        return True
+    if c.program == "git":
+        sub = next((a for a in c.argv[1:] if not a.startswith("-")), "")
+        return sub not in _GIT_READS
+    return "edit" in c.argv[1:]
 
 
 # Opaque reasons by their first words: the opaque kind the policy sees.

@@ -336,3 +336,16 @@ def test_a_big5_locale_makes_bash_read_bytes_as_hoopy_does_not(tmp_path: Path) -
         ("LD_PRELOAD", "/x.so", False),
     ]:
         assert env_allowed(name, value) is passed, (name, value)
+
+
+def test_a_pager_or_editor_on_a_terminal_is_opaque() -> None:
+    from hoopy.protocols.ssh.lineedit import LineReady, line_command
+    from hoopy.shell import on_a_terminal
+
+    for line in ["less f", "cat f | less", "systemctl status x", "git log", "man ls",
+                 "git --no-pager commit", "systemctl --no-pager edit x", "crontab -e"]:  # fmt: skip
+        assert on_a_terminal(read_line(line)).opaque, line
+        assert line_command(LineReady(line), "web-1").opaque, line
+    for line in ["ls", "git --no-pager log", "git -P diff", "journalctl --no-pager -u x"]:
+        assert on_a_terminal(read_line(line)).opaque == (), line
+    assert read_line("less f").opaque == ()  # without a terminal less only copies

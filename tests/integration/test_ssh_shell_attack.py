@@ -113,3 +113,22 @@ async def test_a_meta_key_in_a_c_locale_cannot_recall_rm(deny_list: SshHoopy, ss
     await t.type(b"exit 0\r")
     assert await t.finish() == 0
     assert marker.exists(), "the Meta key line reached the backend"
+
+
+async def test_a_pager_on_a_terminal_is_opaque(deny_list: SshHoopy, sshd: Sshd) -> None:
+    """On a terminal less runs `!cmd`, and `v` opens an editor with its own `:!`: the
+    keys typed there reach it as lines hoopy reads as shell (`:! rm …` is a program
+    named `:!` to hoopy).  So a pager or editor is refused on a terminal, in a shell
+    session and as an `ssh -t` command; without one (or with --no-pager) it runs."""
+    t = await Term.open(deny_list, ("agents", "shellers"))
+    await t.type(b"less /etc/hostname\r")
+    await t.expect(rb"hoopy: denied: shell_code")
+    await t.type(b"git --no-pager log -1 --oneline /nonexistent 2>/dev/null; echo gi''t-ok\r")
+    await t.expect(rb"[\r\n]git-ok\r\n")
+    await t.type(b"exit 0\r")
+    assert await t.finish() == 0
+    token = deny_list.token("shell-agent", ("agents", "shellers"))
+    r = deny_list.ssh("less /etc/hostname", "-tt", token=token)
+    assert r.returncode == 126 and "denied: shell_code" in r.stdout + r.stderr, r
+    r = deny_list.ssh("less /etc/hostname", token=token)  # no terminal: less only copies the file
+    assert r.returncode == 0, r.stderr

@@ -45,7 +45,7 @@ from hoopy.masking import ValueMasker
 from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.streammask import StreamMasker
 from hoopy.recorder import AsciicastWriter, RecorderError
-from hoopy.shell import read_line, shell_command
+from hoopy.shell import on_a_terminal, read_line, shell_command
 
 if TYPE_CHECKING:
     from hoopy.protocols.ssh.proxy import AgentConnection
@@ -243,6 +243,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
     async def _exec(self, command: str) -> None:
         conn = self.conn
         reading = read_line(command)
+        if self.pty is not None:  # `ssh -t host less f`: less's `!` runs what is typed
+            reading = on_a_terminal(reading)
         cmd = shell_command("ssh", conn.session.connector, reading)
         token = NOTIFY.set(self._notify)
         try:

@@ -93,9 +93,9 @@ Event = LineReady | Forward | Abandoned
 def line_command(ready: LineReady, connector: str) -> Command:
     """The policy Command for a line typed on a PTY: read as an interactive shell reads
     it (hoopy.shell), and opaque when the editor could not follow how it was typed."""
-    from hoopy.shell import read_line, shell_command
+    from hoopy.shell import on_a_terminal, read_line, shell_command
 
-    reading = read_line(ready.text, interactive=True)
+    reading = on_a_terminal(read_line(ready.text, interactive=True))
     why: list[str] = []
     if ready.uncertain:
         why.append(

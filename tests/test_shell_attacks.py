@@ -77,6 +77,10 @@ ATTACKS = [
     # env -S: \_ separates words (hoopy's shlex.split read `reboot_x`)
     "env -S 'reboot\\_x'",
     "env -S'reboot\\_-f'",
+    # env -S: options in the split string are read as env's own
+    "env -S'-u X' reboot",
+    "env -S'-- reboot'",
+    "env -S'-S reboot'",
 ]
 
 # Programs that run another program named in their arguments, which hoopy did not

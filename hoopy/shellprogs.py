@@ -183,10 +183,10 @@ def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
         try:
             if s is None or "${" in s or "\\" in s:  # \_ splits words, \c ends the string
                 raise ValueError
-            split = shlex.split(s)
-            if split and split[0].startswith("-"):  # env reads the options in it too
+            parts = shlex.split(s)
+            if parts and parts[0].startswith("-"):  # env reads the options in it too
                 raise ValueError
-            words = [*words[:i], *(plain(w) for w in split), *words[i:]]
+            words = [*words[:i], *(plain(w) for w in parts), *words[i:]]
         except ValueError:
             eff.opaque.append(f"code is not literal: env -S {split.source if split else ''}")
     if "-a" in p.opts or "--argv0" in p.opts:

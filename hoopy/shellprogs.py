@@ -186,6 +186,10 @@ def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
             parts = shlex.split(s)
             if parts and parts[0].startswith("-"):  # env reads the options in it too
                 raise ValueError
+            if _after_split(words, p.index) < p.index:
+                # env reads the words after -S as the split command's arguments, not
+                # its own options (env -S'id' -u X reboot runs `id -u X reboot`)
+                raise ValueError
             words = [*words[:i], *(plain(w) for w in parts), *words[i:]]
         except ValueError:
             eff.opaque.append(f"code is not literal: env -S {split.source if split else ''}")
@@ -196,6 +200,18 @@ def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if i < len(words):
         eff.runs.append(words[i:])
     return eff
+
+
+def _after_split(words: Sequence[Arg], end: int) -> int:
+    """The index after env's -S option and its value (0 when not found)."""
+    for j in range(1, end):
+        w = words[j].literal or ""
+        name = w.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 3 and "--split-string".startswith(name):
+            return j + 1 if "=" in w else j + 2
+        if w.startswith("-") and not w.startswith("--") and "S" in w:
+            return j + 2 if w.endswith("S") else j + 1
+    return 0
 
 
 def _exec(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:

@@ -214,6 +214,27 @@ def _after_split(words: Sequence[Arg], end: int) -> int:
     return 0
 
 
+_UNIT_CODE = re.compile(r"(?i)(Exec|Environment|PAMName|Root(Directory|Image)|Bind|Extension)")
+
+
+def _systemd_run(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """systemd-run: -p ExecStartPre=… runs a command, -E LD_PRELOAD=… loads code."""
+    eff = wrapped(prog, args, WRAPPERS[prog])
+    for k, a in enumerate(args[1:], 1):
+        v = a.literal or a.source
+        nxt = args[k + 1].literal or args[k + 1].source if k + 1 < len(args) else ""
+        for short, long in (("-p", "--property"), ("-E", "--setenv")):
+            value = nxt if v in (short, long) else ""
+            if v.startswith(long + "="):
+                value = v[len(long) + 1 :]
+            elif v.startswith(short) and len(v) > 2 and not v.startswith("--"):
+                value = v[2:]
+            name = value.split("=", 1)[0]
+            if value and (_UNIT_CODE.match(name) if short == "-p" else code_env(name)):
+                eff.opaque.append(f"interpreter reads code: {prog} {v} {value}"[:120])
+    return eff
+
+
 def _exec(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     p = parse_opts(args, 1, Spec("a", "cl"), prog)
     eff = Effect(opaque=[p.problem] if p.problem else [])
@@ -417,6 +438,9 @@ def _xargs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if "--replace" in p.opts:
         replace = (p.opts["--replace"] or plain("{}")).literal or "{}"
     rest = list(args[p.index :]) or [plain("echo")]
+    slot = p.opts.get("--process-slot-var")
+    if slot is not None and code_env(slot.literal or "PATH"):  # PATH=0 for the command
+        return opaque(f"environment variable can run code: {slot.source}")
     return Effect(runs=[rest], ctx=Ctx(extra=True, replace=replace))
 
 
@@ -591,6 +615,7 @@ _HANDLERS: dict[str, Handler] = {
     "enable": _enable,
     "bind": _bind,
     "fc": _fc,
+    "systemd-run": _systemd_run,
     "set": _set,
     "shopt": _set,
 }

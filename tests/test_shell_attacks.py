@@ -154,6 +154,11 @@ PROGRAM_ATTACKS = [
     'x=--to-command=reboot; tar xf f.tar "$x"',
     'x=--expression=1e\\ reboot; sed -n p "$x" f',
     "touch 5 rm; timeout [5r]* -rf /",
+    # systemd-run's unit properties and environment run code
+    "systemd-run -p ExecStartPre='/bin/rm -rf /' true",
+    "systemd-run --property=ExecStopPost=/bin/rm true",
+    "systemd-run -E LD_PRELOAD=/tmp/x.so true",
+    "echo a | xargs --process-slot-var=PATH sh -c ls",  # PATH=0: ./0/ls
     # sudo -s/-i hands the words to a shell escaped, all but letters, digits, _ - $
     "sudo -s 'rm$IFS-rf$IFS/'",
     "sudo -i 'rm$IFS-rf$IFS/'",
@@ -240,6 +245,7 @@ LOOK_ALIKES = [
     "echo 'a b'\\\nc \"$x\" d\\ e; x=1 ls; cat </dev/null; echo a{b,c}d {x}",
     "cat <<EOF\nhello $x \\$(no)\n\t${x}\nEOF\ncat <<'EOF'\n\t$(reboot)\nEOF",
     "set -euo pipefail; set -x; shopt -s extglob nullglob; a[1]=x; set -- a b",
+    "systemd-run -p MemoryMax=1G --wait true; echo a | xargs --process-slot-var=SLOT ls",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

@@ -35,7 +35,7 @@ from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
 from hoopy.shellopts import arith_code_env, names
-from hoopy.shellprogs import HANDLED, Ctx, Effect, code_env, effect
+from hoopy.shellprogs import HANDLED, SHELLS, Ctx, Effect, code_env, effect
 from hoopy.shellwords import (
     Arg,
     decode,
@@ -622,9 +622,14 @@ class _Reader:
                 # `x\<newline>= rm x`: an assignment to bash, a program to tree-sitter
                 self.opaque(f"unparseable: {args[0].source[:30]} may be an assignment")
             self.emit(SimpleCommand((prog, *(a.shown for a in args[1:]))))
+            if ctx.replace and ctx.replace in args[0].source:
+                # xargs -I{} {} x / find -exec {} x: the input names the program
+                self.opaque(f"program is not literal: {args[0].source} from xargs/find")
             eff = effect(prog, args, ctx)
-            if not eff.opaque and len(args) > 1 and prog in HANDLED and prog != "git":
-                self.split_words(prog, args, eff)
+            if not eff.opaque and prog in HANDLED and prog not in SHELLS:
+                if len(args) > 1 and prog != "git":
+                    self.split_words(prog, args, eff)
+                self.input_words(prog, args, eff, ctx)
             for reason in eff.opaque:
                 self.opaque(reason)
             for code in eff.code:
@@ -657,6 +662,20 @@ class _Reader:
             if splits(a) or a.value is None:
                 eff.opaque.append(f"option of {prog} is not literal: {a.source}")
                 return
+
+    def input_words(self, prog: str, args: list[Arg], eff: Effect, ctx: Ctx) -> None:
+        """Under xargs, words from its input are appended (and put for -I's {}).  A
+        wrapper with its command given passes them to the command; any other program
+        hoopy reads gets them among its options: `echo rm x | xargs env` runs rm,
+        `xargs tar xf a.tar` with input --to-command=… runs that."""
+        if ctx.extra and not eff.runs and not eff.opaque:
+            eff.opaque.append(f"option of {prog} is not literal: its arguments from xargs")
+            return
+        if ctx.replace and not eff.opaque:
+            firsts = {id(run[0]) for run in eff.runs if run}
+            cut = next((k for k, a in enumerate(args) if id(a) in firsts), len(args))
+            if any(ctx.replace in a.source for a in args[1:cut]):
+                eff.opaque.append(f"option of {prog} is not literal: {ctx.replace} from xargs/find")
 
     def stdin_code(self, prog: str, stdin: Stdin, depth: int) -> None:
         """A shell reading its code from stdin: a literal here-document is read."""

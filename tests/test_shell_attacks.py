@@ -154,6 +154,15 @@ PROGRAM_ATTACKS = [
     'x=--to-command=reboot; tar xf f.tar "$x"',
     'x=--expression=1e\\ reboot; sed -n p "$x" f',
     "touch 5 rm; timeout [5r]* -rf /",
+    # xargs's input (or find's file name) as the program or among a program's options
+    "echo rm | xargs -I{} {} -rf /",
+    "echo rm | xargs -i {} -rf /",
+    "echo rm | xargs -Ix xy -rf /",
+    "echo rm | xargs -I{} env {} -rf /",
+    "find / -name rm -exec {} -rf / \\;",
+    "echo rm -rf / | xargs env",
+    "echo rm -rf / | xargs nice",
+    "echo --to-command=rm | xargs tar xf a.tar",
     # systemd-run's unit properties and environment run code
     "systemd-run -p ExecStartPre='/bin/rm -rf /' true",
     "systemd-run --property=ExecStopPost=/bin/rm true",
@@ -246,6 +255,7 @@ LOOK_ALIKES = [
     "cat <<EOF\nhello $x \\$(no)\n\t${x}\nEOF\ncat <<'EOF'\n\t$(reboot)\nEOF",
     "set -euo pipefail; set -x; shopt -s extglob nullglob; a[1]=x; set -- a b",
     "systemd-run -p MemoryMax=1G --wait true; echo a | xargs --process-slot-var=SLOT ls",
+    "echo x | xargs sudo ls; echo x | xargs -0 -n1 ls; find . -exec ls {} \\;",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

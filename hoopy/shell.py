@@ -773,7 +773,11 @@ def _heredoc(r: Node) -> Arg | None:
         return plain(raw)
     if any(c.is_named and c.type != "heredoc_content" for c in body.children):
         return Arg(None, raw)
-    return Arg(re.sub(r"\\([$`\\])", r"\1", raw.replace("\\\n", "")), raw)
+    # one pass, left to right, as bash does: `\\<newline>` is a backslash and a newline
+    return Arg(_HEREDOC_ESCAPE.sub(lambda m: m[1].strip("\n"), raw), raw)
+
+
+_HEREDOC_ESCAPE = re.compile(r"\\([\n$`\\])")
 
 
 def _unquoted(redirect: Node | None) -> bool:

@@ -61,6 +61,7 @@ ATTACKS = [
     '"re"{\\boot},}',
     "x\\\n= reboot -f",
     "doa\\\ns= reboot -rf /",
+    "echo a\\\n#$(reboot)",  # joined, the # is inside a word: no comment
     # bash removes \` \$ \\ inside `…` before reading the command; tree-sitter does not
     "echo `echo \\`reboot x\\``",
     "x=`echo \\`reboot\\``",
@@ -256,6 +257,7 @@ LOOK_ALIKES = [
     "set -euo pipefail; set -x; shopt -s extglob nullglob; a[1]=x; set -- a b",
     "systemd-run -p MemoryMax=1G --wait true; echo a | xargs --process-slot-var=SLOT ls",
     "echo x | xargs sudo ls; echo x | xargs -0 -n1 ls; find . -exec ls {} \\;",
+    "echo a#b 'c'#d # a comment \\\nls # another",
     "coreutils ls; toybox ls; docker ps; kubectl get pods; rg -n x; fd -e py; dpkg -l",
 ]
 

@@ -11,6 +11,7 @@ from hoopy.shellopts import Ctx, Effect, Spec, joined_code, names, none, opaque,
 from hoopy.shellwords import Arg, awk_runs, plain, sed_runs
 
 _SSH = Spec("BbcDEeFIiJLlmOopQRSWwP", "46AaCfGgKkMNnqsTtVvXxYy")
+_SSH_LIBRARY_OPTS = ("pkcs11provider", "securitykeyprovider")
 _SSH_CODE_OPTS = ("proxycommand", "localcommand", "knownhostscommand", "remotecommand")
 
 
@@ -52,6 +53,10 @@ def _ssh_options(prog: str, args: Sequence[Arg], eff: Effect) -> None:
             key = re.split(r"[=\s]", opt, maxsplit=1)[0]
             if key.lower() in _SSH_CODE_OPTS:
                 eff.code.append(plain(opt[len(key) :].lstrip("= \t")))
+            elif key.lower() in _SSH_LIBRARY_OPTS:
+                eff.opaque.append(f"interpreter reads code: {prog} -o {key} (loads a library)")
+        elif prog == "ssh" and v.startswith("-I"):
+            eff.opaque.append(f"interpreter reads code: {prog} -I (loads a PKCS#11 library)")
         elif v.startswith("-F"):
             eff.opaque.append(f"interpreter reads code: {prog} -F (an ssh config file)")
         elif prog in ("scp", "sftp") and v[:2] in ("-S", "-D"):

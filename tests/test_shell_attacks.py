@@ -164,6 +164,9 @@ PROGRAM_ATTACKS = [
     "echo rm -rf / | xargs env",
     "echo rm -rf / | xargs nice",
     "echo --to-command=rm | xargs tar xf a.tar",
+    "ssh -I /tmp/x.so h true",  # a PKCS#11 library is code ssh loads
+    "ssh -o PKCS11Provider=/tmp/x.so h true",
+    "ssh -oSecurityKeyProvider=/tmp/x.so h true",
     # systemd-run's unit properties and environment run code
     "systemd-run -p ExecStartPre='/bin/rm -rf /' true",
     "systemd-run --property=ExecStopPost=/bin/rm true",

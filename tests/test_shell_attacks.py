@@ -208,6 +208,11 @@ SETS_CODE_VARIABLES = [
     "[[ 'PATH=1' -eq 1 ]]; ls",
     "wait -p PATH; ls",
     "sudo 'BASH_FUNC_ls%%=() { reboot; }' bash -c ls",
+    "TAR_OPTIONS=--to-command=reboot tar xf a.tar",
+    "RSYNC_RSH='reboot #' rsync a h:b",
+    "GCONV_PATH=/tmp/x iconv -f x",
+    "LUA_INIT='os.execute(\"reboot\")' lua5.4 -v",
+    "export JAVA_TOOL_OPTIONS=-javaagent:/tmp/a.jar",
     # bash's hash table and aliases as arrays: `id` then runs reboot
     "BASH_CMDS[id]=/usr/bin/reboot; id",
     "BASH_CMDS=([id]=/usr/bin/reboot); id",

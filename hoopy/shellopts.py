@@ -69,7 +69,7 @@ _CODE_ENV_NAMES = (
     # options or modules other programs read from the environment that run or load code
     r"|GCONV_PATH|OPENSSL_CONF|OPENSSL_ENGINES|PERL5DB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS"
     r"|JDK_JAVA_OPTIONS|LUA_INIT\w*|LUA_C?PATH\w*|TAR_OPTIONS|RSYNC_RSH|RSYNC_CONNECT_PROG"
-    r"|CVS_RSH|SUDO_EDITOR|SYSTEMD_EDITOR|BROWSER|LESS|LESSKEY\w*|MANOPT|FCEDIT"
+    r"|CVS_RSH|SUDO_EDITOR|SYSTEMD_EDITOR|BROWSER|MANOPT|FCEDIT"
 )
 _CODE_ENV = re.compile(rf"^({_CODE_ENV_NAMES})$")
 # Such a variable assigned by arithmetic (`((PATH=1))`, `let PATH++`, a value bash

@@ -27,13 +27,35 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
 from hoopy.policy import Command
-from hoopy.shellprogs import Ctx, code_env, effect
+from hoopy.shellopts import arith_code_env, names
+from hoopy.shellprogs import HANDLED, SHELLS, Ctx, Effect, code_env, effect
+from hoopy.shellsyntax import (
+    _ARITH_NODES,
+    _ASSIGNMENT,
+    _ESCAPED_IN_BACKQUOTES,
+    _JOINS_NEXT,
+    _ODD_BLANKS,
+    _REDIRECTS,
+    _SPLIT_EXPANSION,
+    _TEXT_LEAVES,
+    _UNREAD_CODE,
+    _UNREAD_SUBST,
+    _assigned,
+    _backquoted,
+    _blank_between_words,
+    _first_error,
+    _heredoc,
+    _in_double_quotes,
+    _shown,
+    _unquoted,
+)
 from hoopy.shellwords import (
     Arg,
     decode,
@@ -42,6 +64,7 @@ from hoopy.shellwords import (
     plain,
     raw,
     set_source,
+    splits,
     subscript_code,
     text,
 )
@@ -133,6 +156,51 @@ def read_argv(argv: Sequence[str]) -> ShellReading:
     except Exception as e:  # a bug here must refuse the command, never let it through
         r.opaque(f"unparseable: hoopy failed to read it ({type(e).__name__})")
     return ShellReading(shown, tuple(r.commands), tuple(r.reasons))
+
+
+# Programs that, on a terminal, run shell commands typed at them (a pager's or mail
+# client's `!`, nano's ^T) or open an editor (which has its own `:!`).  Without a
+# terminal they do not: an exec command with a PTY (`ssh -t host less f`) is opaque
+# when it runs one.
+TERMINAL_ESCAPES = names(
+    """less more most pg man journalctl systemctl git nano pico mc ftp lftp tftp telnet
+    mail mailx s-nail mutt sudoedit crontab visudo vipw vigr edquota virsh ncftp aptitude
+    tig ranger nnn vifm"""
+)
+
+
+def on_a_terminal(reading: ShellReading) -> ShellReading:
+    """A reading for a command run with a PTY: opaque when a program in it takes
+    commands typed at the terminal (TERMINAL_ESCAPES)."""
+    hits = sorted(
+        {c.program for c in reading.commands if c.program in TERMINAL_ESCAPES and _pages(c)}
+    )
+    if not hits:
+        return reading
+    why = f"interpreter reads code: {', '.join(hits)} on a terminal runs commands typed at it"
+    return ShellReading(reading.text, reading.commands, (*reading.opaque, why))
+
+
+_NO_PAGER = {
+    "git": ("--no-pager", "-P"),
+    "systemctl": ("--no-pager",),
+    "journalctl": ("--no-pager",),
+}
+# git subcommands that open no editor (git commit, rebase, tag -a … do)
+_GIT_READS = names(
+    "log show diff status branch blame grep ls-files rev-parse describe shortlog reflog"
+)
+
+
+def _pages(c: SimpleCommand) -> bool:
+    """Does this command take keys typed on the terminal (not `git --no-pager log`)?"""
+    off = _NO_PAGER.get(c.program, ())
+    if not off or not set(off) & set(c.argv[1:]):
+        return True
+    if c.program == "git":
+        sub = next((a for a in c.argv[1:] if not a.startswith("-")), "")
+        return sub not in _GIT_READS
+    return "edit" in c.argv[1:]
 
 
 # Opaque reasons by their first words: the opaque kind the policy sees.
@@ -258,7 +326,6 @@ _RESERVED = frozenset(
 )
 _ASCII = bytes(range(128)) + b"x" * 128
 _BARE_NEWLINE = re.compile(rb"(?<!\\)\n")
-_REDIRECTS = frozenset({"file_redirect", "heredoc_redirect", "herestring_redirect"})
 Kids = list[tuple[Node, "Stdin"]]
 
 
@@ -293,6 +360,14 @@ class _Reader:
             root = tree.root_node
             if root.has_error:
                 self.opaque("unparseable: " + _first_error(root))
+            if _SPLIT_EXPANSION.search(data):
+                # bash joins `$\<newline>(` into `$(` wherever it is (in "…" too); in
+                # strings tree-sitter reads the pieces apart, as text
+                self.opaque("unparseable: a line continuation after $, < or >")
+            if _ODD_BLANKS.search(data) and _blank_between_words(root, data):
+                self.opaque(
+                    "unparseable: a carriage return, vertical tab or form feed between words"
+                )
             self.walk(root, depth, stdin)
         finally:
             self.src = outer
@@ -310,6 +385,10 @@ class _Reader:
             if t == "command":
                 kids = self.command(node, sin, depth)
             elif t == "redirected_statement":
+                self.check_gaps(node.children)
+                for r in node.children:
+                    if r.type == "file_redirect":
+                        self.check_gaps(r.children, joined=True)
                 kids = self.redirected(node, sin, depth)
             elif t == "pipeline":
                 kids = []
@@ -318,30 +397,46 @@ class _Reader:
                     kids.append((c, sin if first else _PIPE))
                     first = first and not c.is_named
             elif t in ("command_substitution", "process_substitution"):
+                if t == "command_substitution" and _ESCAPED_IN_BACKQUOTES.search(text(node)):
+                    # bash removes these backslashes before it reads the command
+                    # (`echo \`rm x\``); tree-sitter reads them as literal text
+                    self.opaque("unparseable: an escaped \\, `, $ or newline inside `…`")
                 inner = _PIPE if text(node).startswith(">(") else _INHERIT
                 kids = [(c, inner) for c in node.named_children]
             elif t in ("declaration_command", "unset_command"):
                 words = [c for c in node.children if c.type != "comment"]
                 self.emit(SimpleCommand(tuple(_shown(c) for c in words)))
+                self.declaration(words)
                 kids = [(c, sin) for c in node.named_children]
             else:
                 if t == "variable_assignment":
                     self.assignment(node)
-                elif t == "heredoc_body" and "`" in text(node) and _unquoted(node.parent):
-                    # tree-sitter leaves `…` in a here-document as text; bash runs it
-                    for code in _backquoted(text(node)):
-                        if code is None:
-                            self.opaque("unparseable: an unterminated ` in a here-document")
-                        else:
-                            self.parse(code, depth + 1, _INHERIT)
+                elif t == "heredoc_body":
+                    self.heredoc_body(node, depth)
                 elif t == "heredoc_end":
                     self.heredoc_end(node)
+                elif (
+                    t == "comment"
+                    and self.src[max(0, node.start_byte - 2) : node.start_byte] == b"\\\n"
+                ):
+                    # `a\<newline>#$(rm)`: once the lines are joined the # is inside a
+                    # word, no comment: bash runs what tree-sitter took for one
+                    self.opaque("unparseable: a # after a line continuation")
                 elif t in ("raw_string", "string", "ansi_c_string"):
                     self.check_text(decode(node))  # [[ -v 'a[$(x)]' ]], case patterns …
-                elif t == "heredoc_body":
-                    self.check_text(plain(text(node)))
                 elif t == "expansion" and "@P" in text(node):
                     self.opaque(f"text bash may run as code: {text(node)}")
+                elif t == "expansion" and _UNREAD_CODE.match(text(node)):
+                    self.unread_code(node)  # bash 5.3's ${ cmd; } and ${| cmd; }
+                elif t == "variable_name" and _assigned(node) and code_env(text(node)):
+                    self.opaque(f"environment variable can run code: {text(node)}")
+                elif t in _ARITH_NODES and arith_code_env(text(node)):
+                    self.opaque(f"environment variable can run code: {arith_code_env(text(node))}")
+                if not node.named_child_count and (
+                    t not in _TEXT_LEAVES or (t == "raw_string" and _in_double_quotes(node))
+                ):
+                    # ('…' in "${x:-'…'}" is no quoting: bash runs a $(…) inside it)
+                    self.unread_code(node)
                 kids = [(c, sin) for c in node.named_children]
             stack.extend((c, s, level + 1) for c, s in reversed(kids))
 
@@ -354,11 +449,62 @@ class _Reader:
 
     def assignment(self, node: Node) -> None:
         name = node.child_by_field_name("name")
+        if name is not None and name.type == "subscript":  # BASH_CMDS[ls]=/bin/rm
+            name = name.child_by_field_name("name") or name.named_child(0)
         if name is not None and name.type == "variable_name" and code_env(text(name)):
             self.opaque(f"environment variable can run code: {text(name)}")
         value = node.child_by_field_name("value")
         if value is not None:
             self.check_text(decode(value))
+            literal = decode(value).literal
+            if literal is not None and arith_code_env(literal):  # x='PATH=1'; $((x))
+                self.opaque(f"environment variable can run code: {arith_code_env(literal)}")
+
+    def declaration(self, words: list[Node]) -> None:
+        """declare/export/local/readonly/typeset/unset: the names they set, as bash reads
+        them after quote removal (`export "PATH=/tmp"`); a name known only at run time
+        (`declare "$n=x"`) or a nameref (`declare -n r=PATH; r=/tmp`) could be any."""
+        nameref = False
+        for w in words[1:]:
+            if w.type == "variable_assignment":
+                value = w.child_by_field_name("value")
+                target = decode(value).literal if value is not None else ""
+                if nameref and (target is None or code_env(target.split("[", 1)[0])):
+                    self.opaque(f"environment variable can run code: nameref {text(w)}")
+                continue
+            if w.type == "variable_name":
+                if nameref:
+                    self.opaque(f"environment variable can run code: nameref {text(w)}")
+                continue  # unset NAME: the walk checks it (_assigned)
+            v = decode(w).literal
+            if v is None:
+                self.opaque(f"environment variable can run code: {text(w)[:40]}")
+            elif v[:1] in "-+" and "=" not in v:
+                nameref = nameref or (v[:1] == "-" and "n" in v)
+            else:
+                name = re.split(r"[+\[=]", v, maxsplit=1)[0]
+                if code_env(name) or (nameref and "=" not in v):
+                    self.opaque(f"environment variable can run code: {name}")
+
+    def heredoc_body(self, node: Node, depth: int) -> None:
+        body = text(node)
+        self.check_text(plain(body))
+        if not _unquoted(node.parent):
+            return
+        texts = [text(c) for c in node.children if c.type == "heredoc_content"]
+        unread = texts if node.named_child_count else [body]
+        if any(_UNREAD_SUBST.search(t) or "@P" in t for t in unread):
+            # tree-sitter reads no substitution in a body that starts with a tab
+            self.opaque("unparseable: code in a here-document tree-sitter does not read")
+        if "\\\n" in body and ("$" in body or "`" in body):
+            # bash joins continued lines before it expands the body
+            self.opaque("unparseable: a line continuation in a here-document")
+        if "`" in body:  # tree-sitter leaves `…` in a here-document as text; bash runs it
+            for code in _backquoted(body):
+                if code is None:
+                    self.opaque("unparseable: an unterminated ` in a here-document")
+                else:
+                    self.parse(code, depth + 1, _INHERIT)
 
     def heredoc_end(self, node: Node) -> None:
         """tree-sitter ends a here-document at a line that only starts with the word
@@ -374,6 +520,12 @@ class _Reader:
         word = re.sub(rb"[\"'\\\\]", b"", raw(delim)) if delim is not None else None
         if (line.lstrip(b"\t") if op == "<<-" else line) != word:
             self.opaque("unparseable: a here-document's end word is not alone on its line")
+
+    def unread_code(self, node: Node) -> None:
+        """tree-sitter leaves some substitutions as plain text (`${x:-`rm`}`,
+        `${x#$(rm)}`); bash runs them.  An unescaped ` or $( in a leaf is one."""
+        if _UNREAD_CODE.search(text(node).replace("\\\n", "")):  # "$\<newline>(…)"
+            self.opaque(f"unparseable: code tree-sitter does not read: {text(node)[:40]}")
 
     def check_text(self, arg: Arg) -> None:
         if arg.value is not None and subscript_code(arg.value):
@@ -401,7 +553,10 @@ class _Reader:
         name: Node | None = None
         words: list[Node] = []
         redirects: list[Node] = []
+        self.check_gaps(node.children)
         for i, c in enumerate(node.children):
+            if c.type == "file_redirect":
+                self.check_gaps(c.children, joined=True)
             field = node.field_name_for_child(i)
             if field == "name":
                 name = c
@@ -435,6 +590,18 @@ class _Reader:
         self.run(args, stdin, depth, Ctx(), 0, shell=True)
         return kids
 
+    def check_gaps(self, parts: Sequence[Node], joined: bool = False) -> None:
+        """What tree-sitter skips between a command's parts must be blanks.  It drops
+        an escaped blank after a quote or expansion (`sh -c 'id'\\ ';rm x'` is one
+        word to bash), and ends a redirection's word or an assignment at a line
+        continuation (`</dev/n\\<newline>ull rm x`: bash reads `</dev/null`)."""
+        for prev, nxt in pairwise(parts):
+            raw = self.src[prev.end_byte : nxt.start_byte]
+            gap = raw.replace(b"\\\n", b"")
+            if b"\\" in gap or (not gap and (prev.type in _JOINS_NEXT or (joined and raw))):
+                self.opaque("unparseable: words bash joins that tree-sitter reads apart")
+                return
+
     def join_continued(self, words: list[Node]) -> list[Arg]:
         """Words as bash sees them.  tree-sitter splits some words bash reads as one:
         `"re"\\ot` (a backslash after a quote) and `r\\<newline>m` (a continuation,
@@ -467,8 +634,18 @@ class _Reader:
             prog, problem = program_name(args[0])
             if problem:
                 self.opaque(problem)
+            if shell and _ASSIGNMENT.match(args[0].value or ""):
+                # `x\<newline>= rm x`: an assignment to bash, a program to tree-sitter
+                self.opaque(f"unparseable: {args[0].source[:30]} may be an assignment")
             self.emit(SimpleCommand((prog, *(a.shown for a in args[1:]))))
+            if ctx.replace and ctx.replace in args[0].source:
+                # xargs -I{} {} x / find -exec {} x: the input names the program
+                self.opaque(f"program is not literal: {args[0].source} from xargs/find")
             eff = effect(prog, args, ctx)
+            if not eff.opaque and prog in HANDLED and prog not in SHELLS:
+                if len(args) > 1 and prog != "git":
+                    self.split_words(prog, args, eff)
+                self.input_words(prog, args, eff, ctx)
             for reason in eff.opaque:
                 self.opaque(reason)
             for code in eff.code:
@@ -488,6 +665,33 @@ class _Reader:
             args = eff.runs[-1] if eff.runs else []
         if args:
             self.opaque(f"nesting too deep: more than {MAX_WRAPPERS} wrappers")
+
+    def split_words(self, prog: str, args: list[Arg], eff: Effect) -> None:
+        """A program whose options hoopy reads (a wrapper, tar, sed …) given a word known
+        only at run time: `tar xf f "$x"` with x=--to-command=…, or one that becomes
+        zero or several words (`x='5 reboot'; nice -n $x ls` runs reboot).  hoopy's
+        reading of its options could be wrong.  Words of the command a wrapper runs
+        are read at the next level (git checks its own: _git)."""
+        firsts = {id(run[0]) for run in eff.runs if run}
+        cut = next((k for k, a in enumerate(args) if id(a) in firsts), len(args))
+        for a in args[1:cut]:
+            if splits(a) or a.value is None:
+                eff.opaque.append(f"option of {prog} is not literal: {a.source}")
+                return
+
+    def input_words(self, prog: str, args: list[Arg], eff: Effect, ctx: Ctx) -> None:
+        """Under xargs, words from its input are appended (and put for -I's {}).  A
+        wrapper with its command given passes them to the command; any other program
+        hoopy reads gets them among its options: `echo rm x | xargs env` runs rm,
+        `xargs tar xf a.tar` with input --to-command=… runs that."""
+        if ctx.extra and not eff.runs and not eff.opaque:
+            eff.opaque.append(f"option of {prog} is not literal: its arguments from xargs")
+            return
+        if ctx.replace and not eff.opaque:
+            firsts = {id(run[0]) for run in eff.runs if run}
+            cut = next((k for k, a in enumerate(args) if id(a) in firsts), len(args))
+            if any(ctx.replace in a.source for a in args[1:cut]):
+                eff.opaque.append(f"option of {prog} is not literal: {ctx.replace} from xargs/find")
 
     def stdin_code(self, prog: str, stdin: Stdin, depth: int) -> None:
         """A shell reading its code from stdin: a literal here-document is read."""
@@ -521,70 +725,3 @@ def _redirects(redirects: Sequence[Node], sin: Stdin) -> tuple[Stdin, list[Node]
             extra += _fields(r, "argument")
             sin = ("text", _heredoc(r))
     return sin, extra
-
-
-def _heredoc(r: Node) -> Arg | None:
-    start = next((c for c in r.children if c.type == "heredoc_start"), None)
-    body = next((c for c in r.children if c.type == "heredoc_body"), None)
-    if start is None or body is None:
-        return plain("")
-    raw = text(body)
-    if any(q in text(start) for q in "'\"\\"):
-        return plain(raw)
-    if any(c.is_named and c.type != "heredoc_content" for c in body.children):
-        return Arg(None, raw)
-    return Arg(re.sub(r"\\([$`\\])", r"\1", raw.replace("\\\n", "")), raw)
-
-
-def _unquoted(redirect: Node | None) -> bool:
-    """Is this here-document's delimiter unquoted (so its body is expanded)?"""
-    start = (
-        next((c for c in redirect.children if c.type == "heredoc_start"), None)
-        if redirect
-        else None
-    )
-    return start is not None and not any(q in text(start) for q in "'\"\\")
-
-
-def _backquoted(body: str) -> list[str | None]:
-    """The commands of `…` in an unquoted here-document body, unescaped as bash does
-    (\\\\, \\` and \\$ lose their backslash); None for one never closed."""
-    out: list[str | None] = []
-    i, n = 0, len(body)
-    while i < n:
-        c = body[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c != "`":
-            i += 1
-            continue
-        code: list[str] = []
-        i += 1
-        while i < n and body[i] != "`":
-            if body[i] == "\\" and i + 1 < n:
-                nxt = body[i + 1]
-                code.append(nxt if nxt in "\\`$" else "\\" + nxt)
-                i += 2
-                continue
-            code.append(body[i])
-            i += 1
-        out.append("".join(code) if i < n else None)
-        i += 1
-    return out
-
-
-def _shown(n: Node) -> str:
-    a = decode(n)
-    return a.shown if a.value is not None else text(n)
-
-
-def _first_error(root: Node) -> str:
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if n.is_error or n.is_missing:
-            what = "missing " + n.type if n.is_missing else "unexpected " + repr(text(n)[:30])
-            return f"{what} at byte {n.start_byte}"
-        stack.extend(reversed([c for c in n.children if c.has_error or c.is_missing]))
-    return "syntax error"

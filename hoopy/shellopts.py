@@ -58,17 +58,38 @@ INTERPRETERS = names(
 _VERSIONED = re.compile(r"^(python|pypy|perl|php|ruby|tclsh|lua|node)[0-9.]*$")
 SAFE_INTERPRETER_ARGS = frozenset({"--version", "--help"})
 # Assignments that make a later program run code from somewhere hoopy cannot see.
-_CODE_ENV = re.compile(
-    r"^(LD_\w+|BASH_ENV|ENV|PROMPT_COMMAND|PS[0-4]|SHELLOPTS|BASHOPTS|BASH_LOADABLES_PATH"
-    r"|BASH_FUNC_.*|PATH|HOME|XDG_CONFIG_HOME|ZDOTDIR|GIT_\w+|PAGER|MANPAGER|EDITOR|VISUAL"
+_CODE_ENV_NAMES = (
+    r"LD_\w+|BASH_ENV|ENV|PROMPT_COMMAND|PS[0-4]|SHELLOPTS|BASHOPTS|BASH_LOADABLES_PATH"
+    r"|BASH_FUNC_\S*|PATH|HOME|XDG_CONFIG_HOME|ZDOTDIR|GIT_\w+|PAGER|MANPAGER|EDITOR|VISUAL"
     r"|SYSTEMD_PAGER|LESSOPEN|LESSCLOSE|PERL5OPT|PERL5LIB|PERLLIB|PYTHON\w+|RUBYOPT|RUBYLIB"
-    r"|NODE_OPTIONS|NODE_PATH|SUDO_ASKPASS|SSH_ASKPASS|TEXTDOMAIN|TEXTDOMAINDIR)$"
+    r"|NODE_OPTIONS|NODE_PATH|SUDO_ASKPASS|SSH_ASKPASS|TEXTDOMAIN|TEXTDOMAINDIR"
+    # bash's hash table and aliases as arrays (BASH_CMDS[ls]=/bin/rm makes `ls` run rm),
+    # readline's init file, and settings that change how bash parses a line
+    r"|BASH_CMDS|BASH_ALIASES|INPUTRC|POSIXLY_CORRECT|BASH_COMPAT"
+    # options or modules other programs read from the environment that run or load code
+    r"|GCONV_PATH|OPENSSL_CONF|OPENSSL_ENGINES|PERL5DB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS"
+    r"|JDK_JAVA_OPTIONS|LUA_INIT\w*|LUA_C?PATH\w*|TAR_OPTIONS|RSYNC_RSH|RSYNC_CONNECT_PROG"
+    r"|CVS_RSH|SUDO_EDITOR|SYSTEMD_EDITOR|BROWSER|MANOPT|FCEDIT"
+)
+_CODE_ENV = re.compile(rf"^({_CODE_ENV_NAMES})$")
+# Such a variable assigned by arithmetic (`((PATH=1))`, `let PATH++`, a value bash
+# evaluates as arithmetic later: `x='PATH=1'; echo $((x))`).
+_ARITH_NAMES = _CODE_ENV_NAMES.replace(r"\S*", r"\w*")
+_ARITH_ASSIGN = re.compile(
+    rf"(?<![\w$])(?:{_ARITH_NAMES})(?!\w)\s*(?:\[[^\]]*\])?\s*"
+    rf"(?:(?:[-+*/%&|^]|<<|>>|\*\*)?=(?!=)|\+\+|--)|(?:\+\+|--)\s*(?:{_ARITH_NAMES})(?!\w)"
 )
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def code_env(name: str) -> bool:
     return bool(_CODE_ENV.match(name))
+
+
+def arith_code_env(text: str) -> str:
+    """The variable that can run code which this arithmetic text assigns, or ""."""
+    m = _ARITH_ASSIGN.search(text.replace("'", "").replace('"', ""))
+    return m.group(0) if m else ""
 
 
 def is_interpreter(name: str) -> bool:
@@ -200,10 +221,10 @@ def assignment(a: Arg, eff: Effect) -> bool:
         return False
     if "=" not in v:
         return False
+    # env and sudo take any word with "=" for an assignment: `BASH_FUNC_ls%%=() {…}`
+    # defines a function the shell they run imports, `'x y=1'` is no program name
     name = v.split("=", 1)[0]
-    if not _NAME.match(name):
-        return False
-    if code_env(name):
+    if code_env(name) or not _NAME.match(name):
         eff.opaque.append(f"environment variable can run code: {name}")
     return True
 
@@ -287,6 +308,10 @@ WRAPPERS: dict[str, Spec] = {
                          "collect", "user", "system", "no-ask-password", "no-block", "wait",
                          "same-dir", "shell", "slice-inherit", "ignore-failure", "background"),
                         shell_if_empty=True),
+    "gosu": Spec(operands=1),
+    "su-exec": Spec(operands=1),
+    "tini": Spec("pe", "svwglh"),
+    "dumb-init": Spec("r", "vch", ("rewrite",), ("single-child", "verbose", "version", "help")),
     "prlimit": Spec("po", "", ("pid", "output"),
                     ("noheadings", "raw", "verbose", "as", "core", "cpu", "data", "fsize",
                      "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",

@@ -11,6 +11,7 @@ the wrong word.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Sequence
 
@@ -21,6 +22,7 @@ from hoopy.shellopts import (
     Ctx,
     Effect,
     Spec,
+    arith_code_env,
     assignment,
     code_env,
     is_interpreter,
@@ -34,12 +36,12 @@ from hoopy.shellopts import (
 from hoopy.shelltools import TOOLS
 from hoopy.shellwords import Arg, plain
 
-__all__ = ["SHELLS", "Ctx", "Effect", "code_env", "effect"]
+__all__ = ["HANDLED", "SHELLS", "Ctx", "Effect", "code_env", "effect", "is_interpreter"]
 
 
 def effect(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     """What `prog` (normalised, args[0]) does with its arguments."""
-    handler = _HANDLERS.get(prog)
+    handler = _HANDLERS.get(prog) or (_equals if prog[:1] == "=" and prog[1:] else None)
     if handler is not None:
         return handler(prog, args, ctx)
     spec = WRAPPERS.get(prog)
@@ -132,9 +134,19 @@ def _sudo(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if any(k in o for k in ("-e", "--edit", "-l", "--list", "-v", "--validate", "-V", "-K")):
         return eff
     rest = list(args[i:])
-    if rest:
+    shell = any(k in o for k in ("-s", "--shell", "-i", "--login"))
+    if rest and shell:
+        # sudo runs the shell with -c and the words backslash-escaped, all but
+        # letters, digits, _, - and $: `sudo -s 'rm$IFS-rf$IFS/'` splits at run time
+        values = [a.literal for a in rest]
+        if any(v is None for v in values):
+            eff.opaque.append(f"code is not literal: {prog} {' '.join(a.source for a in rest)}")
+        else:
+            code = " ".join(re.sub(r"([^A-Za-z0-9_$-])", r"\\\1", v or "") for v in values)
+            eff.code.append(plain(code))
+    elif rest:
         eff.runs.append(rest)
-    elif any(k in o for k in ("-s", "--shell", "-i", "--login")):
+    elif shell:
         eff.opaque.append(f"interpreter reads code: {prog} runs an interactive shell")
     return eff
 
@@ -169,9 +181,16 @@ def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
         split = p.opts.get("-S") or p.opts.get("--split-string")
         s = split.literal if split is not None else None
         try:
-            if s is None or "${" in s or "\\c" in s:
+            if s is None or "${" in s or "\\" in s:  # \_ splits words, \c ends the string
                 raise ValueError
-            words = [*words[:i], *(plain(w) for w in shlex.split(s)), *words[i:]]
+            parts = shlex.split(s)
+            if parts and parts[0].startswith("-"):  # env reads the options in it too
+                raise ValueError
+            if _after_split(words, p.index) < p.index:
+                # env reads the words after -S as the split command's arguments, not
+                # its own options (env -S'id' -u X reboot runs `id -u X reboot`)
+                raise ValueError
+            words = [*words[:i], *(plain(w) for w in parts), *words[i:]]
         except ValueError:
             eff.opaque.append(f"code is not literal: env -S {split.source if split else ''}")
     if "-a" in p.opts or "--argv0" in p.opts:
@@ -180,6 +199,39 @@ def _env(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
         i += 1
     if i < len(words):
         eff.runs.append(words[i:])
+    return eff
+
+
+def _after_split(words: Sequence[Arg], end: int) -> int:
+    """The index after env's -S option and its value (0 when not found)."""
+    for j in range(1, end):
+        w = words[j].literal or ""
+        name = w.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 3 and "--split-string".startswith(name):
+            return j + 1 if "=" in w else j + 2
+        if w.startswith("-") and not w.startswith("--") and "S" in w:
+            return j + 2 if w.endswith("S") else j + 1
+    return 0
+
+
+_UNIT_CODE = re.compile(r"(?i)(Exec|Environment|PAMName|Root(Directory|Image)|Bind|Extension)")
+
+
+def _systemd_run(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """systemd-run: -p ExecStartPre=… runs a command, -E LD_PRELOAD=… loads code."""
+    eff = wrapped(prog, args, WRAPPERS[prog])
+    for k, a in enumerate(args[1:], 1):
+        v = a.literal or a.source
+        nxt = args[k + 1].literal or args[k + 1].source if k + 1 < len(args) else ""
+        for short, long in (("-p", "--property"), ("-E", "--setenv")):
+            value = nxt if v in (short, long) else ""
+            if v.startswith(long + "="):
+                value = v[len(long) + 1 :]
+            elif v.startswith(short) and len(v) > 2 and not v.startswith("--"):
+                value = v[2:]
+            name = value.split("=", 1)[0]
+            if value and (_UNIT_CODE.match(name) if short == "-p" else code_env(name)):
+                eff.opaque.append(f"interpreter reads code: {prog} {v} {value}"[:120])
     return eff
 
 
@@ -208,6 +260,15 @@ def _rest(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if words and words[0].literal == "--":
         words.pop(0)
     return Effect(runs=[words]) if words else none()
+
+
+def _repeat(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """zsh's `repeat N CMD`."""
+    return Effect(runs=[list(args[2:])]) if len(args) > 2 else none()
+
+
+def _equals(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    return opaque(f"program name is changed: zsh runs the program {prog} names")
 
 
 def _bang(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
@@ -377,6 +438,9 @@ def _xargs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if "--replace" in p.opts:
         replace = (p.opts["--replace"] or plain("{}")).literal or "{}"
     rest = list(args[p.index :]) or [plain("echo")]
+    slot = p.opts.get("--process-slot-var")
+    if slot is not None and code_env(slot.literal or "PATH"):  # PATH=0 for the command
+        return opaque(f"environment variable can run code: {slot.source}")
     return Effect(runs=[rest], ctx=Ctx(extra=True, replace=replace))
 
 
@@ -467,16 +531,36 @@ def _complete(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return none()
 
 
+def _set(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """set -k (every NAME=value word, anywhere, goes to the environment: `id
+    LD_PRELOAD=x`), set -o posix and shopt -s compat… change how bash reads lines."""
+    words = [a.literal or "" for a in args[1:]]
+    for k, v in enumerate(words):
+        if prog == "set" and v[:1] in "-+" and "k" in v[1:] and not v.startswith("--"):
+            return opaque("alias defines a command name: set -k")
+        if v in ("-o", "+o") and k + 1 < len(words) and words[k + 1] in ("keyword", "posix"):
+            return opaque(f"alias defines a command name: set -o {words[k + 1]}")
+        if prog == "shopt" and v.startswith("compat"):
+            return opaque(f"alias defines a command name: shopt {v}")
+    return none()
+
+
 def _fc(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return opaque(f"history expansion: {prog} re-runs earlier commands")
 
 
 def _vars(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
-    """read/printf -v/export/declare: assigning a variable that makes programs run code."""
+    """read/printf -v/export/declare/getopts/wait -p/let: assigning a variable that
+    makes programs run code (also as an attached option value: `printf -vPATH`)."""
     for k, a in enumerate(args[1:], 1):
-        name = (a.literal or a.source).split("=", 1)[0]
-        if code_env(name):
+        word = a.literal or a.source
+        name = word.split("=", 1)[0].split("[", 1)[0]
+        if code_env(name) or (prog == "let" and arith_code_env(word)):
             return opaque(f"environment variable can run code: {name}")
+        if word.startswith("-") and any(code_env(name[i:]) for i in range(2, len(name))):
+            return opaque(f"environment variable can run code: {name}")
+        if a.literal is None and prog in ("declare", "typeset", "export", "local", "readonly"):
+            return opaque(f"environment variable can run code: {a.source}")
         if prog in ("mapfile", "readarray") and a.literal == "-C" and k + 1 < len(args):
             return Effect(code=[args[k + 1]])  # a callback run every -c lines
     return none()
@@ -489,6 +573,9 @@ _HANDLERS: dict[str, Handler] = {
     **dict.fromkeys(("eval",), _eval),
     **dict.fromkeys(("source", "."), _source),
     **dict.fromkeys(("builtin", "nohup"), _rest),
+    # a login shell other than bash: zsh's precommand modifiers, fish's and/or/not
+    **dict.fromkeys(("noglob", "nocorrect", "-", "and", "or", "not"), _rest),
+    "repeat": _repeat,
     **dict.fromkeys(("su", "runuser"), _su),
     **dict.fromkeys(("complete", "compgen"), _complete),
     **dict.fromkeys(
@@ -502,6 +589,10 @@ _HANDLERS: dict[str, Handler] = {
             "typeset",
             "local",
             "readonly",
+            "getopts",
+            "wait",
+            "let",
+            "unset",
         ),
         _vars,
     ),
@@ -524,4 +615,9 @@ _HANDLERS: dict[str, Handler] = {
     "enable": _enable,
     "bind": _bind,
     "fc": _fc,
+    "systemd-run": _systemd_run,
+    "set": _set,
+    "shopt": _set,
 }
+# Programs whose arguments hoopy reads (options, commands, code).
+HANDLED = frozenset(_HANDLERS) | frozenset(WRAPPERS)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from hoopy.shellopts import Ctx, Effect, Spec, joined_code, none, opaque, parse_opts
+from hoopy.shellopts import Ctx, Effect, Spec, joined_code, names, none, opaque, parse_opts
 from hoopy.shellwords import Arg, awk_runs, plain, sed_runs
 
 _SSH = Spec("BbcDEeFIiJLlmOopQRSWwP", "46AaCfGgKkMNnqsTtVvXxYy")
+_SSH_LIBRARY_OPTS = ("pkcs11provider", "securitykeyprovider")
 _SSH_CODE_OPTS = ("proxycommand", "localcommand", "knownhostscommand", "remotecommand")
 
 
@@ -52,6 +53,10 @@ def _ssh_options(prog: str, args: Sequence[Arg], eff: Effect) -> None:
             key = re.split(r"[=\s]", opt, maxsplit=1)[0]
             if key.lower() in _SSH_CODE_OPTS:
                 eff.code.append(plain(opt[len(key) :].lstrip("= \t")))
+            elif key.lower() in _SSH_LIBRARY_OPTS:
+                eff.opaque.append(f"interpreter reads code: {prog} -o {key} (loads a library)")
+        elif prog == "ssh" and v.startswith("-I"):
+            eff.opaque.append(f"interpreter reads code: {prog} -I (loads a PKCS#11 library)")
         elif v.startswith("-F"):
             eff.opaque.append(f"interpreter reads code: {prog} -F (an ssh config file)")
         elif prog in ("scp", "sftp") and v[:2] in ("-S", "-D"):
@@ -191,17 +196,50 @@ _GIT_CODE = re.compile(
 )
 
 
+# git subcommands whose options (or arguments) are commands git runs.
+_GIT_SUB_RUNS: dict[str, frozenset[str]] = {
+    "bisect": frozenset({"run"}),
+    "rebase": frozenset({"-x", "--exec"}),
+    "submodule": frozenset({"foreach"}),
+    "filter-branch": frozenset({"--tree-filter", "--index-filter", "--env-filter",
+                                "--msg-filter", "--commit-filter", "--tag-name-filter",
+                                "--parent-filter", "--subdirectory-filter"}),
+    "difftool": frozenset({"-x", "--extcmd", "-t", "--tool"}),
+    "mergetool": frozenset({"-t", "--tool"}),
+    "grep": frozenset({"-O", "--open-files-in-pager"}),
+    "clone": frozenset({"-u", "--upload-pack", "--config", "--template"}),
+    "fetch": frozenset({"--upload-pack"}),
+    "pull": frozenset({"--upload-pack"}),
+    "push": frozenset({"--receive-pack", "--exec"}),
+    "archive": frozenset({"--exec"}),
+    "ls-remote": frozenset({"--upload-pack"}),
+    "send-email": frozenset({"--smtp-server", "--to-cmd", "--cc-cmd", "--sendmail-cmd",
+                             "--header-cmd"}),
+}  # fmt: skip
+
+
 def _git(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     words = [a.literal for a in args[1:]]
+    sub = ""  # the subcommand, once seen
     for k, v in enumerate(words):
-        if v is None:
+        if v is None or (not sub and any(c in args[k + 1].source for c in "$`*?[{~")):
+            # a word known only at run time (`git "$x" …` with x=-c…, or $x split into
+            # several) among git's own options, or a subcommand's that run commands
+            if not sub or sub in _GIT_SUB_RUNS or sub == "config":
+                return opaque(f"option of {prog} is not literal: {args[k + 1].source}")
             continue
+        if not sub and not v.startswith("-") and (k == 0 or words[k - 1] not in ("-C", "-c")):
+            sub = v
         if v.startswith(("--exec-path", "--config-env", "--upload-pack", "--receive-pack")):
             return opaque(f"interpreter reads code: {prog} {v}")
         if v == "-c" and k + 1 < len(words):
             key = (words[k + 1] or "").split("=", 1)[0]
             if words[k + 1] is None or _GIT_CODE.match(key):
                 return opaque(f"interpreter reads code: {prog} -c {key}")
+        if v in _GIT_SUB_RUNS and any(w in _GIT_SUB_RUNS[v] or (w or "")[:2] in
+                                     _GIT_SUB_RUNS[v] or (w or "").split("=", 1)[0] in
+                                     _GIT_SUB_RUNS[v] for w in words[k + 1 :]):  # fmt: skip
+            return opaque(f"interpreter reads code: {prog} {v} runs a command")
         if v == "config":
             keys = [w for w in words[k + 1 :] if w and not w.startswith("-")]
             if keys and _GIT_CODE.match(keys[0]) and len(keys) > 1:
@@ -256,7 +294,103 @@ def _ip(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return none()
 
 
+def _multicall(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """toybox / coreutils (a multi-call binary): `coreutils rm x`, `toybox rm x`,
+    `coreutils --coreutils-prog=rm x` run rm."""
+    first = args[1].literal if len(args) > 1 else ""
+    if first is None:
+        return opaque(f"program is not literal: {prog} {args[1].source}")
+    if first.startswith("--coreutils-prog="):
+        return Effect(runs=[[plain(first.split("=", 1)[1]), *args[2:]]])
+    if first.startswith("-"):
+        if first in ("--help", "--version", "--list", "--long"):
+            return none()
+        return opaque(f"unknown option of {prog}: {first}")
+    return Effect(runs=[list(args[1:])]) if first else none()
+
+
+# Programs that run a command they are given in ways hoopy does not follow (their own
+# option languages, sandboxes, schedulers, remote hosts, directories of scripts).
+RUNNERS = names(
+    """run-parts start-stop-daemon firejail bwrap proot schroot systemd-nspawn machinectl
+    flatpak-spawn toolbox distrobox distrobox-enter lxc-attach lxc-execute perf entr
+    watchexec chpst envdir envuidgid setuidgid softlimit setlock pgrphack cpulimit trickle
+    mpirun mpiexec orterun srun salloc sbatch qsub pdsh clush pssh parallel-ssh mosh rsh
+    rlogin rexec daemonize valgrind ssh-agent dbus-launch xvfb-run systemd-inhibit fakeroot
+    fakechroot fakeroot-ng setarch linux32 linux64 uname26 i386 x86_64 aarch64 arm64 ppc64
+    s390x tsocks ansible-console rush"""
+)
+
+
+def _runner(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    if args[1:] and {a.literal for a in args[1:]} <= {"--version", "--help", "-h", "-V"}:
+        return none()
+    return opaque(f"interpreter reads code: {prog} runs a command hoopy does not follow")
+
+
+def _words_opaque(prog: str, args: Sequence[Arg], words: frozenset[str]) -> Effect:
+    """Opaque when an argument (or the `--opt` of `--opt=value`) is one of `words`."""
+    for a in args[1:]:
+        v = a.literal
+        if v is None:
+            return opaque(f"option of {prog} is not literal: {a.source}")
+        if v in words or v.split("=", 1)[0] in words or v[:2] in words:
+            return opaque(f"interpreter reads code: {prog} {v[:40]}")
+    return none()
+
+
+_CONTAINER_RUNS = frozenset({"exec", "run", "create", "compose", "debug", "attach", "cp"})
+_CONTAINER_RUNS_K = frozenset({"exec", "run", "debug", "attach", "cp", "plugin", "alpha"})
+_TOOL_RUNS = {
+    "rg": frozenset({"--pre"}),
+    "fd": frozenset({"-x", "-X", "--exec", "--exec-batch"}),
+    "apt": frozenset({"-o", "-c", "--option", "--config-file"}),
+    "dpkg": frozenset({"--pre-invoke", "--post-invoke", "--status-logger"}),
+    "ansible": frozenset({"-a", "-m", "--args", "--module-name"}),
+}
+
+
+def _tool_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    key = {"fdfind": "fd", "apt-get": "apt", "aptitude": "apt", "apt-cache": "apt"}.get(prog, prog)
+    if key in ("docker", "podman", "nerdctl", "crictl", "ctr"):
+        return _words_opaque(prog, args, _CONTAINER_RUNS)
+    if key in ("kubectl", "oc"):
+        return _words_opaque(prog, args, _CONTAINER_RUNS_K)
+    return _words_opaque(prog, args, _TOOL_RUNS[key])
+
+
+def _crontab(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """crontab FILE / - installs commands cron runs later; -l and -r do not."""
+    if any(a.literal in ("-l", "-r") for a in args[1:]):
+        return none()
+    return opaque(f"interpreter reads code: {prog} installs a schedule of commands")
+
+
 TOOLS = {
+    **dict.fromkeys(("coreutils", "toybox"), _multicall),
+    **dict.fromkeys(RUNNERS, _runner),
+    **dict.fromkeys(
+        (
+            "rg",
+            "fd",
+            "fdfind",
+            "apt",
+            "apt-get",
+            "aptitude",
+            "apt-cache",
+            "dpkg",
+            "ansible",
+            "docker",
+            "podman",
+            "nerdctl",
+            "crictl",
+            "ctr",
+            "kubectl",
+            "oc",
+        ),
+        _tool_runs,
+    ),
+    "crontab": _crontab,
     **dict.fromkeys(("scp", "sftp"), _scp),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _awk),
     **dict.fromkeys(("sed", "gsed"), _sed),

@@ -37,6 +37,31 @@ class Arg:
         return None if self.expands else self.value
 
 
+def splits(a: Arg) -> bool:
+    """May this word become zero or several words when the line runs: a glob, or an
+    expansion outside double quotes (`$x`, `` `x` ``, `"$x"*`)?"""
+    if a.value is not None:
+        return a.expands
+    s = a.source
+    i, n = 0, len(s)
+    double = False
+    while i < n:
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            double = not double
+        elif not double and c == "'":
+            end = s.find("'", i + 1)
+            i = n if end < 0 else end + 1
+            continue
+        elif not double and c in "$`*?[{~":
+            return True
+        i += 1
+    return False
+
+
 def plain(value: str) -> Arg:
     """A word that was never shell text (an argv element, a split string)."""
     return Arg(value, value)
@@ -152,18 +177,17 @@ def _expands(pattern: str) -> bool:
 
 
 def _brace(pattern: str) -> bool:
-    """A brace expansion {a,b} or {1..3} (quoted characters inside it do not stop it)."""
-    open_at = -1
-    listed = False
+    """A brace expansion {a,b} or {1..3} (quoted characters inside it do not stop it).
+    Erring towards yes: a `{`, then a `,` or `..`, then a `}` (bash reads `{x},y}` as
+    {x} and y, an earlier `}` with no comma before it being literal)."""
+    opened = listed = False
     for i, c in enumerate(pattern):
         if c == "{":
-            open_at, listed = i, False
-        elif open_at >= 0 and (c == "," or (c == "." and pattern[i + 1 : i + 2] == ".")):
+            opened = True
+        elif opened and (c == "," or (c == "." and pattern[i + 1 : i + 2] == ".")):
             listed = True
-        elif c == "}" and open_at >= 0:
-            if listed:
-                return True
-            open_at = -1
+        elif c == "}" and listed:
+            return True
     return False
 
 

@@ -45,7 +45,7 @@ from hoopy.masking import ValueMasker
 from hoopy.protocols.ssh import backend as be
 from hoopy.protocols.ssh.streammask import StreamMasker
 from hoopy.recorder import AsciicastWriter, RecorderError
-from hoopy.shell import read_line, shell_command
+from hoopy.shell import on_a_terminal, read_line, shell_command
 
 if TYPE_CHECKING:
     from hoopy.protocols.ssh.proxy import AgentConnection
@@ -56,6 +56,18 @@ log = logging.getLogger("hoopy.ssh")
 # that is checking (several channels of one connection may wait at once).
 NOTIFY: contextvars.ContextVar[Callable[[str], None]] = contextvars.ContextVar("ssh_notify")
 ENV_ALLOWED = re.compile(r"(LANG|LC_[A-Z_]+|TERM)\Z")
+# A locale whose charset is not UTF-8 changes how the backend's bash reads the line's
+# bytes (in BIG5, GBK or Shift_JIS a byte 0x5c after a lead byte is no backslash):
+# hoopy reads lines as UTF-8, so only UTF-8, C and POSIX locales are passed on.
+LOCALE_ALLOWED = re.compile(r"(C|POSIX|[A-Za-z0-9_@-]*\.(?i:utf-?8)(@[A-Za-z0-9_-]+)?)?\Z")
+
+
+def env_allowed(name: str | bytes, value: str | bytes) -> bool:
+    if not isinstance(name, str) or not isinstance(value, str) or not ENV_ALLOWED.match(name):
+        return False
+    return name == "TERM" or bool(LOCALE_ALLOWED.match(value))
+
+
 # What hoopy grants the backend: bigger packets mean fewer Python callbacks per MB.
 BACKEND_WINDOW = 4 * 1024 * 1024
 BACKEND_PACKET = 256 * 1024
@@ -231,6 +243,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
     async def _exec(self, command: str) -> None:
         conn = self.conn
         reading = read_line(command)
+        if self.pty is not None:  # `ssh -t host less f`: less's `!` runs what is typed
+            reading = on_a_terminal(reading)
         cmd = shell_command("ssh", conn.session.connector, reading)
         token = NOTIFY.set(self._notify)
         try:
@@ -253,7 +267,7 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         assert self.chan is not None
         width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
         env: dict[str | bytes, str | bytes] = {
-            k: v for k, v in self.chan.get_environment().items() if ENV_ALLOWED.match(k)
+            k: v for k, v in self.chan.get_environment().items() if env_allowed(k, v)
         }
         pty: dict[str, Any] = {}
         if self.pty is not None:

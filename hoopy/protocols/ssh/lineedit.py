@@ -93,9 +93,9 @@ Event = LineReady | Forward | Abandoned
 def line_command(ready: LineReady, connector: str) -> Command:
     """The policy Command for a line typed on a PTY: read as an interactive shell reads
     it (hoopy.shell), and opaque when the editor could not follow how it was typed."""
-    from hoopy.shell import read_line, shell_command
+    from hoopy.shell import on_a_terminal, read_line, shell_command
 
-    reading = read_line(ready.text, interactive=True)
+    reading = on_a_terminal(read_line(ready.text, interactive=True))
     why: list[str] = []
     if ready.uncertain:
         why.append(
@@ -319,6 +319,11 @@ class LineEditor:
             self._mark("incomplete line (open quote or here-document)")
         if _history_expansion(text):
             self._mark("history expansion (! or ^)")
+        if not text.isascii():
+            # in a C/POSIX locale (the backend's default, or LANG=C) readline reads each
+            # byte >= 0x80 as a Meta key: "®" (C2 AE) is M-b M-. (yank-last-arg), which
+            # inserts the last word of an earlier line hoopy never sees in this one
+            self._mark("non-ASCII character (a Meta key to readline in a C locale)")
         self._events.append(LineReady(text, tuple(self._uncertain)))
         self._reset()
 

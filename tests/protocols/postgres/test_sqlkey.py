@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import postgast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import postgast
 
 from hoopy import compiled
 from hoopy.protocols.postgres import classify as cl

@@ -16,8 +16,9 @@ import pytest
 from hoopy import pgcluster
 from hoopy.protocols.postgres import grammarerrors as g
 from hoopy.protocols.postgres import pgquery
+from hoopy.protocols.postgres.answers import error_bytes
 from hoopy.protocols.postgres.classify import SqlParseError
-from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL, error_bytes, unparseable
+from hoopy.protocols.postgres.statementcheck import UNPARSEABLE_DETAIL, unparseable
 
 DATA = json.loads((Path(__file__).parent / "data" / "pg_grammar_ereports.json").read_text())
 PG18, PG15 = DATA["18.6"], DATA["15.1"]

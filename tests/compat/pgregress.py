@@ -234,7 +234,7 @@ def without_hoopy_detail(out: str) -> str:
     """The output less the one line hoopy adds to a refused unparseable statement: its
     DETAIL, or the DETAIL's second line after the grammar's own (psql prints a
     multi-line DETAIL as it comes)."""
-    from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL
+    from hoopy.protocols.postgres.statementcheck import UNPARSEABLE_DETAIL
 
     out = out.replace(f"DETAIL:  {UNPARSEABLE_DETAIL}\n", "")
     return re.sub(f"(?m)^(DETAIL:  .*\n){re.escape(UNPARSEABLE_DETAIL)}\n", r"\1", out)

@@ -10,7 +10,7 @@ import subprocess
 import asyncpg
 import pytest
 
-from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL
+from hoopy.protocols.postgres.statementcheck import UNPARSEABLE_DETAIL
 
 from .conftest import Backend, Hoopy
 from .test_pg_drivers import agent

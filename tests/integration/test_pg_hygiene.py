@@ -15,7 +15,7 @@ import pytest
 
 from hoopy.config import PostgresConnector, Secret
 from hoopy.protocols.postgres.backend import BackendPool
-from hoopy.protocols.postgres.relay import UNSAFE_ENCODINGS, unsafe_encoding
+from hoopy.protocols.postgres.textsettings import UNSAFE_ENCODINGS, unsafe_encoding
 from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 
 # pg_encname_tbl names of the client-only encodings, in spellings clean_encoding_name()

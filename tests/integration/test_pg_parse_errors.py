@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from hoopy.protocols.postgres.relay import UNPARSEABLE_DETAIL
+from hoopy.protocols.postgres.statementcheck import UNPARSEABLE_DETAIL
 
 from .conftest import Backend, Hoopy
 from .test_pg_drivers import agent

@@ -4,7 +4,7 @@ A statement prepared by Parse runs at each Bind/Execute, with new values every t
 A statement that needs an approval therefore waits at each Bind, and the approver sees
 the values it will run with (one approval releases one execution, as for EXECUTE of an
 SQL PREPARE); a Bind of a statement hoopy does not know (a name whose meaning it lost
-track of) is refused.  Pure helpers; the waiting happens in relay.Relay.
+track of) is refused.  Pure helpers; the waiting happens in bindcheck.BindCheck.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ say it: the SQLSTATE, HINT and DETAIL its grammar attaches and libpg_query drops
 how the backend's major version words or places what libpg_query's newer grammar reports.
 
 Why: hoopy refuses a statement libpg_query cannot parse (never forwarded) and answers with
-the parser's message and cursor (relay.unparseable).  libpg_query returns only those
+the parser's message and cursor (statementcheck.unparseable).  libpg_query returns only those
 two, so the error lacked what `ereport` adds in the grammar, and it reads a newer
 PostgreSQL's grammar (18) than some backends (15), whose wording and cursor differ.
 

@@ -75,7 +75,7 @@ class Pipeline:
         ],
     ]
     # id(statement) -> (statement, the session scope then, what its Bind needs): see
-    # relay._bind_gate
+    # bindcheck._bind_gate
     _gates: dict[int, tuple[tuple[Command, ...], Hashable, str]]
     _settled: asyncio.Future[None] | None  # resolved at the next ReadyForQuery
     tracker: ResultTracker | None  # masking sessions
@@ -105,7 +105,7 @@ class Pipeline:
         raise NotImplementedError  # relay.Relay: bookkeeping and forwarding of a message
 
     def _refused_bind(self, e: HoopyError) -> bytes:
-        raise NotImplementedError  # relay.Relay: the marker in place of a message
+        raise NotImplementedError  # bindcheck.BindCheck: the marker in place of a message
 
     # A text with a backslash parses differently once standard_conforming_strings is
     # off (or under a client-only multibyte encoding).  A SET of them is refused

@@ -26,22 +26,19 @@ from hoopy.gateway import CancelTarget, Gateway
 from hoopy.policy import Command, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.answers import error_bytes
 from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import count_tree, default_path
 from hoopy.protocols.postgres.namespaces import Namespaces
-from hoopy.protocols.postgres.relay import (
-    READ_SIZE,
-    Relay,
-    error_bytes,
-    unsafe_encoding,
-)
+from hoopy.protocols.postgres.relay import READ_SIZE, Relay
 from hoopy.protocols.postgres.resultlog import ResultLog
 from hoopy.protocols.postgres.results import ResultTracker
 from hoopy.protocols.postgres.searchpath import SearchPath
 from hoopy.protocols.postgres.startupopts import OptionsError, parse_options
+from hoopy.protocols.postgres.textsettings import unsafe_encoding
 from hoopy.session import Session
 
 log = logging.getLogger("hoopy.postgres")

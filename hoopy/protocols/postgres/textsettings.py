@@ -15,7 +15,7 @@ the next reload it reaches every session that did not set them.  `ALTER ROLE/DAT
 … SET` does not reach this session; a login that gets such a default is refused at
 startup.
 A change hoopy cannot see coming (a function body, a `set_config` with a computed
-name) still ends the session when the server reports it (relay._check_param).
+name) still ends the session when the server reports it (answers._check_param).
 
 `backslash_quote` is not among them: it decides only whether the server *rejects*
 `\\'` in an `E''` string, never where a string ends (its lexer reads `\\'` as an escaped

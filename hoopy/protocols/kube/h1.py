@@ -3,7 +3,7 @@
 Why not aiohttp's client: on the GET path it was the largest single cost of the
 gateway (about a third of hoopy's CPU per request: request and response objects,
 cookie jar, tracing hooks, connector bookkeeping), for features hoopy does not use.
-This client does only what `proxy._forward` needs: one request per pooled
+This client does only what `forward._forward` needs: one request per pooled
 keep-alive TLS connection at a time, the response's status and headers, and its
 body as it streams (Content-Length, chunked, or up to the close), with flow
 control.  The WebSocket relay (execrelay.py) keeps aiohttp.
@@ -279,7 +279,7 @@ class _Conn(asyncio.Protocol):
 
 
 class Response:
-    """What `proxy._respond` reads of an answer (the subset of aiohttp's it used)."""
+    """What `forward._respond` reads of an answer (the subset of aiohttp's it used)."""
 
     def __init__(self, conn: _Conn, reader: ResponseReader) -> None:
         self._conn = conn

@@ -43,7 +43,7 @@ from hoopy.policy import Command, MaskRule, Masks, strictest
 from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
 from hoopy.protocols.postgres.catalog import TTL, Catalog, CatalogUnavailable, RelInfo, TypeInfo
-from hoopy.protocols.postgres.classify import STATISTICS_CATALOGS
+from hoopy.protocols.postgres.classeffects import STATISTICS_CATALOGS
 from hoopy.protocols.postgres.copyopts import CopyFormat, UnreadableCopy, copy_format
 from hoopy.protocols.postgres.messages import FieldDescription
 from hoopy.protocols.postgres.rowmask import (

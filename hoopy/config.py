@@ -893,7 +893,7 @@ def _match_strings(sec: Section, key: str) -> tuple[str, ...]:
 def _statement_kinds() -> tuple[frozenset[str], frozenset[str]]:
     """Every name a statement kind goes by (kinds and their verbs: `drop` covers
     `drop_table`), and the verbs a `verb_object` kind may start with."""
-    from hoopy.protocols.postgres import classify as c
+    from hoopy.protocols.postgres import classkinds as c
     from hoopy.protocols.postgres.pgquery import OBJECT_TYPES
 
     # The classifier's own list (one list: a kind it emits is a kind a rule may name).

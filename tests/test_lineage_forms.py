@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hoopy.protocols.postgres.lineage import (
-    ColumnLineage,
-    QualName,
-    Relation,
-    output_lineage,
-    required_names,
-)
+from hoopy.protocols.postgres.lineage import output_lineage
+from hoopy.protocols.postgres.lineagechecks import required_names
+from hoopy.protocols.postgres.lineagescope import ColumnLineage, QualName, Relation
 
 C = "public.customers"
 ORD = "public.orders"
@@ -274,13 +270,13 @@ def test_required_names_skip_cte_names() -> None:
     ],
 )
 def test_statements_that_change_name_resolution(sql: str, changes: bool) -> None:
-    from hoopy.protocols.postgres.lineage import name_resolution_change
+    from hoopy.protocols.postgres.lineagechecks import name_resolution_change
 
     assert bool(name_resolution_change(sql)) is changes
 
 
 def test_set_config_of_other_settings_does_not_change_names() -> None:
-    from hoopy.protocols.postgres.lineage import name_resolution_change
+    from hoopy.protocols.postgres.lineagechecks import name_resolution_change
 
     assert not name_resolution_change("SELECT set_config('jit', 'off', false)")
     assert name_resolution_change("SELECT set_config($1, 'x', false)")
@@ -298,7 +294,7 @@ def test_set_config_of_other_settings_does_not_change_names() -> None:
     ],
 )
 def test_temporary_relations_shadow_relation_names_only(sql: str, level: str) -> None:
-    from hoopy.protocols.postgres.lineage import name_resolution_change
+    from hoopy.protocols.postgres.lineagechecks import name_resolution_change
 
     assert name_resolution_change(sql) == level
 
@@ -329,18 +325,18 @@ def test_temporary_relations_shadow_relation_names_only(sql: str, level: str) ->
     ],
 )
 def test_name_resolution_changes_are_decided_on_the_parsed_tree(sql: str, level: str) -> None:
-    from hoopy.protocols.postgres.lineage import name_resolution_change
+    from hoopy.protocols.postgres.lineagechecks import name_resolution_change
 
     assert name_resolution_change(sql) == level
 
 
 def test_the_word_filter_cannot_miss_what_the_tree_finds() -> None:
     """Every statement the tree check flags contains one of the filter's words."""
-    from hoopy.protocols.postgres import lineage as lin
+    from hoopy.protocols.postgres import lineagechecks as checks
 
     for sql in ("SET SCHEMA 'x'", 'SET U&"\\0073\\0065\\0061\\0072\\0063\\0068_path" = x'):
-        assert any(w in sql.lower() for w in lin._RESOLUTION_WORDS)
-        assert lin.name_resolution_change(sql) == lin.ALL_NAMES
+        assert any(w in sql.lower() for w in checks._RESOLUTION_WORDS)
+        assert checks.name_resolution_change(sql) == checks.ALL_NAMES
 
 
 @pytest.mark.parametrize(
@@ -364,7 +360,7 @@ def test_the_word_filter_cannot_miss_what_the_tree_finds() -> None:
     ],
 )
 def test_untraceable_code_anywhere_in_a_statement(sql: str, untraced: bool) -> None:
-    from hoopy.protocols.postgres.lineage import untraceable
+    from hoopy.protocols.postgres.lineagechecks import untraceable
 
     assert untraceable(sql, CAT) is untraced
     assert untraceable("SELECT upper('x')", None)  # no catalog: every function counts

@@ -14,8 +14,10 @@ import pytest
 
 from hoopy.policy import Command
 from hoopy.protocols.postgres import lineage as lin
+from hoopy.protocols.postgres import lineagechecks as checks
 from hoopy.protocols.postgres import sinks, textsettings
-from hoopy.protocols.postgres.lineage import output_lineage, required_names, untraceable
+from hoopy.protocols.postgres.lineage import output_lineage
+from hoopy.protocols.postgres.lineagechecks import required_names, untraceable
 from hoopy.protocols.postgres.pipeline import prepared_name
 from tests.test_lineage_forms import CAT
 
@@ -148,7 +150,7 @@ def test_a_zero_setting_value_is_read_as_zero() -> None:
     ],
 )
 def test_search_path_schemas_by_set_kind(sql: str, schemas: tuple[str, ...] | None) -> None:
-    assert lin.search_path_schemas(sql) == schemas
+    assert checks.search_path_schemas(sql) == schemas
 
 
 @pytest.mark.parametrize(
@@ -269,13 +271,13 @@ def test_copy_from_stdin_file_and_program() -> None:
 
 
 def test_a_string_constant_is_not_a_name() -> None:
-    change = lin.name_resolution_change
+    change = checks.name_resolution_change
     assert change("SELECT 'pg_temp.x'::regclass") == ""
     assert change("SELECT 'pg_temp' AS temp") == ""
-    assert change("SELECT 1::pg_temp.mytype") == lin.RELATIONS
-    assert change("SELECT * FROM pg_temp.t") == lin.RELATIONS
-    assert change("SELECT set_config('search_path', 'x', false)") == lin.ALL_NAMES
-    assert change("SELECT set_config('search_path'::text, 'x', false)") == lin.ALL_NAMES
+    assert change("SELECT 1::pg_temp.mytype") == checks.RELATIONS
+    assert change("SELECT * FROM pg_temp.t") == checks.RELATIONS
+    assert change("SELECT set_config('search_path', 'x', false)") == checks.ALL_NAMES
+    assert change("SELECT set_config('search_path'::text, 'x', false)") == checks.ALL_NAMES
     assert change("SELECT set_config('temp_buffers', 'x', false)") == ""
 
 
@@ -283,9 +285,9 @@ def test_names_among_many_constants_are_still_names() -> None:
     # constants are told from names by where they sit (under an A_Const), not by object
     # identity: wrappers are built anew on each access and their ids get reused
     literals = ", ".join(f"'s{i}'" for i in range(200))
-    change = lin.name_resolution_change
-    assert change(f"SELECT {literals}, 1::pg_temp.ty") == lin.RELATIONS
-    assert change(f"SELECT {literals} FROM t WHERE x = 1::pg_temp.ty") == lin.RELATIONS
+    change = checks.name_resolution_change
+    assert change(f"SELECT {literals}, 1::pg_temp.ty") == checks.RELATIONS
+    assert change(f"SELECT {literals} FROM t WHERE x = 1::pg_temp.ty") == checks.RELATIONS
     assert change(f"SELECT {literals}, 'pg_temp.ty'") == ""
 
 
@@ -422,7 +424,7 @@ def test_text_after_a_nul_is_never_left_unseen() -> None:
     assert (
         sinks.stored_queries("INSERT INTO orders (note) SELECT 'x'\0, ssn FROM customers") is None
     )
-    assert lin.name_resolution_change("SELECT 1\0; SET search_path = evil") == lin.ALL_NAMES
+    assert checks.name_resolution_change("SELECT 1\0; SET search_path = evil") == checks.ALL_NAMES
     cmd = Command(
         "postgres", "db", "SET client_encoding = 'UTF8'\0, 'SJIS'", kinds=frozenset({"set"})
     )
@@ -437,9 +439,9 @@ def test_a_text_nesting_deeper_than_the_c_stack_fails_closed_without_a_crash() -
 
     code = textwrap.dedent(
         """
-        from hoopy.protocols.postgres import lineage as lin
+        from hoopy.protocols.postgres import lineage as lin, lineagechecks as checks
         sql = "SELECT " + "+".join(["1"] * 25000)
-        print(lin.output_lineage(sql, None), lin.search_path_schemas(sql))
+        print(lin.output_lineage(sql, None), checks.search_path_schemas(sql))
         """
     )
     done = subprocess.run(

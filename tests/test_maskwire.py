@@ -11,7 +11,7 @@ import pytest
 from hoopy.policy import MaskRule, Masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.classify import classify
-from hoopy.protocols.postgres.lineage import QualName, Relation
+from hoopy.protocols.postgres.lineagescope import QualName, Relation
 from hoopy.protocols.postgres.maskplan import MaskSettings, Planner, StatementMasks
 from hoopy.protocols.postgres.maskwire import (
     Unattributed,

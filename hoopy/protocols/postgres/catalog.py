@@ -28,7 +28,7 @@ import asyncpg
 
 from hoopy.config import PostgresConnector
 from hoopy.protocols.postgres.backend import ssl_context
-from hoopy.protocols.postgres.lineage import QualName, Relation
+from hoopy.protocols.postgres.lineagescope import QualName, Relation
 
 log = logging.getLogger("hoopy.postgres.catalog")
 
@@ -119,7 +119,7 @@ class TypeInfo:
 
 
 class Catalog:
-    """One connector's catalog facts, cached.  Implements lineage.Catalog (sync lookups of
+    """One connector's catalog facts, cached.  Implements lineagescope.Catalog (sync lookups of
     what `prefetch` loaded) and async lookups by OID for RowDescription fields."""
 
     def __init__(self, connector: PostgresConnector, clock: Any = time.monotonic) -> None:
@@ -137,7 +137,7 @@ class Catalog:
         self.generation = 0  # bumped on invalidate: plans cached against it go stale
         self.queries = 0
 
-    # ---- lineage.Catalog ---------------------------------------------------------------
+    # ---- lineagescope.Catalog ----------------------------------------------------------
     def relation(self, name: QualName) -> Relation | None:
         hit = self._by_name.get(_key(name))
         return hit[1].relation if hit and hit[1] else None

@@ -13,7 +13,8 @@ from collections import OrderedDict
 
 from hoopy.policy import Command
 from hoopy.protocols.postgres import pgquery, sqlkey
-from hoopy.protocols.postgres.classify import Prepared, _classify, _fingerprint, _shape, _split
+from hoopy.protocols.postgres.classify import _classify, _fingerprint, _shape, _split
+from hoopy.protocols.postgres.classwalk import Prepared
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
 # regular expressions.  It is exact only where the sole constants it replaces are A_Const

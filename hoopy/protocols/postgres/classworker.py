@@ -37,6 +37,7 @@ from hoopy.errors import UnparseableCommand
 from hoopy.policy import Command
 from hoopy.protocols.postgres import classify as cl
 from hoopy.protocols.postgres.classcache import Classifier
+from hoopy.protocols.postgres.classwalk import Prepared
 
 log = logging.getLogger("hoopy.postgres.classworker")
 
@@ -205,13 +206,13 @@ class OffLoop:
             )
 
     def classify_now(
-        self, sql: str, connector: str, prepared: cl.Prepared | None
+        self, sql: str, connector: str, prepared: Prepared | None
     ) -> tuple[Command, ...]:
         self.check_size(sql)
         return self.classifier.classify(sql, connector, prepared)
 
     async def classify(
-        self, sql: str, connector: str, prepared: cl.Prepared | None
+        self, sql: str, connector: str, prepared: Prepared | None
     ) -> tuple[Command, ...]:
         """Every statement of `sql`, classified; raises SqlParseError or StatementTooLarge."""
         if self.inline(sql):

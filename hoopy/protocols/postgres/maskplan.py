@@ -43,8 +43,10 @@ from hoopy.policy import Command, MaskRule, Masks, strictest
 from hoopy.protocols.postgres import lineage as lin
 from hoopy.protocols.postgres import sinks
 from hoopy.protocols.postgres.catalog import TTL, Catalog, CatalogUnavailable, RelInfo, TypeInfo
-from hoopy.protocols.postgres.classify import STATISTICS_CATALOGS
+from hoopy.protocols.postgres.classeffects import STATISTICS_CATALOGS
 from hoopy.protocols.postgres.copyopts import CopyFormat, UnreadableCopy, copy_format
+from hoopy.protocols.postgres.lineagechecks import required_names, untraceable
+from hoopy.protocols.postgres.lineagescope import ColumnLineage, QualName, Source
 from hoopy.protocols.postgres.messages import FieldDescription
 from hoopy.protocols.postgres.rowmask import (
     BUILTIN_FAMILIES,
@@ -65,7 +67,7 @@ from hoopy.protocols.postgres.rowmask import (
 
 log = logging.getLogger("hoopy.postgres.masking")
 
-Lineage = list[lin.ColumnLineage] | None
+Lineage = list[ColumnLineage] | None
 MAX_VIEW_DEPTH = 16
 
 
@@ -209,14 +211,14 @@ class Planner:
     async def _trace(self, sql: str | lin.AstNode, blind: bool = False) -> Lineage:
         """Lineage of `sql`'s output (its text, or a tree sinks built); `blind`: as if no
         relation were known by name."""
-        rels, funcs = lin.required_names(sql)
+        rels, funcs = required_names(sql)
         if blind:
             await self._prefetch(set(), funcs)
             return lin.output_lineage(sql, _NoRelations(self.catalog), MAX_VIEW_DEPTH)
         await self._prefetch(rels, funcs)
         return lin.output_lineage(sql, self.catalog, MAX_VIEW_DEPTH)
 
-    async def _prefetch(self, rels: set[lin.QualName], funcs: set[lin.QualName]) -> None:
+    async def _prefetch(self, rels: set[QualName], funcs: set[QualName]) -> None:
         """Load the relations, then what the views among them read, to MAX_VIEW_DEPTH."""
         seen: set[str] = set()
         for _ in range(MAX_VIEW_DEPTH):
@@ -227,7 +229,7 @@ class Planner:
                 if rel is None or rel.view_sql is None or rel.view_sql in seen:
                     continue
                 seen.add(rel.view_sql)
-                r, f = lin.required_names(rel.view_sql)
+                r, f = required_names(rel.view_sql)
                 rels |= r
                 funcs |= f
             if not rels and not funcs:
@@ -270,12 +272,12 @@ class Planner:
         return ""
 
     async def _untraceable(self, sql: str) -> bool:
-        """Does `sql` run code whose data hoopy cannot see (lineage.untraceable)?  Inside
+        """Does `sql` run code whose data hoopy cannot see (lineagechecks.untraceable)?  Inside
         a transaction that changed the schema, every function and operator counts."""
         if self.catalog_dirty:
-            return lin.untraceable(sql, None)
+            return untraceable(sql, None)
         await self.catalog.prefetch(set(), set())  # function, type and operator names
-        return lin.untraceable(sql, self.catalog)
+        return untraceable(sql, self.catalog)
 
     async def _dirty_write(self, cmd: Command) -> str:
         """Writes hoopy cannot trace right now: refused when they read anything, or run
@@ -438,7 +440,7 @@ class Planner:
 
     async def _sources(
         self, sm: StatementMasks, i: int, f: FieldDescription, rels: dict[int, RelInfo | None]
-    ) -> frozenset[lin.Source] | None:
+    ) -> frozenset[Source] | None:
         found = await self._traced(sm, i, f, rels)
         if found is not None and any(t in VALUE_CATALOGS for t, _ in found):
             return None  # values of other columns, kept by the server: unknown lineage
@@ -446,7 +448,7 @@ class Planner:
 
     async def _traced(
         self, sm: StatementMasks, i: int, f: FieldDescription, rels: dict[int, RelInfo | None]
-    ) -> frozenset[lin.Source] | None:
+    ) -> frozenset[Source] | None:
         if self.catalog_dirty or not (sm.trusted or sm.by_oid):
             return None
         if f.table_oid:
@@ -462,7 +464,7 @@ class Planner:
             return None
         return lineage[i]
 
-    async def _view_column(self, info: RelInfo, attnum: int) -> frozenset[lin.Source] | None:
+    async def _view_column(self, info: RelInfo, attnum: int) -> frozenset[Source] | None:
         key = (info.oid, self.catalog.generation)
         if key not in self._views:
             sql = info.relation.view_sql
@@ -486,16 +488,16 @@ class _NoRelations:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    def relation(self, name: lin.QualName) -> None:
+    def relation(self, name: QualName) -> None:
         return None
 
-    def function_is_builtin(self, name: lin.QualName) -> bool:
+    def function_is_builtin(self, name: QualName) -> bool:
         return self._catalog.function_is_builtin(name)
 
-    def type_is_builtin(self, name: lin.QualName) -> bool:
+    def type_is_builtin(self, name: QualName) -> bool:
         return self._catalog.type_is_builtin(name)
 
-    def operator_is_builtin(self, name: lin.QualName) -> bool:
+    def operator_is_builtin(self, name: QualName) -> bool:
         return self._catalog.operator_is_builtin(name)
 
 
@@ -515,7 +517,7 @@ def _masked_source(rules: tuple[MaskRule, ...], table: str, column: str) -> bool
     return table in VALUE_CATALOGS or any(column_matches(r.columns, table, column) for r in rules)
 
 
-def _qual(name: str) -> lin.QualName:
+def _qual(name: str) -> QualName:
     schema, _, rel = name.rpartition(".")
     return (schema.strip('"') or None, rel.strip('"'))
 
@@ -550,9 +552,7 @@ def _family(oid: int, infos: dict[int, TypeInfo | None]) -> str:
     return OPAQUE
 
 
-def _column_rule(
-    rules: tuple[MaskRule, ...], sources: frozenset[lin.Source] | None
-) -> MaskRule | None:
+def _column_rule(rules: tuple[MaskRule, ...], sources: frozenset[Source] | None) -> MaskRule | None:
     if not rules:
         return None
     if sources is None:

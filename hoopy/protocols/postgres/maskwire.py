@@ -33,7 +33,7 @@ from hoopy.policy import Command, Decision, Masks, identity_masks
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.catalog import CatalogUnavailable
 from hoopy.protocols.postgres.copyopts import CopyFormat
-from hoopy.protocols.postgres.lineage import (
+from hoopy.protocols.postgres.lineagechecks import (
     ALL_NAMES,
     name_resolution_change,
     search_path_schemas,

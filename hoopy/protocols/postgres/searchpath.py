@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hoopy.policy import Command
-from hoopy.protocols.postgres.lineage import search_path_schemas
+from hoopy.protocols.postgres.lineagechecks import search_path_schemas
 
 DEFAULT_SCHEMAS: tuple[str, ...] = ("public",)
 # What may change where unqualified names point: search_path, and the role "$user" is

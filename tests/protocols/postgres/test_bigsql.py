@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hoopy.config import PostgresSettings, _statement_kind_problem
+from hoopy.protocols.postgres import classeffects, classkinds, classstatements, classwalk, pgquery
 from hoopy.protocols.postgres import classify as cl
-from hoopy.protocols.postgres import pgquery
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.classworker import OffLoop, StatementTooLarge
 from hoopy.protocols.postgres.sqltree import shape
@@ -258,9 +258,10 @@ def _strings(node: ast.expr) -> set[str]:
 
 def _literal_kinds() -> set[str]:
     """Every string the classifier's source adds to kinds or opaque, or names a kind by."""
-    tree = ast.parse(Path(cl.__file__).read_text())
+    modules = (cl, classstatements, classwalk, classkinds, classeffects)
+    trees = [ast.parse(Path(m.__file__ or "").read_text()) for m in modules]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if not isinstance(node, ast.Call):
             continue
         f = node.func
@@ -273,18 +274,18 @@ def _literal_kinds() -> set[str]:
         if adds or (isinstance(f, ast.Name) and f.id in _KIND_FACTORIES):
             for arg in node.args:
                 found |= _strings(arg)
-    found |= set(cl._OTHER_SESSIONS_FUNCTIONS.values())
+    found |= set(classeffects._OTHER_SESSIONS_FUNCTIONS.values())
     return found
 
 
 def test_every_literal_kind_is_in_the_one_list() -> None:
     literal = _literal_kinds() - {"create_"}  # f"create_…" prefixes, checked below
-    assert literal - cl.STATEMENT_KINDS == set()
-    assert {"read_activity", "signal_backend", "set_search_path"} <= cl.STATEMENT_KINDS
+    assert literal - classkinds.STATEMENT_KINDS == set()
+    assert {"read_activity", "signal_backend", "set_search_path"} <= classkinds.STATEMENT_KINDS
 
 
 def test_hoopy_check_accepts_every_kind_the_classifier_emits() -> None:
-    emitted: set[str] = set(cl.STATEMENT_KINDS)
+    emitted: set[str] = set(classkinds.STATEMENT_KINDS)
     for sql in [s for s, _ in [*KINDS, *OPAQUE]] + CORPUS + EXTRA:
         try:
             cmds = cl.classify(sql, "db")

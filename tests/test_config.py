@@ -515,7 +515,7 @@ def test_hoopy_check_reports_unknown_statement_kind(tmp_path: Path) -> None:
 
 def test_every_kind_the_classifier_emits_is_accepted() -> None:
     """The check's list of kinds keeps up with the classifier (its own test tables)."""
-    from hoopy.config import _statement_kind_problem
+    from hoopy.configpolicy import _statement_kind_problem
     from hoopy.protocols.postgres.classify import classify
     from tests.protocols.postgres.test_classify import KINDS, OPAQUE
 

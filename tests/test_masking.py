@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hoopy import config
+from hoopy import configpolicy
 from hoopy.masking import (
     DETECTORS,
     REDACTED,
@@ -161,7 +161,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 
 
 def test_detector_names_are_the_ones_config_accepts() -> None:
-    assert set(DETECTORS) == set(config.DETECTORS)
+    assert set(DETECTORS) == set(configpolicy.DETECTORS)
     assert set(CASES) == set(DETECTORS)
 
 

@@ -130,13 +130,13 @@ def new_cluster() -> pgcluster.PgCluster:
 def allow_all_policy() -> str:
     """One allow rule naming every statement kind `hoopy check` accepts (opaque kinds
     need naming one by one; a glob does not cover them)."""
-    from hoopy import config
+    from hoopy import configpolicy
 
-    names, _ = config._statement_kinds()
+    names, _ = configpolicy._statement_kinds()
     kinds = sorted(
         k
         for k in names | {"read_activity", "signal_backend", "read_statistics"}
-        if config._statement_kind_problem(k) is None
+        if configpolicy._statement_kind_problem(k) is None
     )
     return (
         "mode: enforce\nrules:\n  - name: allow-everything\n    effect: allow\n"

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hoopy.config import PostgresSettings, _statement_kind_problem
+from hoopy.config import PostgresSettings
+from hoopy.configpolicy import _statement_kind_problem
 from hoopy.protocols.postgres import classeffects, classkinds, classstatements, classwalk, pgquery
 from hoopy.protocols.postgres import classify as cl
 from hoopy.protocols.postgres.classcache import Classifier

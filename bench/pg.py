@@ -285,6 +285,19 @@ def latency_row(targets: list[dict[str, str]], seconds: int, rounds: int) -> Non
         print(f"  hoopy+tls adds {h / b:.2f}x what bare+tls adds", flush=True)
 
 
+def stop_all(procs: list[subprocess.Popen[str]], cluster: pgcluster.PgCluster, work: Path) -> None:
+    """Stops the bench's processes (a hung one is killed), then its cluster and folder."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    cluster.destroy()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -482,15 +495,7 @@ def main() -> None:
         if not a.no_big_select:
             big_select(next(x for x in targets if x["name"] == "hoopy+tls"), hp.pid)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, cluster, work)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -198,15 +197,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
+        pgbench_bench.stop_all(procs, cluster, work)
 
 
 if __name__ == "__main__":

@@ -285,6 +285,27 @@ def latency_row(targets: list[dict[str, str]], seconds: int, rounds: int) -> Non
         print(f"  hoopy+tls adds {h / b:.2f}x what bare+tls adds", flush=True)
 
 
+def seed(cluster: pgcluster.PgCluster, scale: int) -> str:
+    """The bench role and database, pgbench's tables at `scale`; the role's password."""
+    password = "bench-pw-123"
+
+    async def roles() -> None:
+        conn = await asyncpg.connect(cluster.dsn)
+        await conn.execute(f"CREATE ROLE bench LOGIN PASSWORD '{password}'")
+        await conn.execute("CREATE DATABASE bench OWNER bench")
+        await conn.close()
+
+    asyncio.run(roles())
+    init = ["pgbench", "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(cluster.port)]
+    subprocess.run(
+        [*init, "-U", "bench", "bench"],
+        check=True,
+        env={**os.environ, "PGPASSWORD": password},
+        capture_output=True,
+    )
+    return password
+
+
 def stop_all(procs: list[subprocess.Popen[str]], cluster: pgcluster.PgCluster, work: Path) -> None:
     """Stops the bench's processes (a hung one is killed), then its cluster and folder."""
     for p in procs:
@@ -317,34 +338,7 @@ def main() -> None:
     cluster = pgcluster.create()
     procs: list[subprocess.Popen[str]] = []
     try:
-        password = "bench-pw-123"
-
-        async def seed() -> None:
-            conn = await asyncpg.connect(cluster.dsn)
-            await conn.execute(f"CREATE ROLE bench LOGIN PASSWORD '{password}'")
-            await conn.execute("CREATE DATABASE bench OWNER bench")
-            await conn.close()
-
-        asyncio.run(seed())
-        subprocess.run(
-            [
-                "pgbench",
-                "-i",
-                "-q",
-                "-s",
-                str(a.scale),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(cluster.port),
-                "-U",
-                "bench",
-                "bench",
-            ],
-            check=True,
-            env={**os.environ, "PGPASSWORD": password},
-            capture_output=True,
-        )
+        password = seed(cluster, a.scale)
         hp, haddr = start_hoopy(work / "hoopy", cluster.port, password, tls_required=True)
         procs.append(hp)
         hp2, haddr2 = start_hoopy(work / "hoopy-plain", cluster.port, password, tls_required=False)

@@ -12,7 +12,6 @@ Usage: python3 bench/pgsyscalls.py [--seconds 5] [--modes simple,extended,prepar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import signal
@@ -21,8 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -129,22 +126,7 @@ def main() -> None:
     cluster = pgcluster.create()
     procs: list[subprocess.Popen[str]] = []
     try:
-        password = "bench-pw-123"
-
-        async def seed() -> None:
-            conn = await asyncpg.connect(cluster.dsn)
-            await conn.execute(f"CREATE ROLE bench LOGIN PASSWORD '{password}'")
-            await conn.execute("CREATE DATABASE bench OWNER bench")
-            await conn.close()
-
-        asyncio.run(seed())
-        init = ["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(cluster.port)]
-        subprocess.run(
-            [*init, "-U", "bench", "bench"],
-            check=True,
-            env={**os.environ, "PGPASSWORD": password},
-            capture_output=True,
-        )
+        password = pgbench_bench.seed(cluster, 1)
         hp, haddr = pgbench_bench.start_hoopy(work / "hoopy", cluster.port, password, True)
         procs.append(hp)
         rp, rport = pgbench_bench.start_bare(cluster.port, work / "hoopy" / "tls")

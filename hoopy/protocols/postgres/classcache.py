@@ -117,25 +117,15 @@ class Classifier:
             return exact
         lexed = sqlkey.statement_key(sql) if self.use_key else None
         if lexed is not None:
-            found = self._keyed.get((lexed, connector))
-            if found is not None:
-                cmds = self._retext(sql, *found)
-                if cmds is not None:
-                    self.hits += 1
-                    if cmds is found[1]:  # the same text again: next time, a dict lookup
-                        self._remember_exact(sql, connector, cmds)
-                    return cmds
+            cmds = self._hit(sql, connector, self._keyed.get((lexed, connector)))
+            if cmds is not None:
+                return cmds
         dml = _dml_key(sql, connector)
         if dml is not None:
-            found = self._dml.get(dml)
-            if found is not None:
-                cmds = self._retext(sql, *found)
-                if cmds is not None:
-                    self.hits += 1
-                    if cmds is found[1]:  # the same text again: next time, a dict lookup
-                        self._remember_exact(sql, connector, cmds)
-                    self._keep(lexed, connector, sql, cmds)
-                    return cmds
+            cmds = self._hit(sql, connector, self._dml.get(dml))
+            if cmds is not None:
+                self._keep(lexed, connector, sql, cmds)
+                return cmds
         tree, plain = _shape(sql)
         key = (tree, connector)
         entry = self._cache.get(key)
@@ -164,6 +154,20 @@ class Classifier:
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
+        return cmds
+
+    def _hit(
+        self, sql: str, connector: str, found: tuple[str, tuple[Command, ...]] | None
+    ) -> tuple[Command, ...] | None:
+        """A plain-DML cache entry's commands for `sql` (None: no entry, or it does not
+        fit this text), counted as a hit."""
+        if found is None:
+            return None
+        cmds = self._retext(sql, *found)
+        if cmds is not None:
+            self.hits += 1
+            if cmds is found[1]:  # the same text again: next time, a dict lookup
+                self._remember_exact(sql, connector, cmds)
         return cmds
 
     def _keep(self, lexed: str | None, connector: str, sql: str, cmds: tuple[Command, ...]) -> None:

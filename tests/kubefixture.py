@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +77,7 @@ def start_emulator(folder: Path) -> Emu:
 
 
 @dataclass
-class KubeHoopy:
-    folder: Path
-    config: Path
-    proc: subprocess.Popen[str]
-    addresses: dict[str, str]
-    issuer: DevIssuer
-    stderr_lines: list[str] = field(default_factory=list)
-
+class KubeHoopy(serveproc.Served):
     @property
     def server(self) -> str:
         return f"https://{self.addresses['kubernetes']}"
@@ -92,11 +85,6 @@ class KubeHoopy:
     @property
     def ca(self) -> Path:
         return self.folder / "tls" / "cert.pem"
-
-    def token(
-        self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",), ttl: float = 900
-    ) -> str:
-        return self.issuer.mint(sub, list(groups), ttl=ttl)
 
     def kubectl(
         self,

@@ -9,8 +9,29 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from hoopy.devissuer import DevIssuer
+
+
+@dataclass
+class Served:
+    """A running `hoopy serve` as a fixture hands it to tests (protocol fixtures add
+    their own helpers): its folder, config, process, listening addresses, dev issuer."""
+
+    folder: Path
+    config: Path
+    proc: subprocess.Popen[str]
+    addresses: dict[str, str]
+    issuer: DevIssuer
+    stderr_lines: list[str] = field(default_factory=list)
+
+    def token(
+        self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",), ttl: float = 900
+    ) -> str:
+        return self.issuer.mint(sub, list(groups), ttl=ttl)
 
 
 class ServeFailed(RuntimeError):

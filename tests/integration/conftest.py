@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -82,22 +82,10 @@ class Backend:
 
 
 @dataclass
-class Hoopy:
-    folder: Path
-    config: Path
-    proc: subprocess.Popen[str]
-    addresses: dict[str, str]
-    issuer: DevIssuer
-    stderr_lines: list[str] = field(default_factory=list)
-
+class Hoopy(serveproc.Served):
     @property
     def pg_port(self) -> int:
         return int(self.addresses["postgres"].rsplit(":", 1)[1])
-
-    def token(
-        self, sub: str = "agent-1", groups: tuple[str, ...] = ("agents",), ttl: float = 900
-    ) -> str:
-        return self.issuer.mint(sub, list(groups), ttl=ttl)
 
     def conninfo(self, dbname: str = "app-db", sslmode: str = "require") -> str:
         return f"host=127.0.0.1 port={self.pg_port} dbname={dbname} user=agent sslmode={sslmode}"

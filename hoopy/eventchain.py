@@ -1,0 +1,185 @@
+"""The recording's line, hash chain and unwritten bytes of one session, compiled when built.
+
+`EventChain` holds what SessionLog (recorder.py) used to keep in Python attributes: the
+sequence number, the previous line's hash, the bytes chained but not yet written, the
+counts per kind and what is on disk.  One call chains one event: the line is put
+together, hashed and appended to `pending` without a Python frame when compiled
+(the statement's command event, each result event).  SessionLog keeps the lock, the
+closed and failed states' errors, and everything rare (session end, asciicasts).
+
+The lines are exactly eventline.chain_line's, byte for byte (recordings are verified
+and replayed: the format never changes): tests/test_eventchain.py holds golden lines.
+Written in Cython's pure-Python mode (see compiled.py): the same code runs interpreted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+try:
+    import cython
+except ImportError:  # interpreted without Cython installed: the declarations are no-ops
+    from hoopy import _cyshim as cython  # type: ignore[no-redef, unused-ignore]
+
+from hoopy.eventline import MAX_EVENT_BYTES, ZERO_HASH, _dumps, _encode_event, _json_str
+
+FLUSH_BYTES = 64 * 1024  # buffered events are written once this much is pending
+_sha256 = hashlib.sha256
+_time_ns = time.time_ns
+# hoopy's own event kinds are plain names: their JSON is themselves (found once each).
+_KINDS: dict[str, bytes] = {}
+
+
+def _kind_bytes(kind: str) -> bytes:
+    """The kind as it stands in the line, or b"" when it needs the JSON encoder."""
+    kb = _KINDS.get(kind)
+    if kb is None:
+        kb = kind.encode() if kind.isascii() and kind.isidentifier() else b""
+        if kb and len(_KINDS) < 256:
+            _KINDS[kind] = kb
+    return kb
+
+
+@cython.cclass
+class EventChain:
+    """seq, prev and the pending bytes of one recording (see the module docstring)."""
+
+    seq = cython.declare(cython.longlong, visibility="public")  # events chained
+    prev = cython.declare(str, visibility="public")  # SHA-256 hex of the last line
+    pending = cython.declare(bytearray, visibility="public")  # chained, not yet written
+    counts = cython.declare(dict, visibility="public")  # kind → events
+    clock = cython.declare(object, visibility="public")  # None: the system clock
+    fd = cython.declare(cython.int, visibility="public")
+    deferred = cython.declare(cython.bint, visibility="public")  # see SessionLog.defer
+    failed = cython.declare(object, visibility="public")  # why the last write failed
+    written_seq = cython.declare(cython.longlong, visibility="public")  # on disk
+    written_prev = cython.declare(str, visibility="public")
+    size = cython.declare(cython.longlong, visibility="public")  # bytes of whole lines
+
+    def __init__(self, fd: int, clock: Any = None) -> None:
+        self.fd = fd
+        self.clock = clock
+        self.seq = 0
+        self.prev = ZERO_HASH
+        self.pending = bytearray()
+        self.counts = {}
+        self.deferred = False
+        self.failed = None
+        self.written_seq = 0
+        self.written_prev = ZERO_HASH
+        self.size = 0
+
+    @cython.locals(ns=cython.longlong)
+    def _ts(self) -> bytes:
+        """The time as JSON: to the microsecond, from integers (formatting a float costs
+        more than the rest of the line)."""
+        if self.clock is None:
+            ns = _time_ns()
+            return b"%d.%06d" % (ns // 1_000_000_000, ns // 1000 % 1_000_000)
+        ts = self.clock()
+        return b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
+
+    @cython.locals(write=cython.bint)
+    def add(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        members: bytes | None,
+        static: tuple[bytes, dict[str, Any]] | None,
+        write: bool,
+    ) -> None:
+        """Chain one event (`members`: `fields` already encoded as `,"k":v…`; `static`
+        as in SessionLog.event_static), then write what is pending if `write`.
+        Raises OSError when the write fails (see `write`)."""
+        kb = _kind_bytes(kind)
+        if members is None:
+            members = b"," + _dumps(fields)[1:-1] if fields else b""
+        ts = self._ts()
+        prev = self.prev
+        line = b'{"seq":%d,"ts":%s,"type":"%s"%s%s,"prev":"%s"}' % (
+            self.seq,
+            ts,
+            kb,
+            members,
+            b"," + static[0] if static is not None and static[0] else b"",
+            prev.encode(),
+        )
+        if len(line) > MAX_EVENT_BYTES or not kb:  # capped, or an odd kind: the encoder
+            head = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
+            merged = {**fields, **static[1]} if static is not None else fields
+            line = _encode_event(head, merged, prev)
+        self._chain(kind, line)
+        if write:
+            self.write()
+
+    @cython.locals(write=cython.bint)
+    def add_text(
+        self, kind: str, static: tuple[bytes, dict[str, Any]], text: str, write: bool
+    ) -> None:
+        """`add(kind, {"text": text}, …, static, write)`: the command every statement
+        records, its text encoded here (the caller checked `static` has no "text")."""
+        members = b',"text":' + _json_str(text).encode("utf-8", "backslashreplace")
+        kb = _kind_bytes(kind)
+        ts = self._ts()
+        prev = self.prev
+        line = b'{"seq":%d,"ts":%s,"type":"%s"%s%s,"prev":"%s"}' % (
+            self.seq,
+            ts,
+            kb,
+            members,
+            b"," + static[0] if static[0] else b"",
+            prev.encode(),
+        )
+        if len(line) > MAX_EVENT_BYTES or not kb:
+            head = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
+            line = _encode_event(head, {"text": text, **static[1]}, prev)
+        self._chain(kind, line)
+        if write:
+            self.write()
+
+    @cython.cfunc
+    def _chain(self, kind: str, line: bytes) -> None:
+        """`line` (no newline) becomes the chain's last: hashed, counted, pending."""
+        self.prev = _sha256(line).hexdigest()
+        self.seq += 1
+        counts = self.counts
+        counts[kind] = counts.get(kind, 0) + 1
+        pending = self.pending
+        pending += line
+        pending.append(10)  # b"\n"
+
+    @cython.locals(n=cython.Py_ssize_t, done=cython.Py_ssize_t)
+    def write(self) -> None:
+        """Write what is pending (one call, the usual case).  On OSError the file is cut
+        back to its whole lines, the chain back to what is on disk, the error kept in
+        `failed`, and the OSError raised."""
+        pending = self.pending
+        n = len(pending)
+        if n == 0:
+            return
+        try:
+            done = os.write(self.fd, pending)  # looked up per call: tests replace it
+            while done < n:  # rare: the kernel took part of it
+                if done < 0:
+                    done = 0
+                more = os.write(self.fd, bytes(pending[done:]))
+                if more <= 0:
+                    raise OSError(28, "short write")  # ENOSPC
+                done += more
+        except OSError as e:
+            self.failed = e.strerror or type(e).__name__
+            del pending[:]
+            with contextlib.suppress(OSError):  # a short write leaves part of a line
+                os.ftruncate(self.fd, self.size)
+            self.seq = self.written_seq  # the index must match the disk
+            self.prev = self.written_prev
+            raise
+        del pending[:]
+        self.written_seq = self.seq
+        self.written_prev = self.prev
+        self.size += n

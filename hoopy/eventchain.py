@@ -74,16 +74,57 @@ class EventChain:
         self.written_prev = ZERO_HASH
         self.size = 0
 
+    @cython.cfunc
     @cython.locals(ns=cython.longlong)
     def _ts(self) -> bytes:
         """The time as JSON: to the microsecond, from integers (formatting a float costs
         more than the rest of the line)."""
         if self.clock is None:
             ns = _time_ns()
-            return b"%d.%06d" % (ns // 1_000_000_000, ns // 1000 % 1_000_000)
+            return f"{ns // 1_000_000_000}.{ns // 1000 % 1_000_000:06d}".encode()
         ts = self.clock()
         return b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
 
+    @cython.cfunc
+    def _line(
+        self,
+        kind: str,
+        fields: Any,
+        members: bytes,
+        static: tuple[bytes, dict[str, Any]] | None,
+        text: str | None,
+    ) -> bytes:
+        """The event's line (no newline): eventline.chain_line's bytes, put together
+        from its parts; over MAX_EVENT_BYTES or of an odd kind, through the encoder
+        (`fields` None: they are {"text": text})."""
+        kb = _kind_bytes(kind)
+        ts = self._ts()
+        prev = self.prev
+        line = b"".join(
+            [
+                b'{"seq":',
+                str(self.seq).encode(),
+                b',"ts":',
+                ts,
+                b',"type":"',
+                kb,
+                b'"',
+                members,
+                b"," + static[0] if static is not None and static[0] else b"",
+                b',"prev":"',
+                prev.encode(),
+                b'"}',
+            ]
+        )
+        if len(line) > MAX_EVENT_BYTES or not kb:
+            head = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
+            if fields is None:
+                fields = {"text": text}
+            merged = {**fields, **static[1]} if static is not None else fields
+            line = _encode_event(head, merged, prev)
+        return line
+
+    @cython.ccall
     @cython.locals(write=cython.bint)
     def add(
         self,
@@ -96,27 +137,13 @@ class EventChain:
         """Chain one event (`members`: `fields` already encoded as `,"k":v…`; `static`
         as in SessionLog.event_static), then write what is pending if `write`.
         Raises OSError when the write fails (see `write`)."""
-        kb = _kind_bytes(kind)
         if members is None:
             members = b"," + _dumps(fields)[1:-1] if fields else b""
-        ts = self._ts()
-        prev = self.prev
-        line = b'{"seq":%d,"ts":%s,"type":"%s"%s%s,"prev":"%s"}' % (
-            self.seq,
-            ts,
-            kb,
-            members,
-            b"," + static[0] if static is not None and static[0] else b"",
-            prev.encode(),
-        )
-        if len(line) > MAX_EVENT_BYTES or not kb:  # capped, or an odd kind: the encoder
-            head = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
-            merged = {**fields, **static[1]} if static is not None else fields
-            line = _encode_event(head, merged, prev)
-        self._chain(kind, line)
+        self._chain(kind, self._line(kind, fields, members, static, None))
         if write:
             self.write()
 
+    @cython.ccall
     @cython.locals(write=cython.bint)
     def add_text(
         self, kind: str, static: tuple[bytes, dict[str, Any]], text: str, write: bool
@@ -124,21 +151,7 @@ class EventChain:
         """`add(kind, {"text": text}, …, static, write)`: the command every statement
         records, its text encoded here (the caller checked `static` has no "text")."""
         members = b',"text":' + _json_str(text).encode("utf-8", "backslashreplace")
-        kb = _kind_bytes(kind)
-        ts = self._ts()
-        prev = self.prev
-        line = b'{"seq":%d,"ts":%s,"type":"%s"%s%s,"prev":"%s"}' % (
-            self.seq,
-            ts,
-            kb,
-            members,
-            b"," + static[0] if static[0] else b"",
-            prev.encode(),
-        )
-        if len(line) > MAX_EVENT_BYTES or not kb:
-            head = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
-            line = _encode_event(head, {"text": text, **static[1]}, prev)
-        self._chain(kind, line)
+        self._chain(kind, self._line(kind, None, members, static, text))
         if write:
             self.write()
 
@@ -153,6 +166,7 @@ class EventChain:
         pending += line
         pending.append(10)  # b"\n"
 
+    @cython.ccall
     @cython.locals(n=cython.Py_ssize_t, done=cython.Py_ssize_t)
     def write(self) -> None:
         """Write what is pending (one call, the usual case).  On OSError the file is cut
@@ -183,3 +197,33 @@ class EventChain:
         self.written_seq = self.seq
         self.written_prev = self.prev
         self.size += n
+
+
+# SessionLog's methods on the paths every statement takes, without a Python frame when
+# compiled (recorder.py binds them into the class; its lock, states and errors).
+def log_event_text(log: Any, kind: str, static: tuple[bytes, dict[str, Any]], text: str, /) -> None:
+    """`event_static(kind, static, text=text)`, the call every command makes: without
+    a keyword dict or an encoder run."""
+    if "text" in static[1]:
+        raise ValueError("reserved event field(s): text")
+    chain: EventChain = log._chain
+    with log._lock:
+        if log._closed or chain.failed is not None:
+            raise log._unusable()
+        try:
+            chain.add_text(
+                kind, static, text, not chain.deferred or len(chain.pending) >= FLUSH_BYTES
+            )
+        except OSError:
+            raise log._write_error() from None
+
+
+def log_flush(log: Any) -> None:
+    """Write what is pending (SessionLog.flush)."""
+    chain: EventChain = log._chain
+    with log._lock:
+        if chain.pending and not log._closed:
+            try:
+                chain.write()
+            except OSError:
+                raise log._write_error() from None

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hoopy.eventchain import FLUSH_BYTES, EventChain
+from hoopy.eventchain import FLUSH_BYTES, EventChain, log_event_text, log_flush
 from hoopy.eventline import (  # noqa: F401 (re-exported: hoopy.recorder is the API)
     MAX_EVENT_BYTES,
     RESERVED,
@@ -199,23 +199,12 @@ class SessionLog:
         encoded per event."""
         self._add(kind, fields, write=True, static=static)
 
-    def event_text(self, kind: str, static: tuple[bytes, dict[str, Any]], text: str, /) -> None:
-        """`event_static(kind, static, text=text)`, the call every command makes: without
-        a keyword dict or an encoder run."""
-        if "text" in static[1]:
-            raise ValueError("reserved event field(s): text")
-        chain = self._chain
-        with self._lock:
-            if self._closed:
-                raise RecorderError(f"recording {self.id} is closed")
-            if chain.failed is not None:
-                raise RecorderError(f"recording {self.id} failed earlier: {chain.failed}")
-            try:
-                chain.add_text(
-                    kind, static, text, not chain.deferred or len(chain.pending) >= FLUSH_BYTES
-                )
-            except OSError:
-                raise self._write_error() from None
+    event_text = log_event_text  # eventchain.py (compiled): the command of each statement
+
+    def _unusable(self) -> RecorderError:
+        if self._closed:
+            return RecorderError(f"recording {self.id} is closed")
+        return RecorderError(f"recording {self.id} failed earlier: {self._chain.failed}")
 
     def buffer(self, kind: str, /, **fields: Any) -> None:
         """Chain one event now but write it with the next `event()` or `flush()`.
@@ -259,10 +248,7 @@ class SessionLog:
             write = (write and not chain.deferred) or len(chain.pending) >= FLUSH_BYTES
             self._append(kind, fields, write, static)
 
-    def flush(self) -> None:
-        with self._lock:
-            if self.pending and not self._closed:
-                self._write_pending()
+    flush = log_flush  # eventchain.py (compiled): write what is pending
 
     def progress(self) -> tuple[int, str] | None:
         """(events, head) on disk if they moved since the last call, for the index of an

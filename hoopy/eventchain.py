@@ -31,6 +31,33 @@ from hoopy.eventline import MAX_EVENT_BYTES, ZERO_HASH, _dumps, _encode_event, _
 FLUSH_BYTES = 64 * 1024  # buffered events are written once this much is pending
 _sha256 = hashlib.sha256
 _time_ns = time.time_ns
+_ZERO_HEX = ZERO_HASH.encode()
+
+
+@cython.cfunc
+@cython.locals(i=cython.int, n=cython.Py_ssize_t)
+def _sha256_hex(line: bytes) -> bytes:
+    """SHA-256 of `line` as hex digits.  Compiled, OpenSSL's own SHA-256 (the one
+    hashlib runs) is called directly: hashlib's sha256() looks the algorithm up by name
+    and hexdigest() copies its context each time, more work than hashing a line."""
+    if cython.compiled:
+        ctx = cython.declare(SHA256_CTX)  # type: ignore[name-defined]  # noqa: F821
+        md = cython.declare(cython.uchar[32])
+        out = cython.declare(cython.char[64])
+        digits = cython.declare(cython.p_char, b"0123456789abcdef")
+        n = len(line)
+        SHA256_Init(cython.address(ctx))  # type: ignore[name-defined]  # noqa: F821
+        SHA256_Update(  # type: ignore[name-defined]  # noqa: F821
+            cython.address(ctx), cython.cast(cython.p_char, line), n
+        )
+        SHA256_Final(md, cython.address(ctx))  # type: ignore[name-defined]  # noqa: F821
+        for i in range(32):
+            out[2 * i] = digits[md[i] >> 4]
+            out[2 * i + 1] = digits[md[i] & 15]
+        return out[:64]
+    return _sha256(line).hexdigest().encode()
+
+
 # hoopy's own event kinds are plain names: their JSON is themselves (found once each).
 _KINDS: dict[str, bytes] = {}
 
@@ -50,7 +77,7 @@ class EventChain:
     """seq, prev and the pending bytes of one recording (see the module docstring)."""
 
     seq = cython.declare(cython.longlong, visibility="public")  # events chained
-    prev = cython.declare(str, visibility="public")  # SHA-256 hex of the last line
+    prev_hex = cython.declare(bytes, visibility="public")  # SHA-256 of the last line
     pending = cython.declare(bytearray, visibility="public")  # chained, not yet written
     counts = cython.declare(dict, visibility="public")  # kind → events
     clock = cython.declare(object, visibility="public")  # None: the system clock
@@ -58,21 +85,31 @@ class EventChain:
     deferred = cython.declare(cython.bint, visibility="public")  # see SessionLog.defer
     failed = cython.declare(object, visibility="public")  # why the last write failed
     written_seq = cython.declare(cython.longlong, visibility="public")  # on disk
-    written_prev = cython.declare(str, visibility="public")
+    written_hex = cython.declare(bytes, visibility="public")
     size = cython.declare(cython.longlong, visibility="public")  # bytes of whole lines
 
     def __init__(self, fd: int, clock: Any = None) -> None:
         self.fd = fd
         self.clock = clock
         self.seq = 0
-        self.prev = ZERO_HASH
+        self.prev_hex = _ZERO_HEX
         self.pending = bytearray()
         self.counts = {}
         self.deferred = False
         self.failed = None
         self.written_seq = 0
-        self.written_prev = ZERO_HASH
+        self.written_hex = _ZERO_HEX
         self.size = 0
+
+    @property
+    def prev(self) -> str:
+        """SHA-256 hex of the last line chained (64 zeros before the first)."""
+        return self.prev_hex.decode()
+
+    @property
+    def written_prev(self) -> str:
+        """`prev` of the last line on disk."""
+        return self.written_hex.decode()
 
     @cython.cfunc
     @cython.locals(ns=cython.longlong)
@@ -99,7 +136,7 @@ class EventChain:
         (`fields` None: they are {"text": text})."""
         kb = _kind_bytes(kind)
         ts = self._ts()
-        prev = self.prev
+        prev = self.prev_hex
         line = b"".join(
             [
                 b'{"seq":',
@@ -112,7 +149,7 @@ class EventChain:
                 members,
                 b"," + static[0] if static is not None and static[0] else b"",
                 b',"prev":"',
-                prev.encode(),
+                prev,
                 b'"}',
             ]
         )
@@ -121,7 +158,7 @@ class EventChain:
             if fields is None:
                 fields = {"text": text}
             merged = {**fields, **static[1]} if static is not None else fields
-            line = _encode_event(head, merged, prev)
+            line = _encode_event(head, merged, prev.decode())
         return line
 
     @cython.ccall
@@ -158,7 +195,7 @@ class EventChain:
     @cython.cfunc
     def _chain(self, kind: str, line: bytes) -> None:
         """`line` (no newline) becomes the chain's last: hashed, counted, pending."""
-        self.prev = _sha256(line).hexdigest()
+        self.prev_hex = _sha256_hex(line)
         self.seq += 1
         counts = self.counts
         counts[kind] = counts.get(kind, 0) + 1
@@ -191,11 +228,11 @@ class EventChain:
             with contextlib.suppress(OSError):  # a short write leaves part of a line
                 os.ftruncate(self.fd, self.size)
             self.seq = self.written_seq  # the index must match the disk
-            self.prev = self.written_prev
+            self.prev_hex = self.written_hex
             raise
         del pending[:]
         self.written_seq = self.seq
-        self.written_prev = self.prev
+        self.written_hex = self.prev_hex
         self.size += n
 
 

@@ -89,7 +89,7 @@ def _value_json(v: Any) -> str:
     return _dumps(v).decode("utf-8", "surrogateescape")  # not made by add_rows
 
 
-@cython.cfunc
+@cython.ccall
 def result_members(tag: str, rows: list[Any], columns: Any, truncated: Any) -> bytes:
     """`,"tag":…,"rows":…[,"columns":…][,"truncated":true]`: the bytes the encoder makes
     of ResultLog.take()'s dict (the same keys, in its order)."""

@@ -26,7 +26,14 @@ try:
 except ImportError:  # interpreted without Cython installed: the declarations are no-ops
     from hoopy import _cyshim as cython  # type: ignore[no-redef, unused-ignore]
 
-from hoopy.eventline import MAX_EVENT_BYTES, ZERO_HASH, _dumps, _encode_event, _json_str
+from hoopy.eventline import (
+    MAX_EVENT_BYTES,
+    RESERVED,
+    ZERO_HASH,
+    _dumps,
+    _encode_event,
+    _json_str,
+)
 
 FLUSH_BYTES = 64 * 1024  # buffered events are written once this much is pending
 _sha256 = hashlib.sha256
@@ -264,3 +271,66 @@ def log_flush(log: Any) -> None:
                 chain.write()
             except OSError:
                 raise log._write_error() from None
+
+
+@cython.cfunc
+@cython.locals(write=cython.bint)
+def _log_add(
+    log: Any,
+    kind: str,
+    fields: dict[str, Any],
+    write: bool,
+    static: tuple[bytes, dict[str, Any]] | None,
+) -> None:
+    """SessionLog's event, chained (and written if `write` and not deferred)."""
+    if not RESERVED.isdisjoint(fields) or (
+        static is not None
+        and not (RESERVED.isdisjoint(static[1]) and static[1].keys().isdisjoint(fields))
+    ):
+        raise log._reserved(fields, static)
+    chain: EventChain = log._chain
+    with log._lock:
+        if log._closed or chain.failed is not None:
+            raise log._unusable()
+        write = (write and not chain.deferred) or len(chain.pending) >= FLUSH_BYTES
+        try:
+            chain.add(kind, fields, None, static, write)
+        except OSError:
+            raise log._write_error() from None
+
+
+def log_event(log: Any, kind: str, /, **fields: Any) -> None:
+    """Append one event; raises RecorderError if it cannot be written."""
+    _log_add(log, kind, fields, True, None)
+
+
+def log_event_static(
+    log: Any, kind: str, static: tuple[bytes, dict[str, Any]], /, **fields: Any
+) -> None:
+    """`event()` for events whose fields are mostly the same every time (a command of
+    an already-seen statement): `static` holds those fields JSON-encoded once (object
+    members, no braces; see `encode_members`) and as a dict; only `fields` are
+    encoded per event."""
+    _log_add(log, kind, fields, True, static)
+
+
+def log_buffer(log: Any, kind: str, /, **fields: Any) -> None:
+    """Chain one event now but write it with the next `event()` or `flush()`.
+
+    For what happened *after* a command was allowed (its results): the command
+    itself goes through `event()`, which writes before the command runs, so
+    fail-closed holds while result-heavy sessions save a write per statement.
+    """
+    _log_add(log, kind, fields, False, None)
+
+
+def log_buffer_fields(
+    log: Any,
+    kind: str,
+    fields: dict[str, Any],
+    static: tuple[bytes, dict[str, Any]] | None = None,
+    /,
+) -> None:
+    """`buffer()` with the fields as a dict (its keys must be strings), and optionally
+    a pre-encoded static part as in `event_static`."""
+    _log_add(log, kind, fields, False, static)

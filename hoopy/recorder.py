@@ -50,7 +50,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hoopy.eventchain import FLUSH_BYTES, EventChain, log_event_text, log_flush
+from hoopy.eventchain import (  # noqa: F401 (FLUSH_BYTES re-exported)
+    FLUSH_BYTES,
+    EventChain,
+    log_buffer,
+    log_buffer_fields,
+    log_event,
+    log_event_static,
+    log_event_text,
+    log_flush,
+)
 from hoopy.eventline import (  # noqa: F401 (re-exported: hoopy.recorder is the API)
     MAX_EVENT_BYTES,
     RESERVED,
@@ -186,69 +195,33 @@ class SessionLog:
             if not on and self.pending and not self._closed:
                 self._write_pending()
 
-    def event(self, kind: str, /, **fields: Any) -> None:
-        """Append one event; raises RecorderError if it cannot be written."""
-        self._add(kind, fields, write=True)
-
-    def event_static(
-        self, kind: str, static: tuple[bytes, dict[str, Any]], /, **fields: Any
-    ) -> None:
-        """`event()` for events whose fields are mostly the same every time (a command of
-        an already-seen statement): `static` holds those fields JSON-encoded once (object
-        members, no braces; see `encode_members`) and as a dict; only `fields` are
-        encoded per event."""
-        self._add(kind, fields, write=True, static=static)
-
-    event_text = log_event_text  # eventchain.py (compiled): the command of each statement
+    # The calls every statement makes, from eventchain.py (compiled when built, no Python
+    # frame): `event(kind, **fields)` chains an event and writes it (unless deferred);
+    # `event_static(kind, static, **fields)` with fields encoded once (`encode_members`:
+    # a command of an already-seen statement); `event_text(kind, static, text)`, that
+    # with only the text; `buffer(kind, **fields)` and `buffer_fields(kind, fields[,
+    # static])` chain one to be written with the next write (results: what happened
+    # after the command's event was written); `flush()` writes what is pending.
+    # RecorderError when the log is closed or failed or the write fails (fail closed).
+    event = log_event
+    event_static = log_event_static
+    event_text = log_event_text
+    buffer = log_buffer
+    buffer_fields = log_buffer_fields
+    flush = log_flush
 
     def _unusable(self) -> RecorderError:
         if self._closed:
             return RecorderError(f"recording {self.id} is closed")
         return RecorderError(f"recording {self.id} failed earlier: {self._chain.failed}")
 
-    def buffer(self, kind: str, /, **fields: Any) -> None:
-        """Chain one event now but write it with the next `event()` or `flush()`.
-
-        For what happened *after* a command was allowed (its results): the command
-        itself goes through `event()`, which writes before the command runs, so
-        fail-closed holds while result-heavy sessions save a write per statement.
-        """
-        self._add(kind, fields, write=False)
-
-    def buffer_fields(
-        self,
-        kind: str,
-        fields: dict[str, Any],
-        static: tuple[bytes, dict[str, Any]] | None = None,
-        /,
-    ) -> None:
-        """`buffer()` with the fields as a dict (its keys must be strings), and optionally
-        a pre-encoded static part as in `event_static`."""
-        self._add(kind, fields, write=False, static=static)
-
-    def _add(
-        self,
-        kind: str,
-        fields: dict[str, Any],
-        write: bool,
-        static: tuple[bytes, dict[str, Any]] | None = None,
-    ) -> None:
-        if not _RESERVED.isdisjoint(fields) or (
-            static is not None
-            and not (_RESERVED.isdisjoint(static[1]) and static[1].keys().isdisjoint(fields))
-        ):
-            bad = _RESERVED.intersection(fields)
-            if static is not None:
-                bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
-            raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
-        with self._lock:
-            if self._closed:
-                raise RecorderError(f"recording {self.id} is closed")
-            chain = self._chain
-            write = (write and not chain.deferred) or len(chain.pending) >= FLUSH_BYTES
-            self._append(kind, fields, write, static)
-
-    flush = log_flush  # eventchain.py (compiled): write what is pending
+    def _reserved(
+        self, fields: dict[str, Any], static: tuple[bytes, dict[str, Any]] | None
+    ) -> ValueError:
+        bad = _RESERVED.intersection(fields)
+        if static is not None:
+            bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
+        return ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
 
     def progress(self) -> tuple[int, str] | None:
         """(events, head) on disk if they moved since the last call, for the index of an

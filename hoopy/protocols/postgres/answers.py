@@ -37,7 +37,7 @@ from hoopy.protocols.postgres.maskwire import (
     result_plan,
 )
 from hoopy.protocols.postgres.pipeline import Pipeline
-from hoopy.protocols.postgres.resultrun import relay_backend
+from hoopy.protocols.postgres.resultrun import on_ready, relay_backend
 from hoopy.protocols.postgres.textsettings import unsafe_encoding
 from hoopy.recorder import RecorderError
 
@@ -174,22 +174,9 @@ class Answers(Pipeline):
         if out:
             self._to_agent(out)
 
-    def _on_ready(self, status: str) -> bool:
-        """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""
-        assert self.backend is not None
-        self.backend.status = status
-        names = self.names  # batches_done, without its property on every statement
-        names.done += 1
-        if status == "I":
-            names.idle()  # the transaction is over: so are its portals
-        self._batch_answered()
-        done = names.done
-        while self.refusals and self.refusals[0][0] <= done:
-            self.refusals.popleft()  # its marker was discarded after an earlier error
-        if self.silent_ready and done in self.silent_ready:
-            self.silent_ready.discard(done)
-            return True
-        return False
+    # A ReadyForQuery: the batch is answered; True when it ends a batch of hoopy's own
+    # (not sent on).  resultrun.py (compiled), which calls it inline on its path.
+    _on_ready = on_ready
 
     def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
         if isinstance(ev, pg.RowDescription):

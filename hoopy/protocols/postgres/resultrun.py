@@ -30,13 +30,16 @@ except ImportError:  # interpreted without Cython installed: the declarations ar
 from hoopy.eventchain import FLUSH_BYTES
 from hoopy.eventline import _dumps, _json_str
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.bodies import ProtocolViolation
 from hoopy.protocols.postgres.framing import decode_data_rows
+from hoopy.protocols.postgres.framing import relay_run as _framing_relay_run
 
 # Control characters no text value of the usual types holds, and binary-format values
 # (an int4 1 is 00 00 00 01) do: such values are recorded as base64 (resultlog._show).
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _NEED_DATA = pg.NEED_DATA
 _READY_EVENT = pg.ReadyForQuery
+_NORMAL = pg.Phase.NORMAL
 _b64encode = base64.b64encode
 
 
@@ -156,7 +159,7 @@ def _on_relayed(self: Any, raw: bytes, marks: list[tuple[int, int, int]]) -> Any
         elif t == 0x43:  # CommandComplete
             _record_result(self, raw[start + 5 : stop - 1].decode("utf-8", "replace"))
         elif t == 0x5A:  # ReadyForQuery
-            if self._on_ready(chr(raw[start + 5])):
+            if _ready(self, chr(raw[start + 5])):
                 if silent is None:
                     silent = []
                 silent.append((start, stop))
@@ -194,6 +197,52 @@ def _cut(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
     return b"".join(parts)
 
 
+@cython.cfunc
+def _ready(self: Any, status: str) -> cython.bint:
+    """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""
+    self.backend.status = status
+    names = self.names  # batches_done, without its property on every statement
+    names.done += 1
+    if status == "I" and names.portals:
+        names.idle()  # the transaction is over: so are its portals
+    self._batch_answered()
+    done = names.done
+    refusals = self.refusals
+    while refusals and refusals[0][0] <= done:
+        refusals.popleft()  # its marker was discarded after an earlier error
+    silent = self.silent_ready
+    if silent and done in silent:
+        silent.discard(done)
+        return True
+    return False
+
+
+def on_ready(self: Any, status: str) -> bool:
+    """Answers._on_ready (see `_ready`)."""
+    return _ready(self, status)
+
+
+@cython.cfunc
+@cython.locals(start=cython.Py_ssize_t, pos=cython.Py_ssize_t)
+def _relay_run(codec: Any) -> Any:
+    """codec.relay_run() (ClientConnection's), without its frame: (raw, marks) or None."""
+    if codec._failed is not None:
+        codec._check_alive()
+    if codec.phase is not _NORMAL or codec._expect_ssl:
+        return None
+    buf = codec._buf
+    start = codec._pos
+    try:
+        pos, marks = _framing_relay_run(buf, start, codec._max)
+    except ProtocolViolation as e:
+        codec._fail(e)  # raises: the codec is failed for good
+        raise
+    if pos == start:
+        return None
+    codec._pos = pos
+    return bytes(buf[start:pos]), marks
+
+
 def relay_backend(self: Any) -> None:
     """Answers._relay_backend: runs of ordinary messages go through as the bytes they
     came in, looked at only to record them; anything else is handled event by event
@@ -201,19 +250,19 @@ def relay_backend(self: Any) -> None:
     codec = self.backend.codec
     out: list[bytes] = []
     while True:
-        run = codec.relay_run()
+        run = _relay_run(codec)
         if run is not None:
             raw, marks = run
             silent = _on_relayed(self, raw, marks)
             out.append(raw if silent is None else _cut(raw, silent))
-            if not codec.buffered():
+            if len(codec._buf) == codec._pos:  # codec.buffered(), inline
                 break
             continue
         ev = codec.next_event()
         if ev is _NEED_DATA:
             break
         if type(ev) is _READY_EVENT:
-            if not self._on_ready(ev.status):
+            if not _ready(self, ev.status):
                 out.append(ev.raw)
         else:
             out.append(self._other_backend_event(ev))

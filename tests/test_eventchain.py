@@ -299,3 +299,97 @@ def test_both_builds_make_the_same_lines() -> None:
         )
     assert pure[0] == installed[0] and pure[1] == installed[1]
     assert pure[0] == reference(corpus(), Clock(TIMES))
+
+
+# ---- SessionLog's methods bound from eventchain.py -------------------------------------
+@pytest.fixture
+def session_log(tmp_path: Path) -> Any:
+    from hoopy.recorder import Recorder
+    from hoopy.state import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    recorder = Recorder(tmp_path / "rec", store, Clock([1700000000.25]))
+    log = recorder.open_session(
+        "s-1", protocol="postgres", connector="db", subject="agent", groups=["g"],
+        client="127.0.0.1", tls=True,
+    )  # fmt: skip
+    yield log
+    store.close()
+
+
+CALLS: list[tuple[str, Callable[[Any], None]]] = [
+    ("event", lambda log: log.event("command", text="x")),
+    ("event_static", lambda log: log.event_static("command", STATIC, text="x")),
+    ("event_text", lambda log: log.event_text("command", STATIC, "x")),
+    ("buffer", lambda log: log.buffer("result", tag="x")),
+    ("buffer_fields", lambda log: log.buffer_fields("result", {"tag": "x"})),
+    ("buffer_fields static", lambda log: log.buffer_fields("bind", {"p": 1}, STATIC)),
+]
+
+
+@pytest.mark.parametrize(("name", "call"), CALLS)
+def test_every_call_refuses_a_closed_or_failed_log(
+    session_log: Any, name: str, call: Callable[[Any], None]
+) -> None:
+    from hoopy.recorder import RecorderError
+
+    session_log._failed = "No space left on device"
+    with pytest.raises(RecorderError, match="failed earlier: No space left on device"):
+        call(session_log)
+    session_log._failed = None
+    session_log.close("closed")
+    with pytest.raises(RecorderError, match="is closed"):
+        call(session_log)
+
+
+@pytest.mark.parametrize(
+    ("call", "bad"),
+    [
+        (lambda log: log.event("command", seq=1), "seq"),
+        (lambda log: log.buffer("result", prev="x", ts=1), "prev, ts"),
+        (lambda log: log.event_static("command", STATIC, rule="again"), "rule"),
+        (lambda log: log.buffer_fields("bind", {"type": 1}, STATIC), "type"),
+        (lambda log: log.event_text("command", (b'"text":"a"', {"text": "a"}), "b"), "text"),
+    ],
+)
+def test_reserved_and_repeated_fields_are_refused(
+    session_log: Any, call: Callable[[Any], None], bad: str
+) -> None:
+    events = session_log.events
+    with pytest.raises(ValueError, match=f"reserved event field\\(s\\): {bad}$"):
+        call(session_log)
+    assert session_log.events == events and not session_log.pending
+
+
+def test_the_log_writes_the_reference_lines(session_log: Any) -> None:
+    """Through SessionLog (event, buffer, deferred, flush): the file is the chain the
+    Python code wrote, line for line after session_start."""
+    log = session_log
+    log.event_text("command", STATIC, "select 'ü'")
+    log.buffer_fields("result", {"tag": "SELECT 1", "rows": [["ü"]]})
+    log.defer()
+    log.event("command", text="select 2")
+    log.buffer("result", tag="SELECT 1", rows=[])
+    assert log.pending
+    log.flush()
+    assert not log.pending
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    prev = hashlib.sha256(lines[0][:-1]).hexdigest()
+    expected = []
+    for seq, (kind, fields, text) in enumerate(
+        [
+            ("command", None, "select 'ü'"),
+            ("result", {"tag": "SELECT 1", "rows": [["ü"]]}, None),
+            ("command", {"text": "select 2"}, None),
+            ("result", {"tag": "SELECT 1", "rows": []}, None),
+        ],
+        1,
+    ):
+        members = None
+        if text is not None:
+            fields = {"text": text}
+            members = b',"text":' + _json_str(text).encode("utf-8", "backslashreplace")
+        static = STATIC if text is not None else None
+        line, prev = chain_line(seq, b"1700000000.250000", kind, fields, members, static, prev)
+        expected.append(line)
+    assert lines[1:] == expected and log.head == prev and log.events == 5

@@ -69,6 +69,7 @@ def _sha256_hex(line: bytes) -> bytes:
 _KINDS: dict[str, bytes] = {}
 
 
+@cython.cfunc
 def _kind_bytes(kind: str) -> bytes:
     """The kind as it stands in the line, or b"" when it needs the JSON encoder."""
     kb = _KINDS.get(kind)
@@ -120,14 +121,18 @@ class EventChain:
 
     @cython.cfunc
     @cython.locals(ns=cython.longlong)
-    def _ts(self) -> bytes:
-        """The time as JSON: to the microsecond, from integers (formatting a float costs
-        more than the rest of the line)."""
+    def _head(self) -> bytes:
+        """`{"seq":N,"ts":T,"type":"`: the time to the microsecond, from integers
+        (formatting a float costs more than the rest of the line)."""
         if self.clock is None:
             ns = _time_ns()
-            return f"{ns // 1_000_000_000}.{ns // 1000 % 1_000_000:06d}".encode()
+            return (
+                f'{{"seq":{self.seq},"ts":{ns // 1_000_000_000}.{ns // 1000 % 1_000_000:06d}'
+                ',"type":"'
+            ).encode()
         ts = self.clock()
-        return b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
+        ts_json = b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
+        return b'{"seq":%d,"ts":%s,"type":"' % (self.seq, ts_json)
 
     @cython.cfunc
     def _line(
@@ -142,15 +147,11 @@ class EventChain:
         from its parts; over MAX_EVENT_BYTES or of an odd kind, through the encoder
         (`fields` None: they are {"text": text})."""
         kb = _kind_bytes(kind)
-        ts = self._ts()
+        head = self._head()
         prev = self.prev_hex
         line = b"".join(
             [
-                b'{"seq":',
-                str(self.seq).encode(),
-                b',"ts":',
-                ts,
-                b',"type":"',
+                head,
                 kb,
                 b'"',
                 members,
@@ -161,11 +162,12 @@ class EventChain:
             ]
         )
         if len(line) > MAX_EVENT_BYTES or not kb:
-            head = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
+            ts = head[head.index(b',"ts":') + 6 : -len(b',"type":"')]
+            record = {"seq": self.seq, "ts": json.loads(ts), "type": kind}
             if fields is None:
                 fields = {"text": text}
             merged = {**fields, **static[1]} if static is not None else fields
-            line = _encode_event(head, merged, prev.decode())
+            line = _encode_event(record, merged, prev.decode())
         return line
 
     @cython.ccall

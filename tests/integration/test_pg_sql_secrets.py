@@ -4,6 +4,7 @@ store or hoopy's log (sqlsecrets.py), with the real psql through hoopy."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 from tests.integration.test_pg_approvals import cli_decide, wait_pending
+from tests.integration.test_pg_drivers import agent
 from tests.integration.test_pg_psql import app_count
 
 
@@ -99,4 +101,22 @@ def test_unparseable_statement_hides_its_password_too(h: Hoopy) -> None:
     assert r.returncode != 0 and "unterminated" in r.stderr
     texts = _commands(h, "secrets-broken")
     assert texts and all("****" in t for t in texts)
+    assert secret not in _kept(h)
+
+
+def test_extended_protocol_parse_and_bind_events_hide_it(h: Hoopy) -> None:
+    """asyncpg: Parse, then a Bind event that names the statement's text."""
+    secret = "Extpw-6tq0"
+
+    async def go() -> int:
+        conn = await agent(h, h.token("secrets-ext"))
+        try:
+            return int(await conn.fetchval(f"select length('password={secret}') + $1::int", 1))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(go()) == len(f"password={secret}") + 1
+    sid = h.cli("sessions", "list", "--subject", "secrets-ext").stdout.split()[0]
+    shown = h.cli("sessions", "show", sid).stdout
+    assert '"type":"bind"' in shown.replace(" ", "") and "password=****" in shown
     assert secret not in _kept(h)

@@ -75,6 +75,16 @@ class ApprovalGate(Protocol):
         ...
 
 
+def _as_written(text: str) -> tuple[str, tuple[str, ...]]:
+    return text, ()
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return text
+
+
 @dataclass
 class Session:
     id: str
@@ -87,6 +97,10 @@ class Session:
     approvals: ApprovalGate | None = None
     tls: bool = False
     clock: Any = time.time
+    # A command's text as recorded and shown to approvers: the protocol's secrets hidden
+    # (PostgreSQL: passwords written into SQL, protocols/postgres/sqlsecrets.py).
+    # Returns (the text shown, the secret values it hid, which no other field may show).
+    hide: Callable[[str], tuple[str, tuple[str, ...]]] = _as_written
     # Tells the agent something while a command waits (PostgreSQL NoticeResponse, SSH stderr).
     notify: Callable[[str], None] = lambda message: None
     _cache: dict[str, Decision] = field(default_factory=dict)
@@ -150,6 +164,12 @@ class Session:
 
     def record(self, type_: str, **fields: Any) -> None:
         """Write one event; a recorder failure refuses whatever is in flight."""
+        text = fields.get("text")
+        if type(text) is str:
+            shown, secrets = self.hide(text)
+            if secrets:  # a parser error quoting the text near a literal, too
+                fields = {k: _scrub(v, secrets) if type(v) is str else v for k, v in fields.items()}
+            fields["text"] = shown
         try:
             self.log.event(type_, **fields)
         except RecorderError as e:
@@ -227,7 +247,8 @@ class Session:
         if decision is None:
             decision = self.decide(command)
         try:
-            self.log.event_text("command", self._event_fields(command, decision), command.text)
+            static = self._event_fields(command, decision)
+            self.log.event_text("command", static, self.hide(command.text)[0])
         except RecorderError as e:
             raise _unavailable(e) from None
         if decision.outcome == "deny":

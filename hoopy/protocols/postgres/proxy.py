@@ -26,6 +26,7 @@ from hoopy.gateway import CancelTarget, Gateway
 from hoopy.policy import Command, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres import sqlsecrets
 from hoopy.protocols.postgres.answers import error_bytes
 from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classcache import Classifier
@@ -291,6 +292,7 @@ class AgentConnection(Relay):
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         self.session.notify = self._notice
+        self.session.hide = sqlsecrets.hidden
         self.session.scope = SearchPath(connector.user)
         if may_mask(self.session.policies, identity, connector.name):
             self.tracker = ResultTracker(self.names)

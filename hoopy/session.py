@@ -85,6 +85,18 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _scrubbed(fields: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
+    """`fields` with `secrets` scrubbed from their strings and lists of strings."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if type(v) is str:
+            v = _scrub(v, secrets)
+        elif type(v) is list:
+            v = [_scrub(x, secrets) if type(x) is str else x for x in v]
+        out[k] = v
+    return out
+
+
 @dataclass
 class Session:
     id: str
@@ -168,7 +180,7 @@ class Session:
         if type(text) is str:
             shown, secrets = self.hide(text)
             if secrets:  # a parser error quoting the text near a literal, too
-                fields = {k: _scrub(v, secrets) if type(v) is str else v for k, v in fields.items()}
+                fields = _scrubbed(fields, secrets)
             fields["text"] = shown
         try:
             self.log.event(type_, **fields)
@@ -248,7 +260,11 @@ class Session:
             decision = self.decide(command)
         try:
             static = self._event_fields(command, decision)
-            self.log.event_text("command", static, self.hide(command.text)[0])
+            shown, secrets = self.hide(command.text)
+            if secrets:  # the simple commands of a shell line quote it too
+                fields = _scrubbed(static[1], secrets)
+                static = (encode_members(fields), fields)
+            self.log.event_text("command", static, shown)
         except RecorderError as e:
             raise _unavailable(e) from None
         if decision.outcome == "deny":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 from hoopy.protocols.postgres import pgquery
+from hoopy.shellsecrets import again
 
 MASK = "****"
 
@@ -92,7 +93,8 @@ def hidden(sql: str) -> tuple[str, tuple[str, ...]]:
         out.append(text)
         pos = end
     out.append(sql[pos:])
-    return "".join(out), tuple(x for x in secrets if x)
+    found = [x for x in secrets if x]
+    return again("".join(out), found), tuple(found)
 
 
 def _hide(m: re.Match[str], group: int, secrets: list[str]) -> str:
@@ -149,4 +151,5 @@ def _redact_raw(sql: str) -> tuple[str, tuple[str, ...]]:
 
     out = _RAW.sub(sub, sql)
     out = _URI.sub(lambda m: _hide(m, 2, secrets), out)
-    return out, tuple(x for x in secrets if x)
+    found = [x for x in secrets if x]
+    return again(out, found), tuple(found)

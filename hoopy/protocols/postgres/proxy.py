@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import ssl
 from collections import deque
 
@@ -61,6 +62,7 @@ class PostgresListener:
         self.classification = OffLoop(self.classifier, s)
         self.active: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
+        self.more_servers: list[asyncio.Server] = []
         self.catalogs: dict[str, Catalog] = {}  # per connector, shared by its sessions
 
     def catalog(self, connector: PostgresConnector) -> Catalog:
@@ -72,6 +74,13 @@ class PostgresListener:
     async def start(self, host: str, port: int) -> int:
         self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
         return int(self.server.sockets[0].getsockname()[1])
+
+    async def serve_socket(self, sock: socket.socket) -> None:
+        """Accept on `sock` too: a listening socket bound by the gateway process, or the
+        Unix socket of cancels passed on by other processes (postgres.workers)."""
+        unix = sock.family == socket.AF_UNIX
+        serve = asyncio.start_unix_server if unix else asyncio.start_server
+        self.more_servers.append(await serve(self._on_connect, sock=sock, limit=1 << 20))
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -85,6 +94,8 @@ class PostgresListener:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for server in self.more_servers:
+            server.close()
         for t in list(self.active):
             t.cancel()
         if self.active:
@@ -240,6 +251,8 @@ class AgentConnection(Relay):
 
     async def _cancel(self, ev: pg.CancelRequest) -> None:
         target = self.gw.cancels.get((ev.pid, ev.key))
+        if target is None and self.gw.cancel_elsewhere is not None:
+            await self.gw.cancel_elsewhere(ev.pid, ev.key)  # another process's session
         if target is not None and target.interrupt is not None:
             target.interrupt()  # a statement waiting for approval is cancelled by hoopy
         if target is not None and isinstance(target.connector, PostgresConnector):

@@ -1,0 +1,326 @@
+"""postgres.workers: several hoopy processes serve PostgreSQL agents from one listening
+socket (hoopy/pgworkers.py), with the real PostgreSQL, asyncpg over TLS, the dev issuer.
+
+Which process serves a session is read from the session index (its owner names the
+process's pid) and from the cancel key hoopy hands the agent (fake pid mod N)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from hoopy.state import StateStore
+from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
+from tests.integration.test_pg_approvals import admin, cli_decide, wait_pending
+from tests.integration.test_pg_drivers import agent
+from tests.integration.test_pg_psql import app_count
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def hw(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hoopy]:
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-workers"), backend, workers=WORKERS)
+    try:
+        yield h
+    finally:
+        stop_hoopy(h)
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def worker_pids(h: Hoopy) -> list[int]:
+    """hoopy's PostgreSQL workers: the children of the gateway process running serve."""
+    out = []
+    for task in Path(f"/proc/{h.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with _gone_ok():
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"hoopy.cli" in cmd and b"serve" in cmd:
+                    out.append(int(pid))
+    return sorted(out)
+
+
+class _gone_ok:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, *_: object) -> bool:
+        return kind is not None and issubclass(kind, (FileNotFoundError, ProcessLookupError))  # type: ignore[arg-type]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper is not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def wait_until(what: str, check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def owner_pid(h: Hoopy, conn: asyncpg.Connection) -> int:
+    """The pid of the hoopy process whose session this connection is (session index)."""
+    port = conn._transport.get_extra_info("sockname")[1]
+    store = StateStore(h.folder / "state" / "state.db")
+    try:
+        rows = [r for r in store.list_sessions(limit=None) if r.client == f"127.0.0.1:{port}"]
+    finally:
+        store.close()
+    assert rows, f"no session from port {port}"
+    return int(rows[-1].owner.split("/")[1])
+
+
+def process_of(conn: asyncpg.Connection) -> int:
+    return int(conn.get_server_pid()) % WORKERS  # 0: the gateway process, 1…: workers
+
+
+async def conn_in(h: Hoopy, process: int, tries: int = 60) -> asyncpg.Connection:
+    """A connection served by `process` (others are opened and closed meanwhile)."""
+    held = []
+    try:
+        for _ in range(tries):
+            conn = await agent(h)
+            if process_of(conn) == process:
+                return conn
+            held.append(conn)  # held open, so the next one is not simply the same slot
+        raise AssertionError(f"no connection reached process {process} in {tries} tries")
+    finally:
+        for c in held:
+            await c.close()
+
+
+def cancel(h: Hoopy, conn: asyncpg.Connection) -> bytes:
+    return struct.pack("!IIii", 16, 80877102, conn.get_server_pid(), conn._protocol.backend_secret)
+
+
+# ---- one gateway with 2 processes -------------------------------------------------------
+
+
+async def test_concurrent_sessions_are_served_by_every_process(hw: Hoopy) -> None:
+    conns = await asyncio.gather(*(agent(hw) for _ in range(16)))
+    try:
+        got = await asyncio.gather(*(c.fetchval("select count(*) from customers") for c in conns))
+        assert len(set(got)) == 1
+        owners = {owner_pid(hw, c) for c in conns}
+        workers = worker_pids(hw)
+        assert len(workers) == WORKERS - 1
+        assert owners == {hw.proc.pid, *workers}  # both processes served sessions
+        for c in conns:  # the cancel key names the process that holds the session
+            index = process_of(c)
+            assert owner_pid(hw, c) == (hw.proc.pid if index == 0 else workers[0])
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    log = hw.log_text()
+    assert "postgres served by 2 processes" in log
+    assert re.search(r"INFO worker-1 hoopy\.", log), "worker logs carry their number"
+
+
+async def test_denied_statement_is_denied_in_a_worker(hw: Hoopy) -> None:
+    conn = await conn_in(hw, 1)
+    try:
+        assert owner_pid(hw, conn) in worker_pids(hw)
+        with pytest.raises(asyncpg.PostgresError, match="vault table is off limits"):
+            await conn.fetch("select * from vault")
+        assert await conn.fetchval("select 'after-deny'") == "after-deny"
+    finally:
+        await conn.close()
+
+
+async def test_approval_in_a_worker_decided_in_the_gateway_process(
+    hw: Hoopy, backend: Backend
+) -> None:
+    conn = await conn_in(hw, 1)
+    try:
+        update = asyncio.ensure_future(
+            conn.execute("update orders set status = 'worker-approved' where id = 6")
+        )
+        a = await asyncio.to_thread(wait_pending, hw, "worker-approved")
+        assert not update.done()
+        # the admin API of the gateway process decides; the worker's wait sees it
+        status, _ = await asyncio.to_thread(
+            admin, hw, "POST", f"/api/approvals/{a['id']}/approve", {"by": "dba-bob"}
+        )
+        assert status == 200
+        assert await asyncio.wait_for(update, 30) == "UPDATE 1"
+        denied = asyncio.ensure_future(
+            conn.execute("update orders set status = 'worker-denied' where id = 7")
+        )
+        b = await asyncio.to_thread(wait_pending, hw, "worker-denied")
+        done = await asyncio.to_thread(cli_decide, hw, "deny", b["id"])
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(asyncpg.PostgresError, match=f"approval {b['id']} was denied"):
+            await asyncio.wait_for(denied, 30)
+    finally:
+        await conn.close()
+    assert (
+        await asyncio.to_thread(
+            app_count, backend, "select count(*) from orders where status = 'worker-approved'"
+        )
+        == 1
+    )
+    assert (
+        await asyncio.to_thread(
+            app_count, backend, "select count(*) from orders where status = 'worker-denied'"
+        )
+        == 0
+    )
+
+
+async def test_cancel_reaches_the_session_whichever_process_accepts_it(hw: Hoopy) -> None:
+    """The CancelRequest's connection lands on any process: each must reach the session
+    (passed on over the private Unix socket when another process holds it)."""
+    host, port = hw.addresses["postgres"].rsplit(":", 1)
+    passed_on = 0
+    for round_ in range(40):
+        conn = await conn_in(hw, round_ % WORKERS)
+        try:
+            update = asyncio.ensure_future(
+                conn.execute(f"update orders set status = 'cancel-{round_}' where id = 8")
+            )
+            await asyncio.to_thread(wait_pending, hw, f"cancel-{round_}'")
+            before = hw.log_text().count("cancel request passed on")
+            _, w = await asyncio.open_connection(host, int(port))
+            w.write(cancel(hw, conn))
+            await w.drain()
+            w.close()
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await asyncio.wait_for(update, 30)
+            assert await conn.fetchval("select 'still-here'") == "still-here"
+            passed_on += hw.log_text().count("cancel request passed on") > before
+        finally:
+            await conn.close()
+        if passed_on >= 2 and round_ >= 3:
+            break
+    assert passed_on >= 2, "no cancel request landed on the other process"
+
+
+def test_recordings_of_every_process_verify(hw: Hoopy) -> None:
+    store = StateStore(hw.folder / "state" / "state.db")
+    try:
+        owners = {r.owner.split("/")[1] for r in store.list_sessions(limit=None)}
+    finally:
+        store.close()
+    assert len(owners) >= WORKERS
+    done = hw.cli("verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "BROKEN" not in done.stdout and " 0 broken" in done.stderr
+
+
+# ---- lifecycle: own gateways ------------------------------------------------------------
+
+
+def test_sigterm_to_the_gateway_stops_every_worker(backend: Backend, tmp_path: Path) -> None:
+    h = start_hoopy(tmp_path, backend, workers=3)
+    try:
+        workers = worker_pids(h)
+        assert len(workers) == 2 and all(alive(p) for p in workers)
+        h.proc.send_signal(signal.SIGTERM)
+        assert h.proc.wait(30) == 0
+        # the gateway waited for them: they are gone by the time it exits
+        assert not [p for p in workers if alive(p)]
+    finally:
+        stop_hoopy(h)
+
+
+def test_killed_gateway_takes_its_workers_with_it(backend: Backend, tmp_path: Path) -> None:
+    h = start_hoopy(tmp_path, backend, workers=2)
+    try:
+        workers = worker_pids(h)
+        assert workers
+        h.proc.kill()  # no chance to stop them: PR_SET_PDEATHSIG / stdin EOF must
+        h.proc.wait(10)
+        wait_until("the orphaned worker to exit", lambda: not any(alive(p) for p in workers))
+    finally:
+        stop_hoopy(h)
+
+
+async def test_killed_worker_is_restarted(backend: Backend, tmp_path: Path) -> None:
+    h = await asyncio.to_thread(start_hoopy, tmp_path, backend, workers=2)
+    try:
+        [old] = worker_pids(h)
+        conn = await conn_in(h, 1)
+        sid_port = conn._transport.get_extra_info("sockname")[1]
+        assert owner_pid(h, conn) == old
+        os.kill(old, signal.SIGKILL)
+        with pytest.raises((asyncpg.PostgresError, OSError, asyncpg.InterfaceError)):
+            await conn.fetchval("select 1")
+        conn.terminate()
+        await asyncio.to_thread(
+            wait_until, "a new worker", lambda: worker_pids(h) and worker_pids(h) != [old]
+        )
+        log = h.log_text()
+        assert f"postgres worker 1 (pid {old}) exited unexpectedly (killed by SIGKILL)" in log
+        [new] = worker_pids(h)
+        await asyncio.to_thread(
+            wait_until, "the new worker to accept", lambda: f"(pid {new}) accepts" in h.log_text()
+        )
+        again = await conn_in(h, 1)  # the restarted worker serves
+        try:
+            assert owner_pid(h, again) == new
+            assert await again.fetchval("select 'back'") == "back"
+        finally:
+            await again.close()
+        # the dead worker's session was ended as crashed by the one that replaced it
+        store = StateStore(h.folder / "state" / "state.db")
+        try:
+            row = next(
+                r for r in store.list_sessions(limit=None) if r.client.endswith(f":{sid_port}")
+            )
+        finally:
+            store.close()
+        assert row.outcome == "crashed"
+        done = await asyncio.to_thread(h.cli, "verify")
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        await asyncio.to_thread(stop_hoopy, h)
+
+
+def test_default_is_one_process(hoopy: Hoopy) -> None:
+    assert worker_pids(hoopy) == []
+    assert "postgres served by" not in hoopy.log_text()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "postgres.workers: must be between 1 and 64"),
+        ("65", "postgres.workers: must be between 1 and 64"),
+        ('"two"', "postgres.workers: expected an integer"),
+    ],
+)
+def test_bad_workers_setting_names_file_and_line(
+    backend: Backend, tmp_path: Path, value: str, message: str
+) -> None:
+    from tests.integration.conftest import write_config
+
+    cfg = write_config(tmp_path, backend, 1, "postgres:\n  workers: " + value + "\n")
+    line = cfg.read_text().splitlines().index("  workers: " + value) + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{cfg}:{line}: {message}" in done.stderr

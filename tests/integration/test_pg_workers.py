@@ -7,6 +7,7 @@ process's pid) and from the cancel key hoopy hands the agent (fake pid mod N).""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 from tests.integration.test_pg_approvals import admin, cli_decide, wait_pending
 from tests.integration.test_pg_drivers import agent
 from tests.integration.test_pg_psql import app_count
+from tests.integration.test_pg_slack import SECRET, Slack, click, slack  # noqa: F401 (fixture)
 
 WORKERS = 2
 
@@ -324,3 +326,61 @@ def test_bad_workers_setting_names_file_and_line(
     )
     assert done.returncode == 2
     assert f"{cfg}:{line}: {message}" in done.stderr
+
+
+# ---- Slack: the worker's notifier posts, the gateway process takes the click -------------
+
+
+@pytest.fixture(scope="module")
+def hw_slack(
+    backend: Backend,
+    slack: Slack,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Hoopy]:
+    extra = (
+        "slack:\n  token: env:TEST_SLACK_TOKEN\n  signing_secret: env:TEST_SLACK_SECRET\n"
+        '  channel: "#db-approvals"\n  approvers: {dba: [U0DBA1, U0DBA2]}\n'
+        f"  api_url: {slack.stub.url}\n"
+    )
+    h = start_hoopy(
+        tmp_path_factory.mktemp("hoopy-workers-slack"),
+        backend,
+        extra,
+        env={"TEST_SLACK_TOKEN": "xoxb-hoopy-test", "TEST_SLACK_SECRET": SECRET},
+        workers=WORKERS,
+    )
+    try:
+        yield h
+    finally:
+        stop_hoopy(h)
+
+
+async def test_slack_click_releases_a_statement_waiting_in_a_worker(
+    hw_slack: Hoopy,
+    slack: Slack,  # noqa: F811
+    backend: Backend,
+) -> None:
+    h = hw_slack
+    conn = await conn_in(h, 1)
+    try:
+        assert owner_pid(h, conn) in worker_pids(h)
+        update = asyncio.ensure_future(
+            conn.execute("update orders set status = 'worker-slack' where id = 9")
+        )
+        a = await asyncio.to_thread(wait_pending, h, "worker-slack")
+        posts = await asyncio.to_thread(slack.run, slack.stub.wait_for("chat.postMessage"))
+        assert any(a["id"] in json.dumps(p.args) for p in posts)  # posted by the worker
+        assert await asyncio.to_thread(click, h, a["id"], "U0RANDOM") == 200  # not an approver
+        assert not update.done()
+        assert await asyncio.to_thread(click, h, a["id"], "U0DBA1") == 200
+        assert await asyncio.wait_for(update, 30) == "UPDATE 1"
+        updates = await asyncio.to_thread(slack.run, slack.stub.wait_for("chat.update"))
+        assert "approved" in json.dumps(updates[-1].args).lower()
+    finally:
+        await conn.close()
+    assert (
+        await asyncio.to_thread(
+            app_count, backend, "select count(*) from orders where status = 'worker-slack'"
+        )
+        == 1
+    )

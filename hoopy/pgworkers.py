@@ -99,15 +99,28 @@ class CancelRouter:
         return os.path.join(self.folder, f"{index}.sock")
 
     async def listen(self, listener: PostgresListener) -> None:
+        """This process's Unix socket for cancels passed on: it takes one CancelRequest
+        per connection and nothing else (never a session), and acts on it here only."""
         path = self.path(self.index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a worker's predecessor, dead
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        sock.listen(64)
-        await listener.serve_socket(sock)
+
+        async def passed_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                raw = await asyncio.wait_for(reader.readexactly(16), 5.0)
+                length, code, pid, key = struct.unpack("!iiII", raw)
+                if length == 16 and code == _CANCEL_CODE:
+                    await listener.cancel_here(pid, key)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_unix_server(passed_on, path=path)
+        listener.more_servers.append(server)  # closed with the listener
 
     async def __call__(self, pid: int, key: int) -> None:
+        """Called for a key this process does not hold."""
         owner = pid % self.count
         if owner == self.index:
             return  # ours, and no longer open

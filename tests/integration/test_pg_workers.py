@@ -229,6 +229,47 @@ def test_recordings_of_every_process_verify(hw: Hoopy) -> None:
     assert "BROKEN" not in done.stdout and " 0 broken" in done.stderr
 
 
+def cancel_dir(h: Hoopy) -> Path:
+    """The private folder of the processes' cancel sockets (from a worker's spec)."""
+    env = Path(f"/proc/{worker_pids(h)[0]}/environ").read_bytes().split(b"\0")
+    spec = next(e for e in env if e.startswith(b"HOOPY_PG_WORKER="))
+    return Path(json.loads(spec.split(b"=", 1)[1])["cancel_dir"])
+
+
+async def test_cancel_socket_takes_cancel_requests_only(hw: Hoopy) -> None:
+    """The Unix socket that carries cancels between processes serves no session: a
+    StartupMessage (or any other message) on it is dropped unanswered."""
+    folder = cancel_dir(hw)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == ["0.sock", "1.sock"]
+    startup = b"\0\0\0\x08\x04\xd2\x16\x2f"  # SSLRequest
+    body = b"\0\x03\0\0user\0agent\0database\0app-db\0\0"
+    for msg in (startup, struct.pack("!I", len(body) + 4) + body):
+        r, w = await asyncio.open_unix_connection(str(folder / "1.sock"))
+        w.write(msg)
+        await w.drain()
+        assert await asyncio.wait_for(r.read(), 10) == b""  # closed, nothing said
+        w.close()
+    # a cancel for a session of process 0 sent to process 1's socket is not passed on
+    conn = await conn_in(hw, 0)
+    try:
+        update = asyncio.ensure_future(
+            conn.execute("update orders set status = 'no-relay' where id = 8")
+        )
+        a = await asyncio.to_thread(wait_pending, hw, "'no-relay'")
+        r, w = await asyncio.open_unix_connection(str(folder / "1.sock"))
+        w.write(cancel(hw, conn))
+        await w.drain()
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        w.close()
+        assert not update.done()
+        await asyncio.to_thread(cli_decide, hw, "deny", a["id"])
+        with pytest.raises(asyncpg.PostgresError, match="denied"):
+            await asyncio.wait_for(update, 30)
+    finally:
+        await conn.close()
+
+
 # ---- lifecycle: own gateways ------------------------------------------------------------
 
 
@@ -237,10 +278,12 @@ def test_sigterm_to_the_gateway_stops_every_worker(backend: Backend, tmp_path: P
     try:
         workers = worker_pids(h)
         assert len(workers) == 2 and all(alive(p) for p in workers)
+        folder = cancel_dir(h)
         h.proc.send_signal(signal.SIGTERM)
         assert h.proc.wait(30) == 0
         # the gateway waited for them: they are gone by the time it exits
         assert not [p for p in workers if alive(p)]
+        assert not folder.exists()
     finally:
         stop_hoopy(h)
 

@@ -76,11 +76,21 @@ class PostgresListener:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def serve_socket(self, sock: socket.socket) -> None:
-        """Accept on `sock` too: a listening socket bound by the gateway process, or the
-        Unix socket of cancels passed on by other processes (postgres.workers)."""
-        unix = sock.family == socket.AF_UNIX
-        serve = asyncio.start_unix_server if unix else asyncio.start_server
-        self.more_servers.append(await serve(self._on_connect, sock=sock, limit=1 << 20))
+        """Accept on `sock` too: a listening socket the gateway process bound and passed
+        to this worker process (postgres.workers)."""
+        server = await asyncio.start_server(self._on_connect, sock=sock, limit=1 << 20)
+        self.more_servers.append(server)
+
+    async def cancel_here(self, pid: int, key: int) -> None:
+        """Act on a CancelRequest for a session of this process (nothing if none holds
+        the key)."""
+        target = self.gw.cancels.get((pid, key))
+        if target is not None and target.interrupt is not None:
+            target.interrupt()  # a statement waiting for approval is cancelled by hoopy
+        if target is not None and isinstance(target.connector, PostgresConnector):
+            # no await between the lookup and the pool counting this cancel as under
+            # way: the session's backend cannot be reset and handed on in between
+            await self.pool.cancel(target.connector, target.pid, target.key)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -250,15 +260,10 @@ class AgentConnection(Relay):
         self.tls = True
 
     async def _cancel(self, ev: pg.CancelRequest) -> None:
-        target = self.gw.cancels.get((ev.pid, ev.key))
-        if target is None and self.gw.cancel_elsewhere is not None:
+        if (ev.pid, ev.key) not in self.gw.cancels and self.gw.cancel_elsewhere is not None:
             await self.gw.cancel_elsewhere(ev.pid, ev.key)  # another process's session
-        if target is not None and target.interrupt is not None:
-            target.interrupt()  # a statement waiting for approval is cancelled by hoopy
-        if target is not None and isinstance(target.connector, PostgresConnector):
-            # no await between the lookup and the pool counting this cancel as under
-            # way: the session's backend cannot be reset and handed on in between
-            await self.listener.pool.cancel(target.connector, target.pid, target.key)
+        else:
+            await self.listener.cancel_here(ev.pid, ev.key)
         self.outcome = "cancel_request"
 
     async def _login(self, startup: pg.StartupMessage) -> None:

@@ -129,6 +129,8 @@ class Gateway:
         # PostgreSQL, and who passes a cancel key this process does not hold on
         self.process: tuple[int, int] = (0, 1)
         self.cancel_elsewhere: Callable[[int, int], Awaitable[None]] | None = None
+        # … and who hands a Slack click on to the process running the session
+        self.click_elsewhere: Callable[[str, str, dict[str, Any]], None] | None = None
 
     def start_flusher(self, interval: float = 1.0) -> None:
         """The gateway's background duties, started once before the listeners: take this
@@ -347,6 +349,8 @@ class Gateway:
         """A Slack click (valid or not) goes into the waiting session's recording."""
         a = self.approvals.store.get(approval_id) if self.approvals else None
         session = self.live.get(a.session_id) if a else None
+        if session is None and a is not None and self.click_elsewhere is not None:
+            self.click_elsewhere(a.session_id, approval_id, info)  # another process's
         if session is not None:
             try:
                 session.log.event("approval_click", approval=approval_id, **info)

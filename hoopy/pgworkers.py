@@ -63,6 +63,8 @@ STOP_TIMEOUT = 20.0  # s for a worker to end its sessions on SIGTERM before SIGK
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # s before a dead worker is started again …
 STABLE = 60.0  # … reset once a worker has lived this long
 _CANCEL_CODE = 80877102
+_CLICK_CODE = 0x686F6F70  # "hoop": a Slack click for a session here (length, code, JSON)
+_CLICK_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def cancel_request(pid: int, key: int) -> bytes:
 
 
 class CancelRouter:
-    """Passes a CancelRequest this process does not hold on to the process that does."""
+    """Passes a CancelRequest this process does not hold on to the process that does
+    (and, from the gateway process, a Slack click to the process running the session)."""
 
     def __init__(self, index: int, count: int, folder: str) -> None:
         self.index, self.count, self.folder = index, count, folder
@@ -100,18 +103,23 @@ class CancelRouter:
 
     async def listen(self, listener: PostgresListener) -> None:
         """This process's Unix socket for cancels passed on: it takes one CancelRequest
-        per connection and nothing else (never a session), and acts on it here only."""
+        (or Slack click) per connection and nothing else (never a session), and acts on
+        it here only."""
         path = self.path(self.index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a worker's predecessor, dead
 
         async def passed_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                raw = await asyncio.wait_for(reader.readexactly(16), 5.0)
-                length, code, pid, key = struct.unpack("!iiII", raw)
-                if length == 16 and code == _CANCEL_CODE:
-                    await listener.cancel_here(pid, key)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                async with asyncio.timeout(5.0):
+                    length, code = struct.unpack("!iI", await reader.readexactly(8))
+                    if length == 16 and code == _CANCEL_CODE:
+                        pid, key = struct.unpack("!II", await reader.readexactly(8))
+                        await listener.cancel_here(pid, key)
+                    elif code == _CLICK_CODE and 8 < length <= _CLICK_MAX:
+                        click = json.loads(await reader.readexactly(length - 8))
+                        listener.gw.record_click(str(click["approval"]), dict(click["info"]))
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, KeyError):
                 pass
             finally:
                 writer.close()
@@ -124,16 +132,21 @@ class CancelRouter:
         owner = pid % self.count
         if owner == self.index:
             return  # ours, and no longer open
+        if await self.send(owner, cancel_request(pid, key), "a cancel request"):
+            log.info("cancel request passed on to postgres process %d", owner)
+
+    async def send(self, index: int, data: bytes, what: str) -> bool:
         try:
             async with asyncio.timeout(5.0):
-                reader, writer = await asyncio.open_unix_connection(self.path(owner))
-                writer.write(cancel_request(pid, key))
+                reader, writer = await asyncio.open_unix_connection(self.path(index))
+                writer.write(data)
                 await writer.drain()
-                await reader.read(1)  # it closes once the backend has been told
+                await reader.read(1)  # it closes once it has acted
             writer.close()
-            log.info("cancel request passed on to postgres process %d", owner)
+            return True
         except (OSError, TimeoutError) as e:
-            log.warning("cannot pass a cancel request on to worker %d: %s", owner, e)
+            log.warning("cannot pass %s on to postgres process %d: %s", what, index, e)
+            return False
 
 
 # ---- the gateway process's side ---------------------------------------------------------
@@ -149,7 +162,7 @@ class Workers:
         self.dev_issuer = dev_issuer
         self.cancel_dir = tempfile.mkdtemp(prefix="hoopy-pg-")  # 0700
         self.procs: dict[int, asyncio.subprocess.Process] = {}
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[Any]] = []
         self.stopping = False
 
     def fds(self) -> tuple[int, ...]:
@@ -158,8 +171,9 @@ class Workers:
 
     async def start(self, gw: Gateway) -> None:
         """Start every worker; returns once all accept, raises if one cannot start."""
-        router = CancelRouter(0, self.count, self.cancel_dir)
+        router = self.router = CancelRouter(0, self.count, self.cancel_dir)
         gw.process, gw.cancel_elsewhere = (0, self.count), router
+        gw.click_elsewhere = self.pass_click
         await router.listen(self.listener)
         first = [asyncio.get_running_loop().create_future() for _ in range(1, self.count)]
         for i, ready in enumerate(first, 1):
@@ -236,6 +250,25 @@ class Workers:
         assert proc.stdout is not None
         while await proc.stdout.read(4096):
             pass
+
+    def pass_click(self, session_id: str, approval_id: str, info: dict[str, Any]) -> None:
+        """A Slack click (taken here) goes into the recording of the worker whose session
+        waits for it: the session index names the process (owner host/pid/token)."""
+        row = self.listener.gw.store.get_session(session_id)
+        pid = row.owner.split("/")[1] if row is not None and row.owner.count("/") == 2 else ""
+        index = next((i for i, p in self.procs.items() if str(p.pid) == pid), None)
+        if index is None:
+            return
+        body = json.dumps({"approval": approval_id, "info": info}).encode()
+        data = struct.pack("!iI", 8 + len(body), _CLICK_CODE) + body
+        sent = self.router.send(index, data, "a Slack click")
+        task = asyncio.get_running_loop().create_task(sent)
+        self.tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self.tasks.remove(task)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values() if p.returncode is None]

@@ -419,6 +419,13 @@ async def test_slack_click_releases_a_statement_waiting_in_a_worker(
         assert await asyncio.wait_for(update, 30) == "UPDATE 1"
         updates = await asyncio.to_thread(slack.run, slack.stub.wait_for("chat.update"))
         assert "approved" in json.dumps(updates[-1].args).lower()
+        # both clicks, taken by the gateway process, reach the worker session's recording
+        # (handed on beside the decision: awaited while the session is still open)
+        await asyncio.to_thread(
+            wait_until,
+            "the clicks in the recording",
+            lambda: {("U0RANDOM", "not_approver"), ("U0DBA1", "approved")} <= clicks(h, a),
+        )
     finally:
         await conn.close()
     assert (
@@ -427,3 +434,16 @@ async def test_slack_click_releases_a_statement_waiting_in_a_worker(
         )
         == 1
     )
+    store = StateStore(h.folder / "state" / "state.db")
+    try:
+        [row] = [r for r in store.list_sessions(limit=None) if r.id == a["session_id"]]
+    finally:
+        store.close()
+    assert int(row.owner.split("/")[1]) in worker_pids(h)
+
+
+def clicks(h: Hoopy, a: dict) -> set[tuple[str, str]]:
+    """The approval clicks recorded in the session that asked for approval `a`."""
+    shown = h.cli("sessions", "show", a["session_id"])
+    events = [json.loads(x) for x in shown.stdout.splitlines()]
+    return {(e["user"], e["outcome"]) for e in events if e["type"] == "approval_click"}

@@ -81,6 +81,11 @@ def wait_until(what: str, check: object, timeout: float = 30.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def accepting(h: Hoopy) -> list[int]:
+    """Pids of the workers that said they accept, in order (from the gateway's log)."""
+    return [int(p) for p in re.findall(r"postgres worker \d+ \(pid (\d+)\) accepts", h.log_text())]
+
+
 def owner_pid(h: Hoopy, conn: asyncpg.Connection) -> int:
     """The pid of the hoopy process whose session this connection is (session index)."""
     port = conn._transport.get_extra_info("sockname")[1]
@@ -311,15 +316,11 @@ async def test_killed_worker_is_restarted(backend: Backend, tmp_path: Path) -> N
         with pytest.raises((asyncpg.PostgresError, OSError, asyncpg.InterfaceError)):
             await conn.fetchval("select 1")
         conn.terminate()
-        await asyncio.to_thread(
-            wait_until, "a new worker", lambda: worker_pids(h) and worker_pids(h) != [old]
-        )
+        await asyncio.to_thread(wait_until, "a new worker", lambda: accepting(h) != [old])
         log = h.log_text()
         assert f"postgres worker 1 (pid {old}) exited unexpectedly (killed by SIGKILL)" in log
-        [new] = worker_pids(h)
-        await asyncio.to_thread(
-            wait_until, "the new worker to accept", lambda: f"(pid {new}) accepts" in h.log_text()
-        )
+        new = accepting(h)[-1]
+        assert worker_pids(h) == [new] and not alive(old)
         again = await conn_in(h, 1)  # the restarted worker serves
         try:
             assert owner_pid(h, again) == new

@@ -222,6 +222,36 @@ async def test_cancel_reaches_the_session_whichever_process_accepts_it(hw: Hoopy
     assert passed_on >= 2, "no cancel request landed on the other process"
 
 
+async def test_session_churn_in_every_process_is_indexed_and_recorded(hw: Hoopy) -> None:
+    """Both processes open, write and end sessions at once into one SQLite index (WAL)
+    and one recordings folder: every session is indexed, ended and verifies."""
+    marker = f"churn-{time.time_ns()}"
+
+    async def one(i: int) -> int:
+        conn = await agent(hw, token=hw.token(marker))
+        try:
+            for _ in range(5):
+                assert await conn.fetchval("select $1::int", i) == i
+            return owner_pid(hw, conn)
+        finally:
+            await conn.close()
+
+    owners: list[int] = []
+    for wave in range(3):
+        owners += await asyncio.gather(*(one(wave * 20 + i) for i in range(20)))
+    assert set(owners) == {hw.proc.pid, *worker_pids(hw)}
+    store = StateStore(hw.folder / "state" / "state.db")
+    try:
+        rows = store.list_sessions(subject=marker, limit=None)
+    finally:
+        store.close()
+    assert len(rows) == 60 and len({r.id for r in rows}) == 60
+    assert all(r.outcome == "closed" for r in rows), {r.outcome for r in rows}
+    for r in rows[:: len(rows) // 6]:
+        done = await asyncio.to_thread(hw.cli, "verify", r.id)
+        assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout
+
+
 def test_recordings_of_every_process_verify(hw: Hoopy) -> None:
     store = StateStore(hw.folder / "state" / "state.db")
     try:

@@ -228,12 +228,12 @@ class Workers:
                 rc = await proc.wait()
                 if self.stopping:
                     return
+                if time.monotonic() - began >= STABLE:
+                    backoff = BACKOFF_FIRST
                 log.error(
                     "postgres worker %d (pid %d) exited unexpectedly (%s); restarting it in "
                     "%.1f s", index, proc.pid, _status(rc), backoff,
                 )  # fmt: skip
-            if time.monotonic() - began >= STABLE:
-                backoff = BACKOFF_FIRST
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -270,12 +270,12 @@ class Workers:
         with contextlib.suppress(ValueError):
             self.tasks.remove(task)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs.values() if p.returncode is None]
-
     async def close(self) -> None:
         """SIGTERM every worker and wait for it (SIGKILL after STOP_TIMEOUT)."""
         self.stopping = True
+        for t in self.tasks:  # first: none may start a worker after this
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         procs = [p for p in self.procs.values() if p.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -288,9 +288,6 @@ class Workers:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
                 await p.wait()
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
         shutil.rmtree(self.cancel_dir, ignore_errors=True)
 
 

@@ -299,6 +299,9 @@ def _status(rc: int) -> str:
 
 
 async def start_workers(running: Running, listener: PostgresListener, config: Config) -> None:
+    # The hash mask's generated key, written here before any worker could race to
+    # create it (one process would read the file before the other has written it).
+    _ = running.gateway.mask_key
     workers = Workers(config, listener, running.addresses.get("dev_issuer", ""))
     await workers.start(running.gateway)
     running.closers.append(workers.close)

@@ -143,6 +143,11 @@ async def test_concurrent_sessions_are_served_by_every_process(hw: Hoopy) -> Non
     assert re.search(r"INFO worker-1 hoopy\.", log), "worker logs carry their number"
 
 
+def test_hash_mask_key_exists_before_the_workers_start(hw: Hoopy) -> None:
+    key = (hw.folder / "state" / "masking-key").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+
+
 async def test_denied_statement_is_denied_in_a_worker(hw: Hoopy) -> None:
     conn = await conn_in(hw, 1)
     try:
@@ -383,6 +388,8 @@ def test_default_is_one_process(hoopy: Hoopy) -> None:
         ("0", "postgres.workers: must be between 1 and 64"),
         ("65", "postgres.workers: must be between 1 and 64"),
         ('"two"', "postgres.workers: expected an integer"),
+        ("1.5", "postgres.workers: expected an integer"),
+        ("-1", "postgres.workers: must be between 1 and 64"),
     ],
 )
 def test_bad_workers_setting_names_file_and_line(

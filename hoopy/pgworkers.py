@@ -346,7 +346,17 @@ async def worker_forever(config: Config, spec: WorkerSpec) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_reader(0, lambda: None if os.read(0, 512) else stop.set())
+
+    def parent_pipe() -> None:  # only the parent holds its other end: EOF, it is gone
+        try:
+            if not os.read(0, 512):
+                stop.set()
+        except BlockingIOError:
+            pass
+        except OSError:
+            stop.set()
+
+    loop.add_reader(0, parent_pipe)
     try:
         gw = build_gateway(replace(config, issuers=tuple(issuers)), closers)
         if config.slack is not None and gw.approvals is not None:

@@ -104,7 +104,8 @@ async def _listeners(running: Running, config: Config) -> None:
         tls = server_context(config.tls)
         pgl = PostgresListener(gw, tls)
         a = config.listen.postgres
-        port = await pgl.start(a.host, a.port)
+        # postgres.workers: the workers bind the same port (pgworkers.py)
+        port = await pgl.start(a.host, a.port, reuse_port=config.postgres.workers > 1)
         running.closers.append(pgl.close)
         running.addresses["postgres"] = f"{a.host}:{port}"
         if config.postgres.workers > 1:  # more processes accept on the same socket

@@ -45,7 +45,7 @@ def test_bad_workers_named_by_file_and_line(tmp_path: Path, value: str, message:
 def test_worker_spec_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WORKER_ENV, raising=False)
     assert worker_spec() is None  # `hoopy serve` as usual
-    spec = WorkerSpec(2, 4, (5, 6), 1234, "/tmp/x", "http://127.0.0.1:1")
+    spec = WorkerSpec(2, 4, ((2, "127.0.0.1", 5432), (10, "::1", 5433)), 1, "/x", "http://h")
     monkeypatch.setenv(WORKER_ENV, json.dumps(spec.__dict__))
     assert worker_spec() == spec
 

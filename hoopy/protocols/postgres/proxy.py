@@ -71,13 +71,15 @@ class PostgresListener:
             cat = self.catalogs[connector.name] = Catalog(connector)
         return cat
 
-    async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        self.server = await asyncio.start_server(
+            self._on_connect, host, port, limit=1 << 20, reuse_port=reuse_port or None
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     async def serve_socket(self, sock: socket.socket) -> None:
-        """Accept on `sock` too: a listening socket the gateway process bound and passed
-        to this worker process (postgres.workers)."""
+        """Accept on `sock` too: a worker process's listening socket, bound with
+        SO_REUSEPORT beside the gateway process's (postgres.workers)."""
         server = await asyncio.start_server(self._on_connect, sock=sock, limit=1 << 20)
         self.more_servers.append(server)
 

@@ -1,4 +1,4 @@
-"""`postgres: {workers: N}`: N processes serve PostgreSQL agents from one listening socket.
+"""`postgres: {workers: N}`: N processes serve PostgreSQL agents on one address and port.
 
 Theory of operation
 -------------------

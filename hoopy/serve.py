@@ -108,7 +108,7 @@ async def _listeners(running: Running, config: Config) -> None:
         port = await pgl.start(a.host, a.port, reuse_port=config.postgres.workers > 1)
         running.closers.append(pgl.close)
         running.addresses["postgres"] = f"{a.host}:{port}"
-        if config.postgres.workers > 1:  # more processes accept on the same socket
+        if config.postgres.workers > 1:  # more processes accept on the same port
             from hoopy.pgworkers import start_workers
 
             await start_workers(running, pgl, config)

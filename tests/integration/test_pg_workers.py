@@ -1,5 +1,5 @@
-"""postgres.workers: several hoopy processes serve PostgreSQL agents from one listening
-socket (hoopy/pgworkers.py), with the real PostgreSQL, asyncpg over TLS, the dev issuer.
+"""postgres.workers: several hoopy processes serve PostgreSQL agents on one address and
+port (hoopy/pgworkers.py), with the real PostgreSQL, asyncpg over TLS, the dev issuer.
 
 Which process serves a session is read from the session index (its owner names the
 process's pid) and from the cancel key hoopy hands the agent (fake pid mod N)."""

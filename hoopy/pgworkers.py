@@ -304,6 +304,16 @@ def _status(rc: int) -> str:
     return f"exit status {rc}"
 
 
+async def refuse_taken_port(host: str, port: int) -> None:
+    """With SO_REUSEPORT a second gateway of the same user would silently share the port
+    of one already running: bind it once without, so a port in use fails (OSError) as
+    it does with one process."""
+    if port != 0:
+        probe = await asyncio.start_server(lambda _r, w: w.close(), host, port)
+        probe.close()
+        await probe.wait_closed()
+
+
 async def start_workers(running: Running, listener: PostgresListener, config: Config) -> None:
     # The hash mask's generated key, written here before any worker could race to
     # create it (one process would read the file before the other has written it).

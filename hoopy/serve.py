@@ -104,7 +104,10 @@ async def _listeners(running: Running, config: Config) -> None:
         tls = server_context(config.tls)
         pgl = PostgresListener(gw, tls)
         a = config.listen.postgres
-        # postgres.workers: the workers bind the same port (pgworkers.py)
+        if config.postgres.workers > 1:  # the workers bind the same port (pgworkers.py)
+            from hoopy.pgworkers import refuse_taken_port
+
+            await refuse_taken_port(a.host, a.port)
         port = await pgl.start(a.host, a.port, reuse_port=config.postgres.workers > 1)
         running.closers.append(pgl.close)
         running.addresses["postgres"] = f"{a.host}:{port}"

@@ -382,6 +382,36 @@ async def test_killed_worker_is_restarted(backend: Backend, tmp_path: Path) -> N
         await asyncio.to_thread(stop_hoopy, h)
 
 
+def test_a_second_gateway_cannot_join_the_port(backend: Backend, tmp_path: Path) -> None:
+    """SO_REUSEPORT lets processes of one user share a port: a second `hoopy serve` on a
+    port a gateway with workers holds must still fail, as it does with one process."""
+    from tests import serveproc
+
+    first = start_hoopy(tmp_path / "a", backend, workers=2)
+    try:
+        cfg = (tmp_path / "a" / "hoopy.yaml").read_text()
+        taken = cfg.replace("postgres: 127.0.0.1:0", f"postgres: 127.0.0.1:{first.pg_port}")
+        second = tmp_path / "b"
+        second.mkdir()
+        for sub in ("connectors", "policies"):
+            (second / sub).symlink_to(tmp_path / "a" / sub)
+        (second / "hoopy.yaml").write_text(
+            re.sub(r"dev_issuer: \{listen: [^}]*\}", "dev_issuer: {listen: 127.0.0.1:0}", taken)
+        )
+        env = {**os.environ, "TEST_APP_DB_PASSWORD": backend.app_password}
+        env["TEST_ADMIN_TOKEN"] = "x"
+        try:
+            proc, _, _ = serveproc.launch(second / "hoopy.yaml", env)
+        except serveproc.ServeFailed as e:
+            assert "address already in use" in str(e)
+        else:
+            serveproc.stop(proc)
+            pytest.fail("a second gateway started on the port of the first")
+        assert len(worker_pids(first)) == 1  # the first one is untouched
+    finally:
+        stop_hoopy(first)
+
+
 def test_default_is_one_process(hoopy: Hoopy) -> None:
     assert worker_pids(hoopy) == []
     assert "postgres served by" not in hoopy.log_text()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -335,6 +336,7 @@ def test_sigterm_to_the_gateway_stops_every_worker(backend: Backend, tmp_path: P
 
 def test_killed_gateway_takes_its_workers_with_it(backend: Backend, tmp_path: Path) -> None:
     h = start_hoopy(tmp_path, backend, workers=2)
+    folder = cancel_dir(h)
     try:
         workers = worker_pids(h)
         assert workers
@@ -343,6 +345,7 @@ def test_killed_gateway_takes_its_workers_with_it(backend: Backend, tmp_path: Pa
         wait_until("the orphaned worker to exit", lambda: not any(alive(p) for p in workers))
     finally:
         stop_hoopy(h)
+        shutil.rmtree(folder, ignore_errors=True)  # what a killed gateway leaves behind
 
 
 async def test_killed_worker_is_restarted(backend: Backend, tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ class Workers:
         self.count = config.postgres.workers
         self.listener = listener
         self.dev_issuer = dev_issuer
-        self.cancel_dir = tempfile.mkdtemp(prefix="hoopy-pg-")  # 0700
+        self.cancel_dir = tempfile.mkdtemp(prefix="hoopy-workers-")  # 0700
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.tasks: list[asyncio.Task[Any]] = []
         self.stopping = False

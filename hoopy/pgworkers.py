@@ -123,8 +123,9 @@ class CancelRouter:
                         await listener.cancel_here(pid, key)
                     elif code == _CLICK_CODE and 8 < length <= _CLICK_MAX:
                         click = json.loads(await reader.readexactly(length - 8))
-                        listener.gw.record_click(str(click["approval"]), dict(click["info"]))
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, KeyError):
+                        if isinstance(click, dict) and isinstance(click.get("info"), dict):
+                            listener.gw.record_click(str(click.get("approval")), click["info"])
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                 pass
             finally:
                 writer.close()

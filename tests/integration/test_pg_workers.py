@@ -286,16 +286,26 @@ async def test_cancel_socket_takes_cancel_requests_only(hw: Hoopy) -> None:
     """The Unix socket that carries cancels between processes serves no session: a
     StartupMessage (or any other message) on it is dropped unanswered."""
     folder = cancel_dir(hw)
+    before = worker_pids(hw)
     assert folder.stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in folder.iterdir()) == ["0.sock", "1.sock"]
     startup = b"\0\0\0\x08\x04\xd2\x16\x2f"  # SSLRequest
     body = b"\0\x03\0\0user\0agent\0database\0app-db\0\0"
-    for msg in (startup, struct.pack("!I", len(body) + 4) + body):
+    click = 0x686F6F70  # a Slack click handed on: too long, not JSON, not the right JSON
+    hostile = [
+        struct.pack("!iI", 1 << 30, click) + b"{}",
+        struct.pack("!iI", 12, click) + b"{{{{",
+        struct.pack("!iI", 10, click) + b"[]",
+        struct.pack("!iI", 16, 80877102) + b"\0" * 3,  # a cut cancel request
+    ]
+    for msg in (startup, struct.pack("!I", len(body) + 4) + body, *hostile):
         r, w = await asyncio.open_unix_connection(str(folder / "1.sock"))
         w.write(msg)
         await w.drain()
-        assert await asyncio.wait_for(r.read(), 10) == b""  # closed, nothing said
+        if not msg.endswith(b"\0" * 3):
+            assert await asyncio.wait_for(r.read(), 10) == b""  # closed, nothing said
         w.close()
+    assert worker_pids(hw) == before and "Traceback" not in hw.log_text()  # none died
     # a cancel for a session of process 0 sent to process 1's socket is not passed on
     conn = await conn_in(hw, 0)
     try:

@@ -9,6 +9,7 @@ statement over direct, in microseconds.  Also
 measures connections per second (pgbench -C), hoopy without agent-side TLS, and
 bench/barerelay.py (a bare uvloop byte relay, with and without TLS): hoopy/bare is what
 hoopy's own work costs, bare/direct what any Python process in the path costs here.
+hoopy-w2+tls is hoopy+tls with postgres.workers: 2 (columns w2/pgpool, w2/bare).
 Rounds interleave the targets in a rotating order (a shared VM drifts over a minute).
 `--baseline DIR` adds a hoopy run from another source tree (target hoopy-base+tls, column
 hoopy/base): a before/after comparison in one run.  Each mode also prints the spread of
@@ -71,8 +72,10 @@ def start_hoopy(
     tls_required: bool,
     policy: str = BENCH_POLICY,
     root: Path = ROOT,
+    workers: int = 1,
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """hoopy serve from the source tree `root` (another tree: a before/after run)."""
+    """hoopy serve from the source tree `root` (another tree: a before/after run), its
+    PostgreSQL agents served by `workers` processes (postgres.workers)."""
     folder.mkdir(parents=True)
     (folder / "connectors").mkdir()
     (folder / "policies").mkdir()
@@ -85,7 +88,9 @@ def start_hoopy(
     (folder / "hoopy.yaml").write_text(
         "listen: {postgres: 127.0.0.1:0}\nstate: sqlite:state/state.db\n"
         f"dev_issuer: {{listen: 127.0.0.1:{issuer_port}}}\nrecordings: recordings/\n"
-        f"postgres: {{allow_cleartext_without_tls: {str(not tls_required).lower()}}}\n"
+        f"postgres: {{allow_cleartext_without_tls: {str(not tls_required).lower()}"
+        + (f", workers: {workers}" if workers > 1 else "")
+        + "}\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoopy.cli", "serve", "--config", str(folder / "hoopy.yaml")],
@@ -343,6 +348,8 @@ def main() -> None:
         procs.append(hp)
         hp2, haddr2 = start_hoopy(work / "hoopy-plain", cluster.port, password, tls_required=False)
         procs.append(hp2)
+        hw, waddr = start_hoopy(work / "hoopy-w2", cluster.port, password, True, workers=2)
+        procs.append(hw)
         bp, bport = start_pgbouncer(work / "pgbouncer", cluster.port, password)
         procs.append(bp)
         pp, pport = start_pgpool(work / "pgpool", cluster.port, password, a.clients)
@@ -360,6 +367,9 @@ def main() -> None:
             "bench", ["bench"], ttl=7200
         )
         token2 = DevIssuer(work / "hoopy-plain" / "state", haddr2["dev_issuer"]).mint(
+            "bench", ["bench"], ttl=7200
+        )
+        token_w = DevIssuer(work / "hoopy-w2" / "state", waddr["dev_issuer"]).mint(
             "bench", ["bench"], ttl=7200
         )
         targets = [
@@ -393,6 +403,14 @@ def main() -> None:
                 "user": "agent",
                 "db": "bench",
                 "password": token,
+                "sslmode": "require",
+            },
+            {
+                "name": "hoopy-w2+tls",  # postgres.workers: 2 (two processes)
+                "port": waddr["postgres"].rsplit(":", 1)[1],
+                "user": "agent",
+                "db": "bench",
+                "password": token_w,
                 "sslmode": "require",
             },
             {
@@ -459,6 +477,7 @@ def main() -> None:
         header += f"{'hoopy/direct':>14}{'hoopy/bouncer':>15}{'notls/direct':>14}"
         header += f"{'hoopy/bare':>12}{'bare/direct':>13}"
         header += f"{'hoopy/pgpool':>14}{'pgpool/direct':>15}"
+        header += f"{'w2/pgpool':>11}{'w2/bare':>9}"
         if a.baseline:
             header += f"{'hoopy/base':>12}"
         print(header, flush=True)
@@ -478,6 +497,8 @@ def main() -> None:
             row += f"{h / r if r else 0:>12.2f}{r / d if d else 0:>13.2f}"
             q = tps.get("pgpool", 0.0)
             row += f"{h / q if q else 0:>14.2f}{q / d if d else 0:>15.2f}"
+            w = tps.get("hoopy-w2+tls", 0.0)
+            row += f"{w / q if q else 0:>11.2f}{w / r if r else 0:>9.2f}"
             if a.baseline:
                 hb_tps = tps.get("hoopy-base+tls", 0.0)
                 row += f"{h / hb_tps if hb_tps else 0:>12.2f}"

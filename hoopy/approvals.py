@@ -325,7 +325,7 @@ class ApprovalService:
             issuer=session.identity.issuer,
             values=list(command.values),
             groups=sorted(session.identity.groups),
-            command=command.text,
+            command=session.hide(command.text)[0],
             fingerprint=command.fingerprint,
             rule=decision.rule,
             approvers=list(decision.approvers),

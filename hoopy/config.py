@@ -89,7 +89,7 @@ _SLACK_API = "https://slack.com/api/"
 _PG_KEYS = (
     "max_message_size", "allow_cleartext_without_tls", "record_rows", "record_bytes",
     "pool_size", "unknown_lineage", "max_statement_size", "classify_inline_size",
-    "classify_workers", "classify_timeout", "classify_memory",
+    "classify_workers", "classify_timeout", "classify_memory", "workers",
 )  # fmt: skip
 _CONNECTOR_KEYS = {
     "postgres": ("type", "address", "database", "user", "password", "sslmode", "sslrootcert"),
@@ -346,6 +346,7 @@ def _postgres_settings(top: Section) -> PostgresSettings:
         classify_workers=sec.integer("classify_workers", d.classify_workers, 1, 64),
         classify_timeout=sec.duration("classify_timeout", d.classify_timeout),
         classify_memory=sec.size("classify_memory", d.classify_memory),
+        workers=sec.integer("workers", d.workers, 1, 64),
     )
 
 

@@ -124,6 +124,9 @@ class PostgresSettings:
     classify_workers: int = 1
     classify_timeout: float = 10.0
     classify_memory: int = 768 * 1024 * 1024  # address space of one worker
+    # Processes accepting agents on the PostgreSQL address (hoopy/pgworkers.py);
+    # 1: the gateway process alone.
+    workers: int = 1
 
 
 @dataclass(frozen=True)

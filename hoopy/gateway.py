@@ -16,7 +16,7 @@ import secrets
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,12 @@ class Gateway:
         self._owner: OwnerLock | None = None
         # client host -> [window start, recorded, suppressed]: see record_rejection
         self._rejections: dict[str, _Window] = {}
+        # postgres.workers (pgworkers.py): this process's number among `count` serving
+        # PostgreSQL, and who passes a cancel key this process does not hold on
+        self.process: tuple[int, int] = (0, 1)
+        self.cancel_elsewhere: Callable[[int, int], Awaitable[None]] | None = None
+        # … and who hands a Slack click on to the process running the session
+        self.click_elsewhere: Callable[[str, str, dict[str, Any]], None] | None = None
 
     def start_flusher(self, interval: float = 1.0) -> None:
         """The gateway's background duties, started once before the listeners: take this
@@ -343,6 +349,8 @@ class Gateway:
         """A Slack click (valid or not) goes into the waiting session's recording."""
         a = self.approvals.store.get(approval_id) if self.approvals else None
         session = self.live.get(a.session_id) if a else None
+        if session is None and a is not None and self.click_elsewhere is not None:
+            self.click_elsewhere(a.session_id, approval_id, info)  # another process's
         if session is not None:
             try:
                 session.log.event("approval_click", approval=approval_id, **info)
@@ -365,8 +373,9 @@ class Gateway:
         return path.read_text().strip().encode()
 
     def register_cancel(self, target: CancelTarget) -> tuple[int, int]:
+        index, count = self.process  # the fake pid names the process (mod count)
         while True:
-            fake = (secrets.randbits(31), secrets.randbits(31))
+            fake = (secrets.randbelow((1 << 31) // count) * count + index, secrets.randbits(31))
             if fake not in self.cancels:
                 self.cancels[fake] = target
                 return fake

@@ -39,6 +39,7 @@ class Running:
     closers: list[Any] = field(default_factory=list)
     dev_issuer: DevIssuer | None = None
     ssh_host_key: str = ""  # fingerprint of the SSH listener's host key
+    workers: Any = None  # pgworkers.Workers when postgres.workers > 1
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -70,16 +71,7 @@ async def start(config: Config) -> Running:
                 allow_insecure_http=True,  # hoopy fetches its own keys from itself
             )
         )
-    store = StateStore(config.state_path or config.state_dir / "state.db")
-    closers.append(_async(store.close))
-    recorder = Recorder(config.recordings, store)
-    verifier = IdentityVerifier(issuers)
-    approvals = ApprovalService(ApprovalStore(store))
-    gw = Gateway(replace(config, issuers=tuple(issuers)), verifier, store, recorder, approvals)
-    approvals.metrics = gw.metrics
-    gw.start_flusher()
-    closers.append(approvals.close)
-    closers.append(gw.close)
+    gw = build_gateway(replace(config, issuers=tuple(issuers)), closers)
     running = Running(gw, addresses, closers, dev)
     try:
         await _listeners(running, config)
@@ -89,6 +81,22 @@ async def start(config: Config) -> Running:
     return running
 
 
+def build_gateway(config: Config, closers: list[Any]) -> Gateway:
+    """The pieces each process serving agents has of its own (pgworkers' workers too);
+    `config.issuers` are all the issuers, the dev issuer included."""
+    store = StateStore(config.state_path or config.state_dir / "state.db")
+    closers.append(_async(store.close))
+    recorder = Recorder(config.recordings, store)
+    verifier = IdentityVerifier(list(config.issuers))
+    approvals = ApprovalService(ApprovalStore(store))
+    gw = Gateway(config, verifier, store, recorder, approvals)
+    approvals.metrics = gw.metrics
+    gw.start_flusher()
+    closers.append(approvals.close)
+    closers.append(gw.close)
+    return gw
+
+
 async def _listeners(running: Running, config: Config) -> None:
     gw = running.gateway
     if config.listen.postgres is not None:
@@ -96,9 +104,17 @@ async def _listeners(running: Running, config: Config) -> None:
         tls = server_context(config.tls)
         pgl = PostgresListener(gw, tls)
         a = config.listen.postgres
-        port = await pgl.start(a.host, a.port)
+        if config.postgres.workers > 1:  # the workers bind the same port (pgworkers.py)
+            from hoopy.pgworkers import refuse_taken_port
+
+            await refuse_taken_port(a.host, a.port)
+        port = await pgl.start(a.host, a.port, reuse_port=config.postgres.workers > 1)
         running.closers.append(pgl.close)
         running.addresses["postgres"] = f"{a.host}:{port}"
+        if config.postgres.workers > 1:  # more processes accept on the same port
+            from hoopy.pgworkers import start_workers
+
+            await start_workers(running, pgl, config)
     if config.listen.ssh is not None:
         await _ssh(running, config)
     if config.listen.kubernetes is not None:
@@ -167,15 +183,17 @@ def install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _log_build() -> None:
-    """The start line says whether the fast path runs compiled (one warning if not)."""
+def _log_build(workers: int = 1) -> None:
+    """The start line says whether the fast path runs compiled (one warning if not) and
+    how many processes serve PostgreSQL agents."""
     from hoopy import __version__, compiled
 
+    procs = f", postgres served by {workers} processes (postgres.workers)" if workers > 1 else ""
     warning = compiled.startup_warning()
     if warning is not None:
-        log.warning("hoopy %s: %s", __version__, warning)
+        log.warning("hoopy %s%s: %s", __version__, procs, warning)
     else:
-        log.info("hoopy %s, fast path %s", __version__, compiled.describe())
+        log.info("hoopy %s, fast path %s%s", __version__, compiled.describe(), procs)
 
 
 def _tune_gc() -> None:
@@ -190,17 +208,23 @@ def _tune_gc() -> None:
 
 
 async def serve_forever(config: Config) -> None:
+    from hoopy.pgworkers import worker_forever, worker_spec
+
+    spec = worker_spec()
+    if spec is not None:  # a postgres worker started by the gateway process
+        await worker_forever(config, spec)
+        return
     running = await start(config)
     _tune_gc()
     if running.ssh_host_key:
         print(f"hoopy ssh host key {running.ssh_host_key}", flush=True)
-    _log_build()
-    print("hoopy ready " + json.dumps(running.addresses), flush=True)
+    _log_build(config.postgres.workers if config.listen.postgres is not None else 1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before `ready`: a stop right after it
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    print("hoopy ready " + json.dumps(running.addresses), flush=True)
     try:
         await stop.wait()
     finally:

@@ -75,6 +75,28 @@ class ApprovalGate(Protocol):
         ...
 
 
+def _as_written(text: str) -> tuple[str, tuple[str, ...]]:
+    return text, ()
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return text
+
+
+def _scrubbed(fields: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
+    """`fields` with `secrets` scrubbed from their strings and lists of strings."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if type(v) is str:
+            v = _scrub(v, secrets)
+        elif type(v) is list:
+            v = [_scrub(x, secrets) if type(x) is str else x for x in v]
+        out[k] = v
+    return out
+
+
 @dataclass
 class Session:
     id: str
@@ -87,6 +109,10 @@ class Session:
     approvals: ApprovalGate | None = None
     tls: bool = False
     clock: Any = time.time
+    # A command's text as recorded and shown to approvers: the protocol's secrets hidden
+    # (PostgreSQL: passwords written into SQL, protocols/postgres/sqlsecrets.py).
+    # Returns (the text shown, the secret values it hid, which no other field may show).
+    hide: Callable[[str], tuple[str, tuple[str, ...]]] = _as_written
     # Tells the agent something while a command waits (PostgreSQL NoticeResponse, SSH stderr).
     notify: Callable[[str], None] = lambda message: None
     _cache: dict[str, Decision] = field(default_factory=dict)
@@ -150,6 +176,12 @@ class Session:
 
     def record(self, type_: str, **fields: Any) -> None:
         """Write one event; a recorder failure refuses whatever is in flight."""
+        text = fields.get("text")
+        if type(text) is str:
+            shown, secrets = self.hide(text)
+            if secrets:  # a parser error quoting the text near a literal, too
+                fields = _scrubbed(fields, secrets)
+            fields["text"] = shown
         try:
             self.log.event(type_, **fields)
         except RecorderError as e:
@@ -227,7 +259,12 @@ class Session:
         if decision is None:
             decision = self.decide(command)
         try:
-            self.log.event_text("command", self._event_fields(command, decision), command.text)
+            static = self._event_fields(command, decision)
+            shown, secrets = self.hide(command.text)
+            if secrets:  # the simple commands of a shell line quote it too
+                fields = _scrubbed(static[1], secrets)
+                static = (encode_members(fields), fields)
+            self.log.event_text("command", static, shown)
         except RecorderError as e:
             raise _unavailable(e) from None
         if decision.outcome == "deny":

@@ -550,6 +550,9 @@ class StandInSession:
     def notify(self, text: str) -> None:
         self.notices.append(text)
 
+    def hide(self, text: str) -> tuple[str, tuple[str, ...]]:
+        return text, ()
+
 
 def _wait(service: ApprovalService, session: StandInSession) -> asyncio.Task[str]:
     command = Command("postgres", "app-db", "update orders set status = 'x' where id = 1")

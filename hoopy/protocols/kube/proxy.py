@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from hoopy import shellsecrets
 from hoopy.config import KubeConnector
 from hoopy.errors import (
     AuthFailed,
@@ -148,6 +149,7 @@ class KubeListener:
             live = None
         if live is None:
             session = self.gw.open_session(identity, connector, "kubernetes", client, True)
+            session.hide = shellsecrets.hidden  # an exec's command line
             live = _Live(
                 session,
                 time.monotonic(),

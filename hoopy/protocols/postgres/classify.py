@@ -42,7 +42,7 @@ import json
 from dataclasses import dataclass
 
 from hoopy.policy import Command
-from hoopy.protocols.postgres import pgquery
+from hoopy.protocols.postgres import pgquery, sqlsecrets
 from hoopy.protocols.postgres.classeffects import (
     _ACTIVITY_VIEWS,
     _SETTINGS_VIEWS,
@@ -171,7 +171,8 @@ def _fingerprint(text: str, classified: tuple[frozenset[str], ...]) -> str:
     if len(text) > FINGERPRINT_CHARS:
         return ""
     digest = hashlib.blake2b(repr([sorted(f) for f in classified]).encode(), digest_size=16)
-    return f"{_normalize(text)}\n-- classified {digest.hexdigest()}"
+    # normalize() keeps some literals (OPTIONS of CREATE SERVER): never a password
+    return f"{sqlsecrets.redact(_normalize(text))}\n-- classified {digest.hexdigest()}"
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,7 @@ class Pipeline:
         key = (bind.statement, id(cmds))
         known = self._bind_statics.get(key)
         if known is None or known[0] is not cmds:  # worked out once per statement
-            text = "; ".join(c.text for c in cmds) if cmds else None
+            text = "; ".join(session.hide(c.text)[0] for c in cmds) if cmds else None
             fields = bind_statement(bind.statement, text)
             if len(self._bind_statics) > 256:
                 self._bind_statics.clear()

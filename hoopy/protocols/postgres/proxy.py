@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import ssl
 from collections import deque
 
@@ -26,6 +27,7 @@ from hoopy.gateway import CancelTarget, Gateway
 from hoopy.policy import Command, may_mask
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres import sqlsecrets
 from hoopy.protocols.postgres.answers import error_bytes
 from hoopy.protocols.postgres.catalog import Catalog
 from hoopy.protocols.postgres.classcache import Classifier
@@ -61,6 +63,7 @@ class PostgresListener:
         self.classification = OffLoop(self.classifier, s)
         self.active: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
+        self.more_servers: list[asyncio.Server] = []
         self.catalogs: dict[str, Catalog] = {}  # per connector, shared by its sessions
 
     def catalog(self, connector: PostgresConnector) -> Catalog:
@@ -69,9 +72,28 @@ class PostgresListener:
             cat = self.catalogs[connector.name] = Catalog(connector)
         return cat
 
-    async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        self.server = await asyncio.start_server(
+            self._on_connect, host, port, limit=1 << 20, reuse_port=reuse_port or None
+        )
         return int(self.server.sockets[0].getsockname()[1])
+
+    async def serve_socket(self, sock: socket.socket) -> None:
+        """Accept on `sock` too: a worker process's listening socket, bound with
+        SO_REUSEPORT beside the gateway process's (postgres.workers)."""
+        server = await asyncio.start_server(self._on_connect, sock=sock, limit=1 << 20)
+        self.more_servers.append(server)
+
+    async def cancel_here(self, pid: int, key: int) -> None:
+        """Act on a CancelRequest for a session of this process (nothing if none holds
+        the key)."""
+        target = self.gw.cancels.get((pid, key))
+        if target is not None and target.interrupt is not None:
+            target.interrupt()  # a statement waiting for approval is cancelled by hoopy
+        if target is not None and isinstance(target.connector, PostgresConnector):
+            # no await between the lookup and the pool counting this cancel as under
+            # way: the session's backend cannot be reset and handed on in between
+            await self.pool.cancel(target.connector, target.pid, target.key)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -85,6 +107,8 @@ class PostgresListener:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for server in self.more_servers:
+            server.close()
         for t in list(self.active):
             t.cancel()
         if self.active:
@@ -239,13 +263,10 @@ class AgentConnection(Relay):
         self.tls = True
 
     async def _cancel(self, ev: pg.CancelRequest) -> None:
-        target = self.gw.cancels.get((ev.pid, ev.key))
-        if target is not None and target.interrupt is not None:
-            target.interrupt()  # a statement waiting for approval is cancelled by hoopy
-        if target is not None and isinstance(target.connector, PostgresConnector):
-            # no await between the lookup and the pool counting this cancel as under
-            # way: the session's backend cannot be reset and handed on in between
-            await self.listener.pool.cancel(target.connector, target.pid, target.key)
+        if (ev.pid, ev.key) not in self.gw.cancels and self.gw.cancel_elsewhere is not None:
+            await self.gw.cancel_elsewhere(ev.pid, ev.key)  # another process's session
+        else:
+            await self.listener.cancel_here(ev.pid, ev.key)
         self.outcome = "cancel_request"
 
     async def _login(self, startup: pg.StartupMessage) -> None:
@@ -291,6 +312,7 @@ class AgentConnection(Relay):
             extra={"user": startup.user, "application_name": params.get("application_name", "")},
         )
         self.session.notify = self._notice
+        self.session.hide = sqlsecrets.hidden
         self.session.scope = SearchPath(connector.user)
         if may_mask(self.session.policies, identity, connector.name):
             self.tracker = ResultTracker(self.names)

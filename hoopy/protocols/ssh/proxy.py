@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncssh
 
+from hoopy import shellsecrets
 from hoopy.config import SshConnector
 from hoopy.errors import BackendUnavailable, CommandDenied, HoopyError
 from hoopy.gateway import Gateway
@@ -326,6 +327,7 @@ class AgentConnection(asyncssh.SSHServer):
             extra={"client_version": str(self.conn.get_extra_info("client_version", ""))},
         )
         session.notify = notify_current
+        session.hide = shellsecrets.hidden
         return session
 
     def _reject(self, connector: str, reason: str) -> None:

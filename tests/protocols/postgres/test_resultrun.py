@@ -96,3 +96,28 @@ async def test_hoopys_own_ready_for_query_is_cut_from_the_run(
     assert conn.names.done == done + 3 and conn.backend.status == "T"
     assert done + 2 not in conn.silent_ready
     assert [r["tag"] for r in results(conn)] == ["SELECT 1", "SELECT 0", "SELECT 0"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"Z\x00\x00\x00\x05X",  # ReadyForQuery with a status that does not exist
+        b"C\x00\x00\x00\x08AB\x00C",  # CommandComplete whose tag ends before the message
+        b"n\x00\x00\x00\x05\x00",  # NoData with a body
+        b"D\x00\x00\x00\x02",  # a length shorter than its own word
+    ],
+)
+async def test_a_malformed_message_in_a_run_ends_the_session_unsent(
+    relay: tuple[Any, list[bytes], list[bytes]], bad: bytes
+) -> None:
+    """resultrun frames the run itself (the codec's relay_run, inline): a broken message
+    anywhere in it fails the codec for good, and nothing of the run reaches the agent."""
+    conn, to_agent, _ = relay
+    conn._agent_data(pg.query("select 'secret-result' as v"))
+    conn._backend_data(ANSWER[: ANSWER.index(b"C")] + bad + ANSWER[ANSWER.index(b"C") :])
+    assert to_agent == []
+    err = ended_with(conn)
+    assert isinstance(err, pg.ProtocolViolation) and "secret" not in str(err)
+    with pytest.raises(pg.ProtocolViolation, match="already failed"):
+        conn.backend.codec.receive_data(b"")
+    assert results(conn) == []

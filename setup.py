@@ -13,6 +13,7 @@ import ast
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -31,6 +32,18 @@ def compiled_modules() -> list[str]:
     raise SystemExit("setup.py: MODULES not found in hoopy/compiled.py")
 
 
+# Modules that call a C library directly (see their .pxd): eventchain hashes each
+# recording line with OpenSSL's SHA-256 (libcrypto, which Python's hashlib links too;
+# its headers come with libssl-dev).  SHA256_Init and its kin are deprecated in
+# OpenSSL 3 in favour of EVP, whose per-call lookup is what this avoids.
+_LINK: dict[str, dict[str, Any]] = {
+    "hoopy.eventchain": {
+        "libraries": ["crypto"],
+        "define_macros": [("OPENSSL_SUPPRESS_DEPRECATED", None)],
+    },
+}
+
+
 def extensions() -> list[Extension]:
     if os.environ.get("HOOPY_NO_COMPILE", "").strip() not in ("", "0"):
         print(SKIPPED.format("HOOPY_NO_COMPILE is set"), file=sys.stderr)
@@ -41,7 +54,7 @@ def extensions() -> list[Extension]:
         print(SKIPPED.format("Cython is not installed"), file=sys.stderr)
         return []
     mods = [
-        Extension(name, [str(Path(*name.split(".")).with_suffix(".py"))])
+        Extension(name, [str(Path(*name.split(".")).with_suffix(".py"))], **_LINK.get(name, {}))
         for name in compiled_modules()
     ]
     return cythonize(  # type: ignore[no-any-return]

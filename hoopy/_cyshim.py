@@ -28,7 +28,7 @@ def _identity(f: F) -> F:
     return f
 
 
-cfunc = ccall = inline = final = _identity
+cfunc = ccall = inline = final = cclass = _identity
 
 
 def locals(**_types: Any) -> Callable[[F], F]:

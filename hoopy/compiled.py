@@ -32,6 +32,8 @@ from types import ModuleType
 MODULES: tuple[str, ...] = (
     "hoopy.protocols.postgres.framing",
     "hoopy.protocols.postgres.sqlkey",
+    "hoopy.eventchain",
+    "hoopy.protocols.postgres.resultrun",
 )
 PURE_ENV = "HOOPY_PURE"
 _ROOT = Path(__file__).resolve().parent.parent  # the folder holding the hoopy package

@@ -3,8 +3,10 @@ size caps) and the hash chain's line format (see `chain_line`).
 
 The line of an event is `{"seq":n,"ts":…,"type":"…",…fields…,"prev":"<sha256 hex>"}`
 (recorder.py's theory of operation): `prev` is the SHA-256 of the previous line's bytes.
-Everything here is pure (bytes and dicts in, bytes out), so that it can be tested and
-compiled on its own; SessionLog (recorder.py) keeps the state and writes.
+Everything here is pure (bytes and dicts in, bytes out), so that it can be tested on its
+own; the chain's state and the lines of every event are eventchain.py's (compiled), which
+must make exactly the lines `chain_line` makes: tests/test_eventchain.py holds it to
+`chain_line` as the reference, and eventchain calls `_encode_event` for capped events.
 """
 
 from __future__ import annotations

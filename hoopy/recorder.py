@@ -50,6 +50,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hoopy.eventchain import (  # noqa: F401 (FLUSH_BYTES re-exported)
+    FLUSH_BYTES,
+    EventChain,
+    log_buffer,
+    log_buffer_fields,
+    log_event,
+    log_event_static,
+    log_event_text,
+    log_flush,
+)
 from hoopy.eventline import (  # noqa: F401 (re-exported: hoopy.recorder is the API)
     MAX_EVENT_BYTES,
     RESERVED,
@@ -73,7 +83,6 @@ from hoopy.recordverify import (  # noqa: F401 (re-exported)
 )
 from hoopy.state import SessionRow, StateError, StateStore
 
-FLUSH_BYTES = 64 * 1024  # buffered events are written once this much is pending
 _RESERVED = RESERVED
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's alphabet, lower case
@@ -127,43 +136,51 @@ class SessionLog:
         self.path = path
         self._fd = fd
         self._store = store
-        self._clock = clock
         self._lock = threading.Lock()
-        self._seq = 0
-        self._prev = ZERO_HASH
-        self._counts: dict[str, int] = {}
+        # seq, prev, the pending bytes, counts and what is on disk (eventchain.py,
+        # compiled when built): one call per event on the paths every statement takes.
+        self._chain = EventChain(fd, None if clock is time.time else clock)
         self._casts: list[AsciicastWriter] = []
-        self._failed: str | None = None
         self._closed = False
-        # Events chained but not yet written (see `buffer`); written before the next
-        # `event`, at FLUSH_BYTES, by `flush()` and at close.
-        self._pending: list[bytes] = []
-        # The same list, for callers to test cheaply: non-empty while events are
-        # chained but not yet written (buffered, or deferred).  Read-only to them.
-        self.pending = self._pending
-        self._pending_size = 0
-        self._deferred = False  # see defer(): events wait for flush()
-        self._written = (0, ZERO_HASH)  # (seq, head) of what is on disk
+        # Non-empty while events are chained but not yet written (buffered, or
+        # deferred), for callers to test cheaply: read-only to them.  The same object
+        # for the log's life (a bytearray of whole lines).
+        self.pending = self._chain.pending
         self._reported = 0  # the seq `progress()` last returned
-        self._size = 0  # bytes of whole lines on disk
 
     @property
     def events(self) -> int:
         """Events written so far."""
-        return self._seq
+        return self._chain.seq
 
     @property
     def head(self) -> str:
         """SHA-256 of the last line written (64 zeros before the first)."""
-        return self._prev
+        return self._chain.prev
 
     @property
     def failed(self) -> bool:
-        return self._failed is not None
+        return self._chain.failed is not None
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def _failed(self) -> str | None:
+        return self._chain.failed
+
+    @_failed.setter
+    def _failed(self, why: str | None) -> None:
+        self._chain.failed = why
+
+    @property
+    def _clock(self) -> Clock:
+        return self._chain.clock or time.time
+
+    @_clock.setter
+    def _clock(self, clock: Clock) -> None:
+        self._chain.clock = None if clock is time.time else clock
 
     def fileno(self) -> int:
         return self._fd
@@ -174,112 +191,56 @@ class SessionLog:
         (forwards a command, shows a result).  Failures then surface at `flush()`.
         `defer(False)` writes what is pending and goes back to a write per event."""
         with self._lock:
-            self._deferred = on
-            if not on and self._pending and not self._closed:
+            self._chain.deferred = on
+            if not on and self.pending and not self._closed:
                 self._write_pending()
 
-    def event(self, kind: str, /, **fields: Any) -> None:
-        """Append one event; raises RecorderError if it cannot be written."""
-        self._add(kind, fields, write=True)
+    # The calls every statement makes, from eventchain.py (compiled when built, no Python
+    # frame): `event(kind, **fields)` chains an event and writes it (unless deferred);
+    # `event_static(kind, static, **fields)` with fields encoded once (`encode_members`:
+    # a command of an already-seen statement); `event_text(kind, static, text)`, that
+    # with only the text; `buffer(kind, **fields)` and `buffer_fields(kind, fields[,
+    # static])` chain one to be written with the next write (results: what happened
+    # after the command's event was written); `flush()` writes what is pending.
+    # RecorderError when the log is closed or failed or the write fails (fail closed).
+    event = log_event
+    event_static = log_event_static
+    event_text = log_event_text
+    buffer = log_buffer
+    buffer_fields = log_buffer_fields
+    flush = log_flush
 
-    def event_static(
-        self, kind: str, static: tuple[bytes, dict[str, Any]], /, **fields: Any
-    ) -> None:
-        """`event()` for events whose fields are mostly the same every time (a command of
-        an already-seen statement): `static` holds those fields JSON-encoded once (object
-        members, no braces; see `encode_members`) and as a dict; only `fields` are
-        encoded per event."""
-        self._add(kind, fields, write=True, static=static)
+    def _unusable(self) -> RecorderError:
+        if self._closed:
+            return RecorderError(f"recording {self.id} is closed")
+        return RecorderError(f"recording {self.id} failed earlier: {self._chain.failed}")
 
-    def event_text(self, kind: str, static: tuple[bytes, dict[str, Any]], text: str, /) -> None:
-        """`event_static(kind, static, text=text)`, the call every command makes: without
-        a keyword dict or an encoder run."""
-        if "text" in static[1]:
-            raise ValueError("reserved event field(s): text")
-        members = b',"text":' + _json_str(text).encode("utf-8", "backslashreplace")
-        with self._lock:
-            if self._closed:
-                raise RecorderError(f"recording {self.id} is closed")
-            self._append(
-                kind,
-                {"text": text},
-                not self._deferred or self._pending_size >= FLUSH_BYTES,
-                static,
-                members,
-            )
-
-    def buffer(self, kind: str, /, **fields: Any) -> None:
-        """Chain one event now but write it with the next `event()` or `flush()`.
-
-        For what happened *after* a command was allowed (its results): the command
-        itself goes through `event()`, which writes before the command runs, so
-        fail-closed holds while result-heavy sessions save a write per statement.
-        """
-        self._add(kind, fields, write=False)
-
-    def buffer_fields(
-        self,
-        kind: str,
-        fields: dict[str, Any],
-        static: tuple[bytes, dict[str, Any]] | None = None,
-        /,
-    ) -> None:
-        """`buffer()` with the fields as a dict (its keys must be strings), and optionally
-        a pre-encoded static part as in `event_static`."""
-        self._add(kind, fields, write=False, static=static)
-
-    def _add(
-        self,
-        kind: str,
-        fields: dict[str, Any],
-        write: bool,
-        static: tuple[bytes, dict[str, Any]] | None = None,
-    ) -> None:
-        if not _RESERVED.isdisjoint(fields) or (
-            static is not None
-            and not (_RESERVED.isdisjoint(static[1]) and static[1].keys().isdisjoint(fields))
-        ):
-            bad = _RESERVED.intersection(fields)
-            if static is not None:
-                bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
-            raise ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
-        with self._lock:
-            if self._closed:
-                raise RecorderError(f"recording {self.id} is closed")
-            write = (write and not self._deferred) or self._pending_size >= FLUSH_BYTES
-            self._append(kind, fields, write, static)
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._pending and not self._closed:
-                self._write_pending()
+    def _reserved(
+        self, fields: dict[str, Any], static: tuple[bytes, dict[str, Any]] | None
+    ) -> ValueError:
+        bad = _RESERVED.intersection(fields)
+        if static is not None:
+            bad |= _RESERVED.intersection(static[1]) | (fields.keys() & static[1].keys())
+        return ValueError(f"reserved event field(s): {', '.join(sorted(bad))}")
 
     def progress(self) -> tuple[int, str] | None:
         """(events, head) on disk if they moved since the last call, for the index of an
         open session; None when nothing new was written or the log is closed."""
         with self._lock:
-            if self._closed or self._written[0] == self._reported:
+            chain = self._chain
+            if self._closed or chain.written_seq == self._reported:
                 return None
-            self._reported = self._written[0]
-            return self._written
+            self._reported = chain.written_seq
+            return chain.written_seq, chain.written_prev
+
+    def _write_error(self) -> RecorderError:
+        return RecorderError(f"cannot write recording {self.path}: {self._chain.failed}")
 
     def _write_pending(self) -> None:
-        pending = self._pending
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._pending_size = 0
         try:
-            n = os.write(self._fd, data)
-            if n != len(data):  # rare (the usual case is one call): the rest
-                _write_all(self._fd, memoryview(data)[max(n, 0) :])
-        except OSError as e:
-            self._failed = e.strerror or type(e).__name__
-            with contextlib.suppress(OSError):  # a short write leaves part of a line
-                os.ftruncate(self._fd, self._size)
-            self._seq, self._prev = self._written  # the index must match the disk
-            raise RecorderError(f"cannot write recording {self.path}: {self._failed}") from None
-        self._written = (self._seq, self._prev)
-        self._size += len(data)
+            self._chain.write()
+        except OSError:
+            raise self._write_error() from None
 
     def _append(
         self,
@@ -290,26 +251,13 @@ class SessionLog:
         members: bytes | None = None,
     ) -> None:
         """Chain one event (`members`: `fields` already encoded as `,"k":v…`)."""
-        if self._failed is not None:
-            raise RecorderError(f"recording {self.id} failed earlier: {self._failed}")
-        # ts to the microsecond, from integers: formatting a float costs more than the
-        # rest of the line (see chain_line).
-        if self._clock is time.time:
-            ns = time.time_ns()
-            ts_bytes = b"%d.%06d" % (ns // 1_000_000_000, ns // 1000 % 1_000_000)
-        else:
-            ts = self._clock()
-            ts_bytes = b"%.6f" % ts if type(ts) is float and ts - ts == 0.0 else _dumps(ts)
-        line, self._prev = chain_line(
-            self._seq, ts_bytes, kind, fields, members, static, self._prev
-        )
-        self._seq += 1
-        counts = self._counts
-        counts[kind] = counts.get(kind, 0) + 1
-        self._pending.append(line)
-        self._pending_size += len(line)
-        if write:
-            self._write_pending()
+        chain = self._chain
+        if chain.failed is not None:
+            raise RecorderError(f"recording {self.id} failed earlier: {chain.failed}")
+        try:
+            chain.add(kind, fields, members, static, write)
+        except OSError:
+            raise self._write_error() from None
 
     def open_asciicast(self, width: int, height: int, name: str = "") -> AsciicastWriter:
         """A terminal-stream file next to this log (`<id>[-name].cast`); its SHA-256 goes
@@ -340,7 +288,7 @@ class SessionLog:
             stored = outcome if self._failed is None else "recording_failed"
             try:
                 if not self._store.session_ended(
-                    self.id, self._clock(), stored, self._seq, self._prev
+                    self.id, self._clock(), stored, self._chain.seq, self._chain.prev
                 ):
                     error = error or f"session {self.id} is not in the index"
             except StateError as e:
@@ -359,7 +307,8 @@ class SessionLog:
         if self._failed is not None:
             return error or self._failed
         end = {k: v for k, v in fields.items() if k not in _RESERVED}
-        end.update(outcome=outcome, events=self._seq + 1, counts=dict(self._counts))
+        chain = self._chain
+        end.update(outcome=outcome, events=chain.seq + 1, counts=dict(chain.counts))
         if casts:
             end["casts"] = casts
         try:

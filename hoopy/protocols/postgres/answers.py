@@ -12,12 +12,19 @@ agent's, which it shares only the pipeline's bookkeeping with (pipeline.py).
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
-from hoopy.errors import CommandDenied, HoopyError, ProtocolError, UnparseableCommand
+from hoopy.errors import (
+    CommandDenied,
+    HoopyError,
+    ProtocolError,
+    RecordingFailed,
+    UnparseableCommand,
+)
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.maskplan import Planner
@@ -30,7 +37,11 @@ from hoopy.protocols.postgres.maskwire import (
     result_plan,
 )
 from hoopy.protocols.postgres.pipeline import Pipeline
+from hoopy.protocols.postgres.resultrun import on_ready, relay_backend
 from hoopy.protocols.postgres.textsettings import unsafe_encoding
+from hoopy.recorder import RecorderError
+
+log = logging.getLogger("hoopy.postgres")
 
 
 def error_bytes(e: HoopyError) -> bytes:
@@ -41,16 +52,6 @@ def error_bytes(e: HoopyError) -> bytes:
             e.sqlstate, e.message, severity, e.detail or None, e.hint, e.position
         )
     return pg.error_response(e.sqlstate, e.message, severity=severity)
-
-
-def _cut(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
-    """`raw` without these (start, stop) spans, in order."""
-    parts, pos = [], 0
-    for start, stop in spans:
-        parts.append(raw[pos:start])
-        pos = stop
-    parts.append(raw[pos:])
-    return b"".join(parts)
 
 
 class Answers(Pipeline):
@@ -83,63 +84,19 @@ class Answers(Pipeline):
         if events:
             await self._masked_batch(events)
 
-    def _relay_backend(self) -> None:
-        """The backend → agent path of a session without masking: runs of ordinary
-        messages (rows, descriptions, completions) go through as the bytes they came in,
-        looked at only to record them; anything else is handled event by event."""
-        assert self.backend is not None
-        codec = self.backend.codec
-        out: list[bytes] = []
-        while True:
-            run = codec.relay_run()
-            if run is not None:
-                silent = self._on_relayed(*run)
-                out.append(run[0] if not silent else _cut(run[0], silent))
-                if not codec.buffered():
-                    break
-                continue
-            ev = codec.next_event()
-            if ev is pg.NEED_DATA:
-                break
-            if type(ev) is pg.ReadyForQuery:
-                if not self._on_ready(ev.status):
-                    out.append(ev.raw)
-            else:
-                out.append(self._other_backend_event(ev))
-        if out:
-            if self._unwritten:  # _to_agent, inline on the path every statement takes
-                self._write_events()
-            self._agent_write(out[0] if len(out) == 1 else b"".join(out))
+    # The backend → agent path of a session without masking (resultrun.py, compiled
+    # when built): runs of ordinary messages (rows, descriptions, completions) go
+    # through as the bytes they came in, looked at only to record them; anything else
+    # is handled event by event (`_on_ready`, `_other_backend_event`, `_record_result`).
+    _relay_backend = relay_backend
 
-    def _on_relayed(self, raw: bytes, marks: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
-        """Record a relayed run; returns the spans of ReadyForQuery not to send."""
-        result = self.result
-        silent: list[tuple[int, int]] = []
-        for t, start, stop in marks:
-            if t == 0x44:  # DataRow run
-                if not result.truncated:
-                    result.add_rows(raw, start, stop)
-            elif t == 0x43:  # CommandComplete
-                self._record_result(raw[start + 5 : stop - 1].decode("utf-8", "replace"))
-            elif t == 0x5A:  # ReadyForQuery
-                if self._on_ready(chr(raw[start + 5])):
-                    silent.append((start, stop))
-            elif t == 0x54:  # RowDescription: the same bytes every time a statement runs
-                desc = raw[start:stop]
-                columns = self._columns.get(desc)
-                if columns is None:
-                    columns = tuple(f.name for f in pg.decode_row_description(desc).fields)
-                    if len(self._columns) >= 256:
-                        self._columns.clear()
-                    self._columns[desc] = columns
-                result.describe_columns(columns)
-            elif t == 0x31:  # ParseComplete
-                self._parse_complete()
-            elif t == 0x73:  # PortalSuspended: rows up to an Execute's limit
-                self._record_result("", suspended=True)
-            else:  # EmptyQueryResponse
-                result.reset()
-        return silent
+    def _write_failed(self, e: RecorderError) -> NoReturn:
+        """relay_backend could not write the events of what it was about to send: as
+        relay.Relay._write_events, the session ends (fail closed)."""
+        log.error("%s", e)  # where recordings live is for the gateway's log only
+        failed = RecordingFailed("recording unavailable, command refused (see the gateway log)")
+        failed.fatal = True
+        raise failed from None
 
     async def _masked_batch(self, events: list[pg.BackendEvent]) -> None:
         """The backend → agent path of a masking session: every result is tracked to its
@@ -217,22 +174,9 @@ class Answers(Pipeline):
         if out:
             self._to_agent(out)
 
-    def _on_ready(self, status: str) -> bool:
-        """A ReadyForQuery; True when it ends a batch of hoopy's own (not sent on)."""
-        assert self.backend is not None
-        self.backend.status = status
-        names = self.names  # batches_done, without its property on every statement
-        names.done += 1
-        if status == "I":
-            names.idle()  # the transaction is over: so are its portals
-        self._batch_answered()
-        done = names.done
-        while self.refusals and self.refusals[0][0] <= done:
-            self.refusals.popleft()  # its marker was discarded after an earlier error
-        if self.silent_ready and done in self.silent_ready:
-            self.silent_ready.discard(done)
-            return True
-        return False
+    # A ReadyForQuery: the batch is answered; True when it ends a batch of hoopy's own
+    # (not sent on).  resultrun.py (compiled), which calls it inline on its path.
+    _on_ready = on_ready
 
     def _other_backend_event(self, ev: pg.BackendEvent) -> bytes:
         if isinstance(ev, pg.RowDescription):

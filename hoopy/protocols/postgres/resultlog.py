@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.resultrun import add_rows
 
 
 @dataclass
@@ -25,34 +26,8 @@ class ResultLog:
         self.add_rows(chunk.raw)
 
     def add_rows(self, raw: bytes, start: int = 0, stop: int | None = None) -> None:
-        """The DataRow messages in raw[start:stop]."""
-        if self.truncated:
-            return
-        rows, size, control = self.rows, self.size, _CONTROL.search
-        stop = len(raw) if stop is None else stop
-        decoded, upto = pg.decode_data_rows(raw, start, stop, self.max_rows - len(rows))
-        for values in decoded:
-            if size >= self.max_bytes:
-                self.truncated = True
-                break
-            row: list[Any] = []
-            for v in values:
-                if v is None:
-                    row.append(None)
-                    continue
-                size += len(v)
-                if control(v) is None:  # _show(v), inline: this runs per value
-                    try:
-                        row.append(v.decode())
-                        continue
-                    except UnicodeDecodeError:
-                        pass
-                row.append({"b64": base64.b64encode(v).decode()})
-            rows.append(row)
-        else:
-            if upto < stop:
-                self.truncated = True  # more rows than max_rows
-        self.size = size
+        """The DataRow messages in raw[start:stop] (resultrun.add_rows, compiled)."""
+        add_rows(self, raw, start, len(raw) if stop is None else stop)
 
     def add_copy(self, data: bytes) -> None:
         if self.size >= self.max_bytes:

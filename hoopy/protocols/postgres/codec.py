@@ -48,7 +48,7 @@ import enum
 import struct
 from typing import Final, Generic, Literal, NoReturn, TypeVar
 
-from hoopy.protocols.postgres import framing
+from hoopy.protocols.postgres import cmdlane, framing
 from hoopy.protocols.postgres import messages as m
 from hoopy.protocols.postgres.bodies import (
     _AUTH_TYPES,
@@ -81,6 +81,7 @@ _I = struct.Struct("!I")
 _DATA_ROW = 0x44  # 'D'
 _READY = 0x5A  # 'Z'
 _TERMINATE = 0x58  # 'X'
+_QUERY = 0x51  # 'Q'
 
 
 class NeedData(enum.Enum):
@@ -226,6 +227,17 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         if t == _TERMINATE:
             self._set_phase(Phase.CLOSED)
         return event
+
+    def lone_query(self) -> tuple[bytes, str] | None:
+        """`(raw, sql)` of the Query the buffer holds when it holds one whole Query and
+        nothing else (cmdlane.lone_query), consumed; None otherwise, with nothing
+        consumed: `events()` then (which also raises for what is malformed)."""
+        if self._failed is not None or self.phase is not Phase.NORMAL or _QUERY in self.opaque:
+            return None
+        got = cmdlane.lone_query(self._buf, self._pos, self._max)
+        if got is not None:
+            self._pos = len(self._buf)
+        return got
 
     def _passthrough(self) -> m.Passthrough:
         """The opaque message at the front and every complete opaque one after it."""

@@ -255,11 +255,62 @@ class StatementCheck(Pipeline):
     async def _until_agent_eof(self) -> None:
         await asyncio.shield(self._agent_closed)  # bytes meanwhile wait in the codec
 
+    def _seen(self, raw: bytes, sql: str, name: str | None, out: list[bytes]) -> bool:
+        """The lane of a Query (`name` None) or Parse whose statement the classifier has
+        cached (Classifier.keyed: one plain statement, seen before): the session's
+        cached decision, checked and recorded with the statement's own text through
+        `Session.check_now` as every statement is, then what `_allowed` does for it.
+        True when done (forwarded, or refused in its place); False, having done
+        nothing, for anything else: the full path then (a first sight, a masking
+        session, a text that must wait, a statement that needs an approval).  The caller
+        has done `_enter`."""
+        if self.tracker is not None or (b"\\" in raw and self._answers_pending()):
+            return False
+        offloop = self.listener.classification
+        size = len(sql)
+        limits = offloop.settings
+        if size > limits.classify_inline_size or size > limits.max_statement_size:
+            return False
+        assert self.connector is not None
+        classifier = offloop.classifier
+        found = classifier.keyed(sql, self.connector.name)
+        if found is None:
+            return False
+        cmds, text = found
+        cmd = cmds[0]
+        session = self.session
+        assert session is not None
+        decision = session.decide(cmd)
+        if name is None and decision.outcome == "require_approval":
+            return False  # _check_now's None: the approval is waited for in the task
+        classifier.hits += 1
+        try:
+            session.check_now(cmd, decision, text)
+        except (CommandDenied, RecordingFailed) as e:
+            if name is None:
+                out.append(self._refuse_query(e))
+            else:
+                out.append(self._refused_parse(name, e))
+            return True
+        if name is None:
+            names = self.names
+            names.close("")  # a simple Query drops the unnamed portal
+            names.sent += 1  # batches_sent
+        else:
+            if text != cmd.text:  # the statement the name holds, with its own text
+                cmds = (cmd.with_text(text),)
+            self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
+            self.names.statement_epoch += 1
+        out.append(raw)
+        return True
+
     def _refused(self, ev: pg.Query | pg.Parse, e: HoopyError) -> bytes:
         """What goes to the server in place of a refused Query or Parse: the marker."""
         if type(ev) is pg.Query:
             return self._refuse_query(e)
-        name = ev.name  # type: ignore[union-attr]
+        return self._refused_parse(ev.name, e)  # type: ignore[union-attr]
+
+    def _refused_parse(self, name: str, e: HoopyError) -> bytes:
         self.refusals.append((self.batches_sent + 1, e))
         if self.tracker is not None:
             self.tracker.parse(name, None)

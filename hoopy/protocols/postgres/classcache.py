@@ -13,9 +13,9 @@ from collections import OrderedDict
 
 from hoopy.policy import Command
 from hoopy.protocols.postgres import pgquery, sqlkey
-from hoopy.protocols.postgres.cmdlane import one_text, plain
 from hoopy.protocols.postgres.classify import _classify, _fingerprint, _shape, _split
 from hoopy.protocols.postgres.classwalk import Prepared
+from hoopy.protocols.postgres.cmdlane import one_text, plain
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
 # regular expressions.  It is exact only where the sole constants it replaces are A_Const

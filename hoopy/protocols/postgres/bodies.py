@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hoopy.protocols.postgres import messages as m
+from hoopy.protocols.postgres.cmdlane import bind_fields
 
 _I = struct.Struct("!I")
 _i = struct.Struct("!i")
@@ -160,7 +161,12 @@ def _f_parse(raw: bytes) -> m.Parse:
 
 
 def _f_bind(raw: bytes) -> m.Bind:
-    """Every Bind is parsed (its values are recorded): without the generic reader."""
+    """Every Bind is parsed (its values are recorded): compiled (cmdlane.bind_fields),
+    and here, without the generic reader, to say what is wrong with a malformed one."""
+    fields = bind_fields(raw)
+    if fields is not None:
+        portal, statement, param_formats, params, formats = fields
+        return m.Bind(portal, statement, raw, formats, param_formats, params)
     end = len(raw)
     p0 = raw.find(b"\0", 5)
     p1 = raw.find(b"\0", p0 + 1) if p0 >= 0 else -1

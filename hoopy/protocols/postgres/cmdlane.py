@@ -24,8 +24,12 @@ try:
 except ImportError:  # interpreted without Cython installed: the declarations are no-ops
     from hoopy import _cyshim as cython  # type: ignore[no-redef, unused-ignore]
 
+import struct
+
 from hoopy.policy import Command
 
+_H = struct.Struct("!H")  # interpreted reads (compiled: _u16, _i32)
+_i = struct.Struct("!i")
 _QUERY = cython.declare(cython.int, 0x51)  # 'Q'
 # The kinds of a plain DML statement (classcache keeps only these by key).
 PLAIN_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
@@ -90,3 +94,87 @@ def plain(cmd: Command) -> bool:
         if f.endswith("set_config"):
             return False
     return True
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(raw=bytes, pos=cython.Py_ssize_t)
+@cython.returns(cython.Py_ssize_t)
+def _u16(raw: bytes, pos: int) -> int:
+    return (cython.cast(cython.Py_ssize_t, raw[pos]) << 8) | raw[pos + 1]
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(raw=bytes, pos=cython.Py_ssize_t, u=cython.longlong)
+@cython.returns(cython.Py_ssize_t)
+def _i32(raw: bytes, pos: int) -> int:
+    u = (
+        (cython.cast(cython.longlong, raw[pos]) << 24)
+        | (raw[pos + 1] << 16)
+        | (raw[pos + 2] << 8)
+        | raw[pos + 3]
+    )
+    return cython.cast(cython.Py_ssize_t, u - 0x100000000 if u >= 0x80000000 else u)
+
+
+@cython.locals(
+    raw=bytes, end=cython.Py_ssize_t, p0=cython.Py_ssize_t, p1=cython.Py_ssize_t,
+    pos=cython.Py_ssize_t, n=cython.Py_ssize_t, i=cython.Py_ssize_t, size=cython.Py_ssize_t,
+    params=list, shorts=list,
+)  # fmt: skip
+def bind_fields(
+    raw: bytes,
+) -> tuple[str, str, tuple[int, ...], tuple[bytes | None, ...], tuple[int, ...]] | None:
+    """`(portal, statement, param_formats, params, result_formats)` of a well-formed Bind
+    message (`raw`, its whole bytes); None for anything else: bodies._f_bind then says
+    what is wrong with it.  Every Bind is decoded (its values are recorded)."""
+    end = len(raw)
+    p0 = raw.find(b"\0", 5)
+    if p0 < 0:
+        return None
+    p1 = raw.find(b"\0", p0 + 1)
+    if p1 < 0:
+        return None
+    pos = p1 + 3
+    if pos > end:
+        return None
+    n = _u16(raw, p1 + 1) if cython.compiled else _H.unpack_from(raw, p1 + 1)[0]
+    if pos + 2 * n + 2 > end:
+        return None
+    shorts = []
+    for i in range(n):
+        shorts.append(_u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0])
+        pos += 2
+    param_formats = tuple(shorts)
+    n = _u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0]
+    pos += 2
+    params = []
+    for i in range(n):
+        if pos + 4 > end:
+            return None
+        size = _i32(raw, pos) if cython.compiled else _i.unpack_from(raw, pos)[0]
+        pos += 4
+        if size == -1:
+            params.append(None)
+            continue
+        if size < -1 or pos + size > end:
+            return None
+        params.append(raw[pos : pos + size])
+        pos += size
+    if pos + 2 > end:
+        return None
+    n = _u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0]
+    pos += 2
+    if pos + 2 * n != end:
+        return None
+    shorts = []
+    for i in range(n):
+        shorts.append(_u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0])
+        pos += 2
+    try:
+        portal = raw[5:p0].decode()
+        statement = raw[p0 + 1 : p1].decode()
+    except UnicodeDecodeError:
+        return None
+    return portal, statement, param_formats, tuple(params), tuple(shorts)

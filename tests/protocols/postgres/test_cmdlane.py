@@ -11,6 +11,7 @@ test_relay_builds.py compares their bytes and recordings.
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from hoopy.errors import AuthFailed, RecordingFailed
 from hoopy.policy import Command
-from hoopy.protocols.postgres import cmdlane
+from hoopy.protocols.postgres import bodies, cmdlane
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.searchpath import SearchPath
@@ -302,3 +303,65 @@ async def test_a_parse_by_the_lane_holds_its_own_text_for_the_binds(
     conn.session.log.flush()
     binds = [e for e in read_events(conn.session.log.path) if e["type"] == "bind"]
     assert binds[-1]["text"] == SELECT.format(2)
+
+
+# ---- Bind decoding (cmdlane.bind_fields) against bodies.py's checked parse --------------
+def binds() -> list[bytes]:
+    return [
+        pg.bind("", "", [], [], []),
+        pg.bind("", "P_0", [b"7"], [0], [1]),
+        pg.bind("portal", "stmt", [b"1", None, b"", b"\x00\xff" * 40], [0, 1], [1, 0, 1]),
+        pg.bind("\u00e9", "\u2603", [None] * 5, [1], []),
+        pg.bind("p", "s", [b"x" * 70000], [], [0] * 3),
+    ]
+
+
+def mutants(raw: bytes, rng: random.Random) -> list[bytes]:
+    out = [raw[:n] for n in range(5, len(raw), max(1, len(raw) // 40))]
+    for _ in range(200):
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(5, len(b)) if len(b) > 5 else 5
+            if i < len(b):
+                b[i] = rng.choice((0, 0xFF, 0x80, 1, 2, rng.randrange(256)))
+        out.append(bytes(b))
+    out.append(raw + b"\x00")
+    out.append(raw[:5] + b"\xff\xfe\x00" + raw[5:])  # a portal name that is not UTF-8
+    return out
+
+
+def checked(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> pg.Bind | str:
+    """bodies._f_bind's own parse (without the compiled fields)."""
+    with monkeypatch.context() as m:
+        m.setattr(bodies, "bind_fields", lambda raw: None)
+        try:
+            return bodies._f_bind(raw)
+        except pg.ProtocolViolation as e:
+            return f"{e.sqlstate} {e.message}"
+
+
+def test_bind_fields_decode_as_the_checked_parse_or_leave_it_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(13)
+    decoded = refused = 0
+    for raw in binds():
+        for data in [raw, *mutants(raw, rng)]:
+            want = checked(data, monkeypatch)
+            got = cmdlane.bind_fields(data)
+            if isinstance(want, str):
+                assert got is None, data
+                refused += 1
+                with pytest.raises(pg.ProtocolViolation):  # the codec still says so
+                    bodies._f_bind(data)
+                continue
+            decoded += 1
+            assert got == (
+                want.portal,
+                want.statement,
+                want.param_formats,
+                want.params,
+                want.result_formats,
+            )
+            assert bodies._f_bind(data) == want
+    assert decoded > 50 and refused > 50  # both sides exercised

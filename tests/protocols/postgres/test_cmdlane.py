@@ -19,7 +19,7 @@ import pytest
 
 from hoopy.errors import AuthFailed, RecordingFailed
 from hoopy.policy import Command
-from hoopy.protocols.postgres import bodies, cmdlane
+from hoopy.protocols.postgres import bodies, cmdlane, sqlsecrets
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.searchpath import SearchPath
@@ -365,3 +365,18 @@ def test_bind_fields_decode_as_the_checked_parse_or_leave_it_to_it(
             )
             assert bodies._f_bind(data) == want
     assert decoded > 50 and refused > 50  # both sides exercised
+
+
+async def test_the_lane_hides_a_password_in_its_own_text(
+    relay: tuple[Any, list[bytes], list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _, to_backend = relay
+    conn.session.hide = sqlsecrets.hidden  # as the login sets it up
+    call = "select dblink_connect('host={} password={}')"
+    run(conn, call.format("a", "first-secret"))
+    lane_only(monkeypatch)
+    run(conn, call.format("b", "second-secret"))
+    assert to_backend[-1] == pg.query(call.format("b", "second-secret"))  # the server's own
+    recorded = conn.session.log.path.read_text()
+    assert "first-secret" not in recorded and "second-secret" not in recorded
+    assert [c["text"] for c in commands(conn)] == [call.format(h, "****") for h in "ab"]

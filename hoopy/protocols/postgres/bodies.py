@@ -164,9 +164,8 @@ def _f_bind(raw: bytes) -> m.Bind:
     """Every Bind is parsed (its values are recorded): compiled (cmdlane.bind_fields),
     and here, without the generic reader, to say what is wrong with a malformed one."""
     fields = bind_fields(raw)
-    if fields is not None:
-        portal, statement, param_formats, params, formats = fields
-        return m.Bind(portal, statement, raw, formats, param_formats, params)
+    if fields is not None:  # (portal, statement, param formats, params, result formats)
+        return m.Bind(fields[0], fields[1], raw, fields[4], fields[2], fields[3])
     end = len(raw)
     p0 = raw.find(b"\0", 5)
     p1 = raw.find(b"\0", p0 + 1) if p0 >= 0 else -1

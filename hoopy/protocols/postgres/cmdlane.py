@@ -29,7 +29,7 @@ import struct
 from hoopy.policy import Command
 
 _H = struct.Struct("!H")  # interpreted reads (compiled: _u16, _i32)
-_i = struct.Struct("!i")
+_I32 = struct.Struct("!i")
 _QUERY = cython.declare(cython.int, 0x51)  # 'Q'
 # The kinds of a plain DML statement (classcache keeps only these by key).
 PLAIN_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
@@ -120,7 +120,7 @@ def _i32(raw: bytes, pos: int) -> int:
 
 @cython.locals(
     raw=bytes, end=cython.Py_ssize_t, p0=cython.Py_ssize_t, p1=cython.Py_ssize_t,
-    pos=cython.Py_ssize_t, n=cython.Py_ssize_t, i=cython.Py_ssize_t, size=cython.Py_ssize_t,
+    pos=cython.Py_ssize_t, n=cython.Py_ssize_t, _i=cython.Py_ssize_t, size=cython.Py_ssize_t,
     params=list, shorts=list,
 )  # fmt: skip
 def bind_fields(
@@ -142,18 +142,18 @@ def bind_fields(
     n = _u16(raw, p1 + 1) if cython.compiled else _H.unpack_from(raw, p1 + 1)[0]
     if pos + 2 * n + 2 > end:
         return None
-    shorts = []
-    for i in range(n):
+    shorts: list[int] = []
+    for _i in range(n):
         shorts.append(_u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0])
         pos += 2
     param_formats = tuple(shorts)
     n = _u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0]
     pos += 2
-    params = []
-    for i in range(n):
+    params: list[bytes | None] = []
+    for _i in range(n):
         if pos + 4 > end:
             return None
-        size = _i32(raw, pos) if cython.compiled else _i.unpack_from(raw, pos)[0]
+        size = _i32(raw, pos) if cython.compiled else _I32.unpack_from(raw, pos)[0]
         pos += 4
         if size == -1:
             params.append(None)
@@ -169,7 +169,7 @@ def bind_fields(
     if pos + 2 * n != end:
         return None
     shorts = []
-    for i in range(n):
+    for _i in range(n):
         shorts.append(_u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0])
         pos += 2
     try:

@@ -178,3 +178,55 @@ def bind_fields(
     except UnicodeDecodeError:
         return None
     return portal, statement, param_formats, tuple(params), tuple(shorts)
+
+
+_TERMINATE = cython.declare(cython.int, 0x58)  # 'X': the codec's _next changes phase
+
+
+@cython.locals(
+    buf=bytearray, start=cython.Py_ssize_t, cap=cython.Py_ssize_t, pos=cython.Py_ssize_t,
+    end=cython.Py_ssize_t, length=cython.Py_ssize_t, stop=cython.Py_ssize_t, t=cython.int,
+    run=cython.Py_ssize_t, types=bytearray,
+)  # fmt: skip
+def frontend_run(
+    buf: bytearray, start: int, cap: int, allowed: frozenset[int], opaque: frozenset[int]
+) -> tuple[int, list[tuple[int, int, int, bytes | None]]]:
+    """`(stop, marks)` of the complete frontend messages from `start`, in one pass:
+    `(type, start, stop, None)` per message, `(0, start, stop, types)` per run of
+    `opaque` ones (a Passthrough).  It stops at the first message that is incomplete,
+    not in `allowed`, of a length outside 4..cap, or a Terminate, and leaves that one to
+    the codec's message-by-message `_next`, which raises or changes the phase as it
+    must: the events are the ones `_next` would make, with two calls fewer each."""
+    end = len(buf)
+    pos, run = start, -1
+    types = bytearray()
+    marks: list[tuple[int, int, int, bytes | None]] = []
+    while end - pos >= 5:
+        t = buf[pos]
+        if t == _TERMINATE or t not in allowed:
+            break
+        length = (
+            (cython.cast(cython.Py_ssize_t, buf[pos + 1]) << 24)
+            | (buf[pos + 2] << 16)
+            | (buf[pos + 3] << 8)
+            | buf[pos + 4]
+        )
+        if length < 4 or length > cap:
+            break
+        stop = pos + 1 + length
+        if stop > end:
+            break
+        if t in opaque:
+            if run < 0:
+                run = pos
+            types.append(t)
+        else:
+            if run >= 0:
+                marks.append((0, run, pos, bytes(types)))
+                run = -1
+                types = bytearray()
+            marks.append((t, pos, stop, None))
+        pos = stop
+    if run >= 0:
+        marks.append((0, run, pos, bytes(types)))
+    return pos, marks

@@ -228,6 +228,29 @@ class ServerConnection(_Connection[m.FrontendEvent]):
             self._set_phase(Phase.CLOSED)
         return event
 
+    def events(self) -> list[m.FrontendEvent]:
+        """Every event that is complete in the buffer now: what one compiled pass frames
+        (cmdlane.frontend_run), then message by message what it leaves (`_next`)."""
+        if self._failed is not None:
+            self._check_alive()
+        out: list[m.FrontendEvent] = []
+        try:
+            if self.phase is Phase.NORMAL:
+                buf = self._buf
+                self._pos, marks = cmdlane.frontend_run(
+                    buf, self._pos, self._max, self._allowed, self.opaque
+                )
+                for t, start, stop, types in marks:
+                    if types is not None:
+                        out.append(m.Passthrough(types, bytes(buf[start:stop])))
+                    else:
+                        out.append(_FRONTEND[t](bytes(buf[start:stop])))
+            while (ev := self._next()) is not NEED_DATA:
+                out.append(ev)
+        except ProtocolViolation as e:
+            self._fail(e)
+        return out
+
     def lone_query(self) -> tuple[bytes, str] | None:
         """`(raw, sql)` of the Query the buffer holds when it holds one whole Query and
         nothing else (cmdlane.lone_query), consumed; None otherwise, with nothing

@@ -56,6 +56,9 @@ def frontend(data: bytes, size: int | None, opaque: bool, out: list[str]) -> Non
                 if lone is not None:
                     out.append(f"lone {lone!r} text {cmdlane.one_text(lone[1])!r}")
                     continue
+                if opaque and conn.phase is pg.Phase.NORMAL:  # all at once, as the relay
+                    out.extend(repr(e) for e in conn.events())
+                    break
                 ev = conn.next_event()
                 if ev is pg.NEED_DATA:
                     break

@@ -25,7 +25,7 @@ from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.searchpath import SearchPath
 from hoopy.protocols.postgres.statementcheck import StatementCheck
 from hoopy.recorder import read_events
-from tests.protocols.postgres import relaydigest
+from tests.protocols.postgres import framedigest, relaydigest
 from tests.protocols.postgres.test_relay_recording import ANSWER, ended_with, fill_disk
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = {}"
@@ -380,3 +380,47 @@ async def test_the_lane_hides_a_password_in_its_own_text(
     recorded = conn.session.log.path.read_text()
     assert "first-secret" not in recorded and "second-secret" not in recorded
     assert [c["text"] for c in commands(conn)] == [call.format(h, "****") for h in "ab"]
+
+
+# ---- ServerConnection.events (cmdlane.frontend_run) against next_event ----------------
+def drive(data: bytes, size: int | None, framed: bool) -> list[str]:
+    """The frontend codec over `data` in pieces: every event (or the error), taken with
+    events() after login: ServerConnection's (`framed`: by cmdlane.frontend_run first)
+    or the generic one, message by message (what it was before)."""
+    conn = pg.ServerConnection(max_message_size=1 << 16)
+    out: list[str] = []
+    passwords = 0
+    try:
+        for piece in framedigest.chunks(data, size):
+            conn.receive_data(piece)
+            while True:
+                if conn.phase is pg.Phase.NORMAL:
+                    evs = conn.events() if framed else super(pg.ServerConnection, conn).events()
+                    out.extend(repr(e) for e in evs)
+                    break
+                ev = conn.next_event()
+                if ev is pg.NEED_DATA:
+                    break
+                out.append(repr(ev))
+                if isinstance(ev, pg.PasswordMessage):  # SCRAM: logged in after the second
+                    passwords += 1
+                    if passwords == 2 or (passwords == 1 and b"SCRAM" not in data[:400]):
+                        conn.start_session()
+                        conn.opaque = frozenset(b"BDEH") if size in (None, 3) else frozenset()
+    except pg.ProtocolViolation as e:
+        out.append(f"violation {e.sqlstate} {e.message}")
+    out.append(f"end {conn.phase.value} {conn.buffered()}")
+    return out
+
+
+def test_events_framed_in_one_pass_are_the_events_message_by_message() -> None:
+    rng = random.Random(7)
+    hostile = 0
+    for name in framedigest.CAPTURES:
+        front = (framedigest.FIXTURES / f"{name}.frontend.bin").read_bytes()
+        for data in [front, *framedigest.mutants(front, rng)]:
+            for size in (None, 1, 3, 64):
+                one_by_one = drive(data, size, framed=False)
+                assert drive(data, size, framed=True) == one_by_one, (name, size)
+                hostile += any(e.startswith("violation") for e in one_by_one)
+    assert hostile > 20  # the mutants broke the protocol in many places

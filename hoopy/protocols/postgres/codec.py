@@ -245,6 +245,8 @@ class ServerConnection(_Connection[m.FrontendEvent]):
                         out.append(m.Passthrough(types, bytes(buf[start:stop])))
                     else:
                         out.append(_FRONTEND[t](bytes(buf[start:stop])))
+                if self._pos == len(buf):
+                    return out  # the usual end: nothing left for _next to look at
             while (ev := self._next()) is not NEED_DATA:
                 out.append(ev)
         except ProtocolViolation as e:

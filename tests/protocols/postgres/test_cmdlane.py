@@ -424,3 +424,77 @@ def test_events_framed_in_one_pass_are_the_events_message_by_message() -> None:
                 assert drive(data, size, framed=True) == one_by_one, (name, size)
                 hostile += any(e.startswith("violation") for e in one_by_one)
     assert hostile > 20  # the mutants broke the protocol in many places
+
+
+# ---- the lane inside a session's other states --------------------------------------------
+async def test_a_lone_query_after_an_unsynced_parse_goes_behind_hoopys_sync(
+    relay: tuple[Any, list[bytes], list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _, to_backend = relay
+    run(conn, SELECT.format(1))  # cached
+    lane_only(monkeypatch)
+    conn._agent_data(pg.parse("", SELECT.format(2), ()))  # no Sync: the batch stays open
+    conn._agent_data(pg.query(SELECT.format(3)))  # alone in its read
+    # PostgreSQL would discard the Query after an error in the open batch: hoopy closes
+    # it with a Sync of its own first (Pipeline._enter), whichever path the Query takes
+    assert to_backend[-2:] == [
+        pg.parse("", SELECT.format(2), ()),
+        pg.sync() + pg.query(SELECT.format(3)),
+    ]
+    assert conn.silent_ready == {conn.batches_sent - 1}
+
+
+async def test_a_lone_query_during_copy_from_stdin_ends_the_session(
+    relay: tuple[Any, list[bytes], list[bytes]],
+) -> None:
+    conn, _, to_backend = relay
+    run(conn, SELECT.format(1))  # cached
+    conn._agent_data(pg.query("copy t from stdin"))
+    assert conn.copy_in_flight
+    sent = len(to_backend)
+    conn._agent_data(pg.query(SELECT.format(2)))
+    assert len(to_backend) == sent  # the server would discard it and fail the COPY
+    err = ended_with(conn)
+    assert err is not None and "COPY FROM STDIN" in str(err)
+
+
+async def test_a_cached_text_with_a_backslash_waits_for_the_answers_before_it(
+    relay: tuple[Any, list[bytes], list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _, to_backend = relay
+    slashed = "SELECT abalance FROM pgbench_accounts WHERE aid = {} AND filler = E'\\\\x'"
+    run(conn, slashed.format(1))  # cached
+    conn._agent_data(pg.query(SELECT.format(2)))  # not answered yet
+    conn._agent_data(pg.query(slashed.format(3)))
+    # a switch of standard_conforming_strings by what runs before could make the server
+    # read it otherwise than hoopy did: it waits (off the lane) until those are answered
+    assert to_backend[-1] == pg.query(SELECT.format(2))
+    assert conn._agent_pump.task is not None
+    conn._backend_data(ANSWER)
+    while conn._agent_pump.task is not None:
+        await asyncio.sleep(0)
+    assert to_backend[-1] == pg.query(slashed.format(3))
+
+
+async def test_pipelined_queries_each_go_by_the_lane_with_their_own_text(
+    relay: tuple[Any, list[bytes], list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _, to_backend = relay
+    run(conn, SELECT.format(1))
+    run(conn, "select v from secrets where id = 1")  # denied, cached
+    lane_only(monkeypatch)
+    batch = (
+        pg.query(SELECT.format(2))
+        + pg.query("select v from secrets where id = 2")
+        + pg.query(SELECT.format(3))
+    )
+    conn._agent_data(batch)
+    assert to_backend[-1] == (
+        pg.query(SELECT.format(2)) + pg.query(conn.marker) + pg.query(SELECT.format(3))
+    )
+    recorded = [(c["text"], c["outcome"]) for c in commands(conn)][2:]
+    assert recorded == [
+        (SELECT.format(2), "allow"),
+        ("select v from secrets where id = 2", "deny"),
+        (SELECT.format(3), "allow"),
+    ]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hoopy.protocols.postgres import messages as m
+from hoopy.protocols.postgres.cmdlane import COMPILED as _FAST_BINDS
 from hoopy.protocols.postgres.cmdlane import bind_fields
 
 _I = struct.Struct("!I")
@@ -161,9 +162,9 @@ def _f_parse(raw: bytes) -> m.Parse:
 
 
 def _f_bind(raw: bytes) -> m.Bind:
-    """Every Bind is parsed (its values are recorded): compiled (cmdlane.bind_fields),
+    """Every Bind is parsed (its values are recorded): by cmdlane.bind_fields when compiled,
     and here, without the generic reader, to say what is wrong with a malformed one."""
-    fields = bind_fields(raw)
+    fields = bind_fields(raw) if _FAST_BINDS else None
     if fields is not None:  # (portal, statement, param formats, params, result formats)
         return m.Bind(fields[0], fields[1], raw, fields[4], fields[2], fields[3])
     end = len(raw)

@@ -28,6 +28,9 @@ import struct
 
 from hoopy.policy import Command
 
+# Compiled, these loops beat the library calls they replace; interpreted, not always:
+# callers then keep their own way (bodies._f_bind).
+COMPILED: bool = bool(cython.compiled)
 _H = struct.Struct("!H")  # interpreted reads (compiled: _u16, _i32)
 _I32 = struct.Struct("!i")
 _QUERY = cython.declare(cython.int, 0x51)  # 'Q'

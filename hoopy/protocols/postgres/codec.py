@@ -230,12 +230,13 @@ class ServerConnection(_Connection[m.FrontendEvent]):
 
     def events(self) -> list[m.FrontendEvent]:
         """Every event that is complete in the buffer now: what one compiled pass frames
-        (cmdlane.frontend_run), then message by message what it leaves (`_next`)."""
+        (cmdlane.frontend_run; interpreted, `_next` is as fast), then message by message
+        what it leaves (`_next`)."""
         if self._failed is not None:
             self._check_alive()
         out: list[m.FrontendEvent] = []
         try:
-            if self.phase is Phase.NORMAL:
+            if self.phase is Phase.NORMAL and cmdlane.COMPILED:
                 buf = self._buf
                 self._pos, marks = cmdlane.frontend_run(
                     buf, self._pos, self._max, self._allowed, self.opaque

@@ -14,6 +14,7 @@ import asyncio
 import random
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -395,7 +396,11 @@ def drive(data: bytes, size: int | None, framed: bool) -> list[str]:
             conn.receive_data(piece)
             while True:
                 if conn.phase is pg.Phase.NORMAL:
-                    evs = conn.events() if framed else super(pg.ServerConnection, conn).events()
+                    if framed:  # the compiled pass, in the interpreted build too
+                        with mock.patch.object(cmdlane, "COMPILED", True):
+                            evs = conn.events()
+                    else:
+                        evs = super(pg.ServerConnection, conn).events()
                     out.extend(repr(e) for e in evs)
                     break
                 ev = conn.next_event()

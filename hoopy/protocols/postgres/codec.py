@@ -258,11 +258,14 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         """`(raw, sql)` of the Query the buffer holds when it holds one whole Query and
         nothing else (cmdlane.lone_query), consumed; None otherwise, with nothing
         consumed: `events()` then (which also raises for what is malformed)."""
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf) or buf[pos] != _QUERY:  # the usual other batch: one look
+            return None
         if self._failed is not None or self.phase is not Phase.NORMAL or _QUERY in self.opaque:
             return None
-        got = cmdlane.lone_query(self._buf, self._pos, self._max)
+        got = cmdlane.lone_query(buf, pos, self._max)
         if got is not None:
-            self._pos = len(self._buf)
+            self._pos = len(buf)
         return got
 
     def _passthrough(self) -> m.Passthrough:

@@ -34,6 +34,7 @@ MODULES: tuple[str, ...] = (
     "hoopy.protocols.postgres.sqlkey",
     "hoopy.eventchain",
     "hoopy.protocols.postgres.resultrun",
+    "hoopy.protocols.postgres.cmdlane",
 )
 PURE_ENV = "HOOPY_PURE"
 _ROOT = Path(__file__).resolve().parent.parent  # the folder holding the hoopy package

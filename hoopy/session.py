@@ -240,17 +240,23 @@ class Session:
             self.record("command", text=text, kinds=[what], outcome="deny", reason="token expired")
             raise AuthFailed("token expired during the session; reconnect with a fresh token")
 
-    def check_now(self, command: Command, decision: Decision | None = None) -> Decision:
+    def check_now(
+        self, command: Command, decision: Decision | None = None, text: str | None = None
+    ) -> Decision:
         """`check()` up to the approval wait: decide and record.  Returns the Decision
         (an allow, or a require_approval the caller must wait on through `check()`'s
         path); raises like `check()`.  Proxies call it directly for commands they know
         need no approval, so the common case runs without a coroutine.  `decision` is
-        what `decide(command)` returned, when the caller asked already."""
+        what `decide(command)` returned, when the caller asked already.  `text`: the
+        command's own text when `command` is a cached one of the same fingerprint with
+        another (PostgreSQL's cached-statement lane: no copy per statement)."""
         self.commands += 1
+        if text is None:
+            text = command.text
         if self.expired():
             self.record(
                 "command",
-                text=command.text,
+                text=text,
                 **_fields(command),
                 outcome="deny",
                 reason="token expired",
@@ -260,7 +266,7 @@ class Session:
             decision = self.decide(command)
         try:
             static = self._event_fields(command, decision)
-            shown, secrets = self.hide(command.text)
+            shown, secrets = self.hide(text)
             if secrets:  # the simple commands of a shell line quote it too
                 fields = _scrubbed(static[1], secrets)
                 static = (encode_members(fields), fields)

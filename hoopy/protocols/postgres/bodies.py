@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hoopy.protocols.postgres import messages as m
+from hoopy.protocols.postgres.cmdlane import COMPILED as _FAST_BINDS
+from hoopy.protocols.postgres.cmdlane import bind_fields
 
 _I = struct.Struct("!I")
 _i = struct.Struct("!i")
@@ -160,7 +162,11 @@ def _f_parse(raw: bytes) -> m.Parse:
 
 
 def _f_bind(raw: bytes) -> m.Bind:
-    """Every Bind is parsed (its values are recorded): without the generic reader."""
+    """Every Bind is parsed (its values are recorded): by cmdlane.bind_fields when compiled,
+    and here, without the generic reader, to say what is wrong with a malformed one."""
+    fields = bind_fields(raw) if _FAST_BINDS else None
+    if fields is not None:  # (portal, statement, param formats, params, result formats)
+        return m.Bind(fields[0], fields[1], raw, fields[4], fields[2], fields[3])
     end = len(raw)
     p0 = raw.find(b"\0", 5)
     p1 = raw.find(b"\0", p0 + 1) if p0 >= 0 else -1

@@ -15,6 +15,7 @@ from hoopy.policy import Command
 from hoopy.protocols.postgres import pgquery, sqlkey
 from hoopy.protocols.postgres.classify import _classify, _fingerprint, _shape, _split
 from hoopy.protocols.postgres.classwalk import Prepared
+from hoopy.protocols.postgres.cmdlane import one_text, plain
 
 # The fast key: normalize() (libpg_query, in C) costs a third of shape()'s parse and
 # regular expressions.  It is exact only where the sole constants it replaces are A_Const
@@ -155,6 +156,36 @@ class Classifier:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
         return cmds
+
+    def keyed(self, sql: str, connector: str) -> tuple[tuple[Command, ...], str] | None:
+        """What `classify()` answers from its caches for `sql`, when that is one statement
+        the cached-statement lane may take (cmdlane.plain): the cached commands and the
+        statement's own text (their text when it is the same); None for anything else
+        (classify() then).  A dict lookup for a text seen before, a compiled key and a
+        lookup for one seen with other literals: no Command copy (see cmdlane.py).  The
+        caller counts the hit (`hits`) once it takes the lane."""
+        exact = self._exact.get((sql, connector))
+        if exact is not None:
+            if len(exact) != 1 or not plain(exact[0]):
+                return None
+            return exact, exact[0].text
+        if self.use_key:
+            lexed = sqlkey.statement_key(sql)
+            found = None if lexed is None else self._keyed.get((lexed, connector))
+        else:
+            dml = _dml_key(sql, connector)
+            found = None if dml is None else self._dml.get(dml)
+        if found is None:
+            return None
+        cached_sql, cmds = found
+        if len(cmds) != 1 or not plain(cmds[0]):
+            return None
+        text = cmds[0].text if sql == cached_sql else one_text(sql)
+        if text is None:
+            return None
+        if text == cmds[0].text:  # the same statement again: next time, a dict lookup
+            self._remember_exact(sql, connector, cmds)
+        return cmds, text
 
     def _hit(
         self, sql: str, connector: str, found: tuple[str, tuple[Command, ...]] | None

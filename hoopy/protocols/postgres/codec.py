@@ -48,7 +48,7 @@ import enum
 import struct
 from typing import Final, Generic, Literal, NoReturn, TypeVar
 
-from hoopy.protocols.postgres import framing
+from hoopy.protocols.postgres import cmdlane, framing
 from hoopy.protocols.postgres import messages as m
 from hoopy.protocols.postgres.bodies import (
     _AUTH_TYPES,
@@ -81,6 +81,7 @@ _I = struct.Struct("!I")
 _DATA_ROW = 0x44  # 'D'
 _READY = 0x5A  # 'Z'
 _TERMINATE = 0x58  # 'X'
+_QUERY = 0x51  # 'Q'
 
 
 class NeedData(enum.Enum):
@@ -226,6 +227,46 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         if t == _TERMINATE:
             self._set_phase(Phase.CLOSED)
         return event
+
+    def events(self) -> list[m.FrontendEvent]:
+        """Every event that is complete in the buffer now: what one compiled pass frames
+        (cmdlane.frontend_run; interpreted, `_next` is as fast), then message by message
+        what it leaves (`_next`)."""
+        if self._failed is not None:
+            self._check_alive()
+        out: list[m.FrontendEvent] = []
+        try:
+            if self.phase is Phase.NORMAL and cmdlane.COMPILED:
+                buf = self._buf
+                self._pos, marks = cmdlane.frontend_run(
+                    buf, self._pos, self._max, self._allowed, self.opaque
+                )
+                for t, start, stop, types in marks:
+                    if types is not None:
+                        out.append(m.Passthrough(types, bytes(buf[start:stop])))
+                    else:
+                        out.append(_FRONTEND[t](bytes(buf[start:stop])))
+                if self._pos == len(buf):
+                    return out  # the usual end: nothing left for _next to look at
+            while (ev := self._next()) is not NEED_DATA:
+                out.append(ev)
+        except ProtocolViolation as e:
+            self._fail(e)
+        return out
+
+    def lone_query(self) -> tuple[bytes, str] | None:
+        """`(raw, sql)` of the Query the buffer holds when it holds one whole Query and
+        nothing else (cmdlane.lone_query), consumed; None otherwise, with nothing
+        consumed: `events()` then (which also raises for what is malformed)."""
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf) or buf[pos] != _QUERY:  # the usual other batch: one look
+            return None
+        if self._failed is not None or self.phase is not Phase.NORMAL or _QUERY in self.opaque:
+            return None
+        got = cmdlane.lone_query(buf, pos, self._max)
+        if got is not None:
+            self._pos = len(buf)
+        return got
 
     def _passthrough(self) -> m.Passthrough:
         """The opaque message at the front and every complete opaque one after it."""

@@ -10,7 +10,10 @@ synchronously, and result runs from the server go through as the bytes they came
 (`ClientConnection.relay_run`), looked at only to record them.
 
 Agent → backend: every Query and Parse is classified (libpg_query) and checked through
-`Session.check`; anything else is forwarded byte-for-byte.  A refused message is
+`Session.check`; anything else is forwarded byte-for-byte.  A statement the classifier
+has cached (seen before, with these or other literals) takes a shorter lane to the same
+check (`StatementCheck._seen`, cmdlane.py: compiled when built), a lone Query straight
+from the codec's buffer without an event.  A refused message is
 *substituted*, not dropped: hoopy sends the server a statement that is a guaranteed
 syntax error carrying a per-session nonce (the "marker").  The server then answers
 exactly where the refused message stood — ErrorResponse, discard-until-Sync, aborted
@@ -132,6 +135,11 @@ class Relay(BindCheck, Answers):
                 if self.codec.buffered() > READ_SIZE * 4:
                     cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
                 return
+            if self.planner is None:
+                lone = self.codec.lone_query()
+                if lone is not None:  # one Query, alone: the usual simple-protocol batch
+                    self._lone_query(*lone)
+                    return
             events = self.codec.events()
             if not events:
                 return
@@ -205,6 +213,15 @@ class Relay(BindCheck, Answers):
         elif not self._agent_pump.busy:
             at.resume_reading()
 
+    def _lone_query(self, raw: bytes, sql: str) -> None:
+        """A batch of one Query (codec.lone_query): by the cached-statement lane when it
+        can go by it (`_seen`), else as the one event of `_agent_batch_now`."""
+        out: list[bytes] = []
+        if self.extended_open or self.copy_in_flight or not self._seen(raw, sql, None, out):
+            self._agent_batch_now([pg.Query(sql, raw)])
+            return
+        self._flush(out)
+
     def _agent_batch_now(self, events: list[pg.FrontendEvent]) -> None:
         """`_agent_batch` without a coroutine, for sessions without masking, until a
         statement needs an approval: from there on the messages wait in a task."""
@@ -214,6 +231,8 @@ class Relay(BindCheck, Answers):
             if t is pg.Query or t is pg.Parse:
                 st: pg.Query | pg.Parse = ev  # type: ignore[assignment]
                 self._enter(t, out)
+                if self._seen(st.raw, st.sql, None if t is pg.Query else ev.name, out):  # type: ignore[union-attr]
+                    continue
                 try:
                     # A text that must wait (see _settled_parse) or needs an approval:
                     # what came before is forwarded, the rest waits in the task.

@@ -255,11 +255,58 @@ class StatementCheck(Pipeline):
     async def _until_agent_eof(self) -> None:
         await asyncio.shield(self._agent_closed)  # bytes meanwhile wait in the codec
 
+    def _seen(self, raw: bytes, sql: str, name: str | None, out: list[bytes]) -> bool:
+        """The lane of a Query (`name` None) or Parse whose statement the classifier has
+        cached (Classifier.keyed: one plain statement, seen before): the session's
+        cached decision, checked and recorded with the statement's own text through
+        `Session.check_now` as every statement is, then `_allowed`'s bookkeeping for it.
+        True when done (forwarded, or refused in its place); False, having done
+        nothing, for anything else: the full path then (a first sight, a masking
+        session, a text that must wait, a statement that needs an approval).  The caller
+        has done `_enter`."""
+        if self.tracker is not None or (b"\\" in raw and self._answers_pending()):
+            return False
+        offloop = self.listener.classification
+        size = len(sql)
+        limits = offloop.settings
+        if size > limits.classify_inline_size or size > limits.max_statement_size:
+            return False
+        assert self.connector is not None
+        classifier = offloop.classifier
+        found = classifier.keyed(sql, self.connector.name)
+        if found is None:
+            return False
+        cmds, text = found
+        cmd = cmds[0]
+        session = self.session
+        assert session is not None
+        decision = session.decide(cmd)
+        if name is None and decision.outcome == "require_approval":
+            return False  # _check_now's None: the approval is waited for in the task
+        classifier.hits += 1
+        try:
+            session.check_now(cmd, decision, text)
+        except (CommandDenied, RecordingFailed) as e:
+            if name is None:
+                out.append(self._refuse_query(e))
+            else:
+                out.append(self._refused_parse(name, e))
+            return True
+        if name is None:
+            out.append(self._query_allowed(raw, cmds))
+        else:
+            if text != cmd.text:  # the statement the name holds, with its own text
+                cmds = (cmd.with_text(text),)
+            out.append(self._parse_allowed(name, raw, cmds))
+        return True
+
     def _refused(self, ev: pg.Query | pg.Parse, e: HoopyError) -> bytes:
         """What goes to the server in place of a refused Query or Parse: the marker."""
         if type(ev) is pg.Query:
             return self._refuse_query(e)
-        name = ev.name  # type: ignore[union-attr]
+        return self._refused_parse(ev.name, e)  # type: ignore[union-attr]
+
+    def _refused_parse(self, name: str, e: HoopyError) -> bytes:
         self.refusals.append((self.batches_sent + 1, e))
         if self.tracker is not None:
             self.tracker.parse(name, None)
@@ -267,36 +314,41 @@ class StatementCheck(Pipeline):
 
     def _allowed(self, ev: pg.Query | pg.Parse, cmds: tuple[Command, ...]) -> bytes:
         """Bookkeeping for a checked Query or Parse; returns the bytes to forward."""
-        tracker = self.tracker
         if type(ev) is pg.Query:
-            for c in cmds:  # one look for the rare kinds, on the path every Query takes
-                if "copy" in c.kinds or not c.kinds.isdisjoint(SESSION_STATE_KINDS):
-                    if copies_in(cmds):
-                        self._copy_starts()
-                    for c2 in cmds:
-                        if not c2.kinds.isdisjoint(SESSION_STATE_KINDS):
-                            self._track_sql_prepared(cmds)
-                            break
-                    break
-            names = self.names
-            names.close("")  # a simple Query drops the unnamed portal
-            names.sent += 1  # batches_sent
-            if tracker is not None:
-                tracker.query(list(self._masks))
-            return ev.raw
-        name = ev.name  # type: ignore[union-attr]
+            return self._query_allowed(ev.raw, cmds)
+        return self._parse_allowed(ev.name, ev.raw, cmds)  # type: ignore[union-attr]
+
+    def _query_allowed(self, raw: bytes, cmds: tuple[Command, ...]) -> bytes:
+        for c in cmds:  # one look for the rare kinds, on the path every Query takes
+            if "copy" in c.kinds or not c.kinds.isdisjoint(SESSION_STATE_KINDS):
+                if copies_in(cmds):
+                    self._copy_starts()
+                for c2 in cmds:
+                    if not c2.kinds.isdisjoint(SESSION_STATE_KINDS):
+                        self._track_sql_prepared(cmds)
+                        break
+                break
+        names = self.names
+        names.close("")  # a simple Query drops the unnamed portal
+        names.sent += 1  # batches_sent
+        if self.tracker is not None:
+            self.tracker.query(list(self._masks))
+        return raw
+
+    def _parse_allowed(self, name: str, raw: bytes, cmds: tuple[Command, ...]) -> bytes:
         for c in cmds:
             if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
                 self._track_sql_prepared(cmds, protocol=True)
                 break
         self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
         self.names.statement_epoch += 1
+        tracker = self.tracker
         if tracker is not None:
             mask = self._masks[0] if len(self._masks) == 1 else None
             kinds = frozenset().union(*(c.kinds for c in cmds))
             dependent = "fetch" if "fetch" in kinds else "execute" if "execute" in kinds else ""
             tracker.parse(name, mask, dependent)
-        return ev.raw
+        return raw
 
     def _refuse_query(self, e: HoopyError) -> bytes:
         assert self.backend is not None

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hoopy import compiled
+from hoopy.protocols.postgres import cmdlane, framing
 from hoopy.protocols.postgres import codec as pg
-from hoopy.protocols.postgres import framing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURES = ("psql_simple", "psql_copy", "asyncpg_extended")
@@ -50,7 +50,18 @@ def frontend(data: bytes, size: int | None, opaque: bool, out: list[str]) -> Non
         nonlocal seen
         for piece in chunks(data, size):
             conn.receive_data(piece)
-            while (ev := conn.next_event()) is not pg.NEED_DATA:
+            while True:
+                # the cached-statement lane's framing (cmdlane.py), on every other pass
+                lone = conn.lone_query() if opaque else None
+                if lone is not None:
+                    out.append(f"lone {lone!r} text {cmdlane.one_text(lone[1])!r}")
+                    continue
+                if opaque and conn.phase is pg.Phase.NORMAL:  # all at once, as the relay
+                    out.extend(repr(e) for e in conn.events())
+                    break
+                ev = conn.next_event()
+                if ev is pg.NEED_DATA:
+                    break
                 out.append(repr(ev))
                 if isinstance(ev, pg.PasswordMessage):
                     seen += 1

@@ -170,6 +170,18 @@ def exchanges() -> Iterator[tuple[str, bytes, bytes]]:
             + pg.command_complete("SELECT 1")
             + ready,
         )
+    # the cached-statement lane (cmdlane.py): other literals, blanks and semicolons
+    # around the statement, the same text again, a ';' inside a literal
+    for i, sql in enumerate(
+        (
+            "  " + SELECT.format(7) + " ;; ",
+            SELECT.format(7),
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 8 ",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = ';'",
+        )
+    ):
+        one = pg.row_description([field("abalance")]) + pg.data_row([str(i).encode()])
+        yield "lane", pg.query(sql), one + pg.command_complete("SELECT 1") + ready
     yield "rows", pg.query("select * from t -- \u00e9\u2603"), rows_answer(12) + ready
     yield "few rows", pg.query('select "x" from t'), rows_answer(2) + ready
     yield (

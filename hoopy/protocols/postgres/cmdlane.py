@@ -1,0 +1,235 @@
+"""The agent → backend lane of a statement hoopy has classified before: its compiled steps.
+
+A Query (or Parse) whose text the classifier's cache already answers for — the same
+text, or the same sqlkey key with other literals — needs no parse, no classification and
+no decision of its own: the cached commands, the statement's own text (for the
+recording) and the session's cached decision say everything.  `StatementCheck._seen`
+(statementcheck.py) takes that lane; this module holds the steps of it that are byte
+and string work, written in Cython's pure-Python mode (see compiled.py): framing a lone
+Query straight from the codec's buffer, cutting a statement's text out of a message as
+classcache's `_retext` does, and telling whether a cached command is one the lane may
+take at all (`plain`).
+
+Everything the lane does not cover returns None / False here, and the caller goes the
+full path (codec events, classify(), _check_now): a first sight, several statements, a
+text with a ';' inside, a statement whose meaning depends on its literals beyond its
+key (set_config: textsettings.py and searchpath.py read its text).  Both builds must
+behave alike (tests/protocols/postgres/test_cmdlane.py).
+"""
+
+from __future__ import annotations
+
+try:
+    import cython
+except ImportError:  # interpreted without Cython installed: the declarations are no-ops
+    from hoopy import _cyshim as cython  # type: ignore[no-redef, unused-ignore]
+
+import struct
+
+from hoopy.policy import Command
+
+# Compiled, these loops beat the library calls they replace; interpreted, not always:
+# callers then keep their own way (bodies._f_bind).
+COMPILED: bool = bool(cython.compiled)
+_H = struct.Struct("!H")  # interpreted reads (compiled: _u16, _i32)
+_I32 = struct.Struct("!i")
+_QUERY = cython.declare(cython.int, 0x51)  # 'Q'
+# The kinds of a plain DML statement (classcache keeps only these by key).
+PLAIN_KINDS = frozenset({"select", "insert", "update", "delete", "merge"})
+
+
+@cython.locals(
+    buf=bytearray, pos=cython.Py_ssize_t, cap=cython.Py_ssize_t, end=cython.Py_ssize_t,
+    length=cython.Py_ssize_t, raw=bytes,
+)  # fmt: skip
+def lone_query(buf: bytearray, pos: int, cap: int) -> tuple[bytes, str] | None:
+    """`(raw, sql)` when the buffer from `pos` holds one whole Query message and nothing
+    after it (what a simple-protocol client sends per statement); None for anything
+    else, a malformed or non-UTF-8 Query included: the codec's own parse (bodies.py)
+    then frames it and raises what it must."""
+    end = len(buf)
+    if end - pos < 6 or buf[pos] != _QUERY:
+        return None
+    length = (
+        (cython.cast(cython.Py_ssize_t, buf[pos + 1]) << 24)
+        | (buf[pos + 2] << 16)
+        | (buf[pos + 3] << 8)
+        | buf[pos + 4]
+    )
+    if length < 5 or length > cap or pos + 1 + length != end or buf[end - 1] != 0:
+        return None
+    raw = bytes(buf[pos:end])
+    if raw.find(b"\0", 5) != length:  # the one NUL ends the text
+        return None
+    try:
+        return raw, raw[5:length].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+@cython.locals(sql=str, text=str, semi=cython.Py_ssize_t)
+def one_text(sql: str) -> str | None:
+    """The text of the one statement `sql` holds, as classcache's `_retext` cuts it (blanks
+    around it and final semicolons dropped); None when a ';' stands inside it (a
+    literal's, or a second statement's: `_retext` splits those with the parser)."""
+    text = sql.strip()
+    semi = text.find(";")
+    if semi < 0:
+        return text
+    if semi == len(text) - 1:
+        return text.rstrip(";").rstrip()
+    return None
+
+
+@cython.locals(f=str)
+def plain(cmd: Command) -> bool:
+    """May the lane take a statement classified as `cmd`: one plain DML statement (no
+    opaque part), calling no set_config (whose arguments, literals the key does not
+    keep, decide what it changes: textsettings.py, searchpath.py)?  What else the full
+    path does for other statements (COPY, PREPARE and other session state, EXECUTE's
+    names, text settings) does nothing for these."""
+    if cmd.opaque or not cmd.kinds <= PLAIN_KINDS:
+        return False
+    for f in cmd.functions:
+        if f.endswith("set_config"):
+            return False
+    for f in cmd.maybe_functions:  # noqa: SIM110 (a loop compiles to C, a generator not)
+        if f.endswith("set_config"):
+            return False
+    return True
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(raw=bytes, pos=cython.Py_ssize_t)
+@cython.returns(cython.Py_ssize_t)
+def _u16(raw: bytes, pos: int) -> int:
+    return (cython.cast(cython.Py_ssize_t, raw[pos]) << 8) | raw[pos + 1]
+
+
+@cython.cfunc
+@cython.inline
+@cython.locals(raw=bytes, pos=cython.Py_ssize_t, u=cython.longlong)
+@cython.returns(cython.Py_ssize_t)
+def _i32(raw: bytes, pos: int) -> int:
+    u = (
+        (cython.cast(cython.longlong, raw[pos]) << 24)
+        | (raw[pos + 1] << 16)
+        | (raw[pos + 2] << 8)
+        | raw[pos + 3]
+    )
+    return cython.cast(cython.Py_ssize_t, u - 0x100000000 if u >= 0x80000000 else u)
+
+
+@cython.locals(
+    raw=bytes, end=cython.Py_ssize_t, p0=cython.Py_ssize_t, p1=cython.Py_ssize_t,
+    pos=cython.Py_ssize_t, n=cython.Py_ssize_t, _i=cython.Py_ssize_t, size=cython.Py_ssize_t,
+    params=list, shorts=list,
+)  # fmt: skip
+def bind_fields(
+    raw: bytes,
+) -> tuple[str, str, tuple[int, ...], tuple[bytes | None, ...], tuple[int, ...]] | None:
+    """`(portal, statement, param_formats, params, result_formats)` of a well-formed Bind
+    message (`raw`, its whole bytes); None for anything else: bodies._f_bind then says
+    what is wrong with it.  Every Bind is decoded (its values are recorded)."""
+    end = len(raw)
+    p0 = raw.find(b"\0", 5)
+    if p0 < 0:
+        return None
+    p1 = raw.find(b"\0", p0 + 1)
+    if p1 < 0:
+        return None
+    pos = p1 + 3
+    if pos > end:
+        return None
+    n = _u16(raw, p1 + 1) if cython.compiled else _H.unpack_from(raw, p1 + 1)[0]
+    if pos + 2 * n + 2 > end:
+        return None
+    shorts: list[int] = []
+    for _i in range(n):
+        shorts.append(_u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0])
+        pos += 2
+    param_formats = tuple(shorts)
+    n = _u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0]
+    pos += 2
+    params: list[bytes | None] = []
+    for _i in range(n):
+        if pos + 4 > end:
+            return None
+        size = _i32(raw, pos) if cython.compiled else _I32.unpack_from(raw, pos)[0]
+        pos += 4
+        if size == -1:
+            params.append(None)
+            continue
+        if size < -1 or pos + size > end:
+            return None
+        params.append(raw[pos : pos + size])
+        pos += size
+    if pos + 2 > end:
+        return None
+    n = _u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0]
+    pos += 2
+    if pos + 2 * n != end:
+        return None
+    shorts = []
+    for _i in range(n):
+        shorts.append(_u16(raw, pos) if cython.compiled else _H.unpack_from(raw, pos)[0])
+        pos += 2
+    try:
+        portal = raw[5:p0].decode()
+        statement = raw[p0 + 1 : p1].decode()
+    except UnicodeDecodeError:
+        return None
+    return portal, statement, param_formats, tuple(params), tuple(shorts)
+
+
+_TERMINATE = cython.declare(cython.int, 0x58)  # 'X': the codec's _next changes phase
+
+
+@cython.locals(
+    buf=bytearray, start=cython.Py_ssize_t, cap=cython.Py_ssize_t, pos=cython.Py_ssize_t,
+    end=cython.Py_ssize_t, length=cython.Py_ssize_t, stop=cython.Py_ssize_t, t=cython.int,
+    run=cython.Py_ssize_t, types=bytearray,
+)  # fmt: skip
+def frontend_run(
+    buf: bytearray, start: int, cap: int, allowed: frozenset[int], opaque: frozenset[int]
+) -> tuple[int, list[tuple[int, int, int, bytes | None]]]:
+    """`(stop, marks)` of the complete frontend messages from `start`, in one pass:
+    `(type, start, stop, None)` per message, `(0, start, stop, types)` per run of
+    `opaque` ones (a Passthrough).  It stops at the first message that is incomplete,
+    not in `allowed`, of a length outside 4..cap, or a Terminate, and leaves that one to
+    the codec's message-by-message `_next`, which raises or changes the phase as it
+    must: the events are the ones `_next` would make, with two calls fewer each."""
+    end = len(buf)
+    pos, run = start, -1
+    types = bytearray()
+    marks: list[tuple[int, int, int, bytes | None]] = []
+    while end - pos >= 5:
+        t = buf[pos]
+        if t == _TERMINATE or t not in allowed:
+            break
+        length = (
+            (cython.cast(cython.Py_ssize_t, buf[pos + 1]) << 24)
+            | (buf[pos + 2] << 16)
+            | (buf[pos + 3] << 8)
+            | buf[pos + 4]
+        )
+        if length < 4 or length > cap:
+            break
+        stop = pos + 1 + length
+        if stop > end:
+            break
+        if t in opaque:
+            if run < 0:
+                run = pos
+            types.append(t)
+        else:
+            if run >= 0:
+                marks.append((0, run, pos, bytes(types)))
+                run = -1
+                types = bytearray()
+            marks.append((t, pos, stop, None))
+        pos = stop
+    if run >= 0:
+        marks.append((0, run, pos, bytes(types)))
+    return pos, marks

@@ -49,20 +49,24 @@ def slack() -> Iterator[Slack]:
         loop.call_soon_threadsafe(loop.stop)
 
 
-@pytest.fixture(scope="module")
-def hoopy_slack(
-    backend: Backend, slack: Slack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Hoopy]:
-    extra = (
+SLACK_ENV = {"TEST_SLACK_TOKEN": "xoxb-hoopy-test", "TEST_SLACK_SECRET": SECRET}
+
+
+def slack_yaml(slack: Slack) -> str:
+    """hoopy.yaml's slack section for the stand-in (secrets from SLACK_ENV)."""
+    return (
         "slack:\n  token: env:TEST_SLACK_TOKEN\n  signing_secret: env:TEST_SLACK_SECRET\n"
         '  channel: "#db-approvals"\n  approvers: {dba: [U0DBA1, U0DBA2]}\n'
         f"  api_url: {slack.stub.url}\n"
     )
+
+
+@pytest.fixture(scope="module")
+def hoopy_slack(
+    backend: Backend, slack: Slack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hoopy]:
     h = start_hoopy(
-        tmp_path_factory.mktemp("hoopy-slack"),
-        backend,
-        extra,
-        env={"TEST_SLACK_TOKEN": "xoxb-hoopy-test", "TEST_SLACK_SECRET": SECRET},
+        tmp_path_factory.mktemp("hoopy-slack"), backend, slack_yaml(slack), env=SLACK_ENV
     )
     try:
         yield h

@@ -27,7 +27,13 @@ from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 from tests.integration.test_pg_approvals import admin, cli_decide, wait_pending
 from tests.integration.test_pg_drivers import agent
 from tests.integration.test_pg_psql import app_count
-from tests.integration.test_pg_slack import SECRET, Slack, click, slack  # noqa: F401 (fixture)
+from tests.integration.test_pg_slack import (  # noqa: F401 (the slack fixture)
+    SLACK_ENV,
+    Slack,
+    click,
+    slack,
+    slack_yaml,
+)
 
 WORKERS = 2
 
@@ -466,16 +472,11 @@ def hw_slack(
     slack: Slack,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Hoopy]:
-    extra = (
-        "slack:\n  token: env:TEST_SLACK_TOKEN\n  signing_secret: env:TEST_SLACK_SECRET\n"
-        '  channel: "#db-approvals"\n  approvers: {dba: [U0DBA1, U0DBA2]}\n'
-        f"  api_url: {slack.stub.url}\n"
-    )
     h = start_hoopy(
         tmp_path_factory.mktemp("hoopy-workers-slack"),
         backend,
-        extra,
-        env={"TEST_SLACK_TOKEN": "xoxb-hoopy-test", "TEST_SLACK_SECRET": SECRET},
+        slack_yaml(slack),
+        env=SLACK_ENV,
         workers=WORKERS,
     )
     try:

@@ -88,6 +88,18 @@ def clock() -> Callable[[], float]:
     return lambda: 1_700_000_000.0 + next(ticks) / 8  # exact in binary: no rounding
 
 
+def started(folder: Path) -> tuple[Any, list[bytes], list[bytes]]:
+    """A relay as `Relay._relay` sets it up (inside a running loop), and the bytes it
+    sends the agent and the backend."""
+    to_agent: list[bytes] = []
+    to_backend: list[bytes] = []
+    conn = session(folder, "s-1", to_agent, to_backend)
+    loop = asyncio.get_running_loop()
+    conn._ended = loop.create_future()
+    conn._agent_closed = loop.create_future()
+    return conn, to_agent, to_backend
+
+
 def session(folder: Path, sid: str, to_agent: list[bytes], to_backend: list[bytes]) -> Any:
     (folder / "connectors").mkdir(parents=True)
     (folder / "policies").mkdir()

@@ -43,13 +43,7 @@ async def relay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Any, list[bytes], list[bytes]]:
     monkeypatch.setattr(relaydigest, "POLICY", POLICY)
-    to_agent: list[bytes] = []
-    to_backend: list[bytes] = []
-    conn = relaydigest.session(tmp_path, "s-1", to_agent, to_backend)
-    loop = asyncio.get_running_loop()
-    conn._ended = loop.create_future()  # as Relay._relay sets up
-    conn._agent_closed = loop.create_future()
-    return conn, to_agent, to_backend
+    return relaydigest.started(tmp_path)
 
 
 def commands(conn: Any) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ forwarded batch, and nothing forwarded or shown whose events could not be writte
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,7 @@ ANSWER = (
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> tuple[Any, list[bytes], list[bytes]]:
-    to_agent: list[bytes] = []
-    to_backend: list[bytes] = []
-    conn = relaydigest.session(tmp_path, "s-1", to_agent, to_backend)
-    loop = asyncio.get_running_loop()
-    conn._ended = loop.create_future()  # as Relay._relay sets up
-    conn._agent_closed = loop.create_future()
-    return conn, to_agent, to_backend
+    return relaydigest.started(tmp_path)
 
 
 def fill_disk(conn: Any) -> None:

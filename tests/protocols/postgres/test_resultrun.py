@@ -5,7 +5,6 @@ and what it sends the agent is what the server sent, less hoopy's own ReadyForQu
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,7 @@ from tests.protocols.postgres.test_relay_recording import ANSWER, ended_with
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> tuple[Any, list[bytes], list[bytes]]:
-    to_agent: list[bytes] = []
-    to_backend: list[bytes] = []
-    conn = relaydigest.session(tmp_path, "s-1", to_agent, to_backend)
-    loop = asyncio.get_running_loop()
-    conn._ended = loop.create_future()
-    conn._agent_closed = loop.create_future()
-    return conn, to_agent, to_backend
+    return relaydigest.started(tmp_path)
 
 
 def results(conn: Any) -> list[dict[str, Any]]:

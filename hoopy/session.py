@@ -25,6 +25,7 @@ from hoopy.errors import (
 )
 from hoopy.policy import Command, Decision, Identity, PolicySet, decide
 from hoopy.recorder import RecorderError, SessionLog, encode_members
+from hoopy.shellsecrets import scrub
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,14 @@ def _as_written(text: str) -> tuple[str, tuple[str, ...]]:
     return text, ()
 
 
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "****")
-    return text
-
-
 def _scrubbed(fields: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
     """`fields` with `secrets` scrubbed from their strings and lists of strings."""
     out: dict[str, Any] = {}
     for k, v in fields.items():
         if type(v) is str:
-            v = _scrub(v, secrets)
+            v = scrub(v, secrets)
         elif type(v) is list:
-            v = [_scrub(x, secrets) if type(x) is str else x for x in v]
+            v = [scrub(x, secrets) if type(x) is str else x for x in v]
         out[k] = v
     return out
 

@@ -16,6 +16,7 @@ is recorded as the agent saw it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 MASK = "****"
 
@@ -66,7 +67,12 @@ def again(text: str, secrets: list[str]) -> str:
     """`text` with the values already found hidden wherever else they stand (a line
     that sets a token and then compares or prints it); values under 4 characters
     are left, as they would hide too much that is not them."""
+    return scrub(text, secrets, shortest=4)
+
+
+def scrub(text: str, secrets: Sequence[str], shortest: int = 1) -> str:
+    """`text` with each of `secrets` (longest first) replaced by `****`."""
     for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4 and secret in text:
+        if len(secret) >= shortest and secret in text:
             text = text.replace(secret, MASK)
     return text

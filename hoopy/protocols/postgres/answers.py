@@ -91,8 +91,8 @@ class Answers(Pipeline):
     _relay_backend = relay_backend
 
     def _write_failed(self, e: RecorderError) -> NoReturn:
-        """relay_backend could not write the events of what it was about to send: as
-        relay.Relay._write_events, the session ends (fail closed)."""
+        """The events of what was about to be forwarded or sent (relay.Relay._write_events,
+        relay_backend) could not be written: the session ends (fail closed)."""
         log.error("%s", e)  # where recordings live is for the gateway's log only
         failed = RecordingFailed("recording unavailable, command refused (see the gateway log)")
         failed.fatal = True

@@ -416,10 +416,7 @@ class Relay(BindCheck, Answers):
         try:
             self._log.flush()
         except RecorderError as e:
-            log.error("%s", e)  # where recordings live is for the gateway's log only
-            failed = RecordingFailed("recording unavailable, command refused (see the gateway log)")
-            failed.fatal = True
-            raise failed from None
+            self._write_failed(e)  # answers.Answers: the session ends
 
 
 def _take_buffer(reader: asyncio.StreamReader) -> bytes:

@@ -86,6 +86,8 @@ class CancelTarget:
     key: int
     # stops what hoopy itself holds for the session (an approval wait); True if it did
     interrupt: Callable[[], bool] | None = None
+    # True while the backend has work hoopy sent it and it has not answered yet
+    busy: Callable[[], bool] | None = None
 
 
 @dataclass

@@ -88,9 +88,15 @@ class PostgresListener:
         """Act on a CancelRequest for a session of this process (nothing if none holds
         the key)."""
         target = self.gw.cancels.get((pid, key))
-        if target is not None and target.interrupt is not None:
-            target.interrupt()  # a statement waiting for approval is cancelled by hoopy
-        if target is not None and isinstance(target.connector, PostgresConnector):
+        if target is None:
+            return
+        # a statement waiting for approval is cancelled by hoopy; the server is told only
+        # if it still runs something sent before, or its cancel could land on the
+        # agent's next statement
+        stopped = target.interrupt is not None and target.interrupt()
+        if stopped and target.busy is not None and not target.busy():
+            return
+        if isinstance(target.connector, PostgresConnector):
             # no await between the lookup and the pool counting this cancel as under
             # way: the session's backend cannot be reset and handed on in between
             await self.pool.cancel(target.connector, target.pid, target.key)
@@ -361,7 +367,13 @@ class AgentConnection(Relay):
             pw = self.connector.password.get() if self.connector.password else ""
         self.scrub_words = tuple(w for w in (pw, self.connector.user) if w)
         self.cancel_key = self.gw.register_cancel(
-            CancelTarget(self.connector, backend.pid, backend.key, self.session.interrupt)
+            CancelTarget(
+                self.connector,
+                backend.pid,
+                backend.key,
+                self.session.interrupt,
+                self._answers_pending,
+            )
         )
         out = [pg.authentication_ok()]
         for name, value in backend.params.items():

@@ -68,3 +68,11 @@ def test_hidden_statement_still_reads_as_sql() -> None:
             continue
         after = [t.name for t in pgquery.scan(redact(sql))]
         assert after == before, sql
+
+
+def test_the_first_look_knows_every_hint() -> None:
+    from hoopy.protocols.postgres.sqlsecrets import _HINTS, might_hold_secret
+
+    for hint in _HINTS:
+        assert might_hold_secret(f"select 1 /* {hint.upper()} */")
+    assert not might_hold_secret("select abalance from pgbench_accounts where aid = 1")

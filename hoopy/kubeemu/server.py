@@ -129,6 +129,8 @@ class Emulator:
             return await self._log(request, ns, name, q)
         if sub in ("exec", "attach", "portforward"):
             return await self._exec(request, kind, ns, name, q, sub)
+        if sub in OBJECT_SUBRESOURCES:
+            return await self._subresource(request, kind, ns, name, sub)
         if sub:
             return status(405, "MethodNotAllowed", f"{kind.resource}/{sub} is not emulated")
         if not name:
@@ -298,7 +300,9 @@ class Emulator:
             return web.json_response(obj, status=201)
         return web.json_response(self.store.put(kind, ns, obj), status=201)
 
-    async def _update(self, request: web.Request, kind: Kind, ns: str, name: str) -> web.Response:
+    async def _update(
+        self, request: web.Request, kind: Kind, ns: str, name: str, dry: bool = False
+    ) -> web.Response:
         obj = await self._body(request)
         if isinstance(obj, web.Response):
             return obj
@@ -318,9 +322,11 @@ class Emulator:
             )
         obj["metadata"]["name"] = name
         obj["metadata"].pop("resourceVersion", None)
-        return web.json_response(self.store.put(kind, ns, obj))
+        return web.json_response(obj if dry else self.store.put(kind, ns, obj))
 
-    async def _patch(self, request: web.Request, kind: Kind, ns: str, name: str) -> web.Response:
+    async def _patch(
+        self, request: web.Request, kind: Kind, ns: str, name: str, dry: bool = False
+    ) -> web.Response:
         patch = await self._body(request)
         if isinstance(patch, web.Response):
             return patch
@@ -345,7 +351,35 @@ class Emulator:
             return bad
         new["metadata"]["name"] = name
         new["metadata"].pop("resourceVersion", None)
-        return web.json_response(self.store.put(kind, ns, new))
+        return web.json_response(new if dry else self.store.put(kind, ns, new))
+
+    async def _subresource(
+        self, request: web.Request, kind: Kind, ns: str, name: str, sub: str
+    ) -> web.Response:
+        """`status` and `pods/ephemeralcontainers`: as kube-apiserver, they read and
+        write the whole parent object, but a write changes only their own part."""
+        old = self.store.get(kind, ns, name)
+        if old is None:
+            return _not_found(kind, name)
+        if request.method == "GET":
+            return web.json_response(old)
+        if request.method == "PATCH":
+            answer = await self._patch(request, kind, ns, name, dry=True)
+        elif request.method == "PUT":
+            answer = await self._update(request, kind, ns, name, dry=True)
+        else:
+            return status(405, "MethodNotAllowed", "the server does not allow this method")
+        if answer.status >= 300:
+            return answer
+        assert isinstance(answer.body, bytes)
+        new, obj = json.loads(answer.body), copy.deepcopy(old)
+        if sub == "status":
+            obj["status"] = new.get("status", {})
+        else:
+            spec = (new.get("spec") or {}).get("ephemeralContainers")
+            obj.setdefault("spec", {})["ephemeralContainers"] = spec or []
+        obj["metadata"].pop("resourceVersion", None)
+        return web.json_response(self.store.put(kind, ns, obj))
 
     # ---- pods/log and pods/exec ---------------------------------------------------
     async def _log(
@@ -436,12 +470,15 @@ API_GROUPS = {
     "apiVersion": "v1",
     "groups": [
         {
-            "name": "apps",
-            "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
+            "name": g,
+            "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
         }
+        for g in ("apps", "batch")
     ],
 }
+# Subresources whose answer is the whole parent object (a write changes only its part)
+OBJECT_SUBRESOURCES = ("status", "ephemeralcontainers")
 
 
 def resource_list(group: str, version: str) -> web.Response:
@@ -621,15 +658,30 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return target
 
 
+def _pointer(doc: Any, pointer: str) -> tuple[Any, str]:
+    """The parent of an RFC 6901 pointer's target, and the target's last key."""
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+    parent = doc
+    for p in parts[:-1]:
+        parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+    return parent, parts[-1]
+
+
 def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 add/replace/remove/test, enough for kubectl patch --type=json."""
+    """RFC 6902 add/replace/remove/test/copy/move (as evanphx/json-patch, which
+    kube-apiserver uses, applies them; `from ""` is the whole document)."""
     for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for p in parts[:-1]:
-            parent = parent[int(p)] if isinstance(parent, list) else parent[p]
-        last = parts[-1]
         kind = op["op"]
+        if kind in ("copy", "move"):
+            source: Any = doc
+            if op["from"]:
+                sparent, skey = _pointer(doc, op["from"])
+                source = sparent[int(skey)] if isinstance(sparent, list) else sparent[skey]
+                if kind == "move":
+                    del sparent[int(skey) if isinstance(sparent, list) else skey]
+            op = {"op": "add", "path": op["path"], "value": copy.deepcopy(source)}
+            kind = "add"
+        parent, last = _pointer(doc, op["path"])
         if isinstance(parent, list):
             i = len(parent) if last == "-" else int(last)
             if kind == "add":

@@ -30,6 +30,11 @@ PROTOBUF_MAGIC = b"k8s\x00"
 MAX_YAML = 4 * 1024 * 1024
 
 
+# Kinds whose spec.template is a pod template (CronJob, PodTemplate and
+# ControllerRevision hold theirs elsewhere).
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet", "ReplicationController")
+
+
 class BodyError(ValueError):
     pass
 
@@ -112,6 +117,27 @@ def _patch_namespaces(ops: list[Any]) -> list[str]:
             if isinstance(meta, dict) and meta.get("namespace") not in (None, ""):
                 found.append(str(meta["namespace"]))
     return found
+
+
+# JSON patch operations that read a value of the object: `copy` and `move` could put
+# a masked value where no masking reaches (an annotation, a label, a field whose
+# validation error quotes it), and `test` tells whether a guess of it is right.
+READING_OPS = ("copy", "move", "test")
+
+
+def reading_op(content_type: str, body: bytes) -> str:
+    """The first JSON patch operation of the body that reads a value ("" if none); the
+    body is read whatever its Content-Type says (a list is a JSON patch or an error)."""
+    if not body or "protobuf" in content_type:
+        return ""
+    value = _decode(content_type, body)
+    if not isinstance(value, list):
+        return ""
+    for op in value:
+        kind = op.get("op") if isinstance(op, dict) else None
+        if not isinstance(kind, str) or kind.lower() in READING_OPS:
+            return str(kind)
+    return ""
 
 
 def _varint(b: bytes, i: int) -> tuple[int, int]:
@@ -289,10 +315,18 @@ class Inspector:
                 return self._applied(self._mapping(obj, "data"))
             if "Pod" in kinds:
                 return self._applied(self._pod(obj))
-            if any(
-                k in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet") for k in kinds
-            ):
+            if any(k in WORKLOADS for k in kinds):
                 return self._applied(self._workload(obj))
+            if "CronJob" in kinds:
+                return self._applied(self._cronjob(obj))
+            if "PodTemplate" in kinds:
+                return self._applied(self._template(obj, "template"))
+            if "ControllerRevision" in kinds:
+                # its data is a StatefulSet's or DaemonSet's template as a patch: every
+                # string of it is read, whatever shape the patch has
+                masked, counts = self.masker.mask_json(obj.get("data"))
+                self.counts.update(counts)
+                return self._applied({**obj, "data": masked} if "data" in obj else obj)
         return obj
 
     def _secret(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -360,10 +394,20 @@ class Inspector:
 
     def _workload(self, obj: dict[str, Any]) -> dict[str, Any]:
         spec = obj.get("spec")
-        if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
+        if not isinstance(spec, dict):
             return obj
-        tpl = spec["template"]
-        return {
-            **obj,
-            "spec": {**spec, "template": {**tpl, "spec": self._containers(tpl.get("spec"))}},
-        }
+        return {**obj, "spec": self._template(spec, "template")}
+
+    def _template(self, holder: dict[str, Any], key: str) -> dict[str, Any]:
+        """`holder[key]` is a PodTemplateSpec: its containers' env values masked."""
+        tpl = holder.get(key)
+        if not isinstance(tpl, dict):
+            return holder
+        return {**holder, key: {**tpl, "spec": self._containers(tpl.get("spec"))}}
+
+    def _cronjob(self, obj: dict[str, Any]) -> dict[str, Any]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("jobTemplate"), dict):
+            return obj
+        job = spec["jobTemplate"]
+        return {**obj, "spec": {**spec, "jobTemplate": self._workload(job)}}

@@ -10,7 +10,7 @@ import dataclasses
 from hoopy.policy import Command
 from hoopy.protocols.kube.requestinfo import RequestInfo, go_bool, parse_query, request_info
 from hoopy.session import Session
-from hoopy.shell import read_argv, shell_command
+from hoopy.shell import on_a_terminal, read_argv, shell_command
 
 FILTER_KEYS = ("namespaces", "names")
 
@@ -116,6 +116,9 @@ def command_for(connector: str, info: RequestInfo, q: dict[str, list[str]], meth
     if info.subresource == "exec":
         argv = q.get("command", [])
         reading = read_argv(argv)
+        if go_bool(q.get("tty")) and go_bool(q.get("stdin")):
+            # `exec -it pod -- less f`: a pager's `!` runs what is typed (as `ssh -t`)
+            reading = on_a_terminal(reading)
         return shell_command(
             "kubernetes",
             connector,
@@ -125,7 +128,7 @@ def command_for(connector: str, info: RequestInfo, q: dict[str, list[str]], meth
             resource=info.full_resource,
             namespace=info.namespace,
             name=info.name,
-            fingerprint=base + "\0" + "\0".join(argv),
+            fingerprint=base + "\0" + "\0".join(argv) + f"\0{reading.opaque}",
         )
     if info.subresource == "portforward":
         text += " ports " + ",".join(q.get("ports", []))

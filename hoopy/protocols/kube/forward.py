@@ -22,7 +22,7 @@ from hoopy.errors import BackendUnavailable
 from hoopy.masking import ValueMasker
 from hoopy.policy import Decision
 from hoopy.protocols.kube import execrelay, h1, h1server
-from hoopy.protocols.kube.bodies import Inspector
+from hoopy.protocols.kube.bodies import BodyError, Inspector, reading_op
 from hoopy.protocols.kube.commands import Visibility
 from hoopy.protocols.kube.exchange import MAX_BODY, Exchange, _AnyAnswer, _Out, _TooLarge
 from hoopy.protocols.kube.liststream import ListError, ListStream
@@ -47,6 +47,10 @@ _DETECTED = (
     "daemonsets",
     "jobs",
     "replicasets",
+    "cronjobs",
+    "replicationcontrollers",
+    "podtemplates",
+    "controllerrevisions",
 )
 
 # The kind each inspected resource holds (list items come without theirs).
@@ -60,6 +64,10 @@ _KINDS = {
     ("apps", "daemonsets"): "DaemonSet",
     ("apps", "replicasets"): "ReplicaSet",
     ("batch", "jobs"): "Job",
+    ("batch", "cronjobs"): "CronJob",
+    ("", "replicationcontrollers"): "ReplicationController",
+    ("", "podtemplates"): "PodTemplate",
+    ("apps", "controllerrevisions"): "ControllerRevision",
 }
 
 
@@ -77,6 +85,10 @@ class Forwarding(Exchange):
             self._record(info)
             return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
         inspector = self._inspector(info, decision)
+        if body and self.request.method == "PATCH" and self._masked(info, decision):
+            refused = self._reading_patch(info, body)
+            if refused is not None:
+                return refused
         masker = None
         if decision is not None and info.subresource == "log" and decision.masks.detectors:
             masker = self._masker(decision)
@@ -233,9 +245,35 @@ class Forwarding(Exchange):
             await out.write(data)
             self._out(data)
 
+    def _masked(self, info: RequestInfo, decision: Decision | None) -> bool:
+        """Are values of this resource's objects masked for the agent?"""
+        if info.resource == "secrets" and self.connector.mask_secrets:
+            return True
+        return bool(decision and decision.masks.detectors and info.resource in _DETECTED)
+
+    def _reading_patch(self, info: RequestInfo, body: bytes) -> _AnyAnswer | None:
+        """A 403 for a JSON patch that reads a masked object's values (bodies.READING_OPS)."""
+        try:
+            op = reading_op(self.request.headers.get("Content-Type", ""), body)
+        except BodyError as e:
+            raise self._bad_body(info, e) from None
+        if not op:
+            return None
+        self.status, self.decision = 403, "refused"
+        self._record(info, reason=f"JSON patch op {op[:40]!r} on masked values")
+        return status(
+            403,
+            "Forbidden",
+            f"hoopy refuses JSON patch operation {op[:40]!r} on {info.full_resource}: their "
+            "values are masked, and copy, move and test would reveal them "
+            "(use add, replace or remove)",
+        )
+
     def _inspector(self, info: RequestInfo, decision: Decision | None) -> Inspector | None:
-        if decision is None or info.subresource not in ("", "status"):
-            return None  # pods/log is masked line by line; other subresources are not objects
+        if decision is None or info.subresource == "log":
+            return None  # (masked line by line)
+        # Other subresources are read too: `status`, `ephemeralcontainers` and `resize`
+        # answer the whole parent object, env values included
         masker = None
         if decision.masks and decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
             masker = self._masker(decision)

@@ -1,0 +1,216 @@
+"""Attacks from a second review of the Kubernetes path (session 10), each through real
+kubectl (or raw HTTP where kubectl cannot send the shape) against the emulator; each
+failed before its fix: a pager run on a terminal, masked values read through a pod
+subresource or a workload kind hoopy did not rewrite, a JSON patch copying a masked
+value to where it shows."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.test_kube_hostile import call
+from tests.kubefixture import Emu, KubeHoopy, start_hoopy
+
+POLICY = """
+rules:
+  - name: agents
+    effect: allow
+    match: {groups: [agents], connectors: [cluster]}
+  - name: no-rm-in-pods
+    effect: deny
+    reason: no deleting files inside pods
+    match: {kubernetes: {resources: ["pods/exec", "pods/attach"], commands: ["rm *", "rm"]}}
+  - name: hide-emails
+    effect: mask
+    detectors: [email]
+    match: {connectors: [cluster]}
+"""
+EMAIL = "alice.owner@example.com"
+SECRET = "Zq-secret-771-value"
+SECRET_B64 = base64.b64encode(SECRET.encode()).decode()
+
+pytest_plugins = ["tests.kubefixture"]  # the emulator fixture, `emu`
+
+
+@pytest.fixture(scope="module")
+def hk(emu: Emu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeHoopy]:
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-kube-attack2"), emu, POLICY)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def _ns(emu: Emu, ns: str) -> None:
+    emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+
+
+def _env() -> list[dict[str, str]]:
+    return [{"name": "OWNER", "value": EMAIL}]
+
+
+def _podspec() -> dict[str, object]:
+    return {"containers": [{"name": "main", "image": "busybox", "env": _env()}]}
+
+
+# ---- exec with a terminal ----------------------------------------------------------------
+def test_a_pager_on_a_terminal_is_opaque(hk: KubeHoopy, emu: Emu) -> None:
+    """`kubectl exec -it pod -- less f`: less (man, git log, …) runs what is typed at its
+    `!` prompt, so with a TTY and stdin it is opaque, as `ssh -t host less f` is; hoopy
+    read it as a plain `less` and let it through a policy that denies rm."""
+    _ns(emu, "t-pager")
+    emu.call("POST", "/api/v1/namespaces/t-pager/pods", {"metadata": {"name": "victim"}})
+    r = hk.kubectl_tty(
+        "-n", "t-pager", "exec", "-it", "victim", "--", "less", "--version",
+        token=hk.token(sub="pager"),
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Forbidden" in out and "shell_code" in out, out
+    # without a terminal less pages nothing: an ordinary command
+    r = hk.kubectl("-n", "t-pager", "exec", "victim", "--", "less", "--version")
+    assert r.returncode == 0 and "less" in r.stdout.lower(), r.stderr
+
+
+# ---- subresources that answer the whole pod ---------------------------------------------
+@pytest.mark.parametrize("sub", ["ephemeralcontainers", "status"])
+def test_pod_subresources_answer_masked(hk: KubeHoopy, emu: Emu, sub: str) -> None:
+    """GET and PATCH of pods/ephemeralcontainers (kubectl debug) answer the whole Pod,
+    env values included; hoopy inspected only plain objects and `status`."""
+    ns = f"t-sub-{sub[:5]}"
+    _ns(emu, ns)
+    emu.call(
+        "POST", f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "web"}, "spec": _podspec()}
+    )
+    path = f"/k8s/cluster/api/v1/namespaces/{ns}/pods/web/{sub}"
+    r = hk.kubectl("get", "--raw", path)
+    assert r.returncode == 0, r.stderr
+    assert EMAIL not in r.stdout and '"OWNER"' in r.stdout, r.stdout
+    patch = {"metadata": {"labels": {"x": "y"}}}
+    if sub == "ephemeralcontainers":
+        patch = {"spec": {"ephemeralContainers": [{"name": "dbg", "image": "busybox"}]}}
+    code, body = call(
+        hk,
+        "PATCH",
+        path,
+        body=json.dumps(patch).encode(),
+        headers={"Content-Type": "application/strategic-merge-patch+json"},
+    )
+    assert code == 200, body
+    assert EMAIL not in json.dumps(body) and "OWNER" in json.dumps(body)
+
+
+# ---- every kind that holds a pod template ---------------------------------------------------
+WORKLOADS = {
+    "cronjobs": (
+        "/apis/batch/v1",
+        {
+            "spec": {
+                "schedule": "* * * * *",
+                "jobTemplate": {"spec": {"template": {"spec": _podspec()}}},
+            }
+        },
+    ),
+    "replicationcontrollers": ("/api/v1", {"spec": {"template": {"spec": _podspec()}}}),
+    "podtemplates": ("/api/v1", {"template": {"spec": _podspec()}}),
+    "controllerrevisions": (
+        "/apis/apps/v1",
+        {"revision": 1, "data": {"spec": {"template": {"$patch": "replace", "spec": _podspec()}}}},
+    ),
+}
+
+
+@pytest.mark.parametrize("resource", sorted(WORKLOADS))
+def test_every_pod_template_is_masked(hk: KubeHoopy, emu: Emu, resource: str) -> None:
+    """Mask rules' detectors cover container env values of pods and workload templates;
+    CronJobs, ReplicationControllers, PodTemplates and ControllerRevisions (which hold
+    a StatefulSet's or DaemonSet's template) passed through unread."""
+    ns = f"t-wl-{resource[:6]}"
+    _ns(emu, ns)
+    prefix, body = WORKLOADS[resource]
+    emu.call("POST", f"{prefix}/namespaces/{ns}/{resource}", {"metadata": {"name": "w"}, **body})
+    for args in (("get", resource, "w", "-o", "yaml"), ("get", resource, "-o", "json")):
+        r = hk.kubectl("-n", ns, *args)
+        assert r.returncode == 0, r.stderr
+        assert EMAIL not in r.stdout and "OWNER" in r.stdout, r.stdout
+
+
+# ---- JSON patches that move a masked value ---------------------------------------------------
+@pytest.fixture(scope="module")
+def masked_objects(emu: Emu) -> str:
+    ns = "t-jp"
+    _ns(emu, ns)
+    meta = {"name": "s", "annotations": {"note": "n"}}
+    emu.call(
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"metadata": meta, "data": {"password": SECRET_B64}},
+    )
+    emu.call(
+        "POST",
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"metadata": {**meta, "name": "c"}, "data": {"owner": EMAIL}},
+    )
+    emu.call(
+        "POST",
+        f"/api/v1/namespaces/{ns}/pods",
+        {"metadata": {**meta, "name": "p"}, "spec": _podspec()},
+    )
+    return ns
+
+
+COPIES = [
+    ("secret", "s", '[{"op":"copy","from":"/data/password","path":"/metadata/annotations/leak"}]'),
+    ("secret", "s", '[{"op":"move","from":"/data/password","path":"/metadata/annotations/leak"}]'),
+    ("secret", "s", '[{"op":"copy","from":"/data","path":"/metadata/annotations"}]'),
+    ("secret", "s", '[{"op":"copy","from":"","path":"/metadata/annotations/leak"}]'),
+    ("configmap", "c", '[{"op":"copy","from":"/data/owner","path":"/metadata/annotations/leak"}]'),
+    (
+        "pod",
+        "p",
+        '[{"op":"copy","from":"/spec/containers/0/env/0/value","path":"/metadata/annotations/leak"}]',
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "patch"), COPIES)
+def test_a_json_patch_cannot_copy_a_masked_value(
+    hk: KubeHoopy, emu: Emu, masked_objects: str, kind: str, name: str, patch: str
+) -> None:
+    """A JSON patch's copy/move puts a Secret's value (or a detected one) into an
+    annotation, which no masking covers: the answer, every later read, and the
+    cluster's validation errors (which quote a value they refuse) would show it."""
+    ns = masked_objects
+    r = hk.kubectl("-n", ns, "patch", kind, name, "--type=json", "-p", patch, "-o", "yaml")
+    assert r.returncode != 0 and "Forbidden" in r.stderr, (r.stdout, r.stderr)
+    assert SECRET_B64 not in r.stdout and EMAIL not in r.stdout
+    plural = {"secret": "secrets", "configmap": "configmaps", "pod": "pods"}[kind]
+    stored = emu.call("GET", f"/api/v1/namespaces/{ns}/{plural}/{name}")
+    assert "leak" not in stored["metadata"]["annotations"]  # never reached the cluster
+
+
+def test_a_json_patch_test_of_a_secret_value_is_refused(hk: KubeHoopy, masked_objects: str) -> None:
+    """`test` would tell the agent whether its guess of a masked value is right."""
+    guess = f'[{{"op":"test","path":"/data/password","value":"{SECRET_B64}"}}]'
+    r = hk.kubectl("-n", masked_objects, "patch", "secret", "s", "--type=json", "-p", guess)
+    assert r.returncode != 0 and "Forbidden" in r.stderr, r.stderr
+
+
+def test_plain_json_patches_of_masked_objects_still_work(hk: KubeHoopy, emu: Emu) -> None:
+    ns = "t-jp-ok"
+    _ns(emu, ns)
+    meta = {"name": "s", "annotations": {"note": "n"}}
+    emu.call(
+        "POST", f"/api/v1/namespaces/{ns}/secrets", {"metadata": meta, "data": {"k": SECRET_B64}}
+    )
+    emu.call(
+        "POST", f"/api/v1/namespaces/{ns}/configmaps", {"metadata": meta, "data": {"k": EMAIL}}
+    )
+    add = '[{"op":"add","path":"/metadata/annotations/ok","value":"fine"}]'
+    for kind in ("secret", "configmap"):
+        r = hk.kubectl("-n", ns, "patch", kind, "s", "--type=json", "-p", add, "-o", "yaml")
+        assert r.returncode == 0, r.stderr
+        assert "fine" in r.stdout and SECRET_B64 not in r.stdout and EMAIL not in r.stdout

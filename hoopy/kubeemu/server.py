@@ -31,6 +31,18 @@ from hoopy.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
 JSON = "application/json"
 
 
+class GoYAML(yaml.SafeLoader):
+    """YAML read as sigs.k8s.io/yaml reads it into JSON: a timestamp stays the string
+    it was written as (go-yaml v2 keeps it so in an interface{})."""
+
+
+def _timestamp(loader: GoYAML, node: yaml.Node) -> str:
+    return str(node.value)
+
+
+GoYAML.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
 def status(code: int, reason: str, message: str, **details: Any) -> web.Response:
     body = {
         "kind": "Status",
@@ -258,7 +270,7 @@ class Emulator:
             if "protobuf" in request.content_type:
                 obj = protobuf.decode(raw)
             elif "yaml" in request.content_type:
-                obj = yaml.safe_load(raw)
+                obj = yaml.load(raw, Loader=GoYAML)
             else:
                 obj = json.loads(raw)
         except ValueError as e:

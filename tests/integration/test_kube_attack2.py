@@ -24,6 +24,10 @@ rules:
     effect: deny
     reason: no deleting files inside pods
     match: {kubernetes: {resources: ["pods/exec", "pods/attach"], commands: ["rm *", "rm"]}}
+  - name: no-dated-objects
+    effect: deny
+    reason: dated objects are made by the release job
+    match: {kubernetes: {verbs: [create], names: ["20*"]}}
   - name: hide-emails
     effect: mask
     detectors: [email]
@@ -214,3 +218,33 @@ def test_plain_json_patches_of_masked_objects_still_work(hk: KubeHoopy, emu: Emu
         r = hk.kubectl("-n", ns, "patch", kind, "s", "--type=json", "-p", add, "-o", "yaml")
         assert r.returncode == 0, r.stderr
         assert "fine" in r.stdout and SECRET_B64 not in r.stdout and EMAIL not in r.stdout
+
+
+# ---- YAML bodies read as the cluster reads them ----------------------------------------------
+@pytest.mark.parametrize("key", ["name", "generateName"])
+def test_a_yaml_name_that_looks_like_a_date_is_judged(hk: KubeHoopy, emu: Emu, key: str) -> None:
+    """`name: 2024-01-01` is the string "2024-01-01" to the cluster (go-yaml keeps a
+    timestamp as its text) but was a date to PyYAML, so hoopy judged the create as
+    nameless and the rule on names `20*` did not apply."""
+    ns = f"t-yaml-{key.lower()}"
+    _ns(emu, ns)
+    body = f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  {key}: 2024-01-01\ndata: {{k: v}}\n"
+    code, answer = call(
+        hk,
+        "POST",
+        f"/k8s/cluster/api/v1/namespaces/{ns}/configmaps",
+        body=body.encode(),
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert code == 403 and "no-dated-objects" in answer["message"], answer
+    assert emu.call("GET", f"/api/v1/namespaces/{ns}/configmaps")["items"] == []
+    # the same name in JSON is judged alike (the cluster reads both the same)
+    meta = json.dumps({"metadata": {key: "2024-01-01"}, "data": {"k": "v"}})
+    code, answer = call(
+        hk,
+        "POST",
+        f"/k8s/cluster/api/v1/namespaces/{ns}/configmaps",
+        body=meta.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert code == 403, answer

@@ -82,6 +82,13 @@ class Emulator:
                 "impersonate_user": request.headers.get("Impersonate-User", ""),
                 "impersonate_group": request.headers.getall("Impersonate-Group", []),
                 "accept": request.headers.get("Accept", ""),
+                # every header name (lower case) and every Impersonate-* value as sent
+                "headers": sorted({h.lower() for h in request.headers}),
+                "impersonate": sorted(
+                    f"{h}: {v}"
+                    for h, v in request.headers.items()
+                    if h.lower().startswith("impersonate-")
+                ),
             }
         )
         del self.requests[:-2000]

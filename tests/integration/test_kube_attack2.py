@@ -19,7 +19,7 @@ POLICY = """
 rules:
   - name: agents
     effect: allow
-    match: {groups: [agents], connectors: [cluster]}
+    match: {groups: [agents], connectors: ["cluster*"]}
   - name: no-rm-in-pods
     effect: deny
     reason: no deleting files inside pods
@@ -31,7 +31,7 @@ rules:
   - name: hide-emails
     effect: mask
     detectors: [email]
-    match: {connectors: [cluster]}
+    match: {connectors: ["cluster*"]}
 """
 EMAIL = "alice.owner@example.com"
 SECRET = "Zq-secret-771-value"
@@ -42,7 +42,12 @@ pytest_plugins = ["tests.kubefixture"]  # the emulator fixture, `emu`
 
 @pytest.fixture(scope="module")
 def hk(emu: Emu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeHoopy]:
-    h = start_hoopy(tmp_path_factory.mktemp("hoopy-kube-attack2"), emu, POLICY)
+    h = start_hoopy(
+        tmp_path_factory.mktemp("hoopy-kube-attack2"),
+        emu,
+        POLICY,
+        connectors={"cluster": "", "cluster-imp": "impersonate: true\n"},
+    )
     try:
         yield h
     finally:
@@ -248,3 +253,85 @@ def test_a_yaml_name_that_looks_like_a_date_is_judged(hk: KubeHoopy, emu: Emu, k
         headers={"Content-Type": "application/json"},
     )
     assert code == 403, answer
+
+
+# ---- identity headers ------------------------------------------------------------------------
+CLIENT_IDENTITY = {
+    "Impersonate-User": "system:admin",
+    "Impersonate-Group": "system:masters",
+    "Impersonate-Uid": "0",
+    "Impersonate-Extra-Scopes": "all",
+    "X-Remote-User": "admin",
+    "X-Remote-Group": "system:masters",
+    "X-Remote-Extra-Scopes": "all",
+    "Proxy-Authorization": "Basic YWRtaW46YWRtaW4=",
+    "Cookie": "session=admin",
+    "X-Forwarded-For": "10.0.0.1",
+}
+# headers that would authenticate or change who the cluster thinks is asking
+UPSTREAM_BANNED = ("impersonate-", "x-remote-", "proxy-authorization", "cookie", "x-forwarded")
+
+
+def _upstream(emu: Emu, marker: str) -> dict[str, object]:
+    seen = [r for r in emu.requests() if marker in r["path"]]
+    assert seen, marker
+    return seen[-1]
+
+
+def _clean(emu: Emu, seen: dict[str, object]) -> None:
+    assert seen["impersonate"] == [], seen
+    assert not [h for h in seen["headers"] if str(h).startswith(UPSTREAM_BANNED)], seen  # type: ignore[attr-defined]
+    assert seen["authorization"] == f"Bearer {emu.token}"  # hoopy's own credential
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_client_identity_headers_never_reach_the_cluster(
+    hk: KubeHoopy, emu: Emu, method: str
+) -> None:
+    """GETs go through hoopy's own HTTP server, other methods through aiohttp's: on both,
+    the agent's impersonation and front-proxy headers are dropped."""
+    marker = f"ident-{method.lower()}"
+    path = f"/k8s/cluster/api/v1/namespaces/default/configmaps?fieldManager={marker}"
+    body = None
+    if method == "POST":
+        body = json.dumps({"metadata": {"name": marker}}).encode()
+    elif method == "DELETE":
+        emu.call("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": marker}})
+        path = f"/k8s/cluster/api/v1/namespaces/default/configmaps/{marker}?dryRun=All&x={marker}"
+    headers = {**CLIENT_IDENTITY, "Content-Type": "application/json"}
+    code, answer = call(hk, method, path, body=body, headers=headers)
+    assert code < 300, answer
+    _clean(emu, _upstream(emu, marker))
+
+
+def test_kubectl_as_is_dropped_for_reads_writes_and_exec(hk: KubeHoopy, emu: Emu) -> None:
+    _ns(emu, "t-as")
+    emu.call("POST", "/api/v1/namespaces/t-as/pods", {"metadata": {"name": "box"}})
+    as_admin = ("--as=system:admin", "--as-group=system:masters", "--as-uid=0", "-n", "t-as")
+    for args, marker in (
+        (("get", "configmaps", "-l", "m=as-get"), "as-get"),
+        (("create", "configmap", "as-create", "--field-manager=as-create"), "as-create"),
+        (("exec", "box", "--", "echo", "as-exec"), "as-exec"),
+    ):
+        r = hk.kubectl(*as_admin, *args)
+        assert r.returncode == 0, r.stderr
+        _clean(emu, _upstream(emu, marker))
+
+
+def test_impersonation_never_names_a_system_identity(hk: KubeHoopy, emu: Emu) -> None:
+    """With `impersonate: true` the agent's identity becomes Impersonate-User/Group:
+    an OIDC group `system:masters` would make the agent cluster-admin, and a subject
+    `system:...` a node, controller or service account. `system:` is Kubernetes' own."""
+    token = hk.token(sub="agent-imp", groups=("agents", "system:masters"))
+    r = hk.kubectl(
+        "get", "cm", "-n", "default", "-l", "m=imp1", connector="cluster-imp", token=token
+    )
+    assert r.returncode == 0, r.stderr
+    seen = _upstream(emu, "imp1")
+    assert seen["impersonate"] == ["Impersonate-Group: agents", "Impersonate-User: agent-imp"]
+    token = hk.token(sub="system:kube-controller-manager", groups=("agents",))
+    r = hk.kubectl(
+        "get", "cm", "-n", "default", "-l", "m=imp2", connector="cluster-imp", token=token
+    )
+    assert r.returncode != 0 and "Forbidden" in r.stderr and "system:" in r.stderr, r.stderr
+    assert not [q for q in emu.requests() if "imp2" in q["path"]]

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 _FORWARD = ("Accept", "Content-Type", "User-Agent", "Kubectl-Command", "Kubectl-Session")
 MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
 RECORD_BODY = 4096  # bytes of each answer kept in the recording
+SYSTEM = "system:"  # the users and groups Kubernetes reserves for itself
 
 
 class _Out(Protocol):
@@ -153,8 +154,11 @@ class Exchange:
         if not self.connector.impersonate:
             return list(headers.items())
         ident = self.session.identity
-        headers["Impersonate-User"] = ident.subject
-        return [*headers.items(), *(("Impersonate-Group", g) for g in sorted(ident.groups))]
+        headers["Impersonate-User"] = ident.subject  # (never system:…: _Request.run)
+        # `system:` groups are Kubernetes' own (system:masters is cluster-admin): an
+        # identity provider's group of that name is not the agent's to carry in
+        groups = sorted(g for g in ident.groups if not g.startswith(SYSTEM))
+        return [*headers.items(), *(("Impersonate-Group", g) for g in groups)]
 
 
 class _TooLarge(Exception):

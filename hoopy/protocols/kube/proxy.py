@@ -50,7 +50,7 @@ from hoopy.policy import Identity
 from hoopy.protocols.kube import h1server
 from hoopy.protocols.kube.bodies import BodyError, body_names
 from hoopy.protocols.kube.commands import cached_command, filters, generated, parsed
-from hoopy.protocols.kube.exchange import MAX_BODY, _AnyAnswer, _AnyRequest, _TooLarge
+from hoopy.protocols.kube.exchange import MAX_BODY, SYSTEM, _AnyAnswer, _AnyRequest, _TooLarge
 from hoopy.protocols.kube.forward import Forwarding
 from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo
 from hoopy.protocols.kube.status import status, status_for
@@ -256,6 +256,16 @@ class _Request(Forwarding, Upgrades):
                 "refused", method=self.request.method, path=self.path[:512], reason=str(e)
             )
             return status(400, "BadRequest", f"hoopy refused the request path: {e}")
+        if self.connector.impersonate and self.session.identity.subject.startswith(SYSTEM):
+            # Kubernetes' own users (nodes, controllers, service accounts): never the agent
+            self.status, self.decision = 403, "refused"
+            self._record(info, reason="impersonation of a system: user")
+            return status(
+                403,
+                "Forbidden",
+                f"hoopy will not impersonate {self.session.identity.subject[:80]!r}: "
+                "system: users are the cluster's own",
+            )
         if not info.is_resource:
             return await self._non_resource(info)
         if info.verb == "proxy" or info.subresource == "proxy":

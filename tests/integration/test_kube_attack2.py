@@ -335,3 +335,26 @@ def test_impersonation_never_names_a_system_identity(hk: KubeHoopy, emu: Emu) ->
     )
     assert r.returncode != 0 and "Forbidden" in r.stderr and "system:" in r.stderr, r.stderr
     assert not [q for q in emu.requests() if "imp2" in q["path"]]
+
+
+# ---- query strings two parsers read apart -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "query"),
+    [
+        ("GET", "watch=0#&watch=1&timeoutSeconds=1"),
+        ("GET", "fieldSelector=metadata.name%3Dx#y"),
+        ("DELETE", "dryRun=All#&propagationPolicy=Orphan"),
+    ],
+)
+def test_a_hash_in_the_query_is_refused(hk: KubeHoopy, emu: Emu, method: str, query: str) -> None:
+    """kube-apiserver (Go) keeps a raw `#` in the query (`watch=0#` is a watch), while a
+    proxy in front of it, or aiohttp in the emulator, ends the query at the `#` (a
+    list): hoopy judged a watch the cluster ran as a list."""
+    path = f"/k8s/cluster/api/v1/namespaces/default/configmaps?{query}"
+    code, answer = call(hk, method, path)
+    assert code == 400 and "'#' in the query" in answer["message"], answer
+    assert not [
+        r
+        for r in emu.requests()
+        if r["path"].startswith("/api/v1/namespaces/default/configmaps?" + query[:8])
+    ]

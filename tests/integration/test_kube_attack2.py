@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -358,3 +359,22 @@ def test_a_hash_in_the_query_is_refused(hk: KubeHoopy, emu: Emu, method: str, qu
         for r in emu.requests()
         if r["path"].startswith("/api/v1/namespaces/default/configmaps?" + query[:8])
     ]
+
+
+def test_configmap_binary_data_is_masked(hk: KubeHoopy, tmp_path: Path) -> None:
+    """`kubectl create configmap --from-file` puts a file that is not UTF-8 in
+    binaryData, base64-encoded: detectors read only `data`, so the address in it
+    came back whole."""
+    hk.kubectl("create", "namespace", "t-bin")
+    blob = tmp_path / "contacts.bin"
+    blob.write_bytes(b"\xff\xfe\x00owner=" + EMAIL.encode() + b"\n")
+    r = hk.kubectl("-n", "t-bin", "create", "configmap", "bin", f"--from-file={blob}")
+    assert r.returncode == 0, r.stderr
+    for args in (("get", "cm", "bin", "-o", "json"), ("get", "cm", "-o", "json")):
+        r = hk.kubectl("-n", "t-bin", *args)
+        assert r.returncode == 0, r.stderr
+        answer = json.loads(r.stdout)
+        items = answer.get("items", [answer])
+        values = [base64.b64decode(v) for i in items for v in i["binaryData"].values()]
+        assert values and all(v.startswith(b"\xff\xfe\x00owner=") for v in values), values
+        assert not any(EMAIL.encode() in v for v in values), values

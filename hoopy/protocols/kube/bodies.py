@@ -312,7 +312,7 @@ class Inspector:
             # the metadata, whose last-applied annotation repeats data and env values)
             kinds = (kind, self.kind)
             if "ConfigMap" in kinds:
-                return self._applied(self._mapping(obj, "data"))
+                return self._applied(self._binary(self._mapping(obj, "data")))
             if "Pod" in kinds:
                 return self._applied(self._pod(obj))
             if any(k in WORKLOADS for k in kinds):
@@ -352,6 +352,30 @@ class Inspector:
         masked, counts = self.masker.mask_json(values)
         self.counts.update(counts)
         return {**obj, key: masked}
+
+    def _binary(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A ConfigMap's binaryData (base64, `create configmap --from-file` of a file
+        that is not UTF-8): each value read byte for byte (Latin-1), masked as text, and
+        encoded again; a value that is not base64 is masked as text."""
+        assert self.masker is not None
+        values = obj.get("binaryData")
+        if not isinstance(values, dict):
+            return obj
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if not isinstance(value, str):
+                out[key] = value
+                continue
+            try:
+                text = base64.b64decode(value, validate=True).decode("latin-1")
+            except ValueError:
+                out[key], counts = self.masker.mask_text(value)
+                self.counts.update(counts)
+                continue
+            masked, counts = self.masker.mask_text(text)
+            self.counts.update(counts)
+            out[key] = base64.b64encode(masked.encode("latin-1", "replace")).decode()
+        return {**obj, "binaryData": out}
 
     def _applied(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The last-applied annotation (the object as `kubectl apply` sent it) masked."""

@@ -6,11 +6,14 @@ value to where it shows."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.test_kube_hostile import call
@@ -378,3 +381,49 @@ def test_configmap_binary_data_is_masked(hk: KubeHoopy, tmp_path: Path) -> None:
         values = [base64.b64decode(v) for i in items for v in i["binaryData"].values()]
         assert values and all(v.startswith(b"\xff\xfe\x00owner=") for v in values), values
         assert not any(EMAIL.encode() in v for v in values), values
+
+
+# ---- exec over each WebSocket protocol ---------------------------------------------------
+async def _ws_exec(hk: KubeHoopy, query: str, protocols: tuple[str, ...]) -> tuple[int, bytes]:
+    """(HTTP status of the handshake, stdout) of a raw WebSocket exec in t-ws/box."""
+    host, port = hk.addresses["kubernetes"].rsplit(":", 1)
+    url = f"https://{host}:{port}/k8s/cluster/api/v1/namespaces/t-ws/pods/box/exec?{query}"
+    ctx = ssl.create_default_context(cafile=str(hk.ca))
+    out = b""
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(
+                url, ssl=ctx, protocols=protocols, headers={"Authorization": f"Bearer {hk.token()}"}
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            return e.status, b""
+        async with ws:
+            while True:
+                msg = await ws.receive(timeout=30)
+                if msg.type != aiohttp.WSMsgType.BINARY or msg.data[:1] == b"\x03":
+                    break
+                if msg.data[:1] == b"\x01":
+                    out += msg.data[1:]
+    return 101, out
+
+
+@pytest.fixture(scope="module")
+def ws_pod(emu: Emu) -> None:
+    _ns(emu, "t-ws")
+    emu.call("POST", "/api/v1/namespaces/t-ws/pods", {"metadata": {"name": "box"}})
+
+
+@pytest.mark.parametrize("protocol", ["v4.channel.k8s.io", "v5.channel.k8s.io"])
+def test_exec_is_judged_on_every_websocket_protocol(
+    hk: KubeHoopy, ws_pod: None, protocol: str
+) -> None:
+    ok = "command=echo&command=ws-ok&stdout=true"
+    assert asyncio.run(_ws_exec(hk, ok, (protocol,))) == (101, b"ws-ok\n")
+    denied = (
+        "command=sh&command=-c&command=rm+-rf+/tmp/hoopy-ws-x&stdout=true",
+        "command=less&command=/etc/hostname&stdin=true&tty=true&stdout=true",
+    )
+    for query in denied:
+        assert asyncio.run(_ws_exec(hk, query, (protocol,)))[0] == 403, query
+    # base64.channel.k8s.io hides the channel bytes in text; older ones lack v5's close
+    assert asyncio.run(_ws_exec(hk, ok, ("base64.channel.k8s.io", "channel.k8s.io")))[0] == 400

@@ -427,3 +427,27 @@ def test_exec_is_judged_on_every_websocket_protocol(
         assert asyncio.run(_ws_exec(hk, query, (protocol,)))[0] == 403, query
     # base64.channel.k8s.io hides the channel bytes in text; older ones lack v5's close
     assert asyncio.run(_ws_exec(hk, ok, ("base64.channel.k8s.io", "channel.k8s.io")))[0] == 400
+
+
+# ---- refusals are recorded ---------------------------------------------------------------
+def test_body_refusals_are_recorded(hk: KubeHoopy, emu: Emu) -> None:
+    """A body naming another namespace (or encoded) was answered 400 but left no trace
+    in the recording: a create's never reached the policy, so not even its command."""
+    from tests.integration.test_kube_portforward import session_events
+
+    _ns(emu, "t-rec")
+    token = hk.token(sub="rec-agent")
+    path = "/k8s/cluster/api/v1/namespaces/t-rec/configmaps"
+    other = json.dumps({"metadata": {"name": "x", "namespace": "kube-system"}}).encode()
+    plain = json.dumps({"metadata": {"name": "x"}}).encode()
+    for body, headers in (
+        (other, {"Content-Type": "application/json"}),
+        (plain, {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+    ):
+        code, answer = call(hk, "POST", path, token=token, body=body, headers=headers)
+        assert code == 400, answer
+    _, events = session_events(hk, "rec-agent")
+    refused = [e for e in events if e.get("type") == "request" and e.get("status") == 400]
+    reasons = [str(e.get("reason")) for e in refused]
+    assert len(refused) == 2 and "namespace of the request body" in reasons[0], refused
+    assert "encoded" in reasons[1] and all(e["decision"] == "refused" for e in refused)

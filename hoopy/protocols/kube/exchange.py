@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from hoopy.config import KubeConnector
 from hoopy.errors import ProtocolError
@@ -105,21 +106,28 @@ class Exchange:
             raise ProtocolError("a request body hoopy cannot read")
         if self.request.content_length is not None and self.request.content_length > MAX_BODY:
             raise _TooLarge()
-        body = bytearray()
-        async for chunk in self.request.content.iter_any():
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise _TooLarge()
-        ctype = self.request.headers.get("Content-Type", "")
         if self.request.headers.get("Content-Encoding"):
-            raise ProtocolError("hoopy does not accept encoded request bodies")
+            # before reading: aiohttp would decompress it (and fail on a bad one)
+            raise self._bad_body(info, BodyError("hoopy does not accept encoded request bodies"))
+        body = bytearray()
+        try:
+            async for chunk in self.request.content.iter_any():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise _TooLarge()
+        except RequestPayloadError:  # (a chunked body cut short or malformed)
+            raise self._bad_body(info, BodyError("the request body is malformed")) from None
+        ctype = self.request.headers.get("Content-Type", "")
         try:
             names = body_namespace(ctype, bytes(body))
         except BodyError as e:
             raise self._bad_body(info, e) from None
         if any(n != info.namespace for n in names) and info.resource != "namespaces":
-            raise ProtocolError(
-                "the namespace of the request body does not match the namespace of the path"
+            raise self._bad_body(  # (recorded: a refusal, as any other)
+                info,
+                BodyError(
+                    "the namespace of the request body does not match the namespace of the path"
+                ),
             )
         return bytes(body)
 

@@ -194,13 +194,18 @@ class Emulator:
         self, request: web.Request, kind: Kind, ns: str, q: dict[str, list[str]]
     ) -> web.Response:
         objs = self._select(kind, ns, q)
-        start = int(_one(q, "continue") or 0)
+        token = _one(q, "continue")
+        if token:  # resume after the key the token names (kube-apiserver's storage keys)
+            after = _continue_key(token)
+            if after is None:
+                return status(400, "BadRequest", "continue key is not valid")
+            objs = [o for o in objs if _key(o, ns) + "\x00" > after]
         limit = int(_one(q, "limit") or 0)
         meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
-        if limit and start + limit < len(objs):
-            meta["continue"] = str(start + limit)
-            meta["remainingItemCount"] = len(objs) - start - limit
-        objs = objs[start : start + limit] if limit else objs[start:]
+        if limit and limit < len(objs):
+            meta["continue"] = _continue_token(_key(objs[limit - 1], ns), self.store.rv)
+            meta["remainingItemCount"] = len(objs) - limit
+        objs = objs[:limit] if limit else objs
         if _table(request):
             table = _as_table(kind, objs, self.store.rv, _one(q, "includeObject"))
             table["metadata"].update(meta)
@@ -531,6 +536,28 @@ def resource_list(group: str, version: str) -> web.Response:
     return web.json_response(
         {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
     )
+
+
+def _key(obj: dict[str, Any], ns: str) -> str:
+    """An object's storage key under the list's prefix (namespace/name across
+    namespaces, the name in one)."""
+    meta = obj["metadata"]
+    return meta["name"] if ns else f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+def _continue_token(key: str, rv: int) -> str:
+    """As kube-apiserver's storage encodes it: base64url (unpadded) of JSON naming the
+    resourceVersion and the key to start after (the last key sent, plus NUL)."""
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": key + "\x00"})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _continue_key(token: str) -> str | None:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return str(value["start"]) if value.get("v") == "meta.k8s.io/v1" else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _flag(q: dict[str, list[str]], name: str) -> bool:

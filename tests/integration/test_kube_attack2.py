@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import ssl
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +34,10 @@ rules:
     effect: deny
     reason: dated objects are made by the release job
     match: {kubernetes: {verbs: [create], names: ["20*"]}}
+  - name: no-hidden-namespace
+    effect: deny
+    reason: t-hidden is the platform team's
+    match: {kubernetes: {namespaces: [t-hidden]}}
   - name: hide-emails
     effect: mask
     detectors: [email]
@@ -451,3 +457,37 @@ def test_body_refusals_are_recorded(hk: KubeHoopy, emu: Emu) -> None:
     reasons = [str(e.get("reason")) for e in refused]
     assert len(refused) == 2 and "namespace of the request body" in reasons[0], refused
     assert "encoded" in reasons[1] and all(e["decision"] == "refused" for e in refused)
+
+
+# ---- pages of a filtered list ---------------------------------------------------------------
+@pytest.mark.parametrize("table", [False, True])
+def test_a_filtered_list_tells_nothing_of_hidden_objects(
+    hk: KubeHoopy, emu: Emu, table: bool
+) -> None:
+    """A list across namespaces is filtered item by item, but its pages were the
+    cluster's: `remainingItemCount` counted the hidden objects, and the `continue`
+    token (base64 JSON naming the last key of the page) named a hidden one. hoopy now
+    asks the cluster for the whole list, streams it filtered, and sends no pages."""
+    with contextlib.suppress(urllib.error.HTTPError):  # (the other parameter made them)
+        for ns in ("t-hidden", "t-shown"):
+            _ns(emu, ns)
+        for n in range(3):
+            emu.call(
+                "POST",
+                "/api/v1/namespaces/t-hidden/configmaps",
+                {"metadata": {"name": f"hush-{n}"}},
+            )
+        emu.call("POST", "/api/v1/namespaces/t-shown/configmaps", {"metadata": {"name": "shown"}})
+    headers = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"} if table else {}
+    for limit in (1, 2, 500):
+        code, answer = call(
+            hk, "GET", f"/k8s/cluster/api/v1/configmaps?limit={limit}", headers=headers
+        )
+        assert code == 200, answer
+        meta = answer["metadata"]
+        assert "remainingItemCount" not in meta and "continue" not in meta, meta
+        text = json.dumps(answer)
+        assert "hush-" not in text and "t-hidden" not in text and '"shown"' in text, text
+    # kubectl's own pages (--chunk-size) still show everything the agent may see
+    r = hk.kubectl("get", "cm", "-A", "--chunk-size=1")
+    assert r.returncode == 0 and "shown" in r.stdout and "hush" not in r.stdout, r.stderr

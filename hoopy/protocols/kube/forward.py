@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import web
@@ -94,7 +95,10 @@ class Forwarding(Exchange):
             masker = self._masker(decision)
         up = self.listener.upstream(self.connector)
         pool = up.pool()
-        target = up.prefix + self.path + ("?" + self.query if self.query else "")
+        query = self.query
+        if inspector is not None and inspector.visible is not None and info.verb == "list":
+            query = whole_list(query)
+        target = up.prefix + self.path + ("?" + query if query else "")
         hdrs = self._headers(inspector is not None)
         try:
             async with pool.request(self.request.method, target, hdrs, body) as resp:
@@ -290,6 +294,18 @@ class Forwarding(Exchange):
             visible=visible,
             kind=_KINDS.get((info.group, info.resource), ""),
         )
+
+
+# A filtered list is asked for whole: the cluster's pages would tell of the items
+# hoopy hides (`remainingItemCount` counts them, and the `continue` token is base64
+# JSON naming the last key of the page, perhaps a hidden object's namespace and name).
+_PAGING = frozenset(("limit", "continue"))
+
+
+def whole_list(query: str) -> str:
+    """The query without `limit` and `continue` (the rest as the agent sent it)."""
+    pairs = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in _PAGING]
+    return "&".join(pairs)
 
 
 async def _lines(resp: h1.Response) -> Any:

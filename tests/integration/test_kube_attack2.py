@@ -491,3 +491,36 @@ def test_a_filtered_list_tells_nothing_of_hidden_objects(
     # kubectl's own pages (--chunk-size) still show everything the agent may see
     r = hk.kubectl("get", "cm", "-A", "--chunk-size=1")
     assert r.returncode == 0 and "shown" in r.stdout and "hush" not in r.stdout, r.stderr
+
+
+def test_the_recording_and_log_hold_no_masked_value_or_credential(hk: KubeHoopy, emu: Emu) -> None:
+    """Every shape above, once more, then the recordings and hoopy's log are searched:
+    the agent's answers are recorded as it saw them (masked), request bodies not at all,
+    and hoopy's own credential for the cluster never."""
+    ns = "t-recscan"
+    _ns(emu, ns)
+    emu.call(
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"metadata": {"name": "s"}, "data": {"k": SECRET_B64}},
+    )
+    emu.call(
+        "POST", f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "p"}, "spec": _podspec()}
+    )
+    prefix, body = WORKLOADS["cronjobs"]
+    emu.call("POST", f"{prefix}/namespaces/{ns}/cronjobs", {"metadata": {"name": "w"}, **body})
+    token = hk.token(sub="rec-scan")
+    copy_op = '[{"op":"copy","from":"/data/k","path":"/metadata/annotations"}]'
+    for args in (
+        ("get", "secret", "s", "-o", "yaml"),
+        ("get", "--raw", f"/k8s/cluster/api/v1/namespaces/{ns}/pods/p/ephemeralcontainers"),
+        ("get", "cronjobs", "-o", "json"),
+        ("patch", "secret", "s", "--type=json", "-p", copy_op),
+        ("create", "secret", "generic", "made", f"--from-literal=k={SECRET}", "-o", "yaml"),
+    ):
+        r = hk.kubectl("-n", ns, *args, token=token)
+        assert SECRET not in r.stdout and SECRET_B64 not in r.stdout and EMAIL not in r.stdout
+    text = hk.recordings_text() + hk.log_text()
+    assert "rec-scan" in text  # (the session was recorded)
+    for value in (SECRET, SECRET_B64, EMAIL, emu.token):
+        assert value not in text, value

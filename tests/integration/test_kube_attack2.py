@@ -38,6 +38,10 @@ rules:
     effect: deny
     reason: t-hidden is the platform team's
     match: {kubernetes: {namespaces: [t-hidden]}}
+  - name: no-watching
+    effect: deny
+    reason: nobody watches t-nowatch
+    match: {kubernetes: {verbs: [watch], namespaces: [t-nowatch]}}
   - name: hide-emails
     effect: mask
     detectors: [email]
@@ -524,3 +528,42 @@ def test_the_recording_and_log_hold_no_masked_value_or_credential(hk: KubeHoopy,
     assert "rec-scan" in text  # (the session was recorded)
     for value in (SECRET, SECRET_B64, EMAIL, emu.token):
         assert value not in text, value
+
+
+# ---- the verb as the cluster reads it ------------------------------------------------------------
+WATCHES = [
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=1",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=true",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=TRUE",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=yes",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=1&watch=0",
+    "/api/v1/namespaces/t-nowatch/configmaps?w%61tch=1",
+    "/api/v1/namespaces/t-nowatch/configmaps?fieldSelector=metadata.name%3Dc&watch=1",
+    "/api/v1/watch/namespaces/t-nowatch/configmaps",
+    "/api/v1/watch/namespaces/t-nowatch/configmaps/c",
+    "/api/v1/watch/namespaces/t-nowatch/configmaps/",
+]
+LISTS = [
+    "/api/v1/namespaces/t-nowatch/configmaps",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=0",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=FaLsE",
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=fal%C5%BFe",  # (Go's EqualFold: false)
+    "/api/v1/namespaces/t-nowatch/configmaps?watch=0&watch=1",
+    "/api/v1/namespaces/t-nowatch/configmaps?Watch=1",
+    "/api/v1/namespaces/t-nowatch/configmaps/c?watch=1",  # (a named get: never a watch)
+]
+
+
+@pytest.mark.parametrize("path", WATCHES + LISTS)
+def test_the_verb_is_the_one_the_cluster_runs(hk: KubeHoopy, emu: Emu, path: str) -> None:
+    with contextlib.suppress(urllib.error.HTTPError):
+        _ns(emu, "t-nowatch")
+        emu.call("POST", "/api/v1/namespaces/t-nowatch/configmaps", {"metadata": {"name": "c"}})
+    sep = "&" if "?" in path else "?"
+    code, answer = call(hk, "GET", f"/k8s/cluster{path}{sep}timeoutSeconds=1")
+    if path in WATCHES:
+        assert code == 403 and "no-watching" in answer["message"], answer
+    else:
+        assert code == 200, answer

@@ -121,3 +121,23 @@ def test_a_pager_with_a_tty_is_another_decision() -> None:
         command_for("c", info, q1, "GET").fingerprint
         != command_for("c", info, q2, "GET").fingerprint
     )
+
+
+def test_each_item_is_masked_by_its_own_rules() -> None:
+    cards = ValueMasker(["credit_card"])
+    inspector = Inspector(
+        item_masker=lambda ns, name: cards if ns == "hr" or name.startswith("pay") else None,
+        kind="ConfigMap",
+    )
+    card = "4111 1111 1111 1111"
+    listed = inspector.value(
+        {
+            "kind": "ConfigMapList",
+            "items": [
+                {"metadata": {"namespace": ns, "name": name}, "data": {"c": card}}
+                for ns, name in (("hr", "a"), ("ops", "payroll"), ("ops", "b"))
+            ],
+        }
+    )
+    assert [i["data"]["c"] == card for i in listed["items"]] == [False, False, True]
+    assert inspector.masker is None  # (an item's masker is that item's only)

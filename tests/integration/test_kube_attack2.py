@@ -42,6 +42,14 @@ rules:
     effect: deny
     reason: nobody watches t-nowatch
     match: {kubernetes: {verbs: [watch], namespaces: [t-nowatch]}}
+  - name: hide-hr-cards
+    effect: mask
+    detectors: [credit_card]
+    match: {kubernetes: {namespaces: [t-hr]}}
+  - name: hide-payroll-ibans
+    effect: mask
+    detectors: [iban]
+    match: {kubernetes: {names: ["payroll-*"]}}
   - name: hide-emails
     effect: mask
     detectors: [email]
@@ -567,3 +575,70 @@ def test_the_verb_is_the_one_the_cluster_runs(hk: KubeHoopy, emu: Emu, path: str
         assert code == 403 and "no-watching" in answer["message"], answer
     else:
         assert code == 200, answer
+
+
+# ---- mask rules scoped to namespaces or names, over collections ------------------------------
+CARD = "4111 1111 1111 1111"
+IBAN = "DE89370400440532013000"
+
+
+@pytest.fixture(scope="module")
+def scoped(emu: Emu) -> None:
+    for ns in ("t-hr", "t-ops"):
+        _ns(emu, ns)
+    data = {"card": CARD, "iban": IBAN}
+    for ns, name in (("t-hr", "cards"), ("t-ops", "payroll-1"), ("t-ops", "plain")):
+        emu.call(
+            "POST",
+            f"/api/v1/namespaces/{ns}/configmaps",
+            {"metadata": {"name": name}, "data": data},
+        )
+
+
+def _shown(items: list[dict[str, object]]) -> dict[str, dict[str, str]]:
+    """namespace/name -> data of the scoped fixture's ConfigMaps in an answer."""
+    out = {}
+    for i in items:
+        meta = i.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"  # type: ignore[union-attr]
+        if key in ("t-hr/cards", "t-ops/payroll-1", "t-ops/plain"):
+            out[key] = i["data"]  # type: ignore[assignment]
+    return out
+
+
+def _check(shown: dict[str, dict[str, str]], keys: tuple[str, ...]) -> None:
+    assert set(shown) == set(keys), shown
+    want = {
+        "t-hr/cards": (False, True),  # (card shown, iban shown)
+        "t-ops/payroll-1": (True, False),
+        "t-ops/plain": (True, True),
+    }
+    for key in keys:
+        assert (shown[key]["card"] == CARD, shown[key]["iban"] == IBAN) == want[key], (key, shown)
+
+
+def test_scoped_mask_rules_apply_to_each_item_of_a_list(hk: KubeHoopy, scoped: None) -> None:
+    """A mask rule for namespace t-hr (or names payroll-*) was judged on the request: a
+    list across namespaces (namespace "") or of a whole namespace (no name) matched
+    neither, so `get cm -A` showed t-hr's card numbers. Each item is now masked by the
+    rules its own namespace and name match (and only by those)."""
+    r = hk.kubectl("get", "cm", "-A", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    _check(_shown(json.loads(r.stdout)["items"]), ("t-hr/cards", "t-ops/payroll-1", "t-ops/plain"))
+    r = hk.kubectl("-n", "t-ops", "get", "cm", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    _check(_shown(json.loads(r.stdout)["items"]), ("t-ops/payroll-1", "t-ops/plain"))
+    # Tables (includeObject=Object) and watch events are items too
+    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    code, answer = call(
+        hk, "GET", "/k8s/cluster/api/v1/configmaps?includeObject=Object", headers=table
+    )
+    assert code == 200, answer
+    _check(
+        _shown([row["object"] for row in answer["rows"]]),
+        ("t-hr/cards", "t-ops/payroll-1", "t-ops/plain"),
+    )
+    code, answer = call(hk, "GET", "/k8s/cluster/api/v1/configmaps?watch=1&timeoutSeconds=1")
+    assert code == 200
+    events = [json.loads(line) for line in answer.splitlines() if line.strip()]
+    _check(_shown([e["object"] for e in events]), ("t-hr/cards", "t-ops/payroll-1", "t-ops/plain"))

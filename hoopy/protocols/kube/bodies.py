@@ -214,6 +214,9 @@ class Inspector:
     mask_secrets: bool = True
     masker: ValueMasker | None = None
     visible: Callable[[str, str], bool] | None = None
+    # Each item's own masker (its namespace and name, as `visible`), when mask rules
+    # scoped to namespaces or names mask some items of a collection and not others
+    item_masker: Callable[[str, str], ValueMasker | None] | None = None
     counts: Counter[str] = field(default_factory=Counter)
     # The kind the request's resource holds (`Secret` for secrets): kube-apiserver
     # omits each list item's kind (kubernetes/kubernetes#3030), so an item without one
@@ -282,17 +285,21 @@ class Inspector:
         """The object's kind, else the list's (`of`), else the request's."""
         return str(obj.get("kind") or of or self.kind)
 
-    def _shown(self, obj: Any, of: str = "") -> bool:
-        if self.visible is None:
-            return True
-        if not isinstance(obj, dict):
-            return False
+    def _where(self, obj: dict[str, Any], of: str = "") -> tuple[str, str]:
+        """An item's namespace and name (a Namespace's namespace is itself)."""
         meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
         if "Namespace" in (self._kind(obj, of), self.kind):  # (as Secrets, above)
             ns = name
-        ok = self.visible(str(ns), str(name))
+        return str(ns), str(name)
+
+    def _shown(self, obj: Any, of: str = "") -> bool:
+        if self.visible is None:
+            return True
+        if not isinstance(obj, dict):
+            return False
+        ok = self.visible(*self._where(obj, of))
         if not ok:
             self.counts["filtered"] += 1
         return ok
@@ -300,6 +307,16 @@ class Inspector:
     def item(self, obj: Any, of: str = "") -> Any:
         if not isinstance(obj, dict):
             return obj
+        if self.item_masker is None or obj.get("kind") == "Table" or "items" in obj:
+            return self._item(obj, of)
+        held = self.masker  # (this item's masker, for this item only)
+        self.masker = self.item_masker(*self._where(obj, of))
+        try:
+            return self._item(obj, of)
+        finally:
+            self.masker = held
+
+    def _item(self, obj: dict[str, Any], of: str) -> Any:
         kind = self._kind(obj, of)
         if kind == "Table" or (kind.endswith("List") and isinstance(obj.get("items"), list)):
             return self.value(obj)  # a list inside a `List`: its items are read too

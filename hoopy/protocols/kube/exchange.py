@@ -16,7 +16,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from hoopy.config import KubeConnector
 from hoopy.errors import ProtocolError
 from hoopy.masking import ValueMasker
-from hoopy.policy import Decision
+from hoopy.policy import Decision, Masks
 from hoopy.protocols.kube import h1server
 from hoopy.protocols.kube.bodies import BodyError, body_namespace
 from hoopy.protocols.kube.requestinfo import RequestInfo
@@ -138,7 +138,10 @@ class Exchange:
         return ProtocolError(str(e))
 
     def _masker(self, decision: Decision) -> ValueMasker:
-        key = (decision.masks.detectors, decision.masks.detector_style)
+        return self._masker_of(decision.masks)
+
+    def _masker_of(self, masks: Masks) -> ValueMasker:
+        key = (masks.detectors, masks.detector_style)
         masker = self.live.maskers.get(key)
         if masker is None:
             masker = ValueMasker(key[0], key[1], self.listener.gw.mask_key)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from hoopy.errors import BackendUnavailable
 from hoopy.masking import ValueMasker
-from hoopy.policy import Decision
+from hoopy.policy import Decision, Masks
 from hoopy.protocols.kube import execrelay, h1, h1server
 from hoopy.protocols.kube.bodies import BodyError, Inspector, reading_op
 from hoopy.protocols.kube.commands import Visibility
@@ -54,6 +54,8 @@ _DETECTED = (
     "controllerrevisions",
 )
 
+# Verbs whose answer holds items of other names (or namespaces) than the request's.
+_COLLECTIONS = ("list", "watch", "deletecollection")
 # The kind each inspected resource holds (list items come without theirs).
 _KINDS = {
     ("", "secrets"): "Secret",
@@ -279,19 +281,30 @@ class Forwarding(Exchange):
         # Other subresources are read too: `status`, `ephemeralcontainers` and `resize`
         # answer the whole parent object, env values included
         masker = None
-        if decision.masks and decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
+        detected = info.resource in (*_DETECTED, "secrets")
+        if decision.masks and decision.masks.detectors and detected:
             masker = self._masker(decision)
         visible = None
+        items = Visibility(self.session, info)
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
         if self.live.filters and info.verb in ("list", "watch"):
-            visible = Visibility(self.session, info).visible
+            visible = items.visible
+        item_masker = None
+        if self.live.scoped_masks and detected and info.verb in _COLLECTIONS:
+            # a mask rule for namespace N (or names X) masks the items in N (named X) of
+            # a list across namespaces (or of a whole namespace): each by its own rules
+            def item_masker(ns: str, name: str) -> ValueMasker | None:
+                both = Masks((*decision.masks.entries, *items.decision(ns, name).masks.entries))
+                return self._masker_of(both) if both.detectors else None
+
         mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
-        if masker is None and visible is None and not mask_secrets:
+        if masker is None and visible is None and not mask_secrets and item_masker is None:
             return None
         return Inspector(
             mask_secrets=self.connector.mask_secrets,
             masker=masker,
             visible=visible,
+            item_masker=item_masker,
             kind=_KINDS.get((info.group, info.resource), ""),
         )
 

@@ -72,6 +72,7 @@ class _Live:
     inflight: int = 0
     filters: bool = False  # do namespace / name rules make lists need filtering?
     names: bool = False  # do name rules apply (a deletecollection has no name to judge)?
+    scoped_masks: bool = False  # do mask rules scoped to namespaces or names apply?
     maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
 
 
@@ -155,6 +156,7 @@ class KubeListener:
                 time.monotonic(),
                 filters=filters(session),
                 names=filters(session, ("names",)),
+                scoped_masks=filters(session, masks=True),
             )
             self._live[key] = live
         elif identity.expires_at > live.session.identity.expires_at:

@@ -50,6 +50,10 @@ rules:
     effect: mask
     detectors: [iban]
     match: {kubernetes: {names: ["payroll-*"]}}
+  - name: hide-pod-keys
+    effect: mask
+    detectors: [aws_access_key]
+    match: {kubernetes: {resources: [pods]}}
   - name: hide-emails
     effect: mask
     detectors: [email]
@@ -642,3 +646,30 @@ def test_scoped_mask_rules_apply_to_each_item_of_a_list(hk: KubeHoopy, scoped: N
     assert code == 200
     events = [json.loads(line) for line in answer.splitlines() if line.strip()]
     _check(_shown([e["object"] for e in events]), ("t-hr/cards", "t-ops/payroll-1", "t-ops/plain"))
+
+
+# ---- subresources answering their parent, under rules for the parent --------------------------
+KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+@pytest.mark.parametrize("sub", ["status", "ephemeralcontainers"])
+def test_a_mask_rule_for_pods_covers_the_pod_its_subresources_answer(
+    hk: KubeHoopy, emu: Emu, sub: str
+) -> None:
+    """A mask rule on `resources: [pods]` did not match `pods/status` (subresources are
+    resources of their own, as in RBAC), yet that answer is the whole Pod: its env
+    values came back unmasked, and a JSON patch could copy one into the status."""
+    ns = f"t-pk-{sub[:5]}"
+    _ns(emu, ns)
+    spec = {"containers": [{"name": "m", "image": "x", "env": [{"name": "K", "value": KEY}]}]}
+    emu.call("POST", f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "p"}, "spec": spec})
+    r = hk.kubectl("-n", ns, "get", "pod", "p", "-o", "yaml")
+    assert r.returncode == 0 and KEY not in r.stdout and "name: K" in r.stdout, r.stdout
+    r = hk.kubectl("get", "--raw", f"/k8s/cluster/api/v1/namespaces/{ns}/pods/p/{sub}")
+    assert r.returncode == 0 and KEY not in r.stdout and '"K"' in r.stdout, r.stdout
+    copy_op = '[{"op":"copy","from":"/spec/containers/0/env/0/value","path":"/status/message"}]'
+    r = hk.kubectl(
+        "-n", ns, "patch", "pod", "p", f"--subresource={sub}", "--type=json", "-p", copy_op
+    )
+    assert r.returncode != 0 and "Forbidden" in r.stderr, (r.stdout, r.stderr)
+    assert "message" not in emu.call("GET", f"/api/v1/namespaces/{ns}/pods/p").get("status", {})

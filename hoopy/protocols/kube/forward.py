@@ -11,6 +11,7 @@ log masked by a rule is rewritten line by line.  Separate from the policy path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -54,6 +55,8 @@ _DETECTED = (
     "controllerrevisions",
 )
 
+# Subresources whose answer is the whole parent object.
+PARENT_ANSWERS = ("status", "ephemeralcontainers", "resize")
 # Verbs whose answer holds items of other names (or namespaces) than the request's.
 _COLLECTIONS = ("list", "watch", "deletecollection")
 # The kind each inspected resource holds (list items come without theirs).
@@ -255,7 +258,19 @@ class Forwarding(Exchange):
         """Are values of this resource's objects masked for the agent?"""
         if info.resource == "secrets" and self.connector.mask_secrets:
             return True
-        return bool(decision and decision.masks.detectors and info.resource in _DETECTED)
+        return bool(
+            decision and self._masks(info, decision).detectors and info.resource in _DETECTED
+        )
+
+    def _masks(self, info: RequestInfo, decision: Decision) -> Masks:
+        """The mask rules of the answer's objects: a subresource that answers its parent
+        object (pods/status, pods/ephemeralcontainers) is masked as the parent too (a
+        rule on `pods` does not match `pods/status`, as in RBAC, but its answer is one)."""
+        if info.subresource not in PARENT_ANSWERS:
+            return decision.masks
+        parent = dataclasses.replace(info, subresource="")
+        masks = Visibility(self.session, parent).decision(info.namespace, info.name).masks
+        return Masks((*decision.masks.entries, *masks.entries))
 
     def _reading_patch(self, info: RequestInfo, body: bytes) -> _AnyAnswer | None:
         """A 403 for a JSON patch that reads a masked object's values (bodies.READING_OPS)."""
@@ -282,8 +297,9 @@ class Forwarding(Exchange):
         # answer the whole parent object, env values included
         masker = None
         detected = info.resource in (*_DETECTED, "secrets")
-        if decision.masks and decision.masks.detectors and detected:
-            masker = self._masker(decision)
+        masks = self._masks(info, decision)
+        if masks.detectors and detected:
+            masker = self._masker_of(masks)
         visible = None
         items = Visibility(self.session, info)
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
@@ -294,7 +310,7 @@ class Forwarding(Exchange):
             # a mask rule for namespace N (or names X) masks the items in N (named X) of
             # a list across namespaces (or of a whole namespace): each by its own rules
             def item_masker(ns: str, name: str) -> ValueMasker | None:
-                both = Masks((*decision.masks.entries, *items.decision(ns, name).masks.entries))
+                both = Masks((*masks.entries, *items.decision(ns, name).masks.entries))
                 return self._masker_of(both) if both.detectors else None
 
         mask_secrets = info.resource == "secrets" and self.connector.mask_secrets

@@ -141,3 +141,13 @@ def test_each_item_is_masked_by_its_own_rules() -> None:
     )
     assert [i["data"]["c"] == card for i in listed["items"]] == [False, False, True]
     assert inspector.masker is None  # (an item's masker is that item's only)
+
+
+def test_a_token_request_answer_is_masked() -> None:
+    answer = {"kind": "TokenRequest", "status": {"token": "eyJh.x.y", "expirationTimestamp": "t"}}
+    for shown in (
+        Inspector(kind="TokenRequest").value(answer),
+        Inspector(kind="TokenRequest").value({**answer, "kind": None}),
+    ):
+        assert shown["status"] == {"token": "hoopy:masked", "expirationTimestamp": "t"}
+    assert Inspector(kind="TokenRequest", mask_secrets=False).value(answer) == answer

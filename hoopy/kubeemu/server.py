@@ -150,6 +150,8 @@ class Emulator:
             return await self._exec(request, kind, ns, name, q, sub)
         if sub in OBJECT_SUBRESOURCES:
             return await self._subresource(request, kind, ns, name, sub)
+        if sub == "token" and m == "POST":
+            return await self._token(request, kind, ns, name)
         if sub:
             return status(405, "MethodNotAllowed", f"{kind.resource}/{sub} is not emulated")
         if not name:
@@ -405,6 +407,31 @@ class Emulator:
         obj["metadata"].pop("resourceVersion", None)
         return web.json_response(self.store.put(kind, ns, obj))
 
+    async def _token(self, request: web.Request, kind: Kind, ns: str, name: str) -> web.Response:
+        """serviceaccounts/token (TokenRequest, `kubectl create token`): a token for the
+        service account (random here: the emulator accepts none but its own)."""
+        if self.store.get(kind, ns, name) is None:
+            return _not_found(kind, name)
+        asked = await self._body(request)
+        if isinstance(asked, web.Response):
+            return asked
+        spec = asked.get("spec") if isinstance(asked, dict) else None
+        spec = dict(spec) if isinstance(spec, dict) else {}
+        spec.setdefault("audiences", ["https://kubernetes.default.svc"])
+        spec.setdefault("expirationSeconds", 3600)
+        claims = base64.urlsafe_b64encode(
+            json.dumps({"sub": f"system:serviceaccount:{ns}:{name}"}).encode()
+        ).decode()
+        token = f"eyJhbGciOiJSUzI1NiJ9.{claims.rstrip('=')}.{secrets.token_urlsafe(32)}"
+        answer = {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": None},
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"},
+        }
+        return web.json_response(answer, status=201)
+
     # ---- pods/log and pods/exec ---------------------------------------------------
     async def _log(
         self, request: web.Request, ns: str, name: str, q: dict[str, list[str]]
@@ -523,6 +550,7 @@ def resource_list(group: str, version: str) -> web.Response:
         )
         for sub in SUBRESOURCES.get(k.resource, ()):
             verbs = ["create", "get"] if sub in ("exec", "attach", "portforward") else ["get"]
+            verbs = ["create"] if sub == "token" else verbs
             resources.append(
                 {
                     "name": f"{k.resource}/{sub}",

@@ -60,11 +60,13 @@ KINDS = (
     Kind("", "v1", "replicationcontrollers", "ReplicationController", True, ("rc",)),
     Kind("", "v1", "podtemplates", "PodTemplate", True),
     Kind("apps", "v1", "controllerrevisions", "ControllerRevision", True),
+    Kind("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
 )
 BY_PATH = {(k.group, k.version, k.resource): k for k in KINDS}
 SUBRESOURCES = {
     "pods": ("log", "exec", "attach", "portforward", "status", "ephemeralcontainers"),
     "deployments": ("status", "scale"),
+    "serviceaccounts": ("token",),
 }
 
 HISTORY = 5000

@@ -324,6 +324,8 @@ class Inspector:
         # gives them: the cluster's word on the kind is not what keeps a value hidden
         if self.mask_secrets and "Secret" in (kind, self.kind):
             return self._secret(obj)
+        if self.mask_secrets and "TokenRequest" in (kind, self.kind):
+            return self._token(obj)
         if self.masker is not None:
             # (the request's kind too: a Table's PartialObjectMetadata rows carry only
             # the metadata, whose last-applied annotation repeats data and env values)
@@ -360,6 +362,15 @@ class Inspector:
             if LAST_APPLIED in ann:
                 out["metadata"] = {**meta, "annotations": {**ann, LAST_APPLIED: MASKED}}
         return out
+
+    def _token(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A TokenRequest's answer (`kubectl create token`): a bearer token for the
+        cluster, what a service-account-token Secret holds, masked as that would be."""
+        st = obj.get("status")
+        if not isinstance(st, dict) or "token" not in st:
+            return obj
+        self.counts["secret_values"] += 1
+        return {**obj, "status": {**st, "token": MASKED}}
 
     def _mapping(self, obj: dict[str, Any], key: str) -> dict[str, Any]:
         assert self.masker is not None

@@ -77,6 +77,12 @@ _KINDS = {
 }
 
 
+def secretive(info: RequestInfo) -> bool:
+    """Does the answer hold secret values mask_secrets masks: Secrets, and the token of
+    a TokenRequest (`kubectl create token`, what a service-account-token Secret held)?"""
+    return info.resource == "secrets" or info.full_resource == "serviceaccounts/token"
+
+
 class Forwarding(Exchange):
     """A request forwarded to the cluster, and its answer streamed or rewritten."""
 
@@ -136,7 +142,7 @@ class Forwarding(Exchange):
         whole = inspector is not None and json_body and info.verb != "watch"
         small = resp.content_length is not None and resp.content_length <= SMALL
         readable = json_body or ctype.startswith("text/plain")
-        if readable and (info.resource != "secrets" or self.connector.mask_secrets):
+        if readable and (not secretive(info) or self.connector.mask_secrets):
             self.capture = bytearray()  # (never a Secret's values: they are not masked)
         try:
             if inspector is not None and not json_body and resp.status < 300:
@@ -256,7 +262,7 @@ class Forwarding(Exchange):
 
     def _masked(self, info: RequestInfo, decision: Decision | None) -> bool:
         """Are values of this resource's objects masked for the agent?"""
-        if info.resource == "secrets" and self.connector.mask_secrets:
+        if secretive(info) and self.connector.mask_secrets:
             return True
         return bool(
             decision and self._masks(info, decision).detectors and info.resource in _DETECTED
@@ -313,7 +319,7 @@ class Forwarding(Exchange):
                 both = Masks((*masks.entries, *items.decision(ns, name).masks.entries))
                 return self._masker_of(both) if both.detectors else None
 
-        mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
+        mask_secrets = secretive(info) and self.connector.mask_secrets
         if masker is None and visible is None and not mask_secrets and item_masker is None:
             return None
         return Inspector(
@@ -321,7 +327,9 @@ class Forwarding(Exchange):
             masker=masker,
             visible=visible,
             item_masker=item_masker,
-            kind=_KINDS.get((info.group, info.resource), ""),
+            kind="TokenRequest"
+            if secretive(info) and info.subresource
+            else _KINDS.get((info.group, info.resource), ""),
         )
 
 

@@ -307,12 +307,13 @@ class Forwarding(Exchange):
         if masks.detectors and detected:
             masker = self._masker_of(masks)
         visible = None
-        items = Visibility(self.session, info)
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
         if self.live.filters and info.verb in ("list", "watch"):
-            visible = items.visible
+            visible = Visibility(self.session, info).visible
         item_masker = None
         if self.live.scoped_masks and detected and info.verb in _COLLECTIONS:
+            items = Visibility(self.session, info)
+
             # a mask rule for namespace N (or names X) masks the items in N (named X) of
             # a list across namespaces (or of a whole namespace): each by its own rules
             def item_masker(ns: str, name: str) -> ValueMasker | None:

@@ -44,6 +44,11 @@ SCHEMAS: dict[str, Schema] = {
         3: ("binaryData", ("map", BYTES)),
     },
     "Namespace": {1: ("metadata", META)},
+    "ServiceAccount": {1: ("metadata", META)},
+    "TokenRequest": {
+        1: ("metadata", META),
+        2: ("spec", {1: ("audiences", ("list", STR)), 4: ("expirationSeconds", INT)}),
+    },
     "Pod": {1: ("metadata", META), 2: ("spec", POD_SPEC)},
     "Deployment": {
         1: ("metadata", META),

@@ -27,6 +27,14 @@ from aiohttp import web
 
 from hoopy.kubeemu import attach, execws, portforward, protobuf
 from hoopy.kubeemu.store import BY_PATH, KINDS, SUBRESOURCES, Gone, Kind, Store
+from hoopy.kubeemu.wire import (
+    GoYAML,
+    continue_key,
+    continue_token,
+    json_patch,
+    merge_patch,
+    storage_key,
+)
 
 JSON = "application/json"
 
@@ -70,6 +78,13 @@ class Emulator:
                 "impersonate_user": request.headers.get("Impersonate-User", ""),
                 "impersonate_group": request.headers.getall("Impersonate-Group", []),
                 "accept": request.headers.get("Accept", ""),
+                # every header name (lower case) and every Impersonate-* value as sent
+                "headers": sorted({h.lower() for h in request.headers}),
+                "impersonate": sorted(
+                    f"{h}: {v}"
+                    for h, v in request.headers.items()
+                    if h.lower().startswith("impersonate-")
+                ),
             }
         )
         del self.requests[:-2000]
@@ -129,6 +144,10 @@ class Emulator:
             return await self._log(request, ns, name, q)
         if sub in ("exec", "attach", "portforward"):
             return await self._exec(request, kind, ns, name, q, sub)
+        if sub in OBJECT_SUBRESOURCES:
+            return await self._subresource(request, kind, ns, name, sub)
+        if sub == "token" and m == "POST":
+            return await self._token(request, kind, ns, name)
         if sub:
             return status(405, "MethodNotAllowed", f"{kind.resource}/{sub} is not emulated")
         if not name:
@@ -173,13 +192,18 @@ class Emulator:
         self, request: web.Request, kind: Kind, ns: str, q: dict[str, list[str]]
     ) -> web.Response:
         objs = self._select(kind, ns, q)
-        start = int(_one(q, "continue") or 0)
+        token = _one(q, "continue")
+        if token:  # resume after the key the token names (kube-apiserver's storage keys)
+            after = continue_key(token)
+            if after is None:
+                return status(400, "BadRequest", "continue key is not valid")
+            objs = [o for o in objs if storage_key(o, ns) + "\x00" > after]
         limit = int(_one(q, "limit") or 0)
         meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
-        if limit and start + limit < len(objs):
-            meta["continue"] = str(start + limit)
-            meta["remainingItemCount"] = len(objs) - start - limit
-        objs = objs[start : start + limit] if limit else objs[start:]
+        if limit and limit < len(objs):
+            meta["continue"] = continue_token(storage_key(objs[limit - 1], ns), self.store.rv)
+            meta["remainingItemCount"] = len(objs) - limit
+        objs = objs[:limit] if limit else objs
         if _table(request):
             table = _as_table(kind, objs, self.store.rv, _one(q, "includeObject"))
             table["metadata"].update(meta)
@@ -256,7 +280,7 @@ class Emulator:
             if "protobuf" in request.content_type:
                 obj = protobuf.decode(raw)
             elif "yaml" in request.content_type:
-                obj = yaml.safe_load(raw)
+                obj = yaml.load(raw, Loader=GoYAML)
             else:
                 obj = json.loads(raw)
         except ValueError as e:
@@ -298,7 +322,9 @@ class Emulator:
             return web.json_response(obj, status=201)
         return web.json_response(self.store.put(kind, ns, obj), status=201)
 
-    async def _update(self, request: web.Request, kind: Kind, ns: str, name: str) -> web.Response:
+    async def _update(
+        self, request: web.Request, kind: Kind, ns: str, name: str, dry: bool = False
+    ) -> web.Response:
         obj = await self._body(request)
         if isinstance(obj, web.Response):
             return obj
@@ -318,9 +344,11 @@ class Emulator:
             )
         obj["metadata"]["name"] = name
         obj["metadata"].pop("resourceVersion", None)
-        return web.json_response(self.store.put(kind, ns, obj))
+        return web.json_response(obj if dry else self.store.put(kind, ns, obj))
 
-    async def _patch(self, request: web.Request, kind: Kind, ns: str, name: str) -> web.Response:
+    async def _patch(
+        self, request: web.Request, kind: Kind, ns: str, name: str, dry: bool = False
+    ) -> web.Response:
         patch = await self._body(request)
         if isinstance(patch, web.Response):
             return patch
@@ -345,7 +373,60 @@ class Emulator:
             return bad
         new["metadata"]["name"] = name
         new["metadata"].pop("resourceVersion", None)
-        return web.json_response(self.store.put(kind, ns, new))
+        return web.json_response(new if dry else self.store.put(kind, ns, new))
+
+    async def _subresource(
+        self, request: web.Request, kind: Kind, ns: str, name: str, sub: str
+    ) -> web.Response:
+        """`status` and `pods/ephemeralcontainers`: as kube-apiserver, they read and
+        write the whole parent object, but a write changes only their own part."""
+        old = self.store.get(kind, ns, name)
+        if old is None:
+            return _not_found(kind, name)
+        if request.method == "GET":
+            return web.json_response(old)
+        if request.method == "PATCH":
+            answer = await self._patch(request, kind, ns, name, dry=True)
+        elif request.method == "PUT":
+            answer = await self._update(request, kind, ns, name, dry=True)
+        else:
+            return status(405, "MethodNotAllowed", "the server does not allow this method")
+        if answer.status >= 300:
+            return answer
+        assert isinstance(answer.body, bytes)
+        new, obj = json.loads(answer.body), copy.deepcopy(old)
+        if sub == "status":
+            obj["status"] = new.get("status", {})
+        else:
+            spec = (new.get("spec") or {}).get("ephemeralContainers")
+            obj.setdefault("spec", {})["ephemeralContainers"] = spec or []
+        obj["metadata"].pop("resourceVersion", None)
+        return web.json_response(self.store.put(kind, ns, obj))
+
+    async def _token(self, request: web.Request, kind: Kind, ns: str, name: str) -> web.Response:
+        """serviceaccounts/token (TokenRequest, `kubectl create token`): a token for the
+        service account (random here: the emulator accepts none but its own)."""
+        if self.store.get(kind, ns, name) is None:
+            return _not_found(kind, name)
+        asked = await self._body(request)
+        if isinstance(asked, web.Response):
+            return asked
+        spec = asked.get("spec") if isinstance(asked, dict) else None
+        spec = dict(spec) if isinstance(spec, dict) else {}
+        spec.setdefault("audiences", ["https://kubernetes.default.svc"])
+        spec.setdefault("expirationSeconds", 3600)
+        claims = base64.urlsafe_b64encode(
+            json.dumps({"sub": f"system:serviceaccount:{ns}:{name}"}).encode()
+        ).decode()
+        token = f"eyJhbGciOiJSUzI1NiJ9.{claims.rstrip('=')}.{secrets.token_urlsafe(32)}"
+        answer = {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": None},
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"},
+        }
+        return web.json_response(answer, status=201)
 
     # ---- pods/log and pods/exec ---------------------------------------------------
     async def _log(
@@ -436,12 +517,15 @@ API_GROUPS = {
     "apiVersion": "v1",
     "groups": [
         {
-            "name": "apps",
-            "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
+            "name": g,
+            "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
         }
+        for g in ("apps", "batch")
     ],
 }
+# Subresources whose answer is the whole parent object (a write changes only its part)
+OBJECT_SUBRESOURCES = ("status", "ephemeralcontainers")
 
 
 def resource_list(group: str, version: str) -> web.Response:
@@ -462,6 +546,7 @@ def resource_list(group: str, version: str) -> web.Response:
         )
         for sub in SUBRESOURCES.get(k.resource, ()):
             verbs = ["create", "get"] if sub in ("exec", "attach", "portforward") else ["get"]
+            verbs = ["create"] if sub == "token" else verbs
             resources.append(
                 {
                     "name": f"{k.resource}/{sub}",
@@ -603,48 +688,6 @@ def _not_found(kind: Kind, name: str) -> web.Response:
         group=group,
         kind=kind.resource,
     )
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 (strategic merge patches are treated the same: lists are replaced)."""
-    if not isinstance(patch, dict):
-        return patch
-    if not isinstance(target, dict):
-        target = {}
-    for k, v in patch.items():
-        if k == "$patch" or k.startswith("$setElementOrder"):
-            continue
-        if v is None:
-            target.pop(k, None)
-        else:
-            target[k] = merge_patch(target.get(k), v)
-    return target
-
-
-def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 add/replace/remove/test, enough for kubectl patch --type=json."""
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for p in parts[:-1]:
-            parent = parent[int(p)] if isinstance(parent, list) else parent[p]
-        last = parts[-1]
-        kind = op["op"]
-        if isinstance(parent, list):
-            i = len(parent) if last == "-" else int(last)
-            if kind == "add":
-                parent.insert(i, op["value"])
-            elif kind == "replace":
-                parent[i] = op["value"]
-            elif kind == "remove":
-                del parent[i]
-        elif kind in ("add", "replace"):
-            parent[last] = op["value"]
-        elif kind == "remove":
-            del parent[last]
-        elif kind == "test" and parent.get(last) != op["value"]:
-            raise ValueError("test failed")
-    return doc
 
 
 def b64(s: str) -> str:

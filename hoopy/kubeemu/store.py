@@ -55,11 +55,18 @@ KINDS = (
         ("create", "delete", "get", "list", "patch", "update", "watch"),
     ),
     Kind("apps", "v1", "deployments", "Deployment", True, ("deploy",)),
+    # (appended: KINDS[4] is namespaces) kinds that carry pod templates too
+    Kind("batch", "v1", "cronjobs", "CronJob", True, ("cj",)),
+    Kind("", "v1", "replicationcontrollers", "ReplicationController", True, ("rc",)),
+    Kind("", "v1", "podtemplates", "PodTemplate", True),
+    Kind("apps", "v1", "controllerrevisions", "ControllerRevision", True),
+    Kind("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
 )
 BY_PATH = {(k.group, k.version, k.resource): k for k in KINDS}
 SUBRESOURCES = {
-    "pods": ("log", "exec", "attach", "portforward", "status"),
+    "pods": ("log", "exec", "attach", "portforward", "status", "ephemeralcontainers"),
     "deployments": ("status", "scale"),
+    "serviceaccounts": ("token",),
 }
 
 HISTORY = 5000

@@ -30,6 +30,11 @@ PROTOBUF_MAGIC = b"k8s\x00"
 MAX_YAML = 4 * 1024 * 1024
 
 
+# Kinds whose spec.template is a pod template (CronJob, PodTemplate and
+# ControllerRevision hold theirs elsewhere).
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet", "ReplicationController")
+
+
 class BodyError(ValueError):
     pass
 
@@ -114,6 +119,27 @@ def _patch_namespaces(ops: list[Any]) -> list[str]:
     return found
 
 
+# JSON patch operations that read a value of the object: `copy` and `move` could put
+# a masked value where no masking reaches (an annotation, a label, a field whose
+# validation error quotes it), and `test` tells whether a guess of it is right.
+READING_OPS = ("copy", "move", "test")
+
+
+def reading_op(content_type: str, body: bytes) -> str:
+    """The first JSON patch operation of the body that reads a value ("" if none); the
+    body is read whatever its Content-Type says (a list is a JSON patch or an error)."""
+    if not body or "protobuf" in content_type:
+        return ""
+    value = _decode(content_type, body)
+    if not isinstance(value, list):
+        return ""
+    for op in value:
+        kind = op.get("op") if isinstance(op, dict) else None
+        if not isinstance(kind, str) or kind.lower() in READING_OPS:
+            return str(kind)
+    return ""
+
+
 def _varint(b: bytes, i: int) -> tuple[int, int]:
     shift = value = 0
     while True:
@@ -188,6 +214,9 @@ class Inspector:
     mask_secrets: bool = True
     masker: ValueMasker | None = None
     visible: Callable[[str, str], bool] | None = None
+    # Each item's own masker (its namespace and name, as `visible`), when mask rules
+    # scoped to namespaces or names mask some items of a collection and not others
+    item_masker: Callable[[str, str], ValueMasker | None] | None = None
     counts: Counter[str] = field(default_factory=Counter)
     # The kind the request's resource holds (`Secret` for secrets): kube-apiserver
     # omits each list item's kind (kubernetes/kubernetes#3030), so an item without one
@@ -256,17 +285,21 @@ class Inspector:
         """The object's kind, else the list's (`of`), else the request's."""
         return str(obj.get("kind") or of or self.kind)
 
-    def _shown(self, obj: Any, of: str = "") -> bool:
-        if self.visible is None:
-            return True
-        if not isinstance(obj, dict):
-            return False
+    def _where(self, obj: dict[str, Any], of: str = "") -> tuple[str, str]:
+        """An item's namespace and name (a Namespace's namespace is itself)."""
         meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         ns = meta.get("namespace") or ""
         name = meta.get("name") or ""
         if "Namespace" in (self._kind(obj, of), self.kind):  # (as Secrets, above)
             ns = name
-        ok = self.visible(str(ns), str(name))
+        return str(ns), str(name)
+
+    def _shown(self, obj: Any, of: str = "") -> bool:
+        if self.visible is None:
+            return True
+        if not isinstance(obj, dict):
+            return False
+        ok = self.visible(*self._where(obj, of))
         if not ok:
             self.counts["filtered"] += 1
         return ok
@@ -274,6 +307,16 @@ class Inspector:
     def item(self, obj: Any, of: str = "") -> Any:
         if not isinstance(obj, dict):
             return obj
+        if self.item_masker is None or obj.get("kind") == "Table" or "items" in obj:
+            return self._item(obj, of)
+        held = self.masker  # (this item's masker, for this item only)
+        self.masker = self.item_masker(*self._where(obj, of))
+        try:
+            return self._item(obj, of)
+        finally:
+            self.masker = held
+
+    def _item(self, obj: dict[str, Any], of: str) -> Any:
         kind = self._kind(obj, of)
         if kind == "Table" or (kind.endswith("List") and isinstance(obj.get("items"), list)):
             return self.value(obj)  # a list inside a `List`: its items are read too
@@ -281,18 +324,28 @@ class Inspector:
         # gives them: the cluster's word on the kind is not what keeps a value hidden
         if self.mask_secrets and "Secret" in (kind, self.kind):
             return self._secret(obj)
+        if self.mask_secrets and "TokenRequest" in (kind, self.kind):
+            return self._token(obj)
         if self.masker is not None:
             # (the request's kind too: a Table's PartialObjectMetadata rows carry only
             # the metadata, whose last-applied annotation repeats data and env values)
             kinds = (kind, self.kind)
             if "ConfigMap" in kinds:
-                return self._applied(self._mapping(obj, "data"))
+                return self._applied(self._binary(self._mapping(obj, "data")))
             if "Pod" in kinds:
                 return self._applied(self._pod(obj))
-            if any(
-                k in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet") for k in kinds
-            ):
+            if any(k in WORKLOADS for k in kinds):
                 return self._applied(self._workload(obj))
+            if "CronJob" in kinds:
+                return self._applied(self._cronjob(obj))
+            if "PodTemplate" in kinds:
+                return self._applied(self._template(obj, "template"))
+            if "ControllerRevision" in kinds:
+                # its data is a StatefulSet's or DaemonSet's template as a patch: every
+                # string of it is read, whatever shape the patch has
+                masked, counts = self.masker.mask_json(obj.get("data"))
+                self.counts.update(counts)
+                return self._applied({**obj, "data": masked} if "data" in obj else obj)
         return obj
 
     def _secret(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +363,15 @@ class Inspector:
                 out["metadata"] = {**meta, "annotations": {**ann, LAST_APPLIED: MASKED}}
         return out
 
+    def _token(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A TokenRequest's answer (`kubectl create token`): a bearer token for the
+        cluster, what a service-account-token Secret holds, masked as that would be."""
+        st = obj.get("status")
+        if not isinstance(st, dict) or "token" not in st:
+            return obj
+        self.counts["secret_values"] += 1
+        return {**obj, "status": {**st, "token": MASKED}}
+
     def _mapping(self, obj: dict[str, Any], key: str) -> dict[str, Any]:
         assert self.masker is not None
         values = obj.get(key)
@@ -318,6 +380,30 @@ class Inspector:
         masked, counts = self.masker.mask_json(values)
         self.counts.update(counts)
         return {**obj, key: masked}
+
+    def _binary(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A ConfigMap's binaryData (base64, `create configmap --from-file` of a file
+        that is not UTF-8): each value read byte for byte (Latin-1), masked as text, and
+        encoded again; a value that is not base64 is masked as text."""
+        assert self.masker is not None
+        values = obj.get("binaryData")
+        if not isinstance(values, dict):
+            return obj
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if not isinstance(value, str):
+                out[key] = value
+                continue
+            try:
+                text = base64.b64decode(value, validate=True).decode("latin-1")
+            except ValueError:
+                out[key], counts = self.masker.mask_text(value)
+                self.counts.update(counts)
+                continue
+            masked, counts = self.masker.mask_text(text)
+            self.counts.update(counts)
+            out[key] = base64.b64encode(masked.encode("latin-1", "replace")).decode()
+        return {**obj, "binaryData": out}
 
     def _applied(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The last-applied annotation (the object as `kubectl apply` sent it) masked."""
@@ -360,10 +446,20 @@ class Inspector:
 
     def _workload(self, obj: dict[str, Any]) -> dict[str, Any]:
         spec = obj.get("spec")
-        if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
+        if not isinstance(spec, dict):
             return obj
-        tpl = spec["template"]
-        return {
-            **obj,
-            "spec": {**spec, "template": {**tpl, "spec": self._containers(tpl.get("spec"))}},
-        }
+        return {**obj, "spec": self._template(spec, "template")}
+
+    def _template(self, holder: dict[str, Any], key: str) -> dict[str, Any]:
+        """`holder[key]` is a PodTemplateSpec: its containers' env values masked."""
+        tpl = holder.get(key)
+        if not isinstance(tpl, dict):
+            return holder
+        return {**holder, key: {**tpl, "spec": self._containers(tpl.get("spec"))}}
+
+    def _cronjob(self, obj: dict[str, Any]) -> dict[str, Any]:
+        spec = obj.get("spec")
+        if not isinstance(spec, dict) or not isinstance(spec.get("jobTemplate"), dict):
+            return obj
+        job = spec["jobTemplate"]
+        return {**obj, "spec": {**spec, "jobTemplate": self._workload(job)}}

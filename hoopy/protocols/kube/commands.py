@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 
-from hoopy.policy import Command
+from hoopy.policy import Command, Decision
 from hoopy.protocols.kube.requestinfo import RequestInfo, go_bool, parse_query, request_info
 from hoopy.session import Session
-from hoopy.shell import read_argv, shell_command
+from hoopy.shell import on_a_terminal, read_argv, shell_command
 
 FILTER_KEYS = ("namespaces", "names")
 
 
-def filters(session: Session, keys: tuple[str, ...] = FILTER_KEYS) -> bool:
-    """Could a namespace or name rule hide some items of a list from this identity?"""
+def filters(session: Session, keys: tuple[str, ...] = FILTER_KEYS, masks: bool = False) -> bool:
+    """Could a namespace or name rule hide some items of a list from this identity?
+    (`masks`: could a mask rule with detectors scoped so mask some items, not others?)"""
     from hoopy.policy import _identity_matches  # the policy's own identity test
 
     for ps in session.policies:
         for rule in ps.rules:
             k = rule.match.kubernetes
-            if rule.effect == "mask" or k is None:
+            if (rule.effect == "mask") != masks or k is None:
+                continue
+            if masks and not rule.detectors:
                 continue
             if any(getattr(k, f) for f in keys) and _identity_matches(
                 rule.match, session.identity, session.connector
@@ -38,9 +41,13 @@ class Visibility:
     def __init__(self, session: Session, info: RequestInfo) -> None:
         self.session = session
         self.info = info
-        self.cache: dict[tuple[str, str], bool] = {}
+        self.cache: dict[tuple[str, str], Decision] = {}
 
     def visible(self, namespace: str, name: str) -> bool:
+        return self.decision(namespace, name).outcome == "allow"
+
+    def decision(self, namespace: str, name: str) -> Decision:
+        """The policy's decision on this verb of the item (its masks included)."""
         hit = self.cache.get((namespace, name))
         if hit is None:
             i = self.info
@@ -55,7 +62,7 @@ class Visibility:
                 name=name,
                 fingerprint=f"k8s\0{i.verb}\0{i.full_resource}\0{namespace}\0{name}",
             )
-            hit = self.session.decide(cmd).outcome == "allow"
+            hit = self.session.decide(cmd)
             if len(self.cache) < 100_000:
                 self.cache[(namespace, name)] = hit
         return hit
@@ -116,6 +123,9 @@ def command_for(connector: str, info: RequestInfo, q: dict[str, list[str]], meth
     if info.subresource == "exec":
         argv = q.get("command", [])
         reading = read_argv(argv)
+        if go_bool(q.get("tty")) and go_bool(q.get("stdin")):
+            # `exec -it pod -- less f`: a pager's `!` runs what is typed (as `ssh -t`)
+            reading = on_a_terminal(reading)
         return shell_command(
             "kubernetes",
             connector,
@@ -125,7 +135,7 @@ def command_for(connector: str, info: RequestInfo, q: dict[str, list[str]], meth
             resource=info.full_resource,
             namespace=info.namespace,
             name=info.name,
-            fingerprint=base + "\0" + "\0".join(argv),
+            fingerprint=base + "\0" + "\0".join(argv) + f"\0{reading.opaque}",
         )
     if info.subresource == "portforward":
         text += " ports " + ",".join(q.get("ports", []))

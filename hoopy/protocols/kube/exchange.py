@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from hoopy.config import KubeConnector
 from hoopy.errors import ProtocolError
 from hoopy.masking import ValueMasker
-from hoopy.policy import Decision
+from hoopy.policy import Decision, Masks
 from hoopy.protocols.kube import h1server
 from hoopy.protocols.kube.bodies import BodyError, body_namespace
 from hoopy.protocols.kube.requestinfo import RequestInfo
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 _FORWARD = ("Accept", "Content-Type", "User-Agent", "Kubectl-Command", "Kubectl-Session")
 MAX_BODY = 8 * 1024 * 1024  # request bodies (kube-apiserver's own limit is 3 MiB)
 RECORD_BODY = 4096  # bytes of each answer kept in the recording
+SYSTEM = "system:"  # the users and groups Kubernetes reserves for itself
 
 
 class _Out(Protocol):
@@ -104,21 +106,28 @@ class Exchange:
             raise ProtocolError("a request body hoopy cannot read")
         if self.request.content_length is not None and self.request.content_length > MAX_BODY:
             raise _TooLarge()
-        body = bytearray()
-        async for chunk in self.request.content.iter_any():
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise _TooLarge()
-        ctype = self.request.headers.get("Content-Type", "")
         if self.request.headers.get("Content-Encoding"):
-            raise ProtocolError("hoopy does not accept encoded request bodies")
+            # before reading: aiohttp would decompress it (and fail on a bad one)
+            raise self._bad_body(info, BodyError("hoopy does not accept encoded request bodies"))
+        body = bytearray()
+        try:
+            async for chunk in self.request.content.iter_any():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise _TooLarge()
+        except RequestPayloadError:  # (a chunked body cut short or malformed)
+            raise self._bad_body(info, BodyError("the request body is malformed")) from None
+        ctype = self.request.headers.get("Content-Type", "")
         try:
             names = body_namespace(ctype, bytes(body))
         except BodyError as e:
             raise self._bad_body(info, e) from None
         if any(n != info.namespace for n in names) and info.resource != "namespaces":
-            raise ProtocolError(
-                "the namespace of the request body does not match the namespace of the path"
+            raise self._bad_body(  # (recorded: a refusal, as any other)
+                info,
+                BodyError(
+                    "the namespace of the request body does not match the namespace of the path"
+                ),
             )
         return bytes(body)
 
@@ -129,7 +138,10 @@ class Exchange:
         return ProtocolError(str(e))
 
     def _masker(self, decision: Decision) -> ValueMasker:
-        key = (decision.masks.detectors, decision.masks.detector_style)
+        return self._masker_of(decision.masks)
+
+    def _masker_of(self, masks: Masks) -> ValueMasker:
+        key = (masks.detectors, masks.detector_style)
         masker = self.live.maskers.get(key)
         if masker is None:
             masker = ValueMasker(key[0], key[1], self.listener.gw.mask_key)
@@ -153,8 +165,11 @@ class Exchange:
         if not self.connector.impersonate:
             return list(headers.items())
         ident = self.session.identity
-        headers["Impersonate-User"] = ident.subject
-        return [*headers.items(), *(("Impersonate-Group", g) for g in sorted(ident.groups))]
+        headers["Impersonate-User"] = ident.subject  # (never system:…: _Request.run)
+        # `system:` groups are Kubernetes' own (system:masters is cluster-admin): an
+        # identity provider's group of that name is not the agent's to carry in
+        groups = sorted(g for g in ident.groups if not g.startswith(SYSTEM))
+        return [*headers.items(), *(("Impersonate-Group", g) for g in groups)]
 
 
 class _TooLarge(Exception):

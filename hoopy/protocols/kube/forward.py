@@ -11,18 +11,20 @@ log masked by a rule is rewritten line by line.  Separate from the policy path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import web
 
 from hoopy.errors import BackendUnavailable
 from hoopy.masking import ValueMasker
-from hoopy.policy import Decision
+from hoopy.policy import Decision, Masks
 from hoopy.protocols.kube import execrelay, h1, h1server
-from hoopy.protocols.kube.bodies import Inspector
+from hoopy.protocols.kube.bodies import BodyError, Inspector, reading_op
 from hoopy.protocols.kube.commands import Visibility
 from hoopy.protocols.kube.exchange import MAX_BODY, Exchange, _AnyAnswer, _Out, _TooLarge
 from hoopy.protocols.kube.liststream import ListError, ListStream
@@ -47,8 +49,16 @@ _DETECTED = (
     "daemonsets",
     "jobs",
     "replicasets",
+    "cronjobs",
+    "replicationcontrollers",
+    "podtemplates",
+    "controllerrevisions",
 )
 
+# Subresources whose answer is the whole parent object.
+PARENT_ANSWERS = ("status", "ephemeralcontainers", "resize")
+# Verbs whose answer holds items of other names (or namespaces) than the request's.
+_COLLECTIONS = ("list", "watch", "deletecollection")
 # The kind each inspected resource holds (list items come without theirs).
 _KINDS = {
     ("", "secrets"): "Secret",
@@ -60,7 +70,17 @@ _KINDS = {
     ("apps", "daemonsets"): "DaemonSet",
     ("apps", "replicasets"): "ReplicaSet",
     ("batch", "jobs"): "Job",
+    ("batch", "cronjobs"): "CronJob",
+    ("", "replicationcontrollers"): "ReplicationController",
+    ("", "podtemplates"): "PodTemplate",
+    ("apps", "controllerrevisions"): "ControllerRevision",
 }
+
+
+def secretive(info: RequestInfo) -> bool:
+    """Does the answer hold secret values mask_secrets masks: Secrets, and the token of
+    a TokenRequest (`kubectl create token`, what a service-account-token Secret held)?"""
+    return info.resource == "secrets" or info.full_resource == "serviceaccounts/token"
 
 
 class Forwarding(Exchange):
@@ -77,12 +97,19 @@ class Forwarding(Exchange):
             self._record(info)
             return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
         inspector = self._inspector(info, decision)
+        if body and self.request.method == "PATCH" and self._masked(info, decision):
+            refused = self._reading_patch(info, body)
+            if refused is not None:
+                return refused
         masker = None
         if decision is not None and info.subresource == "log" and decision.masks.detectors:
             masker = self._masker(decision)
         up = self.listener.upstream(self.connector)
         pool = up.pool()
-        target = up.prefix + self.path + ("?" + self.query if self.query else "")
+        query = self.query
+        if inspector is not None and inspector.visible is not None and info.verb == "list":
+            query = whole_list(query)
+        target = up.prefix + self.path + ("?" + query if query else "")
         hdrs = self._headers(inspector is not None)
         try:
             async with pool.request(self.request.method, target, hdrs, body) as resp:
@@ -115,7 +142,7 @@ class Forwarding(Exchange):
         whole = inspector is not None and json_body and info.verb != "watch"
         small = resp.content_length is not None and resp.content_length <= SMALL
         readable = json_body or ctype.startswith("text/plain")
-        if readable and (info.resource != "secrets" or self.connector.mask_secrets):
+        if readable and (not secretive(info) or self.connector.mask_secrets):
             self.capture = bytearray()  # (never a Secret's values: they are not masked)
         try:
             if inspector is not None and not json_body and resp.status < 300:
@@ -233,25 +260,90 @@ class Forwarding(Exchange):
             await out.write(data)
             self._out(data)
 
+    def _masked(self, info: RequestInfo, decision: Decision | None) -> bool:
+        """Are values of this resource's objects masked for the agent?"""
+        if secretive(info) and self.connector.mask_secrets:
+            return True
+        return bool(
+            decision and self._masks(info, decision).detectors and info.resource in _DETECTED
+        )
+
+    def _masks(self, info: RequestInfo, decision: Decision) -> Masks:
+        """The mask rules of the answer's objects: a subresource that answers its parent
+        object (pods/status, pods/ephemeralcontainers) is masked as the parent too (a
+        rule on `pods` does not match `pods/status`, as in RBAC, but its answer is one)."""
+        if info.subresource not in PARENT_ANSWERS:
+            return decision.masks
+        parent = dataclasses.replace(info, subresource="")
+        masks = Visibility(self.session, parent).decision(info.namespace, info.name).masks
+        return Masks((*decision.masks.entries, *masks.entries))
+
+    def _reading_patch(self, info: RequestInfo, body: bytes) -> _AnyAnswer | None:
+        """A 403 for a JSON patch that reads a masked object's values (bodies.READING_OPS)."""
+        try:
+            op = reading_op(self.request.headers.get("Content-Type", ""), body)
+        except BodyError as e:
+            raise self._bad_body(info, e) from None
+        if not op:
+            return None
+        self.status, self.decision = 403, "refused"
+        self._record(info, reason=f"JSON patch op {op[:40]!r} on masked values")
+        return status(
+            403,
+            "Forbidden",
+            f"hoopy refuses JSON patch operation {op[:40]!r} on {info.full_resource}: their "
+            "values are masked, and copy, move and test would reveal them "
+            "(use add, replace or remove)",
+        )
+
     def _inspector(self, info: RequestInfo, decision: Decision | None) -> Inspector | None:
-        if decision is None or info.subresource not in ("", "status"):
-            return None  # pods/log is masked line by line; other subresources are not objects
+        if decision is None or info.subresource == "log":
+            return None  # (masked line by line)
+        # Other subresources are read too: `status`, `ephemeralcontainers` and `resize`
+        # answer the whole parent object, env values included
         masker = None
-        if decision.masks and decision.masks.detectors and info.resource in (*_DETECTED, "secrets"):
-            masker = self._masker(decision)
+        detected = info.resource in (*_DETECTED, "secrets")
+        masks = self._masks(info, decision)
+        if masks.detectors and detected:
+            masker = self._masker_of(masks)
         visible = None
         # (even with a name: `fieldSelector=metadata.name=X` across namespaces is a list)
         if self.live.filters and info.verb in ("list", "watch"):
             visible = Visibility(self.session, info).visible
-        mask_secrets = info.resource == "secrets" and self.connector.mask_secrets
-        if masker is None and visible is None and not mask_secrets:
+        item_masker = None
+        if self.live.scoped_masks and detected and info.verb in _COLLECTIONS:
+            items = Visibility(self.session, info)
+
+            # a mask rule for namespace N (or names X) masks the items in N (named X) of
+            # a list across namespaces (or of a whole namespace): each by its own rules
+            def item_masker(ns: str, name: str) -> ValueMasker | None:
+                both = Masks((*masks.entries, *items.decision(ns, name).masks.entries))
+                return self._masker_of(both) if both.detectors else None
+
+        mask_secrets = secretive(info) and self.connector.mask_secrets
+        if masker is None and visible is None and not mask_secrets and item_masker is None:
             return None
         return Inspector(
             mask_secrets=self.connector.mask_secrets,
             masker=masker,
             visible=visible,
-            kind=_KINDS.get((info.group, info.resource), ""),
+            item_masker=item_masker,
+            kind="TokenRequest"
+            if secretive(info) and info.subresource
+            else _KINDS.get((info.group, info.resource), ""),
         )
+
+
+# A filtered list is asked for whole: the cluster's pages would tell of the items
+# hoopy hides (`remainingItemCount` counts them, and the `continue` token is base64
+# JSON naming the last key of the page, perhaps a hidden object's namespace and name).
+_PAGING = frozenset(("limit", "continue"))
+
+
+def whole_list(query: str) -> str:
+    """The query without `limit` and `continue` (the rest as the agent sent it)."""
+    pairs = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in _PAGING]
+    return "&".join(pairs)
 
 
 async def _lines(resp: h1.Response) -> Any:

@@ -49,9 +49,9 @@ from hoopy.masking import ValueMasker
 from hoopy.policy import Identity
 from hoopy.protocols.kube import h1server
 from hoopy.protocols.kube.bodies import BodyError, body_names
-from hoopy.protocols.kube.commands import cached_command, filters, generated, parsed
-from hoopy.protocols.kube.exchange import MAX_BODY, _AnyAnswer, _AnyRequest, _TooLarge
-from hoopy.protocols.kube.forward import Forwarding
+from hoopy.protocols.kube.commands import Visibility, cached_command, filters, generated, parsed
+from hoopy.protocols.kube.exchange import MAX_BODY, SYSTEM, _AnyAnswer, _AnyRequest, _TooLarge
+from hoopy.protocols.kube.forward import PARENT_ANSWERS, Forwarding
 from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upgrades import Upgrades
@@ -72,6 +72,7 @@ class _Live:
     inflight: int = 0
     filters: bool = False  # do namespace / name rules make lists need filtering?
     names: bool = False  # do name rules apply (a deletecollection has no name to judge)?
+    scoped_masks: bool = False  # do mask rules scoped to namespaces or names apply?
     maskers: dict[tuple[tuple[str, ...], str], ValueMasker] = field(default_factory=dict)
 
 
@@ -155,6 +156,7 @@ class KubeListener:
                 time.monotonic(),
                 filters=filters(session),
                 names=filters(session, ("names",)),
+                scoped_masks=filters(session, masks=True),
             )
             self._live[key] = live
         elif identity.expires_at > live.session.identity.expires_at:
@@ -256,6 +258,16 @@ class _Request(Forwarding, Upgrades):
                 "refused", method=self.request.method, path=self.path[:512], reason=str(e)
             )
             return status(400, "BadRequest", f"hoopy refused the request path: {e}")
+        if self.connector.impersonate and self.session.identity.subject.startswith(SYSTEM):
+            # Kubernetes' own users (nodes, controllers, service accounts): never the agent
+            self.status, self.decision = 403, "refused"
+            self._record(info, reason="impersonation of a system: user")
+            return status(
+                403,
+                "Forbidden",
+                f"hoopy will not impersonate {self.session.identity.subject[:80]!r}: "
+                "system: users are the cluster's own",
+            )
         if not info.is_resource:
             return await self._non_resource(info)
         if info.verb == "proxy" or info.subresource == "proxy":
@@ -309,6 +321,8 @@ class _Request(Forwarding, Upgrades):
             self.status, self.decision = 499, "abandoned"
             self._record(info)
             raise ProtocolError("the client went away before the request could run")
+        if info.subresource in PARENT_ANSWERS and info.verb in ("get", "list", "watch"):
+            self._parent_read(info)
         if info.verb == "deletecollection" and not info.namespace and self.live.filters:
             # hoopy cannot take the governed namespaces' objects out of a cluster-wide delete
             self.status, self.decision = 403, "deny"
@@ -328,6 +342,20 @@ class _Request(Forwarding, Upgrades):
         if info.connect:
             return await self._connect(info, q, decision)
         return await self._forward(info, decision)
+
+    def _parent_read(self, info: RequestInfo) -> None:
+        """Reading pods/status (or ephemeralcontainers) shows the whole pod: refused
+        (CommandDenied) unless the same read of the pod itself would be allowed."""
+        parent = Visibility(self.session, dataclasses.replace(info, subresource=""))
+        decision = parent.decision(info.namespace, info.name)
+        if decision.outcome != "allow":
+            self.status, self.decision = 403, "deny"
+            self._record(info, reason=f"{info.resource} {decision.outcome}")
+            raise CommandDenied(
+                f"{info.full_resource} answers the whole object, and {info.verb} "
+                f"{info.resource} is not allowed: {decision.message()}",
+                decision.rule,
+            )
 
     async def _non_resource(self, info: RequestInfo) -> _AnyAnswer:
         if self.request.method not in ("GET", "HEAD") or not _DISCOVERY.match(self.path):

@@ -10,7 +10,8 @@ Before any of that, paths an attacker could make the two sides read differently
 are refused (`PathRejected`): percent-encoding, empty, `.` or `..` segments,
 `;` parameters, `#` and other characters outside RFC 3986's, upper-case letters
 where Kubernetes only has lower-case ones, and query strings with `;` (Go drops
-such pairs, Python would not).  Query values are read as Go's apiserver reads
+such pairs, Python would not) or `#` (Go keeps it in the query, a proxy or yarl
+would end the query there).  Query values are read as Go's apiserver reads
 them: the first value of a repeated key wins.
 """
 
@@ -95,6 +96,8 @@ def check_path(path: str) -> list[str]:
 def parse_query(query: str) -> dict[str, list[str]]:
     if ";" in query:
         raise PathRejected("';' in the query string")
+    if "#" in query:  # Go's server keeps it in the query; yarl and many proxies end it there
+        raise PathRejected("'#' in the query string")
     if _BAD_ESCAPE.search(query):  # Go drops such pairs, Python keeps them as text
         raise PathRejected("malformed percent-escape in the query string")
     try:

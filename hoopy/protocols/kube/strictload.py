@@ -111,6 +111,16 @@ class _StrictLoader(yaml.SafeLoader):
             seen.add(key)
 
 
+# A timestamp is the text it was written as, as go-yaml v2 (under sigs.k8s.io/yaml)
+# keeps it in an interface{}: `name: 2024-01-01` names "2024-01-01" to the cluster,
+# where PyYAML would make a date of it (and hoopy judge a create without a name).
+def _timestamp(loader: _StrictLoader, node: yaml.Node) -> str:
+    return str(node.value)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
 def _as_json_key(key: Any) -> str:
     """The JSON key sigs.k8s.io/yaml makes of a YAML key: `1` and "1", `true` and
     "true" are one key to the cluster (Python keeps them apart), and which of the two

@@ -1,0 +1,184 @@
+"""A second attack review of the SSH path, with the real OpenSSH client against hoopy
+and a real sshd: each test reproduces an attack that got a denied command run on the
+backend (a marker file deleted) or a secret shown, before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+from asyncssh.packet import String, UInt32
+
+from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
+
+pytest_plugins = ["tests.integration.sshd"]
+
+# A deny-list for PTY shells: every line hoopy can read runs, but not rm (the no-rm rule
+# of sshd.SSH_POLICY).
+DENY_LIST = """\
+mode: enforce
+rules:
+  - name: shells
+    effect: allow
+    match: {groups: [shellers], ssh: {shell: true}}
+  - name: anything-visible
+    effect: allow
+    match: {groups: [shellers], ssh: {commands: ["*"]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def deny_list(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHoopy]:
+    h = start_ssh_hoopy(tmp_path_factory.mktemp("hoopy-attack2"), sshd, {"dl": DENY_LIST})
+    try:
+        yield h
+    finally:
+        stop(h.proc)
+
+
+def _marker(sshd: Sshd, name: str) -> Path:
+    path = sshd.folder / name
+    path.write_text("still here\n")
+    return path
+
+
+class PtyTerm:
+    """The real `ssh -tt` on a terminal of its own whose modes the test sets first
+    (`stty` on the agent's side): OpenSSH sends them in its pty-req."""
+
+    def __init__(self, h: SshHoopy, groups: tuple[str, ...], modes: dict[int, object]) -> None:
+        self.master, slave = pty.openpty()
+        attrs = termios.tcgetattr(slave)
+        for index, value in modes.items():
+            if index >= 100:  # a special character: attrs[6][index - 100]
+                attrs[6][index - 100] = value
+            else:  # (flag word, bits to set)
+                word, bits = value  # type: ignore[misc]
+                attrs[word] |= bits
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        self.proc = subprocess.Popen(
+            [*h.ssh_argv("web-1", "-tt")],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=h.ssh_env(h.token("shell-agent", groups)),
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.out = b""
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def expect(self, pattern: bytes, since: int = 0, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.out[since:]):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} in {self.out[-2000:]!r}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"ssh ended before {pattern!r}: {self.out[-2000:]!r}")
+            self.out += chunk
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+        os.close(self.master)
+
+
+# The agent's terminal modes, as `stty` would set them on its side.
+KILL_Q = {100 + termios.VKILL: b"Q"}  # readline binds the tty's kill char: unix-line-discard
+WERASE_Q = {100 + termios.VWERASE: b"Q"}  # … its word-erase char: unix-word-rubout
+ERASE_Q = {100 + termios.VERASE: b"Q"}  # … its erase char: backward-delete-char
+UPPER_TO_LOWER = {0: (0, termios.IUCLC)}  # the tty lowers every letter typed
+
+
+@pytest.mark.parametrize(
+    "modes, line",
+    [
+        (KILL_Q, "echo Q rm -f {m}"),  # hoopy: echo; bash: ` rm -f …` after the kill
+        (WERASE_Q, "echo ''Q rm -f {m}"),
+        (ERASE_Q, "echo QQQQQrm -f {m}"),
+        (UPPER_TO_LOWER, "$'\\X72M' -f {m}"),  # hoopy: a program `\X72M`; bash: rm
+    ],
+    ids=["kill-char", "werase-char", "erase-char", "iuclc"],
+)
+def test_the_agents_terminal_modes_cannot_edit_a_checked_line(
+    deny_list: SshHoopy, sshd: Sshd, modes: dict[int, object], line: str
+) -> None:
+    """The backend's readline takes its erase, kill and word-erase keys from the
+    terminal's modes, and the tty lowers letters under IUCLC: modes the agent picks
+    (its pty-req) would turn the line hoopy checked into another one."""
+    marker = _marker(sshd, "marker-modes")
+    t = PtyTerm(deny_list, ("agents", "shellers"), modes)
+    try:
+        t.type(b"echo be''gin\r")
+        t.expect(rb"[\r\n]begin\r\n")
+        t.type(line.format(m=marker).encode() + b"\r")
+        t.type(b"echo do''ne\r")
+        t.expect(rb"[\r\n]done\r\n")
+    finally:
+        t.close()
+    assert marker.exists(), f"{line!r} ran rm on the backend: {t.out[-600:]!r}"
+
+
+async def _agent(h: SshHoopy, groups: tuple[str, ...] = ("agents", "shellers")) -> Any:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        h.ssh_port,
+        username="web-1",
+        password=h.token("raw-agent", groups),
+        known_hosts=asyncssh.import_known_hosts(h.known_hosts().read_text()),
+        client_keys=None,
+        agent_path=None,
+        config=None,
+        preferred_auth="password",
+    )
+
+
+class Collect(asyncssh.SSHClientSession[bytes]):
+    """A client channel's output, and when it closed."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.out.extend(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def test_a_pty_requested_after_exec_is_refused(deny_list: SshHoopy) -> None:
+    """asyncssh's server takes a pty-req after the exec request (OpenSSH's client never
+    sends one, a hand-made client can): the command was read as run without a terminal
+    (where a pager's `!` reads nothing), so it must not get one afterwards."""
+    async with await _agent(deny_list) as conn:
+        chan, session = await conn.create_session(Collect, "sleep 0.5; tty", encoding=None)
+        pty_req = (String("xterm"), UInt32(80), UInt32(24), UInt32(0), UInt32(0), String(b"\0"))
+        got = await chan._make_request(b"pty-req", *pty_req)
+        await asyncio.wait_for(session.closed, 20)
+    assert got is False, "hoopy accepted a pty-req after the exec request"
+    assert b"not a tty" in session.out and b"/dev/pts" not in session.out, bytes(session.out)

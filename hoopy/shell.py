@@ -76,6 +76,9 @@ MAX_TREE_DEPTH = 200  # syntax nesting ((((…)))) within one level
 MAX_WRAPPERS = 64  # sudo nice timeout … in one command
 
 _LANG = Language(tree_sitter_bash.language())
+# `{name}>f`, `{a[i]}<&-`: a redirection whose file descriptor bash stores in a variable
+_NAMED_FD = re.compile(r"\{([A-Za-z_][^\s{},]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _local = threading.local()
 
 
@@ -576,6 +579,7 @@ class _Reader:
         every = sorted([*redirects, *outer], key=lambda n: n.start_byte)
         stdin, more = _redirects(every, sin)
         words = sorted([*words, *more], key=lambda n: n.start_byte)
+        words = self.named_fds(words, every)
         kids += [(w, _INHERIT) for w in words if w.named_child_count]
         if name is None:
             return kids
@@ -589,6 +593,23 @@ class _Reader:
             self.check_text(a)
         self.run(args, stdin, depth, Ctx(), 0, shell=True)
         return kids
+
+    def named_fds(self, words: list[Node], redirects: Sequence[Node]) -> list[Node]:
+        """`{fd}>f` is one redirection to bash that assigns the variable fd, and no
+        word; tree-sitter reads a word `{fd}` (`exec {fd}>f rm` ran rm, reported as a
+        program named `{fd}`).  The variable may be one that runs code (`{PATH}>f`),
+        and `{a[$(cmd)]}>f` evaluates its subscript."""
+        starts = {r.start_byte for r in redirects}
+        kept = []
+        for w in words:
+            m = _NAMED_FD.fullmatch(text(w)) if w.end_byte in starts else None
+            if m is None:
+                kept.append(w)
+            elif not _IDENTIFIER.fullmatch(m.group(1)):
+                self.opaque(f"text bash may run as code: {text(w)[:60]} names a variable")
+            elif code_env(m.group(1)):
+                self.opaque(f"environment variable can run code: {m.group(1)}")
+        return kept
 
     def check_gaps(self, parts: Sequence[Node], joined: bool = False) -> None:
         """What tree-sitter skips between a command's parts must be blanks.  It drops
@@ -713,8 +734,10 @@ def _redirects(redirects: Sequence[Node], sin: Stdin) -> tuple[Stdin, list[Node]
     extra: list[Node] = []
     for r in redirects:
         if r.type == "file_redirect":
-            extra += _fields(r, "destination")[1:]
             op = next((c.type for c in r.children if not c.is_named), "")
+            # `>&-` / `<&-` close a descriptor and take no file: tree-sitter still
+            # reads the next word as one (`nice >&- rm -rf /` ran rm, seen as `nice`)
+            extra += _fields(r, "destination")[0 if op in (">&-", "<&-") else 1 :]
             fd = r.child_by_field_name("descriptor")
             if op in ("<", "<&", "<>", "<&-") and (fd is None or text(fd) == "0"):
                 sin = _FILE

@@ -182,3 +182,32 @@ async def test_a_pty_requested_after_exec_is_refused(deny_list: SshHoopy) -> Non
         await asyncio.wait_for(session.closed, 20)
     assert got is False, "hoopy accepted a pty-req after the exec request"
     assert b"not a tty" in session.out and b"/dev/pts" not in session.out, bytes(session.out)
+
+
+def _denied(h: SshHoopy, sshd: Sshd, spelling: str, token: str) -> None:
+    marker = _marker(sshd, "marker-redirect")
+    command = spelling.format(m=marker)
+    r = h.ssh(command, token=token)
+    assert r.returncode == 126, (command, r.stdout, r.stderr)
+    assert "hoopy: denied" in r.stderr, r.stderr
+    assert marker.exists(), f"{command!r} reached the backend"
+
+
+def test_a_closed_descriptor_hides_no_program(ssh_hoopy: SshHoopy, sshd: Sshd) -> None:
+    """`>&-` takes no file, but tree-sitter took the next word for one: with the
+    allow-list of sshd.SSH_POLICY (echo and env allowed, rm denied) hoopy saw `echo`
+    and `env`; bash ran bash, which read `rm` from the pipe."""
+    _denied(ssh_hoopy, sshd, "echo rm -f {m} | env 2>&- bash", ssh_hoopy.token())
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "echo {m} | xargs 2>&- rm",  # hoopy saw echo and xargs (running echo)
+        "exec {{fd}}>/dev/null rm -f {m}",  # hoopy saw the programs `exec` and `{{fd}}`
+    ],
+)
+def test_a_closed_or_named_descriptor_hides_no_program_from_a_deny_list(
+    deny_list: SshHoopy, sshd: Sshd, spelling: str
+) -> None:
+    _denied(deny_list, sshd, spelling, deny_list.token("raw-agent", ("agents", "shellers")))

@@ -1,0 +1,87 @@
+"""A second attack review of the shell classifier (hoopy.shell): each line here ran a
+denied program under real bash while hoopy reported only allowed ones.  Each must now
+be denied by a policy that denies reboot/rm and allows every visible command
+(tests/test_policy_shell.py's POLICY).  A differential run under real bash
+(tests/test_shell_bash.py's sandbox) checks redirection forms next to wrappers: every
+program bash runs is one hoopy saw, or the line is opaque."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from hoopy.policy import decide
+from hoopy.shell import read_line
+from tests.test_policy_shell import AGENT, POLICY, ssh
+from tests.test_shell_bash import _build, _logged, _mentions, _run
+
+ATTACKS = [
+    # `>&-` / `<&-` take no file: tree-sitter read the next word as one, and the
+    # program after a wrapper vanished (`env` alone was all hoopy saw)
+    "nice >&- reboot",
+    "env 2>&- reboot -f",
+    "exec 3<&- reboot",
+    "sudo <&- reboot",
+    "command >&- reboot",
+    "timeout 5 >&- reboot",
+    # `{fd}>f` is a redirection that stores the descriptor in a variable: tree-sitter
+    # read `{fd}` as a word, so the program after `exec` was `{fd}`
+    "exec {fd}>/tmp/f reboot",
+    "exec {fd}</dev/null reboot -f",
+    "exec {fd}>&- reboot",
+    "exec {PATH}>/dev/null; ls",  # PATH=10: `ls` is looked up in ./10
+    "exec {a[$(reboot)]}>/dev/null",
+]
+
+# Look-alikes that stay allowed (they run no denied program).
+HARMLESS = [
+    "echo {fd} >/tmp/f",  # a blank between: a word {fd}, then a redirection
+    "echo {a,b}>/tmp/f",  # brace expansion, no variable
+    'echo "{fd}">/tmp/f',
+    "ls >&-",
+    "ls 2>&- /tmp",
+    "exec {fd}>/tmp/f",
+]
+
+
+@pytest.mark.parametrize("line", ATTACKS)
+def test_attack_is_denied(line: str) -> None:
+    decision = decide([POLICY], AGENT, ssh(line))
+    assert not decision.allowed, (line, [c.argv for c in read_line(line).commands])
+
+
+@pytest.mark.parametrize("line", HARMLESS)
+def test_look_alike_is_allowed(line: str) -> None:
+    decision = decide([POLICY], AGENT, ssh(line))
+    assert decision.allowed, (line, decision, read_line(line))
+
+
+# Redirection operators around a wrapped program, in the places bash takes them.
+OPERATORS = [
+    ">&-", "<&-", "2>&-", "0<&-", "3<&-", ">&2", "<&0", "2>&1", "&>/tmp/o", "&>>/tmp/o",
+    ">|/tmp/o", "<>/tmp/o", "3<>/tmp/o", ">/tmp/o", "</dev/null", "<<<x", "3>&1-", "{fd}>&-",
+    "{fd}>/tmp/o", "{fd}</dev/null", "{fd}>>/tmp/o", "{fd}>&2", ">&/tmp/o", "2>/tmp/o",
+]  # fmt: skip
+WRAPPED = ["", "nice ", "exec ", "env ", "command ", "timeout 5 ", "nohup ", "setsid "]
+REDIRECTION_LINES = [
+    line
+    for op, w in itertools.product(OPERATORS, WRAPPED)
+    for line in (f"{w}{op} reboot -f", f"{w}reboot {op} x", f"{op} {w}reboot")
+]
+
+
+def test_every_program_bash_runs_is_seen_or_the_line_is_opaque(tmp_path: Path) -> None:
+    lines = list(dict.fromkeys(ATTACKS + HARMLESS + REDIRECTION_LINES))
+    _build(tmp_path, lines)
+    _run(tmp_path)
+    missed = []
+    for i, line in enumerate(lines):
+        runs = _logged((tmp_path / "logs" / f"{i:04d}").read_text(errors="replace"))
+        reading = read_line(line, interactive=False)
+        if reading.opaque:
+            continue
+        seen = [c.argv for c in reading.commands]
+        missed += [(line, argv, seen) for argv in runs if not any(_mentions(s, argv) for s in seen)]
+    assert missed == [], "\n".join(map(repr, missed))

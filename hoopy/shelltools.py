@@ -318,7 +318,7 @@ RUNNERS = names(
     mpirun mpiexec orterun srun salloc sbatch qsub pdsh clush pssh parallel-ssh mosh rsh
     rlogin rexec daemonize valgrind ssh-agent dbus-launch xvfb-run systemd-inhibit fakeroot
     fakechroot fakeroot-ng setarch linux32 linux64 uname26 i386 x86_64 aarch64 arm64 ppc64
-    s390x tsocks ansible-console rush"""
+    s390x tsocks ansible-console rush rlwrap"""
 )
 
 
@@ -359,6 +359,37 @@ def _tool_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return _words_opaque(prog, args, _TOOL_RUNS[key])
 
 
+# getopt_long programs with an option that runs a command: (short letters, long names).
+# A long option counts by any prefix (getopt_long takes `--compress=x`), a letter in any
+# short cluster (`-nzcmd`).
+_GETOPT_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sort": ("", ("--compress-program",)),  # runs it on its temporary files
+    "split": ("", ("--filter",)),  # each part through $SHELL -c
+    "tcpdump": ("z", ("--compress",)),  # -z: runs it on each file written (-C / -G)
+    "wget": ("e", ("--execute", "--use-askpass", "--config")),  # -e use_askpass=cmd
+    "exim": ("", ()),
+}
+
+
+def _getopt_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    key = "exim" if prog in ("exim", "exim4") else prog
+    letters, longs = _GETOPT_RUNS[key]
+    for a in args[1:]:
+        v = a.literal or a.source
+        if v == "--":
+            break
+        name = v.split("=", 1)[0]
+        if key == "exim":  # -be/-bem expand ${run{cmd}}; -C reads another configuration
+            hit = name in ("-be", "-bem", "-C") or name.startswith("-C")
+        elif name.startswith("--"):
+            hit = len(name) > 3 and any(long.startswith(name) for long in longs)
+        else:
+            hit = name.startswith("-") and any(c in name[1:] for c in letters)
+        if hit:
+            return opaque(f"interpreter reads code: {prog} {v[:40]}")
+    return none()
+
+
 def _crontab(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     """crontab FILE / - installs commands cron runs later; -l and -r do not."""
     if any(a.literal in ("-l", "-r") for a in args[1:]):
@@ -391,6 +422,7 @@ TOOLS = {
         _tool_runs,
     ),
     "crontab": _crontab,
+    **dict.fromkeys(("sort", "split", "tcpdump", "wget", "exim", "exim4"), _getopt_runs),
     **dict.fromkeys(("scp", "sftp"), _scp),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _awk),
     **dict.fromkeys(("sed", "gsed"), _sed),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hoopy.policy import decide
-from hoopy.shell import read_line
+from hoopy.shell import on_a_terminal, read_line
 from tests.test_policy_shell import AGENT, POLICY, ssh
 from tests.test_shell_bash import _build, _logged, _mentions, _run
 
@@ -33,6 +33,33 @@ ATTACKS = [
     "exec {fd}>&- reboot",
     "exec {PATH}>/dev/null; ls",  # PATH=10: `ls` is looked up in ./10
     "exec {a[$(reboot)]}>/dev/null",
+    # bash expands compgen's -W word list: command substitution included
+    "compgen -W '$(reboot)'",
+    "compgen -aW '`reboot`' x",
+]
+
+# Programs that run a command named in an option or argument, which hoopy did not know
+# (checked on hoopy's side: the sandbox has no real strace, sort or wget).
+PROGRAM_ATTACKS = [
+    "rlwrap rm -rf /",
+    "strace -o '|rm -rf /' true",  # the trace is piped to a shell command
+    "strace -fo'!reboot' true",
+    "strace --out='|reboot' true",
+    "strace -E LD_PRELOAD=/tmp/x.so ls",  # the traced program's environment
+    "strace --env=LD_PRELOAD=/tmp/x.so ls",
+    "sort --compress-program=reboot f",  # run on sort's temporary files
+    "sort --compress=reboot f",  # getopt_long takes any unambiguous prefix
+    "split --filter='rm -rf /' f",
+    "split --fil='rm -rf /' f",
+    "tcpdump -z reboot -G 1 -w x",  # run on each file written
+    "tcpdump -nzreboot -G 1 -w x",
+    "wget --use-askpass=reboot http://x",
+    "wget -e use_askpass=reboot http://x",  # a wgetrc command
+    "wget --use-a=reboot http://x",
+    "exim -be '${run{/sbin/reboot}}'",  # string expansion test mode runs ${run…}
+    "exim4 -bem /tmp/m",
+    "x=--compress-program=reboot; sort $x f",
+    "echo --compress-program=reboot | xargs sort",
 ]
 
 # Look-alikes that stay allowed (they run no denied program).
@@ -43,13 +70,56 @@ HARMLESS = [
     "ls >&-",
     "ls 2>&- /tmp",
     "exec {fd}>/tmp/f",
+    "compgen -W 'start stop' st",
+    "strace -o /tmp/out -f ls",
+    "strace -e trace=open ls",
+    "sort -k2 -n --reverse f",
+    "split -l 10 f",
+    "tcpdump -i eth0 -n -w x",
+    "wget -q -O - --user=x http://x",
+    "exim -bp",
+    "rlwrap --version",
 ]
+
+# On a terminal (`ssh -t host cmd`, PTY lines) these open an editor or a program whose
+# keys run shell commands (vi's `:!`, micro's `run`, ncdu's `b`).
+ON_A_TERMINAL = [
+    "sudo -e /etc/hosts",
+    "sudo -u root -e /etc/hosts",
+    "sudo --user root --edit /etc/hosts",
+    "kubectl edit deploy x",
+    "hg commit",
+    "svn propedit x",
+    "apt edit-sources",
+    "micro /etc/hosts",
+    "mg /etc/hosts",
+    "ncdu /",
+    "w3m http://x",
+]
+NOT_ON_A_TERMINAL = ["sudo -u root ls -e", "kubectl get pods", "hg log", "apt list"]
 
 
 @pytest.mark.parametrize("line", ATTACKS)
 def test_attack_is_denied(line: str) -> None:
     decision = decide([POLICY], AGENT, ssh(line))
     assert not decision.allowed, (line, [c.argv for c in read_line(line).commands])
+
+
+@pytest.mark.parametrize("line", PROGRAM_ATTACKS)
+def test_program_attack_is_denied(line: str) -> None:
+    decision = decide([POLICY], AGENT, ssh(line))
+    assert not decision.allowed, (line, [c.argv for c in read_line(line).commands])
+
+
+@pytest.mark.parametrize("line", ON_A_TERMINAL)
+def test_an_editor_on_a_terminal_is_opaque(line: str) -> None:
+    assert not read_line(line).opaque, line  # without a terminal it opens nothing
+    assert on_a_terminal(read_line(line)).opaque, line
+
+
+@pytest.mark.parametrize("line", NOT_ON_A_TERMINAL)
+def test_no_editor_on_a_terminal_is_read(line: str) -> None:
+    assert not on_a_terminal(read_line(line)).opaque, line
 
 
 @pytest.mark.parametrize("line", HARMLESS)

@@ -134,6 +134,7 @@ def _read_line_unsafe(line: str, interactive: bool) -> ShellReading:
     if len(line) > MAX_LINE:
         return ShellReading(line, (), (f"line is too long: {len(line)} characters",))
     r = _Reader()
+    r.interactive = interactive
     if interactive:
         hist = history_expansion(line)
         if hist:
@@ -378,6 +379,8 @@ class _Reader:
         self.budget = MAX_LINE
         self.full = False
         self.src = b""  # the code being walked
+        self.interactive = False  # a line an interactive shell reads (a PTY's)
+        self.new_stdin = False  # the simple command being run redirects its stdin
 
     def opaque(self, reason: str) -> None:
         reason = reason if len(reason) <= 200 else reason[:197] + "…"
@@ -630,6 +633,7 @@ class _Reader:
         args = self.join_continued(words)
         for a in args:
             self.check_text(a)
+        self.new_stdin = stdin is not sin
         self.run(args, stdin, depth, Ctx(), 0, shell=True)
         return kids
 
@@ -716,6 +720,10 @@ class _Reader:
                     self.parse(value, depth + 1, stdin)
             if eff.stdin_code:
                 self.stdin_code(prog, stdin, depth)
+            if prog == "exec" and not eff.runs and self.interactive and self.new_stdin:
+                # `exec <<< 'rm -rf /'`, `exec </tmp/f`: an interactive shell then reads
+                # its next lines from there, not from the terminal hoopy checks
+                self.opaque(f"interpreter reads code from {_STDIN_SOURCE[stdin[0]]}: exec")
             ctx = eff.ctx or ctx
             for more in eff.runs[:-1]:
                 if level >= MAX_TREE_DEPTH:

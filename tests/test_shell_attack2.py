@@ -155,3 +155,27 @@ def test_every_program_bash_runs_is_seen_or_the_line_is_opaque(tmp_path: Path) -
         seen = [c.argv for c in reading.commands]
         missed += [(line, argv, seen) for argv in runs if not any(_mentions(s, argv) for s in seen)]
     assert missed == [], "\n".join(map(repr, missed))
+
+
+# In an interactive shell (a PTY line) `exec` with a new stdin makes bash read its next
+# lines from there: code hoopy never sees.  Under `bash -c` (an exec request) it does not.
+NEW_SHELL_INPUT = [
+    "exec <<< 'reboot'",
+    "exec <<E\nreboot\nE",
+    "exec < <(echo reboot)",
+    "exec 0</tmp/cmds",
+    "exec <&3",
+    "builtin exec </tmp/cmds",
+    "command exec </tmp/cmds",
+]
+
+
+@pytest.mark.parametrize("line", NEW_SHELL_INPUT)
+def test_exec_giving_the_shell_new_input_is_opaque_on_a_pty(line: str) -> None:
+    assert read_line(line, interactive=True).opaque, line
+    assert not read_line(line, interactive=False).opaque, line
+
+
+@pytest.mark.parametrize("line", ["exec >/tmp/x", "exec 2>&1", "exec 3</tmp/x", "exec ls </tmp/x"])
+def test_exec_with_other_redirections_stays_visible(line: str) -> None:
+    assert not read_line(line, interactive=True).opaque, line

@@ -22,6 +22,7 @@ import pytest
 from asyncssh.packet import String, UInt32
 
 from tests.integration.sshd import Sshd, SshHoopy, start_ssh_hoopy, stop
+from tests.integration.test_ssh_shell import Term
 
 pytest_plugins = ["tests.integration.sshd"]
 
@@ -211,3 +212,24 @@ def test_a_closed_or_named_descriptor_hides_no_program_from_a_deny_list(
     deny_list: SshHoopy, sshd: Sshd, spelling: str
 ) -> None:
     _denied(deny_list, sshd, spelling, deny_list.token("raw-agent", ("agents", "shellers")))
+
+
+async def test_exec_cannot_give_the_shell_input_hoopy_never_checks(
+    deny_list: SshHoopy, sshd: Sshd
+) -> None:
+    """`exec <<< 'rm …'` (or `exec < file`) in an interactive shell: bash then reads its
+    next lines from there instead of the terminal whose lines hoopy checks."""
+    marker = _marker(sshd, "marker-exec-stdin")
+    t = await Term.open(deny_list, ("agents", "shellers"))
+    try:
+        await t.type(f"exec <<< 'rm -f {marker}'\r".encode())
+        await t.type(b"echo do''ne\r")
+        await t.expect(rb"[\r\n]done\r\n|ssh ended")
+        assert b"hoopy: denied: shell_code" in t.out, t.out[-600:]
+        await t.type(b"exit 0\r")
+        await t.finish()
+    finally:
+        if t.proc.returncode is None:
+            t.proc.kill()
+            await t.proc.wait()
+    assert marker.exists(), f"bash read rm from exec's here-string: {t.out[-600:]!r}"

@@ -53,7 +53,13 @@ INTERPRETERS = names(
     irb node nodejs deno bun lua luajit Rscript R wish expect jshell osascript guile
     racket julia groovy scala java jrunscript kotlin gdb lldb ed ex vi vim nvim view
     vimdiff rvim emacs sqlite3 mysql mariadb psql dc at batch make gmake parallel sem
-    tmux screen m4 newgrp capsh login sulogin"""
+    tmux screen m4 newgrp capsh login sulogin
+    ipython ipython3 bpython bpython3 ptpython ptipython jython micropython octave octave-cli
+    gnuplot maxima gp sage ghci ghc runghc runhaskell stack cabal ocaml utop sbcl clisp ecl
+    csi gsi scheme mit-scheme clojure clj lein bb elixir iex mix erl escript swift raku
+    rakudo perl6 emacsclient hyperfine npx bunx pnpx nodemon ts-node tsx go cargo dotnet
+    cmake qemu-x86_64 qemu-aarch64 qemu-i386 qemu-arm qemu-riscv64 sensible-editor editor
+    byobu dtach abduco"""
 )
 _VERSIONED = re.compile(r"^(python|pypy|perl|php|ruby|tclsh|lua|node)[0-9.]*$")
 SAFE_INTERPRETER_ARGS = frozenset({"--version", "--help"})

@@ -318,7 +318,9 @@ RUNNERS = names(
     mpirun mpiexec orterun srun salloc sbatch qsub pdsh clush pssh parallel-ssh mosh rsh
     rlogin rexec daemonize valgrind ssh-agent dbus-launch xvfb-run systemd-inhibit fakeroot
     fakechroot fakeroot-ng setarch linux32 linux64 uname26 i386 x86_64 aarch64 arm64 ppc64
-    s390x tsocks ansible-console rush rlwrap"""
+    s390x tsocks ansible-console rush rlwrap pipx poetry pipenv conda mamba micromamba uv uvx
+    bundle bundler rbenv pyenv nodenv asdf mise rtx direnv nix-shell nix guix npm yarn pnpm
+    rake scl run-one"""
 )
 
 
@@ -368,11 +370,23 @@ _GETOPT_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tcpdump": ("z", ("--compress",)),  # -z: runs it on each file written (-C / -G)
     "wget": ("e", ("--execute", "--use-askpass", "--config")),  # -e use_askpass=cmd
     "exim": ("", ()),
-}
+    "aria2c": ("", tuple(f"--on-{e}" for e in ("download-complete", "download-start",
+                                               "download-error", "download-stop",
+                                               "download-pause", "bt-download-complete"))),
+    "yt-dlp": ("", ("--exec", "--exec-before-download")),  # optparse takes prefixes too
+    "youtube-dl": ("", ("--exec",)),
+    "rpm": ("ED", ("--eval", "--define", "--macros")),  # %(cmd) in a macro runs cmd
+    "helm": ("", ("--post-renderer",)),
+    "tshark": ("X", ()),  # -X lua_script:f
+    "pip": ("", ()),
+}  # fmt: skip
+_PIP_RUNS = frozenset({"install", "download", "wheel"})  # a package's build runs its code
 
 
 def _getopt_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
-    key = "exim" if prog in ("exim", "exim4") else prog
+    key = {"exim4": "exim", "pip3": "pip"}.get(prog, prog)
+    if key == "pip":
+        return _words_opaque(prog, args, _PIP_RUNS)
     letters, longs = _GETOPT_RUNS[key]
     for a in args[1:]:
         v = a.literal or a.source
@@ -422,7 +436,10 @@ TOOLS = {
         _tool_runs,
     ),
     "crontab": _crontab,
-    **dict.fromkeys(("sort", "split", "tcpdump", "wget", "exim", "exim4"), _getopt_runs),
+    **dict.fromkeys(
+        (*_GETOPT_RUNS, "exim4", "pip3"),
+        _getopt_runs,
+    ),
     **dict.fromkeys(("scp", "sftp"), _scp),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _awk),
     **dict.fromkeys(("sed", "gsed"), _sed),

@@ -60,6 +60,32 @@ PROGRAM_ATTACKS = [
     "exim4 -bem /tmp/m",
     "x=--compress-program=reboot; sort $x f",
     "echo --compress-program=reboot | xargs sort",
+    # interpreters and runners hoopy did not know
+    "ipython -c 'import os; os.system(\"reboot\")'",
+    "gnuplot -e 'system(\"reboot\")'",
+    "octave --eval 'system(\"reboot\")'",
+    "emacsclient -e '(shell-command \"reboot\")'",
+    "erl -eval 'os:cmd(\"reboot\")'",
+    "hyperfine 'reboot'",
+    "npx x",
+    "npm exec reboot",
+    "cmake -E env reboot",
+    "qemu-x86_64 /bin/rm -rf /",
+    "go run x.go",
+    "uv run reboot",
+    "poetry run reboot",
+    "bundle exec reboot",
+    "conda run reboot",
+    "nix-shell --run reboot",
+    "scl enable x 'reboot'",
+    "pip install ./x",  # a package's build runs its code
+    "aria2c --on-download-complete=/tmp/x http://h",
+    "yt-dlp --exec 'rm -rf /' http://h",
+    "yt-dlp --exe 'rm -rf /' http://h",
+    "rpm --eval '%(reboot)'",
+    "rpm -E '%(reboot)'",
+    "helm install x c --post-renderer /tmp/x",
+    "tshark -X lua_script:x.lua",
 ]
 
 # Look-alikes that stay allowed (they run no denied program).
@@ -79,6 +105,12 @@ HARMLESS = [
     "wget -q -O - --user=x http://x",
     "exim -bp",
     "rlwrap --version",
+    "pip list",
+    "rpm -qa",
+    "helm list -A",
+    "tshark -r f",
+    "yt-dlp -f best http://x",
+    "ipython --version",
 ]
 
 # On a terminal (`ssh -t host cmd`, PTY lines) these open an editor or a program whose

@@ -284,7 +284,11 @@ def shell_command(protocol: str, connector: str, reading: ShellReading, **fields
     kinds = frozenset({"exec"}) | frozenset(fields.pop("kinds", ()))
     text_ = fields.pop("text", reading.text)
     line = fields.pop("command_line", reading.text)
-    key = repr((protocol, connector, reading.text, sorted(kinds), sorted(fields.items())))
+    # the opaque reasons too: the same text is opaque on a terminal and not without one
+    # (`less f`), and sessions cache decisions by fingerprint
+    key = repr(
+        (protocol, connector, reading.text, reading.opaque, sorted(kinds), sorted(fields.items()))
+    )
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
     fingerprint = fields.pop("fingerprint", "") or "sh:" + digest.hexdigest()
     return Command(

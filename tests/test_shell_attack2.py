@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hoopy.policy import decide
-from hoopy.shell import on_a_terminal, read_line
+from hoopy.shell import on_a_terminal, read_line, shell_command
 from tests.test_policy_shell import AGENT, POLICY, ssh
 from tests.test_shell_bash import _build, _logged, _mentions, _run
 
@@ -211,3 +211,12 @@ def test_exec_giving_the_shell_new_input_is_opaque_on_a_pty(line: str) -> None:
 @pytest.mark.parametrize("line", ["exec >/tmp/x", "exec 2>&1", "exec 3</tmp/x", "exec ls </tmp/x"])
 def test_exec_with_other_redirections_stays_visible(line: str) -> None:
     assert not read_line(line, interactive=True).opaque, line
+
+
+def test_the_fingerprint_tells_a_terminal_apart() -> None:
+    """Sessions cache decisions by fingerprint: `less f` allowed without a terminal must
+    not answer for `less f` on one (where its `!` runs what is typed)."""
+    plain, on_tty = read_line("less /etc/hostname"), on_a_terminal(read_line("less /etc/hostname"))
+    assert shell_command("ssh", "web-1", plain).fingerprint != (
+        shell_command("ssh", "web-1", on_tty).fingerprint
+    )

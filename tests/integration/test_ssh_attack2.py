@@ -233,3 +233,60 @@ async def test_exec_cannot_give_the_shell_input_hoopy_never_checks(
             t.proc.kill()
             await t.proc.wait()
     assert marker.exists(), f"bash read rm from exec's here-string: {t.out[-600:]!r}"
+
+
+async def test_a_command_allowed_without_a_terminal_is_checked_again_with_one(
+    deny_list: SshHoopy, sshd: Sshd, tmp_path: Path
+) -> None:
+    """One connection (OpenSSH's ControlMaster), two channels: `less f` runs without a
+    terminal (it only copies the file), then `ssh -t … 'less f'` on the same connection,
+    where less's `!` runs what is typed.  The session cached the first decision by the
+    command's fingerprint, which did not say whether a terminal made it opaque."""
+    marker = _marker(sshd, "marker-cached")
+    token = deny_list.token("raw-agent", ("agents", "shellers"))
+    env = deny_list.ssh_env(token)
+    ctl = str(tmp_path / "ctl")
+    master = subprocess.Popen(
+        deny_list.ssh_argv("web-1", "-M", "-S", ctl, "-N"),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        check = [*deny_list.ssh_argv("web-1", "-S", ctl, "-O", "check")]
+        deadline = time.monotonic() + 20
+        while subprocess.run(check, env=env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and master.poll() is None, "no ControlMaster"
+            select.select([], [], [], 0.05)
+        r = subprocess.run(
+            [*deny_list.ssh_argv("web-1", "-S", ctl), "less /etc/hostname"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert r.returncode == 0, r.stderr
+        proc = await asyncio.create_subprocess_exec(
+            *deny_list.ssh_argv("web-1", "-S", ctl, "-tt"),
+            "less /etc/hostname",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        t = Term(proc)
+        try:
+            await t.type(f"!rm -f {marker}\r".encode())
+            await t.type(b"q")
+            status = await t.finish()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert status == 126 and b"denied: shell_code" in t.out, (status, t.out[-600:])
+    finally:
+        master.terminate()
+        master.wait(10)
+    assert marker.exists(), "less on a terminal ran the typed `!rm`"

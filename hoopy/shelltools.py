@@ -320,7 +320,7 @@ RUNNERS = names(
     fakechroot fakeroot-ng setarch linux32 linux64 uname26 i386 x86_64 aarch64 arm64 ppc64
     s390x tsocks ansible-console rush rlwrap pipx poetry pipenv conda mamba micromamba uv uvx
     bundle bundler rbenv pyenv nodenv asdf mise rtx direnv nix-shell nix guix npm yarn pnpm
-    rake scl run-one"""
+    rake scl run-one run0"""
 )
 
 
@@ -379,12 +379,15 @@ _GETOPT_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "helm": ("", ("--post-renderer",)),
     "tshark": ("X", ()),  # -X lua_script:f
     "pip": ("", ()),
+    "telnetd": ("l", ("--login",)),  # -l PROG: what each connection runs (a shell)
 }  # fmt: skip
 _PIP_RUNS = frozenset({"install", "download", "wheel"})  # a package's build runs its code
 
 
 def _getopt_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
-    key = {"exim4": "exim", "pip3": "pip"}.get(prog, prog)
+    key = {"exim4": "exim", "pip3": "pip", "utelnetd": "telnetd", "in.telnetd": "telnetd"}.get(
+        prog, prog
+    )
     if key == "pip":
         return _words_opaque(prog, args, _PIP_RUNS)
     letters, longs = _GETOPT_RUNS[key]
@@ -437,7 +440,7 @@ TOOLS = {
     ),
     "crontab": _crontab,
     **dict.fromkeys(
-        (*_GETOPT_RUNS, "exim4", "pip3"),
+        (*_GETOPT_RUNS, "exim4", "pip3", "utelnetd", "in.telnetd"),
         _getopt_runs,
     ),
     **dict.fromkeys(("scp", "sftp"), _scp),

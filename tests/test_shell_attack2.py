@@ -33,6 +33,14 @@ ATTACKS = [
     "exec {fd}>&- reboot",
     "exec {PATH}>/dev/null; ls",  # PATH=10: `ls` is looked up in ./10
     "exec {a[$(reboot)]}>/dev/null",
+    # tree-sitter read leading and trailing redirections and no command: the words
+    # bash runs went into the file of `2>&1` (found by a random differential run)
+    ">/dev/null 2>&1 reboot >/dev/null",
+    "&>/tmp/o 2>&1 reboot >|/tmp/o -f",
+    ">/dev/null 2>&1 rm -rf / >/dev/null",
+    # `[rm]` is a glob naming the program, not a test (tree-sitter: a test command)
+    "id | [rm]",
+    "[reboot]",
     # bash expands compgen's -W word list: command substitution included
     "compgen -W '$(reboot)'",
     "compgen -aW '`reboot`' x",
@@ -96,6 +104,9 @@ HARMLESS = [
     "ls >&-",
     "ls 2>&- /tmp",
     "exec {fd}>/tmp/f",
+    ">/dev/null 2>&1",
+    "[ -f /tmp/x ] && id",
+    "[[ -f /tmp/x ]]",
     "compgen -W 'start stop' st",
     "strace -o /tmp/out -f ls",
     "strace -e trace=open ls",

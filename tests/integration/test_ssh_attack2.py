@@ -290,3 +290,11 @@ async def test_a_command_allowed_without_a_terminal_is_checked_again_with_one(
         master.terminate()
         master.wait(10)
     assert marker.exists(), "less on a terminal ran the typed `!rm`"
+
+
+def test_a_command_between_redirections_is_seen(deny_list: SshHoopy, sshd: Sshd) -> None:
+    """`>/dev/null 2>&1 rm -f m >/dev/null`: tree-sitter read only redirections (the
+    words went into `2>&1`'s file), so hoopy saw no command at all: nothing for the
+    no-rm rule to match."""
+    token = deny_list.token("raw-agent", ("agents", "shellers"))
+    _denied(deny_list, sshd, ">/dev/null 2>&1 rm -f {m} >/dev/null", token)

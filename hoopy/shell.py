@@ -467,13 +467,11 @@ class _Reader:
                     self.heredoc_body(node, depth)
                 elif t == "heredoc_end":
                     self.heredoc_end(node)
-                elif (
-                    t == "comment"
-                    and self.src[max(0, node.start_byte - 2) : node.start_byte] == b"\\\n"
-                ):
-                    # `a\<newline>#$(rm)`: once the lines are joined the # is inside a
-                    # word, no comment: bash runs what tree-sitter took for one
-                    self.opaque("unparseable: a # after a line continuation")
+                elif t == "comment" and _inside_a_word(self.src, node.start_byte):
+                    # `a\<newline>#$(rm)`, `echo \ #$(rm)`: after a line continuation
+                    # or an escaped blank the # is inside a word, no comment: bash runs
+                    # what tree-sitter took for one
+                    self.opaque("unparseable: a # inside a word (after a \\)")
                 elif t in ("raw_string", "string", "ansi_c_string"):
                     self.check_text(decode(node))  # [[ -v 'a[$(x)]' ]], case patterns …
                 elif t == "expansion" and "@P" in text(node):
@@ -782,6 +780,20 @@ class _Reader:
             self.parse(value, depth + 1, _FILE)
         else:
             self.opaque(f"interpreter reads code from {_STDIN_SOURCE[kind]}: {prog}")
+
+
+def _inside_a_word(src: bytes, start: int) -> bool:
+    """Is the `#` at `start` inside a word to bash (not a comment)?  It starts a
+    comment only after an unescaped blank, newline or operator character."""
+    if start == 0:
+        return False
+    before = src[start - 1 : start]
+    if before not in (b" ", b"\t", b"\n"):
+        return before not in (b";", b"&", b"|", b"(", b")", b"<", b">")
+    k = start - 1
+    while k > 0 and src[k - 1 : k] == b"\\":
+        k -= 1
+    return (start - 1 - k) % 2 == 1  # an odd run of backslashes escapes the blank
 
 
 def _fields(r: Node, name: str) -> list[Node]:

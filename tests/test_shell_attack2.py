@@ -38,6 +38,9 @@ ATTACKS = [
     ">/dev/null 2>&1 reboot >/dev/null",
     "&>/tmp/o 2>&1 reboot >|/tmp/o -f",
     ">/dev/null 2>&1 rm -rf / >/dev/null",
+    # after an escaped blank a # is inside a word; tree-sitter read a comment
+    "echo \\ #$(reboot)",
+    "\\ # >(reboot)",
     # `[rm]` is a glob naming the program, not a test (tree-sitter: a test command)
     "id | [rm]",
     "[reboot]",
@@ -105,6 +108,7 @@ HARMLESS = [
     "ls 2>&- /tmp",
     "exec {fd}>/tmp/f",
     ">/dev/null 2>&1",
+    "echo \\\\ #$(reboot)",  # an escaped backslash, then a blank: a comment
     "[ -f /tmp/x ] && id",
     "[[ -f /tmp/x ]]",
     "compgen -W 'start stop' st",

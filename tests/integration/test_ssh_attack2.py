@@ -298,3 +298,10 @@ def test_a_command_between_redirections_is_seen(deny_list: SshHoopy, sshd: Sshd)
     no-rm rule to match."""
     token = deny_list.token("raw-agent", ("agents", "shellers"))
     _denied(deny_list, sshd, ">/dev/null 2>&1 rm -f {m} >/dev/null", token)
+
+
+def test_a_hash_after_an_escaped_blank_is_no_comment(ssh_hoopy: SshHoopy, sshd: Sshd) -> None:
+    """`echo \\ #$(rm -f m)`: tree-sitter took `#…` for a comment; to bash the escaped
+    blank and the # are one word, whose command substitution runs rm.  With the
+    allow-list of sshd.SSH_POLICY hoopy saw only `echo` (allowed)."""
+    _denied(ssh_hoopy, sshd, "echo \\ #$(rm -f {m})", ssh_hoopy.token())

@@ -545,6 +545,9 @@ def _set(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
             return opaque(f"alias defines a command name: set -o {words[k + 1]}")
         if prog == "shopt" and v.startswith("compat"):
             return opaque(f"alias defines a command name: shopt {v}")
+        if v in ("interactive_comments", "interactive-comments"):
+            # off, an interactive shell reads `#$(rm x)` as a word, not a comment
+            return opaque(f"alias defines a command name: {prog} … {v}")
     return none()
 
 

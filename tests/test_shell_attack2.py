@@ -204,6 +204,12 @@ def test_every_program_bash_runs_is_seen_or_the_line_is_opaque(tmp_path: Path) -
     assert missed == [], "\n".join(map(repr, missed))
 
 
+# An interactive bash with interactive_comments off reads `#$(reboot)` as a word.
+@pytest.mark.parametrize("line", ["shopt -u interactive_comments", "set +o interactive-comments"])
+def test_turning_comments_off_is_opaque(line: str) -> None:
+    assert read_line(line, interactive=True).opaque, line
+
+
 # In an interactive shell (a PTY line) `exec` with a new stdin makes bash read its next
 # lines from there: code hoopy never sees.  Under `bash -c` (an exec request) it does not.
 NEW_SHELL_INPUT = [

@@ -305,3 +305,23 @@ def test_a_hash_after_an_escaped_blank_is_no_comment(ssh_hoopy: SshHoopy, sshd: 
     blank and the # are one word, whose command substitution runs rm.  With the
     allow-list of sshd.SSH_POLICY hoopy saw only `echo` (allowed)."""
     _denied(ssh_hoopy, sshd, "echo \\ #$(rm -f {m})", ssh_hoopy.token())
+
+
+async def test_comments_stay_comments_in_a_shell(deny_list: SshHoopy, sshd: Sshd) -> None:
+    """With interactive_comments off, an interactive bash reads `#$(rm …)` as a word
+    (its command substitution runs); hoopy reads lines as bash does by default."""
+    marker = _marker(sshd, "marker-comments")
+    t = await Term.open(deny_list, ("agents", "shellers"))
+    try:
+        await t.type(b"shopt -u interactive_comments\r")
+        await t.expect(rb"hoopy: denied: shell_alias")
+        await t.type(f"echo #$(rm -f {marker})\r".encode())
+        await t.type(b"echo do''ne\r")
+        await t.expect(rb"[\r\n]done\r\n")
+        await t.type(b"exit 0\r")
+        assert await t.finish() == 0
+    finally:
+        if t.proc.returncode is None:
+            t.proc.kill()
+            await t.proc.wait()
+    assert marker.exists(), f"bash ran the 'comment': {t.out[-600:]!r}"

@@ -5,6 +5,7 @@ backend (a marker file deleted) or a secret shown, before its fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pty
 import re
@@ -37,6 +38,9 @@ rules:
   - name: anything-visible
     effect: allow
     match: {groups: [shellers], ssh: {commands: ["*"]}}
+  - name: everything-but-rm
+    effect: allow
+    match: {groups: [everything]}
 """
 
 
@@ -162,10 +166,11 @@ class Collect(asyncssh.SSHClientSession[bytes]):
 
     def __init__(self) -> None:
         self.out = bytearray()
+        self.err = bytearray()
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self.out.extend(data)
+        (self.err if datatype == asyncssh.EXTENDED_DATA_STDERR else self.out).extend(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -325,3 +330,29 @@ async def test_comments_stay_comments_in_a_shell(deny_list: SshHoopy, sshd: Sshd
             t.proc.kill()
             await t.proc.wait()
     assert marker.exists(), f"bash ran the 'comment': {t.out[-600:]!r}"
+
+
+async def test_an_empty_exec_command_opens_no_shell_on_the_backend(
+    deny_list: SshHoopy, sshd: Sshd
+) -> None:
+    """An exec request with an empty command (a hand-made client; OpenSSH's sends a
+    shell request instead) read as a line that runs nothing, allowed by a rule without
+    an `ssh` key; asyncssh's client turns an empty command into a *shell* request, and
+    the backend's login shell then ran the agent's stdin (`rm …`) unchecked."""
+    marker = _marker(sshd, "marker-empty-exec")
+    async with await _agent(deny_list, ("everything",)) as conn:
+        chan = asyncssh.SSHClientChannel(
+            conn, asyncio.get_running_loop(), "strict", None, "", 65536, 32768
+        )  # type: ignore[arg-type]
+        await chan._open(b"session")
+        session = Collect()
+        chan._session = session
+        session.connection_made(chan)
+        ok = await chan._make_request(b"exec", String(""))
+        chan.resume_reading()  # (asyncssh's create() does this once the request is answered)
+        with contextlib.suppress(BrokenPipeError):  # hoopy may have closed it already
+            chan.write(f"rm -f {marker}\n".encode())
+            chan.write_eof()
+        await asyncio.wait_for(session.closed, 20)
+    assert marker.exists(), f"the backend ran stdin as a shell (exec accepted: {ok})"
+    assert b"empty command" in session.err, bytes(session.err)

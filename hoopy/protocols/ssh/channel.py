@@ -282,6 +282,13 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
 
     async def _exec(self, command: str) -> None:
         conn = self.conn
+        if not command:
+            # sshd would run `sh -c ''`, but asyncssh's client sends an empty command
+            # as a *shell* request: the backend's login shell would read stdin unchecked
+            raise CommandDenied(
+                "an empty command runs nothing; for an interactive shell use ssh -t "
+                "(it needs an allow rule with ssh: {shell: true})"
+            )
         reading = read_line(command)
         if self.pty is not None:  # `ssh -t host less f`: less's `!` runs what is typed
             reading = on_a_terminal(reading)
@@ -305,6 +312,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         """Start `command` (None: a shell) on the backend and relay; the callbacks take
         it from here."""
         assert self.chan is not None
+        if command == "":  # (refused in _exec) asyncssh would open a shell instead
+            raise CommandDenied("an empty command runs nothing")
         width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
         env: dict[str | bytes, str | bytes] = {
             k: v for k, v in self.chan.get_environment().items() if env_allowed(k, v)

@@ -56,6 +56,7 @@ from hoopy.shellsyntax import (
     _shown,
     _unquoted,
 )
+from hoopy.shelltools import OPENS_EDITOR, sudo_edits
 from hoopy.shellwords import (
     Arg,
     decode,
@@ -179,7 +180,7 @@ def on_a_terminal(reading: ShellReading) -> ShellReading:
     commands typed at the terminal (TERMINAL_ESCAPES)."""
     hits = sorted(
         {c.program for c in reading.commands if c.program in TERMINAL_ESCAPES and _pages(c)}
-        | {"sudo -e" for c in reading.commands if c.program == "sudo" and _sudo_edits(c)}
+        | {"sudo -e" for c in reading.commands if c.program == "sudo" and sudo_edits(c.argv)}
     )
     if not hits:
         return reading
@@ -192,51 +193,16 @@ _NO_PAGER = {
     "systemctl": ("--no-pager",),
     "journalctl": ("--no-pager",),
 }
-# Programs on the list only for subcommands that open an editor or a pager.
-_OPENS_EDITOR = {
-    "kubectl": ("edit",),
-    "oc": ("edit",),
-    "hg": ("commit", "ci", "histedit", "amend", "crecord", "record", "shelve", "tag"),
-    "svn": ("commit", "ci", "propedit", "pe", "pedit"),
-    "apt": ("edit-sources",),
-}
 # git subcommands that open no editor (git commit, rebase, tag -a … do)
 _GIT_READS = names(
     "log show diff status branch blame grep ls-files rev-parse describe shortlog reflog"
 )
 
 
-def _sudo_edits(c: SimpleCommand) -> bool:
-    """`sudo -e f` / `sudo --edit f` is sudoedit: it opens an editor."""
-    words = iter(c.argv[1:])
-    for a in words:
-        if a == "--" or not a.startswith("-") or a == "-":
-            return False
-        if a.startswith("--"):
-            if a == "--edit":
-                return True
-            if "=" not in a and a[2:] in _SUDO_LONG_VALUES:
-                next(words, None)
-            continue
-        for j, ch in enumerate(a[1:], 1):
-            if ch == "e":
-                return True
-            if ch in "CDghpRrtTUu":  # takes a value: the rest, or the next word
-                if j == len(a) - 1:
-                    next(words, None)
-                break
-    return False
-
-
-_SUDO_LONG_VALUES = names(
-    "close-from chdir group host prompt chroot role type command-timeout other-user user"
-)
-
-
 def _pages(c: SimpleCommand) -> bool:
     """Does this command take keys typed on the terminal (not `git --no-pager log`)?"""
-    if c.program in _OPENS_EDITOR:
-        return bool(set(_OPENS_EDITOR[c.program]) & set(c.argv[1:]))
+    if c.program in OPENS_EDITOR:
+        return bool(set(OPENS_EDITOR[c.program]) & set(c.argv[1:]))
     off = _NO_PAGER.get(c.program, ())
     if not off or not set(off) & set(c.argv[1:]):
         return True

@@ -457,3 +457,42 @@ TOOLS = {
     "man": _man,
     "zip": _zip,
 }
+
+
+# --- on a terminal (hoopy.shell.on_a_terminal) ----------------------------------------
+
+# Programs on the list only for subcommands that open an editor or a pager.
+OPENS_EDITOR = {
+    "kubectl": ("edit",),
+    "oc": ("edit",),
+    "hg": ("commit", "ci", "histedit", "amend", "crecord", "record", "shelve", "tag"),
+    "svn": ("commit", "ci", "propedit", "pe", "pedit"),
+    "apt": ("edit-sources",),
+}
+
+
+def sudo_edits(argv: Sequence[str]) -> bool:
+    """`sudo -e f` / `sudo --edit f` is sudoedit: it opens an editor."""
+    words = iter(argv[1:])
+    for a in words:
+        if a == "--" or not a.startswith("-") or a == "-":
+            return False
+        if a.startswith("--"):
+            if a == "--edit":
+                return True
+            if "=" not in a and a[2:] in _SUDO_LONG_VALUES:
+                next(words, None)
+            continue
+        for j, ch in enumerate(a[1:], 1):
+            if ch == "e":
+                return True
+            if ch in "CDghpRrtTUu":  # takes a value: the rest, or the next word
+                if j == len(a) - 1:
+                    next(words, None)
+                break
+    return False
+
+
+_SUDO_LONG_VALUES = names(
+    "close-from chdir group host prompt chroot role type command-timeout other-user user"
+)

@@ -1,6 +1,7 @@
-"""A second attack review of the SSH path, with the real OpenSSH client against hoopy
-and a real sshd: each test reproduces an attack that got a denied command run on the
-backend (a marker file deleted) or a secret shown, before its fix."""
+"""A second attack review of the SSH path, with the real OpenSSH client (or, for requests
+OpenSSH never sends, a hand-made asyncssh client) against hoopy and a real sshd: each
+test reproduces an attack that got a denied command run on the backend (a marker file
+deleted) before its fix; the classifier's side is in tests/test_shell_attack2.py."""
 
 from __future__ import annotations
 

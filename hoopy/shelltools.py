@@ -68,6 +68,10 @@ def _scp(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     _ssh_options(prog, args, eff)
     if prog == "sftp" and any((a.literal or a.source).startswith("-b") for a in args[1:]):
         eff.opaque.append("interpreter reads code: sftp -b (a batch file may hold !commands)")
+    elif prog == "sftp":
+        # without -b it reads its commands from stdin (the agent's, or a pipe), and `!cmd`
+        # runs cmd on this host
+        eff.opaque.append("interpreter reads code: sftp reads !commands from its input")
     return eff
 
 

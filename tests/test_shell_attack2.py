@@ -97,6 +97,12 @@ PROGRAM_ATTACKS = [
     "rpm -E '%(reboot)'",
     "helm install x c --post-renderer /tmp/x",
     "tshark -X lua_script:x.lua",
+    # programs reading commands from their input, where `!cmd` runs cmd on this host
+    # (`ssh gw 'sftp h'` with `!rm -rf /` on stdin)
+    "sftp h",
+    "ftp",
+    "lftp h",
+    "telnet h 25",
 ]
 
 # Look-alikes that stay allowed (they run no denied program).

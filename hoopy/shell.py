@@ -56,6 +56,7 @@ from hoopy.shellsyntax import (
     _shown,
     _unquoted,
 )
+from hoopy.shelltools import OPENS_EDITOR, sudo_edits
 from hoopy.shellwords import (
     Arg,
     decode,
@@ -76,6 +77,9 @@ MAX_TREE_DEPTH = 200  # syntax nesting ((((…)))) within one level
 MAX_WRAPPERS = 64  # sudo nice timeout … in one command
 
 _LANG = Language(tree_sitter_bash.language())
+# `{name}>f`, `{a[i]}<&-`: a redirection whose file descriptor bash stores in a variable
+_NAMED_FD = re.compile(r"\{([A-Za-z_][^\s{},]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _local = threading.local()
 
 
@@ -131,6 +135,7 @@ def _read_line_unsafe(line: str, interactive: bool) -> ShellReading:
     if len(line) > MAX_LINE:
         return ShellReading(line, (), (f"line is too long: {len(line)} characters",))
     r = _Reader()
+    r.interactive = interactive
     if interactive:
         hist = history_expansion(line)
         if hist:
@@ -165,7 +170,8 @@ def read_argv(argv: Sequence[str]) -> ShellReading:
 TERMINAL_ESCAPES = names(
     """less more most pg man journalctl systemctl git nano pico mc ftp lftp tftp telnet
     mail mailx s-nail mutt sudoedit crontab visudo vipw vigr edquota virsh ncftp aptitude
-    tig ranger nnn vifm"""
+    tig ranger nnn vifm joe jmacs jstar jpico jed mg micro ne kak hx helix zile jove nvi vile
+    elvis w3m lynx links elinks ncdu iftop kubectl oc hg svn apt"""
 )
 
 
@@ -174,6 +180,7 @@ def on_a_terminal(reading: ShellReading) -> ShellReading:
     commands typed at the terminal (TERMINAL_ESCAPES)."""
     hits = sorted(
         {c.program for c in reading.commands if c.program in TERMINAL_ESCAPES and _pages(c)}
+        | {"sudo -e" for c in reading.commands if c.program == "sudo" and sudo_edits(c.argv)}
     )
     if not hits:
         return reading
@@ -194,6 +201,8 @@ _GIT_READS = names(
 
 def _pages(c: SimpleCommand) -> bool:
     """Does this command take keys typed on the terminal (not `git --no-pager log`)?"""
+    if c.program in OPENS_EDITOR:
+        return bool(set(OPENS_EDITOR[c.program]) & set(c.argv[1:]))
     off = _NO_PAGER.get(c.program, ())
     if not off or not set(off) & set(c.argv[1:]):
         return True
@@ -241,7 +250,11 @@ def shell_command(protocol: str, connector: str, reading: ShellReading, **fields
     kinds = frozenset({"exec"}) | frozenset(fields.pop("kinds", ()))
     text_ = fields.pop("text", reading.text)
     line = fields.pop("command_line", reading.text)
-    key = repr((protocol, connector, reading.text, sorted(kinds), sorted(fields.items())))
+    # the opaque reasons too: the same text is opaque on a terminal and not without one
+    # (`less f`), and sessions cache decisions by fingerprint
+    key = repr(
+        (protocol, connector, reading.text, reading.opaque, sorted(kinds), sorted(fields.items()))
+    )
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
     fingerprint = fields.pop("fingerprint", "") or "sh:" + digest.hexdigest()
     return Command(
@@ -336,6 +349,8 @@ class _Reader:
         self.budget = MAX_LINE
         self.full = False
         self.src = b""  # the code being walked
+        self.interactive = False  # a line an interactive shell reads (a PTY's)
+        self.new_stdin = False  # the simple command being run redirects its stdin
 
     def opaque(self, reason: str) -> None:
         reason = reason if len(reason) <= 200 else reason[:197] + "…"
@@ -409,19 +424,20 @@ class _Reader:
                 self.declaration(words)
                 kids = [(c, sin) for c in node.named_children]
             else:
+                if t == "test_command" and not re.match(rb"\[\[?[ \t]", raw(node)):
+                    # `[rm]` is no test to bash but a glob naming the program
+                    self.opaque(f"program is a glob: {text(node)[:60]}")
                 if t == "variable_assignment":
                     self.assignment(node)
                 elif t == "heredoc_body":
                     self.heredoc_body(node, depth)
                 elif t == "heredoc_end":
                     self.heredoc_end(node)
-                elif (
-                    t == "comment"
-                    and self.src[max(0, node.start_byte - 2) : node.start_byte] == b"\\\n"
-                ):
-                    # `a\<newline>#$(rm)`: once the lines are joined the # is inside a
-                    # word, no comment: bash runs what tree-sitter took for one
-                    self.opaque("unparseable: a # after a line continuation")
+                elif t == "comment" and _inside_a_word(self.src, node.start_byte):
+                    # `a\<newline>#$(rm)`, `echo \ #$(rm)`: after a line continuation
+                    # or an escaped blank the # is inside a word, no comment: bash runs
+                    # what tree-sitter took for one
+                    self.opaque("unparseable: a # inside a word (after a \\)")
                 elif t in ("raw_string", "string", "ansi_c_string"):
                     self.check_text(decode(node))  # [[ -v 'a[$(x)]' ]], case patterns …
                 elif t == "expansion" and "@P" in text(node):
@@ -537,6 +553,12 @@ class _Reader:
         stdin, extra = _redirects(redirects, sin)
         kids: Kids = [(c, sin) for r in redirects for c in r.named_children]
         if body is None:
+            if extra:
+                # `>/dev/null 2>&1 rm x >/dev/null`: tree-sitter read no command, only
+                # redirections whose files include the words bash runs as one
+                self.opaque("unparseable: a command tree-sitter read as redirections")
+                args = self.join_continued(sorted(extra, key=lambda n: n.start_byte))
+                self.run(args, stdin, depth, Ctx(), 0, shell=True)
             return kids
         if body.type == "command":
             kids += self.command(body, sin, depth, redirects)
@@ -576,6 +598,7 @@ class _Reader:
         every = sorted([*redirects, *outer], key=lambda n: n.start_byte)
         stdin, more = _redirects(every, sin)
         words = sorted([*words, *more], key=lambda n: n.start_byte)
+        words = self.named_fds(words, every)
         kids += [(w, _INHERIT) for w in words if w.named_child_count]
         if name is None:
             return kids
@@ -587,8 +610,26 @@ class _Reader:
         args = self.join_continued(words)
         for a in args:
             self.check_text(a)
+        self.new_stdin = stdin is not sin
         self.run(args, stdin, depth, Ctx(), 0, shell=True)
         return kids
+
+    def named_fds(self, words: list[Node], redirects: Sequence[Node]) -> list[Node]:
+        """`{fd}>f` is one redirection to bash that assigns the variable fd, and no
+        word; tree-sitter reads a word `{fd}` (`exec {fd}>f rm` ran rm, reported as a
+        program named `{fd}`).  The variable may be one that runs code (`{PATH}>f`),
+        and `{a[$(cmd)]}>f` evaluates its subscript."""
+        starts = {r.start_byte for r in redirects}
+        kept = []
+        for w in words:
+            m = _NAMED_FD.fullmatch(text(w)) if w.end_byte in starts else None
+            if m is None:
+                kept.append(w)
+            elif not _IDENTIFIER.fullmatch(m.group(1)):
+                self.opaque(f"text bash may run as code: {text(w)[:60]} names a variable")
+            elif code_env(m.group(1)):
+                self.opaque(f"environment variable can run code: {m.group(1)}")
+        return kept
 
     def check_gaps(self, parts: Sequence[Node], joined: bool = False) -> None:
         """What tree-sitter skips between a command's parts must be blanks.  It drops
@@ -656,6 +697,10 @@ class _Reader:
                     self.parse(value, depth + 1, stdin)
             if eff.stdin_code:
                 self.stdin_code(prog, stdin, depth)
+            if prog == "exec" and not eff.runs and self.interactive and self.new_stdin:
+                # `exec <<< 'rm -rf /'`, `exec </tmp/f`: an interactive shell then reads
+                # its next lines from there, not from the terminal hoopy checks
+                self.opaque(f"interpreter reads code from {_STDIN_SOURCE[stdin[0]]}: exec")
             ctx = eff.ctx or ctx
             for more in eff.runs[:-1]:
                 if level >= MAX_TREE_DEPTH:
@@ -703,6 +748,20 @@ class _Reader:
             self.opaque(f"interpreter reads code from {_STDIN_SOURCE[kind]}: {prog}")
 
 
+def _inside_a_word(src: bytes, start: int) -> bool:
+    """Is the `#` at `start` inside a word to bash (not a comment)?  It starts a
+    comment only after an unescaped blank, newline or operator character."""
+    if start == 0:
+        return False
+    before = src[start - 1 : start]
+    if before not in (b" ", b"\t", b"\n"):
+        return before not in (b";", b"&", b"|", b"(", b")", b"<", b">")
+    k = start - 1
+    while k > 0 and src[k - 1 : k] == b"\\":
+        k -= 1
+    return (start - 1 - k) % 2 == 1  # an odd run of backslashes escapes the blank
+
+
 def _fields(r: Node, name: str) -> list[Node]:
     return [c for i, c in enumerate(r.children) if r.field_name_for_child(i) == name]
 
@@ -713,8 +772,10 @@ def _redirects(redirects: Sequence[Node], sin: Stdin) -> tuple[Stdin, list[Node]
     extra: list[Node] = []
     for r in redirects:
         if r.type == "file_redirect":
-            extra += _fields(r, "destination")[1:]
             op = next((c.type for c in r.children if not c.is_named), "")
+            # `>&-` / `<&-` close a descriptor and take no file: tree-sitter still
+            # reads the next word as one (`nice >&- rm -rf /` ran rm, seen as `nice`)
+            extra += _fields(r, "destination")[0 if op in (">&-", "<&-") else 1 :]
             fd = r.child_by_field_name("descriptor")
             if op in ("<", "<&", "<>", "<&-") and (fd is None or text(fd) == "0"):
                 sin = _FILE

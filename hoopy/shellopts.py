@@ -47,13 +47,22 @@ def opaque(reason: str) -> Effect:
 
 # Shells whose code hoopy reads with its bash grammar (their -c syntax is POSIX sh).
 SHELLS = names("sh bash dash zsh ksh ksh93 mksh lksh pdksh ash yash rbash posh")
-# Programs that read code hoopy cannot see, whatever their arguments (but --version).
+# Programs that read code hoopy cannot see, whatever their arguments (but --version);
+# ftp, lftp, ncftp, telnet, smbclient … read commands from their input, where `!cmd`
+# runs cmd; database shells run host commands (sqlcmd's `!!`, sqlplus's `host`).
 INTERPRETERS = names(
     """fish csh tcsh xonsh elvish nu pwsh powershell rc es osh ysh oil
     irb node nodejs deno bun lua luajit Rscript R wish expect jshell osascript guile
     racket julia groovy scala java jrunscript kotlin gdb lldb ed ex vi vim nvim view
     vimdiff rvim emacs sqlite3 mysql mariadb psql dc at batch make gmake parallel sem
-    tmux screen m4 newgrp capsh login sulogin"""
+    tmux screen m4 newgrp capsh login sulogin
+    ipython ipython3 bpython bpython3 ptpython ptipython jython micropython octave octave-cli
+    gnuplot maxima gp sage ghci ghc runghc runhaskell stack cabal ocaml utop sbcl clisp ecl
+    csi gsi scheme mit-scheme clojure clj lein bb elixir iex mix erl escript swift raku
+    rakudo perl6 emacsclient hyperfine npx bunx pnpx nodemon ts-node tsx go cargo dotnet
+    cmake qemu-x86_64 qemu-aarch64 qemu-i386 qemu-arm qemu-riscv64 sensible-editor editor
+    byobu dtach abduco ftp lftp ncftp telnet tnftp pftp yafc cadaver smbclient mongo mongosh
+    sqlcmd sqlplus pry"""
 )
 _VERSIONED = re.compile(r"^(python|pypy|perl|php|ruby|tclsh|lua|node)[0-9.]*$")
 SAFE_INTERPRETER_ARGS = frozenset({"--version", "--help"})

@@ -528,6 +528,9 @@ def _bind(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
 def _complete(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     if _flagged(args, "C"):
         return opaque("alias defines a command name: complete -C (completion runs a command)")
+    if _flagged(args, "W") and any(c in (a.literal or a.source) for a in args[1:] for c in "$`"):
+        # bash expands -W's word list when it completes: `compgen -W '$(cmd)'` runs cmd
+        return opaque(f"text bash may run as code: {prog} -W")
     return none()
 
 
@@ -542,6 +545,9 @@ def _set(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
             return opaque(f"alias defines a command name: set -o {words[k + 1]}")
         if prog == "shopt" and v.startswith("compat"):
             return opaque(f"alias defines a command name: shopt {v}")
+        if v in ("interactive_comments", "interactive-comments"):
+            # off, an interactive shell reads `#$(rm x)` as a word, not a comment
+            return opaque(f"alias defines a command name: {prog} … {v}")
     return none()
 
 
@@ -564,6 +570,44 @@ def _vars(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
         if prog in ("mapfile", "readarray") and a.literal == "-C" and k + 1 < len(args):
             return Effect(code=[args[k + 1]])  # a callback run every -c lines
     return none()
+
+
+def _strace(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    """strace -o '|cmd' (or '!cmd') pipes the trace to a shell command; -E NAME=value
+    sets the traced program's environment (LD_PRELOAD=…)."""
+    eff = wrapped(prog, args, WRAPPERS[prog])
+    takes = "eoPsuIabESOXp"
+    k = 1
+    while k < len(args):
+        v = args[k].literal or args[k].source
+        if v == "--" or not v.startswith("-") or len(v) < 2:
+            break
+        found: list[tuple[str, str]] = []
+        if v.startswith("--"):
+            name, _, value = v.partition("=")
+            if not value and k + 1 < len(args) and name in ("--output", "--env"):
+                k += 1
+                value = args[k].literal or args[k].source
+            if len(name) > 3 and "--output".startswith(name):
+                found.append(("o", value))
+            elif len(name) > 3 and "--env".startswith(name):
+                found.append(("E", value))
+        else:
+            for j, c in enumerate(v[1:], 1):
+                if c in takes:
+                    value = v[j + 1 :]
+                    if not value and k + 1 < len(args):
+                        k += 1
+                        value = args[k].literal or args[k].source
+                    found.append((c, value))
+                    break
+        for c, value in found:
+            if c == "o" and value[:1] in ("|", "!"):
+                eff.opaque.append(f"interpreter reads code: {prog} -o {value[:40]}")
+            elif c == "E" and code_env(value.split("=", 1)[0]):
+                eff.opaque.append(f"environment variable can run code: {prog} -E {value[:40]}")
+        k += 1
+    return eff
 
 
 Handler = Callable[[str, Sequence[Arg], Ctx], Effect]
@@ -616,6 +660,7 @@ _HANDLERS: dict[str, Handler] = {
     "bind": _bind,
     "fc": _fc,
     "systemd-run": _systemd_run,
+    "strace": _strace,
     "set": _set,
     "shopt": _set,
 }

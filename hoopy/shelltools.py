@@ -68,6 +68,10 @@ def _scp(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     _ssh_options(prog, args, eff)
     if prog == "sftp" and any((a.literal or a.source).startswith("-b") for a in args[1:]):
         eff.opaque.append("interpreter reads code: sftp -b (a batch file may hold !commands)")
+    elif prog == "sftp":
+        # without -b it reads its commands from stdin (the agent's, or a pipe), and `!cmd`
+        # runs cmd on this host
+        eff.opaque.append("interpreter reads code: sftp reads !commands from its input")
     return eff
 
 
@@ -318,7 +322,9 @@ RUNNERS = names(
     mpirun mpiexec orterun srun salloc sbatch qsub pdsh clush pssh parallel-ssh mosh rsh
     rlogin rexec daemonize valgrind ssh-agent dbus-launch xvfb-run systemd-inhibit fakeroot
     fakechroot fakeroot-ng setarch linux32 linux64 uname26 i386 x86_64 aarch64 arm64 ppc64
-    s390x tsocks ansible-console rush"""
+    s390x tsocks ansible-console rush rlwrap pipx poetry pipenv conda mamba micromamba uv uvx
+    bundle bundler rbenv pyenv nodenv asdf mise rtx direnv nix-shell nix guix npm yarn pnpm
+    rake scl run-one run0"""
 )
 
 
@@ -359,6 +365,52 @@ def _tool_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     return _words_opaque(prog, args, _TOOL_RUNS[key])
 
 
+# getopt_long programs with an option that runs a command: (short letters, long names).
+# A long option counts by any prefix (getopt_long takes `--compress=x`), a letter in any
+# short cluster (`-nzcmd`).
+_GETOPT_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sort": ("", ("--compress-program",)),  # runs it on its temporary files
+    "split": ("", ("--filter",)),  # each part through $SHELL -c
+    "tcpdump": ("z", ("--compress",)),  # -z: runs it on each file written (-C / -G)
+    "wget": ("e", ("--execute", "--use-askpass", "--config")),  # -e use_askpass=cmd
+    "exim": ("", ()),
+    "aria2c": ("", tuple(f"--on-{e}" for e in ("download-complete", "download-start",
+                                               "download-error", "download-stop",
+                                               "download-pause", "bt-download-complete"))),
+    "yt-dlp": ("", ("--exec", "--exec-before-download")),  # optparse takes prefixes too
+    "youtube-dl": ("", ("--exec",)),
+    "rpm": ("ED", ("--eval", "--define", "--macros")),  # %(cmd) in a macro runs cmd
+    "helm": ("", ("--post-renderer",)),
+    "tshark": ("X", ()),  # -X lua_script:f
+    "pip": ("", ()),
+    "telnetd": ("l", ("--login",)),  # -l PROG: what each connection runs (a shell)
+}  # fmt: skip
+_PIP_RUNS = frozenset({"install", "download", "wheel"})  # a package's build runs its code
+
+
+def _getopt_runs(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
+    key = {"exim4": "exim", "pip3": "pip", "utelnetd": "telnetd", "in.telnetd": "telnetd"}.get(
+        prog, prog
+    )
+    if key == "pip":
+        return _words_opaque(prog, args, _PIP_RUNS)
+    letters, longs = _GETOPT_RUNS[key]
+    for a in args[1:]:
+        v = a.literal or a.source
+        if v == "--":
+            break
+        name = v.split("=", 1)[0]
+        if key == "exim":  # -be/-bem expand ${run{cmd}}; -C reads another configuration
+            hit = name in ("-be", "-bem", "-C") or name.startswith("-C")
+        elif name.startswith("--"):
+            hit = len(name) > 3 and any(long.startswith(name) for long in longs)
+        else:
+            hit = name.startswith("-") and any(c in name[1:] for c in letters)
+        if hit:
+            return opaque(f"interpreter reads code: {prog} {v[:40]}")
+    return none()
+
+
 def _crontab(prog: str, args: Sequence[Arg], ctx: Ctx) -> Effect:
     """crontab FILE / - installs commands cron runs later; -l and -r do not."""
     if any(a.literal in ("-l", "-r") for a in args[1:]):
@@ -391,6 +443,10 @@ TOOLS = {
         _tool_runs,
     ),
     "crontab": _crontab,
+    **dict.fromkeys(
+        (*_GETOPT_RUNS, "exim4", "pip3", "utelnetd", "in.telnetd"),
+        _getopt_runs,
+    ),
     **dict.fromkeys(("scp", "sftp"), _scp),
     **dict.fromkeys(("awk", "gawk", "mawk", "nawk"), _awk),
     **dict.fromkeys(("sed", "gsed"), _sed),
@@ -405,3 +461,42 @@ TOOLS = {
     "man": _man,
     "zip": _zip,
 }
+
+
+# --- on a terminal (hoopy.shell.on_a_terminal) ----------------------------------------
+
+# Programs on the list only for subcommands that open an editor or a pager.
+OPENS_EDITOR = {
+    "kubectl": ("edit",),
+    "oc": ("edit",),
+    "hg": ("commit", "ci", "histedit", "amend", "crecord", "record", "shelve", "tag"),
+    "svn": ("commit", "ci", "propedit", "pe", "pedit"),
+    "apt": ("edit-sources",),
+}
+
+
+def sudo_edits(argv: Sequence[str]) -> bool:
+    """`sudo -e f` / `sudo --edit f` is sudoedit: it opens an editor."""
+    words = iter(argv[1:])
+    for a in words:
+        if a == "--" or not a.startswith("-") or a == "-":
+            return False
+        if a.startswith("--"):
+            if a == "--edit":
+                return True
+            if "=" not in a and a[2:] in _SUDO_LONG_VALUES:
+                next(words, None)
+            continue
+        for j, ch in enumerate(a[1:], 1):
+            if ch == "e":
+                return True
+            if ch in "CDghpRrtTUu":  # takes a value: the rest, or the next word
+                if j == len(a) - 1:
+                    next(words, None)
+                break
+    return False
+
+
+_SUDO_LONG_VALUES = names(
+    "close-from chdir group host prompt chroot role type command-timeout other-user user"
+)

@@ -62,6 +62,41 @@ ENV_ALLOWED = re.compile(r"(LANG|LC_[A-Z_]+|TERM)\Z")
 LOCALE_ALLOWED = re.compile(r"(C|POSIX|[A-Za-z0-9_@-]*\.(?i:utf-?8)(@[A-Za-z0-9_-]+)?)?\Z")
 
 
+# The agent's terminal modes passed to the backend's PTY: speeds, output and echo
+# settings.  The rest would change what the backend makes of the text hoopy checked:
+# readline binds the tty's erase, kill, word-erase and lnext characters (`stty kill Q`
+# made `echo Q rm -rf /` run `rm -rf /`), the tty acts on its signal and flow
+# characters and lowers letters under IUCLC, IGNCR/INLCR/ISTRIP change the bytes.
+# Left out, they keep the backend pty's defaults, the keys hoopy's line editor reads.
+PTY_MODES_PASSED = frozenset(
+    {
+        asyncssh.PTY_OP_ISPEED,
+        asyncssh.PTY_OP_OSPEED,
+        asyncssh.PTY_IMAXBEL,
+        asyncssh.PTY_IUTF8,
+        asyncssh.PTY_ECHO,
+        asyncssh.PTY_ECHOE,
+        asyncssh.PTY_ECHOK,
+        asyncssh.PTY_ECHONL,
+        asyncssh.PTY_ECHOCTL,
+        asyncssh.PTY_ECHOKE,
+        asyncssh.PTY_TOSTOP,
+        asyncssh.PTY_OPOST,
+        asyncssh.PTY_ONLCR,
+        asyncssh.PTY_OCRNL,
+        asyncssh.PTY_ONOCR,
+        asyncssh.PTY_ONLRET,
+    }
+)
+
+
+def pty_modes(modes: Any) -> dict[int, int]:
+    """The agent's terminal modes the backend may get (PTY_MODES_PASSED)."""
+    if not isinstance(modes, dict):
+        return {}
+    return {k: v for k, v in modes.items() if k in PTY_MODES_PASSED and isinstance(v, int)}
+
+
 def env_allowed(name: str | bytes, value: str | bytes) -> bool:
     if not isinstance(name, str) or not isinstance(value, str) or not ENV_ALLOWED.match(name):
         return False
@@ -129,6 +164,11 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         chan.set_write_buffer_limits(high=WRITE_HIGH)
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        if self.request[0]:
+            # asyncssh takes a pty-req after exec: the command was checked as run
+            # without a terminal (no pager's `!`), so it gets none
+            self._event("refused", channel=self.number, what="pty-req after " + self.request[0])
+            return False
         self.pty = (term_type, tuple(term_size), term_modes)
         return True
 
@@ -242,6 +282,13 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
 
     async def _exec(self, command: str) -> None:
         conn = self.conn
+        if not command:
+            # sshd would run `sh -c ''`, but asyncssh's client sends an empty command
+            # as a *shell* request: the backend's login shell would read stdin unchecked
+            raise CommandDenied(
+                "an empty command runs nothing; for an interactive shell use ssh -t "
+                "(it needs an allow rule with ssh: {shell: true})"
+            )
         reading = read_line(command)
         if self.pty is not None:  # `ssh -t host less f`: less's `!` runs what is typed
             reading = on_a_terminal(reading)
@@ -265,6 +312,8 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
         """Start `command` (None: a shell) on the backend and relay; the callbacks take
         it from here."""
         assert self.chan is not None
+        if command == "":  # (refused in _exec) asyncssh would open a shell instead
+            raise CommandDenied("an empty command runs nothing")
         width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
         env: dict[str | bytes, str | bytes] = {
             k: v for k, v in self.chan.get_environment().items() if env_allowed(k, v)
@@ -275,7 +324,7 @@ class Bridge(asyncssh.SSHServerSession[bytes]):
                 "request_pty": "force",
                 "term_type": self.pty[0] or "xterm",
                 "term_size": self.pty[1],
-                "term_modes": self.pty[2],
+                "term_modes": pty_modes(self.pty[2]),
             }
         opening = asyncio.ensure_future(
             backend.create_session(

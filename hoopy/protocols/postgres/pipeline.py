@@ -21,6 +21,7 @@ from hoopy.errors import CommandDenied, HoopyError, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.bindgate import single, split_run
+from hoopy.protocols.postgres.cmdlane import bind_values
 from hoopy.protocols.postgres.namespaces import (
     ALL,
     Binding,
@@ -30,7 +31,7 @@ from hoopy.protocols.postgres.namespaces import (
     executed_names,
     stale_execute,
 )
-from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
+from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement
 from hoopy.recorder import encode_members
 
 if TYPE_CHECKING:
@@ -247,20 +248,35 @@ class Pipeline:
         """Which values a statement runs with: chained now, written before it runs.
         Returns the portal's new entry in `names` (None: a session without masking
         keeps none while no portal changes or depends on names)."""
+        return self._record_bound(
+            bind.portal, bind.statement, bind.param_formats, bind.params, None
+        )
+
+    def _record_bound(
+        self,
+        portal: str,
+        statement: str,
+        formats: tuple[int, ...],
+        params: tuple[bytes | None, ...],
+        found: list[tuple[Command, ...] | None] | None,
+    ) -> Binding | None:
+        """`_record_bind` of a Bind's fields; `found`: `_candidates(statement)` when the
+        caller has it already (the Bind lane: its gate asked)."""
         session = self.session
         assert session is not None
-        session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
-        found = self._candidates(bind.statement)  # none: refused, never prepared
+        session.check_alive("bind", f"Bind of prepared statement {statement!r}")
+        if found is None:
+            found = self._candidates(statement)  # none: refused, never prepared
         cmds = found[0] if len(found) == 1 else None
         if len(found) > 1:  # the server holds one of these: record them all
             cmds = tuple(c for cs in found for c in cs or ())
         # by identity (the entry holds cmds, so its id stays its own): hashing every
         # Command of a statement per Bind would cost more than the rest of this
-        key = (bind.statement, id(cmds))
+        key = (statement, id(cmds))
         known = self._bind_statics.get(key)
         if known is None or known[0] is not cmds:  # worked out once per statement
             text = "; ".join(session.hide(c.text)[0] for c in cmds) if cmds else None
-            fields = bind_statement(bind.statement, text)
+            fields = bind_statement(statement, text)
             if len(self._bind_statics) > 256:
                 self._bind_statics.clear()
             known = self._bind_statics[key] = (
@@ -270,18 +286,19 @@ class Pipeline:
                 changes_of(cmds or ()),
                 executes_in(cmds),
             )
-        _, static, self._portal_copies[bind.portal], changes, execs = known
+        _, static, self._portal_copies[portal], changes, execs = known
         depends: tuple[tuple[str, tuple[Any, ...]], ...] = ()
         if execs:  # what each name may hold now: the Execute must find the same
             depends = tuple((n, tuple(self._candidates(n))) for n in execs)
             fields = dict(static[1])
             fields["executes"] = {n: _texts(found) for n, found in depends}
             static = (encode_members(fields), fields)
-        session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
+        values = bind_values(portal, formats, params, self.result.max_bytes)
+        session.record_later("bind", values, static)
         self.binds_unwritten = True
         if changes is None and not depends and self.tracker is None and not self.names.special:
             return None  # no Execute needs looking at: nothing to follow (the fast path)
-        return self.names.bind(bind.portal, changes, depends)
+        return self.names.bind(portal, changes, depends)
 
     def _executes(self, portal: str) -> str:
         """An Execute of `portal` about to be forwarded.  EXECUTE in its statement runs

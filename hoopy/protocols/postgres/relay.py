@@ -54,7 +54,7 @@ from hoopy.gateway import Gateway
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.answers import Answers
-from hoopy.protocols.postgres.bindcheck import BindCheck
+from hoopy.protocols.postgres.bindlane import BindLane
 from hoopy.protocols.postgres.maskwire import track
 from hoopy.protocols.postgres.pipeline import interrupts_copy
 from hoopy.protocols.postgres.pump import Eager, Pipe
@@ -65,7 +65,7 @@ log = logging.getLogger("hoopy.postgres")
 READ_SIZE = 256 * 1024
 
 
-class Relay(BindCheck, Answers):
+class Relay(BindLane, Answers):
     """The relay half of `proxy.AgentConnection` (its base class): what runs once the
     agent is logged in and a backend connection is attached."""
 
@@ -139,6 +139,10 @@ class Relay(BindCheck, Answers):
                 lone = self.codec.lone_query()
                 if lone is not None:  # one Query, alone: the usual simple-protocol batch
                     self._lone_query(*lone)
+                    return
+                lane = self.codec.bind_batch()
+                if lane is not None:  # [Parse] Bind [Describe] Execute Sync: bindlane.py
+                    self._bind_batch(lane)
                     return
             events = self.codec.events()
             if not events:
@@ -222,10 +226,14 @@ class Relay(BindCheck, Answers):
             return
         self._flush(out)
 
-    def _agent_batch_now(self, events: list[pg.FrontendEvent]) -> None:
+    def _agent_batch_now(
+        self, events: list[pg.FrontendEvent], out: list[bytes] | None = None
+    ) -> None:
         """`_agent_batch` without a coroutine, for sessions without masking, until a
-        statement needs an approval: from there on the messages wait in a task."""
-        out: list[bytes] = []
+        statement needs an approval: from there on the messages wait in a task.
+        `out`: what the batch forwards before `events` (the Bind lane's fallback)."""
+        if out is None:
+            out = []
         for i, ev in enumerate(events):
             t = type(ev)
             if t is pg.Query or t is pg.Parse:

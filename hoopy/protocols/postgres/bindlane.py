@@ -1,0 +1,102 @@
+"""The Bind lane: the usual extended-protocol batch of a statement hoopy has seen before,
+without an event per message.
+
+pgbench -M extended, psycopg and most drivers send `Parse Bind Describe Execute Sync`
+per statement, pgbench -M prepared and asyncpg `Bind [Describe] Execute Sync` of a
+statement prepared earlier.  cmdlane.bind_batch (compiled when built) frames such a
+batch straight from the codec's buffer (`ServerConnection.bind_batch`) and decodes its
+Binds; `BindLane._bind_batch` (a base class of `relay.Relay`) then does what the full
+path (`Relay._agent_batch_now` over the codec's events) does for it, step by step and in
+the same order: the Parse by the cached-statement lane (`StatementCheck._seen`), every
+Bind through its gate (bindcheck.py) before any is recorded, each Bind recorded
+(`Pipeline._record_bound`, the gate's candidates reused), the Sync's bookkeeping, one
+write of the events and of the batch.
+
+Whatever it does not cover goes the full path with the very events the codec would
+have made, before the step that would differ: a masking session, COPY FROM STDIN in
+flight, a portal that changes or depends on names (`names.special`), a Parse the lane
+cannot take (first sight, a text that must wait), a Bind that waits for an approval or
+is refused (then the rest waits in the task, as there).  tests/protocols/postgres/
+test_bindlane.py drives both paths with the same bytes and compares what each forwards
+and records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hoopy.protocols.postgres import codec as pg
+from hoopy.protocols.postgres.bindcheck import BindCheck
+from hoopy.protocols.postgres.bodies import _FRONTEND
+from hoopy.protocols.postgres.cmdlane import SYNC
+from hoopy.protocols.postgres.pump import Eager
+
+
+class BindLane(BindCheck):
+    """The lane of the usual extended-protocol batch; see the module docstring."""
+
+    _agent_events: list[pg.FrontendEvent]
+    _agent_pump: Eager  # set by relay.Relay._relay
+
+    def _agent_batch_now(
+        self, events: list[pg.FrontendEvent], out: list[bytes] | None = None
+    ) -> None:
+        raise NotImplementedError  # relay.Relay: the full path, without a coroutine
+
+    def _bind_batch(self, lane: tuple[Any, ...]) -> None:
+        """One batch framed by cmdlane.bind_batch: `(parse, name, sql, run, types, binds)`."""
+        parse, name, sql, run, _, binds = lane
+        if self.copy_in_flight or self.tracker is not None or self.names.special:
+            self._agent_batch_now(_events(lane))  # the full path's checks and errors
+            return
+        out: list[bytes] = []
+        if parse is not None:
+            self.extended_open = True  # _enter(Parse), COPY not in flight
+            if not self._seen(parse, sql, name, out):  # nothing done: the full path
+                self._agent_batch_now(_events(lane), out)
+                return
+            if self.names.special:  # not after a plain statement; as the full path would
+                self._agent_batch_now(_events(lane)[1:], out)
+                return
+        # every Bind through its gate (_binds_free) before any is recorded
+        refused = bool(self.refusals) and self.refusals[-1][0] > self.names.sent
+        found = []
+        for b in binds:
+            candidates = self._candidates(b[1])
+            if refused:
+                gate = ""
+            elif len(candidates) == 1 and candidates[0] is not None:
+                gate = self._statement_gate(candidates[0])  # the usual: one statement
+            else:
+                gate = self._found_gate(candidates)
+            if gate:
+                # one waits for an approval, or is refused: the rest in the task
+                self._flush(out)
+                self._agent_events = _events(lane)[1 if parse is not None else 0 :]
+                self._agent_pump.run(eager=False)
+                return
+            found.append(candidates)
+        # the Passthrough run (_other_agent_event): every Bind recorded, then forwarded
+        for b, candidates in zip(binds, found, strict=True):
+            self._record_bound(b[0], b[1], b[2], b[3], candidates)
+        self.unsynced_execute = True
+        if any(self._portal_copies.values()):
+            self._copy_starts()  # an Execute of a bound COPY FROM STDIN
+        self.extended_open = True
+        out.append(run)
+        if self.copy_in_flight:
+            self._other_agent_event(pg.Sync(SYNC), out)
+        else:  # the Sync (_other_agent_event's, without a tracker)
+            self.names.sent += 1
+            self.unsynced_execute = self.extended_open = False
+            out.append(SYNC)
+        self._flush(out)
+
+
+def _events(lane: tuple[Any, ...]) -> list[pg.FrontendEvent]:
+    """The codec's events for the batch: what `ServerConnection.events()` returns."""
+    parse, _, _, run, types, _ = lane
+    events: list[pg.FrontendEvent] = [] if parse is None else [_FRONTEND[0x50](parse)]
+    events.append(pg.Passthrough(types, run))
+    events.append(pg.Sync(SYNC))
+    return events

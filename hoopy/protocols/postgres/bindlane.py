@@ -23,8 +23,10 @@ and records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.bindcheck import BindCheck
 from hoopy.protocols.postgres.bodies import _FRONTEND
@@ -37,6 +39,7 @@ class BindLane(BindCheck):
 
     _agent_events: list[pg.FrontendEvent]
     _agent_pump: Eager  # set by relay.Relay._relay
+    _backend_write: Callable[[bytes], None]  # the backend transport's own write
 
     def _agent_batch_now(
         self, events: list[pg.FrontendEvent], out: list[bytes] | None = None
@@ -59,14 +62,35 @@ class BindLane(BindCheck):
                 self._agent_batch_now(_events(lane)[1:], out)
                 return
         # every Bind through its gate (_binds_free) before any is recorded
-        refused = bool(self.refusals) and self.refusals[-1][0] > self.names.sent
-        found = []
+        names = self.names
+        refused = bool(self.refusals) and self.refusals[-1][0] > names.sent
+        unconfirmed = self.unconfirmed
+        session = self.session
+        assert session is not None
+        found: list[list[tuple[Command, ...] | None]] = []
+        candidates: list[tuple[Command, ...] | None]
         for b in binds:
-            candidates = self._candidates(b[1])
+            # _candidates(name), its two usual cases without a frame: nothing parsed is
+            # unanswered (what the server holds), or this batch's Parse of the name
+            name = b[1]
+            if not unconfirmed:
+                held = self.prepared.get(name)
+                candidates = [] if held is None else [held]
+            elif unconfirmed[-1][1] == name and unconfirmed[-1][0] == names.sent + 1:
+                candidates = [unconfirmed[-1][2]]
+            else:
+                candidates = self._candidates(name)
             if refused:
                 gate = ""
             elif len(candidates) == 1 and candidates[0] is not None:
-                gate = self._statement_gate(candidates[0])  # the usual: one statement
+                # the usual: one statement, its gate cached (_statement_gate's own look)
+                one = candidates[0]
+                scope = session.scope.state if session.scope is not None else None
+                hit = self._gates.get(id(one))
+                if hit is not None and hit[0] is one and hit[1] is scope:
+                    gate = hit[2]
+                else:
+                    gate = self._statement_gate(one)
             else:
                 gate = self._found_gate(candidates)
             if gate:
@@ -86,11 +110,16 @@ class BindLane(BindCheck):
         out.append(run)
         if self.copy_in_flight:
             self._other_agent_event(pg.Sync(SYNC), out)
-        else:  # the Sync (_other_agent_event's, without a tracker)
-            self.names.sent += 1
-            self.unsynced_execute = self.extended_open = False
-            out.append(SYNC)
-        self._flush(out)
+            self._flush(out)
+            return
+        # the Sync (_other_agent_event's, without a tracker), then _flush's steps
+        names.sent += 1
+        self.unsynced_execute = self.extended_open = False
+        out.append(SYNC)
+        if self._unwritten:
+            self._write_events()  # raises: then nothing is forwarded
+        self.binds_unwritten = False
+        self._backend_write(b"".join(out))
 
 
 def _events(lane: tuple[Any, ...]) -> list[pg.FrontendEvent]:

@@ -271,6 +271,16 @@ class ServerConnection(_Connection[m.FrontendEvent]):
             self._pos = len(buf)
         return got
 
+    def fast_batch(self) -> tuple[Any, ...] | None:
+        """`lone_query()` or `bind_batch()`, whichever the buffer's first byte calls for
+        (the relay's one look per read): a 2-tuple for a Query, else the Bind lane's."""
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            return None
+        if buf[pos] == _QUERY:
+            return self.lone_query()
+        return self.bind_batch()
+
     def bind_batch(self) -> tuple[Any, ...] | None:
         """The usual extended-protocol batch when the buffer holds one whole and nothing
         else (cmdlane.bind_batch: [Parse] (Bind [Describe] Execute)+ Sync, with Bind,

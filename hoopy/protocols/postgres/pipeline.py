@@ -32,6 +32,7 @@ from hoopy.protocols.postgres.namespaces import (
     stale_execute,
 )
 from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement
+from hoopy.protocols.postgres.resultrun import parse_complete
 from hoopy.recorder import encode_members
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class Pipeline:
         it has not answered yet — one may fail (a name in use, 42P05; or be skipped
         after another error) and leave what was there; which, only the answers tell.
         Empty: it holds nothing hoopy knows of."""
-        current = self.batches_sent + 1
+        current = self.names.sent + 1  # batches_sent, without its property
         for batch, n, cmds, _ in reversed(self.unconfirmed):
             if n == name and batch == current:
                 return [cmds]
@@ -198,15 +199,9 @@ class Pipeline:
                 found.append(cmds)  # a re-parse of the same text counts once
         return found
 
-    def _parse_complete(self) -> None:
-        for i, (_, name, cmds, protocol) in enumerate(self.unconfirmed):
-            if protocol:
-                del self.unconfirmed[i]
-                if cmds is None:
-                    self.prepared.pop(name, None)
-                else:
-                    self.prepared[name] = cmds
-                return
+    # A ParseComplete: the oldest Parse in flight holds its name now (resultrun.py,
+    # compiled, which calls it inline on its path).
+    _parse_complete = parse_complete
 
     def _forget(self, name: str | None) -> None:
         """`name` (None: every name) no longer holds what hoopy knew, and what it holds
@@ -264,7 +259,8 @@ class Pipeline:
         caller has it already (the Bind lane: its gate asked)."""
         session = self.session
         assert session is not None
-        session.check_alive("bind", f"Bind of prepared statement {statement!r}")
+        if session.expired():  # check_alive, its frame only when it refuses
+            session.check_alive("bind", f"Bind of prepared statement {statement!r}")
         if found is None:
             found = self._candidates(statement)  # none: refused, never prepared
         cmds = found[0] if len(found) == 1 else None

@@ -136,13 +136,12 @@ class Relay(BindLane, Answers):
                     cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
                 return
             if self.planner is None:
-                lone = self.codec.lone_query()
-                if lone is not None:  # one Query, alone: the usual simple-protocol batch
-                    self._lone_query(*lone)
-                    return
-                lane = self.codec.bind_batch()
-                if lane is not None:  # [Parse] Bind [Describe] Execute Sync: bindlane.py
-                    self._bind_batch(lane)
+                lane = self.codec.fast_batch()
+                if lane is not None:
+                    if len(lane) == 2:  # one Query, alone: the usual simple-protocol batch
+                        self._lone_query(*lane)
+                    else:  # [Parse] Bind [Describe] Execute Sync: bindlane.py
+                        self._bind_batch(lane)
                     return
             events = self.codec.events()
             if not events:

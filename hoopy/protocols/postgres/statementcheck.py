@@ -340,8 +340,9 @@ class StatementCheck(Pipeline):
             if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
                 self._track_sql_prepared(cmds, protocol=True)
                 break
-        self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
-        self.names.statement_epoch += 1
+        names = self.names
+        self.unconfirmed.append((names.sent + 1, name, cmds, True))  # sent: batches_sent
+        names.statement_epoch += 1
         tracker = self.tracker
         if tracker is not None:
             mask = self._masks[0] if len(self._masks) == 1 else None

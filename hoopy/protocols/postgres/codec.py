@@ -275,11 +275,23 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         """`lone_query()` or `bind_batch()`, whichever the buffer's first byte calls for
         (the relay's one look per read): a 2-tuple for a Query, else the Bind lane's."""
         buf, pos = self._buf, self._pos
-        if pos >= len(buf):
+        if pos >= len(buf) or self._failed is not None or self.phase is not Phase.NORMAL:
             return None
-        if buf[pos] == _QUERY:
-            return self.lone_query()
-        return self.bind_batch()
+        t = buf[pos]
+        opaque = self.opaque
+        if t == _QUERY:  # lone_query(), without its frame
+            if _QUERY in opaque:
+                return None
+            got: tuple[Any, ...] | None = cmdlane.lone_query(buf, pos, self._max)
+        elif t in _LANE_FIRST:  # bind_batch(), without its frame
+            if not (opaque >= _LANE_OPAQUE and opaque.isdisjoint(_LANE_FRAMED)):
+                return None
+            got = cmdlane.bind_batch(buf, pos, self._max)
+        else:
+            return None
+        if got is not None:
+            self._pos = len(buf)
+        return got
 
     def bind_batch(self) -> tuple[Any, ...] | None:
         """The usual extended-protocol batch when the buffer holds one whole and nothing

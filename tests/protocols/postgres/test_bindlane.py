@@ -269,8 +269,8 @@ async def drive(
         real(found)
 
     conn._bind_batch = counted
-    if not lane:
-        conn.codec.bind_batch = lambda: None
+    if not lane:  # the codec frames Queries for their lane, never a batch for this one
+        conn.codec.fast_batch = conn.codec.lone_query
     if before is not None:
         before(conn)
     seen: list[Any] = []
@@ -420,6 +420,9 @@ def test_bind_batch_frames_what_the_codec_frames_or_leaves_it_to_it() -> None:
                 events = [repr(e) for e in other.events()]
             except pg.ProtocolViolation as e:
                 events = [f"violation {e.message}"]
+            fast = codec()
+            fast.receive_data(d)
+            assert fast.fast_batch() == lane and fast.buffered() == conn.buffered()
             if lane is None:
                 left += 1
                 assert conn.buffered() == len(d)  # nothing consumed
@@ -436,6 +439,19 @@ def test_bind_batch_frames_what_the_codec_frames_or_leaves_it_to_it() -> None:
                 parsed = _parse(parse)
                 assert (name, sql) == (parsed.name, parsed.sql)
     assert framed > 5 and left > 500
+
+
+def test_fast_batch_is_lone_query_for_a_query() -> None:
+    q = pg.query("select 1")
+    for data in (q, q + pg.sync(), q[:-1], b"Q\x00\x00\x00\x0aselect\x001\x00", b"", pg.sync()):
+        one, other = codec(), codec()
+        one.receive_data(data)
+        other.receive_data(data)
+        assert one.fast_batch() == other.lone_query()
+        assert one.buffered() == other.buffered()
+    conn = codec(b"BDEHdcQ")  # a Query the codec frames as opaque: never the lane's
+    conn.receive_data(q)
+    assert conn.fast_batch() is None and conn.buffered() == len(q)
 
 
 def test_bind_batch_takes_only_the_lanes_shapes() -> None:

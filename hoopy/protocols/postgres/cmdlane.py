@@ -29,6 +29,8 @@ import re
 import struct
 from typing import Any
 
+from hoopy.eventchain import FLUSH_BYTES
+from hoopy.eventline import RESERVED, _json_str
 from hoopy.policy import Command
 
 # Compiled, these loops beat the library calls they replace; interpreted, not always:
@@ -414,3 +416,57 @@ def bind_values(portal: str, formats: tuple[int, ...], values: tuple[bytes | Non
         fields["truncated"] = True
         fields["param_count"] = n
     return fields
+
+
+@cython.cfunc
+def _value_json(v: Any) -> str:
+    """One recorded value (`shown`'s or a b64 dict) as the encoder writes it."""
+    if v is None:
+        return "null"
+    if type(v) is str:
+        return _json_str(v)
+    return '{"b64":' + _json_str(v["b64"]) + "}"
+
+
+@cython.locals(fields=dict, params=list)
+def bind_members(fields: dict[str, Any]) -> bytes:
+    """`bind_values`'s dict as the recording's encoder writes its members (eventline:
+    b"," + _dumps(fields)[1:-1]), without the encoder."""
+    params = fields["params"]
+    parts = [',"portal":', _json_str(fields["portal"]), ',"params":[']
+    parts.append(",".join([_value_json(v) for v in params]))
+    parts.append("]")
+    if "truncated" in fields:
+        parts.append(',"truncated":true,"param_count":')
+        parts.append(str(fields["param_count"]))
+    return "".join(parts).encode("utf-8", "backslashreplace")
+
+
+def record_bind(
+    session: Any,
+    portal: str,
+    formats: tuple[int, ...],
+    values: tuple[bytes | None, ...],
+    max_bytes: int,
+    static: tuple[bytes, dict[str, Any]],
+) -> None:
+    """`session.record_later("bind", bind_values(…), static)`: the Bind's event chained,
+    written before the batch is forwarded (Pipeline._record_bound).  Its members are
+    encoded here and chained by the recording's EventChain directly, as resultrun.py
+    chains results; a log that is closed, failed or holding FLUSH_BYTES unwritten
+    takes `record_later` and its errors."""
+    fields = bind_values(portal, formats, values, max_bytes)
+    log = session.log
+    chain = getattr(log, "_chain", None)
+    if chain is None or log._closed or chain.failed is not None:
+        session.record_later("bind", fields, static)
+        return
+    keys = static[1].keys()
+    if len(chain.pending) >= FLUSH_BYTES or not (
+        RESERVED.isdisjoint(keys) and keys.isdisjoint(fields)
+    ):
+        session.record_later("bind", fields, static)
+        return
+    members = bind_members(fields)
+    with log._lock:
+        chain.add("bind", fields, members, static, False)

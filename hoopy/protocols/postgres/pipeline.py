@@ -21,7 +21,7 @@ from hoopy.errors import CommandDenied, HoopyError, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.bindgate import single, split_run
-from hoopy.protocols.postgres.cmdlane import bind_values
+from hoopy.protocols.postgres.cmdlane import record_bind
 from hoopy.protocols.postgres.namespaces import (
     ALL,
     Binding,
@@ -289,8 +289,7 @@ class Pipeline:
             fields = dict(static[1])
             fields["executes"] = {n: _texts(found) for n, found in depends}
             static = (encode_members(fields), fields)
-        values = bind_values(portal, formats, params, self.result.max_bytes)
-        session.record_later("bind", values, static)
+        record_bind(session, portal, formats, params, self.result.max_bytes, static)
         self.binds_unwritten = True
         if changes is None and not depends and self.tracker is None and not self.names.special:
             return None  # no Execute needs looking at: nothing to follow (the fast path)

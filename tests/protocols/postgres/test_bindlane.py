@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+from hoopy.eventline import _dumps
 from hoopy.protocols.postgres import bindlane, cmdlane
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.bodies import _f_parse, decode_binds
+from hoopy.session import Session
 from tests.protocols.postgres import relaydigest
 from tests.protocols.postgres.test_relay_recording import fill_disk
 
@@ -560,3 +562,43 @@ def test_every_control_byte_makes_a_value_base64() -> None:
             assert got == v.decode()
         elif not plain:
             assert isinstance(got, dict)
+
+
+def test_bind_members_are_what_the_encoder_writes() -> None:
+    rng = random.Random(5)
+    pool: list[bytes | None] = [
+        None,
+        b"",
+        b"plain",
+        b'quote " backslash \\ slash / tab \t newline \n',
+        "unicode \u00e9 \u2603 \U0001f600 \u2028".encode(),
+        b"\x00\x01 binary",
+        b"\xff\xfe not UTF-8",
+        b"\x1b[31m",
+        b"\x7f del",
+    ]
+    for _ in range(300):
+        values = tuple(rng.choice(pool) for _ in range(rng.randint(0, 6)))
+        formats = tuple(rng.choice((0, 1)) for _ in range(rng.choice((0, 1, len(values)))))
+        portal = rng.choice(("", "p", '\u00e9"\\'))
+        fields = cmdlane.bind_values(portal, formats, values, rng.choice((4, 20, 2000)))
+        assert cmdlane.bind_members(fields) == b"," + _dumps(fields)[1:-1]
+
+
+@pytest.mark.parametrize("name", ["pgbench_prepared", "asyncpg_like"])
+async def test_binds_recorded_through_record_later_when_much_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """cmdlane.record_bind leaves a log holding FLUSH_BYTES unwritten to record_later
+    (which writes it then): the same recording."""
+    calls: list[str] = []
+    record_later = Session.record_later
+
+    def counted(self: Session, *args: Any) -> None:
+        calls.append(args[0])
+        record_later(self, *args)
+
+    monkeypatch.setattr(Session, "record_later", counted)
+    monkeypatch.setattr(cmdlane, "FLUSH_BYTES", 0)
+    taken, ended = await same_both_ways(tmp_path, SCENARIOS[name]())
+    assert taken > 0 and ended == "None" and "bind" in calls

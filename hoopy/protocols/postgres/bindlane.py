@@ -24,7 +24,7 @@ and records.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
@@ -32,6 +32,7 @@ from hoopy.protocols.postgres.bindcheck import BindCheck
 from hoopy.protocols.postgres.bodies import _FRONTEND
 from hoopy.protocols.postgres.cmdlane import SYNC
 from hoopy.protocols.postgres.pump import Eager
+from hoopy.recorder import RecorderError
 
 
 class BindLane(BindCheck):
@@ -40,6 +41,8 @@ class BindLane(BindCheck):
     _agent_events: list[pg.FrontendEvent]
     _agent_pump: Eager  # set by relay.Relay._relay
     _backend_write: Callable[[bytes], None]  # the backend transport's own write
+    # answers.Answers's (a base class of Relay after this one): the session ends
+    _write_failed: Callable[[RecorderError], NoReturn]
 
     def _agent_batch_now(
         self, events: list[pg.FrontendEvent], out: list[bytes] | None = None
@@ -116,8 +119,11 @@ class BindLane(BindCheck):
         names.sent += 1
         self.unsynced_execute = self.extended_open = False
         out.append(SYNC)
-        if self._unwritten:
-            self._write_events()  # raises: then nothing is forwarded
+        if self._unwritten:  # _write_events: a failure ends the session, forwards nothing
+            try:
+                self._log.flush()
+            except RecorderError as e:
+                self._write_failed(e)
         self.binds_unwritten = False
         self._backend_write(b"".join(out))
 

@@ -297,7 +297,11 @@ class StatementCheck(Pipeline):
         else:
             if text != cmd.text:  # the statement the name holds, with its own text
                 cmds = (cmd.with_text(text),)
-            out.append(self._parse_allowed(name, raw, cmds))
+            # _parse_allowed of a plain statement (no session state) without a tracker
+            names = self.names
+            self.unconfirmed.append((names.sent + 1, name, cmds, True))
+            names.statement_epoch += 1
+            out.append(raw)
         return True
 
     def _refused(self, ev: pg.Query | pg.Parse, e: HoopyError) -> bytes:

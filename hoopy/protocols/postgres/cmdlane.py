@@ -15,6 +15,13 @@ full path (codec events, classify(), _check_now): a first sight, several stateme
 text with a ';' inside, a statement whose meaning depends on its literals beyond its
 key (set_config: textsettings.py and searchpath.py read its text).  Both builds must
 behave alike (tests/protocols/postgres/test_cmdlane.py).
+
+The Bind lane (bindlane.py) takes its compiled steps from here too: framing the usual
+extended-protocol batch ([Parse] Bind [Describe] Execute … Sync) straight from the
+codec's buffer with its Parse and Binds decoded (`bind_batch`), and a Bind's event,
+its values as the recording keeps them, encoded and chained (`record_bind`); the same
+rule holds (None: the codec's events, the full path; tests/protocols/postgres/
+test_bindlane.py).
 """
 
 from __future__ import annotations

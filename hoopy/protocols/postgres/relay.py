@@ -13,7 +13,8 @@ Agent → backend: every Query and Parse is classified (libpg_query) and checked
 `Session.check`; anything else is forwarded byte-for-byte.  A statement the classifier
 has cached (seen before, with these or other literals) takes a shorter lane to the same
 check (`StatementCheck._seen`, cmdlane.py: compiled when built), a lone Query straight
-from the codec's buffer without an event.  A refused message is
+from the codec's buffer without an event; so does the usual extended-protocol batch
+of one ([Parse] Bind [Describe] Execute Sync: bindlane.py).  A refused message is
 *substituted*, not dropped: hoopy sends the server a statement that is a guaranteed
 syntax error carrying a per-session nonce (the "marker").  The server then answers
 exactly where the refused message stood — ErrorResponse, discard-until-Sync, aborted

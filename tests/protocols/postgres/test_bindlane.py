@@ -602,3 +602,52 @@ async def test_binds_recorded_through_record_later_when_much_is_pending(
     monkeypatch.setattr(cmdlane, "FLUSH_BYTES", 0)
     taken, ended = await same_both_ways(tmp_path, SCENARIOS[name]())
     assert taken > 0 and ended == "None" and "bind" in calls
+
+
+def random_steps(seed: int) -> list[Step]:
+    """Batches of the lane's shape over names that exist, do not, or change, texts that
+    are allowed, denied, need an approval or change names; answered with success or an
+    error (the server skips the rest of the batch)."""
+    rng = random.Random(seed)
+    texts = [
+        SELECT,
+        "select v from secrets where id = $1",
+        "update orders set n = $1 where id = 1",
+        "select v from t where a = $1",
+        "deallocate P_0",
+        "select 1; select 2",
+    ]
+    names = ["", "P_0", "x", "nope"]
+    steps: list[Step] = [(pg.parse("P_0", SELECT, ()) + pg.sync(), pg.parse_complete() + READY)]
+    for _ in range(30):
+        if rng.random() < 0.15:  # a name prepared, dropped or reset by SQL
+            sql = rng.choice(["DEALLOCATE P_0", "DISCARD ALL", "PREPARE x AS select 1"])
+            steps.append((pg.query(sql), pg.command_complete("OK") + READY))
+            continue
+        batch = b""
+        parsed = rng.random() < 0.6
+        name = rng.choice(names[:3])
+        if parsed:
+            batch += pg.parse(name, rng.choice(texts), ())
+        binds = rng.randint(1, 3)
+        for _ in range(binds):
+            portal = rng.choice(["", "p"])
+            statement = name if parsed and rng.random() < 0.8 else rng.choice(names)
+            values = [rng.choice([b"1", None, b"\x00\xff", b"x" * rng.randint(0, 2500)])]
+            batch += pg.bind(portal, statement, values, [rng.choice((0, 1))], [1])
+            if rng.random() < 0.5:
+                batch += pg.describe("P", portal)
+            batch += pg.execute(portal, 0)
+        batch += pg.sync()
+        if rng.random() < 0.3:
+            answer = pg.error_response("42P01", "failed") + READY
+        else:
+            answer = pg.parse_complete() * parsed + PREP_ANSWER * binds + READY
+        steps.append((batch, answer))
+    return steps
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_batches_do_what_the_full_path_does(tmp_path: Path, seed: int) -> None:
+    taken, _ = await same_both_ways(tmp_path, random_steps(seed))
+    assert taken > 0

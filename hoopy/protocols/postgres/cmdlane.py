@@ -134,6 +134,7 @@ def _i32(raw: bytes, pos: int) -> int:
     return cython.cast(cython.Py_ssize_t, u - 0x100000000 if u >= 0x80000000 else u)
 
 
+@cython.ccall  # a C call from this module's own callers
 @cython.locals(
     raw=bytes, end=cython.Py_ssize_t, p0=cython.Py_ssize_t, p1=cython.Py_ssize_t,
     pos=cython.Py_ssize_t, n=cython.Py_ssize_t, _i=cython.Py_ssize_t, size=cython.Py_ssize_t,
@@ -271,6 +272,7 @@ def _length(buf: bytearray, pos: int) -> int:
     )
 
 
+@cython.ccall  # a C call from this module's own callers
 @cython.locals(
     raw=bytes, name_end=cython.Py_ssize_t, sql_end=cython.Py_ssize_t, count=cython.Py_ssize_t
 )
@@ -377,6 +379,7 @@ def _plain_bytes(v: bytes) -> bool:
     return True
 
 
+@cython.ccall  # a C call from this module's own callers
 def shown(v: bytes | None) -> Any:
     """A value as the recording keeps it: text when it is plain UTF-8 text, else its
     exact bytes as {"b64": …}."""
@@ -390,6 +393,7 @@ def shown(v: bytes | None) -> Any:
     return {"b64": _b64encode(v).decode()}
 
 
+@cython.ccall  # a C call from this module's own callers
 @cython.locals(
     size=cython.Py_ssize_t, i=cython.Py_ssize_t, n=cython.Py_ssize_t, nf=cython.Py_ssize_t,
     truncated=cython.bint, out=list,
@@ -435,6 +439,7 @@ def _value_json(v: Any) -> str:
     return '{"b64":' + _json_str(v["b64"]) + "}"
 
 
+@cython.ccall  # a C call from this module's own callers
 @cython.locals(fields=dict, params=list)
 def bind_members(fields: dict[str, Any]) -> bytes:
     """`bind_values`'s dict as the recording's encoder writes its members (eventline:

@@ -51,7 +51,7 @@ class Pipeline:
     unsynced_execute: bool  # an Execute went to the server since the last Sync
     extended_open: bool  # an extended-protocol message since the last Sync
     copy_in_flight: bool  # a COPY FROM STDIN sent, its CopyDone/CopyFail not yet
-    _portal_copies: dict[str, bool]  # portal → runs COPY FROM STDIN (as bound)
+    _portal_copies: dict[str, bool]  # portals that run COPY FROM STDIN (as bound): True
     # A Sync went out during a COPY FROM STDIN: PostgreSQL ignores it, unless the COPY
     # failed first, which hoopy cannot place.  It is counted as a batch, so hoopy may
     # wait for an answer that never comes, never the other way round; texts that would
@@ -282,7 +282,13 @@ class Pipeline:
                 changes_of(cmds or ()),
                 executes_in(cmds),
             )
-        _, static, self._portal_copies[portal], changes, execs = known
+        _, static, copies, changes, execs = known
+        # only portals that run COPY FROM STDIN are kept: one entry per portal name an
+        # agent ever bound would grow without end, and be looked through every batch
+        if copies:
+            self._portal_copies[portal] = True
+        elif self._portal_copies:
+            self._portal_copies.pop(portal, None)
         depends: tuple[tuple[str, tuple[Any, ...]], ...] = ()
         if execs:  # what each name may hold now: the Execute must find the same
             depends = tuple((n, tuple(self._candidates(n))) for n in execs)

@@ -651,3 +651,23 @@ def random_steps(seed: int) -> list[Step]:
 async def test_random_batches_do_what_the_full_path_does(tmp_path: Path, seed: int) -> None:
     taken, _ = await same_both_ways(tmp_path, random_steps(seed))
     assert taken > 0
+
+
+async def test_portal_names_bound_are_not_kept_without_end(tmp_path: Path) -> None:
+    """Only portals of a COPY FROM STDIN are remembered for their Execute: an agent
+    binding ever new portal names leaves nothing behind per name."""
+    conn, _, to_backend = relaydigest.started(tmp_path)
+    conn._agent_data(pg.parse("P_0", SELECT, ()) + pg.parse("c", "copy t from stdin", ()))
+    conn._agent_data(pg.sync())
+    conn._backend_data(pg.parse_complete() * 2 + READY)
+    for i in range(300):
+        conn._agent_data(
+            pg.bind(f"p{i}", "P_0", [b"1"], [0], [1]) + pg.execute(f"p{i}") + pg.sync()
+        )
+        conn._backend_data(PREP_ANSWER + READY)
+    assert conn._portal_copies == {}
+    conn._agent_data(pg.bind("cp", "c", [], [], []) + pg.sync())
+    assert conn._portal_copies == {"cp": True}
+    conn._agent_data(pg.bind("cp", "P_0", [b"1"], [0], [1]) + pg.sync())  # rebound
+    assert conn._portal_copies == {}
+    assert not conn._ended.done() and len(to_backend) == 304

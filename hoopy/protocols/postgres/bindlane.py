@@ -75,14 +75,14 @@ class BindLane(BindCheck):
         for b in binds:
             # _candidates(name), its two usual cases without a frame: nothing parsed is
             # unanswered (what the server holds), or this batch's Parse of the name
-            name = b[1]
+            statement = b[1]
             if not unconfirmed:
-                held = self.prepared.get(name)
+                held = self.prepared.get(statement)
                 candidates = [] if held is None else [held]
-            elif unconfirmed[-1][1] == name and unconfirmed[-1][0] == names.sent + 1:
+            elif unconfirmed[-1][1] == statement and unconfirmed[-1][0] == names.sent + 1:
                 candidates = [unconfirmed[-1][2]]
             else:
-                candidates = self._candidates(name)
+                candidates = self._candidates(statement)
             if refused:
                 gate = ""
             elif len(candidates) == 1 and candidates[0] is not None:

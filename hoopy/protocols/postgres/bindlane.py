@@ -49,68 +49,73 @@ class BindLane(BindCheck):
     ) -> None:
         raise NotImplementedError  # relay.Relay: the full path, without a coroutine
 
-    def _bind_batch(self, lane: tuple[Any, ...]) -> None:
-        """One batch framed by cmdlane.bind_batch: `(parse, name, sql, run, types, binds)`."""
-        parse, name, sql, run, _, binds = lane
-        if self.copy_in_flight or self.tracker is not None or self.names.special:
-            self._agent_batch_now(_events(lane))  # the full path's checks and errors
+    def _bind_batch(self, segments: list[tuple[Any, ...]]) -> None:
+        """One batch framed by cmdlane.bind_batch: per segment `(parse, name, sql, run,
+        types, binds)`, then the Sync."""
+        if self.tracker is not None:
+            self._agent_batch_now(_events(segments))
             return
         out: list[bytes] = []
-        if parse is not None:
-            self.extended_open = True  # _enter(Parse), COPY not in flight
-            if not self._seen(parse, sql, name, out):  # nothing done: the full path
-                self._agent_batch_now(_events(lane), out)
-                return
-            if self.names.special:  # not after a plain statement; as the full path would
-                self._agent_batch_now(_events(lane)[1:], out)
-                return
-        # every Bind through its gate (_binds_free) before any is recorded
         names = self.names
-        refused = bool(self.refusals) and self.refusals[-1][0] > names.sent
-        unconfirmed = self.unconfirmed
         session = self.session
         assert session is not None
-        found: list[list[tuple[Command, ...] | None]] = []
-        candidates: list[tuple[Command, ...] | None]
-        for b in binds:
-            # _candidates(name), its two usual cases without a frame: nothing parsed is
-            # unanswered (what the server holds), or this batch's Parse of the name
-            statement = b[1]
-            if not unconfirmed:
-                held = self.prepared.get(statement)
-                candidates = [] if held is None else [held]
-            elif unconfirmed[-1][1] == statement and unconfirmed[-1][0] == names.sent + 1:
-                candidates = [unconfirmed[-1][2]]
-            else:
-                candidates = self._candidates(statement)
-            if refused:
-                gate = ""
-            elif len(candidates) == 1 and candidates[0] is not None:
-                # the usual: one statement, its gate cached (_statement_gate's own look)
-                one = candidates[0]
-                scope = session.scope.state if session.scope is not None else None
-                hit = self._gates.get(id(one))
-                if hit is not None and hit[0] is one and hit[1] is scope:
-                    gate = hit[2]
-                else:
-                    gate = self._statement_gate(one)
-            else:
-                gate = self._found_gate(candidates)
-            if gate:
-                # one waits for an approval, or is refused: the rest in the task
-                self._flush(out)
-                self._agent_events = _events(lane)[1 if parse is not None else 0 :]
-                self._agent_pump.run(eager=False)
+        for k, (parse, name, sql, run, _, binds) in enumerate(segments):
+            if self.copy_in_flight or names.special:
+                self._agent_batch_now(_events(segments[k:]), out)  # its checks and errors
                 return
-            found.append(candidates)
-        # the Passthrough run (_other_agent_event): every Bind recorded, then forwarded
-        for b, candidates in zip(binds, found, strict=True):
-            self._record_bound(b[0], b[1], b[2], b[3], candidates)
-        self.unsynced_execute = True
-        if any(self._portal_copies.values()):
-            self._copy_starts()  # an Execute of a bound COPY FROM STDIN
-        self.extended_open = True
-        out.append(run)
+            if parse is not None:
+                self.extended_open = True  # _enter(Parse), COPY not in flight
+                if not self._seen(parse, sql, name, out):  # nothing done: the full path
+                    self._agent_batch_now(_events(segments[k:]), out)
+                    return
+                if names.special:  # not after a plain statement; as the full path would
+                    self._agent_batch_now(_events(segments[k:])[1:], out)
+                    return
+            # every Bind of the run through its gate (_binds_free) before any is recorded
+            refused = bool(self.refusals) and self.refusals[-1][0] > names.sent
+            unconfirmed = self.unconfirmed
+            found: list[list[tuple[Command, ...] | None]] = []
+            candidates: list[tuple[Command, ...] | None]
+            for b in binds:
+                # _candidates(statement), its two usual cases without a frame: nothing
+                # parsed is unanswered (what the server holds), or this batch's last
+                # Parse is of the name
+                statement = b[1]
+                if not unconfirmed:
+                    held = self.prepared.get(statement)
+                    candidates = [] if held is None else [held]
+                elif unconfirmed[-1][1] == statement and unconfirmed[-1][0] == names.sent + 1:
+                    candidates = [unconfirmed[-1][2]]
+                else:
+                    candidates = self._candidates(statement)
+                if refused:
+                    gate = ""
+                elif len(candidates) == 1 and candidates[0] is not None:
+                    # the usual: one statement, its gate cached (_statement_gate's look)
+                    one = candidates[0]
+                    scope = session.scope.state if session.scope is not None else None
+                    hit = self._gates.get(id(one))
+                    if hit is not None and hit[0] is one and hit[1] is scope:
+                        gate = hit[2]
+                    else:
+                        gate = self._statement_gate(one)
+                else:
+                    gate = self._found_gate(candidates)
+                if gate:
+                    # one waits for an approval, or is refused: the rest in the task
+                    self._flush(out)
+                    self._agent_events = _events(segments[k:])[1 if parse is not None else 0 :]
+                    self._agent_pump.run(eager=False)
+                    return
+                found.append(candidates)
+            # the Passthrough run (_other_agent_event): every Bind recorded, forwarded
+            for b, candidates in zip(binds, found, strict=True):
+                self._record_bound(b[0], b[1], b[2], b[3], candidates)
+            self.unsynced_execute = True
+            if any(self._portal_copies.values()):
+                self._copy_starts()  # an Execute of a bound COPY FROM STDIN
+            self.extended_open = True
+            out.append(run)
         if self.copy_in_flight:
             self._other_agent_event(pg.Sync(SYNC), out)
             self._flush(out)
@@ -128,10 +133,12 @@ class BindLane(BindCheck):
         self._backend_write(b"".join(out))
 
 
-def _events(lane: tuple[Any, ...]) -> list[pg.FrontendEvent]:
-    """The codec's events for the batch: what `ServerConnection.events()` returns."""
-    parse, _, _, run, types, _ = lane
-    events: list[pg.FrontendEvent] = [] if parse is None else [_FRONTEND[0x50](parse)]
-    events.append(pg.Passthrough(types, run))
+def _events(segments: list[tuple[Any, ...]]) -> list[pg.FrontendEvent]:
+    """The codec's events for these segments and the Sync: what `events()` returns."""
+    events: list[pg.FrontendEvent] = []
+    for parse, _, _, run, types, _ in segments:
+        if parse is not None:
+            events.append(_FRONTEND[0x50](parse))
+        events.append(pg.Passthrough(types, run))
     events.append(pg.Sync(SYNC))
     return events

@@ -300,64 +300,72 @@ def parse_fields(raw: bytes) -> tuple[str, str] | None:
     length=cython.Py_ssize_t, t=cython.int, state=cython.int, start=cython.Py_ssize_t,
     types=bytearray, binds=list, raw=bytes,
 )  # fmt: skip
-def bind_batch(buf: bytearray, pos: int, cap: int) -> tuple[Any, ...] | None:
+def bind_batch(buf: bytearray, pos: int, cap: int) -> list[tuple[Any, ...]] | None:
     """The usual extended-protocol batch, when the buffer from `pos` holds exactly one
-    and nothing after it: an optional Parse, then one or more Bind [Describe] Execute,
-    then Sync (pgbench -M extended and -M prepared, asyncpg, psycopg).  Returns
-    `(parse, name, sql, run, types, binds)`: the Parse's bytes, statement name and text
-    (None, "", "" without one), the bytes and type bytes of the Bind … Execute run (the
-    codec's Passthrough of them) and each Bind's `bind_fields`; the Sync is `SYNC`.
-    None for anything else, a malformed or over-long message included: the codec then
-    frames it message by message and raises what it must.  The caller (the codec) has
-    checked its phase and that Bind, Describe and Execute are opaque to it."""
+    and nothing after it: segments of an optional Parse then one or more Bind
+    [Describe] Execute, then Sync (pgbench -M extended and -M prepared, asyncpg, psycopg,
+    their executemany and pipelines).  Returns one `(parse, name, sql, run, types,
+    binds)` per segment: the Parse's bytes, statement name and text (None, "", ""
+    without one), the bytes and type bytes of the Bind … Execute run (the codec's
+    Passthrough of them) and each Bind's `bind_fields`; the Sync is `SYNC`.  None for
+    anything else, a malformed or over-long message included: the codec then frames it
+    message by message and raises what it must.  The caller (the codec) has checked
+    its phase and that Bind, Describe and Execute are opaque to it."""
     end = len(buf)
     last = end - 5  # where the Sync must start
     if last - pos < 5 or buf[last] != _SYNC or _length(buf, last) != 4:
         return None
+    segments: list[tuple[Any, ...]] = []
     p = pos
-    parse = None
-    name = sql = ""
-    if buf[p] == _PARSE:
-        length = _length(buf, p)
-        stop = p + 1 + length
-        if length < 4 or length > cap or stop > last:
-            return None
-        raw = bytes(buf[p:stop])
-        fields = parse_fields(raw)
-        if fields is None:
-            return None
-        name, sql = fields
-        parse = raw
-        p = stop
-    start = p
-    types = bytearray()
-    binds: list[Any] = []
-    state = 0  # 0: a Bind (or the Sync) next; 1: after a Bind; 2: after its Describe
     while p < last:
-        if last - p < 5:
-            return None
-        t = buf[p]
-        length = _length(buf, p)
-        stop = p + 1 + length
-        if length < 4 or length > cap or stop > last:
-            return None
-        if t == _BIND and state == 0:
-            fields = bind_fields(bytes(buf[p:stop]))
+        parse = None
+        name = sql = ""
+        if buf[p] == _PARSE:
+            length = _length(buf, p)
+            stop = p + 1 + length
+            if length < 4 or length > cap or stop > last:
+                return None
+            raw = bytes(buf[p:stop])
+            fields = parse_fields(raw)
             if fields is None:
                 return None
-            binds.append(fields)
-            state = 1
-        elif t == _DESCRIBE and state == 1:
-            state = 2
-        elif t == _EXECUTE and state != 0:
-            state = 0
-        else:
+            name, sql = fields
+            parse = raw
+            p = stop
+        start = p
+        types = bytearray()
+        binds: list[Any] = []
+        # 0: a Bind next (or the next segment, or the Sync); 1: after a Bind; 2: after
+        # its Describe
+        state = 0
+        while p < last:
+            if last - p < 5:
+                return None
+            t = buf[p]
+            if t == _PARSE and state == 0 and binds:
+                break  # the next segment
+            length = _length(buf, p)
+            stop = p + 1 + length
+            if length < 4 or length > cap or stop > last:
+                return None
+            if t == _BIND and state == 0:
+                fields = bind_fields(bytes(buf[p:stop]))
+                if fields is None:
+                    return None
+                binds.append(fields)
+                state = 1
+            elif t == _DESCRIBE and state == 1:
+                state = 2
+            elif t == _EXECUTE and state != 0:
+                state = 0
+            else:
+                return None
+            types.append(t)
+            p = stop
+        if state != 0 or not binds:
             return None
-        types.append(t)
-        p = stop
-    if state != 0 or not binds:
-        return None
-    return parse, name, sql, bytes(buf[start:last]), bytes(types), binds
+        segments.append((parse, name, sql, bytes(buf[start:p]), bytes(types), binds))
+    return segments
 
 
 # Control characters no text value of the usual types holds, and binary-format values

@@ -271,18 +271,19 @@ class ServerConnection(_Connection[m.FrontendEvent]):
             self._pos = len(buf)
         return got
 
-    def fast_batch(self) -> tuple[Any, ...] | None:
+    def fast_batch(self) -> tuple[bytes, str] | list[tuple[Any, ...]] | None:
         """`lone_query()` or `bind_batch()`, whichever the buffer's first byte calls for
-        (the relay's one look per read): a 2-tuple for a Query, else the Bind lane's."""
+        (the relay's one look per read): a tuple for a Query, a list for the Bind lane."""
         buf, pos = self._buf, self._pos
         if pos >= len(buf) or self._failed is not None or self.phase is not Phase.NORMAL:
             return None
         t = buf[pos]
         opaque = self.opaque
+        got: tuple[bytes, str] | list[tuple[Any, ...]] | None
         if t == _QUERY:  # lone_query(), without its frame
             if _QUERY in opaque:
                 return None
-            got: tuple[Any, ...] | None = cmdlane.lone_query(buf, pos, self._max)
+            got = cmdlane.lone_query(buf, pos, self._max)
         elif t in _LANE_FIRST:  # bind_batch(), without its frame
             if not (opaque >= _LANE_OPAQUE and opaque.isdisjoint(_LANE_FRAMED)):
                 return None
@@ -293,9 +294,9 @@ class ServerConnection(_Connection[m.FrontendEvent]):
             self._pos = len(buf)
         return got
 
-    def bind_batch(self) -> tuple[Any, ...] | None:
+    def bind_batch(self) -> list[tuple[Any, ...]] | None:
         """The usual extended-protocol batch when the buffer holds one whole and nothing
-        else (cmdlane.bind_batch: [Parse] (Bind [Describe] Execute)+ Sync, with Bind,
+        else (cmdlane.bind_batch: ([Parse] (Bind [Describe] Execute)+)+ Sync, with Bind,
         Describe and Execute opaque, as the events would have them), consumed; None
         otherwise, with nothing consumed: `events()` then."""
         buf, pos = self._buf, self._pos

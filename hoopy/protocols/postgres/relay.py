@@ -139,10 +139,10 @@ class Relay(BindLane, Answers):
             if self.planner is None:
                 lane = self.codec.fast_batch()
                 if lane is not None:
-                    if len(lane) == 2:  # one Query, alone: the usual simple-protocol batch
-                        self._lone_query(*lane)
-                    else:  # [Parse] Bind [Describe] Execute Sync: bindlane.py
+                    if type(lane) is list:  # [Parse] Bind [Describe] Execute Sync: bindlane.py
                         self._bind_batch(lane)
+                    else:  # one Query, alone: the usual simple-protocol batch
+                        self._lone_query(*lane)
                     return
             events = self.codec.events()
             if not events:

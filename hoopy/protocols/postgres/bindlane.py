@@ -3,14 +3,15 @@ without an event per message.
 
 pgbench -M extended, psycopg and most drivers send `Parse Bind Describe Execute Sync`
 per statement, pgbench -M prepared and asyncpg `Bind [Describe] Execute Sync` of a
-statement prepared earlier.  cmdlane.bind_batch (compiled when built) frames such a
-batch straight from the codec's buffer (`ServerConnection.bind_batch`) and decodes its
-Binds; `BindLane._bind_batch` (a base class of `relay.Relay`) then does what the full
-path (`Relay._agent_batch_now` over the codec's events) does for it, step by step and in
-the same order: the Parse by the cached-statement lane (`StatementCheck._seen`), every
-Bind through its gate (bindcheck.py) before any is recorded, each Bind recorded
-(`Pipeline._record_bound`, the gate's candidates reused), the Sync's bookkeeping, one
-write of the events and of the batch.
+statement prepared earlier, executemany and pipelines several such segments before
+one Sync.  cmdlane.bind_batch (compiled when built) frames such a batch straight from
+the codec's buffer (`ServerConnection.fast_batch`) and decodes its Parses and Binds;
+`BindLane._bind_batch` (a base class of `relay.Relay`) then does what the full path
+(`Relay._agent_batch_now` over the codec's events) does for it, step by step and in
+the same order, segment by segment: the Parse by the cached-statement lane
+(`StatementCheck._seen`), every Bind of the run through its gate (bindcheck.py) before
+any is recorded, each Bind recorded (`Pipeline._record_bound`, the gate's candidates
+reused); then the Sync's bookkeeping, one write of the events and of the batch.
 
 Whatever it does not cover goes the full path with the very events the codec would
 have made, before the step that would differ: a masking session, COPY FROM STDIN in

@@ -221,7 +221,7 @@ def run(
         toggle()
     if prof:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(int(__import__("os").environ.get("PGPATH_TOP", "30")))
     assert conn.batches_done == conn.batches_sent, "every transaction answered"
     conn.session.log.close("closed")  # type: ignore[union-attr]
     return spent / n * 1e6

@@ -27,7 +27,10 @@ class BindCheck(StatementCheck):
         """ "" when this Bind may go; else "unknown" or "approval"."""
         if self.refusals and self.refusals[-1][0] > self.batches_sent:
             return ""  # the server discards it: a message of this batch was refused
-        found = self._candidates(bind.statement)
+        return self._found_gate(self._candidates(bind.statement))
+
+    def _found_gate(self, found: list[tuple[Command, ...] | None]) -> str:
+        """`_bind_gate` of a statement name that may hold `found` (its `_candidates`)."""
         if len(found) == 1 and found[0] is not None:
             return self._statement_gate(found[0])
         if not found or any(cmds is None for cmds in found):

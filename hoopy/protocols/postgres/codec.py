@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Final, Generic, Literal, NoReturn, TypeVar
+from typing import Any, Final, Generic, Literal, NoReturn, TypeVar
 
 from hoopy.protocols.postgres import cmdlane, framing
 from hoopy.protocols.postgres import messages as m
@@ -82,6 +82,9 @@ _DATA_ROW = 0x44  # 'D'
 _READY = 0x5A  # 'Z'
 _TERMINATE = 0x58  # 'X'
 _QUERY = 0x51  # 'Q'
+_LANE_FIRST = frozenset(b"PB")  # what a batch of the Bind lane starts with
+_LANE_OPAQUE = frozenset(b"BDE")  # the run the lane frames as the codec's Passthrough
+_LANE_FRAMED = frozenset(b"PS")  # events of their own in that batch
 
 
 class NeedData(enum.Enum):
@@ -264,6 +267,47 @@ class ServerConnection(_Connection[m.FrontendEvent]):
         if self._failed is not None or self.phase is not Phase.NORMAL or _QUERY in self.opaque:
             return None
         got = cmdlane.lone_query(buf, pos, self._max)
+        if got is not None:
+            self._pos = len(buf)
+        return got
+
+    def fast_batch(self) -> tuple[bytes, str] | list[tuple[Any, ...]] | None:
+        """`lone_query()` or `bind_batch()`, whichever the buffer's first byte calls for
+        (the relay's one look per read): a tuple for a Query, a list for the Bind lane."""
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf) or self._failed is not None or self.phase is not Phase.NORMAL:
+            return None
+        t = buf[pos]
+        opaque = self.opaque
+        got: tuple[bytes, str] | list[tuple[Any, ...]] | None
+        if t == _QUERY:  # lone_query(), without its frame
+            if _QUERY in opaque:
+                return None
+            got = cmdlane.lone_query(buf, pos, self._max)
+        elif t in _LANE_FIRST:  # bind_batch(), without its frame
+            if not (opaque >= _LANE_OPAQUE and opaque.isdisjoint(_LANE_FRAMED)):
+                return None
+            got = cmdlane.bind_batch(buf, pos, self._max)
+        else:
+            return None
+        if got is not None:
+            self._pos = len(buf)
+        return got
+
+    def bind_batch(self) -> list[tuple[Any, ...]] | None:
+        """The usual extended-protocol batch when the buffer holds one whole and nothing
+        else (cmdlane.bind_batch: ([Parse] (Bind [Describe] Execute)+)+ Sync, with Bind,
+        Describe and Execute opaque, as the events would have them), consumed; None
+        otherwise, with nothing consumed: `events()` then."""
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf) or buf[pos] not in _LANE_FIRST:  # the usual other batch: one look
+            return None
+        opaque = self.opaque
+        if self._failed is not None or self.phase is not Phase.NORMAL:
+            return None
+        if not (opaque >= _LANE_OPAQUE and opaque.isdisjoint(_LANE_FRAMED)):
+            return None
+        got = cmdlane.bind_batch(buf, pos, self._max)
         if got is not None:
             self._pos = len(buf)
         return got

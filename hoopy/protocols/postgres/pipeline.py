@@ -21,6 +21,7 @@ from hoopy.errors import CommandDenied, HoopyError, ProtocolError
 from hoopy.policy import Command
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.bindgate import single, split_run
+from hoopy.protocols.postgres.cmdlane import record_bind
 from hoopy.protocols.postgres.namespaces import (
     ALL,
     Binding,
@@ -30,7 +31,8 @@ from hoopy.protocols.postgres.namespaces import (
     executed_names,
     stale_execute,
 )
-from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement, bind_values
+from hoopy.protocols.postgres.resultlog import ResultLog, bind_statement
+from hoopy.protocols.postgres.resultrun import parse_complete
 from hoopy.recorder import encode_members
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ class Pipeline:
     unsynced_execute: bool  # an Execute went to the server since the last Sync
     extended_open: bool  # an extended-protocol message since the last Sync
     copy_in_flight: bool  # a COPY FROM STDIN sent, its CopyDone/CopyFail not yet
-    _portal_copies: dict[str, bool]  # portal → runs COPY FROM STDIN (as bound)
+    _portal_copies: dict[str, bool]  # portals that run COPY FROM STDIN (as bound): True
     # A Sync went out during a COPY FROM STDIN: PostgreSQL ignores it, unless the COPY
     # failed first, which hoopy cannot place.  It is counted as a batch, so hoopy may
     # wait for an answer that never comes, never the other way round; texts that would
@@ -185,7 +187,7 @@ class Pipeline:
         it has not answered yet — one may fail (a name in use, 42P05; or be skipped
         after another error) and leave what was there; which, only the answers tell.
         Empty: it holds nothing hoopy knows of."""
-        current = self.batches_sent + 1
+        current = self.names.sent + 1  # batches_sent, without its property
         for batch, n, cmds, _ in reversed(self.unconfirmed):
             if n == name and batch == current:
                 return [cmds]
@@ -197,15 +199,9 @@ class Pipeline:
                 found.append(cmds)  # a re-parse of the same text counts once
         return found
 
-    def _parse_complete(self) -> None:
-        for i, (_, name, cmds, protocol) in enumerate(self.unconfirmed):
-            if protocol:
-                del self.unconfirmed[i]
-                if cmds is None:
-                    self.prepared.pop(name, None)
-                else:
-                    self.prepared[name] = cmds
-                return
+    # A ParseComplete: the oldest Parse in flight holds its name now (resultrun.py,
+    # compiled, which calls it inline on its path).
+    _parse_complete = parse_complete
 
     def _forget(self, name: str | None) -> None:
         """`name` (None: every name) no longer holds what hoopy knew, and what it holds
@@ -247,20 +243,36 @@ class Pipeline:
         """Which values a statement runs with: chained now, written before it runs.
         Returns the portal's new entry in `names` (None: a session without masking
         keeps none while no portal changes or depends on names)."""
+        return self._record_bound(
+            bind.portal, bind.statement, bind.param_formats, bind.params, None
+        )
+
+    def _record_bound(
+        self,
+        portal: str,
+        statement: str,
+        formats: tuple[int, ...],
+        params: tuple[bytes | None, ...],
+        found: list[tuple[Command, ...] | None] | None,
+    ) -> Binding | None:
+        """`_record_bind` of a Bind's fields; `found`: `_candidates(statement)` when the
+        caller has it already (the Bind lane: its gate asked)."""
         session = self.session
         assert session is not None
-        session.check_alive("bind", f"Bind of prepared statement {bind.statement!r}")
-        found = self._candidates(bind.statement)  # none: refused, never prepared
+        if session.expired():  # check_alive, its frame only when it refuses
+            session.check_alive("bind", f"Bind of prepared statement {statement!r}")
+        if found is None:
+            found = self._candidates(statement)  # none: refused, never prepared
         cmds = found[0] if len(found) == 1 else None
         if len(found) > 1:  # the server holds one of these: record them all
             cmds = tuple(c for cs in found for c in cs or ())
         # by identity (the entry holds cmds, so its id stays its own): hashing every
         # Command of a statement per Bind would cost more than the rest of this
-        key = (bind.statement, id(cmds))
+        key = (statement, id(cmds))
         known = self._bind_statics.get(key)
         if known is None or known[0] is not cmds:  # worked out once per statement
             text = "; ".join(session.hide(c.text)[0] for c in cmds) if cmds else None
-            fields = bind_statement(bind.statement, text)
+            fields = bind_statement(statement, text)
             if len(self._bind_statics) > 256:
                 self._bind_statics.clear()
             known = self._bind_statics[key] = (
@@ -270,18 +282,24 @@ class Pipeline:
                 changes_of(cmds or ()),
                 executes_in(cmds),
             )
-        _, static, self._portal_copies[bind.portal], changes, execs = known
+        _, static, copies, changes, execs = known
+        # only portals that run COPY FROM STDIN are kept: one entry per portal name an
+        # agent ever bound would grow without end, and be looked through every batch
+        if copies:
+            self._portal_copies[portal] = True
+        elif self._portal_copies:
+            self._portal_copies.pop(portal, None)
         depends: tuple[tuple[str, tuple[Any, ...]], ...] = ()
         if execs:  # what each name may hold now: the Execute must find the same
             depends = tuple((n, tuple(self._candidates(n))) for n in execs)
             fields = dict(static[1])
             fields["executes"] = {n: _texts(found) for n, found in depends}
             static = (encode_members(fields), fields)
-        session.record_later("bind", bind_values(bind, self.result.max_bytes), static)
+        record_bind(session, portal, formats, params, self.result.max_bytes, static)
         self.binds_unwritten = True
         if changes is None and not depends and self.tracker is None and not self.names.special:
             return None  # no Execute needs looking at: nothing to follow (the fast path)
-        return self.names.bind(bind.portal, changes, depends)
+        return self.names.bind(portal, changes, depends)
 
     def _executes(self, portal: str) -> str:
         """An Execute of `portal` about to be forwarded.  EXECUTE in its statement runs

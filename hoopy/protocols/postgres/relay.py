@@ -13,7 +13,8 @@ Agent → backend: every Query and Parse is classified (libpg_query) and checked
 `Session.check`; anything else is forwarded byte-for-byte.  A statement the classifier
 has cached (seen before, with these or other literals) takes a shorter lane to the same
 check (`StatementCheck._seen`, cmdlane.py: compiled when built), a lone Query straight
-from the codec's buffer without an event.  A refused message is
+from the codec's buffer without an event; so does the usual extended-protocol batch
+of one ([Parse] Bind [Describe] Execute Sync: bindlane.py).  A refused message is
 *substituted*, not dropped: hoopy sends the server a statement that is a guaranteed
 syntax error carrying a per-session nonce (the "marker").  The server then answers
 exactly where the refused message stood — ErrorResponse, discard-until-Sync, aborted
@@ -54,7 +55,7 @@ from hoopy.gateway import Gateway
 from hoopy.protocols.postgres import backend as be
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.answers import Answers
-from hoopy.protocols.postgres.bindcheck import BindCheck
+from hoopy.protocols.postgres.bindlane import BindLane
 from hoopy.protocols.postgres.maskwire import track
 from hoopy.protocols.postgres.pipeline import interrupts_copy
 from hoopy.protocols.postgres.pump import Eager, Pipe
@@ -65,7 +66,7 @@ log = logging.getLogger("hoopy.postgres")
 READ_SIZE = 256 * 1024
 
 
-class Relay(BindCheck, Answers):
+class Relay(BindLane, Answers):
     """The relay half of `proxy.AgentConnection` (its base class): what runs once the
     agent is logged in and a backend connection is attached."""
 
@@ -136,9 +137,12 @@ class Relay(BindCheck, Answers):
                     cast(asyncio.Transport, self.writer.transport).pause_reading()  # resumed later
                 return
             if self.planner is None:
-                lone = self.codec.lone_query()
-                if lone is not None:  # one Query, alone: the usual simple-protocol batch
-                    self._lone_query(*lone)
+                lane = self.codec.fast_batch()
+                if lane is not None:
+                    if type(lane) is list:  # [Parse] Bind [Describe] Execute Sync: bindlane.py
+                        self._bind_batch(lane)
+                    else:  # one Query, alone: the usual simple-protocol batch
+                        self._lone_query(*lane)
                     return
             events = self.codec.events()
             if not events:
@@ -222,10 +226,14 @@ class Relay(BindCheck, Answers):
             return
         self._flush(out)
 
-    def _agent_batch_now(self, events: list[pg.FrontendEvent]) -> None:
+    def _agent_batch_now(
+        self, events: list[pg.FrontendEvent], out: list[bytes] | None = None
+    ) -> None:
         """`_agent_batch` without a coroutine, for sessions without masking, until a
-        statement needs an approval: from there on the messages wait in a task."""
-        out: list[bytes] = []
+        statement needs an approval: from there on the messages wait in a task.
+        `out`: what the batch forwards before `events` (the Bind lane's fallback)."""
+        if out is None:
+            out = []
         for i, ev in enumerate(events):
             t = type(ev)
             if t is pg.Query or t is pg.Parse:

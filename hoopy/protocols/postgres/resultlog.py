@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from hoopy.protocols.postgres import cmdlane
 from hoopy.protocols.postgres import codec as pg
 from hoopy.protocols.postgres.resultrun import add_rows
 
@@ -80,42 +79,10 @@ def bind_statement(name: str, text: str | None) -> dict[str, Any]:
 def bind_values(bind: pg.Bind, max_bytes: int) -> dict[str, Any]:
     """What one execution binds: the portal and the values (text-format values as text,
     binary ones and invalid UTF-8 as base64), at most `max_bytes` of them (then
-    `"truncated": true`)."""
-    formats, values = bind.param_formats, bind.params
-    shown: list[Any] = []
-    size = 0
-    truncated = False
-    for i, v in enumerate(values):
-        if v is not None:
-            if size + len(v) > max_bytes:
-                v = v[: max(max_bytes - size, 0)]
-                truncated = True
-            size += len(v)
-        fmt = formats[0] if len(formats) == 1 else formats[i] if i < len(formats) else 0
-        shown.append({"b64": base64.b64encode(v).decode()} if fmt and v is not None else _show(v))
-        if truncated:
-            break
-    out: dict[str, Any] = {"portal": bind.portal, "params": shown}
-    if truncated:
-        out["truncated"] = True
-        out["param_count"] = len(values)
-    return out
+    `"truncated": true`): cmdlane.bind_values, compiled when built."""
+    return cmdlane.bind_values(bind.portal, bind.param_formats, bind.params, max_bytes)
 
 
-# Control characters no text value of the usual types holds, and binary-format values
-# (an int4 1 is 00 00 00 01) do: such values are recorded as base64, not as text that
-# would look like something else.
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-
-
-def _show(v: bytes | None) -> Any:
-    """A value as the recording keeps it: text when it is plain UTF-8 text, else its
-    exact bytes as {"b64": …}."""
-    if v is None:
-        return None
-    if _CONTROL.search(v) is None:
-        try:
-            return v.decode()
-        except UnicodeDecodeError:
-            pass
-    return {"b64": base64.b64encode(v).decode()}
+# A value as the recording keeps it: text when it is plain UTF-8 text, else its exact
+# bytes as {"b64": …} (cmdlane.shown, which Bind values go through too).
+_show = cmdlane.shown

@@ -179,12 +179,32 @@ def _on_relayed(self: Any, raw: bytes, marks: list[tuple[int, int, int]]) -> Any
                 False,
             )  # describe_columns(columns)
         elif t == 0x31:  # ParseComplete
-            self._parse_complete()
+            _parse_complete(self)
         elif t == 0x73:  # PortalSuspended: rows up to an Execute's limit
             self._record_result("", suspended=True)
         else:  # EmptyQueryResponse
             result.reset()
     return silent
+
+
+@cython.cfunc
+@cython.locals(i=cython.Py_ssize_t)
+def _parse_complete(self: Any) -> None:
+    """A ParseComplete: the oldest Parse in flight holds its name now."""
+    for i, entry in enumerate(self.unconfirmed):
+        if entry[3]:  # protocol-level: a Parse (not an SQL PREPARE)
+            del self.unconfirmed[i]
+            name, cmds = entry[1], entry[2]
+            if cmds is None:
+                self.prepared.pop(name, None)
+            else:
+                self.prepared[name] = cmds
+            return
+
+
+def parse_complete(self: Any) -> None:
+    """Pipeline._parse_complete (see `_parse_complete`)."""
+    _parse_complete(self)
 
 
 def _cut(raw: bytes, spans: list[tuple[int, int]]) -> bytes:
@@ -205,7 +225,10 @@ def _ready(self: Any, status: str) -> cython.bint:
     names.done += 1
     if status == "I" and names.portals:
         names.idle()  # the transaction is over: so are its portals
-    self._batch_answered()
+    # Pipeline._batch_answered has nothing to do unless one of these holds (the usual
+    # answer to a statement: none does)
+    if self.batch_failed or self.unconfirmed or self.copy_in_flight or self._settled is not None:
+        self._batch_answered()
     done = names.done
     refusals = self.refusals
     while refusals and refusals[0][0] <= done:

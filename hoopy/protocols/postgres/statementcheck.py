@@ -297,7 +297,11 @@ class StatementCheck(Pipeline):
         else:
             if text != cmd.text:  # the statement the name holds, with its own text
                 cmds = (cmd.with_text(text),)
-            out.append(self._parse_allowed(name, raw, cmds))
+            # _parse_allowed of a plain statement (no session state) without a tracker
+            names = self.names
+            self.unconfirmed.append((names.sent + 1, name, cmds, True))
+            names.statement_epoch += 1
+            out.append(raw)
         return True
 
     def _refused(self, ev: pg.Query | pg.Parse, e: HoopyError) -> bytes:
@@ -340,8 +344,9 @@ class StatementCheck(Pipeline):
             if not c.kinds.isdisjoint(SESSION_STATE_KINDS):
                 self._track_sql_prepared(cmds, protocol=True)
                 break
-        self.unconfirmed.append((self.batches_sent + 1, name, cmds, True))
-        self.names.statement_epoch += 1
+        names = self.names
+        self.unconfirmed.append((names.sent + 1, name, cmds, True))  # sent: batches_sent
+        names.statement_epoch += 1
         tracker = self.tracker
         if tracker is not None:
             mask = self._masks[0] if len(self._masks) == 1 else None

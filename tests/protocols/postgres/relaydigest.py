@@ -221,6 +221,19 @@ def exchanges() -> Iterator[tuple[str, bytes, bytes]]:
             + pg.command_complete("SELECT 1")
             + ready,
         )
+    # the Bind lane (bindlane.py) with several Binds, every awkward value, text and
+    # binary formats, more bytes than a recording keeps
+    one = pg.bind_complete() + pg.data_row([b"1"]) + pg.command_complete("SELECT 1")
+    yield (
+        "binds",
+        pg.bind("", "P_0", [VALUES[8]], [0], [0])
+        + pg.execute("", 0)
+        + pg.bind("p", "P_0", VALUES, [0, 1, 0, 1, 0, 1, 0, 0, 1], [1])
+        + pg.describe("P", "p")
+        + pg.execute("p", 0)
+        + pg.sync(),
+        one + one + ready,
+    )
 
 
 def pieces(data: bytes, size: int | None) -> Iterator[bytes]:

@@ -243,8 +243,22 @@ def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, seen: list[str]) 
     raise AssertionError(f"ssh ended before {needle!r}: {''.join(seen)[-2000:]}")
 
 
+def _connect(port: int) -> socket.socket:
+    """ssh's local listener, retried for a few seconds if it refuses: under load a
+    connection to it was refused once right after ssh said it listened (ssh's side,
+    before hoopy is involved at all; the test is about what happens after)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=30)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _roundtrip(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with _connect(port) as s:
         got = b""
         while len(got) < len(GREETING) and (chunk := s.recv(65536)):
             got += chunk

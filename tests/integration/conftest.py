@@ -162,11 +162,13 @@ def write_config(
     issuer_port: int,
     extra_yaml: str = "",
     policies: dict[str, str] | None = None,
+    via_port: int | None = None,
     **pg: object,
 ) -> Path:
+    """`via_port`: the connectors reach the server through this port (a test's relay)."""
     (folder / "connectors").mkdir(parents=True)
     (folder / "policies").mkdir()
-    port = backend.cluster.port
+    port = via_port or backend.cluster.port
     (folder / "connectors" / "app-db.yaml").write_text(
         f"type: postgres\naddress: 127.0.0.1:{port}\ndatabase: app\nuser: app_rw\n"
         "password: env:TEST_APP_DB_PASSWORD\nsslmode: disable\n"
@@ -195,10 +197,11 @@ def start_hoopy(
     extra_yaml: str = "",
     env: dict[str, str] | None = None,
     policies: dict[str, str] | None = None,
+    via_port: int | None = None,
     **pg: object,
 ) -> Hoopy:
     issuer_port = pgcluster.free_port()
-    cfg = write_config(folder, backend, issuer_port, extra_yaml, policies, **pg)
+    cfg = write_config(folder, backend, issuer_port, extra_yaml, policies, via_port, **pg)
     env = {
         **os.environ,
         "TEST_APP_DB_PASSWORD": backend.app_password,

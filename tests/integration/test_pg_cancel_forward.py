@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import struct
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
-from hoopy import pgcluster
-from hoopy.devissuer import DevIssuer
-from tests import serveproc
-from tests.integration.conftest import Backend, Hoopy, write_config
+from tests.integration.conftest import Backend, Hoopy, start_hoopy, stop_hoopy
 from tests.integration.test_pg_approvals import admin, wait_pending
 from tests.integration.test_pg_drivers import agent
 
@@ -89,26 +84,11 @@ def relayed(
     backend: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Hoopy, CountingRelay]]:
     relay = CountingRelay(backend.cluster.port)
-    folder: Path = tmp_path_factory.mktemp("hoopy-cancel")
-    issuer_port = pgcluster.free_port()
-    cfg = write_config(folder, backend, issuer_port)
-    connector = folder / "connectors" / "app-db.yaml"
-    connector.write_text(
-        connector.read_text().replace(f":{backend.cluster.port}\n", f":{relay.port}\n")
-    )
-    env = {
-        **os.environ,
-        "TEST_APP_DB_PASSWORD": backend.app_password,
-        "TEST_ADMIN_TOKEN": "admin-secret-token",
-        "PYTHONUNBUFFERED": "1",
-    }
-    proc, addresses, stderr_lines = serveproc.launch(cfg, env)
-    issuer = DevIssuer(folder / "state", addresses["dev_issuer"])
-    h = Hoopy(folder, cfg, proc, addresses, issuer, stderr_lines)
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-cancel"), backend, via_port=relay.port)
     try:
         yield h, relay
     finally:
-        serveproc.stop(proc)
+        stop_hoopy(h)
         relay.close()
 
 

@@ -49,9 +49,17 @@ from hoopy.masking import ValueMasker
 from hoopy.policy import Identity
 from hoopy.protocols.kube import h1server
 from hoopy.protocols.kube.bodies import BodyError, body_names
-from hoopy.protocols.kube.commands import Visibility, cached_command, filters, generated, parsed
+from hoopy.protocols.kube.commands import (
+    Visibility,
+    cached_command,
+    filters,
+    generated,
+    judge_write,
+    parsed,
+)
 from hoopy.protocols.kube.exchange import MAX_BODY, SYSTEM, _AnyAnswer, _AnyRequest, _TooLarge
 from hoopy.protocols.kube.forward import PARENT_ANSWERS, Forwarding
+from hoopy.protocols.kube.podcmds import write_sites
 from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upgrades import Upgrades
@@ -281,16 +289,18 @@ class _Request(Forwarding, Upgrades):
                 f"hoopy does not relay the API server's proxy ({info.full_resource or 'proxy'})",
             )
         name = generate = ""
-        if info.verb == "create" and not info.name and not info.connect:
-            # the name of what is created is in the body: name rules judge that one
+        ctype = self.request.headers.get("Content-Type", "")
+        if self.request.method in ("POST", "PUT", "PATCH") and not info.connect:
+            # the name of what is created, and the commands any write would have the
+            # cluster run (podcmds.py), are in the body: the policy judges them
             try:
                 self.early, self.read_early = await self._body(info), True
             except _TooLarge:
                 self.status, self.decision = 413, "refused"
                 self._record(info)
                 return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
+        if info.verb == "create" and not info.name and not info.connect:
             try:
-                ctype = self.request.headers.get("Content-Type", "")
                 name, generate = body_names(ctype, self.early or b"")
             except BodyError as e:
                 raise self._bad_body(info, e) from None
@@ -299,8 +309,18 @@ class _Request(Forwarding, Upgrades):
         command = cached_command(self.connector.name, info, q, self.request.method, self.query)
         if info.verb == "create" and not name and generate:
             command = generated(command)
+        judged = None
+        if self.early:
+            try:
+                sites = write_sites(
+                    ctype, self.early, self.request.method, info.resource, info.subresource
+                )
+            except BodyError as e:
+                raise self._bad_body(info, e) from None
+            if sites:
+                command, judged = judge_write(self.session, command, sites)
         try:
-            decision = await self.session.check(command)
+            decision = await self.session.check(command, decision=judged)
         except CommandDenied as e:
             self.status, self.decision = 403, "deny"
             self._record(info)

@@ -1,0 +1,311 @@
+"""The commands a Kubernetes write would have the cluster run (sans-I/O: a body in,
+shell readings out).
+
+Why: `kubectl exec -- rm …` is judged by the shell classifier, and the same program
+can run without exec: a Pod, an ephemeral container (`kubectl debug`), or any pod
+template (Deployment, Job, CronJob …) whose containers carry `command`/`args`,
+lifecycle hooks or exec probes.  Each such place is a `Site` here; commands.py's
+`judge_write` decides the write on them as exec commands are decided.
+
+Containers are found wherever a `containers`, `initContainers` or
+`ephemeralContainers` list is, whatever the kind (custom resources carry pod specs
+too).  `command` + `args` are an argv run without a shell (a shell only when the argv
+is one: `sh -c '…'`).  No command and no args: the image's own entrypoint runs, which
+is nothing hoopy can judge.  A create or update (PUT) holds whole containers; a patch
+or a server-side apply may hold parts of one, merged with what the object already
+has: what cannot be resolved from the body alone is opaque (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hoopy.protocols.kube.bodies import PROTOBUF_MAGIC, BodyError, _decode
+from hoopy.shell import ShellReading, read_argv
+from hoopy.shellwords import plain
+
+CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+# Resources whose objects hold pod specs (a protobuf body of these cannot be read here)
+POD_RESOURCES = frozenset(
+    {
+        "pods",
+        "deployments",
+        "statefulsets",
+        "daemonsets",
+        "replicasets",
+        "replicationcontrollers",
+        "jobs",
+        "cronjobs",
+        "podtemplates",
+    }
+)
+# JSON patch paths through these segments can reach a container's command.
+_POD_SEGMENTS = frozenset(
+    {
+        "",
+        "spec",
+        "template",
+        "jobTemplate",
+        *CONTAINER_LISTS,
+        "command",
+        "args",
+        "exec",
+        "lifecycle",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "postStart",
+        "preStop",
+    }
+)
+_ARGV_KEYS = ("command", "args")
+_REF = re.compile(r"\$(\$|\(([^)]*)\)|\(|.?)", re.DOTALL)
+_SERVICE_LIKE = re.compile(r"[A-Z_][A-Z0-9_]*\Z")  # service link variables are so named
+
+
+@dataclass(frozen=True)
+class Site:
+    """One command a write carries: where (a path in the body, the container's name)
+    and its reading."""
+
+    where: str
+    reading: ShellReading
+
+
+def write_sites(
+    content_type: str, body: bytes, method: str, resource: str, subresource: str = ""
+) -> list[Site]:
+    """Every command the body would have the cluster run.  BodyError if unreadable."""
+    if not body:
+        return []
+    if "protobuf" in content_type or body.startswith(PROTOBUF_MAGIC):
+        if resource in POD_RESOURCES and subresource in ("", "ephemeralcontainers"):
+            raise BodyError(
+                f"hoopy reads {resource} in JSON or YAML bodies, not protobuf "
+                "(their containers' commands are judged)"
+            )
+        return []
+    value = _decode(content_type, body)
+    partial = method == "PATCH"  # (merge, strategic, JSON patch and server-side apply)
+    finder = _Finder(partial)
+    try:
+        if isinstance(value, list) and partial:
+            finder.json_patch(value)
+        else:
+            finder.walk(value, "")
+    except RecursionError:
+        raise BodyError("the request body is nested too deeply") from None
+    return finder.sites
+
+
+def _unescape(segment: str) -> str:
+    return segment.replace("~1", "/").replace("~0", "~")
+
+
+class _Finder:
+    def __init__(self, partial: bool) -> None:
+        self.partial = partial
+        self.sites: list[Site] = []
+
+    def opaque(self, where: str, text: str, why: str) -> None:
+        self.sites.append(Site(where, ShellReading(text, (), (why,))))
+
+    # ---- JSON patch: each op's value, put back where its path says --------------
+    def json_patch(self, ops: list[Any]) -> None:
+        for i, op in enumerate(ops):
+            if not isinstance(op, dict):
+                continue
+            kind, path = op.get("op"), op.get("path")
+            if not isinstance(path, str) or not isinstance(kind, str):
+                continue
+            segs = [_unescape(s) for s in path.split("/")[1:]] if path else []
+            where = f"JSON patch op {i} ({kind} {path[:200]})"
+            kind = kind.lower()
+            if kind == "test":
+                continue
+            touches = any(s in _POD_SEGMENTS for s in segs) or not segs
+            if kind in ("copy", "move"):
+                if touches:  # the value comes from the object: nothing to read here
+                    self.opaque(where, where, f"unparseable: a JSON patch {kind} into {path!r}")
+                continue
+            if kind == "remove":
+                # removing a command makes the args the argv; removing a word shifts it
+                if any(s in _ARGV_KEYS for s in segs):
+                    self.opaque(where, where, f"unparseable: a JSON patch removes {path!r}")
+                continue
+            if "value" not in op:
+                continue
+            # a word of a command or args set alone: the rest is the object's
+            for j, s in enumerate(segs[:-1]):
+                if s in _ARGV_KEYS and j + 1 < len(segs):
+                    words = [op["value"]] if isinstance(op["value"], str) else []
+                    self.sites.append(
+                        Site(
+                            where,
+                            _with(
+                                read_argv(words) if words else None,
+                                (f"unparseable: a JSON patch sets part of {s} ({path!r})"),
+                            ),
+                        )
+                    )
+                    break
+            else:
+                self.walk(_skeleton(segs, op["value"]), "")
+
+    # ---- objects and patches ---------------------------------------------------
+    def walk(self, v: Any, path: str) -> None:
+        if isinstance(v, dict):
+            for k, child in v.items():
+                at = f"{path}.{k}" if path else str(k)
+                if k in CONTAINER_LISTS and isinstance(child, list):
+                    for i, c in enumerate(child):
+                        if isinstance(c, dict):
+                            self.container(c, f"{at}[{i}]")
+                elif isinstance(child, (dict, list)):
+                    self.walk(child, at)
+        elif isinstance(v, list):
+            for i, child in enumerate(v):
+                self.walk(child, f"{path}[{i}]")
+
+    def container(self, c: dict[str, Any], at: str) -> None:
+        name = c.get("name")
+        label = f"{at} ({name})" if isinstance(name, str) and name else at
+        env = _Env(c, self.partial)
+        for k in c:
+            if isinstance(k, str) and k.startswith("$") and ("command" in k or "args" in k):
+                self.opaque(label, label, f"unparseable: patch directive {k[:60]!r}")
+        self.argv(c, label, env)
+        self.hooks(c, label, env, depth=0)
+
+    def argv(self, c: dict[str, Any], label: str, env: _Env) -> None:
+        has_cmd, has_args = "command" in c, "args" in c
+        cmd, args = c.get("command"), c.get("args")
+        if cmd is None and args is None:
+            if self.partial and has_cmd and not has_args:
+                # the command is removed: the args already there become the argv
+                self.opaque(label, label, "unparseable: a patch removes a container's command")
+            return
+        words = _words(cmd), _words(args)
+        if words[0] is False or words[1] is False:
+            self.opaque(label, label, "unparseable: command or args is not a list of strings")
+            return
+        command = words[0] if isinstance(words[0], list) else []
+        arguments = words[1] if isinstance(words[1], list) else []
+        argv, why = env.expand([*command, *arguments])
+        if command:
+            reading = read_argv(argv)
+            if self.partial and not has_args:  # the object's own args follow it
+                why = why or "unparseable: a patch sets a container's command, not its args"
+        else:
+            reading = _args_only(argv)
+        self.sites.append(Site(f"{label} command", _with(reading, why)))
+
+    def hooks(self, v: Any, label: str, env: _Env, depth: int, path: str = "") -> None:
+        """Lifecycle hooks' and exec probes' `exec.command` (argv, no shell)."""
+        if depth > 8 or not isinstance(v, dict):
+            return
+        for k, child in v.items():
+            if k in ("command", "args", "env", "envFrom") and depth == 0:
+                continue
+            at = f"{path}.{k}" if path else str(k)
+            if k == "exec" and isinstance(child, dict) and "command" in child:
+                words = _words(child.get("command"))
+                where = f"{label} {at}.command"
+                if words is False:
+                    self.opaque(where, where, "unparseable: exec.command is not a list of strings")
+                elif isinstance(words, list) and words:  # (none, or removed: nothing runs)
+                    argv, why = env.expand(words)
+                    self.sites.append(Site(where, _with(read_argv(argv), why)))
+            elif isinstance(child, dict):
+                self.hooks(child, label, env, depth + 1, at)
+
+
+def _skeleton(segs: list[str], value: Any) -> Any:
+    """The object a JSON patch op's value would be part of: `/spec/containers/0` and a
+    container give {"spec": {"containers": [container]}}."""
+    for s in reversed(segs):
+        value = [value] if s == "-" or s.isdigit() else {s: value}
+    return value
+
+
+def _words(v: Any) -> list[str] | bool | None:
+    """A command/args value: its words, None when absent, False when not strings."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(w, str) for w in v):
+        return False
+    return list(v)
+
+
+def _with(reading: ShellReading | None, why: str) -> ShellReading:
+    if reading is None:
+        return ShellReading("", (), (why,))
+    return ShellReading(
+        reading.text, reading.commands, (*reading.opaque, why) if why else reading.opaque
+    )
+
+
+def _args_only(argv: list[str]) -> ShellReading:
+    """`args` without `command`: the image's entrypoint runs with them, or, in an image
+    without one (busybox), they are the argv.  Read as the argv (args[0] by a path is
+    then not opaque: it may well be the entrypoint's argument), plus, as an image whose
+    entrypoint is a shell would run it, args[0] as shell code (its commands only: an
+    argument is rarely valid code, and restrictive rules should still see `rm` in it)."""
+    reading = read_argv(argv)
+    why = _path_reason(argv[0]) if argv else ""
+    opaque = list(reading.opaque)
+    if why in opaque:
+        opaque.remove(why)
+    commands = reading.commands
+    if argv:
+        code = read_argv(["sh", "-c", *argv])
+        commands = (*commands, *code.commands[1:])
+    return ShellReading(reading.text, commands, tuple(opaque))
+
+
+def _path_reason(word: str) -> str:
+    from hoopy.shell import program_name
+
+    return program_name(plain(word))[1]
+
+
+class _Env:
+    """Kubernetes' `$(VAR)` expansion of command and args (`$$` is a `$`): a variable
+    the container's own literal `env` defines is its value; one that may be defined
+    where hoopy cannot see (envFrom, service link variables, the object's own env in
+    a patch) makes the argv opaque; any other reference stays as written."""
+
+    def __init__(self, c: dict[str, Any], partial: bool) -> None:
+        self.partial = partial
+        self.from_elsewhere = bool(c.get("envFrom"))
+        self.values: dict[str, str | None] = {}
+        env = c.get("env")
+        for e in env if isinstance(env, list) else []:
+            if isinstance(e, dict) and isinstance(e.get("name"), str):
+                v = e.get("value")
+                ok = isinstance(v, str) and "$" not in v and "valueFrom" not in e
+                self.values[e["name"]] = v if ok and isinstance(v, str) else None
+
+    def expand(self, words: list[str]) -> tuple[list[str], str]:
+        why: list[str] = []
+
+        def one(m: re.Match[str]) -> str:
+            what = m.group(1)
+            if what == "$":
+                return "$"
+            if m.group(2) is None:
+                return m.group(0)  # `$x`, `$(` unclosed: as written
+            name = m.group(2)
+            if name in self.values:
+                value = self.values[name]
+                if value is not None:
+                    return value
+                why.append(f"$({name}) is set at run time")
+            elif self.partial or self.from_elsewhere or _SERVICE_LIKE.match(name):
+                why.append(f"$({name}) may be an environment variable")
+            return m.group(0)
+
+        out = [_REF.sub(one, w) if "$" in w else w for w in words]
+        return out, f"program is not literal: {why[0]}" if why else ""

@@ -229,7 +229,7 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
             if d.outcome == "require_approval" or (d.outcome == "deny" and d.rule):
                 found.append(d)
         for d in found:
-            if _RANK[d.outcome] > _RANK[worst.outcome]:
+            if _rank(d) > _rank(worst):
                 worst, where = d, site.where
     shadow = tuple(dict.fromkeys(worst.shadow))
     if where:
@@ -250,6 +250,11 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
         fingerprint="\0".join((base.fingerprint, *(f"{s.where}\0{s.reading.text}" for s in sites))),
     )
     return record, worst
+
+
+def _rank(d: Decision) -> tuple[int, bool]:
+    """Stricter first; of two denials, the one a rule made (it names what to fix)."""
+    return _RANK[d.outcome], bool(d.rule)
 
 
 def _cut(text: str) -> str:

@@ -22,12 +22,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from hoopy.protocols.kube import podproto
 from hoopy.protocols.kube.bodies import PROTOBUF_MAGIC, BodyError, _decode
 from hoopy.shell import ShellReading, read_argv
 from hoopy.shellwords import plain
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
-# Resources whose objects hold pod specs (a protobuf body of these cannot be read here)
+# Resources whose objects hold pod specs (podproto.py reads their protobuf bodies)
 POD_RESOURCES = frozenset(
     {
         "pods",
@@ -81,13 +82,11 @@ def write_sites(
     if not body:
         return []
     if "protobuf" in content_type or body.startswith(PROTOBUF_MAGIC):
-        if resource in POD_RESOURCES and subresource in ("", "ephemeralcontainers"):
-            raise BodyError(
-                f"hoopy reads {resource} in JSON or YAML bodies, not protobuf "
-                "(their containers' commands are judged)"
-            )
-        return []
-    value = _decode(content_type, body)
+        if resource not in POD_RESOURCES or subresource not in ("", "ephemeralcontainers"):
+            return []
+        value: Any = podproto.decode(resource, body)
+    else:
+        value = _decode(content_type, body)
     partial = method == "PATCH"  # (merge, strategic, JSON patch and server-side apply)
     finder = _Finder(partial)
     try:
@@ -162,28 +161,31 @@ class _Finder:
                 if k in CONTAINER_LISTS and isinstance(child, list):
                     for i, c in enumerate(child):
                         if isinstance(c, dict):
-                            self.container(c, f"{at}[{i}]")
+                            self.container(c, f"{at}[{i}]", k == "ephemeralContainers")
                 elif isinstance(child, (dict, list)):
                     self.walk(child, at)
         elif isinstance(v, list):
             for i, child in enumerate(v):
                 self.walk(child, f"{path}[{i}]")
 
-    def container(self, c: dict[str, Any], at: str) -> None:
+    def container(self, c: dict[str, Any], at: str, ephemeral: bool = False) -> None:
         name = c.get("name")
         label = f"{at} ({name})" if isinstance(name, str) and name else at
-        env = _Env(c, self.partial)
+        # an ephemeral container is never changed once added (`kubectl debug` adds a
+        # new one): what a patch gives of it is the whole of it
+        partial = self.partial and not ephemeral
+        env = _Env(c, partial)
         for k in c:
             if isinstance(k, str) and k.startswith("$") and ("command" in k or "args" in k):
                 self.opaque(label, label, f"unparseable: patch directive {k[:60]!r}")
-        self.argv(c, label, env)
+        self.argv(c, label, env, partial)
         self.hooks(c, label, env, depth=0)
 
-    def argv(self, c: dict[str, Any], label: str, env: _Env) -> None:
+    def argv(self, c: dict[str, Any], label: str, env: _Env, partial: bool) -> None:
         has_cmd, has_args = "command" in c, "args" in c
         cmd, args = c.get("command"), c.get("args")
         if cmd is None and args is None:
-            if self.partial and has_cmd and not has_args:
+            if partial and has_cmd and not has_args:
                 # the command is removed: the args already there become the argv
                 self.opaque(label, label, "unparseable: a patch removes a container's command")
             return
@@ -196,8 +198,10 @@ class _Finder:
         argv, why = env.expand([*command, *arguments])
         if command:
             reading = read_argv(argv)
-            if self.partial and not has_args:  # the object's own args follow it
-                why = why or "unparseable: a patch sets a container's command, not its args"
+            if partial and not has_args and command[-1].startswith("-"):
+                # the object's own args follow it, as the operand of that option (its
+                # code, for `sh -c`): judged on the patch's words, that is unknown
+                why = why or "unparseable: a patch sets a command ending in an option, not its args"
         else:
             reading = _args_only(argv)
         self.sites.append(Site(f"{label} command", _with(reading, why)))

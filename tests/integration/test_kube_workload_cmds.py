@@ -346,3 +346,35 @@ def test_raw_bodies_hoopy_cannot_read_are_refused(hk: KubeHoopy, emu: Emu) -> No
         headers={"Content-Type": "application/json-patch+json"},
     )
     assert code == 403 and "shell_unparseable" in json.dumps(body), body
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("create", "deployment", "wipe", "--image=busybox", "--", "rm", "-rf", "/data"),
+        ("create", "cronjob", "wipe", "--image=busybox", "--schedule=* * * * *", "--", "rm", "/d"),
+    ],
+)
+def test_kubectl_create_typed_protobuf(hk: KubeHoopy, emu: Emu, args: tuple[str, ...]) -> None:
+    """kubectl's typed clients send these as protobuf."""
+    ns = f"w-typed-{args[1][:4]}"
+    _ns(emu, ns)
+    _denied(hk.kubectl("-n", ns, *args), "no-rm-in-pods", "containers[0] (")
+    group = "apps" if args[1] == "deployment" else "batch"
+    assert not _exists(emu, f"/apis/{group}/v1/namespaces/{ns}/{args[1]}s/wipe")
+    ok = tuple("date" if a == "rm" else a for a in args if a not in ("-rf", "/data", "/d"))
+    r = hk.kubectl("-n", ns, *ok)
+    assert r.returncode == 0, r.stderr
+
+
+def test_kubectl_replace_is_judged(hk: KubeHoopy, emu: Emu) -> None:
+    """PUT: the whole object, as a create."""
+    _ns(emu, "w-put")
+    doc = _deployment("web", {"name": "side", "command": ["sleep", "1"]})
+    r = _apply(hk, "w-put", doc)
+    assert getattr(r, "returncode", 1) == 0, getattr(r, "stderr", "")
+    bad = doc.replace('"sleep", "1"', '"rm", "-rf", "/data"')
+    r = hk.kubectl("-n", "w-put", "replace", "--validate=false", "-f", "-", input=bad)
+    _denied(r, "no-rm-in-pods", "spec.template.spec.containers[0] (side)")
+    dep = emu.call("GET", "/apis/apps/v1/namespaces/w-put/deployments/web")
+    assert "rm" not in json.dumps(dep["spec"]), dep

@@ -245,3 +245,9 @@ def test_a_rule_about_exec_alone_leaves_writes_alone() -> None:
     no_exec = Rule("no-exec", "deny", Match(kubernetes=KubeMatch(resources=("pods/exec",))))
     _, d = _judge([ALLOW_WRITES, no_exec], {"command": ["sleep", "1"]}, DEPLOYS)
     assert d.outcome == "allow"
+
+
+def test_too_many_commands_are_refused() -> None:
+    many = {"spec": {"containers": [{"name": f"c{i}", "command": ["true"]} for i in range(1001)]}}
+    with pytest.raises(BodyError, match="over 1000"):
+        sites(many)

@@ -28,6 +28,7 @@ from hoopy.shell import ShellReading, read_argv
 from hoopy.shellwords import plain
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+MAX_SITES = 1000
 # Resources whose objects hold pod specs (podproto.py reads their protobuf bodies)
 POD_RESOURCES = frozenset(
     {
@@ -96,6 +97,8 @@ def write_sites(
             finder.walk(value, "")
     except RecursionError:
         raise BodyError("the request body is nested too deeply") from None
+    if len(finder.sites) > MAX_SITES:  # (each is read and decided: a bound on the work)
+        raise BodyError(f"the request body carries over {MAX_SITES} container commands")
     return finder.sites
 
 

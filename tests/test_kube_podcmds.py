@@ -251,3 +251,13 @@ def test_too_many_commands_are_refused() -> None:
     many = {"spec": {"containers": [{"name": f"c{i}", "command": ["true"]} for i in range(1001)]}}
     with pytest.raises(BodyError, match="over 1000"):
         sites(many)
+
+
+def test_env_values_put_into_a_command_are_not_recorded() -> None:
+    """The decision is on the expanded words; the recording shows them as written."""
+    env = [{"name": "TOKEN", "value": "Zq-secret-771"}, {"name": "P", "value": "rm"}]
+    container = {"command": ["$(P)", "$(TOKEN)"], "env": env}
+    cmd, d = _judge([ALLOW_WRITES, DENY_EXEC_RM], container, DEPLOYS)
+    assert d.outcome == "deny" and d.rule == "no-rm"
+    everything = json.dumps([cmd.text, cmd.commands, cmd.fingerprint, d.reason])
+    assert "Zq-secret-771" not in everything and "$(TOKEN)" in cmd.text, everything

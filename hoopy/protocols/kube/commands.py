@@ -6,6 +6,8 @@ policy, for visibility), kept apart from the proxy's I/O."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Iterable
 
 from hoopy.policy import Command, Decision, PolicySet, decide
 from hoopy.protocols.kube.podcmds import Site
@@ -202,7 +204,7 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
     pod = base.name if base.resource.split("/")[0] == "pods" else base.name + "-"
     for site in sites:
         r = site.reading
-        key = "\0".join((base.fingerprint, "cmd", r.text, *r.opaque))
+        key = base.fingerprint + "\0cmd\0" + _digest((r.text, *r.opaque))
         fields = dict(verb=base.verb, namespace=base.namespace, fingerprint=key)
         write = shell_command(
             "kubernetes",
@@ -238,16 +240,20 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
             worst, reason=f"{reason} (in {where[:300]})", masks=session.decide(base).masks
         )
     worst = dataclasses.replace(worst, shadow=shadow)
-    shown = "; ".join(f"{s.where}: {_cut(s.reading.text)}" for s in sites[:50])
+    shown = "; ".join(f"{s.where}: {_cut((s.shown or s.reading).text)}" for s in sites[:50])
     if len(sites) > 50:
         shown += f"; … {len(sites) - 50} more"
     opaque = frozenset(opaque_kind(w) for s in sites for w in s.reading.opaque)
     record = dataclasses.replace(
         base,
         text=f"{base.text} -- {shown}",
-        commands=tuple(dict.fromkeys(c.line for s in sites for c in s.reading.commands)),
+        commands=tuple(
+            dict.fromkeys(c.line for s in sites for c in (s.shown or s.reading).commands)
+        ),
         opaque=base.opaque | opaque,
-        fingerprint="\0".join((base.fingerprint, *(f"{s.where}\0{s.reading.text}" for s in sites))),
+        fingerprint=base.fingerprint
+        + "\0cmds\0"
+        + _digest(f"{s.where}\0{s.reading.text}" for s in sites),
     )
     return record, worst
 
@@ -255,6 +261,15 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
 def _rank(d: Decision) -> tuple[int, bool]:
     """Stricter first; of two denials, the one a rule made (it names what to fix)."""
     return _RANK[d.outcome], bool(d.rule)
+
+
+def _digest(parts: Iterable[str]) -> str:
+    """A fingerprint's part for commands (kept in the approvals store: an env value
+    `$(VAR)` put into a command is not to be kept there)."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
 
 
 def _cut(text: str) -> str:

@@ -74,6 +74,9 @@ class Site:
 
     where: str
     reading: ShellReading
+    # What the recording shows: the words as written when `$(VAR)` put an env value
+    # into them (env values are not recorded; the decision is on the expanded words)
+    shown: ShellReading | None = None
 
 
 def write_sites(
@@ -198,7 +201,10 @@ class _Finder:
             return
         command = words[0] if isinstance(words[0], list) else []
         arguments = words[1] if isinstance(words[1], list) else []
-        argv, why = env.expand([*command, *arguments])
+        written = [*command, *arguments]
+        argv, why = env.expand(written)
+        read = read_argv if command else _args_only
+        shown = read(written) if argv != written else None
         if command:
             reading = read_argv(argv)
             if partial and not has_args and command[-1].startswith("-"):
@@ -207,7 +213,7 @@ class _Finder:
                 why = why or "unparseable: a patch sets a command ending in an option, not its args"
         else:
             reading = _args_only(argv)
-        self.sites.append(Site(f"{label} command", _with(reading, why)))
+        self.sites.append(Site(f"{label} command", _with(reading, why), shown))
 
     def hooks(self, v: Any, label: str, env: _Env, depth: int, path: str = "") -> None:
         """Lifecycle hooks' and exec probes' `exec.command` (argv, no shell)."""
@@ -224,7 +230,8 @@ class _Finder:
                     self.opaque(where, where, "unparseable: exec.command is not a list of strings")
                 elif isinstance(words, list) and words:  # (none, or removed: nothing runs)
                     argv, why = env.expand(words)
-                    self.sites.append(Site(where, _with(read_argv(argv), why)))
+                    shown = read_argv(words) if argv != words else None
+                    self.sites.append(Site(where, _with(read_argv(argv), why), shown))
             elif isinstance(child, dict):
                 self.hooks(child, label, env, depth + 1, at)
 

@@ -42,8 +42,6 @@ def pod(**container: Any) -> dict[str, Any]:
         ({"args": ["rm", "-rf", "/d"]}, "rm -rf /d"),  # an image without an entrypoint
         ({"args": ["rm -rf /d"]}, "rm -rf /d"),  # an entrypoint that is `sh -c`
         ({"command": ["sh", "-c", "cd /; r''m -rf d"]}, "rm -rf d"),
-        ({"command": ["$(P)", "x"], "env": [{"name": "P", "value": "rm"}]}, "rm x"),
-        ({"command": ["sh", "-c", "r$(E)m x"], "env": [{"name": "E", "value": ""}]}, "rm x"),
         ({"command": ["sh", "-c", "echo $$(rm x)"]}, "rm x"),  # `$$` is a `$`
         ({"livenessProbe": {"exec": {"command": ["rm", "x"]}}}, "rm x"),
         ({"startupProbe": {"exec": {"command": ["rm", "x"]}}}, "rm x"),
@@ -99,8 +97,22 @@ def test_what_cannot_be_read_is_opaque(container: dict[str, Any]) -> None:
 
 
 def test_an_undefined_reference_stays_as_written() -> None:
-    found = sites(pod(command=["sh", "-c", "echo $(date)"]))
-    assert "date" in lines(found) and not opaque(found)
+    found = sites(pod(command=["sh", "-c", "echo $(date +%s) $$(hostname)"]))
+    assert "date +%s" in lines(found) and "hostname" in lines(found) and not opaque(found)
+
+
+@pytest.mark.parametrize(
+    ("container", "want"),
+    [
+        ({"command": ["$(P)", "x"], "env": [{"name": "P", "value": "rm"}]}, "rm x"),
+        ({"command": ["sh", "-c", "r$(E)m x"], "env": [{"name": "E", "value": ""}]}, "rm x"),
+        # `kubectl set env` can later give q the value `'; rm -rf /; '`
+        ({"command": ["sh", "-c", "echo '$(q)'"]}, "echo $(q)"),
+    ],
+)
+def test_env_references_are_opaque_and_read(container: dict[str, Any], want: str) -> None:
+    found = sites(pod(**container))
+    assert want in lines(found) and opaque(found), found
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ _POD_SEGMENTS = frozenset(
 )
 _ARGV_KEYS = ("command", "args")
 _REF = re.compile(r"\$(\$|\(([^)]*)\)|\(|.?)", re.DOTALL)
-_SERVICE_LIKE = re.compile(r"[A-Z_][A-Z0-9_]*\Z")  # service link variables are so named
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*\Z")  # what an env name may be
 
 
 @dataclass(frozen=True)
@@ -286,40 +286,34 @@ def _path_reason(word: str) -> str:
 
 
 class _Env:
-    """Kubernetes' `$(VAR)` expansion of command and args (`$$` is a `$`): a variable
-    the container's own literal `env` defines is its value; one that may be defined
-    where hoopy cannot see (envFrom, service link variables, the object's own env in
-    a patch) makes the argv opaque; any other reference stays as written."""
+    """Kubernetes' `$(VAR)` expansion of command and args (`$$` is a `$`).  A reference
+    to a name an env variable can have makes the command opaque: whatever this body
+    says, `kubectl set env` (a write without a command), envFrom or a service link can
+    set it later, and its value is spliced into the words as they are (into shell code,
+    it can close a quote).  A value the container's literal `env` gives is put in for
+    the decision all the same, so deny rules see the command it makes today; any other
+    reference (`$(date +%s)`: no variable has that name) stays as written."""
 
     def __init__(self, c: dict[str, Any], partial: bool) -> None:
-        self.partial = partial
-        self.from_elsewhere = bool(c.get("envFrom"))
-        self.values: dict[str, str | None] = {}
+        self.values: dict[str, str] = {}
         env = c.get("env")
         for e in env if isinstance(env, list) else []:
             if isinstance(e, dict) and isinstance(e.get("name"), str):
                 v = e.get("value")
-                ok = isinstance(v, str) and "$" not in v and "valueFrom" not in e
-                self.values[e["name"]] = v if ok and isinstance(v, str) else None
+                if isinstance(v, str) and "$" not in v and "valueFrom" not in e:
+                    self.values[e["name"]] = v
 
     def expand(self, words: list[str]) -> tuple[list[str], str]:
         why: list[str] = []
 
         def one(m: re.Match[str]) -> str:
-            what = m.group(1)
-            if what == "$":
+            if m.group(1) == "$":
                 return "$"
-            if m.group(2) is None:
-                return m.group(0)  # `$x`, `$(` unclosed: as written
             name = m.group(2)
-            if name in self.values:
-                value = self.values[name]
-                if value is not None:
-                    return value
-                why.append(f"$({name}) is set at run time")
-            elif self.partial or self.from_elsewhere or _SERVICE_LIKE.match(name):
-                why.append(f"$({name}) may be an environment variable")
-            return m.group(0)
+            if name is None or not _ENV_NAME.match(name):
+                return m.group(0)  # `$x`, `$(` unclosed, no variable's name: as written
+            why.append(f"$({name}) is an environment variable's value")
+            return self.values.get(name, m.group(0))
 
         out = [_REF.sub(one, w) if "$" in w else w for w in words]
         return out, f"program is not literal: {why[0]}" if why else ""

@@ -41,6 +41,7 @@ def pod(**container: Any) -> dict[str, Any]:
         ({"command": ["/usr/bin/rm"], "args": ["-rf", "/d"]}, "rm -rf /d"),
         ({"args": ["rm", "-rf", "/d"]}, "rm -rf /d"),  # an image without an entrypoint
         ({"args": ["rm -rf /d"]}, "rm -rf /d"),  # an entrypoint that is `sh -c`
+        ({"args": ["-c", "rm -rf /d"]}, "rm -rf /d"),  # an entrypoint that is `sh`
         ({"command": ["sh", "-c", "cd /; r''m -rf d"]}, "rm -rf d"),
         ({"command": ["sh", "-c", "echo $$(rm x)"]}, "rm x"),  # `$$` is a `$`
         ({"livenessProbe": {"exec": {"command": ["rm", "x"]}}}, "rm x"),

@@ -265,17 +265,18 @@ def _args_only(argv: list[str]) -> ShellReading:
     """`args` without `command`: the image's entrypoint runs with them, or, in an image
     without one (busybox), they are the argv.  Read as the argv (args[0] by a path is
     then not opaque: it may well be the entrypoint's argument), plus, as an image whose
-    entrypoint is a shell would run it, args[0] as shell code (its commands only: an
-    argument is rarely valid code, and restrictive rules should still see `rm` in it)."""
+    entrypoint is a shell would run them (`sh -c` + args, `sh` + args), the commands of
+    that code (only those: an argument is rarely valid code, and restrictive rules
+    should still see `rm` in it)."""
     reading = read_argv(argv)
     why = _path_reason(argv[0]) if argv else ""
     opaque = list(reading.opaque)
     if why in opaque:
         opaque.remove(why)
     commands = reading.commands
-    if argv:
-        code = read_argv(["sh", "-c", *argv])
-        commands = (*commands, *code.commands[1:])
+    if argv:  # (ENTRYPOINT ["sh", "-c"], then ["sh"]: `args: [-c, code]`)
+        for shell in (["sh", "-c"], ["sh"]):
+            commands = (*commands, *read_argv([*shell, *argv]).commands[1:])
     return ShellReading(reading.text, commands, tuple(opaque))
 
 

@@ -53,7 +53,10 @@ def hk_argv(hk: KubeHoopy, *args: str) -> list[str]:
 
 
 def _ns(emu: Emu, ns: str) -> None:
-    emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    try:
+        emu.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    except urllib.error.HTTPError as e:
+        assert e.code == 409, e  # (made by an earlier case)
 
 
 def _exists(emu: Emu, path: str) -> bool:
@@ -96,8 +99,11 @@ def test_kubectl_run_with_rm_is_denied(hk: KubeHoopy, emu: Emu) -> None:
     r = hk.kubectl("-n", "w-run", "run", "wipe", "--image=busybox", "--", "rm", "-rf", "/data")
     _denied(r, "no-rm-in-pods", "spec.containers[0] (wipe)")
     assert not _exists(emu, "/api/v1/namespaces/w-run/pods/wipe")
-    rec = hk.recordings_text()
-    assert "no-rm-in-pods" in rec and "spec.containers[0] (wipe) command: rm -rf /data" in rec
+    events = [json.loads(x) for x in hk.recordings_text().splitlines() if "w-run/wipe " in x]
+    denied = [e for e in events if e.get("rule") == "no-rm-in-pods"]
+    assert denied and "(in spec.containers[0] (wipe) command)" in denied[0]["reason"], events
+    assert "spec.containers[0] (wipe) command: rm -rf /data" in denied[0]["text"], denied
+    assert "rm -rf /data" in denied[0]["commands"], denied
     # `--command` puts it in command rather than args: the same
     r = hk.kubectl(
         "-n", "w-run", "run", "wipe2", "--image=busybox", "--command", "--", "/bin/rm", "-r", "/d"
@@ -378,3 +384,30 @@ def test_kubectl_replace_is_judged(hk: KubeHoopy, emu: Emu) -> None:
     _denied(r, "no-rm-in-pods", "spec.template.spec.containers[0] (side)")
     dep = emu.call("GET", "/apis/apps/v1/namespaces/w-put/deployments/web")
     assert "rm" not in json.dumps(dep["spec"]), dep
+
+
+@pytest.mark.parametrize(
+    "body,ctype",
+    [
+        # a key spelled with a JSON escape is the same key to the cluster
+        (b'{"metadata":{"name":"e1"},"spec":{"containers":[{"name":"a","image":"b",'
+         b'"\\u0063ommand":["rm","-rf","/data"]}]}}', "application/json"),
+        # YAML anchors and flow style
+        (b"metadata: {name: e2}\nx: &c [rm, -rf, /data]\nspec:\n  containers:\n"
+         b"  - {name: a, image: b, command: *c}\n", "application/yaml"),
+        # a List wrapping the pod: every container list anywhere in the body is read
+        (b'{"metadata":{"name":"e3"},"spec":{"containers":[{"name":"a","image":"b"}]},'
+         b'"items":[{"spec":{"initContainers":[{"name":"i","args":["rm","/x"]}]}}]}',
+         "application/json"),
+    ],
+)  # fmt: skip
+def test_raw_bodies_in_other_spellings(hk: KubeHoopy, emu: Emu, body: bytes, ctype: str) -> None:
+    _ns(emu, "w-spell")
+    code, answer = call(
+        hk,
+        "POST",
+        "/k8s/cluster/api/v1/namespaces/w-spell/pods",
+        body=body,
+        headers={"Content-Type": ctype},
+    )
+    assert code == 403 and "no-rm-in-pods" in json.dumps(answer), answer

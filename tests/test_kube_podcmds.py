@@ -274,3 +274,25 @@ def test_env_values_put_into_a_command_are_not_recorded() -> None:
     assert d.outcome == "deny" and d.rule == "no-rm"
     everything = json.dumps([cmd.text, cmd.commands, cmd.fingerprint, d.reason])
     assert "Zq-secret-771" not in everything and "$(TOKEN)" in cmd.text, everything
+
+
+def test_half_containers_are_completed_by_the_object() -> None:
+    from hoopy.protocols.kube.podcmds import resolve
+
+    current = {"spec": {"containers": [{"name": "a", "command": ["find"], "args": ["/t"]}]}}
+    patch = {"spec": {"containers": [{"name": "a", "args": ["/", "-delete"]}]}}
+    found = sites(patch, "PATCH", "application/strategic-merge-patch+json")
+    assert found[0].need is not None
+    assert "find / -delete" in lines(resolve(found, current))
+    # a container the object does not have is whole as the patch gives it
+    assert "find / -delete" not in lines(resolve(found, {"spec": {"containers": []}}))
+    assert "find / -delete" not in lines(resolve(found, None))
+    # JSON patch: by index
+    ops = [{"op": "add", "path": "/spec/containers/0/command", "value": ["sh", "-c"]}]
+    found = sites(ops, "PATCH", "application/json-patch+json")
+    current["spec"]["containers"][0]["args"] = ["rm -rf /d"]
+    done = resolve(found, current)
+    assert "rm -rf /d" in lines(done) and not opaque(done), done
+    # a JSON merge patch replaces the list: nothing to complete
+    found = sites(patch, "PATCH", "application/merge-patch+json")
+    assert found and found[0].need is None

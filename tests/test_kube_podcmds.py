@@ -296,3 +296,13 @@ def test_half_containers_are_completed_by_the_object() -> None:
     # a JSON merge patch replaces the list: nothing to complete
     found = sites(patch, "PATCH", "application/merge-patch+json")
     assert found and found[0].need is None
+
+
+def test_a_directive_cannot_drop_the_other_half_unseen() -> None:
+    """`$patch: replace` makes the container what the patch gives: args alone."""
+    from hoopy.protocols.kube.podcmds import resolve
+
+    current = {"spec": {"containers": [{"name": "a", "command": ["echo"]}]}}
+    patch = {"spec": {"containers": [{"name": "a", "$patch": "replace", "args": ["rm", "x"]}]}}
+    found = resolve(sites(patch, "PATCH", "application/strategic-merge-patch+json"), current)
+    assert "echo rm x" in lines(found) and "rm x" in lines(found), found

@@ -18,6 +18,7 @@ has: what cannot be resolved from the body alone is opaque (fail closed).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,7 @@ _POD_SEGMENTS = frozenset(
     }
 )
 _ARGV_KEYS = ("command", "args")
+_HALF = "unparseable: a patch sets a command ending in an option, not its args"
 _REF = re.compile(r"\$(\$|\(([^)]*)\)|\(|.?)", re.DOTALL)
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*\Z")  # what an env name may be
 
@@ -238,7 +240,7 @@ class _Finder:
             if partial and not has_args and command[-1].startswith("-"):
                 # the object's own args follow it, as the operand of that option (its
                 # code, for `sh -c`): judged on the patch's words, that is unknown
-                why = why or "unparseable: a patch sets a command ending in an option, not its args"
+                why = why or _HALF
         else:
             reading = _args_only(argv)
         need = None
@@ -376,7 +378,17 @@ def resolve(sites: list[Site], current: dict[str, Any] | None) -> list[Site]:
                     merged[k] = have[k]
         finder = _Finder(False)
         finder.argv(merged, need.label, _Env(merged, False), False)
-        out.extend(finder.sites)
+        # the patch's own words are judged too: a directive (`$patch: replace`,
+        # `$retainKeys`) can drop the object's half, and then they run alone
+        own = site.reading
+        for done in finder.sites:
+            r = done.reading
+            both = ShellReading(
+                r.text,
+                (*r.commands, *own.commands),
+                (*r.opaque, *(w for w in own.opaque if w != _HALF)),
+            )
+            out.append(dataclasses.replace(done, reading=both, shown=site.shown))
     return out
 
 

@@ -91,6 +91,7 @@ def test_no_command_is_nothing_to_judge() -> None:
         {"command": "rm -rf /"},  # not a list: refused by the cluster, opaque here
         {"command": ["rm", 1]},
         {"$deleteFromPrimitiveList/command": ["echo"]},
+        {"$retainKeys": ["name", "args"]},  # drops the command: the args run alone
     ],
 )
 def test_what_cannot_be_read_is_opaque(container: dict[str, Any]) -> None:

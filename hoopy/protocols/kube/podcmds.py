@@ -64,6 +64,7 @@ _POD_SEGMENTS = frozenset(
     }
 )
 _ARGV_KEYS = ("command", "args")
+_DIRECTIVE = re.compile(r"command|args|retainKeys", re.IGNORECASE)
 _HALF = "unparseable: a patch sets a command ending in an option, not its args"
 _REF = re.compile(r"\$(\$|\(([^)]*)\)|\(|.?)", re.DOTALL)
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*\Z")  # what an env name may be
@@ -212,7 +213,9 @@ class _Finder:
         partial = self.partial and not ephemeral
         env = _Env(c, partial)
         for k in c:
-            if isinstance(k, str) and k.startswith("$") and ("command" in k or "args" in k):
+            # (`$retainKeys` drops what it does not name: the command, and the args that
+            # were its arguments become the argv; `$setElementOrder/env` is kubectl's own)
+            if isinstance(k, str) and k.startswith("$") and _DIRECTIVE.search(k):
                 self.opaque(label, label, f"unparseable: patch directive {k[:60]!r}")
         self.argv(c, label, env, partial)
         self.hooks(c, label, env, depth=0)

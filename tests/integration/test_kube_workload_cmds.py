@@ -31,6 +31,10 @@ rules:
     effect: deny
     reason: find -delete is not for agents
     match: {kubernetes: {commands: ["find *-delete*"]}}
+  - name: race-ask
+    effect: require_approval
+    approvers: [ops]
+    match: {kubernetes: {namespaces: [w-race], commands: ["ls *"]}}
   - name: ask-before-shred
     effect: require_approval
     approvers: [ops]
@@ -457,3 +461,41 @@ def test_server_side_apply_of_half_a_command(hk: KubeHoopy, emu: Emu) -> None:
     # applied as a new object (nothing to complete), args alone are judged as they are
     r = _apply(hk, "w-half-ssa", half.replace('"web"', '"fresh"'), "--server-side")
     assert getattr(r, "returncode", 1) == 0, getattr(r, "stderr", "")
+
+
+def test_two_halves_racing_are_judged_one_after_the_other(hk: KubeHoopy, emu: Emu) -> None:
+    """Patch A gives the args `/ -delete` (onto `ls`: it waits for an approval), patch B
+    the command `find`.  Judged each against the object before the other ran, both
+    pass and `find / -delete` runs; hoopy takes writes carrying commands to one object
+    one at a time, so B is judged on what A left."""
+    from tests.integration.test_pg_approvals import admin, wait_pending
+
+    _ns(emu, "w-race")
+    side = {"name": "side", "image": "busybox", "command": ["ls"], "args": ["/tmp"]}
+    spec = {"selector": {}, "template": {"spec": {"containers": [side]}}}
+    emu.call("POST", "/apis/apps/v1/namespaces/w-race/deployments",
+             {"metadata": {"name": "web"}, "spec": spec})  # fmt: skip
+
+    def patch(half: str) -> subprocess.Popen[str]:
+        c = json.loads("{" + half + "}")
+        body = json.dumps({"spec": {"template": {"spec": {"containers": [{"name": "side", **c}]}}}})
+        args = hk_argv(hk, "-n", "w-race", "patch", "deployment", "web", "-p", body)
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    a = patch('"args":["/","-delete"]')
+    b = None
+    try:
+        pending = wait_pending(hk, "w-race/web")  # type: ignore[arg-type]
+        b = patch('"command":["find"]')
+        with pytest.raises(subprocess.TimeoutExpired):
+            b.wait(3)  # (it waits for A: without the lock it would be let through now)
+        status, _ = admin(hk, "POST", f"/api/approvals/{pending['id']}/approve", {"by": "o"})  # type: ignore[arg-type]
+        assert status == 200
+        _, err_a = a.communicate(timeout=30)
+        assert a.returncode == 0, err_a
+        out_b, err_b = b.communicate(timeout=30)
+        assert b.returncode != 0 and "no-find-delete" in err_b, out_b + err_b
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()

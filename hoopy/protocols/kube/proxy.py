@@ -30,6 +30,7 @@ import logging
 import re
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -96,6 +97,12 @@ class KubeListener:
         self._tokens: dict[str, Identity] = {}
         self._admitted: dict[tuple[str, str, frozenset[str], str], KubeConnector] = {}
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
+        # Writes carrying container commands, one at a time per object: each is judged
+        # on the object as the one before it left it (two patches, each half of a
+        # command, cannot both be judged against the object before either ran)
+        self.objects: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._runner: web.ServerRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._plain: set[h1server.Connection] = set()  # connections h1server serves
@@ -249,7 +256,11 @@ class KubeListener:
         try:
             req = _Request(self, live, connector, request, rest, query)
             req.expires_at = identity.expires_at  # this request's own token
-            return await req.run()
+            try:
+                return await req.run()
+            finally:
+                if req.held is not None:
+                    req.held.release()
         except HoopyError as e:
             return status_for(e)
         finally:
@@ -259,6 +270,8 @@ class KubeListener:
 
 class _Request(Forwarding, Upgrades):
     """One request: judged by the policy, then forwarded or relayed."""
+
+    held: asyncio.Lock | None = None  # the object's lock, for a write carrying commands
 
     async def run(self) -> _AnyAnswer:
         try:
@@ -320,6 +333,12 @@ class _Request(Forwarding, Upgrades):
                 )
             except BodyError as e:
                 raise self._bad_body(info, e) from None
+            if sites:
+                where = f"{info.group}/{info.resource}/{info.namespace}/{info.name}"
+                key = (self.connector.name, where)
+                lock = self.listener.objects.setdefault(key, asyncio.Lock())
+                await lock.acquire()
+                self.held = lock  # (released once the answer is sent: KubeListener.handle)
             if any(site.need for site in sites):
                 sites = await self._completed(info, sites)
             if sites:
@@ -374,9 +393,8 @@ class _Request(Forwarding, Upgrades):
         credential, never shown to the agent); one hoopy cannot read stays judged on the
         patch's own words, and opaque."""
         up = self.listener.upstream(self.connector)
-        target = up.prefix + self.path.rsplit("/" + info.subresource, 1)[0]
-        if not info.subresource:
-            target = up.prefix + self.path
+        path = self.path.rsplit("/" + info.subresource, 1)[0] if info.subresource else self.path
+        target = up.prefix + path
         try:
             async with up.pool().request("GET", target, self._headers(True), None) as resp:
                 raw = await _read_all(resp)

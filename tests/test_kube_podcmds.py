@@ -189,7 +189,7 @@ WHO = Identity("agent", frozenset({"agents"}))
 
 class _Session:
     def __init__(self, rules: list[Rule]) -> None:
-        self.policies = (PolicySet("p", tuple(rules)),)
+        self.policies: tuple[PolicySet, ...] = (PolicySet("p", tuple(rules)),)
         self.identity = WHO
 
     def decide(self, cmd: Command) -> Decision:
@@ -307,3 +307,13 @@ def test_a_directive_cannot_drop_the_other_half_unseen() -> None:
     patch = {"spec": {"containers": [{"name": "a", "$patch": "replace", "args": ["rm", "x"]}]}}
     found = resolve(sites(patch, "PATCH", "application/strategic-merge-patch+json"), current)
     assert "echo rm x" in lines(found) and "rm x" in lines(found), found
+
+
+def test_shadow_rules_on_commands_are_recorded() -> None:
+    watch = Rule("watch-rm", "deny", Match(kubernetes=KubeMatch(commands=("rm *",))))
+    sess = _Session([ALLOW_WRITES])
+    sess.policies = (*sess.policies, PolicySet("shadow", (watch,), mode="shadow"))
+    info = request_info("POST", DEPLOYS, {})
+    base = command_for("c", info, {}, "POST")
+    _, d = judge_write(cast(Session, sess), base, sites(pod(command=["rm", "x"])))
+    assert d.outcome == "allow" and d.shadow == ("watch-rm",)

@@ -200,6 +200,7 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
     reason names the container."""
     worst = session.decide(base)
     where = ""
+    shadows = list(worst.shadow)  # (shadow-mode rules that would have blocked any part)
     exec_rules = _command_rules(session)
     pod = base.name if base.resource.split("/")[0] == "pods" else base.name + "-"
     for site in sites:
@@ -231,9 +232,10 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
             if d.outcome == "require_approval" or (d.outcome == "deny" and d.rule):
                 found.append(d)
         for d in found:
+            shadows.extend(d.shadow)
             if _rank(d) > _rank(worst):
                 worst, where = d, site.where
-    shadow = tuple(dict.fromkeys(worst.shadow))
+    shadow = tuple(dict.fromkeys(shadows))
     if where:
         reason = worst.reason or ("no policy rule allows this" if worst.outcome == "deny" else "")
         worst = dataclasses.replace(

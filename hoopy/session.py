@@ -202,14 +202,21 @@ class Session:
         except RecorderError as e:
             raise _unavailable(e) from None
 
-    async def check(self, command: Command, *, fresh: set[str] | None = None) -> Decision:
+    async def check(
+        self,
+        command: Command,
+        *,
+        fresh: set[str] | None = None,
+        decision: Decision | None = None,
+    ) -> Decision:
         """Decide, record, and wait for approval when needed.
 
         Returns the Decision when the command may run (its masks apply);
         raises CommandDenied / ApprovalRejected / RecordingFailed otherwise.
         `fresh`: one set per agent message with several statements (see ApprovalGate).
+        `decision`: the caller's own decision on `command` (see check_now).
         """
-        decision = self.check_now(command)
+        decision = self.check_now(command, decision)
         if decision.outcome == "require_approval":
             return await self._approve(command, decision, fresh)
         return decision

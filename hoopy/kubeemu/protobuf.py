@@ -50,6 +50,14 @@ SCHEMAS: dict[str, Schema] = {
         2: ("spec", {1: ("audiences", ("list", STR)), 4: ("expirationSeconds", INT)}),
     },
     "Pod": {1: ("metadata", META), 2: ("spec", POD_SPEC)},
+    "Job": {1: ("metadata", META), 2: ("spec", {6: ("template", TEMPLATE)})},
+    "CronJob": {
+        1: ("metadata", META),
+        2: (
+            "spec",
+            {1: ("schedule", STR), 5: ("jobTemplate", {2: ("spec", {6: ("template", TEMPLATE)})})},
+        ),
+    },
     "Deployment": {
         1: ("metadata", META),
         2: ("spec", {1: ("replicas", INT), 2: ("selector", SELECTOR), 3: ("template", TEMPLATE)}),

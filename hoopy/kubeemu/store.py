@@ -61,6 +61,9 @@ KINDS = (
     Kind("", "v1", "podtemplates", "PodTemplate", True),
     Kind("apps", "v1", "controllerrevisions", "ControllerRevision", True),
     Kind("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
+    Kind("batch", "v1", "jobs", "Job", True),
+    Kind("apps", "v1", "daemonsets", "DaemonSet", True, ("ds",)),
+    Kind("apps", "v1", "statefulsets", "StatefulSet", True, ("sts",)),
 )
 BY_PATH = {(k.group, k.version, k.resource): k for k in KINDS}
 SUBRESOURCES = {

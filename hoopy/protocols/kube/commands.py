@@ -6,11 +6,14 @@ policy, for visibility), kept apart from the proxy's I/O."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Iterable
 
-from hoopy.policy import Command, Decision
+from hoopy.policy import Command, Decision, PolicySet, decide
+from hoopy.protocols.kube.podcmds import Site
 from hoopy.protocols.kube.requestinfo import RequestInfo, go_bool, parse_query, request_info
 from hoopy.session import Session
-from hoopy.shell import on_a_terminal, read_argv, shell_command
+from hoopy.shell import on_a_terminal, opaque_kind, read_argv, shell_command
 
 FILTER_KEYS = ("namespaces", "names")
 
@@ -160,3 +163,116 @@ def generated(cmd: Command) -> Command:
         fingerprint=cmd.fingerprint + "\0generateName",
         generated_name=True,
     )
+
+
+# ---- commands a write carries (podcmds.py) --------------------------------------------
+
+_RANK = {"allow": 0, "require_approval": 1, "deny": 2}
+_SHOWN = 1000  # characters of each command shown in the recorded text
+
+
+def _command_rules(session: Session) -> list[PolicySet]:
+    """The deny and approval rules about commands (`commands` or `opaque`): those an
+    exec of the same commands would meet, whatever resources they name."""
+    out = []
+    for ps in session.policies:
+        rules = tuple(
+            r
+            for r in ps.rules
+            if r.effect in ("deny", "require_approval")
+            and r.match.kubernetes is not None
+            and (r.match.kubernetes.commands or r.match.kubernetes.opaque)
+        )
+        if rules:
+            out.append(dataclasses.replace(ps, rules=rules))
+    return out
+
+
+def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Command, Decision]:
+    """The decision on a write carrying commands, and the one Command recorded for it.
+    The write itself is decided as before (its commands never help an allow: a rule
+    allowing `ls` in exec does not allow creating a Deployment that runs `ls`); then
+    each command twice: as part of this write (the write's verb, resource, namespace
+    and name with the commands: an allow must cover them, opaque ones need `opaque:
+    true`, deny and approval rules on them apply), and as the exec of it would be
+    judged by the deny and approval rules about commands (`resources: [pods/exec]` and
+    `commands: [rm *]` denies `rm` in a Deployment too).  The strictest wins; its
+    reason names the container."""
+    worst = session.decide(base)
+    where = ""
+    shadows = list(worst.shadow)  # (shadow-mode rules that would have blocked any part)
+    exec_rules = _command_rules(session)
+    pod = base.name if base.resource.split("/")[0] == "pods" else base.name + "-"
+    for site in sites:
+        r = site.reading
+        key = base.fingerprint + "\0cmd\0" + _digest((r.text, *r.opaque))
+        fields = dict(verb=base.verb, namespace=base.namespace, fingerprint=key)
+        write = shell_command(
+            "kubernetes",
+            base.connector,
+            r,
+            resource=base.resource,
+            name=base.name,
+            generated_name=base.generated_name,
+            **fields,
+        )
+        write = dataclasses.replace(write, kinds=base.kinds)
+        found = [session.decide(write)]
+        if exec_rules:
+            as_exec = shell_command(
+                "kubernetes",
+                base.connector,
+                r,
+                resource="pods/exec",
+                name=pod,
+                generated_name=base.generated_name or pod != base.name,
+                **{**fields, "verb": "create"},
+            )
+            d = decide(exec_rules, session.identity, as_exec)
+            if d.outcome == "require_approval" or (d.outcome == "deny" and d.rule):
+                found.append(d)
+        for d in found:
+            shadows.extend(d.shadow)
+            if _rank(d) > _rank(worst):
+                worst, where = d, site.where
+    shadow = tuple(dict.fromkeys(shadows))
+    if where:
+        reason = worst.reason or ("no policy rule allows this" if worst.outcome == "deny" else "")
+        worst = dataclasses.replace(
+            worst, reason=f"{reason} (in {where[:300]})", masks=session.decide(base).masks
+        )
+    worst = dataclasses.replace(worst, shadow=shadow)
+    shown = "; ".join(f"{s.where}: {_cut((s.shown or s.reading).text)}" for s in sites[:50])
+    if len(sites) > 50:
+        shown += f"; … {len(sites) - 50} more"
+    opaque = frozenset(opaque_kind(w) for s in sites for w in s.reading.opaque)
+    record = dataclasses.replace(
+        base,
+        text=f"{base.text} -- {shown}",
+        commands=tuple(
+            dict.fromkeys(c.line for s in sites for c in (s.shown or s.reading).commands)
+        ),
+        opaque=base.opaque | opaque,
+        fingerprint=base.fingerprint
+        + "\0cmds\0"
+        + _digest(f"{s.where}\0{s.reading.text}" for s in sites),
+    )
+    return record, worst
+
+
+def _rank(d: Decision) -> tuple[int, bool]:
+    """Stricter first; of two denials, the one a rule made (it names what to fix)."""
+    return _RANK[d.outcome], bool(d.rule)
+
+
+def _digest(parts: Iterable[str]) -> str:
+    """A fingerprint's part for commands (kept in the approvals store: an env value
+    `$(VAR)` put into a command is not to be kept there)."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"

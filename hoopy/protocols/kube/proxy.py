@@ -25,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from hoopy import shellsecrets
@@ -49,14 +52,23 @@ from hoopy.masking import ValueMasker
 from hoopy.policy import Identity
 from hoopy.protocols.kube import h1server
 from hoopy.protocols.kube.bodies import BodyError, body_names
-from hoopy.protocols.kube.commands import Visibility, cached_command, filters, generated, parsed
+from hoopy.protocols.kube.commands import (
+    Visibility,
+    cached_command,
+    filters,
+    generated,
+    judge_write,
+    parsed,
+)
 from hoopy.protocols.kube.exchange import MAX_BODY, SYSTEM, _AnyAnswer, _AnyRequest, _TooLarge
-from hoopy.protocols.kube.forward import PARENT_ANSWERS, Forwarding
+from hoopy.protocols.kube.forward import PARENT_ANSWERS, Forwarding, _read_all
+from hoopy.protocols.kube.podcmds import Site, resolve, write_sites
 from hoopy.protocols.kube.requestinfo import PathRejected, RequestInfo
 from hoopy.protocols.kube.status import status, status_for
 from hoopy.protocols.kube.upgrades import Upgrades
 from hoopy.protocols.kube.upstream import KubeconfigError, Upstream, load
 from hoopy.session import Session
+from hoopy.shell import ShellReading
 
 log = logging.getLogger("hoopy.kube")
 
@@ -85,6 +97,12 @@ class KubeListener:
         self._tokens: dict[str, Identity] = {}
         self._admitted: dict[tuple[str, str, frozenset[str], str], KubeConnector] = {}
         self._live: dict[tuple[str, str, frozenset[str], str], _Live] = {}
+        # Writes carrying container commands, one at a time per object: each is judged
+        # on the object as the one before it left it (two patches, each half of a
+        # command, cannot both be judged against the object before either ran)
+        self.objects: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._runner: web.ServerRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._plain: set[h1server.Connection] = set()  # connections h1server serves
@@ -238,7 +256,11 @@ class KubeListener:
         try:
             req = _Request(self, live, connector, request, rest, query)
             req.expires_at = identity.expires_at  # this request's own token
-            return await req.run()
+            try:
+                return await req.run()
+            finally:
+                if req.held is not None:
+                    req.held.release()
         except HoopyError as e:
             return status_for(e)
         finally:
@@ -248,6 +270,8 @@ class KubeListener:
 
 class _Request(Forwarding, Upgrades):
     """One request: judged by the policy, then forwarded or relayed."""
+
+    held: asyncio.Lock | None = None  # the object's lock, for a write carrying commands
 
     async def run(self) -> _AnyAnswer:
         try:
@@ -281,16 +305,18 @@ class _Request(Forwarding, Upgrades):
                 f"hoopy does not relay the API server's proxy ({info.full_resource or 'proxy'})",
             )
         name = generate = ""
-        if info.verb == "create" and not info.name and not info.connect:
-            # the name of what is created is in the body: name rules judge that one
+        ctype = self.request.headers.get("Content-Type", "")
+        if self.request.method in ("POST", "PUT", "PATCH") and not info.connect:
+            # the name of what is created, and the commands any write would have the
+            # cluster run (podcmds.py), are in the body: the policy judges them
             try:
                 self.early, self.read_early = await self._body(info), True
             except _TooLarge:
                 self.status, self.decision = 413, "refused"
                 self._record(info)
                 return status(413, "RequestEntityTooLarge", f"request body over {MAX_BODY} bytes")
+        if info.verb == "create" and not info.name and not info.connect:
             try:
-                ctype = self.request.headers.get("Content-Type", "")
                 name, generate = body_names(ctype, self.early or b"")
             except BodyError as e:
                 raise self._bad_body(info, e) from None
@@ -299,8 +325,26 @@ class _Request(Forwarding, Upgrades):
         command = cached_command(self.connector.name, info, q, self.request.method, self.query)
         if info.verb == "create" and not name and generate:
             command = generated(command)
+        judged = None
+        if self.early:
+            try:
+                sites = write_sites(
+                    ctype, self.early, self.request.method, info.resource, info.subresource
+                )
+            except BodyError as e:
+                raise self._bad_body(info, e) from None
+            if sites:
+                where = f"{info.group}/{info.resource}/{info.namespace}/{info.name}"
+                key = (self.connector.name, where)
+                lock = self.listener.objects.setdefault(key, asyncio.Lock())
+                await lock.acquire()
+                self.held = lock  # (released once the answer is sent: KubeListener.handle)
+            if any(site.need for site in sites):
+                sites = await self._completed(info, sites)
+            if sites:
+                command, judged = judge_write(self.session, command, sites)
         try:
-            decision = await self.session.check(command)
+            decision = await self.session.check(command, decision=judged)
         except CommandDenied as e:
             self.status, self.decision = 403, "deny"
             self._record(info)
@@ -342,6 +386,32 @@ class _Request(Forwarding, Upgrades):
         if info.connect:
             return await self._connect(info, q, decision)
         return await self._forward(info, decision)
+
+    async def _completed(self, info: RequestInfo, sites: list[Site]) -> list[Site]:
+        """Sites of a patch that sets a container's command and not its args (or the
+        reverse), completed by the object as the cluster has it now (read with hoopy's
+        credential, never shown to the agent); one hoopy cannot read stays judged on the
+        patch's own words, and opaque."""
+        up = self.listener.upstream(self.connector)
+        path = self.path.rsplit("/" + info.subresource, 1)[0] if info.subresource else self.path
+        target = up.prefix + path
+        try:
+            async with up.pool().request("GET", target, self._headers(True), None) as resp:
+                raw = await _read_all(resp)
+                code = resp.status
+            current = json.loads(raw) if code == 200 else None
+            if code not in (200, 404) or not isinstance(current, (dict, type(None))):
+                raise ValueError(f"status {code}")
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError, HoopyError) as e:
+            log.warning("connector %s: cannot read the patched object: %s", self.connector.name, e)
+            why = "unparseable: hoopy could not read the object this patch completes"
+            return [
+                dataclasses.replace(s, reading=ShellReading(s.reading.text, s.reading.commands,
+                                                            (*s.reading.opaque, why)))
+                if s.need else s
+                for s in sites
+            ]  # fmt: skip
+        return resolve(sites, current)
 
     def _parent_read(self, info: RequestInfo) -> None:
         """Reading pods/status (or ephemeralcontainers) shows the whole pod: refused

@@ -241,10 +241,10 @@ def test_an_allow_with_commands_must_cover_them() -> None:
 
 
 def test_opaque_needs_an_opaque_allow_and_approval_propagates() -> None:
-    _, d = _judge([ALLOW_WRITES], {"command": ["sh", "-c", "$X"]}, DEPLOYS)
+    _, d = _judge([ALLOW_WRITES, DENY_EXEC_RM], {"command": ["sh", "-c", "$X"]}, DEPLOYS)
     assert d.outcome == "deny" and "shell_dynamic" in d.reason
     opaque_ok = Rule("o", "allow", Match(kubernetes=KubeMatch(verbs=("create",), opaque=True)))
-    _, d = _judge([opaque_ok], {"command": ["sh", "-c", "$X"]}, DEPLOYS)
+    _, d = _judge([opaque_ok, DENY_EXEC_RM], {"command": ["sh", "-c", "$X"]}, DEPLOYS)
     assert d.outcome == "allow"
     ask = Rule(
         "ask", "require_approval", Match(kubernetes=KubeMatch(commands=("shred *",))),
@@ -252,6 +252,19 @@ def test_opaque_needs_an_opaque_allow_and_approval_propagates() -> None:
     )  # fmt: skip
     _, d = _judge([ALLOW_WRITES, ask], {"args": ["shred", "/dev/sda"]}, DEPLOYS)
     assert d.outcome == "require_approval" and d.rule == "ask"
+
+
+def test_opaque_commands_pass_where_no_rule_is_about_commands() -> None:
+    """Opaque commands are refused to protect rules about commands; with none there is
+    nothing to hide from (the freely chosen image runs anything already)."""
+    for argv in (["sh", "-c", "$X"], ["/app/server"], ["python3", "app.py"]):
+        _, d = _judge([ALLOW_WRITES], {"command": argv}, DEPLOYS)
+        assert d.outcome == "allow", (argv, d)
+    only_sleep = Rule(
+        "s", "allow", Match(kubernetes=KubeMatch(verbs=("create",), commands=("sleep *",)))
+    )
+    _, d = _judge([only_sleep], {"command": ["sh", "-c", "$X"]}, DEPLOYS)
+    assert d.outcome == "deny"  # an allow-list of commands is a rule about commands
 
 
 def test_a_rule_about_exec_alone_leaves_writes_alone() -> None:

@@ -499,3 +499,35 @@ def test_two_halves_racing_are_judged_one_after_the_other(hk: KubeHoopy, emu: Em
         a.kill()
         if b is not None:
             b.kill()
+
+
+NO_COMMAND_RULES = """
+rules:
+  - name: agents
+    effect: allow
+    match: {groups: [agents], connectors: [cluster]}
+"""
+
+
+def test_opaque_workload_commands_pass_where_no_rule_is_about_commands(
+    emu: Emu, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Opaque commands are refused to protect rules about commands; a policy with none
+    lets routine workloads (`/app/server`, `python3 app.py`, `sh -c "$X"`) be created,
+    while exec of the same stays opaque (refused), as before."""
+    h = start_hoopy(tmp_path_factory.mktemp("hoopy-kube-nocmds"), emu, NO_COMMAND_RULES)
+    try:
+        _ns(emu, "w-plain")
+        runs = {
+            "app1": ("--command", "--", "/app/server", "--port", "80"),
+            "app2": ("--", "python3", "app.py"),
+            "app3": ("--", "sh", "-c", "$X"),
+        }
+        for name, tail in runs.items():
+            r = h.kubectl("-n", "w-plain", "run", name, "--image=busybox", *tail)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert _exists(emu, f"/api/v1/namespaces/w-plain/pods/{name}")
+        r = h.kubectl("-n", "w-plain", "exec", "app2", "--", "python3", "-c", "print(1)")
+        assert r.returncode != 0 and "shell_code" in r.stdout + r.stderr, r.stdout + r.stderr
+    finally:
+        h.stop()

@@ -188,6 +188,17 @@ def _command_rules(session: Session) -> list[PolicySet]:
     return out
 
 
+def _speaks_of_commands(session: Session) -> bool:
+    """Whether any rule of the session's policies, of any effect, is about Kubernetes
+    commands (`commands` or `opaque`)."""
+    return any(
+        r.match.kubernetes is not None
+        and bool(r.match.kubernetes.commands or r.match.kubernetes.opaque)
+        for ps in session.policies
+        for r in ps.rules
+    )
+
+
 def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Command, Decision]:
     """The decision on a write carrying commands, and the one Command recorded for it.
     The write itself is decided as before (its commands never help an allow: a rule
@@ -202,6 +213,10 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
     where = ""
     shadows = list(worst.shadow)  # (shadow-mode rules that would have blocked any part)
     exec_rules = _command_rules(session)
+    # Opaque commands are refused to protect rules about commands: with none in the
+    # policy there is nothing they could hide from (the image, chosen freely, runs
+    # anything already), and routine manifests (`/app/server`, `python app.py`) pass.
+    lenient = not _speaks_of_commands(session)
     pod = base.name if base.resource.split("/")[0] == "pods" else base.name + "-"
     for site in sites:
         r = site.reading
@@ -217,6 +232,8 @@ def judge_write(session: Session, base: Command, sites: list[Site]) -> tuple[Com
             **fields,
         )
         write = dataclasses.replace(write, kinds=base.kinds)
+        if lenient:
+            write = dataclasses.replace(write, opaque=frozenset())
         found = [session.decide(write)]
         if exec_rules:
             as_exec = shell_command(

@@ -114,6 +114,8 @@ class Session:
     _fields_cache: dict[str, tuple[Decision, tuple[bytes, dict[str, Any]]]] = field(
         default_factory=dict
     )
+    # fingerprint → the Command whose scope work is known to be none (see `decide`)
+    _inert: dict[str, Command] = field(default_factory=dict)
     commands: int = 0
     denied: int = 0
     _waiting: asyncio.Future[str] | None = None  # an approval wait in progress
@@ -124,10 +126,16 @@ class Session:
     def decide(self, command: Command) -> Decision:
         """The policy's decision on `command` in this session's scope; a command that
         changes the scope (SET search_path) changes it for the commands after it."""
+        key = command.fingerprint
+        if key and self._inert.get(key) is command:
+            # this very Command (a cached statement's) was decided before and cannot
+            # change the scope: the scope's look would find nothing to take in
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
         scope = self.scope
         if scope is not None and scope.observe(command):
             self._cache.clear()  # decisions cached in the old scope
-        key = command.fingerprint
         cached = bool(key) and command.kinds.isdisjoint(_STATEFUL_KINDS)
         if cached:
             hit = self._cache.get(key)
@@ -140,6 +148,11 @@ class Session:
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = decision
+            inert = getattr(scope, "inert", None)  # a scope's own: SearchPath's
+            if inert is not None and inert(command):
+                if len(self._inert) > 4096:
+                    self._inert.clear()
+                self._inert[key] = command
         return decision
 
     def observe(self, command: Command) -> None:
@@ -248,7 +261,8 @@ class Session:
         self.commands += 1
         if text is None:
             text = command.text
-        if self.expired():
+        expires = self.identity.expires_at
+        if expires and self.clock() > expires:  # expired(), without its frame
             self.record(
                 "command",
                 text=text,
@@ -260,7 +274,12 @@ class Session:
         if decision is None:
             decision = self.decide(command)
         try:
-            static = self._event_fields(command, decision)
+            key = command.fingerprint  # _event_fields' cached case, without its frame
+            hit = self._fields_cache.get(key) if key else None
+            if hit is not None and hit[0] is decision:
+                static = hit[1]
+            else:
+                static = self._event_fields(command, decision)
             shown, secrets = self.hide(text)
             if secrets:  # the simple commands of a shell line quote it too
                 fields = _scrubbed(static[1], secrets)

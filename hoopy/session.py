@@ -140,20 +140,26 @@ class Session:
         if cached:
             hit = self._cache.get(key)
             if hit is not None:
+                self._note_inert(key, command)
                 return hit
         if scope is not None:
-            command = scope.place(command)
-        decision = decide(self.policies, self.identity, command)
+            placed = scope.place(command)
+        decision = decide(self.policies, self.identity, placed if scope is not None else command)
         if cached:
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = decision
-            inert = getattr(scope, "inert", None)  # a scope's own: SearchPath's
-            if inert is not None and inert(command):
-                if len(self._inert) > 4096:
-                    self._inert.clear()
-                self._inert[key] = command
+            self._note_inert(key, command)
         return decision
+
+    def _note_inert(self, key: str, command: Command) -> None:
+        """Remember `command` (cached under `key`) for `decide`'s first look when the
+        scope says it can never change it (SearchPath.inert)."""
+        inert = getattr(self.scope, "inert", None)
+        if inert is not None and inert(command):
+            if len(self._inert) > 4096:
+                self._inert.clear()
+            self._inert[key] = command
 
     def observe(self, command: Command) -> None:
         """`command` changed the scope without being decided here (PostgreSQL: a

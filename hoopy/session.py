@@ -140,16 +140,17 @@ class Session:
         if cached:
             hit = self._cache.get(key)
             if hit is not None:
-                self._note_inert(key, command)
+                if scope is not None:  # then the inert look may take it next time
+                    self._note_inert(key, command)
                 return hit
-        if scope is not None:
-            placed = scope.place(command)
-        decision = decide(self.policies, self.identity, placed if scope is not None else command)
+        placed = command if scope is None else scope.place(command)
+        decision = decide(self.policies, self.identity, placed)
         if cached:
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = decision
-            self._note_inert(key, command)
+            if scope is not None:
+                self._note_inert(key, command)
         return decision
 
     def _note_inert(self, key: str, command: Command) -> None:

@@ -39,7 +39,9 @@ from hoopy.identity import IdentityVerifier  # noqa: E402
 from hoopy.policy import Identity  # noqa: E402
 from hoopy.protocols.postgres import codec as pg  # noqa: E402
 from hoopy.protocols.postgres import proxy  # noqa: E402
+from hoopy.protocols.postgres import sqlsecrets as sqlsecrets  # noqa: E402
 from hoopy.protocols.postgres.backend import BackendConn  # noqa: E402
+from hoopy.protocols.postgres.searchpath import SearchPath  # noqa: E402
 from hoopy.recorder import Recorder  # noqa: E402
 from hoopy.state import StateStore  # noqa: E402
 
@@ -108,6 +110,9 @@ def connection(folder: Path) -> proxy.AgentConnection:
     conn.connector = connector  # type: ignore[assignment]
     identity = Identity("bench", frozenset({"bench"}), "dev", "fp", time.time() + 86400)
     conn.session = gw.open_session(identity, "bench", "postgres", conn.client, True)
+    # what the proxy's login sets (proxy.py): secrets hidden, the search path tracked
+    conn.session.hide = sqlsecrets.hidden
+    conn.session.scope = SearchPath(connector.user)
     conn.codec.receive_data(pg.startup_message({"user": "agent", "database": "bench"}))
     conn.codec.next_event()
     conn.codec.start_session()
@@ -221,7 +226,9 @@ def run(
         toggle()
     if prof:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(int(__import__("os").environ.get("PGPATH_TOP", "30")))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(
+            int(__import__("os").environ.get("PGPATH_TOP", "30"))
+        )
     assert conn.batches_done == conn.batches_sent, "every transaction answered"
     conn.session.log.close("closed")  # type: ignore[union-attr]
     return spent / n * 1e6

@@ -114,6 +114,8 @@ class Session:
     _fields_cache: dict[str, tuple[Decision, tuple[bytes, dict[str, Any]]]] = field(
         default_factory=dict
     )
+    # fingerprint → the Command whose scope work is known to be none (see `decide`)
+    _inert: dict[str, Command] = field(default_factory=dict)
     commands: int = 0
     denied: int = 0
     _waiting: asyncio.Future[str] | None = None  # an approval wait in progress
@@ -124,23 +126,41 @@ class Session:
     def decide(self, command: Command) -> Decision:
         """The policy's decision on `command` in this session's scope; a command that
         changes the scope (SET search_path) changes it for the commands after it."""
+        key = command.fingerprint
+        if key and self._inert.get(key) is command:
+            # this very Command (a cached statement's) was decided before and cannot
+            # change the scope: the scope's look would find nothing to take in
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
         scope = self.scope
         if scope is not None and scope.observe(command):
             self._cache.clear()  # decisions cached in the old scope
-        key = command.fingerprint
         cached = bool(key) and command.kinds.isdisjoint(_STATEFUL_KINDS)
         if cached:
             hit = self._cache.get(key)
             if hit is not None:
+                if scope is not None:  # then the inert look may take it next time
+                    self._note_inert(key, command)
                 return hit
-        if scope is not None:
-            command = scope.place(command)
-        decision = decide(self.policies, self.identity, command)
+        placed = command if scope is None else scope.place(command)
+        decision = decide(self.policies, self.identity, placed)
         if cached:
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[key] = decision
+            if scope is not None:
+                self._note_inert(key, command)
         return decision
+
+    def _note_inert(self, key: str, command: Command) -> None:
+        """Remember `command` (cached under `key`) for `decide`'s first look when the
+        scope says it can never change it (SearchPath.inert)."""
+        inert = getattr(self.scope, "inert", None)
+        if inert is not None and inert(command):
+            if len(self._inert) > 4096:
+                self._inert.clear()
+            self._inert[key] = command
 
     def observe(self, command: Command) -> None:
         """`command` changed the scope without being decided here (PostgreSQL: a
@@ -255,7 +275,8 @@ class Session:
         self.commands += 1
         if text is None:
             text = command.text
-        if self.expired():
+        expires = self.identity.expires_at
+        if expires and self.clock() > expires:  # expired(), without its frame
             self.record(
                 "command",
                 text=text,
@@ -267,7 +288,12 @@ class Session:
         if decision is None:
             decision = self.decide(command)
         try:
-            static = self._event_fields(command, decision)
+            key = command.fingerprint  # _event_fields' cached case, without its frame
+            hit = self._fields_cache.get(key) if key else None
+            if hit is not None and hit[0] is decision:
+                static = hit[1]
+            else:
+                static = self._event_fields(command, decision)
             shown, secrets = self.hide(text)
             if secrets:  # the simple commands of a shell line quote it too
                 fields = _scrubbed(static[1], secrets)

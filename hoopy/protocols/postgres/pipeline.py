@@ -259,7 +259,8 @@ class Pipeline:
         caller has it already (the Bind lane: its gate asked)."""
         session = self.session
         assert session is not None
-        if session.expired():  # check_alive, its frame only when it refuses
+        expires = session.identity.expires_at  # session.expired(), without its frame
+        if expires and session.clock() > expires:  # check_alive's frame only when it refuses
             session.check_alive("bind", f"Bind of prepared statement {statement!r}")
         if found is None:
             found = self._candidates(statement)  # none: refused, never prepared

@@ -43,7 +43,7 @@ class SearchPath:
         if _PATH_KINDS.isdisjoint(command.kinds) and (
             not command.functions or _PATH_FUNCTIONS.isdisjoint(command.functions)
         ):
-            return False
+            return False  # inert(command), without its frame
         if self.schemas is None:
             return False
         new = self._schemas_set_by(command)
@@ -55,6 +55,13 @@ class SearchPath:
             return False
         self.state = (self.schemas, self.also_schemas)
         return True
+
+    def inert(self, command: Command) -> bool:
+        """Whether `command` can never change the search path, in any state: `observe`
+        returns False for it at once (Session.decide then skips asking)."""
+        return _PATH_KINDS.isdisjoint(command.kinds) and (
+            not command.functions or _PATH_FUNCTIONS.isdisjoint(command.functions)
+        )
 
     def place(self, command: Command) -> Command:
         """`command` with where its unqualified names may point."""

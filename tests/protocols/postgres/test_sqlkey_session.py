@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hoopy.errors import CommandDenied
+from hoopy.errors import AuthFailed, CommandDenied
 from hoopy.policy import Command, Identity, Match, PolicySet, Rule, SqlMatch
 from hoopy.protocols.postgres.classcache import Classifier
 from hoopy.protocols.postgres.searchpath import SearchPath
@@ -105,3 +105,45 @@ def test_a_search_path_change_drops_cached_decisions(session: Session) -> None:
     assert decision.outcome == "require_approval" and decision.rule == "evil-needs-ok"
     with pytest.raises(CommandDenied, match="no approval service"):
         asyncio.run(session.check(after))
+
+
+def test_the_lanes_cached_command_follows_a_search_path_change(session: Session) -> None:
+    """The cached-statement lane hands the session the same Command object each time
+    (Classifier.keyed): decided once, later decisions skip the scope's look (`_inert`),
+    but a search_path change must still reach them."""
+    c = Classifier()
+    c.use_key = True
+    one(c, "select * from t where a = 1")  # classified once: the lane's Command now
+    found = c.keyed("select * from t where a = 2", "db")
+    assert found is not None
+    (cmd,), _ = found
+    assert session.decide(cmd).outcome == "allow"
+    assert session._inert.get(cmd.fingerprint) is cmd
+    assert session.decide(cmd).outcome == "allow"  # through the inert look
+    switch = one(c, "select set_config('search_path', 'evil', false)")
+    assert session.decide(switch).outcome == "allow"
+    assert switch.fingerprint not in session._inert  # it changes the scope: never skipped
+    again = c.keyed("select * from t where a = 3", "db")
+    assert again is not None and again[0][0] is cmd
+    decision = session.decide(cmd)
+    assert decision.outcome == "require_approval" and decision.rule == "evil-needs-ok"
+    with pytest.raises(CommandDenied, match="no approval service"):
+        asyncio.run(session.check(cmd))
+
+
+def test_a_cached_statement_stops_when_the_token_expires(session: Session) -> None:
+    """check_now's expiry look (no expired() frame) on the lane's cached Command: refused
+    and recorded with the statement's own text, not the cached one's."""
+    c = Classifier()
+    c.use_key = True
+    one(c, "select * from t where a = 1")
+    found = c.keyed("select * from t where a = 2", "db")
+    assert found is not None
+    (cmd,), text = found
+    assert session.check_now(cmd, session.decide(cmd), text).outcome == "allow"
+    session.clock = lambda: session.identity.expires_at + 1
+    with pytest.raises(AuthFailed, match="token expired"):
+        session.check_now(cmd, session.decide(cmd), text)
+    session.log.flush()
+    lines = session.log.path.read_text().splitlines()
+    assert '"reason":"token expired"' in lines[-1] and "a = 2" in lines[-1]

@@ -49,7 +49,7 @@ _RAW = re.compile(
 )
 
 
-def might_hold_secret(sql: str) -> bool:  # hidden() spells it out too: keep in step
+def might_hold_secret(sql: str) -> bool:
     # spelled out rather than any() over _HINTS: this runs for every statement, and a
     # generator costs more than the tests
     low = sql.lower()
@@ -71,15 +71,7 @@ def redact(sql: str) -> str:
 def hidden(sql: str) -> tuple[str, tuple[str, ...]]:
     """(`redact(sql)`, the secret values it hid): another field that quotes the text
     (a parser error near a literal) is scrubbed of those values."""
-    low = sql.lower()  # might_hold_secret(sql), without its frame: every statement's
-    if not (
-        "pass" in low
-        or "pwd" in low
-        or "secret" in low
-        or "api_key" in low
-        or "apikey" in low
-        or "://" in low
-    ):
+    if not might_hold_secret(sql):
         return sql, ()
     try:
         tokens = pgquery.scan(sql)

@@ -167,27 +167,33 @@ def _field(b: bytes, number: int) -> bytes | None:
 
 def _fields(b: bytes, number: int) -> list[bytes]:
     """Every length-delimited field `number` of a protobuf message, in order."""
-    found: list[bytes] = []
+    return [v for num, wire, v in all_fields(b) if num == number and wire == 2]
+
+
+def all_fields(b: bytes) -> list[tuple[int, int, Any]]:
+    """(number, wire type, value) of each field of one message, in order."""
+    out: list[tuple[int, int, Any]] = []
     i = 0
     while i < len(b):
+        v: Any
         key, i = _varint(b, i)
         num, wire = key >> 3, key & 7
         if wire == 0:
-            _, i = _varint(b, i)
+            v, i = _varint(b, i)
         elif wire == 2:
             n, i = _varint(b, i)
             if i + n > len(b):
                 raise BodyError("truncated protobuf")
-            if num == number:
-                found.append(b[i : i + n])
-            i += n
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
+            v, i = b[i : i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            if i + n > len(b):
+                raise BodyError("truncated protobuf")
+            v, i = b[i : i + n], i + n
         else:
             raise BodyError("unsupported protobuf wire type")
-    return found
+        out.append((num, wire, v))
+    return out
 
 
 def _protobuf_namespace(body: bytes) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hoopy.protocols.kube.bodies import PROTOBUF_MAGIC, BodyError, _fields, _varint
+from hoopy.protocols.kube.bodies import PROTOBUF_MAGIC, BodyError, _fields, all_fields
 
 Schema = dict[int, tuple[str, Any]]
 STR, STRS = "str", "strs"
@@ -66,38 +66,12 @@ def decode(resource: str, body: bytes) -> dict[str, Any]:
         raise BodyError("undecodable protobuf body") from None
 
 
-def _all(b: bytes) -> list[tuple[int, int, Any]]:
-    """(number, wire type, value) of each field of one message, in order."""
-    out: list[tuple[int, int, Any]] = []
-    i = 0
-    while i < len(b):
-        v: Any
-        key, i = _varint(b, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            v, i = _varint(b, i)
-        elif wire == 2:
-            n, i = _varint(b, i)
-            if i + n > len(b):
-                raise BodyError("truncated protobuf")
-            v, i = b[i : i + n], i + n
-        elif wire in (1, 5):
-            n = 8 if wire == 1 else 4
-            if i + n > len(b):
-                raise BodyError("truncated protobuf")
-            v, i = b[i : i + n], i + n
-        else:
-            raise BodyError("unsupported protobuf wire type")
-        out.append((num, wire, v))
-    return out
-
-
 def _message(schema: Schema, b: bytes, depth: int) -> dict[str, Any]:
     if depth > 16:
         raise BodyError("protobuf nested too deeply")
     out: dict[str, Any] = {}
     merged: dict[int, bytearray] = {}  # singular messages: every occurrence, merged
-    for num, wire, v in _all(b):
+    for num, wire, v in all_fields(b):
         if num not in schema:
             continue
         if wire != 2:
